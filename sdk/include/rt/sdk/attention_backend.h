@@ -1,0 +1,103 @@
+// AttentionBackend: the attention part of one decoder layer, as a plugin implements it.
+//
+// The runtime owns the residual stream and the MLP; the plugin owns everything between
+// "residual in" and "residual out" of the attention sublayer(s): the input norm, projections,
+// RoPE, the attention kernel, the output projection and the residual add. That is what lets
+// L2A add a second, routed sublayer without the runtime knowing about it.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "rt/sdk/ops.h"
+#include "rt/sdk/options.h"
+#include "rt/sdk/tensor.h"
+
+namespace rt {
+
+// Architecture numbers of the model a backend runs inside.
+struct ModelDims {
+  int64_t hidden = 0;
+  int64_t n_layers = 0;
+  int64_t n_heads = 0;
+  int64_t n_kv_heads = 0;
+  int64_t head_dim = 0;
+  int64_t intermediate = 0;
+  int64_t vocab = 0;
+  int64_t max_positions = 0;
+  double rope_theta = 10000.0;
+  float rms_eps = 1e-6f;
+};
+
+// A parameter the backend needs beyond the base model, created by the runtime at load time
+// unless the checkpoint already has it. `name` is relative to the layer ("router.weight").
+// `init`: "zeros", "ones", or "copy_of:<layer-relative name>" (e.g. "copy_of:input_layernorm.weight").
+struct ParamDecl {
+  std::string name;
+  std::vector<int64_t> shape;
+  std::string init;
+};
+
+// The weights of one decoder layer, looked up by their Hugging Face names relative to the layer
+// ("self_attn.q_proj.weight", "input_layernorm.weight"). Throws rt::Error when missing.
+class LayerParams {
+ public:
+  virtual ~LayerParams() = default;
+  virtual TensorView get(const std::string& name) const = 0;
+  virtual bool has(const std::string& name) const = 0;
+};
+
+// Everything a backend call needs to know about where it runs.
+struct LayerContext {
+  const ModelDims* dims = nullptr;
+  int layer = 0;
+  Ops* ops = nullptr;
+  const LayerParams* params = nullptr;
+};
+
+// Per-layer, per-sequence inference state (the KV cache). Created by the backend, held by the
+// runtime, passed back on every call for that sequence.
+class AttentionState {
+ public:
+  virtual ~AttentionState() = default;
+  virtual int64_t tokens_seen() const = 0;  // positions consumed so far
+  virtual size_t kv_bytes() const = 0;      // device bytes held by the cache
+};
+
+enum class KvPolicy : int32_t { Full = 0, RingBuffer = 1, None = 2, Custom = 3 };
+
+struct Capabilities {
+  bool cpu = false;
+  bool cuda = false;
+  bool f32 = false;
+  bool bf16 = false;
+  bool backward = false;
+  bool decode = false;
+  KvPolicy kv = KvPolicy::Full;
+};
+
+class AttentionBackend {
+ public:
+  virtual ~AttentionBackend() = default;
+  virtual Capabilities capabilities() const = 0;
+  // Called once before any other call; validates and keeps plugin options (e.g. "window").
+  virtual void configure(const Options& options, const ModelDims& dims) = 0;
+  virtual std::vector<ParamDecl> extra_params(const ModelDims&) const { return {}; }
+
+  // A fresh KV cache for one sequence of at most max_tokens positions.
+  virtual std::unique_ptr<AttentionState> new_state(const LayerContext& ctx, int64_t max_tokens) = 0;
+
+  // Training/prefill forward. x: residual stream [T, hidden], f32, updated in place to
+  // x + attention_sublayer(x). Row t of x sits at position state ? state->tokens_seen() + t : t.
+  // With a state, the new keys/values are appended to it.
+  virtual void forward(const LayerContext& ctx, TensorView x, AttentionState* state) = 0;
+
+  // One token (x [1, hidden]) against the cache. The default runs forward with T = 1.
+  virtual void decode_step(const LayerContext& ctx, TensorView x, AttentionState& state) {
+    forward(ctx, x, &state);
+  }
+};
+
+}  // namespace rt

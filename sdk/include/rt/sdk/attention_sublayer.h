@@ -1,0 +1,134 @@
+// The Qwen2 attention sublayer, written once against Ops so that every plugin shares it:
+//   x += o_proj(Attn(rope(q_proj(h)), rope(k_proj(h)), v_proj(h))),  h = RMSNorm(x)
+// with the mask (causal, sliding window) and the KV-cache layout as parameters. full_causal, swa
+// and the local/global halves of L2A are this sublayer with different settings.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <string>
+
+#include "rt/sdk/attention_backend.h"
+#include "rt/sdk/error.h"
+
+namespace rt {
+
+struct AttentionSublayerSpec {
+  std::string norm = "input_layernorm.weight";  // layer-relative names of the weights used
+  std::string prefix = "self_attn.";            // q_proj/k_proj/v_proj/o_proj live under this
+  int64_t window = 0;                           // 0: full causal
+  double rope_theta = 0.0;                      // 0: the model's
+};
+
+// KV cache of one sublayer for one sequence. Full: every position is kept. Ring: only the last
+// `window` positions, in slot pos % window (enough for a sliding window of that size).
+class KvCache : public AttentionState {
+ public:
+  KvCache(Ops& ops, const ModelDims& d, int64_t max_tokens, int64_t ring_window)
+      : ring_(ring_window > 0 && ring_window < max_tokens ? ring_window : 0),
+        capacity_(ring_ ? ring_ : max_tokens) {
+    k_ = ops.alloc(DType::F32, {capacity_, d.n_kv_heads, d.head_dim});
+    v_ = ops.alloc(DType::F32, {capacity_, d.n_kv_heads, d.head_dim});
+    max_tokens_ = max_tokens;
+  }
+  int64_t tokens_seen() const override { return seen_; }
+  size_t kv_bytes() const override { return k_.view.nbytes() + v_.view.nbytes(); }
+  bool is_ring() const { return ring_ != 0; }
+  int64_t max_tokens() const { return max_tokens_; }
+
+  // Appends k, v [T, Hkv, D] at positions seen..seen+T-1, having first (for a ring) gathered the
+  // cached keys the new queries still need. Returns the keys/values to attend over and the
+  // position of their first row.
+  struct Window {
+    TensorView k, v;
+    int64_t k_pos0;
+  };
+  Window append(Ops& ops, TensorView k, TensorView v, int64_t window) {
+    const int64_t T = k.shape[0];
+    const int64_t p0 = seen_;
+    RT_CHECK(p0 + T <= max_tokens_, "KV cache full: ", p0 + T, " positions requested, cache sized for ",
+             max_tokens_);
+    if (!ring_) {
+      ops.copy(k, k_.view.rows(p0, p0 + T));
+      ops.copy(v, v_.view.rows(p0, p0 + T));
+      seen_ += T;
+      return {k_.view.rows(0, p0 + T), v_.view.rows(0, p0 + T), 0};
+    }
+    // Ring: keys p0-(W-1) .. p0-1 come from the cache, in position order, then the new rows.
+    const int64_t first = std::max<int64_t>(0, p0 - (window - 1));
+    const int64_t old = p0 - first;
+    Tensor kk = ops.alloc(DType::F32, {old + T, k.shape[1], k.shape[2]});
+    Tensor vv = ops.alloc(DType::F32, {old + T, k.shape[1], k.shape[2]});
+    for (int64_t p = first; p < p0; ++p) {
+      const int64_t slot = p % ring_;
+      ops.copy(k_.view.rows(slot, slot + 1), kk.view.rows(p - first, p - first + 1));
+      ops.copy(v_.view.rows(slot, slot + 1), vv.view.rows(p - first, p - first + 1));
+    }
+    ops.copy(k, kk.view.rows(old, old + T));
+    ops.copy(v, vv.view.rows(old, old + T));
+    for (int64_t t = std::max<int64_t>(0, T - ring_); t < T; ++t) {
+      const int64_t slot = (p0 + t) % ring_;
+      ops.copy(k.rows(t, t + 1), k_.view.rows(slot, slot + 1));
+      ops.copy(v.rows(t, t + 1), v_.view.rows(slot, slot + 1));
+    }
+    seen_ += T;
+    scratch_k_ = kk;  // keep alive until the caller is done with the window
+    scratch_v_ = vv;
+    return {kk.view, vv.view, first};
+  }
+
+ private:
+  int64_t ring_ = 0;
+  int64_t capacity_ = 0;
+  int64_t max_tokens_ = 0;
+  int64_t seen_ = 0;
+  Tensor k_, v_, scratch_k_, scratch_v_;
+};
+
+// x [T, hidden] += attention sublayer(x). Positions start at cache->tokens_seen() (or 0).
+inline void attention_sublayer_forward(const LayerContext& ctx, const AttentionSublayerSpec& spec,
+                                       TensorView x, KvCache* cache) {
+  Ops& ops = *ctx.ops;
+  const ModelDims& d = *ctx.dims;
+  const LayerParams& p = *ctx.params;
+  const int64_t T = x.shape[0];
+  const int64_t pos0 = cache ? cache->tokens_seen() : 0;
+  const double theta = spec.rope_theta > 0 ? spec.rope_theta : d.rope_theta;
+
+  Tensor h = ops.alloc(DType::F32, {T, d.hidden});
+  ops.rmsnorm(x, p.get(spec.norm), d.rms_eps, h);
+
+  Tensor q = ops.alloc(DType::F32, {T, d.n_heads, d.head_dim});
+  Tensor k = ops.alloc(DType::F32, {T, d.n_kv_heads, d.head_dim});
+  Tensor v = ops.alloc(DType::F32, {T, d.n_kv_heads, d.head_dim});
+  ops.linear(h, p.get(spec.prefix + "q_proj.weight"), p.get(spec.prefix + "q_proj.bias"),
+             q.view.reshaped({T, d.n_heads * d.head_dim}));
+  ops.linear(h, p.get(spec.prefix + "k_proj.weight"), p.get(spec.prefix + "k_proj.bias"),
+             k.view.reshaped({T, d.n_kv_heads * d.head_dim}));
+  ops.linear(h, p.get(spec.prefix + "v_proj.weight"), p.get(spec.prefix + "v_proj.bias"),
+             v.view.reshaped({T, d.n_kv_heads * d.head_dim}));
+  ops.rope(q, pos0, theta);
+  ops.rope(k, pos0, theta);
+
+  AttentionSpec as;
+  as.causal = true;
+  as.window = spec.window;
+  as.q_pos0 = pos0;
+  as.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d.head_dim)));
+  Tensor o = ops.alloc(DType::F32, {T, d.n_heads, d.head_dim});
+  if (cache) {
+    KvCache::Window w = cache->append(ops, k, v, spec.window);
+    as.k_pos0 = w.k_pos0;
+    ops.attention(q, w.k, w.v, o, as);
+  } else {
+    ops.attention(q, k, v, o, as);
+  }
+
+  Tensor a = ops.alloc(DType::F32, {T, d.hidden});
+  ops.linear(o.view.reshaped({T, d.n_heads * d.head_dim}), p.get(spec.prefix + "o_proj.weight"),
+             TensorView{}, a);
+  ops.add(x, a, x);
+}
+
+}  // namespace rt

@@ -1,0 +1,56 @@
+// The compute a plugin may call on the active device. One Ops object per device backend
+// (backends/cpu, backends/cuda); plugins never touch device memory any other way.
+//
+// Conventions, shared by every backend:
+//  - activations are row-major [rows, features]; attention tensors are [T, heads, head_dim];
+//  - weights follow PyTorch's nn.Linear layout: W is [out, in], so y = x W^T + b;
+//  - accumulation is fp32; CPU backends compute in fp32 throughout.
+#pragma once
+
+#include <cstdint>
+
+#include "rt/sdk/tensor.h"
+
+namespace rt {
+
+// Which keys a query may see. Query row i sits at position q_pos0 + i, key row j at k_pos0 + j.
+// Causal: key position <= query position. Window W > 0: additionally key position > query
+// position - W (W keys including the query itself; HF `sliding_window`, cuDNN left bound).
+struct AttentionSpec {
+  bool causal = true;
+  int64_t window = 0;  // 0: no window
+  int64_t q_pos0 = 0;
+  int64_t k_pos0 = 0;
+  float scale = 0.f;  // 0: 1/sqrt(head_dim)
+};
+
+class Ops {
+ public:
+  virtual ~Ops() = default;
+  virtual Device device() const = 0;
+
+  // Uninitialized device memory, freed when the last Tensor holding it goes away.
+  virtual Tensor alloc(DType dtype, std::initializer_list<int64_t> shape) = 0;
+  // dst = src, converting dtype when they differ (f32/bf16/f16). Shapes must match.
+  virtual void copy(TensorView src, TensorView dst) = 0;
+  virtual void fill(TensorView dst, float value) = 0;
+
+  // out[t, :] = table[ids[t], :]; ids are I32 on the same device (or CPU for a CPU backend).
+  virtual void embedding(TensorView table, TensorView ids, TensorView out) = 0;
+  // y = x W^T (+ b). x [N, in], W [out, in], b [out] or data == nullptr, y [N, out].
+  virtual void linear(TensorView x, TensorView w, TensorView bias, TensorView y) = 0;
+  // y = w * x / sqrt(mean(x^2) + eps), row-wise over the last dimension, in fp32.
+  virtual void rmsnorm(TensorView x, TensorView w, float eps, TensorView y) = 0;
+  // In-place rotary embedding, rotate-half convention, on x [T, H, D]; row t has position pos0 + t.
+  virtual void rope(TensorView x, int64_t pos0, double theta) = 0;
+  // o [Tq, Hq, D] = softmax(q k^T * scale + mask) v, with q [Tq, Hq, D] and k, v [Tk, Hkv, D];
+  // query head h reads KV head h / (Hq / Hkv) (grouped-query attention, no K/V copies).
+  virtual void attention(TensorView q, TensorView k, TensorView v, TensorView o,
+                         const AttentionSpec& spec) = 0;
+  // out = a + b (elementwise, same shape). out may alias a or b.
+  virtual void add(TensorView a, TensorView b, TensorView out) = 0;
+  // out = silu(gate) * up (elementwise).
+  virtual void swiglu(TensorView gate, TensorView up, TensorView out) = 0;
+};
+
+}  // namespace rt

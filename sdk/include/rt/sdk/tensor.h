@@ -1,0 +1,122 @@
+// Tensors as plugins see them: a non-owning view (TensorView) and an owning handle (Tensor).
+// Part of the plugin SDK: only the standard library may be included here.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+#include <memory>
+#include <stdexcept>
+#include <string>
+
+namespace rt {
+
+enum class DType : int32_t { F32 = 0, BF16 = 1, F16 = 2, I32 = 3, U8 = 4 };
+enum class Device : int32_t { CPU = 0, CUDA = 1 };
+
+inline constexpr size_t dtype_size(DType t) {
+  switch (t) {
+    case DType::F32: return 4;
+    case DType::BF16: return 2;
+    case DType::F16: return 2;
+    case DType::I32: return 4;
+    case DType::U8: return 1;
+  }
+  return 0;
+}
+inline const char* dtype_name(DType t) {
+  switch (t) {
+    case DType::F32: return "f32";
+    case DType::BF16: return "bf16";
+    case DType::F16: return "f16";
+    case DType::I32: return "i32";
+    case DType::U8: return "u8";
+  }
+  return "?";
+}
+inline const char* device_name(Device d) { return d == Device::CPU ? "cpu" : "cuda"; }
+
+// A strided view of memory the caller owns. Shapes have at most kMaxDims dimensions; strides are
+// in elements. Views are passed by value; they never free anything.
+struct TensorView {
+  static constexpr int kMaxDims = 4;
+  void* data = nullptr;
+  DType dtype = DType::F32;
+  Device device = Device::CPU;
+  int ndim = 0;
+  std::array<int64_t, kMaxDims> shape{};
+  std::array<int64_t, kMaxDims> stride{};
+
+  static TensorView contiguous(void* data, DType dtype, Device device,
+                               std::initializer_list<int64_t> dims) {
+    if (dims.size() > kMaxDims) throw std::invalid_argument("TensorView: too many dimensions");
+    TensorView v;
+    v.data = data;
+    v.dtype = dtype;
+    v.device = device;
+    v.ndim = static_cast<int>(dims.size());
+    int i = 0;
+    for (int64_t d : dims) v.shape[i++] = d;
+    int64_t s = 1;
+    for (int j = v.ndim - 1; j >= 0; --j) {
+      v.stride[j] = s;
+      s *= v.shape[j];
+    }
+    return v;
+  }
+
+  int64_t numel() const {
+    int64_t n = 1;
+    for (int i = 0; i < ndim; ++i) n *= shape[i];
+    return n;
+  }
+  size_t nbytes() const { return static_cast<size_t>(numel()) * dtype_size(dtype); }
+  bool is_contiguous() const {
+    int64_t s = 1;
+    for (int j = ndim - 1; j >= 0; --j) {
+      if (shape[j] != 1 && stride[j] != s) return false;
+      s *= shape[j];
+    }
+    return true;
+  }
+  template <typename T>
+  T* ptr() const { return static_cast<T*>(data); }
+
+  // Rows [begin, end) of the leading dimension, same layout otherwise.
+  TensorView rows(int64_t begin, int64_t end) const {
+    if (ndim < 1 || begin < 0 || end > shape[0] || begin > end)
+      throw std::out_of_range("TensorView::rows: range out of bounds");
+    TensorView v = *this;
+    v.data = static_cast<char*>(data) + begin * stride[0] * static_cast<int64_t>(dtype_size(dtype));
+    v.shape[0] = end - begin;
+    return v;
+  }
+  // Same memory, new contiguous shape with the same element count.
+  TensorView reshaped(std::initializer_list<int64_t> dims) const {
+    if (!is_contiguous()) throw std::invalid_argument("TensorView::reshaped: view is not contiguous");
+    TensorView v = contiguous(data, dtype, device, dims);
+    if (v.numel() != numel()) throw std::invalid_argument("TensorView::reshaped: element count differs");
+    return v;
+  }
+  std::string shape_str() const {
+    std::string s = "[";
+    for (int i = 0; i < ndim; ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+    return s + "]";
+  }
+};
+
+// An owning tensor: a view plus shared ownership of its storage. Storage is freed by whichever
+// allocator made it (the deleter travels with the shared_ptr), so tensors may cross the plugin
+// boundary freely.
+struct Tensor {
+  TensorView view;
+  std::shared_ptr<void> storage;
+
+  bool defined() const { return view.data != nullptr || view.numel() == 0; }
+  operator TensorView() const { return view; }
+  template <typename T>
+  T* ptr() const { return view.ptr<T>(); }
+};
+
+}  // namespace rt
