@@ -1,0 +1,95 @@
+// runtime generate: greedy decoding with the plugin's KV cache.
+#include <algorithm>
+#include <chrono>
+#include <iostream>
+
+#include "cli/commands.h"
+#include "cli/model_session.h"
+#include "tokenizer/tokenizer.h"
+
+namespace rt {
+
+namespace {
+int32_t argmax_row(Ops& ops, const Tensor& logits) {
+  const int64_t V = logits.view.shape[1];
+  std::vector<float> host(static_cast<size_t>(V));
+  ops.copy(logits.view, TensorView::contiguous(host.data(), DType::F32, Device::CPU, {1, V}));
+  return static_cast<int32_t>(std::max_element(host.begin(), host.end()) - host.begin());
+}
+}  // namespace
+
+void register_generate(CLI::App& app) {
+  struct Args {
+    ModelOptions model;
+    std::string prompt;
+    std::string ids;
+    std::string tokenizer;
+    int64_t max_new = 32;
+    bool print_ids = false;
+    bool ignore_eos = false;
+  };
+  auto args = std::make_shared<Args>();
+  CLI::App* cmd = app.add_subcommand("generate", "Greedy text generation with a KV cache");
+  cmd->footer(
+      "\nExamples:\n  runtime generate --model models/qwen2.5-0.5b --prompt \"The capital of France is\"\n"
+      "  runtime generate --model DIR --ids 1,2,3 --max-new-tokens 8 --print-ids");
+  add_model_options(*cmd, args->model);
+  auto* prompt = cmd->add_option("--prompt,-p", args->prompt, "Prompt text (needs a tokenizer)");
+  auto* ids = cmd->add_option("--ids", args->ids, "Prompt as comma-separated token ids instead of text");
+  prompt->excludes(ids);
+  cmd->add_option("--tokenizer", args->tokenizer,
+                  "tokenizer.json / tokenizer.model or a directory holding one (default: the model directory)");
+  cmd->add_option("--max-new-tokens,-n", args->max_new, "Tokens to generate")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_flag("--print-ids", args->print_ids, "Print the generated token ids on one line instead of text");
+  cmd->add_flag("--ignore-eos", args->ignore_eos, "Keep generating past the end-of-sequence token");
+  cmd->callback([args] {
+    RT_CHECK(!args->prompt.empty() || !args->ids.empty(), "generate: give --prompt TEXT or --ids 1,2,3");
+    auto session = open_model_session(args->model);
+    RT_CHECK(session->attention->capabilities().decode, "attention backend '", args->model.attention,
+             "' has no decode support (no KV cache); generate needs one, e.g. full_causal or swa");
+    std::unique_ptr<Tokenizer> tok;
+    const std::filesystem::path tok_path = !args->tokenizer.empty() ? std::filesystem::path(args->tokenizer)
+                                                                     : session->model_dir;
+    if (!args->prompt.empty() || !args->print_ids) {
+      RT_CHECK(!tok_path.empty(), "generate: no tokenizer for a model built with --init random; pass --tokenizer");
+      tok = load_tokenizer(tok_path);
+    }
+    std::vector<int32_t> prompt = !args->ids.empty() ? parse_ids(args->ids, "--ids") : tok->encode(args->prompt);
+    RT_CHECK(!prompt.empty(), "generate: the prompt encodes to no tokens");
+
+    std::optional<int64_t> eos = session->model->config().eos_token_id;
+    if (!eos && tok) eos = tok->eos_id();
+    const int64_t total = static_cast<int64_t>(prompt.size()) + args->max_new;
+    auto states = session->model->new_states(total);
+
+    using clock = std::chrono::steady_clock;
+    const auto t0 = clock::now();
+    Tensor logits = session->model->forward(prompt, &states, /*last_only=*/true);
+    int32_t next = argmax_row(*session->ops, logits);
+    const auto t1 = clock::now();
+    std::vector<int32_t> out;
+    for (int64_t i = 0; i < args->max_new; ++i) {
+      out.push_back(next);
+      if (!args->print_ids) std::cout << tok->decode(std::span<const int32_t>(&next, 1)) << std::flush;
+      if (!args->ignore_eos && eos && next == *eos) break;
+      if (i + 1 == args->max_new) break;
+      logits = session->model->forward(std::span<const int32_t>(&next, 1), &states, true);
+      next = argmax_row(*session->ops, logits);
+    }
+    const auto t2 = clock::now();
+    if (args->print_ids) {
+      for (size_t i = 0; i < out.size(); ++i) std::cout << (i ? " " : "") << out[i];
+    }
+    std::cout << "\n";
+    const double prefill_s = std::chrono::duration<double>(t1 - t0).count();
+    const double decode_s = std::chrono::duration<double>(t2 - t1).count();
+    std::cerr << "prompt " << prompt.size() << " tokens in " << prefill_s * 1e3 << " ms ("
+              << prompt.size() / std::max(prefill_s, 1e-9) << " tok/s); generated " << out.size()
+              << " tokens, decode " << (out.size() > 1 ? (out.size() - 1) / std::max(decode_s, 1e-9) : 0.0)
+              << " tok/s\n";
+  });
+}
+
+}  // namespace rt

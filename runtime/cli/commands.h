@@ -1,0 +1,13 @@
+// Each subcommand registers itself on the top-level app and runs when selected.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace rt {
+
+void register_logits(CLI::App& app);
+void register_generate(CLI::App& app);
+void register_tokenize(CLI::App& app);
+void register_plugins(CLI::App& app);
+
+}  // namespace rt

@@ -1,0 +1,42 @@
+// `runtime`: the command-line entry point. Every failure ends here as one "error: ..." line on
+// stderr and a non-zero exit; nothing escapes as an uncaught exception.
+#include <iostream>
+#include <new>
+
+#include "cli/commands.h"
+#include "rt/sdk/error.h"
+#include "rt/sdk/plugin.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "runtime: a Qwen2.5 transformer runtime with pluggable attention backends (full_causal, swa, L2A).\n"
+      "Run `runtime <command> --help` for each command's options and an example."};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", std::string("runtime 0.1.0, plugin ABI ") + std::to_string(rt::kPluginAbiVersion));
+  rt::register_logits(app);
+  rt::register_generate(app);
+  rt::register_tokenize(app);
+  rt::register_plugins(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::cerr << "error: " << e.what() << "\nRun with --help for usage.\n";
+    return 2;
+  } catch (const rt::Error& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 1;
+  } catch (const std::bad_alloc&) {
+    std::cerr << "error: out of memory\n";
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,113 @@
+#include "cli/model_session.h"
+
+#include <omp.h>
+
+#include <cstdlib>
+
+#include "cpu/cpu_ops.h"
+#include "loader/model_resolver.h"
+#include "model/model_dims.h"
+#include "rt/sdk/error.h"
+
+namespace rt {
+
+void add_model_options(CLI::App& cmd, ModelOptions& o) {
+  cmd.add_option("--model,-m", o.model,
+                 "Model directory (config.json + safetensors) or preset name: qwen2.5-0.5b, qwen2.5-1.5b, "
+                 "qwen2.5-3b. Names are looked up in $RUNTIME_MODELS, ./models and the Hugging Face cache")
+      ->required();
+  cmd.add_option("--init", o.init,
+                 "'checkpoint' loads the weights; 'random' builds the preset's exact architecture with random "
+                 "weights (for profiling without a download)")
+      ->check(CLI::IsMember({"checkpoint", "random"}))
+      ->capture_default_str();
+  cmd.add_option("--seed", o.seed, "Seed for --init random")->capture_default_str();
+  cmd.add_option("--attention,-a", o.attention,
+                 "Attention plugin: full_causal, swa, or any plugin `runtime plugins` lists")
+      ->capture_default_str();
+  cmd.add_option("--window,-w", o.window, "Sliding window W (keys per query, including itself) for swa")
+      ->check(CLI::PositiveNumber);
+  cmd.add_option("--set", o.set, "Plugin option key=value (repeatable), e.g. --set window=512");
+  cmd.add_option("--plugin", o.plugins, "Extra plugin file or directory to load first (repeatable)");
+  cmd.add_option("--device", o.device, "Compute device")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
+  cmd.add_option("--threads", o.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
+}
+
+std::vector<std::filesystem::path> preset_config_dirs() {
+  std::vector<std::filesystem::path> dirs;
+  if (const char* env = std::getenv("RUNTIME_CONFIG_DIR")) dirs.emplace_back(std::filesystem::path(env) / "models");
+  const auto exe = executable_dir();
+  dirs.push_back(exe / ".." / "share" / "l2a-runtime" / "configs" / "models");
+  dirs.push_back(std::filesystem::path(RT_SOURCE_CONFIGS_DIR) / "models");
+  return dirs;
+}
+
+std::vector<int32_t> parse_ids(const std::string& text, const std::string& option) {
+  std::vector<int32_t> ids;
+  size_t start = 0;
+  RT_CHECK(!text.empty(), option, ": no token ids given (expected e.g. 1,2,3)");
+  while (start <= text.size()) {
+    size_t end = text.find(',', start);
+    if (end == std::string::npos) end = text.size();
+    std::string item = text.substr(start, end - start);
+    while (!item.empty() && item.front() == ' ') item.erase(item.begin());
+    while (!item.empty() && item.back() == ' ') item.pop_back();
+    char* stop = nullptr;
+    errno = 0;
+    long long v = item.empty() ? -1 : std::strtoll(item.c_str(), &stop, 10);
+    if (item.empty() || *stop != '\0' || errno != 0 || v < 0 || v > INT32_MAX)
+      fail(option, ": '", item, "' is not a token id (expected non-negative integers separated by commas)");
+    ids.push_back(static_cast<int32_t>(v));
+    start = end + 1;
+  }
+  return ids;
+}
+
+static Options plugin_options(const ModelOptions& o) {
+  Options opts;
+  for (const auto& kv : o.set) {
+    auto eq = kv.find('=');
+    RT_CHECK(eq != std::string::npos && eq > 0, "--set: expected key=value, found '", kv, "'");
+    opts.set(kv.substr(0, eq), kv.substr(eq + 1));
+  }
+  if (o.window > 0) {
+    RT_CHECK(o.attention != "full_causal", "--window ", o.window,
+             " has no effect with --attention full_causal; use --attention swa");
+    opts.set("window", std::to_string(o.window));
+  }
+  return opts;
+}
+
+std::unique_ptr<ModelSession> open_model_session(const ModelOptions& o) {
+  if (o.threads > 0) omp_set_num_threads(o.threads);
+  auto s = std::make_unique<ModelSession>();
+  RT_CHECK(o.device == "cpu", "--device ", o.device,
+           ": this build has no CUDA backend yet; use --device cpu");
+  s->ops = make_cpu_ops();
+  s->registry.discover(o.plugins);
+  s->attention = s->registry.create_attention(o.attention, s->ops->device());
+
+  ResolvedModel resolved = resolve_model(o.model, preset_config_dirs());
+  HfConfig config;
+  if (o.init == "random") {
+    const auto cfg = resolved.config_path();
+    config = parse_hf_config(cfg);
+    s->model_name = resolved.name;
+  } else {
+    s->model_dir = require_weights(resolved);
+    config = parse_hf_config(s->model_dir / "config.json");
+    s->model_name = resolved.name;
+  }
+  const ModelDims dims = dims_from_config(config);
+  s->attention->configure(plugin_options(o), dims);
+  s->model = std::make_unique<Qwen2Model>(std::move(config), *s->ops, *s->attention);
+  if (o.init == "random") {
+    s->model->init_random(o.seed);
+  } else {
+    s->weights.emplace(WeightStore::open(s->model_dir));
+    s->model->load_weights(*s->weights);
+  }
+  return s;
+}
+
+}  // namespace rt

@@ -1,0 +1,50 @@
+// What every model-running command shares: the --model/--attention/... options and the objects
+// they produce (plugin registry, compute backend, attention plugin, loaded model).
+#pragma once
+
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+#include "model/qwen2_model.h"
+#include "plugin_host/plugin_registry.h"
+
+namespace rt {
+
+struct ModelOptions {
+  std::string model;
+  std::string init = "checkpoint";  // or "random"
+  uint64_t seed = 0;
+  std::string attention = "full_causal";
+  int64_t window = 0;  // 0: not given
+  std::vector<std::string> set;  // plugin options key=value
+  std::vector<std::string> plugins;
+  std::string device = "cpu";
+  int threads = 0;
+};
+
+void add_model_options(CLI::App& cmd, ModelOptions& o);
+
+struct ModelSession {
+  PluginRegistry registry;
+  std::unique_ptr<Ops> ops;
+  AttentionBackendPtr attention;
+  std::unique_ptr<Qwen2Model> model;
+  std::optional<WeightStore> weights;   // keeps the mmap alive while the model is built
+  std::filesystem::path model_dir;      // empty for --init random
+  std::string model_name;
+};
+
+std::unique_ptr<ModelSession> open_model_session(const ModelOptions& o);
+
+// "1,2,3" -> {1, 2, 3}; errors name the option and the bad item.
+std::vector<int32_t> parse_ids(const std::string& text, const std::string& option);
+
+// Where preset configs (configs/models/<name>.json) are looked for.
+std::vector<std::filesystem::path> preset_config_dirs();
+
+}  // namespace rt

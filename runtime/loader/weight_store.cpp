@@ -1,0 +1,172 @@
+#include "loader/weight_store.h"
+
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "loader/json_util.h"
+#include "rt/sdk/error.h"
+
+namespace rt {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+constexpr const char* kSingleFile = "model.safetensors";
+constexpr const char* kIndexFile = "model.safetensors.index.json";
+constexpr const char* kInMemory = "<in-memory>";
+
+std::string read_text(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  if (!in) fail("cannot read ", p.string());
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// Shard names come from a file we do not control: only plain file names inside the model
+// directory are accepted, so an index cannot point the loader at arbitrary paths.
+void check_shard_name(const std::string& shard, const std::string& tensor, const std::string& what) {
+  if (shard.empty() || shard == "." || shard == ".." ||
+      shard.find_first_of("/\\") != std::string::npos || shard.find('\0') != std::string::npos)
+    fail(what, ": weight_map entry for tensor \"", tensor, "\" names shard \"", shard,
+         "\", which is not a plain file name in the model directory");
+}
+
+}  // namespace
+
+int64_t WeightInfo::numel() const {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+std::string WeightInfo::shape_str() const {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+WeightStore::WeightStore() = default;
+WeightStore::~WeightStore() = default;
+WeightStore::WeightStore(WeightStore&&) noexcept = default;
+WeightStore& WeightStore::operator=(WeightStore&&) noexcept = default;
+
+void WeightStore::add_file(std::unique_ptr<SafetensorsFile> f) {
+  for (const StTensorInfo& t : f->tensors()) {
+    WeightInfo w{t.name, t.dtype, t.shape, f->data(t), static_cast<size_t>(t.nbytes()), f->path()};
+    auto [it, inserted] = tensors_.emplace(t.name, std::move(w));
+    if (!inserted)
+      fail("tensor \"", t.name, "\" is in two files: ", it->second.file, " and ", f->path());
+  }
+  file_paths_.push_back(f->path());
+  files_.push_back(std::move(f));
+}
+
+WeightStore WeightStore::open_file(const fs::path& path) {
+  WeightStore s;
+  s.add_file(std::make_unique<SafetensorsFile>(SafetensorsFile::open(path)));
+  return s;
+}
+
+WeightStore WeightStore::open(const fs::path& model_dir) {
+  std::error_code ec;
+  if (!fs::is_directory(model_dir, ec))
+    fail("model directory ", model_dir.string(), " does not exist or is not a directory");
+  const fs::path single = model_dir / kSingleFile;
+  const fs::path index = model_dir / kIndexFile;
+  // transformers prefers the single file when both exist; so do we.
+  if (fs::exists(single, ec)) return open_file(single);
+  if (!fs::exists(index, ec)) {
+    std::string hint;
+    if (fs::exists(model_dir / "pytorch_model.bin", ec) ||
+        fs::exists(model_dir / "pytorch_model.bin.index.json", ec))
+      hint = " (only PyTorch .bin weights found; convert them to safetensors, e.g. with "
+             "transformers' save_pretrained(safe_serialization=True))";
+    fail("no weights in ", model_dir.string(), ": neither ", single.string(), " nor ",
+         index.string(), " exists", hint);
+  }
+
+  const std::string what = index.string();
+  const json j = parse_json_strict(read_text(index), what);
+  if (!j.is_object()) fail(what, ": index must be a JSON object, found ", json_type_name(j));
+  auto wm = j.find("weight_map");
+  if (wm == j.end()) fail(what, ": missing \"weight_map\"");
+  if (!wm->is_object()) fail(what, ": \"weight_map\" must be an object, found ", json_type_name(*wm));
+  if (wm->empty()) fail(what, ": \"weight_map\" is empty");
+
+  std::map<std::string, std::string> shard_of;  // tensor -> shard
+  std::map<std::string, std::string> first_user;  // shard -> a tensor mapped to it (for errors)
+  for (const auto& [tensor, shard] : wm->items()) {
+    if (!shard.is_string())
+      fail(what, ": weight_map entry for tensor \"", tensor, "\" must be a file name, found ",
+           json_type_name(shard));
+    const std::string& name = shard.get_ref<const std::string&>();
+    check_shard_name(name, tensor, what);
+    shard_of.emplace(tensor, name);
+    first_user.emplace(name, tensor);
+  }
+
+  WeightStore s;
+  for (const auto& [shard, tensor] : first_user) {
+    const fs::path p = model_dir / shard;
+    if (!fs::exists(p, ec))
+      fail(what, ": shard ", p.string(), " (holding e.g. tensor \"", tensor, "\") does not exist");
+    s.add_file(std::make_unique<SafetensorsFile>(SafetensorsFile::open(p)));
+  }
+  for (const auto& [tensor, shard] : shard_of) {
+    const WeightInfo* w = s.find(tensor);
+    const std::string expected = (model_dir / shard).string();
+    if (!w) fail(what, ": maps tensor \"", tensor, "\" to ", expected, ", which has no such tensor");
+    if (w->file != expected)
+      fail(what, ": maps tensor \"", tensor, "\" to ", expected, " but it is in ", w->file);
+  }
+  return s;
+}
+
+const WeightInfo* WeightStore::find(const std::string& name) const {
+  auto it = tensors_.find(name);
+  return it == tensors_.end() ? nullptr : &it->second;
+}
+
+const WeightInfo& WeightStore::get(const std::string& name) const {
+  const WeightInfo* w = find(name);
+  if (!w) fail("tensor \"", name, "\" not found (searched: ", files_searched(), ")");
+  return *w;
+}
+
+const WeightInfo& WeightStore::add_owned(const std::string& name, StDType dtype,
+                                         std::vector<int64_t> shape, std::vector<uint8_t> bytes) {
+  if (const WeightInfo* old = find(name))
+    fail("add_owned: tensor \"", name, "\" already exists (from ", old->file, ")");
+  uint64_t bits = st_dtype_bits(dtype);
+  for (int64_t d : shape) {
+    RT_CHECK(d >= 0, "add_owned: tensor \"", name, "\" has negative dimension ", d);
+    RT_CHECK(!__builtin_mul_overflow(bits, static_cast<uint64_t>(d), &bits), "add_owned: tensor \"",
+             name, "\" is too large");
+  }
+  RT_CHECK(bits % 8 == 0 && bits / 8 == bytes.size(), "add_owned: tensor \"", name, "\" has ",
+           bytes.size(), " bytes but dtype ", st_dtype_name(dtype), " with its shape needs ", bits / 8);
+  owned_.push_back(std::make_unique<std::vector<uint8_t>>(std::move(bytes)));
+  const std::vector<uint8_t>& buf = *owned_.back();
+  WeightInfo w{name, dtype, std::move(shape), buf.data(), buf.size(), kInMemory};
+  return tensors_.emplace(name, std::move(w)).first->second;
+}
+
+std::vector<std::string> WeightStore::names() const {
+  std::vector<std::string> out;
+  out.reserve(tensors_.size());
+  for (const auto& [name, w] : tensors_) out.push_back(name);
+  return out;
+}
+
+std::string WeightStore::files_searched() const {
+  std::string s;
+  for (const std::string& f : file_paths_) s += (s.empty() ? "" : ", ") + f;
+  if (!owned_.empty()) s += (s.empty() ? "" : ", ") + std::to_string(owned_.size()) + " in-memory tensors";
+  return s.empty() ? "no files" : s;
+}
+
+}  // namespace rt

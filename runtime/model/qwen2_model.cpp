@@ -1,0 +1,191 @@
+#include "model/qwen2_model.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "loader/qwen2_weights.h"
+#include "model/mlp.h"
+#include "model/model_dims.h"
+#include "model/random_weights.h"
+#include "rt/sdk/error.h"
+
+namespace rt {
+
+namespace {
+// A host view of a stored tensor. safetensors does not promise aligned data, so a misaligned
+// tensor is first copied into `scratch`.
+TensorView host_view(const WeightInfo& w, std::vector<uint8_t>& scratch) {
+  const auto dt = w.sdk_dtype();
+  RT_CHECK(dt.has_value(), "tensor '", w.name, "' in ", w.file, " has dtype ", st_dtype_name(w.dtype),
+           "; expected F32, F16 or BF16");
+  const void* p = w.data;
+  if (reinterpret_cast<uintptr_t>(p) % dtype_size(*dt) != 0) {
+    scratch.assign(w.data, w.data + w.nbytes);
+    p = scratch.data();
+  }
+  TensorView v;
+  v.data = const_cast<void*>(p);
+  v.dtype = *dt;
+  v.device = Device::CPU;
+  v.ndim = static_cast<int>(w.shape.size());
+  RT_CHECK(v.ndim >= 1 && v.ndim <= TensorView::kMaxDims, "tensor '", w.name, "' in ", w.file,
+           ": unsupported rank ", v.ndim);
+  int64_t stride = 1;
+  for (int i = v.ndim - 1; i >= 0; --i) {
+    v.shape[i] = w.shape[i];
+    v.stride[i] = stride;
+    stride *= w.shape[i];
+  }
+  return v;
+}
+}  // namespace
+
+// Layer-relative names ("self_attn.q_proj.weight") -> the model's weights.
+class Qwen2Model::LayerParamsView final : public LayerParams {
+ public:
+  LayerParamsView(const Qwen2Model& m, int layer)
+      : model_(m), prefix_("model.layers." + std::to_string(layer) + ".") {}
+  TensorView get(const std::string& name) const override { return model_.weight(prefix_ + name); }
+  bool has(const std::string& name) const override { return model_.weights_.count(prefix_ + name) != 0; }
+  const std::string& prefix() const { return prefix_; }
+
+ private:
+  const Qwen2Model& model_;
+  std::string prefix_;
+};
+
+Qwen2Model::Qwen2Model(HfConfig config, Ops& ops, AttentionBackend& attention)
+    : config_(std::move(config)), dims_(dims_from_config(config_)), ops_(ops), attention_(attention) {
+  for (int i = 0; i < dims_.n_layers; ++i) layers_.push_back(std::make_unique<LayerParamsView>(*this, i));
+}
+
+Qwen2Model::~Qwen2Model() = default;
+
+TensorView Qwen2Model::weight(const std::string& name) const {
+  auto it = weights_.find(name);
+  if (it == weights_.end()) fail("model has no parameter '", name, "'");
+  return it->second.view;
+}
+
+void Qwen2Model::add_weight(const std::string& name, TensorView host) {
+  Tensor t;
+  switch (host.ndim) {
+    case 1: t = ops_.alloc(DType::F32, {host.shape[0]}); break;
+    case 2: t = ops_.alloc(DType::F32, {host.shape[0], host.shape[1]}); break;
+    default: fail("parameter '", name, "': expected 1 or 2 dimensions, found shape ", host.shape_str());
+  }
+  ops_.copy(host, t.view);
+  weights_[name] = std::move(t);
+}
+
+size_t Qwen2Model::parameter_count() const {
+  size_t n = 0;
+  for (const auto& [name, t] : weights_) n += static_cast<size_t>(t.view.numel());
+  return n;
+}
+
+void Qwen2Model::load_weights(const WeightStore& store) {
+  validate_qwen2_weights(config_, store);
+  std::vector<uint8_t> scratch;
+  for (const auto& e : qwen2_expected_tensors(config_)) add_weight(e.name, host_view(store.get(e.name), scratch));
+  create_extra_params(&store);
+}
+
+void Qwen2Model::init_random(uint64_t seed) {
+  for (const auto& [name, shape] : qwen2_expected_tensors(config_)) {
+    std::vector<float> host = random_parameter(name, shape, seed);
+    TensorView v = shape.size() == 1
+                       ? TensorView::contiguous(host.data(), DType::F32, Device::CPU, {shape[0]})
+                       : TensorView::contiguous(host.data(), DType::F32, Device::CPU, {shape[0], shape[1]});
+    add_weight(name, v);
+  }
+  create_extra_params(nullptr);
+}
+
+// Parameters a plugin declares beyond the base model: taken from the checkpoint when present
+// (a trained L2A model), otherwise created by the declared init rule.
+void Qwen2Model::create_extra_params(const WeightStore* store) {
+  for (const ParamDecl& decl : attention_.extra_params(dims_)) {
+    RT_CHECK(decl.shape.size() == 1 || decl.shape.size() == 2, "attention plugin parameter '", decl.name,
+             "': expected 1 or 2 dimensions, declared ", decl.shape.size());
+    int64_t numel = 1;
+    for (int64_t s : decl.shape) numel *= s;
+    for (const auto& layer : layers_) {
+      const std::string full = layer->prefix() + decl.name;
+      if (const WeightInfo* stored = store ? store->find(full) : nullptr) {
+        std::vector<uint8_t> scratch;
+        TensorView v = host_view(*stored, scratch);
+        RT_CHECK(v.numel() == numel && v.ndim == static_cast<int>(decl.shape.size()), "tensor '", full,
+                 "' in ", stored->file, " has shape ", v.shape_str(), "; the attention plugin expects ",
+                 decl.shape.size() == 1 ? "[" + std::to_string(decl.shape[0]) + "]"
+                                        : "[" + std::to_string(decl.shape[0]) + ", " + std::to_string(decl.shape[1]) + "]");
+        add_weight(full, v);
+        continue;
+      }
+      std::vector<float> host(static_cast<size_t>(numel));
+      if (decl.init == "zeros" || decl.init == "ones") {
+        std::fill(host.begin(), host.end(), decl.init == "zeros" ? 0.f : 1.f);
+      } else if (decl.init.rfind("copy_of:", 0) == 0) {
+        const std::string src = layer->prefix() + decl.init.substr(8);
+        TensorView s = weight(src);
+        RT_CHECK(s.numel() == numel, "attention plugin parameter '", decl.name, "': init '", decl.init,
+                 "' copies ", s.shape_str(), " into a parameter of ", numel, " elements");
+        TensorView dst = TensorView::contiguous(host.data(), DType::F32, Device::CPU, {numel});
+        ops_.copy(s.reshaped({numel}), dst);
+      } else {
+        fail("attention plugin parameter '", decl.name, "': unknown init rule '", decl.init,
+             "' (expected zeros, ones or copy_of:<name>)");
+      }
+      TensorView v = decl.shape.size() == 1
+                         ? TensorView::contiguous(host.data(), DType::F32, Device::CPU, {decl.shape[0]})
+                         : TensorView::contiguous(host.data(), DType::F32, Device::CPU, {decl.shape[0], decl.shape[1]});
+      add_weight(full, v);
+    }
+  }
+}
+
+Qwen2Model::States Qwen2Model::new_states(int64_t max_tokens) {
+  RT_CHECK(max_tokens <= dims_.max_positions, "a sequence of ", max_tokens,
+           " tokens is longer than the model supports (max_position_embeddings = ", dims_.max_positions,
+           " in config.json)");
+  States s;
+  for (int i = 0; i < dims_.n_layers; ++i) {
+    LayerContext ctx{&dims_, i, &ops_, layers_[i].get()};
+    s.push_back(attention_.new_state(ctx, max_tokens));
+  }
+  return s;
+}
+
+Tensor Qwen2Model::forward(std::span<const int32_t> ids, States* states, bool last_only) {
+  const int64_t T = static_cast<int64_t>(ids.size());
+  RT_CHECK(T > 0, "forward: no input tokens");
+  const int64_t pos0 = states && !states->empty() ? (*states)[0]->tokens_seen() : 0;
+  RT_CHECK(pos0 + T <= dims_.max_positions, "a sequence of ", pos0 + T,
+           " tokens is longer than the model supports (max_position_embeddings = ", dims_.max_positions,
+           " in config.json)");
+  for (int64_t t = 0; t < T; ++t)
+    RT_CHECK(ids[t] >= 0 && ids[t] < dims_.vocab, "token id ", ids[t], " at position ", t,
+             " is out of range: the vocabulary has ", dims_.vocab, " entries (vocab_size in config.json)");
+
+  Tensor id_dev = ops_.alloc(DType::I32, {T});
+  ops_.copy(TensorView::contiguous(const_cast<int32_t*>(ids.data()), DType::I32, Device::CPU, {T}), id_dev);
+  Tensor x = ops_.alloc(DType::F32, {T, dims_.hidden});
+  ops_.embedding(weight("model.embed_tokens.weight"), id_dev, x);
+
+  for (int i = 0; i < dims_.n_layers; ++i) {
+    LayerContext ctx{&dims_, i, &ops_, layers_[i].get()};
+    attention_.forward(ctx, x, states ? (*states)[i].get() : nullptr);
+    mlp_forward(ctx, x);
+  }
+
+  TensorView tail = last_only ? x.view.rows(T - 1, T) : x.view;
+  const int64_t rows = tail.shape[0];
+  Tensor h = ops_.alloc(DType::F32, {rows, dims_.hidden});
+  ops_.rmsnorm(tail, weight("model.norm.weight"), dims_.rms_eps, h);
+  Tensor logits = ops_.alloc(DType::F32, {rows, dims_.vocab});
+  const char* head = config_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+  ops_.linear(h, weight(head), TensorView{}, logits);
+  return logits;
+}
+
+}  // namespace rt

@@ -1,0 +1,59 @@
+// The Qwen2 decoder graph: embedding -> N x (attention plugin, MLP) -> final norm -> lm_head.
+//
+// The model owns the weights on the compute device (fp32 on the CPU backend) and the MLP; the
+// attention sublayer of every layer is the plugin's (see sdk/include/rt/sdk/attention_backend.h).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "loader/hf_config.h"
+#include "loader/weight_store.h"
+#include "rt/sdk/attention_backend.h"
+
+namespace rt {
+
+class Qwen2Model {
+ public:
+  // `attention` must already be configured; the model does not own it or `ops`.
+  Qwen2Model(HfConfig config, Ops& ops, AttentionBackend& attention);
+  ~Qwen2Model();
+
+  // Copies (and converts to fp32) every tensor the graph needs from a validated store, then
+  // creates the plugin's extra parameters that the store lacks from their init rules.
+  void load_weights(const WeightStore& store);
+  // The architecture's exact shapes with random weights (normal(0, 0.02) matrices, unit norms,
+  // zero biases, as transformers initializes Qwen2), for profiling without a checkpoint.
+  void init_random(uint64_t seed);
+
+  const HfConfig& config() const { return config_; }
+  const ModelDims& dims() const { return dims_; }
+  size_t parameter_count() const;
+
+  // One KV-cache state per layer for a sequence of at most max_tokens positions.
+  using States = std::vector<std::unique_ptr<AttentionState>>;
+  States new_states(int64_t max_tokens);
+
+  // Runs `ids` (positions continue from the states, or start at 0 without states) and returns
+  // fp32 logits [T, vocab], or only the last row's [1, vocab] when last_only.
+  Tensor forward(std::span<const int32_t> ids, States* states, bool last_only);
+
+ private:
+  class LayerParamsView;
+  void add_weight(const std::string& name, TensorView host);
+  void create_extra_params(const WeightStore* store);
+  TensorView weight(const std::string& name) const;
+
+  HfConfig config_;
+  ModelDims dims_;
+  Ops& ops_;
+  AttentionBackend& attention_;
+  std::unordered_map<std::string, Tensor> weights_;
+  std::vector<std::unique_ptr<LayerParamsView>> layers_;
+};
+
+}  // namespace rt

@@ -1,0 +1,180 @@
+// Helpers for the loader tests: temp dirs, raw safetensors images (for malformed files), tiny
+// Qwen2 checkpoints, and error-message assertions. No Python needed at test time.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <initializer_list>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "loader/safetensors_writer.h"
+#include "rt/sdk/error.h"
+
+namespace rt::test {
+
+namespace fs = std::filesystem;
+
+// A fresh directory under $TMPDIR, removed with everything in it at scope exit.
+class TempDir {
+ public:
+  TempDir() {
+    std::string tmpl = (fs::temp_directory_path() / "rt_loader_XXXXXX").string();
+    if (!::mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
+    path_ = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const fs::path& path() const { return path_; }
+  fs::path operator/(const std::string& s) const { return path_ / s; }
+
+ private:
+  fs::path path_;
+};
+
+inline void write_file(const fs::path& p, const std::string& text) {
+  fs::create_directories(p.parent_path());
+  std::ofstream(p, std::ios::binary) << text;
+}
+inline void write_file(const fs::path& p, const std::vector<uint8_t>& bytes) {
+  fs::create_directories(p.parent_path());
+  std::ofstream(p, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()),
+                                           static_cast<std::streamsize>(bytes.size()));
+}
+
+// [u64 LE length][header][data_bytes bytes of a counting pattern]. `length` overrides the
+// prefix (to lie about the header size).
+inline std::vector<uint8_t> raw_safetensors(const std::string& header, size_t data_bytes,
+                                            std::optional<uint64_t> length = std::nullopt) {
+  const uint64_t n = length.value_or(header.size());
+  std::vector<uint8_t> out(8 + header.size() + data_bytes);
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<uint8_t>(n >> (8 * i));
+  std::memcpy(out.data() + 8, header.data(), header.size());
+  for (size_t i = 0; i < data_bytes; ++i) out[8 + header.size() + i] = static_cast<uint8_t>(i);
+  return out;
+}
+
+// The message of the rt::Error `f` throws; a test failure if it throws nothing or another type.
+inline std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const rt::Error& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "expected rt::Error, got another exception: " << e.what();
+    return "";
+  }
+  ADD_FAILURE() << "expected rt::Error, nothing thrown";
+  return "";
+}
+
+#define EXPECT_HAS(msg, sub) \
+  EXPECT_NE(std::string(msg).find(sub), std::string::npos) << "message: " << (msg) << "\nmissing: " << (sub)
+
+// Deterministic pseudo-random values, never constant.
+inline std::vector<float> random_floats(size_t n, uint32_t seed) {
+  std::vector<float> v(n);
+  uint32_t s = seed * 2654435761u + 1;
+  for (auto& x : v) {
+    s = s * 1664525u + 1013904223u;
+    x = static_cast<float>(static_cast<int32_t>(s >> 8) - (1 << 23)) / static_cast<float>(1 << 23);
+  }
+  return v;
+}
+
+struct TinyQwen2 {
+  int64_t hidden = 8, intermediate = 12, layers = 2, heads = 4, kv_heads = 2, vocab = 16;
+  bool tied = false;
+
+  std::string config_json(const std::string& extra = "") const {
+    return std::string("{\"model_type\": \"qwen2\", \"hidden_size\": ") + std::to_string(hidden) +
+           ", \"intermediate_size\": " + std::to_string(intermediate) +
+           ", \"num_hidden_layers\": " + std::to_string(layers) +
+           ", \"num_attention_heads\": " + std::to_string(heads) +
+           ", \"num_key_value_heads\": " + std::to_string(kv_heads) +
+           ", \"vocab_size\": " + std::to_string(vocab) + ", \"rms_norm_eps\": 1e-6" +
+           ", \"rope_theta\": 1000000.0, \"tie_word_embeddings\": " + (tied ? "true" : "false") +
+           extra + "}";
+  }
+};
+
+// Float32 tensors with deterministic contents, for writing valid files.
+struct TensorSet {
+  std::vector<std::string> names;
+  std::vector<std::vector<int64_t>> shapes;
+  std::vector<std::vector<uint8_t>> data;
+  std::vector<StDType> dtypes;
+
+  void add(const std::string& name, std::vector<int64_t> shape, StDType dtype = StDType::F32) {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    std::vector<uint8_t> bytes(static_cast<size_t>(n) * st_dtype_bits(dtype) / 8);
+    for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<uint8_t>(i * 7 + names.size());
+    names.push_back(name);
+    shapes.push_back(std::move(shape));
+    data.push_back(std::move(bytes));
+    dtypes.push_back(dtype);
+  }
+  void remove(const std::string& name) {
+    for (size_t i = 0; i < names.size(); ++i)
+      if (names[i] == name) {
+        names.erase(names.begin() + i);
+        shapes.erase(shapes.begin() + i);
+        data.erase(data.begin() + i);
+        dtypes.erase(dtypes.begin() + i);
+        return;
+      }
+    throw std::runtime_error("TensorSet::remove: no " + name);
+  }
+  std::vector<StWriteTensor> view(const std::function<bool(const std::string&)>& keep = {}) const {
+    std::vector<StWriteTensor> out;
+    for (size_t i = 0; i < names.size(); ++i)
+      if (!keep || keep(names[i]))
+        out.push_back({names[i], dtypes[i], shapes[i], data[i].data(), data[i].size()});
+    return out;
+  }
+  void save(const fs::path& p, const std::function<bool(const std::string&)>& keep = {}) const {
+    fs::create_directories(p.parent_path());
+    save_safetensors(p, view(keep));
+  }
+};
+
+// The tensors of TinyQwen2 `m`, all in `dtype`.
+inline TensorSet qwen2_tensors(const TinyQwen2& m, StDType dtype = StDType::BF16) {
+  TensorSet s;
+  const int64_t hd = m.hidden / m.heads, q = m.heads * hd, kv = m.kv_heads * hd;
+  s.add("model.embed_tokens.weight", {m.vocab, m.hidden}, dtype);
+  for (int64_t i = 0; i < m.layers; ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    s.add(p + "input_layernorm.weight", {m.hidden}, dtype);
+    s.add(p + "self_attn.q_proj.weight", {q, m.hidden}, dtype);
+    s.add(p + "self_attn.q_proj.bias", {q}, dtype);
+    s.add(p + "self_attn.k_proj.weight", {kv, m.hidden}, dtype);
+    s.add(p + "self_attn.k_proj.bias", {kv}, dtype);
+    s.add(p + "self_attn.v_proj.weight", {kv, m.hidden}, dtype);
+    s.add(p + "self_attn.v_proj.bias", {kv}, dtype);
+    s.add(p + "self_attn.o_proj.weight", {m.hidden, q}, dtype);
+    s.add(p + "post_attention_layernorm.weight", {m.hidden}, dtype);
+    s.add(p + "mlp.gate_proj.weight", {m.intermediate, m.hidden}, dtype);
+    s.add(p + "mlp.up_proj.weight", {m.intermediate, m.hidden}, dtype);
+    s.add(p + "mlp.down_proj.weight", {m.hidden, m.intermediate}, dtype);
+  }
+  s.add("model.norm.weight", {m.hidden}, dtype);
+  if (!m.tied) s.add("lm_head.weight", {m.vocab, m.hidden}, dtype);
+  return s;
+}
+
+}  // namespace rt::test
