@@ -105,6 +105,8 @@ def handwritten_cases():
     add("math", "∀x∈ℝ: x² ≥ 0, ∑ᵢ aᵢ = ∫₀^∞ f(t) dt ≈ π/2 ± ε; α≠β ⇒ ¬(α=β) √2 ∞")
     add("zero_width", "zero\u200bwidth\u200cnon\u200djoiner\ufeffbom\u2060wj\u00adsoft")
     add("unicode_spaces", "a\u00a0b\u2000c\u2003d\u3000e\u202ff\u205fg\u1680h\u180ei\u0085j\u2028k\u2029l")
+    # U+180E is not White_Space (Oniguruma's \s) but is in PCRE2's UCP \s: see regex.cpp.
+    add("mongolian_vowel_separator", "\u180e=i a \u180e b\u180e\u180e  c \u180e\n\u180e& \u180eI \x1c\u180e:t")
     add("unicode_space_runs", "x \u00a0 \u3000\u3000 y\u2003\u2003\nz")
     add("control_chars", "a\x00b\x01c\x1fd\x7fe\x1cf\x1dg\x1eh\x0bi\x0cj")
     add("fullwidth", "ＡＢＣ１２３！？ｱｲｳ")

@@ -18,7 +18,8 @@ class SlidingWindowAttention final : public rt::AttentionBackend {
   void configure(const rt::Options& options, const rt::ModelDims&) override {
     for (const auto& [key, value] : options.all())
       if (key != "window") rt::fail("swa: unknown option '", key, "' (value '", value, "'); it takes 'window'");
-    spec_.window = options.get_int("window", 4096);
+    RT_CHECK(options.has("window"), "swa: the window size is required: pass --window W (or --set window=W)");
+    spec_.window = options.get_int("window", 0);
     RT_CHECK(spec_.window >= 1, "swa: window must be >= 1, found ", spec_.window);
   }
   std::unique_ptr<rt::AttentionState> new_state(const rt::LayerContext& ctx, int64_t max_tokens) override {

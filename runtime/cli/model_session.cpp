@@ -2,7 +2,9 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <cstdlib>
+#include <iostream>
 
 #include "cpu/cpu_ops.h"
 #include "loader/model_resolver.h"
@@ -63,7 +65,7 @@ std::vector<int32_t> parse_ids(const std::string& text, const std::string& optio
   return ids;
 }
 
-static Options plugin_options(const ModelOptions& o) {
+static Options plugin_options(const ModelOptions& o, const HfConfig& config) {
   Options opts;
   for (const auto& kv : o.set) {
     auto eq = kv.find('=');
@@ -74,6 +76,8 @@ static Options plugin_options(const ModelOptions& o) {
     RT_CHECK(o.attention != "full_causal", "--window ", o.window,
              " has no effect with --attention full_causal; use --attention swa");
     opts.set("window", std::to_string(o.window));
+  } else if (o.attention == "swa" && !opts.has("window") && config.sliding_window > 0) {
+    opts.set("window", std::to_string(config.sliding_window));  // the checkpoint's own window
   }
   return opts;
 }
@@ -99,7 +103,12 @@ std::unique_ptr<ModelSession> open_model_session(const ModelOptions& o) {
     s->model_name = resolved.name;
   }
   const ModelDims dims = dims_from_config(config);
-  s->attention->configure(plugin_options(o), dims);
+  if (o.attention == "full_causal" &&
+      std::count(config.layer_types.begin(), config.layer_types.end(), "sliding_attention") > 0)
+    std::cerr << "warning: " << config.source << " enables sliding-window attention (window "
+              << config.sliding_window << ") in some layers; full_causal attends to every past token. "
+              << "Use --attention swa --window " << config.sliding_window << " to match it.\n";
+  s->attention->configure(plugin_options(o, config), dims);
   s->model = std::make_unique<Qwen2Model>(std::move(config), *s->ops, *s->attention);
   if (o.init == "random") {
     s->model->init_random(o.seed);

@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <iostream>
 #include <sstream>
 #include <stdexcept>
 
@@ -229,6 +230,21 @@ std::vector<std::string> Safetensors::tensor_names() const {
   return names;
 }
 
+bool Safetensors::remove_tensor(const std::string& name) {
+  if (!header.contains(name)) return false;
+  const uint64_t b = header[name]["data_offsets"][0].get<uint64_t>();
+  const uint64_t e = header[name]["data_offsets"][1].get<uint64_t>();
+  header.erase(name);
+  data.erase(b, e - b);
+  for (auto& [k, v] : header.items()) {
+    if (k == "__metadata__") continue;
+    auto& off = v["data_offsets"];
+    for (int i = 0; i < 2; ++i)
+      if (off[i].get<uint64_t>() >= e) off[i] = off[i].get<uint64_t>() - (e - b);
+  }
+  return true;
+}
+
 std::string join_ids(const std::vector<int64_t>& ids) {
   std::string s;
   for (size_t i = 0; i < ids.size(); ++i) s += (i ? "," : "") + std::to_string(ids[i]);
@@ -272,6 +288,8 @@ double rel_error(const std::vector<float>& out, const std::vector<float>& ref) {
       return fail("stderr mentions none of " + opts);
     }
   }
+  // Show the message (first line) so that a reader of the test log sees what users would see.
+  std::cout << "[stderr] " << r.err.substr(0, r.err.find('\n')) << "\n";
   return ::testing::AssertionSuccess();
 }
 

@@ -71,6 +71,9 @@ struct Safetensors {
   // Writes the header (serialized, space-padded to 8 bytes) followed by the data.
   void save(const fs::path& path) const;
   std::vector<std::string> tensor_names() const;
+  // Drops a tensor: its header entry and its bytes (later offsets shift down, so the data region
+  // stays gap-free as the format requires). Returns false if there is no such tensor.
+  bool remove_tensor(const std::string& name);
 };
 
 // Writes raw bytes: an 8-byte little-endian length, the header bytes, then the data, verbatim.

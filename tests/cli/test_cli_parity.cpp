@@ -35,6 +35,10 @@ struct GenerateCase {
   std::string error;
 };
 
+// Readable parameters in gtest/ctest output (instead of a byte dump).
+void PrintTo(const LogitsCase& c, std::ostream* os) { *os << c.model << "/" << c.name; }
+void PrintTo(const GenerateCase& c, std::ostream* os) { *os << c.model << "/" << c.name; }
+
 const std::vector<std::string> kModels = {"gqa_untied_f32", "tied_bf16_theta5e6", "sharded_f16", "gqa7_hd64",
                                           "sliding_window"};
 
