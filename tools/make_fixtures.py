@@ -29,7 +29,9 @@ Models (odd sizes on purpose):
     sharded_f16          hidden 96, 6 heads / 2 kv (GQA 3), head_dim 16, inter 80, 2 layers,
                          vocab 211, untied, float16, rms_norm_eps 1e-5, >= 2 shards + index
     gqa7_hd64            hidden 448, 7 heads / 1 kv (GQA 7), head_dim 64, inter 64, 1 layer,
-                         vocab 128, tied, bfloat16 (Qwen2.5-0.5B's head shape in miniature)
+                         vocab 128, tied, bfloat16 (Qwen2.5-0.5B's head shape in miniature; 1.2 MB,
+                         the one checkpoint over 300 KB: hidden = 7 x 64 makes q_proj and o_proj
+                         448 x 448 each, and real Qwen2.5 configs have no separate head_dim)
     sliding_window       hidden 64, 4 heads / 2 kv, head_dim 16, inter 64, 2 layers, vocab 300,
                          rope_theta 5e6, tied, float32, use_sliding_window true, sliding_window 5,
                          max_window_layers 0 (every layer slides). Logits are stored both for HF's

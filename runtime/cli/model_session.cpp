@@ -28,7 +28,15 @@ void add_model_options(CLI::App& cmd, ModelOptions& o) {
                  "Attention plugin: full_causal, swa, or any plugin `runtime plugins` lists")
       ->capture_default_str();
   cmd.add_option("--window,-w", o.window, "Sliding window W (keys per query, including itself) for swa")
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Validator(
+          [](std::string& v) -> std::string {
+            try {
+              if (std::stoll(v) >= 1) return "";
+            } catch (const std::exception&) {
+            }
+            return "expected a window of at least 1 key, found '" + v + "'";
+          },
+          "W>=1"));
   cmd.add_option("--set", o.set, "Plugin option key=value (repeatable), e.g. --set window=512");
   cmd.add_option("--plugin", o.plugins, "Extra plugin file or directory to load first (repeatable)");
   cmd.add_option("--device", o.device, "Compute device")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();

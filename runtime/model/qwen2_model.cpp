@@ -92,12 +92,22 @@ void Qwen2Model::load_weights(const WeightStore& store) {
 }
 
 void Qwen2Model::init_random(uint64_t seed) {
+  std::vector<float> host;
   for (const auto& [name, shape] : qwen2_expected_tensors(config_)) {
-    std::vector<float> host = random_parameter(name, shape, seed);
-    TensorView v = shape.size() == 1
-                       ? TensorView::contiguous(host.data(), DType::F32, Device::CPU, {shape[0]})
-                       : TensorView::contiguous(host.data(), DType::F32, Device::CPU, {shape[0], shape[1]});
-    add_weight(name, v);
+    int64_t n = 1;
+    for (int64_t s : shape) n *= s;
+    Tensor t = shape.size() == 1 ? ops_.alloc(DType::F32, {shape[0]}) : ops_.alloc(DType::F32, {shape[0], shape[1]});
+    if (ops_.device() == Device::CPU) {
+      random_parameter(name, n, seed, t.ptr<float>());  // straight into place: no second copy
+    } else {
+      host.resize(static_cast<size_t>(n));
+      random_parameter(name, n, seed, host.data());
+      TensorView src = t.view;
+      src.data = host.data();
+      src.device = Device::CPU;
+      ops_.copy(src, t.view);
+    }
+    weights_[name] = std::move(t);
   }
   create_extra_params(nullptr);
 }

@@ -1,5 +1,6 @@
 #include "model/random_weights.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace rt {
@@ -25,18 +26,14 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 }
 }  // namespace
 
-std::vector<float> random_parameter(const std::string& name, const std::vector<int64_t>& shape, uint64_t seed,
-                                    float stddev) {
-  int64_t n = 1;
-  for (int64_t s : shape) n *= s;
-  std::vector<float> out(static_cast<size_t>(n));
-  if (ends_with(name, "layernorm.weight") || ends_with(name, "norm.weight")) {
-    std::fill(out.begin(), out.end(), 1.f);
-    return out;
+void random_parameter(const std::string& name, int64_t n, uint64_t seed, float* out, float stddev) {
+  if (ends_with(name, "norm.weight")) {
+    std::fill(out, out + n, 1.f);
+    return;
   }
   if (ends_with(name, ".bias")) {
-    std::fill(out.begin(), out.end(), 0.f);
-    return out;
+    std::fill(out, out + n, 0.f);
+    return;
   }
   const uint64_t key = mix(seed ^ name_hash(name));
 #pragma omp parallel for schedule(static)
@@ -44,10 +41,8 @@ std::vector<float> random_parameter(const std::string& name, const std::vector<i
     // Box-Muller on two counter-derived uniforms.
     const double u1 = unit(mix(key + 2 * static_cast<uint64_t>(i)));
     const double u2 = unit(mix(key + 2 * static_cast<uint64_t>(i) + 1));
-    out[static_cast<size_t>(i)] =
-        static_cast<float>(stddev * std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
+    out[i] = static_cast<float>(stddev * std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
   }
-  return out;
 }
 
 }  // namespace rt

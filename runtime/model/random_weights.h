@@ -4,12 +4,11 @@
 
 #include <cstdint>
 #include <string>
-#include <vector>
 
 namespace rt {
 
-// Deterministic in (name, seed) and independent of thread count.
-std::vector<float> random_parameter(const std::string& name, const std::vector<int64_t>& shape, uint64_t seed,
-                                    float stddev = 0.02f);
+// Fills out[0, n) for the parameter `name`. Deterministic in (name, seed), independent of the
+// thread count.
+void random_parameter(const std::string& name, int64_t n, uint64_t seed, float* out, float stddev = 0.02f);
 
 }  // namespace rt
