@@ -12,6 +12,6 @@ cmake --build build-fuzz -j"$(nproc)" --target fuzz_safetensors fuzz_tokenizer
 for target in fuzz_safetensors fuzz_tokenizer; do
   mkdir -p "fuzz-corpus/$target"
   echo "== $target for ${secs}s"
-  "build-fuzz/fuzz/$target" "fuzz-corpus/$target" -max_total_time="$secs" -rss_limit_mb=4096 \
+  "build-fuzz/bin/$target" "fuzz-corpus/$target" -max_total_time="$secs" -rss_limit_mb=4096 \
     -artifact_prefix="fuzz-corpus/$target-" -print_final_stats=1 2>&1 | tail -n 12
 done

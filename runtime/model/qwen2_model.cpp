@@ -70,8 +70,8 @@ TensorView Qwen2Model::weight(const std::string& name) const {
 void Qwen2Model::add_weight(const std::string& name, TensorView host) {
   Tensor t;
   switch (host.ndim) {
-    case 1: t = ops_.alloc(DType::F32, {host.shape[0]}); break;
-    case 2: t = ops_.alloc(DType::F32, {host.shape[0], host.shape[1]}); break;
+    case 1: t = ops_.alloc(ops_.activation_dtype(), {host.shape[0]}); break;
+    case 2: t = ops_.alloc(ops_.activation_dtype(), {host.shape[0], host.shape[1]}); break;
     default: fail("parameter '", name, "': expected 1 or 2 dimensions, found shape ", host.shape_str());
   }
   ops_.copy(host, t.view);
@@ -96,8 +96,9 @@ void Qwen2Model::init_random(uint64_t seed) {
   for (const auto& [name, shape] : qwen2_expected_tensors(config_)) {
     int64_t n = 1;
     for (int64_t s : shape) n *= s;
-    Tensor t = shape.size() == 1 ? ops_.alloc(DType::F32, {shape[0]}) : ops_.alloc(DType::F32, {shape[0], shape[1]});
-    if (ops_.device() == Device::CPU) {
+    const DType wt = ops_.activation_dtype();
+    Tensor t = shape.size() == 1 ? ops_.alloc(wt, {shape[0]}) : ops_.alloc(wt, {shape[0], shape[1]});
+    if (ops_.device() == Device::CPU && wt == DType::F32) {
       random_parameter(name, n, seed, t.ptr<float>());  // straight into place: no second copy
     } else {
       host.resize(static_cast<size_t>(n));
@@ -105,6 +106,7 @@ void Qwen2Model::init_random(uint64_t seed) {
       TensorView src = t.view;
       src.data = host.data();
       src.device = Device::CPU;
+      src.dtype = DType::F32;
       ops_.copy(src, t.view);
     }
     weights_[name] = std::move(t);
@@ -190,7 +192,7 @@ Tensor Qwen2Model::forward(std::span<const int32_t> ids, States* states, bool la
 
   TensorView tail = last_only ? x.view.rows(T - 1, T) : x.view;
   const int64_t rows = tail.shape[0];
-  Tensor h = ops_.alloc(DType::F32, {rows, dims_.hidden});
+  Tensor h = ops_.alloc(ops_.activation_dtype(), {rows, dims_.hidden});
   ops_.rmsnorm(tail, weight("model.norm.weight"), dims_.rms_eps, h);
   Tensor logits = ops_.alloc(DType::F32, {rows, dims_.vocab});
   const char* head = config_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";

@@ -1,7 +1,7 @@
 // Tests of the CPU backend (backends/cpu) and of the f16/bf16 conversions (rt/sdk/half.h).
 // Every op is compared with a plain double-precision loop written here, on random inputs (fixed
 // seeds) of ragged sizes, with the outputs poisoned with NaN before each call.
-// Timings: ./test_cpu_ops --gtest_also_run_disabled_tests --gtest_filter='*Perf*'
+// Timings: tools/bench_cpu (build/bin/bench_cpu_ops).
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -870,51 +870,6 @@ TEST_F(CpuOps, RejectsOtherDevices) {
   TensorView null = a.view;
   null.data = nullptr;
   EXPECT_THROW_MSG(ops->fill(null, 1.f), "fill", "'dst'", "null");
-}
-
-// ---------------------------------------------------------------------------------------------
-// Timings (not run by default).
-
-template <typename F>
-double time_ms(F&& f, int reps) {
-  f();  // warm up
-  auto t0 = std::chrono::steady_clock::now();
-  for (int i = 0; i < reps; ++i) f();
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / reps;
-}
-
-TEST_F(CpuOps, DISABLED_Perf) {
-  {
-    Tensor q = randn({4096, 14, 64}), k = randn({4096, 2, 64}), v = randn({4096, 2, 64});
-    Tensor o = ops->alloc(DType::F32, {4096, 14, 64});
-    rt::AttentionSpec spec;
-    std::printf("attention prefill T=4096 Hq=14 Hkv=2 D=64 causal: %.1f ms\n",
-                time_ms([&] { ops->attention(q, k, v, o, spec); }, 3));
-    spec.window = 1024;
-    std::printf("attention prefill T=4096 Hq=14 Hkv=2 D=64 window=1024: %.1f ms\n",
-                time_ms([&] { ops->attention(q, k, v, o, spec); }, 3));
-  }
-  {
-    Tensor q = randn({1, 14, 64}), k = randn({32768, 2, 64}), v = randn({32768, 2, 64});
-    Tensor o = ops->alloc(DType::F32, {1, 14, 64});
-    rt::AttentionSpec spec;
-    spec.q_pos0 = 32767;
-    std::printf("attention decode Tk=32768 Hq=14 Hkv=2 D=64: %.2f ms\n",
-                time_ms([&] { ops->attention(q, k, v, o, spec); }, 10));
-  }
-  {
-    Tensor x = randn({1, 896}), w = randn({151936, 896}, 0.05f), y = ops->alloc(DType::F32, {1, 151936});
-    std::printf("linear 1x896 @ 151936x896 (f32 W): %.1f ms\n",
-                time_ms([&] { ops->linear(x, w, TensorView{}, y); }, 5));
-    Tensor wb = to16(w, DType::BF16);
-    std::printf("linear 1x896 @ 151936x896 (bf16 W): %.1f ms\n",
-                time_ms([&] { ops->linear(x, wb, TensorView{}, y); }, 3));
-  }
-  {
-    Tensor x = randn({512, 896}), w = randn({4864, 896}, 0.05f), y = ops->alloc(DType::F32, {512, 4864});
-    const double ms = time_ms([&] { ops->linear(x, w, TensorView{}, y); }, 3);
-    std::printf("linear 512x896 @ 4864x896: %.1f ms (%.1f GFLOP/s)\n", ms, 2.0 * 512 * 896 * 4864 / ms / 1e6);
-  }
 }
 
 }  // namespace

@@ -28,8 +28,8 @@ class KvCache : public AttentionState {
   KvCache(Ops& ops, const ModelDims& d, int64_t max_tokens, int64_t ring_window)
       : ring_(ring_window > 0 && ring_window < max_tokens ? ring_window : 0),
         capacity_(ring_ ? ring_ : max_tokens) {
-    k_ = ops.alloc(DType::F32, {capacity_, d.n_kv_heads, d.head_dim});
-    v_ = ops.alloc(DType::F32, {capacity_, d.n_kv_heads, d.head_dim});
+    k_ = ops.alloc(ops.activation_dtype(), {capacity_, d.n_kv_heads, d.head_dim});
+    v_ = ops.alloc(ops.activation_dtype(), {capacity_, d.n_kv_heads, d.head_dim});
     max_tokens_ = max_tokens;
   }
   int64_t tokens_seen() const override { return seen_; }
@@ -58,8 +58,8 @@ class KvCache : public AttentionState {
     // Ring: keys p0-(W-1) .. p0-1 come from the cache, in position order, then the new rows.
     const int64_t first = std::max<int64_t>(0, p0 - (window - 1));
     const int64_t old = p0 - first;
-    Tensor kk = ops.alloc(DType::F32, {old + T, k.shape[1], k.shape[2]});
-    Tensor vv = ops.alloc(DType::F32, {old + T, k.shape[1], k.shape[2]});
+    Tensor kk = ops.alloc(k.dtype, {old + T, k.shape[1], k.shape[2]});
+    Tensor vv = ops.alloc(k.dtype, {old + T, k.shape[1], k.shape[2]});
     for (int64_t p = first; p < p0; ++p) {
       const int64_t slot = p % ring_;
       ops.copy(k_.view.rows(slot, slot + 1), kk.view.rows(p - first, p - first + 1));
@@ -96,12 +96,13 @@ inline void attention_sublayer_forward(const LayerContext& ctx, const AttentionS
   const int64_t pos0 = cache ? cache->tokens_seen() : 0;
   const double theta = spec.rope_theta > 0 ? spec.rope_theta : d.rope_theta;
 
-  Tensor h = ops.alloc(DType::F32, {T, d.hidden});
+  const DType act = ops.activation_dtype();
+  Tensor h = ops.alloc(act, {T, d.hidden});
   ops.rmsnorm(x, p.get(spec.norm), d.rms_eps, h);
 
-  Tensor q = ops.alloc(DType::F32, {T, d.n_heads, d.head_dim});
-  Tensor k = ops.alloc(DType::F32, {T, d.n_kv_heads, d.head_dim});
-  Tensor v = ops.alloc(DType::F32, {T, d.n_kv_heads, d.head_dim});
+  Tensor q = ops.alloc(act, {T, d.n_heads, d.head_dim});
+  Tensor k = ops.alloc(act, {T, d.n_kv_heads, d.head_dim});
+  Tensor v = ops.alloc(act, {T, d.n_kv_heads, d.head_dim});
   ops.linear(h, p.get(spec.prefix + "q_proj.weight"), p.get(spec.prefix + "q_proj.bias"),
              q.view.reshaped({T, d.n_heads * d.head_dim}));
   ops.linear(h, p.get(spec.prefix + "k_proj.weight"), p.get(spec.prefix + "k_proj.bias"),
@@ -116,7 +117,7 @@ inline void attention_sublayer_forward(const LayerContext& ctx, const AttentionS
   as.window = spec.window;
   as.q_pos0 = pos0;
   as.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d.head_dim)));
-  Tensor o = ops.alloc(DType::F32, {T, d.n_heads, d.head_dim});
+  Tensor o = ops.alloc(act, {T, d.n_heads, d.head_dim});
   if (cache) {
     KvCache::Window w = cache->append(ops, k, v, spec.window);
     as.k_pos0 = w.k_pos0;
@@ -125,7 +126,7 @@ inline void attention_sublayer_forward(const LayerContext& ctx, const AttentionS
     ops.attention(q, k, v, o, as);
   }
 
-  Tensor a = ops.alloc(DType::F32, {T, d.hidden});
+  Tensor a = ops.alloc(act, {T, d.hidden});
   ops.linear(o.view.reshaped({T, d.n_heads * d.head_dim}), p.get(spec.prefix + "o_proj.weight"),
              TensorView{}, a);
   ops.add(x, a, x);

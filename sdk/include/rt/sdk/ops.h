@@ -28,10 +28,17 @@ class Ops {
  public:
   virtual ~Ops() = default;
   virtual Device device() const = 0;
+  // The dtype of activations and weights on this device: F32 on the CPU backend (the reference),
+  // BF16 on CUDA. The residual stream and logits stay F32 everywhere; ops accept activations
+  // of this dtype or F32 and accumulate in fp32.
+  virtual DType activation_dtype() const { return DType::F32; }
+  // Waits for queued device work (a no-op on the CPU), e.g. before reading a timer.
+  virtual void synchronize() {}
 
   // Uninitialized device memory, freed when the last Tensor holding it goes away.
   virtual Tensor alloc(DType dtype, std::initializer_list<int64_t> shape) = 0;
-  // dst = src, converting dtype when they differ (f32/bf16/f16). Shapes must match.
+  // dst = src, converting dtype when they differ (f32/bf16/f16). Shapes must match. Either side
+  // may be a CPU view on a device backend (upload/download).
   virtual void copy(TensorView src, TensorView dst) = 0;
   virtual void fill(TensorView dst, float value) = 0;
 
