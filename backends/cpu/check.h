@@ -2,6 +2,8 @@
 // expected and what was found.
 #pragma once
 
+#include <utility>
+
 #include <cstdint>
 
 #include "rt/sdk/error.h"
@@ -65,6 +67,20 @@ inline void check_unit_inner_stride(const char* op, const char* arg, const Tenso
 }
 
 // Number of rows of a view seen as [rows, last dim] (1 for a 0-d view).
+// The checks every binary elementwise op makes: all on the CPU, f32, one shape, rows with unit
+// inner stride.
+inline void check_elementwise_f32(const char* op, const char* a_name, const TensorView& a, const char* b_name,
+                                  const TensorView& b, const TensorView& out) {
+  const std::pair<const char*, const TensorView*> args[] = {{a_name, &a}, {b_name, &b}, {"out", &out}};
+  for (const auto& [name, v] : args) {
+    check_cpu(op, name, *v);
+    check_dtype(op, name, *v, DType::F32);
+  }
+  check_same_shape(op, a_name, a, b_name, b);
+  check_same_shape(op, a_name, a, "out", out);
+  for (const auto& [name, v] : args) check_unit_inner_stride(op, name, *v);
+}
+
 inline int64_t num_rows(const TensorView& v) {
   int64_t n = 1;
   for (int i = 0; i + 1 < v.ndim; ++i) n *= v.shape[i];

@@ -108,17 +108,7 @@ void fill_forward(TensorView dst, float value) {
 }
 
 void add_forward(TensorView a, TensorView b, TensorView out) {
-  check_cpu("add", "a", a);
-  check_cpu("add", "b", b);
-  check_cpu("add", "out", out);
-  check_dtype("add", "a", a, DType::F32);
-  check_dtype("add", "b", b, DType::F32);
-  check_dtype("add", "out", out, DType::F32);
-  check_same_shape("add", "a", a, "b", b);
-  check_same_shape("add", "a", a, "out", out);
-  check_unit_inner_stride("add", "a", a);
-  check_unit_inner_stride("add", "b", b);
-  check_unit_inner_stride("add", "out", out);
+  check_elementwise_f32("add", "a", a, "b", b, out);
   const int64_t rows = num_rows(a), n = row_len(a);
   if (rows * n == 0) return;
 #pragma omp parallel for schedule(static) if (rows * n >= kParallelMin && rows > 1)
@@ -131,17 +121,7 @@ void add_forward(TensorView a, TensorView b, TensorView out) {
 }
 
 void swiglu_forward(TensorView gate, TensorView up, TensorView out) {
-  check_cpu("swiglu", "gate", gate);
-  check_cpu("swiglu", "up", up);
-  check_cpu("swiglu", "out", out);
-  check_dtype("swiglu", "gate", gate, DType::F32);
-  check_dtype("swiglu", "up", up, DType::F32);
-  check_dtype("swiglu", "out", out, DType::F32);
-  check_same_shape("swiglu", "gate", gate, "up", up);
-  check_same_shape("swiglu", "gate", gate, "out", out);
-  check_unit_inner_stride("swiglu", "gate", gate);
-  check_unit_inner_stride("swiglu", "up", up);
-  check_unit_inner_stride("swiglu", "out", out);
+  check_elementwise_f32("swiglu", "gate", gate, "up", up, out);
   const int64_t rows = num_rows(gate), n = row_len(gate);
   if (rows * n == 0) return;
 #pragma omp parallel for schedule(static) if (rows * n >= kParallelMin / 4 && rows > 1)
