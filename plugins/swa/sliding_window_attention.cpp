@@ -10,7 +10,9 @@ class SlidingWindowAttention final : public rt::AttentionBackend {
   rt::Capabilities capabilities() const override {
     rt::Capabilities c;
     c.cpu = true;
+    c.cuda = true;  // the shared sublayer runs on any Ops
     c.f32 = true;
+    c.bf16 = true;
     c.decode = true;
     c.kv = rt::KvPolicy::RingBuffer;
     return c;

@@ -43,6 +43,7 @@ class KvCache : public AttentionState {
   struct Window {
     TensorView k, v;
     int64_t k_pos0;
+    bool unordered = false;  // rows are ring slots, not positions: every row is visible, no mask
   };
   Window append(Ops& ops, TensorView k, TensorView v, int64_t window) {
     const int64_t T = k.shape[0];
@@ -54,6 +55,16 @@ class KvCache : public AttentionState {
       ops.copy(v, v_.view.rows(p0, p0 + T));
       seen_ += T;
       return {k_.view.rows(0, p0 + T), v_.view.rows(0, p0 + T), 0};
+    }
+    if (T == 1 && window == ring_) {
+      // Decode: after writing the new token, the ring holds exactly the keys it may see (at most
+      // W, all inside its window), so attend over the slots as they are, without reordering.
+      const int64_t slot = p0 % ring_;
+      ops.copy(k, k_.view.rows(slot, slot + 1));
+      ops.copy(v, v_.view.rows(slot, slot + 1));
+      seen_ += 1;
+      const int64_t valid = std::min(seen_, ring_);
+      return {k_.view.rows(0, valid), v_.view.rows(0, valid), 0, true};
     }
     // Ring: keys p0-(W-1) .. p0-1 come from the cache, in position order, then the new rows.
     const int64_t first = std::max<int64_t>(0, p0 - (window - 1));
@@ -121,6 +132,10 @@ inline void attention_sublayer_forward(const LayerContext& ctx, const AttentionS
   if (cache) {
     KvCache::Window w = cache->append(ops, k, v, spec.window);
     as.k_pos0 = w.k_pos0;
+    if (w.unordered) {
+      as.causal = false;
+      as.window = 0;
+    }
     ops.attention(q, w.k, w.v, o, as);
   } else {
     ops.attention(q, k, v, o, as);
