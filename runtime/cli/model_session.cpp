@@ -7,6 +7,9 @@
 #include <iostream>
 
 #include "cpu/cpu_ops.h"
+#ifdef RT_WITH_CUDA_BACKEND
+#include "cuda/cuda_ops.h"
+#endif
 #include "loader/model_resolver.h"
 #include "model/model_dims.h"
 #include "rt/sdk/error.h"
@@ -93,9 +96,18 @@ static Options plugin_options(const ModelOptions& o, const HfConfig& config) {
 std::unique_ptr<ModelSession> open_model_session(const ModelOptions& o) {
   if (o.threads > 0) omp_set_num_threads(o.threads);
   auto s = std::make_unique<ModelSession>();
-  RT_CHECK(o.device == "cpu", "--device ", o.device,
-           ": this build has no CUDA backend yet; use --device cpu");
-  s->ops = make_cpu_ops();
+  if (o.device == "cuda") {
+#ifdef RT_WITH_CUDA_BACKEND
+    RT_CHECK(cuda_device_available(), "--device cuda: no usable CUDA device (driver missing or no GPU); "
+             "use --device cpu");
+    s->ops = make_cuda_ops();
+#else
+    fail("--device cuda: this binary was built without the CUDA backend (no nvcc at configure time); "
+         "use --device cpu or rebuild with the CUDA toolkit installed");
+#endif
+  } else {
+    s->ops = make_cpu_ops();
+  }
   s->registry.discover(o.plugins);
   s->attention = s->registry.create_attention(o.attention, s->ops->device());
 

@@ -1,0 +1,117 @@
+// Error checks for the CUDA backend. Every CUDA runtime / cuBLASLt call goes through CUDA_CHECK or
+// CUBLAS_CHECK, which throw rt::Error naming the call, file:line and the library's error string,
+// so a failure is reported to the user instead of aborting or silently corrupting later work.
+// The argument checks mirror backends/cpu/check.h (same message style, device cuda).
+#pragma once
+
+#include <cublasLt.h>
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "rt/sdk/error.h"
+#include "rt/sdk/tensor.h"
+
+namespace rt::cuda {
+
+[[noreturn]] inline void fail_cuda(cudaError_t e, const char* call, const char* file, int line) {
+  fail("CUDA error in ", call, " at ", file, ":", line, ": ", cudaGetErrorName(e), " (",
+       cudaGetErrorString(e), ")");
+}
+[[noreturn]] inline void fail_cublas(cublasStatus_t s, const char* call, const char* file, int line) {
+  fail("cuBLASLt error in ", call, " at ", file, ":", line, ": ", cublasLtGetStatusName(s), " (",
+       cublasLtGetStatusString(s), ")");
+}
+
+}  // namespace rt::cuda
+
+#define CUDA_CHECK(call)                                                        \
+  do {                                                                          \
+    const cudaError_t rt_cuda_err_ = (call);                                    \
+    if (rt_cuda_err_ != cudaSuccess) {                                          \
+      (void)cudaGetLastError(); /* clear a non-sticky error before throwing */ \
+      ::rt::cuda::fail_cuda(rt_cuda_err_, #call, __FILE__, __LINE__);           \
+    }                                                                           \
+  } while (0)
+
+#define CUBLAS_CHECK(call)                                                 \
+  do {                                                                     \
+    const cublasStatus_t rt_cublas_st_ = (call);                           \
+    if (rt_cublas_st_ != CUBLAS_STATUS_SUCCESS)                            \
+      ::rt::cuda::fail_cublas(rt_cublas_st_, #call, __FILE__, __LINE__);   \
+  } while (0)
+
+// After a kernel launch: a bad configuration is reported here, asynchronous faults at the next
+// synchronizing call.
+#define CUDA_CHECK_LAUNCH() CUDA_CHECK(cudaPeekAtLastError())
+
+namespace rt::cuda {
+
+inline bool is_float_dtype(DType t) { return t == DType::F32 || t == DType::BF16 || t == DType::F16; }
+
+inline void check_view(const char* op, const char* arg, const TensorView& v) {
+  RT_CHECK(v.ndim >= 0 && v.ndim <= TensorView::kMaxDims, op, ": argument '", arg,
+           "' has an invalid number of dimensions ", v.ndim);
+  for (int i = 0; i < v.ndim; ++i) {
+    RT_CHECK(v.shape[i] >= 0, op, ": argument '", arg, "' has a negative dimension, shape ", v.shape_str());
+    RT_CHECK(v.stride[i] >= 0, op, ": argument '", arg, "' has a negative stride, shape ", v.shape_str());
+  }
+  RT_CHECK(v.data != nullptr || v.numel() == 0, op, ": argument '", arg,
+           "' has no data (null pointer) for shape ", v.shape_str());
+}
+
+inline void check_cuda(const char* op, const char* arg, const TensorView& v) {
+  check_view(op, arg, v);
+  RT_CHECK(v.device == Device::CUDA, op, ": argument '", arg, "' must be on device cuda, found ",
+           device_name(v.device));
+}
+
+inline void check_dtype(const char* op, const char* arg, const TensorView& v, DType want) {
+  RT_CHECK(v.dtype == want, op, ": argument '", arg, "' must have dtype ", dtype_name(want), ", found ",
+           dtype_name(v.dtype));
+}
+
+inline void check_float(const char* op, const char* arg, const TensorView& v) {
+  RT_CHECK(is_float_dtype(v.dtype), op, ": argument '", arg,
+           "' must have a float dtype (f32, bf16, f16), found ", dtype_name(v.dtype));
+}
+
+inline void check_ndim(const char* op, const char* arg, const TensorView& v, int want) {
+  RT_CHECK(v.ndim == want, op, ": argument '", arg, "' must have ", want, " dimensions, found shape ",
+           v.shape_str());
+}
+
+inline void check_dim(const char* op, const char* arg, const TensorView& v, int dim, int64_t want,
+                      const char* what) {
+  RT_CHECK(v.shape[dim] == want, op, ": argument '", arg, "' dimension ", dim, " (", what, ") must be ", want,
+           ", found shape ", v.shape_str());
+}
+
+inline bool same_shape(const TensorView& a, const TensorView& b) {
+  if (a.ndim != b.ndim) return false;
+  for (int i = 0; i < a.ndim; ++i)
+    if (a.shape[i] != b.shape[i]) return false;
+  return true;
+}
+
+inline void check_same_shape(const char* op, const char* arg_a, const TensorView& a, const char* arg_b,
+                             const TensorView& b) {
+  RT_CHECK(same_shape(a, b), op, ": argument '", arg_b, "' must have the shape of '", arg_a, "' ",
+           a.shape_str(), ", found ", b.shape_str());
+}
+
+// Kernels read rows as arrays, so the last dimension must be contiguous.
+inline void check_unit_inner_stride(const char* op, const char* arg, const TensorView& v) {
+  RT_CHECK(v.ndim == 0 || v.shape[v.ndim - 1] <= 1 || v.stride[v.ndim - 1] == 1, op, ": argument '", arg,
+           "' must have a contiguous last dimension (stride 1), found stride ", v.stride[v.ndim - 1],
+           " for shape ", v.shape_str());
+}
+
+inline int64_t num_rows(const TensorView& v) {
+  int64_t n = 1;
+  for (int i = 0; i + 1 < v.ndim; ++i) n *= v.shape[i];
+  return n;
+}
+inline int64_t row_len(const TensorView& v) { return v.ndim == 0 ? 1 : v.shape[v.ndim - 1]; }
+
+}  // namespace rt::cuda
