@@ -23,6 +23,9 @@ class FullCausalAttention final : public rt::AttentionBackend {
   std::unique_ptr<rt::AttentionState> new_state(const rt::LayerContext& ctx, int64_t max_tokens) override {
     return std::make_unique<rt::KvCache>(*ctx.ops, *ctx.dims, max_tokens, 0);
   }
+  double forward_flops(const rt::ModelDims& d, int64_t T) const override {
+    return rt::attention_sublayer_flops(d, T, 0);
+  }
   void forward(const rt::LayerContext& ctx, rt::TensorView x, rt::AttentionState* state) override {
     rt::attention_sublayer_forward(ctx, spec_, x, static_cast<rt::KvCache*>(state));
   }

@@ -9,5 +9,6 @@ void register_logits(CLI::App& app);
 void register_generate(CLI::App& app);
 void register_tokenize(CLI::App& app);
 void register_plugins(CLI::App& app);
+void register_profile(CLI::App& app);
 
 }  // namespace rt

@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   rt::register_generate(app);
   rt::register_tokenize(app);
   rt::register_plugins(app);
+  rt::register_profile(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -168,6 +168,12 @@ Qwen2Model::States Qwen2Model::new_states(int64_t max_tokens) {
   return s;
 }
 
+void Qwen2Model::attention_layer_forward(int layer, TensorView x) {
+  RT_CHECK(layer >= 0 && layer < dims_.n_layers, "layer ", layer, " out of range [0, ", dims_.n_layers, ")");
+  LayerContext ctx{&dims_, layer, &ops_, layers_[layer].get()};
+  attention_.forward(ctx, x, nullptr);
+}
+
 Tensor Qwen2Model::forward(std::span<const int32_t> ids, States* states, bool last_only) {
   const int64_t T = static_cast<int64_t>(ids.size());
   RT_CHECK(T > 0, "forward: no input tokens");

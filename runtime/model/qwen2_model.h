@@ -42,6 +42,10 @@ class Qwen2Model {
   // fp32 logits [T, vocab], or only the last row's [1, vocab] when last_only.
   Tensor forward(std::span<const int32_t> ids, States* states, bool last_only);
 
+  // Only the attention plugin's sublayer of one layer, on a residual stream x [T, hidden] f32
+  // (positions from 0, no cache): what `runtime profile` times per backend.
+  void attention_layer_forward(int layer, TensorView x);
+
  private:
   class LayerParamsView;
   void add_weight(const std::string& name, TensorView host);

@@ -3,6 +3,8 @@
 #define BOOST_DLL_USE_STD_FS
 #include <boost/dll/shared_library.hpp>
 
+#include <dlfcn.h>
+
 #include <cstdlib>
 #include <set>
 #include <sstream>
@@ -46,7 +48,11 @@ void PluginRegistry::add(const std::filesystem::path& path) {
 
   auto entry = std::make_unique<Loaded>();
   try {
-    entry->lib.load(key, boost::dll::load_mode::rtld_now | boost::dll::load_mode::rtld_local);
+    // RTLD_NODELETE: a plugin stays mapped until the process exits. Exceptions a plugin throws
+    // carry vtables that live in its library; unloading it while one unwinds (the registry dies
+    // with the failing command) would crash the error report itself.
+    entry->lib.load(key, boost::dll::load_mode::rtld_now | boost::dll::load_mode::rtld_local |
+                             static_cast<boost::dll::load_mode::type>(RTLD_NODELETE));
   } catch (const std::exception& e) {
     fail("plugin ", key.string(), ": cannot be loaded as a shared library: ", e.what());
   }

@@ -94,6 +94,10 @@ class AttentionBackend {
   // With a state, the new keys/values are appended to it.
   virtual void forward(const LayerContext& ctx, TensorView x, AttentionState* state) = 0;
 
+  // FLOPs of one forward over T tokens (multiply-adds count 2), for TFLOP/s in `runtime profile`;
+  // 0 when unknown.
+  virtual double forward_flops(const ModelDims&, int64_t /*T*/) const { return 0.0; }
+
   // One token (x [1, hidden]) against the cache. The default runs forward with T = 1.
   virtual void decode_step(const LayerContext& ctx, TensorView x, AttentionState& state) {
     forward(ctx, x, &state);

@@ -97,6 +97,21 @@ class KvCache : public AttentionState {
   Tensor k_, v_, scratch_k_, scratch_v_;
 };
 
+// Keys visible to T queries at positions 0..T-1: sum over i of min(i + 1, W), or T(T+1)/2.
+inline double visible_pairs(int64_t T, int64_t window) {
+  const double t = static_cast<double>(T);
+  if (window <= 0 || window >= T) return t * (t + 1) / 2;
+  const double w = static_cast<double>(window);
+  return w * (w + 1) / 2 + (t - w) * w;
+}
+
+// FLOPs of attention_sublayer_forward over T tokens: q/k/v/o projections plus QK^T and PV over
+// the visible pairs (the norm, RoPE and softmax are O(T * hidden) and left out).
+inline double attention_sublayer_flops(const ModelDims& d, int64_t T, int64_t window) {
+  const double proj = 2.0 * T * d.hidden * (2.0 * d.n_heads * d.head_dim + 2.0 * d.n_kv_heads * d.head_dim);
+  return proj + 4.0 * visible_pairs(T, window) * d.head_dim * d.n_heads;
+}
+
 // x [T, hidden] += attention sublayer(x). Positions start at cache->tokens_seen() (or 0).
 inline void attention_sublayer_forward(const LayerContext& ctx, const AttentionSublayerSpec& spec,
                                        TensorView x, KvCache* cache) {

@@ -34,6 +34,13 @@ class Ops {
   virtual DType activation_dtype() const { return DType::F32; }
   // Waits for queued device work (a no-op on the CPU), e.g. before reading a timer.
   virtual void synchronize() {}
+  // Device memory held by tensors now and at most since the last reset (0 where untracked).
+  struct MemoryStats {
+    size_t in_use = 0;
+    size_t peak = 0;
+  };
+  virtual MemoryStats memory_stats() { return {}; }
+  virtual void reset_peak_memory() {}
 
   // Uninitialized device memory, freed when the last Tensor holding it goes away.
   virtual Tensor alloc(DType dtype, std::initializer_list<int64_t> shape) = 0;

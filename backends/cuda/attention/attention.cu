@@ -1,0 +1,466 @@
+// Attention on the CUDA device: argument checks, kernel choice, launches. The bf16 kernels are in
+// flash_attention.cuh; the fp32 path (a plain exact kernel for reference comparisons) is here.
+#include "cuda/attention/attention.h"
+
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+
+#include "cuda/attention/flash_attention.cuh"
+#include "rt/sdk/error.h"
+
+namespace rt::cuda {
+namespace {
+
+using attn::bf16;
+
+void check_cuda(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();  // clear a sticky launch error so later calls see their own
+    fail("attention: ", what, " failed: ", cudaGetErrorString(err), " (", cudaGetErrorName(err), ")");
+  }
+}
+
+void check_launch(const char* kernel) {
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess)
+    fail("attention: launching ", kernel, " failed: ", cudaGetErrorString(err), " (", cudaGetErrorName(err), ")");
+}
+
+constexpr int64_t kMaxInt = std::numeric_limits<int32_t>::max();
+
+void check_view(const char* arg, const TensorView& v) {
+  RT_CHECK(v.device == Device::CUDA, "attention (cuda): argument '", arg, "' must be on device cuda, found ",
+           device_name(v.device));
+  RT_CHECK(v.ndim == 3, "attention (cuda): argument '", arg, "' must have 3 dimensions [T, heads, head_dim], found shape ",
+           v.shape_str());
+  for (int i = 0; i < 3; ++i) {
+    RT_CHECK(v.shape[i] >= 0 && v.shape[i] <= kMaxInt, "attention (cuda): argument '", arg,
+             "' has a dimension out of range, shape ", v.shape_str());
+    RT_CHECK(v.stride[i] >= 0, "attention (cuda): argument '", arg, "' has a negative stride");
+  }
+  RT_CHECK(v.shape[2] <= 1 || v.stride[2] == 1, "attention (cuda): argument '", arg,
+           "' must have a contiguous last dimension (stride 1), found stride ", v.stride[2], " for shape ",
+           v.shape_str());
+  RT_CHECK(v.data != nullptr || v.numel() == 0, "attention (cuda): argument '", arg,
+           "' has no data (null pointer) for shape ", v.shape_str());
+}
+
+// The pointer must be device (or managed) memory: a host pointer labelled cuda would crash the kernel.
+void check_device_pointer(const char* arg, const TensorView& v) {
+  if (v.numel() == 0) return;
+  cudaPointerAttributes attr{};
+  const cudaError_t err = cudaPointerGetAttributes(&attr, v.data);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
+    fail("attention (cuda): argument '", arg, "': cannot query its pointer (", cudaGetErrorString(err),
+         "); is it device memory?");
+  }
+  RT_CHECK(attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged, "attention (cuda): argument '",
+           arg, "' is labelled cuda but points to ",
+           attr.type == cudaMemoryTypeHost ? "pinned host memory" : "host (unregistered) memory");
+  if (attr.type == cudaMemoryTypeDevice) {
+    int cur = -1;
+    check_cuda(cudaGetDevice(&cur), "cudaGetDevice");
+    RT_CHECK(attr.device == cur, "attention (cuda): argument '", arg, "' lives on GPU ", attr.device,
+             " but the current device is GPU ", cur);
+  }
+}
+
+// bf16 path: cp.async moves 16-byte chunks, so rows must start on 16-byte boundaries.
+void check_bf16_alignment(const char* arg, const TensorView& v) {
+  if (v.numel() == 0) return;
+  const bool ok = reinterpret_cast<uintptr_t>(v.data) % 16 == 0 && (v.shape[0] <= 1 || v.stride[0] % 8 == 0) &&
+                  (v.shape[1] <= 1 || v.stride[1] % 8 == 0);
+  RT_CHECK(ok, "attention (cuda, bf16): argument '", arg,
+           "' must have 16-byte aligned rows (data pointer 16-byte aligned, strides multiples of 8 elements); "
+           "found strides [",
+           v.stride[0], ", ", v.stride[1], ", ", v.stride[2], "]");
+}
+
+bool overlaps(const TensorView& a, const TensorView& b) {
+  if (a.numel() == 0 || b.numel() == 0) return false;
+  auto span = [](const TensorView& v) {
+    int64_t last = 0;
+    for (int i = 0; i < v.ndim; ++i) last += (v.shape[i] - 1) * v.stride[i];
+    return (last + 1) * static_cast<int64_t>(dtype_size(v.dtype));
+  };
+  const char* pa = static_cast<const char*>(a.data);
+  const char* pb = static_cast<const char*>(b.data);
+  return pa < pb + span(b) && pb < pa + span(a);
+}
+
+// Raises a kernel's dynamic shared-memory limit once per device (cudaFuncSetAttribute is a host
+// call per launch otherwise, which shows in decode loops).
+template <auto Kernel>
+void ensure_smem(int bytes, const char* what) {
+  static std::atomic<uint64_t> done{0};
+  int dev = 0;
+  check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
+  const uint64_t bit = dev < 64 ? uint64_t{1} << dev : 0;
+  if (bit != 0 && (done.load(std::memory_order_relaxed) & bit) != 0) return;
+  check_cuda(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), what);
+  done.fetch_or(bit, std::memory_order_relaxed);
+}
+
+int num_sms() {
+  static std::atomic<int> cached[64] = {};
+  int dev = 0, n = 0;
+  check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
+  if (dev >= 0 && dev < 64 && (n = cached[dev].load(std::memory_order_relaxed)) > 0) return n;
+  check_cuda(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
+  n = n > 0 ? n : 1;
+  if (dev >= 0 && dev < 64) cached[dev].store(n, std::memory_order_relaxed);
+  return n;
+}
+
+// Calls fn(Mask{}) with the mask type of the spec.
+template <class Fn>
+void with_mask(const AttentionSpec& spec, Fn&& fn) {
+  if (spec.causal && spec.window > 0) fn(attn::SlidingWindowMask{});
+  else if (spec.causal) fn(attn::CausalMask{});
+  else if (spec.window > 0) fn(attn::WindowOnlyMask{});
+  else fn(attn::FullMask{});
+}
+
+attn::MaskParams mask_params(const AttentionSpec& spec, int64_t Tk) {
+  attn::MaskParams m;
+  m.q_pos0 = spec.q_pos0;
+  m.k_pos0 = spec.k_pos0;
+  m.window = spec.window;
+  m.Tk = static_cast<int>(Tk);
+  return m;
+}
+
+struct Shapes {
+  int64_t Tq, Hq, D, Tk, Hkv;
+  float scale;
+};
+
+// ------------------------------------------------------------------------------------------------
+// bf16: flash forward
+
+// Keys per KV tile. Both are the largest that compile without register spills (ptxas -v, sm_90,
+// nvcc 13.0, 4 warps x 32 rows): D=64 with 128 keys and D=128 with 64 keys spill 16-88 bytes.
+// Override with -DRT_ATTN_D64_BN=... / -DRT_ATTN_D128_BN=... to try others on the GPU.
+#ifndef RT_ATTN_D64_BN
+#define RT_ATTN_D64_BN 64
+#endif
+#ifndef RT_ATTN_D128_BN
+#define RT_ATTN_D128_BN 32
+#endif
+template <int kD>
+struct FwdCfgFor;
+template <>
+struct FwdCfgFor<64> {
+  using type = attn::FwdConfig<64, 128, RT_ATTN_D64_BN, 4>;
+};
+template <>
+struct FwdCfgFor<128> {
+  using type = attn::FwdConfig<128, 128, RT_ATTN_D128_BN, 4>;
+};
+
+template <int kD>
+void launch_flash(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o, float* lse,
+                  const AttentionSpec& spec, const Shapes& s, cudaStream_t stream) {
+  using Cfg = typename FwdCfgFor<kD>::type;
+  attn::FwdParams p{};
+  p.q = static_cast<const bf16*>(q.data);
+  p.k = static_cast<const bf16*>(k.data);
+  p.v = static_cast<const bf16*>(v.data);
+  p.o = static_cast<bf16*>(o.data);
+  p.lse = lse;
+  p.q_row = q.stride[0], p.q_head = q.stride[1];
+  p.k_row = k.stride[0], p.k_head = k.stride[1];
+  p.v_row = v.stride[0], p.v_head = v.stride[1];
+  p.o_row = o.stride[0], p.o_head = o.stride[1];
+  p.Tq = static_cast<int>(s.Tq), p.Tk = static_cast<int>(s.Tk);
+  p.Hq = static_cast<int>(s.Hq), p.Hkv = static_cast<int>(s.Hkv);
+  p.group = static_cast<int>(s.Hq / s.Hkv);
+  p.num_m_blocks = static_cast<int>((s.Tq + Cfg::kBlockM - 1) / Cfg::kBlockM);
+  p.scale_log2 = s.scale * 1.4426950408889634f;
+  p.mask = mask_params(spec, s.Tk);
+  RT_CHECK(p.num_m_blocks <= 65535, "attention (cuda): Tq = ", s.Tq, " is too long for one launch (max ",
+           65535 * Cfg::kBlockM, ")");
+  with_mask(spec, [&](auto mask) {
+    using Mask = decltype(mask);
+    constexpr auto kernel = attn::flash_fwd_kernel<Cfg, Mask, attn::DenseRows>;
+    ensure_smem<kernel>(Cfg::kSmemBytes, "cudaFuncSetAttribute (flash forward shared memory)");
+    const dim3 grid(static_cast<unsigned>(s.Hq), static_cast<unsigned>(p.num_m_blocks));
+    kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p);
+    check_launch("flash_fwd_kernel");
+  });
+}
+
+// ------------------------------------------------------------------------------------------------
+// bf16: split-KV decode + combine
+
+template <int kD>
+void launch_decode(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o, float* lse,
+                   const AttentionSpec& spec, const Shapes& s, cudaStream_t stream) {
+  using DC = attn::DecodeConfig<kD>;
+  const int64_t group = s.Hq / s.Hkv;
+  const int64_t rows = group * s.Tq;
+  RT_CHECK(rows <= kMaxInt, "attention (cuda): decode kernel: too many query rows (", rows, ")");
+  const int64_t row_blocks = (rows + 15) / 16;
+  RT_CHECK(row_blocks <= 65535 && s.Hkv <= 65535, "attention (cuda): decode kernel: Tq = ", s.Tq,
+           " is too long for the decode kernel; use the flash kernel");
+  const attn::MaskParams mp = mask_params(spec, s.Tk);
+  int kb = 0, ke = 0;
+  with_mask(spec, [&](auto mask) {
+    using Mask = decltype(mask);
+    kb = Mask::key_lo(mp, spec.q_pos0);
+    ke = Mask::key_hi(mp, spec.q_pos0 + s.Tq - 1);
+  });
+  const int64_t total = ke > kb ? ke - kb : 0;
+
+  int64_t splits = 0, chunk = 0;
+  if (total > 0) {
+    const int64_t tiles = (total + DC::kN - 1) / DC::kN;
+    const int64_t units = s.Hkv * row_blocks;
+    const int64_t target = std::max<int64_t>(1, 8 * static_cast<int64_t>(num_sms()) / units);  // warps in flight
+    splits = std::min<int64_t>((tiles + 1) / 2, target);                                          // >= 2 tiles each
+    splits = std::max<int64_t>(splits, 1);
+    chunk = ((tiles + splits - 1) / splits) * DC::kN;
+    splits = (total + chunk - 1) / chunk;
+  }
+
+  void* ws = nullptr;
+  const size_t acc_elems = static_cast<size_t>(splits * s.Hkv * rows * kD);
+  const size_t ml_elems = static_cast<size_t>(splits * s.Hkv * rows * 2);
+  const size_t ws_bytes = (acc_elems + ml_elems) * sizeof(float);
+  if (splits > 0) {
+    const cudaError_t err = cudaMallocAsync(&ws, ws_bytes, stream);
+    if (err != cudaSuccess) {
+      (void)cudaGetLastError();
+      fail("attention (cuda): out of device memory allocating the decode workspace (", ws_bytes, " bytes, ",
+           splits, " splits): ", cudaGetErrorString(err));
+    }
+  }
+  float* part_acc = static_cast<float*>(ws);
+  float* part_ml = part_acc + acc_elems;
+
+  try {
+    if (splits > 0) {
+      attn::DecodeParams p{};
+      p.q = static_cast<const bf16*>(q.data);
+      p.k = static_cast<const bf16*>(k.data);
+      p.v = static_cast<const bf16*>(v.data);
+      p.q_row = q.stride[0], p.q_head = q.stride[1];
+      p.k_row = k.stride[0], p.k_head = k.stride[1];
+      p.v_row = v.stride[0], p.v_head = v.stride[1];
+      p.Tq = static_cast<int>(s.Tq), p.Tk = static_cast<int>(s.Tk);
+      p.Hq = static_cast<int>(s.Hq), p.Hkv = static_cast<int>(s.Hkv);
+      p.group = static_cast<int>(group), p.rows = static_cast<int>(rows);
+      p.kb = kb, p.ke = ke, p.chunk = static_cast<int>(chunk), p.num_splits = static_cast<int>(splits);
+      p.scale_log2 = s.scale * 1.4426950408889634f;
+      p.mask = mp;
+      p.part_acc = part_acc;
+      p.part_ml = part_ml;
+      with_mask(spec, [&](auto mask) {
+        using Mask = decltype(mask);
+        constexpr auto kernel = attn::flash_decode_split_kernel<kD, Mask>;
+        ensure_smem<kernel>(DC::kSmemBytes, "cudaFuncSetAttribute (decode shared memory)");
+        const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(s.Hkv), static_cast<unsigned>(row_blocks));
+        kernel<<<grid, 32, DC::kSmemBytes, stream>>>(p);
+        check_launch("flash_decode_split_kernel");
+      });
+    }
+    attn::CombineParams c{};
+    c.part_acc = part_acc;
+    c.part_ml = part_ml;
+    c.o = static_cast<bf16*>(o.data);
+    c.lse = lse;
+    c.o_row = o.stride[0], c.o_head = o.stride[1];
+    c.Tq = static_cast<int>(s.Tq), c.Hkv = static_cast<int>(s.Hkv);
+    c.group = static_cast<int>(group), c.rows = static_cast<int>(rows), c.num_splits = static_cast<int>(splits);
+    attn::flash_decode_combine_kernel<kD><<<static_cast<unsigned>(s.Hkv * rows), kD, 0, stream>>>(c);
+    check_launch("flash_decode_combine_kernel");
+  } catch (...) {
+    if (ws != nullptr) (void)cudaFreeAsync(ws, stream);
+    throw;
+  }
+  if (ws != nullptr) check_cuda(cudaFreeAsync(ws, stream), "cudaFreeAsync (decode workspace)");
+}
+
+// ------------------------------------------------------------------------------------------------
+// f32: one warp per (query row, head), exact fp32 online softmax (expf), head dims up to 256.
+
+struct F32Params {
+  const float* q;
+  const float* k;
+  const float* v;
+  float* o;
+  float* lse;
+  int64_t q_row, q_head, k_row, k_head, v_row, v_head, o_row, o_head;
+  int Tq, Hq, group, D;
+  float scale;
+  attn::MaskParams mask;
+};
+
+constexpr int kF32MaxD = 256;
+
+template <class Mask>
+__global__ void __launch_bounds__(128) attention_f32_kernel(const F32Params p) {
+  constexpr int kC = kF32MaxD / 32;
+  constexpr float kInf = __builtin_huge_valf();
+  const int64_t w = static_cast<int64_t>(blockIdx.x) * 4 + threadIdx.x / 32;
+  const int lane = threadIdx.x & 31;
+  if (w >= static_cast<int64_t>(p.Tq) * p.Hq) return;
+  const int i = static_cast<int>(w / p.Hq), h = static_cast<int>(w % p.Hq), hk = h / p.group;
+  const int64_t pos = p.mask.q_pos0 + i;
+  const int lo = Mask::key_lo(p.mask, pos), hi = Mask::key_hi(p.mask, pos);
+  const float* qr = p.q + static_cast<int64_t>(i) * p.q_row + static_cast<int64_t>(h) * p.q_head;
+  const float* kr = p.k + static_cast<int64_t>(hk) * p.k_head;
+  const float* vr = p.v + static_cast<int64_t>(hk) * p.v_head;
+  float qv[kC], acc[kC];
+#pragma unroll
+  for (int c = 0; c < kC; ++c) {
+    const int d = lane + 32 * c;
+    qv[c] = d < p.D ? qr[d] : 0.f;
+    acc[c] = 0.f;
+  }
+  float m = -kInf, l = 0.f;
+  for (int j = lo; j < hi; ++j) {
+    const float* kj = kr + static_cast<int64_t>(j) * p.k_row;
+    float dot = 0.f;
+#pragma unroll
+    for (int c = 0; c < kC; ++c) {
+      const int d = lane + 32 * c;
+      if (d < p.D) dot = fmaf(qv[c], kj[d], dot);
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
+    const float sc = dot * p.scale;
+    const float mn = fmaxf(m, sc);
+    const float corr = expf(m - mn);  // m = -inf: 0
+    const float e = expf(sc - mn);
+    l = l * corr + e;
+    const float* vj = vr + static_cast<int64_t>(j) * p.v_row;
+#pragma unroll
+    for (int c = 0; c < kC; ++c) {
+      const int d = lane + 32 * c;
+      if (d < p.D) acc[c] = acc[c] * corr + e * vj[d];
+    }
+    m = mn;
+  }
+  const float inv = l > 0.f ? 1.f / l : 0.f;
+  float* orow = p.o + static_cast<int64_t>(i) * p.o_row + static_cast<int64_t>(h) * p.o_head;
+#pragma unroll
+  for (int c = 0; c < kC; ++c) {
+    const int d = lane + 32 * c;
+    if (d < p.D) orow[d] = acc[c] * inv;
+  }
+  if (p.lse != nullptr && lane == 0) p.lse[static_cast<int64_t>(h) * p.Tq + i] = l > 0.f ? m + logf(l) : kInf;
+}
+
+void launch_f32(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o, float* lse,
+                const AttentionSpec& spec, const Shapes& s, cudaStream_t stream) {
+  F32Params p{};
+  p.q = static_cast<const float*>(q.data);
+  p.k = static_cast<const float*>(k.data);
+  p.v = static_cast<const float*>(v.data);
+  p.o = static_cast<float*>(o.data);
+  p.lse = lse;
+  p.q_row = q.stride[0], p.q_head = q.stride[1];
+  p.k_row = k.stride[0], p.k_head = k.stride[1];
+  p.v_row = v.stride[0], p.v_head = v.stride[1];
+  p.o_row = o.stride[0], p.o_head = o.stride[1];
+  p.Tq = static_cast<int>(s.Tq), p.Hq = static_cast<int>(s.Hq);
+  p.group = static_cast<int>(s.Hq / s.Hkv), p.D = static_cast<int>(s.D);
+  p.scale = s.scale;
+  p.mask = mask_params(spec, s.Tk);
+  const int64_t warps = s.Tq * s.Hq;
+  const int64_t blocks = (warps + 3) / 4;
+  RT_CHECK(blocks <= kMaxInt, "attention (cuda, f32): too many query rows x heads (", warps, ")");
+  with_mask(spec, [&](auto mask) {
+    using Mask = decltype(mask);
+    attention_f32_kernel<Mask><<<static_cast<unsigned>(blocks), 128, 0, stream>>>(p);
+    check_launch("attention_f32_kernel");
+  });
+}
+
+}  // namespace
+
+void attention_forward_with(TensorView q, TensorView k, TensorView v, TensorView o, TensorView lse,
+                            const AttentionSpec& spec, AttentionKernel kernel, cudaStream_t stream) {
+  check_view("q", q);
+  check_view("k", k);
+  check_view("v", v);
+  check_view("o", o);
+  RT_CHECK(q.dtype == k.dtype && q.dtype == v.dtype && q.dtype == o.dtype,
+           "attention (cuda): q, k, v and o must have the same dtype, found q ", dtype_name(q.dtype), ", k ",
+           dtype_name(k.dtype), ", v ", dtype_name(v.dtype), ", o ", dtype_name(o.dtype));
+  RT_CHECK(q.dtype == DType::BF16 || q.dtype == DType::F32, "attention (cuda): dtype ", dtype_name(q.dtype),
+           " is not supported (bf16, or f32 for the reference path)");
+  const int64_t Tq = q.shape[0], Hq = q.shape[1], D = q.shape[2];
+  const int64_t Tk = k.shape[0], Hkv = k.shape[1];
+  RT_CHECK(k.shape[2] == D, "attention (cuda): argument 'k' head dim must be ", D, " (q.shape[2]), found shape ",
+           k.shape_str());
+  RT_CHECK(v.shape[0] == Tk && v.shape[1] == Hkv && v.shape[2] == D, "attention (cuda): argument 'v' must have the shape of 'k' ",
+           k.shape_str(), ", found ", v.shape_str());
+  RT_CHECK(o.shape[0] == Tq && o.shape[1] == Hq && o.shape[2] == D, "attention (cuda): argument 'o' must have the shape of 'q' ",
+           q.shape_str(), ", found ", o.shape_str());
+  RT_CHECK(Hkv > 0 || Hq == 0, "attention (cuda): k has 0 heads, shape ", k.shape_str());
+  RT_CHECK(Hkv == 0 || Hq % Hkv == 0, "attention (cuda): query heads (", Hq, ", q shape ", q.shape_str(),
+           ") must be a multiple of KV heads (", Hkv, ", k shape ", k.shape_str(), ")");
+  RT_CHECK(spec.window >= 0, "attention (cuda): window must be >= 0 (0: none), found ", spec.window);
+  RT_CHECK(std::isfinite(spec.scale), "attention (cuda): scale must be finite, found ", spec.scale);
+  RT_CHECK(!overlaps(o, k) && !overlaps(o, v), "attention (cuda): output 'o' overlaps 'k' or 'v'");
+  if (q.dtype == DType::BF16) {
+    RT_CHECK(D == 64 || D == 128 || Tq == 0 || Hq == 0, "attention (cuda, bf16): head dim ", D,
+             " is not supported (supported: 64, 128); q shape ", q.shape_str());
+    check_bf16_alignment("q", q);
+    check_bf16_alignment("k", k);
+    check_bf16_alignment("v", v);
+    RT_CHECK(reinterpret_cast<uintptr_t>(o.data) % 4 == 0 && o.stride[0] % 2 == 0 && o.stride[1] % 2 == 0,
+             "attention (cuda, bf16): argument 'o' must have 4-byte aligned rows (even strides)");
+  } else {
+    RT_CHECK(D <= kF32MaxD, "attention (cuda, f32): head dim ", D, " is not supported (at most ", kF32MaxD,
+             "); q shape ", q.shape_str());
+  }
+  float* lse_ptr = nullptr;
+  if (lse.data != nullptr) {
+    RT_CHECK(lse.device == Device::CUDA && lse.dtype == DType::F32 && lse.ndim == 2 && lse.shape[0] == Hq &&
+                 lse.shape[1] == Tq && lse.is_contiguous(),
+             "attention (cuda): argument 'lse' must be a contiguous f32 cuda tensor of shape [", Hq, ", ", Tq,
+             "], found ", dtype_name(lse.dtype), " ", device_name(lse.device), " ", lse.shape_str());
+    check_device_pointer("lse", lse);
+    lse_ptr = static_cast<float*>(lse.data);
+  }
+  if (Tq == 0 || Hq == 0 || D == 0) return;
+  check_device_pointer("q", q);
+  check_device_pointer("k", k);
+  check_device_pointer("v", v);
+  check_device_pointer("o", o);
+
+  Shapes s{Tq, Hq, D, Tk, Hkv, 0.f};
+  s.scale = spec.scale != 0.f ? spec.scale : static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
+
+  if (q.dtype == DType::F32) {
+    launch_f32(q, k, v, o, lse_ptr, spec, s, stream);
+    return;
+  }
+  const bool decode = kernel == AttentionKernel::Decode || (kernel == AttentionKernel::Auto && Tq <= 16);
+  if (D == 64) {
+    if (decode) launch_decode<64>(q, k, v, o, lse_ptr, spec, s, stream);
+    else launch_flash<64>(q, k, v, o, lse_ptr, spec, s, stream);
+  } else {
+    if (decode) launch_decode<128>(q, k, v, o, lse_ptr, spec, s, stream);
+    else launch_flash<128>(q, k, v, o, lse_ptr, spec, s, stream);
+  }
+}
+
+void attention_forward_lse(TensorView q, TensorView k, TensorView v, TensorView o, TensorView lse,
+                           const AttentionSpec& spec, cudaStream_t stream) {
+  attention_forward_with(q, k, v, o, lse, spec, AttentionKernel::Auto, stream);
+}
+
+void attention_forward(TensorView q, TensorView k, TensorView v, TensorView o, const AttentionSpec& spec,
+                       cudaStream_t stream) {
+  attention_forward_with(q, k, v, o, TensorView{}, spec, AttentionKernel::Auto, stream);
+}
+
+}  // namespace rt::cuda

@@ -1,0 +1,661 @@
+// One kernel family for flash-style attention (FlashAttention-2 design) on sm_80+ (built for sm_90).
+//
+//   flash_fwd_kernel<Cfg, Mask, Rows>      prefill / training forward: one CTA per (query head,
+//                                          block of BlockM query rows), online softmax over KV tiles
+//   flash_decode_split_kernel<D, Mask>     decode (Tq small, Tk long): flash-decoding, one warp per
+//                                          (KV chunk, KV head, 16 stacked rows), partials to a workspace
+//   flash_decode_combine_kernel<D>         merges the partials of all chunks
+//
+// Masks are trait types (no copies of the kernel per mask). A mask says which keys a query at a
+// given position sees, as a key-index range [key_lo(pos), key_hi(pos)) with both ends
+// non-decreasing in the position; that is what lets a query block
+//   - iterate only the KV tiles intersecting [key_lo(first row), key_hi(last row)) (causal: up to
+//     the diagonal, ~half the work; sliding window: the ~W/BlockN + 1 tiles of the band, O(T W)),
+//   - evaluate the mask per element only on boundary tiles (a tile inside
+//     [key_lo(last row), key_hi(first row)) is visible to every row of the block).
+// Query rows come through a second trait (Rows): DenseRows is row i at position q_pos0 + i. A
+// future RoutedQueries trait (L2A: a sorted subset of query rows given by an index list) maps row i
+// to the gathered source row idx[i] at position q_pos0 + idx[i]; since idx is sorted, key_lo/key_hi
+// stay monotone in i and the same tile skipping holds.
+//
+// Numerics: bf16 operands, fp32 accumulation (mma.sync m16n8k16 bf16 -> f32), fp32 running max
+// and sum; scores are scaled by scale * log2(e) once and exponentiated with ex2.approx. A row that
+// sees no key keeps max = -inf and sum = 0 and writes zeros (the CPU reference's convention); its
+// log-sum-exp is +inf.
+//
+// Forward kernel data path: Q tile (BlockM x D) loaded once to shared memory; K and V tiles
+// (BlockN x D) streamed with cp.async into one K and one V buffer in the FlashAttention-2 order
+// (V[n] loads while S = Q K[n]^T computes; K[n-1] loads while softmax and O += P V[n] compute).
+// Shared tiles use a 16-byte-chunk XOR swizzle (chunk ^ (row & 7)), so ldmatrix (8 rows at one
+// logical chunk) and the cp.async writes are free of bank conflicts. Each warp owns 16 * kMTiles
+// query rows; its S tile and O accumulator stay in registers; P goes from the S accumulator
+// registers straight into the A operand of the second MMA (no shared-memory round trip). Ragged
+// tails: out-of-range rows are zero-filled by cp.async (src-size 0) and masked to -inf.
+// Grid: x = query head (heads of one GQA group adjacent, so they share K/V in L2), y = query
+// block, reversed: the blocks that see the most keys (latest, under a causal mask) start first.
+//
+// What bounds it, and the next step. mma.sync keeps the B operand (K or V fragments) in
+// registers: every warp reloads the whole K and V tile from shared memory with ldmatrix, 256 bytes
+// per m16n8k16 per 16 rows. With 32 rows per warp (kMTiles = 2) that is ~128 B/clk/SM at full
+// tensor rate, the whole shared-memory bandwidth of an SM, and mma.sync itself issues at about
+// two thirds of Hopper's dense bf16 rate; the exp2 (MUFU, 16/clk/SM) of the softmax is not
+// overlapped with the MMAs. Expect ~250-350 TFLOP/s on an H100 (FlashAttention-2 reaches ~350).
+// The next step is the FlashAttention-3 structure on sm_90a: wgmma (B read by the tensor cores
+// straight from shared memory, M = 64 per warpgroup), K/V tiles brought by TMA
+// (cp.async.bulk.tensor) into a 2-3 stage mbarrier ring by a producer warpgroup (setmaxnreg to
+// give registers to the consumers), two consumer warpgroups ping-ponging so one's softmax hides
+// under the other's GEMMs, and intra-warpgroup overlap of softmax(n) with Q K^T(n+1).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#ifndef RT_ATTN_KS_UNROLL
+#define RT_ATTN_KS_UNROLL 1
+#endif
+
+namespace rt::cuda::attn {
+
+using bf16 = __nv_bfloat16;
+// Unrolling of the k-steps of S = Q K^T: 1 keeps the fragments' live ranges short (a full unroll
+// makes ptxas hoist every ldmatrix and spill at D = 128).
+constexpr int kKsUnroll = RT_ATTN_KS_UNROLL;
+
+// ------------------------------------------------------------------------------------------------
+// Masks
+
+// What a mask needs to know; positions are 64-bit (q_pos0 / k_pos0 may be large in decode).
+struct MaskParams {
+  int64_t q_pos0 = 0;
+  int64_t k_pos0 = 0;
+  int64_t window = 0;  // > 0 only for windowed masks
+  int Tk = 0;
+};
+
+__host__ __device__ __forceinline__ int clamp_key(int64_t x, int Tk) {
+  return x < 0 ? 0 : (x > Tk ? Tk : static_cast<int>(x));
+}
+
+// The masks of AttentionSpec: keys [key_lo(pos), key_hi(pos)), both clamped to [0, Tk].
+//   causal:  key position <= query position
+//   window:  key position >  query position - window (W keys including the query itself)
+template <bool kCausal, bool kWindow>
+struct BandMask {
+  static constexpr bool causal = kCausal;
+  static constexpr bool windowed = kWindow;
+  __host__ __device__ __forceinline__ static int key_lo(const MaskParams& m, int64_t qpos) {
+    if constexpr (kWindow) return clamp_key(qpos - m.window + 1 - m.k_pos0, m.Tk);
+    else return 0;
+  }
+  __host__ __device__ __forceinline__ static int key_hi(const MaskParams& m, int64_t qpos) {
+    if constexpr (kCausal) return clamp_key(qpos - m.k_pos0 + 1, m.Tk);
+    else return m.Tk;
+  }
+};
+struct FullMask : BandMask<false, false> {};          // every key (encoder-style)
+struct CausalMask : BandMask<true, false> {};        // full_causal
+struct SlidingWindowMask : BandMask<true, true> {};  // swa: (qpos - W, qpos]
+struct WindowOnlyMask : BandMask<false, true> {};    // window without the causal bound
+
+// Query rows of a forward kernel: which source row row i is, and its position.
+struct DenseRows {
+  __device__ __forceinline__ static int64_t source_row(int i) { return i; }
+};
+// (RoutedQueries: source_row(i) = idx[i] from an index list in the params; see the header comment.)
+
+// ------------------------------------------------------------------------------------------------
+// PTX helpers
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+// 16-byte async copy; src_bytes = 0 zero-fills the destination (src must still be a valid address).
+__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool pred) {
+  const int n = pred ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+// c += a * b, m16n8k16, bf16 operands, fp32 accumulators.
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low half) = lo
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+__device__ __forceinline__ float fast_exp2(float x) {  // ex2.approx(-inf) = +0
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+__device__ __forceinline__ float quad_max(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+__device__ __forceinline__ float quad_sum(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+// Byte offset of (row, 16-byte chunk) in a swizzled [rows][kD] bf16 tile.
+template <int kD>
+__device__ __forceinline__ uint32_t swz(int row, int chunk) {
+  return static_cast<uint32_t>(row * (kD * 2) + ((chunk ^ (row & 7)) << 4));
+}
+
+// Async copy of rows [0, kRows) of a [rows][kD] bf16 tile: tile row r is source row r0 + r
+// (global address base + (r0 + r) * row_stride), zero-filled when r0 + r >= limit. Each thread
+// copies one 16-byte column chunk of every kThreads / (kD / 8)-th row, so one source pointer and
+// one shared address per thread, advanced by constant steps (the swizzle term is constant when the
+// row step is a multiple of 8; otherwise it is recomputed).
+template <int kD, int kRows, int kThreads>
+__device__ __forceinline__ void load_tile(uint32_t s_tile, const bf16* base, int64_t row_stride, int r0,
+                                          int limit, int tid) {
+  constexpr int kChunks = kD / 8;
+  static_assert(kThreads % kChunks == 0, "threads must cover whole rows");
+  constexpr int kRowStep = kThreads / kChunks;
+  const int c = tid % kChunks;
+  int r = tid / kChunks;
+  const bf16* src = base + static_cast<int64_t>(r0 + r) * row_stride + c * 8;
+  uint32_t dst = s_tile + swz<kD>(r, c);
+#pragma unroll
+  for (int i = 0; i < (kRows + kRowStep - 1) / kRowStep; ++i) {
+    if (kRows % kRowStep == 0 || r < kRows) {
+      const bool ok = r0 + r < limit;
+      if constexpr (kRowStep % 8 == 0) cp_async_16(dst, ok ? src : base, ok);
+      else cp_async_16(s_tile + swz<kD>(r, c), ok ? src : base, ok);
+    }
+    r += kRowStep;
+    src += kRowStep * row_stride;
+    dst += kRowStep * kD * 2;
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Forward kernel
+
+struct FwdParams {
+  const bf16* q;
+  const bf16* k;
+  const bf16* v;
+  bf16* o;
+  float* lse;  // [Hq, Tq] or nullptr
+  int64_t q_row, q_head, k_row, k_head, v_row, v_head, o_row, o_head;  // strides in elements
+  int Tq, Tk, Hq, Hkv, group;                                          // group = Hq / Hkv
+  int num_m_blocks;
+  float scale_log2;  // scale * log2(e)
+  MaskParams mask;
+};
+
+// Tile shape: head dim, query rows per CTA, keys per KV tile, warps. Each warp owns 16 * kMTiles rows.
+template <int kD_, int kBlockM_, int kBlockN_, int kWarps_>
+struct FwdConfig {
+  static constexpr int kD = kD_, kBlockM = kBlockM_, kBlockN = kBlockN_, kWarps = kWarps_;
+  static constexpr int kThreads = kWarps * 32;
+  static constexpr int kMTiles = kBlockM / (16 * kWarps);
+  static_assert(kMTiles * 16 * kWarps == kBlockM, "BlockM must be a multiple of 16 * warps");
+  static_assert(kD % 64 == 0, "head dim must be a multiple of 64 (swizzle over 8 chunks)");
+  static_assert(kBlockN % 16 == 0, "BlockN must be a multiple of 16");
+  static constexpr int kSmemBytes = (kBlockM + 2 * kBlockN) * kD * 2;
+};
+
+template <class Cfg, class Mask, class Rows>
+__global__ void __launch_bounds__(Cfg::kThreads) flash_fwd_kernel(const FwdParams p) {
+  constexpr int kD = Cfg::kD, kBlockM = Cfg::kBlockM, kBlockN = Cfg::kBlockN, kMT = Cfg::kMTiles;
+  constexpr int kThreads = Cfg::kThreads;
+  constexpr int kNT = kBlockN / 8;  // n8 tiles of S per m-tile
+  constexpr int kDT = kD / 8;       // n8 tiles of O per m-tile
+  constexpr float kInf = __builtin_huge_valf();
+
+  extern __shared__ __align__(128) uint8_t smem[];
+  const uint32_t sQ = smem_addr(smem);
+  const uint32_t sK = sQ + kBlockM * kD * 2;
+  const uint32_t sV = sK + kBlockN * kD * 2;
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int g = lane >> 2, t4 = lane & 3;
+  const int h = blockIdx.x;
+  const int m_block = p.num_m_blocks - 1 - static_cast<int>(blockIdx.y);
+  const int hk = h / p.group;
+  const int m0 = m_block * kBlockM;
+  const int m_last = min(m0 + kBlockM, p.Tq) - 1;
+
+  const MaskParams& mk = p.mask;
+  const int64_t pos_first = p.mask.q_pos0 + Rows::source_row(m0);
+  const int64_t pos_last = p.mask.q_pos0 + Rows::source_row(m_last);
+  const int n_lo = Mask::key_lo(mk, pos_first), n_hi = Mask::key_hi(mk, pos_last);
+  // Tiles inside [full_lo, full_hi) are visible to every row of the block.
+  const int full_lo = Mask::key_lo(mk, pos_last), full_hi = Mask::key_hi(mk, pos_first);
+
+  if (n_lo >= n_hi) {  // no row of this block sees any key: zeros (and lse = +inf)
+    for (int idx = tid; idx < kBlockM * (kD / 2); idx += kThreads) {
+      const int r = idx / (kD / 2), c = idx % (kD / 2);
+      if (m0 + r > m_last) continue;
+      const int64_t src = Rows::source_row(m0 + r);
+      reinterpret_cast<uint32_t*>(p.o + src * p.o_row + static_cast<int64_t>(h) * p.o_head)[c] = 0u;
+    }
+    if (p.lse != nullptr)
+      for (int r = tid; m0 + r <= m_last && r < kBlockM; r += kThreads)
+        p.lse[static_cast<int64_t>(h) * p.Tq + Rows::source_row(m0 + r)] = kInf;
+    return;
+  }
+  const int nb_min = n_lo / kBlockN;
+  const int nb_max = (n_hi + kBlockN - 1) / kBlockN;  // exclusive
+
+  const bf16* qbase = p.q + static_cast<int64_t>(h) * p.q_head;
+  const bf16* kbase = p.k + static_cast<int64_t>(hk) * p.k_head;
+  const bf16* vbase = p.v + static_cast<int64_t>(hk) * p.v_head;
+
+  // Q tile (DenseRows: contiguous source rows m0..; a routed trait gathers here instead).
+  {
+    constexpr int kChunks = kD / 8;
+#pragma unroll
+    for (int idx = tid; idx < kBlockM * kChunks; idx += kThreads) {
+      const int r = idx / kChunks, c = idx % kChunks;
+      const bool ok = m0 + r <= m_last;
+      const bf16* src = ok ? qbase + Rows::source_row(m0 + r) * p.q_row + c * 8 : qbase;
+      cp_async_16(sQ + swz<kD>(r, c), src, ok);
+    }
+  }
+  load_tile<kD, kBlockN, kThreads>(sK, kbase, p.k_row, (nb_max - 1) * kBlockN, p.Tk, tid);
+  cp_async_commit();
+
+  // Visible key range of each of this thread's rows (rows g and g + 8 of each m-tile).
+  int row_lo[kMT][2], row_hi[kMT][2];
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+    for (int hr = 0; hr < 2; ++hr) {
+      const int r = m0 + warp * 16 * kMT + mt * 16 + g + hr * 8;
+      const int64_t pos = p.mask.q_pos0 + Rows::source_row(r);
+      row_lo[mt][hr] = Mask::key_lo(mk, pos);
+      row_hi[mt][hr] = Mask::key_hi(mk, pos);
+    }
+
+  float acc[kMT][kDT][4];
+  float row_max[kMT][2], row_sum[kMT][2];
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+    for (int dt = 0; dt < kDT; ++dt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[mt][dt][e] = 0.f;
+    row_max[mt][0] = row_max[mt][1] = -kInf;
+    row_sum[mt][0] = row_sum[mt][1] = 0.f;
+  }
+
+  // Per-lane ldmatrix coordinates.
+  const int a_row = warp * 16 * kMT + (lane & 15);         // Q rows (A operand), + mt * 16
+  const int a_chunk = lane >> 4;                           // + 2 * k-step
+  const int kb_row = (lane & 7) + ((lane >> 4) << 3);      // K rows (B operand of Q K^T), + 16 * pair
+  const int kb_chunk = (lane >> 3) & 1;                    // + 2 * k-step
+  const int vb_row = (lane & 7) + (((lane >> 3) & 1) << 3);  // V rows (B of P V, transposed), + 16 * k-step
+  const int vb_chunk = lane >> 4;                          // + 2 * pair
+
+  for (int nb = nb_max - 1; nb >= nb_min; --nb) {
+    const int n0 = nb * kBlockN;
+    cp_async_wait<0>();
+    __syncthreads();  // K[nb] (and Q) landed; every warp is done with V[nb + 1]
+    load_tile<kD, kBlockN, kThreads>(sV, vbase, p.v_row, n0, p.Tk, tid);
+    cp_async_commit();
+
+    // S = Q K^T
+    float s[kMT][kNT][4];
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[mt][nt][e] = 0.f;
+#pragma unroll kKsUnroll
+    for (int ks = 0; ks < kD / 16; ++ks) {
+      uint32_t a[kMT][4];
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) ldmatrix_x4(a[mt], sQ + swz<kD>(a_row + mt * 16, 2 * ks + a_chunk));
+#pragma unroll
+      for (int np = 0; np < kBlockN / 16; ++np) {
+        uint32_t b[4];
+        ldmatrix_x4(b, sK + swz<kD>(np * 16 + kb_row, 2 * ks + kb_chunk));
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt) {
+          mma_bf16(s[mt][2 * np], a[mt], b[0], b[1]);
+          mma_bf16(s[mt][2 * np + 1], a[mt], b[2], b[3]);
+        }
+      }
+    }
+
+    cp_async_wait<0>();
+    __syncthreads();  // V[nb] landed; every warp is done with K[nb]
+    if (nb > nb_min) {
+      load_tile<kD, kBlockN, kThreads>(sK, kbase, p.k_row, n0 - kBlockN, p.Tk, tid);
+      cp_async_commit();
+    }
+
+    // Scale (log2 domain), mask on boundary tiles, online softmax.
+    const bool full_tile = n0 >= full_lo && n0 + kBlockN <= full_hi;
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          float x = s[mt][nt][e] * p.scale_log2;
+          if (!full_tile) {
+            const int col = n0 + nt * 8 + 2 * t4 + (e & 1);
+            const int hr = e >> 1;
+            if (col < row_lo[mt][hr] || col >= row_hi[mt][hr]) x = -kInf;
+          }
+          s[mt][nt][e] = x;
+        }
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+      for (int hr = 0; hr < 2; ++hr) {
+        float mx = row_max[mt][hr];
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * hr], s[mt][nt][2 * hr + 1]));
+        mx = quad_max(mx);
+        const float m_use = mx == -kInf ? 0.f : mx;  // all masked so far: keep exp2 finite (gives 0)
+        const float corr = fast_exp2(row_max[mt][hr] - m_use);
+        row_max[mt][hr] = mx;
+        float sum = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt) {
+          const float p0 = fast_exp2(s[mt][nt][2 * hr] - m_use);
+          const float p1 = fast_exp2(s[mt][nt][2 * hr + 1] - m_use);
+          s[mt][nt][2 * hr] = p0;
+          s[mt][nt][2 * hr + 1] = p1;
+          sum += p0 + p1;
+        }
+        row_sum[mt][hr] = row_sum[mt][hr] * corr + sum;
+#pragma unroll
+        for (int dt = 0; dt < kDT; ++dt) {
+          acc[mt][dt][2 * hr] *= corr;
+          acc[mt][dt][2 * hr + 1] *= corr;
+        }
+      }
+
+    // O += P V; P comes straight from the S accumulators (C layout of two n8 tiles = A layout of k16).
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk) {
+      uint32_t a[kMT][4];
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+        a[mt][0] = pack_bf16(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+        a[mt][1] = pack_bf16(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+        a[mt][2] = pack_bf16(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+        a[mt][3] = pack_bf16(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+      }
+#pragma unroll
+      for (int dp = 0; dp < kD / 16; ++dp) {
+        uint32_t b[4];
+        ldmatrix_x4_trans(b, sV + swz<kD>(kk * 16 + vb_row, 2 * dp + vb_chunk));
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt) {
+          mma_bf16(acc[mt][2 * dp], a[mt], b[0], b[1]);
+          mma_bf16(acc[mt][2 * dp + 1], a[mt], b[2], b[3]);
+        }
+      }
+    }
+  }
+
+  // Epilogue: normalize and store (rows that saw no key have sum 0 and write zeros).
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+    for (int hr = 0; hr < 2; ++hr) {
+      const float sum = quad_sum(row_sum[mt][hr]);
+      const float inv = sum > 0.f ? 1.f / sum : 0.f;
+      const int r = m0 + warp * 16 * kMT + mt * 16 + g + hr * 8;
+      if (r > m_last) continue;
+      const int64_t src = Rows::source_row(r);
+      bf16* dst = p.o + src * p.o_row + static_cast<int64_t>(h) * p.o_head + 2 * t4;
+#pragma unroll
+      for (int dt = 0; dt < kDT; ++dt)
+        *reinterpret_cast<uint32_t*>(dst + dt * 8) = pack_bf16(acc[mt][dt][2 * hr] * inv, acc[mt][dt][2 * hr + 1] * inv);
+      if (p.lse != nullptr && t4 == 0)
+        p.lse[static_cast<int64_t>(h) * p.Tq + src] =
+            sum > 0.f ? row_max[mt][hr] * 0.69314718055994531f + logf(sum) : kInf;
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Decode (flash-decoding): split along the keys.
+//
+// Rows: the Tq queries of every query head of one GQA group are stacked (row r = head r / Tq of the
+// group, query r % Tq), so one pass over a KV head's keys serves the whole group; 16 rows per warp
+// (one m16 tile), R = group * Tq rows in ceil(R / 16) row blocks. The keys the Tq queries can see,
+// [kb, ke), are cut into chunks of `chunk` keys; one warp (= one CTA) per (chunk, KV head, row
+// block) runs the online softmax over its chunk with a 2-stage cp.async ring of K/V tiles and writes
+// its unnormalized partial (max in log2 units, sum, accumulator) to the workspace. The mask is
+// evaluated per element (decode is bound by reading K/V, not by arithmetic).
+
+struct DecodeParams {
+  const bf16* q;
+  const bf16* k;
+  const bf16* v;
+  int64_t q_row, q_head, k_row, k_head, v_row, v_head;
+  int Tq, Tk, Hq, Hkv, group, rows;  // rows = group * Tq
+  int kb, ke, chunk, num_splits;     // visible key range of the queries, keys per split
+  float scale_log2;
+  MaskParams mask;
+  float* part_acc;  // [num_splits][Hkv][rows][D]
+  float* part_ml;   // [num_splits][Hkv][rows][2]: max (log2 units), sum
+};
+
+template <int kD>
+struct DecodeConfig {
+  static constexpr int kN = kD == 64 ? 64 : 32;  // keys per tile: 16 KB of K+V per stage
+  static constexpr int kStages = 2;
+  static constexpr int kSmemBytes = (16 + 2 * kStages * kN) * kD * 2;
+};
+
+template <int kD, class Mask>
+__global__ void __launch_bounds__(32) flash_decode_split_kernel(const DecodeParams p) {
+  constexpr int kN = DecodeConfig<kD>::kN, kStages = DecodeConfig<kD>::kStages;
+  constexpr int kNT = kN / 8, kDT = kD / 8;
+  constexpr float kInf = __builtin_huge_valf();
+  extern __shared__ __align__(128) uint8_t smem[];
+  const uint32_t sQ = smem_addr(smem);
+  const uint32_t sKV = sQ + 16 * kD * 2;  // stage s: K at sKV + s * 2 * kN * kD * 2, V after it
+  constexpr uint32_t kTileBytes = kN * kD * 2;
+
+  const int lane = threadIdx.x, g = lane >> 2, t4 = lane & 3;
+  const int split = blockIdx.x, hk = blockIdx.y, r0 = blockIdx.z * 16;
+  const int c0 = p.kb + split * p.chunk;
+  const int c1 = min(p.ke, c0 + p.chunk);
+  const int ntiles = (c1 - c0 + kN - 1) / kN;
+
+  // Q rows (zero-filled past the last row).
+  {
+    constexpr int kChunks = kD / 8;
+#pragma unroll
+    for (int idx = lane; idx < 16 * kChunks; idx += 32) {
+      const int r = idx / kChunks, c = idx % kChunks;
+      const int row = r0 + r;
+      const bool ok = row < p.rows;
+      const bf16* src = p.q;
+      if (ok) {
+        const int hq = hk * p.group + row / p.Tq, i = row % p.Tq;
+        src = p.q + static_cast<int64_t>(i) * p.q_row + static_cast<int64_t>(hq) * p.q_head + c * 8;
+      }
+      cp_async_16(sQ + swz<kD>(r, c), src, ok);
+    }
+  }
+  const bf16* kbase = p.k + static_cast<int64_t>(hk) * p.k_head;
+  const bf16* vbase = p.v + static_cast<int64_t>(hk) * p.v_head;
+  auto load_stage = [&](int tile, int stage) {
+    const uint32_t sk = sKV + stage * 2 * kTileBytes;
+    load_tile<kD, kN, 32>(sk, kbase, p.k_row, c0 + tile * kN, c1, lane);
+    load_tile<kD, kN, 32>(sk + kTileBytes, vbase, p.v_row, c0 + tile * kN, c1, lane);
+  };
+  if (ntiles > 0) load_stage(0, 0);
+  cp_async_commit();
+
+  int row_lo[2], row_hi[2];
+#pragma unroll
+  for (int hr = 0; hr < 2; ++hr) {
+    const int row = r0 + g + hr * 8;
+    const int64_t pos = p.mask.q_pos0 + (row < p.rows ? row % p.Tq : 0);
+    row_lo[hr] = max(Mask::key_lo(p.mask, pos), c0);
+    row_hi[hr] = min(Mask::key_hi(p.mask, pos), c1);
+  }
+
+  float acc[kDT][4];
+#pragma unroll
+  for (int dt = 0; dt < kDT; ++dt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[dt][e] = 0.f;
+  float row_max[2] = {-kInf, -kInf}, row_sum[2] = {0.f, 0.f};
+
+  uint32_t qa[kD / 16][4];
+  for (int tile = 0; tile < ntiles; ++tile) {
+    if (tile + 1 < ntiles) {
+      load_stage(tile + 1, (tile + 1) % kStages);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    if (tile == 0) {
+#pragma unroll
+      for (int ks = 0; ks < kD / 16; ++ks) ldmatrix_x4(qa[ks], sQ + swz<kD>(lane & 15, 2 * ks + (lane >> 4)));
+    }
+    const uint32_t sK = sKV + (tile % kStages) * 2 * kTileBytes, sV = sK + kTileBytes;
+    const int n0 = c0 + tile * kN;
+
+    float s[kNT][4];
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[nt][e] = 0.f;
+#pragma unroll
+    for (int ks = 0; ks < kD / 16; ++ks)
+#pragma unroll
+      for (int np = 0; np < kN / 16; ++np) {
+        uint32_t b[4];
+        ldmatrix_x4(b, sK + swz<kD>(np * 16 + (lane & 7) + ((lane >> 4) << 3), 2 * ks + ((lane >> 3) & 1)));
+        mma_bf16(s[2 * np], qa[ks], b[0], b[1]);
+        mma_bf16(s[2 * np + 1], qa[ks], b[2], b[3]);
+      }
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int col = n0 + nt * 8 + 2 * t4 + (e & 1), hr = e >> 1;
+        s[nt][e] = (col < row_lo[hr] || col >= row_hi[hr]) ? -kInf : s[nt][e] * p.scale_log2;
+      }
+#pragma unroll
+    for (int hr = 0; hr < 2; ++hr) {
+      float mx = row_max[hr];
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * hr], s[nt][2 * hr + 1]));
+      mx = quad_max(mx);
+      const float m_use = mx == -kInf ? 0.f : mx;
+      const float corr = fast_exp2(row_max[hr] - m_use);
+      row_max[hr] = mx;
+      float sum = 0.f;
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt) {
+        s[nt][2 * hr] = fast_exp2(s[nt][2 * hr] - m_use);
+        s[nt][2 * hr + 1] = fast_exp2(s[nt][2 * hr + 1] - m_use);
+        sum += s[nt][2 * hr] + s[nt][2 * hr + 1];
+      }
+      row_sum[hr] = row_sum[hr] * corr + sum;
+#pragma unroll
+      for (int dt = 0; dt < kDT; ++dt) {
+        acc[dt][2 * hr] *= corr;
+        acc[dt][2 * hr + 1] *= corr;
+      }
+    }
+#pragma unroll
+    for (int kk = 0; kk < kN / 16; ++kk) {
+      uint32_t a[4];
+      a[0] = pack_bf16(s[2 * kk][0], s[2 * kk][1]);
+      a[1] = pack_bf16(s[2 * kk][2], s[2 * kk][3]);
+      a[2] = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+      a[3] = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+      for (int dp = 0; dp < kD / 16; ++dp) {
+        uint32_t b[4];
+        ldmatrix_x4_trans(b, sV + swz<kD>(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), 2 * dp + (lane >> 4)));
+        mma_bf16(acc[2 * dp], a, b[0], b[1]);
+        mma_bf16(acc[2 * dp + 1], a, b[2], b[3]);
+      }
+    }
+    __syncthreads();  // this stage is refilled two tiles later
+  }
+  cp_async_wait<0>();
+
+  // Partials: unnormalized accumulator, max (log2 units; -inf when nothing was visible), sum.
+#pragma unroll
+  for (int hr = 0; hr < 2; ++hr) {
+    const int row = r0 + g + hr * 8;
+    const float sum = quad_sum(row_sum[hr]);
+    if (row >= p.rows) continue;
+    const int64_t slot = (static_cast<int64_t>(split) * p.Hkv + hk) * p.rows + row;
+    float* dst = p.part_acc + slot * kD + 2 * t4;
+#pragma unroll
+    for (int dt = 0; dt < kDT; ++dt)
+      *reinterpret_cast<float2*>(dst + dt * 8) = make_float2(acc[dt][2 * hr], acc[dt][2 * hr + 1]);
+    if (t4 == 0) *reinterpret_cast<float2*>(p.part_ml + slot * 2) = make_float2(row_max[hr], sum);
+  }
+}
+
+struct CombineParams {
+  const float* part_acc;
+  const float* part_ml;
+  bf16* o;
+  float* lse;  // [Hq, Tq] or nullptr
+  int64_t o_row, o_head;
+  int Tq, Hkv, group, rows, num_splits;
+};
+
+// One CTA (kD threads) per (KV head, stacked row): o = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s.
+template <int kD>
+__global__ void __launch_bounds__(kD) flash_decode_combine_kernel(const CombineParams p) {
+  constexpr float kInf = __builtin_huge_valf();
+  const int hk = blockIdx.x / p.rows, row = blockIdx.x % p.rows;
+  const int d = threadIdx.x;
+  const int hq = hk * p.group + row / p.Tq, i = row % p.Tq;
+  const int64_t stride = static_cast<int64_t>(p.Hkv) * p.rows;  // between splits
+  const int64_t slot0 = static_cast<int64_t>(hk) * p.rows + row;
+  float M = -kInf;
+  for (int s = 0; s < p.num_splits; ++s) M = fmaxf(M, p.part_ml[(slot0 + s * stride) * 2]);
+  float L = 0.f, a = 0.f;
+  if (M != -kInf) {
+    for (int s = 0; s < p.num_splits; ++s) {
+      const int64_t slot = slot0 + s * stride;
+      const float w = exp2f(p.part_ml[slot * 2] - M);  // 0 for splits that saw nothing
+      L += w * p.part_ml[slot * 2 + 1];
+      a += w * p.part_acc[slot * kD + d];
+    }
+  }
+  const float out = L > 0.f ? a / L : 0.f;
+  p.o[static_cast<int64_t>(i) * p.o_row + static_cast<int64_t>(hq) * p.o_head + d] = __float2bfloat16_rn(out);
+  if (p.lse != nullptr && d == 0)
+    p.lse[static_cast<int64_t>(hq) * p.Tq + i] = L > 0.f ? M * 0.69314718055994531f + logf(L) : kInf;
+}
+
+}  // namespace rt::cuda::attn

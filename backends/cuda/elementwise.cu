@@ -1,0 +1,289 @@
+// copy (dtype conversion, strided views, host <-> device), fill, add, swiglu, bias add.
+// All are memory-bound; they run as rows x cols grids over a RowsDesc so strided views need no
+// extra pass, and contiguous same-dtype copies go straight to cudaMemcpyAsync.
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "cuda/check.h"
+#include "cuda/device_utils.cuh"
+#include "cuda/kernels.h"
+#include "cuda/memory.h"
+#include "rt/sdk/half.h"
+
+namespace rt::cuda {
+namespace {
+
+// ---- device kernels ------------------------------------------------------------------------
+
+__global__ void convert_kernel(RowsDesc s, RowsDesc d, int64_t rows, int64_t cols) {
+  const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (c >= cols) return;
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    const float v = load_f(s.data, s.row_offset(r) + c * s.col_stride, s.dtype);
+    store_f(d.data, d.row_offset(r) + c * d.col_stride, d.dtype, v);
+  }
+}
+
+// Same dtype, any element type (i32 and u8 included): a plain strided move.
+template <typename T>
+__global__ void move_kernel(RowsDesc s, RowsDesc d, int64_t rows, int64_t cols) {
+  const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (c >= cols) return;
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y)
+    static_cast<T*>(d.data)[d.row_offset(r) + c * d.col_stride] =
+        static_cast<const T*>(s.data)[s.row_offset(r) + c * s.col_stride];
+}
+
+template <typename T>
+__global__ void fill_kernel(RowsDesc d, int64_t rows, int64_t cols, T value) {
+  const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (c >= cols) return;
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) static_cast<T*>(d.data)[d.row_offset(r) + c * d.col_stride] = value;
+}
+
+__global__ void add_kernel(RowsDesc a, RowsDesc b, RowsDesc o, int64_t rows, int64_t cols) {
+  const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (c >= cols) return;
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    const float x = load_f(a.data, a.row_offset(r) + c * a.col_stride, a.dtype);
+    const float y = load_f(b.data, b.row_offset(r) + c * b.col_stride, b.dtype);
+    store_f(o.data, o.row_offset(r) + c * o.col_stride, o.dtype, x + y);
+  }
+}
+
+__global__ void swiglu_kernel(RowsDesc g, RowsDesc u, RowsDesc o, int64_t rows, int64_t cols) {
+  const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (c >= cols) return;
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    const float x = load_f(g.data, g.row_offset(r) + c * g.col_stride, g.dtype);
+    const float y = load_f(u.data, u.row_offset(r) + c * u.col_stride, u.dtype);
+    // silu(x) = x / (1 + exp(-x)), fp32 as on the CPU; expf (not __expf) for a tight match.
+    store_f(o.data, o.row_offset(r) + c * o.col_stride, o.dtype, x / (1.f + expf(-x)) * y);
+  }
+}
+
+__global__ void bias_add_kernel(RowsDesc y, const void* bias, DType bias_dtype, int64_t bias_stride, int64_t rows,
+                                int64_t cols) {
+  const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (c >= cols) return;
+  const float b = load_f(bias, c * bias_stride, bias_dtype);
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    const int64_t i = y.row_offset(r) + c * y.col_stride;
+    store_f(y.data, i, y.dtype, load_f(y.data, i, y.dtype) + b);
+  }
+}
+
+// ---- host helpers --------------------------------------------------------------------------
+
+int64_t rows_of(const TensorView& v) { return v.ndim == 0 ? 1 : num_rows(v); }
+
+// Element offset of row r of a host view (row-major over all dimensions but the last).
+int64_t host_row_offset(const TensorView& v, int64_t r) {
+  int64_t off = 0;
+  for (int i = v.ndim - 2; i >= 0; --i) {
+    off += (r % v.shape[i]) * v.stride[i];
+    r /= v.shape[i];
+  }
+  return off;
+}
+
+float host_load(const char* p, DType t) {
+  uint16_t h;
+  float f;
+  switch (t) {
+    case DType::BF16: std::memcpy(&h, p, 2); return bf16_to_f32(h);
+    case DType::F16: std::memcpy(&h, p, 2); return f16_to_f32(h);
+    default: std::memcpy(&f, p, 4); return f;
+  }
+}
+void host_store(char* p, DType t, float f) {
+  uint16_t h;
+  switch (t) {
+    case DType::BF16: h = f32_to_bf16(f); std::memcpy(p, &h, 2); break;
+    case DType::F16: h = f32_to_f16(f); std::memcpy(p, &h, 2); break;
+    default: std::memcpy(p, &f, 4); break;
+  }
+}
+
+// Host to host, any strides, with conversion (used for packing/unpacking around transfers).
+void host_copy(const TensorView& src, const TensorView& dst) {
+  const int64_t rows = rows_of(src), n = row_len(src);
+  const int64_t ss = src.ndim ? src.stride[src.ndim - 1] : 1, ds = dst.ndim ? dst.stride[dst.ndim - 1] : 1;
+  const int64_t es = static_cast<int64_t>(dtype_size(src.dtype)), ed = static_cast<int64_t>(dtype_size(dst.dtype));
+  const bool same = src.dtype == dst.dtype;
+  for (int64_t r = 0; r < rows; ++r) {
+    const char* s = static_cast<const char*>(src.data) + host_row_offset(src, r) * es;
+    char* d = static_cast<char*>(dst.data) + host_row_offset(dst, r) * ed;
+    if (same && (ss == 1 || n == 1) && (ds == 1 || n == 1)) {
+      std::memmove(d, s, static_cast<size_t>(n * es));
+      continue;
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      if (same)
+        std::memcpy(d + i * ds * ed, s + i * ss * es, static_cast<size_t>(es));
+      else
+        host_store(d + i * ds * ed, dst.dtype, host_load(s + i * ss * es, src.dtype));
+    }
+  }
+}
+
+TensorView contiguous_like(const TensorView& v, void* data, DType dtype, Device dev) {
+  TensorView c = v;
+  c.data = data;
+  c.dtype = dtype;
+  c.device = dev;
+  int64_t s = 1;
+  for (int j = c.ndim - 1; j >= 0; --j) {
+    c.stride[j] = s;
+    s *= c.shape[j];
+  }
+  return c;
+}
+
+// Device to device (both views on the GPU), with conversion and any strides.
+void device_copy(const TensorView& src, const TensorView& dst, cudaStream_t stream) {
+  const int64_t rows = rows_of(src), cols = row_len(src);
+  if (src.dtype == dst.dtype && src.is_contiguous() && dst.is_contiguous()) {
+    CUDA_CHECK(cudaMemcpyAsync(dst.data, src.data, src.nbytes(), cudaMemcpyDeviceToDevice, stream));
+    return;
+  }
+  const RowsDesc s = rows_desc(src), d = rows_desc(dst);
+  const Grid2D g = grid_2d(rows, cols);
+  if (src.dtype == dst.dtype) {
+    switch (dtype_size(src.dtype)) {
+      case 4: move_kernel<uint32_t><<<g.grid, g.block, 0, stream>>>(s, d, rows, cols); break;
+      case 2: move_kernel<uint16_t><<<g.grid, g.block, 0, stream>>>(s, d, rows, cols); break;
+      default: move_kernel<uint8_t><<<g.grid, g.block, 0, stream>>>(s, d, rows, cols); break;
+    }
+  } else {
+    convert_kernel<<<g.grid, g.block, 0, stream>>>(s, d, rows, cols);
+  }
+  CUDA_CHECK_LAUNCH();
+}
+
+void check_copy_args(const TensorView& src, const TensorView& dst) {
+  check_view("copy", "src", src);
+  check_view("copy", "dst", dst);
+  check_same_shape("copy", "src", src, "dst", dst);
+  RT_CHECK(src.dtype == dst.dtype || (is_float_dtype(src.dtype) && is_float_dtype(dst.dtype)),
+           "copy: cannot convert ", dtype_name(src.dtype), " to ", dtype_name(dst.dtype),
+           " (conversions are between f32, bf16 and f16 only)");
+}
+
+void check_rows_arg(const char* op, const char* arg, const TensorView& v) {
+  check_cuda(op, arg, v);
+  check_float(op, arg, v);
+}
+
+}  // namespace
+
+void copy_forward(TensorView src, TensorView dst, cudaStream_t stream) {
+  check_copy_args(src, dst);
+  if (src.numel() == 0) return;
+  const bool sd = src.device == Device::CUDA, dd = dst.device == Device::CUDA;
+  if (!sd && !dd) {
+    host_copy(src, dst);
+    return;
+  }
+  if (sd && dd) {
+    device_copy(src, dst, stream);
+    return;
+  }
+  const bool direct = src.dtype == dst.dtype && src.is_contiguous() && dst.is_contiguous();
+  if (!sd) {  // upload: pack on the host in the source dtype, convert/scatter on the device
+    if (direct) {
+      CUDA_CHECK(cudaMemcpyAsync(dst.data, src.data, src.nbytes(), cudaMemcpyHostToDevice, stream));
+    } else {
+      std::vector<char> packed(src.nbytes());
+      const TensorView hp = contiguous_like(src, packed.data(), src.dtype, Device::CPU);
+      host_copy(src, hp);
+      Scratch tmp(src.nbytes(), stream, "copy (upload staging)");
+      const TensorView dp = tmp.view(src.dtype, src);
+      CUDA_CHECK(cudaMemcpyAsync(dp.data, packed.data(), packed.size(), cudaMemcpyHostToDevice, stream));
+      device_copy(dp, dst, stream);
+      CUDA_CHECK(cudaStreamSynchronize(stream));  // before `packed` dies at scope end
+      return;
+    }
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    return;
+  }
+  // download: convert/pack on the device into the destination dtype, scatter on the host
+  if (direct) {
+    CUDA_CHECK(cudaMemcpyAsync(dst.data, src.data, src.nbytes(), cudaMemcpyDeviceToHost, stream));
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    return;
+  }
+  Scratch tmp(dst.nbytes(), stream, "copy (download staging)");
+  const TensorView dp = tmp.view(dst.dtype, dst);
+  device_copy(src, dp, stream);
+  std::vector<char> packed(dst.nbytes());
+  CUDA_CHECK(cudaMemcpyAsync(packed.data(), dp.data, packed.size(), cudaMemcpyDeviceToHost, stream));
+  CUDA_CHECK(cudaStreamSynchronize(stream));
+  host_copy(contiguous_like(dst, packed.data(), dst.dtype, Device::CPU), dst);
+}
+
+void fill_forward(TensorView dst, float value, cudaStream_t stream) {
+  check_cuda("fill", "dst", dst);
+  RT_CHECK(is_float_dtype(dst.dtype) || dst.dtype == DType::I32, "fill: argument 'dst' must have dtype ",
+           "f32, bf16, f16 or i32, found ", dtype_name(dst.dtype));
+  const int64_t rows = rows_of(dst), cols = row_len(dst);
+  if (rows * cols == 0) return;
+  const RowsDesc d = rows_desc(dst);
+  const Grid2D g = grid_2d(rows, cols);
+  switch (dst.dtype) {
+    case DType::I32: {
+      RT_CHECK(std::isfinite(value) && value == std::nearbyint(value) && std::fabs(value) <= 2147483520.f,
+               "fill: value ", value, " is not an integer representable as i32 (dst dtype i32)");
+      fill_kernel<int32_t><<<g.grid, g.block, 0, stream>>>(d, rows, cols, static_cast<int32_t>(value));
+      break;
+    }
+    case DType::F32: fill_kernel<float><<<g.grid, g.block, 0, stream>>>(d, rows, cols, value); break;
+    default: {  // the 16-bit pattern, rounded once on the host exactly as half.h does
+      const uint16_t h = dst.dtype == DType::BF16 ? f32_to_bf16(value) : f32_to_f16(value);
+      fill_kernel<uint16_t><<<g.grid, g.block, 0, stream>>>(d, rows, cols, h);
+      break;
+    }
+  }
+  CUDA_CHECK_LAUNCH();
+}
+
+void add_forward(TensorView a, TensorView b, TensorView out, cudaStream_t stream) {
+  check_rows_arg("add", "a", a);
+  check_rows_arg("add", "b", b);
+  check_rows_arg("add", "out", out);
+  check_same_shape("add", "a", a, "b", b);
+  check_same_shape("add", "a", a, "out", out);
+  const int64_t rows = rows_of(a), cols = row_len(a);
+  if (rows * cols == 0) return;
+  const Grid2D g = grid_2d(rows, cols);
+  add_kernel<<<g.grid, g.block, 0, stream>>>(rows_desc(a), rows_desc(b), rows_desc(out), rows, cols);
+  CUDA_CHECK_LAUNCH();
+}
+
+void swiglu_forward(TensorView gate, TensorView up, TensorView out, cudaStream_t stream) {
+  check_rows_arg("swiglu", "gate", gate);
+  check_rows_arg("swiglu", "up", up);
+  check_rows_arg("swiglu", "out", out);
+  check_same_shape("swiglu", "gate", gate, "up", up);
+  check_same_shape("swiglu", "gate", gate, "out", out);
+  const int64_t rows = rows_of(gate), cols = row_len(gate);
+  if (rows * cols == 0) return;
+  const Grid2D g = grid_2d(rows, cols);
+  swiglu_kernel<<<g.grid, g.block, 0, stream>>>(rows_desc(gate), rows_desc(up), rows_desc(out), rows, cols);
+  CUDA_CHECK_LAUNCH();
+}
+
+void bias_add_forward(TensorView y, TensorView bias, cudaStream_t stream) {
+  check_rows_arg("bias_add", "y", y);
+  check_rows_arg("bias_add", "bias", bias);
+  RT_CHECK(bias.ndim == 1 && bias.shape[0] == row_len(y), "bias_add: argument 'bias' must have shape [",
+           row_len(y), "], found ", bias.shape_str());
+  const int64_t rows = rows_of(y), cols = row_len(y);
+  if (rows * cols == 0) return;
+  const Grid2D g = grid_2d(rows, cols);
+  bias_add_kernel<<<g.grid, g.block, 0, stream>>>(rows_desc(y), bias.data, bias.dtype, bias.stride[0], rows, cols);
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace rt::cuda

@@ -1,0 +1,238 @@
+// linear on cuBLASLt. Row-major y = x W^T is column-major y^T = W x^T: with W [out, in] row-major
+// (= column-major [in, out], ld = w.stride[0]) as A with TRANSA = T, x [N, in] row-major
+// (= column-major [in, N]) as B, and y [N, out] (= column-major [out, N]) as D, m = out, n = N,
+// k = in. The bias then runs along m, which is exactly CUBLASLT_EPILOGUE_BIAS.
+#include "cuda/linear.h"
+
+#include <cstdint>
+#include <memory>
+
+#include "cuda/check.h"
+#include "cuda/kernels.h"
+#include "cuda/memory.h"
+
+namespace rt::cuda {
+namespace {
+
+cudaDataType_t cuda_type(DType t) {
+  switch (t) {
+    case DType::F32: return CUDA_R_32F;
+    case DType::BF16: return CUDA_R_16BF;
+    case DType::F16: return CUDA_R_16F;
+    default: fail("linear: dtype ", dtype_name(t), " is not a float type");
+  }
+}
+
+// Largest power of two (<= 256) dividing the address: the alignment cuBLASLt may assume.
+int64_t alignment(const void* p) {
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  int64_t al = 256;
+  while (al > 1 && a % static_cast<uintptr_t>(al)) al >>= 1;
+  return al;
+}
+
+// Leading dimension of a 2-D row-major view; a single row may carry any stride.
+int64_t ld_of(const TensorView& v) { return v.shape[0] > 1 ? v.stride[0] : v.shape[1]; }
+
+bool overlaps(const TensorView& a, const TensorView& b) {
+  if (a.numel() == 0 || b.numel() == 0) return false;
+  auto span = [](const TensorView& v) {
+    int64_t last = 0;
+    for (int i = 0; i < v.ndim; ++i) last += (v.shape[i] - 1) * v.stride[i];
+    return (last + 1) * static_cast<int64_t>(dtype_size(v.dtype));
+  };
+  const char* pa = static_cast<const char*>(a.data);
+  const char* pb = static_cast<const char*>(b.data);
+  return pa < pb + span(b) && pb < pa + span(a);
+}
+
+template <typename T>
+void set_attr(cublasLtMatmulDesc_t d, cublasLtMatmulDescAttributes_t a, const T& v) {
+  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, a, &v, sizeof v));
+}
+
+}  // namespace
+
+GemmContext::GemmContext() {
+  CUBLAS_CHECK(cublasLtCreate(&handle_));
+  const cudaError_t e = cudaMalloc(&workspace_, kWorkspaceBytes);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    cublasLtDestroy(handle_);
+    fail("out of GPU memory allocating the 32 MiB cuBLASLt workspace: ", cudaGetErrorName(e));
+  }
+}
+
+GemmContext::~GemmContext() {
+  for (auto& [k, p] : plans_) {
+    if (!p.desc) continue;
+    cublasLtMatrixLayoutDestroy(p.a);
+    cublasLtMatrixLayoutDestroy(p.b);
+    cublasLtMatrixLayoutDestroy(p.d);
+    cublasLtMatmulDescDestroy(p.desc);
+  }
+  (void)cudaFree(workspace_);  // synchronizes the device: no queued GEMM still uses it
+  (void)cudaGetLastError();
+  cublasLtDestroy(handle_);
+}
+
+// Key: x, w, y dtypes, bias dtype (-1: none), N, in, out, ld x, ld w, ld y, alignments x, w, y,
+// fuse-bias flag.
+const GemmContext::Plan& GemmContext::plan(const Key& key, bool want_bias) {
+  auto it = plans_.find(key);
+  if (it != plans_.end()) return it->second;
+  const auto xt = static_cast<DType>(key[0]), wt = static_cast<DType>(key[1]), yt = static_cast<DType>(key[2]);
+  const int64_t N = key[4], in = key[5], out = key[6];
+
+  auto build = [&](bool fuse, Plan& p) -> bool {
+    CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    set_attr(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, CUBLAS_OP_T);
+    set_attr(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, CUBLAS_OP_N);
+    if (fuse) {
+      set_attr(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, CUBLASLT_EPILOGUE_BIAS);
+      set_attr(p.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, cuda_type(static_cast<DType>(key[3])));
+    }
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, cuda_type(wt), in, out, key[8]));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, cuda_type(xt), in, N, key[7]));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.d, cuda_type(yt), out, N, key[9]));
+    cublasLtMatmulPreference_t pref = nullptr;
+    CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    const uint64_t ws = kWorkspaceBytes;
+    const uint32_t al_w = static_cast<uint32_t>(key[11]), al_x = static_cast<uint32_t>(key[10]),
+                   al_y = static_cast<uint32_t>(key[12]);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_w, sizeof al_w);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_x, sizeof al_x);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_y, sizeof al_y);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_y, sizeof al_y);
+    cublasLtMatmulHeuristicResult_t res{};
+    int found = 0;
+    const cublasStatus_t st =
+        cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.a, p.b, p.d, p.d, pref, 1, &res, &found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (st == CUBLAS_STATUS_SUCCESS && found > 0) {
+      p.algo = res.algo;
+      p.bias_fused = fuse;
+      return true;
+    }
+    cublasLtMatrixLayoutDestroy(p.a);
+    cublasLtMatrixLayoutDestroy(p.b);
+    cublasLtMatrixLayoutDestroy(p.d);
+    cublasLtMatmulDescDestroy(p.desc);
+    p = Plan{};
+    return false;
+  };
+
+  Plan p;
+  // A bias dtype the epilogue does not take falls back to a plain GEMM plus a bias kernel; a
+  // layout with no cuBLASLt algorithm at all to the simple kernel (p.desc stays null).
+  if (!(want_bias && build(true, p))) build(false, p);
+  return plans_.emplace(key, p).first->second;
+}
+
+// x and w share a dtype; y is that dtype or f32 (f32 when w is f32).
+void GemmContext::gemm(const TensorView& x, const TensorView& w, const TensorView& bias, const TensorView& y,
+                       cudaStream_t stream) {
+  const bool has_bias = bias.data != nullptr;
+  const bool fusable = has_bias && (bias.stride[0] == 1 || bias.shape[0] == 1) && alignment(bias.data) >= 16;
+  const Key key{static_cast<int64_t>(x.dtype), static_cast<int64_t>(w.dtype), static_cast<int64_t>(y.dtype),
+                fusable ? static_cast<int64_t>(bias.dtype) : -1, x.shape[0], x.shape[1], w.shape[0],
+                ld_of(x), ld_of(w), ld_of(y), alignment(x.data), alignment(w.data), alignment(y.data),
+                fusable ? 1 : 0};
+  std::lock_guard<std::mutex> lock(mu_);
+  const float alpha = 1.f, beta = 0.f;
+  bool fuse = fusable;
+  for (;;) {
+    Plan& p = const_cast<Plan&>(plan(key, fuse));
+    if (!p.desc) {  // no cuBLASLt algorithm for this layout
+      gemm_simple_forward(x, w, bias, y, stream);
+      return;
+    }
+    if (p.bias_fused) set_attr(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias.data);
+    const cublasStatus_t st = cublasLtMatmul(handle_, p.desc, &alpha, w.data, p.a, x.data, p.b, &beta, y.data, p.d,
+                                             y.data, p.d, &p.algo, workspace_, kWorkspaceBytes, stream);
+    if (st == CUBLAS_STATUS_SUCCESS) {
+      if (has_bias && !p.bias_fused) bias_add_forward(y, bias, stream);
+      return;
+    }
+    if (st != CUBLAS_STATUS_NOT_SUPPORTED && st != CUBLAS_STATUS_INVALID_VALUE && st != CUBLAS_STATUS_ARCH_MISMATCH)
+      fail("linear: cublasLtMatmul failed for x ", dtype_name(x.dtype), " ", x.shape_str(), " times W ",
+           dtype_name(w.dtype), " ", w.shape_str(), "^T into ", dtype_name(y.dtype), ": ", cublasLtGetStatusName(st),
+           " (", cublasLtGetStatusString(st), ")");
+    // The heuristic's choice was refused at run time: demote this shape's plan for good, first
+    // to a plain GEMM plus the bias kernel, then to the simple kernel.
+    const bool was_fused = p.bias_fused;
+    cublasLtMatrixLayoutDestroy(p.a);
+    cublasLtMatrixLayoutDestroy(p.b);
+    cublasLtMatrixLayoutDestroy(p.d);
+    cublasLtMatmulDescDestroy(p.desc);
+    p = Plan{};
+    if (was_fused) {
+      plans_.erase(key);
+      fuse = false;
+    }
+  }
+}
+
+void GemmContext::linear(TensorView x, TensorView w, TensorView bias, TensorView y, cudaStream_t stream) {
+  const char* op = "linear";
+  check_cuda(op, "x", x);
+  check_cuda(op, "w", w);
+  check_cuda(op, "y", y);
+  check_float(op, "x", x);
+  check_float(op, "w", w);
+  check_float(op, "y", y);
+  check_ndim(op, "x", x, 2);
+  check_ndim(op, "w", w, 2);
+  check_ndim(op, "y", y, 2);
+  const int64_t N = x.shape[0], in = x.shape[1], out = w.shape[0];
+  check_dim(op, "w", w, 1, in, "in features, x.shape[1]");
+  check_dim(op, "y", y, 0, N, "rows, x.shape[0]");
+  check_dim(op, "y", y, 1, out, "out features, w.shape[0]");
+  const bool has_bias = bias.data != nullptr;
+  if (has_bias) {
+    check_cuda(op, "bias", bias);
+    check_float(op, "bias", bias);
+    RT_CHECK(bias.ndim == 1 && bias.shape[0] == out, "linear: argument 'bias' must have shape [", out,
+             "] (out features, w.shape[0]), found ", bias.shape_str());
+  }
+  check_unit_inner_stride(op, "x", x);
+  check_unit_inner_stride(op, "w", w);
+  check_unit_inner_stride(op, "y", y);
+  RT_CHECK(ld_of(x) >= in && ld_of(w) >= in && ld_of(y) >= out,
+           "linear: rows of x, W or y overlap (row stride smaller than the row length): x ", x.shape_str(),
+           " stride ", x.stride[0], ", W ", w.shape_str(), " stride ", w.stride[0], ", y ", y.shape_str(), " stride ",
+           y.stride[0]);
+  RT_CHECK(!overlaps(y, x), "linear: output 'y' overlaps input 'x' (in-place linear is not supported)");
+  RT_CHECK(!overlaps(y, w), "linear: output 'y' overlaps weight 'w'");
+  if (N == 0 || out == 0) return;
+  if (in == 0) {  // an empty sum: y = bias (or 0); cuBLASLt does not take k = 0
+    fill_forward(y, 0.f, stream);
+    if (has_bias) bias_add_forward(y, bias, stream);
+    return;
+  }
+
+  // Bring x to W's dtype (W is the big operand: never convert it), and compute into an f32
+  // buffer when y's dtype is not one cuBLASLt writes for this input type.
+  std::unique_ptr<Scratch> xs, ys;
+  TensorView xg = x, yg = y;
+  if (x.dtype != w.dtype) {
+    xs = std::make_unique<Scratch>(static_cast<size_t>(N * in) * dtype_size(w.dtype), stream, "linear (x convert)");
+    xg = xs->view(w.dtype, x);
+    copy_forward(x, xg, stream);
+  }
+  const bool y_ok = y.dtype == DType::F32 || (y.dtype == w.dtype && w.dtype != DType::F32);
+  if (!y_ok) {
+    ys = std::make_unique<Scratch>(static_cast<size_t>(N * out) * sizeof(float), stream, "linear (f32 output)");
+    yg = ys->view(DType::F32, y);
+  }
+  gemm(xg, w, bias, yg, stream);
+  if (!y_ok) copy_forward(yg, y, stream);
+}
+
+void linear_forward(GemmContext& ctx, TensorView x, TensorView w, TensorView bias, TensorView y,
+                    cudaStream_t stream) {
+  ctx.linear(x, w, bias, y, stream);
+}
+
+}  // namespace rt::cuda

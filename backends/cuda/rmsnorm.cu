@@ -1,0 +1,86 @@
+// rmsnorm: y = w * (x / sqrt(mean(x^2) + eps)) per row, fp32 math, the CPU/HF order of operations
+// (normalize, then scale by w). One block per row; the second pass re-reads the row from L1/L2.
+// The fused variant adds a delta into the f32 residual first, saving a full pass over the
+// residual stream per sublayer.
+#include <cmath>
+
+#include "cuda/check.h"
+#include "cuda/device_utils.cuh"
+#include "cuda/kernels.h"
+
+namespace rt::cuda {
+namespace {
+
+// With `delta`: x += delta (x is f32) before normalizing.
+template <bool kResidual>
+__global__ void rmsnorm_kernel(RowsDesc x, RowsDesc delta, const void* w, DType wdt, int64_t w_stride, float eps,
+                               RowsDesc y, int64_t d) {
+  const int64_t r = blockIdx.x;
+  const int64_t xo = x.row_offset(r), yo = y.row_offset(r);
+  float ss = 0.f;
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
+    float v = load_f(x.data, xo + i, x.dtype);
+    if constexpr (kResidual) {
+      v += load_f(delta.data, delta.row_offset(r) + i, delta.dtype);
+      static_cast<float*>(x.data)[xo + i] = v;  // this thread re-reads exactly these elements
+    }
+    ss += v * v;
+  }
+  ss = block_sum(ss);
+  // 1/sqrt (IEEE) rather than rsqrtf: keeps the f32 path within rounding of the CPU's.
+  const float inv = 1.f / sqrtf(ss / static_cast<float>(d) + eps);
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
+    const float v = load_f(x.data, xo + i, x.dtype);
+    store_f(y.data, yo + i, y.dtype, __fmul_rn(v * inv, load_f(w, i * w_stride, wdt)));
+  }
+}
+
+void check_norm_args(const char* op, const TensorView& x, const TensorView& w, float eps, const TensorView& y) {
+  check_cuda(op, "x", x);
+  check_cuda(op, "w", w);
+  check_cuda(op, "y", y);
+  check_float(op, "x", x);
+  check_float(op, "w", w);
+  check_float(op, "y", y);
+  RT_CHECK(x.ndim >= 1, op, ": argument 'x' must have at least 1 dimension, found shape ", x.shape_str());
+  check_same_shape(op, "x", x, "y", y);
+  const int64_t d = row_len(x);
+  RT_CHECK(w.ndim == 1 && w.shape[0] == d, op, ": argument 'w' must have shape [", d,
+           "] (the last dimension of x), found ", w.shape_str());
+  RT_CHECK(std::isfinite(eps) && eps >= 0.f, op, ": eps must be finite and >= 0, found ", eps);
+  check_unit_inner_stride(op, "x", x);
+  check_unit_inner_stride(op, "y", y);
+}
+
+int threads_for(int64_t d) { return d >= 2048 ? 512 : (d >= 512 ? 256 : (d >= 128 ? 128 : 32)); }
+
+}  // namespace
+
+void rmsnorm_forward(TensorView x, TensorView w, float eps, TensorView y, cudaStream_t stream) {
+  check_norm_args("rmsnorm", x, w, eps, y);
+  const int64_t rows = num_rows(x), d = row_len(x);
+  if (rows == 0 || d == 0) return;
+  RT_CHECK(rows <= INT32_MAX, "rmsnorm: ", rows, " rows exceed the launch limit");
+  rmsnorm_kernel<false><<<static_cast<unsigned>(rows), threads_for(d), 0, stream>>>(
+      rows_desc(x), RowsDesc{}, w.data, w.dtype, w.stride[0], eps, rows_desc(y), d);
+  CUDA_CHECK_LAUNCH();
+}
+
+void rmsnorm_residual_forward(TensorView x_residual, TensorView delta, TensorView w, float eps, TensorView y,
+                              cudaStream_t stream) {
+  const char* op = "rmsnorm_residual";
+  check_norm_args(op, x_residual, w, eps, y);
+  check_dtype(op, "x_residual", x_residual, DType::F32);
+  check_cuda(op, "delta", delta);
+  check_float(op, "delta", delta);
+  check_same_shape(op, "x_residual", x_residual, "delta", delta);
+  check_unit_inner_stride(op, "delta", delta);
+  const int64_t rows = num_rows(x_residual), d = row_len(x_residual);
+  if (rows == 0 || d == 0) return;
+  RT_CHECK(rows <= INT32_MAX, op, ": ", rows, " rows exceed the launch limit");
+  rmsnorm_kernel<true><<<static_cast<unsigned>(rows), threads_for(d), 0, stream>>>(
+      rows_desc(x_residual), rows_desc(delta), w.data, w.dtype, w.stride[0], eps, rows_desc(y), d);
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace rt::cuda

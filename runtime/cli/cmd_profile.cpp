@@ -1,0 +1,271 @@
+// runtime profile: A/B timings of attention backends on one model and device.
+//
+// Per sequence length it measures
+//   - the attention kernels alone (ops.attention) for the causal mask and, with --window, the
+//     sliding-window mask: the numbers to hold against PyTorch SDPA / FlexAttention;
+//   - per backend: its attention sublayer of layer 0 (norm, projections, RoPE, kernel, o_proj),
+//     whole-model prefill (time to first token), decode tokens/s at that context, KV-cache bytes
+//     and peak device memory.
+// Timing: synchronize, host clock, synchronize; warm-up, then the median of --repeats.
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "cli/model_session.h"
+#include "model/random_weights.h"
+#include "rt/sdk/attention_sublayer.h"
+
+namespace rt {
+
+namespace {
+
+std::vector<std::string> split(const std::string& s, char sep) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, sep))
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+template <typename F>
+double median_ms(Ops& ops, int repeats, F&& f) {
+  f();  // warm-up
+  ops.synchronize();
+  std::vector<double> t;
+  for (int i = 0; i < repeats; ++i) {
+    ops.synchronize();
+    const auto t0 = std::chrono::steady_clock::now();
+    f();
+    ops.synchronize();
+    t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+// A device tensor of normal(0, 1) values (random_parameter with stddev 1).
+Tensor random_tensor(Ops& ops, DType dtype, std::initializer_list<int64_t> shape, const std::string& name) {
+  Tensor t = ops.alloc(dtype, shape);
+  std::vector<float> host(static_cast<size_t>(t.view.numel()));
+  random_parameter(name, t.view.numel(), 7, host.data(), 1.0f);
+  TensorView src = t.view;
+  src.data = host.data();
+  src.dtype = DType::F32;
+  src.device = Device::CPU;
+  ops.copy(src, t.view);
+  return t;
+}
+
+size_t peak_bytes(Ops& ops) {
+  if (ops.device() != Device::CPU) return ops.memory_stats().peak;
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<size_t>(ru.ru_maxrss) * 1024;  // process high-water mark on the CPU
+}
+
+// One status line, rewritten in place on a terminal; silent when stderr is a file or pipe.
+void progress(const std::string& what) {
+  static const bool tty = isatty(STDERR_FILENO);
+  if (tty) std::cerr << "\r\033[K[profile] " << what << std::flush;
+}
+
+}  // namespace
+
+void register_profile(CLI::App& app) {
+  struct Args {
+    ModelOptions model;
+    std::string attention_list = "full_causal,swa";
+    std::string seqs = "4096";
+    int repeats = 5;
+    int decode_tokens = 32;
+    bool skip_model = false;
+    std::string json, csv;
+  };
+  auto args = std::make_shared<Args>();
+  args->model.init = "random";
+  CLI::App* cmd = app.add_subcommand("profile", "Time attention backends side by side: kernels, prefill, decode, memory");
+  cmd->footer(
+      "\nExample (GPU):\n  runtime profile --attention full_causal,swa --model qwen2.5-0.5b --init random \\\n"
+      "      --seq 4096,16384,32768 --window 2048 --device cuda --json profile.json\n"
+      "  python3 tools/plot_profile.py profile.json   # PNG charts: time vs sequence length\n"
+      "FLOPs: attention kernel = 4 * D * Hq * (visible query-key pairs); TFLOP/s = FLOPs / median time.");
+  add_model_options(*cmd, args->model);
+  cmd->remove_option(cmd->get_option("--attention"));
+  cmd->add_option("--attention,-a", args->attention_list, "Comma-separated attention plugins to compare")
+      ->capture_default_str();
+  cmd->add_option("--seq,-s", args->seqs, "Comma-separated sequence lengths")->capture_default_str();
+  cmd->add_option("--repeats,-r", args->repeats, "Timed repeats per measurement (median reported)")
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
+  cmd->add_option("--decode-tokens", args->decode_tokens, "Tokens decoded per decode measurement")
+      ->check(CLI::Range(1, 100000))
+      ->capture_default_str();
+  cmd->add_flag("--kernels-only", args->skip_model, "Only the attention kernels (no model is built)");
+  cmd->add_option("--json", args->json, "Write the results as JSON");
+  cmd->add_option("--csv", args->csv, "Write the results as CSV");
+  cmd->callback([args] {
+    const std::vector<std::string> backends = split(args->attention_list, ',');
+    std::vector<int64_t> seqs;
+    for (const auto& s : split(args->seqs, ',')) {
+      const auto v = parse_ids(s, "--seq");
+      RT_CHECK(v.size() == 1 && v[0] > 0, "--seq: expected positive lengths, found '", s, "'");
+      seqs.push_back(v[0]);
+    }
+    RT_CHECK(!backends.empty() && !seqs.empty(), "profile: give --attention and --seq");
+
+    nlohmann::json out;
+    out["model"] = args->model.model;
+    out["device"] = args->model.device;
+    out["repeats"] = args->repeats;
+    out["kernels"] = nlohmann::json::array();
+    out["backends"] = nlohmann::json::array();
+
+    // One session per backend: plugins may add parameters, so each gets its own model.
+    for (size_t bi = 0; bi < backends.size(); ++bi) {
+      ModelOptions mo = args->model;
+      mo.attention = backends[bi];
+      if (mo.attention == "full_causal") mo.window = 0;  // --window is for the windowed ones
+      progress("building " + mo.model + " for " + mo.attention);
+      auto session = open_model_session(mo);
+      Ops& ops = *session->ops;
+      Qwen2Model& model = *session->model;
+      const ModelDims& d = model.dims();
+      const DType act = ops.activation_dtype();
+
+      if (bi == 0) {  // the kernels do not depend on the backend: measure them once
+        std::vector<int64_t> windows = {0};
+        if (args->model.window > 0) windows.push_back(args->model.window);
+        for (int64_t T : seqs) {
+          Tensor q = random_tensor(ops, act, {T, d.n_heads, d.head_dim}, "q");
+          Tensor k = random_tensor(ops, act, {T, d.n_kv_heads, d.head_dim}, "k");
+          Tensor v = random_tensor(ops, act, {T, d.n_kv_heads, d.head_dim}, "v");
+          Tensor o = ops.alloc(act, {T, d.n_heads, d.head_dim});
+          for (int64_t w : windows) {
+            progress("kernel " + std::string(w ? "window " + std::to_string(w) : "causal") + " T=" + std::to_string(T));
+            AttentionSpec spec;
+            spec.window = w;
+            const double ms = median_ms(ops, args->repeats, [&] { ops.attention(q, k, v, o, spec); });
+            const double flops = 4.0 * visible_pairs(T, w) * d.head_dim * d.n_heads;
+            out["kernels"].push_back({{"mask", w ? "window" : "causal"}, {"window", w}, {"seq", T},
+                                      {"fwd_ms", ms}, {"fwd_tflops", flops / ms / 1e9},
+                                      {"fwd_bwd_ms", nullptr}});
+          }
+        }
+      }
+
+      for (int64_t T : seqs) {
+        nlohmann::json row = {{"backend", mo.attention}, {"seq", T}};
+        // Attention sublayer of layer 0, from the same input every repeat.
+        progress(mo.attention + " sublayer T=" + std::to_string(T));
+        Tensor x0 = random_tensor(ops, DType::F32, {T, d.hidden}, "x");
+        Tensor x = ops.alloc(DType::F32, {T, d.hidden});
+        const double sub_ms = median_ms(ops, args->repeats, [&] {
+          ops.copy(x0, x);
+          model.attention_layer_forward(0, x);
+        });
+        const double flops = session->attention->forward_flops(d, T);
+        row["sublayer_fwd_ms"] = sub_ms;
+        row["sublayer_fwd_tflops"] = flops > 0 ? nlohmann::json(flops / sub_ms / 1e9) : nlohmann::json(nullptr);
+
+        if (!args->skip_model) {
+          std::vector<int32_t> ids(static_cast<size_t>(T));
+          for (int64_t t = 0; t < T; ++t) ids[t] = static_cast<int32_t>((t * 7919 + 17) % d.vocab);
+          ops.reset_peak_memory();
+          progress(mo.attention + " prefill T=" + std::to_string(T));
+          const double prefill_ms =
+              median_ms(ops, std::min(args->repeats, 3), [&] { model.forward(ids, nullptr, /*last_only=*/true); });
+          row["prefill_ms"] = prefill_ms;
+          row["prefill_tok_s"] = T / prefill_ms * 1e3;
+
+          if (session->attention->capabilities().decode && T + args->decode_tokens <= d.max_positions) {
+            progress(mo.attention + " decode at T=" + std::to_string(T));
+            auto states = model.new_states(T + args->decode_tokens);
+            model.forward(ids, &states, true);
+            int32_t next = 1;
+            ops.synchronize();
+            const auto t0 = std::chrono::steady_clock::now();
+            for (int i = 0; i < args->decode_tokens; ++i) model.forward(std::span<const int32_t>(&next, 1), &states, true);
+            ops.synchronize();
+            const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            row["decode_tok_s"] = args->decode_tokens / s;
+            size_t kv = 0;
+            for (const auto& st : states) kv += st->kv_bytes();
+            row["kv_cache_bytes"] = kv;
+          } else {
+            row["decode_tok_s"] = nullptr;
+            row["kv_cache_bytes"] = nullptr;
+          }
+          row["peak_memory_bytes"] = peak_bytes(ops);
+        }
+        out["backends"].push_back(row);
+      }
+    }
+    if (isatty(STDERR_FILENO)) std::cerr << "\r\033[K";
+
+    auto num = [](const nlohmann::json& j, int prec) {
+      if (j.is_null()) return std::string("-");
+      std::ostringstream s;
+      s << std::fixed << std::setprecision(prec) << j.get<double>();
+      return s.str();
+    };
+    std::cout << "Attention kernels (" << args->model.model << ", " << args->model.device << ", median of "
+              << args->repeats << ")\n";
+    std::cout << std::left << std::setw(16) << "mask" << std::right << std::setw(8) << "seq" << std::setw(12)
+              << "fwd ms" << std::setw(10) << "TFLOP/s" << std::setw(14) << "fwd+bwd ms" << "\n";
+    for (const auto& k : out["kernels"]) {
+      const std::string mask = k["mask"] == "window" ? "window " + std::to_string(k["window"].get<int64_t>()) : "causal";
+      std::cout << std::left << std::setw(16) << mask << std::right << std::setw(8) << k["seq"].get<int64_t>()
+                << std::setw(12) << num(k["fwd_ms"], 3) << std::setw(10) << num(k["fwd_tflops"], 1) << std::setw(14)
+                << "n/a" << "\n";
+    }
+    std::cout << "\nBackends\n";
+    std::cout << std::left << std::setw(14) << "backend" << std::right << std::setw(8) << "seq" << std::setw(13)
+              << "sublayer ms" << std::setw(9) << "TFLOP/s" << std::setw(13) << "prefill ms" << std::setw(13)
+              << "decode tok/s" << std::setw(11) << "KV MiB" << std::setw(11) << "peak MiB" << "\n";
+    for (const auto& r : out["backends"]) {
+      auto mib = [&](const char* key) {
+        return r.contains(key) && !r[key].is_null() ? num(nlohmann::json(r[key].get<double>() / (1 << 20)), 1)
+                                                     : std::string("-");
+      };
+      auto get = [&](const char* key, int prec) { return r.contains(key) ? num(r[key], prec) : std::string("-"); };
+      std::cout << std::left << std::setw(14) << r["backend"].get<std::string>() << std::right << std::setw(8)
+                << r["seq"].get<int64_t>() << std::setw(13) << get("sublayer_fwd_ms", 3) << std::setw(9)
+                << get("sublayer_fwd_tflops", 1) << std::setw(13) << get("prefill_ms", 2) << std::setw(13)
+                << get("decode_tok_s", 1) << std::setw(11) << mib("kv_cache_bytes") << std::setw(11)
+                << mib("peak_memory_bytes") << "\n";
+    }
+    if (!args->json.empty()) {
+      std::ofstream f(args->json);
+      RT_CHECK(f.good(), "--json: cannot write ", args->json);
+      f << out.dump(1) << "\n";
+    }
+    if (!args->csv.empty()) {
+      std::ofstream f(args->csv);
+      RT_CHECK(f.good(), "--csv: cannot write ", args->csv);
+      f << "section,name,seq,fwd_ms,fwd_tflops,prefill_ms,decode_tok_s,kv_cache_bytes,peak_memory_bytes\n";
+      auto cell = [](const nlohmann::json& r, const char* key) {
+        return r.contains(key) && !r[key].is_null() ? r[key].dump() : std::string();
+      };
+      for (const auto& k : out["kernels"])
+        f << "kernel," << (k["mask"] == "window" ? "window" + k["window"].dump() : "causal") << "," << k["seq"] << ","
+          << cell(k, "fwd_ms") << "," << cell(k, "fwd_tflops") << ",,,,\n";
+      for (const auto& r : out["backends"])
+        f << "backend," << r["backend"].get<std::string>() << "," << r["seq"] << "," << cell(r, "sublayer_fwd_ms")
+          << "," << cell(r, "sublayer_fwd_tflops") << "," << cell(r, "prefill_ms") << "," << cell(r, "decode_tok_s")
+          << "," << cell(r, "kv_cache_bytes") << "," << cell(r, "peak_memory_bytes") << "\n";
+    }
+  });
+}
+
+}  // namespace rt

@@ -1,0 +1,59 @@
+// `runtime profile` on a tiny fixture (CPU): the table, JSON and CSV carry every measurement for
+// every backend and length, with sane values; and bad arguments fail cleanly.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+
+#include "cli_test_util.h"
+
+namespace {
+
+using namespace rt::test;
+
+TEST(CliProfile, WritesTableJsonAndCsv) {
+  TempDir dir("rt_profile");
+  const auto json = dir / "p.json", csv = dir / "p.csv";
+  RunResult r = run_runtime({"profile", "--model", fixture_model("tied_bf16_theta5e6").string(), "--init", "checkpoint",
+                             "--attention", "full_causal,swa", "--seq", "16,40", "--window", "8", "--repeats", "2",
+                             "--decode-tokens", "4", "--json", json.string(), "--csv", csv.string()});
+  ASSERT_TRUE(r.ok()) << r.describe();
+  EXPECT_NE(r.out.find("Attention kernels"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("window 8"), std::string::npos) << r.out;
+
+  const auto j = read_json(json);
+  ASSERT_EQ(j["kernels"].size(), 4u);  // {causal, window} x {16, 40}
+  ASSERT_EQ(j["backends"].size(), 4u);  // {full_causal, swa} x {16, 40}
+  for (const auto& k : j["kernels"]) EXPECT_GT(k["fwd_ms"].get<double>(), 0.0);
+  for (const auto& b : j["backends"]) {
+    EXPECT_GT(b["sublayer_fwd_ms"].get<double>(), 0.0);
+    EXPECT_GT(b["sublayer_fwd_tflops"].get<double>(), 0.0);
+    EXPECT_GT(b["prefill_ms"].get<double>(), 0.0);
+    EXPECT_GT(b["decode_tok_s"].get<double>(), 0.0);
+    EXPECT_GT(b["peak_memory_bytes"].get<double>(), 0.0);
+  }
+  // KV cache: 3 layers x 2 kv heads x 16 dims x (K and V) x f32, full vs a ring of 8.
+  const int64_t per_pos = 3 * 2 * 16 * 2 * 4;
+  for (const auto& b : j["backends"]) {
+    const int64_t positions = b["seq"].get<int64_t>() + 4;
+    const int64_t want = b["backend"] == "swa" ? per_pos * 8 : per_pos * positions;
+    EXPECT_EQ(b["kv_cache_bytes"].get<int64_t>(), want) << b.dump();
+  }
+  const std::string c = read_text(csv);
+  EXPECT_EQ(std::count(c.begin(), c.end(), '\n'), 9) << c;  // header + 8 rows
+}
+
+TEST(CliProfile, SwaWithoutWindowFailsClearly) {
+  RunResult r = run_runtime({"profile", "--model", fixture_model("tied_bf16_theta5e6").string(), "--init",
+                             "checkpoint", "--attention", "swa", "--seq", "16"});
+  EXPECT_TRUE(r.exited && r.exit_code != 0) << r.describe();
+  EXPECT_NE(r.err.find("error: swa: the window size is required"), std::string::npos) << r.err;
+}
+
+TEST(CliProfile, BadSeqFailsClearly) {
+  RunResult r = run_runtime({"profile", "--model", fixture_model("tied_bf16_theta5e6").string(), "--init",
+                             "checkpoint", "--seq", "16,abc"});
+  EXPECT_TRUE(r.exited && r.exit_code != 0) << r.describe();
+  EXPECT_NE(r.err.find("'abc'"), std::string::npos) << r.err;
+}
+
+}  // namespace

@@ -1,0 +1,657 @@
+// Tests of the CUDA backend (backends/cuda): every op against the CPU backend on random inputs
+// (fixed seeds, never constants), ragged sizes, f32 and bf16 paths, device outputs poisoned with
+// NaN before each call. The CPU reference runs on the same bf16-rounded inputs the device sees.
+// Tolerances (relative Frobenius error): f32 paths < 1e-5, bf16 outputs < 1e-2.
+// Without a GPU (CI) every test skips.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cpu/cpu_ops.h"
+#include "cuda/cuda_ops.h"
+#include "cuda/kernels.h"
+#include "rt/sdk/error.h"
+#include "rt/sdk/half.h"
+
+namespace {
+
+using rt::Device;
+using rt::DType;
+using rt::Tensor;
+using rt::TensorView;
+
+const float kNaN = std::numeric_limits<float>::quiet_NaN();
+const int64_t kRows[] = {1, 7, 127, 128, 129, 4099};
+const int64_t kHidden[] = {896, 333};
+
+#define SKIP_WITHOUT_GPU() \
+  if (!rt::cuda_device_available()) GTEST_SKIP() << "no CUDA device"
+
+// Host values, f32, with a shape; what both backends start from.
+struct Host {
+  std::vector<int64_t> shape;
+  std::vector<float> v;
+  int64_t numel() const { return static_cast<int64_t>(v.size()); }
+};
+
+// v rounded through dtype (identity for f32): the values the device actually holds.
+std::vector<float> rounded(const std::vector<float>& v, DType dt) {
+  if (dt == DType::F32) return v;
+  std::vector<uint16_t> h(v.size());
+  std::vector<float> r(v.size());
+  rt::convert_from_f32(v.data(), dt, h.data(), v.size());
+  rt::convert_to_f32(h.data(), dt, r.data(), v.size());
+  return r;
+}
+
+double rel_err(const std::vector<float>& out, const std::vector<float>& ref) {
+  EXPECT_EQ(out.size(), ref.size());
+  double num = 0, den = 0;
+  for (size_t i = 0; i < out.size() && i < ref.size(); ++i) {
+    const double d = static_cast<double>(out[i]) - ref[i];
+    num += d * d;
+    den += static_cast<double>(ref[i]) * ref[i];
+  }
+  return std::sqrt(num) / std::max(std::sqrt(den), 1e-30);
+}
+
+double tol(DType out) { return out == DType::F32 ? 1e-5 : 1e-2; }
+
+TensorView view_of(void* data, DType dt, Device dev, const std::vector<int64_t>& s) {
+  switch (s.size()) {
+    case 1: return TensorView::contiguous(data, dt, dev, {s[0]});
+    case 2: return TensorView::contiguous(data, dt, dev, {s[0], s[1]});
+    case 3: return TensorView::contiguous(data, dt, dev, {s[0], s[1], s[2]});
+    default: return TensorView::contiguous(data, dt, dev, {s[0], s[1], s[2], s[3]});
+  }
+}
+
+struct CudaOpsTest : ::testing::Test {
+  std::unique_ptr<rt::Ops> cpu = rt::make_cpu_ops();
+  std::unique_ptr<rt::Ops> gpu;
+  cudaStream_t stream = nullptr;
+
+  void SetUp() override {
+    if (!rt::cuda_device_available()) return;
+    gpu = rt::make_cuda_ops();
+    stream = static_cast<rt::CudaOps&>(*gpu).stream();
+  }
+
+  static Host randn(std::vector<int64_t> shape, uint64_t seed, float sd = 1.f, float mean = 0.f) {
+    Host h{std::move(shape), {}};
+    int64_t n = 1;
+    for (int64_t d : h.shape) n *= d;
+    std::mt19937_64 rng(seed);
+    std::normal_distribution<float> nd(mean, sd);
+    h.v.resize(static_cast<size_t>(n));
+    for (float& x : h.v) x = nd(rng);
+    return h;
+  }
+
+  Tensor alloc(DType dt, const std::vector<int64_t>& s, rt::Ops& ops) {
+    switch (s.size()) {
+      case 1: return ops.alloc(dt, {s[0]});
+      case 2: return ops.alloc(dt, {s[0], s[1]});
+      case 3: return ops.alloc(dt, {s[0], s[1], s[2]});
+      default: return ops.alloc(dt, {s[0], s[1], s[2], s[3]});
+    }
+  }
+  // CPU f32 tensor holding h rounded through dt (the CPU reference's input).
+  Tensor cpu_tensor(const Host& h, DType dt = DType::F32) {
+    Tensor t = alloc(DType::F32, h.shape, *cpu);
+    const std::vector<float> r = rounded(h.v, dt);
+    std::memcpy(t.view.data, r.data(), r.size() * sizeof(float));
+    return t;
+  }
+  // Device tensor of dtype dt holding h (converted on the host with half.h, uploaded as is).
+  Tensor upload(const Host& h, DType dt) {
+    std::vector<uint16_t> h16(h.v.size());
+    void* src = const_cast<float*>(h.v.data());
+    if (dt != DType::F32) {
+      rt::convert_from_f32(h.v.data(), dt, h16.data(), h.v.size());
+      src = h16.data();
+    }
+    Tensor t = alloc(dt, h.shape, *gpu);
+    gpu->copy(view_of(src, dt, Device::CPU, h.shape), t);
+    return t;
+  }
+  Tensor poisoned(DType dt, const std::vector<int64_t>& s) {
+    Tensor t = alloc(dt, s, *gpu);
+    gpu->fill(t, kNaN);
+    return t;
+  }
+  // Device tensor -> host f32 (downloaded in its own dtype, converted with half.h).
+  std::vector<float> download(const TensorView& d) {
+    std::vector<uint16_t> raw(static_cast<size_t>(d.numel()) * 2);
+    std::vector<float> out(static_cast<size_t>(d.numel()));
+    std::vector<int64_t> s(d.shape.begin(), d.shape.begin() + d.ndim);
+    gpu->copy(d, view_of(raw.data(), d.dtype, Device::CPU, s));
+    rt::convert_to_f32(raw.data(), d.dtype, out.data(), out.size());
+    return out;
+  }
+  static std::vector<float> host_values(const Tensor& t) {
+    const float* p = t.ptr<float>();
+    return std::vector<float>(p, p + t.view.numel());
+  }
+};
+
+// ---- copies ------------------------------------------------------------------------------------
+
+TEST_F(CudaOpsTest, CopyRoundTripsMatchHalfConversions) {
+  SKIP_WITHOUT_GPU();
+  Host h = randn({129, 333}, 1, 3.f);
+  // Cover the f16 subnormal range and overflow to inf, and bf16 rounding ties.
+  for (size_t i = 0; i < h.v.size(); i += 7) h.v[i] *= 1e-6f;
+  for (size_t i = 3; i < h.v.size(); i += 101) h.v[i] = (i % 2 ? 7e4f : -1e5f);
+  for (DType dt : {DType::F32, DType::BF16, DType::F16}) {
+    SCOPED_TRACE(rt::dtype_name(dt));
+    const std::vector<float> want = rounded(h.v, dt);
+    // host f32 -> device dt (converted on the device) -> host f32 (converted on the device)
+    Tensor d = poisoned(dt, h.shape);
+    gpu->copy(view_of(h.v.data(), DType::F32, Device::CPU, h.shape), d);
+    std::vector<float> back(h.v.size());
+    gpu->copy(d, view_of(back.data(), DType::F32, Device::CPU, h.shape));
+    EXPECT_EQ(0, std::memcmp(back.data(), want.data(), want.size() * 4)) << "upload/download with conversion";
+    // device dt -> device f32 -> device bf16 -> host, against the host conversions
+    Tensor f = poisoned(DType::F32, h.shape);
+    gpu->copy(d, f);
+    EXPECT_EQ(0, std::memcmp(download(f).data(), want.data(), want.size() * 4)) << "device to device";
+    Tensor b = poisoned(DType::BF16, h.shape);
+    gpu->copy(d, b);
+    const std::vector<float> want_b = rounded(want, DType::BF16);
+    EXPECT_EQ(0, std::memcmp(download(b).data(), want_b.data(), want_b.size() * 4)) << "to bf16 on device";
+  }
+  // i32 copies are raw.
+  std::vector<int32_t> ids(1000), ids_back(1000, -1);
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>(i * 2654435761u % 151936);
+  Tensor di = gpu->alloc(DType::I32, {1000});
+  gpu->copy(TensorView::contiguous(ids.data(), DType::I32, Device::CPU, {1000}), di);
+  gpu->copy(di, TensorView::contiguous(ids_back.data(), DType::I32, Device::CPU, {1000}));
+  EXPECT_EQ(ids, ids_back);
+}
+
+// Views like KvCache uses (rows of a column slice), on both sides and across devices.
+TEST_F(CudaOpsTest, StridedRowsCopies) {
+  SKIP_WITHOUT_GPU();
+  Host src = randn({20, 40}, 2);
+  TensorView hs = view_of(src.v.data(), DType::F32, Device::CPU, src.shape);
+  hs.shape[1] = 32;  // columns 5..36
+  hs.data = src.v.data() + 5;
+  hs = hs.rows(3, 15);  // [12, 32], stride 40
+
+  for (DType dt : {DType::F32, DType::BF16}) {
+    SCOPED_TRACE(rt::dtype_name(dt));
+    Tensor big = poisoned(dt, {30, 50});
+    TensorView ds = big.view;
+    ds.shape[1] = 32;
+    ds.data = static_cast<char*>(big.view.data) + 7 * rt::dtype_size(dt);
+    ds = ds.rows(10, 22);  // [12, 32], stride 50
+    gpu->copy(hs, ds);     // upload, strided on both sides, converting
+
+    // Download the whole buffer: the window holds the values, everything else is still NaN.
+    const std::vector<float> all = download(big.view);
+    for (int64_t r = 0; r < 30; ++r)
+      for (int64_t c = 0; c < 50; ++c) {
+        const float got = all[static_cast<size_t>(r * 50 + c)];
+        if (r >= 10 && r < 22 && c >= 7 && c < 39) {
+          const float want = rounded({src.v[static_cast<size_t>((r - 10 + 3) * 40 + (c - 7 + 5))]}, dt)[0];
+          ASSERT_EQ(got, want) << "row " << r << " col " << c;
+        } else {
+          ASSERT_TRUE(std::isnan(got)) << "wrote outside the view at row " << r << " col " << c;
+        }
+      }
+
+    // Download into a strided host view (f32), converting; the rest of the host buffer untouched.
+    std::vector<float> host(12 * 45, -7.f);
+    TensorView hd = TensorView::contiguous(host.data() + 2, DType::F32, Device::CPU, {12, 32});
+    hd.stride[0] = 45;
+    gpu->copy(ds, hd);
+    for (int64_t r = 0; r < 12; ++r)
+      for (int64_t c = 0; c < 45; ++c) {
+        const float got = host[static_cast<size_t>(r * 45 + c)];
+        if (c >= 2 && c < 34)
+          ASSERT_EQ(got, rounded({src.v[static_cast<size_t>((r + 3) * 40 + (c - 2 + 5))]}, dt)[0]);
+        else
+          ASSERT_EQ(got, -7.f);
+      }
+
+    // Device to device, strided to strided, converting to f16.
+    Tensor other = poisoned(DType::F16, {12, 64});
+    TensorView od = other.view;
+    od.shape[1] = 32;
+    gpu->copy(ds, od);
+    const std::vector<float> o = download(other.view);
+    for (int64_t r = 0; r < 12; ++r)
+      for (int64_t c = 0; c < 64; ++c) {
+        const float got = o[static_cast<size_t>(r * 64 + c)];
+        if (c < 32)
+          ASSERT_EQ(got, rounded(rounded({src.v[static_cast<size_t>((r + 3) * 40 + c + 5)]}, dt), DType::F16)[0]);
+        else
+          ASSERT_TRUE(std::isnan(got));
+      }
+  }
+
+  // [T, H, D] rows (the KV-cache append): rows 5..9 of a [16, 2, 64] bf16 cache.
+  Host kv = randn({4, 2, 64}, 3);
+  Tensor cache = poisoned(DType::BF16, {16, 2, 64});
+  Tensor chunk = upload(kv, DType::BF16);
+  gpu->copy(chunk, cache.view.rows(5, 9));
+  EXPECT_EQ(download(cache.view.rows(5, 9)), rounded(kv.v, DType::BF16));
+  EXPECT_TRUE(std::isnan(download(cache.view.rows(4, 5))[0]));
+  EXPECT_TRUE(std::isnan(download(cache.view.rows(9, 10))[0]));
+}
+
+TEST_F(CudaOpsTest, CopyRejectsBadArguments) {
+  SKIP_WITHOUT_GPU();
+  Tensor a = gpu->alloc(DType::F32, {4, 8});
+  Tensor b = gpu->alloc(DType::F32, {4, 9});
+  Tensor i = gpu->alloc(DType::I32, {4, 8});
+  EXPECT_THROW(gpu->copy(a, b), rt::Error);
+  EXPECT_THROW(gpu->copy(a, i), rt::Error);
+}
+
+TEST_F(CudaOpsTest, Fill) {
+  SKIP_WITHOUT_GPU();
+  for (DType dt : {DType::F32, DType::BF16, DType::F16}) {
+    Tensor t = poisoned(dt, {7, 333});
+    gpu->fill(t.view.rows(2, 5), 1.2345f);
+    const std::vector<float> v = download(t);
+    const float want = rounded({1.2345f}, dt)[0];
+    for (int64_t r = 0; r < 7; ++r)
+      for (int64_t c = 0; c < 333; ++c) {
+        const float got = v[static_cast<size_t>(r * 333 + c)];
+        if (r >= 2 && r < 5)
+          ASSERT_EQ(got, want);
+        else
+          ASSERT_TRUE(std::isnan(got));
+      }
+  }
+  Tensor ti = gpu->alloc(DType::I32, {129});
+  gpu->fill(ti, -42.f);
+  std::vector<int32_t> back(129);
+  gpu->copy(ti, TensorView::contiguous(back.data(), DType::I32, Device::CPU, {129}));
+  for (int32_t x : back) ASSERT_EQ(x, -42);
+  EXPECT_THROW(gpu->fill(ti, 0.5f), rt::Error);
+}
+
+// ---- elementwise -------------------------------------------------------------------------------
+
+TEST_F(CudaOpsTest, AddMixedDtypes) {
+  SKIP_WITHOUT_GPU();
+  struct Case {
+    DType a, b, out;
+    bool alias_a;
+  };
+  const Case cases[] = {{DType::F32, DType::F32, DType::F32, false},
+                        {DType::F32, DType::BF16, DType::F32, true},  // residual += bf16 delta
+                        {DType::BF16, DType::BF16, DType::BF16, false},
+                        {DType::F16, DType::F32, DType::BF16, false}};
+  uint64_t seed = 100;
+  for (const Case& c : cases)
+    for (int64_t n : kRows)
+      for (int64_t d : kHidden) {
+        SCOPED_TRACE(std::string(rt::dtype_name(c.a)) + "+" + rt::dtype_name(c.b) + "->" + rt::dtype_name(c.out) +
+                     " N=" + std::to_string(n) + " d=" + std::to_string(d));
+        Host ha = randn({n, d}, ++seed), hb = randn({n, d}, ++seed, 0.5f);
+        Tensor ra = cpu_tensor(ha, c.a), rb = cpu_tensor(hb, c.b), ref = alloc(DType::F32, {n, d}, *cpu);
+        cpu->add(ra, rb, ref);
+        Tensor da = upload(ha, c.a), db = upload(hb, c.b);
+        Tensor out = c.alias_a ? da : poisoned(c.out, {n, d});
+        gpu->add(da, db, out);
+        EXPECT_LT(rel_err(download(out), rounded(host_values(ref), c.out)), tol(c.out));
+      }
+}
+
+TEST_F(CudaOpsTest, Swiglu) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 200;
+  for (DType dt : {DType::F32, DType::BF16})
+    for (int64_t n : kRows)
+      for (int64_t d : {int64_t{4864}, int64_t{333}}) {
+        if (n == 4099 && d == 4864) continue;  // size adds nothing here
+        SCOPED_TRACE(std::string(rt::dtype_name(dt)) + " N=" + std::to_string(n) + " d=" + std::to_string(d));
+        Host hg = randn({n, d}, ++seed, 2.f), hu = randn({n, d}, ++seed);
+        Tensor rg = cpu_tensor(hg, dt), ru = cpu_tensor(hu, dt), ref = alloc(DType::F32, {n, d}, *cpu);
+        cpu->swiglu(rg, ru, ref);
+        Tensor out = poisoned(dt, {n, d});
+        gpu->swiglu(upload(hg, dt), upload(hu, dt), out);
+        EXPECT_LT(rel_err(download(out), host_values(ref)), tol(dt));
+      }
+}
+
+// ---- embedding ---------------------------------------------------------------------------------
+
+TEST_F(CudaOpsTest, Embedding) {
+  SKIP_WITHOUT_GPU();
+  const int64_t V = 1009;
+  uint64_t seed = 300;
+  for (DType tdt : {DType::BF16, DType::F32})
+    for (DType odt : {DType::F32, DType::BF16})
+      for (int64_t d : kHidden)
+        for (int64_t T : {int64_t{1}, int64_t{7}, int64_t{129}, int64_t{4099}})
+          for (bool host_ids : {false, true}) {
+            SCOPED_TRACE(std::string(rt::dtype_name(tdt)) + "->" + rt::dtype_name(odt) + " d=" + std::to_string(d) +
+                         " T=" + std::to_string(T) + (host_ids ? " host ids" : " device ids"));
+            Host table = randn({V, d}, ++seed);
+            std::mt19937 rng(static_cast<uint32_t>(++seed));
+            std::vector<int32_t> ids(static_cast<size_t>(T));
+            for (int32_t& i : ids) i = static_cast<int32_t>(rng() % V);
+            ids[0] = static_cast<int32_t>(V - 1);
+            TensorView hid = TensorView::contiguous(ids.data(), DType::I32, Device::CPU, {T});
+            Tensor ref = alloc(DType::F32, {T, d}, *cpu);
+            cpu->embedding(cpu_tensor(table, tdt), hid, ref);
+            Tensor dids = gpu->alloc(DType::I32, {T});
+            gpu->copy(hid, dids);
+            Tensor out = poisoned(odt, {T, d});
+            gpu->embedding(upload(table, tdt), host_ids ? hid : dids.view, out);
+            // A gather with conversion: exact.
+            EXPECT_TRUE(download(out) == rounded(host_values(ref), odt));
+          }
+}
+
+TEST_F(CudaOpsTest, EmbeddingRejectsOutOfRangeIds) {
+  SKIP_WITHOUT_GPU();
+  Host table = randn({50, 64}, 7);
+  Tensor dt = upload(table, DType::BF16);
+  std::vector<int32_t> ids = {3, 50, 4};
+  TensorView hid = TensorView::contiguous(ids.data(), DType::I32, Device::CPU, {3});
+  Tensor out = poisoned(DType::F32, {3, 64});
+  // Host ids: validated before upload.
+  try {
+    gpu->embedding(dt, hid, out);
+    FAIL() << "expected rt::Error";
+  } catch (const rt::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("token id 50"), std::string::npos) << e.what();
+  }
+  // Device ids: detected on the device, reported at the next synchronization, then cleared.
+  for (int32_t bad : {-1, 50, 1 << 30}) {
+    ids[1] = bad;
+    Tensor dids = gpu->alloc(DType::I32, {3});
+    gpu->copy(hid, dids);
+    gpu->embedding(dt, dids, out);
+    try {
+      gpu->synchronize();
+      FAIL() << "expected rt::Error for id " << bad;
+    } catch (const rt::Error& e) {
+      EXPECT_NE(std::string(e.what()).find("token id " + std::to_string(bad)), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("position 1"), std::string::npos) << e.what();
+    }
+    EXPECT_NO_THROW(gpu->synchronize());
+  }
+}
+
+// ---- rmsnorm -----------------------------------------------------------------------------------
+
+TEST_F(CudaOpsTest, RmsNorm) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 400;
+  struct Case {
+    DType x, w, y;
+  };
+  const Case cases[] = {{DType::F32, DType::F32, DType::F32},
+                        {DType::F32, DType::BF16, DType::BF16},
+                        {DType::BF16, DType::BF16, DType::BF16},
+                        {DType::BF16, DType::BF16, DType::F32}};
+  for (const Case& c : cases)
+    for (int64_t n : kRows)
+      for (int64_t d : {int64_t{896}, int64_t{333}, int64_t{2048}}) {
+        SCOPED_TRACE(std::string(rt::dtype_name(c.x)) + "/" + rt::dtype_name(c.w) + "->" + rt::dtype_name(c.y) +
+                     " N=" + std::to_string(n) + " d=" + std::to_string(d));
+        Host hx = randn({n, d}, ++seed, 3.f, 0.5f), hw = randn({d}, ++seed, 0.2f, 1.f);
+        Tensor ref = alloc(DType::F32, {n, d}, *cpu);
+        cpu->rmsnorm(cpu_tensor(hx, c.x), cpu_tensor(hw, c.w), 1e-6f, ref);
+        Tensor y = poisoned(c.y, {n, d});
+        gpu->rmsnorm(upload(hx, c.x), upload(hw, c.w), 1e-6f, y);
+        EXPECT_LT(rel_err(download(y), host_values(ref)), tol(c.y));
+      }
+}
+
+TEST_F(CudaOpsTest, RmsNormResidualFused) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 500;
+  for (DType ddt : {DType::F32, DType::BF16})
+    for (DType ydt : {DType::F32, DType::BF16})
+      for (int64_t n : kRows)
+        for (int64_t d : kHidden) {
+          SCOPED_TRACE(std::string("delta ") + rt::dtype_name(ddt) + " y " + rt::dtype_name(ydt) +
+                       " N=" + std::to_string(n) + " d=" + std::to_string(d));
+          Host hx = randn({n, d}, ++seed, 2.f), hdl = randn({n, d}, ++seed), hw = randn({d}, ++seed, 0.2f, 1.f);
+          Tensor rx = cpu_tensor(hx), ry = alloc(DType::F32, {n, d}, *cpu);
+          cpu->add(rx, cpu_tensor(hdl, ddt), rx);
+          cpu->rmsnorm(rx, cpu_tensor(hw, DType::BF16), 1e-6f, ry);
+          Tensor x = upload(hx, DType::F32), y = poisoned(ydt, {n, d});
+          rt::cuda::rmsnorm_residual_forward(x, upload(hdl, ddt), upload(hw, DType::BF16), 1e-6f, y, stream);
+          EXPECT_LT(rel_err(download(x), host_values(rx)), 1e-6) << "residual";
+          EXPECT_LT(rel_err(download(y), host_values(ry)), tol(ydt)) << "normed";
+        }
+}
+
+// ---- rope --------------------------------------------------------------------------------------
+
+TEST_F(CudaOpsTest, Rope) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 600;
+  for (DType dt : {DType::F32, DType::BF16})
+    for (int64_t T : kRows)
+      for (int64_t D : {int64_t{64}, int64_t{128}})
+        for (int64_t pos0 : {int64_t{0}, int64_t{30001}})
+          for (double theta : {1e6, 5e6}) {
+            const int64_t H = D == 64 ? 14 : 12;
+            SCOPED_TRACE(std::string(rt::dtype_name(dt)) + " T=" + std::to_string(T) + " D=" + std::to_string(D) +
+                         " pos0=" + std::to_string(pos0));
+            Host hx = randn({T, H, D}, ++seed);
+            Tensor ref = cpu_tensor(hx, dt);
+            cpu->rope(ref, pos0, theta);
+            Tensor x = upload(hx, dt);
+            gpu->rope(x, pos0, theta);
+            EXPECT_LT(rel_err(download(x), host_values(ref)), tol(dt));
+          }
+  // A strided view: the k half of a fused [T, 2, H, D] buffer, seen as rows of [T, H, D].
+  Host hx = randn({129, 2 * 2 * 64}, 9);
+  Tensor buf = upload(hx, DType::F32);
+  TensorView k = TensorView::contiguous(static_cast<float*>(buf.view.data) + 128, DType::F32, Device::CUDA,
+                                        {129, 2, 64});
+  k.stride[0] = 256;
+  gpu->rope(k, 5, 1e6);
+  Tensor ref = cpu_tensor(hx);
+  TensorView rk = TensorView::contiguous(ref.ptr<float>() + 128, DType::F32, Device::CPU, {129, 2, 64});
+  rk.stride[0] = 256;
+  cpu->rope(rk, 5, 1e6);
+  EXPECT_LT(rel_err(download(buf), host_values(ref)), 1e-6);
+}
+
+// ---- linear ------------------------------------------------------------------------------------
+
+TEST_F(CudaOpsTest, Linear) {
+  SKIP_WITHOUT_GPU();
+  struct Case {
+    DType x, w, y;
+    bool bias;
+  };
+  const Case cases[] = {{DType::BF16, DType::BF16, DType::BF16, true},
+                        {DType::BF16, DType::BF16, DType::F32, true},
+                        {DType::BF16, DType::BF16, DType::F32, false},
+                        {DType::F32, DType::F32, DType::F32, true},
+                        {DType::F32, DType::BF16, DType::F32, false}};  // x converted to bf16 first
+  uint64_t seed = 700;
+  for (const Case& c : cases)
+    for (int64_t n : kRows)
+      for (auto [in, out] : {std::pair<int64_t, int64_t>{896, 896}, {896, 128}, {333, 517}}) {
+        SCOPED_TRACE(std::string(rt::dtype_name(c.x)) + "x" + rt::dtype_name(c.w) + "->" + rt::dtype_name(c.y) +
+                     (c.bias ? " bias" : "") + " N=" + std::to_string(n) + " in=" + std::to_string(in) +
+                     " out=" + std::to_string(out));
+        Host hx = randn({n, in}, ++seed), hw = randn({out, in}, ++seed, 0.05f), hb = randn({out}, ++seed);
+        // The device rounds an f32 x to W's dtype: the reference sees the same values.
+        const DType x_eff = c.x == c.w ? c.x : c.w;
+        Tensor ref = alloc(DType::F32, {n, out}, *cpu);
+        cpu->linear(cpu_tensor(hx, x_eff), cpu_tensor(hw, c.w), c.bias ? cpu_tensor(hb, c.w).view : TensorView{},
+                    ref);
+        Tensor y = poisoned(c.y, {n, out});
+        gpu->linear(upload(hx, c.x), upload(hw, c.w), c.bias ? upload(hb, c.w).view : TensorView{}, y);
+        // 16-bit inputs with an f32 output differ from the CPU only by summation order.
+        const double t = c.y == DType::F32 ? (c.w == DType::F32 ? 1e-5 : 1e-4) : 1e-2;
+        EXPECT_LT(rel_err(download(y), host_values(ref)), t);
+      }
+}
+
+// Output rows with a stride (a column slice of a wider buffer), f32 bias on bf16 GEMMs, and the
+// descriptor cache reused across calls of one shape.
+TEST_F(CudaOpsTest, LinearStridedOutputAndRepeats) {
+  SKIP_WITHOUT_GPU();
+  const int64_t n = 129, in = 896, out = 128;
+  Host hx = randn({n, in}, 11), hw = randn({out, in}, 12, 0.05f), hb = randn({out}, 13);
+  Tensor ref = alloc(DType::F32, {n, out}, *cpu);
+  cpu->linear(cpu_tensor(hx, DType::BF16), cpu_tensor(hw, DType::BF16), cpu_tensor(hb), ref);
+  Tensor x = upload(hx, DType::BF16), w = upload(hw, DType::BF16), b = upload(hb, DType::F32);
+  for (int rep = 0; rep < 3; ++rep) {
+    Tensor wide = poisoned(DType::F32, {n, 3 * out});
+    TensorView y = wide.view;
+    y.shape[1] = out;
+    y.data = static_cast<float*>(wide.view.data) + out;
+    gpu->linear(x, w, b, y);
+    const std::vector<float> all = download(wide);
+    std::vector<float> got;
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t c = 0; c < 3 * out; ++c) {
+        const float v = all[static_cast<size_t>(r * 3 * out + c)];
+        if (c >= out && c < 2 * out)
+          got.push_back(v);
+        else
+          ASSERT_TRUE(std::isnan(v)) << "wrote outside y at row " << r << " col " << c;
+      }
+    EXPECT_LT(rel_err(got, host_values(ref)), 1e-4);
+  }
+}
+
+// The plain kernel linear() falls back to when cuBLASLt has no algorithm for a layout.
+TEST_F(CudaOpsTest, SimpleGemmFallback) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 800;
+  for (DType dt : {DType::F32, DType::BF16})
+    for (int64_t n : {int64_t{1}, int64_t{7}, int64_t{129}})
+      for (auto [in, out] : {std::pair<int64_t, int64_t>{896, 128}, {333, 517}}) {
+        SCOPED_TRACE(std::string(rt::dtype_name(dt)) + " N=" + std::to_string(n) + " in=" + std::to_string(in) +
+                     " out=" + std::to_string(out));
+        Host hx = randn({n, in}, ++seed), hw = randn({out, in}, ++seed, 0.05f), hb = randn({out}, ++seed);
+        Tensor ref = alloc(DType::F32, {n, out}, *cpu);
+        cpu->linear(cpu_tensor(hx, dt), cpu_tensor(hw, dt), cpu_tensor(hb, dt), ref);
+        Tensor y = poisoned(DType::F32, {n, out});
+        rt::cuda::gemm_simple_forward(upload(hx, dt), upload(hw, dt), upload(hb, dt), y, stream);
+        EXPECT_LT(rel_err(download(y), host_values(ref)), dt == DType::F32 ? 1e-5 : 1e-4);
+      }
+}
+
+TEST_F(CudaOpsTest, LinearRejectsBadArguments) {
+  SKIP_WITHOUT_GPU();
+  Tensor x = gpu->alloc(DType::BF16, {4, 8}), w = gpu->alloc(DType::BF16, {16, 8}), y = gpu->alloc(DType::F32, {4, 16});
+  Tensor wrong = gpu->alloc(DType::BF16, {16, 9});
+  Tensor hostw = cpu->alloc(DType::BF16, {16, 8});
+  EXPECT_THROW(gpu->linear(x, wrong, TensorView{}, y), rt::Error);
+  EXPECT_THROW(gpu->linear(x, hostw, TensorView{}, y), rt::Error);
+  EXPECT_THROW(gpu->linear(x, w, TensorView{}, x), rt::Error);
+}
+
+// ---- attention (through CudaOps; the kernels have their own tests) ------------------------------
+
+TEST_F(CudaOpsTest, AttentionThroughOps) {
+  SKIP_WITHOUT_GPU();
+  const int64_t T = 129, Hq = 14, Hkv = 2, D = 64;
+  Host hq = randn({T, Hq, D}, 21), hk = randn({T, Hkv, D}, 22), hv = randn({T, Hkv, D}, 23);
+  rt::AttentionSpec spec;
+  Tensor ref = alloc(DType::F32, {T, Hq, D}, *cpu);
+  cpu->attention(cpu_tensor(hq, DType::BF16), cpu_tensor(hk, DType::BF16), cpu_tensor(hv, DType::BF16), ref, spec);
+  Tensor o = poisoned(DType::BF16, {T, Hq, D});
+  try {
+    gpu->attention(upload(hq, DType::BF16), upload(hk, DType::BF16), upload(hv, DType::BF16), o, spec);
+  } catch (const rt::Error& e) {
+    if (std::string(e.what()).find("not built") != std::string::npos) GTEST_SKIP() << e.what();
+    throw;
+  }
+  EXPECT_LT(rel_err(download(o), host_values(ref)), 1e-2);
+}
+
+// ---- argmax ------------------------------------------------------------------------------------
+
+TEST_F(CudaOpsTest, ArgmaxLastRow) {
+  SKIP_WITHOUT_GPU();
+  const int64_t V = 151936;
+  for (int64_t rows : {int64_t{1}, int64_t{3}}) {
+    Host h = randn({rows, V}, 30 + static_cast<uint64_t>(rows), 4.f);
+    const float* last = h.v.data() + (rows - 1) * V;
+    const int32_t want = static_cast<int32_t>(std::max_element(last, last + V) - last);
+    Tensor d = upload(h, DType::F32);
+    EXPECT_EQ(rt::argmax_last_row(d, stream), want);
+    // A tie: the first index wins (as std::max_element).
+    h.v[static_cast<size_t>((rows - 1) * V + 17)] = 100.f;
+    h.v[static_cast<size_t>((rows - 1) * V + V - 5)] = 100.f;
+    h.v[static_cast<size_t>((rows - 1) * V + 3)] = kNaN;  // skipped
+    d = upload(h, DType::F32);
+    EXPECT_EQ(rt::argmax_last_row(d, stream), 17);
+  }
+  for (int64_t V2 : {int64_t{1}, int64_t{7}, int64_t{1025}}) {
+    Host h = randn({V2}, 40 + static_cast<uint64_t>(V2));
+    const int32_t want = static_cast<int32_t>(std::max_element(h.v.begin(), h.v.end()) - h.v.begin());
+    EXPECT_EQ(rt::argmax_last_row(upload(h, DType::F32), stream), want);
+  }
+}
+
+// ---- memory ------------------------------------------------------------------------------------
+
+TEST_F(CudaOpsTest, OutOfMemoryIsAClearError) {
+  SKIP_WITHOUT_GPU();
+  const int64_t pib = int64_t{1} << 50;
+  try {
+    Tensor t = gpu->alloc(DType::U8, {pib});
+    FAIL() << "a 1 PiB allocation succeeded";
+  } catch (const rt::Error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("1125899906842624 bytes"), std::string::npos) << m;
+    EXPECT_NE(m.find("[1125899906842624]"), std::string::npos) << m;
+    EXPECT_NE(m.find("free of"), std::string::npos) << m;
+  }
+  try {
+    Tensor t = gpu->alloc(DType::BF16, {int64_t{1} << 25, int64_t{1} << 24});
+    FAIL() << "a 1 PiB allocation succeeded";
+  } catch (const rt::Error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("bf16 tensor of shape [33554432, 16777216]"), std::string::npos) << m;
+    EXPECT_NE(m.find("1125899906842624 bytes"), std::string::npos) << m;
+  }
+  // The device is still usable afterwards.
+  Host h = randn({7, 333}, 50);
+  EXPECT_EQ(download(upload(h, DType::F32)), h.v);
+}
+
+TEST_F(CudaOpsTest, MemoryStatsTrackTensors) {
+  SKIP_WITHOUT_GPU();
+  gpu->synchronize();
+  gpu->reset_peak_memory();
+  const size_t before = gpu->memory_stats().in_use;
+  {
+    Tensor t = gpu->alloc(DType::F32, {1024, 1024});
+    EXPECT_GE(gpu->memory_stats().in_use, before + (size_t{4} << 20));
+  }
+  gpu->synchronize();  // frees are stream-ordered
+  const rt::Ops::MemoryStats s = gpu->memory_stats();
+  EXPECT_LE(s.in_use, before);
+  EXPECT_GE(s.peak, before + (size_t{4} << 20));
+}
+
+TEST_F(CudaOpsTest, ActivationDtypeAndDevice) {
+  SKIP_WITHOUT_GPU();
+  EXPECT_EQ(gpu->activation_dtype(), DType::BF16);
+  EXPECT_EQ(gpu->device(), Device::CUDA);
+  Tensor t = gpu->alloc(DType::BF16, {0, 896});
+  EXPECT_TRUE(t.defined());
+  EXPECT_EQ(t.view.device, Device::CUDA);
+  EXPECT_NO_THROW(gpu->synchronize());
+}
+
+}  // namespace
