@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 
 #include "cpu/cpu_ops.h"
 #include "cuda/cuda_ops.h"
@@ -88,10 +89,44 @@ TEST_P(CudaModel, LogitsMatchCpuWithinBf16Tolerance) {
   EXPECT_LT(rel, 2e-2);
 }
 
-TEST_P(CudaModel, GreedyGenerationMatchesCpu) {
+// Teacher-forced on the CPU's greedy tokens: wherever the CPU's top-1 leads its top-2 by more
+// than bf16 noise, the GPU must pick the same token. (Free-running sequences legitimately part
+// ways after a near-tie; the next test pins one fixture where none occurs.)
+TEST_P(CudaModel, GreedyChoicesMatchCpuWhereDecisive) {
   const auto& [name, backend, window] = GetParam();
   Loaded c = load(reg, *cpu, name, backend, window);
   Loaded g = load(reg, *gpu, name, backend, window);
+  const int vocab = static_cast<int>(c.model->dims().vocab);
+  std::vector<int32_t> prompt;
+  for (int i = 0; i < 6; ++i) prompt.push_back((i * 97 + 23) % vocab);
+  auto cs = c.model->new_states(64);
+  auto gs = g.model->new_states(64);
+  rt::Tensor cl = c.model->forward(prompt, &cs, true), gl = g.model->forward(prompt, &gs, true);
+  int decisive = 0;
+  for (int step = 0; step < 32; ++step) {
+    auto a = host(*cpu, cl), b = host(*gpu, gl);
+    std::vector<float> sorted = a;
+    std::partial_sort(sorted.begin(), sorted.begin() + 2, sorted.end(), std::greater<float>());
+    const int32_t ca = static_cast<int32_t>(std::max_element(a.begin(), a.end()) - a.begin());
+    const int32_t ga = static_cast<int32_t>(std::max_element(b.begin(), b.end()) - b.begin());
+    if (sorted[0] - sorted[1] > 0.05f) {
+      ++decisive;
+      EXPECT_EQ(ga, ca) << "step " << step << ", CPU margin " << sorted[0] - sorted[1];
+    }
+    cl = c.model->forward(std::span<const int32_t>(&ca, 1), &cs, true);
+    gl = g.model->forward(std::span<const int32_t>(&ca, 1), &gs, true);
+  }
+  EXPECT_GE(decisive, 16) << "too few decisive steps to mean anything";
+}
+
+TEST(CudaModelGreedy, FreeRunningIdenticalToCpuFor32Tokens) {
+  if (!rt::cuda_device_available()) GTEST_SKIP() << "no CUDA device";
+  rt::PluginRegistry reg;
+  reg.scan_directory(RT_BIN_DIR);
+  auto cpu = rt::make_cpu_ops();
+  auto gpu = rt::make_cuda_ops();
+  Loaded c = load(reg, *cpu, "tied_bf16_theta5e6", "full_causal", 0);
+  Loaded g = load(reg, *gpu, "tied_bf16_theta5e6", "full_causal", 0);
   const std::vector<int32_t> prompt = {23, 252, 65, 252, 53, 216};
   EXPECT_EQ(greedy(*gpu, *g.model, prompt, 32), greedy(*cpu, *c.model, prompt, 32));
 }

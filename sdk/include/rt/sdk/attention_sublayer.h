@@ -71,18 +71,17 @@ class KvCache : public AttentionState {
     const int64_t old = p0 - first;
     Tensor kk = ops.alloc(k.dtype, {old + T, k.shape[1], k.shape[2]});
     Tensor vv = ops.alloc(k.dtype, {old + T, k.shape[1], k.shape[2]});
-    for (int64_t p = first; p < p0; ++p) {
-      const int64_t slot = p % ring_;
-      ops.copy(k_.view.rows(slot, slot + 1), kk.view.rows(p - first, p - first + 1));
-      ops.copy(v_.view.rows(slot, slot + 1), vv.view.rows(p - first, p - first + 1));
-    }
+    for_ring_runs(first, p0, [&](int64_t slot, int64_t p, int64_t n) {
+      ops.copy(k_.view.rows(slot, slot + n), kk.view.rows(p - first, p - first + n));
+      ops.copy(v_.view.rows(slot, slot + n), vv.view.rows(p - first, p - first + n));
+    });
     ops.copy(k, kk.view.rows(old, old + T));
     ops.copy(v, vv.view.rows(old, old + T));
-    for (int64_t t = std::max<int64_t>(0, T - ring_); t < T; ++t) {
-      const int64_t slot = (p0 + t) % ring_;
-      ops.copy(k.rows(t, t + 1), k_.view.rows(slot, slot + 1));
-      ops.copy(v.rows(t, t + 1), v_.view.rows(slot, slot + 1));
-    }
+    // Only the last W new positions survive in the ring.
+    for_ring_runs(std::max(p0, p0 + T - ring_), p0 + T, [&](int64_t slot, int64_t p, int64_t n) {
+      ops.copy(k.rows(p - p0, p - p0 + n), k_.view.rows(slot, slot + n));
+      ops.copy(v.rows(p - p0, p - p0 + n), v_.view.rows(slot, slot + n));
+    });
     seen_ += T;
     scratch_k_ = kk;  // keep alive until the caller is done with the window
     scratch_v_ = vv;
@@ -90,6 +89,18 @@ class KvCache : public AttentionState {
   }
 
  private:
+  // Positions [begin, end) (at most ring_ of them) as at most two runs of consecutive slots:
+  // f(first slot, first position, count).
+  template <typename F>
+  void for_ring_runs(int64_t begin, int64_t end, F&& f) const {
+    while (begin < end) {
+      const int64_t slot = begin % ring_;
+      const int64_t n = std::min(end - begin, ring_ - slot);
+      f(slot, begin, n);
+      begin += n;
+    }
+  }
+
   int64_t ring_ = 0;
   int64_t capacity_ = 0;
   int64_t max_tokens_ = 0;
