@@ -1,0 +1,60 @@
+// cuDNN scaled-dot-product attention (cudnn-frontend graph API) as a second implementation of
+// rt::cuda::attention_forward, for a cross-check and for the shapes where it is faster.
+//
+// Same function as attention_forward (cuda/attention/attention.h): o [Tq, Hq, D] =
+// softmax(q k^T * scale + mask) v, q [Tq, Hq, D], k, v [Tk, Hkv, D], all bf16 on the device with
+// a contiguous last dimension (row/head strides are free, e.g. views into a fused QKV buffer);
+// query head h reads KV head h / (Hq / Hkv) (GQA natively). Masks follow rt::AttentionSpec: query
+// row i sits at q_pos0 + i, key row j at k_pos0 + j; causal keeps key pos <= query pos, window W
+// keeps key pos in (query pos - W, query pos].
+//
+// cuDNN aligns its mask diagonal either top-left or bottom-right, so positions are supported where
+// delta = q_pos0 - k_pos0 is 0 (top-left: prefill from one origin) or Tk - Tq with Tq <= Tk
+// (bottom-right: decode / chunked prefill against a KV cache); without causal and window the
+// offsets do not matter. A window that reaches past the first key for every row is dropped (plain
+// causal). Other cases (other offsets, Tk = 0, f32/f16, a head dim cuDNN rejects, rows that
+// would see no key, misaligned pointers) are unsupported: the caller falls back to our kernel.
+//
+// Graphs are built once per (device, shape, strides, mask, scale, lse) and cached (LRU); one
+// cudnnHandle per device, put on the caller's stream each call; the workspace comes from the
+// stream-ordered pool (Scratch). Thread-safe (a mutex per device around build and launch).
+// Built without cuDNN (RT_HAVE_CUDNN_SDPA undefined): supported() is false, forward() throws.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "rt/sdk/ops.h"
+#include "rt/sdk/tensor.h"
+
+namespace rt::cuda {
+
+// True when this build has cuDNN SDPA, a GPU is there, the arguments are valid, the positions are
+// expressible (see above) and the runtime cuDNN builds a plan for the shape (the graph is built
+// and cached here, so the first call for a shape costs the build: ~10-100 ms). Never throws.
+bool cudnn_sdpa_supported(TensorView q, TensorView k, TensorView v, const AttentionSpec& spec,
+                          bool with_lse = false) noexcept;
+
+// o = SDPA(q, k, v) as described above. lse_or_empty: [Hq, Tq] f32 contiguous device tensor that
+// receives the natural-log sum of exp of each row's scaled, masked scores (the same as
+// attention_forward_lse); data == nullptr: not computed. Bad arguments throw rt::Error naming the
+// argument; an unsupported case or a cuDNN failure throws rt::Error naming the cuDNN status and
+// message.
+void cudnn_sdpa_forward(TensorView q, TensorView k, TensorView v, TensorView o, const AttentionSpec& spec,
+                        cudaStream_t stream, TensorView lse_or_empty = {});
+
+// Counters for tests and benchmarks (process-wide): graphs built, failed builds (unsupported
+// shapes, cached as such), calls served from the cache, and graphs now cached.
+struct CudnnSdpaStats {
+  uint64_t graphs_built = 0;
+  uint64_t build_failures = 0;
+  uint64_t cache_hits = 0;
+  uint64_t cached_graphs = 0;
+};
+CudnnSdpaStats cudnn_sdpa_stats() noexcept;
+
+// cuDNN's runtime version (e.g. 91900), 0 when built without cuDNN SDPA.
+int64_t cudnn_sdpa_version() noexcept;
+
+}  // namespace rt::cuda
