@@ -5,6 +5,7 @@
 #include <cstring>
 #include <vector>
 
+#include "cuda/elementwise_flat.cuh"
 #include "cuda/check.h"
 #include "cuda/device_utils.cuh"
 #include "cuda/kernels.h"
@@ -156,7 +157,7 @@ void device_copy(const TensorView& src, const TensorView& dst, cudaStream_t stre
       case 2: move_kernel<uint16_t><<<g.grid, g.block, 0, stream>>>(s, d, rows, cols); break;
       default: move_kernel<uint8_t><<<g.grid, g.block, 0, stream>>>(s, d, rows, cols); break;
     }
-  } else {
+  } else if (!flat::try_binary(src, nullptr, dst, flat::FirstFn{}, stream)) {
     convert_kernel<<<g.grid, g.block, 0, stream>>>(s, d, rows, cols);
   }
   CUDA_CHECK_LAUNCH();
@@ -256,6 +257,7 @@ void add_forward(TensorView a, TensorView b, TensorView out, cudaStream_t stream
   check_same_shape("add", "a", a, "out", out);
   const int64_t rows = rows_of(a), cols = row_len(a);
   if (rows * cols == 0) return;
+  if (flat::try_binary(a, &b, out, flat::AddFn{}, stream)) return;
   const Grid2D g = grid_2d(rows, cols);
   add_kernel<<<g.grid, g.block, 0, stream>>>(rows_desc(a), rows_desc(b), rows_desc(out), rows, cols);
   CUDA_CHECK_LAUNCH();
@@ -269,6 +271,7 @@ void swiglu_forward(TensorView gate, TensorView up, TensorView out, cudaStream_t
   check_same_shape("swiglu", "gate", gate, "out", out);
   const int64_t rows = rows_of(gate), cols = row_len(gate);
   if (rows * cols == 0) return;
+  if (flat::try_binary(gate, &up, out, flat::SwigluFn{}, stream)) return;
   const Grid2D g = grid_2d(rows, cols);
   swiglu_kernel<<<g.grid, g.block, 0, stream>>>(rows_desc(gate), rows_desc(up), rows_desc(out), rows, cols);
   CUDA_CHECK_LAUNCH();
