@@ -4,6 +4,8 @@
 // residual stream per sublayer.
 #include <cmath>
 
+#include <cuda_bf16.h>
+
 #include "cuda/check.h"
 #include "cuda/device_utils.cuh"
 #include "cuda/kernels.h"
@@ -52,6 +54,51 @@ void check_norm_args(const char* op, const TensorView& x, const TensorView& w, f
   check_unit_inner_stride(op, "y", y);
 }
 
+// Fast path: contiguous f32 x, bf16 w and y (the model's layout). One warp per row, row kept in
+// registers between the two passes, templated dtypes (no runtime switch).
+template <int kMaxPerLane>
+__global__ void rmsnorm_warp_kernel(const float* __restrict__ x, const __nv_bfloat16* __restrict__ w, float eps,
+                                    __nv_bfloat16* __restrict__ y, int64_t rows, int d) {
+  const int lane = threadIdx.x & 31;
+  const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (r >= rows) return;
+  const float* xr = x + r * d;
+  float v[kMaxPerLane];
+  float ss = 0.f;
+#pragma unroll
+  for (int j = 0; j < kMaxPerLane; ++j) {
+    const int i = lane + 32 * j;
+    v[j] = i < d ? xr[i] : 0.f;
+    ss += v[j] * v[j];
+  }
+  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+  const float inv = 1.f / sqrtf(ss / static_cast<float>(d) + eps);
+#pragma unroll
+  for (int j = 0; j < kMaxPerLane; ++j) {
+    const int i = lane + 32 * j;
+    if (i < d) y[r * d + i] = __float2bfloat16_rn(__fmul_rn(v[j] * inv, __bfloat162float(w[i])));
+  }
+}
+
+// True when the fast path took the call.
+bool rmsnorm_fast(const TensorView& x, const TensorView& w, float eps, const TensorView& y, int64_t rows, int64_t d,
+                  cudaStream_t stream) {
+  if (x.dtype != DType::F32 || w.dtype != DType::BF16 || y.dtype != DType::BF16 || !x.is_contiguous() ||
+      !y.is_contiguous() || !w.is_contiguous() || d > 32 * 64)
+    return false;
+  const int warps = 8;
+  const unsigned blocks = static_cast<unsigned>((rows + warps - 1) / warps);
+  auto* xp = static_cast<const float*>(x.data);
+  auto* wp = static_cast<const __nv_bfloat16*>(w.data);
+  auto* yp = static_cast<__nv_bfloat16*>(y.data);
+  const int di = static_cast<int>(d);
+  if (d <= 32 * 16) rmsnorm_warp_kernel<16><<<blocks, warps * 32, 0, stream>>>(xp, wp, eps, yp, rows, di);
+  else if (d <= 32 * 32) rmsnorm_warp_kernel<32><<<blocks, warps * 32, 0, stream>>>(xp, wp, eps, yp, rows, di);
+  else rmsnorm_warp_kernel<64><<<blocks, warps * 32, 0, stream>>>(xp, wp, eps, yp, rows, di);
+  CUDA_CHECK_LAUNCH();
+  return true;
+}
+
 int threads_for(int64_t d) { return d >= 2048 ? 512 : (d >= 512 ? 256 : (d >= 128 ? 128 : 32)); }
 
 }  // namespace
@@ -61,6 +108,7 @@ void rmsnorm_forward(TensorView x, TensorView w, float eps, TensorView y, cudaSt
   const int64_t rows = num_rows(x), d = row_len(x);
   if (rows == 0 || d == 0) return;
   RT_CHECK(rows <= INT32_MAX, "rmsnorm: ", rows, " rows exceed the launch limit");
+  if (rmsnorm_fast(x, w, eps, y, rows, d, stream)) return;
   rmsnorm_kernel<false><<<static_cast<unsigned>(rows), threads_for(d), 0, stream>>>(
       rows_desc(x), RowsDesc{}, w.data, w.dtype, w.stride[0], eps, rows_desc(y), d);
   CUDA_CHECK_LAUNCH();

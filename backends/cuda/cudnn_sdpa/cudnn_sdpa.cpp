@@ -120,7 +120,7 @@ DeviceState& device_state(int dev) {
 
 std::string fe_error_string(const fe::error_t& e) {
   std::ostringstream os;
-  os << e.get_code() << ": " << e.get_message();
+  os << e.code << ": " << e.err_msg;  // the getters are not const
   return os.str();
 }
 
