@@ -54,6 +54,7 @@ class CudaOps final : public Ops {
   void attention(TensorView q, TensorView k, TensorView v, TensorView o, const AttentionSpec& spec) override;
   void add(TensorView a, TensorView b, TensorView out) override;
   void swiglu(TensorView gate, TensorView up, TensorView out) override;
+  int64_t argmax(TensorView x) override;  // on the device; copies back one index
 
   // x_residual (f32) += delta, then y = rmsnorm(x_residual): one pass instead of add + rmsnorm.
   void rmsnorm_residual(TensorView x_residual, TensorView delta, TensorView w, float eps, TensorView y);

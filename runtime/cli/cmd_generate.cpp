@@ -10,12 +10,7 @@
 namespace rt {
 
 namespace {
-int32_t argmax_row(Ops& ops, const Tensor& logits) {
-  const int64_t V = logits.view.shape[1];
-  std::vector<float> host(static_cast<size_t>(V));
-  ops.copy(logits.view, TensorView::contiguous(host.data(), DType::F32, Device::CPU, {1, V}));
-  return static_cast<int32_t>(std::max_element(host.begin(), host.end()) - host.begin());
-}
+int32_t argmax_row(Ops& ops, const Tensor& logits) { return static_cast<int32_t>(ops.argmax(logits)); }
 }  // namespace
 
 void register_generate(CLI::App& app) {

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "rt/sdk/tensor.h"
 
@@ -65,6 +66,20 @@ class Ops {
   virtual void add(TensorView a, TensorView b, TensorView out) = 0;
   // out = silu(gate) * up (elementwise).
   virtual void swiglu(TensorView gate, TensorView up, TensorView out) = 0;
+
+  // Index of the largest element of the last row of f32 x ([V] or [rows, V]); the first one on
+  // ties. Greedy sampling. Device backends override it to avoid copying the row to the host.
+  virtual int64_t argmax(TensorView x) {
+    const int64_t V = x.shape[x.ndim - 1];
+    TensorView row = x.ndim == 1 ? x : x.rows(x.shape[0] - 1, x.shape[0]);
+    std::vector<float> host(static_cast<size_t>(V));
+    copy(row, x.ndim == 1 ? TensorView::contiguous(host.data(), DType::F32, Device::CPU, {V})
+                          : TensorView::contiguous(host.data(), DType::F32, Device::CPU, {1, V}));
+    int64_t best = 0;
+    for (int64_t i = 1; i < V; ++i)
+      if (host[i] > host[best]) best = i;
+    return best;
+  }
 };
 
 }  // namespace rt
