@@ -144,6 +144,11 @@ void CudaOps::swiglu(TensorView gate, TensorView up, TensorView out) {
   cuda::swiglu_forward(gate, up, out, stream());
 }
 
+std::string CudaOps::description() const {
+  cudaDeviceProp prop{};
+  return cudaGetDeviceProperties(&prop, device_) == cudaSuccess ? std::string(prop.name) : std::string("cuda");
+}
+
 int64_t CudaOps::argmax(TensorView x) { return cuda::argmax_last_row(x, stream()); }
 
 std::unique_ptr<Ops> make_cuda_ops(int device) { return std::make_unique<CudaOps>(device); }

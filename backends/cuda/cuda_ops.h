@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <memory>
+#include <string>
 
 #include "rt/sdk/ops.h"
 
@@ -35,6 +36,7 @@ class CudaOps final : public Ops {
 
   Device device() const override { return Device::CUDA; }
   DType activation_dtype() const override { return DType::BF16; }
+  std::string description() const override;  // the GPU's name
   // Waits for the stream, then reports any error recorded on the device (e.g. a bad token id).
   void synchronize() override;
 

@@ -144,6 +144,7 @@ void register_profile(CLI::App& app) {
       const DType act = ops.activation_dtype();
 
       if (bi == 0) {  // the kernels do not depend on the backend: measure them once
+        out["device_name"] = ops.description();
         std::vector<int64_t> windows = {0};
         if (args->model.window > 0) windows.push_back(args->model.window);
         for (int64_t T : seqs) {
@@ -219,7 +220,7 @@ void register_profile(CLI::App& app) {
       s << std::fixed << std::setprecision(prec) << j.get<double>();
       return s.str();
     };
-    std::cout << "Attention kernels (" << args->model.model << ", " << args->model.device << ", median of "
+    std::cout << "Attention kernels (" << args->model.model << ", " << out["device_name"].get<std::string>() << ", median of "
               << args->repeats << ")\n";
     std::cout << std::left << std::setw(16) << "mask" << std::right << std::setw(8) << "seq" << std::setw(12)
               << "fwd ms" << std::setw(10) << "TFLOP/s" << std::setw(14) << "fwd+bwd ms" << "\n";

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "rt/sdk/tensor.h"
@@ -33,6 +34,8 @@ class Ops {
   // BF16 on CUDA. The residual stream and logits stay F32 everywhere; ops accept activations
   // of this dtype or F32 and accumulate in fp32.
   virtual DType activation_dtype() const { return DType::F32; }
+  // What to print in reports, e.g. "NVIDIA H100 80GB HBM3".
+  virtual std::string description() const { return device_name(device()); }
   // Waits for queued device work (a no-op on the CPU), e.g. before reading a timer.
   virtual void synchronize() {}
   // Device memory held by tensors now and at most since the last reset (0 where untracked).
