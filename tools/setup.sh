@@ -32,6 +32,12 @@ if ((with_python)); then
   python3 -m pip install -q torch transformers tokenizers safetensors numpy sentencepiece matplotlib
 fi
 
+# cudnn-frontend's headers (header-only C++ API for cuDNN SDPA); harmless without a GPU.
+if command -v nvcc >/dev/null 2>&1 && ! python3 -m pip show -q nvidia-cudnn-frontend >/dev/null 2>&1; then
+  echo "== installing nvidia-cudnn-frontend (headers for cuDNN SDPA)"
+  python3 -m pip install -q nvidia-cudnn-frontend || echo "   (not installed: cuDNN SDPA stays off)"
+fi
+
 build=${BUILD_DIR:-build}
 echo "== configuring $build"
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \

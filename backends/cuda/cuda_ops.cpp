@@ -9,6 +9,7 @@
 #include "rt/sdk/error.h"
 
 #include "cuda/attention/attention.h"
+#include "cuda/attention_dispatch.h"
 
 namespace rt {
 
@@ -41,6 +42,7 @@ CudaOps::CudaOps(int device) : device_(device) {
   CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold));
   stream_ = std::make_shared<cuda::StreamHandle>(device);
   gemm_ = std::make_unique<cuda::GemmContext>();
+  attention_dispatch_ = std::make_unique<cuda::AttentionDispatch>();
   CUDA_CHECK(cudaMalloc(&err_dev_, sizeof(cuda::EmbeddingError)));
   CUDA_CHECK(cudaMemset(err_dev_, 0, sizeof(cuda::EmbeddingError)));
   CUDA_CHECK(cudaMallocHost(&err_host_, sizeof(cuda::EmbeddingError)));
@@ -122,7 +124,7 @@ void CudaOps::rope(TensorView x, int64_t pos0, double theta) { cuda::rope_forwar
 void CudaOps::attention(TensorView q, TensorView k, TensorView v, TensorView o, const AttentionSpec& spec) {
   const int64_t D = q.ndim == 3 ? q.shape[2] : 0;
   if (q.dtype != DType::BF16 || D == 64 || D == 128) {
-    cuda::attention_forward(q, k, v, o, spec, stream());
+    attention_dispatch_->run(q, k, v, o, spec, stream());
     return;
   }
   // The tensor-core kernels are instantiated for the head dims of real models (64, 128). Other
@@ -143,6 +145,8 @@ void CudaOps::add(TensorView a, TensorView b, TensorView out) { cuda::add_forwar
 void CudaOps::swiglu(TensorView gate, TensorView up, TensorView out) {
   cuda::swiglu_forward(gate, up, out, stream());
 }
+
+const char* CudaOps::last_attention_impl() const { return attention_dispatch_->last_choice(); }
 
 std::string CudaOps::description() const {
   cudaDeviceProp prop{};

@@ -24,6 +24,7 @@ namespace rt {
 namespace cuda {
 class StreamHandle;
 class GemmContext;
+class AttentionDispatch;
 struct EmbeddingError;
 }  // namespace cuda
 
@@ -56,7 +57,8 @@ class CudaOps final : public Ops {
   void attention(TensorView q, TensorView k, TensorView v, TensorView o, const AttentionSpec& spec) override;
   void add(TensorView a, TensorView b, TensorView out) override;
   void swiglu(TensorView gate, TensorView up, TensorView out) override;
-  int64_t argmax(TensorView x) override;  // on the device; copies back one index
+  int64_t argmax(TensorView x) override;
+  const char* last_attention_impl() const override;  // on the device; copies back one index
 
   // x_residual (f32) += delta, then y = rmsnorm(x_residual): one pass instead of add + rmsnorm.
   void rmsnorm_residual(TensorView x_residual, TensorView delta, TensorView w, float eps, TensorView y);
@@ -70,6 +72,7 @@ class CudaOps final : public Ops {
   int device_ = 0;
   std::shared_ptr<cuda::StreamHandle> stream_;
   std::unique_ptr<cuda::GemmContext> gemm_;
+  std::unique_ptr<cuda::AttentionDispatch> attention_dispatch_;
   cuda::EmbeddingError* err_dev_ = nullptr;   // written by kernels
   cuda::EmbeddingError* err_host_ = nullptr;  // pinned mirror, copied after each checked kernel
 };

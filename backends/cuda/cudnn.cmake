@@ -32,6 +32,10 @@ function(_rt_cudnn_sdpa_configure)
     return()
   endif()
 
+  if(NOT TARGET CUDA::cudart)  # included from a directory that has not looked for the toolkit
+    find_package(CUDAToolkit REQUIRED)
+  endif()
+
   # --- cudnn-frontend headers ---
   set(fe_inc "")
   if(RT_CUDNN_FRONTEND_INCLUDE)
@@ -135,8 +139,14 @@ for c in cands:
     return()
   endif()
 
+  # Recent cudnn-frontends compile an experimental engine with NVRTC (referenced from the
+  # header-only code even when unused), so NVRTC is linked too.
+  if(NOT TARGET CUDA::nvrtc)
+    message(STATUS "cuDNN SDPA: disabled, cudnn-frontend needs NVRTC and CUDA::nvrtc was not found")
+    return()
+  endif()
   target_include_directories(rt_backend_cuda SYSTEM PRIVATE "${fe_inc}" "${RT_CUDNN_INCLUDE_DIR}")
-  target_link_libraries(rt_backend_cuda PRIVATE "${RT_CUDNN_LIBRARY}")
+  target_link_libraries(rt_backend_cuda PRIVATE "${RT_CUDNN_LIBRARY}" CUDA::nvrtc)
   target_compile_definitions(rt_backend_cuda PUBLIC RT_HAVE_CUDNN_SDPA=1)
   message(STATUS "cuDNN SDPA: enabled (cudnn-frontend ${fe_ver} from ${fe_how}: ${fe_inc}; "
                  "cuDNN ${cudnn_ver}: ${RT_CUDNN_LIBRARY})")

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <chrono>
 #include <cmath>
 #include <fstream>
@@ -156,11 +157,24 @@ void register_profile(CLI::App& app) {
             progress("kernel " + std::string(w ? "window " + std::to_string(w) : "causal") + " T=" + std::to_string(T));
             AttentionSpec spec;
             spec.window = w;
-            const double ms = median_ms(ops, args->repeats, [&] { ops.attention(q, k, v, o, spec); });
             const double flops = 4.0 * visible_pairs(T, w) * d.head_dim * d.n_heads;
-            out["kernels"].push_back({{"mask", w ? "window" : "causal"}, {"window", w}, {"seq", T},
-                                      {"fwd_ms", ms}, {"fwd_tflops", flops / ms / 1e9},
-                                      {"fwd_bwd_ms", nullptr}});
+            nlohmann::json row = {{"mask", w ? "window" : "causal"}, {"window", w}, {"seq", T}, {"fwd_bwd_ms", nullptr}};
+            // Each implementation the backend has (RT_ATTENTION_IMPL), then its own choice.
+            for (const char* impl : {"flash", "cudnn", "auto"}) {
+              if (ops.device() == Device::CPU && std::string(impl) != "auto") continue;
+              setenv("RT_ATTENTION_IMPL", impl, 1);
+              const double ms = median_ms(ops, args->repeats, [&] { ops.attention(q, k, v, o, spec); });
+              const std::string ran = ops.last_attention_impl();
+              if (std::string(impl) == "auto") {
+                row["fwd_ms"] = ms;
+                row["fwd_tflops"] = flops / ms / 1e9;
+                row["impl"] = ran;
+              } else if (ran == impl) {  // cuDNN may decline a shape; then there is no cuDNN number
+                row[std::string("fwd_ms_") + impl] = ms;
+              }
+            }
+            unsetenv("RT_ATTENTION_IMPL");
+            out["kernels"].push_back(row);
           }
         }
       }
@@ -223,12 +237,15 @@ void register_profile(CLI::App& app) {
     std::cout << "Attention kernels (" << args->model.model << ", " << out["device_name"].get<std::string>() << ", median of "
               << args->repeats << ")\n";
     std::cout << std::left << std::setw(16) << "mask" << std::right << std::setw(8) << "seq" << std::setw(12)
-              << "fwd ms" << std::setw(10) << "TFLOP/s" << std::setw(14) << "fwd+bwd ms" << "\n";
+              << "fwd ms" << std::setw(10) << "TFLOP/s" << std::setw(11) << "impl" << std::setw(11) << "flash ms"
+              << std::setw(11) << "cudnn ms" << std::setw(14) << "fwd+bwd ms" << "\n";
     for (const auto& k : out["kernels"]) {
       const std::string mask = k["mask"] == "window" ? "window " + std::to_string(k["window"].get<int64_t>()) : "causal";
       std::cout << std::left << std::setw(16) << mask << std::right << std::setw(8) << k["seq"].get<int64_t>()
-                << std::setw(12) << num(k["fwd_ms"], 3) << std::setw(10) << num(k["fwd_tflops"], 1) << std::setw(14)
-                << "n/a" << "\n";
+                << std::setw(12) << num(k["fwd_ms"], 3) << std::setw(10) << num(k["fwd_tflops"], 1) << std::setw(11)
+                << k["impl"].get<std::string>() << std::setw(11)
+                << (k.contains("fwd_ms_flash") ? num(k["fwd_ms_flash"], 3) : "-") << std::setw(11)
+                << (k.contains("fwd_ms_cudnn") ? num(k["fwd_ms_cudnn"], 3) : "-") << std::setw(14) << "n/a" << "\n";
     }
     std::cout << "\nBackends\n";
     std::cout << std::left << std::setw(14) << "backend" << std::right << std::setw(8) << "seq" << std::setw(13)

@@ -25,6 +25,7 @@ TEST(CudnnSdpa, NotBuilt) {
 #include <cstdint>
 #include <cstdio>
 #include <limits>
+#include <memory>
 #include <random>
 #include <sstream>
 #include <string>
@@ -228,7 +229,15 @@ void check_case(const Case& c, uint64_t seed, Options opt = {}) {
   const TensorView tlse_flash =
       opt.check_lse ? TensorView::contiguous(dlse_flash.p, DType::F32, Device::CUDA, {c.Hq, c.Tq}) : TensorView{};
 
-  ASSERT_TRUE(rt::cuda::cudnn_sdpa_supported(tq, tk, tv, spec, opt.check_lse)) << "cuDNN SDPA reports unsupported";
+  if (!rt::cuda::cudnn_sdpa_supported(tq, tk, tv, spec, opt.check_lse)) {
+    std::string why = "(no error from cudnn_sdpa_forward)";
+    try {
+      rt::cuda::cudnn_sdpa_forward(tq, tk, tv, to, spec, nullptr, tlse);
+    } catch (const std::exception& e) {
+      why = e.what();
+    }
+    FAIL() << "cuDNN SDPA reports unsupported: " << why;
+  }
   dout.poison();
   dlse.poison();
   rt::cuda::cudnn_sdpa_forward(tq, tk, tv, to, spec, nullptr, tlse);

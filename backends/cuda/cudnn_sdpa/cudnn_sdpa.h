@@ -14,6 +14,8 @@
 // offsets do not matter. A window that reaches past the first key for every row is dropped (plain
 // causal). Other cases (other offsets, Tk = 0, f32/f16, a head dim cuDNN rejects, rows that
 // would see no key, misaligned pointers) are unsupported: the caller falls back to our kernel.
+// Unlike our kernel, o may not overlap q either (nor k, v); cudnn_sdpa_supported cannot see o
+// and assumes a separate contiguous one.
 //
 // Graphs are built once per (device, shape, strides, mask, scale, lse) and cached (LRU); one
 // cudnnHandle per device, put on the caller's stream each call; the workspace comes from the

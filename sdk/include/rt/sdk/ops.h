@@ -65,6 +65,9 @@ class Ops {
   // query head h reads KV head h / (Hq / Hkv) (grouped-query attention, no K/V copies).
   virtual void attention(TensorView q, TensorView k, TensorView v, TensorView o,
                          const AttentionSpec& spec) = 0;
+  // Which implementation ran the last attention call (backends with several, e.g. "flash" or
+  // "cudnn" on CUDA), for reports.
+  virtual const char* last_attention_impl() const { return "reference"; }
   // out = a + b (elementwise, same shape). out may alias a or b.
   virtual void add(TensorView a, TensorView b, TensorView out) = 0;
   // out = silu(gate) * up (elementwise).
