@@ -1,0 +1,602 @@
+// Attention backward on the CUDA device: argument checks, workspaces, launches. The bf16 kernels are
+// in flash_attention_bwd.cuh; the fp32 path (plain exact kernels for reference comparisons) is here.
+#include "cuda/attention/attention_backward.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "cuda/attention/flash_attention_bwd.cuh"
+#include "rt/sdk/error.h"
+
+namespace rt::cuda {
+namespace {
+
+using attn::bf16;
+
+constexpr const char* kOp = "attention_backward (cuda)";
+
+void check_cuda(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
+    fail(kOp, ": ", what, " failed: ", cudaGetErrorString(err), " (", cudaGetErrorName(err), ")");
+  }
+}
+
+void check_launch(const char* kernel) {
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess)
+    fail(kOp, ": launching ", kernel, " failed: ", cudaGetErrorString(err), " (", cudaGetErrorName(err), ")");
+}
+
+constexpr int64_t kMaxInt = std::numeric_limits<int32_t>::max();
+
+void check_view(const char* arg, const TensorView& v) {
+  RT_CHECK(v.device == Device::CUDA, kOp, ": argument '", arg, "' must be on device cuda, found ",
+           device_name(v.device));
+  RT_CHECK(v.ndim == 3, kOp, ": argument '", arg, "' must have 3 dimensions [T, heads, head_dim], found shape ",
+           v.shape_str());
+  for (int i = 0; i < 3; ++i) {
+    RT_CHECK(v.shape[i] >= 0 && v.shape[i] <= kMaxInt, kOp, ": argument '", arg,
+             "' has a dimension out of range, shape ", v.shape_str());
+    RT_CHECK(v.stride[i] >= 0, kOp, ": argument '", arg, "' has a negative stride");
+  }
+  RT_CHECK(v.shape[2] <= 1 || v.stride[2] == 1, kOp, ": argument '", arg,
+           "' must have a contiguous last dimension (stride 1), found stride ", v.stride[2], " for shape ",
+           v.shape_str());
+  RT_CHECK(v.data != nullptr || v.numel() == 0, kOp, ": argument '", arg, "' has no data (null pointer) for shape ",
+           v.shape_str());
+}
+
+void check_device_pointer(const char* arg, const TensorView& v) {
+  if (v.numel() == 0) return;
+  cudaPointerAttributes attr{};
+  const cudaError_t err = cudaPointerGetAttributes(&attr, v.data);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
+    fail(kOp, ": argument '", arg, "': cannot query its pointer (", cudaGetErrorString(err), "); is it device memory?");
+  }
+  RT_CHECK(attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged, kOp, ": argument '", arg,
+           "' is labelled cuda but points to ",
+           attr.type == cudaMemoryTypeHost ? "pinned host memory" : "host (unregistered) memory");
+  if (attr.type == cudaMemoryTypeDevice) {
+    int cur = -1;
+    check_cuda(cudaGetDevice(&cur), "cudaGetDevice");
+    RT_CHECK(attr.device == cur, kOp, ": argument '", arg, "' lives on GPU ", attr.device,
+             " but the current device is GPU ", cur);
+  }
+}
+
+// 16-byte aligned rows (cp.async of 16-byte chunks).
+void check_align16(const char* arg, const TensorView& v) {
+  if (v.numel() == 0) return;
+  const bool ok = reinterpret_cast<uintptr_t>(v.data) % 16 == 0 && (v.shape[0] <= 1 || v.stride[0] % 8 == 0) &&
+                  (v.shape[1] <= 1 || v.stride[1] % 8 == 0);
+  RT_CHECK(ok, kOp, " bf16: argument '", arg,
+           "' must have 16-byte aligned rows (data pointer 16-byte aligned, strides multiples of 8 elements); "
+           "found strides [",
+           v.stride[0], ", ", v.stride[1], ", ", v.stride[2], "]");
+}
+// 4-byte aligned element pairs (bf16x2 loads / stores).
+void check_align4(const char* arg, const TensorView& v) {
+  if (v.numel() == 0) return;
+  RT_CHECK(reinterpret_cast<uintptr_t>(v.data) % 4 == 0 && v.stride[0] % 2 == 0 && v.stride[1] % 2 == 0, kOp,
+           " bf16: argument '", arg, "' must have 4-byte aligned rows (even strides)");
+}
+
+bool overlaps(const TensorView& a, const TensorView& b) {
+  if (a.numel() == 0 || b.numel() == 0) return false;
+  auto span = [](const TensorView& v) {
+    int64_t last = 0;
+    for (int i = 0; i < v.ndim; ++i) last += (v.shape[i] - 1) * v.stride[i];
+    return (last + 1) * static_cast<int64_t>(dtype_size(v.dtype));
+  };
+  const char* pa = static_cast<const char*>(a.data);
+  const char* pb = static_cast<const char*>(b.data);
+  return pa < pb + span(b) && pb < pa + span(a);
+}
+
+template <auto Kernel>
+void ensure_smem(int bytes, const char* what) {
+  static std::atomic<uint64_t> done{0};
+  int dev = 0;
+  check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
+  const uint64_t bit = dev < 64 ? uint64_t{1} << dev : 0;
+  if (bit != 0 && (done.load(std::memory_order_relaxed) & bit) != 0) return;
+  check_cuda(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), what);
+  done.fetch_or(bit, std::memory_order_relaxed);
+}
+
+int num_sms() {
+  static std::atomic<int> cached[64] = {};
+  int dev = 0, n = 0;
+  check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
+  if (dev >= 0 && dev < 64 && (n = cached[dev].load(std::memory_order_relaxed)) > 0) return n;
+  check_cuda(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
+  n = n > 0 ? n : 1;
+  if (dev >= 0 && dev < 64) cached[dev].store(n, std::memory_order_relaxed);
+  return n;
+}
+
+template <class Fn>
+void with_mask(const AttentionSpec& spec, Fn&& fn) {
+  if (spec.causal && spec.window > 0) fn(attn::SlidingWindowMask{});
+  else if (spec.causal) fn(attn::CausalMask{});
+  else if (spec.window > 0) fn(attn::WindowOnlyMask{});
+  else fn(attn::FullMask{});
+}
+
+attn::MaskParams mask_params(const AttentionSpec& spec, int64_t Tk) {
+  attn::MaskParams m;
+  m.q_pos0 = spec.q_pos0;
+  m.k_pos0 = spec.k_pos0;
+  m.window = spec.window;
+  m.Tk = static_cast<int>(Tk);
+  return m;
+}
+
+struct Shapes {
+  int64_t Tq, Hq, D, Tk, Hkv;
+  float scale;
+};
+
+// Stream-ordered device scratch, freed on scope exit (errors in the free are reported by the caller's
+// next CUDA call; the destructor must not throw).
+struct Scratch {
+  void* p = nullptr;
+  cudaStream_t stream;
+  Scratch(size_t bytes, cudaStream_t s, const char* what) : stream(s) {
+    if (bytes == 0) return;
+    const cudaError_t err = cudaMallocAsync(&p, bytes, s);
+    if (err != cudaSuccess) {
+      (void)cudaGetLastError();
+      p = nullptr;
+      fail(kOp, ": out of device memory allocating ", what, " (", bytes, " bytes): ", cudaGetErrorString(err));
+    }
+  }
+  ~Scratch() {
+    if (p != nullptr) (void)cudaFreeAsync(p, stream);
+  }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  void release() {
+    if (p != nullptr) {
+      void* q = p;
+      p = nullptr;
+      check_cuda(cudaFreeAsync(q, stream), "cudaFreeAsync (backward workspace)");
+    }
+  }
+};
+
+// Zeroes a strided [T, H, D] view (elements of `elem` bytes, 2 or 4).
+template <class T>
+__global__ void zero_kernel(T* p, int64_t row, int64_t head, int Tn, int H, int D) {
+  const int64_t n = static_cast<int64_t>(Tn) * H * D;
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < n;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int d = static_cast<int>(idx % D);
+    const int64_t th = idx / D;
+    p[(th / H) * row + (th % H) * head + d] = T{};
+  }
+}
+
+void zero_view(const TensorView& t, cudaStream_t stream) {
+  if (t.numel() == 0) return;
+  const int64_t n = t.numel();
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 4096));
+  const int Tn = static_cast<int>(t.shape[0]), H = static_cast<int>(t.shape[1]), D = static_cast<int>(t.shape[2]);
+  if (t.dtype == DType::F32)
+    zero_kernel<float><<<blocks, 256, 0, stream>>>(static_cast<float*>(t.data), t.stride[0], t.stride[1], Tn, H, D);
+  else
+    zero_kernel<uint16_t><<<blocks, 256, 0, stream>>>(static_cast<uint16_t*>(t.data), t.stride[0], t.stride[1], Tn, H,
+                                                      D);
+  check_launch("zero_kernel");
+}
+
+void launch_convert(const float* src, const TensorView& dst, float mul, cudaStream_t stream) {
+  attn::BwdConvertParams c{};
+  c.src = src;
+  c.dst = static_cast<bf16*>(dst.data);
+  c.dst_row = dst.stride[0], c.dst_head = dst.stride[1];
+  c.T = static_cast<int>(dst.shape[0]), c.H = static_cast<int>(dst.shape[1]), c.D = static_cast<int>(dst.shape[2]);
+  c.mul = mul;
+  const int64_t pairs = dst.numel() / 2;
+  const unsigned blocks = static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>((pairs + 255) / 256, 8192)));
+  attn::flash_bwd_convert_kernel<<<blocks, 256, 0, stream>>>(c);
+  check_launch("flash_bwd_convert_kernel");
+}
+
+// ------------------------------------------------------------------------------------------------
+// bf16: preprocess + flash backward + convert
+
+// Keys per CTA (16 per warp) and query rows per step. Override with -DRT_ATTN_BWD_D64_BN=... etc.
+#ifndef RT_ATTN_BWD_D64_BN
+#define RT_ATTN_BWD_D64_BN 128
+#endif
+#ifndef RT_ATTN_BWD_D64_BM
+#define RT_ATTN_BWD_D64_BM 64
+#endif
+#ifndef RT_ATTN_BWD_D128_BN
+#define RT_ATTN_BWD_D128_BN 64
+#endif
+#ifndef RT_ATTN_BWD_D128_BM
+#define RT_ATTN_BWD_D128_BM 64
+#endif
+template <int kD>
+struct BwdCfgFor;
+template <>
+struct BwdCfgFor<64> {
+  using type = attn::BwdConfig<64, RT_ATTN_BWD_D64_BM, RT_ATTN_BWD_D64_BN>;
+};
+template <>
+struct BwdCfgFor<128> {
+  using type = attn::BwdConfig<128, RT_ATTN_BWD_D128_BM, RT_ATTN_BWD_D128_BN>;
+};
+
+template <int kD>
+void launch_flash_bwd(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+                      const TensorView& lse, const TensorView& dout, const TensorView& dq, const TensorView& dk,
+                      const TensorView& dv, const AttentionSpec& spec, const Shapes& s, int group_splits,
+                      cudaStream_t stream) {
+  using Cfg = typename BwdCfgFor<kD>::type;
+  const int64_t group = s.Hq / s.Hkv;
+  const int64_t Tq_pad = (s.Tq + Cfg::kBlockM - 1) / Cfg::kBlockM * Cfg::kBlockM;
+  RT_CHECK(Tq_pad * s.Hq <= kMaxInt && s.Tk * s.Hkv <= kMaxInt, kOp, ": sequence too long (Tq ", s.Tq, ", Tk ", s.Tk,
+           ")");
+  const int64_t n_blocks = (s.Tk + Cfg::kBlockN - 1) / Cfg::kBlockN;
+  RT_CHECK(s.Hkv <= 65535, kOp, ": too many KV heads (", s.Hkv, ")");
+
+  // Split the GQA group over CTAs when there are too few (KV block, KV head) pairs to fill the GPU.
+  const int64_t ctas = n_blocks * s.Hkv;
+  const int64_t target = 2 * static_cast<int64_t>(num_sms());
+  int64_t splits = std::clamp<int64_t>(group_splits > 0 ? group_splits : (target + ctas - 1) / ctas, 1, group);
+  const int64_t hps = (group + splits - 1) / splits;
+  splits = (group + hps - 1) / hps;
+
+  const size_t dq_elems = static_cast<size_t>(s.Tq * s.Hq * kD);
+  const size_t stat_elems = static_cast<size_t>(s.Hq * Tq_pad);
+  const size_t dkv_elems = splits > 1 ? static_cast<size_t>(2 * s.Tk * s.Hkv * kD) : 0;
+  Scratch ws((dq_elems + 2 * stat_elems + dkv_elems) * sizeof(float), stream, "the backward workspace");
+  float* dq_accum = static_cast<float*>(ws.p);
+  float* lse2 = dq_accum + dq_elems;
+  float* delta = lse2 + stat_elems;
+  float* dkv_accum = splits > 1 ? delta + stat_elems : nullptr;
+  check_cuda(cudaMemsetAsync(dq_accum, 0, dq_elems * sizeof(float), stream), "cudaMemsetAsync (dq accumulator)");
+  if (dkv_accum != nullptr)
+    check_cuda(cudaMemsetAsync(dkv_accum, 0, dkv_elems * sizeof(float), stream), "cudaMemsetAsync (dk/dv accumulator)");
+
+  {
+    attn::BwdPreParams pp{};
+    pp.o = static_cast<const bf16*>(o.data);
+    pp.dout = static_cast<const bf16*>(dout.data);
+    pp.lse = static_cast<const float*>(lse.data);
+    pp.lse2 = lse2;
+    pp.delta = delta;
+    pp.o_row = o.stride[0], pp.o_head = o.stride[1];
+    pp.do_row = dout.stride[0], pp.do_head = dout.stride[1];
+    pp.Tq = static_cast<int>(s.Tq), pp.Hq = static_cast<int>(s.Hq), pp.Tq_pad = static_cast<int>(Tq_pad);
+    const int64_t blocks = (s.Hq * Tq_pad + 7) / 8;
+    attn::flash_bwd_preprocess_kernel<kD><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(pp);
+    check_launch("flash_bwd_preprocess_kernel");
+  }
+
+  attn::BwdParams p{};
+  p.q = static_cast<const bf16*>(q.data);
+  p.k = static_cast<const bf16*>(k.data);
+  p.v = static_cast<const bf16*>(v.data);
+  p.dout = static_cast<const bf16*>(dout.data);
+  p.dk = static_cast<bf16*>(dk.data);
+  p.dv = static_cast<bf16*>(dv.data);
+  p.dq_accum = dq_accum;
+  p.dkv_accum = dkv_accum;
+  p.lse2 = lse2;
+  p.delta = delta;
+  p.q_row = q.stride[0], p.q_head = q.stride[1];
+  p.k_row = k.stride[0], p.k_head = k.stride[1];
+  p.v_row = v.stride[0], p.v_head = v.stride[1];
+  p.do_row = dout.stride[0], p.do_head = dout.stride[1];
+  p.dk_row = dk.stride[0], p.dk_head = dk.stride[1];
+  p.dv_row = dv.stride[0], p.dv_head = dv.stride[1];
+  p.Tq = static_cast<int>(s.Tq), p.Tk = static_cast<int>(s.Tk);
+  p.Hq = static_cast<int>(s.Hq), p.Hkv = static_cast<int>(s.Hkv);
+  p.group = static_cast<int>(group), p.Tq_pad = static_cast<int>(Tq_pad);
+  p.heads_per_split = static_cast<int>(hps);
+  p.scale = s.scale;
+  p.scale_log2 = s.scale * 1.4426950408889634f;
+  p.mask = mask_params(spec, s.Tk);
+  with_mask(spec, [&](auto mask) {
+    using Mask = decltype(mask);
+    constexpr auto kernel = attn::flash_bwd_kernel<Cfg, Mask>;
+    ensure_smem<kernel>(Cfg::kSmemBytes, "cudaFuncSetAttribute (flash backward shared memory)");
+    const dim3 grid(static_cast<unsigned>(n_blocks), static_cast<unsigned>(s.Hkv), static_cast<unsigned>(splits));
+    kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p);
+    check_launch("flash_bwd_kernel");
+  });
+
+  launch_convert(dq_accum, dq, s.scale, stream);
+  if (dkv_accum != nullptr) {
+    launch_convert(dkv_accum, dk, 1.f, stream);
+    launch_convert(dkv_accum + dkv_elems / 2, dv, 1.f, stream);
+  }
+  ws.release();
+}
+
+// ------------------------------------------------------------------------------------------------
+// f32: exact, simple. Kernel 1: one warp per (query row, head): Delta = dO . O, then dq over the
+// visible keys. Kernel 2: one warp per (key, KV head): dk, dv over the query heads of the group and
+// the query rows that see the key. Head dims up to 256.
+
+constexpr int kF32MaxD = 256;
+
+struct F32BwdParams {
+  const float* q;
+  const float* k;
+  const float* v;
+  const float* o;
+  const float* dout;
+  const float* lse;  // [Hq][Tq]
+  float* dq;
+  float* dk;
+  float* dv;
+  float* delta;  // [Hq][Tq] workspace
+  int64_t q_row, q_head, k_row, k_head, v_row, v_head, o_row, o_head, do_row, do_head;
+  int64_t dq_row, dq_head, dk_row, dk_head, dv_row, dv_head;
+  int Tq, Tk, Hq, Hkv, group, D;
+  float scale;
+  attn::MaskParams mask;
+};
+
+template <class Mask>
+__global__ void __launch_bounds__(128) attention_bwd_f32_dq_kernel(const F32BwdParams p) {
+  constexpr int kC = kF32MaxD / 32;
+  const int64_t w = static_cast<int64_t>(blockIdx.x) * 4 + threadIdx.x / 32;
+  const int lane = threadIdx.x & 31;
+  if (w >= static_cast<int64_t>(p.Tq) * p.Hq) return;
+  const int i = static_cast<int>(w / p.Hq), h = static_cast<int>(w % p.Hq), hk = h / p.group;
+  const int64_t pos = p.mask.q_pos0 + i;
+  const int lo = Mask::key_lo(p.mask, pos);
+  int hi = Mask::key_hi(p.mask, pos);
+  const float* qr = p.q + static_cast<int64_t>(i) * p.q_row + static_cast<int64_t>(h) * p.q_head;
+  const float* orow = p.o + static_cast<int64_t>(i) * p.o_row + static_cast<int64_t>(h) * p.o_head;
+  const float* dr = p.dout + static_cast<int64_t>(i) * p.do_row + static_cast<int64_t>(h) * p.do_head;
+  const float* kr = p.k + static_cast<int64_t>(hk) * p.k_head;
+  const float* vr = p.v + static_cast<int64_t>(hk) * p.v_head;
+  float qv[kC], dov[kC], acc[kC];
+  float delta = 0.f;
+#pragma unroll
+  for (int c = 0; c < kC; ++c) {
+    const int d = lane + 32 * c;
+    qv[c] = d < p.D ? qr[d] : 0.f;
+    dov[c] = d < p.D ? dr[d] : 0.f;
+    if (d < p.D) delta = fmaf(dov[c], orow[d], delta);
+    acc[c] = 0.f;
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) delta += __shfl_xor_sync(0xffffffffu, delta, off);
+  if (lane == 0) p.delta[static_cast<int64_t>(h) * p.Tq + i] = delta;
+  const float lse = p.lse[static_cast<int64_t>(h) * p.Tq + i];
+  if (!(lse < __builtin_huge_valf())) hi = lo;  // no visible key: nothing
+  for (int j = lo; j < hi; ++j) {
+    const float* kj = kr + static_cast<int64_t>(j) * p.k_row;
+    const float* vj = vr + static_cast<int64_t>(j) * p.v_row;
+    float dot = 0.f, dp = 0.f;
+#pragma unroll
+    for (int c = 0; c < kC; ++c) {
+      const int d = lane + 32 * c;
+      if (d < p.D) {
+        dot = fmaf(qv[c], kj[d], dot);
+        dp = fmaf(dov[c], vj[d], dp);
+      }
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+      dot += __shfl_xor_sync(0xffffffffu, dot, off);
+      dp += __shfl_xor_sync(0xffffffffu, dp, off);
+    }
+    const float pr = expf(dot * p.scale - lse);
+    const float ds = pr * (dp - delta);
+#pragma unroll
+    for (int c = 0; c < kC; ++c) {
+      const int d = lane + 32 * c;
+      if (d < p.D) acc[c] = fmaf(ds, kj[d], acc[c]);
+    }
+  }
+  float* out = p.dq + static_cast<int64_t>(i) * p.dq_row + static_cast<int64_t>(h) * p.dq_head;
+#pragma unroll
+  for (int c = 0; c < kC; ++c) {
+    const int d = lane + 32 * c;
+    if (d < p.D) out[d] = acc[c] * p.scale;
+  }
+}
+
+template <class Mask>
+__global__ void __launch_bounds__(128) attention_bwd_f32_dkv_kernel(const F32BwdParams p) {
+  constexpr int kC = kF32MaxD / 32;
+  const int64_t w = static_cast<int64_t>(blockIdx.x) * 4 + threadIdx.x / 32;
+  const int lane = threadIdx.x & 31;
+  if (w >= static_cast<int64_t>(p.Tk) * p.Hkv) return;
+  const int j = static_cast<int>(w / p.Hkv), hk = static_cast<int>(w % p.Hkv);
+  int i_begin, i_end;
+  attn::query_range<Mask>(p.mask, p.Tq, j, j + 1, i_begin, i_end);
+  const float* kj = p.k + static_cast<int64_t>(j) * p.k_row + static_cast<int64_t>(hk) * p.k_head;
+  const float* vj = p.v + static_cast<int64_t>(j) * p.v_row + static_cast<int64_t>(hk) * p.v_head;
+  float kv[kC], vv[kC], dkacc[kC], dvacc[kC];
+#pragma unroll
+  for (int c = 0; c < kC; ++c) {
+    const int d = lane + 32 * c;
+    kv[c] = d < p.D ? kj[d] : 0.f;
+    vv[c] = d < p.D ? vj[d] : 0.f;
+    dkacc[c] = dvacc[c] = 0.f;
+  }
+  for (int h = hk * p.group; h < (hk + 1) * p.group; ++h) {
+    for (int i = i_begin; i < i_end; ++i) {
+      const int64_t pos = p.mask.q_pos0 + i;
+      if (j < Mask::key_lo(p.mask, pos) || j >= Mask::key_hi(p.mask, pos)) continue;
+      const float lse = p.lse[static_cast<int64_t>(h) * p.Tq + i];
+      if (!(lse < __builtin_huge_valf())) continue;
+      const float* qr = p.q + static_cast<int64_t>(i) * p.q_row + static_cast<int64_t>(h) * p.q_head;
+      const float* dr = p.dout + static_cast<int64_t>(i) * p.do_row + static_cast<int64_t>(h) * p.do_head;
+      float dot = 0.f, dp = 0.f;
+#pragma unroll
+      for (int c = 0; c < kC; ++c) {
+        const int d = lane + 32 * c;
+        if (d < p.D) {
+          dot = fmaf(qr[d], kv[c], dot);
+          dp = fmaf(dr[d], vv[c], dp);
+        }
+      }
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) {
+        dot += __shfl_xor_sync(0xffffffffu, dot, off);
+        dp += __shfl_xor_sync(0xffffffffu, dp, off);
+      }
+      const float pr = expf(dot * p.scale - lse);
+      const float ds = pr * (dp - p.delta[static_cast<int64_t>(h) * p.Tq + i]);
+#pragma unroll
+      for (int c = 0; c < kC; ++c) {
+        const int d = lane + 32 * c;
+        if (d < p.D) {
+          dvacc[c] = fmaf(pr, dr[d], dvacc[c]);
+          dkacc[c] = fmaf(ds, qr[d], dkacc[c]);
+        }
+      }
+    }
+  }
+  float* dko = p.dk + static_cast<int64_t>(j) * p.dk_row + static_cast<int64_t>(hk) * p.dk_head;
+  float* dvo = p.dv + static_cast<int64_t>(j) * p.dv_row + static_cast<int64_t>(hk) * p.dv_head;
+#pragma unroll
+  for (int c = 0; c < kC; ++c) {
+    const int d = lane + 32 * c;
+    if (d < p.D) {
+      dko[d] = dkacc[c] * p.scale;
+      dvo[d] = dvacc[c];
+    }
+  }
+}
+
+void launch_f32(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+                const TensorView& lse, const TensorView& dout, const TensorView& dq, const TensorView& dk,
+                const TensorView& dv, const AttentionSpec& spec, const Shapes& s, cudaStream_t stream) {
+  Scratch ws(static_cast<size_t>(s.Hq * s.Tq) * sizeof(float), stream, "the backward workspace (f32)");
+  F32BwdParams p{};
+  p.q = static_cast<const float*>(q.data);
+  p.k = static_cast<const float*>(k.data);
+  p.v = static_cast<const float*>(v.data);
+  p.o = static_cast<const float*>(o.data);
+  p.dout = static_cast<const float*>(dout.data);
+  p.lse = static_cast<const float*>(lse.data);
+  p.dq = static_cast<float*>(dq.data);
+  p.dk = static_cast<float*>(dk.data);
+  p.dv = static_cast<float*>(dv.data);
+  p.delta = static_cast<float*>(ws.p);
+  p.q_row = q.stride[0], p.q_head = q.stride[1];
+  p.k_row = k.stride[0], p.k_head = k.stride[1];
+  p.v_row = v.stride[0], p.v_head = v.stride[1];
+  p.o_row = o.stride[0], p.o_head = o.stride[1];
+  p.do_row = dout.stride[0], p.do_head = dout.stride[1];
+  p.dq_row = dq.stride[0], p.dq_head = dq.stride[1];
+  p.dk_row = dk.stride[0], p.dk_head = dk.stride[1];
+  p.dv_row = dv.stride[0], p.dv_head = dv.stride[1];
+  p.Tq = static_cast<int>(s.Tq), p.Tk = static_cast<int>(s.Tk);
+  p.Hq = static_cast<int>(s.Hq), p.Hkv = static_cast<int>(s.Hkv);
+  p.group = static_cast<int>(s.Hq / s.Hkv), p.D = static_cast<int>(s.D);
+  p.scale = s.scale;
+  p.mask = mask_params(spec, s.Tk);
+  const int64_t b1 = (s.Tq * s.Hq + 3) / 4, b2 = (s.Tk * s.Hkv + 3) / 4;
+  RT_CHECK(b1 <= kMaxInt && b2 <= kMaxInt, kOp, " f32: too many rows x heads");
+  with_mask(spec, [&](auto mask) {
+    using Mask = decltype(mask);
+    attention_bwd_f32_dq_kernel<Mask><<<static_cast<unsigned>(b1), 128, 0, stream>>>(p);
+    check_launch("attention_bwd_f32_dq_kernel");
+    attention_bwd_f32_dkv_kernel<Mask><<<static_cast<unsigned>(b2), 128, 0, stream>>>(p);
+    check_launch("attention_bwd_f32_dkv_kernel");
+  });
+  ws.release();
+}
+
+}  // namespace
+
+void attention_backward_with(TensorView q, TensorView k, TensorView v, TensorView o, TensorView lse,
+                             TensorView dout, TensorView dq, TensorView dk, TensorView dv, const AttentionSpec& spec,
+                             int group_splits, cudaStream_t stream) {
+  RT_CHECK(group_splits >= 0, kOp, ": group_splits must be >= 0 (0: automatic), found ", group_splits);
+  const std::pair<const char*, const TensorView*> all[] = {{"q", &q},       {"k", &k},   {"v", &v},
+                                                           {"o", &o},       {"dout", &dout}, {"dq", &dq},
+                                                           {"dk", &dk},     {"dv", &dv}};
+  for (const auto& [name, t] : all) check_view(name, *t);
+  for (const auto& [name, t] : all)
+    RT_CHECK(t->dtype == q.dtype, kOp, ": q, k, v, o, dout, dq, dk and dv must have the same dtype; q is ",
+             dtype_name(q.dtype), ", '", name, "' is ", dtype_name(t->dtype));
+  RT_CHECK(q.dtype == DType::BF16 || q.dtype == DType::F32, kOp, ": dtype ", dtype_name(q.dtype),
+           " is not supported (bf16, or f32 for the reference path)");
+  const int64_t Tq = q.shape[0], Hq = q.shape[1], D = q.shape[2];
+  const int64_t Tk = k.shape[0], Hkv = k.shape[1];
+  RT_CHECK(k.shape[2] == D, kOp, ": argument 'k' head dim must be ", D, " (q.shape[2]), found shape ", k.shape_str());
+  auto same = [](const TensorView& a, const TensorView& b) {
+    return a.shape[0] == b.shape[0] && a.shape[1] == b.shape[1] && a.shape[2] == b.shape[2];
+  };
+  RT_CHECK(same(v, k), kOp, ": argument 'v' must have the shape of 'k' ", k.shape_str(), ", found ", v.shape_str());
+  RT_CHECK(same(dk, k), kOp, ": argument 'dk' must have the shape of 'k' ", k.shape_str(), ", found ", dk.shape_str());
+  RT_CHECK(same(dv, k), kOp, ": argument 'dv' must have the shape of 'k' ", k.shape_str(), ", found ", dv.shape_str());
+  RT_CHECK(same(o, q), kOp, ": argument 'o' must have the shape of 'q' ", q.shape_str(), ", found ", o.shape_str());
+  RT_CHECK(same(dout, q), kOp, ": argument 'dout' must have the shape of 'q' ", q.shape_str(), ", found ",
+           dout.shape_str());
+  RT_CHECK(same(dq, q), kOp, ": argument 'dq' must have the shape of 'q' ", q.shape_str(), ", found ", dq.shape_str());
+  RT_CHECK(Hkv > 0 || Hq == 0, kOp, ": k has 0 heads, shape ", k.shape_str());
+  RT_CHECK(Hkv == 0 || Hq % Hkv == 0, kOp, ": query heads (", Hq, ", q shape ", q.shape_str(),
+           ") must be a multiple of KV heads (", Hkv, ", k shape ", k.shape_str(), ")");
+  RT_CHECK(spec.window >= 0, kOp, ": window must be >= 0 (0: none), found ", spec.window);
+  RT_CHECK(std::isfinite(spec.scale), kOp, ": scale must be finite, found ", spec.scale);
+  for (const auto& [oname, ot] : {std::pair{"dq", &dq}, std::pair{"dk", &dk}, std::pair{"dv", &dv}}) {
+    for (const auto& [iname, it] : all) {
+      if (it == ot) continue;
+      RT_CHECK(!overlaps(*ot, *it), kOp, ": output '", oname, "' overlaps '", iname, "'");
+    }
+  }
+  RT_CHECK(lse.data != nullptr || Tq * Hq == 0, kOp, ": argument 'lse' is required (from attention_forward_lse)");
+  if (lse.data != nullptr) {
+    RT_CHECK(lse.device == Device::CUDA && lse.dtype == DType::F32 && lse.ndim == 2 && lse.shape[0] == Hq &&
+                 lse.shape[1] == Tq && lse.is_contiguous(),
+             kOp, ": argument 'lse' must be a contiguous f32 cuda tensor of shape [", Hq, ", ", Tq, "], found ",
+             dtype_name(lse.dtype), " ", device_name(lse.device), " ", lse.shape_str());
+    check_device_pointer("lse", lse);
+  }
+  const bool empty = Tq == 0 || Hq == 0 || D == 0 || Tk == 0;
+  if (q.dtype == DType::BF16) {
+    RT_CHECK(D == 64 || D == 128 || empty, kOp, " bf16: head dim ", D, " is not supported (supported: 64, 128); q shape ",
+             q.shape_str());
+    check_align16("q", q);
+    check_align16("k", k);
+    check_align16("v", v);
+    check_align16("dout", dout);
+    check_align4("o", o);
+    check_align4("dq", dq);
+    check_align4("dk", dk);
+    check_align4("dv", dv);
+  } else {
+    RT_CHECK(D <= kF32MaxD || empty, kOp, " f32: head dim ", D, " is not supported (at most ", kF32MaxD, "); q shape ",
+             q.shape_str());
+  }
+  for (const auto& [name, t] : all) check_device_pointer(name, *t);
+  if (empty) {  // gradients of nothing: zeros
+    zero_view(dq, stream);
+    zero_view(dk, stream);
+    zero_view(dv, stream);
+    return;
+  }
+
+  Shapes s{Tq, Hq, D, Tk, Hkv, 0.f};
+  s.scale = spec.scale != 0.f ? spec.scale : static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
+  if (q.dtype == DType::F32) launch_f32(q, k, v, o, lse, dout, dq, dk, dv, spec, s, stream);
+  else if (D == 64) launch_flash_bwd<64>(q, k, v, o, lse, dout, dq, dk, dv, spec, s, group_splits, stream);
+  else launch_flash_bwd<128>(q, k, v, o, lse, dout, dq, dk, dv, spec, s, group_splits, stream);
+}
+
+void attention_backward(TensorView q, TensorView k, TensorView v, TensorView o, TensorView lse, TensorView dout,
+                        TensorView dq, TensorView dk, TensorView dv, const AttentionSpec& spec, cudaStream_t stream) {
+  attention_backward_with(q, k, v, o, lse, dout, dq, dk, dv, spec, 0, stream);
+}
+
+}  // namespace rt::cuda

@@ -1,0 +1,314 @@
+// Tests of the CUDA attention backward (backends/cuda/attention/attention_backward.h) against the CPU
+// reference rt::cpu::attention_backward. Inputs q, k, v, dout are random normal (fixed seeds); for
+// the bf16 kernels they are rounded to bf16 first and the CPU reference gets the same rounded values
+// in f32. The GPU runs attention_forward_lse (o, lse) then the backward; the CPU runs its own
+// forward then its backward. Gradients are poisoned with NaN before every call. Pass: relative
+// Frobenius error < 2e-2 for dq, dk, dv (bf16) or < 1e-4 (f32 path), every value finite, with an
+// absolute floor of 1e-3 (bf16) / 1e-6 (f32) RMS per element for gradients that are analytically
+// zero (see expect_close); an all-zero reference needs exact zeros. bf16 cases run with the automatic GQA group split and, where
+// it differs, with the group unsplit (dk / dv written directly) and fully split. Without a GPU every
+// test skips.
+#include <gtest/gtest.h>
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "cpu/attention_backward.h"
+#include "cpu/kernels.h"
+#include "cuda/attention/attention.h"
+#include "cuda/attention/attention_backward.h"
+#include "rt/sdk/error.h"
+#include "rt/sdk/half.h"
+
+namespace {
+
+using rt::AttentionSpec;
+using rt::DType;
+using rt::Device;
+using rt::TensorView;
+
+bool has_gpu() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return n > 0;
+}
+
+#define SKIP_WITHOUT_GPU()                             \
+  do {                                                 \
+    if (!has_gpu()) GTEST_SKIP() << "no CUDA GPU";     \
+  } while (0)
+
+void cuda_ok(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) rt::fail(what, ": ", cudaGetErrorString(e));
+}
+
+struct DeviceBuffer {
+  void* p = nullptr;
+  size_t bytes = 0;
+  explicit DeviceBuffer(size_t n) : bytes(n) { cuda_ok(cudaMalloc(&p, std::max<size_t>(n, 16)), "cudaMalloc"); }
+  ~DeviceBuffer() { cudaFree(p); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  void upload(const void* src, size_t n) { cuda_ok(cudaMemcpy(p, src, n, cudaMemcpyHostToDevice), "upload"); }
+  void download(void* dst, size_t n) const { cuda_ok(cudaMemcpy(dst, p, n, cudaMemcpyDeviceToHost), "download"); }
+  void poison() { cuda_ok(cudaMemset(p, 0xff, bytes), "cudaMemset"); }  // NaN in f32 and bf16
+};
+
+std::vector<float> randn(size_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> dist(0.f, 1.f);
+  std::vector<float> x(n);
+  for (auto& v : x) v = dist(rng);
+  return x;
+}
+
+std::vector<uint16_t> round_bf16(std::vector<float>& x) {
+  std::vector<uint16_t> b(x.size());
+  for (size_t i = 0; i < x.size(); ++i) {
+    b[i] = rt::f32_to_bf16(x[i]);
+    x[i] = rt::bf16_to_f32(b[i]);
+  }
+  return b;
+}
+
+struct Case {
+  std::string name;
+  int64_t Tq, Tk, Hq, Hkv, D;
+  bool causal = true;
+  int64_t window = 0, q_pos0 = 0, k_pos0 = 0;
+  AttentionSpec spec() const {
+    AttentionSpec s;
+    s.causal = causal;
+    s.window = window;
+    s.q_pos0 = q_pos0;
+    s.k_pos0 = k_pos0;
+    return s;
+  }
+  std::string str() const {
+    std::ostringstream os;
+    os << name << ": Tq " << Tq << " Tk " << Tk << " Hq " << Hq << " Hkv " << Hkv << " D " << D
+       << (causal ? " causal" : " non-causal") << " window " << window << " q_pos0 " << q_pos0 << " k_pos0 "
+       << k_pos0;
+    return os.str();
+  }
+};
+
+TensorView cpu_view(std::vector<float>& x, std::initializer_list<int64_t> shape) {
+  return TensorView::contiguous(x.data(), DType::F32, Device::CPU, shape);
+}
+
+// Relative Frobenius error of got against want, all values finite. The error may also be within
+// an absolute floor of atol per element (RMS): where every row sees at most one key (T = 1, W = 1)
+// dS = P (dP - D) is 0 analytically and dq, dk are rounding noise on both sides.
+void expect_close(const std::vector<float>& got, const std::vector<float>& want, double tol, double atol,
+                  const char* what) {
+  double err = 0, norm = 0, maxabs = 0;
+  size_t bad = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    if (!std::isfinite(got[i])) {
+      ++bad;
+      continue;
+    }
+    const double d = static_cast<double>(got[i]) - want[i];
+    err += d * d;
+    norm += static_cast<double>(want[i]) * want[i];
+    maxabs = std::max(maxabs, std::fabs(static_cast<double>(got[i])));
+  }
+  ASSERT_EQ(bad, 0u) << what << ": non-finite values (unwritten or NaN)";
+  if (norm == 0) {
+    EXPECT_EQ(maxabs, 0.0) << what << ": reference is all zeros, result is not";
+  } else {
+    const double floor = atol * std::sqrt(static_cast<double>(want.size()));
+    EXPECT_LT(std::sqrt(err), tol * std::sqrt(norm) + floor)
+        << what << ": relative Frobenius error " << std::sqrt(err / norm) << " (reference norm " << std::sqrt(norm)
+        << ", absolute floor " << floor << ")";
+  }
+}
+
+// group_splits: values of attention_backward_with's group_splits to run (bf16 only).
+void check_case(const Case& c, DType dtype, uint64_t seed, std::vector<int> group_splits = {0}) {
+  SCOPED_TRACE(c.str() + (dtype == DType::BF16 ? " [bf16]" : " [f32]"));
+  const size_t nq = static_cast<size_t>(c.Tq * c.Hq * c.D), nk = static_cast<size_t>(c.Tk * c.Hkv * c.D);
+  std::vector<float> q = randn(nq, seed), k = randn(nk, seed + 1), v = randn(nk, seed + 2), dout = randn(nq, seed + 3);
+  std::vector<uint16_t> qb, kb, vb, dob;
+  if (dtype == DType::BF16) {
+    qb = round_bf16(q);
+    kb = round_bf16(k);
+    vb = round_bf16(v);
+    dob = round_bf16(dout);
+  }
+  const AttentionSpec spec = c.spec();
+  // CPU reference.
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  std::vector<float> o_ref(nq, nan), dq_ref(nq, nan), dk_ref(nk, nan), dv_ref(nk, nan);
+  rt::cpu::attention_forward(cpu_view(q, {c.Tq, c.Hq, c.D}), cpu_view(k, {c.Tk, c.Hkv, c.D}),
+                             cpu_view(v, {c.Tk, c.Hkv, c.D}), cpu_view(o_ref, {c.Tq, c.Hq, c.D}), spec);
+  rt::cpu::attention_backward(cpu_view(q, {c.Tq, c.Hq, c.D}), cpu_view(k, {c.Tk, c.Hkv, c.D}),
+                              cpu_view(v, {c.Tk, c.Hkv, c.D}), cpu_view(o_ref, {c.Tq, c.Hq, c.D}),
+                              cpu_view(dout, {c.Tq, c.Hq, c.D}), cpu_view(dq_ref, {c.Tq, c.Hq, c.D}),
+                              cpu_view(dk_ref, {c.Tk, c.Hkv, c.D}), cpu_view(dv_ref, {c.Tk, c.Hkv, c.D}), spec);
+
+  const size_t es = rt::dtype_size(dtype);
+  DeviceBuffer bq(nq * es), bk(nk * es), bv(nk * es), bo(nq * es), bdo(nq * es), bdq(nq * es), bdk(nk * es),
+      bdv(nk * es), blse(static_cast<size_t>(c.Hq * c.Tq) * 4);
+  if (dtype == DType::BF16) {
+    bq.upload(qb.data(), nq * 2);
+    bk.upload(kb.data(), nk * 2);
+    bv.upload(vb.data(), nk * 2);
+    bdo.upload(dob.data(), nq * 2);
+  } else {
+    bq.upload(q.data(), nq * 4);
+    bk.upload(k.data(), nk * 4);
+    bv.upload(v.data(), nk * 4);
+    bdo.upload(dout.data(), nq * 4);
+  }
+  auto dview = [&](DeviceBuffer& b, int64_t T, int64_t H) {
+    return TensorView::contiguous(b.p, dtype, Device::CUDA, {T, H, c.D});
+  };
+  const TensorView tq = dview(bq, c.Tq, c.Hq), tk = dview(bk, c.Tk, c.Hkv), tv = dview(bv, c.Tk, c.Hkv);
+  const TensorView to = dview(bo, c.Tq, c.Hq), tdo = dview(bdo, c.Tq, c.Hq), tdq = dview(bdq, c.Tq, c.Hq);
+  const TensorView tdk = dview(bdk, c.Tk, c.Hkv), tdv = dview(bdv, c.Tk, c.Hkv);
+  const TensorView tlse = TensorView::contiguous(blse.p, DType::F32, Device::CUDA, {c.Hq, c.Tq});
+  bo.poison();
+  blse.poison();
+  rt::cuda::attention_forward_lse(tq, tk, tv, to, tlse, spec, nullptr);
+
+  const double tol = dtype == DType::BF16 ? 2e-2 : 1e-4;
+  const double atol = dtype == DType::BF16 ? 1e-3 : 1e-6;
+  auto download = [&](const DeviceBuffer& b, size_t n) {
+    std::vector<float> out(n);
+    if (dtype == DType::BF16) {
+      std::vector<uint16_t> h(n);
+      b.download(h.data(), n * 2);
+      for (size_t i = 0; i < n; ++i) out[i] = rt::bf16_to_f32(h[i]);
+    } else {
+      b.download(out.data(), n * 4);
+    }
+    return out;
+  };
+  if (dtype == DType::F32) group_splits = {0};
+  for (int splits : group_splits) {
+    SCOPED_TRACE("group_splits " + std::to_string(splits));
+    bdq.poison();
+    bdk.poison();
+    bdv.poison();
+    rt::cuda::attention_backward_with(tq, tk, tv, to, tlse, tdo, tdq, tdk, tdv, spec, splits, nullptr);
+    cuda_ok(cudaDeviceSynchronize(), "attention_backward");
+    expect_close(download(bdq, nq), dq_ref, tol, atol, "dq");
+    expect_close(download(bdk, nk), dk_ref, tol, atol, "dk");
+    expect_close(download(bdv, nk), dv_ref, tol, atol, "dv");
+  }
+}
+
+struct Heads {
+  int64_t Hq, Hkv, D;
+};
+// Qwen2.5-0.5B (GQA 7), 1.5B (GQA 6), and GQA ratio 1 at both head dims.
+const Heads kHeads[] = {{14, 2, 64}, {12, 2, 128}, {2, 2, 64}, {3, 3, 128}};
+const std::vector<int> kSplits = {0, 1, 1000};  // auto, unsplit, one head per CTA
+
+TEST(AttentionBackward, CausalSizes) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 1000;
+  for (const Heads& hd : kHeads)
+    for (int64_t T : {1, 7, 127, 128, 129}) check_case({"causal", T, T, hd.Hq, hd.Hkv, hd.D}, DType::BF16, seed += 5, kSplits);
+}
+
+TEST(AttentionBackward, CausalLong) {
+  SKIP_WITHOUT_GPU();
+  check_case({"causal", 4096 + 3, 4096 + 3, 14, 2, 64}, DType::BF16, 1100, {0, 1});
+}
+
+TEST(AttentionBackward, SlidingWindow) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 2000;
+  for (const Heads& hd : {kHeads[0], kHeads[1], kHeads[2]}) {
+    // T < W, T = W, T > W, W = 1 (the diagonal only), windows crossing tile boundaries.
+    for (auto [T, W] : std::vector<std::pair<int64_t, int64_t>>{
+             {129, 2048}, {129, 129}, {129, 64}, {129, 1}, {7, 1}, {300, 64}, {1000, 129}, {700, 1}}) {
+      check_case({"window", T, T, hd.Hq, hd.Hkv, hd.D, true, W}, DType::BF16, seed += 5, kSplits);
+    }
+  }
+  check_case({"window 2048", 2600, 2600, 14, 2, 64, true, 2048}, DType::BF16, seed += 5, {0, 1});
+}
+
+TEST(AttentionBackward, NonCausal) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 3000;
+  for (const Heads& hd : {kHeads[0], kHeads[1]})
+    for (int64_t T : {1, 7, 129, 300}) {
+      check_case({"full", T, T + 5, hd.Hq, hd.Hkv, hd.D, false, 0}, DType::BF16, seed += 5, kSplits);
+      check_case({"window, not causal", T, T + 5, hd.Hq, hd.Hkv, hd.D, false, 50}, DType::BF16, seed += 5, kSplits);
+    }
+}
+
+TEST(AttentionBackward, Offsets) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 4000;
+  for (const Heads& hd : {kHeads[0], kHeads[1]}) {
+    // A chunk of queries continuing after cached keys.
+    check_case({"chunk", 70, 370, hd.Hq, hd.Hkv, hd.D, true, 0, 300, 0}, DType::BF16, seed += 5, kSplits);
+    check_case({"chunk, window 64", 70, 370, hd.Hq, hd.Hkv, hd.D, true, 64, 300, 0}, DType::BF16, seed += 5, kSplits);
+    // Keys start after the first queries: rows 0..99 see no key (dq = 0, no contribution).
+    check_case({"masked rows", 200, 210, hd.Hq, hd.Hkv, hd.D, true, 0, 0, 100}, DType::BF16, seed += 5, kSplits);
+    check_case({"masked rows, window 30", 200, 210, hd.Hq, hd.Hkv, hd.D, true, 30, 0, 100}, DType::BF16, seed += 5,
+               kSplits);
+    // Nothing visible at all: every gradient zero.
+    check_case({"all masked", 20, 30, hd.Hq, hd.Hkv, hd.D, true, 0, 0, 1000}, DType::BF16, seed += 5, kSplits);
+  }
+}
+
+TEST(AttentionBackward, F32Path) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 5000;
+  for (const Heads& hd : {Heads{14, 2, 64}, Heads{12, 2, 128}, Heads{3, 1, 40}, Heads{2, 2, 256}}) {
+    for (int64_t T : {1, 7, 129}) check_case({"causal", T, T, hd.Hq, hd.Hkv, hd.D}, DType::F32, seed += 5);
+    check_case({"window 64", 300, 300, hd.Hq, hd.Hkv, hd.D, true, 64}, DType::F32, seed += 5);
+    check_case({"masked rows", 50, 60, hd.Hq, hd.Hkv, hd.D, true, 0, 0, 20}, DType::F32, seed += 5);
+    check_case({"full", 33, 40, hd.Hq, hd.Hkv, hd.D, false, 0}, DType::F32, seed += 5);
+  }
+}
+
+TEST(AttentionBackward, RejectsBadArguments) {
+  SKIP_WITHOUT_GPU();
+  const int64_t T = 8, H = 2, D = 96;  // head dim 96: not supported by the bf16 path
+  DeviceBuffer a(T * H * D * 2 * 9), lse(T * H * 4);
+  auto v = [&](int i, int64_t d = 96, DType t = DType::BF16) {
+    return TensorView::contiguous(static_cast<char*>(a.p) + i * T * H * D * 2, t, Device::CUDA, {T, H, d});
+  };
+  const TensorView tl = TensorView::contiguous(lse.p, DType::F32, Device::CUDA, {H, T});
+  AttentionSpec spec;
+  EXPECT_THROW(rt::cuda::attention_backward(v(0), v(1), v(2), v(3), tl, v(4), v(5), v(6), v(7), spec, nullptr), rt::Error);
+  // f16 is not supported.
+  EXPECT_THROW(rt::cuda::attention_backward(v(0, 64, DType::F16), v(1, 64, DType::F16), v(2, 64, DType::F16),
+                                            v(3, 64, DType::F16), tl, v(4, 64, DType::F16), v(5, 64, DType::F16),
+                                            v(6, 64, DType::F16), v(7, 64, DType::F16), spec, nullptr),
+               rt::Error);
+  // Mixed dtypes, missing lse, wrong lse shape, output overlapping an input.
+  EXPECT_THROW(rt::cuda::attention_backward(v(0, 64), v(1, 64), v(2, 64), v(3, 64), tl, v(4, 64), v(5, 64, DType::F32),
+                                            v(6, 64), v(7, 64), spec, nullptr),
+               rt::Error);
+  EXPECT_THROW(rt::cuda::attention_backward(v(0, 64), v(1, 64), v(2, 64), v(3, 64), TensorView{}, v(4, 64), v(5, 64),
+                                            v(6, 64), v(7, 64), spec, nullptr),
+               rt::Error);
+  const TensorView bad_lse = TensorView::contiguous(lse.p, DType::F32, Device::CUDA, {T, H});
+  EXPECT_THROW(rt::cuda::attention_backward(v(0, 64), v(1, 64), v(2, 64), v(3, 64), bad_lse, v(4, 64), v(5, 64),
+                                            v(6, 64), v(7, 64), spec, nullptr),
+               rt::Error);
+  EXPECT_THROW(rt::cuda::attention_backward(v(0, 64), v(1, 64), v(2, 64), v(3, 64), tl, v(4, 64), v(0, 64), v(6, 64),
+                                            v(7, 64), spec, nullptr),
+               rt::Error);
+}
+
+}  // namespace
