@@ -2,8 +2,9 @@
 # implementation next to our flash kernels. include()d from backends/cuda/CMakeLists.txt after
 # add_library(rt_backend_cuda ...).
 #
-# Always adds cudnn_sdpa/cudnn_sdpa.cpp, so rt::cuda::cudnn_sdpa_supported / cudnn_sdpa_forward
-# exist in every build (without cuDNN they report "unsupported"). When everything below is found,
+# Always adds cudnn_sdpa/cudnn_sdpa.cpp and cudnn_sdpa_backward.cpp, so rt::cuda::cudnn_sdpa_supported /
+# cudnn_sdpa_forward and cudnn_sdpa_backward_supported / cudnn_sdpa_backward exist in every build
+# (without cuDNN they report "unsupported"). When everything below is found,
 # it also defines RT_HAVE_CUDNN_SDPA=1 (PUBLIC, so tests and tools see it) and links cuDNN.
 #
 # Needs:
@@ -22,7 +23,8 @@ set(RT_CUDNN_FRONTEND_INCLUDE "" CACHE PATH
     "Directory holding cudnn_frontend.h (empty: ask python3 for the nvidia-cudnn-frontend package)")
 
 set(_rt_cudnn_dir ${CMAKE_CURRENT_LIST_DIR})
-target_sources(rt_backend_cuda PRIVATE ${_rt_cudnn_dir}/cudnn_sdpa/cudnn_sdpa.cpp)
+target_sources(rt_backend_cuda PRIVATE ${_rt_cudnn_dir}/cudnn_sdpa/cudnn_sdpa.cpp
+                                      ${_rt_cudnn_dir}/cudnn_sdpa/cudnn_sdpa_backward.cpp)
 
 set(RT_HAVE_CUDNN_SDPA OFF)
 

@@ -15,15 +15,11 @@
 #include "rt/sdk/error.h"
 
 #if defined(RT_HAVE_CUDNN_SDPA)
-#include <cudnn.h>
-#include <cudnn_frontend.h>
-
-#include <list>
 #include <memory>
 #include <mutex>
-#include <sstream>
 #include <unordered_map>
 
+#include "cuda/cudnn_sdpa/cudnn_common.h"
 #include "cuda/memory.h"
 #endif
 
@@ -44,192 +40,22 @@ int64_t cudnn_sdpa_version() noexcept { return 0; }
 
 #else  // RT_HAVE_CUDNN_SDPA
 
-namespace {
-
-namespace fe = cudnn_frontend;
-
-constexpr int64_t kMaxInt = std::numeric_limits<int32_t>::max();
-constexpr int64_t kQ = 1, kK = 2, kV = 3, kO = 4, kStats = 5;  // tensor uids
-constexpr size_t kCacheCapacity = 256;                         // graphs per device (LRU)
-
-enum class Align : int64_t { None, TopLeft, BottomRight };
-
-// Everything a graph depends on. Strides are (row, head) in elements; the last one is 1.
-struct Key {
-  int64_t Tq = 0, Tk = 0, Hq = 0, Hkv = 0, D = 0;
-  int64_t q_s0 = 0, q_s1 = 0, k_s0 = 0, k_s1 = 0, v_s0 = 0, v_s1 = 0, o_s0 = 0, o_s1 = 0;
-  int64_t causal = 0, left_bound = 0;  // left_bound: the window W (0: none)
-  Align align = Align::None;
-  uint32_t scale_bits = 0;
-  int64_t lse = 0;
-  bool operator==(const Key& o) const {
-    return Tq == o.Tq && Tk == o.Tk && Hq == o.Hq && Hkv == o.Hkv && D == o.D && q_s0 == o.q_s0 &&
-           q_s1 == o.q_s1 && k_s0 == o.k_s0 && k_s1 == o.k_s1 && v_s0 == o.v_s0 && v_s1 == o.v_s1 &&
-           o_s0 == o.o_s0 && o_s1 == o.o_s1 && causal == o.causal && left_bound == o.left_bound &&
-           align == o.align && scale_bits == o.scale_bits && lse == o.lse;
-  }
-  float scale() const {
-    float s;
-    std::memcpy(&s, &scale_bits, sizeof s);
-    return s;
-  }
-};
-
-struct KeyHash {
-  size_t operator()(const Key& k) const {
-    uint64_t h = 1469598103934665603ull;
-    auto mix = [&h](int64_t x) {
-      h ^= static_cast<uint64_t>(x) + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
-    };
-    for (int64_t x : {k.Tq, k.Tk, k.Hq, k.Hkv, k.D, k.q_s0, k.q_s1, k.k_s0, k.k_s1, k.v_s0, k.v_s1, k.o_s0, k.o_s1,
-                      k.causal, k.left_bound, static_cast<int64_t>(k.align), static_cast<int64_t>(k.scale_bits),
-                      k.lse})
-      mix(x);
-    return static_cast<size_t>(h);
-  }
-};
-
-// A built graph (graph != nullptr) or the reason it cannot be built (cached too, so an
-// unsupported shape is not rebuilt at every dispatch).
-struct Entry {
-  std::shared_ptr<fe::graph::Graph> graph;
-  int64_t workspace = 0;
-  std::string error;
-};
-
-struct DeviceState {
-  std::mutex mu;
-  cudnnHandle_t handle = nullptr;
-  std::string handle_error;  // non-empty: cudnnCreate failed (kept, not retried)
-  std::list<Key> lru;        // most recent first
-  std::unordered_map<Key, std::pair<std::shared_ptr<Entry>, std::list<Key>::iterator>, KeyHash> map;
-};
-
-std::atomic<uint64_t> g_built{0}, g_failed{0}, g_hits{0}, g_cached{0};
+namespace cudnn_detail {
 
 // One state per device, created on first use and deliberately never destroyed: cudnnDestroy at
 // static-destruction time can run after the CUDA runtime has gone.
-DeviceState& device_state(int dev) {
+static DeviceState& device_state(int dev) {
   static std::mutex mu;
   static auto* states = new std::unordered_map<int, DeviceState*>();
   std::lock_guard<std::mutex> lock(mu);
   DeviceState*& s = (*states)[dev];
-  if (s == nullptr) s = new DeviceState();
+  if (s == nullptr) {
+    s = new DeviceState();
+    s->dev = dev;
+  }
   return *s;
 }
 
-std::string fe_error_string(const fe::error_t& e) {
-  std::ostringstream os;
-  os << e.code << ": " << e.err_msg;  // the getters are not const
-  return os.str();
-}
-
-// The cuDNN status-name helpers changed between versions; cudnnGetErrorString is stable.
-std::string cudnn_status_string(cudnnStatus_t s) {
-  return std::string(cudnnGetErrorString(s)) + " (status " + std::to_string(static_cast<int>(s)) + ")";
-}
-
-// cudnn-frontend is dropping the handle argument of check_support / build_plans; call whichever
-// this version has.
-template <class G>
-fe::error_t check_support(G& g, cudnnHandle_t h) {
-  if constexpr (requires { g.check_support(); }) return g.check_support();
-  else return g.check_support(h);
-}
-template <class G>
-fe::error_t build_plans(G& g, cudnnHandle_t h) {
-  if constexpr (requires { g.build_plans(fe::BuildPlanPolicy_t::HEURISTICS_CHOICE); })
-    return g.build_plans(fe::BuildPlanPolicy_t::HEURISTICS_CHOICE);
-  else return g.build_plans(h, fe::BuildPlanPolicy_t::HEURISTICS_CHOICE);
-}
-
-std::shared_ptr<Entry> build_entry(cudnnHandle_t handle, const Key& key) {
-  auto entry = std::make_shared<Entry>();
-  auto g = std::make_shared<fe::graph::Graph>();
-  g->set_io_data_type(fe::DataType_t::BFLOAT16)
-      .set_intermediate_data_type(fe::DataType_t::FLOAT)
-      .set_compute_data_type(fe::DataType_t::FLOAT);
-  // [T, H, D] row-major with free row/head strides is cuDNN's [B=1, H, S, D] with strides
-  // {batch, head stride, row stride, 1}; the batch stride is irrelevant for B = 1.
-  auto bhsd = [](const char* name, int64_t uid, int64_t H, int64_t S, int64_t D, int64_t s0, int64_t s1) {
-    return fe::graph::Tensor_attributes()
-        .set_name(name)
-        .set_uid(uid)
-        .set_dim({1, H, S, D})
-        .set_stride({std::max(s0 * S, s1 * H), s1, s0, 1});
-  };
-  auto Q = g->tensor(bhsd("Q", kQ, key.Hq, key.Tq, key.D, key.q_s0, key.q_s1));
-  auto K = g->tensor(bhsd("K", kK, key.Hkv, key.Tk, key.D, key.k_s0, key.k_s1));
-  auto V = g->tensor(bhsd("V", kV, key.Hkv, key.Tk, key.D, key.v_s0, key.v_s1));
-
-  auto attrs = fe::graph::SDPA_attributes().set_name("rt_sdpa").set_generate_stats(key.lse != 0).set_attn_scale(
-      key.scale());
-  if (key.align != Align::None)
-    attrs.set_diagonal_alignment(key.align == Align::BottomRight ? fe::DiagonalAlignment_t::BOTTOM_RIGHT
-                                                                 : fe::DiagonalAlignment_t::TOP_LEFT);
-  // Kept: col <= row (+ Tk - Tq bottom-right) + right_bound, and col + left_bound > row
-  // (+ Tk - Tq): with right bound 0 and left bound W, exactly the W keys ending at the diagonal.
-  if (key.causal) attrs.set_diagonal_band_right_bound(0);
-  if (key.left_bound > 0) attrs.set_diagonal_band_left_bound(static_cast<int>(key.left_bound));
-
-  auto [O, Stats] = g->sdpa(Q, K, V, std::move(attrs));
-  O->set_output(true)
-      .set_uid(kO)
-      .set_dim({1, key.Hq, key.Tq, key.D})
-      .set_stride({std::max(key.o_s0 * key.Tq, key.o_s1 * key.Hq), key.o_s1, key.o_s0, 1});
-  if (key.lse) {
-    Stats->set_output(true)
-        .set_uid(kStats)
-        .set_data_type(fe::DataType_t::FLOAT)
-        .set_dim({1, key.Hq, key.Tq, 1})
-        .set_stride({key.Hq * key.Tq, key.Tq, 1, 1});
-  }
-
-  auto step = [&](const char* what, const fe::error_t& e) {
-    if (e.is_bad()) entry->error = std::string(what) + ": " + fe_error_string(e);
-    return e.is_good();
-  };
-  if (!step("validate", g->validate())) return entry;
-  if (!step("build_operation_graph", g->build_operation_graph(handle))) return entry;
-  if (!step("create_execution_plans", g->create_execution_plans({fe::HeurMode_t::A}))) return entry;
-  if (!step("check_support", check_support(*g, handle))) return entry;
-  if (!step("build_plans", build_plans(*g, handle))) return entry;
-  int64_t ws = 0;
-  if (!step("get_workspace_size", g->get_workspace_size(ws))) return entry;
-  entry->workspace = std::max<int64_t>(ws, 0);
-  entry->graph = std::move(g);
-  return entry;
-}
-
-// The cached entry for key on the current device, building it on a miss. Caller holds st.mu.
-std::shared_ptr<Entry> lookup(DeviceState& st, const Key& key) {
-  auto it = st.map.find(key);
-  if (it != st.map.end()) {
-    st.lru.splice(st.lru.begin(), st.lru, it->second.second);
-    g_hits.fetch_add(1, std::memory_order_relaxed);
-    return it->second.first;
-  }
-  std::shared_ptr<Entry> e;
-  try {
-    e = build_entry(st.handle, key);
-  } catch (const std::exception& ex) {  // the frontend may throw (bad_alloc, json, ...)
-    e = std::make_shared<Entry>();
-    e->error = std::string("exception while building: ") + ex.what();
-  }
-  (e->graph ? g_built : g_failed).fetch_add(1, std::memory_order_relaxed);
-  st.lru.push_front(key);
-  st.map.emplace(key, std::make_pair(e, st.lru.begin()));
-  g_cached.fetch_add(1, std::memory_order_relaxed);
-  while (st.map.size() > kCacheCapacity) {
-    st.map.erase(st.lru.back());
-    st.lru.pop_back();
-    g_cached.fetch_sub(1, std::memory_order_relaxed);
-  }
-  return e;
-}
-
-// The current device's state with a handle, or an error (no GPU, cudnnCreate failed). Caller
-// holds nothing; returns with nothing held.
 DeviceState* current_state(std::string& err) {
   int dev = -1;
   const cudaError_t ce = cudaGetDevice(&dev);
@@ -254,89 +80,69 @@ DeviceState* current_state(std::string& err) {
   return &st;
 }
 
-// ------------------------------------------------------------------------------------------------
-// Argument checks. They return an error message ("" = fine) so cudnn_sdpa_supported can use them
-// without exceptions; cudnn_sdpa_forward throws the message. Same wording as attention.cu.
+}  // namespace cudnn_detail
 
-template <class... Args>
-std::string msg(const Args&... args) {
-  std::ostringstream os;
-  (os << ... << args);
-  return os.str();
-}
+namespace {
 
-std::string check_view(const char* arg, const TensorView& v) {
-  if (v.device != Device::CUDA)
-    return msg("cudnn sdpa: argument '", arg, "' must be on device cuda, found ", device_name(v.device));
-  if (v.ndim != 3)
-    return msg("cudnn sdpa: argument '", arg, "' must have 3 dimensions [T, heads, head_dim], found shape ",
-               v.shape_str());
-  for (int i = 0; i < 3; ++i) {
-    if (v.shape[i] < 0 || v.shape[i] > kMaxInt)
-      return msg("cudnn sdpa: argument '", arg, "' has a dimension out of range, shape ", v.shape_str());
-    if (v.stride[i] < 0) return msg("cudnn sdpa: argument '", arg, "' has a negative stride");
+using namespace cudnn_detail;
+
+constexpr int64_t kQ = 1, kK = 2, kV = 3, kO = 4, kStats = 5;  // tensor uids
+
+// Everything a forward graph depends on. Strides are (row, head) in elements; the last one is 1.
+struct Key {
+  int64_t Tq = 0, Tk = 0, Hq = 0, Hkv = 0, D = 0;
+  int64_t q_s0 = 0, q_s1 = 0, k_s0 = 0, k_s1 = 0, v_s0 = 0, v_s1 = 0, o_s0 = 0, o_s1 = 0;
+  Mask mask;
+  uint32_t scale_bits = 0;
+  int64_t lse = 0;
+  bool operator==(const Key& o) const {
+    return Tq == o.Tq && Tk == o.Tk && Hq == o.Hq && Hkv == o.Hkv && D == o.D && q_s0 == o.q_s0 &&
+           q_s1 == o.q_s1 && k_s0 == o.k_s0 && k_s1 == o.k_s1 && v_s0 == o.v_s0 && v_s1 == o.v_s1 &&
+           o_s0 == o.o_s0 && o_s1 == o.o_s1 && mask.causal == o.mask.causal &&
+           mask.left_bound == o.mask.left_bound && mask.align == o.mask.align && scale_bits == o.scale_bits &&
+           lse == o.lse;
   }
-  if (v.shape[2] > 1 && v.stride[2] != 1)
-    return msg("cudnn sdpa: argument '", arg, "' must have a contiguous last dimension (stride 1), found stride ",
-               v.stride[2], " for shape ", v.shape_str());
-  if (v.data == nullptr && v.numel() != 0)
-    return msg("cudnn sdpa: argument '", arg, "' has no data (null pointer) for shape ", v.shape_str());
-  if (v.dtype != DType::BF16)
-    return msg("cudnn sdpa: argument '", arg, "' must be bf16, found ", dtype_name(v.dtype));
-  return {};
-}
+};
 
-// cuDNN wants 16-byte aligned pointers and row/head strides (8 bf16 elements).
-std::string check_alignment(const char* arg, const TensorView& v) {
-  if (v.numel() == 0) return {};
-  const bool ok = reinterpret_cast<uintptr_t>(v.data) % 16 == 0 && (v.shape[0] <= 1 || v.stride[0] % 8 == 0) &&
-                  (v.shape[1] <= 1 || v.stride[1] % 8 == 0);
-  if (!ok)
-    return msg("cudnn sdpa: argument '", arg,
-               "' must have 16-byte aligned rows (data pointer 16-byte aligned, strides multiples of 8 elements); "
-               "found strides [",
-               v.stride[0], ", ", v.stride[1], ", ", v.stride[2], "]");
-  return {};
-}
-
-bool overlaps(const TensorView& a, const TensorView& b) {
-  if (a.numel() == 0 || b.numel() == 0) return false;
-  auto span = [](const TensorView& v) {
-    int64_t last = 0;
-    for (int i = 0; i < v.ndim; ++i) last += (v.shape[i] - 1) * v.stride[i];
-    return (last + 1) * static_cast<int64_t>(dtype_size(v.dtype));
-  };
-  const char* pa = static_cast<const char*>(a.data);
-  const char* pb = static_cast<const char*>(b.data);
-  return pa < pb + span(b) && pb < pa + span(a);
-}
-
-std::string check_device_pointer(const char* arg, const TensorView& v) {
-  if (v.numel() == 0) return {};
-  cudaPointerAttributes attr{};
-  const cudaError_t err = cudaPointerGetAttributes(&attr, v.data);
-  if (err != cudaSuccess) {
-    (void)cudaGetLastError();
-    return msg("cudnn sdpa: argument '", arg, "': cannot query its pointer (", cudaGetErrorString(err),
-               "); is it device memory?");
+struct KeyHash {
+  size_t operator()(const Key& k) const {
+    return hash_ints({k.Tq, k.Tk, k.Hq, k.Hkv, k.D, k.q_s0, k.q_s1, k.k_s0, k.k_s1, k.v_s0, k.v_s1, k.o_s0, k.o_s1,
+                      k.mask.causal, k.mask.left_bound, static_cast<int64_t>(k.mask.align),
+                      static_cast<int64_t>(k.scale_bits), k.lse});
   }
-  if (attr.type != cudaMemoryTypeDevice && attr.type != cudaMemoryTypeManaged)
-    return msg("cudnn sdpa: argument '", arg, "' is labelled cuda but points to ",
-               attr.type == cudaMemoryTypeHost ? "pinned host memory" : "host (unregistered) memory");
-  if (attr.type == cudaMemoryTypeDevice) {
-    int cur = -1;
-    if (cudaGetDevice(&cur) != cudaSuccess) {
-      (void)cudaGetLastError();
-      return "cudnn sdpa: cudaGetDevice failed";
-    }
-    if (attr.device != cur)
-      return msg("cudnn sdpa: argument '", arg, "' lives on GPU ", attr.device, " but the current device is GPU ",
-                 cur);
-  }
-  return {};
-}
+};
 
-using Named = std::pair<const char*, const TensorView*>;
+std::shared_ptr<Entry> build_entry(cudnnHandle_t handle, const Key& key) {
+  auto entry = std::make_shared<Entry>();
+  auto g = std::make_shared<fe::graph::Graph>();
+  g->set_io_data_type(fe::DataType_t::BFLOAT16)
+      .set_intermediate_data_type(fe::DataType_t::FLOAT)
+      .set_compute_data_type(fe::DataType_t::FLOAT);
+  auto Q = g->tensor(bhsd("Q", kQ, key.Hq, key.Tq, key.D, key.q_s0, key.q_s1));
+  auto K = g->tensor(bhsd("K", kK, key.Hkv, key.Tk, key.D, key.k_s0, key.k_s1));
+  auto V = g->tensor(bhsd("V", kV, key.Hkv, key.Tk, key.D, key.v_s0, key.v_s1));
+
+  auto attrs = fe::graph::SDPA_attributes().set_name("rt_sdpa").set_generate_stats(key.lse != 0).set_attn_scale(
+      bits_float(key.scale_bits));
+  apply_mask(attrs, key.mask);
+
+  auto [O, Stats] = g->sdpa(Q, K, V, std::move(attrs));
+  O->set_output(true)
+      .set_uid(kO)
+      .set_dim(bhsd_dim(key.Hq, key.Tq, key.D))
+      .set_stride(bhsd_stride(key.Hq, key.Tq, key.o_s0, key.o_s1));
+  if (key.lse) {
+    // cuDNN's softmax stats: the natural-log log-sum-exp of each row's scaled, masked scores, f32
+    // [1, Hq, Tq, 1] packed, i.e. exactly our lse [Hq, Tq] (and what sdpa_backward reads back).
+    Stats->set_output(true)
+        .set_uid(kStats)
+        .set_data_type(fe::DataType_t::FLOAT)
+        .set_dim({1, key.Hq, key.Tq, 1})
+        .set_stride({key.Hq * key.Tq, key.Tq, 1, 1});
+  }
+  finish_build(std::move(g), handle, *entry);
+  return entry;
+}
 
 // Fills key from the arguments (o: its strides; nullptr: contiguous [Tq, Hq, D]). Returns "" or
 // why the call is invalid (invalid = true) or not expressible in cuDNN (invalid = false).
@@ -365,10 +171,7 @@ std::string make_key(const TensorView& q, const TensorView& k, const TensorView&
   if (o != nullptr && (overlaps(*o, q) || overlaps(*o, k) || overlaps(*o, v)))
     return "cudnn sdpa: output 'o' overlaps 'q', 'k' or 'v'";
   if (lse.data != nullptr) {
-    if (lse.device != Device::CUDA || lse.dtype != DType::F32 || lse.ndim != 2 || lse.shape[0] != Hq ||
-        lse.shape[1] != Tq || !lse.is_contiguous())
-      return msg("cudnn sdpa: argument 'lse' must be a contiguous f32 cuda tensor of shape [", Hq, ", ", Tq,
-                 "], found ", dtype_name(lse.dtype), " ", device_name(lse.device), " ", lse.shape_str());
+    if (std::string e = check_lse(lse, Hq, Tq); !e.empty()) return e;
   }
 
   // From here on: valid arguments, maybe not expressible.
@@ -387,54 +190,33 @@ std::string make_key(const TensorView& q, const TensorView& k, const TensorView&
     return "cudnn sdpa: argument 'lse' must be 16-byte aligned";
   if (D % 8 != 0 || D > 256) return msg("cudnn sdpa: head dim ", D, " is not supported (multiples of 8 up to 256)");
   if (Tk == 0) return "cudnn sdpa: no keys (Tk = 0): every row is empty, not expressible in cuDNN";
-
-  // Mask. delta: how far the query positions run ahead of the key positions.
-  const int64_t delta = spec.q_pos0 - spec.k_pos0;
-  int64_t window = spec.window;
-  // A window that starts before the first key for every row (delta + Tq - 1 - W < 0) masks nothing.
-  if (window > 0 && delta + Tq <= window) window = 0;
-  Align align = Align::None;
-  if (spec.causal || window > 0) {
-    if (delta == 0) align = Align::TopLeft;
-    else if (delta == Tk - Tq && Tq <= Tk) align = Align::BottomRight;
-    else
-      return msg("cudnn sdpa: positions q_pos0 ", spec.q_pos0, ", k_pos0 ", spec.k_pos0, " with Tq ", Tq, ", Tk ", Tk,
-                 " are not expressible (needs q_pos0 - k_pos0 = 0 or Tk - Tq)");
-    if (window > 0 && Tq > Tk) return msg("cudnn sdpa: sliding window needs Tq <= Tk, found Tq ", Tq, ", Tk ", Tk);
-  }
+  if (std::string e = resolve_mask(spec, Tq, Tk, key.mask); !e.empty()) return e;
 
   key.Tq = Tq;
   key.Tk = Tk;
   key.Hq = Hq;
   key.Hkv = Hkv;
   key.D = D;
-  // Strides of size-1 dimensions are free; give cuDNN the dense ones.
-  auto strides = [&](const TensorView& t, int64_t& s0, int64_t& s1) {
-    s1 = t.shape[1] > 1 ? t.stride[1] : D;
-    s0 = t.shape[0] > 1 ? t.stride[0] : t.shape[1] * s1;
-  };
-  strides(q, key.q_s0, key.q_s1);
-  strides(k, key.k_s0, key.k_s1);
-  strides(v, key.v_s0, key.v_s1);
-  if (o != nullptr) strides(*o, key.o_s0, key.o_s1);
+  dense_strides(q, D, key.q_s0, key.q_s1);
+  dense_strides(k, D, key.k_s0, key.k_s1);
+  dense_strides(v, D, key.v_s0, key.v_s1);
+  if (o != nullptr) dense_strides(*o, D, key.o_s0, key.o_s1);
   else {
     key.o_s1 = D;
     key.o_s0 = Hq * D;
   }
-  key.causal = spec.causal ? 1 : 0;
-  key.left_bound = window;
-  key.align = align;
-  const float scale = spec.scale != 0.f ? spec.scale : static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
-  std::memcpy(&key.scale_bits, &scale, sizeof scale);
+  key.scale_bits = float_bits(resolve_scale(spec, D));
   key.lse = lse.data != nullptr ? 1 : 0;
   return {};
 }
 
 std::string describe(const Key& k) {
-  return msg("Tq ", k.Tq, " Tk ", k.Tk, " Hq ", k.Hq, " Hkv ", k.Hkv, " D ", k.D, k.causal ? " causal" : " non-causal",
-             " window ", k.left_bound,
-             k.align == Align::TopLeft ? " top-left" : k.align == Align::BottomRight ? " bottom-right" : "",
+  return msg("Tq ", k.Tq, " Tk ", k.Tk, " Hq ", k.Hq, " Hkv ", k.Hkv, " D ", k.D, describe_mask(k.mask),
              k.lse ? " +lse" : "");
+}
+
+std::shared_ptr<Entry> lookup(DeviceState& st, const Key& key) {  // caller holds st.mu
+  return device_cache<Key, KeyHash>(st.dev).lookup(key, [&](const Key& k) { return build_entry(st.handle, k); });
 }
 
 }  // namespace

@@ -46,8 +46,37 @@ bool cudnn_sdpa_supported(TensorView q, TensorView k, TensorView v, const Attent
 void cudnn_sdpa_forward(TensorView q, TensorView k, TensorView v, TensorView o, const AttentionSpec& spec,
                         cudaStream_t stream, TensorView lse_or_empty = {});
 
-// Counters for tests and benchmarks (process-wide): graphs built, failed builds (unsupported
-// shapes, cached as such), calls served from the cache, and graphs now cached.
+// ---- Backward (cudnn_sdpa_backward.cpp) ----
+//
+// Gradients of o = SDPA(q, k, v) for the forward above: given q, k, v, the forward's o and lse and
+// dout = dL/do, writes dq [Tq, Hq, D] and dk, dv [Tk, Hkv, D] (bf16; overwritten, not accumulated).
+// GQA natively: dk, dv of KV head j sum over its Hq / Hkv query heads. Same masks, position rules
+// and argument rules as the forward (o, dout, dq, dk, dv may be strided views like q, k, v; the
+// outputs may not overlap any input or each other).
+//
+// lse: [Hq, Tq] f32 contiguous on the device, the natural-log log-sum-exp of each row's scaled,
+// masked scores, as written by cudnn_sdpa_forward(..., lse) or attention_forward_lse. That is
+// exactly cuDNN's softmax "Stats" tensor ([1, Hq, Tq, 1] packed BHSD, natural log), so it is
+// passed through unconverted.
+//
+// cuDNN rejects Tq = Tk = 1; that case runs as Tq = 1 against two keys (the second one zero and
+// masked off) through scratch copies, with the same result. Graphs are cached like the forward's
+// (per device, shape, strides, mask, scale); the workspace (fp32 dQ accumulator and friends)
+// comes from the stream-ordered pool. Built without cuDNN: supported() is false, backward() throws.
+
+// True when this build has cuDNN SDPA, a GPU is there, the arguments are valid and expressible and
+// cuDNN builds a backward plan for the shape (built and cached here). Assumes o, dout, dq, dk, dv
+// separate and contiguous. Never throws.
+bool cudnn_sdpa_backward_supported(TensorView q, TensorView k, TensorView v, const AttentionSpec& spec) noexcept;
+
+// dq, dk, dv as described above, queued on stream. Bad arguments throw rt::Error naming the
+// argument; an unsupported case or a cuDNN failure throws rt::Error naming the cuDNN message.
+void cudnn_sdpa_backward(TensorView q, TensorView k, TensorView v, TensorView o, TensorView lse, TensorView dout,
+                         TensorView dq, TensorView dk, TensorView dv, const AttentionSpec& spec, cudaStream_t stream);
+
+// Counters for tests and benchmarks (process-wide, forward and backward graphs together): graphs
+// built, failed builds (unsupported shapes, cached as such), calls served from the cache, and
+// graphs now cached.
 struct CudnnSdpaStats {
   uint64_t graphs_built = 0;
   uint64_t build_failures = 0;
