@@ -81,7 +81,7 @@ void attention_forward(TensorView q, TensorView k, TensorView v, TensorView o, c
            ") must be a multiple of KV heads (", Hkv, ", k shape ", k.shape_str(), ")");
   RT_CHECK(spec.window >= 0, "attention: window must be >= 0 (0: none), found ", spec.window);
   RT_CHECK(std::isfinite(spec.scale), "attention: scale must be finite, found ", spec.scale);
-  RT_CHECK(!overlaps(o, k) && !overlaps(o, v), "attention: output 'o' overlaps 'k' or 'v'");
+  RT_CHECK(!views_overlap(o, k) && !views_overlap(o, v), "attention: output 'o' overlaps 'k' or 'v'");
   if (Tq == 0 || Hq == 0 || D == 0) return;
   const float scale = spec.scale != 0.f ? spec.scale : static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
   const Mask mask{spec.causal, spec.window, spec.q_pos0, spec.k_pos0, Tk};

@@ -84,9 +84,9 @@ void attention_backward(TensorView q, TensorView k, TensorView v, TensorView o, 
         {"q", &q}, {"k", &k}, {"v", &v}, {"o", &o}, {"dout", &dout}};
     for (const auto& [on, ov] : outs) {
       for (const auto& [in, iv] : ins)
-        RT_CHECK(!overlaps(*ov, *iv), "attention_backward: output '", on, "' overlaps input '", in, "'");
+        RT_CHECK(!views_overlap(*ov, *iv), "attention_backward: output '", on, "' overlaps input '", in, "'");
       for (const auto& [on2, ov2] : outs)
-        RT_CHECK(ov == ov2 || !overlaps(*ov, *ov2), "attention_backward: outputs '", on, "' and '", on2, "' overlap");
+        RT_CHECK(ov == ov2 || !views_overlap(*ov, *ov2), "attention_backward: outputs '", on, "' and '", on2, "' overlap");
     }
   }
   if (Hkv == 0 || D == 0) return;

@@ -53,8 +53,8 @@ void linear_forward(TensorView x, TensorView w, TensorView bias, TensorView y) {
   check_unit_inner_stride(op, "x", x);
   check_unit_inner_stride(op, "w", w);
   check_unit_inner_stride(op, "y", y);
-  RT_CHECK(!overlaps(y, x), "linear: output 'y' overlaps input 'x' (in-place linear is not supported)");
-  RT_CHECK(!overlaps(y, w), "linear: output 'y' overlaps weight 'w'");
+  RT_CHECK(!views_overlap(y, x), "linear: output 'y' overlaps input 'x' (in-place linear is not supported)");
+  RT_CHECK(!views_overlap(y, w), "linear: output 'y' overlaps weight 'w'");
   if (N == 0 || out == 0) return;
 
   // Bias as f32 (converted once when stored as bf16/f16 or strided).

@@ -34,17 +34,6 @@ int64_t alignment(const void* p) {
 // Leading dimension of a 2-D row-major view; a single row may carry any stride.
 int64_t ld_of(const TensorView& v) { return v.shape[0] > 1 ? v.stride[0] : v.shape[1]; }
 
-bool overlaps(const TensorView& a, const TensorView& b) {
-  if (a.numel() == 0 || b.numel() == 0) return false;
-  auto span = [](const TensorView& v) {
-    int64_t last = 0;
-    for (int i = 0; i < v.ndim; ++i) last += (v.shape[i] - 1) * v.stride[i];
-    return (last + 1) * static_cast<int64_t>(dtype_size(v.dtype));
-  };
-  const char* pa = static_cast<const char*>(a.data);
-  const char* pb = static_cast<const char*>(b.data);
-  return pa < pb + span(b) && pb < pa + span(a);
-}
 
 template <typename T>
 void set_attr(cublasLtMatmulDesc_t d, cublasLtMatmulDescAttributes_t a, const T& v) {
@@ -203,8 +192,8 @@ void GemmContext::linear(TensorView x, TensorView w, TensorView bias, TensorView
            "linear: rows of x, W or y overlap (row stride smaller than the row length): x ", x.shape_str(),
            " stride ", x.stride[0], ", W ", w.shape_str(), " stride ", w.stride[0], ", y ", y.shape_str(), " stride ",
            y.stride[0]);
-  RT_CHECK(!overlaps(y, x), "linear: output 'y' overlaps input 'x' (in-place linear is not supported)");
-  RT_CHECK(!overlaps(y, w), "linear: output 'y' overlaps weight 'w'");
+  RT_CHECK(!views_overlap(y, x), "linear: output 'y' overlaps input 'x' (in-place linear is not supported)");
+  RT_CHECK(!views_overlap(y, w), "linear: output 'y' overlaps weight 'w'");
   if (N == 0 || out == 0) return;
   if (in == 0) {  // an empty sum: y = bias (or 0); cuBLASLt does not take k = 0
     fill_forward(y, 0.f, stream);

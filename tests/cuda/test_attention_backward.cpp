@@ -127,7 +127,11 @@ void expect_close(const std::vector<float>& got, const std::vector<float>& want,
   }
   ASSERT_EQ(bad, 0u) << what << ": non-finite values (unwritten or NaN)";
   if (norm == 0) {
-    EXPECT_EQ(maxabs, 0.0) << what << ": reference is all zeros, result is not";
+    // Analytically zero (every row sees one key): the result may only carry rounding noise of
+    // D = rowsum(dO * O) against dP = dO V, within the same absolute floor.
+    EXPECT_LE(std::sqrt(err), atol * std::sqrt(static_cast<double>(want.size())))
+        << what << ": reference is all zeros, result has RMS " << std::sqrt(err / want.size()) << " (max " << maxabs
+        << ")";
   } else {
     const double floor = atol * std::sqrt(static_cast<double>(want.size()));
     EXPECT_LT(std::sqrt(err), tol * std::sqrt(norm) + floor)

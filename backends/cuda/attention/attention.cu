@@ -80,17 +80,6 @@ void check_bf16_alignment(const char* arg, const TensorView& v) {
            v.stride[0], ", ", v.stride[1], ", ", v.stride[2], "]");
 }
 
-bool overlaps(const TensorView& a, const TensorView& b) {
-  if (a.numel() == 0 || b.numel() == 0) return false;
-  auto span = [](const TensorView& v) {
-    int64_t last = 0;
-    for (int i = 0; i < v.ndim; ++i) last += (v.shape[i] - 1) * v.stride[i];
-    return (last + 1) * static_cast<int64_t>(dtype_size(v.dtype));
-  };
-  const char* pa = static_cast<const char*>(a.data);
-  const char* pb = static_cast<const char*>(b.data);
-  return pa < pb + span(b) && pb < pa + span(a);
-}
 
 // Raises a kernel's dynamic shared-memory limit once per device (cudaFuncSetAttribute is a host
 // call per launch otherwise, which shows in decode loops).
@@ -408,7 +397,7 @@ void attention_forward_with(TensorView q, TensorView k, TensorView v, TensorView
            ") must be a multiple of KV heads (", Hkv, ", k shape ", k.shape_str(), ")");
   RT_CHECK(spec.window >= 0, "attention (cuda): window must be >= 0 (0: none), found ", spec.window);
   RT_CHECK(std::isfinite(spec.scale), "attention (cuda): scale must be finite, found ", spec.scale);
-  RT_CHECK(!overlaps(o, k) && !overlaps(o, v), "attention (cuda): output 'o' overlaps 'k' or 'v'");
+  RT_CHECK(!views_overlap(o, k) && !views_overlap(o, v), "attention (cuda): output 'o' overlaps 'k' or 'v'");
   if (q.dtype == DType::BF16) {
     RT_CHECK(D == 64 || D == 128 || Tq == 0 || Hq == 0, "attention (cuda, bf16): head dim ", D,
              " is not supported (supported: 64, 128); q shape ", q.shape_str());

@@ -86,17 +86,6 @@ void check_align4(const char* arg, const TensorView& v) {
            " bf16: argument '", arg, "' must have 4-byte aligned rows (even strides)");
 }
 
-bool overlaps(const TensorView& a, const TensorView& b) {
-  if (a.numel() == 0 || b.numel() == 0) return false;
-  auto span = [](const TensorView& v) {
-    int64_t last = 0;
-    for (int i = 0; i < v.ndim; ++i) last += (v.shape[i] - 1) * v.stride[i];
-    return (last + 1) * static_cast<int64_t>(dtype_size(v.dtype));
-  };
-  const char* pa = static_cast<const char*>(a.data);
-  const char* pb = static_cast<const char*>(b.data);
-  return pa < pb + span(b) && pb < pa + span(a);
-}
 
 template <auto Kernel>
 void ensure_smem(int bytes, const char* what) {
@@ -552,7 +541,7 @@ void attention_backward_with(TensorView q, TensorView k, TensorView v, TensorVie
   for (const auto& [oname, ot] : {std::pair{"dq", &dq}, std::pair{"dk", &dk}, std::pair{"dv", &dv}}) {
     for (const auto& [iname, it] : all) {
       if (it == ot) continue;
-      RT_CHECK(!overlaps(*ot, *it), kOp, ": output '", oname, "' overlaps '", iname, "'");
+      RT_CHECK(!views_overlap(*ot, *it), kOp, ": output '", oname, "' overlaps '", iname, "'");
     }
   }
   RT_CHECK(lse.data != nullptr || Tq * Hq == 0, kOp, ": argument 'lse' is required (from attention_forward_lse)");

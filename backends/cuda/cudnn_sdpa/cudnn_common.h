@@ -293,17 +293,6 @@ inline std::string check_alignment(const char* arg, const TensorView& v) {
   return {};
 }
 
-inline bool overlaps(const TensorView& a, const TensorView& b) {
-  if (a.numel() == 0 || b.numel() == 0) return false;
-  auto span = [](const TensorView& v) {
-    int64_t last = 0;
-    for (int i = 0; i < v.ndim; ++i) last += (v.shape[i] - 1) * v.stride[i];
-    return (last + 1) * static_cast<int64_t>(dtype_size(v.dtype));
-  };
-  const char* pa = static_cast<const char*>(a.data);
-  const char* pb = static_cast<const char*>(b.data);
-  return pa < pb + span(b) && pb < pa + span(a);
-}
 
 inline std::string check_device_pointer(const char* arg, const TensorView& v) {
   if (v.numel() == 0) return {};

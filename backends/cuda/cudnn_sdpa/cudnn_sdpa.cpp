@@ -168,7 +168,7 @@ std::string make_key(const TensorView& q, const TensorView& k, const TensorView&
                Hkv, ", k shape ", k.shape_str(), ")");
   if (spec.window < 0) return msg("cudnn sdpa: window must be >= 0 (0: none), found ", spec.window);
   if (!std::isfinite(spec.scale)) return msg("cudnn sdpa: scale must be finite, found ", spec.scale);
-  if (o != nullptr && (overlaps(*o, q) || overlaps(*o, k) || overlaps(*o, v)))
+  if (o != nullptr && (views_overlap(*o, q) || views_overlap(*o, k) || views_overlap(*o, v)))
     return "cudnn sdpa: output 'o' overlaps 'q', 'k' or 'v'";
   if (lse.data != nullptr) {
     if (std::string e = check_lse(lse, Hq, Tq); !e.empty()) return e;

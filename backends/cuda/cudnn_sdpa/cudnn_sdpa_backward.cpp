@@ -145,7 +145,7 @@ std::string make_key(const TensorView* const (&t)[kArgs], const AttentionSpec& s
     if (t[a] == nullptr) continue;
     for (int b = 0; b < kArgs; ++b) {
       if (b == a || t[b] == nullptr || ((b == DQ || b == DK || b == DV) && b > a)) continue;
-      if (overlaps(*t[a], *t[b]))
+      if (views_overlap(*t[a], *t[b]))
         return msg("cudnn sdpa: output '", kArgNames[a], "' overlaps '", kArgNames[b], "'");
     }
   }

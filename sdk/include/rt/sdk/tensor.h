@@ -106,6 +106,37 @@ struct TensorView {
   }
 };
 
+// True when two views may share an element (e.g. an op's output overlapping an input). Byte
+// ranges decide, except that views with equal strides whose rows interleave without touching
+// (q, k and v as column slices of one fused QKV buffer) are recognized as disjoint.
+inline bool views_overlap(const TensorView& a, const TensorView& b) {
+  if (a.numel() == 0 || b.numel() == 0) return false;
+  auto span = [](const TensorView& v) {  // elements from the first to the last one, inclusive
+    int64_t last = 0;
+    for (int i = 0; i < v.ndim; ++i) last += (v.shape[i] - 1) * (v.stride[i] < 0 ? -v.stride[i] : v.stride[i]);
+    return last + 1;
+  };
+  const char* pa = static_cast<const char*>(a.data);
+  const char* pb = static_cast<const char*>(b.data);
+  const int64_t ea = static_cast<int64_t>(dtype_size(a.dtype)), eb = static_cast<int64_t>(dtype_size(b.dtype));
+  if (!(pa < pb + span(b) * eb && pb < pa + span(a) * ea)) return false;
+  if (a.dtype != b.dtype || a.ndim != b.ndim || a.ndim < 2 || a.stride != b.stride || a.stride[0] <= 0) return true;
+  const int64_t delta_bytes = pb - pa;
+  if (delta_bytes % ea != 0) return true;
+  // Per row of stride s0, a covers columns [0, inner_a) and b covers [r, r + inner_b).
+  auto inner = [](const TensorView& v) {
+    int64_t last = 0;
+    for (int i = 1; i < v.ndim; ++i) last += (v.shape[i] - 1) * v.stride[i];
+    return last + 1;
+  };
+  const int64_t s0 = a.stride[0], ia = inner(a), ib = inner(b);
+  for (int i = 1; i < a.ndim; ++i)
+    if (a.stride[i] < 0) return true;
+  if (ia > s0 || ib > s0) return true;
+  const int64_t r = ((delta_bytes / ea) % s0 + s0) % s0;
+  return !(r >= ia && r + ib <= s0);
+}
+
 // An owning tensor: a view plus shared ownership of its storage. Storage is freed by whichever
 // allocator made it (the deleter travels with the shared_ptr), so tensors may cross the plugin
 // boundary freely.
