@@ -28,85 +28,15 @@
 #include "rt/sdk/error.h"
 #include "rt/sdk/half.h"
 
+#include "cuda_test_util.h"
+
 namespace {
 
+using namespace rt::test::cuda;
 using rt::AttentionSpec;
 using rt::DType;
 using rt::Device;
 using rt::TensorView;
-
-bool has_gpu() {
-  int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return false;
-  }
-  return n > 0;
-}
-
-#define SKIP_WITHOUT_GPU()                             \
-  do {                                                 \
-    if (!has_gpu()) GTEST_SKIP() << "no CUDA GPU";     \
-  } while (0)
-
-void cuda_ok(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) rt::fail(what, ": ", cudaGetErrorString(e));
-}
-
-struct DeviceBuffer {
-  void* p = nullptr;
-  size_t bytes = 0;
-  explicit DeviceBuffer(size_t n) : bytes(n) { cuda_ok(cudaMalloc(&p, std::max<size_t>(n, 16)), "cudaMalloc"); }
-  ~DeviceBuffer() { cudaFree(p); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  void upload(const void* src, size_t n) { cuda_ok(cudaMemcpy(p, src, n, cudaMemcpyHostToDevice), "upload"); }
-  void download(void* dst, size_t n) const { cuda_ok(cudaMemcpy(dst, p, n, cudaMemcpyDeviceToHost), "download"); }
-  void poison() { cuda_ok(cudaMemset(p, 0xff, bytes), "cudaMemset"); }  // NaN in f32 and bf16
-};
-
-std::vector<float> randn(size_t n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> dist(0.f, 1.f);
-  std::vector<float> x(n);
-  for (auto& v : x) v = dist(rng);
-  return x;
-}
-
-std::vector<uint16_t> round_bf16(std::vector<float>& x) {
-  std::vector<uint16_t> b(x.size());
-  for (size_t i = 0; i < x.size(); ++i) {
-    b[i] = rt::f32_to_bf16(x[i]);
-    x[i] = rt::bf16_to_f32(b[i]);
-  }
-  return b;
-}
-
-struct Case {
-  std::string name;
-  int64_t Tq, Tk, Hq, Hkv, D;
-  bool causal = true;
-  int64_t window = 0, q_pos0 = 0, k_pos0 = 0;
-  AttentionSpec spec() const {
-    AttentionSpec s;
-    s.causal = causal;
-    s.window = window;
-    s.q_pos0 = q_pos0;
-    s.k_pos0 = k_pos0;
-    return s;
-  }
-  std::string str() const {
-    std::ostringstream os;
-    os << name << ": Tq " << Tq << " Tk " << Tk << " Hq " << Hq << " Hkv " << Hkv << " D " << D
-       << (causal ? " causal" : " non-causal") << " window " << window << " q_pos0 " << q_pos0 << " k_pos0 "
-       << k_pos0;
-    return os.str();
-  }
-};
-
-TensorView cpu_view(std::vector<float>& x, std::initializer_list<int64_t> shape) {
-  return TensorView::contiguous(x.data(), DType::F32, Device::CPU, shape);
-}
 
 // Relative Frobenius error of got against want, all values finite. The error may also be within
 // an absolute floor of atol per element (RMS): where every row sees at most one key (T = 1, W = 1)
@@ -156,8 +86,7 @@ void check_case(const Case& c, DType dtype, uint64_t seed, std::vector<int> grou
   // CPU reference.
   const float nan = std::numeric_limits<float>::quiet_NaN();
   std::vector<float> o_ref(nq, nan), dq_ref(nq, nan), dk_ref(nk, nan), dv_ref(nk, nan);
-  rt::cpu::attention_forward(cpu_view(q, {c.Tq, c.Hq, c.D}), cpu_view(k, {c.Tk, c.Hkv, c.D}),
-                             cpu_view(v, {c.Tk, c.Hkv, c.D}), cpu_view(o_ref, {c.Tq, c.Hq, c.D}), spec);
+  reference_forward(c, q, k, v, o_ref);
   rt::cpu::attention_backward(cpu_view(q, {c.Tq, c.Hq, c.D}), cpu_view(k, {c.Tk, c.Hkv, c.D}),
                               cpu_view(v, {c.Tk, c.Hkv, c.D}), cpu_view(o_ref, {c.Tq, c.Hq, c.D}),
                               cpu_view(dout, {c.Tq, c.Hq, c.D}), cpu_view(dq_ref, {c.Tq, c.Hq, c.D}),

@@ -24,110 +24,16 @@
 #include "rt/sdk/error.h"
 #include "rt/sdk/half.h"
 
+#include "cuda_test_util.h"
+
 namespace {
 
+using namespace rt::test::cuda;
 using rt::AttentionSpec;
 using rt::DType;
 using rt::Device;
 using rt::TensorView;
 using rt::cuda::AttentionKernel;
-
-bool has_gpu() {
-  int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return false;
-  }
-  return n > 0;
-}
-
-#define SKIP_WITHOUT_GPU() \
-  do {                     \
-    if (!has_gpu()) GTEST_SKIP() << "no CUDA GPU"; \
-  } while (0)
-
-void cuda_ok(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) rt::fail(what, ": ", cudaGetErrorString(e));
-}
-
-// Owning device buffer.
-struct DeviceBuffer {
-  void* p = nullptr;
-  size_t bytes = 0;
-  explicit DeviceBuffer(size_t n) : bytes(n) { cuda_ok(cudaMalloc(&p, std::max<size_t>(n, 16)), "cudaMalloc"); }
-  ~DeviceBuffer() { cudaFree(p); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  void upload(const void* src, size_t n) { cuda_ok(cudaMemcpy(p, src, n, cudaMemcpyHostToDevice), "upload"); }
-  void download(void* dst, size_t n) const { cuda_ok(cudaMemcpy(dst, p, n, cudaMemcpyDeviceToHost), "download"); }
-  void poison() { cuda_ok(cudaMemset(p, 0xff, bytes), "cudaMemset"); }  // NaN in f32 and bf16
-};
-
-std::vector<float> randn(size_t n, uint64_t seed, float sigma = 1.f) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> dist(0.f, sigma);
-  std::vector<float> x(n);
-  for (auto& v : x) v = dist(rng);
-  return x;
-}
-
-// Rounds x to bf16 in place; returns the bf16 bits.
-std::vector<uint16_t> round_bf16(std::vector<float>& x) {
-  std::vector<uint16_t> b(x.size());
-  for (size_t i = 0; i < x.size(); ++i) {
-    b[i] = rt::f32_to_bf16(x[i]);
-    x[i] = rt::bf16_to_f32(b[i]);
-  }
-  return b;
-}
-
-struct Case {
-  std::string name;
-  int64_t Tq, Tk, Hq, Hkv, D;
-  bool causal = true;
-  int64_t window = 0, q_pos0 = 0, k_pos0 = 0;
-  AttentionSpec spec() const {
-    AttentionSpec s;
-    s.causal = causal;
-    s.window = window;
-    s.q_pos0 = q_pos0;
-    s.k_pos0 = k_pos0;
-    return s;
-  }
-  std::string str() const {
-    std::ostringstream os;
-    os << name << ": Tq " << Tq << " Tk " << Tk << " Hq " << Hq << " Hkv " << Hkv << " D " << D
-       << (causal ? " causal" : " non-causal") << " window " << window << " q_pos0 " << q_pos0 << " k_pos0 "
-       << k_pos0;
-    return os.str();
-  }
-};
-
-// Reference log-sum-exp [Hq, Tq] in double (+inf for rows that see nothing).
-std::vector<double> reference_lse(const Case& c, const std::vector<float>& q, const std::vector<float>& k) {
-  const double scale = 1.0 / std::sqrt(static_cast<double>(c.D));
-  const int64_t g = c.Hq / c.Hkv;
-  std::vector<double> lse(static_cast<size_t>(c.Hq * c.Tq));
-  for (int64_t h = 0; h < c.Hq; ++h)
-    for (int64_t i = 0; i < c.Tq; ++i) {
-      const int64_t qp = c.q_pos0 + i;
-      std::vector<double> s;
-      for (int64_t j = 0; j < c.Tk; ++j) {
-        const int64_t kp = c.k_pos0 + j;
-        if (c.causal && kp > qp) continue;
-        if (c.window > 0 && kp <= qp - c.window) continue;
-        double d = 0;
-        for (int64_t e = 0; e < c.D; ++e)
-          d += static_cast<double>(q[(i * c.Hq + h) * c.D + e]) * k[(j * c.Hkv + h / g) * c.D + e];
-        s.push_back(d * scale);
-      }
-      double m = -std::numeric_limits<double>::infinity(), sum = 0;
-      for (double x : s) m = std::max(m, x);
-      for (double x : s) sum += std::exp(x - m);
-      lse[static_cast<size_t>(h * c.Tq + i)] = s.empty() ? std::numeric_limits<double>::infinity() : m + std::log(sum);
-    }
-  return lse;
-}
 
 // Runs one case on the GPU with the given kernel and dtype and compares with the CPU reference.
 void check_case(const Case& c, DType dtype, const std::vector<AttentionKernel>& kernels, uint64_t seed,
@@ -143,10 +49,7 @@ void check_case(const Case& c, DType dtype, const std::vector<AttentionKernel>& 
   }
   std::vector<float> ref(nq, std::numeric_limits<float>::quiet_NaN());
   const AttentionSpec spec = c.spec();
-  rt::cpu::attention_forward(TensorView::contiguous(q.data(), DType::F32, Device::CPU, {c.Tq, c.Hq, c.D}),
-                             TensorView::contiguous(k.data(), DType::F32, Device::CPU, {c.Tk, c.Hkv, c.D}),
-                             TensorView::contiguous(v.data(), DType::F32, Device::CPU, {c.Tk, c.Hkv, c.D}),
-                             TensorView::contiguous(ref.data(), DType::F32, Device::CPU, {c.Tq, c.Hq, c.D}), spec);
+  reference_forward(c, q, k, v, ref);
   double ref_norm = 0;
   for (float x : ref) ref_norm += static_cast<double>(x) * x;
   ref_norm = std::sqrt(ref_norm);

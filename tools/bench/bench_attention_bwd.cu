@@ -27,14 +27,12 @@
 #include "cuda/attention/attention_backward.h"
 #include "rt/sdk/error.h"
 
-namespace {
+#define RT_BENCH_TOOL "bench_attention_bwd"
+#include "bench_util.h"
 
-void ck(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) {
-    std::fprintf(stderr, "bench_attention_bwd: %s: %s\n", what, cudaGetErrorString(e));
-    std::exit(1);
-  }
-}
+using namespace rt::bench;
+
+namespace {
 
 __global__ void fill_random_bf16(__nv_bfloat16* x, int64_t n, uint32_t seed) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
@@ -64,49 +62,6 @@ struct Buf {
   Buf& operator=(const Buf&) = delete;
 };
 
-std::vector<int64_t> parse_list(const char* s) {
-  std::vector<int64_t> v;
-  std::string str(s);
-  size_t pos = 0;
-  while (pos < str.size()) {
-    size_t end = str.find(',', pos);
-    if (end == std::string::npos) end = str.size();
-    v.push_back(std::atoll(str.substr(pos, end - pos).c_str()));
-    pos = end + 1;
-  }
-  return v;
-}
-
-template <class Fn>
-double median_ms(Fn&& fn, int reps, int warmup) {
-  for (int i = 0; i < warmup; ++i) fn();
-  ck(cudaDeviceSynchronize(), "warm-up");
-  cudaEvent_t a, b;
-  ck(cudaEventCreate(&a), "event");
-  ck(cudaEventCreate(&b), "event");
-  std::vector<float> t;
-  for (int r = 0; r < reps; ++r) {
-    ck(cudaEventRecord(a), "record");
-    fn();
-    ck(cudaEventRecord(b), "record");
-    ck(cudaEventSynchronize(b), "sync");
-    float ms = 0;
-    ck(cudaEventElapsedTime(&ms, a, b), "elapsed");
-    t.push_back(ms);
-  }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  std::sort(t.begin(), t.end());
-  return t.size() % 2 ? t[t.size() / 2] : 0.5 * (t[t.size() / 2 - 1] + t[t.size() / 2]);
-}
-
-double visible_pairs(int64_t T, int64_t W) {
-  const double t = static_cast<double>(T);
-  if (W <= 0 || W >= T) return t * t / 2;
-  const double w = static_cast<double>(W);
-  return w * (w + 1) / 2 + (t - w) * w;
-}
-
 struct Result {
   std::string model, mask;
   int64_t Hq, Hkv, D, T, window;
@@ -116,38 +71,24 @@ struct Result {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const char* json = nullptr;
-  int reps = 10;
-  std::vector<int64_t> seqs{4096, 16384, 32768};
-  int64_t window = 2048;
-  for (int i = 1; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "--json") && i + 1 < argc) json = argv[++i];
-    else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::max(1, std::atoi(argv[++i]));
-    else if (!std::strcmp(argv[i], "--seqs") && i + 1 < argc) seqs = parse_list(argv[++i]);
-    else if (!std::strcmp(argv[i], "--window") && i + 1 < argc) window = std::atoll(argv[++i]);
-    else {
-      std::fprintf(stderr, "usage: %s [--json FILE] [--reps N] [--seqs 4096,16384,32768] [--window W]\n", argv[0]);
-      return 2;
-    }
-  }
-  int dev = 0;
+  Args args;
+  args.seqs = {4096, 16384, 32768};
+  if (!parse_args(argc, argv, args, false,
+                  "[--json FILE] [--reps N] [--seqs 4096,16384,32768] [--window W]"))
+    return 2;
+  const char* json = args.json;
+  const int reps = args.reps;
+  const std::vector<int64_t>& seqs = args.seqs;
+  const int64_t window = args.window;
   cudaDeviceProp prop{};
-  if (cudaGetDevice(&dev) != cudaSuccess || cudaGetDeviceProperties(&prop, dev) != cudaSuccess) {
-    std::fprintf(stderr, "bench_attention_bwd: no CUDA device\n");
-    return 1;
-  }
+  if (!device_props(prop)) return 1;
   std::printf("device: %s (%d SMs), bf16, batch 1, median of %d repeats\n", prop.name, prop.multiProcessorCount,
               reps);
   std::printf("FLOPs: forward 4*D*Hq*pairs (causal pairs T^2/2), backward 2.5x, forward+backward 3.5x forward\n");
 
-  struct Model {
-    const char* name;
-    int64_t Hq, Hkv, D;
-  };
-  const Model models[] = {{"qwen2.5-0.5b", 14, 2, 64}, {"qwen2.5-1.5b", 12, 2, 128}};
   std::vector<Result> results;
   try {
-    for (const Model& m : models) {
+    for (const Model& m : kModels) {
       const int64_t Tmax = *std::max_element(seqs.begin(), seqs.end());
       const size_t nq = static_cast<size_t>(Tmax * m.Hq * m.D) * 2, nk = static_cast<size_t>(Tmax * m.Hkv * m.D) * 2;
       Buf q(nq, 1), k(nk, 2), v(nk, 3), o(nq, 0), dout(nq, 4), dq(nq, 0), dk(nk, 0), dv(nk, 0),
@@ -169,10 +110,10 @@ int main(int argc, char** argv) {
           spec.window = W;
           auto fwd = [&] { rt::cuda::attention_forward_lse(tq, tk, tv, to, tl, spec, nullptr); };
           auto bwd = [&] { rt::cuda::attention_backward(tq, tk, tv, to, tl, tdo, tdq, tdk, tdv, spec, nullptr); };
-          const double fwd_ms = median_ms(fwd, reps, 3);
-          const double bwd_ms = median_ms(bwd, reps, 3);
-          const double fb_ms = median_ms([&] { fwd(); bwd(); }, reps, 2);
-          const double fwd_flops = 4.0 * m.D * m.Hq * visible_pairs(T, W);
+          const double fwd_ms = median_ms(fwd, reps, 1, 3);
+          const double bwd_ms = median_ms(bwd, reps, 1, 3);
+          const double fb_ms = median_ms([&] { fwd(); bwd(); }, reps, 1, 2);
+          const double fwd_flops = 4.0 * m.D * m.Hq * flop_pairs(T, W);
           const double tf = fwd_flops / (fwd_ms * 1e-3) / 1e12, tb = 2.5 * fwd_flops / (bwd_ms * 1e-3) / 1e12,
                        tfb = 3.5 * fwd_flops / (fb_ms * 1e-3) / 1e12;
           const std::string mask = W == 0 ? "causal" : "window " + std::to_string(W);
@@ -189,11 +130,8 @@ int main(int argc, char** argv) {
   }
 
   if (json != nullptr) {
-    FILE* f = std::fopen(json, "w");
-    if (f == nullptr) {
-      std::fprintf(stderr, "bench_attention_bwd: cannot write %s\n", json);
-      return 1;
-    }
+    FILE* f = open_json(json);
+    if (f == nullptr) return 1;
     std::fprintf(f, "{\n  \"device\": \"%s\",\n  \"reps\": %d,\n", prop.name, reps);
     std::fprintf(f,
                  "  \"flops\": \"forward 4*D*Hq*pairs (causal T^2/2; window W(W+1)/2+(T-W)W); backward 2.5x; "

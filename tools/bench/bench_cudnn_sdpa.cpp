@@ -25,83 +25,18 @@
 #include "rt/sdk/error.h"
 #include "rt/sdk/half.h"
 
+#define RT_BENCH_TOOL "bench_cudnn_sdpa"
+#include "bench_util.h"
+
+using namespace rt::bench;
+
 namespace {
 
 using rt::DType;
 using rt::Device;
 using rt::TensorView;
 
-void ck(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) {
-    std::fprintf(stderr, "bench_cudnn_sdpa: %s: %s\n", what, cudaGetErrorString(e));
-    std::exit(1);
-  }
-}
-
-// Device buffer of n bf16 values, uniform with unit variance (hash of the index, filled on the host).
-struct Buf {
-  void* p = nullptr;
-  size_t n = 0;
-  Buf(size_t count, uint32_t seed) : n(count) {
-    ck(cudaMalloc(&p, std::max<size_t>(n * 2, 16)), "cudaMalloc");
-    std::vector<uint16_t> h(n);
-    for (size_t i = 0; i < n; ++i) {
-      uint32_t x = static_cast<uint32_t>(i) * 2654435761u ^ seed;
-      x ^= x >> 16;
-      x *= 0x7feb352du;
-      x ^= x >> 15;
-      x *= 0x846ca68bu;
-      x ^= x >> 16;
-      const float u = (x & 0xffffff) * (1.f / 16777216.f);
-      h[i] = rt::f32_to_bf16((u - 0.5f) * 3.4641f);
-    }
-    ck(cudaMemcpy(p, h.data(), n * 2, cudaMemcpyHostToDevice), "upload");
-  }
-  ~Buf() { cudaFree(p); }
-};
-
-std::vector<int64_t> parse_list(const char* s) {
-  std::vector<int64_t> v;
-  std::string str(s);
-  size_t pos = 0;
-  while (pos < str.size()) {
-    size_t end = str.find(',', pos);
-    if (end == std::string::npos) end = str.size();
-    v.push_back(std::atoll(str.substr(pos, end - pos).c_str()));
-    pos = end + 1;
-  }
-  return v;
-}
-
-template <class Fn>
-double median_ms(Fn&& fn, int reps, int inner, int warmup) {
-  for (int i = 0; i < warmup; ++i) fn();
-  ck(cudaDeviceSynchronize(), "warm-up");
-  cudaEvent_t a, b;
-  ck(cudaEventCreate(&a), "event");
-  ck(cudaEventCreate(&b), "event");
-  std::vector<float> t;
-  for (int r = 0; r < reps; ++r) {
-    ck(cudaEventRecord(a), "record");
-    for (int i = 0; i < inner; ++i) fn();
-    ck(cudaEventRecord(b), "record");
-    ck(cudaEventSynchronize(b), "sync");
-    float ms = 0;
-    ck(cudaEventElapsedTime(&ms, a, b), "elapsed");
-    t.push_back(ms / inner);
-  }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  std::sort(t.begin(), t.end());
-  return t.size() % 2 ? t[t.size() / 2] : 0.5 * (t[t.size() / 2 - 1] + t[t.size() / 2]);
-}
-
-double visible_pairs(int64_t T, int64_t W) {
-  const double t = static_cast<double>(T);
-  if (W <= 0 || W >= T) return t * (t + 1) / 2;
-  const double w = static_cast<double>(W);
-  return w * (w + 1) / 2 + (t - w) * w;
-}
+using Buf = HostFilledBuf;
 
 // Relative Frobenius difference of two bf16 device arrays of n values.
 double rel_diff(const void* a, const void* b, size_t n) {
@@ -127,30 +62,19 @@ struct Result {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const char* json = nullptr;
-  int reps = 10;
-  std::vector<int64_t> seqs{4096, 16384, 32768, 65536};
-  std::vector<int64_t> decode_tk{4096, 32768};
-  int64_t window = 2048;
-  for (int i = 1; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "--json") && i + 1 < argc) json = argv[++i];
-    else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::max(1, std::atoi(argv[++i]));
-    else if (!std::strcmp(argv[i], "--seqs") && i + 1 < argc) seqs = parse_list(argv[++i]);
-    else if (!std::strcmp(argv[i], "--decode") && i + 1 < argc) decode_tk = parse_list(argv[++i]);
-    else if (!std::strcmp(argv[i], "--window") && i + 1 < argc) window = std::atoll(argv[++i]);
-    else {
-      std::fprintf(stderr,
-                   "usage: %s [--json FILE] [--reps N] [--seqs 4096,16384,...] [--window W] [--decode 4096,32768]\n",
-                   argv[0]);
-      return 2;
-    }
-  }
-  int dev = 0;
+  Args args;
+  args.seqs = {4096, 16384, 32768, 65536};
+  args.decode = {4096, 32768};
+  if (!parse_args(argc, argv, args, true,
+                  "[--json FILE] [--reps N] [--seqs 4096,16384,...] [--window W] [--decode 4096,32768]"))
+    return 2;
+  const char* json = args.json;
+  const int reps = args.reps;
+  const std::vector<int64_t>& seqs = args.seqs;
+  const std::vector<int64_t>& decode_tk = args.decode;
+  const int64_t window = args.window;
   cudaDeviceProp prop{};
-  if (cudaGetDevice(&dev) != cudaSuccess || cudaGetDeviceProperties(&prop, dev) != cudaSuccess) {
-    std::fprintf(stderr, "bench_cudnn_sdpa: no CUDA device\n");
-    return 1;
-  }
+  if (!device_props(prop)) return 1;
   if (rt::cuda::cudnn_sdpa_version() == 0) {
     std::fprintf(stderr, "bench_cudnn_sdpa: this build has no cuDNN SDPA\n");
     return 1;
@@ -158,14 +82,9 @@ int main(int argc, char** argv) {
   std::printf("device: %s (%d SMs), cuDNN %lld, bf16, batch 1, median of %d repeats\n", prop.name,
               prop.multiProcessorCount, static_cast<long long>(rt::cuda::cudnn_sdpa_version()), reps);
 
-  struct Model {
-    const char* name;
-    int64_t Hq, Hkv, D;
-  };
-  const Model models[] = {{"qwen2.5-0.5b", 14, 2, 64}, {"qwen2.5-1.5b", 12, 2, 128}};
   std::vector<Result> results;
   try {
-    for (const Model& m : models) {
+    for (const Model& m : kModels) {
       int64_t Tmax = 1;
       for (int64_t t : seqs) Tmax = std::max(Tmax, t);
       for (int64_t t : decode_tk) Tmax = std::max(Tmax, t);
@@ -234,12 +153,8 @@ int main(int argc, char** argv) {
               static_cast<unsigned long long>(st.cache_hits));
 
   if (json != nullptr) {
-    FILE* f = std::fopen(json, "w");
-    if (f == nullptr) {
-      std::fprintf(stderr, "bench_cudnn_sdpa: cannot write %s\n", json);
-      return 1;
-    }
-    auto num = [](double x) { return std::isfinite(x) ? std::to_string(x) : std::string("null"); };
+    FILE* f = open_json(json);
+    if (f == nullptr) return 1;
     std::fprintf(f, "{\n  \"device\": \"%s\",\n  \"cudnn\": %lld,\n  \"reps\": %d,\n", prop.name,
                  static_cast<long long>(rt::cuda::cudnn_sdpa_version()), reps);
     std::fprintf(f, "  \"rate\": \"forward: TFLOP/s (causal 4*D*Hq*T^2/2; window 4*D*Hq*(W(W+1)/2+(T-W)W)); "
@@ -253,9 +168,9 @@ int main(int argc, char** argv) {
                    "\"flash_rate\": %s, \"cudnn_rate\": %s, \"rel_diff\": %s, \"cudnn_build_ms\": %s}%s\n",
                    r.kind.c_str(), r.model.c_str(), r.mask.c_str(), static_cast<long long>(r.Hq),
                    static_cast<long long>(r.Hkv), static_cast<long long>(r.D), static_cast<long long>(r.Tq),
-                   static_cast<long long>(r.Tk), static_cast<long long>(r.window), num(r.flash_ms).c_str(),
-                   num(r.cudnn_ms).c_str(), num(r.flash_rate).c_str(), num(r.cudnn_rate).c_str(),
-                   num(r.rel_diff).c_str(), num(r.build_ms).c_str(), i + 1 < results.size() ? "," : "");
+                   static_cast<long long>(r.Tk), static_cast<long long>(r.window), json_num(r.flash_ms).c_str(),
+                   json_num(r.cudnn_ms).c_str(), json_num(r.flash_rate).c_str(), json_num(r.cudnn_rate).c_str(),
+                   json_num(r.rel_diff).c_str(), json_num(r.build_ms).c_str(), i + 1 < results.size() ? "," : "");
     }
     std::fprintf(f, "  ]\n}\n");
     std::fclose(f);
