@@ -9,6 +9,7 @@
 #include <type_traits>
 
 #include "cuda/attention/flash_attention.cuh"
+#include "cuda/attention/attention_launch.h"
 #include "rt/sdk/error.h"
 
 namespace rt::cuda {
@@ -16,117 +17,20 @@ namespace {
 
 using attn::bf16;
 
-void check_cuda(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) {
-    (void)cudaGetLastError();  // clear a sticky launch error so later calls see their own
-    fail("attention: ", what, " failed: ", cudaGetErrorString(err), " (", cudaGetErrorName(err), ")");
-  }
-}
-
-void check_launch(const char* kernel) {
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess)
-    fail("attention: launching ", kernel, " failed: ", cudaGetErrorString(err), " (", cudaGetErrorName(err), ")");
-}
-
-constexpr int64_t kMaxInt = std::numeric_limits<int32_t>::max();
-
-void check_view(const char* arg, const TensorView& v) {
-  RT_CHECK(v.device == Device::CUDA, "attention (cuda): argument '", arg, "' must be on device cuda, found ",
-           device_name(v.device));
-  RT_CHECK(v.ndim == 3, "attention (cuda): argument '", arg, "' must have 3 dimensions [T, heads, head_dim], found shape ",
-           v.shape_str());
-  for (int i = 0; i < 3; ++i) {
-    RT_CHECK(v.shape[i] >= 0 && v.shape[i] <= kMaxInt, "attention (cuda): argument '", arg,
-             "' has a dimension out of range, shape ", v.shape_str());
-    RT_CHECK(v.stride[i] >= 0, "attention (cuda): argument '", arg, "' has a negative stride");
-  }
-  RT_CHECK(v.shape[2] <= 1 || v.stride[2] == 1, "attention (cuda): argument '", arg,
-           "' must have a contiguous last dimension (stride 1), found stride ", v.stride[2], " for shape ",
-           v.shape_str());
-  RT_CHECK(v.data != nullptr || v.numel() == 0, "attention (cuda): argument '", arg,
-           "' has no data (null pointer) for shape ", v.shape_str());
-}
-
-// The pointer must be device (or managed) memory: a host pointer labelled cuda would crash the kernel.
-void check_device_pointer(const char* arg, const TensorView& v) {
-  if (v.numel() == 0) return;
-  cudaPointerAttributes attr{};
-  const cudaError_t err = cudaPointerGetAttributes(&attr, v.data);
-  if (err != cudaSuccess) {
-    (void)cudaGetLastError();
-    fail("attention (cuda): argument '", arg, "': cannot query its pointer (", cudaGetErrorString(err),
-         "); is it device memory?");
-  }
-  RT_CHECK(attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged, "attention (cuda): argument '",
-           arg, "' is labelled cuda but points to ",
-           attr.type == cudaMemoryTypeHost ? "pinned host memory" : "host (unregistered) memory");
-  if (attr.type == cudaMemoryTypeDevice) {
-    int cur = -1;
-    check_cuda(cudaGetDevice(&cur), "cudaGetDevice");
-    RT_CHECK(attr.device == cur, "attention (cuda): argument '", arg, "' lives on GPU ", attr.device,
-             " but the current device is GPU ", cur);
-  }
-}
-
-// bf16 path: cp.async moves 16-byte chunks, so rows must start on 16-byte boundaries.
-void check_bf16_alignment(const char* arg, const TensorView& v) {
-  if (v.numel() == 0) return;
-  const bool ok = reinterpret_cast<uintptr_t>(v.data) % 16 == 0 && (v.shape[0] <= 1 || v.stride[0] % 8 == 0) &&
-                  (v.shape[1] <= 1 || v.stride[1] % 8 == 0);
-  RT_CHECK(ok, "attention (cuda, bf16): argument '", arg,
-           "' must have 16-byte aligned rows (data pointer 16-byte aligned, strides multiples of 8 elements); "
-           "found strides [",
-           v.stride[0], ", ", v.stride[1], ", ", v.stride[2], "]");
-}
-
-
-// Raises a kernel's dynamic shared-memory limit once per device (cudaFuncSetAttribute is a host
-// call per launch otherwise, which shows in decode loops).
+// Thin forms of the shared checks (cuda/attention/attention_launch.h) with this file's op name.
+void check_cuda(cudaError_t err, const char* what) { attn_launch::check_cuda("attention (cuda)", err, what); }
+void check_launch(const char* kernel) { attn_launch::check_launch("attention (cuda)", kernel); }
+void check_view(const char* arg, const TensorView& v) { attn_launch::check_view("attention (cuda)", arg, v); }
+void check_device_pointer(const char* arg, const TensorView& v) { attn_launch::check_device_pointer("attention (cuda)", arg, v); }
+void check_align16(const char* arg, const TensorView& v) { attn_launch::check_align16("attention (cuda)", arg, v); }
 template <auto Kernel>
-void ensure_smem(int bytes, const char* what) {
-  static std::atomic<uint64_t> done{0};
-  int dev = 0;
-  check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
-  const uint64_t bit = dev < 64 ? uint64_t{1} << dev : 0;
-  if (bit != 0 && (done.load(std::memory_order_relaxed) & bit) != 0) return;
-  check_cuda(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), what);
-  done.fetch_or(bit, std::memory_order_relaxed);
-}
+void ensure_smem(int bytes, const char* what) { attn_launch::ensure_smem<Kernel>("attention (cuda)", bytes, what); }
+using attn_launch::kMaxInt;
+using attn_launch::mask_params;
+using attn_launch::num_sms;
+using attn_launch::Shapes;
+using attn_launch::with_mask;
 
-int num_sms() {
-  static std::atomic<int> cached[64] = {};
-  int dev = 0, n = 0;
-  check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
-  if (dev >= 0 && dev < 64 && (n = cached[dev].load(std::memory_order_relaxed)) > 0) return n;
-  check_cuda(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
-  n = n > 0 ? n : 1;
-  if (dev >= 0 && dev < 64) cached[dev].store(n, std::memory_order_relaxed);
-  return n;
-}
-
-// Calls fn(Mask{}) with the mask type of the spec.
-template <class Fn>
-void with_mask(const AttentionSpec& spec, Fn&& fn) {
-  if (spec.causal && spec.window > 0) fn(attn::SlidingWindowMask{});
-  else if (spec.causal) fn(attn::CausalMask{});
-  else if (spec.window > 0) fn(attn::WindowOnlyMask{});
-  else fn(attn::FullMask{});
-}
-
-attn::MaskParams mask_params(const AttentionSpec& spec, int64_t Tk) {
-  attn::MaskParams m;
-  m.q_pos0 = spec.q_pos0;
-  m.k_pos0 = spec.k_pos0;
-  m.window = spec.window;
-  m.Tk = static_cast<int>(Tk);
-  return m;
-}
-
-struct Shapes {
-  int64_t Tq, Hq, D, Tk, Hkv;
-  float scale;
-};
 
 // ------------------------------------------------------------------------------------------------
 // bf16: flash forward
@@ -401,9 +305,9 @@ void attention_forward_with(TensorView q, TensorView k, TensorView v, TensorView
   if (q.dtype == DType::BF16) {
     RT_CHECK(D == 64 || D == 128 || Tq == 0 || Hq == 0, "attention (cuda, bf16): head dim ", D,
              " is not supported (supported: 64, 128); q shape ", q.shape_str());
-    check_bf16_alignment("q", q);
-    check_bf16_alignment("k", k);
-    check_bf16_alignment("v", v);
+    check_align16("q", q);
+    check_align16("k", k);
+    check_align16("v", v);
     RT_CHECK(reinterpret_cast<uintptr_t>(o.data) % 4 == 0 && o.stride[0] % 2 == 0 && o.stride[1] % 2 == 0,
              "attention (cuda, bf16): argument 'o' must have 4-byte aligned rows (even strides)");
   } else {

@@ -9,6 +9,7 @@
 #include <limits>
 
 #include "cuda/attention/flash_attention_bwd.cuh"
+#include "cuda/attention/attention_launch.h"
 #include "rt/sdk/error.h"
 
 namespace rt::cuda {
@@ -18,67 +19,19 @@ using attn::bf16;
 
 constexpr const char* kOp = "attention_backward (cuda)";
 
-void check_cuda(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) {
-    (void)cudaGetLastError();
-    fail(kOp, ": ", what, " failed: ", cudaGetErrorString(err), " (", cudaGetErrorName(err), ")");
-  }
-}
-
-void check_launch(const char* kernel) {
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess)
-    fail(kOp, ": launching ", kernel, " failed: ", cudaGetErrorString(err), " (", cudaGetErrorName(err), ")");
-}
-
-constexpr int64_t kMaxInt = std::numeric_limits<int32_t>::max();
-
-void check_view(const char* arg, const TensorView& v) {
-  RT_CHECK(v.device == Device::CUDA, kOp, ": argument '", arg, "' must be on device cuda, found ",
-           device_name(v.device));
-  RT_CHECK(v.ndim == 3, kOp, ": argument '", arg, "' must have 3 dimensions [T, heads, head_dim], found shape ",
-           v.shape_str());
-  for (int i = 0; i < 3; ++i) {
-    RT_CHECK(v.shape[i] >= 0 && v.shape[i] <= kMaxInt, kOp, ": argument '", arg,
-             "' has a dimension out of range, shape ", v.shape_str());
-    RT_CHECK(v.stride[i] >= 0, kOp, ": argument '", arg, "' has a negative stride");
-  }
-  RT_CHECK(v.shape[2] <= 1 || v.stride[2] == 1, kOp, ": argument '", arg,
-           "' must have a contiguous last dimension (stride 1), found stride ", v.stride[2], " for shape ",
-           v.shape_str());
-  RT_CHECK(v.data != nullptr || v.numel() == 0, kOp, ": argument '", arg, "' has no data (null pointer) for shape ",
-           v.shape_str());
-}
-
-void check_device_pointer(const char* arg, const TensorView& v) {
-  if (v.numel() == 0) return;
-  cudaPointerAttributes attr{};
-  const cudaError_t err = cudaPointerGetAttributes(&attr, v.data);
-  if (err != cudaSuccess) {
-    (void)cudaGetLastError();
-    fail(kOp, ": argument '", arg, "': cannot query its pointer (", cudaGetErrorString(err), "); is it device memory?");
-  }
-  RT_CHECK(attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged, kOp, ": argument '", arg,
-           "' is labelled cuda but points to ",
-           attr.type == cudaMemoryTypeHost ? "pinned host memory" : "host (unregistered) memory");
-  if (attr.type == cudaMemoryTypeDevice) {
-    int cur = -1;
-    check_cuda(cudaGetDevice(&cur), "cudaGetDevice");
-    RT_CHECK(attr.device == cur, kOp, ": argument '", arg, "' lives on GPU ", attr.device,
-             " but the current device is GPU ", cur);
-  }
-}
-
-// 16-byte aligned rows (cp.async of 16-byte chunks).
-void check_align16(const char* arg, const TensorView& v) {
-  if (v.numel() == 0) return;
-  const bool ok = reinterpret_cast<uintptr_t>(v.data) % 16 == 0 && (v.shape[0] <= 1 || v.stride[0] % 8 == 0) &&
-                  (v.shape[1] <= 1 || v.stride[1] % 8 == 0);
-  RT_CHECK(ok, kOp, " bf16: argument '", arg,
-           "' must have 16-byte aligned rows (data pointer 16-byte aligned, strides multiples of 8 elements); "
-           "found strides [",
-           v.stride[0], ", ", v.stride[1], ", ", v.stride[2], "]");
-}
+// Thin forms of the shared checks (cuda/attention/attention_launch.h) with this file's op name.
+void check_cuda(cudaError_t err, const char* what) { attn_launch::check_cuda(kOp, err, what); }
+void check_launch(const char* kernel) { attn_launch::check_launch(kOp, kernel); }
+void check_view(const char* arg, const TensorView& v) { attn_launch::check_view(kOp, arg, v); }
+void check_device_pointer(const char* arg, const TensorView& v) { attn_launch::check_device_pointer(kOp, arg, v); }
+void check_align16(const char* arg, const TensorView& v) { attn_launch::check_align16(kOp, arg, v); }
+template <auto Kernel>
+void ensure_smem(int bytes, const char* what) { attn_launch::ensure_smem<Kernel>(kOp, bytes, what); }
+using attn_launch::kMaxInt;
+using attn_launch::mask_params;
+using attn_launch::num_sms;
+using attn_launch::Shapes;
+using attn_launch::with_mask;
 // 4-byte aligned element pairs (bf16x2 loads / stores).
 void check_align4(const char* arg, const TensorView& v) {
   if (v.numel() == 0) return;
@@ -86,50 +39,6 @@ void check_align4(const char* arg, const TensorView& v) {
            " bf16: argument '", arg, "' must have 4-byte aligned rows (even strides)");
 }
 
-
-template <auto Kernel>
-void ensure_smem(int bytes, const char* what) {
-  static std::atomic<uint64_t> done{0};
-  int dev = 0;
-  check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
-  const uint64_t bit = dev < 64 ? uint64_t{1} << dev : 0;
-  if (bit != 0 && (done.load(std::memory_order_relaxed) & bit) != 0) return;
-  check_cuda(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), what);
-  done.fetch_or(bit, std::memory_order_relaxed);
-}
-
-int num_sms() {
-  static std::atomic<int> cached[64] = {};
-  int dev = 0, n = 0;
-  check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
-  if (dev >= 0 && dev < 64 && (n = cached[dev].load(std::memory_order_relaxed)) > 0) return n;
-  check_cuda(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
-  n = n > 0 ? n : 1;
-  if (dev >= 0 && dev < 64) cached[dev].store(n, std::memory_order_relaxed);
-  return n;
-}
-
-template <class Fn>
-void with_mask(const AttentionSpec& spec, Fn&& fn) {
-  if (spec.causal && spec.window > 0) fn(attn::SlidingWindowMask{});
-  else if (spec.causal) fn(attn::CausalMask{});
-  else if (spec.window > 0) fn(attn::WindowOnlyMask{});
-  else fn(attn::FullMask{});
-}
-
-attn::MaskParams mask_params(const AttentionSpec& spec, int64_t Tk) {
-  attn::MaskParams m;
-  m.q_pos0 = spec.q_pos0;
-  m.k_pos0 = spec.k_pos0;
-  m.window = spec.window;
-  m.Tk = static_cast<int>(Tk);
-  return m;
-}
-
-struct Shapes {
-  int64_t Tq, Hq, D, Tk, Hkv;
-  float scale;
-};
 
 // Stream-ordered device scratch, freed on scope exit (errors in the free are reported by the caller's
 // next CUDA call; the destructor must not throw).

@@ -1,0 +1,130 @@
+// Host-side pieces shared by the attention forward and backward launchers (attention.cu,
+// attention_backward.cu): argument checks that name the op, shared-memory opt-in, SM count,
+// and the AttentionSpec -> mask-trait dispatch. `op` starts every error message.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <atomic>
+#include <cstdint>
+#include <limits>
+
+#include "cuda/attention/flash_attention.cuh"
+#include "rt/sdk/error.h"
+#include "rt/sdk/ops.h"
+
+namespace rt::cuda::attn_launch {
+
+inline void check_cuda(const char* op, cudaError_t err, const char* what) {
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();  // clear a sticky launch error so later calls see their own
+    fail(op, ": ", what, " failed: ", cudaGetErrorString(err), " (", cudaGetErrorName(err), ")");
+  }
+}
+
+inline void check_launch(const char* op, const char* kernel) {
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess)
+    fail(op, ": launching ", kernel, " failed: ", cudaGetErrorString(err), " (", cudaGetErrorName(err), ")");
+}
+
+inline constexpr int64_t kMaxInt = std::numeric_limits<int32_t>::max();
+
+// [T, heads, head_dim] on the device, int32-sized, non-negative strides, contiguous last dim.
+inline void check_view(const char* op, const char* arg, const TensorView& v) {
+  RT_CHECK(v.device == Device::CUDA, op, ": argument '", arg, "' must be on device cuda, found ",
+           device_name(v.device));
+  RT_CHECK(v.ndim == 3, op, ": argument '", arg, "' must have 3 dimensions [T, heads, head_dim], found shape ",
+           v.shape_str());
+  for (int i = 0; i < 3; ++i) {
+    RT_CHECK(v.shape[i] >= 0 && v.shape[i] <= kMaxInt, op, ": argument '", arg,
+             "' has a dimension out of range, shape ", v.shape_str());
+    RT_CHECK(v.stride[i] >= 0, op, ": argument '", arg, "' has a negative stride");
+  }
+  RT_CHECK(v.shape[2] <= 1 || v.stride[2] == 1, op, ": argument '", arg,
+           "' must have a contiguous last dimension (stride 1), found stride ", v.stride[2], " for shape ",
+           v.shape_str());
+  RT_CHECK(v.data != nullptr || v.numel() == 0, op, ": argument '", arg, "' has no data (null pointer) for shape ",
+           v.shape_str());
+}
+
+// The pointer must be device (or managed) memory of the current GPU: a host pointer labelled
+// cuda would crash the kernel.
+inline void check_device_pointer(const char* op, const char* arg, const TensorView& v) {
+  if (v.numel() == 0) return;
+  cudaPointerAttributes attr{};
+  const cudaError_t err = cudaPointerGetAttributes(&attr, v.data);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
+    fail(op, ": argument '", arg, "': cannot query its pointer (", cudaGetErrorString(err), "); is it device memory?");
+  }
+  RT_CHECK(attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged, op, ": argument '", arg,
+           "' is labelled cuda but points to ",
+           attr.type == cudaMemoryTypeHost ? "pinned host memory" : "host (unregistered) memory");
+  if (attr.type == cudaMemoryTypeDevice) {
+    int cur = -1;
+    check_cuda(op, cudaGetDevice(&cur), "cudaGetDevice");
+    RT_CHECK(attr.device == cur, op, ": argument '", arg, "' lives on GPU ", attr.device,
+             " but the current device is GPU ", cur);
+  }
+}
+
+// bf16 paths: cp.async moves 16-byte chunks, so rows must start on 16-byte boundaries.
+inline void check_align16(const char* op, const char* arg, const TensorView& v) {
+  if (v.numel() == 0) return;
+  const bool ok = reinterpret_cast<uintptr_t>(v.data) % 16 == 0 && (v.shape[0] <= 1 || v.stride[0] % 8 == 0) &&
+                  (v.shape[1] <= 1 || v.stride[1] % 8 == 0);
+  RT_CHECK(ok, op, " bf16: argument '", arg,
+           "' must have 16-byte aligned rows (data pointer 16-byte aligned, strides multiples of 8 elements); "
+           "found strides [",
+           v.stride[0], ", ", v.stride[1], ", ", v.stride[2], "]");
+}
+
+// Raises a kernel's dynamic shared-memory limit once per device (cudaFuncSetAttribute is a host
+// call per launch otherwise, which shows in decode loops).
+template <auto Kernel>
+void ensure_smem(const char* op, int bytes, const char* what) {
+  static std::atomic<uint64_t> done{0};
+  int dev = 0;
+  check_cuda(op, cudaGetDevice(&dev), "cudaGetDevice");
+  const uint64_t bit = dev < 64 ? uint64_t{1} << dev : 0;
+  if (bit != 0 && (done.load(std::memory_order_relaxed) & bit) != 0) return;
+  check_cuda(op, cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), what);
+  done.fetch_or(bit, std::memory_order_relaxed);
+}
+
+inline int num_sms() {
+  static std::atomic<int> cached[64] = {};
+  int dev = 0, n = 0;
+  check_cuda("attention", cudaGetDevice(&dev), "cudaGetDevice");
+  if (dev >= 0 && dev < 64 && (n = cached[dev].load(std::memory_order_relaxed)) > 0) return n;
+  check_cuda("attention", cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
+  n = n > 0 ? n : 1;
+  if (dev >= 0 && dev < 64) cached[dev].store(n, std::memory_order_relaxed);
+  return n;
+}
+
+// Calls fn(Mask{}) with the mask type of the spec.
+template <class Fn>
+void with_mask(const AttentionSpec& spec, Fn&& fn) {
+  if (spec.causal && spec.window > 0) fn(attn::SlidingWindowMask{});
+  else if (spec.causal) fn(attn::CausalMask{});
+  else if (spec.window > 0) fn(attn::WindowOnlyMask{});
+  else fn(attn::FullMask{});
+}
+
+inline attn::MaskParams mask_params(const AttentionSpec& spec, int64_t Tk) {
+  attn::MaskParams m;
+  m.q_pos0 = spec.q_pos0;
+  m.k_pos0 = spec.k_pos0;
+  m.window = spec.window;
+  m.Tk = static_cast<int>(Tk);
+  return m;
+}
+
+struct Shapes {
+  int64_t Tq, Hq, D, Tk, Hkv;
+  float scale;
+};
+
+}  // namespace rt::cuda::attn_launch
