@@ -27,6 +27,7 @@
 
 #include <Eigen/Core>
 
+#include "cpu/attention_mask.h"
 #include "cpu/check.h"
 #include "cpu/kernels.h"
 
@@ -43,34 +44,15 @@ constexpr int64_t kTargetRows = 128;  // stacked query rows per task
 constexpr int64_t kSmallRows = 16;
 using CRow = Eigen::Map<const Eigen::RowVectorXf>;
 
-struct Mask {
-  bool causal;
-  int64_t window, q_pos0, k_pos0, Tk;
-  // Visible keys of query row i: [lo(i), hi(i)), possibly empty.
-  int64_t lo(int64_t i) const {
-    if (window <= 0) return 0;
-    return std::clamp<int64_t>(q_pos0 + i - window + 1 - k_pos0, 0, Tk);
-  }
-  int64_t hi(int64_t i) const {
-    if (!causal) return Tk;
-    return std::clamp<int64_t>(q_pos0 + i - k_pos0 + 1, 0, Tk);
-  }
-};
 
-void check_attention_view(const char* arg, const TensorView& v) {
-  check_cpu("attention", arg, v);
-  check_dtype("attention", arg, v, DType::F32);
-  check_ndim("attention", arg, v, 3);
-  check_unit_inner_stride("attention", arg, v);
-}
 
 }  // namespace
 
 void attention_forward(TensorView q, TensorView k, TensorView v, TensorView o, const AttentionSpec& spec) {
-  check_attention_view("q", q);
-  check_attention_view("k", k);
-  check_attention_view("v", v);
-  check_attention_view("o", o);
+  check_attention_view("attention", "q", q);
+  check_attention_view("attention", "k", k);
+  check_attention_view("attention", "v", v);
+  check_attention_view("attention", "o", o);
   const int64_t Tq = q.shape[0], Hq = q.shape[1], D = q.shape[2];
   const int64_t Tk = k.shape[0], Hkv = k.shape[1];
   check_dim("attention", "k", k, 2, D, "head dim, q.shape[2]");
@@ -84,7 +66,7 @@ void attention_forward(TensorView q, TensorView k, TensorView v, TensorView o, c
   RT_CHECK(!views_overlap(o, k) && !views_overlap(o, v), "attention: output 'o' overlaps 'k' or 'v'");
   if (Tq == 0 || Hq == 0 || D == 0) return;
   const float scale = spec.scale != 0.f ? spec.scale : static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
-  const Mask mask{spec.causal, spec.window, spec.q_pos0, spec.k_pos0, Tk};
+  const KeyRange mask = KeyRange::of(spec, Tk);
 
   const int64_t g = Hq / Hkv;  // query heads per KV head
   const int nt = omp_get_max_threads();

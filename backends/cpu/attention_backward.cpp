@@ -19,6 +19,7 @@
 
 #include <Eigen/Core>
 
+#include "cpu/attention_mask.h"
 #include "cpu/check.h"
 
 namespace rt::cpu {
@@ -31,39 +32,21 @@ using MMap = Eigen::Map<RowMat>;
 constexpr int64_t kKeyTile = 256;  // keys per tile
 constexpr int64_t kRows = 64;      // query rows per block
 
-struct Mask {
-  bool causal;
-  int64_t window, q_pos0, k_pos0, Tk;
-  int64_t lo(int64_t i) const {
-    if (window <= 0) return 0;
-    return std::clamp<int64_t>(q_pos0 + i - window + 1 - k_pos0, 0, Tk);
-  }
-  int64_t hi(int64_t i) const {
-    if (!causal) return Tk;
-    return std::clamp<int64_t>(q_pos0 + i - k_pos0 + 1, 0, Tk);
-  }
-};
 
-void check_view(const char* arg, const TensorView& v) {
-  check_cpu("attention_backward", arg, v);
-  check_dtype("attention_backward", arg, v, DType::F32);
-  check_ndim("attention_backward", arg, v, 3);
-  check_unit_inner_stride("attention_backward", arg, v);
-}
 
 }  // namespace
 
 void attention_backward(TensorView q, TensorView k, TensorView v, TensorView o, TensorView dout, TensorView dq,
                         TensorView dk, TensorView dv, const AttentionSpec& spec) {
   const char* op = "attention_backward";
-  check_view("q", q);
-  check_view("k", k);
-  check_view("v", v);
-  check_view("o", o);
-  check_view("dout", dout);
-  check_view("dq", dq);
-  check_view("dk", dk);
-  check_view("dv", dv);
+  check_attention_view(op, "q", q);
+  check_attention_view(op, "k", k);
+  check_attention_view(op, "v", v);
+  check_attention_view(op, "o", o);
+  check_attention_view(op, "dout", dout);
+  check_attention_view(op, "dq", dq);
+  check_attention_view(op, "dk", dk);
+  check_attention_view(op, "dv", dv);
   const int64_t Tq = q.shape[0], Hq = q.shape[1], D = q.shape[2];
   const int64_t Tk = k.shape[0], Hkv = k.shape[1];
   check_dim(op, "k", k, 2, D, "head dim, q.shape[2]");
@@ -104,7 +87,7 @@ void attention_backward(TensorView q, TensorView k, TensorView v, TensorView o, 
     return;
   }
   const float scale = spec.scale != 0.f ? spec.scale : static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
-  const Mask mask{spec.causal, spec.window, spec.q_pos0, spec.k_pos0, Tk};
+  const KeyRange mask = KeyRange::of(spec, Tk);
   const int64_t group = Hq / Hkv;
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
