@@ -203,11 +203,14 @@ void register_profile(CLI::App& app) {
           row["prefill_ms"] = prefill_ms;
           row["prefill_tok_s"] = T / prefill_ms * 1e3;
 
-          if (session->attention->capabilities().decode && T + args->decode_tokens <= d.max_positions) {
+          if (session->attention->capabilities().decode && T + 4 + args->decode_tokens <= d.max_positions) {
             progress(mo.attention + " decode at T=" + std::to_string(T));
-            auto states = model.new_states(T + args->decode_tokens);
+            // A few untimed steps first: the allocator pool and caches settle after the prefill.
+            const int warmup = 4;
+            auto states = model.new_states(T + warmup + args->decode_tokens);
             model.forward(ids, &states, true);
             int32_t next = 1;
+            for (int i = 0; i < warmup; ++i) model.forward(std::span<const int32_t>(&next, 1), &states, true);
             ops.synchronize();
             const auto t0 = std::chrono::steady_clock::now();
             for (int i = 0; i < args->decode_tokens; ++i) model.forward(std::span<const int32_t>(&next, 1), &states, true);
