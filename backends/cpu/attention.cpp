@@ -1,4 +1,7 @@
-// attention: o = softmax(q k^T * scale + mask) v, grouped-query, fp32, flash-style.
+// attention: o = softmax(q k^T * scale + mask) v, grouped-query, flash-style, in q's dtype (f32,
+// or f64 for finite-difference gradient checks). attention_forward_lse also writes each row's
+// log-sum-exp lse [Hq, Tq] = m + log(l) of its scaled, masked scores (+inf for a row that sees no
+// key), which attention_backward reads.
 //
 // Work is split into tasks (KV head, group of query heads sharing it, block of query rows). A
 // task stacks its query rows (heads x queries, ~128 rows) into one matrix, so each K/V tile is
@@ -29,43 +32,76 @@
 
 #include "cpu/attention_mask.h"
 #include "cpu/check.h"
+#include "cpu/convert.h"
 #include "cpu/kernels.h"
 
 namespace rt::cpu {
 namespace {
 
-using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-using CMap = Eigen::Map<const RowMat, 0, Eigen::OuterStride<>>;
+template <typename T>
+using RowMat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+template <typename T>
+using CMap = Eigen::Map<const RowMat<T>, 0, Eigen::OuterStride<>>;
 
 constexpr int64_t kKeyTile = 256;     // keys per tile
 constexpr int64_t kTargetRows = 128;  // stacked query rows per task
 // With this few stacked rows (decode: one query, the heads of one group) a GEMM spends most of its
 // time packing K/V tiles; plain vectorized dot products / axpys read each key row once instead.
 constexpr int64_t kSmallRows = 16;
-using CRow = Eigen::Map<const Eigen::RowVectorXf>;
+template <typename T>
+using CRow = Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>;
 
+template <typename T>
+void attention_impl(TensorView q, TensorView k, TensorView v, TensorView o, TensorView lse, const AttentionSpec& spec);
 
-
-}  // namespace
-
-void attention_forward(TensorView q, TensorView k, TensorView v, TensorView o, const AttentionSpec& spec) {
-  check_attention_view("attention", "q", q);
-  check_attention_view("attention", "k", k);
-  check_attention_view("attention", "v", v);
-  check_attention_view("attention", "o", o);
+void attention_checked(const char* op, TensorView q, TensorView k, TensorView v, TensorView o, TensorView lse,
+                       const AttentionSpec& spec) {
+  check_attention_view(op, "q", q, q.dtype);
+  check_attention_view(op, "k", k, q.dtype);
+  check_attention_view(op, "v", v, q.dtype);
+  check_attention_view(op, "o", o, q.dtype);
   const int64_t Tq = q.shape[0], Hq = q.shape[1], D = q.shape[2];
   const int64_t Tk = k.shape[0], Hkv = k.shape[1];
-  check_dim("attention", "k", k, 2, D, "head dim, q.shape[2]");
-  check_same_shape("attention", "k", k, "v", v);
-  check_same_shape("attention", "q", q, "o", o);
-  RT_CHECK(Hkv > 0 || Hq == 0, "attention: k has 0 heads, shape ", k.shape_str());
-  RT_CHECK(Hkv == 0 || Hq % Hkv == 0, "attention: query heads (", Hq, ", q shape ", q.shape_str(),
+  check_dim(op, "k", k, 2, D, "head dim, q.shape[2]");
+  check_same_shape(op, "k", k, "v", v);
+  check_same_shape(op, "q", q, "o", o);
+  RT_CHECK(Hkv > 0 || Hq == 0, op, ": k has 0 heads, shape ", k.shape_str());
+  RT_CHECK(Hkv == 0 || Hq % Hkv == 0, op, ": query heads (", Hq, ", q shape ", q.shape_str(),
            ") must be a multiple of KV heads (", Hkv, ", k shape ", k.shape_str(), ")");
-  RT_CHECK(spec.window >= 0, "attention: window must be >= 0 (0: none), found ", spec.window);
-  RT_CHECK(std::isfinite(spec.scale), "attention: scale must be finite, found ", spec.scale);
-  RT_CHECK(!views_overlap(o, k) && !views_overlap(o, v), "attention: output 'o' overlaps 'k' or 'v'");
-  if (Tq == 0 || Hq == 0 || D == 0) return;
-  const float scale = spec.scale != 0.f ? spec.scale : static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
+  RT_CHECK(spec.window >= 0, op, ": window must be >= 0 (0: none), found ", spec.window);
+  RT_CHECK(std::isfinite(spec.scale), op, ": scale must be finite, found ", spec.scale);
+  RT_CHECK(!views_overlap(o, k) && !views_overlap(o, v), op, ": output 'o' overlaps 'k' or 'v'");
+  if (given(lse)) {
+    check_lse_view(op, lse, Hq, Tq, q.dtype);
+    const std::pair<const char*, const TensorView*> others[] = {{"q", &q}, {"k", &k}, {"v", &v}, {"o", &o}};
+    for (const auto& [name, t] : others)
+      RT_CHECK(!views_overlap(lse, *t), op, ": output 'lse' overlaps '", name, "'");
+  }
+  if (Tq == 0 || Hq == 0) return;
+  if (D == 0 || Hkv == 0) {  // no features: o is empty, lse still defined
+    if (given(lse)) {
+      const KeyRange mask = KeyRange::of(spec, Tk);
+      dispatch_compute(q.dtype, [&](auto tag) {
+        using T = decltype(tag);
+        for (int64_t h = 0; h < Hq; ++h)
+          for (int64_t i = 0; i < Tq; ++i)
+            lse.ptr<T>()[h * lse.stride[0] + i * lse.stride[1]] =
+                mask.lo(i) < mask.hi(i) ? std::log(static_cast<T>(mask.hi(i) - mask.lo(i)))
+                                        : std::numeric_limits<T>::infinity();
+      });
+    }
+    return;
+  }
+  dispatch_compute(q.dtype, [&](auto tag) { attention_impl<decltype(tag)>(q, k, v, o, lse, spec); });
+}
+
+template <typename T>
+void attention_impl(TensorView q, TensorView k, TensorView v, TensorView o, TensorView lse, const AttentionSpec& spec) {
+  const int64_t Tq = q.shape[0], Hq = q.shape[1], D = q.shape[2];
+  const int64_t Tk = k.shape[0], Hkv = k.shape[1];
+  // f32: the scale rounded to f32 as before; f64: 1/sqrt(D) in double (spec.scale is exact in both).
+  const T scale = spec.scale != 0.f ? static_cast<T>(spec.scale)
+                                    : static_cast<T>(1.0 / std::sqrt(static_cast<double>(D)));
   const KeyRange mask = KeyRange::of(spec, Tk);
 
   const int64_t g = Hq / Hkv;  // query heads per KV head
@@ -85,16 +121,18 @@ void attention_forward(TensorView q, TensorView k, TensorView v, TensorView o, c
 
   const int64_t qs0 = q.stride[0], qs1 = q.stride[1], ks0 = k.stride[0], ks1 = k.stride[1];
   const int64_t vs0 = v.stride[0], vs1 = v.stride[1], os0 = o.stride[0], os1 = o.stride[1];
-  const float* qp = q.ptr<const float>();
-  const float* kp = k.ptr<const float>();
-  const float* vp = v.ptr<const float>();
-  float* op = o.ptr<float>();
-  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  const T* qp = q.ptr<const T>();
+  const T* kp = k.ptr<const T>();
+  const T* vp = v.ptr<const T>();
+  T* op = o.ptr<T>();
+  T* lp = given(lse) ? lse.ptr<T>() : nullptr;
+  const int64_t ls0 = given(lse) ? lse.stride[0] : 0, ls1 = given(lse) ? lse.stride[1] : 0;
+  constexpr T kNegInf = -std::numeric_limits<T>::infinity();
 
 #pragma omp parallel if (tasks > 1 && work >= 1 << 16)
   {
-    RowMat Q(rmax, D), S(rmax, kKeyTile), O(rmax, D);
-    std::vector<float> m(static_cast<size_t>(rmax)), l(static_cast<size_t>(rmax));
+    RowMat<T> Q(rmax, D), S(rmax, kKeyTile), O(rmax, D);
+    std::vector<T> m(static_cast<size_t>(rmax)), l(static_cast<size_t>(rmax));
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < tasks; ++task) {
       // Latest query blocks first: under a causal mask they see the most keys.
@@ -107,22 +145,22 @@ void attention_forward(TensorView q, TensorView k, TensorView v, TensorView o, c
 
       for (int64_t r = 0; r < R; ++r) {
         m[static_cast<size_t>(r)] = kNegInf;
-        l[static_cast<size_t>(r)] = 0.f;
+        l[static_cast<size_t>(r)] = T(0);
       }
       if (jlo < jhi) {
         for (int64_t r = 0; r < R; ++r) {
-          const float* src = qp + (i0 + r % nqb) * qs0 + (h0 + r / nqb) * qs1;
+          const T* src = qp + (i0 + r % nqb) * qs0 + (h0 + r / nqb) * qs1;
           for (int64_t d = 0; d < D; ++d) Q(r, d) = src[d] * scale;
         }
         O.topRows(R).setZero();
         for (int64_t j0 = jlo; j0 < jhi; j0 += kKeyTile) {
           const int64_t n = std::min(kKeyTile, jhi - j0);
-          CMap K(kp + j0 * ks0 + hk * ks1, n, D, Eigen::OuterStride<>(ks0));
-          CMap V(vp + j0 * vs0 + hk * vs1, n, D, Eigen::OuterStride<>(vs0));
+          CMap<T> K(kp + j0 * ks0 + hk * ks1, n, D, Eigen::OuterStride<>(ks0));
+          CMap<T> V(vp + j0 * vs0 + hk * vs1, n, D, Eigen::OuterStride<>(vs0));
           auto St = S.topLeftCorner(R, n);
           if (R <= kSmallRows) {
             for (int64_t j = 0; j < n; ++j) {
-              const CRow kj(kp + (j0 + j) * ks0 + hk * ks1, D);
+              const CRow<T> kj(kp + (j0 + j) * ks0 + hk * ks1, D);
               for (int64_t r = 0; r < R; ++r) St(r, j) = Q.row(r).dot(kj);
             }
           } else {
@@ -137,16 +175,16 @@ void attention_forward(TensorView q, TensorView k, TensorView v, TensorView o, c
               continue;
             }
             auto vis = row.segment(a, b - a).array();
-            const float mold = m[static_cast<size_t>(r)];
-            const float mnew = std::max(mold, vis.maxCoeff());
+            const T mold = m[static_cast<size_t>(r)];
+            const T mnew = std::max(mold, vis.maxCoeff());
             vis = (vis - mnew).exp();
-            const float sum = vis.sum();
+            const T sum = vis.sum();
             if (a > 0) row.head(a).setZero();
             if (b < n) row.segment(b, n - b).setZero();
             if (mold == kNegInf) {
               l[static_cast<size_t>(r)] = sum;
             } else if (mnew != mold) {
-              const float corr = std::exp(mold - mnew);
+              const T corr = std::exp(mold - mnew);
               l[static_cast<size_t>(r)] = l[static_cast<size_t>(r)] * corr + sum;
               O.row(r) *= corr;
             } else {
@@ -156,7 +194,7 @@ void attention_forward(TensorView q, TensorView k, TensorView v, TensorView o, c
           }
           if (R <= kSmallRows) {
             for (int64_t j = 0; j < n; ++j) {
-              const CRow vj(vp + (j0 + j) * vs0 + hk * vs1, D);
+              const CRow<T> vj(vp + (j0 + j) * vs0 + hk * vs1, D);
               for (int64_t r = 0; r < R; ++r) O.row(r) += St(r, j) * vj;
             }
           } else {
@@ -165,16 +203,31 @@ void attention_forward(TensorView q, TensorView k, TensorView v, TensorView o, c
         }
       }
       for (int64_t r = 0; r < R; ++r) {
-        float* dst = op + (i0 + r % nqb) * os0 + (h0 + r / nqb) * os1;
-        if (m[static_cast<size_t>(r)] != kNegInf) {  // l >= 1: the max term contributes exp(0)
-          const float inv = 1.f / l[static_cast<size_t>(r)];
+        T* dst = op + (i0 + r % nqb) * os0 + (h0 + r / nqb) * os1;
+        const T mr = m[static_cast<size_t>(r)], lr = l[static_cast<size_t>(r)];
+        if (mr != kNegInf) {  // l >= 1: the max term contributes exp(0)
+          const T inv = T(1) / lr;
           for (int64_t d = 0; d < D; ++d) dst[d] = O(r, d) * inv;
         } else {  // no visible key: zeros (see the header comment)
-          for (int64_t d = 0; d < D; ++d) dst[d] = 0.f;
+          for (int64_t d = 0; d < D; ++d) dst[d] = T(0);
         }
+        if (lp)
+          lp[(h0 + r / nqb) * ls0 + (i0 + r % nqb) * ls1] =
+              mr != kNegInf ? mr + std::log(lr) : std::numeric_limits<T>::infinity();
       }
     }
   }
+}
+
+}  // namespace
+
+void attention_forward(TensorView q, TensorView k, TensorView v, TensorView o, const AttentionSpec& spec) {
+  attention_checked("attention", q, k, v, o, TensorView{}, spec);
+}
+
+void attention_forward_lse(TensorView q, TensorView k, TensorView v, TensorView o, TensorView lse,
+                           const AttentionSpec& spec) {
+  attention_checked("attention_forward_lse", q, k, v, o, lse, spec);
 }
 
 }  // namespace rt::cpu

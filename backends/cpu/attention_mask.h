@@ -1,5 +1,5 @@
 // What the CPU attention forward and backward share: which keys each query row sees under an
-// AttentionSpec, and the argument check for [T, heads, head_dim] f32 views.
+// AttentionSpec, and the argument checks for [T, heads, head_dim] views (f32 or f64) and lse.
 #pragma once
 
 #include <algorithm>
@@ -28,11 +28,24 @@ struct KeyRange {
   }
 };
 
-inline void check_attention_view(const char* op, const char* arg, const TensorView& v) {
+// A [T, heads, head_dim] view of the compute dtype of the call (that of q: f32 or f64).
+inline void check_attention_view(const char* op, const char* arg, const TensorView& v, DType want) {
   check_cpu(op, arg, v);
-  check_dtype(op, arg, v, DType::F32);
+  if (v.dtype != want || !is_compute_dtype(v.dtype)) {
+    check_compute(op, arg, v);
+    check_dtype_as(op, arg, v, "q", want);
+  }
   check_ndim(op, arg, v, 3);
   check_unit_inner_stride(op, arg, v);
+}
+
+// lse [Hq, Tq] of the compute dtype, unit inner stride.
+inline void check_lse_view(const char* op, const TensorView& lse, int64_t Hq, int64_t Tq, DType want) {
+  check_cpu(op, "lse", lse);
+  check_dtype_as(op, "lse", lse, "q", want);
+  RT_CHECK(lse.ndim == 2 && lse.shape[0] == Hq && lse.shape[1] == Tq, op, ": argument 'lse' must have shape [",
+           Hq, ", ", Tq, "] (query heads, query rows), found ", lse.shape_str());
+  check_unit_inner_stride(op, "lse", lse);
 }
 
 }  // namespace rt::cpu

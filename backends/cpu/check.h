@@ -28,12 +28,32 @@ inline void check_dtype(const char* op, const char* arg, const TensorView& v, DT
            ", found ", dtype_name(v.dtype));
 }
 
-inline bool is_float_dtype(DType t) { return t == DType::F32 || t == DType::BF16 || t == DType::F16; }
+inline bool is_float_dtype(DType t) {
+  return t == DType::F32 || t == DType::BF16 || t == DType::F16 || t == DType::F64;
+}
+// The dtypes the CPU kernels compute in: f32, or f64 for finite-difference gradient checks.
+inline bool is_compute_dtype(DType t) { return t == DType::F32 || t == DType::F64; }
 
 inline void check_float(const char* op, const char* arg, const TensorView& v) {
   RT_CHECK(is_float_dtype(v.dtype), op, ": argument '", arg,
-           "' must have a float dtype (f32, bf16, f16), found ", dtype_name(v.dtype));
+           "' must have a float dtype (f32, bf16, f16, f64), found ", dtype_name(v.dtype));
 }
+
+// f32 or f64 (the dtype a kernel computes in).
+inline void check_compute(const char* op, const char* arg, const TensorView& v) {
+  RT_CHECK(is_compute_dtype(v.dtype), op, ": argument '", arg, "' must have dtype f32 or f64, found ",
+           dtype_name(v.dtype));
+}
+
+// v has the dtype of another argument (one compute dtype per call).
+inline void check_dtype_as(const char* op, const char* arg, const TensorView& v, const char* ref_arg,
+                           DType want) {
+  RT_CHECK(v.dtype == want, op, ": argument '", arg, "' must have dtype ", dtype_name(want), " (the dtype of '",
+           ref_arg, "'), found ", dtype_name(v.dtype));
+}
+
+// An optional output: an empty view (data == nullptr) means "not computed".
+inline bool given(const TensorView& v) { return v.data != nullptr; }
 
 inline void check_ndim(const char* op, const char* arg, const TensorView& v, int want) {
   RT_CHECK(v.ndim == want, op, ": argument '", arg, "' must have ", want, " dimensions, found shape ",
@@ -66,21 +86,24 @@ inline void check_unit_inner_stride(const char* op, const char* arg, const Tenso
            v.stride[v.ndim - 1], " for shape ", v.shape_str());
 }
 
-// Number of rows of a view seen as [rows, last dim] (1 for a 0-d view).
-// The checks every binary elementwise op makes: all on the CPU, f32, one shape, rows with unit
-// inner stride.
-inline void check_elementwise_f32(const char* op, const char* a_name, const TensorView& a, const char* b_name,
-                                  const TensorView& b, const TensorView& out) {
-  const std::pair<const char*, const TensorView*> args[] = {{a_name, &a}, {b_name, &b}, {"out", &out}};
-  for (const auto& [name, v] : args) {
-    check_cpu(op, name, *v);
-    check_dtype(op, name, *v, DType::F32);
-  }
+// The checks every binary elementwise op makes: all on the CPU, one compute dtype (f32 or f64,
+// that of a), one shape, rows with unit inner stride.
+inline void check_elementwise(const char* op, const char* a_name, const TensorView& a, const char* b_name,
+                              const TensorView& b, const char* out_name, const TensorView& out) {
+  const std::pair<const char*, const TensorView*> args[] = {{a_name, &a}, {b_name, &b}, {out_name, &out}};
+  for (const auto& [name, v] : args) check_cpu(op, name, *v);
+  check_compute(op, a_name, a);
+  for (const auto& [name, v] : args) check_dtype_as(op, name, *v, a_name, a.dtype);
   check_same_shape(op, a_name, a, b_name, b);
-  check_same_shape(op, a_name, a, "out", out);
+  check_same_shape(op, a_name, a, out_name, out);
   for (const auto& [name, v] : args) check_unit_inner_stride(op, name, *v);
 }
+inline void check_elementwise(const char* op, const char* a_name, const TensorView& a, const char* b_name,
+                              const TensorView& b, const TensorView& out) {
+  check_elementwise(op, a_name, a, b_name, b, "out", out);
+}
 
+// Number of rows of a view seen as [rows, last dim] (1 for a 0-d view).
 inline int64_t num_rows(const TensorView& v) {
   int64_t n = 1;
   for (int i = 0; i + 1 < v.ndim; ++i) n *= v.shape[i];
@@ -102,11 +125,5 @@ inline int64_t row_offset(const TensorView& v, int64_t r) {
 inline char* elem_ptr(const TensorView& v, int64_t elem_offset) {
   return static_cast<char*>(v.data) + elem_offset * static_cast<int64_t>(dtype_size(v.dtype));
 }
-
-}  // namespace rt::cpu
-
-namespace rt::cpu {
-
-// True when the memory spanned by a and b (first to last element, strides >= 0) intersects.
 
 }  // namespace rt::cpu

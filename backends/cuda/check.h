@@ -71,7 +71,16 @@ inline void check_dtype(const char* op, const char* arg, const TensorView& v, DT
            dtype_name(v.dtype));
 }
 
+// f64 exists for the CPU backend's finite-difference gradient checks (make_cpu_ops(DType::F64));
+// the CUDA backend computes in f32/bf16 and rejects it by name.
+inline void check_not_f64(const char* op, const char* arg, const TensorView& v) {
+  RT_CHECK(v.dtype != DType::F64, op, ": argument '", arg,
+           "' has dtype f64, which the CUDA backend does not support (f64 is for CPU gradient checks, "
+           "make_cpu_ops(DType::F64)); use f32 or bf16");
+}
+
 inline void check_float(const char* op, const char* arg, const TensorView& v) {
+  check_not_f64(op, arg, v);
   RT_CHECK(is_float_dtype(v.dtype), op, ": argument '", arg,
            "' must have a float dtype (f32, bf16, f16), found ", dtype_name(v.dtype));
 }
@@ -106,6 +115,9 @@ inline void check_unit_inner_stride(const char* op, const char* arg, const Tenso
            "' must have a contiguous last dimension (stride 1), found stride ", v.stride[v.ndim - 1],
            " for shape ", v.shape_str());
 }
+
+// An output passed as an empty view (data == nullptr) is not computed (frozen weights' gradients).
+inline bool is_empty_output(const TensorView& v) { return v.data == nullptr; }
 
 inline int64_t num_rows(const TensorView& v) {
   int64_t n = 1;

@@ -1,6 +1,8 @@
 #include "cuda/cuda_ops.h"
 
 #include <cstdint>
+#include <initializer_list>
+#include <utility>
 
 #include "cuda/check.h"
 #include "cuda/kernels.h"
@@ -9,6 +11,8 @@
 #include "rt/sdk/error.h"
 
 #include "cuda/attention/attention.h"
+#include "cuda/attention/attention_backward.h"
+#include "cuda/attention/dense_attention.h"
 #include "cuda/attention_dispatch.h"
 
 namespace rt {
@@ -64,8 +68,20 @@ void CudaOps::check_device_errors() {
   const cuda::EmbeddingError e = *err_host_;
   *err_host_ = cuda::EmbeddingError{0, 0, 0, 0};
   CUDA_CHECK(cudaMemsetAsync(err_dev_, 0, sizeof(cuda::EmbeddingError), stream_->get()));
+  if (e.flag == cuda::kErrEmbeddingBackward)
+    fail("embedding_backward: token id ", e.id, " at position ", e.pos, " is out of range for a vocabulary of size ",
+         e.vocab, " (valid ids are 0..", e.vocab - 1, "); detected on the device, that row's gradient was dropped");
+  if (e.flag == cuda::kErrCrossEntropyTarget)
+    fail("lm_head_cross_entropy: target ", e.id, " at row ", e.pos, " is out of range for a vocabulary of size ",
+         e.vocab, " (valid: 0..", e.vocab - 1, ", or -100 to ignore the row); detected on the device, that row's ",
+         "loss is NaN and its gradient zero");
   fail("embedding: token id ", e.id, " at position ", e.pos, " is out of range for a vocabulary of size ", e.vocab,
        " (valid ids are 0..", e.vocab - 1, "); detected on the device, the output rows are NaN");
+}
+
+void CudaOps::fetch_device_errors() {
+  // The record travels back with the stream, so any later synchronization can read it.
+  CUDA_CHECK(cudaMemcpyAsync(err_host_, err_dev_, sizeof(cuda::EmbeddingError), cudaMemcpyDeviceToHost, stream()));
 }
 
 void CudaOps::synchronize() {
@@ -90,10 +106,14 @@ void CudaOps::reset_peak_memory() {
 }
 
 Tensor CudaOps::alloc(DType dtype, std::initializer_list<int64_t> shape) {
+  RT_CHECK(dtype != DType::F64, "alloc: dtype f64 is not supported on the CUDA backend (f64 is for CPU gradient ",
+           "checks, make_cpu_ops(DType::F64)); use f32");
   return cuda::device_alloc(stream_, dtype, shape);
 }
 
 void CudaOps::copy(TensorView src, TensorView dst) {
+  cuda::check_not_f64("copy", "src", src);
+  cuda::check_not_f64("copy", "dst", dst);
   cuda::copy_forward(src, dst, stream());
   // A copy touching host memory has synchronized the stream: report what the device recorded.
   if (src.device == Device::CPU || dst.device == Device::CPU) check_device_errors();
@@ -103,8 +123,7 @@ void CudaOps::fill(TensorView dst, float value) { cuda::fill_forward(dst, value,
 
 void CudaOps::embedding(TensorView table, TensorView ids, TensorView out) {
   cuda::embedding_forward(table, ids, out, err_dev_, stream());
-  // The record travels back with the stream, so any later synchronization can read it.
-  CUDA_CHECK(cudaMemcpyAsync(err_host_, err_dev_, sizeof(cuda::EmbeddingError), cudaMemcpyDeviceToHost, stream()));
+  fetch_device_errors();
 }
 
 void CudaOps::linear(TensorView x, TensorView w, TensorView bias, TensorView y) {
@@ -122,6 +141,10 @@ void CudaOps::rmsnorm_residual(TensorView x_residual, TensorView delta, TensorVi
 void CudaOps::rope(TensorView x, int64_t pos0, double theta) { cuda::rope_forward(x, pos0, theta, stream()); }
 
 void CudaOps::attention(TensorView q, TensorView k, TensorView v, TensorView o, const AttentionSpec& spec) {
+  if (spec.materialize) {  // scores materialized by GEMMs (cuda/attention/dense_attention.h)
+    cuda::dense_attention_forward("attention", q, k, v, o, TensorView{}, spec, stream());
+    return;
+  }
   const int64_t D = q.ndim == 3 ? q.shape[2] : 0;
   if (q.dtype != DType::BF16 || D == 64 || D == 128) {
     attention_dispatch_->run(q, k, v, o, spec, stream());
@@ -154,6 +177,175 @@ std::string CudaOps::description() const {
 }
 
 int64_t CudaOps::argmax(TensorView x) { return cuda::argmax_last_row(x, stream()); }
+
+// ---- Training ----------------------------------------------------------------------------------
+
+namespace {
+
+// True when the bf16 flash kernels take these views as they are: every one bf16, head dim 64 or
+// 128, rows 16-byte aligned (inputs) / 4-byte aligned (outputs), as attention_launch.h checks.
+bool flash_bf16_ok(std::initializer_list<const TensorView*> inputs, std::initializer_list<const TensorView*> outputs) {
+  auto ok = [](const TensorView& v, uintptr_t bytes, int64_t elems) {
+    if (v.dtype != DType::BF16 || v.ndim != 3 || (v.shape[2] != 64 && v.shape[2] != 128)) return false;
+    if (v.numel() == 0) return true;
+    return reinterpret_cast<uintptr_t>(v.data) % bytes == 0 && (v.shape[0] <= 1 || v.stride[0] % elems == 0) &&
+           (v.shape[1] <= 1 || v.stride[1] % elems == 0) && v.stride[2] == 1;
+  };
+  for (const TensorView* v : inputs)
+    if (!ok(*v, 16, 8)) return false;
+  for (const TensorView* v : outputs)
+    if (!ok(*v, 4, 2)) return false;
+  return true;
+}
+
+void check_attention_view(const char* op, const char* arg, const TensorView& v) {
+  cuda::check_cuda(op, arg, v);
+  cuda::check_float(op, arg, v);
+  RT_CHECK(v.ndim == 3, op, ": argument '", arg, "' must have 3 dimensions [T, heads, head_dim], found shape ",
+           v.shape_str());
+}
+
+}  // namespace
+
+void CudaOps::attention_forward_lse(TensorView q, TensorView k, TensorView v, TensorView o, TensorView lse,
+                                    const AttentionSpec& spec) {
+  const char* op = "attention_forward_lse";
+  for (const auto& [name, t] : {std::pair{"q", &q}, std::pair{"k", &k}, std::pair{"v", &v}, std::pair{"o", &o}})
+    check_attention_view(op, name, *t);
+  if (spec.materialize) {  // scores materialized by GEMMs (cuda/attention/dense_attention.h)
+    cuda::dense_attention_forward(op, q, k, v, o, lse, spec, stream());
+    return;
+  }
+  const bool all_f32 =
+      q.dtype == DType::F32 && k.dtype == DType::F32 && v.dtype == DType::F32 && o.dtype == DType::F32;
+  if (all_f32 || flash_bf16_ok({&q, &k, &v}, {&o})) {
+    cuda::attention_forward_lse(q, k, v, o, lse, spec, stream());
+    return;
+  }
+  // The exact f32 kernel on f32 copies (other head dims, mixed dtypes, unaligned views).
+  auto f32 = [&](const TensorView& t) {
+    Tensor c = alloc(DType::F32, {t.shape[0], t.shape[1], t.shape[2]});
+    copy(t, c.view);
+    return c;
+  };
+  Tensor q32 = f32(q), k32 = f32(k), v32 = f32(v);
+  Tensor o32 = alloc(DType::F32, {o.shape[0], o.shape[1], o.shape[2]});
+  cuda::attention_forward_lse(q32, k32, v32, o32, lse, spec, stream());
+  copy(o32.view, o);
+}
+
+void CudaOps::attention_backward(TensorView q, TensorView k, TensorView v, TensorView o, TensorView lse,
+                                 TensorView dout, TensorView dq, TensorView dk, TensorView dv,
+                                 const AttentionSpec& spec) {
+  const char* op = "attention_backward";
+  for (const auto& [name, t] : {std::pair{"q", &q}, std::pair{"k", &k}, std::pair{"v", &v}, std::pair{"o", &o},
+                                std::pair{"dout", &dout}})
+    check_attention_view(op, name, *t);
+  const bool want[3] = {!cuda::is_empty_output(dq), !cuda::is_empty_output(dk), !cuda::is_empty_output(dv)};
+  TensorView* outs[3] = {&dq, &dk, &dv};
+  const TensorView* like[3] = {&q, &k, &k};
+  const char* names[3] = {"dq", "dk", "dv"};
+  for (int i = 0; i < 3; ++i) {
+    if (!want[i]) continue;
+    check_attention_view(op, names[i], *outs[i]);
+    cuda::check_same_shape(op, i == 0 ? "q" : "k", *like[i], names[i], *outs[i]);
+  }
+  if (!want[0] && !want[1] && !want[2]) return;
+  if (spec.materialize) {  // scores materialized by GEMMs (cuda/attention/dense_attention.h)
+    cuda::dense_attention_backward(q, k, v, o, lse, dout, dq, dk, dv, spec, stream());
+    return;
+  }
+  const bool all_f32 = q.dtype == DType::F32 && k.dtype == DType::F32 && v.dtype == DType::F32 &&
+                       o.dtype == DType::F32 && dout.dtype == DType::F32 &&
+                       (!want[0] || dq.dtype == DType::F32) && (!want[1] || dk.dtype == DType::F32) &&
+                       (!want[2] || dv.dtype == DType::F32);
+  const bool bf16 = !all_f32 && flash_bf16_ok({&q, &k, &v, &dout}, {&o}) &&
+                    (!want[0] || flash_bf16_ok({}, {&dq})) && (!want[1] || flash_bf16_ok({}, {&dk})) &&
+                    (!want[2] || flash_bf16_ok({}, {&dv}));
+  if (all_f32 || bf16) {
+    // Outputs not asked for still have to be written somewhere: scratch of the same dtype.
+    const DType dt = q.dtype;
+    Tensor tmp[3];
+    TensorView use[3];
+    for (int i = 0; i < 3; ++i) {
+      if (want[i]) {
+        use[i] = *outs[i];
+      } else {
+        tmp[i] = alloc(dt, {like[i]->shape[0], like[i]->shape[1], like[i]->shape[2]});
+        use[i] = tmp[i].view;
+      }
+    }
+    cuda::attention_backward(q, k, v, o, lse, dout, use[0], use[1], use[2], spec, stream());
+    return;
+  }
+  // The exact f32 kernels on f32 copies, results converted into the outputs asked for.
+  auto f32 = [&](const TensorView& t) {
+    Tensor c = alloc(DType::F32, {t.shape[0], t.shape[1], t.shape[2]});
+    copy(t, c.view);
+    return c;
+  };
+  Tensor q32 = f32(q), k32 = f32(k), v32 = f32(v), o32 = f32(o), do32 = f32(dout);
+  Tensor dq32 = alloc(DType::F32, {q.shape[0], q.shape[1], q.shape[2]});
+  Tensor dk32 = alloc(DType::F32, {k.shape[0], k.shape[1], k.shape[2]});
+  Tensor dv32 = alloc(DType::F32, {k.shape[0], k.shape[1], k.shape[2]});
+  cuda::attention_backward(q32, k32, v32, o32, lse, do32, dq32, dk32, dv32, spec, stream());
+  if (want[0]) copy(dq32.view, dq);
+  if (want[1]) copy(dk32.view, dk);
+  if (want[2]) copy(dv32.view, dv);
+}
+
+void CudaOps::linear_backward(TensorView x, TensorView w, TensorView dy, TensorView dx, TensorView dw, TensorView db,
+                              bool accumulate_dx) {
+  cuda::linear_backward(*gemm_, x, w, dy, dx, dw, db, accumulate_dx, stream());
+}
+
+void CudaOps::rmsnorm_backward(TensorView x, TensorView w, float eps, TensorView dy, TensorView dx, TensorView dw) {
+  cuda::rmsnorm_backward(x, w, eps, dy, dx, dw, stream());
+}
+
+void CudaOps::rope_backward(TensorView dx, int64_t pos0, double theta) {
+  cuda::rope_backward(dx, pos0, theta, stream());
+}
+
+void CudaOps::swiglu_backward(TensorView gate, TensorView up, TensorView dout, TensorView dgate, TensorView dup) {
+  cuda::swiglu_backward(gate, up, dout, dgate, dup, stream());
+}
+
+void CudaOps::embedding_backward(TensorView ids, TensorView dout, TensorView dtable) {
+  cuda::embedding_backward(ids, dout, dtable, err_dev_, stream());
+  if (ids.device == Device::CUDA) fetch_device_errors();
+}
+
+void CudaOps::lm_head_cross_entropy(TensorView h, TensorView w, TensorView targets, float grad_scale,
+                                    TensorView losses, TensorView dh, TensorView dw) {
+  cuda::lm_head_cross_entropy(*gemm_, h, w, targets, grad_scale, losses, dh, dw, err_dev_, stream());
+  if (targets.device == Device::CUDA) fetch_device_errors();
+}
+
+void CudaOps::sigmoid(TensorView x, float scale, TensorView y) { cuda::sigmoid_forward(x, scale, y, stream()); }
+
+void CudaOps::sigmoid_backward(TensorView y, TensorView dy, float scale, TensorView dx) {
+  cuda::sigmoid_backward(y, dy, scale, dx, stream());
+}
+
+void CudaOps::step(TensorView x, float threshold, TensorView y) { cuda::step_forward(x, threshold, y, stream()); }
+
+void CudaOps::row_scale(TensorView x, TensorView s, TensorView out) { cuda::row_scale_forward(x, s, out, stream()); }
+
+void CudaOps::row_dot(TensorView a, TensorView b, TensorView out, bool accumulate) {
+  cuda::row_dot_forward(a, b, out, accumulate, stream());
+}
+
+void CudaOps::axpby(float alpha, TensorView x, float beta, TensorView y, TensorView out) {
+  cuda::axpby_forward(alpha, x, beta, y, out, stream());
+}
+
+void CudaOps::reduce_sum(TensorView x, int power, TensorView out) { cuda::reduce_sum_forward(x, power, out, stream()); }
+
+void CudaOps::adamw_step(TensorView master, TensorView grad, TensorView m, TensorView v, TensorView param,
+                         const AdamW& hp) {
+  cuda::adamw_step(master, grad, m, v, param, hp, stream());
+}
 
 std::unique_ptr<Ops> make_cuda_ops(int device) { return std::make_unique<CudaOps>(device); }
 

@@ -37,6 +37,9 @@ class CudaOps final : public Ops {
 
   Device device() const override { return Device::CUDA; }
   DType activation_dtype() const override { return DType::BF16; }
+  // Gradients, optimizer state, losses and the residual stream: f32 (there is no f64 path on the
+  // device; f64 views and alloc(F64) are rejected with an rt::Error).
+  DType accum_dtype() const override { return DType::F32; }
   std::string description() const override;  // the GPU's name
   // Waits for the stream, then reports any error recorded on the device (e.g. a bad token id).
   void synchronize() override;
@@ -60,6 +63,35 @@ class CudaOps final : public Ops {
   int64_t argmax(TensorView x) override;
   const char* last_attention_impl() const override;  // on the device; copies back one index
 
+  // ---- Training (rt::Ops). The flash kernels serve attention_forward_lse / attention_backward for
+  // bf16 head dims 64 and 128; other head dims, mixed dtypes or unaligned views run the exact f32
+  // kernels on f32 copies.
+  void attention_forward_lse(TensorView q, TensorView k, TensorView v, TensorView o, TensorView lse,
+                             const AttentionSpec& spec) override;
+  void attention_backward(TensorView q, TensorView k, TensorView v, TensorView o, TensorView lse, TensorView dout,
+                          TensorView dq, TensorView dk, TensorView dv, const AttentionSpec& spec) override;
+  void linear_backward(TensorView x, TensorView w, TensorView dy, TensorView dx, TensorView dw, TensorView db,
+                       bool accumulate_dx) override;
+  void rmsnorm_backward(TensorView x, TensorView w, float eps, TensorView dy, TensorView dx, TensorView dw) override;
+  void rope_backward(TensorView dx, int64_t pos0, double theta) override;
+  void swiglu_backward(TensorView gate, TensorView up, TensorView dout, TensorView dgate, TensorView dup) override;
+  // Device ids are checked on the device: a bad one drops its row and is reported at the next
+  // synchronizing call.
+  void embedding_backward(TensorView ids, TensorView dout, TensorView dtable) override;
+  // Chunked over rows (see cuda/linear.h); device targets out of range are reported at the next
+  // synchronizing call.
+  void lm_head_cross_entropy(TensorView h, TensorView w, TensorView targets, float grad_scale, TensorView losses,
+                             TensorView dh, TensorView dw) override;
+  void sigmoid(TensorView x, float scale, TensorView y) override;
+  void sigmoid_backward(TensorView y, TensorView dy, float scale, TensorView dx) override;
+  void step(TensorView x, float threshold, TensorView y) override;
+  void row_scale(TensorView x, TensorView s, TensorView out) override;
+  void row_dot(TensorView a, TensorView b, TensorView out, bool accumulate) override;
+  void axpby(float alpha, TensorView x, float beta, TensorView y, TensorView out) override;
+  void reduce_sum(TensorView x, int power, TensorView out) override;
+  void adamw_step(TensorView master, TensorView grad, TensorView m, TensorView v, TensorView param,
+                  const AdamW& hp) override;
+
   // x_residual (f32) += delta, then y = rmsnorm(x_residual): one pass instead of add + rmsnorm.
   void rmsnorm_residual(TensorView x_residual, TensorView delta, TensorView w, float eps, TensorView y);
 
@@ -68,6 +100,7 @@ class CudaOps final : public Ops {
 
  private:
   void check_device_errors();  // after a synchronization: throws what the device recorded
+  void fetch_device_errors();  // queues the copy of the device's error record to err_host_
 
   int device_ = 0;
   std::shared_ptr<cuda::StreamHandle> stream_;

@@ -75,6 +75,63 @@ __global__ void bias_add_kernel(RowsDesc y, const void* bias, DType bias_dtype, 
   }
 }
 
+// out = silu(g) * u:  dg = dout * u * s (1 + g (1 - s)) with s = sigmoid(g),  du = dout * silu(g).
+// Each thread reads its element of g and u before writing dg / du, so they may alias g / u.
+__global__ void swiglu_backward_kernel(RowsDesc g, RowsDesc u, RowsDesc dout, RowsDesc dg, RowsDesc du, int64_t rows,
+                                       int64_t cols) {
+  const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (c >= cols) return;
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    const float x = load_f(g.data, g.row_offset(r) + c * g.col_stride, g.dtype);
+    const float y = load_f(u.data, u.row_offset(r) + c * u.col_stride, u.dtype);
+    const float d = load_f(dout.data, dout.row_offset(r) + c * dout.col_stride, dout.dtype);
+    const float e = expf(-x);
+    const float sig = 1.f / (1.f + e);
+    const float silu = x / (1.f + e);  // as the forward computes it
+    if (dg.data) store_f(dg.data, dg.row_offset(r) + c * dg.col_stride, dg.dtype, d * y * (sig * (1.f + x * (1.f - sig))));
+    if (du.data) store_f(du.data, du.row_offset(r) + c * du.col_stride, du.dtype, d * silu);
+  }
+}
+
+// o = fn(a, b) elementwise (b.data null: fn sees 0 for it). o may alias a or b.
+template <class Fn>
+__global__ void map2_kernel(RowsDesc a, RowsDesc b, RowsDesc o, int64_t rows, int64_t cols, Fn fn) {
+  const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (c >= cols) return;
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    const float x = load_f(a.data, a.row_offset(r) + c * a.col_stride, a.dtype);
+    const float y = b.data ? load_f(b.data, b.row_offset(r) + c * b.col_stride, b.dtype) : 0.f;
+    store_f(o.data, o.row_offset(r) + c * o.col_stride, o.dtype, fn(x, y));
+  }
+}
+
+struct SigmoidFn {
+  float scale;
+  __device__ float operator()(float x, float) const { return 1.f / (1.f + expf(-(scale * x))); }
+};
+struct SigmoidBackwardFn {  // a = y, b = dy
+  float scale;
+  __device__ float operator()(float y, float dy) const { return dy * scale * y * (1.f - y); }
+};
+struct StepFn {
+  float threshold;
+  __device__ float operator()(float x, float) const { return x >= threshold ? 1.f : 0.f; }
+};
+struct AxpbyFn {  // no FMA contraction: the CPU computes two products and a sum
+  float alpha, beta;
+  __device__ float operator()(float x, float y) const { return __fadd_rn(__fmul_rn(alpha, x), __fmul_rn(beta, y)); }
+};
+
+__global__ void row_scale_kernel(RowsDesc x, const void* s, DType st, int64_t ss, RowsDesc o, int64_t rows,
+                                 int64_t cols) {
+  const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (c >= cols) return;
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    const float v = load_f(x.data, x.row_offset(r) + c * x.col_stride, x.dtype);
+    store_f(o.data, o.row_offset(r) + c * o.col_stride, o.dtype, load_f(s, r * ss, st) * v);
+  }
+}
+
 // ---- host helpers --------------------------------------------------------------------------
 
 int64_t rows_of(const TensorView& v) { return v.ndim == 0 ? 1 : num_rows(v); }
@@ -286,6 +343,112 @@ void bias_add_forward(TensorView y, TensorView bias, cudaStream_t stream) {
   if (rows * cols == 0) return;
   const Grid2D g = grid_2d(rows, cols);
   bias_add_kernel<<<g.grid, g.block, 0, stream>>>(rows_desc(y), bias.data, bias.dtype, bias.stride[0], rows, cols);
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace rt::cuda
+
+// ---- training ops ------------------------------------------------------------------------------
+
+namespace rt::cuda {
+namespace {
+
+template <class Fn>
+void launch_map2(const TensorView& a, const TensorView* b, const TensorView& o, Fn fn,
+                 cudaStream_t stream) {
+  const int64_t rows = rows_of(a), cols = row_len(a);
+  if (rows * cols == 0) return;
+  const Grid2D g = grid_2d(rows, cols);
+  map2_kernel<<<g.grid, g.block, 0, stream>>>(rows_desc(a), b ? rows_desc(*b) : RowsDesc{}, rows_desc(o), rows, cols,
+                                               fn);
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+void swiglu_backward(TensorView gate, TensorView up, TensorView dout, TensorView dgate, TensorView dup,
+                     cudaStream_t stream) {
+  const char* op = "swiglu_backward";
+  check_rows_arg(op, "gate", gate);
+  check_rows_arg(op, "up", up);
+  check_rows_arg(op, "dout", dout);
+  check_same_shape(op, "gate", gate, "up", up);
+  check_same_shape(op, "gate", gate, "dout", dout);
+  const bool want_dg = !is_empty_output(dgate), want_du = !is_empty_output(dup);
+  if (want_dg) {
+    check_rows_arg(op, "dgate", dgate);
+    check_same_shape(op, "gate", gate, "dgate", dgate);
+  }
+  if (want_du) {
+    check_rows_arg(op, "dup", dup);
+    check_same_shape(op, "gate", gate, "dup", dup);
+  }
+  if (want_dg && want_du)
+    RT_CHECK(!views_overlap(dgate, dup), op, ": outputs 'dgate' and 'dup' overlap");
+  const int64_t rows = rows_of(gate), cols = row_len(gate);
+  if (rows * cols == 0 || (!want_dg && !want_du)) return;
+  const Grid2D g = grid_2d(rows, cols);
+  swiglu_backward_kernel<<<g.grid, g.block, 0, stream>>>(rows_desc(gate), rows_desc(up), rows_desc(dout),
+                                                         want_dg ? rows_desc(dgate) : RowsDesc{},
+                                                         want_du ? rows_desc(dup) : RowsDesc{}, rows, cols);
+  CUDA_CHECK_LAUNCH();
+}
+
+void sigmoid_forward(TensorView x, float scale, TensorView y, cudaStream_t stream) {
+  const char* op = "sigmoid";
+  check_rows_arg(op, "x", x);
+  check_rows_arg(op, "y", y);
+  check_same_shape(op, "x", x, "y", y);
+  RT_CHECK(std::isfinite(scale), op, ": scale must be finite, found ", scale);
+  launch_map2(x, nullptr, y, SigmoidFn{scale}, stream);
+}
+
+void sigmoid_backward(TensorView y, TensorView dy, float scale, TensorView dx, cudaStream_t stream) {
+  const char* op = "sigmoid_backward";
+  check_rows_arg(op, "y", y);
+  check_rows_arg(op, "dy", dy);
+  check_rows_arg(op, "dx", dx);
+  check_same_shape(op, "y", y, "dy", dy);
+  check_same_shape(op, "y", y, "dx", dx);
+  RT_CHECK(std::isfinite(scale), op, ": scale must be finite, found ", scale);
+  launch_map2(y, &dy, dx, SigmoidBackwardFn{scale}, stream);
+}
+
+void step_forward(TensorView x, float threshold, TensorView y, cudaStream_t stream) {
+  const char* op = "step";
+  check_rows_arg(op, "x", x);
+  check_rows_arg(op, "y", y);
+  check_same_shape(op, "x", x, "y", y);
+  RT_CHECK(!std::isnan(threshold), op, ": threshold must not be NaN");
+  launch_map2(x, nullptr, y, StepFn{threshold}, stream);
+}
+
+void axpby_forward(float alpha, TensorView x, float beta, TensorView y, TensorView out, cudaStream_t stream) {
+  const char* op = "axpby";
+  check_rows_arg(op, "x", x);
+  check_rows_arg(op, "y", y);
+  check_rows_arg(op, "out", out);
+  check_same_shape(op, "x", x, "y", y);
+  check_same_shape(op, "x", x, "out", out);
+  launch_map2(x, &y, out, AxpbyFn{alpha, beta}, stream);
+}
+
+void row_scale_forward(TensorView x, TensorView s, TensorView out, cudaStream_t stream) {
+  const char* op = "row_scale";
+  check_rows_arg(op, "x", x);
+  check_rows_arg(op, "s", s);
+  check_rows_arg(op, "out", out);
+  RT_CHECK(x.ndim >= 2, op, ": argument 'x' must be [rows, cols] (at least 2 dimensions), found shape ",
+           x.shape_str());
+  check_same_shape(op, "x", x, "out", out);
+  const int64_t rows = rows_of(x), cols = row_len(x);
+  RT_CHECK(s.ndim == 1 && s.shape[0] == rows, op, ": argument 's' must have shape [", rows,
+           "] (one scale per row of x ", x.shape_str(), "), found ", s.shape_str());
+  RT_CHECK(!views_overlap(out, s), op, ": output 'out' overlaps the scales 's'");
+  if (rows * cols == 0) return;
+  const Grid2D g = grid_2d(rows, cols);
+  row_scale_kernel<<<g.grid, g.block, 0, stream>>>(rows_desc(x), s.data, s.dtype, s.stride[0], rows_desc(out), rows,
+                                                   cols);
   CUDA_CHECK_LAUNCH();
 }
 

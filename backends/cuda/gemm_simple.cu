@@ -2,6 +2,9 @@
 // contiguous last dimension. Slow next to cuBLASLt; it is the fallback for the rare layout the
 // heuristic has no algorithm for (odd leading dimensions, unusual alignments), so linear() never
 // fails for want of a kernel.
+#include <algorithm>
+#include <cstdint>
+
 #include "cuda/check.h"
 #include "cuda/device_utils.cuh"
 #include "cuda/kernels.h"
@@ -35,7 +38,69 @@ __global__ void gemm_simple_kernel(const void* x, DType xt, int64_t xs, const vo
   }
 }
 
+// d[i, j] (= or +=) sum_k A(i, k) B(k, j), A(i, k) = a[i * sai + k * sak], B(k, j) = b[k * sbk + j * sbj],
+// d row-major with row stride sd. Tiles as above; rows of d past gridDim.y are looped over.
+__global__ void gemm_general_kernel(const void* a, DType at, int64_t sai, int64_t sak, const void* b, DType bt,
+                                    int64_t sbk, int64_t sbj, void* d, DType dt, int64_t sd, int64_t M, int64_t N,
+                                    int64_t K, bool accumulate) {
+  __shared__ float ta[kTile][kTile + 1];
+  __shared__ float tb[kTile][kTile + 1];
+  const int64_t col = blockIdx.x * static_cast<int64_t>(kTile) + threadIdx.x;
+  for (int64_t row0 = blockIdx.y * static_cast<int64_t>(kTile); row0 < M;
+       row0 += static_cast<int64_t>(gridDim.y) * kTile) {
+    const int64_t row = row0 + threadIdx.y;
+    float acc = 0.f;
+    for (int64_t k0 = 0; k0 < K; k0 += kTile) {
+      const int64_t ka = k0 + threadIdx.x, kb = k0 + threadIdx.y;
+      ta[threadIdx.y][threadIdx.x] = row < M && ka < K ? load_f(a, row * sai + ka * sak, at) : 0.f;
+      tb[threadIdx.y][threadIdx.x] = kb < K && col < N ? load_f(b, kb * sbk + col * sbj, bt) : 0.f;
+      __syncthreads();
+#pragma unroll
+      for (int j = 0; j < kTile; ++j) acc += ta[threadIdx.y][j] * tb[j][threadIdx.x];
+      __syncthreads();
+    }
+    if (row < M && col < N) {
+      const int64_t i = row * sd + col;
+      store_f(d, i, dt, accumulate ? load_f(d, i, dt) + acc : acc);
+    }
+  }
+}
+
 }  // namespace
+
+void gemm_simple_matmul(TensorView a, bool trans_a, TensorView b, bool trans_b, TensorView d, bool accumulate,
+                        cudaStream_t stream) {
+  // Shapes are checked by the caller (GemmContext::matmul); these keep direct use safe.
+  const char* op = "gemm_simple_matmul";
+  check_cuda(op, "a", a);
+  check_cuda(op, "b", b);
+  check_cuda(op, "d", d);
+  check_float(op, "a", a);
+  check_float(op, "b", b);
+  check_float(op, "d", d);
+  check_ndim(op, "a", a, 2);
+  check_ndim(op, "b", b, 2);
+  check_ndim(op, "d", d, 2);
+  check_unit_inner_stride(op, "a", a);
+  check_unit_inner_stride(op, "b", b);
+  check_unit_inner_stride(op, "d", d);
+  const int64_t M = trans_a ? a.shape[1] : a.shape[0], K = trans_a ? a.shape[0] : a.shape[1];
+  const int64_t N = trans_b ? b.shape[0] : b.shape[1];
+  RT_CHECK((trans_b ? b.shape[1] : b.shape[0]) == K && d.shape[0] == M && d.shape[1] == N, op,
+           ": shapes do not chain: a ", a.shape_str(), trans_a ? "^T" : "", ", b ", b.shape_str(), trans_b ? "^T" : "",
+           ", d ", d.shape_str());
+  if (M == 0 || N == 0) return;
+  const int64_t sa = a.shape[0] > 1 ? a.stride[0] : 0, sb = b.shape[0] > 1 ? b.stride[0] : 0;
+  const int64_t sai = trans_a ? 1 : sa, sak = trans_a ? sa : 1;
+  const int64_t sbk = trans_b ? 1 : sb, sbj = trans_b ? sb : 1;
+  const int64_t sd = d.shape[0] > 1 ? d.stride[0] : 0;
+  const int64_t bx = (N + kTile - 1) / kTile, by = std::min<int64_t>((M + kTile - 1) / kTile, 65535);
+  RT_CHECK(bx <= INT32_MAX, op, ": ", N, " columns exceed the launch limit");
+  const dim3 block(kTile, kTile);
+  gemm_general_kernel<<<dim3(static_cast<unsigned>(bx), static_cast<unsigned>(by)), block, 0, stream>>>(
+      a.data, a.dtype, sai, sak, b.data, b.dtype, sbk, sbj, d.data, d.dtype, sd, M, N, K, accumulate);
+  CUDA_CHECK_LAUNCH();
+}
 
 void gemm_simple_forward(TensorView x, TensorView w, TensorView bias, TensorView y, cudaStream_t stream) {
   // Arguments are checked by the caller (GemmContext::linear) or here, minimally, for direct use.

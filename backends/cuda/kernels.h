@@ -4,15 +4,21 @@
 // faults surface at the next synchronizing call. CudaOps forwards to these; code that owns a
 // stream (the model, attention plugins built with CUDA) may call them directly.
 //
-// Files: elementwise.cu (copy, fill, add, swiglu, bias add), embedding.cu, linear.cpp (cuBLASLt),
-// gemm_simple.cu (its fallback),
-// rmsnorm.cu (+ fused residual), rope.cu, argmax.cu.
+// Files: elementwise.cu (copy, fill, add, swiglu, bias add, sigmoid, step, row_scale, axpby),
+// embedding.cu, linear.cpp (cuBLASLt; linear_backward and the GEMMs of the backward passes are
+// declared in linear.h, as is lm_head_cross_entropy of cross_entropy.cu), gemm_simple.cu (its
+// fallback), rmsnorm.cu (+ fused residual), rope.cu, argmax.cu, reduce.cu (row_dot, reduce_sum,
+// column sums), adamw.cu. Training backward kernels (<op>_backward) sit beside their forward.
+// Conventions of the training ops follow rt::Ops: "+=" outputs accumulate, "=" outputs are
+// overwritten, an output passed as an empty view (data == nullptr) is skipped; parameter
+// gradients and optimizer state are f32 (f64 is rejected: the CUDA backend has no f64 path).
 #pragma once
 
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
 
+#include "rt/sdk/ops.h"
 #include "rt/sdk/tensor.h"
 
 namespace rt::cuda {
@@ -26,15 +32,52 @@ void fill_forward(TensorView dst, float value, cudaStream_t stream);
 void add_forward(TensorView a, TensorView b, TensorView out, cudaStream_t stream);
 // out = silu(gate) * up in fp32, any float dtypes.
 void swiglu_forward(TensorView gate, TensorView up, TensorView out, cudaStream_t stream);
+// out = silu(gate) * up:  dgate (=) dout * up * silu'(gate),  dup (=) dout * silu(gate), in fp32.
+// dgate / dup may alias gate / up (each element is read before it is written) or be empty (skipped).
+void swiglu_backward(TensorView gate, TensorView up, TensorView dout, TensorView dgate, TensorView dup,
+                     cudaStream_t stream);
+// y (=) sigmoid(scale * x); dx (=) dy * scale * y * (1 - y); y (=) x >= threshold ? 1 : 0.
+// Elementwise on same-shape views of any float dtypes; outputs may alias inputs.
+void sigmoid_forward(TensorView x, float scale, TensorView y, cudaStream_t stream);
+void sigmoid_backward(TensorView y, TensorView dy, float scale, TensorView dx, cudaStream_t stream);
+void step_forward(TensorView x, float threshold, TensorView y, cudaStream_t stream);
+// out[r, :] (=) s[r] * x[r, :] for x [R, C] (rows: every dimension but the last), s [R]; out may alias x.
+void row_scale_forward(TensorView x, TensorView s, TensorView out, cudaStream_t stream);
+// out (=) alpha * x + beta * y elementwise; out may alias x or y.
+void axpby_forward(float alpha, TensorView x, float beta, TensorView y, TensorView out, cudaStream_t stream);
+
+// reduce.cu. out[r] (= or += when accumulate) sum_c a[r, c] * b[r, c]; one warp per row, fp32.
+void row_dot_forward(TensorView a, TensorView b, TensorView out, bool accumulate, cudaStream_t stream);
+// out[0] += sum of x (power 1) or x^2 (power 2) over every element: a deterministic two-pass
+// reduction (fixed grid, partials in fp64, summed in a fixed order). out is [1] (or a scalar) f32.
+void reduce_sum_forward(TensorView x, int power, TensorView out, cudaStream_t stream);
+// out[c] += sum_r a[r, c] * b[r, c] * row_scale[r] over the rows of a [R, C] (b: empty view for none;
+// row_scale: device f32 [R] or null for none). out [C] any float dtype. Deterministic: rows are
+// split in fixed slices whose fp32 partials are summed in order. (Bias and RMSNorm weight grads.)
+void column_sum_accumulate(TensorView a, TensorView b, const float* row_scale, TensorView out, cudaStream_t stream);
+
+// adamw.cu. One fused AdamW step (rt::Ops::AdamW semantics) over contiguous f32 master, grad, m, v
+// (same element count); param (any float dtype, same element count, or empty) receives the updated
+// master rounded to nearest even.
+void adamw_step(TensorView master, TensorView grad, TensorView m, TensorView v, TensorView param,
+                const Ops::AdamW& hp, cudaStream_t stream);
+
 // y = x W^T (+ b) with a plain tiled kernel (fp32 accumulation, any float dtypes): the fallback
 // of linear() when cuBLASLt offers no algorithm for a layout.
 void gemm_simple_forward(TensorView x, TensorView w, TensorView bias, TensorView y, cudaStream_t stream);
+// d [M, N] (= or +=) op(a) op(b) with the same tiled kernel (see GemmContext::matmul for the
+// layout): the fallback of matmul() when cuBLASLt has no algorithm. Any float dtypes.
+void gemm_simple_matmul(TensorView a, bool trans_a, TensorView b, bool trans_b, TensorView d, bool accumulate,
+                        cudaStream_t stream);
 // y[r, :] += bias (for GEMMs whose bias could not be fused into the epilogue).
 void bias_add_forward(TensorView y, TensorView bias, cudaStream_t stream);
 
-// Device-side error record of the embedding kernel: {flag, bad id, position, vocab}. The kernel
-// writes NaN rows for bad ids (never reads out of bounds) and fills the record once; the owner
-// reads it back after a synchronization (see CudaOps::check_device_errors).
+// Device-side error record of the kernels that index with device ids: {flag, bad id, position,
+// vocab}. The first kernel to find a bad id fills the record (never reading out of bounds); the
+// owner reads it back after a synchronization (see CudaOps::check_device_errors). flag says who:
+// embedding forward (the output row is NaN), embedding backward (the row's gradient is dropped),
+// lm_head_cross_entropy (the row's loss is NaN, its gradient zero).
+enum : int32_t { kErrEmbedding = 1, kErrEmbeddingBackward = 2, kErrCrossEntropyTarget = 3 };
 struct EmbeddingError {
   int32_t flag, id, pos, vocab;
 };
@@ -42,16 +85,28 @@ struct EmbeddingError {
 // may be null to skip the record) or on the host (checked here before upload, throwing at once).
 void embedding_forward(TensorView table, TensorView ids, TensorView out, EmbeddingError* err,
                        cudaStream_t stream);
+// dtable[ids[t], :] += dout[t, :] (f32 dtable, atomicAdd: repeated ids sum, in no fixed order).
+// ids as for embedding_forward (device ids checked into `err`, flag kErrEmbeddingBackward).
+void embedding_backward(TensorView ids, TensorView dout, TensorView dtable, EmbeddingError* err,
+                        cudaStream_t stream);
 
 // y = w * x / sqrt(mean(x^2) + eps) row-wise in fp32; x f32/bf16/f16, y f32/bf16/f16.
 void rmsnorm_forward(TensorView x, TensorView w, float eps, TensorView y, cudaStream_t stream);
 // Fused pre-norm step: x_residual (f32) += delta, then y = rmsnorm(x_residual) in one pass.
 void rmsnorm_residual_forward(TensorView x_residual, TensorView delta, TensorView w, float eps, TensorView y,
                               cudaStream_t stream);
+// Backward of y = rmsnorm(x) * w, fp32:  dx += r (dy w - x r^2 mean(dy w x)),  dw += sum_rows dy x r,
+// r = 1 / sqrt(mean(x^2) + eps). dx (any float dtype; may be x or dy itself) and dw (f32) are
+// optional (empty view: skipped). Three passes: per-row statistics, dw (deterministic column
+// sums), dx.
+void rmsnorm_backward(TensorView x, TensorView w, float eps, TensorView dy, TensorView dx, TensorView dw,
+                      cudaStream_t stream);
 
 // In-place rotate-half RoPE on x [T, H, D] (f32/bf16/f16), positions pos0.., angles computed
 // exactly as backends/cpu/rope.cpp so the two paths agree.
 void rope_forward(TensorView x, int64_t pos0, double theta, cudaStream_t stream);
+// The transpose of rope_forward, in place on dx: the rotation by minus the same angles.
+void rope_backward(TensorView dx, int64_t pos0, double theta, cudaStream_t stream);
 
 // Index of the largest value of the last row of logits ([V] or [rows, V], f32) written to
 // *out_dev (device memory, no synchronization: usable inside a CUDA graph). First index wins

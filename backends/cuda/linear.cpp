@@ -6,6 +6,8 @@
 
 #include <cstdint>
 #include <memory>
+#include <utility>
+#include <vector>
 
 #include "cuda/check.h"
 #include "cuda/kernels.h"
@@ -53,13 +55,14 @@ GemmContext::GemmContext() {
 }
 
 GemmContext::~GemmContext() {
-  for (auto& [k, p] : plans_) {
-    if (!p.desc) continue;
-    cublasLtMatrixLayoutDestroy(p.a);
-    cublasLtMatrixLayoutDestroy(p.b);
-    cublasLtMatrixLayoutDestroy(p.d);
-    cublasLtMatmulDescDestroy(p.desc);
-  }
+  for (auto* plans : {&plans_, &matmul_plans_})
+    for (auto& [k, p] : *plans) {
+      if (!p.desc) continue;
+      cublasLtMatrixLayoutDestroy(p.a);
+      cublasLtMatrixLayoutDestroy(p.b);
+      cublasLtMatrixLayoutDestroy(p.d);
+      cublasLtMatmulDescDestroy(p.desc);
+    }
   (void)cudaFree(workspace_);  // synchronizes the device: no queued GEMM still uses it
   (void)cudaGetLastError();
   cublasLtDestroy(handle_);
@@ -222,6 +225,203 @@ void GemmContext::linear(TensorView x, TensorView w, TensorView bias, TensorView
 void linear_forward(GemmContext& ctx, TensorView x, TensorView w, TensorView bias, TensorView y,
                     cudaStream_t stream) {
   ctx.linear(x, w, bias, y, stream);
+}
+
+// ---- matmul (backward GEMMs) ------------------------------------------------------------------
+//
+// Row-major d [M, N] = op(a) op(b) is column-major d^T = op(b)^T op(a)^T. A row-major [r, c] view
+// with row stride ld is the column-major [c, r] matrix with leading dimension ld. So cuBLASLt's A
+// is our b (column-major [b.shape[1], b.shape[0]], TRANSA = T when trans_b), its B is our a
+// (column-major [a.shape[1], a.shape[0]], TRANSB = T when trans_a), and D is d (column-major
+// [N, M]); m = N, n = M, k = K. Check with linear: y = x W^T is a = x, b = W, trans_b, which gives
+// the forward's TRANSA = T, TRANSB = N and layouts above.
+void GemmContext::matmul(TensorView a, bool trans_a, TensorView b, bool trans_b, TensorView d, bool accumulate,
+                         cudaStream_t stream) {
+  const char* op = "matmul";
+  check_cuda(op, "a", a);
+  check_cuda(op, "b", b);
+  check_cuda(op, "d", d);
+  check_float(op, "a", a);
+  check_float(op, "b", b);
+  check_float(op, "d", d);
+  check_ndim(op, "a", a, 2);
+  check_ndim(op, "b", b, 2);
+  check_ndim(op, "d", d, 2);
+  check_unit_inner_stride(op, "a", a);
+  check_unit_inner_stride(op, "b", b);
+  check_unit_inner_stride(op, "d", d);
+  RT_CHECK(a.dtype == b.dtype, "matmul: operands 'a' and 'b' must share a dtype, found ", dtype_name(a.dtype), " and ",
+           dtype_name(b.dtype));
+  RT_CHECK(d.dtype == DType::F32 || (d.dtype == a.dtype && a.dtype != DType::F32), "matmul: output 'd' must be f32 or ",
+           dtype_name(a.dtype), " (the operands' 16-bit dtype), found ", dtype_name(d.dtype));
+  const int64_t M = trans_a ? a.shape[1] : a.shape[0], K = trans_a ? a.shape[0] : a.shape[1];
+  const int64_t N = trans_b ? b.shape[0] : b.shape[1], Kb = trans_b ? b.shape[1] : b.shape[0];
+  RT_CHECK(Kb == K, "matmul: inner dimensions differ: op(a) is [", M, ", ", K, "] (a ", a.shape_str(),
+           trans_a ? " transposed" : "", "), op(b) is [", Kb, ", ", N, "] (b ", b.shape_str(),
+           trans_b ? " transposed" : "", ")");
+  RT_CHECK(d.shape[0] == M && d.shape[1] == N, "matmul: output 'd' must have shape [", M, ", ", N, "], found ",
+           d.shape_str());
+  RT_CHECK(ld_of(a) >= a.shape[1] && ld_of(b) >= b.shape[1] && ld_of(d) >= N,
+           "matmul: rows of a, b or d overlap (row stride smaller than the row length)");
+  RT_CHECK(!views_overlap(d, a) && !views_overlap(d, b), "matmul: output 'd' overlaps an input");
+  if (M == 0 || N == 0) return;
+  if (K == 0) {  // an empty sum
+    if (!accumulate) fill_forward(d, 0.f, stream);
+    return;
+  }
+  const MatmulKey key{static_cast<int64_t>(a.dtype), static_cast<int64_t>(b.dtype), static_cast<int64_t>(d.dtype),
+                      trans_a ? 1 : 0, trans_b ? 1 : 0, M, N, K, ld_of(a), ld_of(b), ld_of(d), alignment(a.data),
+                      alignment(b.data), alignment(d.data)};
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = matmul_plans_.find(key);
+  if (it == matmul_plans_.end()) {
+    Plan p;
+    CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    set_attr(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N);
+    set_attr(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N);
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, cuda_type(b.dtype), static_cast<uint64_t>(b.shape[1]),
+                                            static_cast<uint64_t>(b.shape[0]), ld_of(b)));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, cuda_type(a.dtype), static_cast<uint64_t>(a.shape[1]),
+                                            static_cast<uint64_t>(a.shape[0]), ld_of(a)));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.d, cuda_type(d.dtype), static_cast<uint64_t>(N),
+                                            static_cast<uint64_t>(M), ld_of(d)));
+    cublasLtMatmulPreference_t pref = nullptr;
+    CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    const uint64_t ws = kWorkspaceBytes;
+    const uint32_t al_a = static_cast<uint32_t>(key[11]), al_b = static_cast<uint32_t>(key[12]),
+                   al_d = static_cast<uint32_t>(key[13]);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_b, sizeof al_b);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_a, sizeof al_a);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_d, sizeof al_d);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d, sizeof al_d);
+    cublasLtMatmulHeuristicResult_t res{};
+    int found = 0;
+    const cublasStatus_t st =
+        cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.a, p.b, p.d, p.d, pref, 1, &res, &found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (st == CUBLAS_STATUS_SUCCESS && found > 0) {
+      p.algo = res.algo;
+    } else {  // no algorithm: the simple kernel runs this shape (p.desc stays null)
+      cublasLtMatrixLayoutDestroy(p.a);
+      cublasLtMatrixLayoutDestroy(p.b);
+      cublasLtMatrixLayoutDestroy(p.d);
+      cublasLtMatmulDescDestroy(p.desc);
+      p = Plan{};
+    }
+    it = matmul_plans_.emplace(key, p).first;
+  }
+  Plan& p = it->second;
+  if (p.desc) {
+    const float alpha = 1.f, beta = accumulate ? 1.f : 0.f;
+    const cublasStatus_t st = cublasLtMatmul(handle_, p.desc, &alpha, b.data, p.a, a.data, p.b, &beta, d.data, p.d,
+                                             d.data, p.d, &p.algo, workspace_, kWorkspaceBytes, stream);
+    if (st == CUBLAS_STATUS_SUCCESS) return;
+    if (st != CUBLAS_STATUS_NOT_SUPPORTED && st != CUBLAS_STATUS_INVALID_VALUE && st != CUBLAS_STATUS_ARCH_MISMATCH)
+      fail("matmul: cublasLtMatmul failed for ", dtype_name(a.dtype), " a ", a.shape_str(), trans_a ? "^T" : "",
+           " times b ", b.shape_str(), trans_b ? "^T" : "", " into ", dtype_name(d.dtype), " ", d.shape_str(), ": ",
+           cublasLtGetStatusName(st), " (", cublasLtGetStatusString(st), ")");
+    // Refused at run time: demote this shape to the simple kernel for good.
+    cublasLtMatrixLayoutDestroy(p.a);
+    cublasLtMatrixLayoutDestroy(p.b);
+    cublasLtMatrixLayoutDestroy(p.d);
+    cublasLtMatmulDescDestroy(p.desc);
+    p = Plan{};
+  }
+  gemm_simple_matmul(a, trans_a, b, trans_b, d, accumulate, stream);
+}
+
+// ---- linear_backward ----------------------------------------------------------------------------
+
+namespace {
+
+// v in dtype `want`: v itself, or a converted contiguous copy kept alive in `keep`.
+TensorView as_dtype(const TensorView& v, DType want, std::vector<std::unique_ptr<Scratch>>& keep, cudaStream_t stream,
+                    const char* what) {
+  if (v.dtype == want) return v;
+  keep.push_back(std::make_unique<Scratch>(static_cast<size_t>(v.numel()) * dtype_size(want), stream, what));
+  const TensorView c = keep.back()->view(want, v);
+  copy_forward(v, c, stream);
+  return c;
+}
+
+// The dtype a GEMM of operands p and q runs in: theirs when they agree; the 16-bit one when the
+// other is f32 (as linear() converts x to W's dtype: tensor-core GEMMs, the f32 operand rounded
+// once, e.g. an f32 residual-stream gradient against bf16 weights); f32 for bf16 with f16.
+DType common_dtype(const TensorView& p, const TensorView& q) {
+  if (p.dtype == q.dtype) return p.dtype;
+  if (p.dtype == DType::F32) return q.dtype;
+  if (q.dtype == DType::F32) return p.dtype;
+  return DType::F32;
+}
+
+}  // namespace
+
+void linear_backward(GemmContext& ctx, TensorView x, TensorView w, TensorView dy, TensorView dx, TensorView dw,
+                     TensorView db, bool accumulate_dx, cudaStream_t stream) {
+  const char* op = "linear_backward";
+  for (const auto& [name, t] : {std::pair{"x", &x}, std::pair{"w", &w}, std::pair{"dy", &dy}}) {
+    check_cuda(op, name, *t);
+    check_float(op, name, *t);
+    check_ndim(op, name, *t, 2);
+    check_unit_inner_stride(op, name, *t);
+  }
+  const int64_t N = x.shape[0], in = x.shape[1], out = w.shape[0];
+  check_dim(op, "w", w, 1, in, "in features, x.shape[1]");
+  check_dim(op, "dy", dy, 0, N, "rows, x.shape[0]");
+  check_dim(op, "dy", dy, 1, out, "out features, w.shape[0]");
+  const bool want_dx = !is_empty_output(dx), want_dw = !is_empty_output(dw), want_db = !is_empty_output(db);
+  if (want_dx) {
+    check_cuda(op, "dx", dx);
+    check_float(op, "dx", dx);
+    check_ndim(op, "dx", dx, 2);
+    check_same_shape(op, "x", x, "dx", dx);
+    check_unit_inner_stride(op, "dx", dx);
+    for (const auto& [name, t] : {std::pair{"x", &x}, std::pair{"w", &w}, std::pair{"dy", &dy}})
+      RT_CHECK(!views_overlap(dx, *t), op, ": output 'dx' overlaps input '", name, "'");
+  }
+  if (want_dw) {
+    check_cuda(op, "dw", dw);
+    check_not_f64(op, "dw", dw);
+    check_dtype(op, "dw", dw, DType::F32);
+    check_ndim(op, "dw", dw, 2);
+    check_same_shape(op, "w", w, "dw", dw);
+    check_unit_inner_stride(op, "dw", dw);
+    for (const auto& [name, t] : {std::pair{"x", &x}, std::pair{"w", &w}, std::pair{"dy", &dy}, std::pair{"dx", &dx}})
+      RT_CHECK(!views_overlap(dw, *t), op, ": output 'dw' overlaps '", name, "'");
+  }
+  if (want_db) {
+    check_cuda(op, "db", db);
+    check_not_f64(op, "db", db);
+    check_dtype(op, "db", db, DType::F32);
+    RT_CHECK(db.ndim == 1 && db.shape[0] == out, op, ": argument 'db' must have shape [", out,
+             "] (out features, w.shape[0]), found ", db.shape_str());
+    for (const auto& [name, t] : {std::pair{"dy", &dy}, std::pair{"dx", &dx}, std::pair{"dw", &dw}})
+      RT_CHECK(!views_overlap(db, *t), op, ": output 'db' overlaps '", name, "'");
+  }
+
+  std::vector<std::unique_ptr<Scratch>> keep;
+  if (want_dx && N > 0 && in > 0) {
+    const DType ct = common_dtype(dy, w);
+    const TensorView dyc = as_dtype(dy, ct, keep, stream, "linear_backward (dy convert)");
+    const TensorView wc = as_dtype(w, ct, keep, stream, "linear_backward (w convert)");
+    if (dx.dtype == DType::F32 || (dx.dtype == ct && ct != DType::F32)) {
+      ctx.matmul(dyc, false, wc, false, dx, accumulate_dx, stream);
+    } else {  // through an f32 buffer
+      Scratch buf(static_cast<size_t>(N * in) * sizeof(float), stream, "linear_backward (f32 dx)");
+      const TensorView dxf = buf.view(DType::F32, dx);
+      if (accumulate_dx) copy_forward(dx, dxf, stream);
+      ctx.matmul(dyc, false, wc, false, dxf, accumulate_dx, stream);
+      copy_forward(dxf, dx, stream);
+    }
+  }
+  if (want_dw && N > 0 && out > 0 && in > 0) {
+    const DType ct = common_dtype(dy, x);
+    const TensorView dyc = as_dtype(dy, ct, keep, stream, "linear_backward (dy convert)");
+    const TensorView xc = as_dtype(x, ct, keep, stream, "linear_backward (x convert)");
+    ctx.matmul(dyc, true, xc, false, dw, true, stream);
+  }
+  if (want_db && N > 0 && out > 0) column_sum_accumulate(dy, TensorView{}, nullptr, db, stream);
 }
 
 }  // namespace rt::cuda

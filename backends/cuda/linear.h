@@ -26,6 +26,16 @@ class GemmContext {
   // Other combinations convert x to W's dtype (and/or go through an f32 output) first.
   void linear(TensorView x, TensorView w, TensorView bias, TensorView y, cudaStream_t stream);
 
+  // General row-major GEMM for the backward passes: d [M, N] = op(a) op(b), or d += op(a) op(b)
+  // when accumulate (beta = 1), fp32 accumulation. op(a) is a [M, K], or a^T when trans_a (a is
+  // [K, M]); op(b) is b [K, N], or b^T when trans_b (b is [N, K]). a and b share a dtype (bf16,
+  // f16 or f32); d is f32, or a's dtype when that is 16-bit. Every operand is a 2-D cuda view with
+  // a contiguous last dimension (any row stride). Other combinations are the caller's to convert
+  // (linear_backward, lm_head_cross_entropy do). K = 0 writes zeros (or leaves d when accumulating).
+  // Falls back to a simple tiled kernel when cuBLASLt has no algorithm for a layout.
+  void matmul(TensorView a, bool trans_a, TensorView b, bool trans_b, TensorView d, bool accumulate,
+              cudaStream_t stream);
+
   static constexpr size_t kWorkspaceBytes = size_t{32} << 20;
 
  private:
@@ -44,8 +54,41 @@ class GemmContext {
   void* workspace_ = nullptr;
   std::mutex mu_;
   std::map<Key, Plan> plans_;
+  // matmul's plans: a, b, d dtypes, trans_a, trans_b, M, N, K, ld a, ld b, ld d, alignments a, b, d.
+  using MatmulKey = std::array<int64_t, 14>;
+  std::map<MatmulKey, Plan> matmul_plans_;
 };
 
 void linear_forward(GemmContext& ctx, TensorView x, TensorView w, TensorView bias, TensorView y, cudaStream_t stream);
+
+// Backward of y = x W^T + b (x [N, in], W [out, in], dy [N, out]):
+//   dx (= or += when accumulate_dx) dy W    dx [N, in], any float dtype
+//   dw += dy^T x                            dw [out, in] f32
+//   db += column sums of dy                 db [out] f32 (deterministic reduction)
+// An output passed as an empty view (data == nullptr) is skipped. x, w, dy: bf16 or f32 (f16
+// works too). A GEMM whose two operands differ in dtype runs in the 16-bit one, the f32 operand
+// converted (rounded) first, as linear() converts x to W's dtype: an f32 dy against bf16 W is a
+// bf16 tensor-core GEMM, not an f32 one.
+void linear_backward(GemmContext& ctx, TensorView x, TensorView w, TensorView dy, TensorView dx, TensorView dw,
+                     TensorView db, bool accumulate_dx, cudaStream_t stream);
+
+// The LM head fused with cross-entropy (cross_entropy.cu), never holding more than
+// [chunk_rows, V] logits: for h [N, hidden], w [V, hidden], targets [N] i32 (-100: ignored row;
+// on the device, or on the host where they are validated before any work), per chunk of rows
+//   logits = h_c w^T (f32, cuBLASLt), then per row max / log-sum-exp / loss and
+//   G = grad_scale * (softmax - onehot(target)) (0 rows where ignored), stored in w's dtype
+//   (bf16 for bf16 weights: the GEMMs below run on bf16 G, a relative rounding of 2^-9 per element),
+//   dh_c (=) G w, dw += G^T h_c.
+// losses [N] (=) f32 (0 for ignored rows; NaN for an out-of-range target, which is also recorded in
+// `err` when the targets live on the device, see CudaOps::check_device_errors). dh [N, hidden] (any
+// float dtype) and dw [V, hidden] f32 are optional (empty view: skipped), and so are the losses. h is converted to w's
+// dtype per chunk when they differ.
+struct EmbeddingError;
+void lm_head_cross_entropy(GemmContext& ctx, TensorView h, TensorView w, TensorView targets, float grad_scale,
+                           TensorView losses, TensorView dh, TensorView dw, EmbeddingError* err, cudaStream_t stream);
+// Rows per chunk of lm_head_cross_entropy: 0 (the default) picks them so that the f32 logits of a
+// chunk take at most 256 MiB; n > 0 forces n (tests exercise the multi-chunk path with it).
+void set_lm_head_chunk_rows(int64_t rows);
+int64_t lm_head_chunk_rows(int64_t N, int64_t V);
 
 }  // namespace rt::cuda

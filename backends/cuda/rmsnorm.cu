@@ -3,12 +3,14 @@
 // The fused variant adds a delta into the f32 residual first, saving a full pass over the
 // residual stream per sublayer.
 #include <cmath>
+#include <utility>
 
 #include <cuda_bf16.h>
 
 #include "cuda/check.h"
 #include "cuda/device_utils.cuh"
 #include "cuda/kernels.h"
+#include "cuda/memory.h"
 
 namespace rt::cuda {
 namespace {
@@ -101,6 +103,48 @@ bool rmsnorm_fast(const TensorView& x, const TensorView& w, float eps, const Ten
 
 int threads_for(int64_t d) { return d >= 2048 ? 512 : (d >= 512 ? 256 : (d >= 128 ? 128 : 32)); }
 
+// Backward pass 1, one block per row: rstd[r] = 1 / sqrt(mean(x^2) + eps) (as the forward computes
+// it) and coef[r] = rstd^3 * sum_i(dy_i w_i x_i) / d.
+__global__ void rmsnorm_backward_stats_kernel(RowsDesc x, RowsDesc dy, const void* w, DType wdt, int64_t w_stride,
+                                              float eps, int64_t d, float* rstd, float* coef) {
+  const int64_t r = blockIdx.x;
+  const int64_t xo = x.row_offset(r), dyo = dy.row_offset(r);
+  float ss = 0.f, dot = 0.f;
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
+    const float v = load_f(x.data, xo + i * x.col_stride, x.dtype);
+    const float g = load_f(dy.data, dyo + i * dy.col_stride, dy.dtype) * load_f(w, i * w_stride, wdt);
+    ss += v * v;
+    dot += g * v;
+  }
+  ss = block_sum(ss);
+  dot = block_sum(dot);
+  if (threadIdx.x == 0) {
+    const float inv = 1.f / sqrtf(ss / static_cast<float>(d) + eps);
+    rstd[r] = inv;
+    coef[r] = inv * inv * inv * dot / static_cast<float>(d);
+  }
+}
+
+// Backward pass 3: dx[r, i] += rstd[r] dy_i w_i - coef[r] x_i. Each element is read and written by
+// one thread, so dx may be x or dy itself.
+__global__ void rmsnorm_backward_dx_kernel(RowsDesc x, RowsDesc dy, const void* w, DType wdt, int64_t w_stride,
+                                           const float* rstd, const float* coef, RowsDesc dx, int64_t rows,
+                                           int64_t cols) {
+  const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (c >= cols) return;
+  const float wc = load_f(w, c * w_stride, wdt);
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    const float v = load_f(x.data, x.row_offset(r) + c * x.col_stride, x.dtype);
+    const float g = load_f(dy.data, dy.row_offset(r) + c * dy.col_stride, dy.dtype) * wc;
+    const int64_t o = dx.row_offset(r) + c * dx.col_stride;
+    store_f(dx.data, o, dx.dtype, load_f(dx.data, o, dx.dtype) + (rstd[r] * g - coef[r] * v));
+  }
+}
+
+bool same_view(const TensorView& a, const TensorView& b) {
+  return a.data == b.data && a.dtype == b.dtype && same_shape(a, b) && a.stride == b.stride;
+}
+
 }  // namespace
 
 void rmsnorm_forward(TensorView x, TensorView w, float eps, TensorView y, cudaStream_t stream) {
@@ -129,6 +173,57 @@ void rmsnorm_residual_forward(TensorView x_residual, TensorView delta, TensorVie
   rmsnorm_kernel<true><<<static_cast<unsigned>(rows), threads_for(d), 0, stream>>>(
       rows_desc(x_residual), rows_desc(delta), w.data, w.dtype, w.stride[0], eps, rows_desc(y), d);
   CUDA_CHECK_LAUNCH();
+}
+
+void rmsnorm_backward(TensorView x, TensorView w, float eps, TensorView dy, TensorView dx, TensorView dw,
+                      cudaStream_t stream) {
+  const char* op = "rmsnorm_backward";
+  check_cuda(op, "x", x);
+  check_cuda(op, "w", w);
+  check_cuda(op, "dy", dy);
+  check_float(op, "x", x);
+  check_float(op, "w", w);
+  check_float(op, "dy", dy);
+  RT_CHECK(x.ndim >= 1, op, ": argument 'x' must have at least 1 dimension, found shape ", x.shape_str());
+  check_same_shape(op, "x", x, "dy", dy);
+  const int64_t rows = num_rows(x), d = row_len(x);
+  RT_CHECK(w.ndim == 1 && w.shape[0] == d, op, ": argument 'w' must have shape [", d,
+           "] (the last dimension of x), found ", w.shape_str());
+  RT_CHECK(std::isfinite(eps) && eps >= 0.f, op, ": eps must be finite and >= 0, found ", eps);
+  const bool want_dx = !is_empty_output(dx), want_dw = !is_empty_output(dw);
+  if (want_dx) {
+    check_cuda(op, "dx", dx);
+    check_float(op, "dx", dx);
+    check_same_shape(op, "x", x, "dx", dx);
+    RT_CHECK(!views_overlap(dx, w), op, ": output 'dx' overlaps the weight 'w'");
+    RT_CHECK(same_view(dx, x) || !views_overlap(dx, x), op, ": output 'dx' partially overlaps 'x'");
+    RT_CHECK(same_view(dx, dy) || !views_overlap(dx, dy), op, ": output 'dx' partially overlaps 'dy'");
+  }
+  if (want_dw) {
+    check_cuda(op, "dw", dw);
+    check_not_f64(op, "dw", dw);
+    check_dtype(op, "dw", dw, DType::F32);
+    RT_CHECK(dw.ndim == 1 && dw.shape[0] == d, op, ": argument 'dw' must have shape [", d,
+             "] (the last dimension of x), found ", dw.shape_str());
+    for (const auto& [name, t] : {std::pair{"x", &x}, std::pair{"w", &w}, std::pair{"dy", &dy}, std::pair{"dx", &dx}})
+      RT_CHECK(!views_overlap(dw, *t), op, ": output 'dw' overlaps '", name, "'");
+  }
+  if (rows == 0 || d == 0 || (!want_dx && !want_dw)) return;
+  RT_CHECK(rows <= INT32_MAX, op, ": ", rows, " rows exceed the launch limit");
+  Scratch stats(static_cast<size_t>(2 * rows) * sizeof(float), stream, "rmsnorm_backward row statistics");
+  float* rstd = static_cast<float*>(stats.get());
+  float* coef = rstd + rows;
+  rmsnorm_backward_stats_kernel<<<static_cast<unsigned>(rows), threads_for(d), 0, stream>>>(
+      rows_desc(x), rows_desc(dy), w.data, w.dtype, w.stride[0], eps, d, rstd, coef);
+  CUDA_CHECK_LAUNCH();
+  // dw before dx: dx may be x or dy itself.
+  if (want_dw) column_sum_accumulate(dy, x, rstd, dw, stream);
+  if (want_dx) {
+    const Grid2D g = grid_2d(rows, d);
+    rmsnorm_backward_dx_kernel<<<g.grid, g.block, 0, stream>>>(rows_desc(x), rows_desc(dy), w.data, w.dtype,
+                                                               w.stride[0], rstd, coef, rows_desc(dx), rows, d);
+    CUDA_CHECK_LAUNCH();
+  }
 }
 
 }  // namespace rt::cuda

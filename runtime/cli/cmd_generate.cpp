@@ -42,7 +42,7 @@ void register_generate(CLI::App& app) {
   cmd->callback([args] {
     RT_CHECK(!args->prompt.empty() || !args->ids.empty(), "generate: give --prompt TEXT or --ids 1,2,3");
     auto session = open_model_session(args->model);
-    RT_CHECK(session->attention->capabilities().decode, "attention backend '", args->model.attention,
+    RT_CHECK(session->attention->capabilities().decode, "attention backend '", session->attention_name,
              "' has no decode support (no KV cache); generate needs one, e.g. full_causal or swa");
     std::unique_ptr<Tokenizer> tok;
     const std::filesystem::path tok_path = !args->tokenizer.empty() ? std::filesystem::path(args->tokenizer)

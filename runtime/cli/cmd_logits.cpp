@@ -32,7 +32,7 @@ void register_logits(CLI::App& app) {
     session->ops->copy(logits.view, TensorView::contiguous(host.data(), DType::F32, Device::CPU, {T, V}));
     write_npy_f32(args->out, host.data(), {T, V});
     std::cerr << "wrote " << args->out << ": logits [" << T << ", " << V << "] (" << session->model_name
-              << ", attention " << args->model.attention << ")\n";
+              << ", attention " << session->attention_name << ")\n";
   });
 }
 

@@ -19,7 +19,7 @@ static const char* kv_policy_name(KvPolicy p) {
 
 void register_plugins(CLI::App& app) {
   auto extra = std::make_shared<std::vector<std::string>>();
-  CLI::App* cmd = app.add_subcommand("plugins", "List the attention plugins found, with versions and capabilities");
+  CLI::App* cmd = app.add_subcommand("plugins", "List the attention and router plugins found, with versions and capabilities");
   cmd->footer("\nSearch order: --plugin paths, $RUNTIME_PLUGIN_PATH (colon-separated), the executable's directory.");
   cmd->add_option("--plugin", *extra, "Extra plugin file or directory (repeatable)");
   cmd->callback([extra] {
@@ -29,12 +29,21 @@ void register_plugins(CLI::App& app) {
               << std::setw(9) << "backward" << std::setw(8) << "decode" << std::setw(6) << "kv"
               << "description\n";
     for (const auto& p : reg.plugins()) {
+      if (p.kind != PluginKind::Attention) continue;
       std::string dev = std::string(p.caps.cpu ? "cpu" : "") + (p.caps.cpu && p.caps.cuda ? "," : "") +
                         (p.caps.cuda ? "cuda" : "");
       std::cout << std::setw(14) << p.name << std::setw(9) << p.version << std::setw(11) << dev << std::setw(9)
                 << (p.caps.backward ? "yes" : "no") << std::setw(8) << (p.caps.decode ? "yes" : "no")
                 << std::setw(6) << kv_policy_name(p.caps.kv) << p.description << "\n";
       std::cout << "              " << p.path.string() << "\n";
+    }
+    bool header = false;
+    for (const auto& p : reg.plugins()) {
+      if (p.kind != PluginKind::Router) continue;
+      if (!header) std::cout << "\nrouters (for routed backends: --set router=NAME)\n";
+      header = true;
+      std::cout << "  " << std::setw(16) << p.name << std::setw(9) << p.version << p.description << "\n"
+                << "  " << std::setw(16) << "" << p.path.string() << "\n";
     }
     for (const auto& r : reg.refused()) std::cout << "refused " << r.path.string() << ": " << r.reason << "\n";
     std::cout << "searched:";

@@ -10,5 +10,7 @@ void register_generate(CLI::App& app);
 void register_tokenize(CLI::App& app);
 void register_plugins(CLI::App& app);
 void register_profile(CLI::App& app);
+void register_train(CLI::App& app);
+void register_sparsity(CLI::App& app);
 
 }  // namespace rt

@@ -18,6 +18,8 @@ int main(int argc, char** argv) {
   rt::register_tokenize(app);
   rt::register_plugins(app);
   rt::register_profile(app);
+  rt::register_train(app);
+  rt::register_sparsity(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -28,9 +28,10 @@ void add_model_options(CLI::App& cmd, ModelOptions& o) {
       ->capture_default_str();
   cmd.add_option("--seed", o.seed, "Seed for --init random")->capture_default_str();
   cmd.add_option("--attention,-a", o.attention,
-                 "Attention plugin: full_causal, swa, or any plugin `runtime plugins` lists")
-      ->capture_default_str();
-  cmd.add_option("--window,-w", o.window, "Sliding window W (keys per query, including itself) for swa")
+                 "Attention plugin: full_causal, swa, l2a_dense, or any plugin `runtime plugins` lists. Default: "
+                 "l2a_dense for a model whose config.json has an \"l2a\" section (an exported L2A model), else "
+                 "full_causal");
+  cmd.add_option("--window,-w", o.window, "Sliding window W (keys per query, including itself) for swa and the local half of L2A")
       ->check(CLI::Validator(
           [](std::string& v) -> std::string {
             try {
@@ -40,7 +41,9 @@ void add_model_options(CLI::App& cmd, ModelOptions& o) {
             return "expected a window of at least 1 key, found '" + v + "'";
           },
           "W>=1"));
-  cmd.add_option("--set", o.set, "Plugin option key=value (repeatable), e.g. --set window=512");
+  cmd.add_option("--set", o.set,
+                 "Plugin option key=value (repeatable), e.g. --set window=512, --set layout=parallel, "
+                 "--set router=fixed_rate --set sparsity=0.8");
   cmd.add_option("--plugin", o.plugins, "Extra plugin file or directory to load first (repeatable)");
   cmd.add_option("--device", o.device, "Compute device")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
   cmd.add_option("--threads", o.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
@@ -76,18 +79,25 @@ std::vector<int32_t> parse_ids(const std::string& text, const std::string& optio
   return ids;
 }
 
-static Options plugin_options(const ModelOptions& o, const HfConfig& config) {
+// Plugin options, weakest first: the checkpoint's "l2a" section (a trained L2A model carries its
+// settings), then --set, then --window.
+static Options plugin_options(const ModelOptions& o, const std::string& attention, const HfConfig& config) {
   Options opts;
+  if (config.raw.contains("l2a") && config.raw["l2a"].is_object() && attention.rfind("l2a", 0) == 0)
+    for (const auto& [key, value] : config.raw["l2a"].items()) {
+      if (value.is_null()) continue;
+      opts.set(key, value.is_string() ? value.get<std::string>() : value.dump());
+    }
   for (const auto& kv : o.set) {
     auto eq = kv.find('=');
     RT_CHECK(eq != std::string::npos && eq > 0, "--set: expected key=value, found '", kv, "'");
     opts.set(kv.substr(0, eq), kv.substr(eq + 1));
   }
   if (o.window > 0) {
-    RT_CHECK(o.attention != "full_causal", "--window ", o.window,
+    RT_CHECK(attention != "full_causal", "--window ", o.window,
              " has no effect with --attention full_causal; use --attention swa");
     opts.set("window", std::to_string(o.window));
-  } else if (o.attention == "swa" && !opts.has("window") && config.sliding_window > 0) {
+  } else if (attention == "swa" && !opts.has("window") && config.sliding_window > 0) {
     opts.set("window", std::to_string(config.sliding_window));  // the checkpoint's own window
   }
   return opts;
@@ -109,7 +119,6 @@ std::unique_ptr<ModelSession> open_model_session(const ModelOptions& o) {
     s->ops = make_cpu_ops();
   }
   s->registry.discover(o.plugins);
-  s->attention = s->registry.create_attention(o.attention, s->ops->device());
 
   ResolvedModel resolved = resolve_model(o.model, preset_config_dirs());
   HfConfig config;
@@ -123,12 +132,20 @@ std::unique_ptr<ModelSession> open_model_session(const ModelOptions& o) {
     s->model_name = resolved.name;
   }
   const ModelDims dims = dims_from_config(config);
-  if (o.attention == "full_causal" &&
+  s->attention_name = !o.attention.empty() ? o.attention : config.raw.contains("l2a") ? "l2a_dense" : "full_causal";
+  s->attention = s->registry.create_attention(s->attention_name, s->ops->device());
+  const Options options = plugin_options(o, s->attention_name, config);
+  if (s->attention->capabilities().router) {
+    s->router = s->registry.create_router(options.get_string("router", "linear_sigmoid"));
+    s->attention->attach_router(s->router.get());
+  }
+  if (s->attention_name == "full_causal" &&
       std::count(config.layer_types.begin(), config.layer_types.end(), "sliding_attention") > 0)
     std::cerr << "warning: " << config.source << " enables sliding-window attention (window "
               << config.sliding_window << ") in some layers; full_causal attends to every past token. "
               << "Use --attention swa --window " << config.sliding_window << " to match it.\n";
-  s->attention->configure(plugin_options(o, config), dims);
+  s->attention->configure(options, dims);
+  s->attention_options = options;
   s->model = std::make_unique<Qwen2Model>(std::move(config), *s->ops, *s->attention);
   if (o.init == "random") {
     s->model->init_random(o.seed);

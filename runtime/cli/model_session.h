@@ -19,7 +19,7 @@ struct ModelOptions {
   std::string model;
   std::string init = "checkpoint";  // or "random"
   uint64_t seed = 0;
-  std::string attention = "full_causal";
+  std::string attention;  // "": l2a_dense for a model whose config.json has an "l2a" section, else full_causal
   int64_t window = 0;  // 0: not given
   std::vector<std::string> set;  // plugin options key=value
   std::vector<std::string> plugins;
@@ -32,7 +32,10 @@ void add_model_options(CLI::App& cmd, ModelOptions& o);
 struct ModelSession {
   PluginRegistry registry;
   std::unique_ptr<Ops> ops;
+  RouterPtr router;  // routed backends only; declared before `attention`, which points to it
   AttentionBackendPtr attention;
+  std::string attention_name;
+  Options attention_options;  // as passed to configure()
   std::unique_ptr<Qwen2Model> model;
   std::optional<WeightStore> weights;   // keeps the mmap alive while the model is built
   std::filesystem::path model_dir;      // empty for --init random

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "loader/qwen2_weights.h"
+#include "model/layer_params_view.h"
 #include "model/mlp.h"
 #include "model/model_dims.h"
 #include "model/random_weights.h"
@@ -39,20 +40,6 @@ TensorView host_view(const WeightInfo& w, std::vector<uint8_t>& scratch) {
   return v;
 }
 }  // namespace
-
-// Layer-relative names ("self_attn.q_proj.weight") -> the model's weights.
-class Qwen2Model::LayerParamsView final : public LayerParams {
- public:
-  LayerParamsView(const Qwen2Model& m, int layer)
-      : model_(m), prefix_("model.layers." + std::to_string(layer) + ".") {}
-  TensorView get(const std::string& name) const override { return model_.weight(prefix_ + name); }
-  bool has(const std::string& name) const override { return model_.weights_.count(prefix_ + name) != 0; }
-  const std::string& prefix() const { return prefix_; }
-
- private:
-  const Qwen2Model& model_;
-  std::string prefix_;
-};
 
 Qwen2Model::Qwen2Model(HfConfig config, Ops& ops, AttentionBackend& attention)
     : config_(std::move(config)), dims_(dims_from_config(config_)), ops_(ops), attention_(attention) {
@@ -174,20 +161,26 @@ void Qwen2Model::attention_layer_forward(int layer, TensorView x) {
   attention_.forward(ctx, x, nullptr);
 }
 
-Tensor Qwen2Model::forward(std::span<const int32_t> ids, States* states, bool last_only) {
+// The ids on the device, after checking them against the vocabulary and the position limit.
+Tensor Qwen2Model::upload_ids(std::span<const int32_t> ids, int64_t pos0) {
   const int64_t T = static_cast<int64_t>(ids.size());
   RT_CHECK(T > 0, "forward: no input tokens");
-  const int64_t pos0 = states && !states->empty() ? (*states)[0]->tokens_seen() : 0;
   RT_CHECK(pos0 + T <= dims_.max_positions, "a sequence of ", pos0 + T,
            " tokens is longer than the model supports (max_position_embeddings = ", dims_.max_positions,
            " in config.json)");
   for (int64_t t = 0; t < T; ++t)
     RT_CHECK(ids[t] >= 0 && ids[t] < dims_.vocab, "token id ", ids[t], " at position ", t,
              " is out of range: the vocabulary has ", dims_.vocab, " entries (vocab_size in config.json)");
-
   Tensor id_dev = ops_.alloc(DType::I32, {T});
   ops_.copy(TensorView::contiguous(const_cast<int32_t*>(ids.data()), DType::I32, Device::CPU, {T}), id_dev);
-  Tensor x = ops_.alloc(DType::F32, {T, dims_.hidden});
+  return id_dev;
+}
+
+Tensor Qwen2Model::forward(std::span<const int32_t> ids, States* states, bool last_only) {
+  const int64_t T = static_cast<int64_t>(ids.size());
+  const int64_t pos0 = states && !states->empty() ? (*states)[0]->tokens_seen() : 0;
+  Tensor id_dev = upload_ids(ids, pos0);
+  Tensor x = ops_.alloc(ops_.accum_dtype(), {T, dims_.hidden});
   ops_.embedding(weight("model.embed_tokens.weight"), id_dev, x);
 
   for (int i = 0; i < dims_.n_layers; ++i) {
@@ -200,7 +193,7 @@ Tensor Qwen2Model::forward(std::span<const int32_t> ids, States* states, bool la
   const int64_t rows = tail.shape[0];
   Tensor h = ops_.alloc(ops_.activation_dtype(), {rows, dims_.hidden});
   ops_.rmsnorm(tail, weight("model.norm.weight"), dims_.rms_eps, h);
-  Tensor logits = ops_.alloc(DType::F32, {rows, dims_.vocab});
+  Tensor logits = ops_.alloc(ops_.accum_dtype(), {rows, dims_.vocab});
   const char* head = config_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
   ops_.linear(h, weight(head), TensorView{}, logits);
   return logits;

@@ -46,8 +46,29 @@ class Qwen2Model {
   // (positions from 0, no cache): what `runtime profile` times per backend.
   void attention_layer_forward(int layer, TensorView x);
 
+  // ---- Training (qwen2_train.cpp) ----
+  // Every parameter by full name, sorted: the base model's and the plugin's extra ones.
+  std::vector<std::string> parameter_names() const;
+  TensorView parameter(const std::string& name) const { return weight(name); }
+  // Gradient buffers by full name (accum dtype, shaped like the parameter). A parameter absent
+  // from the map is frozen: it still passes activation gradients, but gets none itself.
+  using GradMap = std::unordered_map<std::string, Tensor>;
+  // Forward and backward of one sequence for the language-model loss mean_t CE(logits[t], ids[t+1])
+  // (t < T-1, the Hugging Face labels = input_ids convention) times tc.loss_scale, plus what the
+  // attention plugin adds (the L2A regularizer). Adds the scaled LM loss to lm_loss[0] ([1], accum
+  // dtype, on the device) and the gradients into grads. recompute: keep only each layer's input
+  // and recompute its activations during the backward (gradient checkpointing).
+  void train_sequence(std::span<const int32_t> ids, const TrainContext& tc, const GradMap& grads, bool recompute,
+                      TensorView lm_loss);
+  // Sum of the token losses of one sequence (no gradients) and the number of predicted tokens.
+  double sequence_loss(std::span<const int32_t> ids, int64_t* predicted);
+
  private:
   class LayerParamsView;
+  class LayerGradsView;
+  Tensor upload_ids(std::span<const int32_t> ids, int64_t pos0);
+  Tensor lm_head_loss(TensorView x, std::span<const int32_t> ids, float grad_scale, TensorView dx,
+                      const GradMap* grads);
   void add_weight(const std::string& name, TensorView host);
   void create_extra_params(const WeightStore* store);
   TensorView weight(const std::string& name) const;

@@ -68,10 +68,13 @@ void PluginRegistry::add(const std::filesystem::path& path) {
          ", but this runtime speaks ABI version ", kPluginAbiVersion,
          "; rebuild the plugin against this runtime's SDK");
   RT_CHECK(desc->name && *desc->name, "plugin ", key.string(), ": descriptor has no name");
-  RT_CHECK(desc->kind == PluginKind::Attention, "plugin ", key.string(), " ('", desc->name,
-           "'): unsupported plugin kind ", static_cast<uint32_t>(desc->kind));
-  RT_CHECK(desc->create_attention && desc->destroy_attention, "plugin ", key.string(), " ('",
-           desc->name, "'): descriptor lacks create/destroy functions");
+  RT_CHECK(desc->kind == PluginKind::Attention || desc->kind == PluginKind::Router, "plugin ", key.string(),
+           " ('", desc->name, "'): unsupported plugin kind ", static_cast<uint32_t>(desc->kind),
+           " (expected 0 = attention or 1 = router)");
+  const bool is_router = desc->kind == PluginKind::Router;
+  RT_CHECK(is_router ? (desc->create_router && desc->destroy_router)
+                     : (desc->create_attention && desc->destroy_attention),
+           "plugin ", key.string(), " ('", desc->name, "'): descriptor lacks create/destroy functions");
   for (const auto& l : loaded_)
     if (l->info.name == desc->name)
       fail("plugin ", key.string(), ": name '", desc->name, "' is already taken by ",
@@ -82,7 +85,8 @@ void PluginRegistry::add(const std::filesystem::path& path) {
   entry->info.version = desc->version ? desc->version : "";
   entry->info.description = desc->description ? desc->description : "";
   entry->info.path = key;
-  {
+  entry->info.kind = desc->kind;
+  if (!is_router) {
     AttentionBackend* probe = desc->create_attention();
     RT_CHECK(probe != nullptr, "plugin ", key.string(), " ('", desc->name, "'): factory returned null");
     entry->info.caps = probe->capabilities();
@@ -139,7 +143,7 @@ std::vector<PluginInfo> PluginRegistry::plugins() const {
 
 AttentionBackendPtr PluginRegistry::create_attention(const std::string& name, Device device) const {
   for (const auto& l : loaded_) {
-    if (l->info.name != name) continue;
+    if (l->info.name != name || l->info.kind != PluginKind::Attention) continue;
     const Capabilities& c = l->info.caps;
     const bool ok = device == Device::CPU ? c.cpu : c.cuda;
     if (!ok)
@@ -149,10 +153,30 @@ AttentionBackendPtr PluginRegistry::create_attention(const std::string& name, De
     return AttentionBackendPtr(desc->create_attention(),
                                [desc](AttentionBackend* b) { desc->destroy_attention(b); });
   }
+  fail_unknown("attention backend", name, PluginKind::Attention);
+}
+
+RouterPtr PluginRegistry::create_router(const std::string& name) const {
+  for (const auto& l : loaded_) {
+    if (l->info.name != name || l->info.kind != PluginKind::Router) continue;
+    const PluginDescriptor* desc = l->desc;
+    Router* r = desc->create_router();
+    RT_CHECK(r != nullptr, "router plugin '", name, "' (", l->info.path.string(), "): factory returned null");
+    return RouterPtr(r, [desc](Router* x) { desc->destroy_router(x); });
+  }
+  fail_unknown("router", name, PluginKind::Router);
+}
+
+void PluginRegistry::fail_unknown(const char* what, const std::string& name, PluginKind kind) const {
   std::ostringstream msg;
-  msg << "unknown attention backend '" << name << "'; available:";
-  if (loaded_.empty()) msg << " none";
-  for (const auto& l : loaded_) msg << " " << l->info.name;
+  msg << "unknown " << what << " '" << name << "'; available:";
+  bool any = false;
+  for (const auto& l : loaded_)
+    if (l->info.kind == kind) {
+      msg << " " << l->info.name;
+      any = true;
+    }
+  if (!any) msg << " none";
   msg << ". Searched:";
   for (const auto& s : searched_) msg << " " << s.string();
   for (const auto& r : refused_) msg << "\n  refused " << r.path.string() << ": " << r.reason;

@@ -1,4 +1,5 @@
-// Finds, loads and vets attention plugins (shared libraries built against sdk/).
+// Finds, loads and vets plugins (shared libraries built against sdk/): attention backends and
+// routers.
 //
 // Search order: explicit --plugin paths, then the directories in $RUNTIME_PLUGIN_PATH
 // (colon-separated), then the directory holding the executable. A plugin is refused, by name and
@@ -19,11 +20,12 @@
 namespace rt {
 
 struct PluginInfo {
+  PluginKind kind = PluginKind::Attention;
   std::string name;
   std::string version;
   std::string description;
   std::filesystem::path path;
-  Capabilities caps;
+  Capabilities caps;  // attention backends only
 };
 
 struct RefusedPlugin {
@@ -32,6 +34,7 @@ struct RefusedPlugin {
 };
 
 using AttentionBackendPtr = std::unique_ptr<AttentionBackend, std::function<void(AttentionBackend*)>>;
+using RouterPtr = std::unique_ptr<Router, std::function<void(Router*)>>;
 
 class PluginRegistry {
  public:
@@ -55,10 +58,13 @@ class PluginRegistry {
   // we looked, and any refused files. The plugin's library stays loaded while the registry lives,
   // so the registry must outlive every backend it creates.
   AttentionBackendPtr create_attention(const std::string& name, Device device) const;
+  // Same for routers (PluginKind::Router).
+  RouterPtr create_router(const std::string& name) const;
 
  private:
   struct Loaded;
   void add(const std::filesystem::path& path);
+  [[noreturn]] void fail_unknown(const char* what, const std::string& name, PluginKind kind) const;
   std::vector<std::unique_ptr<Loaded>> loaded_;
   std::vector<RefusedPlugin> refused_;
   std::vector<std::filesystem::path> searched_;

@@ -1,4 +1,5 @@
-// Tests of rt::cpu::attention_backward (fp32) against a double-precision reference written here:
+// Tests of rt::cpu::attention_backward (fp32; lse from attention_forward_lse, or recomputed when
+// the lse view is empty) against a double-precision reference written here:
 //  - the analytic double backward (recomputing softmax per row) is checked against central finite
 //    differences of a double forward, L = sum(dout * O(q, k, v)), on sampled coordinates;
 //  - the fp32 CPU backward is compared with the analytic double backward: relative Frobenius error
@@ -170,11 +171,13 @@ Inputs make_inputs(const Case& c, uint64_t seed) {
   return {randn(nq, seed), randn(nk, seed + 1), randn(nk, seed + 2), randn(nq, seed + 3)};
 }
 
-// Runs the CPU (fp32) forward + backward.
-void run_cpu(const Case& c, const Inputs& in, std::vector<float>& dq, std::vector<float>& dk, std::vector<float>& dv) {
+// Runs the CPU (fp32) forward + backward: with lse from attention_forward_lse, or (use_lse false)
+// with an empty lse view, which the backward recomputes.
+void run_cpu(const Case& c, const Inputs& in, std::vector<float>& dq, std::vector<float>& dk, std::vector<float>& dv,
+             bool use_lse = true) {
   const size_t nq = in.q.size(), nk = in.k.size();
   const float nan = std::numeric_limits<float>::quiet_NaN();
-  std::vector<float> o(nq, nan);
+  std::vector<float> o(nq, nan), lse(static_cast<size_t>(c.Hq * c.Tq), nan);
   dq.assign(nq, nan);
   dk.assign(nk, nan);
   dv.assign(nk, nan);
@@ -182,20 +185,22 @@ void run_cpu(const Case& c, const Inputs& in, std::vector<float>& dq, std::vecto
     return TensorView::contiguous(const_cast<float*>(x.data()), DType::F32, Device::CPU, shape);
   };
   const AttentionSpec spec = c.spec();
-  rt::cpu::attention_forward(view(in.q, {c.Tq, c.Hq, c.D}), view(in.k, {c.Tk, c.Hkv, c.D}),
-                             view(in.v, {c.Tk, c.Hkv, c.D}), view(o, {c.Tq, c.Hq, c.D}), spec);
+  rt::cpu::attention_forward_lse(view(in.q, {c.Tq, c.Hq, c.D}), view(in.k, {c.Tk, c.Hkv, c.D}),
+                                 view(in.v, {c.Tk, c.Hkv, c.D}), view(o, {c.Tq, c.Hq, c.D}),
+                                 view(lse, {c.Hq, c.Tq}), spec);
   rt::cpu::attention_backward(view(in.q, {c.Tq, c.Hq, c.D}), view(in.k, {c.Tk, c.Hkv, c.D}),
                               view(in.v, {c.Tk, c.Hkv, c.D}), view(o, {c.Tq, c.Hq, c.D}),
-                              view(in.dout, {c.Tq, c.Hq, c.D}), view(dq, {c.Tq, c.Hq, c.D}),
-                              view(dk, {c.Tk, c.Hkv, c.D}), view(dv, {c.Tk, c.Hkv, c.D}), spec);
+                              use_lse ? view(lse, {c.Hq, c.Tq}) : TensorView{}, view(in.dout, {c.Tq, c.Hq, c.D}),
+                              view(dq, {c.Tq, c.Hq, c.D}), view(dk, {c.Tk, c.Hkv, c.D}),
+                              view(dv, {c.Tk, c.Hkv, c.D}), spec);
 }
 
 // fp32 CPU backward vs the analytic double backward; empty rows exactly zero.
-void check_case(const Case& c, uint64_t seed) {
-  SCOPED_TRACE(c.str());
+void check_case(const Case& c, uint64_t seed, bool use_lse = true) {
+  SCOPED_TRACE(c.str() + (use_lse ? " [lse given]" : " [lse recomputed]"));
   const Inputs in = make_inputs(c, seed);
   std::vector<float> dq, dk, dv;
-  run_cpu(c, in, dq, dk, dv);
+  run_cpu(c, in, dq, dk, dv, use_lse);
   VecD rq, rk, rv;
   backward_d(c, to_d(in.q), to_d(in.k), to_d(in.v), to_d(in.dout), rq, rk, rv);
   for (const auto* x : {&dq, &dk, &dv})
@@ -261,6 +266,7 @@ TEST(AttentionBackwardCpu, Causal) {
   for (int64_t T : {1, 7, 63, 64, 65, 130, 300}) {
     check_case({"causal", T, T, 2, 2, 32}, seed += 5);
     check_case({"causal gqa 3", T, T, 6, 2, 16}, seed += 5);
+    check_case({"causal gqa 3", T, T, 6, 2, 16}, seed, /*use_lse=*/false);
   }
   check_case({"causal d64 gqa 7", 129, 129, 14, 2, 64}, seed += 5);
 }
@@ -289,6 +295,7 @@ TEST(AttentionBackwardCpu, Offsets) {
   // Keys start after the first queries: rows 0..9 see nothing (dq = 0, no contribution).
   check_case({"masked rows", 80, 90, 2, 2, 16, true, 0, 0, 10}, seed += 5);
   check_case({"masked rows window", 80, 90, 6, 2, 16, true, 5, 0, 10}, seed += 5);
+  check_case({"masked rows window", 80, 90, 6, 2, 16, true, 5, 0, 10}, seed, /*use_lse=*/false);
   // Every row masked: all gradients zero.
   check_case({"all masked", 10, 20, 2, 1, 16, true, 0, 0, 100}, seed += 5);
 }
@@ -303,16 +310,19 @@ TEST(AttentionBackwardCpu, AllMaskedGivesZeros) {
 }
 
 TEST(AttentionBackwardCpu, RejectsBadArguments) {
-  std::vector<float> a(2 * 2 * 8, 1.f), b(2 * 2 * 8, 1.f);
+  std::vector<float> a(2 * 2 * 8, 1.f), b(2 * 2 * 8, 1.f), l(2 * 2, 0.f);
   std::vector<uint16_t> h(2 * 2 * 8);
   const TensorView f = TensorView::contiguous(a.data(), DType::F32, Device::CPU, {2, 2, 8});
   const TensorView out = TensorView::contiguous(b.data(), DType::F32, Device::CPU, {2, 2, 8});
   const TensorView bf = TensorView::contiguous(h.data(), DType::BF16, Device::CPU, {2, 2, 8});
+  const TensorView lse = TensorView::contiguous(l.data(), DType::F32, Device::CPU, {2, 2});
   AttentionSpec spec;
-  EXPECT_THROW(rt::cpu::attention_backward(bf, f, f, f, f, out, out, out, spec), rt::Error);
+  EXPECT_THROW(rt::cpu::attention_backward(bf, f, f, f, lse, f, out, out, out, spec), rt::Error);
   const TensorView bad_d = TensorView::contiguous(a.data(), DType::F32, Device::CPU, {2, 2, 4});
-  EXPECT_THROW(rt::cpu::attention_backward(f, bad_d, bad_d, f, f, out, out, out, spec), rt::Error);
-  EXPECT_THROW(rt::cpu::attention_backward(f, f, f, f, f, f, out, out, spec), rt::Error);  // dq overlaps q
+  EXPECT_THROW(rt::cpu::attention_backward(f, bad_d, bad_d, f, lse, f, out, out, out, spec), rt::Error);
+  EXPECT_THROW(rt::cpu::attention_backward(f, f, f, f, lse, f, f, out, out, spec), rt::Error);  // dq overlaps q
+  const TensorView bad_lse = TensorView::contiguous(l.data(), DType::F32, Device::CPU, {4});
+  EXPECT_THROW(rt::cpu::attention_backward(f, f, f, f, bad_lse, f, out, TensorView{}, TensorView{}, spec), rt::Error);
 }
 
 }  // namespace

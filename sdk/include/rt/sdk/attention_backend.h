@@ -12,8 +12,10 @@
 #include <vector>
 
 #include "rt/sdk/ops.h"
+#include "rt/sdk/error.h"
 #include "rt/sdk/options.h"
 #include "rt/sdk/tensor.h"
+#include "rt/sdk/training.h"
 
 namespace rt {
 
@@ -75,8 +77,11 @@ struct Capabilities {
   bool bf16 = false;
   bool backward = false;
   bool decode = false;
+  bool router = false;  // needs a Router (attach_router before configure)
   KvPolicy kv = KvPolicy::Full;
 };
+
+class Router;
 
 class AttentionBackend {
  public:
@@ -102,6 +107,26 @@ class AttentionBackend {
   virtual void decode_step(const LayerContext& ctx, TensorView x, AttentionState& state) {
     forward(ctx, x, &state);
   }
+
+  // ---- Training (Capabilities::backward) ----
+  // Like forward without a state (positions from 0), keeping what backward needs.
+  virtual std::unique_ptr<SavedActivations> forward_train(const LayerContext&, TensorView /*x*/,
+                                                          const TrainContext&) {
+    fail("this attention backend does not support training (no backward)");
+  }
+  // dx: dL/d(x after forward_train) in, dL/d(x before) out, in place (accum dtype). Adds the
+  // gradients of this layer's trainable parameters into grads.
+  virtual void backward(const LayerContext&, SavedActivations&, TensorView /*dx*/, const LayerGrads&,
+                        const TrainContext&) {
+    fail("this attention backend does not support training (no backward)");
+  }
+
+  // Routed backends (Capabilities::router): the runtime hands over the router to use, which it
+  // owns and has configured with the same options. Called once, before configure.
+  virtual void attach_router(Router*) {}
+  // Per-layer routing report of the last forward of a sequence (inference), for `runtime
+  // sparsity`: d for every position of layer `layer`, or an empty vector when not routed.
+  virtual std::vector<float> last_decisions(int /*layer*/) const { return {}; }
 };
 
 }  // namespace rt

@@ -11,6 +11,7 @@
 
 #include "rt/sdk/attention_backend.h"
 #include "rt/sdk/error.h"
+#include "rt/sdk/training.h"
 
 namespace rt {
 
@@ -19,6 +20,7 @@ struct AttentionSublayerSpec {
   std::string prefix = "self_attn.";            // q_proj/k_proj/v_proj/o_proj live under this
   int64_t window = 0;                           // 0: full causal
   double rope_theta = 0.0;                      // 0: the model's
+  bool materialize = false;                     // AttentionSpec::materialize (the naive dense path)
 };
 
 // KV cache of one sublayer for one sequence. Full: every position is kept. Ring: only the last
@@ -123,54 +125,182 @@ inline double attention_sublayer_flops(const ModelDims& d, int64_t T, int64_t wi
   return proj + 4.0 * visible_pairs(T, window) * d.head_dim * d.n_heads;
 }
 
-// x [T, hidden] += attention sublayer(x). Positions start at cache->tokens_seen() (or 0).
-inline void attention_sublayer_forward(const LayerContext& ctx, const AttentionSublayerSpec& spec,
-                                       TensorView x, KvCache* cache) {
-  Ops& ops = *ctx.ops;
-  const ModelDims& d = *ctx.dims;
-  const LayerParams& p = *ctx.params;
-  const int64_t T = x.shape[0];
-  const int64_t pos0 = cache ? cache->tokens_seen() : 0;
-  const double theta = spec.rope_theta > 0 ? spec.rope_theta : d.rope_theta;
+// q [T, Hq, D], k, v [T, Hkv, D] of h [T, hidden] through the projections under `prefix`, RoPE
+// applied to q and k (positions pos0..).
+struct Qkv {
+  Tensor q, k, v;
+};
 
-  const DType act = ops.activation_dtype();
-  Tensor h = ops.alloc(act, {T, d.hidden});
-  ops.rmsnorm(x, p.get(spec.norm), d.rms_eps, h);
+inline double sublayer_theta(const ModelDims& d, const AttentionSublayerSpec& spec) {
+  return spec.rope_theta > 0 ? spec.rope_theta : d.rope_theta;
+}
 
-  Tensor q = ops.alloc(act, {T, d.n_heads, d.head_dim});
-  Tensor k = ops.alloc(act, {T, d.n_kv_heads, d.head_dim});
-  Tensor v = ops.alloc(act, {T, d.n_kv_heads, d.head_dim});
-  ops.linear(h, p.get(spec.prefix + "q_proj.weight"), p.get(spec.prefix + "q_proj.bias"),
-             q.view.reshaped({T, d.n_heads * d.head_dim}));
-  ops.linear(h, p.get(spec.prefix + "k_proj.weight"), p.get(spec.prefix + "k_proj.bias"),
-             k.view.reshaped({T, d.n_kv_heads * d.head_dim}));
-  ops.linear(h, p.get(spec.prefix + "v_proj.weight"), p.get(spec.prefix + "v_proj.bias"),
-             v.view.reshaped({T, d.n_kv_heads * d.head_dim}));
-  ops.rope(q, pos0, theta);
-  ops.rope(k, pos0, theta);
-
+inline AttentionSpec sublayer_attention_spec(const ModelDims& d, const AttentionSublayerSpec& spec, int64_t pos0) {
   AttentionSpec as;
   as.causal = true;
   as.window = spec.window;
   as.q_pos0 = pos0;
   as.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d.head_dim)));
+  as.materialize = spec.materialize;
+  return as;
+}
+
+inline Qkv project_qkv(const LayerContext& ctx, const AttentionSublayerSpec& spec, TensorView h, int64_t pos0) {
+  Ops& ops = *ctx.ops;
+  const ModelDims& d = *ctx.dims;
+  const LayerParams& p = *ctx.params;
+  const int64_t T = h.shape[0];
+  const DType act = ops.activation_dtype();
+  Qkv r{ops.alloc(act, {T, d.n_heads, d.head_dim}), ops.alloc(act, {T, d.n_kv_heads, d.head_dim}),
+        ops.alloc(act, {T, d.n_kv_heads, d.head_dim})};
+  ops.linear(h, p.get(spec.prefix + "q_proj.weight"), p.get(spec.prefix + "q_proj.bias"),
+             r.q.view.reshaped({T, d.n_heads * d.head_dim}));
+  ops.linear(h, p.get(spec.prefix + "k_proj.weight"), p.get(spec.prefix + "k_proj.bias"),
+             r.k.view.reshaped({T, d.n_kv_heads * d.head_dim}));
+  ops.linear(h, p.get(spec.prefix + "v_proj.weight"), p.get(spec.prefix + "v_proj.bias"),
+             r.v.view.reshaped({T, d.n_kv_heads * d.head_dim}));
+  const double theta = sublayer_theta(d, spec);
+  ops.rope(r.q, pos0, theta);
+  ops.rope(r.k, pos0, theta);
+  return r;
+}
+
+// Backward of project_qkv: dq, dk, dv are the gradients of the roped q, k (consumed: rotated back
+// in place) and of v. dh += their pull-back through the projections; weight and bias gradients
+// go to grads (frozen ones are skipped).
+inline void project_qkv_backward(const LayerContext& ctx, const AttentionSublayerSpec& spec, TensorView h,
+                                 TensorView dq, TensorView dk, TensorView dv, int64_t pos0, TensorView dh,
+                                 const LayerGrads& grads) {
+  Ops& ops = *ctx.ops;
+  const ModelDims& d = *ctx.dims;
+  const LayerParams& p = *ctx.params;
+  const int64_t T = h.shape[0];
+  const double theta = sublayer_theta(d, spec);
+  ops.rope_backward(dq, pos0, theta);
+  ops.rope_backward(dk, pos0, theta);
+  const struct {
+    const char* name;
+    TensorView g;
+    int64_t width;
+  } parts[] = {{"q_proj", dq, d.n_heads * d.head_dim},
+               {"k_proj", dk, d.n_kv_heads * d.head_dim},
+               {"v_proj", dv, d.n_kv_heads * d.head_dim}};
+  for (const auto& part : parts) {
+    const std::string w = spec.prefix + part.name + ".weight", b = spec.prefix + part.name + ".bias";
+    ops.linear_backward(h, p.get(w), part.g.reshaped({T, part.width}), dh, grads.get(w), grads.get(b),
+                        /*accumulate_dx=*/true);
+  }
+}
+
+// x [T, hidden] += attention sublayer(x). Positions start at cache->tokens_seen() (or 0).
+// With a gate [T] (accum dtype), the sublayer's output row t is scaled by gate[t] (L2A routing).
+inline void attention_sublayer_forward(const LayerContext& ctx, const AttentionSublayerSpec& spec,
+                                       TensorView x, KvCache* cache, TensorView gate = TensorView{}) {
+  Ops& ops = *ctx.ops;
+  const ModelDims& d = *ctx.dims;
+  const LayerParams& p = *ctx.params;
+  const int64_t T = x.shape[0];
+  const int64_t pos0 = cache ? cache->tokens_seen() : 0;
+
+  const DType act = ops.activation_dtype();
+  Tensor h = ops.alloc(act, {T, d.hidden});
+  ops.rmsnorm(x, p.get(spec.norm), d.rms_eps, h);
+  Qkv qkv = project_qkv(ctx, spec, h, pos0);
+
+  AttentionSpec as = sublayer_attention_spec(d, spec, pos0);
   Tensor o = ops.alloc(act, {T, d.n_heads, d.head_dim});
   if (cache) {
-    KvCache::Window w = cache->append(ops, k, v, spec.window);
+    KvCache::Window w = cache->append(ops, qkv.k, qkv.v, spec.window);
     as.k_pos0 = w.k_pos0;
     if (w.unordered) {
       as.causal = false;
       as.window = 0;
     }
-    ops.attention(q, w.k, w.v, o, as);
+    ops.attention(qkv.q, w.k, w.v, o, as);
   } else {
-    ops.attention(q, k, v, o, as);
+    ops.attention(qkv.q, qkv.k, qkv.v, o, as);
   }
 
   Tensor a = ops.alloc(act, {T, d.hidden});
   ops.linear(o.view.reshaped({T, d.n_heads * d.head_dim}), p.get(spec.prefix + "o_proj.weight"),
              TensorView{}, a);
+  if (gate.data) ops.row_scale(a, gate, a);
   ops.add(x, a, x);
+}
+
+// ---- Training ----------------------------------------------------------------------------------
+
+// What attention_sublayer_backward needs from the forward.
+struct SublayerActivations {
+  Tensor x_in;  // the residual stream before the sublayer (accum dtype)
+  Tensor h;     // RMSNorm(x_in)
+  Qkv qkv;      // after RoPE
+  Tensor o, lse;
+  Tensor a;     // o_proj output, before the gate (kept only when gated)
+};
+
+// x += gate[:, None] * o_proj(Attn(...)) with positions from 0; gate [T] (accum dtype) or empty
+// for an ungated sublayer. Returns the activations for the backward.
+inline SublayerActivations attention_sublayer_forward_train(const LayerContext& ctx, const AttentionSublayerSpec& spec,
+                                                            TensorView x, TensorView gate) {
+  Ops& ops = *ctx.ops;
+  const ModelDims& d = *ctx.dims;
+  const LayerParams& p = *ctx.params;
+  const int64_t T = x.shape[0];
+  const DType act = ops.activation_dtype();
+  SublayerActivations s;
+  s.x_in = ops.alloc(x.dtype, {T, d.hidden});
+  ops.copy(x, s.x_in);
+  s.h = ops.alloc(act, {T, d.hidden});
+  ops.rmsnorm(x, p.get(spec.norm), d.rms_eps, s.h);
+  s.qkv = project_qkv(ctx, spec, s.h, 0);
+  s.o = ops.alloc(act, {T, d.n_heads, d.head_dim});
+  s.lse = ops.alloc(ops.accum_dtype(), {d.n_heads, T});
+  ops.attention_forward_lse(s.qkv.q, s.qkv.k, s.qkv.v, s.o, s.lse, sublayer_attention_spec(d, spec, 0));
+  Tensor a = ops.alloc(act, {T, d.hidden});
+  ops.linear(s.o.view.reshaped({T, d.n_heads * d.head_dim}), p.get(spec.prefix + "o_proj.weight"), TensorView{},
+             a);
+  if (gate.data) {
+    Tensor ga = ops.alloc(act, {T, d.hidden});
+    ops.row_scale(a, gate, ga);
+    ops.add(x, ga, x);
+    s.a = std::move(a);
+  } else {
+    ops.add(x, a, x);
+  }
+  return s;
+}
+
+// dx: dL/d(x after) in, dL/d(x before) out (in place). With a gate: dgate[t] += dL/dgate[t] (when
+// dgate is given). Parameter gradients go to grads.
+inline void attention_sublayer_backward(const LayerContext& ctx, const AttentionSublayerSpec& spec,
+                                        const SublayerActivations& s, TensorView dx, const LayerGrads& grads,
+                                        TensorView gate, TensorView dgate) {
+  Ops& ops = *ctx.ops;
+  const ModelDims& d = *ctx.dims;
+  const LayerParams& p = *ctx.params;
+  const int64_t T = dx.shape[0];
+  const DType act = ops.activation_dtype();
+  // da = gate * dx (the gradient of the o_proj output), in the activation dtype for the GEMMs.
+  Tensor da = ops.alloc(act, {T, d.hidden});
+  if (gate.data) {
+    if (dgate.data) ops.row_dot(dx, s.a, dgate, /*accumulate=*/true);
+    ops.row_scale(dx, gate, da);
+  } else {
+    ops.copy(dx, da);
+  }
+  const std::string wo = spec.prefix + "o_proj.weight";
+  Tensor dout = ops.alloc(act, {T, d.n_heads, d.head_dim});
+  ops.linear_backward(s.o.view.reshaped({T, d.n_heads * d.head_dim}), p.get(wo), da,
+                      dout.view.reshaped({T, d.n_heads * d.head_dim}), grads.get(wo), TensorView{}, false);
+  Qkv g{ops.alloc(act, {T, d.n_heads, d.head_dim}), ops.alloc(act, {T, d.n_kv_heads, d.head_dim}),
+        ops.alloc(act, {T, d.n_kv_heads, d.head_dim})};
+  ops.attention_backward(s.qkv.q, s.qkv.k, s.qkv.v, s.o, s.lse, dout, g.q, g.k, g.v,
+                         sublayer_attention_spec(d, spec, 0));
+  Tensor dh = ops.alloc(ops.accum_dtype(), {T, d.hidden});
+  ops.fill(dh, 0.f);
+  project_qkv_backward(ctx, spec, s.h, g.q, g.k, g.v, 0, dh, grads);
+  ops.rmsnorm_backward(s.x_in, p.get(spec.norm), d.rms_eps, dh, dx, grads.get(spec.norm));
 }
 
 }  // namespace rt

@@ -24,6 +24,10 @@ struct AttentionSpec {
   int64_t q_pos0 = 0;
   int64_t k_pos0 = 0;
   float scale = 0.f;  // 0: 1/sqrt(head_dim)
+  // Compute the naive way: the [Hq, Tq, Tk] scores materialized by GEMMs, a masked softmax, a
+  // GEMM with V (and the same in the backward). Pure-PyTorch style, O(T^2) memory: l2a_dense uses
+  // it as the slow reference that fused kernels are measured against. Same results either way.
+  bool materialize = false;
 };
 
 class Ops {
@@ -34,6 +38,10 @@ class Ops {
   // BF16 on CUDA. The residual stream and logits stay F32 everywhere; ops accept activations
   // of this dtype or F32 and accumulate in fp32.
   virtual DType activation_dtype() const { return DType::F32; }
+  // The dtype of the residual stream, logits, losses, parameter gradients and optimizer state:
+  // F32, or F64 on a CPU backend made for finite-difference gradient checks (make_cpu_ops(F64),
+  // where activation_dtype() is F64 too).
+  virtual DType accum_dtype() const { return DType::F32; }
   // What to print in reports, e.g. "NVIDIA H100 80GB HBM3".
   virtual std::string description() const { return device_name(device()); }
   // Waits for queued device work (a no-op on the CPU), e.g. before reading a timer.
@@ -72,6 +80,71 @@ class Ops {
   virtual void add(TensorView a, TensorView b, TensorView out) = 0;
   // out = silu(gate) * up (elementwise).
   virtual void swiglu(TensorView gate, TensorView up, TensorView out) = 0;
+
+  // ---- Training. Backward ops and the small elementwise ops routers and L2A need. -------------
+  // Conventions: "+=" outputs accumulate into what is there (parameter gradients summed over
+  // micro-batches and over the places a weight is used; residual-stream gradients); "=" outputs
+  // are overwritten. An output passed as an empty view (data == nullptr, e.g. a frozen weight's
+  // gradient) is not computed. Gradients of weights have accum_dtype(); activation gradients have
+  // the dtype of the activation.
+
+  // Attention forward that also writes lse [Hq, Tq] (accum dtype, contiguous): the log-sum-exp of each row's scaled, masked scores (+inf for a row that sees no
+  // key), which attention_backward needs.
+  virtual void attention_forward_lse(TensorView q, TensorView k, TensorView v, TensorView o, TensorView lse,
+                                     const AttentionSpec& spec) = 0;
+  // Given o, lse (from attention_forward_lse) and dout = dL/do: dq, dk, dv (=). dk, dv are summed
+  // over the query heads that share a KV head.
+  virtual void attention_backward(TensorView q, TensorView k, TensorView v, TensorView o, TensorView lse,
+                                  TensorView dout, TensorView dq, TensorView dk, TensorView dv,
+                                  const AttentionSpec& spec) = 0;
+  // y = x W^T + b:  dx (= or += when accumulate_dx) dy W;  dw += dy^T x;  db += column sums of dy.
+  virtual void linear_backward(TensorView x, TensorView w, TensorView dy, TensorView dx, TensorView dw,
+                               TensorView db, bool accumulate_dx) = 0;
+  // y = rmsnorm(x) * w:  dx += (dy through the norm);  dw += sum over rows of dy * x / rms(x).
+  virtual void rmsnorm_backward(TensorView x, TensorView w, float eps, TensorView dy, TensorView dx,
+                                TensorView dw) = 0;
+  // The transpose of rope(x, pos0, theta), in place on dx [T, H, D] (rotation by minus the angle).
+  virtual void rope_backward(TensorView dx, int64_t pos0, double theta) = 0;
+  // out = silu(gate) * up:  dgate, dup (=). They may alias gate and up (in-place backward).
+  virtual void swiglu_backward(TensorView gate, TensorView up, TensorView dout, TensorView dgate,
+                               TensorView dup) = 0;
+  // dtable[ids[t], :] += dout[t, :] (repeated ids sum).
+  virtual void embedding_backward(TensorView ids, TensorView dout, TensorView dtable) = 0;
+  // The language-model head fused with cross-entropy, never holding more than a chunk of the
+  // [N, V] logits: for rows h [N, hidden] (activation dtype), lm_head w [V, hidden] and
+  // targets [N] (I32; -100 = ignored row):
+  //   losses[n] (=) logsumexp(h_n w^T) - (h_n w^T)[target_n]    (0 for ignored rows; accum dtype)
+  //   with dh: dh (=) grad_scale * (softmax(h w^T) - onehot(target)) w   (0 rows where ignored)
+  //   with dw: dw += grad_scale * (softmax - onehot)^T h
+  virtual void lm_head_cross_entropy(TensorView h, TensorView w, TensorView targets, float grad_scale,
+                                     TensorView losses, TensorView dh, TensorView dw) = 0;
+
+  // y (=) sigmoid(scale * x).
+  virtual void sigmoid(TensorView x, float scale, TensorView y) = 0;
+  // For y = sigmoid(scale * x): dx (=) dy * scale * y * (1 - y).
+  virtual void sigmoid_backward(TensorView y, TensorView dy, float scale, TensorView dx) = 0;
+  // y (=) 1 where x >= threshold, else 0.
+  virtual void step(TensorView x, float threshold, TensorView y) = 0;
+  // out[r, :] (=) s[r] * x[r, :], x [R, C], s [R]. out may alias x.
+  virtual void row_scale(TensorView x, TensorView s, TensorView out) = 0;
+  // out[r] (= or += when accumulate) sum_c a[r, c] * b[r, c], a and b [R, C], out [R].
+  virtual void row_dot(TensorView a, TensorView b, TensorView out, bool accumulate) = 0;
+  // out (=) alpha * x + beta * y, elementwise; out may alias x or y.
+  virtual void axpby(float alpha, TensorView x, float beta, TensorView y, TensorView out) = 0;
+  // out[0] += sum of x (power 1) or of x^2 (power 2) over every element; out is [1] accum dtype.
+  virtual void reduce_sum(TensorView x, int power, TensorView out) = 0;
+
+  // One AdamW step (torch.optim.AdamW semantics, decoupled weight decay, bias correction) on one
+  // parameter. master, grad, m, v have accum dtype; param has the activation dtype and receives
+  // the updated master rounded to it (param may be master itself: an empty param view then).
+  //   g = grad * grad_scale;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
+  //   master = master * (1 - lr wd) - lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)
+  struct AdamW {
+    float lr = 0.f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weight_decay = 0.f, grad_scale = 1.f;
+    int64_t step = 1;  // t, 1-based
+  };
+  virtual void adamw_step(TensorView master, TensorView grad, TensorView m, TensorView v, TensorView param,
+                          const AdamW& hp) = 0;
 
   // Index of the largest element of the last row of f32 x ([V] or [rows, V]); the first one on
   // ties. Greedy sampling. Device backends override it to avoid copying the row to the host.

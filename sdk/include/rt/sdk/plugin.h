@@ -11,10 +11,11 @@
 #include <cstdint>
 
 #include "rt/sdk/attention_backend.h"
+#include "rt/sdk/router.h"
 
 namespace rt {
 
-inline constexpr uint32_t kPluginAbiVersion = 1;
+inline constexpr uint32_t kPluginAbiVersion = 2;
 inline constexpr const char* kPluginEntrySymbol = "rt_plugin_entry";
 
 enum class PluginKind : uint32_t { Attention = 0, Router = 1 };
@@ -25,8 +26,10 @@ struct PluginDescriptor {
   const char* name;         // the --attention name
   const char* version;      // the plugin's own version, for `runtime plugins`
   const char* description;  // one line
-  AttentionBackend* (*create_attention)();
+  AttentionBackend* (*create_attention)();  // PluginKind::Attention, else null
   void (*destroy_attention)(AttentionBackend*);
+  Router* (*create_router)();  // PluginKind::Router, else null
+  void (*destroy_router)(Router*);
 };
 
 using PluginEntryFn = const PluginDescriptor* (*)();
@@ -39,6 +42,17 @@ using PluginEntryFn = const PluginDescriptor* (*)();
     static const ::rt::PluginDescriptor desc{                                                   \
         ::rt::kPluginAbiVersion, ::rt::PluginKind::Attention, Name, Version, Description,      \
         []() -> ::rt::AttentionBackend* { return new Class(); },                                \
-        [](::rt::AttentionBackend* b) { delete b; }};                                           \
+        [](::rt::AttentionBackend* b) { delete b; }, nullptr, nullptr};                          \
+    return &desc;                                                                               \
+  }
+
+//   RT_REGISTER_ROUTER_PLUGIN(RouterLinearSigmoid, "linear_sigmoid", "1.0.0", "the L2A router");
+#define RT_REGISTER_ROUTER_PLUGIN(Class, Name, Version, Description)                           \
+  extern "C" __attribute__((visibility("default"))) const ::rt::PluginDescriptor*              \
+  rt_plugin_entry() {                                                                           \
+    static const ::rt::PluginDescriptor desc{                                                   \
+        ::rt::kPluginAbiVersion, ::rt::PluginKind::Router, Name, Version, Description,         \
+        nullptr, nullptr, []() -> ::rt::Router* { return new Class(); },                        \
+        [](::rt::Router* r) { delete r; }};                                                     \
     return &desc;                                                                               \
   }

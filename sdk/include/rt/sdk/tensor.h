@@ -12,7 +12,7 @@
 
 namespace rt {
 
-enum class DType : int32_t { F32 = 0, BF16 = 1, F16 = 2, I32 = 3, U8 = 4 };
+enum class DType : int32_t { F32 = 0, BF16 = 1, F16 = 2, I32 = 3, U8 = 4, F64 = 5 };
 enum class Device : int32_t { CPU = 0, CUDA = 1 };
 
 inline constexpr size_t dtype_size(DType t) {
@@ -22,6 +22,7 @@ inline constexpr size_t dtype_size(DType t) {
     case DType::F16: return 2;
     case DType::I32: return 4;
     case DType::U8: return 1;
+    case DType::F64: return 8;
   }
   return 0;
 }
@@ -32,6 +33,7 @@ inline const char* dtype_name(DType t) {
     case DType::F16: return "f16";
     case DType::I32: return "i32";
     case DType::U8: return "u8";
+    case DType::F64: return "f64";
   }
   return "?";
 }

@@ -1,0 +1,190 @@
+// Reductions of the training ops: row_dot (one warp per row), reduce_sum (a deterministic
+// two-pass sum over every element) and column sums (bias and RMSNorm weight gradients:
+// deterministic, fixed row slices summed in order, no atomics). All accumulate in fp32 (reduce_sum
+// in fp64 partials), over f32/bf16/f16 inputs of any row strides.
+#include <algorithm>
+#include <cstdint>
+
+#include "cuda/check.h"
+#include "cuda/device_utils.cuh"
+#include "cuda/kernels.h"
+#include "cuda/memory.h"
+
+namespace rt::cuda {
+namespace {
+
+// ---- row_dot -------------------------------------------------------------------------------------
+
+constexpr int kRowDotWarps = 8;
+
+__global__ void row_dot_kernel(RowsDesc a, RowsDesc b, void* out, DType ot, int64_t os, int64_t rows, int64_t cols,
+                               bool accumulate) {
+  const int lane = threadIdx.x & 31;
+  const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (r >= rows) return;  // whole warps: r is uniform across a warp
+  const int64_t ao = a.row_offset(r), bo = b.row_offset(r);
+  float acc = 0.f;
+  for (int64_t c = lane; c < cols; c += 32)
+    acc += load_f(a.data, ao + c * a.col_stride, a.dtype) * load_f(b.data, bo + c * b.col_stride, b.dtype);
+  for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+  if (lane == 0) store_f(out, r * os, ot, accumulate ? load_f(out, r * os, ot) + acc : acc);
+}
+
+// ---- reduce_sum ----------------------------------------------------------------------------------
+
+constexpr int kSumThreads = 256;
+constexpr int64_t kSumMaxBlocks = 1024;
+
+__device__ double block_sum_f64(double v) {
+  __shared__ double warp_sums[32];
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  __syncthreads();
+  if (lane == 0) warp_sums[warp] = v;
+  __syncthreads();
+  v = lane < nwarps ? warp_sums[lane] : 0.0;
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Pass 1: block b sums elements b*T + t, (b + B)*T + t, ... (a fixed assignment for a given n) into
+// partial[b].
+__global__ void sum_partial_kernel(RowsDesc x, bool contiguous, int64_t n, int64_t cols, int power, double* partial) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  double acc = 0.0;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += stride) {
+    const int64_t off = contiguous ? i : x.row_offset(i / cols) + (i % cols) * x.col_stride;
+    const double v = load_f(x.data, off, x.dtype);
+    acc += power == 2 ? v * v : v;
+  }
+  acc = block_sum_f64(acc);
+  if (threadIdx.x == 0) partial[blockIdx.x] = acc;
+}
+
+// Pass 2: one block sums the partials in a fixed order and adds the total to out[0].
+__global__ void sum_finish_kernel(const double* partial, int64_t nblocks, void* out, DType ot) {
+  double acc = 0.0;
+  for (int64_t i = threadIdx.x; i < nblocks; i += blockDim.x) acc += partial[i];
+  acc = block_sum_f64(acc);
+  if (threadIdx.x == 0) store_f(out, 0, ot, load_f(out, 0, ot) + static_cast<float>(acc));
+}
+
+// ---- column sums ---------------------------------------------------------------------------------
+
+constexpr int kColX = 32, kColY = 8;
+constexpr int64_t kColRowsPerSlice = 64, kColMaxSlices = 256;
+
+// Block (x, s): columns x*32.., rows of slice s; writes partial[s * cols + c].
+__global__ void column_partial_kernel(RowsDesc a, RowsDesc b, const float* row_scale, int64_t rows, int64_t cols,
+                                      int64_t rows_per_slice, float* partial) {
+  __shared__ float acc_s[kColY][kColX + 1];
+  const int64_t c = blockIdx.x * static_cast<int64_t>(kColX) + threadIdx.x;
+  const int64_t r0 = blockIdx.y * rows_per_slice;
+  const int64_t r1 = r0 + rows_per_slice < rows ? r0 + rows_per_slice : rows;
+  float acc = 0.f;
+  if (c < cols) {
+    for (int64_t r = r0 + threadIdx.y; r < r1; r += kColY) {
+      float v = load_f(a.data, a.row_offset(r) + c * a.col_stride, a.dtype);
+      if (b.data) v *= load_f(b.data, b.row_offset(r) + c * b.col_stride, b.dtype);
+      if (row_scale) v *= row_scale[r];
+      acc += v;
+    }
+  }
+  acc_s[threadIdx.y][threadIdx.x] = acc;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < cols) {
+    float s = 0.f;
+#pragma unroll
+    for (int j = 0; j < kColY; ++j) s += acc_s[j][threadIdx.x];
+    partial[blockIdx.y * cols + c] = s;
+  }
+}
+
+__global__ void column_finish_kernel(const float* partial, int64_t slices, int64_t cols, void* out, DType ot,
+                                     int64_t os) {
+  const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (c >= cols) return;
+  float s = 0.f;
+  for (int64_t i = 0; i < slices; ++i) s += partial[i * cols + c];
+  store_f(out, c * os, ot, load_f(out, c * os, ot) + s);
+}
+
+void check_input(const char* op, const char* arg, const TensorView& v) {
+  check_cuda(op, arg, v);
+  check_float(op, arg, v);
+}
+
+}  // namespace
+
+void row_dot_forward(TensorView a, TensorView b, TensorView out, bool accumulate, cudaStream_t stream) {
+  const char* op = "row_dot";
+  check_input(op, "a", a);
+  check_input(op, "b", b);
+  check_input(op, "out", out);
+  RT_CHECK(a.ndim >= 2, op, ": argument 'a' must be [rows, cols] (at least 2 dimensions), found shape ",
+           a.shape_str());
+  check_same_shape(op, "a", a, "b", b);
+  const int64_t rows = num_rows(a), cols = row_len(a);
+  RT_CHECK(out.ndim == 1 && out.shape[0] == rows, op, ": argument 'out' must have shape [", rows,
+           "] (one value per row of a ", a.shape_str(), "), found ", out.shape_str());
+  RT_CHECK(!views_overlap(out, a) && !views_overlap(out, b), op, ": output 'out' overlaps an input");
+  if (rows == 0) return;
+  const int64_t blocks = (rows + kRowDotWarps - 1) / kRowDotWarps;
+  RT_CHECK(blocks <= INT32_MAX, op, ": ", rows, " rows exceed the launch limit");
+  row_dot_kernel<<<static_cast<unsigned>(blocks), kRowDotWarps * 32, 0, stream>>>(
+      rows_desc(a), rows_desc(b), out.data, out.dtype, out.stride[0], rows, cols, accumulate);
+  CUDA_CHECK_LAUNCH();
+}
+
+void reduce_sum_forward(TensorView x, int power, TensorView out, cudaStream_t stream) {
+  const char* op = "reduce_sum";
+  check_input(op, "x", x);
+  check_input(op, "out", out);
+  RT_CHECK(power == 1 || power == 2, op, ": power must be 1 (sum) or 2 (sum of squares), found ", power);
+  RT_CHECK(out.numel() == 1 && out.ndim <= 1, op, ": argument 'out' must have shape [1], found ", out.shape_str());
+  RT_CHECK(!views_overlap(out, x), op, ": output 'out' overlaps 'x'");
+  const int64_t n = x.numel();
+  if (n == 0) return;
+  const int64_t cols = x.ndim ? x.shape[x.ndim - 1] : 1;
+  const int64_t blocks = std::min<int64_t>((n + 4 * kSumThreads - 1) / (4 * kSumThreads), kSumMaxBlocks);
+  Scratch partial(static_cast<size_t>(blocks) * sizeof(double), stream, "reduce_sum partials");
+  auto* p = static_cast<double*>(partial.get());
+  sum_partial_kernel<<<static_cast<unsigned>(blocks), kSumThreads, 0, stream>>>(rows_desc(x), x.is_contiguous(), n,
+                                                                                cols, power, p);
+  CUDA_CHECK_LAUNCH();
+  sum_finish_kernel<<<1, kSumThreads, 0, stream>>>(p, blocks, out.data, out.dtype);
+  CUDA_CHECK_LAUNCH();
+}
+
+void column_sum_accumulate(TensorView a, TensorView b, const float* row_scale, TensorView out, cudaStream_t stream) {
+  const char* op = "column_sum";
+  check_input(op, "a", a);
+  check_input(op, "out", out);
+  RT_CHECK(a.ndim >= 1, op, ": argument 'a' must have at least 1 dimension");
+  const bool has_b = !is_empty_output(b);
+  if (has_b) {
+    check_input(op, "b", b);
+    check_same_shape(op, "a", a, "b", b);
+  }
+  const int64_t rows = num_rows(a), cols = row_len(a);
+  RT_CHECK(out.ndim == 1 && out.shape[0] == cols, op, ": argument 'out' must have shape [", cols,
+           "] (the last dimension of ", a.shape_str(), "), found ", out.shape_str());
+  RT_CHECK(!views_overlap(out, a) && (!has_b || !views_overlap(out, b)), op, ": output overlaps an input");
+  if (rows == 0 || cols == 0) return;
+  const int64_t slices = std::min<int64_t>((rows + kColRowsPerSlice - 1) / kColRowsPerSlice, kColMaxSlices);
+  const int64_t rows_per_slice = (rows + slices - 1) / slices;
+  const int64_t bx = (cols + kColX - 1) / kColX;
+  RT_CHECK(bx <= INT32_MAX, op, ": ", cols, " columns exceed the launch limit");
+  Scratch partial(static_cast<size_t>(slices * cols) * sizeof(float), stream, "column sum partials");
+  auto* p = static_cast<float*>(partial.get());
+  column_partial_kernel<<<dim3(static_cast<unsigned>(bx), static_cast<unsigned>(slices)), dim3(kColX, kColY), 0,
+                          stream>>>(rows_desc(a), has_b ? rows_desc(b) : RowsDesc{}, row_scale, rows, cols,
+                                    rows_per_slice, p);
+  CUDA_CHECK_LAUNCH();
+  const int threads = 256;
+  column_finish_kernel<<<static_cast<unsigned>((cols + threads - 1) / threads), threads, 0, stream>>>(
+      p, slices, cols, out.data, out.dtype, out.stride[0]);
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace rt::cuda

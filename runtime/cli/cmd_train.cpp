@@ -1,0 +1,87 @@
+// runtime train: fine-tune a model with any attention backend in one of the three regimes.
+#include <iostream>
+
+#include "cli/commands.h"
+#include "cli/model_session.h"
+#include "train/trainer.h"
+
+namespace rt {
+
+void register_train(CLI::App& app) {
+  struct Args {
+    ModelOptions model;
+    std::string config, data, out, tokenizer;
+    int64_t steps = 0;
+    int64_t stop_at = 0;
+    bool resume = false, quiet = false;
+  };
+  auto args = std::make_shared<Args>();
+  CLI::App* cmd = app.add_subcommand(
+      "train", "Train a model (router_only, attention or full regime) and export the result to OUT/model");
+  cmd->footer(
+      "\nThe TOML config has a [train] section (regime, seq_len, batch_size, lr, warmup_steps, min_lr_ratio,\n"
+      "weight_decay, beta1, beta2, eps, clip_norm, seed, shuffle, recompute, checkpoint_every, collapse_*)\n"
+      "and an [attention] section with the plugin's options (L2A: layout, window, tau, threshold,\n"
+      "force_local, rope_theta, leak_prob, lambda, reg_norm, lambda_schedule, router). --set overrides\n"
+      "either: --set train.lr=3e-4 --set attention.window=512 (a bare key goes to [train] if it is a train\n"
+      "key, else to [attention]).\n\n"
+      "Data: .txt or .jsonl (field \"text\") tokenized with the model's tokenizer, or .bin (little-endian\n"
+      "uint32 ids). Writes OUT/metrics.jsonl (one JSON object per step), OUT/checkpoints/ (atomic; --resume\n"
+      "continues bit-identically from the newest) and, after the last step, OUT/model (loads with --model).\n\n"
+      "Examples:\n"
+      "  runtime train --model qwen2.5-0.5b --attention l2a_dense --config configs/l2a_router_only.toml \\\n"
+      "      --data ../shared/data/wikitext-2/valid.txt --steps 500 --out runs/router --device cuda\n"
+      "  runtime train ... --stop-at 100      # stop after step 100 as if interrupted\n"
+      "  runtime train ... --resume           # continue from the last checkpoint in --out");
+  add_model_options(*cmd, args->model);
+  cmd->add_option("--config,-c", args->config, "Training config (TOML); omitted: the built-in defaults");
+  cmd->add_option("--data,-d", args->data, "Training data: .txt, .jsonl (field text) or .bin (uint32 ids)")
+      ->required();
+  cmd->add_option("--steps", args->steps, "Optimizer steps in the whole run (schedules span them)")
+      ->required()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--out,-o", args->out, "Run directory: metrics, checkpoints, exported model")->required();
+  cmd->add_option("--stop-at", args->stop_at, "Stop after this step as if interrupted (a checkpoint is written)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_flag("--resume", args->resume, "Continue from the newest checkpoint in --out");
+  cmd->add_option("--tokenizer", args->tokenizer,
+                  "tokenizer.json / tokenizer.model / directory for text data (default: the model directory's)");
+  cmd->add_flag("--quiet,-q", args->quiet, "No progress bar");
+  cmd->callback([args] {
+    const TrainConfig cfg = args->config.empty() ? parse_train_config("", "<built-in defaults>", args->model.set)
+                                                 : load_train_config(args->config, args->model.set);
+    ModelOptions mo = args->model;
+    mo.set.clear();
+    for (const auto& [k, v] : cfg.attention) mo.set.push_back(k + "=" + v);
+    auto session = open_model_session(mo);
+    std::unique_ptr<Tokenizer> tok;
+    const std::string ext = std::filesystem::path(args->data).extension().string();
+    if (ext != ".bin") {
+      std::filesystem::path src = args->tokenizer;
+      if (src.empty()) {
+        RT_CHECK(!session->model_dir.empty(), "train: ", args->data,
+                 " is text and the model has no directory to take a tokenizer from; pass --tokenizer");
+        src = session->model_dir;
+      }
+      tok = load_tokenizer(src);
+    }
+    TrainRun run;
+    run.data = args->data;
+    run.out = args->out;
+    run.steps = args->steps;
+    if (args->stop_at > 0) run.stop_at = args->stop_at;
+    run.resume = args->resume;
+    run.attention = session->attention_name;
+    run.attention_options = session->attention_options;
+    run.model_dir = session->model_dir;
+    run.model_name = session->model_name;
+    run.quiet = args->quiet;
+    const TrainSummary s = run_training(*session->ops, *session->model, cfg, run, tok.get());
+    if (s.last_step >= s.first_step)
+      std::cerr << "trained steps " << s.first_step << ".." << s.last_step << ", last loss " << s.last_loss << "\n";
+    if (s.collapsed && cfg.collapse_action == CollapseAction::Stop)
+      fail("train: stopped by the collapse detector at step ", s.last_step, " (see above; checkpoint written)");
+  });
+}
+
+}  // namespace rt

@@ -1,0 +1,159 @@
+// Training forward and backward of the Qwen2 graph, one sequence at a time:
+//   embedding -> N x (attention plugin, MLP) -> final norm -> lm_head + cross-entropy (fused)
+// and back. The plugin owns its sublayer's backward (forward_train / backward); the MLP, the final
+// norm, the head and the embedding are here.
+#include <algorithm>
+#include <vector>
+
+#include "model/layer_params_view.h"
+#include "model/mlp.h"
+#include "model/qwen2_model.h"
+#include "rt/sdk/error.h"
+
+namespace rt {
+
+namespace {
+constexpr int32_t kIgnore = -100;
+}
+
+// Layer-relative names -> gradient buffers; frozen parameters give an empty view.
+class Qwen2Model::LayerGradsView final : public LayerGrads {
+ public:
+  LayerGradsView(const GradMap& g, std::string prefix) : grads_(g), prefix_(std::move(prefix)) {}
+  TensorView get(const std::string& name) const override {
+    auto it = grads_.find(prefix_ + name);
+    return it == grads_.end() ? TensorView{} : it->second.view;
+  }
+
+ private:
+  const GradMap& grads_;
+  std::string prefix_;
+};
+
+std::vector<std::string> Qwen2Model::parameter_names() const {
+  std::vector<std::string> names;
+  names.reserve(weights_.size());
+  for (const auto& [name, t] : weights_) names.push_back(name);
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+// Final norm + lm_head + cross-entropy against ids shifted by one. Returns the per-token losses
+// [T] (0 at the last position, which predicts nothing). With dx: dx += dL/dx for the loss scaled by
+// grad_scale, and the head's / final norm's gradients go to grads.
+Tensor Qwen2Model::lm_head_loss(TensorView x, std::span<const int32_t> ids, float grad_scale, TensorView dx,
+                                const GradMap* grads) {
+  const int64_t T = x.shape[0];
+  std::vector<int32_t> targets(static_cast<size_t>(T), kIgnore);
+  for (int64_t t = 0; t + 1 < T; ++t) targets[static_cast<size_t>(t)] = ids[static_cast<size_t>(t + 1)];
+  Tensor tgt = ops_.alloc(DType::I32, {T});
+  ops_.copy(TensorView::contiguous(targets.data(), DType::I32, Device::CPU, {T}), tgt);
+
+  Tensor h = ops_.alloc(ops_.activation_dtype(), {T, dims_.hidden});
+  ops_.rmsnorm(x, weight("model.norm.weight"), dims_.rms_eps, h);
+  const char* head = config_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+  auto grad_of = [&](const std::string& n) -> TensorView {
+    if (!grads) return {};
+    auto it = grads->find(n);
+    return it == grads->end() ? TensorView{} : it->second.view;
+  };
+  Tensor losses = ops_.alloc(ops_.accum_dtype(), {T});
+  if (!dx.data) {
+    ops_.lm_head_cross_entropy(h, weight(head), tgt, grad_scale, losses, TensorView{}, TensorView{});
+    return losses;
+  }
+  Tensor dh = ops_.alloc(ops_.activation_dtype(), {T, dims_.hidden});
+  ops_.lm_head_cross_entropy(h, weight(head), tgt, grad_scale, losses, dh, grad_of(head));
+  ops_.rmsnorm_backward(x, weight("model.norm.weight"), dims_.rms_eps, dh, dx, grad_of("model.norm.weight"));
+  return losses;
+}
+
+void Qwen2Model::train_sequence(std::span<const int32_t> ids, const TrainContext& tc, const GradMap& grads,
+                                bool recompute, TensorView lm_loss) {
+  const int64_t T = static_cast<int64_t>(ids.size());
+  RT_CHECK(T >= 2, "train: a training sequence needs at least 2 tokens, found ", T);
+  Tensor id_dev = upload_ids(ids, 0);
+  const int L = static_cast<int>(dims_.n_layers);
+  std::vector<LayerGradsView> layer_grads;
+  layer_grads.reserve(static_cast<size_t>(L));
+  for (int i = 0; i < L; ++i) layer_grads.emplace_back(grads, layers_[i]->prefix());
+  auto ctx_of = [&](int i) { return LayerContext{&dims_, i, &ops_, layers_[i].get()}; };
+
+  Tensor x = ops_.alloc(ops_.accum_dtype(), {T, dims_.hidden});
+  ops_.embedding(weight("model.embed_tokens.weight"), id_dev, x);
+
+  std::vector<Tensor> inputs(static_cast<size_t>(L));  // recompute: each layer's input
+  std::vector<std::unique_ptr<SavedActivations>> attn(static_cast<size_t>(L));
+  std::vector<MlpActivations> mlp(static_cast<size_t>(L));
+  for (int i = 0; i < L; ++i) {
+    const LayerContext ctx = ctx_of(i);
+    if (recompute) {
+      inputs[i] = ops_.alloc(x.view.dtype, {T, dims_.hidden});
+      ops_.copy(x, inputs[i]);
+    }
+    auto a = attention_.forward_train(ctx, x, tc);
+    auto m = mlp_forward_train(ctx, x);
+    if (!recompute) {
+      attn[i] = std::move(a);
+      mlp[i] = std::move(m);
+    }
+  }
+
+  Tensor dx = ops_.alloc(ops_.accum_dtype(), {T, dims_.hidden});
+  ops_.fill(dx, 0.f);
+  const float scale = tc.loss_scale / static_cast<float>(T - 1);
+  Tensor losses = lm_head_loss(x, ids, scale, dx, &grads);
+  Tensor sum = ops_.alloc(ops_.accum_dtype(), {1});
+  ops_.fill(sum, 0.f);
+  ops_.reduce_sum(losses, 1, sum);
+  ops_.axpby(scale, sum, 1.f, lm_loss, lm_loss);
+
+  // Recomputation replays the forward exactly, but must not count routing statistics twice.
+  TrainContext replay = tc;
+  replay.route_stats = TensorView{};
+  replay.route_counts = nullptr;
+  for (int i = L - 1; i >= 0; --i) {
+    const LayerContext ctx = ctx_of(i);
+    if (recompute) {
+      Tensor xi = ops_.alloc(x.view.dtype, {T, dims_.hidden});
+      ops_.copy(inputs[i], xi);
+      attn[i] = attention_.forward_train(ctx, xi, replay);
+      mlp[i] = mlp_forward_train(ctx, xi);
+      inputs[i] = Tensor{};
+    }
+    mlp_backward(ctx, mlp[i], dx, layer_grads[i]);
+    mlp[i] = MlpActivations{};
+    attention_.backward(ctx, *attn[i], dx, layer_grads[i], tc);
+    attn[i].reset();
+  }
+  auto emb = grads.find("model.embed_tokens.weight");
+  if (emb != grads.end()) ops_.embedding_backward(id_dev, dx, emb->second);
+}
+
+double Qwen2Model::sequence_loss(std::span<const int32_t> ids, int64_t* predicted) {
+  const int64_t T = static_cast<int64_t>(ids.size());
+  RT_CHECK(T >= 2, "loss: a sequence needs at least 2 tokens, found ", T);
+  Tensor id_dev = upload_ids(ids, 0);
+  Tensor x = ops_.alloc(ops_.accum_dtype(), {T, dims_.hidden});
+  ops_.embedding(weight("model.embed_tokens.weight"), id_dev, x);
+  for (int i = 0; i < dims_.n_layers; ++i) {
+    LayerContext ctx{&dims_, i, &ops_, layers_[i].get()};
+    attention_.forward(ctx, x, nullptr);
+    mlp_forward(ctx, x);
+  }
+  Tensor losses = lm_head_loss(x, ids, 1.f, TensorView{}, nullptr);
+  Tensor sum = ops_.alloc(ops_.accum_dtype(), {1});
+  ops_.fill(sum, 0.f);
+  ops_.reduce_sum(losses, 1, sum);
+  if (predicted) *predicted = T - 1;
+  if (sum.view.dtype == DType::F64) {
+    double host = 0;
+    ops_.copy(sum, TensorView::contiguous(&host, DType::F64, Device::CPU, {1}));
+    return host;
+  }
+  float host = 0;
+  ops_.copy(sum, TensorView::contiguous(&host, DType::F32, Device::CPU, {1}));
+  return host;
+}
+
+}  // namespace rt

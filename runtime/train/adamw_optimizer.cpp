@@ -1,0 +1,148 @@
+#include "train/adamw_optimizer.h"
+
+#include <cmath>
+
+#include "rt/sdk/error.h"
+
+namespace rt {
+
+namespace {
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+Tensor alloc_like(Ops& ops, DType dt, TensorView v) {
+  return v.ndim == 1 ? ops.alloc(dt, {v.shape[0]}) : ops.alloc(dt, {v.shape[0], v.shape[1]});
+}
+
+std::vector<float> to_host(Ops& ops, TensorView v) {
+  std::vector<float> out(static_cast<size_t>(v.numel()));
+  TensorView dst = v;  // same (contiguous) shape, on the host
+  dst.data = out.data();
+  dst.device = Device::CPU;
+  dst.dtype = DType::F32;
+  ops.copy(v, dst);
+  return out;
+}
+
+}  // namespace
+
+std::vector<std::string> trainable_parameters(const std::string& regime, const std::vector<std::string>& names,
+                                              const std::string& attention) {
+  std::vector<std::string> out;
+  for (const auto& n : names) {
+    const bool router = ends_with(n, ".router.weight");
+    const bool attn = n.find(".self_attn.") != std::string::npos || n.find(".global_attn.") != std::string::npos;
+    const bool norm = ends_with(n, "layernorm.weight") || n == "model.norm.weight";
+    bool take = false;
+    if (regime == "router_only") take = router;
+    else if (regime == "attention") take = router || attn || norm;
+    else if (regime == "full") take = true;
+    else fail("train: unknown regime '", regime, "' (expected router_only, attention or full)");
+    if (take) out.push_back(n);
+  }
+  RT_CHECK(!out.empty(), "train: regime '", regime, "' trains nothing with --attention ", attention,
+           ": it has no router weights. Use a routed backend (--attention l2a_dense) or regime 'attention'/'full'");
+  return out;
+}
+
+AdamWOptimizer::AdamWOptimizer(Ops& ops, Qwen2Model& model, std::vector<std::string> trainable,
+                               AdamWSettings settings)
+    : ops_(ops), model_(model), names_(std::move(trainable)), settings_(settings) {
+  const DType acc = ops.accum_dtype();
+  for (const auto& n : names_) {
+    TensorView p = model.parameter(n);
+    Slot s;
+    s.master = alloc_like(ops, acc, p);
+    ops.copy(p, s.master);
+    s.m = alloc_like(ops, acc, p);
+    s.v = alloc_like(ops, acc, p);
+    ops.fill(s.m, 0.f);
+    ops.fill(s.v, 0.f);
+    s.decay = p.ndim >= 2;
+    grads_[n] = alloc_like(ops, acc, p);
+    slots_[n] = std::move(s);
+  }
+  zero_grad();
+}
+
+int64_t AdamWOptimizer::trainable_count() const {
+  int64_t n = 0;
+  for (const auto& [name, s] : slots_) n += s.master.view.numel();
+  return n;
+}
+
+void AdamWOptimizer::zero_grad() {
+  for (auto& [n, g] : grads_) ops_.fill(g, 0.f);
+}
+
+double AdamWOptimizer::grad_norm() {
+  Tensor sum = ops_.alloc(ops_.accum_dtype(), {1});
+  ops_.fill(sum, 0.f);
+  for (const auto& n : names_) ops_.reduce_sum(grads_.at(n), 2, sum);
+  if (sum.view.dtype == DType::F64) {
+    double h = 0;
+    ops_.copy(sum, TensorView::contiguous(&h, DType::F64, Device::CPU, {1}));
+    return std::sqrt(h);
+  }
+  float h = 0;
+  ops_.copy(sum, TensorView::contiguous(&h, DType::F32, Device::CPU, {1}));
+  return std::sqrt(static_cast<double>(h));
+}
+
+void AdamWOptimizer::step(double lr, int64_t t, double grad_scale) {
+  for (const auto& n : names_) {
+    Slot& s = slots_.at(n);
+    Ops::AdamW hp;
+    hp.lr = static_cast<float>(lr);
+    hp.beta1 = static_cast<float>(settings_.beta1);
+    hp.beta2 = static_cast<float>(settings_.beta2);
+    hp.eps = static_cast<float>(settings_.eps);
+    hp.weight_decay = s.decay ? static_cast<float>(settings_.weight_decay) : 0.f;
+    hp.grad_scale = static_cast<float>(grad_scale);
+    hp.step = t;
+    ops_.adamw_step(s.master, grads_.at(n), s.m, s.v, model_.parameter(n), hp);
+  }
+}
+
+std::vector<NamedHostTensor> AdamWOptimizer::state() const {
+  std::vector<NamedHostTensor> out;
+  for (const auto& n : names_) {
+    const Slot& s = slots_.at(n);
+    std::vector<int64_t> shape(s.master.view.shape.begin(), s.master.view.shape.begin() + s.master.view.ndim);
+    out.push_back({n, shape, to_host(ops_, s.master)});
+    out.push_back({n + ".exp_avg", shape, to_host(ops_, s.m)});
+    out.push_back({n + ".exp_avg_sq", shape, to_host(ops_, s.v)});
+  }
+  return out;
+}
+
+void AdamWOptimizer::load_state(const std::vector<NamedHostTensor>& tensors) {
+  std::unordered_map<std::string, const NamedHostTensor*> by_name;
+  for (const auto& t : tensors) by_name[t.name] = &t;
+  for (const auto& n : names_) {
+    Slot& s = slots_.at(n);
+    const struct {
+      std::string key;
+      Tensor* dst;
+    } parts[] = {{n, &s.master}, {n + ".exp_avg", &s.m}, {n + ".exp_avg_sq", &s.v}};
+    for (const auto& part : parts) {
+      auto it = by_name.find(part.key);
+      RT_CHECK(it != by_name.end(), "checkpoint: missing optimizer tensor '", part.key,
+               "' (was it written with another regime or attention backend?)");
+      const TensorView dst = part.dst->view;
+      RT_CHECK(static_cast<int64_t>(it->second->data.size()) == dst.numel(), "checkpoint: tensor '", part.key,
+               "' has ", it->second->data.size(), " elements, the model expects ", dst.numel(), " (shape ",
+               dst.shape_str(), ")");
+      TensorView src = dst;
+      src.data = const_cast<float*>(it->second->data.data());
+      src.device = Device::CPU;
+      src.dtype = DType::F32;
+      ops_.copy(src, dst);
+    }
+    ops_.copy(s.master, model_.parameter(n));
+  }
+}
+
+}  // namespace rt

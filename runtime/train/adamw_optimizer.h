@@ -1,0 +1,63 @@
+// AdamW over the trainable parameters of a Qwen2Model: fp32 master weights and moments (accum
+// dtype), gradient buffers, global grad-norm clipping. The model's own parameters (bf16 on CUDA)
+// receive the rounded master after every step.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "model/qwen2_model.h"
+#include "train/checkpoint.h"
+
+namespace rt {
+
+struct AdamWSettings {
+  double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
+};
+
+class AdamWOptimizer {
+ public:
+  // Weight decay applies to matrices only (parameters of 2 or more dimensions), not to norm
+  // weights and biases.
+  AdamWOptimizer(Ops& ops, Qwen2Model& model, std::vector<std::string> trainable, AdamWSettings settings);
+
+  const std::vector<std::string>& trainable() const { return names_; }
+  int64_t trainable_count() const;  // elements
+  const Qwen2Model::GradMap& grads() const { return grads_; }
+  TensorView master(const std::string& name) const { return slots_.at(name).master.view; }
+  void zero_grad();
+  // L2 norm of all gradients together (one device reduction, read back).
+  double grad_norm();
+  // One step at learning rate lr (t: 1-based step for bias correction), gradients scaled by
+  // grad_scale first (clipping).
+  void step(double lr, int64_t t, double grad_scale);
+
+  // Master weights and moments as host f32, for checkpoints: "<name>", "<name>.exp_avg",
+  // "<name>.exp_avg_sq".
+  std::vector<NamedHostTensor> state() const;
+  // Restores what state() returned (every tensor must be present with its shape) and writes the
+  // masters into the model.
+  void load_state(const std::vector<NamedHostTensor>& tensors);
+
+ private:
+  struct Slot {
+    Tensor master, m, v;
+    bool decay = false;
+  };
+  Ops& ops_;
+  Qwen2Model& model_;
+  std::vector<std::string> names_;
+  AdamWSettings settings_;
+  Qwen2Model::GradMap grads_;
+  std::unordered_map<std::string, Slot> slots_;
+};
+
+// The parameters a regime trains (DESIGN.md section 4), from all of the model's names:
+//   router_only  router weights;  attention  routers + every attention projection + every RMSNorm;
+//   full         everything.
+// Throws when the regime trains nothing with this attention backend (e.g. router_only without a
+// router).
+std::vector<std::string> trainable_parameters(const std::string& regime, const std::vector<std::string>& names,
+                                              const std::string& attention);
+
+}  // namespace rt

@@ -1,0 +1,380 @@
+#include "train/checkpoint.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "loader/json_util.h"
+#include "loader/safetensors.h"
+#include "rt/sdk/error.h"
+
+namespace rt {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+constexpr const char* kState = "state.safetensors";
+constexpr const char* kManifest = "manifest.json";
+constexpr const char* kLatest = "latest";
+
+// ---- durable file system primitives ----
+
+struct Fd {
+  int fd = -1;
+  ~Fd() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+void write_all(int fd, const void* data, size_t n, const fs::path& path) {
+  const char* p = static_cast<const char*>(data);
+  while (n > 0) {
+    const ssize_t w = ::write(fd, p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      fail("cannot write ", path.string(), ": ", std::strerror(errno));
+    }
+    p += w;
+    n -= static_cast<size_t>(w);
+  }
+}
+
+// Writes the pieces in order to a new file and fsyncs it before returning.
+void write_durable(const fs::path& path, const std::vector<std::pair<const void*, size_t>>& pieces) {
+  Fd f;
+  f.fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (f.fd < 0) fail("cannot create ", path.string(), ": ", std::strerror(errno));
+  for (const auto& [data, n] : pieces) write_all(f.fd, data, n, path);
+  if (::fsync(f.fd) != 0) fail("cannot fsync ", path.string(), ": ", std::strerror(errno));
+  const int fd = f.fd;
+  f.fd = -1;
+  if (::close(fd) != 0) fail("cannot close ", path.string(), " (disk full?): ", std::strerror(errno));
+}
+
+// A rename or create inside a directory is durable only once the directory itself is synced.
+void fsync_dir(const fs::path& dir) {
+  Fd f;
+  f.fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (f.fd < 0) fail("cannot open directory ", dir.string(), ": ", std::strerror(errno));
+  if (::fsync(f.fd) != 0) fail("cannot fsync directory ", dir.string(), ": ", std::strerror(errno));
+}
+
+void rename_or_fail(const fs::path& from, const fs::path& to) {
+  std::error_code ec;
+  fs::rename(from, to, ec);
+  if (ec) fail("cannot rename ", from.string(), " to ", to.string(), ": ", ec.message());
+}
+
+// ---- directory names ----
+
+// step number of "step_00000042"; nullopt for anything else (temporary leftovers included).
+std::optional<int64_t> parse_step_name(const std::string& name) {
+  if (name.size() < 13 || name.size() > 23 || name.rfind("step_", 0) != 0) return std::nullopt;
+  int64_t step = 0;
+  for (size_t i = 5; i < name.size(); ++i) {
+    if (name[i] < '0' || name[i] > '9') return std::nullopt;
+    step = step * 10 + (name[i] - '0');
+  }
+  return step;
+}
+
+bool is_complete(const fs::path& dir) {
+  std::error_code ec;
+  return fs::is_regular_file(dir / kManifest, ec) && fs::is_regular_file(dir / kState, ec);
+}
+
+// Complete step directories, oldest first.
+std::vector<std::pair<int64_t, fs::path>> complete_checkpoints(const fs::path& ckdir) {
+  std::vector<std::pair<int64_t, fs::path>> out;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(ckdir, ec)) {
+    const auto step = parse_step_name(e.path().filename().string());
+    if (step && e.is_directory() && is_complete(e.path())) out.emplace_back(*step, e.path());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+bool is_leftover(const std::string& name) {
+  return name.find(".tmp-") != std::string::npos || name.find(".old-") != std::string::npos;
+}
+
+// Renames first so that a crash halfway through a delete never leaves a step_* directory that
+// looks complete but is not.
+void remove_checkpoint_dir(const fs::path& dir, const std::string& pid) {
+  const fs::path doomed = dir.string() + ".old-" + pid;
+  rename_or_fail(dir, doomed);
+  std::error_code ec;
+  fs::remove_all(doomed, ec);
+}
+
+// ---- state.safetensors, streamed from the caller's vectors ----
+
+// The header serialize_safetensors would write (same key order, same space padding), built
+// without copying the data: a 3B model's master weights and moments are tens of GB.
+std::string safetensors_header(const std::vector<NamedHostTensor>& tensors) {
+  nlohmann::ordered_json header = nlohmann::ordered_json::object();
+  header["__metadata__"] = {{"format", "rt_train_checkpoint"}};
+  std::set<std::string> names;
+  uint64_t offset = 0;
+  for (const NamedHostTensor& t : tensors) {
+    RT_CHECK(!t.name.empty() && t.name != "__metadata__", "save_checkpoint: invalid tensor name \"", t.name, "\"");
+    RT_CHECK(names.insert(t.name).second, "save_checkpoint: duplicate tensor \"", t.name, "\"");
+    uint64_t numel = 1;
+    for (int64_t d : t.shape) {
+      RT_CHECK(d >= 0, "save_checkpoint: tensor \"", t.name, "\" has negative dim ", d);
+      RT_CHECK(!__builtin_mul_overflow(numel, static_cast<uint64_t>(d), &numel),
+               "save_checkpoint: tensor \"", t.name, "\" is too large");
+    }
+    RT_CHECK(numel == t.data.size(), "save_checkpoint: tensor \"", t.name, "\" has ", t.data.size(),
+             " values but its shape needs ", numel);
+    const uint64_t nbytes = numel * sizeof(float);
+    header[t.name] = {{"dtype", "F32"}, {"shape", t.shape}, {"data_offsets", {offset, offset + nbytes}}};
+    offset += nbytes;
+  }
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');
+  return text;
+}
+
+void write_state(const fs::path& path, const std::vector<NamedHostTensor>& tensors) {
+  static_assert(sizeof(float) == 4);
+  const std::string header = safetensors_header(tensors);
+  uint8_t len[8];
+  for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(static_cast<uint64_t>(header.size()) >> (8 * i));
+  std::vector<std::pair<const void*, size_t>> pieces = {{len, 8}, {header.data(), header.size()}};
+  for (const NamedHostTensor& t : tensors) pieces.emplace_back(t.data.data(), t.data.size() * sizeof(float));
+  write_durable(path, pieces);
+}
+
+std::string manifest_text(const CheckpointMeta& meta, const std::vector<NamedHostTensor>& tensors) {
+  nlohmann::ordered_json m;
+  m["format_version"] = kCheckpointFormatVersion;
+  m["step"] = meta.step;
+  m["data_cursor"] = {{"epoch", meta.cursor.epoch}, {"index", meta.cursor.index}};
+  m["rng_state"] = meta.rng_state;
+  m["config_hash"] = meta.config_hash;
+  if (meta.config_json.empty()) {
+    m["config"] = nullptr;
+  } else {
+    try {
+      m["config"] = nlohmann::ordered_json::parse(meta.config_json);
+    } catch (const json::exception& e) {
+      fail("save_checkpoint: config_json is not valid JSON: ", e.what());
+    }
+  }
+  m["extra"] = nlohmann::ordered_json::object();
+  for (const auto& [k, v] : meta.extra) m["extra"][k] = v;
+  m["tensors"] = nlohmann::ordered_json::array();
+  for (const NamedHostTensor& t : tensors) m["tensors"].push_back({{"name", t.name}, {"shape", t.shape}});
+  return m.dump(1) + "\n";
+}
+
+// ---- manifest validation ----
+
+const json& field(const json& m, const char* key, const std::string& what) {
+  auto it = m.find(key);
+  if (it == m.end()) fail(what, ": missing required field \"", key, "\"");
+  return *it;
+}
+
+int64_t int_field(const json& m, const char* key, const std::string& what) {
+  const json& v = field(m, key, what);
+  if (!json_is_integer(v) || (v.is_number_unsigned() && v.get<uint64_t>() > INT64_MAX))
+    fail(what, ": field \"", key, "\" must be an integer, found ", json_type_name(v), " ", json_brief(v));
+  const int64_t x = v.get<int64_t>();
+  if (x < 0) fail(what, ": field \"", key, "\" must be >= 0, found ", x);
+  return x;
+}
+
+std::string string_field(const json& m, const char* key, const std::string& what) {
+  const json& v = field(m, key, what);
+  if (!v.is_string()) fail(what, ": field \"", key, "\" must be a string, found ", json_type_name(v));
+  return v.get<std::string>();
+}
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::ostringstream os;
+  os << "[";
+  for (size_t i = 0; i < s.size(); ++i) os << (i ? ", " : "") << s[i];
+  os << "]";
+  return os.str();
+}
+
+}  // namespace
+
+std::string checkpoint_dir_name(int64_t step) {
+  RT_CHECK(step >= 0, "checkpoint step must be >= 0, found ", step);
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "step_%08lld", static_cast<long long>(step));
+  return buf;
+}
+
+const NamedHostTensor* Checkpoint::find(const std::string& name) const {
+  for (const NamedHostTensor& t : tensors)
+    if (t.name == name) return &t;
+  return nullptr;
+}
+
+const NamedHostTensor& Checkpoint::get(const std::string& name) const {
+  const NamedHostTensor* t = find(name);
+  if (!t) fail((dir / kState).string(), ": no tensor \"", name, "\" in this checkpoint");
+  return *t;
+}
+
+fs::path save_checkpoint(const fs::path& out_dir, const CheckpointMeta& meta,
+                         const std::vector<NamedHostTensor>& tensors, int keep_last) {
+  RT_CHECK(keep_last >= 1, "save_checkpoint: keep_last must be >= 1, found ", keep_last);
+  const fs::path ckdir = out_dir / "checkpoints";
+  const std::string name = checkpoint_dir_name(meta.step);
+  const std::string pid = std::to_string(::getpid());
+  std::error_code ec;
+  fs::create_directories(ckdir, ec);
+  if (ec) fail("cannot create ", ckdir.string(), ": ", ec.message());
+
+  // Leftovers of a crashed write (ours or an earlier process's) are garbage by construction.
+  std::vector<fs::path> leftovers;
+  for (const auto& e : fs::directory_iterator(ckdir))
+    if (is_leftover(e.path().filename().string())) leftovers.push_back(e.path());
+  for (const fs::path& p : leftovers) fs::remove_all(p, ec);
+  for (const auto& [step, dir] : complete_checkpoints(ckdir))
+    if (step > meta.step)
+      fail(ckdir.string(), " holds ", dir.filename().string(), ", newer than step ", meta.step,
+           " being saved: resume from it, or write to a fresh output directory");
+
+  const std::string manifest = manifest_text(meta, tensors);  // validates before touching disk
+  const fs::path tmp = ckdir / (name + ".tmp-" + pid);
+  if (!fs::create_directory(tmp, ec) || ec) fail("cannot create ", tmp.string(), ": ", ec.message());
+  write_state(tmp / kState, tensors);
+  write_durable(tmp / kManifest, {{manifest.data(), manifest.size()}});
+  fsync_dir(tmp);
+
+  // A directory for the same step (a re-save) is moved aside, not deleted, until the new one is
+  // in place; the scan ignores *.old-* names.
+  const fs::path final_dir = ckdir / name, aside = final_dir.string() + ".old-" + pid;
+  const bool replacing = fs::exists(final_dir);
+  if (replacing) rename_or_fail(final_dir, aside);
+  rename_or_fail(tmp, final_dir);
+  fsync_dir(ckdir);
+  if (replacing) fs::remove_all(aside, ec);
+
+  const std::string latest = name + "\n";
+  const fs::path latest_tmp = ckdir / (std::string(kLatest) + ".tmp-" + pid);
+  write_durable(latest_tmp, {{latest.data(), latest.size()}});
+  rename_or_fail(latest_tmp, ckdir / kLatest);
+  fsync_dir(ckdir);
+
+  auto all = complete_checkpoints(ckdir);
+  for (size_t i = 0; i + static_cast<size_t>(keep_last) < all.size(); ++i)
+    remove_checkpoint_dir(all[i].second, pid);
+  fsync_dir(ckdir);
+  return final_dir;
+}
+
+std::optional<fs::path> find_latest_checkpoint(const fs::path& out_dir) {
+  const fs::path ckdir = out_dir / "checkpoints";
+  std::error_code ec;
+  if (!fs::is_directory(ckdir, ec)) return std::nullopt;
+  const auto all = complete_checkpoints(ckdir);
+  std::optional<fs::path> from_latest;
+  std::ifstream in(ckdir / kLatest);
+  std::string line;
+  if (in && std::getline(in, line)) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    const auto step = parse_step_name(line);
+    if (step && is_complete(ckdir / line) && (all.empty() || *step >= all.back().first))
+      from_latest = ckdir / line;
+  }
+  if (from_latest) return from_latest;
+  if (all.empty()) return std::nullopt;
+  return all.back().second;
+}
+
+Checkpoint load_checkpoint(const fs::path& dir) {
+  const fs::path mpath = dir / kManifest, spath = dir / kState;
+  const std::string what = mpath.string();
+  std::error_code ec;
+  if (!fs::is_regular_file(mpath, ec))
+    fail(dir.string(), ": no ", kManifest, " (not a checkpoint directory, or an incomplete one)");
+  std::ifstream in(mpath, std::ios::binary);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  if (!in) fail(what, ": cannot read");
+  const std::string text = ss.str();
+  const json m = parse_json_strict(text, what);
+  if (!m.is_object()) fail(what, ": expected a JSON object, found ", json_type_name(m));
+
+  const json& version = field(m, "format_version", what);
+  if (!json_is_integer(version) || version.get<int64_t>() != kCheckpointFormatVersion)
+    fail(what, ": field \"format_version\": expected ", kCheckpointFormatVersion, ", found ", json_brief(version),
+         " (written by a different version of the runtime)");
+
+  Checkpoint c;
+  c.dir = dir;
+  c.meta.step = int_field(m, "step", what);
+  const json& cur = field(m, "data_cursor", what);
+  if (!cur.is_object()) fail(what, ": field \"data_cursor\" must be an object, found ", json_type_name(cur));
+  c.meta.cursor.epoch = int_field(cur, "epoch", what + ": data_cursor");
+  c.meta.cursor.index = int_field(cur, "index", what + ": data_cursor");
+  c.meta.rng_state = string_field(m, "rng_state", what);
+  c.meta.config_hash = string_field(m, "config_hash", what);
+  const json& cfg = field(m, "config", what);
+  if (!cfg.is_null() && !cfg.is_object())
+    fail(what, ": field \"config\" must be an object or null, found ", json_type_name(cfg));
+  if (cfg.is_object())  // key order as written, so the text equals the config_json that was saved
+    c.meta.config_json = nlohmann::ordered_json::parse(text)["config"].dump();
+  if (auto it = m.find("extra"); it != m.end()) {
+    if (!it->is_object()) fail(what, ": field \"extra\" must be an object, found ", json_type_name(*it));
+    for (const auto& [k, v] : it->items()) {
+      if (!v.is_string()) fail(what, ": field \"extra.", k, "\" must be a string, found ", json_type_name(v));
+      c.meta.extra[k] = v.get<std::string>();
+    }
+  }
+
+  const json& list = field(m, "tensors", what);
+  if (!list.is_array()) fail(what, ": field \"tensors\" must be an array, found ", json_type_name(list));
+  if (!fs::is_regular_file(spath, ec)) fail(dir.string(), ": no ", kState, " (incomplete checkpoint)");
+  const SafetensorsFile st = SafetensorsFile::open(spath);
+  std::set<std::string> listed;
+  for (size_t i = 0; i < list.size(); ++i) {
+    const json& e = list[i];
+    const std::string ewhat = what + ": tensors[" + std::to_string(i) + "]";
+    if (!e.is_object()) fail(ewhat, " must be an object, found ", json_type_name(e));
+    NamedHostTensor t;
+    t.name = string_field(e, "name", ewhat);
+    if (!listed.insert(t.name).second) fail(ewhat, ": tensor \"", t.name, "\" is listed twice");
+    const json& shape = field(e, "shape", ewhat);
+    if (!shape.is_array()) fail(ewhat, ": field \"shape\" must be an array, found ", json_type_name(shape));
+    for (const json& d : shape) {
+      if (!json_is_integer(d) || d.get<int64_t>() < 0)
+        fail(ewhat, ": field \"shape\" must hold non-negative integers, found ", json_brief(shape));
+      t.shape.push_back(d.get<int64_t>());
+    }
+    const StTensorInfo* info = st.find(t.name);
+    if (!info) fail(spath.string(), ": tensor \"", t.name, "\" listed in ", kManifest, " is missing");
+    if (info->dtype != StDType::F32)
+      fail(spath.string(), ": tensor \"", t.name, "\": expected dtype F32, found ", st_dtype_name(info->dtype));
+    if (info->shape != t.shape)
+      fail(spath.string(), ": tensor \"", t.name, "\": expected shape ", shape_str(t.shape), " (", kManifest,
+           "), found ", shape_str(info->shape));
+    t.data.resize(static_cast<size_t>(info->numel()));
+    if (!t.data.empty()) std::memcpy(t.data.data(), st.data(*info), info->nbytes());
+    c.tensors.push_back(std::move(t));
+  }
+  for (const StTensorInfo& info : st.tensors())
+    if (!listed.count(info.name))
+      fail(spath.string(), ": tensor \"", info.name, "\" is not listed in ", kManifest);
+  return c;
+}
+
+}  // namespace rt

@@ -1,0 +1,322 @@
+#include "train/trainer.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <numeric>
+
+#include <nlohmann/json.hpp>
+
+#include "loader/safetensors_writer.h"
+#include "rt/sdk/error.h"
+#include "train/adamw_optimizer.h"
+#include "train/checkpoint.h"
+#include "train/lr_schedule.h"
+#include "train/metrics_log.h"
+#include "train/progress_bar.h"
+#include "train/token_data.h"
+#include "train/tokens_per_param.h"
+
+namespace rt {
+
+namespace {
+
+// A uniform in [0, 1) from (seed, step): per-step randomness (leak steps) that a resumed run
+// reproduces without carrying generator state.
+double step_uniform(uint64_t seed, int64_t step) {
+  uint64_t x = seed * 0x9e3779b97f4a7c15ull + static_cast<uint64_t>(step) + 0x632be59bd9b4e019ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  x ^= x >> 31;
+  return static_cast<double>(x >> 11) * 0x1.0p-53;
+}
+
+std::vector<double> read_doubles(Ops& ops, TensorView v) {
+  std::vector<double> out(static_cast<size_t>(v.numel()));
+  TensorView src = v.reshaped({v.numel()});
+  if (v.dtype == DType::F64) {
+    ops.copy(src, TensorView::contiguous(out.data(), DType::F64, Device::CPU, {v.numel()}));
+  } else {
+    std::vector<float> f(out.size());
+    ops.copy(src, TensorView::contiguous(f.data(), DType::F32, Device::CPU, {v.numel()}));
+    std::copy(f.begin(), f.end(), out.begin());
+  }
+  return out;
+}
+
+// Writes text to path through a temporary file and a rename.
+void write_file_atomic(const std::filesystem::path& path, const std::string& text) {
+  const auto tmp = path.string() + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+    RT_CHECK(f.good(), "cannot write ", tmp);
+    f << text;
+    f.flush();
+    RT_CHECK(f.good(), "write to ", tmp, " failed (disk full?)");
+  }
+  std::filesystem::rename(tmp, path);
+}
+
+// Plugin options as typed JSON values where they parse as numbers or booleans.
+nlohmann::ordered_json typed_options(const Options& o) {
+  nlohmann::ordered_json j = nlohmann::ordered_json::object();
+  for (const auto& [k, v] : o.all()) {
+    if (v == "true" || v == "false") {
+      j[k] = v == "true";
+      continue;
+    }
+    try {
+      size_t used = 0;
+      const double d = std::stod(v, &used);
+      if (used == v.size()) {
+        if (d == std::floor(d) && std::abs(d) < 1e15 && v.find_first_of(".eE") == std::string::npos)
+          j[k] = static_cast<int64_t>(d);
+        else
+          j[k] = d;
+        continue;
+      }
+    } catch (const std::exception&) {
+    }
+    j[k] = v;
+  }
+  return j;
+}
+
+struct StepRecord {
+  double lm = 0, reg = 0, grad_norm = 0, lr = 0, seconds = 0;
+  int64_t tokens = 0;
+  std::vector<double> routed;  // per layer
+  std::vector<LayerRouteCounts> counts;
+};
+
+}  // namespace
+
+void export_model(Ops& ops, Qwen2Model& model, const std::filesystem::path& dir, const std::string& attention,
+                  const Options& attention_options, const std::filesystem::path& tokenizer_source,
+                  const MasterWeights* masters) {
+  std::filesystem::create_directories(dir);
+  nlohmann::ordered_json cfg = nlohmann::ordered_json::parse(model.config().raw.dump());
+  if (attention.rfind("l2a", 0) == 0) {
+    nlohmann::ordered_json l2a = typed_options(attention_options);
+    if (!l2a.contains("router")) l2a["router"] = "linear_sigmoid";
+    cfg["l2a"] = l2a;
+  } else {
+    cfg.erase("l2a");
+  }
+  std::vector<std::vector<float>> data;
+  std::vector<StWriteTensor> tensors;
+  const auto names = model.parameter_names();
+  data.reserve(names.size());
+  for (const auto& n : names) {
+    // Trained parameters from their fp32 masters (on CUDA the model holds them rounded to bf16).
+    const TensorView* m = masters ? masters->find(n) : nullptr;
+    const auto v = read_doubles(ops, m ? *m : model.parameter(n));
+    data.emplace_back(v.begin(), v.end());
+  }
+  for (size_t i = 0; i < names.size(); ++i) {
+    TensorView p = model.parameter(names[i]);
+    StWriteTensor t;
+    t.name = names[i];
+    t.dtype = StDType::F32;
+    t.shape.assign(p.shape.begin(), p.shape.begin() + p.ndim);
+    t.data = data[i].data();
+    t.nbytes = data[i].size() * sizeof(float);
+    tensors.push_back(t);
+  }
+  save_safetensors(dir / "model.safetensors", tensors, {{"format", "pt"}});
+  cfg["torch_dtype"] = "float32";
+  write_file_atomic(dir / "config.json", cfg.dump(2) + "\n");
+  for (const char* f : {"tokenizer.json", "tokenizer_config.json", "tokenizer.model", "generation_config.json"}) {
+    if (tokenizer_source.empty()) break;
+    std::error_code ec;
+    if (std::filesystem::exists(tokenizer_source / f, ec))
+      std::filesystem::copy_file(tokenizer_source / f, dir / f, std::filesystem::copy_options::overwrite_existing);
+  }
+}
+
+TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, const TrainRun& run,
+                          const Tokenizer* tokenizer) {
+  RT_CHECK(run.steps >= 1, "train: --steps must be >= 1, found ", run.steps);
+  RT_CHECK(!run.stop_at || (*run.stop_at >= 1 && *run.stop_at <= run.steps), "train: --stop-at must be in [1, ",
+           run.steps, "], found ", run.stop_at.value_or(0));
+  RT_CHECK(cfg.micro_batch == 1, cfg.source, ": [train] micro_batch must be 1 (each forward is one packed ",
+           "sequence; batch_size sequences are accumulated per step), found ", cfg.micro_batch);
+  RT_CHECK(cfg.seq_len <= model.dims().max_positions, cfg.source, ": [train] seq_len ", cfg.seq_len,
+           " exceeds the model's max_position_embeddings (", model.dims().max_positions, ")");
+  const ModelDims& dims = model.dims();
+  const int L = static_cast<int>(dims.n_layers);
+
+  AdamWSettings hp{cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay};
+  AdamWOptimizer opt(ops, model, trainable_parameters(regime_name(cfg.regime), model.parameter_names(), run.attention),
+                     hp);
+  TokenDataset data = TokenDataset::load(run.data, tokenizer, dims.vocab);
+  SequenceSampler sampler(data, cfg.seq_len, cfg.seed, cfg.shuffle);
+
+  std::filesystem::create_directories(run.out);
+  int64_t start = 0;
+  if (run.resume) {
+    auto dir = find_latest_checkpoint(run.out);
+    RT_CHECK(dir.has_value(), "train --resume: no checkpoint in ", (run.out / "checkpoints").string(),
+             " (start without --resume)");
+    Checkpoint ck = load_checkpoint(*dir);
+    RT_CHECK(ck.meta.config_hash == cfg.config_hash(), "train --resume: ", dir->string(),
+             " was written with a different training config (hash ", ck.meta.config_hash, ", now ",
+             cfg.config_hash(), "); resume with the same --config and --set, or start a new --out");
+    auto want = [&](const std::string& k, const std::string& v) {
+      auto it = ck.meta.extra.find(k);
+      RT_CHECK(it != ck.meta.extra.end() && it->second == v, "train --resume: ", dir->string(), " was written for ",
+               k, " '", it == ck.meta.extra.end() ? "?" : it->second, "', this run has '", v, "'");
+    };
+    want("attention", run.attention);
+    want("steps", std::to_string(run.steps));
+    want("data", std::filesystem::absolute(run.data).string());
+    opt.load_state(ck.tensors);
+    sampler.set_cursor(ck.meta.cursor);
+    start = ck.meta.step;
+  } else {
+    RT_CHECK(!find_latest_checkpoint(run.out).has_value(), "train: ", run.out.string(),
+             " already holds checkpoints of a run; pass --resume to continue it, or choose another --out");
+  }
+  MetricsLog metrics(run.out, run.resume ? std::optional<int64_t>(start) : std::nullopt);
+
+  const int64_t tokens_per_step = cfg.batch_size * cfg.seq_len;
+  const int64_t trainable = opt.trainable_count();
+  {
+    std::cerr << "train: " << run.model_name << " with " << run.attention << ", regime "
+              << regime_name(cfg.regime) << ", " << opt.trainable().size() << " trainable tensors\n"
+              << budget_line(trainable, tokens_per_step * run.steps) << "\n";
+    std::string warning;
+    if (below_collapse_threshold(trainable, tokens_per_step * run.steps, &warning)) std::cerr << warning << "\n";
+    std::cerr << "data: " << run.data.string() << ": " << data.size() << " tokens, " << sampler.num_sequences()
+              << " sequences of " << cfg.seq_len << "\n";
+  }
+  const double leak_prob = run.attention.rfind("l2a", 0) == 0 ? run.attention_options.get_double("leak_prob", 0.1) : 0.0;
+  const bool routed = run.attention.rfind("l2a", 0) == 0;
+
+  CollapseDetector collapse(cfg.collapse_loss, cfg.collapse_sparsity, cfg.collapse_patience);
+  ProgressBar::Options popt;
+  std::optional<ProgressBar> bar;
+  if (!run.quiet) bar.emplace(run.steps, start, popt);
+  TrainSummary summary;
+  summary.first_step = start + 1;
+  summary.last_step = start;
+  const int64_t last = run.stop_at ? *run.stop_at : run.steps;
+  Tensor lm = ops.alloc(ops.accum_dtype(), {1});
+  Tensor stats = ops.alloc(ops.accum_dtype(), {L, 2});
+  std::vector<int32_t> seq;
+
+  ops.reset_peak_memory();
+  for (int64_t step = start + 1; step <= last; ++step) {
+    const auto t0 = std::chrono::steady_clock::now();
+    TrainContext tc;
+    tc.step = step;
+    tc.total_steps = run.steps;
+    tc.warmup_steps = cfg.warmup_steps;
+    tc.loss_scale = 1.f / static_cast<float>(cfg.batch_size);
+    tc.leak = step_uniform(cfg.seed, step) < leak_prob;
+    std::vector<LayerRouteCounts> counts(static_cast<size_t>(L));
+    tc.route_stats = stats;
+    tc.route_counts = counts.data();
+    ops.fill(lm, 0.f);
+    ops.fill(stats, 0.f);
+    opt.zero_grad();
+    for (int64_t b = 0; b < cfg.batch_size; ++b) {
+      sampler.next(seq);
+      model.train_sequence(seq, tc, opt.grads(), cfg.recompute, lm);
+    }
+    StepRecord r;
+    r.lm = read_doubles(ops, lm)[0];
+    const auto st = read_doubles(ops, stats);
+    r.routed.resize(static_cast<size_t>(L));
+    for (int l = 0; l < L; ++l) {
+      r.reg += st[static_cast<size_t>(2 * l)];
+      r.routed[static_cast<size_t>(l)] = st[static_cast<size_t>(2 * l + 1)];
+    }
+    const double loss = r.lm + r.reg;
+    RT_CHECK(std::isfinite(loss), "train: the loss became ", loss, " at step ", step,
+             " (lr too high? try a smaller [train] lr or clip_norm); no checkpoint of this state is written");
+    r.grad_norm = opt.grad_norm();
+    const double clip = cfg.clip_norm > 0 && r.grad_norm > cfg.clip_norm ? cfg.clip_norm / (r.grad_norm + 1e-6) : 1.0;
+    r.lr = lr_at(cfg, step - 1, run.steps);
+    opt.step(r.lr, step, clip);
+    ops.synchronize();
+    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    r.tokens = tokens_per_step;
+
+    nlohmann::ordered_json rec;
+    rec["step"] = step;
+    rec["loss"] = loss;
+    rec["lm_loss"] = r.lm;
+    rec["reg_loss"] = r.reg;
+    std::optional<double> sparsity;
+    if (routed) {
+      double tok = 0, forced = 0, glob = 0;
+      nlohmann::ordered_json per = nlohmann::ordered_json::array();
+      for (int l = 0; l < L; ++l) {
+        const double t = static_cast<double>(counts[static_cast<size_t>(l)].tokens);
+        tok += t;
+        forced += static_cast<double>(counts[static_cast<size_t>(l)].forced_local);
+        glob += r.routed[static_cast<size_t>(l)];
+        per.push_back(t > 0 ? 1.0 - r.routed[static_cast<size_t>(l)] / t : 0.0);
+      }
+      sparsity = tok > 0 ? 1.0 - glob / tok : 0.0;
+      rec["sparsity"] = *sparsity;
+      rec["sparsity_excl_forced"] = tok - forced > 0 ? 1.0 - glob / (tok - forced) : 0.0;
+      rec["sparsity_per_layer"] = per;
+    } else {
+      rec["sparsity"] = nullptr;
+    }
+    rec["lr"] = r.lr;
+    rec["grad_norm"] = r.grad_norm;
+    rec["clipped"] = clip < 1.0;
+    rec["leak"] = tc.leak;
+    rec["tokens"] = r.tokens;
+    rec["tokens_per_s"] = r.seconds > 0 ? static_cast<double>(r.tokens) / r.seconds : 0.0;
+    rec["step_seconds"] = r.seconds;
+    if (const auto mem = ops.memory_stats(); mem.peak > 0) rec["peak_mem_bytes"] = mem.peak;
+    rec["epoch"] = sampler.epochs_completed();
+    metrics.append(rec);
+    if (bar) bar->update(step, loss, sparsity, r.tokens);
+    summary.last_step = step;
+    summary.last_loss = loss;
+
+    const bool final_step = step == last;
+    auto checkpoint = [&] {
+      CheckpointMeta meta;
+      meta.step = step;
+      meta.cursor = sampler.cursor();
+      meta.rng_state = "stateless: per-step randomness is a hash of (seed, step)";
+      meta.config_json = cfg.to_json();
+      meta.config_hash = cfg.config_hash();
+      meta.extra = {{"attention", run.attention},
+                    {"model", run.model_name},
+                    {"steps", std::to_string(run.steps)},
+                    {"data", std::filesystem::absolute(run.data).string()}};
+      save_checkpoint(run.out, meta, opt.state());
+    };
+    const bool collapsed = collapse.update(step, loss, sparsity);
+    if ((cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0) || final_step ||
+        (collapsed && cfg.collapse_action == CollapseAction::Stop))
+      checkpoint();
+    if (collapsed && !summary.collapsed) {
+      summary.collapsed = true;
+      if (bar) bar->finish();
+      bar.reset();
+      std::cerr << collapse.message() << "\n";
+      if (cfg.collapse_action == CollapseAction::Stop) return summary;
+    }
+  }
+  if (bar) bar->finish();
+  if (last == run.steps && summary.last_step == run.steps) {
+    summary.exported = run.out / "model";
+    MasterWeights masters;
+    for (const auto& n : opt.trainable()) masters.emplace(n, opt.master(n));
+    export_model(ops, model, summary.exported, run.attention, run.attention_options, run.model_dir, &masters);
+    if (!run.quiet) std::cerr << "exported the trained model to " << summary.exported.string() << "\n";
+  }
+  return summary;
+}
+
+}  // namespace rt

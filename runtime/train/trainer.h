@@ -1,0 +1,55 @@
+// The training loop behind `runtime train`: data -> per-sequence forward/backward (gradient
+// accumulation over the batch) -> grad-norm clip -> AdamW -> metrics, progress, checkpoints, and
+// at the end a merged model directory that `runtime logits/generate --model OUT/model` loads.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <string>
+
+#include "model/qwen2_model.h"
+#include "rt/sdk/options.h"
+#include "tokenizer/tokenizer.h"
+#include "train/train_config.h"
+
+namespace rt {
+
+struct TrainRun {
+  std::filesystem::path data;
+  std::filesystem::path out;
+  int64_t steps = 0;
+  std::optional<int64_t> stop_at;  // stop after this step as if interrupted (checkpoint written)
+  bool resume = false;             // continue from the newest checkpoint in out
+  std::string attention;           // the backend's name, for records and the export
+  Options attention_options;       // as configured (exported into the model's "l2a" section)
+  std::filesystem::path model_dir; // where the base model came from (tokenizer files are copied); may be empty
+  std::string model_name;
+  bool quiet = false;              // no progress bar (tests)
+};
+
+struct TrainSummary {
+  int64_t first_step = 0, last_step = 0;  // steps run by this invocation (first_step > last_step: none)
+  double last_loss = 0;
+  bool collapsed = false;
+  std::filesystem::path exported;         // OUT/model when the run reached its last step
+};
+
+TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, const TrainRun& run,
+                          const Tokenizer* tokenizer);
+
+// The merged model: config.json (the base config, plus an "l2a" section for L2A backends) and
+// model.safetensors with every parameter in f32. Atomic per file.
+// Trained parameters' fp32 masters by name; these are exported instead of the model's copies.
+struct MasterWeights : std::map<std::string, TensorView> {
+  const TensorView* find(const std::string& n) const {
+    auto it = std::map<std::string, TensorView>::find(n);
+    return it == end() ? nullptr : &it->second;
+  }
+};
+void export_model(Ops& ops, Qwen2Model& model, const std::filesystem::path& dir, const std::string& attention,
+                  const Options& attention_options, const std::filesystem::path& tokenizer_source,
+                  const MasterWeights* masters = nullptr);
+
+}  // namespace rt

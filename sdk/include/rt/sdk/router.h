@@ -1,0 +1,46 @@
+// Router: decides per token whether a layer's global attention runs (L2A). A router is a plugin
+// of its own (PluginKind::Router) so that routed attention backends can be trained or profiled
+// with any of them: `linear_sigmoid` (the learned L2A router) or `fixed_rate` (a chosen sparsity,
+// no training).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "rt/sdk/attention_backend.h"
+#include "rt/sdk/options.h"
+#include "rt/sdk/training.h"
+
+namespace rt {
+
+struct RouteCall {
+  int64_t pos0 = 0;       // position of row 0
+  bool training = false;  // training forward (vs. inference)
+  int64_t step = 0;       // optimizer step when training (fixed_rate draws per step and layer)
+};
+
+class Router {
+ public:
+  virtual ~Router() = default;
+  // The router reads the same options as the attention backend that uses it (tau, threshold,
+  // sparsity, ...); unknown keys are the backend's business, not an error here.
+  virtual void configure(const Options& options, const ModelDims& dims) = 0;
+  // The option keys this router reads beyond tau and threshold (e.g. "sparsity"), so that the
+  // backend using it can still refuse keys nobody knows.
+  virtual std::vector<std::string> option_names() const { return {}; }
+  // Parameters beyond the base model, layer-relative (e.g. "router.weight"), with init rules.
+  virtual std::vector<ParamDecl> extra_params(const ModelDims&) const { return {}; }
+  // True when the decisions depend on trainable parameters (backward is meaningful).
+  virtual bool trainable() const = 0;
+  // h [T, hidden] (activation dtype): the normalized hidden states the router reads.
+  // Writes p [T] (gate probabilities) and d [T] (hard decisions, 1 = global), accum dtype.
+  virtual void forward(const LayerContext& ctx, TensorView h, const RouteCall& call, TensorView p,
+                       TensorView d) = 0;
+  // Straight-through: the caller passes dp = dL/dd (+ dL/dp of the regularizer), accum dtype; the
+  // router adds dL/dh into dh ([T, hidden], accum dtype) and its weights' gradients into grads.
+  virtual void backward(const LayerContext& ctx, TensorView h, TensorView p, TensorView dp, TensorView dh,
+                        const LayerGrads& grads) = 0;
+};
+
+}  // namespace rt

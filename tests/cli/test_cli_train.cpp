@@ -1,0 +1,186 @@
+// `runtime train` and `runtime sparsity` end to end on the tiny fixtures of
+// tools/make_l2a_fixtures.py: the loss curve of a 50-step run against the same training in
+// PyTorch, bit-identical resume, the exported model loading back, the tokens-per-parameter
+// warning, the sparsity report, and the training command's error paths.
+#include <fstream>
+#include <sstream>
+
+#include "cli_test_util.h"
+
+namespace {
+
+using namespace rt::test;
+using json = nlohmann::json;
+
+fs::path l2a_dir() { return fixtures_dir().parent_path() / "l2a"; }
+
+std::vector<json> metrics(const fs::path& out) {
+  std::vector<json> rows;
+  std::istringstream in(read_text(out / "metrics.jsonl"));
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty()) rows.push_back(json::parse(line));
+  return rows;
+}
+
+std::string curve_config(const json& c) {
+  std::ostringstream t;
+  t << "[train]\nregime = \"" << c["regime"].get<std::string>() << "\"\nseq_len = " << c["seq_len"]
+    << "\nbatch_size = " << c["batch_size"] << "\nlr = " << c["lr_max"] << "\nwarmup_steps = " << c["warmup_steps"]
+    << "\nweight_decay = " << c["weight_decay"] << "\nbeta1 = " << c["betas"][0] << "\nbeta2 = " << c["betas"][1]
+    << "\neps = " << c["eps"] << "\nclip_norm = " << c["clip"] << "\nshuffle = false\n";
+  return t.str();
+}
+
+class TrainCurve : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(TrainCurve, MatchesPyTorch) {
+  ASSERT_TRUE(runtime_available());
+  json curve;
+  const json curves = read_json(l2a_dir() / "curves.json");
+  for (const auto& c : curves["curves"])
+    if (c["name"] == GetParam()) curve = c;
+  ASSERT_FALSE(curve.is_null());
+  TempDir tmp;
+  write_text(tmp / "train.toml", curve_config(curve));
+  const auto r = run_runtime({"train", "--model", (l2a_dir() / curve["model_dir"].get<std::string>()).string(),
+                              "--attention", "full_causal", "--config", (tmp / "train.toml").string(), "--data",
+                              (l2a_dir() / "tokens.bin").string(), "--steps", curve["steps"].dump(), "--out",
+                              (tmp / "run").string(), "--quiet"},
+                             300);
+  ASSERT_TRUE(r.ok()) << r.describe();
+  const auto rows = metrics(tmp / "run");
+  ASSERT_EQ(rows.size(), curve["per_step"]["loss"].size());
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const double want = curve["per_step"]["loss"][i], got = rows[i]["loss"];
+    EXPECT_NEAR(got, want, 1e-4 * want) << "step " << i + 1;
+    const double gw = curve["per_step"]["grad_norm"][i], gg = rows[i]["grad_norm"];
+    EXPECT_NEAR(gg, gw, 1e-3 * gw) << "grad norm, step " << i + 1;
+    EXPECT_NEAR(rows[i]["lr"].get<double>(), curve["per_step"]["lr"][i].get<double>(), 1e-12) << "lr, step " << i + 1;
+    EXPECT_EQ(rows[i]["clipped"].get<bool>(), curve["per_step"]["clipped"][i].get<bool>()) << "step " << i + 1;
+  }
+  EXPECT_TRUE(fs::exists(tmp / "run" / "model" / "model.safetensors"));
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, TrainCurve, ::testing::Values("plain_full", "plain_attention"));
+
+const char* kL2aConfig = R"([train]
+regime = "attention"
+seq_len = 24
+batch_size = 2
+lr = 3e-3
+warmup_steps = 2
+seed = 5
+shuffle = true
+checkpoint_every = 2
+
+[attention]
+layout = "paper"
+window = 8
+lambda = 0.05
+lambda_schedule = "ramp"
+)";
+
+std::vector<std::string> train_args(const TempDir& tmp, const std::string& out, int steps) {
+  return {"train", "--model", (l2a_dir() / "paper").string(), "--config", (tmp / "l2a.toml").string(), "--data",
+          (l2a_dir() / "tokens.bin").string(), "--steps", std::to_string(steps), "--out", (tmp / out).string(),
+          "--quiet"};
+}
+
+// 6 steps in one go versus --stop-at 3 then --resume: identical losses for steps 4-6 and
+// identical metrics files apart from timings.
+TEST(TrainResume, BitIdentical) {
+  ASSERT_TRUE(runtime_available());
+  TempDir tmp;
+  write_text(tmp / "l2a.toml", kL2aConfig);
+  auto a = run_runtime(train_args(tmp, "full", 6), 300);
+  ASSERT_TRUE(a.ok()) << a.describe();
+  auto args = train_args(tmp, "split", 6);
+  args.push_back("--stop-at");
+  args.push_back("3");
+  auto b1 = run_runtime(args, 300);
+  ASSERT_TRUE(b1.ok()) << b1.describe();
+  EXPECT_FALSE(fs::exists(tmp / "split" / "model")) << "an interrupted run must not export";
+  args = train_args(tmp, "split", 6);
+  args.push_back("--resume");
+  auto b2 = run_runtime(args, 300);
+  ASSERT_TRUE(b2.ok()) << b2.describe();
+  const auto full = metrics(tmp / "full"), split = metrics(tmp / "split");
+  ASSERT_EQ(full.size(), 6u);
+  ASSERT_EQ(split.size(), 6u);
+  for (size_t i = 0; i < 6; ++i)
+    for (const char* k : {"step", "loss", "lm_loss", "reg_loss", "sparsity", "lr", "grad_norm", "sparsity_per_layer"})
+      EXPECT_EQ(full[i][k], split[i][k]) << k << " at step " << i + 1;
+  EXPECT_GT(full[5]["reg_loss"].get<double>(), 0.0);
+  EXPECT_EQ(read_text(tmp / "full" / "model" / "model.safetensors"), read_text(tmp / "split" / "model" / "model.safetensors"));
+
+  // The export loads as an L2A model by default and runs.
+  auto lg = run_runtime({"logits", "--model", (tmp / "full" / "model").string(), "--ids", "1,2,3,4,5,6,7,8,9,10",
+                         "--out", (tmp / "lg.npy").string()});
+  ASSERT_TRUE(lg.ok()) << lg.describe();
+  EXPECT_NE(lg.err.find("l2a_dense"), std::string::npos) << lg.err;
+
+  // Sparsity report over the data.
+  auto sp = run_runtime({"sparsity", "--model", (tmp / "full" / "model").string(), "--data",
+                         (l2a_dir() / "tokens.bin").string(), "--seq", "24", "--max-sequences", "4", "--json",
+                         (tmp / "sp.json").string(), "--csv", (tmp / "sp.csv").string()});
+  ASSERT_TRUE(sp.ok()) << sp.describe();
+  const json rep = read_json(tmp / "sp.json");
+  EXPECT_EQ(rep["layers"].size(), 2u);
+  EXPECT_GE(rep["sparsity"].get<double>(), 0.0);
+  EXPECT_LE(rep["sparsity"].get<double>(), 1.0);
+  EXPECT_EQ(rep["heatmap"].size(), 2u);
+}
+
+// A budget of fewer training tokens than trainable parameters is announced loudly.
+TEST(TrainGuards, TokensPerParameterWarning) {
+  ASSERT_TRUE(runtime_available());
+  TempDir tmp;
+  write_text(tmp / "l2a.toml", kL2aConfig);
+  auto r = run_runtime(train_args(tmp, "run", 1), 300);
+  ASSERT_TRUE(r.ok()) << r.describe();
+  EXPECT_NE(r.err.find("tokens per"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("WARNING"), std::string::npos) << r.err;
+}
+
+void expect_error(const RunResult& r, std::initializer_list<const char*> parts) {
+  EXPECT_TRUE(r.exited && r.exit_code != 0 && r.signal == 0) << r.describe();
+  EXPECT_NE(r.err.find("error:"), std::string::npos) << r.describe();
+  for (const char* p : parts) EXPECT_NE(r.err.find(p), std::string::npos) << "missing '" << p << "'\n" << r.describe();
+}
+
+TEST(TrainErrors, ClearMessages) {
+  ASSERT_TRUE(runtime_available());
+  TempDir tmp;
+  write_text(tmp / "l2a.toml", kL2aConfig);
+  auto args = train_args(tmp, "none", 3);
+  args.push_back("--resume");
+  expect_error(run_runtime(args), {"--resume", "no checkpoint"});
+
+  ASSERT_TRUE(run_runtime(train_args(tmp, "done", 2), 300).ok());
+  expect_error(run_runtime(train_args(tmp, "done", 2)), {"already holds checkpoints", "--resume"});
+
+  write_text(tmp / "bad.toml", "[train]\nlearning_rate = 3\n");
+  expect_error(run_runtime({"train", "--model", (l2a_dir() / "base").string(), "--config", (tmp / "bad.toml").string(),
+                            "--data", (l2a_dir() / "tokens.bin").string(), "--steps", "1", "--out",
+                            (tmp / "x").string()}),
+               {"bad.toml", "learning_rate"});
+
+  write_text(tmp / "ro.toml", "[train]\nregime = \"router_only\"\nseq_len = 16\nbatch_size = 1\n");
+  expect_error(run_runtime({"train", "--model", (l2a_dir() / "base").string(), "--attention", "full_causal", "--config",
+                            (tmp / "ro.toml").string(), "--data", (l2a_dir() / "tokens.bin").string(), "--steps", "1",
+                            "--out", (tmp / "y").string()}),
+               {"router_only", "full_causal"});
+
+  write_text(tmp / "odd.bin", "abcdefg");
+  expect_error(run_runtime({"train", "--model", (l2a_dir() / "base").string(), "--config", (tmp / "ro.toml").string(),
+                            "--attention", "l2a_dense", "--set", "window=4", "--data", (tmp / "odd.bin").string(),
+                            "--steps", "1", "--out", (tmp / "z").string()}),
+               {"odd.bin"});
+
+  auto stop = train_args(tmp, "w", 3);
+  stop.push_back("--stop-at");
+  stop.push_back("4");
+  expect_error(run_runtime(stop), {"--stop-at"});
+}
+
+}  // namespace

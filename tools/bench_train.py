@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""Training throughput and peak memory of `runtime train`, side by side with HF transformers.
+
+  python3 tools/bench_train.py --model qwen2.5-0.5b --seq 4096,8192,16384 [--json train_bench.json]
+      [--cases full_causal:full,swa:full,l2a_dense:router_only,...] [--hf] [--steps 5]
+
+For each case (backend:regime[:layout]) and sequence length, runs
+  runtime train --model M --init random --device cuda --attention B --set regime=R --set seq_len=T
+      --set batch_size=1 --data <random ids .bin> --steps N
+and reads OUT/metrics.jsonl: median tokens/s over the steps after the first (warm-up), the peak
+device memory of the CUDA pool, and whether it ran out of memory. --hf adds
+tools/bench_train_hf.py (HF transformers full fine-tuning) at the same shapes in the same call.
+Window 2048 for swa and L2A's local half (L2A: every token routed global at init, p = 0.5).
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_CASES = ("full_causal:full,swa:full,l2a_dense:router_only,l2a_dense:attention,l2a_dense:full,"
+                 "l2a_dense:router_only:parallel")
+
+
+def run_case(runtime, model, backend, regime, layout, T, steps, data, window, recompute):
+    out = tempfile.mkdtemp(prefix="bench_train_")
+    cmd = [runtime, "train", "--model", model, "--init", "random", "--device", "cuda", "--attention", backend,
+           "--data", data, "--steps", str(steps), "--out", out, "--quiet",
+           "--set", f"train.regime={regime}", "--set", f"train.seq_len={T}", "--set", "train.batch_size=1",
+           "--set", "train.lr=1e-5", "--set", "train.collapse_action=warn",
+           "--set", f"train.recompute={'true' if recompute else 'false'}"]
+    if backend != "full_causal":
+        cmd += ["--set", f"attention.window={window}"]
+    if layout:
+        cmd += ["--set", f"attention.layout={layout}"]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    row = {"framework": "runtime", "backend": backend, "regime": regime, "layout": layout or "", "seq": T,
+           "recompute": recompute}
+    if p.returncode != 0:
+        err = p.stderr.strip().splitlines()[-1] if p.stderr.strip() else f"exit {p.returncode}"
+        row["error"] = err
+        row["oom"] = "out of memory" in p.stderr.lower()
+        return row
+    recs = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl")) if l.strip()]
+    tps = [r["tokens_per_s"] for r in recs[1:]] or [recs[0]["tokens_per_s"]]
+    row["tokens_per_s"] = statistics.median(tps)
+    row["step_ms"] = T / row["tokens_per_s"] * 1e3
+    row["peak_mem_bytes"] = max(r.get("peak_mem_bytes", 0) for r in recs)
+    row["loss_last"] = recs[-1]["loss"]
+    return row
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runtime", default=os.path.join(ROOT, "build", "bin", "runtime"))
+    ap.add_argument("--model", default="qwen2.5-0.5b")
+    ap.add_argument("--seq", default="4096,8192,16384")
+    ap.add_argument("--cases", default=DEFAULT_CASES)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--window", type=int, default=2048)
+    ap.add_argument("--recompute", action="store_true", help="gradient checkpointing in every case")
+    ap.add_argument("--hf", action="store_true")
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    import numpy as np
+
+    seqs = [int(s) for s in a.seq.split(",")]
+    data = os.path.join(tempfile.mkdtemp(), "random.bin")
+    np.random.default_rng(0).integers(0, 151936, size=max(seqs) * (a.steps + 2), dtype=np.uint32).tofile(data)
+    rows = []
+    for case in a.cases.split(","):
+        parts = case.split(":")
+        backend, regime = parts[0], parts[1]
+        layout = parts[2] if len(parts) > 2 else ""
+        for T in seqs:
+            row = run_case(a.runtime, a.model, backend, regime, layout, T, a.steps, data, a.window, a.recompute)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    if a.hf:
+        hf_json = os.path.join(tempfile.mkdtemp(), "hf.json")
+        subprocess.run([sys.executable, os.path.join(ROOT, "tools", "bench_train_hf.py"), "--model", a.model,
+                        "--seq", a.seq, "--json", hf_json], check=False)
+        if os.path.exists(hf_json):
+            rows += json.load(open(hf_json))["rows"]
+    hf = {r["seq"]: r for r in rows if r.get("framework") == "hf_transformers" and isinstance(r.get("step_ms"), float)}
+    print(f"\n{'case':38s} {'seq':>6s} {'tok/s':>9s} {'ms/step':>8s} {'peak GiB':>8s} {'vs HF':>6s}")
+    for r in rows:
+        name = r.get("framework") if r.get("framework") == "hf_transformers" else \
+            f"{r['backend']}:{r['regime']}{':' + r['layout'] if r['layout'] else ''}"
+        if "tokens_per_s" not in r:
+            print(f"{name:38s} {r['seq']:6d}  {r.get('error', r.get('step_ms'))}")
+            continue
+        ratio = r["tokens_per_s"] / hf[r["seq"]]["tokens_per_s"] if r["seq"] in hf else float("nan")
+        print(f"{name:38s} {r['seq']:6d} {r['tokens_per_s']:9.0f} {r['step_ms']:8.1f} "
+              f"{r.get('peak_mem_bytes', 0) / 2**30:8.2f} {ratio:6.2f}")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""Training anchor: Hugging Face transformers Qwen2 full fine-tuning, same GPU, same shapes.
+
+  python3 tools/bench_train_hf.py --model qwen2.5-0.5b --seq 4096,8192,16384 [--json hf_train.json]
+
+Random init from configs/models/<model>.json, bf16 weights, sdpa attention, batch 1, AdamW
+(torch, fused) over every parameter, no gradient checkpointing unless --checkpointing. Reports
+the median step time (forward + backward + optimizer step; CUDA events after warm-up), tokens/s
+and peak allocated memory per sequence length; an out-of-memory length is reported as "oom".
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="qwen2.5-0.5b")
+    ap.add_argument("--seq", default="4096,8192,16384")
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--checkpointing", action="store_true")
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    with open(os.path.join(ROOT, "configs", "models", a.model + ".json")) as f:
+        cfg = Qwen2Config(**json.load(f))
+    cfg._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(cfg).to(device="cuda", dtype=torch.bfloat16)
+    if a.checkpointing:
+        model.gradient_checkpointing_enable()
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+    rows = []
+    for T in [int(s) for s in a.seq.split(",")]:
+        ids = torch.randint(0, cfg.vocab_size, (1, T), device="cuda")
+        torch.cuda.reset_peak_memory_stats()
+
+        def step():
+            out = model(input_ids=ids, labels=ids)
+            out.loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        try:
+            for _ in range(2):
+                step()
+            torch.cuda.synchronize()
+            times = []
+            for _ in range(a.steps):
+                s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                s.record()
+                step()
+                e.record()
+                torch.cuda.synchronize()
+                times.append(s.elapsed_time(e))
+            ms = statistics.median(times)
+            row = {"framework": "hf_transformers", "model": a.model, "seq": T, "step_ms": ms,
+                   "tokens_per_s": T / (ms / 1e3), "peak_mem_bytes": torch.cuda.max_memory_allocated()}
+        except torch.cuda.OutOfMemoryError:
+            opt.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+            row = {"framework": "hf_transformers", "model": a.model, "seq": T, "step_ms": "oom"}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
