@@ -15,6 +15,7 @@ Window 2048 for swa and L2A's local half (L2A: every token routed global at init
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -36,7 +37,14 @@ def run_case(runtime, model, backend, regime, layout, T, steps, data, window, re
         cmd += ["--set", f"attention.window={window}"]
     if layout:
         cmd += ["--set", f"attention.layout={layout}"]
-    p = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        return parse_case(p, out, backend, regime, layout, T, recompute)
+    finally:  # checkpoints of a 0.5B full run are ~8 GB: never keep them
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def parse_case(p, out, backend, regime, layout, T, recompute):
     row = {"framework": "runtime", "backend": backend, "regime": regime, "layout": layout or "", "seq": T,
            "recompute": recompute}
     if p.returncode != 0:

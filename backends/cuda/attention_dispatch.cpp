@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "cuda/attention/attention.h"
+#include "cuda/attention/attention_backward.h"
 #include "cuda/check.h"
 #include "cuda/cudnn_sdpa/cudnn_sdpa.h"
 
@@ -39,38 +40,41 @@ float time_once_ms(cudaStream_t stream, F&& f) {
 
 }  // namespace
 
-bool AttentionDispatch::pick_cudnn(const Key& key, TensorView q, TensorView k, TensorView v, TensorView o,
-                                   const AttentionSpec& spec, cudaStream_t stream) {
+AttentionDispatch::Key AttentionDispatch::key_of(int64_t call, TensorView q, TensorView k, const AttentionSpec& spec) {
+  return {call, q.shape[0], k.shape[0], q.shape[1], k.shape[1], q.shape[2], spec.causal ? 1 : 0, spec.window,
+          spec.q_pos0 - spec.k_pos0, static_cast<int64_t>(spec.scale * 1e6f)};
+}
+
+template <typename Flash, typename Cudnn>
+bool AttentionDispatch::pick_cudnn(const Key& key, Flash&& flash, Cudnn&& cudnn, cudaStream_t stream) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = choice_.find(key);
   if (it != choice_.end()) return it->second;
-  bool use = cudnn_sdpa_supported(q, k, v, spec);
-  if (use) {
-    // One warm run each (graph build, caches), then one timed run each.
-    attention_forward(q, k, v, o, spec, stream);
-    cudnn_sdpa_forward(q, k, v, o, spec, stream);
-    const float flash = time_once_ms(stream, [&] { attention_forward(q, k, v, o, spec, stream); });
-    const float cudnn = time_once_ms(stream, [&] { cudnn_sdpa_forward(q, k, v, o, spec, stream); });
-    use = cudnn < flash;
-  }
+  // One warm run each (graph build, caches), then one timed run each.
+  flash();
+  cudnn();
+  const float t_flash = time_once_ms(stream, flash);
+  const float t_cudnn = time_once_ms(stream, cudnn);
+  const bool use = t_cudnn < t_flash;
   choice_.emplace(key, use);
   return use;
 }
 
+namespace {
+// Short query blocks (decode) and other dtypes always run our kernels.
+bool cudnn_candidate(TensorView q, Impl impl) {
+  return q.dtype == DType::BF16 && q.ndim == 3 && q.shape[0] > 16 && impl != Impl::Flash;
+}
+}  // namespace
+
 void AttentionDispatch::run(TensorView q, TensorView k, TensorView v, TensorView o, const AttentionSpec& spec,
                             cudaStream_t stream) {
   const Impl impl = forced_impl();
-  const bool candidate = q.dtype == DType::BF16 && q.ndim == 3 && q.shape[0] > 16 && impl != Impl::Flash;
-  bool cudnn = false;
-  if (candidate) {
-    if (impl == Impl::Cudnn) {
-      cudnn = cudnn_sdpa_supported(q, k, v, spec);
-    } else {
-      const Key key{q.shape[0], k.shape[0], q.shape[1], k.shape[1], q.shape[2], spec.causal ? 1 : 0, spec.window,
-                    spec.q_pos0 - spec.k_pos0, static_cast<int64_t>(spec.scale * 1e6f)};
-      cudnn = pick_cudnn(key, q, k, v, o, spec, stream);
-    }
-  }
+  bool cudnn = cudnn_candidate(q, impl) && cudnn_sdpa_supported(q, k, v, spec);
+  if (cudnn && impl == Impl::Auto)
+    cudnn = pick_cudnn(
+        key_of(0, q, k, spec), [&] { attention_forward(q, k, v, o, spec, stream); },
+        [&] { cudnn_sdpa_forward(q, k, v, o, spec, stream); }, stream);
   if (cudnn) {
     cudnn_sdpa_forward(q, k, v, o, spec, stream);
     last_ = "cudnn";
@@ -78,6 +82,31 @@ void AttentionDispatch::run(TensorView q, TensorView k, TensorView v, TensorView
     attention_forward(q, k, v, o, spec, stream);
     last_ = "flash";
   }
+}
+
+void AttentionDispatch::forward_lse(TensorView q, TensorView k, TensorView v, TensorView o, TensorView lse,
+                                    const AttentionSpec& spec, cudaStream_t stream) {
+  const Impl impl = forced_impl();
+  bool cudnn = cudnn_candidate(q, impl) && o.is_contiguous() && cudnn_sdpa_supported(q, k, v, spec, true);
+  auto flash = [&] { attention_forward_lse(q, k, v, o, lse, spec, stream); };
+  auto cud = [&] { cudnn_sdpa_forward(q, k, v, o, spec, stream, lse); };
+  if (cudnn && impl == Impl::Auto) cudnn = pick_cudnn(key_of(1, q, k, spec), flash, cud, stream);
+  if (cudnn) cud();
+  else flash();
+  last_ = cudnn ? "cudnn" : "flash";
+}
+
+void AttentionDispatch::backward(TensorView q, TensorView k, TensorView v, TensorView o, TensorView lse,
+                                 TensorView dout, TensorView dq, TensorView dk, TensorView dv, const AttentionSpec& spec,
+                                 cudaStream_t stream) {
+  const Impl impl = forced_impl();
+  bool cudnn = cudnn_candidate(q, impl) && o.is_contiguous() && dout.is_contiguous() && dq.is_contiguous() &&
+               dk.is_contiguous() && dv.is_contiguous() && cudnn_sdpa_backward_supported(q, k, v, spec);
+  auto flash = [&] { attention_backward(q, k, v, o, lse, dout, dq, dk, dv, spec, stream); };
+  auto cud = [&] { cudnn_sdpa_backward(q, k, v, o, lse, dout, dq, dk, dv, spec, stream); };
+  if (cudnn && impl == Impl::Auto) cudnn = pick_cudnn(key_of(2, q, k, spec), flash, cud, stream);
+  if (cudnn) cud();
+  else flash();
 }
 
 }  // namespace rt::cuda

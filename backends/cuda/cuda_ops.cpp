@@ -218,8 +218,12 @@ void CudaOps::attention_forward_lse(TensorView q, TensorView k, TensorView v, Te
   }
   const bool all_f32 =
       q.dtype == DType::F32 && k.dtype == DType::F32 && v.dtype == DType::F32 && o.dtype == DType::F32;
-  if (all_f32 || flash_bf16_ok({&q, &k, &v}, {&o})) {
+  if (all_f32) {
     cuda::attention_forward_lse(q, k, v, o, lse, spec, stream());
+    return;
+  }
+  if (flash_bf16_ok({&q, &k, &v}, {&o})) {  // flash or cuDNN, whichever is faster for the shape
+    attention_dispatch_->forward_lse(q, k, v, o, lse, spec, stream());
     return;
   }
   // The exact f32 kernel on f32 copies (other head dims, mixed dtypes, unaligned views).
@@ -275,7 +279,10 @@ void CudaOps::attention_backward(TensorView q, TensorView k, TensorView v, Tenso
         use[i] = tmp[i].view;
       }
     }
-    cuda::attention_backward(q, k, v, o, lse, dout, use[0], use[1], use[2], spec, stream());
+    if (bf16)
+      attention_dispatch_->backward(q, k, v, o, lse, dout, use[0], use[1], use[2], spec, stream());
+    else
+      cuda::attention_backward(q, k, v, o, lse, dout, use[0], use[1], use[2], spec, stream());
     return;
   }
   // The exact f32 kernels on f32 copies, results converted into the outputs asked for.

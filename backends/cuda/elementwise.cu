@@ -287,6 +287,10 @@ void fill_forward(TensorView dst, float value, cudaStream_t stream) {
            "f32, bf16, f16 or i32, found ", dtype_name(dst.dtype));
   const int64_t rows = rows_of(dst), cols = row_len(dst);
   if (rows * cols == 0) return;
+  if (value == 0.f && !std::signbit(value) && dst.is_contiguous()) {  // all-zero bits in every dtype
+    CUDA_CHECK(cudaMemsetAsync(dst.data, 0, dst.nbytes(), stream));
+    return;
+  }
   const RowsDesc d = rows_desc(dst);
   const Grid2D g = grid_2d(rows, cols);
   switch (dst.dtype) {
@@ -387,6 +391,7 @@ void swiglu_backward(TensorView gate, TensorView up, TensorView dout, TensorView
     RT_CHECK(!views_overlap(dgate, dup), op, ": outputs 'dgate' and 'dup' overlap");
   const int64_t rows = rows_of(gate), cols = row_len(gate);
   if (rows * cols == 0 || (!want_dg && !want_du)) return;
+  if (flat::try_swiglu_backward(gate, up, dout, want_dg ? &dgate : nullptr, want_du ? &dup : nullptr, stream)) return;
   const Grid2D g = grid_2d(rows, cols);
   swiglu_backward_kernel<<<g.grid, g.block, 0, stream>>>(rows_desc(gate), rows_desc(up), rows_desc(dout),
                                                          want_dg ? rows_desc(dgate) : RowsDesc{},

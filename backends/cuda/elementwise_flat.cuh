@@ -77,4 +77,43 @@ bool try_binary(const TensorView& a, const TensorView* b, const TensorView& o, F
   return true;
 }
 
+// silu(g) * u backward over contiguous tensors of one dtype T (the MLP's bf16 activations):
+// dg = dout * u * s (1 + g (1 - s)), du = dout * silu(g), s = sigmoid(g); either output may be
+// null. Each element is read before it is written, so dg / du may alias g / u.
+template <typename T>
+__global__ void swiglu_backward_kernel(const T* g, const T* u, const T* dout, T* dg, T* du, int64_t n) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += stride) {
+    const float x = to_f(g[i]), y = to_f(u[i]), d = to_f(dout[i]);
+    const float e = expf(-x);
+    const float sig = 1.f / (1.f + e);
+    const float silu = x / (1.f + e);
+    if (dg) dg[i] = from_f<T>(d * y * (sig * (1.f + x * (1.f - sig))));
+    if (du) du[i] = from_f<T>(d * silu);
+  }
+}
+
+// False when a fast path does not apply (mixed dtypes, strided views).
+inline bool try_swiglu_backward(const TensorView& g, const TensorView& u, const TensorView& dout,
+                                const TensorView* dg, const TensorView* du, cudaStream_t s) {
+  const DType t = g.dtype;
+  for (const TensorView* v : {&g, &u, &dout, dg, du})
+    if (v && (!flat_ok(*v) || v->dtype != t)) return false;
+  const int64_t n = g.numel();
+  if (n == 0) return true;
+  const int threads = 256;
+  const unsigned blocks = static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>((n + threads - 1) / threads, 132 * 32)));
+  if (t == DType::F32)
+    swiglu_backward_kernel<float><<<blocks, threads, 0, s>>>(
+        static_cast<const float*>(g.data), static_cast<const float*>(u.data), static_cast<const float*>(dout.data),
+        dg ? static_cast<float*>(dg->data) : nullptr, du ? static_cast<float*>(du->data) : nullptr, n);
+  else
+    swiglu_backward_kernel<__nv_bfloat16><<<blocks, threads, 0, s>>>(
+        static_cast<const __nv_bfloat16*>(g.data), static_cast<const __nv_bfloat16*>(u.data),
+        static_cast<const __nv_bfloat16*>(dout.data), dg ? static_cast<__nv_bfloat16*>(dg->data) : nullptr,
+        du ? static_cast<__nv_bfloat16*>(du->data) : nullptr, n);
+  CUDA_CHECK_LAUNCH();
+  return true;
+}
+
 }  // namespace rt::cuda::flat

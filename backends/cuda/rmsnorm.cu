@@ -105,8 +105,11 @@ int threads_for(int64_t d) { return d >= 2048 ? 512 : (d >= 512 ? 256 : (d >= 12
 
 // Backward pass 1, one block per row: rstd[r] = 1 / sqrt(mean(x^2) + eps) (as the forward computes
 // it) and coef[r] = rstd^3 * sum_i(dy_i w_i x_i) / d.
+// kDx: also does pass 3 for this row (one block per row reads its row again from cache), when dx
+// aliases neither x nor dy or dw does not need them afterwards.
+template <bool kDx>
 __global__ void rmsnorm_backward_stats_kernel(RowsDesc x, RowsDesc dy, const void* w, DType wdt, int64_t w_stride,
-                                              float eps, int64_t d, float* rstd, float* coef) {
+                                              float eps, int64_t d, float* rstd, float* coef, RowsDesc dx) {
   const int64_t r = blockIdx.x;
   const int64_t xo = x.row_offset(r), dyo = dy.row_offset(r);
   float ss = 0.f, dot = 0.f;
@@ -118,10 +121,20 @@ __global__ void rmsnorm_backward_stats_kernel(RowsDesc x, RowsDesc dy, const voi
   }
   ss = block_sum(ss);
   dot = block_sum(dot);
+  const float inv = 1.f / sqrtf(ss / static_cast<float>(d) + eps);
+  const float cf = inv * inv * inv * dot / static_cast<float>(d);
   if (threadIdx.x == 0) {
-    const float inv = 1.f / sqrtf(ss / static_cast<float>(d) + eps);
     rstd[r] = inv;
-    coef[r] = inv * inv * inv * dot / static_cast<float>(d);
+    coef[r] = cf;
+  }
+  if constexpr (kDx) {
+    const int64_t dxo = dx.row_offset(r);
+    for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
+      const float v = load_f(x.data, xo + i * x.col_stride, x.dtype);
+      const float g = load_f(dy.data, dyo + i * dy.col_stride, dy.dtype) * load_f(w, i * w_stride, wdt);
+      const int64_t o = dxo + i * dx.col_stride;
+      store_f(dx.data, o, dx.dtype, load_f(dx.data, o, dx.dtype) + (inv * g - cf * v));
+    }
   }
 }
 
@@ -213,12 +226,18 @@ void rmsnorm_backward(TensorView x, TensorView w, float eps, TensorView dy, Tens
   Scratch stats(static_cast<size_t>(2 * rows) * sizeof(float), stream, "rmsnorm_backward row statistics");
   float* rstd = static_cast<float*>(stats.get());
   float* coef = rstd + rows;
-  rmsnorm_backward_stats_kernel<<<static_cast<unsigned>(rows), threads_for(d), 0, stream>>>(
-      rows_desc(x), rows_desc(dy), w.data, w.dtype, w.stride[0], eps, d, rstd, coef);
+  // dx in the same pass unless it aliases an input that dw still needs to read.
+  const bool fused_dx = want_dx && !(want_dw && (views_overlap(dx, x) || views_overlap(dx, dy)));
+  if (fused_dx)
+    rmsnorm_backward_stats_kernel<true><<<static_cast<unsigned>(rows), threads_for(d), 0, stream>>>(
+        rows_desc(x), rows_desc(dy), w.data, w.dtype, w.stride[0], eps, d, rstd, coef, rows_desc(dx));
+  else
+    rmsnorm_backward_stats_kernel<false><<<static_cast<unsigned>(rows), threads_for(d), 0, stream>>>(
+        rows_desc(x), rows_desc(dy), w.data, w.dtype, w.stride[0], eps, d, rstd, coef, RowsDesc{});
   CUDA_CHECK_LAUNCH();
   // dw before dx: dx may be x or dy itself.
   if (want_dw) column_sum_accumulate(dy, x, rstd, dw, stream);
-  if (want_dx) {
+  if (want_dx && !fused_dx) {
     const Grid2D g = grid_2d(rows, d);
     rmsnorm_backward_dx_kernel<<<g.grid, g.block, 0, stream>>>(rows_desc(x), rows_desc(dy), w.data, w.dtype,
                                                                w.stride[0], rstd, coef, rows_desc(dx), rows, d);

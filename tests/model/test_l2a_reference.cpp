@@ -7,6 +7,7 @@
 //   CUDA, bf16 weights and activations: bf16 tolerances; a decision whose z sits within bf16
 //   rounding of the threshold may flip, so a few flips are allowed (skips without a GPU).
 #include <cstring>
+#include <map>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
@@ -54,7 +55,11 @@ std::vector<float> stored_floats(const WeightInfo& w) {
 }
 
 struct Tolerance {
-  double logits, loss, grad, params;
+  double logits, loss, grad;
+  // >= 0: relative error of the parameters after the step. < 0 (bf16): Adam's first update is
+  // lr * sign(g) (+ decay), so an element whose gradient is within bf16 noise of 0 may move the
+  // other way; then at most -params of each tensor's updates may point the other way.
+  double params;
   double max_flipped_decisions;  // fraction
 };
 
@@ -86,13 +91,14 @@ void check_case(const std::string& name, std::unique_ptr<Ops> ops, const Toleran
   const NpyArray d_ref = read_npy(kDir + c["files"]["d"].get<std::string>());  // [L, B, T]
   std::vector<std::vector<int32_t>> seqs;
   int64_t flipped = 0;
+  std::vector<double> logit_errs;
   for (int64_t b = 0; b < B; ++b) {
     const auto r = c["batch"]["token_ranges"][b];
     seqs.emplace_back(toks.begin() + r[0].get<int64_t>(), toks.begin() + r[1].get<int64_t>());
     Tensor lg = f.model->forward(seqs.back(), nullptr, false);
     const auto got = rt::test::host_doubles(*f.ops, lg);
     std::vector<float> want(logits.data.begin() + b * T * V, logits.data.begin() + (b + 1) * T * V);
-    EXPECT_LT(rel_err(got, want), tol.logits) << "logits, sequence " << b;
+    logit_errs.push_back(rel_err(got, want));
     for (int64_t l = 0; l < L; ++l) {
       const auto dec = f.attention->last_decisions(static_cast<int>(l));
       ASSERT_EQ(static_cast<int64_t>(dec.size()), T);
@@ -100,6 +106,10 @@ void check_case(const std::string& name, std::unique_ptr<Ops> ops, const Toleran
     }
   }
   EXPECT_LE(flipped, tol.max_flipped_decisions * double(L * B * T)) << "decisions differing from PyTorch's";
+  // A flipped decision (bf16 rounding of z near the threshold) changes that token's whole global
+  // branch, so logits, gradients and updates then differ by more than rounding: widen.
+  const double widen = flipped > 0 ? 4.0 : 1.0;
+  for (size_t b = 0; b < logit_errs.size(); ++b) EXPECT_LT(logit_errs[b], widen * tol.logits) << "logits, sequence " << b;
 
   // Loss, router gradients, grad norm, one AdamW step.
   std::vector<std::string> trainable;
@@ -128,20 +138,35 @@ void check_case(const std::string& name, std::unique_ptr<Ops> ops, const Toleran
     const std::string n = "model.layers." + std::to_string(l) + ".router.weight";
     if (!opt.grads().count(n)) continue;
     std::vector<float> want(rg.data.begin() + l * H, rg.data.begin() + (l + 1) * H);
-    EXPECT_LT(rel_err(rt::test::host_doubles(*f.ops, opt.grads().at(n)), want), tol.grad) << n;
+    EXPECT_LT(rel_err(rt::test::host_doubles(*f.ops, opt.grads().at(n)), want), widen * tol.grad) << n;
   }
   const double gn = opt.grad_norm();
-  EXPECT_NEAR(gn, v["grad_norm"].get<double>(), tol.grad * v["grad_norm"].get<double>());
+  EXPECT_NEAR(gn, v["grad_norm"].get<double>(), widen * tol.grad * v["grad_norm"].get<double>());
   const double clip = tr["clip"];
   const double scale = gn > clip ? clip / (gn + 1e-6) : 1.0;
   if (std::abs(v["grad_norm"].get<double>() - clip) > 2 * tol.grad * clip) EXPECT_EQ(scale < 1.0, v["clipped"].get<bool>());
+  std::map<std::string, std::vector<double>> before;  // this backend's (bf16-rounded on CUDA)
+  for (const auto& n : trainable) before[n] = rt::test::host_doubles(*f.ops, opt.master(n));
   opt.step(tr["lr_used"].get<double>(), tc.step, scale);
 
   WeightStore after = WeightStore::open_file(kDir + c["files"]["params_after_step"].get<std::string>());
   const json& noise = v["float64_check"]["params_after_step_rel"];
   for (const auto& n : trainable) {
-    const double t = std::max(tol.params, noise.contains(n) ? 10.0 * noise[n].get<double>() : 0.0);
-    EXPECT_LT(rel_err(rt::test::host_doubles(*f.ops, opt.master(n)), stored_floats(after.get(n))), t) << n;
+    const auto got = rt::test::host_doubles(*f.ops, opt.master(n));
+    const auto want = stored_floats(after.get(n));
+    if (tol.params >= 0) {
+      const double t = std::max(tol.params, noise.contains(n) ? 10.0 * noise[n].get<double>() : 0.0);
+      EXPECT_LT(rel_err(got, want), t) << n;
+      continue;
+    }
+    // A key bias shifts every score of a query row by the same q.b (up to RoPE), which softmax
+    // ignores: its gradient is ~0 and its sign is rounding noise.
+    if (n.find(".k_proj.bias") != std::string::npos) continue;
+    const auto& b = before.at(n);
+    const auto b_ref = stored_floats(f.store->get(n));  // the fp32 weights PyTorch started from
+    int64_t opposite = 0;
+    for (size_t i = 0; i < want.size(); ++i) opposite += (got[i] - b[i]) * (want[i] - b_ref[i]) < 0;
+    EXPECT_LE(opposite, -widen * tol.params * double(want.size())) << n << ": updates pointing the other way";
   }
 }
 
@@ -152,7 +177,7 @@ TEST_P(L2aReference, MatchesPyTorchCpuFp32) { check_case(GetParam(), make_cpu_op
 #ifdef RT_TEST_WITH_CUDA
 TEST_P(L2aReference, MatchesPyTorchCudaBf16) {
   if (!cuda_device_available()) GTEST_SKIP() << "no CUDA GPU";
-  check_case(GetParam(), make_cuda_ops(), {3e-2, 1e-2, 5e-2, 2e-2, 0.03});
+  check_case(GetParam(), make_cuda_ops(), {3e-2, 1e-2, 5e-2, -0.05, 0.03});
 }
 #endif
 

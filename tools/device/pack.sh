@@ -7,7 +7,7 @@ build=${1:-build}
 rm -rf .carry && mkdir -p .carry/stage/lib
 cp -a "$build/bin" .carry/stage/bin
 for f in .carry/stage/bin/*; do ldd "$f" 2>/dev/null || true; done | awk '/=> \//{print $3}' | sort -u |
-  grep -E 'absl|icu|pcre2|sentencepiece|gomp|protobuf' | xargs -r -I{} cp -L {} .carry/stage/lib/
+  grep -E 'absl|icu|pcre2|sentencepiece|gomp|protobuf|toml' | xargs -r -I{} cp -L {} .carry/stage/lib/
 tar -C .carry/stage -cJf .carry/gpu.tar.xz bin lib
 rm -rf .carry/stage
 du -h .carry/gpu.tar.xz
