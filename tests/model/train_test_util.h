@@ -16,6 +16,7 @@
 #include "cpu/cpu_ops.h"
 #include "loader/hf_config.h"
 #include "loader/weight_store.h"
+#include "model/model_dims.h"
 #include "model/qwen2_model.h"
 #include "plugin_host/plugin_registry.h"
 #include "rt/sdk/error.h"
@@ -53,24 +54,10 @@ struct TrainFixture {
       }
       attention->attach_router(r);
     }
-    attention->configure(opts, dims_from(cfg));
+    attention->configure(opts, dims_from_config(cfg));
     model = std::make_unique<Qwen2Model>(cfg, *ops, *attention);
     store.emplace(WeightStore::open(model_dir));
     model->load_weights(*store);
-  }
-  static ModelDims dims_from(const HfConfig& c) {
-    ModelDims d;
-    d.hidden = c.hidden_size;
-    d.n_layers = c.num_hidden_layers;
-    d.n_heads = c.num_attention_heads;
-    d.n_kv_heads = c.num_key_value_heads;
-    d.head_dim = c.head_dim;
-    d.intermediate = c.intermediate_size;
-    d.vocab = c.vocab_size;
-    d.max_positions = c.max_position_embeddings;
-    d.rope_theta = c.rope_theta;
-    d.rms_eps = static_cast<float>(c.rms_norm_eps);
-    return d;
   }
   int64_t n_layers() const { return model->dims().n_layers; }
 };
