@@ -26,7 +26,7 @@ void register_plugins(CLI::App& app) {
     PluginRegistry reg;
     reg.discover(*extra);
     std::cout << std::left << std::setw(14) << "name" << std::setw(9) << "version" << std::setw(11) << "devices"
-              << std::setw(9) << "backward" << std::setw(8) << "decode" << std::setw(6) << "kv"
+              << std::setw(9) << "backward" << std::setw(8) << "decode" << std::setw(8) << "kv"
               << "description\n";
     for (const auto& p : reg.plugins()) {
       if (p.kind != PluginKind::Attention) continue;
@@ -34,7 +34,7 @@ void register_plugins(CLI::App& app) {
                         (p.caps.cuda ? "cuda" : "");
       std::cout << std::setw(14) << p.name << std::setw(9) << p.version << std::setw(11) << dev << std::setw(9)
                 << (p.caps.backward ? "yes" : "no") << std::setw(8) << (p.caps.decode ? "yes" : "no")
-                << std::setw(6) << kv_policy_name(p.caps.kv) << p.description << "\n";
+                << std::setw(8) << kv_policy_name(p.caps.kv) << p.description << "\n";
       std::cout << "              " << p.path.string() << "\n";
     }
     bool header = false;
