@@ -56,16 +56,28 @@ GemmContext::GemmContext() {
 
 GemmContext::~GemmContext() {
   for (auto* plans : {&plans_, &matmul_plans_})
-    for (auto& [k, p] : *plans) {
-      if (!p.desc) continue;
-      cublasLtMatrixLayoutDestroy(p.a);
-      cublasLtMatrixLayoutDestroy(p.b);
-      cublasLtMatrixLayoutDestroy(p.d);
-      cublasLtMatmulDescDestroy(p.desc);
-    }
+    for (auto& [k, p] : *plans) p.release();
   (void)cudaFree(workspace_);  // synchronizes the device: no queued GEMM still uses it
   (void)cudaGetLastError();
   cublasLtDestroy(handle_);
+}
+
+bool GemmContext::find_algo(Plan& p, uint32_t align_a, uint32_t align_b, uint32_t align_d) {
+  cublasLtMatmulPreference_t pref = nullptr;
+  CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  const uint64_t ws = kWorkspaceBytes;
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a, sizeof align_a);
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b, sizeof align_b);
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_d, sizeof align_d);
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_d, sizeof align_d);
+  cublasLtMatmulHeuristicResult_t res{};
+  int found = 0;
+  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.a, p.b, p.d, p.d, pref, 1, &res, &found);
+  cublasLtMatmulPreferenceDestroy(pref);
+  if (st != CUBLAS_STATUS_SUCCESS || found == 0) return false;
+  p.algo = res.algo;
+  return true;
 }
 
 // Key: x, w, y dtypes, bias dtype (-1: none), N, in, out, ld x, ld w, ld y, alignments x, w, y,
@@ -87,31 +99,11 @@ const GemmContext::Plan& GemmContext::plan(const Key& key, bool want_bias) {
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, cuda_type(wt), in, out, key[8]));
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, cuda_type(xt), in, N, key[7]));
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.d, cuda_type(yt), out, N, key[9]));
-    cublasLtMatmulPreference_t pref = nullptr;
-    CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-    const uint64_t ws = kWorkspaceBytes;
-    const uint32_t al_w = static_cast<uint32_t>(key[11]), al_x = static_cast<uint32_t>(key[10]),
-                   al_y = static_cast<uint32_t>(key[12]);
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_w, sizeof al_w);
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_x, sizeof al_x);
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_y, sizeof al_y);
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_y, sizeof al_y);
-    cublasLtMatmulHeuristicResult_t res{};
-    int found = 0;
-    const cublasStatus_t st =
-        cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.a, p.b, p.d, p.d, pref, 1, &res, &found);
-    cublasLtMatmulPreferenceDestroy(pref);
-    if (st == CUBLAS_STATUS_SUCCESS && found > 0) {
-      p.algo = res.algo;
+    if (find_algo(p, static_cast<uint32_t>(key[11]), static_cast<uint32_t>(key[10]), static_cast<uint32_t>(key[12]))) {
       p.bias_fused = fuse;
       return true;
     }
-    cublasLtMatrixLayoutDestroy(p.a);
-    cublasLtMatrixLayoutDestroy(p.b);
-    cublasLtMatrixLayoutDestroy(p.d);
-    cublasLtMatmulDescDestroy(p.desc);
-    p = Plan{};
+    p.release();
     return false;
   };
 
@@ -154,11 +146,7 @@ void GemmContext::gemm(const TensorView& x, const TensorView& w, const TensorVie
     // The heuristic's choice was refused at run time: demote this shape's plan for good, first
     // to a plain GEMM plus the bias kernel, then to the simple kernel.
     const bool was_fused = p.bias_fused;
-    cublasLtMatrixLayoutDestroy(p.a);
-    cublasLtMatrixLayoutDestroy(p.b);
-    cublasLtMatrixLayoutDestroy(p.d);
-    cublasLtMatmulDescDestroy(p.desc);
-    p = Plan{};
+    p.release();
     if (was_fused) {
       plans_.erase(key);
       fuse = false;
@@ -285,30 +273,9 @@ void GemmContext::matmul(TensorView a, bool trans_a, TensorView b, bool trans_b,
                                             static_cast<uint64_t>(a.shape[0]), ld_of(a)));
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.d, cuda_type(d.dtype), static_cast<uint64_t>(N),
                                             static_cast<uint64_t>(M), ld_of(d)));
-    cublasLtMatmulPreference_t pref = nullptr;
-    CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-    const uint64_t ws = kWorkspaceBytes;
-    const uint32_t al_a = static_cast<uint32_t>(key[11]), al_b = static_cast<uint32_t>(key[12]),
-                   al_d = static_cast<uint32_t>(key[13]);
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_b, sizeof al_b);
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_a, sizeof al_a);
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_d, sizeof al_d);
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d, sizeof al_d);
-    cublasLtMatmulHeuristicResult_t res{};
-    int found = 0;
-    const cublasStatus_t st =
-        cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.a, p.b, p.d, p.d, pref, 1, &res, &found);
-    cublasLtMatmulPreferenceDestroy(pref);
-    if (st == CUBLAS_STATUS_SUCCESS && found > 0) {
-      p.algo = res.algo;
-    } else {  // no algorithm: the simple kernel runs this shape (p.desc stays null)
-      cublasLtMatrixLayoutDestroy(p.a);
-      cublasLtMatrixLayoutDestroy(p.b);
-      cublasLtMatrixLayoutDestroy(p.d);
-      cublasLtMatmulDescDestroy(p.desc);
-      p = Plan{};
-    }
+    // cuBLASLt's A is our b and its B our a (row-major through column-major).
+    if (!find_algo(p, static_cast<uint32_t>(key[12]), static_cast<uint32_t>(key[11]), static_cast<uint32_t>(key[13])))
+      p.release();  // no algorithm: the simple kernel runs this shape (p.desc stays null)
     it = matmul_plans_.emplace(key, p).first;
   }
   Plan& p = it->second;
@@ -322,11 +289,7 @@ void GemmContext::matmul(TensorView a, bool trans_a, TensorView b, bool trans_b,
            " times b ", b.shape_str(), trans_b ? "^T" : "", " into ", dtype_name(d.dtype), " ", d.shape_str(), ": ",
            cublasLtGetStatusName(st), " (", cublasLtGetStatusString(st), ")");
     // Refused at run time: demote this shape to the simple kernel for good.
-    cublasLtMatrixLayoutDestroy(p.a);
-    cublasLtMatrixLayoutDestroy(p.b);
-    cublasLtMatrixLayoutDestroy(p.d);
-    cublasLtMatmulDescDestroy(p.desc);
-    p = Plan{};
+    p.release();
   }
   gemm_simple_matmul(a, trans_a, b, trans_b, d, accumulate, stream);
 }

@@ -44,7 +44,20 @@ class GemmContext {
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
     cublasLtMatmulAlgo_t algo{};
     bool bias_fused = false;
+    // Destroys the cuBLASLt handles (if any) and resets to "no plan: the simple kernel".
+    void release() {
+      if (desc) {
+        cublasLtMatrixLayoutDestroy(a);
+        cublasLtMatrixLayoutDestroy(b);
+        cublasLtMatrixLayoutDestroy(d);
+        cublasLtMatmulDescDestroy(desc);
+      }
+      *this = Plan{};
+    }
   };
+  // The heuristic's first algorithm for p's descriptors (workspace and alignments given), into
+  // p.algo; false when cuBLASLt has none.
+  bool find_algo(Plan& p, uint32_t align_a, uint32_t align_b, uint32_t align_d);
   using Key = std::array<int64_t, 14>;
   const Plan& plan(const Key& key, bool want_bias);
   void gemm(const TensorView& x, const TensorView& w, const TensorView& bias, const TensorView& y,
