@@ -2,7 +2,8 @@
 //
 // Per sequence length it measures
 //   - the attention kernels alone (ops.attention) for the causal mask and, with --window, the
-//     sliding-window mask: the numbers to hold against PyTorch SDPA / FlexAttention;
+//     sliding-window mask: the numbers to hold against PyTorch SDPA / FlexAttention; and the
+//     training pair (attention_forward_lse + attention_backward);
 //   - per backend: its attention sublayer of layer 0 (norm, projections, RoPE, kernel, o_proj),
 //     whole-model prefill (time to first token), decode tokens/s at that context, KV-cache bytes
 //     and peak device memory.
@@ -174,6 +175,21 @@ void register_profile(CLI::App& app) {
               }
             }
             unsetenv("RT_ATTENTION_IMPL");
+            // Training: the forward that keeps lse, then the backward (each the backend's own
+            // per-shape choice). Backward FLOPs = 2.5x forward (dV, dP, dQ, dK GEMMs + recompute).
+            progress("kernel fwd+bwd " + std::string(w ? "window " + std::to_string(w) : "causal") + " T=" +
+                     std::to_string(T));
+            Tensor lse = ops.alloc(ops.accum_dtype(), {d.n_heads, T});
+            Tensor dout = random_tensor(ops, act, {T, d.n_heads, d.head_dim}, "dout");
+            Tensor dq = ops.alloc(act, {T, d.n_heads, d.head_dim});
+            Tensor dk = ops.alloc(act, {T, d.n_kv_heads, d.head_dim});
+            Tensor dv = ops.alloc(act, {T, d.n_kv_heads, d.head_dim});
+            const double fb = median_ms(ops, args->repeats, [&] {
+              ops.attention_forward_lse(q, k, v, o, lse, spec);
+              ops.attention_backward(q, k, v, o, lse, dout, dq, dk, dv, spec);
+            });
+            row["fwd_bwd_ms"] = fb;
+            row["fwd_bwd_tflops"] = 3.5 * flops / fb / 1e9;
             out["kernels"].push_back(row);
           }
         }
@@ -241,14 +257,15 @@ void register_profile(CLI::App& app) {
               << args->repeats << ")\n";
     std::cout << std::left << std::setw(16) << "mask" << std::right << std::setw(8) << "seq" << std::setw(12)
               << "fwd ms" << std::setw(10) << "TFLOP/s" << std::setw(11) << "impl" << std::setw(11) << "flash ms"
-              << std::setw(11) << "cudnn ms" << std::setw(14) << "fwd+bwd ms" << "\n";
+              << std::setw(11) << "cudnn ms" << std::setw(14) << "fwd+bwd ms" << std::setw(10) << "TFLOP/s" << "\n";
     for (const auto& k : out["kernels"]) {
       const std::string mask = k["mask"] == "window" ? "window " + std::to_string(k["window"].get<int64_t>()) : "causal";
       std::cout << std::left << std::setw(16) << mask << std::right << std::setw(8) << k["seq"].get<int64_t>()
                 << std::setw(12) << num(k["fwd_ms"], 3) << std::setw(10) << num(k["fwd_tflops"], 1) << std::setw(11)
                 << k["impl"].get<std::string>() << std::setw(11)
                 << (k.contains("fwd_ms_flash") ? num(k["fwd_ms_flash"], 3) : "-") << std::setw(11)
-                << (k.contains("fwd_ms_cudnn") ? num(k["fwd_ms_cudnn"], 3) : "-") << std::setw(14) << "n/a" << "\n";
+                << (k.contains("fwd_ms_cudnn") ? num(k["fwd_ms_cudnn"], 3) : "-") << std::setw(14) << num(k["fwd_bwd_ms"], 3)
+                << std::setw(10) << num(k["fwd_bwd_tflops"], 1) << "\n";
     }
     std::cout << "\nBackends\n";
     std::cout << std::left << std::setw(14) << "backend" << std::right << std::setw(8) << "seq" << std::setw(13)
@@ -274,17 +291,19 @@ void register_profile(CLI::App& app) {
     if (!args->csv.empty()) {
       std::ofstream f(args->csv);
       RT_CHECK(f.good(), "--csv: cannot write ", args->csv);
-      f << "section,name,seq,fwd_ms,fwd_tflops,prefill_ms,decode_tok_s,kv_cache_bytes,peak_memory_bytes\n";
+      f << "section,name,seq,fwd_ms,fwd_tflops,prefill_ms,decode_tok_s,kv_cache_bytes,peak_memory_bytes,fwd_bwd_ms,"
+           "fwd_bwd_tflops\n";
       auto cell = [](const nlohmann::json& r, const char* key) {
         return r.contains(key) && !r[key].is_null() ? r[key].dump() : std::string();
       };
       for (const auto& k : out["kernels"])
         f << "kernel," << (k["mask"] == "window" ? "window" + k["window"].dump() : "causal") << "," << k["seq"] << ","
-          << cell(k, "fwd_ms") << "," << cell(k, "fwd_tflops") << ",,,,\n";
+          << cell(k, "fwd_ms") << "," << cell(k, "fwd_tflops") << ",,,,," << cell(k, "fwd_bwd_ms") << ","
+          << cell(k, "fwd_bwd_tflops") << "\n";
       for (const auto& r : out["backends"])
         f << "backend," << r["backend"].get<std::string>() << "," << r["seq"] << "," << cell(r, "sublayer_fwd_ms")
           << "," << cell(r, "sublayer_fwd_tflops") << "," << cell(r, "prefill_ms") << "," << cell(r, "decode_tok_s")
-          << "," << cell(r, "kv_cache_bytes") << "," << cell(r, "peak_memory_bytes") << "\n";
+          << "," << cell(r, "kv_cache_bytes") << "," << cell(r, "peak_memory_bytes") << ",,\n";
     }
   });
 }

@@ -23,7 +23,11 @@ TEST(CliProfile, WritesTableJsonAndCsv) {
   const auto j = read_json(json);
   ASSERT_EQ(j["kernels"].size(), 4u);  // {causal, window} x {16, 40}
   ASSERT_EQ(j["backends"].size(), 4u);  // {full_causal, swa} x {16, 40}
-  for (const auto& k : j["kernels"]) EXPECT_GT(k["fwd_ms"].get<double>(), 0.0);
+  for (const auto& k : j["kernels"]) {
+    EXPECT_GT(k["fwd_ms"].get<double>(), 0.0);
+    EXPECT_GT(k["fwd_bwd_ms"].get<double>(), 0.0);  // the training pair
+    EXPECT_GT(k["fwd_bwd_tflops"].get<double>(), 0.0);
+  }
   for (const auto& b : j["backends"]) {
     EXPECT_GT(b["sublayer_fwd_ms"].get<double>(), 0.0);
     EXPECT_GT(b["sublayer_fwd_tflops"].get<double>(), 0.0);
