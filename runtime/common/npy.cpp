@@ -1,8 +1,7 @@
 #include "common/npy.h"
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
+#include "common/durable_file.h"
+
 
 #include <bit>
 #include <cerrno>
@@ -42,18 +41,6 @@ int64_t checked_numel(const std::vector<int64_t>& shape, const std::string& wher
     n *= d;
   }
   return n;
-}
-
-void write_all(int fd, const char* p, size_t n, const std::string& tmp) {
-  while (n > 0) {
-    ssize_t w = ::write(fd, p, n);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      fail("cannot write ", tmp, ": ", errno_text());
-    }
-    p += w;
-    n -= static_cast<size_t>(w);
-  }
 }
 
 // A tiny parser for the header: a Python dict literal such as
@@ -197,35 +184,7 @@ void write_npy_f32(const std::filesystem::path& path, const float* data, std::ve
   }
   head += dict;
 
-  const fs::path dir = path.has_parent_path() ? path.parent_path() : fs::path(".");
-  std::string tmpl = (dir / ("." + path.filename().string() + ".tmp.XXXXXX")).string();
-  std::vector<char> buf(tmpl.begin(), tmpl.end());
-  buf.push_back('\0');
-  int fd = ::mkstemp(buf.data());
-  if (fd < 0) fail("cannot write ", path.string(), ": cannot create a temporary file in ", dir.string(), ": ",
-                   errno_text());
-  const std::string tmp(buf.data());
-  try {
-    write_all(fd, head.data(), head.size(), tmp);
-    write_all(fd, reinterpret_cast<const char*>(data), static_cast<size_t>(n) * sizeof(float), tmp);
-    if (::fchmod(fd, 0644) != 0) fail("cannot chmod ", tmp, ": ", errno_text());
-    if (::fsync(fd) != 0) fail("cannot fsync ", tmp, ": ", errno_text());
-    int rc = ::close(fd);
-    fd = -1;
-    if (rc != 0) fail("cannot close ", tmp, ": ", errno_text());
-    if (::rename(tmp.c_str(), path.c_str()) != 0)
-      fail("cannot rename ", tmp, " to ", path.string(), ": ", errno_text());
-  } catch (...) {
-    if (fd >= 0) ::close(fd);
-    ::unlink(tmp.c_str());
-    throw;
-  }
-  // Make the rename itself durable (best effort: some filesystems refuse fsync on directories).
-  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
-  if (dfd >= 0) {
-    (void)::fsync(dfd);
-    ::close(dfd);
-  }
+  write_file_atomic(path, FilePieces{{head.data(), head.size()}, {data, static_cast<size_t>(n) * sizeof(float)}});
 }
 
 NpyArray read_npy(const std::filesystem::path& path) {

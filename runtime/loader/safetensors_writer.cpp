@@ -1,5 +1,7 @@
 #include "loader/safetensors_writer.h"
 
+#include "common/durable_file.h"
+
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -55,21 +57,7 @@ std::vector<uint8_t> serialize_safetensors(const std::vector<StWriteTensor>& ten
 void save_safetensors(const std::filesystem::path& path, const std::vector<StWriteTensor>& tensors,
                       const std::map<std::string, std::string>& metadata) {
   const std::vector<uint8_t> bytes = serialize_safetensors(tensors, metadata);
-  const std::filesystem::path tmp = path.string() + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    if (!f) fail("cannot write ", tmp.string(), ": ", std::strerror(errno));
-    f.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-    f.flush();
-    if (!f) fail("error writing ", tmp.string(), " (disk full?)");
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    const std::string why = ec.message();
-    std::filesystem::remove(tmp, ec);
-    fail("cannot rename ", tmp.string(), " to ", path.string(), ": ", why);
-  }
+  write_file_atomic(path, FilePieces{{bytes.data(), bytes.size()}});
 }
 
 }  // namespace rt

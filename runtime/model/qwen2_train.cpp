@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "model/host_values.h"
 #include "model/layer_params_view.h"
 #include "model/mlp.h"
 #include "model/qwen2_model.h"
@@ -146,14 +147,7 @@ double Qwen2Model::sequence_loss(std::span<const int32_t> ids, int64_t* predicte
   ops_.fill(sum, 0.f);
   ops_.reduce_sum(losses, 1, sum);
   if (predicted) *predicted = T - 1;
-  if (sum.view.dtype == DType::F64) {
-    double host = 0;
-    ops_.copy(sum, TensorView::contiguous(&host, DType::F64, Device::CPU, {1}));
-    return host;
-  }
-  float host = 0;
-  ops_.copy(sum, TensorView::contiguous(&host, DType::F32, Device::CPU, {1}));
-  return host;
+  return host_doubles(ops_, sum)[0];
 }
 
 }  // namespace rt

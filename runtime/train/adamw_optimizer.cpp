@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "model/host_values.h"
 #include "rt/sdk/error.h"
 
 namespace rt {
@@ -14,16 +15,6 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 
 Tensor alloc_like(Ops& ops, DType dt, TensorView v) {
   return v.ndim == 1 ? ops.alloc(dt, {v.shape[0]}) : ops.alloc(dt, {v.shape[0], v.shape[1]});
-}
-
-std::vector<float> to_host(Ops& ops, TensorView v) {
-  std::vector<float> out(static_cast<size_t>(v.numel()));
-  TensorView dst = v;  // same (contiguous) shape, on the host
-  dst.data = out.data();
-  dst.device = Device::CPU;
-  dst.dtype = DType::F32;
-  ops.copy(v, dst);
-  return out;
 }
 
 }  // namespace
@@ -81,14 +72,7 @@ double AdamWOptimizer::grad_norm() {
   Tensor sum = ops_.alloc(ops_.accum_dtype(), {1});
   ops_.fill(sum, 0.f);
   for (const auto& n : names_) ops_.reduce_sum(grads_.at(n), 2, sum);
-  if (sum.view.dtype == DType::F64) {
-    double h = 0;
-    ops_.copy(sum, TensorView::contiguous(&h, DType::F64, Device::CPU, {1}));
-    return std::sqrt(h);
-  }
-  float h = 0;
-  ops_.copy(sum, TensorView::contiguous(&h, DType::F32, Device::CPU, {1}));
-  return std::sqrt(static_cast<double>(h));
+  return std::sqrt(host_doubles(ops_, sum)[0]);
 }
 
 void AdamWOptimizer::step(double lr, int64_t t, double grad_scale) {
@@ -111,9 +95,9 @@ std::vector<NamedHostTensor> AdamWOptimizer::state() const {
   for (const auto& n : names_) {
     const Slot& s = slots_.at(n);
     std::vector<int64_t> shape(s.master.view.shape.begin(), s.master.view.shape.begin() + s.master.view.ndim);
-    out.push_back({n, shape, to_host(ops_, s.master)});
-    out.push_back({n + ".exp_avg", shape, to_host(ops_, s.m)});
-    out.push_back({n + ".exp_avg_sq", shape, to_host(ops_, s.v)});
+    out.push_back({n, shape, host_floats(ops_, s.master)});
+    out.push_back({n + ".exp_avg", shape, host_floats(ops_, s.m)});
+    out.push_back({n + ".exp_avg_sq", shape, host_floats(ops_, s.v)});
   }
   return out;
 }

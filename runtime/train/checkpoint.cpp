@@ -12,6 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/durable_file.h"
 #include "loader/json_util.h"
 #include "loader/safetensors.h"
 #include "rt/sdk/error.h"
@@ -26,54 +27,6 @@ namespace {
 constexpr const char* kState = "state.safetensors";
 constexpr const char* kManifest = "manifest.json";
 constexpr const char* kLatest = "latest";
-
-// ---- durable file system primitives ----
-
-struct Fd {
-  int fd = -1;
-  ~Fd() {
-    if (fd >= 0) ::close(fd);
-  }
-};
-
-void write_all(int fd, const void* data, size_t n, const fs::path& path) {
-  const char* p = static_cast<const char*>(data);
-  while (n > 0) {
-    const ssize_t w = ::write(fd, p, n);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      fail("cannot write ", path.string(), ": ", std::strerror(errno));
-    }
-    p += w;
-    n -= static_cast<size_t>(w);
-  }
-}
-
-// Writes the pieces in order to a new file and fsyncs it before returning.
-void write_durable(const fs::path& path, const std::vector<std::pair<const void*, size_t>>& pieces) {
-  Fd f;
-  f.fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (f.fd < 0) fail("cannot create ", path.string(), ": ", std::strerror(errno));
-  for (const auto& [data, n] : pieces) write_all(f.fd, data, n, path);
-  if (::fsync(f.fd) != 0) fail("cannot fsync ", path.string(), ": ", std::strerror(errno));
-  const int fd = f.fd;
-  f.fd = -1;
-  if (::close(fd) != 0) fail("cannot close ", path.string(), " (disk full?): ", std::strerror(errno));
-}
-
-// A rename or create inside a directory is durable only once the directory itself is synced.
-void fsync_dir(const fs::path& dir) {
-  Fd f;
-  f.fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (f.fd < 0) fail("cannot open directory ", dir.string(), ": ", std::strerror(errno));
-  if (::fsync(f.fd) != 0) fail("cannot fsync directory ", dir.string(), ": ", std::strerror(errno));
-}
-
-void rename_or_fail(const fs::path& from, const fs::path& to) {
-  std::error_code ec;
-  fs::rename(from, to, ec);
-  if (ec) fail("cannot rename ", from.string(), " to ", to.string(), ": ", ec.message());
-}
 
 // ---- directory names ----
 
@@ -154,7 +107,7 @@ void write_state(const fs::path& path, const std::vector<NamedHostTensor>& tenso
   for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(static_cast<uint64_t>(header.size()) >> (8 * i));
   std::vector<std::pair<const void*, size_t>> pieces = {{len, 8}, {header.data(), header.size()}};
   for (const NamedHostTensor& t : tensors) pieces.emplace_back(t.data.data(), t.data.size() * sizeof(float));
-  write_durable(path, pieces);
+  write_file_durable(path, pieces);
 }
 
 std::string manifest_text(const CheckpointMeta& meta, const std::vector<NamedHostTensor>& tensors) {
@@ -256,7 +209,7 @@ fs::path save_checkpoint(const fs::path& out_dir, const CheckpointMeta& meta,
   const fs::path tmp = ckdir / (name + ".tmp-" + pid);
   if (!fs::create_directory(tmp, ec) || ec) fail("cannot create ", tmp.string(), ": ", ec.message());
   write_state(tmp / kState, tensors);
-  write_durable(tmp / kManifest, {{manifest.data(), manifest.size()}});
+  write_file_durable(tmp / kManifest, {{manifest.data(), manifest.size()}});
   fsync_dir(tmp);
 
   // A directory for the same step (a re-save) is moved aside, not deleted, until the new one is
@@ -270,7 +223,7 @@ fs::path save_checkpoint(const fs::path& out_dir, const CheckpointMeta& meta,
 
   const std::string latest = name + "\n";
   const fs::path latest_tmp = ckdir / (std::string(kLatest) + ".tmp-" + pid);
-  write_durable(latest_tmp, {{latest.data(), latest.size()}});
+  write_file_durable(latest_tmp, {{latest.data(), latest.size()}});
   rename_or_fail(latest_tmp, ckdir / kLatest);
   fsync_dir(ckdir);
 

@@ -1,5 +1,7 @@
 #include "train/metrics_log.h"
 
+#include "common/durable_file.h"
+
 #include <cerrno>
 #include <cstring>
 #include <sstream>
@@ -45,15 +47,7 @@ void truncate_metrics_after(const fs::path& file, int64_t step) {
     kept += '\n';
   }
 
-  const fs::path tmp = file.string() + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    out << kept;
-    out.flush();
-    if (!out) fail("cannot write ", tmp.string(), " (disk full?)");
-  }
-  fs::rename(tmp, file, ec);
-  if (ec) fail("cannot rename ", tmp.string(), " to ", file.string(), ": ", ec.message());
+  write_file_atomic(file, kept);
 }
 
 MetricsLog::MetricsLog(const fs::path& out_dir, std::optional<int64_t> resume_step)

@@ -2,14 +2,13 @@
 
 #include <chrono>
 #include <cmath>
-#include <cstdio>
-#include <fstream>
 #include <iostream>
-#include <numeric>
 
 #include <nlohmann/json.hpp>
 
+#include "common/durable_file.h"
 #include "loader/safetensors_writer.h"
+#include "model/host_values.h"
 #include "rt/sdk/error.h"
 #include "train/adamw_optimizer.h"
 #include "train/checkpoint.h"
@@ -31,32 +30,6 @@ double step_uniform(uint64_t seed, int64_t step) {
   x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
   x ^= x >> 31;
   return static_cast<double>(x >> 11) * 0x1.0p-53;
-}
-
-std::vector<double> read_doubles(Ops& ops, TensorView v) {
-  std::vector<double> out(static_cast<size_t>(v.numel()));
-  TensorView src = v.reshaped({v.numel()});
-  if (v.dtype == DType::F64) {
-    ops.copy(src, TensorView::contiguous(out.data(), DType::F64, Device::CPU, {v.numel()}));
-  } else {
-    std::vector<float> f(out.size());
-    ops.copy(src, TensorView::contiguous(f.data(), DType::F32, Device::CPU, {v.numel()}));
-    std::copy(f.begin(), f.end(), out.begin());
-  }
-  return out;
-}
-
-// Writes text to path through a temporary file and a rename.
-void write_file_atomic(const std::filesystem::path& path, const std::string& text) {
-  const auto tmp = path.string() + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    RT_CHECK(f.good(), "cannot write ", tmp);
-    f << text;
-    f.flush();
-    RT_CHECK(f.good(), "write to ", tmp, " failed (disk full?)");
-  }
-  std::filesystem::rename(tmp, path);
 }
 
 // Plugin options as typed JSON values where they parse as numbers or booleans.
@@ -112,8 +85,7 @@ void export_model(Ops& ops, Qwen2Model& model, const std::filesystem::path& dir,
   for (const auto& n : names) {
     // Trained parameters from their fp32 masters (on CUDA the model holds them rounded to bf16).
     const TensorView* m = masters ? masters->find(n) : nullptr;
-    const auto v = read_doubles(ops, m ? *m : model.parameter(n));
-    data.emplace_back(v.begin(), v.end());
+    data.push_back(host_floats(ops, m ? *m : model.parameter(n)));
   }
   for (size_t i = 0; i < names.size(); ++i) {
     TensorView p = model.parameter(names[i]);
@@ -227,8 +199,8 @@ TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, c
       model.train_sequence(seq, tc, opt.grads(), cfg.recompute, lm);
     }
     StepRecord r;
-    r.lm = read_doubles(ops, lm)[0];
-    const auto st = read_doubles(ops, stats);
+    r.lm = host_doubles(ops, lm)[0];
+    const auto st = host_doubles(ops, stats);
     r.routed.resize(static_cast<size_t>(L));
     for (int l = 0; l < L; ++l) {
       r.reg += st[static_cast<size_t>(2 * l)];

@@ -16,6 +16,7 @@
 #include "cpu/cpu_ops.h"
 #include "loader/hf_config.h"
 #include "loader/weight_store.h"
+#include "model/host_values.h"
 #include "model/model_dims.h"
 #include "model/qwen2_model.h"
 #include "plugin_host/plugin_registry.h"
@@ -62,19 +63,7 @@ struct TrainFixture {
   int64_t n_layers() const { return model->dims().n_layers; }
 };
 
-// A host copy of any CPU tensor as doubles.
-inline std::vector<double> host_doubles(Ops& ops, TensorView v) {
-  std::vector<double> out(static_cast<size_t>(v.numel()));
-  TensorView src = v.reshaped({v.numel()});
-  if (v.device == Device::CPU) {
-    ops.copy(src, TensorView::contiguous(out.data(), DType::F64, Device::CPU, {v.numel()}));
-  } else {  // device backends convert to f32 only
-    std::vector<float> f(out.size());
-    ops.copy(src, TensorView::contiguous(f.data(), DType::F32, Device::CPU, {v.numel()}));
-    std::copy(f.begin(), f.end(), out.begin());
-  }
-  return out;
-}
+using rt::host_doubles;  // model/host_values.h
 
 // One sequence's total loss (LM + what the plugin adds) and, with grads, its gradients.
 struct LossParts {
