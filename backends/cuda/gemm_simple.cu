@@ -68,10 +68,7 @@ __global__ void gemm_general_kernel(const void* a, DType at, int64_t sai, int64_
 
 }  // namespace
 
-void gemm_simple_matmul(TensorView a, bool trans_a, TensorView b, bool trans_b, TensorView d, bool accumulate,
-                        cudaStream_t stream) {
-  // Shapes are checked by the caller (GemmContext::matmul); these keep direct use safe.
-  const char* op = "gemm_simple_matmul";
+void check_matmul_operands(const char* op, const TensorView& a, const TensorView& b, const TensorView& d) {
   check_cuda(op, "a", a);
   check_cuda(op, "b", b);
   check_cuda(op, "d", d);
@@ -84,6 +81,13 @@ void gemm_simple_matmul(TensorView a, bool trans_a, TensorView b, bool trans_b, 
   check_unit_inner_stride(op, "a", a);
   check_unit_inner_stride(op, "b", b);
   check_unit_inner_stride(op, "d", d);
+}
+
+void gemm_simple_matmul(TensorView a, bool trans_a, TensorView b, bool trans_b, TensorView d, bool accumulate,
+                        cudaStream_t stream) {
+  // Shapes are checked by the caller (GemmContext::matmul); these keep direct use safe.
+  const char* op = "gemm_simple_matmul";
+  check_matmul_operands(op, a, b, d);
   const int64_t M = trans_a ? a.shape[1] : a.shape[0], K = trans_a ? a.shape[0] : a.shape[1];
   const int64_t N = trans_b ? b.shape[0] : b.shape[1];
   RT_CHECK((trans_b ? b.shape[1] : b.shape[0]) == K && d.shape[0] == M && d.shape[1] == N, op,

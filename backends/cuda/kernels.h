@@ -65,6 +65,9 @@ void adamw_step(TensorView master, TensorView grad, TensorView m, TensorView v, 
 // y = x W^T (+ b) with a plain tiled kernel (fp32 accumulation, any float dtypes): the fallback
 // of linear() when cuBLASLt offers no algorithm for a layout.
 void gemm_simple_forward(TensorView x, TensorView w, TensorView bias, TensorView y, cudaStream_t stream);
+// The argument checks every matmul entry makes: a, b, d on the device, float dtypes, 2-D, rows
+// contiguous. Throws rt::Error naming op and argument.
+void check_matmul_operands(const char* op, const TensorView& a, const TensorView& b, const TensorView& d);
 // d [M, N] (= or +=) op(a) op(b) with the same tiled kernel (see GemmContext::matmul for the
 // layout): the fallback of matmul() when cuBLASLt has no algorithm. Any float dtypes.
 void gemm_simple_matmul(TensorView a, bool trans_a, TensorView b, bool trans_b, TensorView d, bool accumulate,

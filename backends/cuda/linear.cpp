@@ -226,18 +226,7 @@ void linear_forward(GemmContext& ctx, TensorView x, TensorView w, TensorView bia
 void GemmContext::matmul(TensorView a, bool trans_a, TensorView b, bool trans_b, TensorView d, bool accumulate,
                          cudaStream_t stream) {
   const char* op = "matmul";
-  check_cuda(op, "a", a);
-  check_cuda(op, "b", b);
-  check_cuda(op, "d", d);
-  check_float(op, "a", a);
-  check_float(op, "b", b);
-  check_float(op, "d", d);
-  check_ndim(op, "a", a, 2);
-  check_ndim(op, "b", b, 2);
-  check_ndim(op, "d", d, 2);
-  check_unit_inner_stride(op, "a", a);
-  check_unit_inner_stride(op, "b", b);
-  check_unit_inner_stride(op, "d", d);
+  check_matmul_operands(op, a, b, d);
   RT_CHECK(a.dtype == b.dtype, "matmul: operands 'a' and 'b' must share a dtype, found ", dtype_name(a.dtype), " and ",
            dtype_name(b.dtype));
   RT_CHECK(d.dtype == DType::F32 || (d.dtype == a.dtype && a.dtype != DType::F32), "matmul: output 'd' must be f32 or ",

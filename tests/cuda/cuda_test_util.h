@@ -105,6 +105,39 @@ struct Case {
   }
 };
 
+// Gradients (attention backward tests): relative Frobenius error of got against want, all values finite. The error may also be within
+// an absolute floor of atol per element (RMS): where every row sees at most one key (T = 1, W = 1)
+// dS = P (dP - D) is 0 analytically and dq, dk are rounding noise on both sides.
+inline void expect_close_floor(const std::vector<float>& got, const std::vector<float>& want, double tol,
+                               double atol, const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  double err = 0, norm = 0, maxabs = 0;
+  size_t bad = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    if (!std::isfinite(got[i])) {
+      ++bad;
+      continue;
+    }
+    const double d = static_cast<double>(got[i]) - want[i];
+    err += d * d;
+    norm += static_cast<double>(want[i]) * want[i];
+    maxabs = std::max(maxabs, std::fabs(static_cast<double>(got[i])));
+  }
+  ASSERT_EQ(bad, 0u) << what << ": non-finite values (unwritten or NaN)";
+  if (norm == 0) {
+    // Analytically zero (every row sees one key): the result may only carry rounding noise of
+    // D = rowsum(dO * O) against dP = dO V, within the same absolute floor.
+    EXPECT_LE(std::sqrt(err), atol * std::sqrt(static_cast<double>(want.size())))
+        << what << ": reference is all zeros, result has RMS " << std::sqrt(err / want.size()) << " (max " << maxabs
+        << ")";
+  } else {
+    const double floor = atol * std::sqrt(static_cast<double>(want.size()));
+    EXPECT_LT(std::sqrt(err), tol * std::sqrt(norm) + floor)
+        << what << ": relative Frobenius error " << std::sqrt(err / norm) << " (reference norm " << std::sqrt(norm)
+        << ", absolute floor " << floor << ")";
+  }
+}
+
 inline ::rt::TensorView cpu_view(std::vector<float>& x, std::initializer_list<int64_t> shape) {
   return ::rt::TensorView::contiguous(x.data(), ::rt::DType::F32, ::rt::Device::CPU, shape);
 }

@@ -31,6 +31,8 @@
 
 namespace {
 
+using rt::test::cuda::expect_close_floor;
+
 using rt::Device;
 using rt::DType;
 using rt::Tensor;
@@ -121,29 +123,6 @@ void expect_accumulated(const std::vector<float>& got, const std::vector<float>&
   const double floor = ulp * (norm(init) + norm(want));
   EXPECT_LE(err, tol * norm(dw) + floor) << what << ": accumulated part off by " << err << " (its norm " << norm(dw)
                                          << ", rounding floor " << floor << ")";
-}
-
-// Attention gradients, as test_attention_backward.cpp: relative error with an absolute RMS floor for
-// gradients that are analytically zero (rows that see one key).
-void expect_close_floor(const std::vector<float>& got, const std::vector<float>& want, double tol, double atol,
-                        const std::string& what) {
-  ASSERT_EQ(got.size(), want.size()) << what;
-  double err = 0, nrm = 0;
-  size_t bad = 0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    if (!std::isfinite(got[i])) {
-      ++bad;
-      continue;
-    }
-    const double d = static_cast<double>(got[i]) - want[i];
-    err += d * d;
-    nrm += static_cast<double>(want[i]) * want[i];
-  }
-  EXPECT_EQ(bad, 0u) << what << ": non-finite values";
-  const double floor = atol * std::sqrt(static_cast<double>(want.size()));
-  EXPECT_LE(std::sqrt(err), tol * std::sqrt(nrm) + floor)
-      << what << ": relative Frobenius error " << (nrm > 0 ? std::sqrt(err / nrm) : std::sqrt(err)) << " (floor "
-      << floor << ")";
 }
 
 struct TrainingOpsTest : ::testing::Test {

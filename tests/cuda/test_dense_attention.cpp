@@ -31,6 +31,8 @@
 
 namespace {
 
+using rt::test::cuda::expect_close_floor;
+
 using rt::Device;
 using rt::DType;
 using rt::Tensor;
@@ -86,28 +88,6 @@ void expect_close(const std::vector<float>& got, const std::vector<float>& want,
   const double e = rt::test::cuda::rel_err(got, want, bad);
   EXPECT_EQ(bad, 0u) << what << ": non-finite values (unwritten or NaN)";
   EXPECT_LT(e, tol) << what << ": relative Frobenius error " << e << " (reference norm " << norm(want) << ")";
-}
-
-// Gradients: relative error with an absolute RMS floor (entries that are analytically zero).
-void expect_close_floor(const std::vector<float>& got, const std::vector<float>& want, double tol, double atol,
-                        const std::string& what) {
-  ASSERT_EQ(got.size(), want.size()) << what;
-  double err = 0, nrm = 0;
-  size_t bad = 0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    if (!std::isfinite(got[i])) {
-      ++bad;
-      continue;
-    }
-    const double d = static_cast<double>(got[i]) - want[i];
-    err += d * d;
-    nrm += static_cast<double>(want[i]) * want[i];
-  }
-  EXPECT_EQ(bad, 0u) << what << ": non-finite values (unwritten or NaN)";
-  const double floor = atol * std::sqrt(static_cast<double>(want.size()));
-  EXPECT_LE(std::sqrt(err), tol * std::sqrt(nrm) + floor)
-      << what << ": relative Frobenius error " << (nrm > 0 ? std::sqrt(err / nrm) : std::sqrt(err)) << " (floor "
-      << floor << ", reference norm " << std::sqrt(nrm) << ")";
 }
 
 // lse: +inf exactly where the reference has +inf (rows that see no key), close elsewhere.
