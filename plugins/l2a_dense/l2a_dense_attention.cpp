@@ -108,7 +108,7 @@ class DenseL2aAttention final : public AttentionBackend {
       attention_sublayer_forward(ctx, local_, x, st ? st->local.get() : nullptr);
       Tensor h2 = normed(ctx, x, global_.norm);
       r = route(ctx, h2, pos0, false, 0);
-      attention_sublayer_forward(ctx, global_, x, st ? st->global.get() : nullptr, r.d);
+      attention_sublayer_forward(ctx, global_, x, st ? st->global.get() : nullptr, r.d, &h2);
     } else {
       parallel_inference(ctx, x, st, pos0, r);
     }
@@ -125,7 +125,7 @@ class DenseL2aAttention final : public AttentionBackend {
       s->local = attention_sublayer_forward_train(ctx, local_, x, TensorView{});
       s->h = normed(ctx, x, global_.norm);
       s->route = route(ctx, s->h, 0, true, tc.step);
-      s->global = attention_sublayer_forward_train(ctx, global_, x, s->route.d);
+      s->global = attention_sublayer_forward_train(ctx, global_, x, s->route.d, &s->h);
     } else {
       const ModelDims& d = *ctx.dims;
       const DType act = ops.activation_dtype();

@@ -194,8 +194,10 @@ inline void project_qkv_backward(const LayerContext& ctx, const AttentionSublaye
 
 // x [T, hidden] += attention sublayer(x). Positions start at cache->tokens_seen() (or 0).
 // With a gate [T] (accum dtype), the sublayer's output row t is scaled by gate[t] (L2A routing).
+// normed: RMSNorm(x) with spec.norm when the caller already has it (the L2A router reads it too).
 inline void attention_sublayer_forward(const LayerContext& ctx, const AttentionSublayerSpec& spec,
-                                       TensorView x, KvCache* cache, TensorView gate = TensorView{}) {
+                                       TensorView x, KvCache* cache, TensorView gate = TensorView{},
+                                       const Tensor* normed = nullptr) {
   Ops& ops = *ctx.ops;
   const ModelDims& d = *ctx.dims;
   const LayerParams& p = *ctx.params;
@@ -203,8 +205,8 @@ inline void attention_sublayer_forward(const LayerContext& ctx, const AttentionS
   const int64_t pos0 = cache ? cache->tokens_seen() : 0;
 
   const DType act = ops.activation_dtype();
-  Tensor h = ops.alloc(act, {T, d.hidden});
-  ops.rmsnorm(x, p.get(spec.norm), d.rms_eps, h);
+  Tensor h = normed ? *normed : ops.alloc(act, {T, d.hidden});
+  if (!normed) ops.rmsnorm(x, p.get(spec.norm), d.rms_eps, h);
   Qkv qkv = project_qkv(ctx, spec, h, pos0);
 
   AttentionSpec as = sublayer_attention_spec(d, spec, pos0);
@@ -240,9 +242,11 @@ struct SublayerActivations {
 };
 
 // x += gate[:, None] * o_proj(Attn(...)) with positions from 0; gate [T] (accum dtype) or empty
-// for an ungated sublayer. Returns the activations for the backward.
+// for an ungated sublayer; normed as in attention_sublayer_forward. Returns the activations for
+// the backward.
 inline SublayerActivations attention_sublayer_forward_train(const LayerContext& ctx, const AttentionSublayerSpec& spec,
-                                                            TensorView x, TensorView gate) {
+                                                            TensorView x, TensorView gate,
+                                                            const Tensor* normed = nullptr) {
   Ops& ops = *ctx.ops;
   const ModelDims& d = *ctx.dims;
   const LayerParams& p = *ctx.params;
@@ -251,8 +255,8 @@ inline SublayerActivations attention_sublayer_forward_train(const LayerContext& 
   SublayerActivations s;
   s.x_in = ops.alloc(x.dtype, {T, d.hidden});
   ops.copy(x, s.x_in);
-  s.h = ops.alloc(act, {T, d.hidden});
-  ops.rmsnorm(x, p.get(spec.norm), d.rms_eps, s.h);
+  s.h = normed ? *normed : ops.alloc(act, {T, d.hidden});
+  if (!normed) ops.rmsnorm(x, p.get(spec.norm), d.rms_eps, s.h);
   s.qkv = project_qkv(ctx, spec, s.h, 0);
   s.o = ops.alloc(act, {T, d.n_heads, d.head_dim});
   s.lse = ops.alloc(ops.accum_dtype(), {d.n_heads, T});
