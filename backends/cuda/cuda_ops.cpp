@@ -134,11 +134,15 @@ void CudaOps::rmsnorm(TensorView x, TensorView w, float eps, TensorView y) {
   cuda::rmsnorm_forward(x, w, eps, y, stream());
 }
 
-void CudaOps::rmsnorm_residual(TensorView x_residual, TensorView delta, TensorView w, float eps, TensorView y) {
-  cuda::rmsnorm_residual_forward(x_residual, delta, w, eps, y, stream());
+void CudaOps::linear_accumulate(TensorView x, TensorView w, TensorView y) {
+  cuda::linear_accumulate(*gemm_, x, w, y, stream());
 }
 
 void CudaOps::rope(TensorView x, int64_t pos0, double theta) { cuda::rope_forward(x, pos0, theta, stream()); }
+
+void CudaOps::qkv_rope_split(TensorView qkv, int64_t pos0, double theta, TensorView q, TensorView k, TensorView v) {
+  cuda::qkv_rope_split_forward(qkv, pos0, theta, q, k, v, stream());
+}
 
 void CudaOps::attention(TensorView q, TensorView k, TensorView v, TensorView o, const AttentionSpec& spec) {
   if (spec.materialize) {  // scores materialized by GEMMs (cuda/attention/dense_attention.h)

@@ -6,8 +6,8 @@
 //   #include "cuda/cuda_ops.h"
 //   if (rt::cuda_device_available()) ops = rt::make_cuda_ops();
 //
-// The kernels are free functions in cuda/kernels.h (one file per op family); the fused
-// rmsnorm_residual_forward and the argmax below are not part of rt::Ops and are called directly.
+// The kernels are free functions in cuda/kernels.h (one file per op family); the argmax below is
+// not part of rt::Ops and is called directly.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -60,6 +60,10 @@ class CudaOps final : public Ops {
   void attention(TensorView q, TensorView k, TensorView v, TensorView o, const AttentionSpec& spec) override;
   void add(TensorView a, TensorView b, TensorView out) override;
   void swiglu(TensorView gate, TensorView up, TensorView out) override;
+  // One GEMM with beta = 1 into y (the f32 residual): no separate add.
+  void linear_accumulate(TensorView x, TensorView w, TensorView y) override;
+  // One kernel: split, RoPE on q and k (the rope kernel's angles, bit for bit), write k/v anywhere.
+  void qkv_rope_split(TensorView qkv, int64_t pos0, double theta, TensorView q, TensorView k, TensorView v) override;
   int64_t argmax(TensorView x) override;
   const char* last_attention_impl() const override;  // on the device; copies back one index
 
@@ -92,9 +96,6 @@ class CudaOps final : public Ops {
   void adamw_step(TensorView master, TensorView grad, TensorView m, TensorView v, TensorView param,
                   const AdamW& hp) override;
 
-  // x_residual (f32) += delta, then y = rmsnorm(x_residual): one pass instead of add + rmsnorm.
-  void rmsnorm_residual(TensorView x_residual, TensorView delta, TensorView w, float eps, TensorView y);
-
   int device_index() const { return device_; }
   cudaStream_t stream() const;
 
@@ -117,9 +118,6 @@ std::unique_ptr<Ops> make_cuda_ops(int device = 0);
 bool cuda_device_available() noexcept;
 
 namespace cuda {
-// Fused residual add + RMSNorm (see cuda/kernels.h), re-declared here for callers of this header.
-void rmsnorm_residual_forward(TensorView x_residual, TensorView delta, TensorView w, float eps, TensorView y,
-                              cudaStream_t stream);
 // Greedy sampling: argmax of the last row of f32 logits ([V] or [rows, V]) on the device; copies
 // the one index back (synchronizes the stream). First index wins ties; NaNs are skipped.
 int32_t argmax_last_row(const TensorView& logits_f32, cudaStream_t stream);

@@ -7,7 +7,7 @@
 // Files: elementwise.cu (copy, fill, add, swiglu, bias add, sigmoid, step, row_scale, axpby),
 // embedding.cu, linear.cpp (cuBLASLt; linear_backward and the GEMMs of the backward passes are
 // declared in linear.h, as is lm_head_cross_entropy of cross_entropy.cu), gemm_simple.cu (its
-// fallback), rmsnorm.cu (+ fused residual), rope.cu, argmax.cu, reduce.cu (row_dot, reduce_sum,
+// fallback), rmsnorm.cu, rope.cu, argmax.cu, reduce.cu (row_dot, reduce_sum,
 // column sums), adamw.cu. Training backward kernels (<op>_backward) sit beside their forward.
 // Conventions of the training ops follow rt::Ops: "+=" outputs accumulate, "=" outputs are
 // overwritten, an output passed as an empty view (data == nullptr) is skipped; parameter
@@ -95,9 +95,6 @@ void embedding_backward(TensorView ids, TensorView dout, TensorView dtable, Embe
 
 // y = w * x / sqrt(mean(x^2) + eps) row-wise in fp32; x f32/bf16/f16, y f32/bf16/f16.
 void rmsnorm_forward(TensorView x, TensorView w, float eps, TensorView y, cudaStream_t stream);
-// Fused pre-norm step: x_residual (f32) += delta, then y = rmsnorm(x_residual) in one pass.
-void rmsnorm_residual_forward(TensorView x_residual, TensorView delta, TensorView w, float eps, TensorView y,
-                              cudaStream_t stream);
 // Backward of y = rmsnorm(x) * w, fp32:  dx += r (dy w - x r^2 mean(dy w x)),  dw += sum_rows dy x r,
 // r = 1 / sqrt(mean(x^2) + eps). dx (any float dtype; may be x or dy itself) and dw (f32) are
 // optional (empty view: skipped). Three passes: per-row statistics, dw (deterministic column
@@ -110,6 +107,11 @@ void rmsnorm_backward(TensorView x, TensorView w, float eps, TensorView dy, Tens
 void rope_forward(TensorView x, int64_t pos0, double theta, cudaStream_t stream);
 // The transpose of rope_forward, in place on dx: the rotation by minus the same angles.
 void rope_backward(TensorView dx, int64_t pos0, double theta, cudaStream_t stream);
+// qkv [T, (Hq + 2 Hkv) D] (q | k | v columns) split into q [T, Hq, D], k, v [T, Hkv, D] (any row and
+// head strides), rope_forward's rotation applied to q and k on the way (the same angles, so the
+// result equals copy + rope_forward bit for bit).
+void qkv_rope_split_forward(TensorView qkv, int64_t pos0, double theta, TensorView q, TensorView k, TensorView v,
+                            cudaStream_t stream);
 
 // Index of the largest value of the last row of logits ([V] or [rows, V], f32) written to
 // *out_dev (device memory, no synchronization: usable inside a CUDA graph). First index wins

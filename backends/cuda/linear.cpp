@@ -309,6 +309,27 @@ DType common_dtype(const TensorView& p, const TensorView& q) {
 
 }  // namespace
 
+void linear_accumulate(GemmContext& ctx, TensorView x, TensorView w, TensorView y, cudaStream_t stream) {
+  const char* op = "linear_accumulate";
+  for (const auto& [name, t] : {std::pair{"x", &x}, std::pair{"w", &w}, std::pair{"y", &y}}) {
+    check_cuda(op, name, *t);
+    check_float(op, name, *t);
+    check_ndim(op, name, *t, 2);
+  }
+  check_dim(op, "w", w, 1, x.shape[1], "in features, x.shape[1]");
+  check_dim(op, "y", y, 0, x.shape[0], "rows, x.shape[0]");
+  check_dim(op, "y", y, 1, w.shape[0], "out features, w.shape[0]");
+  std::vector<std::unique_ptr<Scratch>> keep;
+  const TensorView xg = as_dtype(x, w.dtype, keep, stream, "linear_accumulate (x convert)");
+  if (y.dtype == DType::F32 || (y.dtype == w.dtype && w.dtype != DType::F32)) {
+    ctx.matmul(xg, false, w, true, y, true, stream);
+    return;
+  }
+  const TensorView yf = as_dtype(y, DType::F32, keep, stream, "linear_accumulate (f32 output)");
+  ctx.matmul(xg, false, w, true, yf, true, stream);
+  copy_forward(yf, y, stream);
+}
+
 void linear_backward(GemmContext& ctx, TensorView x, TensorView w, TensorView dy, TensorView dx, TensorView dw,
                      TensorView db, bool accumulate_dx, cudaStream_t stream) {
   const char* op = "linear_backward";

@@ -74,6 +74,11 @@ class GemmContext {
 
 void linear_forward(GemmContext& ctx, TensorView x, TensorView w, TensorView bias, TensorView y, cudaStream_t stream);
 
+// y += x W^T (x [N, in], W [out, in], y [N, out]): one cuBLASLt GEMM with beta = 1, so adding a
+// projection into the f32 residual stream costs no separate pass. x is converted to W's dtype
+// first when they differ; a y cuBLASLt cannot write goes through an f32 copy.
+void linear_accumulate(GemmContext& ctx, TensorView x, TensorView w, TensorView y, cudaStream_t stream);
+
 // Backward of y = x W^T + b (x [N, in], W [out, in], dy [N, out]):
 //   dx (= or += when accumulate_dx) dy W    dx [N, in], any float dtype
 //   dw += dy^T x                            dw [out, in] f32

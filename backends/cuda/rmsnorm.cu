@@ -1,7 +1,7 @@
 // rmsnorm: y = w * (x / sqrt(mean(x^2) + eps)) per row, fp32 math, the CPU/HF order of operations
 // (normalize, then scale by w). One block per row; the second pass re-reads the row from L1/L2.
-// The fused variant adds a delta into the f32 residual first, saving a full pass over the
-// residual stream per sublayer.
+// (The residual add before it needs no kernel: the projections accumulate into the f32 residual
+// in their GEMM epilogue, Ops::linear_accumulate.)
 #include <cmath>
 #include <utility>
 
@@ -15,19 +15,13 @@
 namespace rt::cuda {
 namespace {
 
-// With `delta`: x += delta (x is f32) before normalizing.
-template <bool kResidual>
-__global__ void rmsnorm_kernel(RowsDesc x, RowsDesc delta, const void* w, DType wdt, int64_t w_stride, float eps,
-                               RowsDesc y, int64_t d) {
+__global__ void rmsnorm_kernel(RowsDesc x, const void* w, DType wdt, int64_t w_stride, float eps, RowsDesc y,
+                               int64_t d) {
   const int64_t r = blockIdx.x;
   const int64_t xo = x.row_offset(r), yo = y.row_offset(r);
   float ss = 0.f;
   for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
-    float v = load_f(x.data, xo + i, x.dtype);
-    if constexpr (kResidual) {
-      v += load_f(delta.data, delta.row_offset(r) + i, delta.dtype);
-      static_cast<float*>(x.data)[xo + i] = v;  // this thread re-reads exactly these elements
-    }
+    const float v = load_f(x.data, xo + i, x.dtype);
     ss += v * v;
   }
   ss = block_sum(ss);
@@ -166,25 +160,8 @@ void rmsnorm_forward(TensorView x, TensorView w, float eps, TensorView y, cudaSt
   if (rows == 0 || d == 0) return;
   RT_CHECK(rows <= INT32_MAX, "rmsnorm: ", rows, " rows exceed the launch limit");
   if (rmsnorm_fast(x, w, eps, y, rows, d, stream)) return;
-  rmsnorm_kernel<false><<<static_cast<unsigned>(rows), threads_for(d), 0, stream>>>(
-      rows_desc(x), RowsDesc{}, w.data, w.dtype, w.stride[0], eps, rows_desc(y), d);
-  CUDA_CHECK_LAUNCH();
-}
-
-void rmsnorm_residual_forward(TensorView x_residual, TensorView delta, TensorView w, float eps, TensorView y,
-                              cudaStream_t stream) {
-  const char* op = "rmsnorm_residual";
-  check_norm_args(op, x_residual, w, eps, y);
-  check_dtype(op, "x_residual", x_residual, DType::F32);
-  check_cuda(op, "delta", delta);
-  check_float(op, "delta", delta);
-  check_same_shape(op, "x_residual", x_residual, "delta", delta);
-  check_unit_inner_stride(op, "delta", delta);
-  const int64_t rows = num_rows(x_residual), d = row_len(x_residual);
-  if (rows == 0 || d == 0) return;
-  RT_CHECK(rows <= INT32_MAX, op, ": ", rows, " rows exceed the launch limit");
-  rmsnorm_kernel<true><<<static_cast<unsigned>(rows), threads_for(d), 0, stream>>>(
-      rows_desc(x_residual), rows_desc(delta), w.data, w.dtype, w.stride[0], eps, rows_desc(y), d);
+  rmsnorm_kernel<<<static_cast<unsigned>(rows), threads_for(d), 0, stream>>>(rows_desc(x), w.data, w.dtype,
+                                                                             w.stride[0], eps, rows_desc(y), d);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -1,5 +1,6 @@
 // rope: in-place rotate-half rotary embedding on x [T, H, D] (f32/bf16/f16). One thread per
 // (position, frequency) pair computes cos/sin once and rotates that pair in every head.
+// qkv_rope_split: the same rotation fused with splitting a QKV projection's output into q, k, v.
 //
 // The angle is computed step by step as backends/cpu/rope.cpp does (see the reasoning there):
 // the exponent 2i/D as an IEEE fp32 division, theta^expo in double rounded to fp32, an fp32
@@ -16,7 +17,32 @@
 namespace rt::cuda {
 namespace {
 
-// kInverse: rotation by minus the angle (the transpose, for the backward pass).
+// cos and sin of the angle of frequency pair i at position pos (see the top of the file).
+__device__ __forceinline__ void rope_cos_sin(int64_t pos, int64_t i, int64_t D, float base, float& c, float& s) {
+  const float expo = __fdiv_rn(static_cast<float>(2 * i), static_cast<float>(D));
+  const float p = static_cast<float>(pow(static_cast<double>(base), static_cast<double>(expo)));
+  const float inv_freq = __fdiv_rn(1.0f, p);
+  const float angle = __fmul_rn(static_cast<float>(pos), inv_freq);
+  double sd, cd;
+  sincos(static_cast<double>(angle), &sd, &cd);
+  c = static_cast<float>(cd);
+  s = static_cast<float>(sd);
+}
+
+// Rotates the pair (x1, x2) = (src[i], src[i + half]) into dst; kInverse: by minus the angle.
+template <bool kInverse>
+__device__ __forceinline__ void rotate_pair(const void* src, int64_t so, void* dst, int64_t dO, DType sdt, DType ddt,
+                                            int64_t half, float c, float s) {
+  const float x1 = load_f(src, so, sdt), x2 = load_f(src, so + half, sdt);
+  if constexpr (kInverse) {
+    store_f(dst, dO, ddt, __fadd_rn(__fmul_rn(x1, c), __fmul_rn(x2, s)));
+    store_f(dst, dO + half, ddt, __fsub_rn(__fmul_rn(x2, c), __fmul_rn(x1, s)));
+  } else {
+    store_f(dst, dO, ddt, __fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, s)));
+    store_f(dst, dO + half, ddt, __fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s)));
+  }
+}
+
 template <bool kInverse>
 __global__ void rope_kernel(void* x, DType dt, int64_t T, int64_t H, int64_t D, int64_t s0, int64_t s1, int64_t pos0,
                             float base) {
@@ -24,24 +50,49 @@ __global__ void rope_kernel(void* x, DType dt, int64_t T, int64_t H, int64_t D, 
   const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (idx >= T * half) return;
   const int64_t t = idx / half, i = idx % half;
-  const float expo = __fdiv_rn(static_cast<float>(2 * i), static_cast<float>(D));
-  const float p = static_cast<float>(pow(static_cast<double>(base), static_cast<double>(expo)));
-  const float inv_freq = __fdiv_rn(1.0f, p);
-  const float angle = __fmul_rn(static_cast<float>(pos0 + t), inv_freq);
-  double sd, cd;
-  sincos(static_cast<double>(angle), &sd, &cd);
-  const float c = static_cast<float>(cd), s = static_cast<float>(sd);
+  float c, s;
+  rope_cos_sin(pos0 + t, i, D, base, c, s);
   for (int64_t h = 0; h < H; ++h) {
-    const int64_t o = t * s0 + h * s1;
-    const float x1 = load_f(x, o + i, dt), x2 = load_f(x, o + i + half, dt);
-    if constexpr (kInverse) {
-      store_f(x, o + i, dt, __fadd_rn(__fmul_rn(x1, c), __fmul_rn(x2, s)));
-      store_f(x, o + i + half, dt, __fsub_rn(__fmul_rn(x2, c), __fmul_rn(x1, s)));
-    } else {
-      store_f(x, o + i, dt, __fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, s)));
-      store_f(x, o + i + half, dt, __fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s)));
-    }
+    const int64_t o = t * s0 + h * s1 + i;
+    rotate_pair<kInverse>(x, o, x, o, dt, dt, half, c, s);
   }
+}
+
+struct HeadsOut {  // an output [T, H, D] view
+  void* data;
+  DType dtype;
+  int64_t H, s0, s1;
+};
+
+// qkv row t = [q heads | k heads | v heads], each head D wide: q and k rotated into their outputs,
+// v copied. One thread per (position, frequency pair), as rope_kernel.
+__global__ void qkv_rope_split_kernel(const void* qkv, DType dt, int64_t ld, int64_t T, int64_t D, HeadsOut q,
+                                      HeadsOut k, HeadsOut v, int64_t pos0, float base) {
+  const int64_t half = D / 2;
+  const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (idx >= T * half) return;
+  const int64_t t = idx / half, i = idx % half;
+  float c, s;
+  rope_cos_sin(pos0 + t, i, D, base, c, s);
+  const int64_t row = t * ld + i;
+  for (int64_t h = 0; h < q.H; ++h)
+    rotate_pair<false>(qkv, row + h * D, q.data, t * q.s0 + h * q.s1 + i, dt, q.dtype, half, c, s);
+  const int64_t k0 = row + q.H * D;
+  for (int64_t h = 0; h < k.H; ++h)
+    rotate_pair<false>(qkv, k0 + h * D, k.data, t * k.s0 + h * k.s1 + i, dt, k.dtype, half, c, s);
+  const int64_t v0 = k0 + k.H * D;
+  for (int64_t h = 0; h < v.H; ++h) {
+    const int64_t o = t * v.s0 + h * v.s1 + i;
+    store_f(v.data, o, v.dtype, load_f(qkv, v0 + h * D, dt));
+    store_f(v.data, o + half, v.dtype, load_f(qkv, v0 + h * D + half, dt));
+  }
+}
+
+void check_rope_range(const char* op, int64_t pos0, int64_t T, double theta) {
+  RT_CHECK(pos0 >= 0, op, ": pos0 must be >= 0, found ", pos0);
+  RT_CHECK(pos0 + T <= (int64_t{1} << 24), op, ": positions up to ", pos0 + T,
+           " exceed 2^24, past which fp32 positions are not exact");
+  RT_CHECK(std::isfinite(theta) && theta > 0, op, ": theta must be a finite number > 0, found ", theta);
 }
 
 template <bool kInverse>
@@ -52,10 +103,7 @@ void rope_launch(const char* op, const char* arg, TensorView x, int64_t pos0, do
   check_unit_inner_stride(op, arg, x);
   const int64_t T = x.shape[0], H = x.shape[1], D = x.shape[2];
   RT_CHECK(D % 2 == 0, op, ": head dim (", arg, ".shape[2]) must be even, found shape ", x.shape_str());
-  RT_CHECK(pos0 >= 0, op, ": pos0 must be >= 0, found ", pos0);
-  RT_CHECK(pos0 + T <= (int64_t{1} << 24), op, ": positions up to ", pos0 + T,
-           " exceed 2^24, past which fp32 positions are not exact");
-  RT_CHECK(std::isfinite(theta) && theta > 0, op, ": theta must be a finite number > 0, found ", theta);
+  check_rope_range(op, pos0, T, theta);
   if (T == 0 || H == 0 || D == 0) return;
   const int64_t n = T * (D / 2);
   const int threads = 128;
@@ -68,6 +116,42 @@ void rope_launch(const char* op, const char* arg, TensorView x, int64_t pos0, do
 
 void rope_forward(TensorView x, int64_t pos0, double theta, cudaStream_t stream) {
   rope_launch<false>("rope", "x", x, pos0, theta, stream);
+}
+
+void qkv_rope_split_forward(TensorView qkv, int64_t pos0, double theta, TensorView q, TensorView k, TensorView v,
+                            cudaStream_t stream) {
+  const char* op = "qkv_rope_split";
+  check_cuda(op, "qkv", qkv);
+  check_float(op, "qkv", qkv);
+  check_ndim(op, "qkv", qkv, 2);
+  check_unit_inner_stride(op, "qkv", qkv);
+  const int64_t T = qkv.shape[0];
+  const struct {
+    const char* name;
+    TensorView* t;
+  } outs[] = {{"q", &q}, {"k", &k}, {"v", &v}};
+  for (const auto& [name, t] : outs) {
+    check_cuda(op, name, *t);
+    check_float(op, name, *t);
+    check_ndim(op, name, *t, 3);
+    check_unit_inner_stride(op, name, *t);
+    RT_CHECK(t->shape[0] == T && t->shape[2] == q.shape[2], op, ": argument '", name, "' must have shape [", T,
+             ", H, ", q.shape[2], "] (qkv rows, q's head dim), found ", t->shape_str());
+    RT_CHECK(!views_overlap(*t, qkv), op, ": output '", name, "' overlaps 'qkv'");
+  }
+  const int64_t D = q.shape[2];
+  RT_CHECK(D % 2 == 0, op, ": head dim must be even, found q shape ", q.shape_str());
+  const int64_t n = (q.shape[1] + k.shape[1] + v.shape[1]) * D;
+  RT_CHECK(qkv.shape[1] == n, op, ": qkv has ", qkv.shape[1], " columns; q ", q.shape_str(), ", k ", k.shape_str(),
+           " and v ", v.shape_str(), " need ", n);
+  check_rope_range(op, pos0, T, theta);
+  if (T == 0 || D == 0) return;
+  auto heads = [](const TensorView& t) { return HeadsOut{t.data, t.dtype, t.shape[1], t.stride[0], t.stride[1]}; };
+  const int64_t pairs = T * (D / 2);
+  const int threads = 128;
+  qkv_rope_split_kernel<<<static_cast<unsigned>((pairs + threads - 1) / threads), threads, 0, stream>>>(
+      qkv.data, qkv.dtype, qkv.stride[0], T, D, heads(q), heads(k), heads(v), pos0, static_cast<float>(theta));
+  CUDA_CHECK_LAUNCH();
 }
 
 // x1' = x1 c + x2 s, x2' = x2 c - x1 s: R(-angle), the transpose of the forward's R(angle).

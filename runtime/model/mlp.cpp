@@ -7,6 +7,29 @@ constexpr const char* kNorm = "post_attention_layernorm.weight";
 constexpr const char* kGate = "mlp.gate_proj.weight";
 constexpr const char* kUp = "mlp.up_proj.weight";
 constexpr const char* kDown = "mlp.down_proj.weight";
+
+struct GateUp {
+  Tensor gate, up;
+};
+
+// gate(u) and up(u): one GEMM into [T, 2I] when the model stores the two weights as consecutive
+// rows (stacked_rows), gate and up then being its column halves.
+GateUp project_gate_up(Ops& ops, const ModelDims& d, const LayerParams& p, TensorView u) {
+  const int64_t T = u.shape[0];
+  const DType act = ops.activation_dtype();
+  const TensorView wg = p.get(kGate), wu = p.get(kUp);
+  if (const TensorView w = stacked_rows({wg, wu}); w.data) {
+    Tensor both = ops.alloc(act, {T, 2 * d.intermediate});
+    ops.linear(u, w, TensorView{}, both);
+    return {Tensor{both.view.cols(0, d.intermediate), both.storage},
+            Tensor{both.view.cols(d.intermediate, 2 * d.intermediate), both.storage}};
+  }
+  GateUp r{ops.alloc(act, {T, d.intermediate}), ops.alloc(act, {T, d.intermediate})};
+  ops.linear(u, wg, TensorView{}, r.gate);
+  ops.linear(u, wu, TensorView{}, r.up);
+  return r;
+}
+
 }  // namespace
 
 void mlp_forward(const LayerContext& ctx, TensorView x) {
@@ -17,14 +40,10 @@ void mlp_forward(const LayerContext& ctx, TensorView x) {
   const DType act = ops.activation_dtype();
   Tensor u = ops.alloc(act, {T, d.hidden});
   ops.rmsnorm(x, p.get(kNorm), d.rms_eps, u);
-  Tensor gate = ops.alloc(act, {T, d.intermediate});
-  Tensor up = ops.alloc(act, {T, d.intermediate});
-  ops.linear(u, p.get(kGate), TensorView{}, gate);
-  ops.linear(u, p.get(kUp), TensorView{}, up);
-  ops.swiglu(gate, up, gate);
-  Tensor down = ops.alloc(act, {T, d.hidden});
-  ops.linear(gate, p.get(kDown), TensorView{}, down);
-  ops.add(x, down, x);
+  GateUp gu = project_gate_up(ops, d, p, u);
+  Tensor s = ops.alloc(act, {T, d.intermediate});
+  ops.swiglu(gu.gate, gu.up, s);
+  ops.linear_accumulate(s, p.get(kDown), x);  // the residual add rides on the GEMM
 }
 
 MlpActivations mlp_forward_train(const LayerContext& ctx, TensorView x) {
@@ -38,15 +57,12 @@ MlpActivations mlp_forward_train(const LayerContext& ctx, TensorView x) {
   ops.copy(x, a.x_in);
   a.u = ops.alloc(act, {T, d.hidden});
   ops.rmsnorm(x, p.get(kNorm), d.rms_eps, a.u);
-  a.gate = ops.alloc(act, {T, d.intermediate});
-  a.up = ops.alloc(act, {T, d.intermediate});
-  ops.linear(a.u, p.get(kGate), TensorView{}, a.gate);
-  ops.linear(a.u, p.get(kUp), TensorView{}, a.up);
+  GateUp gu = project_gate_up(ops, d, p, a.u);
+  a.gate = std::move(gu.gate);
+  a.up = std::move(gu.up);
   a.s = ops.alloc(act, {T, d.intermediate});
   ops.swiglu(a.gate, a.up, a.s);
-  Tensor down = ops.alloc(act, {T, d.hidden});
-  ops.linear(a.s, p.get(kDown), TensorView{}, down);
-  ops.add(x, down, x);
+  ops.linear_accumulate(a.s, p.get(kDown), x);
   return a;
 }
 

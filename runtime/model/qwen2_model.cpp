@@ -2,6 +2,8 @@
 
 #include <cmath>
 #include <cstring>
+#include <string>
+#include <vector>
 
 #include "loader/qwen2_weights.h"
 #include "model/layer_params_view.h"
@@ -76,6 +78,7 @@ void Qwen2Model::load_weights(const WeightStore& store) {
   std::vector<uint8_t> scratch;
   for (const auto& e : qwen2_expected_tensors(config_)) add_weight(e.name, host_view(store.get(e.name), scratch));
   create_extra_params(&store);
+  stack_weight_groups();
 }
 
 void Qwen2Model::init_random(uint64_t seed) {
@@ -99,6 +102,7 @@ void Qwen2Model::init_random(uint64_t seed) {
     weights_[name] = std::move(t);
   }
   create_extra_params(nullptr);
+  stack_weight_groups();
 }
 
 // Parameters a plugin declares beyond the base model: taken from the checkpoint when present
@@ -139,6 +143,51 @@ void Qwen2Model::create_extra_params(const WeightStore* store) {
                          ? TensorView::contiguous(host.data(), DType::F32, Device::CPU, {decl.shape[0]})
                          : TensorView::contiguous(host.data(), DType::F32, Device::CPU, {decl.shape[0], decl.shape[1]});
       add_weight(full, v);
+    }
+  }
+}
+
+// Moves each layer's q/k/v weights, q/k/v biases and gate/up weights (of every attention the
+// plugins declare too, e.g. L2A's global_attn) into one buffer per group, as consecutive rows, so
+// that the forward runs one GEMM per group (see stacked_rows). The map keeps a view per Hugging
+// Face name, so loading, training and export are unchanged.
+void Qwen2Model::stack_weight_groups() {
+  static const std::vector<std::vector<std::string>> kGroups = {
+      {"q_proj.weight", "k_proj.weight", "v_proj.weight"},
+      {"q_proj.bias", "k_proj.bias", "v_proj.bias"},
+      {"gate_proj.weight", "up_proj.weight"}};
+  std::vector<std::string> names;
+  for (const auto& [name, t] : weights_) names.push_back(name);
+  for (const auto& group : kGroups) {
+    for (const std::string& name : names) {
+      if (name.size() < group[0].size() || name.compare(name.size() - group[0].size(), group[0].size(), group[0]) != 0)
+        continue;
+      const std::string base = name.substr(0, name.size() - group[0].size());
+      std::vector<Tensor*> parts;
+      for (const std::string& member : group) {
+        auto it = weights_.find(base + member);
+        if (it == weights_.end()) break;
+        parts.push_back(&it->second);
+      }
+      if (parts.size() != group.size()) continue;
+      const TensorView& first = parts[0]->view;
+      int64_t rows = 0;
+      bool stackable = true;
+      for (const Tensor* t : parts) {
+        const TensorView& v = t->view;
+        stackable = stackable && v.is_contiguous() && v.dtype == first.dtype && v.ndim == first.ndim &&
+                    (v.ndim == 1 || v.shape[1] == first.shape[1]);
+        rows += v.shape[0];
+      }
+      if (!stackable || first.ndim > 2) continue;
+      Tensor all = first.ndim == 1 ? ops_.alloc(first.dtype, {rows}) : ops_.alloc(first.dtype, {rows, first.shape[1]});
+      int64_t r0 = 0;
+      for (Tensor* t : parts) {
+        const int64_t n = t->view.shape[0];
+        ops_.copy(t->view, all.view.rows(r0, r0 + n));
+        *t = Tensor{all.view.rows(r0, r0 + n), all.storage};
+        r0 += n;
+      }
     }
   }
 }

@@ -71,6 +71,7 @@ class Qwen2Model {
                       const GradMap* grads);
   void add_weight(const std::string& name, TensorView host);
   void create_extra_params(const WeightStore* store);
+  void stack_weight_groups();
   TensorView weight(const std::string& name) const;
 
   HfConfig config_;

@@ -326,6 +326,46 @@ TEST_F(CudaOpsTest, Swiglu) {
       }
 }
 
+// gate and up as the column halves of one fused [n, 2d] GEMM output (the MLP's layout): the
+// row-strided fast path, forward and backward, against the CPU on contiguous copies.
+TEST_F(CudaOpsTest, SwigluColumnHalves) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 250;
+  for (DType dt : {DType::F32, DType::BF16})
+    for (int64_t n : {int64_t{1}, int64_t{7}, int64_t{129}})
+      for (int64_t d : {int64_t{4864}, int64_t{333}}) {
+        SCOPED_TRACE(std::string(rt::dtype_name(dt)) + " N=" + std::to_string(n) + " d=" + std::to_string(d));
+        Host hgu = randn({n, 2 * d}, ++seed, 2.f), hdo = randn({n, d}, ++seed);
+        Host hg{{n, d}, {}}, hu{{n, d}, {}};
+        for (int64_t r = 0; r < n; ++r)
+          for (int64_t c = 0; c < d; ++c) {
+            hg.v.push_back(hgu.v[r * 2 * d + c]);
+            hu.v.push_back(hgu.v[r * 2 * d + d + c]);
+          }
+        Tensor rg = cpu_tensor(hg, dt), ru = cpu_tensor(hu, dt), rdo = cpu_tensor(hdo, dt);
+        Tensor ref = alloc(DType::F32, {n, d}, *cpu), rdg = alloc(DType::F32, {n, d}, *cpu),
+               rdu = alloc(DType::F32, {n, d}, *cpu);
+        cpu->swiglu(rg, ru, ref);
+        cpu->swiglu_backward(rg, ru, rdo, rdg, rdu);
+
+        Tensor both = upload(hgu, dt);
+        const TensorView g = both.view.cols(0, d), u = both.view.cols(d, 2 * d);
+        Tensor out = poisoned(dt, {n, d});
+        gpu->swiglu(g, u, out);
+        EXPECT_LT(rel_err(download(out), host_values(ref)), tol(dt)) << "forward";
+        // Backward into the column halves of another fused buffer.
+        Tensor dboth = poisoned(dt, {n, 2 * d});
+        gpu->swiglu_backward(g, u, upload(hdo, dt), dboth.view.cols(0, d), dboth.view.cols(d, 2 * d));
+        std::vector<float> got = download(dboth), dg, du;
+        for (int64_t r = 0; r < n; ++r) {
+          dg.insert(dg.end(), got.begin() + r * 2 * d, got.begin() + r * 2 * d + d);
+          du.insert(du.end(), got.begin() + r * 2 * d + d, got.begin() + (r + 1) * 2 * d);
+        }
+        EXPECT_LT(rel_err(dg, host_values(rdg)), dt == DType::F32 ? 1e-5 : 2e-2) << "dgate";
+        EXPECT_LT(rel_err(du, host_values(rdu)), dt == DType::F32 ? 1e-5 : 2e-2) << "dup";
+      }
+}
+
 // ---- embedding ---------------------------------------------------------------------------------
 
 TEST_F(CudaOpsTest, Embedding) {
@@ -413,26 +453,6 @@ TEST_F(CudaOpsTest, RmsNorm) {
       }
 }
 
-TEST_F(CudaOpsTest, RmsNormResidualFused) {
-  SKIP_WITHOUT_GPU();
-  uint64_t seed = 500;
-  for (DType ddt : {DType::F32, DType::BF16})
-    for (DType ydt : {DType::F32, DType::BF16})
-      for (int64_t n : kRows)
-        for (int64_t d : kHidden) {
-          SCOPED_TRACE(std::string("delta ") + rt::dtype_name(ddt) + " y " + rt::dtype_name(ydt) +
-                       " N=" + std::to_string(n) + " d=" + std::to_string(d));
-          Host hx = randn({n, d}, ++seed, 2.f), hdl = randn({n, d}, ++seed), hw = randn({d}, ++seed, 0.2f, 1.f);
-          Tensor rx = cpu_tensor(hx), ry = alloc(DType::F32, {n, d}, *cpu);
-          cpu->add(rx, cpu_tensor(hdl, ddt), rx);
-          cpu->rmsnorm(rx, cpu_tensor(hw, DType::BF16), 1e-6f, ry);
-          Tensor x = upload(hx, DType::F32), y = poisoned(ydt, {n, d});
-          rt::cuda::rmsnorm_residual_forward(x, upload(hdl, ddt), upload(hw, DType::BF16), 1e-6f, y, stream);
-          EXPECT_LT(rel_err(download(x), host_values(rx)), 1e-6) << "residual";
-          EXPECT_LT(rel_err(download(y), host_values(ry)), tol(ydt)) << "normed";
-        }
-}
-
 // ---- rope --------------------------------------------------------------------------------------
 
 TEST_F(CudaOpsTest, Rope) {
@@ -467,7 +487,101 @@ TEST_F(CudaOpsTest, Rope) {
   EXPECT_LT(rel_err(download(buf), host_values(ref)), 1e-6);
 }
 
+// ---- qkv_rope_split ----------------------------------------------------------------------------
+
+// The fused split + RoPE of a QKV projection against the CPU (whose qkv_rope_split is the
+// composition copy + rope), and against the device's own copy + rope bit for bit. k and v are
+// written into strided views (the halves of one [T, 2, Hkv, D] buffer), as into a KV cache.
+TEST_F(CudaOpsTest, QkvRopeSplit) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 650;
+  struct Heads {
+    int64_t hq, hkv, d;
+  };
+  for (DType dt : {DType::F32, DType::BF16})
+    for (int64_t T : kRows)
+      for (Heads h : {Heads{14, 2, 64}, Heads{12, 2, 128}, Heads{6, 1, 64}})
+        for (int64_t pos0 : {int64_t{0}, int64_t{30001}}) {
+          SCOPED_TRACE(std::string(rt::dtype_name(dt)) + " T=" + std::to_string(T) + " Hq=" + std::to_string(h.hq) +
+                       " D=" + std::to_string(h.d) + " pos0=" + std::to_string(pos0));
+          const int64_t nq = h.hq * h.d, nk = h.hkv * h.d, n = nq + 2 * nk;
+          Host hqkv = randn({T, n}, ++seed);
+          Tensor cq = alloc(DType::F32, {T, h.hq, h.d}, *cpu), ck = alloc(DType::F32, {T, h.hkv, h.d}, *cpu),
+                 cv = alloc(DType::F32, {T, h.hkv, h.d}, *cpu);
+          cpu->qkv_rope_split(cpu_tensor(hqkv, dt), pos0, 1e6, cq, ck, cv);
+
+          Tensor qkv = upload(hqkv, dt);
+          Tensor q = poisoned(dt, {T, h.hq, h.d}), kv = poisoned(dt, {T, 2, h.hkv, h.d});
+          auto half = [&](int i) {
+            TensorView v = kv.view;
+            v.data = static_cast<char*>(kv.view.data) + i * nk * static_cast<int64_t>(rt::dtype_size(dt));
+            v.ndim = 3;
+            v.shape = {T, h.hkv, h.d, 0};
+            v.stride = {2 * nk, h.d, 1, 0};
+            return v;
+          };
+          gpu->qkv_rope_split(qkv, pos0, 1e6, q, half(0), half(1));
+          std::vector<float> got = download(kv), gk, gv;
+          for (int64_t t = 0; t < T; ++t) {
+            gk.insert(gk.end(), got.begin() + t * 2 * nk, got.begin() + t * 2 * nk + nk);
+            gv.insert(gv.end(), got.begin() + t * 2 * nk + nk, got.begin() + (t + 1) * 2 * nk);
+          }
+          EXPECT_LT(rel_err(download(q), host_values(cq)), tol(dt)) << "q";
+          EXPECT_LT(rel_err(gk, host_values(ck)), tol(dt)) << "k";
+          EXPECT_EQ(gv, rounded(host_values(cv), dt)) << "v is a copy";
+
+          // The device composition it replaces: identical bits.
+          Tensor q2 = poisoned(dt, {T, h.hq, h.d}), k2 = poisoned(dt, {T, h.hkv, h.d});
+          gpu->copy(rt::Ops::qkv_heads(qkv, 0, q2), q2);
+          gpu->copy(rt::Ops::qkv_heads(qkv, nq, k2), k2);
+          gpu->rope(q2, pos0, 1e6);
+          gpu->rope(k2, pos0, 1e6);
+          EXPECT_EQ(download(q2), download(q)) << "q vs copy + rope";
+          EXPECT_EQ(download(k2), gk) << "k vs copy + rope";
+        }
+}
+
+TEST_F(CudaOpsTest, QkvRopeSplitRejectsBadShapes) {
+  SKIP_WITHOUT_GPU();
+  Tensor qkv = poisoned(DType::BF16, {5, 14 * 64 + 2 * 2 * 64 - 64});
+  Tensor q = poisoned(DType::BF16, {5, 14, 64}), k = poisoned(DType::BF16, {5, 2, 64}),
+         v = poisoned(DType::BF16, {5, 2, 64});
+  try {
+    gpu->qkv_rope_split(qkv, 0, 1e6, q, k, v);
+    FAIL() << "expected an error";
+  } catch (const rt::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("qkv has 1088 columns"), std::string::npos) << e.what();
+  }
+}
+
 // ---- linear ------------------------------------------------------------------------------------
+
+// y += x W^T into an f32 residual (and the other output dtypes), against the CPU.
+TEST_F(CudaOpsTest, LinearAccumulate) {
+  SKIP_WITHOUT_GPU();
+  struct Case {
+    DType x, w, y;
+  };
+  const Case cases[] = {{DType::BF16, DType::BF16, DType::F32},
+                        {DType::F32, DType::BF16, DType::F32},  // x rounded to bf16 first
+                        {DType::BF16, DType::BF16, DType::BF16},
+                        {DType::F32, DType::F32, DType::F32}};
+  uint64_t seed = 680;
+  for (const Case& c : cases)
+    for (int64_t n : kRows)
+      for (auto [in, out] : {std::pair<int64_t, int64_t>{896, 896}, {4864, 896}, {333, 517}}) {
+        SCOPED_TRACE(std::string(rt::dtype_name(c.x)) + "x" + rt::dtype_name(c.w) + "+=" + rt::dtype_name(c.y) +
+                     " N=" + std::to_string(n) + " in=" + std::to_string(in) + " out=" + std::to_string(out));
+        Host hx = randn({n, in}, ++seed), hw = randn({out, in}, ++seed, 0.05f), hy = randn({n, out}, ++seed, 3.f);
+        Tensor ref = cpu_tensor(hy, c.y);
+        cpu->linear_accumulate(cpu_tensor(hx, c.x == c.w ? c.x : c.w), cpu_tensor(hw, c.w), ref);
+        Tensor y = upload(hy, c.y);
+        gpu->linear_accumulate(upload(hx, c.x), upload(hw, c.w), y);
+        const double t = c.y == DType::F32 ? (c.w == DType::F32 ? 1e-5 : 1e-4) : 1e-2;
+        EXPECT_LT(rel_err(download(y), host_values(ref)), t);
+      }
+}
+
 
 TEST_F(CudaOpsTest, Linear) {
   SKIP_WITHOUT_GPU();

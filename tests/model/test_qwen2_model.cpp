@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <numeric>
 
 #include "cpu/cpu_ops.h"
@@ -94,6 +95,33 @@ TEST(KvCache, OverflowIsAnError) {
   auto states = f.model->new_states(8);
   const auto ids = some_ids(9, 300);
   EXPECT_THROW(f.model->forward(ids, &states, true), rt::Error);
+}
+
+// The loader stores each layer's q/k/v weights, q/k/v biases and gate/up weights as consecutive
+// rows of one buffer (one GEMM per group), with every Hugging Face name still holding its values.
+TEST(StackedWeights, ProjectionGroupsShareOneBuffer) {
+  Fixture f("gqa_untied_f32", "full_causal", 0);
+  for (int layer = 0; layer < 2; ++layer) {
+    const std::string pre = "model.layers." + std::to_string(layer) + ".";
+    for (const char* kind : {"weight", "bias"}) {
+      std::vector<rt::TensorView> parts;
+      for (const char* proj : {"q_proj.", "k_proj.", "v_proj."})
+        parts.push_back(f.model->parameter(pre + "self_attn." + proj + kind));
+      const rt::TensorView all = rt::stacked_rows({parts[0], parts[1], parts[2]});
+      ASSERT_NE(all.data, nullptr) << pre << " q/k/v " << kind;
+      EXPECT_EQ(all.shape[0], parts[0].shape[0] + parts[1].shape[0] + parts[2].shape[0]);
+    }
+    EXPECT_NE(rt::stacked_rows({f.model->parameter(pre + "mlp.gate_proj.weight"),
+                                f.model->parameter(pre + "mlp.up_proj.weight")})
+                  .data,
+              nullptr);
+    for (const char* name : {"self_attn.k_proj.weight", "self_attn.v_proj.bias", "mlp.up_proj.weight"}) {
+      const rt::WeightInfo& stored = f.store.get(pre + name);
+      const rt::TensorView got = f.model->parameter(pre + name);
+      ASSERT_EQ(static_cast<size_t>(got.numel()) * sizeof(float), stored.nbytes) << name;
+      EXPECT_EQ(std::memcmp(got.data, stored.data, stored.nbytes), 0) << pre << name;
+    }
+  }
 }
 
 TEST(RandomInit, DeterministicInSeed) {

@@ -48,4 +48,43 @@ TEST(TensorView, ReshapeAndRowsCheckBounds) {
   EXPECT_EQ(t.rows(1, 2).ptr<float>(), buf.data() + 12);
 }
 
+TEST(TensorView, ColsSlicesTheLastDimension) {
+  std::vector<float> buf(6 * 10);
+  TensorView all = TensorView::contiguous(buf.data(), DType::F32, Device::CPU, {6, 10});
+  TensorView right = all.cols(4, 10);
+  EXPECT_EQ(right.data, buf.data() + 4);
+  EXPECT_EQ(right.shape[0], 6);
+  EXPECT_EQ(right.shape[1], 6);
+  EXPECT_EQ(right.stride[0], 10);
+  EXPECT_FALSE(right.is_contiguous());
+  EXPECT_FALSE(rt::views_overlap(all.cols(0, 4), right));
+  EXPECT_THROW(all.cols(4, 11), std::out_of_range);
+  EXPECT_THROW(all.cols(5, 4), std::out_of_range);
+}
+
+// q/k/v (and gate/up) weights stored as consecutive rows are seen as one matrix; anything else
+// (a gap, another width, another dtype, the wrong order) is not.
+TEST(StackedRows, ConsecutiveRowsOnly) {
+  std::vector<float> buf(20 * 8);
+  TensorView all = TensorView::contiguous(buf.data(), DType::F32, Device::CPU, {20, 8});
+  TensorView q = all.rows(0, 14), k = all.rows(14, 16), v = all.rows(16, 18);
+  TensorView qkv = rt::stacked_rows({q, k, v});
+  EXPECT_EQ(qkv.data, buf.data());
+  EXPECT_EQ(qkv.shape[0], 18);
+  EXPECT_EQ(qkv.shape[1], 8);
+  EXPECT_EQ(qkv.stride[0], 8);
+  EXPECT_EQ(rt::stacked_rows({q, v}).data, nullptr);     // a gap
+  EXPECT_EQ(rt::stacked_rows({k, q}).data, nullptr);     // wrong order
+  EXPECT_EQ(rt::stacked_rows({q, TensorView{}}).data, nullptr);
+  TensorView narrow = TensorView::contiguous(buf.data() + 14 * 8, DType::F32, Device::CPU, {2, 4});
+  EXPECT_EQ(rt::stacked_rows({q, narrow}).data, nullptr);  // another width
+  TensorView other = k;
+  other.dtype = DType::I32;
+  EXPECT_EQ(rt::stacked_rows({q, other}).data, nullptr);
+  // Biases: 1-D pieces.
+  std::vector<float> b(18);
+  TensorView ball = TensorView::contiguous(b.data(), DType::F32, Device::CPU, {18});
+  EXPECT_EQ(rt::stacked_rows({ball.rows(0, 14), ball.rows(14, 16), ball.rows(16, 18)}).shape[0], 18);
+}
+
 }  // namespace

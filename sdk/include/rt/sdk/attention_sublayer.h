@@ -47,26 +47,42 @@ class KvCache : public AttentionState {
     int64_t k_pos0;
     bool unordered = false;  // rows are ring slots, not positions: every row is visible, no mask
   };
+  // Where the next T rows can be written in place, so that the projection writes them straight
+  // into the cache: every row of a full cache, and the one slot of a decode step in a ring.
+  // Empty views when append() has to reorder (a ring taking several tokens) or the cache is full.
+  struct Rows {
+    TensorView k, v;
+  };
+  Rows rows_in_place(int64_t T, int64_t window) const {
+    if (seen_ + T > max_tokens_) return {};
+    if (!ring_) return {k_.view.rows(seen_, seen_ + T), v_.view.rows(seen_, seen_ + T)};
+    if (T == 1 && window == ring_) {
+      const int64_t slot = seen_ % ring_;
+      return {k_.view.rows(slot, slot + 1), v_.view.rows(slot, slot + 1)};
+    }
+    return {};
+  }
+  // After T rows were written into rows_in_place(T, window): the keys/values to attend over.
+  Window commit_in_place(int64_t T, int64_t window) {
+    RT_CHECK(rows_in_place(T, window).k.data != nullptr, "KvCache::commit_in_place: ", T,
+             " rows at position ", seen_, " cannot be written in place");
+    seen_ += T;
+    if (!ring_) return {k_.view.rows(0, seen_), v_.view.rows(0, seen_), 0};
+    // Decode: after writing the new token, the ring holds exactly the keys it may see (at most
+    // W, all inside its window), so attend over the slots as they are, without reordering.
+    const int64_t valid = std::min(seen_, ring_);
+    return {k_.view.rows(0, valid), v_.view.rows(0, valid), 0, true};
+  }
+
   Window append(Ops& ops, TensorView k, TensorView v, int64_t window) {
     const int64_t T = k.shape[0];
     const int64_t p0 = seen_;
     RT_CHECK(p0 + T <= max_tokens_, "KV cache full: ", p0 + T, " positions requested, cache sized for ",
              max_tokens_);
-    if (!ring_) {
-      ops.copy(k, k_.view.rows(p0, p0 + T));
-      ops.copy(v, v_.view.rows(p0, p0 + T));
-      seen_ += T;
-      return {k_.view.rows(0, p0 + T), v_.view.rows(0, p0 + T), 0};
-    }
-    if (T == 1 && window == ring_) {
-      // Decode: after writing the new token, the ring holds exactly the keys it may see (at most
-      // W, all inside its window), so attend over the slots as they are, without reordering.
-      const int64_t slot = p0 % ring_;
-      ops.copy(k, k_.view.rows(slot, slot + 1));
-      ops.copy(v, v_.view.rows(slot, slot + 1));
-      seen_ += 1;
-      const int64_t valid = std::min(seen_, ring_);
-      return {k_.view.rows(0, valid), v_.view.rows(0, valid), 0, true};
+    if (const Rows r = rows_in_place(T, window); r.k.data != nullptr) {
+      ops.copy(k, r.k);
+      ops.copy(v, r.v);
+      return commit_in_place(T, window);
     }
     // Ring: keys p0-(W-1) .. p0-1 come from the cache, in position order, then the new rows.
     const int64_t first = std::max<int64_t>(0, p0 - (window - 1));
@@ -145,21 +161,35 @@ inline AttentionSpec sublayer_attention_spec(const ModelDims& d, const Attention
   return as;
 }
 
-inline Qkv project_qkv(const LayerContext& ctx, const AttentionSublayerSpec& spec, TensorView h, int64_t pos0) {
+// k_dst, v_dst: where k and v go when given (KV-cache rows, KvCache::rows_in_place); otherwise
+// they are allocated. When the model stores the q/k/v weights (and biases) as consecutive rows of
+// one buffer (stacked_rows), this is one GEMM plus one split-and-rotate pass.
+inline Qkv project_qkv(const LayerContext& ctx, const AttentionSublayerSpec& spec, TensorView h, int64_t pos0,
+                       TensorView k_dst = TensorView{}, TensorView v_dst = TensorView{}) {
   Ops& ops = *ctx.ops;
   const ModelDims& d = *ctx.dims;
   const LayerParams& p = *ctx.params;
   const int64_t T = h.shape[0];
   const DType act = ops.activation_dtype();
-  Qkv r{ops.alloc(act, {T, d.n_heads, d.head_dim}), ops.alloc(act, {T, d.n_kv_heads, d.head_dim}),
-        ops.alloc(act, {T, d.n_kv_heads, d.head_dim})};
-  ops.linear(h, p.get(spec.prefix + "q_proj.weight"), p.get(spec.prefix + "q_proj.bias"),
-             r.q.view.reshaped({T, d.n_heads * d.head_dim}));
-  ops.linear(h, p.get(spec.prefix + "k_proj.weight"), p.get(spec.prefix + "k_proj.bias"),
-             r.k.view.reshaped({T, d.n_kv_heads * d.head_dim}));
-  ops.linear(h, p.get(spec.prefix + "v_proj.weight"), p.get(spec.prefix + "v_proj.bias"),
-             r.v.view.reshaped({T, d.n_kv_heads * d.head_dim}));
+  auto kv_out = [&](TensorView dst) {
+    return dst.data ? Tensor{dst, nullptr} : ops.alloc(act, {T, d.n_kv_heads, d.head_dim});
+  };
+  Qkv r{ops.alloc(act, {T, d.n_heads, d.head_dim}), kv_out(k_dst), kv_out(v_dst)};
+  const TensorView w[3] = {p.get(spec.prefix + "q_proj.weight"), p.get(spec.prefix + "k_proj.weight"),
+                           p.get(spec.prefix + "v_proj.weight")};
+  const TensorView b[3] = {p.get(spec.prefix + "q_proj.bias"), p.get(spec.prefix + "k_proj.bias"),
+                           p.get(spec.prefix + "v_proj.bias")};
   const double theta = sublayer_theta(d, spec);
+  const TensorView w_qkv = stacked_rows({w[0], w[1], w[2]}), b_qkv = stacked_rows({b[0], b[1], b[2]});
+  if (w_qkv.data && b_qkv.data) {
+    Tensor qkv = ops.alloc(act, {T, w_qkv.shape[0]});
+    ops.linear(h, w_qkv, b_qkv, qkv);
+    ops.qkv_rope_split(qkv, pos0, theta, r.q, r.k, r.v);
+    return r;
+  }
+  Tensor* outs[3] = {&r.q, &r.k, &r.v};
+  for (int i = 0; i < 3; ++i)
+    ops.linear(h, w[i], b[i], outs[i]->view.reshaped({T, outs[i]->view.shape[1] * d.head_dim}));
   ops.rope(r.q, pos0, theta);
   ops.rope(r.k, pos0, theta);
   return r;
@@ -207,12 +237,14 @@ inline void attention_sublayer_forward(const LayerContext& ctx, const AttentionS
   const DType act = ops.activation_dtype();
   Tensor h = normed ? *normed : ops.alloc(act, {T, d.hidden});
   if (!normed) ops.rmsnorm(x, p.get(spec.norm), d.rms_eps, h);
-  Qkv qkv = project_qkv(ctx, spec, h, pos0);
+  const KvCache::Rows in_cache = cache ? cache->rows_in_place(T, spec.window) : KvCache::Rows{};
+  Qkv qkv = project_qkv(ctx, spec, h, pos0, in_cache.k, in_cache.v);
 
   AttentionSpec as = sublayer_attention_spec(d, spec, pos0);
   Tensor o = ops.alloc(act, {T, d.n_heads, d.head_dim});
   if (cache) {
-    KvCache::Window w = cache->append(ops, qkv.k, qkv.v, spec.window);
+    KvCache::Window w = in_cache.k.data ? cache->commit_in_place(T, spec.window)
+                                        : cache->append(ops, qkv.k, qkv.v, spec.window);
     as.k_pos0 = w.k_pos0;
     if (w.unordered) {
       as.causal = false;
@@ -223,10 +255,15 @@ inline void attention_sublayer_forward(const LayerContext& ctx, const AttentionS
     ops.attention(qkv.q, qkv.k, qkv.v, o, as);
   }
 
+  const TensorView o2 = o.view.reshaped({T, d.n_heads * d.head_dim});
+  const TensorView wo = p.get(spec.prefix + "o_proj.weight");
+  if (!gate.data) {
+    ops.linear_accumulate(o2, wo, x);  // the residual add rides on the GEMM
+    return;
+  }
   Tensor a = ops.alloc(act, {T, d.hidden});
-  ops.linear(o.view.reshaped({T, d.n_heads * d.head_dim}), p.get(spec.prefix + "o_proj.weight"),
-             TensorView{}, a);
-  if (gate.data) ops.row_scale(a, gate, a);
+  ops.linear(o2, wo, TensorView{}, a);
+  ops.row_scale(a, gate, a);
   ops.add(x, a, x);
 }
 
@@ -261,17 +298,18 @@ inline SublayerActivations attention_sublayer_forward_train(const LayerContext& 
   s.o = ops.alloc(act, {T, d.n_heads, d.head_dim});
   s.lse = ops.alloc(ops.accum_dtype(), {d.n_heads, T});
   ops.attention_forward_lse(s.qkv.q, s.qkv.k, s.qkv.v, s.o, s.lse, sublayer_attention_spec(d, spec, 0));
-  Tensor a = ops.alloc(act, {T, d.hidden});
-  ops.linear(s.o.view.reshaped({T, d.n_heads * d.head_dim}), p.get(spec.prefix + "o_proj.weight"), TensorView{},
-             a);
-  if (gate.data) {
-    Tensor ga = ops.alloc(act, {T, d.hidden});
-    ops.row_scale(a, gate, ga);
-    ops.add(x, ga, x);
-    s.a = std::move(a);
-  } else {
-    ops.add(x, a, x);
+  const TensorView o2 = s.o.view.reshaped({T, d.n_heads * d.head_dim});
+  const TensorView wo = p.get(spec.prefix + "o_proj.weight");
+  if (!gate.data) {
+    ops.linear_accumulate(o2, wo, x);
+    return s;
   }
+  Tensor a = ops.alloc(act, {T, d.hidden});
+  ops.linear(o2, wo, TensorView{}, a);
+  Tensor ga = ops.alloc(act, {T, d.hidden});
+  ops.row_scale(a, gate, ga);
+  ops.add(x, ga, x);
+  s.a = std::move(a);
   return s;
 }
 

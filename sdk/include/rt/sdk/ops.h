@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "rt/sdk/error.h"
 #include "rt/sdk/tensor.h"
 
 namespace rt {
@@ -80,6 +81,45 @@ class Ops {
   virtual void add(TensorView a, TensorView b, TensorView out) = 0;
   // out = silu(gate) * up (elementwise).
   virtual void swiglu(TensorView gate, TensorView up, TensorView out) = 0;
+
+  // ---- Fused forward steps. Each default is the composition it replaces, so a backend that does
+  // not fuse is still correct; the CUDA backend overrides them to save launches and passes. ----
+
+  // y += x W^T, no bias: a projection added straight into the residual stream y (which may have
+  // a wider dtype than x, e.g. f32 residual and bf16 activations). CUDA runs it as one GEMM with
+  // beta = 1, so the residual add costs no kernel of its own.
+  // x [N, in], W [out, in], y [N, out].
+  virtual void linear_accumulate(TensorView x, TensorView w, TensorView y) {
+    RT_CHECK(y.ndim == 2, "linear_accumulate: argument 'y' must be 2-D [N, out], found shape ", y.shape_str());
+    Tensor t = alloc(y.dtype, {y.shape[0], y.shape[1]});
+    linear(x, w, TensorView{}, t);
+    add(y, t, y);
+  }
+  // The output of one fused QKV projection, qkv [T, (Hq + 2 Hkv) D] (q | k | v columns), split
+  // into q [T, Hq, D], k, v [T, Hkv, D] (any row/head strides: k and v may be KV-cache rows),
+  // with rotary embedding at positions pos0.. applied to q and k on the way.
+  virtual void qkv_rope_split(TensorView qkv, int64_t pos0, double theta, TensorView q, TensorView k,
+                              TensorView v) {
+    RT_CHECK(qkv.ndim == 2 && q.ndim == 3 && k.ndim == 3 && v.ndim == 3 && qkv.stride[1] == 1,
+             "qkv_rope_split: expected qkv [T, n] with unit column stride and q, k, v [T, H, D], found ",
+             qkv.shape_str(), ", ", q.shape_str(), ", ", k.shape_str(), ", ", v.shape_str());
+    const int64_t nq = q.shape[1] * q.shape[2], nk = k.shape[1] * k.shape[2], nv = v.shape[1] * v.shape[2];
+    RT_CHECK(qkv.shape[1] == nq + nk + nv, "qkv_rope_split: qkv has ", qkv.shape[1], " columns; q, k, v need ",
+             nq + nk + nv);
+    copy(qkv_heads(qkv, 0, q), q);
+    copy(qkv_heads(qkv, nq, k), k);
+    copy(qkv_heads(qkv, nq + nk, v), v);
+    rope(q, pos0, theta);
+    rope(k, pos0, theta);
+  }
+  // Columns c0.. of qkv [T, n] seen as [T, H, D] with like's H and D.
+  static TensorView qkv_heads(TensorView qkv, int64_t c0, const TensorView& like) {
+    TensorView s = qkv.cols(c0, c0 + like.shape[1] * like.shape[2]);
+    s.ndim = 3;
+    s.shape = {qkv.shape[0], like.shape[1], like.shape[2], 0};
+    s.stride = {qkv.stride[0], like.shape[2], 1, 0};
+    return s;
+  }
 
   // ---- Training. Backward ops and the small elementwise ops routers and L2A need. -------------
   // Conventions: "+=" outputs accumulate into what is there (parameter gradients summed over

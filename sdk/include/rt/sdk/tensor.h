@@ -94,6 +94,15 @@ struct TensorView {
     v.shape[0] = end - begin;
     return v;
   }
+  // Entries [begin, end) of the last dimension (a column slice), same layout otherwise.
+  TensorView cols(int64_t begin, int64_t end) const {
+    if (ndim < 1 || begin < 0 || end > shape[ndim - 1] || begin > end)
+      throw std::out_of_range("TensorView::cols: range out of bounds");
+    TensorView v = *this;
+    v.data = static_cast<char*>(data) + begin * stride[ndim - 1] * static_cast<int64_t>(dtype_size(dtype));
+    v.shape[ndim - 1] = end - begin;
+    return v;
+  }
   // Same memory, new contiguous shape with the same element count.
   TensorView reshaped(std::initializer_list<int64_t> dims) const {
     if (!is_contiguous()) throw std::invalid_argument("TensorView::reshaped: view is not contiguous");
@@ -107,6 +116,29 @@ struct TensorView {
     return s + "]";
   }
 };
+
+// parts stacked along dimension 0, as one view, when they are consecutive rows of one buffer
+// (same dtype, device, trailing shape and strides, each starting where the previous one ends);
+// an empty view otherwise. The runtime stores q/k/v and gate/up weights this way so that one
+// GEMM computes them all.
+inline TensorView stacked_rows(std::initializer_list<TensorView> parts) {
+  if (parts.size() == 0) return {};
+  const TensorView& first = *parts.begin();
+  if (first.data == nullptr || first.ndim < 1) return {};
+  TensorView all = first;
+  for (auto it = parts.begin() + 1; it != parts.end(); ++it) {
+    const TensorView& p = *it;
+    const char* next = static_cast<const char*>(all.data) +
+                       all.shape[0] * all.stride[0] * static_cast<int64_t>(dtype_size(all.dtype));
+    if (p.data != next || p.dtype != all.dtype || p.device != all.device || p.ndim != all.ndim ||
+        p.stride[0] != all.stride[0])
+      return {};
+    for (int i = 1; i < p.ndim; ++i)
+      if (p.shape[i] != all.shape[i] || p.stride[i] != all.stride[i]) return {};
+    all.shape[0] += p.shape[0];
+  }
+  return all;
+}
 
 // True when two views may share an element (e.g. an op's output overlapping an input). Byte
 // ranges decide, except that views with equal strides whose rows interleave without touching
