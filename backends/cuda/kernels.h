@@ -72,6 +72,13 @@ void check_matmul_operands(const char* op, const TensorView& a, const TensorView
 // layout): the fallback of matmul() when cuBLASLt has no algorithm. Any float dtypes.
 void gemm_simple_matmul(TensorView a, bool trans_a, TensorView b, bool trans_b, TensorView d, bool accumulate,
                         cudaStream_t stream);
+// gemv.cu: y (= or += when accumulate) x W^T (+ b) for at most kGemvMaxRows rows of x (decode), bf16
+// W with 16-byte aligned rows, x bf16 or f32 (rounded to bf16), y bf16 or f32, fp32 accumulation.
+// linear() and linear_accumulate() route here when gemv_applies: one launch instead of a
+// cublasLtMatmul call, whose host cost dominated a decode step.
+inline constexpr int64_t kGemvMaxRows = 4;
+bool gemv_applies(const TensorView& x, const TensorView& w, const TensorView& y);
+void gemv_forward(TensorView x, TensorView w, TensorView bias, TensorView y, bool accumulate, cudaStream_t stream);
 // y[r, :] += bias (for GEMMs whose bias could not be fused into the epilogue).
 void bias_add_forward(TensorView y, TensorView bias, cudaStream_t stream);
 

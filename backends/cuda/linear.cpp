@@ -192,6 +192,10 @@ void GemmContext::linear(TensorView x, TensorView w, TensorView bias, TensorView
     return;
   }
 
+  if (gemv_applies(x, w, y)) {  // a decode step: one launch, no cublasLtMatmul host cost
+    gemv_forward(x, w, bias, y, /*accumulate=*/false, stream);
+    return;
+  }
   // Bring x to W's dtype (W is the big operand: never convert it), and compute into an f32
   // buffer when y's dtype is not one cuBLASLt writes for this input type.
   std::unique_ptr<Scratch> xs, ys;
@@ -319,6 +323,12 @@ void linear_accumulate(GemmContext& ctx, TensorView x, TensorView w, TensorView 
   check_dim(op, "w", w, 1, x.shape[1], "in features, x.shape[1]");
   check_dim(op, "y", y, 0, x.shape[0], "rows, x.shape[0]");
   check_dim(op, "y", y, 1, w.shape[0], "out features, w.shape[0]");
+  RT_CHECK(!views_overlap(y, x) && !views_overlap(y, w), "linear_accumulate: output 'y' overlaps an input");
+  if (x.shape[0] == 0 || w.shape[0] == 0) return;
+  if (gemv_applies(x, w, y)) {
+    gemv_forward(x, w, TensorView{}, y, /*accumulate=*/true, stream);
+    return;
+  }
   std::vector<std::unique_ptr<Scratch>> keep;
   const TensorView xg = as_dtype(x, w.dtype, keep, stream, "linear_accumulate (x convert)");
   if (y.dtype == DType::F32 || (y.dtype == w.dtype && w.dtype != DType::F32)) {

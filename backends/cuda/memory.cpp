@@ -47,7 +47,7 @@ std::string gib(size_t b) {
 
 }  // namespace
 
-void* malloc_async(size_t bytes, cudaStream_t stream, const std::string& what) {
+void* malloc_async(size_t bytes, cudaStream_t stream, const std::function<std::string()>& what) {
   void* p = nullptr;
   cudaError_t e = cudaMallocAsync(&p, bytes, stream);
   if (e == cudaErrorMemoryAllocation) {
@@ -64,7 +64,7 @@ void* malloc_async(size_t bytes, cudaStream_t stream, const std::string& what) {
   }
   if (e != cudaSuccess) {
     (void)cudaGetLastError();
-    fail_alloc(bytes, what, e);
+    fail_alloc(bytes, what(), e);
   }
   return p;
 }
@@ -83,8 +83,9 @@ Tensor device_alloc(const std::shared_ptr<StreamHandle>& stream, DType dtype, st
   const size_t bytes = count * dtype_size(dtype);
   // Never 0 bytes, so that data is non-null like the CPU backend's; 256 keeps every row aligned.
   const size_t padded = bytes == 0 ? 256 : (bytes + 255) / 256 * 256;
-  void* p = malloc_async(padded, stream->get(),
-                         std::string("a ") + dtype_name(dtype) + " tensor of shape " + shown.shape_str());
+  void* p = malloc_async(padded, stream->get(), [&] {
+    return std::string("a ") + dtype_name(dtype) + " tensor of shape " + shown.shape_str();
+  });
   Tensor t;
   std::shared_ptr<StreamHandle> keep = stream;
   t.storage = std::shared_ptr<void>(p, [keep](void* q) {
@@ -96,7 +97,7 @@ Tensor device_alloc(const std::shared_ptr<StreamHandle>& stream, DType dtype, st
 }
 
 Scratch::Scratch(size_t bytes, cudaStream_t stream, const char* what) : bytes_(bytes), stream_(stream) {
-  ptr_ = malloc_async(bytes == 0 ? 256 : bytes, stream, std::string("scratch for ") + what);
+  ptr_ = malloc_async(bytes == 0 ? 256 : bytes, stream, [what] { return std::string("scratch for ") + what; });
 }
 
 Scratch::~Scratch() {

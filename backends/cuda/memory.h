@@ -8,6 +8,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstddef>
+#include <functional>
 #include <initializer_list>
 #include <memory>
 #include <string>
@@ -55,7 +56,8 @@ class Scratch {
 };
 
 // Stream-ordered allocation that throws the descriptive out-of-memory error. On OOM it first
-// returns the pool's cached blocks to the driver and retries once.
-void* malloc_async(size_t bytes, cudaStream_t stream, const std::string& what);
+// returns the pool's cached blocks to the driver and retries once. `what` (called only on failure,
+// so a decode step's many small allocations build no strings) names what was being allocated.
+void* malloc_async(size_t bytes, cudaStream_t stream, const std::function<std::string()>& what);
 
 }  // namespace rt::cuda

@@ -76,11 +76,15 @@ __global__ void rmsnorm_warp_kernel(const float* __restrict__ x, const __nv_bflo
   }
 }
 
+// Below this many rows (a decode step's one token) a whole block per row is faster than one warp:
+// the row's loads spread over more threads, so the latency of a lone row is shorter.
+constexpr int64_t kMinWarpRows = 64;
+
 // True when the fast path took the call.
 bool rmsnorm_fast(const TensorView& x, const TensorView& w, float eps, const TensorView& y, int64_t rows, int64_t d,
                   cudaStream_t stream) {
   if (x.dtype != DType::F32 || w.dtype != DType::BF16 || y.dtype != DType::BF16 || !x.is_contiguous() ||
-      !y.is_contiguous() || !w.is_contiguous() || d > 32 * 64)
+      !y.is_contiguous() || !w.is_contiguous() || d > 32 * 64 || rows < kMinWarpRows)
     return false;
   const int warps = 8;
   const unsigned blocks = static_cast<unsigned>((rows + warps - 1) / warps);

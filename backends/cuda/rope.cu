@@ -65,26 +65,32 @@ struct HeadsOut {  // an output [T, H, D] view
 };
 
 // qkv row t = [q heads | k heads | v heads], each head D wide: q and k rotated into their outputs,
-// v copied. One thread per (position, frequency pair), as rope_kernel.
-__global__ void qkv_rope_split_kernel(const void* qkv, DType dt, int64_t ld, int64_t T, int64_t D, HeadsOut q,
-                                      HeadsOut k, HeadsOut v, int64_t pos0, float base) {
-  const int64_t half = D / 2;
-  const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (idx >= T * half) return;
-  const int64_t t = idx / half, i = idx % half;
-  float c, s;
-  rope_cos_sin(pos0 + t, i, D, base, c, s);
-  const int64_t row = t * ld + i;
-  for (int64_t h = 0; h < q.H; ++h)
-    rotate_pair<false>(qkv, row + h * D, q.data, t * q.s0 + h * q.s1 + i, dt, q.dtype, half, c, s);
-  const int64_t k0 = row + q.H * D;
-  for (int64_t h = 0; h < k.H; ++h)
-    rotate_pair<false>(qkv, k0 + h * D, k.data, t * k.s0 + h * k.s1 + i, dt, k.dtype, half, c, s);
-  const int64_t v0 = k0 + k.H * D;
-  for (int64_t h = 0; h < v.H; ++h) {
-    const int64_t o = t * v.s0 + h * v.s1 + i;
-    store_f(v.data, o, v.dtype, load_f(qkv, v0 + h * D, dt));
-    store_f(v.data, o + half, v.dtype, load_f(qkv, v0 + h * D + half, dt));
+// v copied. One block per position: its threads first compute the D/2 (cos, sin) pairs into
+// shared memory, then share out the (head, pair) elements. (One thread per pair looping over the
+// heads, as rope_kernel does, makes a decode step's single position a chain of 18 dependent
+// load/store round trips.)
+__global__ void qkv_rope_split_kernel(const void* qkv, DType dt, int64_t ld, int D, HeadsOut q, HeadsOut k, HeadsOut v,
+                                      int64_t pos0, float base) {
+  extern __shared__ float cos_sin[];  // [D/2] cos, then [D/2] sin
+  const int half = D / 2;
+  const int64_t t = blockIdx.x;
+  for (int i = threadIdx.x; i < half; i += blockDim.x) rope_cos_sin(pos0 + t, i, D, base, cos_sin[i], cos_sin[half + i]);
+  __syncthreads();
+  const int hq = static_cast<int>(q.H), hk = static_cast<int>(k.H);
+  const int n = (hq + hk + static_cast<int>(v.H)) * half;
+  for (int e = threadIdx.x; e < n; e += blockDim.x) {
+    const int h = e / half, i = e - h * half;
+    const int64_t src = t * ld + static_cast<int64_t>(h) * D + i;
+    const float c = cos_sin[i], s = cos_sin[half + i];
+    if (h < hq) {
+      rotate_pair<false>(qkv, src, q.data, t * q.s0 + h * q.s1 + i, dt, q.dtype, half, c, s);
+    } else if (h < hq + hk) {
+      rotate_pair<false>(qkv, src, k.data, t * k.s0 + (h - hq) * k.s1 + i, dt, k.dtype, half, c, s);
+    } else {
+      const int64_t o = t * v.s0 + (h - hq - hk) * v.s1 + i;
+      store_f(v.data, o, v.dtype, load_f(qkv, src, dt));
+      store_f(v.data, o + half, v.dtype, load_f(qkv, src + half, dt));
+    }
   }
 }
 
@@ -146,11 +152,11 @@ void qkv_rope_split_forward(TensorView qkv, int64_t pos0, double theta, TensorVi
            " and v ", v.shape_str(), " need ", n);
   check_rope_range(op, pos0, T, theta);
   if (T == 0 || D == 0) return;
+  RT_CHECK(T <= INT32_MAX && n <= INT32_MAX, op, ": ", T, " rows of ", n, " columns exceed the launch limits");
   auto heads = [](const TensorView& t) { return HeadsOut{t.data, t.dtype, t.shape[1], t.stride[0], t.stride[1]}; };
-  const int64_t pairs = T * (D / 2);
-  const int threads = 128;
-  qkv_rope_split_kernel<<<static_cast<unsigned>((pairs + threads - 1) / threads), threads, 0, stream>>>(
-      qkv.data, qkv.dtype, qkv.stride[0], T, D, heads(q), heads(k), heads(v), pos0, static_cast<float>(theta));
+  qkv_rope_split_kernel<<<static_cast<unsigned>(T), 128, static_cast<size_t>(D) * sizeof(float), stream>>>(
+      qkv.data, qkv.dtype, qkv.stride[0], static_cast<int>(D), heads(q), heads(k), heads(v), pos0,
+      static_cast<float>(theta));
   CUDA_CHECK_LAUNCH();
 }
 

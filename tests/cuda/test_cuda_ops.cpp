@@ -556,6 +556,50 @@ TEST_F(CudaOpsTest, QkvRopeSplitRejectsBadShapes) {
 
 // ---- linear ------------------------------------------------------------------------------------
 
+// The decode GEMV (at most kGemvMaxRows rows, bf16 W) behind linear and linear_accumulate, and
+// the cuBLASLt path just past it (5 rows) and beside it (K not a multiple of 8, x misaligned).
+TEST_F(CudaOpsTest, LinearFewRowsGemv) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 690;
+  for (DType xdt : {DType::BF16, DType::F32})
+    for (DType ydt : {DType::BF16, DType::F32})
+      for (int64_t n : {int64_t{1}, int64_t{2}, int64_t{3}, int64_t{4}, int64_t{5}})
+        for (auto [in, out] : {std::pair<int64_t, int64_t>{896, 1152}, {896, 9728}, {4864, 896}, {1536, 256},
+                               {333, 517}})
+          for (bool accumulate : {false, true}) {
+            SCOPED_TRACE(std::string(rt::dtype_name(xdt)) + "->" + rt::dtype_name(ydt) + " N=" + std::to_string(n) +
+                         " in=" + std::to_string(in) + " out=" + std::to_string(out) + (accumulate ? " +=" : ""));
+            Host hx = randn({n, in}, ++seed), hw = randn({out, in}, ++seed, 0.05f), hb = randn({out}, ++seed),
+                 hy = randn({n, out}, ++seed, 2.f);
+            Tensor ref = accumulate ? cpu_tensor(hy, ydt) : alloc(DType::F32, {n, out}, *cpu);
+            Tensor cx = cpu_tensor(hx, DType::BF16), cw = cpu_tensor(hw, DType::BF16);
+            if (accumulate) cpu->linear_accumulate(cx, cw, ref);
+            else cpu->linear(cx, cw, cpu_tensor(hb, DType::BF16), ref);
+            Tensor y = accumulate ? upload(hy, ydt) : poisoned(ydt, {n, out});
+            Tensor x = upload(hx, xdt), w = upload(hw, DType::BF16);
+            if (accumulate) gpu->linear_accumulate(x, w, y);
+            else gpu->linear(x, w, upload(hb, DType::BF16), y);
+            EXPECT_LT(rel_err(download(y), host_values(ref)), ydt == DType::F32 ? 1e-4 : 1e-2);
+          }
+  // Rows with a stride (a row slice of a wider x) and a misaligned x (cuBLASLt takes it).
+  Host hx = randn({3, 2 * 896}, 1), hw = randn({640, 896}, 2, 0.05f);
+  Tensor x = upload(hx, DType::BF16), w = upload(hw, DType::BF16);
+  Host hxs{{3, 896}, {}};
+  for (int64_t r = 0; r < 3; ++r) hxs.v.insert(hxs.v.end(), hx.v.begin() + r * 1792, hx.v.begin() + r * 1792 + 896);
+  Tensor ref = alloc(DType::F32, {3, 640}, *cpu);
+  cpu->linear(cpu_tensor(hxs, DType::BF16), cpu_tensor(hw, DType::BF16), TensorView{}, ref);
+  Tensor y = poisoned(DType::F32, {3, 640});
+  gpu->linear(x.view.cols(0, 896), w, TensorView{}, y);
+  EXPECT_LT(rel_err(download(y), host_values(ref)), 1e-4) << "strided rows";
+  Host h1 = randn({1, 897}, 3);
+  Tensor x1 = upload(h1, DType::BF16);
+  Tensor ref1 = alloc(DType::F32, {1, 640}, *cpu), y1 = poisoned(DType::F32, {1, 640});
+  Host h1s{{1, 896}, std::vector<float>(h1.v.begin() + 1, h1.v.end())};
+  cpu->linear(cpu_tensor(h1s, DType::BF16), cpu_tensor(hw, DType::BF16), TensorView{}, ref1);
+  gpu->linear(x1.view.cols(1, 897), w, TensorView{}, y1);
+  EXPECT_LT(rel_err(download(y1), host_values(ref1)), 1e-4) << "misaligned x";
+}
+
 // y += x W^T into an f32 residual (and the other output dtypes), against the CPU.
 TEST_F(CudaOpsTest, LinearAccumulate) {
   SKIP_WITHOUT_GPU();

@@ -1,5 +1,10 @@
-// Per-op timings of one Qwen2.5 decoder layer on the CUDA backend, to see where prefill time goes:
-//   build/bin/bench_cuda_ops [T=4096] [hidden=896 heads=14 kv=2 inter=4864]
+// Per-op costs of one Qwen2.5 decoder layer on the CUDA backend, as the model runs it (fused QKV
+// GEMM + split/RoPE, GEMMs accumulating into the f32 residual, fused gate/up GEMM):
+//   build/bin/bench_cuda_ops [T=4096] [hidden=896 heads=14 kv=2 inter=4864] [context=4096]
+// Two columns per op: device time per call (back-to-back calls, synchronized at the end) and host
+// time per call (the time to enqueue a few calls, no synchronization in between). T = 1 is a
+// decode step: when the host column is the larger, decode is bound by the host, not the GPU.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -10,13 +15,31 @@
 
 namespace {
 
-double time_ms(rt::Ops& ops, const std::function<void()>& f, int reps = 20) {
+using Clock = std::chrono::steady_clock;
+
+struct Cost {
+  double device_us, host_us;
+};
+
+Cost measure(rt::Ops& ops, const std::function<void()>& f) {
   f();
   ops.synchronize();
-  const auto t0 = std::chrono::steady_clock::now();
+  const int reps = 50;
+  auto t0 = Clock::now();
+  for (int i = 0; i < reps; ++i) f();
+  const double host = std::chrono::duration<double, std::micro>(Clock::now() - t0).count() / reps;
+  ops.synchronize();
+  t0 = Clock::now();
   for (int i = 0; i < reps; ++i) f();
   ops.synchronize();
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / reps;
+  const double dev = std::chrono::duration<double, std::micro>(Clock::now() - t0).count() / reps;
+  return {dev, host};
+}
+
+void report(const char* what, const Cost& c, double flops = 0) {
+  std::printf("%-34s %10.1f %10.1f", what, c.device_us, c.host_us);
+  if (flops > 0) std::printf(" %9.1f", flops / c.device_us / 1e6);
+  std::printf("\n");
 }
 
 }  // namespace
@@ -29,38 +52,51 @@ int main(int argc, char** argv) {
   const int64_t T = argc > 1 ? std::atoll(argv[1]) : 4096;
   const int64_t H = argc > 2 ? std::atoll(argv[2]) : 896, Hq = argc > 3 ? std::atoll(argv[3]) : 14;
   const int64_t Hkv = argc > 4 ? std::atoll(argv[4]) : 2, I = argc > 5 ? std::atoll(argv[5]) : 4864;
-  const int64_t D = H / Hq;
+  const int64_t ctx = argc > 6 ? std::atoll(argv[6]) : 4096;
+  const int64_t D = H / Hq, Nqkv = (Hq + 2 * Hkv) * D;
   auto ops = rt::make_cuda_ops();
   const rt::DType bf = rt::DType::BF16;
   auto x = ops->alloc(rt::DType::F32, {T, H});
   auto h = ops->alloc(bf, {T, H});
   auto nw = ops->alloc(bf, {H});
-  auto wq = ops->alloc(bf, {Hq * D, H}), bq = ops->alloc(bf, {Hq * D});
-  auto wk = ops->alloc(bf, {Hkv * D, H}), bk = ops->alloc(bf, {Hkv * D});
+  auto wqkv = ops->alloc(bf, {Nqkv, H}), bqkv = ops->alloc(bf, {Nqkv});
   auto wo = ops->alloc(bf, {H, Hq * D});
-  auto wg = ops->alloc(bf, {I, H}), wd = ops->alloc(bf, {H, I});
-  auto q = ops->alloc(bf, {T, Hq, D}), k = ops->alloc(bf, {T, Hkv, D}), o = ops->alloc(bf, {T, Hq, D});
-  auto a = ops->alloc(bf, {T, H}), g = ops->alloc(bf, {T, I}), u = ops->alloc(bf, {T, I});
-  for (auto* t : {&x, &h, &nw, &wq, &bq, &wk, &bk, &wo, &wg, &wd, &q, &k, &o, &a, &g, &u}) ops->fill(*t, 0.01f);
-  auto gemm = [&](const char* what, rt::TensorView in, rt::TensorView w, rt::TensorView b, rt::TensorView out) {
-    const double ms = time_ms(*ops, [&] { ops->linear(in, w, b, out); });
-    const double fl = 2.0 * in.shape[0] * in.shape[1] * w.shape[0];
-    std::printf("%-28s %8.3f ms  %6.1f TFLOP/s\n", what, ms, fl / ms / 1e9);
+  auto wgu = ops->alloc(bf, {2 * I, H}), wd = ops->alloc(bf, {H, I});
+  auto qkv = ops->alloc(bf, {T, Nqkv});
+  auto q = ops->alloc(bf, {T, Hq, D}), o = ops->alloc(bf, {T, Hq, D});
+  const int64_t Tk = T == 1 ? ctx : T;  // decode: one query against a cache of ctx keys
+  auto kc = ops->alloc(bf, {Tk, Hkv, D}), vc = ops->alloc(bf, {Tk, Hkv, D});
+  auto gu = ops->alloc(bf, {T, 2 * I}), s = ops->alloc(bf, {T, I});
+  for (auto* t : {&x, &h, &nw, &wqkv, &bqkv, &wo, &wgu, &wd, &qkv, &q, &o, &kc, &vc, &gu, &s}) ops->fill(*t, 0.01f);
+
+  std::printf("T=%lld hidden=%lld heads=%lld/%lld D=%lld inter=%lld%s (%s)\n", (long long)T, (long long)H,
+              (long long)Hq, (long long)Hkv, (long long)D, (long long)I,
+              T == 1 ? (" decode at context " + std::to_string(ctx)).c_str() : "", ops->description().c_str());
+  std::printf("%-34s %10s %10s %9s\n", "op", "device us", "host us", "TFLOP/s");
+  double dev = 0, host = 0;
+  auto add = [&](const char* what, const Cost& c, double flops = 0) {
+    report(what, c, flops);
+    dev += c.device_us;
+    host += c.host_us;
   };
-  std::printf("T=%lld hidden=%lld heads=%lld/%lld D=%lld inter=%lld\n", (long long)T, (long long)H, (long long)Hq,
-              (long long)Hkv, (long long)D, (long long)I);
-  std::printf("%-28s %8.3f ms\n", "rmsnorm f32->bf16", time_ms(*ops, [&] { ops->rmsnorm(x, nw, 1e-6f, h); }));
-  gemm("q_proj (+bias)", h, wq, bq, q.view.reshaped({T, Hq * D}));
-  gemm("k_proj (+bias)", h, wk, bk, k.view.reshaped({T, Hkv * D}));
-  gemm("q_proj (no bias)", h, wq, rt::TensorView{}, q.view.reshaped({T, Hq * D}));
-  std::printf("%-28s %8.3f ms\n", "rope q", time_ms(*ops, [&] { ops->rope(q, 0, 1e6); }));
+  add("alloc + free [T, hidden] bf16", measure(*ops, [&] { (void)ops->alloc(bf, {T, H}); }));
+  add("rmsnorm f32 -> bf16", measure(*ops, [&] { ops->rmsnorm(x, nw, 1e-6f, h); }));
+  add("qkv_proj (+bias, one GEMM)", measure(*ops, [&] { ops->linear(h, wqkv, bqkv, qkv); }), 2.0 * T * H * Nqkv);
+  add("qkv_rope_split (k, v to cache)", measure(*ops, [&] {
+        ops->qkv_rope_split(qkv, Tk - T, 1e6, q, kc.view.rows(Tk - T, Tk), vc.view.rows(Tk - T, Tk));
+      }));
   rt::AttentionSpec spec;
-  std::printf("%-28s %8.3f ms\n", "attention causal", time_ms(*ops, [&] { ops->attention(q, k, k, o, spec); }, 5));
-  gemm("o_proj", o.view.reshaped({T, Hq * D}), wo, rt::TensorView{}, a);
-  std::printf("%-28s %8.3f ms\n", "add f32 += bf16", time_ms(*ops, [&] { ops->add(x, a, x); }));
-  gemm("gate_proj", h, wg, rt::TensorView{}, g);
-  std::printf("%-28s %8.3f ms\n", "swiglu", time_ms(*ops, [&] { ops->swiglu(g, u, g); }));
-  gemm("down_proj", g, wd, rt::TensorView{}, a);
-  std::printf("%-28s %8.3f ms\n", "alloc+free [T,I] bf16", time_ms(*ops, [&] { auto t = ops->alloc(bf, {T, I}); }));
+  spec.q_pos0 = Tk - T;
+  spec.scale = 0.125f;
+  add("attention causal", measure(*ops, [&] { ops->attention(q, kc, vc, o, spec); }));
+  add("o_proj += residual", measure(*ops, [&] { ops->linear_accumulate(o.view.reshaped({T, Hq * D}), wo, x); }),
+      2.0 * T * H * Hq * D);
+  add("rmsnorm f32 -> bf16", measure(*ops, [&] { ops->rmsnorm(x, nw, 1e-6f, h); }));
+  add("gate_up (one GEMM)", measure(*ops, [&] { ops->linear(h, wgu, rt::TensorView{}, gu); }), 2.0 * T * H * 2 * I);
+  add("swiglu (column halves)",
+      measure(*ops, [&] { ops->swiglu(gu.view.cols(0, I), gu.view.cols(I, 2 * I), s); }));
+  add("down_proj += residual", measure(*ops, [&] { ops->linear_accumulate(s, wd, x); }), 2.0 * T * I * H);
+  std::printf("%-34s %10.1f %10.1f   (x %d layers: %.2f ms device, %.2f ms host)\n", "layer total", dev, host, 24,
+              dev * 24 / 1e3, host * 24 / 1e3);
   return 0;
 }

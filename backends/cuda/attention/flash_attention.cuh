@@ -632,26 +632,56 @@ struct CombineParams {
   int Tq, Hkv, group, rows, num_splits;
 };
 
+// Block-wide reduction of one float per thread (blockDim.x = kThreads, a multiple of 32), the
+// result in every thread. Op: max or sum.
+template <int kThreads, bool kMax>
+__device__ __forceinline__ float combine_block_reduce(float v, float* scratch) {
+  for (int o = 16; o > 0; o >>= 1) {
+    const float u = __shfl_xor_sync(0xffffffffu, v, o);
+    v = kMax ? fmaxf(v, u) : v + u;
+  }
+  constexpr int kWarps = kThreads / 32;
+  if constexpr (kWarps > 1) {
+    __syncthreads();  // scratch may still be read by a previous reduction
+    if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = v;
+    __syncthreads();
+    v = scratch[0];
+#pragma unroll
+    for (int w = 1; w < kWarps; ++w) v = kMax ? fmaxf(v, scratch[w]) : v + scratch[w];
+  }
+  return v;
+}
+
 // One CTA (kD threads) per (KV head, stacked row): o = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s.
+// The split statistics are read in parallel (thread j takes splits j, j + kD, ...) and the
+// weights kept in shared memory (num_splits floats, dynamic), so the only loop over the splits is
+// the accumulation, whose loads are independent: a decode step's combine is latency-bound, and a
+// sequential chain of dependent loads over 32+ splits used to cost more than the split kernel.
 template <int kD>
 __global__ void __launch_bounds__(kD) flash_decode_combine_kernel(const CombineParams p) {
   constexpr float kInf = __builtin_huge_valf();
+  extern __shared__ float weight[];  // [num_splits]
+  __shared__ float scratch[kD / 32];
   const int hk = blockIdx.x / p.rows, row = blockIdx.x % p.rows;
   const int d = threadIdx.x;
   const int hq = hk * p.group + row / p.Tq, i = row % p.Tq;
   const int64_t stride = static_cast<int64_t>(p.Hkv) * p.rows;  // between splits
   const int64_t slot0 = static_cast<int64_t>(hk) * p.rows + row;
-  float M = -kInf;
-  for (int s = 0; s < p.num_splits; ++s) M = fmaxf(M, p.part_ml[(slot0 + s * stride) * 2]);
-  float L = 0.f, a = 0.f;
-  if (M != -kInf) {
-    for (int s = 0; s < p.num_splits; ++s) {
-      const int64_t slot = slot0 + s * stride;
-      const float w = exp2f(p.part_ml[slot * 2] - M);  // 0 for splits that saw nothing
-      L += w * p.part_ml[slot * 2 + 1];
-      a += w * p.part_acc[slot * kD + d];
-    }
+  float m = -kInf;
+  for (int s = d; s < p.num_splits; s += kD) m = fmaxf(m, p.part_ml[(slot0 + s * stride) * 2]);
+  const float M = combine_block_reduce<kD, true>(m, scratch);
+  float l = 0.f;
+  for (int s = d; s < p.num_splits; s += kD) {
+    const int64_t slot = slot0 + s * stride;
+    const float w = M != -kInf ? exp2f(p.part_ml[slot * 2] - M) : 0.f;  // 0 for splits that saw nothing
+    weight[s] = w;
+    l += w * p.part_ml[slot * 2 + 1];
   }
+  const float L = combine_block_reduce<kD, false>(l, scratch);
+  __syncthreads();  // weight[] complete
+  float a = 0.f;
+#pragma unroll 8
+  for (int s = 0; s < p.num_splits; ++s) a += weight[s] * p.part_acc[(slot0 + s * stride) * kD + d];
   const float out = L > 0.f ? a / L : 0.f;
   p.o[static_cast<int64_t>(i) * p.o_row + static_cast<int64_t>(hq) * p.o_head + d] = __float2bfloat16_rn(out);
   if (p.lse != nullptr && d == 0)
