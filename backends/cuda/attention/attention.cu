@@ -169,7 +169,7 @@ void launch_decode(const TensorView& q, const TensorView& k, const TensorView& v
     c.o_row = o.stride[0], c.o_head = o.stride[1];
     c.Tq = static_cast<int>(s.Tq), c.Hkv = static_cast<int>(s.Hkv);
     c.group = static_cast<int>(group), c.rows = static_cast<int>(rows), c.num_splits = static_cast<int>(splits);
-    attn::flash_decode_combine_kernel<kD><<<static_cast<unsigned>(s.Hkv * rows), kD,
+    attn::flash_decode_combine_kernel<kD><<<static_cast<unsigned>(s.Hkv * rows), kD * attn::combine_groups<kD>(),
                                             static_cast<size_t>(splits) * sizeof(float), stream>>>(c);
     check_launch("flash_decode_combine_kernel");
   } catch (...) {

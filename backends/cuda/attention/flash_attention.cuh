@@ -652,36 +652,51 @@ __device__ __forceinline__ float combine_block_reduce(float v, float* scratch) {
   return v;
 }
 
-// One CTA (kD threads) per (KV head, stacked row): o = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s.
-// The split statistics are read in parallel (thread j takes splits j, j + kD, ...) and the
-// weights kept in shared memory (num_splits floats, dynamic), so the only loop over the splits is
-// the accumulation, whose loads are independent: a decode step's combine is latency-bound, and a
-// sequential chain of dependent loads over 32+ splits used to cost more than the split kernel.
+// Threads of the combine CTA: kD columns times combine_groups<kD> groups of splits.
 template <int kD>
-__global__ void __launch_bounds__(kD) flash_decode_combine_kernel(const CombineParams p) {
+constexpr int combine_groups() {
+  return 512 / kD;
+}
+
+// One CTA per (KV head, stacked row): o = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s.
+// Everything is spread over the splits, which number up to a few hundred at long contexts: the
+// split statistics are read by all threads at once, the weights kept in shared memory (num_splits
+// floats, dynamic), and group j of kD threads accumulates splits j, j + groups, ... before the
+// groups' sums are added in a fixed order (deterministic). A decode step's combine is latency-bound;
+// one thread walking every split was slower than the split kernel itself.
+template <int kD>
+__global__ void __launch_bounds__(kD * combine_groups<kD>()) flash_decode_combine_kernel(const CombineParams p) {
   constexpr float kInf = __builtin_huge_valf();
+  constexpr int kGroups = combine_groups<kD>(), kThreads = kD * kGroups;
   extern __shared__ float weight[];  // [num_splits]
-  __shared__ float scratch[kD / 32];
+  __shared__ float scratch[kThreads / 32];
+  __shared__ float partial[kGroups][kD];
   const int hk = blockIdx.x / p.rows, row = blockIdx.x % p.rows;
-  const int d = threadIdx.x;
+  const int tid = threadIdx.x, d = tid % kD, grp = tid / kD;
   const int hq = hk * p.group + row / p.Tq, i = row % p.Tq;
   const int64_t stride = static_cast<int64_t>(p.Hkv) * p.rows;  // between splits
   const int64_t slot0 = static_cast<int64_t>(hk) * p.rows + row;
   float m = -kInf;
-  for (int s = d; s < p.num_splits; s += kD) m = fmaxf(m, p.part_ml[(slot0 + s * stride) * 2]);
-  const float M = combine_block_reduce<kD, true>(m, scratch);
+  for (int s = tid; s < p.num_splits; s += kThreads) m = fmaxf(m, p.part_ml[(slot0 + s * stride) * 2]);
+  const float M = combine_block_reduce<kThreads, true>(m, scratch);
   float l = 0.f;
-  for (int s = d; s < p.num_splits; s += kD) {
+  for (int s = tid; s < p.num_splits; s += kThreads) {
     const int64_t slot = slot0 + s * stride;
     const float w = M != -kInf ? exp2f(p.part_ml[slot * 2] - M) : 0.f;  // 0 for splits that saw nothing
     weight[s] = w;
     l += w * p.part_ml[slot * 2 + 1];
   }
-  const float L = combine_block_reduce<kD, false>(l, scratch);
+  const float L = combine_block_reduce<kThreads, false>(l, scratch);
   __syncthreads();  // weight[] complete
   float a = 0.f;
-#pragma unroll 8
-  for (int s = 0; s < p.num_splits; ++s) a += weight[s] * p.part_acc[(slot0 + s * stride) * kD + d];
+#pragma unroll 4
+  for (int s = grp; s < p.num_splits; s += kGroups) a += weight[s] * p.part_acc[(slot0 + s * stride) * kD + d];
+  partial[grp][d] = a;
+  __syncthreads();
+  if (grp != 0) return;
+  a = 0.f;
+#pragma unroll
+  for (int j = 0; j < kGroups; ++j) a += partial[j][d];
   const float out = L > 0.f ? a / L : 0.f;
   p.o[static_cast<int64_t>(i) * p.o_row + static_cast<int64_t>(hq) * p.o_head + d] = __float2bfloat16_rn(out);
   if (p.lse != nullptr && d == 0)
