@@ -30,31 +30,13 @@ GateUp project_gate_up(Ops& ops, const ModelDims& d, const LayerParams& p, Tenso
   return r;
 }
 
-}  // namespace
-
-void mlp_forward(const LayerContext& ctx, TensorView x) {
+// x += down(silu(gate(u)) * up(u)), u = RMSNorm_post(x), into a (all but x_in).
+void mlp_apply(const LayerContext& ctx, TensorView x, MlpActivations& a) {
   Ops& ops = *ctx.ops;
   const ModelDims& d = *ctx.dims;
   const LayerParams& p = *ctx.params;
   const int64_t T = x.shape[0];
   const DType act = ops.activation_dtype();
-  Tensor u = ops.alloc(act, {T, d.hidden});
-  ops.rmsnorm(x, p.get(kNorm), d.rms_eps, u);
-  GateUp gu = project_gate_up(ops, d, p, u);
-  Tensor s = ops.alloc(act, {T, d.intermediate});
-  ops.swiglu(gu.gate, gu.up, s);
-  ops.linear_accumulate(s, p.get(kDown), x);  // the residual add rides on the GEMM
-}
-
-MlpActivations mlp_forward_train(const LayerContext& ctx, TensorView x) {
-  Ops& ops = *ctx.ops;
-  const ModelDims& d = *ctx.dims;
-  const LayerParams& p = *ctx.params;
-  const int64_t T = x.shape[0];
-  const DType act = ops.activation_dtype();
-  MlpActivations a;
-  a.x_in = ops.alloc(x.dtype, {T, d.hidden});
-  ops.copy(x, a.x_in);
   a.u = ops.alloc(act, {T, d.hidden});
   ops.rmsnorm(x, p.get(kNorm), d.rms_eps, a.u);
   GateUp gu = project_gate_up(ops, d, p, a.u);
@@ -62,7 +44,21 @@ MlpActivations mlp_forward_train(const LayerContext& ctx, TensorView x) {
   a.up = std::move(gu.up);
   a.s = ops.alloc(act, {T, d.intermediate});
   ops.swiglu(a.gate, a.up, a.s);
-  ops.linear_accumulate(a.s, p.get(kDown), x);
+  ops.linear_accumulate(a.s, p.get(kDown), x);  // the residual add rides on the GEMM
+}
+
+}  // namespace
+
+void mlp_forward(const LayerContext& ctx, TensorView x) {
+  MlpActivations a;
+  mlp_apply(ctx, x, a);
+}
+
+MlpActivations mlp_forward_train(const LayerContext& ctx, TensorView x) {
+  MlpActivations a;
+  a.x_in = ctx.ops->alloc(x.dtype, {x.shape[0], ctx.dims->hidden});
+  ctx.ops->copy(x, a.x_in);
+  mlp_apply(ctx, x, a);
   return a;
 }
 

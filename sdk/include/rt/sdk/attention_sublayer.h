@@ -222,6 +222,29 @@ inline void project_qkv_backward(const LayerContext& ctx, const AttentionSublaye
   }
 }
 
+// x += gate[:, None] * o_proj(o), o [T, Hq, D]; without a gate a single GEMM accumulating into the
+// residual (the add rides on it). Returns o_proj(o) before the gate when gated (the gate's
+// backward needs it), else an empty tensor.
+inline Tensor add_output_projection(const LayerContext& ctx, const AttentionSublayerSpec& spec, TensorView o,
+                                    TensorView gate, TensorView x) {
+  Ops& ops = *ctx.ops;
+  const ModelDims& d = *ctx.dims;
+  const int64_t T = o.shape[0];
+  const TensorView o2 = o.reshaped({T, d.n_heads * d.head_dim});
+  const TensorView wo = ctx.params->get(spec.prefix + "o_proj.weight");
+  if (!gate.data) {
+    ops.linear_accumulate(o2, wo, x);
+    return Tensor{};
+  }
+  const DType act = ops.activation_dtype();
+  Tensor a = ops.alloc(act, {T, d.hidden});
+  ops.linear(o2, wo, TensorView{}, a);
+  Tensor ga = ops.alloc(act, {T, d.hidden});
+  ops.row_scale(a, gate, ga);
+  ops.add(x, ga, x);
+  return a;
+}
+
 // x [T, hidden] += attention sublayer(x). Positions start at cache->tokens_seen() (or 0).
 // With a gate [T] (accum dtype), the sublayer's output row t is scaled by gate[t] (L2A routing).
 // normed: RMSNorm(x) with spec.norm when the caller already has it (the L2A router reads it too).
@@ -255,16 +278,7 @@ inline void attention_sublayer_forward(const LayerContext& ctx, const AttentionS
     ops.attention(qkv.q, qkv.k, qkv.v, o, as);
   }
 
-  const TensorView o2 = o.view.reshaped({T, d.n_heads * d.head_dim});
-  const TensorView wo = p.get(spec.prefix + "o_proj.weight");
-  if (!gate.data) {
-    ops.linear_accumulate(o2, wo, x);  // the residual add rides on the GEMM
-    return;
-  }
-  Tensor a = ops.alloc(act, {T, d.hidden});
-  ops.linear(o2, wo, TensorView{}, a);
-  ops.row_scale(a, gate, a);
-  ops.add(x, a, x);
+  add_output_projection(ctx, spec, o, gate, x);
 }
 
 // ---- Training ----------------------------------------------------------------------------------
@@ -298,18 +312,7 @@ inline SublayerActivations attention_sublayer_forward_train(const LayerContext& 
   s.o = ops.alloc(act, {T, d.n_heads, d.head_dim});
   s.lse = ops.alloc(ops.accum_dtype(), {d.n_heads, T});
   ops.attention_forward_lse(s.qkv.q, s.qkv.k, s.qkv.v, s.o, s.lse, sublayer_attention_spec(d, spec, 0));
-  const TensorView o2 = s.o.view.reshaped({T, d.n_heads * d.head_dim});
-  const TensorView wo = p.get(spec.prefix + "o_proj.weight");
-  if (!gate.data) {
-    ops.linear_accumulate(o2, wo, x);
-    return s;
-  }
-  Tensor a = ops.alloc(act, {T, d.hidden});
-  ops.linear(o2, wo, TensorView{}, a);
-  Tensor ga = ops.alloc(act, {T, d.hidden});
-  ops.row_scale(a, gate, ga);
-  ops.add(x, ga, x);
-  s.a = std::move(a);
+  s.a = add_output_projection(ctx, spec, s.o, gate, x);
   return s;
 }
 
