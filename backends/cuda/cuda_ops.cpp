@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "cuda/check.h"
+#include "cuda/graph.h"
 #include "cuda/kernels.h"
 #include "cuda/linear.h"
 #include "cuda/memory.h"
@@ -144,6 +145,13 @@ void CudaOps::qkv_rope_split(TensorView qkv, int64_t pos0, double theta, TensorV
   cuda::qkv_rope_split_forward(qkv, pos0, theta, q, k, v, stream());
 }
 
+// An f32 copy of an attention tensor [T, H, D], for the exact fp32 kernel.
+Tensor CudaOps::f32_copy(TensorView t) {
+  Tensor c = alloc(DType::F32, {t.shape[0], t.shape[1], t.shape[2]});
+  copy(t, c.view);
+  return c;
+}
+
 void CudaOps::attention(TensorView q, TensorView k, TensorView v, TensorView o, const AttentionSpec& spec) {
   if (spec.materialize) {  // scores materialized by GEMMs (cuda/attention/dense_attention.h)
     cuda::dense_attention_forward("attention", q, k, v, o, TensorView{}, spec, stream());
@@ -156,12 +164,7 @@ void CudaOps::attention(TensorView q, TensorView k, TensorView v, TensorView o, 
   }
   // The tensor-core kernels are instantiated for the head dims of real models (64, 128). Other
   // head dims (tiny test models) run through the exact fp32 kernel on f32 copies.
-  auto f32 = [&](TensorView t) {
-    Tensor c = alloc(DType::F32, {t.shape[0], t.shape[1], t.shape[2]});
-    copy(t, c.view);
-    return c;
-  };
-  Tensor q32 = f32(q), k32 = f32(k), v32 = f32(v);
+  Tensor q32 = f32_copy(q), k32 = f32_copy(k), v32 = f32_copy(v);
   Tensor o32 = alloc(DType::F32, {o.shape[0], o.shape[1], o.shape[2]});
   cuda::attention_forward(q32, k32, v32, o32, spec, stream());
   copy(o32.view, o);
@@ -178,6 +181,34 @@ const char* CudaOps::last_attention_impl() const { return attention_dispatch_->l
 std::string CudaOps::description() const {
   cudaDeviceProp prop{};
   return cudaGetDeviceProperties(&prop, device_) == cudaSuccess ? std::string(prop.name) : std::string("cuda");
+}
+
+void CudaOps::qkv_rope_split_at(TensorView qkv, TensorView pos, double theta, TensorView q, TensorView k_cache,
+                                TensorView v_cache, int64_t ring) {
+  cuda::qkv_rope_split_at_forward(qkv, pos, theta, q, k_cache, v_cache, ring, stream());
+}
+
+void CudaOps::decode_attention_at(TensorView q, TensorView k_cache, TensorView v_cache, int64_t ring, TensorView pos,
+                                  const AttentionSpec& spec, TensorView o) {
+  if (spec.materialize) {  // the naive dense path has no device-position form (not capturable)
+    Ops::decode_attention_at(q, k_cache, v_cache, ring, pos, spec, o);
+    return;
+  }
+  const int64_t D = q.ndim == 3 ? q.shape[2] : 0;
+  if (q.dtype != DType::BF16 || D == 64 || D == 128) {
+    cuda::decode_attention_at(q, k_cache, v_cache, ring, pos, spec, o, stream());
+    return;
+  }
+  // Head dims without a tensor-core kernel (tiny test models): the fp32 kernel on f32 copies of
+  // the whole cache, still reading the position on the device.
+  Tensor q32 = f32_copy(q), k32 = f32_copy(k_cache), v32 = f32_copy(v_cache);
+  Tensor o32 = alloc(DType::F32, {o.shape[0], o.shape[1], o.shape[2]});
+  cuda::decode_attention_at(q32, k32, v32, ring, pos, spec, o32, stream());
+  copy(o32.view, o);
+}
+
+std::unique_ptr<Ops::CapturedWork> CudaOps::capture(const std::function<void()>& work) {
+  return cuda::capture_graph(stream(), stream_, work);
 }
 
 int64_t CudaOps::argmax(TensorView x) { return cuda::argmax_last_row(x, stream()); }
@@ -236,7 +267,7 @@ void CudaOps::attention_forward_lse(TensorView q, TensorView k, TensorView v, Te
     copy(t, c.view);
     return c;
   };
-  Tensor q32 = f32(q), k32 = f32(k), v32 = f32(v);
+  Tensor q32 = f32_copy(q), k32 = f32_copy(k), v32 = f32_copy(v);
   Tensor o32 = alloc(DType::F32, {o.shape[0], o.shape[1], o.shape[2]});
   cuda::attention_forward_lse(q32, k32, v32, o32, lse, spec, stream());
   copy(o32.view, o);

@@ -64,6 +64,14 @@ class CudaOps final : public Ops {
   void linear_accumulate(TensorView x, TensorView w, TensorView y) override;
   // One kernel: split, RoPE on q and k (the rope kernel's angles, bit for bit), write k/v anywhere.
   void qkv_rope_split(TensorView qkv, int64_t pos0, double theta, TensorView q, TensorView k, TensorView v) override;
+  // Decode at a device-held position: the rope/split kernel and the split-KV decode kernel read
+  // the position themselves, with a split grid fixed by the cache's capacity.
+  void qkv_rope_split_at(TensorView qkv, TensorView pos, double theta, TensorView q, TensorView k_cache,
+                         TensorView v_cache, int64_t ring) override;
+  void decode_attention_at(TensorView q, TensorView k_cache, TensorView v_cache, int64_t ring, TensorView pos,
+                           const AttentionSpec& spec, TensorView o) override;
+  // A CUDA graph of the stream's work (cuda/graph.h).
+  std::unique_ptr<CapturedWork> capture(const std::function<void()>& work) override;
   int64_t argmax(TensorView x) override;
   const char* last_attention_impl() const override;  // on the device; copies back one index
 
@@ -102,6 +110,7 @@ class CudaOps final : public Ops {
  private:
   void check_device_errors();  // after a synchronization: throws what the device recorded
   void fetch_device_errors();  // queues the copy of the device's error record to err_host_
+  Tensor f32_copy(TensorView t);  // an f32 copy of an attention tensor [T, H, D]
 
   int device_ = 0;
   std::shared_ptr<cuda::StreamHandle> stream_;

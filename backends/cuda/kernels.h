@@ -119,6 +119,11 @@ void rope_backward(TensorView dx, int64_t pos0, double theta, cudaStream_t strea
 // result equals copy + rope_forward bit for bit).
 void qkv_rope_split_forward(TensorView qkv, int64_t pos0, double theta, TensorView q, TensorView k, TensorView v,
                             cudaStream_t stream);
+// The same for one token whose position is read from the device (pos: I32 [1]), q [1, Hq, D], its
+// k and v written into row pos (or pos % ring, ring > 0) of the caches k_cache, v_cache
+// [capacity, Hkv, D]: the same work at every position, so a decode step can be captured and replayed.
+void qkv_rope_split_at_forward(TensorView qkv, TensorView pos, double theta, TensorView q, TensorView k_cache,
+                               TensorView v_cache, int64_t ring, cudaStream_t stream);
 
 // Index of the largest value of the last row of logits ([V] or [rows, V], f32) written to
 // *out_dev (device memory, no synchronization: usable inside a CUDA graph). First index wins

@@ -68,13 +68,19 @@ struct HeadsOut {  // an output [T, H, D] view
 // v copied. One block per position: its threads first compute the D/2 (cos, sin) pairs into
 // shared memory, then share out the (head, pair) elements. (One thread per pair looping over the
 // heads, as rope_kernel does, makes a decode step's single position a chain of 18 dependent
-// load/store round trips.)
+// load/store round trips.) pos_dev != nullptr: one token whose position is read from the device,
+// its k and v going to row pos (or pos % ring) of k and v, which are then whole KV caches.
 __global__ void qkv_rope_split_kernel(const void* qkv, DType dt, int64_t ld, int D, HeadsOut q, HeadsOut k, HeadsOut v,
-                                      int64_t pos0, float base) {
+                                      int64_t pos0, const int32_t* pos_dev, int64_t ring, float base) {
   extern __shared__ float cos_sin[];  // [D/2] cos, then [D/2] sin
   const int half = D / 2;
   const int64_t t = blockIdx.x;
-  for (int i = threadIdx.x; i < half; i += blockDim.x) rope_cos_sin(pos0 + t, i, D, base, cos_sin[i], cos_sin[half + i]);
+  int64_t pos = pos0 + t, kv_row = t;
+  if (pos_dev != nullptr) {
+    pos = *pos_dev;
+    kv_row = ring > 0 ? pos % ring : pos;
+  }
+  for (int i = threadIdx.x; i < half; i += blockDim.x) rope_cos_sin(pos, i, D, base, cos_sin[i], cos_sin[half + i]);
   __syncthreads();
   const int hq = static_cast<int>(q.H), hk = static_cast<int>(k.H);
   const int n = (hq + hk + static_cast<int>(v.H)) * half;
@@ -85,9 +91,9 @@ __global__ void qkv_rope_split_kernel(const void* qkv, DType dt, int64_t ld, int
     if (h < hq) {
       rotate_pair<false>(qkv, src, q.data, t * q.s0 + h * q.s1 + i, dt, q.dtype, half, c, s);
     } else if (h < hq + hk) {
-      rotate_pair<false>(qkv, src, k.data, t * k.s0 + (h - hq) * k.s1 + i, dt, k.dtype, half, c, s);
+      rotate_pair<false>(qkv, src, k.data, kv_row * k.s0 + (h - hq) * k.s1 + i, dt, k.dtype, half, c, s);
     } else {
-      const int64_t o = t * v.s0 + (h - hq - hk) * v.s1 + i;
+      const int64_t o = kv_row * v.s0 + (h - hq - hk) * v.s1 + i;
       store_f(v.data, o, v.dtype, load_f(qkv, src, dt));
       store_f(v.data, o + half, v.dtype, load_f(qkv, src + half, dt));
     }
@@ -118,15 +124,10 @@ void rope_launch(const char* op, const char* arg, TensorView x, int64_t pos0, do
   CUDA_CHECK_LAUNCH();
 }
 
-}  // namespace
-
-void rope_forward(TensorView x, int64_t pos0, double theta, cudaStream_t stream) {
-  rope_launch<false>("rope", "x", x, pos0, theta, stream);
-}
-
-void qkv_rope_split_forward(TensorView qkv, int64_t pos0, double theta, TensorView q, TensorView k, TensorView v,
-                            cudaStream_t stream) {
-  const char* op = "qkv_rope_split";
+// pos_dev == nullptr: positions pos0.., k and v [T, Hkv, D]. Else one token at the position in
+// pos_dev, k and v the whole caches [capacity, Hkv, D] (row pos, or pos % ring).
+void qkv_rope_split_launch(const char* op, TensorView qkv, int64_t pos0, const int32_t* pos_dev, int64_t ring,
+                           double theta, TensorView q, TensorView k, TensorView v, cudaStream_t stream) {
   check_cuda(op, "qkv", qkv);
   check_float(op, "qkv", qkv);
   check_ndim(op, "qkv", qkv, 2);
@@ -141,8 +142,10 @@ void qkv_rope_split_forward(TensorView qkv, int64_t pos0, double theta, TensorVi
     check_float(op, name, *t);
     check_ndim(op, name, *t, 3);
     check_unit_inner_stride(op, name, *t);
-    RT_CHECK(t->shape[0] == T && t->shape[2] == q.shape[2], op, ": argument '", name, "' must have shape [", T,
-             ", H, ", q.shape[2], "] (qkv rows, q's head dim), found ", t->shape_str());
+    const bool cache = pos_dev != nullptr && t != &q;
+    RT_CHECK((cache || t->shape[0] == T) && t->shape[2] == q.shape[2], op, ": argument '", name,
+             "' must have shape [", cache ? "capacity" : std::to_string(T), ", H, ", q.shape[2], "] (",
+             cache ? "a KV cache" : "qkv rows", ", q's head dim), found ", t->shape_str());
     RT_CHECK(!views_overlap(*t, qkv), op, ": output '", name, "' overlaps 'qkv'");
   }
   const int64_t D = q.shape[2];
@@ -155,9 +158,36 @@ void qkv_rope_split_forward(TensorView qkv, int64_t pos0, double theta, TensorVi
   RT_CHECK(T <= INT32_MAX && n <= INT32_MAX, op, ": ", T, " rows of ", n, " columns exceed the launch limits");
   auto heads = [](const TensorView& t) { return HeadsOut{t.data, t.dtype, t.shape[1], t.stride[0], t.stride[1]}; };
   qkv_rope_split_kernel<<<static_cast<unsigned>(T), 128, static_cast<size_t>(D) * sizeof(float), stream>>>(
-      qkv.data, qkv.dtype, qkv.stride[0], static_cast<int>(D), heads(q), heads(k), heads(v), pos0,
+      qkv.data, qkv.dtype, qkv.stride[0], static_cast<int>(D), heads(q), heads(k), heads(v), pos0, pos_dev, ring,
       static_cast<float>(theta));
   CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+void rope_forward(TensorView x, int64_t pos0, double theta, cudaStream_t stream) {
+  rope_launch<false>("rope", "x", x, pos0, theta, stream);
+}
+
+void qkv_rope_split_forward(TensorView qkv, int64_t pos0, double theta, TensorView q, TensorView k, TensorView v,
+                            cudaStream_t stream) {
+  qkv_rope_split_launch("qkv_rope_split", qkv, pos0, nullptr, 0, theta, q, k, v, stream);
+}
+
+void qkv_rope_split_at_forward(TensorView qkv, TensorView pos, double theta, TensorView q, TensorView k_cache,
+                               TensorView v_cache, int64_t ring, cudaStream_t stream) {
+  const char* op = "qkv_rope_split_at";
+  check_cuda(op, "pos", pos);
+  RT_CHECK(pos.dtype == DType::I32 && pos.numel() == 1, op, ": argument 'pos' must be I32 [1], found ",
+           dtype_name(pos.dtype), " ", pos.shape_str());
+  RT_CHECK(qkv.ndim == 2 && qkv.shape[0] == 1 && q.ndim == 3 && q.shape[0] == 1, op,
+           ": one token expected, qkv [1, n] and q [1, Hq, D]; found ", qkv.shape_str(), " and ", q.shape_str());
+  RT_CHECK(ring >= 0 && (ring == 0 || ring == k_cache.shape[0]), op, ": ring ", ring,
+           " must be 0 or the cache's row count ", k_cache.shape[0]);
+  RT_CHECK(k_cache.ndim == 3 && v_cache.ndim == 3 && k_cache.shape[0] == v_cache.shape[0], op,
+           ": k_cache and v_cache must be [capacity, Hkv, D] alike, found ", k_cache.shape_str(), " and ",
+           v_cache.shape_str());
+  qkv_rope_split_launch(op, qkv, 0, static_cast<const int32_t*>(pos.data), ring, theta, q, k_cache, v_cache, stream);
 }
 
 // x1' = x1 c + x2 s, x2' = x2 c - x1 s: R(-angle), the transpose of the forward's R(angle).

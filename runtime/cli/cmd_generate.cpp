@@ -5,12 +5,13 @@
 
 #include "cli/commands.h"
 #include "cli/model_session.h"
+#include "model/decode_session.h"
 #include "tokenizer/tokenizer.h"
 
 namespace rt {
 
 namespace {
-int32_t argmax_row(Ops& ops, const Tensor& logits) { return static_cast<int32_t>(ops.argmax(logits)); }
+int32_t argmax_row(Ops& ops, TensorView logits) { return static_cast<int32_t>(ops.argmax(logits)); }
 }  // namespace
 
 void register_generate(CLI::App& app) {
@@ -22,6 +23,7 @@ void register_generate(CLI::App& app) {
     int64_t max_new = 32;
     bool print_ids = false;
     bool ignore_eos = false;
+    bool no_graphs = false;
   };
   auto args = std::make_shared<Args>();
   CLI::App* cmd = app.add_subcommand("generate", "Greedy text generation with a KV cache");
@@ -39,6 +41,9 @@ void register_generate(CLI::App& app) {
       ->capture_default_str();
   cmd->add_flag("--print-ids", args->print_ids, "Print the generated token ids on one line instead of text");
   cmd->add_flag("--ignore-eos", args->ignore_eos, "Keep generating past the end-of-sequence token");
+  cmd->add_flag("--no-graphs", args->no_graphs,
+                "Launch every decode step op by op instead of replaying it as a captured CUDA graph "
+                "(same tokens; for comparison and debugging)");
   cmd->callback([args] {
     RT_CHECK(!args->prompt.empty() || !args->ids.empty(), "generate: give --prompt TEXT or --ids 1,2,3");
     auto session = open_model_session(args->model);
@@ -57,12 +62,12 @@ void register_generate(CLI::App& app) {
     std::optional<int64_t> eos = session->model->config().eos_token_id;
     if (!eos && tok) eos = tok->eos_id();
     const int64_t total = static_cast<int64_t>(prompt.size()) + args->max_new;
-    auto states = session->model->new_states(total);
+    // Each new token is one replay of the captured decode step on CUDA (DecodeSession).
+    DecodeSession decoder(*session->model, total, !args->no_graphs);
 
     using clock = std::chrono::steady_clock;
     const auto t0 = clock::now();
-    Tensor logits = session->model->forward(prompt, &states, /*last_only=*/true);
-    int32_t next = argmax_row(*session->ops, logits);
+    int32_t next = argmax_row(*session->ops, decoder.prefill(prompt));
     const auto t1 = clock::now();
     std::vector<int32_t> out;
     for (int64_t i = 0; i < args->max_new; ++i) {
@@ -70,8 +75,7 @@ void register_generate(CLI::App& app) {
       if (!args->print_ids) std::cout << tok->decode(std::span<const int32_t>(&next, 1)) << std::flush;
       if (!args->ignore_eos && eos && next == *eos) break;
       if (i + 1 == args->max_new) break;
-      logits = session->model->forward(std::span<const int32_t>(&next, 1), &states, true);
-      next = argmax_row(*session->ops, logits);
+      next = argmax_row(*session->ops, decoder.step(next));
     }
     const auto t2 = clock::now();
     if (args->print_ids) {
@@ -83,7 +87,7 @@ void register_generate(CLI::App& app) {
     std::cerr << "prompt " << prompt.size() << " tokens in " << prefill_s * 1e3 << " ms ("
               << prompt.size() / std::max(prefill_s, 1e-9) << " tok/s); generated " << out.size()
               << " tokens, decode " << (out.size() > 1 ? (out.size() - 1) / std::max(decode_s, 1e-9) : 0.0)
-              << " tok/s\n";
+              << " tok/s (decode step: " << DecodeSession::mode_name(decoder.mode()) << ")\n";
   });
 }
 

@@ -5,8 +5,8 @@
 //     sliding-window mask: the numbers to hold against PyTorch SDPA / FlexAttention; and the
 //     training pair (attention_forward_lse + attention_backward);
 //   - per backend: its attention sublayer of layer 0 (norm, projections, RoPE, kernel, o_proj),
-//     whole-model prefill (time to first token), decode tokens/s at that context, KV-cache bytes
-//     and peak device memory.
+//     whole-model prefill (time to first token), greedy decode tokens/s at that context (the step
+//     replayed as a CUDA graph, and op by op), KV-cache bytes and peak device memory.
 // Timing: synchronize, host clock, synchronize; warm-up, then the median of --repeats.
 #include <sys/resource.h>
 #include <unistd.h>
@@ -24,6 +24,7 @@
 
 #include "cli/commands.h"
 #include "cli/model_session.h"
+#include "model/decode_session.h"
 #include "model/random_weights.h"
 #include "rt/sdk/attention_sublayer.h"
 
@@ -220,24 +221,30 @@ void register_profile(CLI::App& app) {
           row["prefill_tok_s"] = T / prefill_ms * 1e3;
 
           if (session->attention->capabilities().decode && T + 4 + args->decode_tokens <= d.max_positions) {
-            progress(mo.attention + " decode at T=" + std::to_string(T));
-            // A few untimed steps first: the allocator pool and caches settle after the prefill.
+            // A greedy loop (step, argmax to the host, next step) after a prefill of T tokens, through
+            // DecodeSession: the captured step replayed (CUDA graphs), then the same step op by op.
+            // A few untimed steps first: the graph is captured and the allocator pool settles.
             const int warmup = 4;
-            auto states = model.new_states(T + warmup + args->decode_tokens);
-            model.forward(ids, &states, true);
-            int32_t next = 1;
-            for (int i = 0; i < warmup; ++i) model.forward(std::span<const int32_t>(&next, 1), &states, true);
-            ops.synchronize();
-            const auto t0 = std::chrono::steady_clock::now();
-            for (int i = 0; i < args->decode_tokens; ++i) model.forward(std::span<const int32_t>(&next, 1), &states, true);
-            ops.synchronize();
-            const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-            row["decode_tok_s"] = args->decode_tokens / s;
-            size_t kv = 0;
-            for (const auto& st : states) kv += st->kv_bytes();
-            row["kv_cache_bytes"] = kv;
+            for (const bool graphs : {true, false}) {
+              progress(mo.attention + " decode at T=" + std::to_string(T) + (graphs ? "" : " (eager)"));
+              DecodeSession decoder(model, T + warmup + args->decode_tokens, graphs);
+              int32_t next = static_cast<int32_t>(ops.argmax(decoder.prefill(ids)));
+              for (int i = 0; i < warmup; ++i) next = static_cast<int32_t>(ops.argmax(decoder.step(next)));
+              ops.synchronize();
+              const auto t0 = std::chrono::steady_clock::now();
+              for (int i = 0; i < args->decode_tokens; ++i) next = static_cast<int32_t>(ops.argmax(decoder.step(next)));
+              ops.synchronize();
+              const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+              row[graphs ? "decode_tok_s" : "decode_eager_tok_s"] = args->decode_tokens / s;
+              if (graphs) {
+                row["decode_mode"] = DecodeSession::mode_name(decoder.mode());
+                row["kv_cache_bytes"] = decoder.kv_bytes();
+              }
+            }
           } else {
             row["decode_tok_s"] = nullptr;
+            row["decode_eager_tok_s"] = nullptr;
+            row["decode_mode"] = nullptr;
             row["kv_cache_bytes"] = nullptr;
           }
           row["peak_memory_bytes"] = peak_bytes(ops);
@@ -270,7 +277,7 @@ void register_profile(CLI::App& app) {
     std::cout << "\nBackends\n";
     std::cout << std::left << std::setw(14) << "backend" << std::right << std::setw(8) << "seq" << std::setw(13)
               << "sublayer ms" << std::setw(9) << "TFLOP/s" << std::setw(13) << "prefill ms" << std::setw(13)
-              << "decode tok/s" << std::setw(11) << "KV MiB" << std::setw(11) << "peak MiB" << "\n";
+              << "decode tok/s" << std::setw(12) << "eager tok/s" << std::setw(11) << "KV MiB" << std::setw(11) << "peak MiB" << "\n";
     for (const auto& r : out["backends"]) {
       auto mib = [&](const char* key) {
         return r.contains(key) && !r[key].is_null() ? num(nlohmann::json(r[key].get<double>() / (1 << 20)), 1)
@@ -280,7 +287,8 @@ void register_profile(CLI::App& app) {
       std::cout << std::left << std::setw(14) << r["backend"].get<std::string>() << std::right << std::setw(8)
                 << r["seq"].get<int64_t>() << std::setw(13) << get("sublayer_fwd_ms", 3) << std::setw(9)
                 << get("sublayer_fwd_tflops", 1) << std::setw(13) << get("prefill_ms", 2) << std::setw(13)
-                << get("decode_tok_s", 1) << std::setw(11) << mib("kv_cache_bytes") << std::setw(11)
+                << get("decode_tok_s", 1) << std::setw(12) << get("decode_eager_tok_s", 1) << std::setw(11)
+                << mib("kv_cache_bytes") << std::setw(11)
                 << mib("peak_memory_bytes") << "\n";
     }
     if (!args->json.empty()) {
@@ -292,18 +300,19 @@ void register_profile(CLI::App& app) {
       std::ofstream f(args->csv);
       RT_CHECK(f.good(), "--csv: cannot write ", args->csv);
       f << "section,name,seq,fwd_ms,fwd_tflops,prefill_ms,decode_tok_s,kv_cache_bytes,peak_memory_bytes,fwd_bwd_ms,"
-           "fwd_bwd_tflops\n";
+           "fwd_bwd_tflops,decode_eager_tok_s\n";
       auto cell = [](const nlohmann::json& r, const char* key) {
         return r.contains(key) && !r[key].is_null() ? r[key].dump() : std::string();
       };
       for (const auto& k : out["kernels"])
         f << "kernel," << (k["mask"] == "window" ? "window" + k["window"].dump() : "causal") << "," << k["seq"] << ","
           << cell(k, "fwd_ms") << "," << cell(k, "fwd_tflops") << ",,,,," << cell(k, "fwd_bwd_ms") << ","
-          << cell(k, "fwd_bwd_tflops") << "\n";
+          << cell(k, "fwd_bwd_tflops") << ",\n";
       for (const auto& r : out["backends"])
         f << "backend," << r["backend"].get<std::string>() << "," << r["seq"] << "," << cell(r, "sublayer_fwd_ms")
           << "," << cell(r, "sublayer_fwd_tflops") << "," << cell(r, "prefill_ms") << "," << cell(r, "decode_tok_s")
-          << "," << cell(r, "kv_cache_bytes") << "," << cell(r, "peak_memory_bytes") << ",,\n";
+          << "," << cell(r, "kv_cache_bytes") << "," << cell(r, "peak_memory_bytes") << ",,," << cell(r, "decode_eager_tok_s")
+          << "\n";
     }
   });
 }

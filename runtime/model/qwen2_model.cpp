@@ -239,13 +239,31 @@ Tensor Qwen2Model::forward(std::span<const int32_t> ids, States* states, bool la
   }
 
   TensorView tail = last_only ? x.view.rows(T - 1, T) : x.view;
-  const int64_t rows = tail.shape[0];
-  Tensor h = ops_.alloc(ops_.activation_dtype(), {rows, dims_.hidden});
-  ops_.rmsnorm(tail, weight("model.norm.weight"), dims_.rms_eps, h);
-  Tensor logits = ops_.alloc(ops_.accum_dtype(), {rows, dims_.vocab});
+  Tensor logits = ops_.alloc(ops_.accum_dtype(), {tail.shape[0], dims_.vocab});
+  final_logits(tail, logits);
+  return logits;
+}
+
+// logits [rows, vocab] = lm_head(RMSNorm_final(x_rows)).
+void Qwen2Model::final_logits(TensorView x_rows, TensorView logits) {
+  Tensor h = ops_.alloc(ops_.activation_dtype(), {x_rows.shape[0], dims_.hidden});
+  ops_.rmsnorm(x_rows, weight("model.norm.weight"), dims_.rms_eps, h);
   const char* head = config_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
   ops_.linear(h, weight(head), TensorView{}, logits);
-  return logits;
+}
+
+void Qwen2Model::decode_step_at(TensorView id, TensorView pos, States& states, TensorView logits) {
+  RT_CHECK(attention_.capabilities().graph_decode, "decode_step_at: the attention backend has no decode_step_at");
+  RT_CHECK(static_cast<int64_t>(states.size()) == dims_.n_layers, "decode_step_at: ", states.size(),
+           " layer states for a model of ", dims_.n_layers, " layers");
+  Tensor x = ops_.alloc(ops_.accum_dtype(), {1, dims_.hidden});
+  ops_.embedding(weight("model.embed_tokens.weight"), id, x);
+  for (int i = 0; i < dims_.n_layers; ++i) {
+    LayerContext ctx{&dims_, i, &ops_, layers_[i].get()};
+    attention_.decode_step_at(ctx, x, *states[i], pos);
+    mlp_forward(ctx, x);
+  }
+  final_logits(x, logits);
 }
 
 }  // namespace rt

@@ -33,6 +33,8 @@ class Qwen2Model {
   const HfConfig& config() const { return config_; }
   const ModelDims& dims() const { return dims_; }
   size_t parameter_count() const;
+  Ops& ops() const { return ops_; }
+  AttentionBackend& attention() const { return attention_; }
 
   // One KV-cache state per layer for a sequence of at most max_tokens positions.
   using States = std::vector<std::unique_ptr<AttentionState>>;
@@ -41,6 +43,11 @@ class Qwen2Model {
   // Runs `ids` (positions continue from the states, or start at 0 without states) and returns
   // fp32 logits [T, vocab], or only the last row's [1, vocab] when last_only.
   Tensor forward(std::span<const int32_t> ids, States* states, bool last_only);
+
+  // The work of one decode step with the token id and its position in device memory (I32 [1] each,
+  // the position equal to the states' tokens_seen()): what DecodeSession captures once and replays.
+  // Writes logits [1, vocab] f32. Needs Capabilities::graph_decode; host-side state is not advanced.
+  void decode_step_at(TensorView id, TensorView pos, States& states, TensorView logits);
 
   // Only the attention plugin's sublayer of one layer, on a residual stream x [T, hidden] f32
   // (positions from 0, no cache): what `runtime profile` times per backend.
@@ -66,6 +73,7 @@ class Qwen2Model {
  private:
   class LayerParamsView;
   class LayerGradsView;
+  void final_logits(TensorView x_rows, TensorView logits);
   Tensor upload_ids(std::span<const int32_t> ids, int64_t pos0);
   Tensor lm_head_loss(TensorView x, std::span<const int32_t> ids, float grad_scale, TensorView dx,
                       const GradMap* grads);

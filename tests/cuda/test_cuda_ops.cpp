@@ -735,6 +735,120 @@ TEST_F(CudaOpsTest, AttentionThroughOps) {
   EXPECT_LT(rel_err(download(o), host_values(ref)), 1e-2);
 }
 
+// ---- decode at a device-held position (what a captured decode step replays) ------------------
+
+TEST_F(CudaOpsTest, QkvRopeSplitAtWritesTheCacheRowOfTheDevicePosition) {
+  SKIP_WITHOUT_GPU();
+  const int64_t hq = 14, hkv = 2, d = 64, n = (hq + 2 * hkv) * d;
+  uint64_t seed = 900;
+  for (int64_t ring : {int64_t{0}, int64_t{7}})
+    for (int64_t p : {0, 6, 7, 23, 49}) {
+      SCOPED_TRACE("ring " + std::to_string(ring) + " position " + std::to_string(p));
+      const int64_t cap = ring ? ring : 50, row = ring ? p % ring : p;
+      Tensor qkv = upload(randn({1, n}, ++seed), DType::BF16);
+      Tensor pos = gpu->alloc(DType::I32, {1});
+      int32_t p32 = static_cast<int32_t>(p);
+      gpu->copy(TensorView::contiguous(&p32, DType::I32, Device::CPU, {1}), pos);
+      Tensor q = poisoned(DType::BF16, {1, hq, d}), kc = poisoned(DType::BF16, {cap, hkv, d}),
+             vc = poisoned(DType::BF16, {cap, hkv, d});
+      gpu->qkv_rope_split_at(qkv, pos, 1e6, q, kc, vc, ring);
+      Tensor q2 = poisoned(DType::BF16, {1, hq, d}), k2 = poisoned(DType::BF16, {1, hkv, d}),
+             v2 = poisoned(DType::BF16, {1, hkv, d});
+      gpu->qkv_rope_split(qkv, p, 1e6, q2, k2, v2);
+      EXPECT_EQ(download(q), download(q2)) << "q: same bits as the host-position op";
+      EXPECT_EQ(download(kc.view.rows(row, row + 1)), download(k2)) << "k in row " << row;
+      EXPECT_EQ(download(vc.view.rows(row, row + 1)), download(v2)) << "v in row " << row;
+      const std::vector<float> all_k = download(kc), all_v = download(vc);
+      size_t written = 0;
+      for (size_t i = 0; i < all_k.size(); ++i) written += !std::isnan(all_k[i]) + !std::isnan(all_v[i]);
+      EXPECT_EQ(written, static_cast<size_t>(2 * hkv * d)) << "only the position's row is written";
+    }
+}
+
+TEST_F(CudaOpsTest, DecodeAttentionAtMatchesTheCpuOverTheVisibleKeys) {
+  SKIP_WITHOUT_GPU();
+  struct Heads {
+    int64_t hq, hkv, d;
+  };
+  struct Layout {
+    int64_t cap, ring, window;
+    std::vector<int64_t> positions;
+  };
+  const Layout layouts[] = {
+      {4099, 0, 0, {0, 1, 127, 128, 2500, 4098}},  // full cache, causal
+      {4099, 0, 5, {0, 4, 5, 4098}},               // full cache, sliding window
+      {4099, 0, 2048, {2047, 2048, 4098}},
+      {1, 1, 1, {0, 1, 9}},                        // rings of exactly the window
+      {7, 7, 7, {0, 6, 7, 36}},
+      {2048, 2048, 2048, {100, 2047, 2048, 10000}},
+  };
+  uint64_t seed = 950;
+  for (Heads h : {Heads{14, 2, 64}, Heads{12, 2, 128}})
+    for (const Layout& l : layouts)
+      for (int64_t p : l.positions) {
+        SCOPED_TRACE("Hq " + std::to_string(h.hq) + " D " + std::to_string(h.d) + " cap " + std::to_string(l.cap) +
+                     " ring " + std::to_string(l.ring) + " window " + std::to_string(l.window) + " position " +
+                     std::to_string(p));
+        const int64_t filled = l.ring ? std::min(p + 1, l.ring) : p + 1;
+        Host hk = randn({l.cap, h.hkv, h.d}, ++seed), hv = randn({l.cap, h.hkv, h.d}, ++seed);
+        for (int64_t i = filled * h.hkv * h.d; i < hk.numel(); ++i) hk.v[i] = hv.v[i] = kNaN;
+        Host hq = randn({1, h.hq, h.d}, ++seed);
+        rt::AttentionSpec spec;
+        spec.window = l.window;
+        Tensor pos_cpu = cpu->alloc(DType::I32, {1});
+        *pos_cpu.ptr<int32_t>() = static_cast<int32_t>(p);
+        Tensor ref = alloc(DType::F32, {1, h.hq, h.d}, *cpu);
+        cpu->decode_attention_at(cpu_tensor(hq, DType::BF16), cpu_tensor(hk, DType::BF16),
+                                 cpu_tensor(hv, DType::BF16), l.ring, pos_cpu, spec, ref);
+        Tensor pos = gpu->alloc(DType::I32, {1});
+        gpu->copy(pos_cpu, pos);
+        Tensor o = poisoned(DType::BF16, {1, h.hq, h.d});
+        gpu->decode_attention_at(upload(hq, DType::BF16), upload(hk, DType::BF16), upload(hv, DType::BF16), l.ring,
+                                 pos, spec, o);
+        const std::vector<float> got = download(o);
+        for (float x : got) ASSERT_TRUE(std::isfinite(x)) << "non-finite output (unwritten, or a hidden row read)";
+        EXPECT_LT(rel_err(got, host_values(ref)), 1e-2);
+      }
+}
+
+// A captured step replays with whatever position is in device memory at replay time, bit for bit
+// what the same ops give run directly; temporaries allocated inside belong to the graph.
+TEST_F(CudaOpsTest, CapturedDecodeOpsReplayAtNewPositions) {
+  SKIP_WITHOUT_GPU();
+  const int64_t hq = 14, hkv = 2, d = 64, n = (hq + 2 * hkv) * d, cap = 300;
+  Tensor qkv = upload(randn({1, n}, 990), DType::BF16);
+  Tensor pos = gpu->alloc(DType::I32, {1});
+  auto set_pos = [&](int32_t p) { gpu->copy(TensorView::contiguous(&p, DType::I32, Device::CPU, {1}), pos); };
+  Tensor kc = upload(randn({cap, hkv, d}, 991), DType::BF16), vc = upload(randn({cap, hkv, d}, 992), DType::BF16);
+  Tensor out = poisoned(DType::BF16, {1, hq, d});
+  rt::AttentionSpec spec;
+  auto step = [&] {
+    Tensor q = gpu->alloc(DType::BF16, {1, hq, d});  // a temporary: graph-owned when captured
+    gpu->qkv_rope_split_at(qkv, pos, 1e6, q, kc, vc, 0);
+    gpu->decode_attention_at(q, kc, vc, 0, pos, spec, out);
+  };
+  set_pos(0);
+  std::unique_ptr<rt::Ops::CapturedWork> graph = gpu->capture(step);
+  ASSERT_NE(graph, nullptr);
+  for (int32_t p : {5, 77, 299}) {
+    set_pos(p);
+    graph->replay();
+    const std::vector<float> replayed = download(out);
+    gpu->fill(out, kNaN);
+    step();
+    EXPECT_EQ(download(out), replayed) << "position " << p;
+  }
+  // Work that throws mid-capture: the error passes on and the stream works afterwards.
+  EXPECT_THROW(gpu->capture([&] {
+    step();
+    rt::fail("stop");
+  }),
+               rt::Error);
+  set_pos(3);
+  step();
+  for (float x : download(out)) ASSERT_TRUE(std::isfinite(x));
+}
+
 // ---- argmax ------------------------------------------------------------------------------------
 
 TEST_F(CudaOpsTest, ArgmaxLastRow) {

@@ -9,6 +9,7 @@
 #include "cpu/cpu_ops.h"
 #include "loader/hf_config.h"
 #include "loader/weight_store.h"
+#include "model/decode_session.h"
 #include "model/qwen2_model.h"
 #include "plugin_host/plugin_registry.h"
 #include "rt/sdk/error.h"
@@ -81,6 +82,60 @@ TEST(KvCache, FullCausalIncrementalMatchesPrefill) { expect_cache_consistent("fu
 TEST(KvCache, SlidingRingIncrementalMatchesPrefill) { expect_cache_consistent("swa", 4); }
 TEST(KvCache, SlidingRingWindowOne) { expect_cache_consistent("swa", 1); }
 TEST(KvCache, SlidingWindowLargerThanSequence) { expect_cache_consistent("swa", 100); }
+
+// DecodeSession's step (the device-position decode step that CUDA captures as a graph) gives the
+// logits of the batched forward fed one token at a time: on the CPU, where nothing is captured, it
+// runs the same ops op by op.
+void expect_session_matches_forward(const std::string& backend, int64_t window) {
+  Fixture f("tied_bf16_theta5e6", backend, window);
+  const auto ids = some_ids(23, 300);
+  std::span<const int32_t> all(ids);
+  auto states = f.model->new_states(30);
+  f.model->forward(all.subspan(0, 9), &states, true);
+  rt::DecodeSession session(*f.model, 30);
+  session.prefill(all.subspan(0, 9));
+  EXPECT_EQ(session.position(), 9);
+  for (size_t t = 9; t < ids.size(); ++t) {
+    const auto want = to_host(*f.ops, f.model->forward(all.subspan(t, 1), &states, true));
+    rt::TensorView got_view = session.step(ids[t]);
+    std::vector<float> got(static_cast<size_t>(got_view.numel()));
+    f.ops->copy(got_view, rt::TensorView::contiguous(got.data(), rt::DType::F32, rt::Device::CPU, {1, got_view.shape[1]}));
+    EXPECT_LT(rel_err(got, want), 1e-6) << backend << " window " << window << " position " << t;
+  }
+  EXPECT_EQ(session.position(), 23);
+  EXPECT_EQ(session.states()[0]->tokens_seen(), 23);
+  EXPECT_EQ(session.mode(), rt::DecodeSession::Mode::Eager) << "the CPU backend records no graphs";
+  // A prefill after decode steps continues from the same position.
+  session.prefill(all.subspan(0, 3));
+  EXPECT_EQ(session.states()[0]->tokens_seen(), 26);
+}
+
+TEST(DecodeSession, FullCausalStepsMatchForward) { expect_session_matches_forward("full_causal", 0); }
+TEST(DecodeSession, RingStepsMatchForwardAcrossTheWrap) { expect_session_matches_forward("swa", 4); }
+TEST(DecodeSession, RingOfOne) { expect_session_matches_forward("swa", 1); }
+TEST(DecodeSession, WindowLargerThanTheCache) { expect_session_matches_forward("swa", 100); }
+
+TEST(DecodeSession, BadStepsAreErrors) {
+  Fixture f("tied_bf16_theta5e6", "full_causal", 0);
+  rt::DecodeSession session(*f.model, 3);
+  try {
+    session.step(static_cast<int32_t>(f.model->dims().vocab));
+    FAIL() << "expected an error";
+  } catch (const rt::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("out of range"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(session.position(), 0) << "a refused step changes nothing";
+  session.step(1);
+  EXPECT_THROW(session.prefill(some_ids(3, 300)), rt::Error);  // 1 + 3 > 3 positions
+  session.step(2);
+  session.step(3);
+  try {
+    session.step(4);
+    FAIL() << "expected an error";
+  } catch (const rt::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("past the KV cache, sized for 3"), std::string::npos) << e.what();
+  }
+}
 
 TEST(KvCache, RingBufferHoldsOnlyTheWindow) {
   Fixture f("tied_bf16_theta5e6", "swa", 4);

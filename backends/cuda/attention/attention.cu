@@ -25,6 +25,7 @@ void check_device_pointer(const char* arg, const TensorView& v) { attn_launch::c
 void check_align16(const char* arg, const TensorView& v) { attn_launch::check_align16("attention (cuda)", arg, v); }
 template <auto Kernel>
 void ensure_smem(int bytes, const char* what) { attn_launch::ensure_smem<Kernel>("attention (cuda)", bytes, what); }
+using attn_launch::capturing;
 using attn_launch::kMaxInt;
 using attn_launch::mask_params;
 using attn_launch::num_sms;
@@ -90,9 +91,16 @@ void launch_flash(const TensorView& q, const TensorView& k, const TensorView& v,
 // ------------------------------------------------------------------------------------------------
 // bf16: split-KV decode + combine
 
+// The position of a decode step held in device memory (decode_attention_at): pos == nullptr for the
+// host-position path. k and v are then the whole KV cache, position p in row p or p % ring.
+struct DevicePosition {
+  const int32_t* pos = nullptr;
+  int64_t ring = 0;
+};
+
 template <int kD>
 void launch_decode(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o, float* lse,
-                   const AttentionSpec& spec, const Shapes& s, cudaStream_t stream) {
+                   const AttentionSpec& spec, const Shapes& s, const DevicePosition& dp, cudaStream_t stream) {
   using DC = attn::DecodeConfig<kD>;
   const int64_t group = s.Hq / s.Hkv;
   const int64_t rows = group * s.Tq;
@@ -107,6 +115,12 @@ void launch_decode(const TensorView& q, const TensorView& k, const TensorView& v
     kb = Mask::key_lo(mp, spec.q_pos0);
     ke = Mask::key_hi(mp, spec.q_pos0 + s.Tq - 1);
   });
+  if (dp.pos != nullptr) {
+    // The split grid is planned for the most keys any position can see (the kernel reads the
+    // position and finds its own key range), so it is the same at every position.
+    kb = 0;
+    ke = static_cast<int>(dp.ring > 0 ? dp.ring : spec.window > 0 ? std::min<int64_t>(spec.window, s.Tk) : s.Tk);
+  }
   const int64_t total = ke > kb ? ke - kb : 0;
 
   int64_t splits = 0, chunk = 0;
@@ -150,6 +164,8 @@ void launch_decode(const TensorView& q, const TensorView& k, const TensorView& v
       p.kb = kb, p.ke = ke, p.chunk = static_cast<int>(chunk), p.num_splits = static_cast<int>(splits);
       p.scale_log2 = s.scale * 1.4426950408889634f;
       p.mask = mp;
+      p.pos = dp.pos;
+      p.ring = static_cast<int>(dp.ring);
       p.part_acc = part_acc;
       p.part_ml = part_ml;
       with_mask(spec, [&](auto mask) {
@@ -192,6 +208,8 @@ struct F32Params {
   int Tq, Hq, group, D;
   float scale;
   attn::MaskParams mask;
+  const int32_t* pos;  // decode at a device-held position, as in attn::DecodeParams (Tq = 1)
+  int ring;
 };
 
 constexpr int kF32MaxD = 256;
@@ -204,8 +222,13 @@ __global__ void __launch_bounds__(128) attention_f32_kernel(const F32Params p) {
   const int lane = threadIdx.x & 31;
   if (w >= static_cast<int64_t>(p.Tq) * p.Hq) return;
   const int i = static_cast<int>(w / p.Hq), h = static_cast<int>(w % p.Hq), hk = h / p.group;
-  const int64_t pos = p.mask.q_pos0 + i;
-  const int lo = Mask::key_lo(p.mask, pos), hi = Mask::key_hi(p.mask, pos);
+  attn::MaskParams mask = p.mask;
+  if (p.pos != nullptr) {
+    if (p.ring > 0) mask.Tk = static_cast<int>(min(static_cast<int64_t>(*p.pos) + 1, static_cast<int64_t>(p.ring)));
+    else mask.q_pos0 = *p.pos;
+  }
+  const int64_t pos = mask.q_pos0 + i;
+  const int lo = Mask::key_lo(mask, pos), hi = Mask::key_hi(mask, pos);
   const float* qr = p.q + static_cast<int64_t>(i) * p.q_row + static_cast<int64_t>(h) * p.q_head;
   const float* kr = p.k + static_cast<int64_t>(hk) * p.k_head;
   const float* vr = p.v + static_cast<int64_t>(hk) * p.v_head;
@@ -251,8 +274,10 @@ __global__ void __launch_bounds__(128) attention_f32_kernel(const F32Params p) {
 }
 
 void launch_f32(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o, float* lse,
-                const AttentionSpec& spec, const Shapes& s, cudaStream_t stream) {
+                const AttentionSpec& spec, const Shapes& s, const DevicePosition& dp, cudaStream_t stream) {
   F32Params p{};
+  p.pos = dp.pos;
+  p.ring = static_cast<int>(dp.ring);
   p.q = static_cast<const float*>(q.data);
   p.k = static_cast<const float*>(k.data);
   p.v = static_cast<const float*>(v.data);
@@ -276,10 +301,9 @@ void launch_f32(const TensorView& q, const TensorView& k, const TensorView& v, c
   });
 }
 
-}  // namespace
-
-void attention_forward_with(TensorView q, TensorView k, TensorView v, TensorView o, TensorView lse,
-                            const AttentionSpec& spec, AttentionKernel kernel, cudaStream_t stream) {
+void attention_forward_impl(TensorView q, TensorView k, TensorView v, TensorView o, TensorView lse,
+                            const AttentionSpec& spec, AttentionKernel kernel, const DevicePosition& dp,
+                            cudaStream_t stream) {
   check_view("q", q);
   check_view("k", k);
   check_view("v", v);
@@ -325,26 +349,59 @@ void attention_forward_with(TensorView q, TensorView k, TensorView v, TensorView
     lse_ptr = static_cast<float*>(lse.data);
   }
   if (Tq == 0 || Hq == 0 || D == 0) return;
-  check_device_pointer("q", q);
-  check_device_pointer("k", k);
-  check_device_pointer("v", v);
-  check_device_pointer("o", o);
+  if (!capturing(stream)) {  // memory a graph allocates has no attributes to query until it runs
+    check_device_pointer("q", q);
+    check_device_pointer("k", k);
+    check_device_pointer("v", v);
+    check_device_pointer("o", o);
+  }
 
   Shapes s{Tq, Hq, D, Tk, Hkv, 0.f};
   s.scale = spec.scale != 0.f ? spec.scale : static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
 
   if (q.dtype == DType::F32) {
-    launch_f32(q, k, v, o, lse_ptr, spec, s, stream);
+    launch_f32(q, k, v, o, lse_ptr, spec, s, dp, stream);
     return;
   }
-  const bool decode = kernel == AttentionKernel::Decode || (kernel == AttentionKernel::Auto && Tq <= 16);
+  const bool decode =
+      dp.pos != nullptr || kernel == AttentionKernel::Decode || (kernel == AttentionKernel::Auto && Tq <= 16);
   if (D == 64) {
-    if (decode) launch_decode<64>(q, k, v, o, lse_ptr, spec, s, stream);
+    if (decode) launch_decode<64>(q, k, v, o, lse_ptr, spec, s, dp, stream);
     else launch_flash<64>(q, k, v, o, lse_ptr, spec, s, stream);
   } else {
-    if (decode) launch_decode<128>(q, k, v, o, lse_ptr, spec, s, stream);
+    if (decode) launch_decode<128>(q, k, v, o, lse_ptr, spec, s, dp, stream);
     else launch_flash<128>(q, k, v, o, lse_ptr, spec, s, stream);
   }
+}
+
+}  // namespace
+
+void attention_forward_with(TensorView q, TensorView k, TensorView v, TensorView o, TensorView lse,
+                            const AttentionSpec& spec, AttentionKernel kernel, cudaStream_t stream) {
+  attention_forward_impl(q, k, v, o, lse, spec, kernel, DevicePosition{}, stream);
+}
+
+void decode_attention_at(TensorView q, TensorView k_cache, TensorView v_cache, int64_t ring, TensorView pos,
+                         const AttentionSpec& spec, TensorView o, cudaStream_t stream) {
+  const char* op = "decode_attention_at (cuda)";
+  RT_CHECK(pos.device == Device::CUDA && pos.dtype == DType::I32 && pos.numel() == 1, op,
+           ": argument 'pos' must be an I32 [1] cuda tensor, found ", dtype_name(pos.dtype), " ",
+           device_name(pos.device), " ", pos.shape_str());
+  if (!capturing(stream)) check_device_pointer("pos", pos);
+  RT_CHECK(q.ndim == 3 && q.shape[0] == 1, op, ": one query token expected, q [1, Hq, D], found ", q.shape_str());
+  RT_CHECK(spec.causal, op, ": needs a causal spec");
+  RT_CHECK(ring == 0 || (ring == spec.window && ring == k_cache.shape[0]), op, ": a ring of ", ring,
+           " rows must hold exactly the window (", spec.window, ") and be the whole cache (",
+           k_cache.ndim == 3 ? k_cache.shape[0] : -1, " rows)");
+  AttentionSpec s = spec;
+  s.q_pos0 = 0;  // read from pos by the kernel
+  s.k_pos0 = 0;
+  if (ring > 0) {  // ring rows are slots: every filled one is visible, no mask
+    s.causal = false;
+    s.window = 0;
+  }
+  attention_forward_impl(q, k_cache, v_cache, o, TensorView{}, s, AttentionKernel::Decode,
+                         DevicePosition{static_cast<const int32_t*>(pos.data), ring}, stream);
 }
 
 void attention_forward_lse(TensorView q, TensorView k, TensorView v, TensorView o, TensorView lse,

@@ -36,4 +36,12 @@ enum class AttentionKernel { Auto, Flash, Decode };
 void attention_forward_with(TensorView q, TensorView k, TensorView v, TensorView o, TensorView lse,
                             const rt::AttentionSpec& spec, AttentionKernel kernel, cudaStream_t stream);
 
+// Decode at a position held in device memory (rt::Ops::decode_attention_at): q [1, Hq, D] (bf16
+// with head dim 64 or 128: the split-KV kernel; f32: the fp32 kernel) against the whole KV cache k_cache, v_cache [capacity, Hkv, D], position p in row p (ring = 0:
+// keys at positions <= p, and > p - window with spec.window) or in row p % ring (a ring holding
+// exactly the window: its min(p + 1, ring) filled rows). The split grid depends only on the
+// capacity, so the launch is the same at every position (CUDA-graph replay).
+void decode_attention_at(TensorView q, TensorView k_cache, TensorView v_cache, int64_t ring, TensorView pos,
+                         const rt::AttentionSpec& spec, TensorView o, cudaStream_t stream);
+
 }  // namespace rt::cuda

@@ -69,6 +69,12 @@ inline void check_device_pointer(const char* op, const char* arg, const TensorVi
   }
 }
 
+// True while `stream` is being captured into a graph.
+inline bool capturing(cudaStream_t stream) {
+  cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+  return cudaStreamIsCapturing(stream, &st) == cudaSuccess && st == cudaStreamCaptureStatusActive;
+}
+
 // bf16 paths: cp.async moves 16-byte chunks, so rows must start on 16-byte boundaries.
 inline void check_align16(const char* op, const char* arg, const TensorView& v) {
   if (v.numel() == 0) return;

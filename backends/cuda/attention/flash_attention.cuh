@@ -459,6 +459,11 @@ struct DecodeParams {
   int kb, ke, chunk, num_splits;     // visible key range of the queries, keys per split
   float scale_log2;
   MaskParams mask;
+  // Decode at a device-held position (Tq = 1): the query's position is *pos and kb, ke, mask are
+  // found from it; k, v are then a KV cache with position p in row p, or p % ring (ring > 0: every
+  // filled row visible, mask.Tk = min(p + 1, ring)). nullptr: everything as given.
+  const int32_t* pos;
+  int ring;
   float* part_acc;  // [num_splits][Hkv][rows][D]
   float* part_ml;   // [num_splits][Hkv][rows][2]: max (log2 units), sum
 };
@@ -482,8 +487,20 @@ __global__ void __launch_bounds__(32) flash_decode_split_kernel(const DecodePara
 
   const int lane = threadIdx.x, g = lane >> 2, t4 = lane & 3;
   const int split = blockIdx.x, hk = blockIdx.y, r0 = blockIdx.z * 16;
-  const int c0 = p.kb + split * p.chunk;
-  const int c1 = min(p.ke, c0 + p.chunk);
+  MaskParams mask = p.mask;
+  int kb = p.kb, ke = p.ke;
+  if (p.pos != nullptr) {
+    const int64_t pos = *p.pos;
+    if (p.ring > 0) {
+      mask.Tk = static_cast<int>(min(pos + 1, static_cast<int64_t>(p.ring)));
+    } else {
+      mask.q_pos0 = pos;
+    }
+    kb = Mask::key_lo(mask, mask.q_pos0);
+    ke = Mask::key_hi(mask, mask.q_pos0);
+  }
+  const int c0 = kb + split * p.chunk;
+  const int c1 = min(ke, c0 + p.chunk);
   const int ntiles = (c1 - c0 + kN - 1) / kN;
 
   // Q rows (zero-filled past the last row).
@@ -516,9 +533,9 @@ __global__ void __launch_bounds__(32) flash_decode_split_kernel(const DecodePara
 #pragma unroll
   for (int hr = 0; hr < 2; ++hr) {
     const int row = r0 + g + hr * 8;
-    const int64_t pos = p.mask.q_pos0 + (row < p.rows ? row % p.Tq : 0);
-    row_lo[hr] = max(Mask::key_lo(p.mask, pos), c0);
-    row_hi[hr] = min(Mask::key_hi(p.mask, pos), c1);
+    const int64_t pos = mask.q_pos0 + (row < p.rows ? row % p.Tq : 0);
+    row_lo[hr] = max(Mask::key_lo(mask, pos), c0);
+    row_hi[hr] = min(Mask::key_hi(mask, pos), c1);
   }
 
   float acc[kDT][4];

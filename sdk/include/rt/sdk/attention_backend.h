@@ -66,6 +66,13 @@ class AttentionState {
   virtual ~AttentionState() = default;
   virtual int64_t tokens_seen() const = 0;  // positions consumed so far
   virtual size_t kv_bytes() const = 0;      // device bytes held by the cache
+  // A decode step at a device-held position (AttentionBackend::decode_step_at) leaves the host-side
+  // count alone, since a replayed step runs no host code; the runtime moves it on with this after
+  // each step.
+  virtual void advance(int64_t tokens) {
+    (void)tokens;
+    fail("this attention state cannot be advanced by the runtime (its backend has no decode_step_at)");
+  }
 };
 
 enum class KvPolicy : int32_t { Full = 0, RingBuffer = 1, None = 2, Custom = 3 };
@@ -79,6 +86,7 @@ struct Capabilities {
   bool decode = false;
   bool router = false;  // needs a Router (attach_router before configure)
   KvPolicy kv = KvPolicy::Full;
+  bool graph_decode = false;  // decode_step_at: a decode step the runtime can capture and replay
 };
 
 class Router;
@@ -106,6 +114,15 @@ class AttentionBackend {
   // One token (x [1, hidden]) against the cache. The default runs forward with T = 1.
   virtual void decode_step(const LayerContext& ctx, TensorView x, AttentionState& state) {
     forward(ctx, x, &state);
+  }
+
+  // Capabilities::graph_decode: one token x [1, hidden] against the cache, at the position held in
+  // device memory pos (I32 [1]; the runtime keeps it equal to state.tokens_seen()). It must queue the
+  // same work whatever the position (position-dependent arguments come from pos, through the
+  // Ops::*_at ops), because the runtime captures one step and replays it for every token. It must
+  // not change host-side state: the runtime calls state.advance(1) after each step.
+  virtual void decode_step_at(const LayerContext&, TensorView /*x*/, AttentionState&, TensorView /*pos*/) {
+    fail("this attention backend has no decode_step_at (Capabilities::graph_decode is false)");
   }
 
   // ---- Training (Capabilities::backward) ----

@@ -39,6 +39,19 @@ class KvCache : public AttentionState {
   bool is_ring() const { return ring_ != 0; }
   int64_t max_tokens() const { return max_tokens_; }
 
+  // The whole cache, for a decode step at a device-held position (Ops::qkv_rope_split_at and
+  // decode_attention_at): position p lives in row p, or p % ring for a ring (ring > 0).
+  struct Slots {
+    TensorView k, v;
+    int64_t ring;
+  };
+  Slots slots() const { return {k_.view, v_.view, ring_}; }
+  void advance(int64_t tokens) override {
+    RT_CHECK(tokens >= 0 && seen_ + tokens <= max_tokens_, "KV cache full: ", seen_ + tokens,
+             " positions requested, cache sized for ", max_tokens_);
+    seen_ += tokens;
+  }
+
   // Appends k, v [T, Hkv, D] at positions seen..seen+T-1, having first (for a ring) gathered the
   // cached keys the new queries still need. Returns the keys/values to attend over and the
   // position of their first row.
@@ -161,35 +174,69 @@ inline AttentionSpec sublayer_attention_spec(const ModelDims& d, const Attention
   return as;
 }
 
+// The q/k/v projection weights and biases under spec.prefix, and the same as one [(Hq + 2 Hkv) D, hidden]
+// matrix and vector when the model stores them as consecutive rows of one buffer (stacked_rows;
+// empty views otherwise).
+struct QkvWeights {
+  TensorView w[3], b[3];
+  TensorView w_all, b_all;
+  bool stacked() const { return w_all.data && b_all.data; }
+};
+inline QkvWeights qkv_weights(const LayerParams& p, const AttentionSublayerSpec& spec) {
+  QkvWeights r;
+  const char* names[3] = {"q_proj", "k_proj", "v_proj"};
+  for (int i = 0; i < 3; ++i) {
+    r.w[i] = p.get(spec.prefix + names[i] + ".weight");
+    r.b[i] = p.get(spec.prefix + names[i] + ".bias");
+  }
+  r.w_all = stacked_rows({r.w[0], r.w[1], r.w[2]});
+  r.b_all = stacked_rows({r.b[0], r.b[1], r.b[2]});
+  return r;
+}
+
+// qkv [T, (Hq + 2 Hkv) D] = h [T, hidden] through the three projections (q | k | v columns): one
+// GEMM when the weights are stacked, else three into column slices.
+inline Tensor fused_qkv_projection(Ops& ops, const QkvWeights& qw, TensorView h) {
+  const int64_t T = h.shape[0];
+  if (qw.stacked()) {
+    Tensor qkv = ops.alloc(ops.activation_dtype(), {T, qw.w_all.shape[0]});
+    ops.linear(h, qw.w_all, qw.b_all, qkv);
+    return qkv;
+  }
+  Tensor qkv = ops.alloc(ops.activation_dtype(), {T, qw.w[0].shape[0] + qw.w[1].shape[0] + qw.w[2].shape[0]});
+  int64_t c0 = 0;
+  for (int i = 0; i < 3; ++i) {
+    const int64_t n = qw.w[i].shape[0];
+    Tensor part = ops.alloc(ops.activation_dtype(), {T, n});
+    ops.linear(h, qw.w[i], qw.b[i], part);
+    ops.copy(part, qkv.view.cols(c0, c0 + n));
+    c0 += n;
+  }
+  return qkv;
+}
+
 // k_dst, v_dst: where k and v go when given (KV-cache rows, KvCache::rows_in_place); otherwise
-// they are allocated. When the model stores the q/k/v weights (and biases) as consecutive rows of
-// one buffer (stacked_rows), this is one GEMM plus one split-and-rotate pass.
+// they are allocated. With stacked weights this is one GEMM plus one split-and-rotate pass.
 inline Qkv project_qkv(const LayerContext& ctx, const AttentionSublayerSpec& spec, TensorView h, int64_t pos0,
                        TensorView k_dst = TensorView{}, TensorView v_dst = TensorView{}) {
   Ops& ops = *ctx.ops;
   const ModelDims& d = *ctx.dims;
-  const LayerParams& p = *ctx.params;
   const int64_t T = h.shape[0];
   const DType act = ops.activation_dtype();
   auto kv_out = [&](TensorView dst) {
     return dst.data ? Tensor{dst, nullptr} : ops.alloc(act, {T, d.n_kv_heads, d.head_dim});
   };
   Qkv r{ops.alloc(act, {T, d.n_heads, d.head_dim}), kv_out(k_dst), kv_out(v_dst)};
-  const TensorView w[3] = {p.get(spec.prefix + "q_proj.weight"), p.get(spec.prefix + "k_proj.weight"),
-                           p.get(spec.prefix + "v_proj.weight")};
-  const TensorView b[3] = {p.get(spec.prefix + "q_proj.bias"), p.get(spec.prefix + "k_proj.bias"),
-                           p.get(spec.prefix + "v_proj.bias")};
+  const QkvWeights qw = qkv_weights(*ctx.params, spec);
   const double theta = sublayer_theta(d, spec);
-  const TensorView w_qkv = stacked_rows({w[0], w[1], w[2]}), b_qkv = stacked_rows({b[0], b[1], b[2]});
-  if (w_qkv.data && b_qkv.data) {
-    Tensor qkv = ops.alloc(act, {T, w_qkv.shape[0]});
-    ops.linear(h, w_qkv, b_qkv, qkv);
+  if (qw.stacked()) {
+    Tensor qkv = fused_qkv_projection(ops, qw, h);
     ops.qkv_rope_split(qkv, pos0, theta, r.q, r.k, r.v);
     return r;
   }
   Tensor* outs[3] = {&r.q, &r.k, &r.v};
   for (int i = 0; i < 3; ++i)
-    ops.linear(h, w[i], b[i], outs[i]->view.reshaped({T, outs[i]->view.shape[1] * d.head_dim}));
+    ops.linear(h, qw.w[i], qw.b[i], outs[i]->view.reshaped({T, outs[i]->view.shape[1] * d.head_dim}));
   ops.rope(r.q, pos0, theta);
   ops.rope(r.k, pos0, theta);
   return r;
@@ -279,6 +326,28 @@ inline void attention_sublayer_forward(const LayerContext& ctx, const AttentionS
   }
 
   add_output_projection(ctx, spec, o, gate, x);
+}
+
+// One token x [1, hidden] += attention sublayer(x) at the position held in device memory pos (I32
+// [1]), for a decode step that is captured once and replayed (AttentionBackend::decode_step_at):
+// every position-dependent argument is read from pos by the Ops::*_at ops. The cache's host-side
+// count is not advanced (the caller does, with cache.advance(1)).
+inline void attention_sublayer_decode_at(const LayerContext& ctx, const AttentionSublayerSpec& spec, TensorView x,
+                                         KvCache& cache, TensorView pos) {
+  Ops& ops = *ctx.ops;
+  const ModelDims& d = *ctx.dims;
+  RT_CHECK(x.ndim == 2 && x.shape[0] == 1, "decode_step_at: expected one token x [1, hidden], found ",
+           x.shape_str());
+  const DType act = ops.activation_dtype();
+  Tensor h = ops.alloc(act, {1, d.hidden});
+  ops.rmsnorm(x, ctx.params->get(spec.norm), d.rms_eps, h);
+  Tensor qkv = fused_qkv_projection(ops, qkv_weights(*ctx.params, spec), h);
+  Tensor q = ops.alloc(act, {1, d.n_heads, d.head_dim});
+  const KvCache::Slots c = cache.slots();
+  ops.qkv_rope_split_at(qkv, pos, sublayer_theta(d, spec), q, c.k, c.v, c.ring);
+  Tensor o = ops.alloc(act, {1, d.n_heads, d.head_dim});
+  ops.decode_attention_at(q, c.k, c.v, c.ring, pos, sublayer_attention_spec(d, spec, 0), o);
+  add_output_projection(ctx, spec, o, TensorView{}, x);
 }
 
 // ---- Training ----------------------------------------------------------------------------------

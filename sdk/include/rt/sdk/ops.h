@@ -7,7 +7,10 @@
 //  - accumulation is fp32; CPU backends compute in fp32 throughout.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -119,6 +122,71 @@ class Ops {
     s.shape = {qkv.shape[0], like.shape[1], like.shape[2], 0};
     s.stride = {qkv.stride[0], like.shape[2], 1, 0};
     return s;
+  }
+
+  // ---- Decode at a position held in device memory. ---------------------------------------------
+  // A decode step made of these ops (and the position-free ones above) queues the same kernels
+  // with the same arguments at every position, so it can be captured once and replayed (capture()
+  // below). pos: I32 [1] on this device, the position of the token being decoded. The KV cache
+  // k_cache, v_cache [capacity, Hkv, D] keeps position p in row p, or in row p % ring when it is a
+  // ring buffer of `ring` rows (ring > 0). The defaults read pos back to the host and call the
+  // host-position ops: correct anywhere, but not capturable.
+
+  // qkv_rope_split of one token, qkv [1, n], at position pos: q [1, Hq, D] is written, k and v go
+  // into the cache's row for pos.
+  virtual void qkv_rope_split_at(TensorView qkv, TensorView pos, double theta, TensorView q, TensorView k_cache,
+                                 TensorView v_cache, int64_t ring) {
+    const int64_t p = read_position(pos);
+    const int64_t row = ring > 0 ? p % ring : p;
+    RT_CHECK(row < k_cache.shape[0], "qkv_rope_split_at: position ", p, " is past the KV cache (", k_cache.shape[0],
+             " rows)");
+    qkv_rope_split(qkv, p, theta, q, k_cache.rows(row, row + 1), v_cache.rows(row, row + 1));
+  }
+  // o [1, Hq, D] = attention of q [1, Hq, D] at position pos against the cache, once the row for
+  // pos is written. A full cache (ring = 0): the keys at positions <= pos, and > pos - spec.window
+  // when spec.window > 0. A ring: every filled row, min(pos + 1, ring) of them, which are exactly
+  // the window's keys when ring == spec.window (required). spec.q_pos0 and k_pos0 are ignored.
+  virtual void decode_attention_at(TensorView q, TensorView k_cache, TensorView v_cache, int64_t ring, TensorView pos,
+                                   const AttentionSpec& spec, TensorView o) {
+    RT_CHECK(spec.causal && (ring == 0 || ring == spec.window), "decode_attention_at: needs a causal spec and a ring ",
+             "of exactly the window's size; found ring ", ring, ", window ", spec.window);
+    const int64_t p = read_position(pos);
+    const int64_t n = ring > 0 ? std::min(p + 1, ring) : p + 1;
+    RT_CHECK(n <= k_cache.shape[0], "decode_attention_at: position ", p, " is past the KV cache (", k_cache.shape[0],
+             " rows)");
+    AttentionSpec s = spec;
+    s.q_pos0 = p;
+    s.k_pos0 = 0;
+    if (ring > 0) {  // ring rows are slots, not positions: all of them are visible
+      s.causal = false;
+      s.window = 0;
+    }
+    attention(q, k_cache.rows(0, n), v_cache.rows(0, n), o, s);
+  }
+  // The position in pos (I32 [1], on this device), on the host.
+  int64_t read_position(TensorView pos) {
+    RT_CHECK(pos.dtype == DType::I32 && pos.numel() == 1, "decode position: expected I32 [1], found ",
+             dtype_name(pos.dtype), " ", pos.shape_str());
+    int32_t p = -1;
+    copy(pos, TensorView::contiguous(&p, DType::I32, Device::CPU, {1}));
+    RT_CHECK(p >= 0, "decode position: found ", p, ", expected >= 0");
+    return p;
+  }
+
+  // Recorded device work, run again by replay() with the arguments it was recorded with.
+  class CapturedWork {
+   public:
+    virtual ~CapturedWork() = default;
+    virtual void replay() = 0;
+  };
+  // Records the device work that `work` queues, without running it (a CUDA graph). Pointers and
+  // values are fixed at capture: what changes between replays must be read from device memory, as
+  // the *_at ops above do. Temporaries that `work` allocates and frees belong to the recording.
+  // `work` must not wait for the device or read device memory back to the host. Returns nullptr
+  // where the backend cannot capture (the CPU): then nothing was recorded or run.
+  virtual std::unique_ptr<CapturedWork> capture(const std::function<void()>& work) {
+    (void)work;
+    return nullptr;
   }
 
   // ---- Training. Backward ops and the small elementwise ops routers and L2A need. -------------

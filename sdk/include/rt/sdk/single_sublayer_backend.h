@@ -18,6 +18,7 @@ class SingleSublayerBackend : public AttentionBackend {
     c.bf16 = true;
     c.backward = true;
     c.decode = true;
+    c.graph_decode = true;
     c.kv = ring_cache() ? KvPolicy::RingBuffer : KvPolicy::Full;
     return c;
   }
@@ -29,6 +30,9 @@ class SingleSublayerBackend : public AttentionBackend {
   }
   void forward(const LayerContext& ctx, TensorView x, AttentionState* state) override {
     attention_sublayer_forward(ctx, spec_, x, static_cast<KvCache*>(state));
+  }
+  void decode_step_at(const LayerContext& ctx, TensorView x, AttentionState& state, TensorView pos) override {
+    attention_sublayer_decode_at(ctx, spec_, x, static_cast<KvCache&>(state), pos);
   }
   std::unique_ptr<SavedActivations> forward_train(const LayerContext& ctx, TensorView x,
                                                   const TrainContext&) override {
