@@ -12,6 +12,7 @@ class CudaGraph final : public Ops::CapturedWork {
   CudaGraph(cudaGraphExec_t exec, cudaStream_t stream, std::shared_ptr<void> keep)
       : exec_(exec), stream_(stream), keep_(std::move(keep)) {}
   ~CudaGraph() override {
+    (void)cudaStreamSynchronize(stream_);  // no replay still in flight when the graph goes
     (void)cudaGraphExecDestroy(exec_);
     (void)cudaGetLastError();
   }
