@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Packs build/bin and the shared libraries it needs that a bare GPU machine lacks (Abseil, ICU,
-# PCRE2, sentencepiece, OpenMP) into .carry/gpu.tar.xz, for the device tool's `carry`.
+# PCRE2, sentencepiece, OpenMP, CUPTI for trace_prefill) into .carry/gpu.tar.xz, for the device tool's `carry`.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 build=${1:-build}
 rm -rf .carry && mkdir -p .carry/stage/lib
 cp -a "$build/bin" .carry/stage/bin
 for f in .carry/stage/bin/*; do ldd "$f" 2>/dev/null || true; done | awk '/=> \//{print $3}' | sort -u |
-  grep -E 'absl|icu|pcre2|sentencepiece|gomp|protobuf|toml' | xargs -r -I{} cp -L {} .carry/stage/lib/
+  grep -E 'absl|icu|pcre2|sentencepiece|gomp|protobuf|toml|cupti' | xargs -r -I{} cp -L {} .carry/stage/lib/
 tar -C .carry/stage -cJf .carry/gpu.tar.xz bin lib
 rm -rf .carry/stage
 du -h .carry/gpu.tar.xz
