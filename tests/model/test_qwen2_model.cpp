@@ -18,13 +18,14 @@ namespace {
 
 const std::string kModels = std::string(RT_FIXTURES_DIR) + "/models/";
 
-std::vector<float> to_host(rt::Ops& ops, const rt::Tensor& t) {
-  std::vector<float> h(static_cast<size_t>(t.view.numel()));
-  rt::TensorView dst = t.view;
+std::vector<float> to_host(rt::Ops& ops, const rt::TensorView& v) {
+  std::vector<float> h(static_cast<size_t>(v.numel()));
+  rt::TensorView dst = v;
   dst.data = h.data();
-  ops.copy(t.view, dst);
+  ops.copy(v, dst);
   return h;
 }
+std::vector<float> to_host(rt::Ops& ops, const rt::Tensor& t) { return to_host(ops, t.view); }
 
 double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
   double num = 0, den = 0;
@@ -97,10 +98,8 @@ void expect_session_matches_forward(const std::string& backend, int64_t window) 
   EXPECT_EQ(session.position(), 9);
   for (size_t t = 9; t < ids.size(); ++t) {
     const auto want = to_host(*f.ops, f.model->forward(all.subspan(t, 1), &states, true));
-    rt::TensorView got_view = session.step(ids[t]);
-    std::vector<float> got(static_cast<size_t>(got_view.numel()));
-    f.ops->copy(got_view, rt::TensorView::contiguous(got.data(), rt::DType::F32, rt::Device::CPU, {1, got_view.shape[1]}));
-    EXPECT_LT(rel_err(got, want), 1e-6) << backend << " window " << window << " position " << t;
+    EXPECT_LT(rel_err(to_host(*f.ops, session.step(ids[t])), want), 1e-6)
+        << backend << " window " << window << " position " << t;
   }
   EXPECT_EQ(session.position(), 23);
   EXPECT_EQ(session.states()[0]->tokens_seen(), 23);
@@ -114,6 +113,45 @@ TEST(DecodeSession, FullCausalStepsMatchForward) { expect_session_matches_forwar
 TEST(DecodeSession, RingStepsMatchForwardAcrossTheWrap) { expect_session_matches_forward("swa", 4); }
 TEST(DecodeSession, RingOfOne) { expect_session_matches_forward("swa", 1); }
 TEST(DecodeSession, WindowLargerThanTheCache) { expect_session_matches_forward("swa", 100); }
+
+// A plugin without decode_step_at (Capabilities::graph_decode false, e.g. l2a_dense) decodes
+// through its batched forward, one token at a time.
+class WithoutGraphDecode final : public rt::AttentionBackend {
+ public:
+  explicit WithoutGraphDecode(rt::AttentionBackend& inner) : inner_(inner) {}
+  rt::Capabilities capabilities() const override {
+    rt::Capabilities c = inner_.capabilities();
+    c.graph_decode = false;
+    return c;
+  }
+  void configure(const rt::Options& o, const rt::ModelDims& d) override { inner_.configure(o, d); }
+  std::unique_ptr<rt::AttentionState> new_state(const rt::LayerContext& ctx, int64_t max_tokens) override {
+    return inner_.new_state(ctx, max_tokens);
+  }
+  void forward(const rt::LayerContext& ctx, rt::TensorView x, rt::AttentionState* state) override {
+    inner_.forward(ctx, x, state);
+  }
+
+ private:
+  rt::AttentionBackend& inner_;
+};
+
+TEST(DecodeSession, PluginWithoutDecodeStepAtRunsItsForward) {
+  Fixture f("tied_bf16_theta5e6", "swa", 4);
+  WithoutGraphDecode plain(*f.attention);
+  rt::Qwen2Model m(rt::parse_hf_config(kModels + "tied_bf16_theta5e6/config.json"), *f.ops, plain);
+  m.load_weights(f.store);
+  const auto ids = some_ids(12, 300);
+  rt::DecodeSession a(m, 12), b(*f.model, 12);
+  EXPECT_EQ(a.mode(), rt::DecodeSession::Mode::Forward);
+  a.prefill(std::span<const int32_t>(ids).subspan(0, 5));
+  b.prefill(std::span<const int32_t>(ids).subspan(0, 5));
+  for (size_t t = 5; t < ids.size(); ++t) {
+    const auto ha = to_host(*f.ops, a.step(ids[t]));
+    EXPECT_LT(rel_err(ha, to_host(*f.ops, b.step(ids[t]))), 1e-6) << "position " << t;
+  }
+  EXPECT_EQ(a.states()[0]->tokens_seen(), 12);
+}
 
 TEST(DecodeSession, BadStepsAreErrors) {
   Fixture f("tied_bf16_theta5e6", "full_causal", 0);
