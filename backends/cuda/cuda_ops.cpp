@@ -262,11 +262,6 @@ void CudaOps::attention_forward_lse(TensorView q, TensorView k, TensorView v, Te
     return;
   }
   // The exact f32 kernel on f32 copies (other head dims, mixed dtypes, unaligned views).
-  auto f32 = [&](const TensorView& t) {
-    Tensor c = alloc(DType::F32, {t.shape[0], t.shape[1], t.shape[2]});
-    copy(t, c.view);
-    return c;
-  };
   Tensor q32 = f32_copy(q), k32 = f32_copy(k), v32 = f32_copy(v);
   Tensor o32 = alloc(DType::F32, {o.shape[0], o.shape[1], o.shape[2]});
   cuda::attention_forward_lse(q32, k32, v32, o32, lse, spec, stream());
@@ -321,12 +316,7 @@ void CudaOps::attention_backward(TensorView q, TensorView k, TensorView v, Tenso
     return;
   }
   // The exact f32 kernels on f32 copies, results converted into the outputs asked for.
-  auto f32 = [&](const TensorView& t) {
-    Tensor c = alloc(DType::F32, {t.shape[0], t.shape[1], t.shape[2]});
-    copy(t, c.view);
-    return c;
-  };
-  Tensor q32 = f32(q), k32 = f32(k), v32 = f32(v), o32 = f32(o), do32 = f32(dout);
+  Tensor q32 = f32_copy(q), k32 = f32_copy(k), v32 = f32_copy(v), o32 = f32_copy(o), do32 = f32_copy(dout);
   Tensor dq32 = alloc(DType::F32, {q.shape[0], q.shape[1], q.shape[2]});
   Tensor dk32 = alloc(DType::F32, {k.shape[0], k.shape[1], k.shape[2]});
   Tensor dv32 = alloc(DType::F32, {k.shape[0], k.shape[1], k.shape[2]});

@@ -182,11 +182,11 @@ void qkv_rope_split_at_forward(TensorView qkv, TensorView pos, double theta, Ten
            dtype_name(pos.dtype), " ", pos.shape_str());
   RT_CHECK(qkv.ndim == 2 && qkv.shape[0] == 1 && q.ndim == 3 && q.shape[0] == 1, op,
            ": one token expected, qkv [1, n] and q [1, Hq, D]; found ", qkv.shape_str(), " and ", q.shape_str());
-  RT_CHECK(ring >= 0 && (ring == 0 || ring == k_cache.shape[0]), op, ": ring ", ring,
-           " must be 0 or the cache's row count ", k_cache.shape[0]);
   RT_CHECK(k_cache.ndim == 3 && v_cache.ndim == 3 && k_cache.shape[0] == v_cache.shape[0], op,
            ": k_cache and v_cache must be [capacity, Hkv, D] alike, found ", k_cache.shape_str(), " and ",
            v_cache.shape_str());
+  RT_CHECK(ring >= 0 && (ring == 0 || ring == k_cache.shape[0]), op, ": ring ", ring,
+           " must be 0 or the cache's row count ", k_cache.shape[0]);
   qkv_rope_split_launch(op, qkv, 0, static_cast<const int32_t*>(pos.data), ring, theta, q, k_cache, v_cache, stream);
 }
 

@@ -32,38 +32,36 @@ size_t DecodeSession::kv_bytes() const {
 }
 
 TensorView DecodeSession::prefill(std::span<const int32_t> ids) {
-  RT_CHECK(position_ + static_cast<int64_t>(ids.size()) <= max_tokens_, "decode: ", ids.size(),
-           " tokens at position ", position_, " overflow the KV cache, sized for ", max_tokens_, " positions");
-  prefill_logits_ = model_.forward(ids, &states_, /*last_only=*/true);
-  position_ += static_cast<int64_t>(ids.size());
-  return prefill_logits_.view;
+  RT_CHECK(position() + static_cast<int64_t>(ids.size()) <= max_tokens_, "decode: ", ids.size(),
+           " tokens at position ", position(), " overflow the KV cache, sized for ", max_tokens_, " positions");
+  forward_logits_ = model_.forward(ids, &states_, /*last_only=*/true);
+  return forward_logits_.view;
 }
 
 TensorView DecodeSession::step(int32_t id) {
-  RT_CHECK(position_ < max_tokens_, "decode: position ", position_, " is past the KV cache, sized for ", max_tokens_,
+  const int64_t pos = position();
+  RT_CHECK(pos < max_tokens_, "decode: position ", pos, " is past the KV cache, sized for ", max_tokens_,
            " positions");
-  RT_CHECK(id >= 0 && id < model_.dims().vocab, "token id ", id, " at position ", position_,
+  RT_CHECK(id >= 0 && id < model_.dims().vocab, "token id ", id, " at position ", pos,
            " is out of range: the vocabulary has ", model_.dims().vocab, " entries (vocab_size in config.json)");
   if (mode_ == Mode::Forward) {
-    prefill_logits_ = model_.forward(std::span<const int32_t>(&id, 1), &states_, true);
-    ++position_;
-    return prefill_logits_.view;
+    forward_logits_ = model_.forward(std::span<const int32_t>(&id, 1), &states_, true);
+    return forward_logits_.view;
   }
-  int32_t host[2] = {id, static_cast<int32_t>(position_)};
+  int32_t host[2] = {id, static_cast<int32_t>(pos)};
   ops_.copy(TensorView::contiguous(host, DType::I32, Device::CPU, {2}), io_);
   const TensorView id_dev = io_.view.rows(0, 1), pos_dev = io_.view.rows(1, 2);
   auto work = [&] { model_.decode_step_at(id_dev, pos_dev, states_, logits_); };
   // The first step runs op by op: it also initializes what is created lazily on first use
   // (shared-memory limits, library handles), which has no place inside a capture.
-  if (mode_ == Mode::Graph && steps_ > 0 && !graph_) {
+  if (mode_ == Mode::Graph && stepped_ && !graph_) {
     graph_ = ops_.capture(work);
     if (!graph_) mode_ = Mode::Eager;  // this backend cannot record work
   }
   if (graph_) graph_->replay();
   else work();
   for (auto& s : states_) s->advance(1);
-  ++position_;
-  ++steps_;
+  stepped_ = true;
   return logits_.view;
 }
 

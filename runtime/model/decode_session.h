@@ -38,7 +38,7 @@ class DecodeSession {
   // One token at the next position. Returns its logits [1, vocab] f32, valid until the next call.
   TensorView step(int32_t id);
 
-  int64_t position() const { return position_; }
+  int64_t position() const { return states_.front()->tokens_seen(); }
   int64_t max_tokens() const { return max_tokens_; }
   Mode mode() const { return mode_; }
   static const char* mode_name(Mode m);
@@ -49,13 +49,12 @@ class DecodeSession {
   Qwen2Model& model_;
   Ops& ops_;
   int64_t max_tokens_;
-  int64_t position_ = 0;
   Mode mode_;
-  int steps_ = 0;
+  bool stepped_ = false;  // a first step ran op by op (graphs are captured from the second)
   Qwen2Model::States states_;
   Tensor io_;      // I32 [2] on the device: the step's token id, then its position
   Tensor logits_;  // [1, vocab] f32: what step() writes (the graph's output)
-  Tensor prefill_logits_;
+  Tensor forward_logits_;
   std::unique_ptr<Ops::CapturedWork> graph_;
 };
 

@@ -110,16 +110,16 @@ void launch_decode(const TensorView& q, const TensorView& k, const TensorView& v
            " is too long for the decode kernel; use the flash kernel");
   const attn::MaskParams mp = mask_params(spec, s.Tk);
   int kb = 0, ke = 0;
-  with_mask(spec, [&](auto mask) {
-    using Mask = decltype(mask);
-    kb = Mask::key_lo(mp, spec.q_pos0);
-    ke = Mask::key_hi(mp, spec.q_pos0 + s.Tq - 1);
-  });
   if (dp.pos != nullptr) {
     // The split grid is planned for the most keys any position can see (the kernel reads the
     // position and finds its own key range), so it is the same at every position.
-    kb = 0;
     ke = static_cast<int>(dp.ring > 0 ? dp.ring : spec.window > 0 ? std::min<int64_t>(spec.window, s.Tk) : s.Tk);
+  } else {
+    with_mask(spec, [&](auto mask) {
+      using Mask = decltype(mask);
+      kb = Mask::key_lo(mp, spec.q_pos0);
+      ke = Mask::key_hi(mp, spec.q_pos0 + s.Tq - 1);
+    });
   }
   const int64_t total = ke > kb ? ke - kb : 0;
 
