@@ -13,10 +13,16 @@
 // threads (dynamic schedule, heaviest causal blocks first). Decode with fewer KV heads than
 // threads splits a head group over several tasks.
 //
-// Masks (AttentionSpec): query row i sits at position q_pos0 + i, key row j at k_pos0 + j. Row i
-// sees key j iff (not causal or kpos <= qpos) and (window == 0 or kpos > qpos - window). Those keys
-// are a contiguous range [lo(i), hi(i)) and both ends grow with i, which is what lets a block skip
-// the tiles none of its rows can see (causal: ~half the work; window: all but ~W keys).
+// Masks (AttentionSpec; the shared definition in common/attention_rows.h): query row i sits at
+// position q_pos0 + i, key row j at k_pos0 + j. Row i sees key j iff (not causal or kpos <= qpos)
+// and (window == 0 or kpos > qpos - window). Those keys are a contiguous range [lo(i), hi(i)) and
+// both ends grow with i, which is what lets a block skip the tiles none of its rows can see
+// (causal: ~half the work; window: all but ~W keys).
+//
+// Routed queries (spec.routed(), L2A): q, o and lse hold a compact list of rows, row i at position
+// q_pos0 + q_index[i] (strictly ascending, so lo / hi still grow with the row and the tile skipping
+// holds); only the first q_count rows (clamped to [0, Tq]) are computed, the others get o = 0 and
+// lse = +inf.
 //
 // A query row that sees no key at all (e.g. its position is before k_pos0) gets an output of
 // zeros: softmax over an empty set is undefined, and zeros are what a sum over no values is (the
@@ -52,7 +58,20 @@ template <typename T>
 using CRow = Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>;
 
 template <typename T>
-void attention_impl(TensorView q, TensorView k, TensorView v, TensorView o, TensorView lse, const AttentionSpec& spec);
+void attention_impl(TensorView q, TensorView k, TensorView v, TensorView o, TensorView lse, const AttentionSpec& spec,
+                    const QueryRows& rows);
+
+// Rows [r0, Tq) of o (all heads) (=) 0 and of lse (=) +inf: the inactive routed rows.
+template <typename T>
+void clear_inactive_rows(TensorView o, TensorView lse, int64_t r0) {
+  const int64_t Tq = o.shape[0], Hq = o.shape[1], D = o.shape[2];
+  for (int64_t i = r0; i < Tq; ++i)
+    for (int64_t h = 0; h < Hq; ++h) {
+      T* dst = o.ptr<T>() + i * o.stride[0] + h * o.stride[1];
+      for (int64_t d = 0; d < D; ++d) dst[d] = T(0);
+      if (given(lse)) lse.ptr<T>()[h * lse.stride[0] + i * lse.stride[1]] = std::numeric_limits<T>::infinity();
+    }
+}
 
 void attention_checked(const char* op, TensorView q, TensorView k, TensorView v, TensorView o, TensorView lse,
                        const AttentionSpec& spec) {
@@ -71,38 +90,47 @@ void attention_checked(const char* op, TensorView q, TensorView k, TensorView v,
   RT_CHECK(spec.window >= 0, op, ": window must be >= 0 (0: none), found ", spec.window);
   RT_CHECK(std::isfinite(spec.scale), op, ": scale must be finite, found ", spec.scale);
   RT_CHECK(!views_overlap(o, k) && !views_overlap(o, v), op, ": output 'o' overlaps 'k' or 'v'");
+  check_key_rows(op, k);
+  check_not_overlapping_rows(op, "o", o, spec);
   if (given(lse)) {
     check_lse_view(op, lse, Hq, Tq, q.dtype);
     const std::pair<const char*, const TensorView*> others[] = {{"q", &q}, {"k", &k}, {"v", &v}, {"o", &o}};
     for (const auto& [name, t] : others)
       RT_CHECK(!views_overlap(lse, *t), op, ": output 'lse' overlaps '", name, "'");
+    check_not_overlapping_rows(op, "lse", lse, spec);
   }
+  const QueryRows rows = query_rows(op, spec, Tq);
   if (Tq == 0 || Hq == 0) return;
   if (D == 0 || Hkv == 0) {  // no features: o is empty, lse still defined
     if (given(lse)) {
-      const KeyRange mask = KeyRange::of(spec, Tk);
+      const attn::KeyRange mask = key_range(spec, Tk, rows.index);
       dispatch_compute(q.dtype, [&](auto tag) {
         using T = decltype(tag);
         for (int64_t h = 0; h < Hq; ++h)
           for (int64_t i = 0; i < Tq; ++i)
             lse.ptr<T>()[h * lse.stride[0] + i * lse.stride[1]] =
-                mask.lo(i) < mask.hi(i) ? std::log(static_cast<T>(mask.hi(i) - mask.lo(i)))
-                                        : std::numeric_limits<T>::infinity();
+                i < rows.active && mask.lo(i) < mask.hi(i) ? std::log(static_cast<T>(mask.hi(i) - mask.lo(i)))
+                                                           : std::numeric_limits<T>::infinity();
       });
     }
     return;
   }
-  dispatch_compute(q.dtype, [&](auto tag) { attention_impl<decltype(tag)>(q, k, v, o, lse, spec); });
+  dispatch_compute(q.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    clear_inactive_rows<T>(o, lse, rows.active);
+    if (rows.active > 0) attention_impl<T>(q, k, v, o, lse, spec, rows);
+  });
 }
 
 template <typename T>
-void attention_impl(TensorView q, TensorView k, TensorView v, TensorView o, TensorView lse, const AttentionSpec& spec) {
-  const int64_t Tq = q.shape[0], Hq = q.shape[1], D = q.shape[2];
+void attention_impl(TensorView q, TensorView k, TensorView v, TensorView o, TensorView lse, const AttentionSpec& spec,
+                    const QueryRows& rows) {
+  const int64_t Tq = rows.active, Hq = q.shape[1], D = q.shape[2];  // the active rows (all, unless routed)
   const int64_t Tk = k.shape[0], Hkv = k.shape[1];
   // f32: the scale rounded to f32 as before; f64: 1/sqrt(D) in double (spec.scale is exact in both).
   const T scale = spec.scale != 0.f ? static_cast<T>(spec.scale)
                                     : static_cast<T>(1.0 / std::sqrt(static_cast<double>(D)));
-  const KeyRange mask = KeyRange::of(spec, Tk);
+  const attn::KeyRange mask = key_range(spec, Tk, rows.index);
 
   const int64_t g = Hq / Hkv;  // query heads per KV head
   const int nt = omp_get_max_threads();

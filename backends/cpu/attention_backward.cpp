@@ -9,6 +9,10 @@
 // single-threaded Eigen GEMMs. dK_h / dV_h are per query head ([Hq, Tk, D] scratch) so the tasks
 // never write the same memory; the heads of a GQA group are summed at the end in a fixed order
 // (deterministic). Rows that see no key get dq = 0 and contribute nothing.
+//
+// Routed queries (spec.routed()): q, o, lse, dout and dq hold a compact list of rows, row i at
+// position q_pos0 + q_index[i] (ascending; the masks map the row to its position); only the first
+// q_count rows (clamped to [0, Tq]) are active. Inactive rows get dq = 0 and add nothing to dk, dv.
 #include "cpu/attention_backward.h"
 
 #include <omp.h>
@@ -41,7 +45,8 @@ constexpr int64_t kRows = 64;      // query rows per block
 
 template <typename T>
 void attention_backward_impl(TensorView q, TensorView k, TensorView v, TensorView o, TensorView lse_in,
-                             TensorView dout, TensorView dq, TensorView dk, TensorView dv, const AttentionSpec& spec);
+                             TensorView dout, TensorView dq, TensorView dk, TensorView dv, const AttentionSpec& spec,
+                             const QueryRows& rows);
 
 }  // namespace
 
@@ -78,6 +83,7 @@ void attention_backward(TensorView q, TensorView k, TensorView v, TensorView o, 
            ") must be a multiple of KV heads (", Hkv, ", k shape ", k.shape_str(), ")");
   RT_CHECK(spec.window >= 0, "attention_backward: window must be >= 0 (0: none), found ", spec.window);
   RT_CHECK(std::isfinite(spec.scale), "attention_backward: scale must be finite, found ", spec.scale);
+  check_key_rows(op, k);
   {
     const std::pair<const char*, const TensorView*> outs[] = {{"dq", &dq}, {"dk", &dk}, {"dv", &dv}};
     const std::pair<const char*, const TensorView*> ins[] = {
@@ -90,17 +96,26 @@ void attention_backward(TensorView q, TensorView k, TensorView v, TensorView o, 
       for (const auto& [on2, ov2] : outs)
         RT_CHECK(ov == ov2 || !given(*ov2) || !views_overlap(*ov, *ov2), "attention_backward: outputs '", on,
                  "' and '", on2, "' overlap");
+      check_not_overlapping_rows(op, on, *ov, spec);
     }
   }
+  const QueryRows rows = query_rows(op, spec, Tq);
   if (!given(dq) && !given(dk) && !given(dv)) return;
   if (Hkv == 0 || D == 0) return;
-  if (Tq == 0 || Hq == 0 || Tk == 0) {  // no query sees a key: every gradient is zero
+  if (rows.active == 0 || Hq == 0 || Tk == 0) {  // no query sees a key: every gradient is zero
     for (TensorView t : {dq, dk, dv})
       if (given(t)) fill_forward(t, 0.f);
     return;
   }
   dispatch_compute(dt, [&](auto tag) {
-    attention_backward_impl<decltype(tag)>(q, k, v, o, lse, dout, dq, dk, dv, spec);
+    using T = decltype(tag);
+    if (given(dq))  // inactive routed rows: dq = 0
+      for (int64_t i = rows.active; i < Tq; ++i)
+        for (int64_t h = 0; h < Hq; ++h) {
+          T* dst = dq.ptr<T>() + i * dq.stride[0] + h * dq.stride[1];
+          for (int64_t d = 0; d < D; ++d) dst[d] = T(0);
+        }
+    attention_backward_impl<T>(q, k, v, o, lse, dout, dq, dk, dv, spec, rows);
   });
 }
 
@@ -108,13 +123,14 @@ namespace {
 
 template <typename T>
 void attention_backward_impl(TensorView q, TensorView k, TensorView v, TensorView o, TensorView lse_in,
-                             TensorView dout, TensorView dq, TensorView dk, TensorView dv, const AttentionSpec& spec) {
-  const int64_t Tq = q.shape[0], Hq = q.shape[1], D = q.shape[2];
+                             TensorView dout, TensorView dq, TensorView dk, TensorView dv, const AttentionSpec& spec,
+                             const QueryRows& rows) {
+  const int64_t Tq = rows.active, Hq = q.shape[1], D = q.shape[2];  // the active rows (all, unless routed)
   const int64_t Tk = k.shape[0], Hkv = k.shape[1];
   const bool want_dq = given(dq), want_dkv = given(dk) || given(dv);
   const T scale = spec.scale != 0.f ? static_cast<T>(spec.scale)
                                     : static_cast<T>(1.0 / std::sqrt(static_cast<double>(D)));
-  const KeyRange mask = KeyRange::of(spec, Tk);
+  const attn::KeyRange mask = key_range(spec, Tk, rows.index);
   const int64_t group = Hq / Hkv;
   constexpr T kNegInf = -std::numeric_limits<T>::infinity();
 

@@ -153,11 +153,17 @@ Tensor CudaOps::f32_copy(TensorView t) {
 }
 
 void CudaOps::attention(TensorView q, TensorView k, TensorView v, TensorView o, const AttentionSpec& spec) {
+  RT_CHECK(!(spec.materialize && spec.routed()), "attention: routed queries (q_index) run on the flash kernels; ",
+           "the materialized path computes every row");
   if (spec.materialize) {  // scores materialized by GEMMs (cuda/attention/dense_attention.h)
     cuda::dense_attention_forward("attention", q, k, v, o, TensorView{}, spec, stream());
     return;
   }
   const int64_t D = q.ndim == 3 ? q.shape[2] : 0;
+  if (spec.routed() && (q.dtype != DType::BF16 || D == 64 || D == 128)) {  // only our kernels take routed rows
+    cuda::attention_forward(q, k, v, o, spec, stream());
+    return;
+  }
   if (q.dtype != DType::BF16 || D == 64 || D == 128) {
     attention_dispatch_->run(q, k, v, o, spec, stream());
     return;
@@ -171,6 +177,22 @@ void CudaOps::attention(TensorView q, TensorView k, TensorView v, TensorView o, 
 }
 
 void CudaOps::add(TensorView a, TensorView b, TensorView out) { cuda::add_forward(a, b, out, stream()); }
+
+void CudaOps::compact_rows(TensorView flags, TensorView index, TensorView count) {
+  cuda::compact_rows_forward(flags, index, count, stream());
+}
+
+void CudaOps::gather_rows(TensorView x, TensorView index, TensorView count, TensorView out) {
+  cuda::gather_rows_forward(x, index, count, out, stream());
+}
+
+void CudaOps::scatter_add_rows(TensorView src, TensorView index, TensorView count, TensorView dst) {
+  cuda::scatter_add_rows_forward(src, index, count, dst, stream());
+}
+
+void CudaOps::rope_rows(TensorView x, TensorView index, TensorView count, int64_t pos0, double theta, bool backward) {
+  cuda::rope_rows_forward(x, index, count, pos0, theta, backward, stream());
+}
 
 void CudaOps::swiglu(TensorView gate, TensorView up, TensorView out) {
   cuda::swiglu_forward(gate, up, out, stream());
@@ -247,6 +269,8 @@ void CudaOps::attention_forward_lse(TensorView q, TensorView k, TensorView v, Te
   const char* op = "attention_forward_lse";
   for (const auto& [name, t] : {std::pair{"q", &q}, std::pair{"k", &k}, std::pair{"v", &v}, std::pair{"o", &o}})
     check_attention_view(op, name, *t);
+  RT_CHECK(!(spec.materialize && spec.routed()), op, ": routed queries (q_index) run on the flash kernels; ",
+           "the materialized path computes every row");
   if (spec.materialize) {  // scores materialized by GEMMs (cuda/attention/dense_attention.h)
     cuda::dense_attention_forward(op, q, k, v, o, lse, spec, stream());
     return;
@@ -258,7 +282,8 @@ void CudaOps::attention_forward_lse(TensorView q, TensorView k, TensorView v, Te
     return;
   }
   if (flash_bf16_ok({&q, &k, &v}, {&o})) {  // flash or cuDNN, whichever is faster for the shape
-    attention_dispatch_->forward_lse(q, k, v, o, lse, spec, stream());
+    if (spec.routed()) cuda::attention_forward_lse(q, k, v, o, lse, spec, stream());
+    else attention_dispatch_->forward_lse(q, k, v, o, lse, spec, stream());
     return;
   }
   // The exact f32 kernel on f32 copies (other head dims, mixed dtypes, unaligned views).
@@ -285,6 +310,8 @@ void CudaOps::attention_backward(TensorView q, TensorView k, TensorView v, Tenso
     cuda::check_same_shape(op, i == 0 ? "q" : "k", *like[i], names[i], *outs[i]);
   }
   if (!want[0] && !want[1] && !want[2]) return;
+  RT_CHECK(!(spec.materialize && spec.routed()), op, ": routed queries (q_index) run on the flash kernels; ",
+           "the materialized path computes every row");
   if (spec.materialize) {  // scores materialized by GEMMs (cuda/attention/dense_attention.h)
     cuda::dense_attention_backward(q, k, v, o, lse, dout, dq, dk, dv, spec, stream());
     return;
@@ -309,7 +336,7 @@ void CudaOps::attention_backward(TensorView q, TensorView k, TensorView v, Tenso
         use[i] = tmp[i].view;
       }
     }
-    if (bf16)
+    if (bf16 && !spec.routed())
       attention_dispatch_->backward(q, k, v, o, lse, dout, use[0], use[1], use[2], spec, stream());
     else
       cuda::attention_backward(q, k, v, o, lse, dout, use[0], use[1], use[2], spec, stream());

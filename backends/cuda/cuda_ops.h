@@ -60,6 +60,11 @@ class CudaOps final : public Ops {
   void attention(TensorView q, TensorView k, TensorView v, TensorView o, const AttentionSpec& spec) override;
   void add(TensorView a, TensorView b, TensorView out) override;
   void swiglu(TensorView gate, TensorView up, TensorView out) override;
+  // Routed rows (L2A) on the device, the count never read back (cuda/routing.cu, rope.cu).
+  void compact_rows(TensorView flags, TensorView index, TensorView count) override;
+  void gather_rows(TensorView x, TensorView index, TensorView count, TensorView out) override;
+  void scatter_add_rows(TensorView src, TensorView index, TensorView count, TensorView dst) override;
+  void rope_rows(TensorView x, TensorView index, TensorView count, int64_t pos0, double theta, bool backward) override;
   // One GEMM with beta = 1 into y (the f32 residual): no separate add.
   void linear_accumulate(TensorView x, TensorView w, TensorView y) override;
   // One kernel: split, RoPE on q and k (the rope kernel's angles, bit for bit), write k/v anywhere.

@@ -114,6 +114,20 @@ void rmsnorm_backward(TensorView x, TensorView w, float eps, TensorView dy, Tens
 void rope_forward(TensorView x, int64_t pos0, double theta, cudaStream_t stream);
 // The transpose of rope_forward, in place on dx: the rotation by minus the same angles.
 void rope_backward(TensorView dx, int64_t pos0, double theta, cudaStream_t stream);
+// rope (or, inverse, its backward) on routed rows: row i of x [cap, H, D] at position pos0 + index[i],
+// for i < count[0] (device I32); other rows untouched. Same angles as rope_forward, bit for bit.
+void rope_rows_forward(TensorView x, TensorView index, TensorView count, int64_t pos0, double theta, bool inverse,
+                       cudaStream_t stream);
+
+// routing.cu: L2A's routed rows, all on the device (no host synchronization).
+// index[0..n) (=) the t with flags[t] != 0 in ascending order (CUB DeviceSelect), count (=) n, the
+// rest of index 0. flags [T] contiguous f32, index [T] I32 contiguous, count I32 [1].
+void compact_rows_forward(TensorView flags, TensorView index, TensorView count, cudaStream_t stream);
+// out[i, :] (=) x[index[i], :] for i < count, zero rows after; x [T, C], out [cap, C], any float dtypes.
+void gather_rows_forward(TensorView x, TensorView index, TensorView count, TensorView out, cudaStream_t stream);
+// dst[index[i], :] += src[i, :] for i < count (distinct indices: no atomics, deterministic).
+void scatter_add_rows_forward(TensorView src, TensorView index, TensorView count, TensorView dst,
+                              cudaStream_t stream);
 // qkv [T, (Hq + 2 Hkv) D] (q | k | v columns) split into q [T, Hq, D], k, v [T, Hkv, D] (any row and
 // head strides), rope_forward's rotation applied to q and k on the way (the same angles, so the
 // result equals copy + rope_forward bit for bit).

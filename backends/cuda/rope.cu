@@ -43,15 +43,18 @@ __device__ __forceinline__ void rotate_pair(const void* src, int64_t so, void* d
   }
 }
 
+// Row t at position pos0 + t, or (routed rows, index != nullptr) pos0 + index[t] for t < *count
+// (rows past the count are left alone).
 template <bool kInverse>
 __global__ void rope_kernel(void* x, DType dt, int64_t T, int64_t H, int64_t D, int64_t s0, int64_t s1, int64_t pos0,
-                            float base) {
+                            float base, const int32_t* index, const int32_t* count) {
   const int64_t half = D / 2;
   const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (idx >= T * half) return;
   const int64_t t = idx / half, i = idx % half;
+  if (index != nullptr && t >= *count) return;
   float c, s;
-  rope_cos_sin(pos0 + t, i, D, base, c, s);
+  rope_cos_sin(pos0 + (index != nullptr ? index[t] : t), i, D, base, c, s);
   for (int64_t h = 0; h < H; ++h) {
     const int64_t o = t * s0 + h * s1 + i;
     rotate_pair<kInverse>(x, o, x, o, dt, dt, half, c, s);
@@ -108,7 +111,8 @@ void check_rope_range(const char* op, int64_t pos0, int64_t T, double theta) {
 }
 
 template <bool kInverse>
-void rope_launch(const char* op, const char* arg, TensorView x, int64_t pos0, double theta, cudaStream_t stream) {
+void rope_launch(const char* op, const char* arg, TensorView x, int64_t pos0, double theta, cudaStream_t stream,
+                 const int32_t* index = nullptr, const int32_t* count = nullptr) {
   check_cuda(op, arg, x);
   check_float(op, arg, x);
   check_ndim(op, arg, x, 3);
@@ -120,7 +124,7 @@ void rope_launch(const char* op, const char* arg, TensorView x, int64_t pos0, do
   const int64_t n = T * (D / 2);
   const int threads = 128;
   rope_kernel<kInverse><<<static_cast<unsigned>((n + threads - 1) / threads), threads, 0, stream>>>(
-      x.data, x.dtype, T, H, D, x.stride[0], x.stride[1], pos0, static_cast<float>(theta));
+      x.data, x.dtype, T, H, D, x.stride[0], x.stride[1], pos0, static_cast<float>(theta), index, count);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -188,6 +192,24 @@ void qkv_rope_split_at_forward(TensorView qkv, TensorView pos, double theta, Ten
   RT_CHECK(ring >= 0 && (ring == 0 || ring == k_cache.shape[0]), op, ": ring ", ring,
            " must be 0 or the cache's row count ", k_cache.shape[0]);
   qkv_rope_split_launch(op, qkv, 0, static_cast<const int32_t*>(pos.data), ring, theta, q, k_cache, v_cache, stream);
+}
+
+void rope_rows_forward(TensorView x, TensorView index, TensorView count, int64_t pos0, double theta, bool inverse,
+                       cudaStream_t stream) {
+  const char* op = inverse ? "rope_rows (backward)" : "rope_rows";
+  check_cuda(op, "index", index);
+  check_cuda(op, "count", count);
+  RT_CHECK(index.dtype == DType::I32 && index.ndim == 1 && index.is_contiguous() && count.dtype == DType::I32 &&
+               count.numel() == 1,
+           op, ": expected index I32 [cap] (contiguous) and count I32 [1], found ", dtype_name(index.dtype), " ",
+           index.shape_str(), " and ", dtype_name(count.dtype), " ", count.shape_str());
+  RT_CHECK(x.ndim == 3 && x.shape[0] <= index.shape[0], op, ": argument 'x' [cap, H, D] has more rows than the index (",
+           index.shape[0], "), found ", x.shape_str());
+  // Positions are index values (< 2^24 is checked where the index is made: a sequence length).
+  const auto* idx = static_cast<const int32_t*>(index.data);
+  const auto* cnt = static_cast<const int32_t*>(count.data);
+  if (inverse) rope_launch<true>(op, "x", x, pos0, theta, stream, idx, cnt);
+  else rope_launch<false>(op, "x", x, pos0, theta, stream, idx, cnt);
 }
 
 // x1' = x1 c + x2 s, x2' = x2 c - x1 s: R(-angle), the transpose of the forward's R(angle).

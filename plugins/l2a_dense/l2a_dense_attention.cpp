@@ -9,31 +9,16 @@
 //   parallel o = (SWA(q,k,v) + d * Causal(q,k,v)) Wo, one set of projections, router on h
 // The router (a Router plugin, linear_sigmoid by default) gives p and hard decisions d; the
 // backward is straight-through: dL/dp = dL/dd (+ the regularizer's 2 coef p).
-#include <map>
 #include <memory>
 #include <vector>
 
-#include "../l2a_common/l2a_config.h"
-#include "rt/sdk/attention_sublayer.h"
+#include "../l2a_common/l2a_layer.h"
 #include "rt/sdk/plugin.h"
 
 namespace rt::l2a {
 namespace {
 
-class L2aState final : public AttentionState {
- public:
-  std::unique_ptr<KvCache> local;   // paper: ring of W over the local projections; parallel: none
-  std::unique_ptr<KvCache> global;  // every token (a future routed query may attend to any of them)
-  int64_t tokens_seen() const override { return global->tokens_seen(); }
-  size_t kv_bytes() const override { return global->kv_bytes() + (local ? local->kv_bytes() : 0); }
-};
-
-struct Route {
-  Tensor p, d;  // [T] accum dtype; d already forced to 0 where force_local applies
-  int64_t forced = 0;
-};
-
-class DenseL2aAttention final : public AttentionBackend {
+class DenseL2aAttention final : public L2aBackendBase {
  public:
   Capabilities capabilities() const override {
     Capabilities c;
@@ -47,58 +32,11 @@ class DenseL2aAttention final : public AttentionBackend {
     c.kv = KvPolicy::Custom;
     return c;
   }
-  void attach_router(Router* r) override { router_ = r; }
-
   void configure(const Options& options, const ModelDims& dims) override {
-    RT_CHECK(router_ != nullptr, "l2a_dense: no router attached (the runtime attaches one before configure)");
-    Options router_options = cfg_.parse(options, "l2a_dense", router_->option_names());
-    router_->configure(router_options, dims);
     // Dense and naive on purpose: scores materialized (the replication's pure-PyTorch style).
-    local_.materialize = global_.materialize = true;
-    local_.window = cfg_.window;
-    local_.rope_theta = cfg_.rope_theta;
-    global_.rope_theta = cfg_.rope_theta;
-    global_.window = 0;
-    if (cfg_.layout == Layout::Paper) {
-      global_.norm = "global_layernorm.weight";
-      global_.prefix = "global_attn.";
-    }
+    configure_layers(options, dims, "l2a_dense", /*materialize=*/true);
   }
-
-  std::vector<ParamDecl> extra_params(const ModelDims& d) const override {
-    std::vector<ParamDecl> out;
-    if (cfg_.layout == Layout::Paper) {
-      const int64_t q = d.n_heads * d.head_dim, kv = d.n_kv_heads * d.head_dim;
-      out.push_back({"global_layernorm.weight", {d.hidden}, "copy_of:input_layernorm.weight"});
-      const struct {
-        const char* name;
-        int64_t rows;
-      } proj[] = {{"q_proj", q}, {"k_proj", kv}, {"v_proj", kv}};
-      for (const auto& pr : proj) {
-        const std::string n = pr.name;
-        out.push_back({"global_attn." + n + ".weight", {pr.rows, d.hidden}, "copy_of:self_attn." + n + ".weight"});
-        out.push_back({"global_attn." + n + ".bias", {pr.rows}, "copy_of:self_attn." + n + ".bias"});
-      }
-      out.push_back({"global_attn.o_proj.weight", {d.hidden, q}, "copy_of:self_attn.o_proj.weight"});
-    }
-    if (router_)
-      for (auto& decl : router_->extra_params(d)) out.push_back(decl);
-    return out;
-  }
-
-  std::unique_ptr<AttentionState> new_state(const LayerContext& ctx, int64_t max_tokens) override {
-    auto s = std::make_unique<L2aState>();
-    if (cfg_.layout == Layout::Paper) s->local = std::make_unique<KvCache>(*ctx.ops, *ctx.dims, max_tokens, cfg_.window);
-    s->global = std::make_unique<KvCache>(*ctx.ops, *ctx.dims, max_tokens, 0);
-    return s;
-  }
-
-  double forward_flops(const ModelDims& d, int64_t T) const override {
-    if (cfg_.layout == Layout::Paper)
-      return attention_sublayer_flops(d, T, cfg_.window) + attention_sublayer_flops(d, T, 0) + 2.0 * T * d.hidden;
-    return attention_sublayer_flops(d, T, cfg_.window) + 4.0 * visible_pairs(T, 0) * d.head_dim * d.n_heads +
-           2.0 * T * d.hidden;
-  }
+  double forward_flops(const ModelDims& d, int64_t T) const override { return l2a_forward_flops(d, T, 1.0); }
 
   void forward(const LayerContext& ctx, TensorView x, AttentionState* state) override {
     auto* st = static_cast<L2aState*>(state);
@@ -112,8 +50,7 @@ class DenseL2aAttention final : public AttentionBackend {
     } else {
       parallel_inference(ctx, x, st, pos0, r);
     }
-    last_d_[ctx.layer] = r.d;
-    ops_ = ctx.ops;
+    remember_decisions(ctx, r);
   }
 
   std::unique_ptr<SavedActivations> forward_train(const LayerContext& ctx, TensorView x,
@@ -145,7 +82,10 @@ class DenseL2aAttention final : public AttentionBackend {
       s->o = combine(ctx, s->local.o, s->global.o, s->route.d);
       add_output_projection(ctx, s->o, x);
     }
-    record_stats(ctx, tc, *s, T);
+    // Global attention runs for every token on every forward: every forward "leaks" (leak_prob is
+    // l2a_fused's; this dense reference gives every gate its task-loss gradient, as the PyTorch
+    // reference of tools/make_l2a_fixtures.py does).
+    record_stats(ctx, tc, s->route, T, /*leaked=*/true);
     return s;
   }
 
@@ -159,7 +99,7 @@ class DenseL2aAttention final : public AttentionBackend {
     ops.fill(dgate, 0.f);
     if (cfg_.layout == Layout::Paper) {
       attention_sublayer_backward(ctx, global_, s.global, dx, grads, s.route.d, dgate);
-      Tensor dh2 = router_backward(ctx, s, dgate, grads, tc, T);
+      Tensor dh2 = router_backward(ctx, s.h, s.route, dgate, grads, tc, T);
       if (dh2.view.data)
         ops.rmsnorm_backward(s.global.x_in, ctx.params->get(global_.norm), d.rms_eps, dh2, dx, grads.get(global_.norm));
       attention_sublayer_backward(ctx, local_, s.local, dx, grads, TensorView{}, TensorView{});
@@ -188,15 +128,9 @@ class DenseL2aAttention final : public AttentionBackend {
     Tensor dh = ops.alloc(ops.accum_dtype(), {T, d.hidden});
     ops.fill(dh, 0.f);
     project_qkv_backward(ctx, local_, s.h, g.q, g.k, g.v, 0, dh, grads);
-    Tensor dh_router = router_backward(ctx, s, dgate, grads, tc, T);
+    Tensor dh_router = router_backward(ctx, s.h, s.route, dgate, grads, tc, T);
     if (dh_router.view.data) ops.add(dh, dh_router, dh);
     ops.rmsnorm_backward(s.local.x_in, ctx.params->get(local_.norm), d.rms_eps, dh, dx, grads.get(local_.norm));
-  }
-
-  std::vector<float> last_decisions(int layer) const override {
-    auto it = last_d_.find(layer);
-    if (it == last_d_.end()) return {};
-    return host_values(it->second);
   }
 
  private:
@@ -211,25 +145,6 @@ class DenseL2aAttention final : public AttentionBackend {
     const DType act = ops.activation_dtype();
     return {ops.alloc(act, {T, d.n_heads, d.head_dim}), ops.alloc(act, {T, d.n_kv_heads, d.head_dim}),
             ops.alloc(act, {T, d.n_kv_heads, d.head_dim})};
-  }
-
-  static Tensor normed(const LayerContext& ctx, TensorView x, const std::string& norm) {
-    Tensor h = ctx.ops->alloc(ctx.ops->activation_dtype(), {x.shape[0], ctx.dims->hidden});
-    ctx.ops->rmsnorm(x, ctx.params->get(norm), ctx.dims->rms_eps, h);
-    return h;
-  }
-
-  Route route(const LayerContext& ctx, TensorView h, int64_t pos0, bool training, int64_t step) const {
-    Ops& ops = *ctx.ops;
-    const int64_t T = h.shape[0];
-    Route r{ops.alloc(ops.accum_dtype(), {T}), ops.alloc(ops.accum_dtype(), {T}), cfg_.forced_rows(pos0, T)};
-    RouteCall call;
-    call.pos0 = pos0;
-    call.training = training;
-    call.step = step;
-    router_->forward(ctx, h, call, r.p, r.d);
-    if (r.forced > 0) ops.fill(r.d.view.rows(0, r.forced), 0.f);
-    return r;
   }
 
   // o = o_local + d * o_global over [T, Hq * D] rows.
@@ -270,51 +185,6 @@ class DenseL2aAttention final : public AttentionBackend {
     ops.attention(qkv.q, k, v, o_g, global_spec);
     add_output_projection(ctx, combine(ctx, o_l, o_g, r.d), x);
   }
-
-  // dL/dp = dL/dd (zero at forced positions: the gate there is a constant) + the regularizer's
-  // 2 coef p; the router pulls it back. Returns dL/dh of the router's input (empty if the router
-  // has no trainable path).
-  Tensor router_backward(const LayerContext& ctx, const Saved& s, Tensor& dgate, const LayerGrads& grads,
-                         const TrainContext& tc, int64_t T) {
-    Ops& ops = *ctx.ops;
-    if (!router_->trainable()) return {};
-    if (s.route.forced > 0) ops.fill(dgate.view.rows(0, s.route.forced), 0.f);
-    const double coef = cfg_.reg_coef(tc, *ctx.dims, T);
-    if (coef != 0.0) ops.axpby(1.f, dgate, static_cast<float>(2.0 * coef), s.route.p, dgate);
-    Tensor dh = ops.alloc(ops.accum_dtype(), {T, ctx.dims->hidden});
-    ops.fill(dh, 0.f);
-    router_->backward(ctx, s.h, s.route.p, dgate, dh, grads);
-    return dh;
-  }
-
-  void record_stats(const LayerContext& ctx, const TrainContext& tc, const Saved& s, int64_t T) const {
-    Ops& ops = *ctx.ops;
-    if (tc.route_stats.data) {
-      const double coef = cfg_.reg_coef(tc, *ctx.dims, T);
-      Tensor sq = ops.alloc(ops.accum_dtype(), {1});
-      ops.fill(sq, 0.f);
-      ops.reduce_sum(s.route.p, 2, sq);
-      TensorView reg = cell(tc.route_stats, ctx.layer, 0);
-      ops.axpby(static_cast<float>(coef), sq, 1.f, reg, reg);
-      ops.reduce_sum(s.route.d, 1, cell(tc.route_stats, ctx.layer, 1));
-    }
-    if (tc.route_counts) {
-      tc.route_counts[ctx.layer].tokens += T;
-      tc.route_counts[ctx.layer].forced_local += s.route.forced;
-    }
-  }
-
-  std::vector<float> host_values(const Tensor& t) const {
-    std::vector<float> out(static_cast<size_t>(t.view.numel()));
-    ops_->copy(t, TensorView::contiguous(out.data(), DType::F32, Device::CPU, {t.view.numel()}));
-    return out;
-  }
-
-  L2aConfig cfg_;
-  Router* router_ = nullptr;
-  AttentionSublayerSpec local_, global_;
-  std::map<int, Tensor> last_d_;
-  Ops* ops_ = nullptr;  // of the last inference forward, to read its decisions back
 };
 
 }  // namespace

@@ -102,6 +102,9 @@ void register_profile(CLI::App& app) {
       "\nExample (GPU):\n  runtime profile --attention full_causal,swa --model qwen2.5-0.5b --init random \\\n"
       "      --seq 4096,16384,32768 --window 2048 --device cuda --json profile.json\n"
       "  python3 tools/plot_profile.py profile.json   # PNG charts: time vs sequence length\n"
+      "Plugin options per backend (a bare --set key=value goes to every backend, and full_causal takes none):\n"
+      "  runtime profile --attention full_causal,l2a_dense,l2a_fused --window 2048 ... \\\n"
+      "      --set l2a_fused.router=fixed_rate --set l2a_fused.sparsity=0.8 --set l2a_dense.router=fixed_rate\n"
       "FLOPs: attention kernel = 4 * D * Hq * (visible query-key pairs); TFLOP/s = FLOPs / median time.");
   add_model_options(*cmd, args->model);
   cmd->remove_option(cmd->get_option("--attention"));
@@ -138,6 +141,7 @@ void register_profile(CLI::App& app) {
     for (size_t bi = 0; bi < backends.size(); ++bi) {
       ModelOptions mo = args->model;
       mo.attention = backends[bi];
+      mo.run_backends = backends;  // --set l2a_dense.key=value reaches only l2a_dense
       if (mo.attention == "full_causal") mo.window = 0;  // --window is for the windowed ones
       progress("building " + mo.model + " for " + mo.attention);
       auto session = open_model_session(mo);
@@ -197,7 +201,7 @@ void register_profile(CLI::App& app) {
       }
 
       for (int64_t T : seqs) {
-        nlohmann::json row = {{"backend", mo.attention}, {"seq", T}};
+        nlohmann::json row = {{"backend", mo.attention}, {"seq", T}, {"options", session->attention_options.all()}};
         // Attention sublayer of layer 0, from the same input every repeat.
         progress(mo.attention + " sublayer T=" + std::to_string(T));
         Tensor x0 = random_tensor(ops, DType::F32, {T, d.hidden}, "x");

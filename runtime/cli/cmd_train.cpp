@@ -24,7 +24,8 @@ void register_train(CLI::App& app) {
       "and an [attention] section with the plugin's options (L2A: layout, window, tau, threshold,\n"
       "force_local, rope_theta, leak_prob, lambda, reg_norm, lambda_schedule, router). --set overrides\n"
       "either: --set train.lr=3e-4 --set attention.window=512 (a bare key goes to [train] if it is a train\n"
-      "key, else to [attention]).\n\n"
+      "key, else to [attention]). --set BACKEND.key=value is an [attention] option for that backend only,\n"
+      "e.g. --attention l2a_dense --set l2a_dense.router=fixed_rate --set l2a_dense.sparsity=0.8.\n\n"
       "Data: .txt or .jsonl (field \"text\") tokenized with the model's tokenizer, or .bin (little-endian\n"
       "uint32 ids). Writes OUT/metrics.jsonl (one JSON object per step), OUT/checkpoints/ (atomic; --resume\n"
       "continues bit-identically from the newest) and, after the last step, OUT/model (loads with --model).\n\n"
@@ -48,12 +49,22 @@ void register_train(CLI::App& app) {
                   "tokenizer.json / tokenizer.model / directory for text data (default: the model directory's)");
   cmd->add_flag("--quiet,-q", args->quiet, "No progress bar");
   cmd->callback([args] {
-    const TrainConfig cfg = args->config.empty() ? parse_train_config("", "<built-in defaults>", args->model.set)
-                                                 : load_train_config(args->config, args->model.set);
+    // Unscoped --set (train.lr=..., attention.window=..., bare keys) goes through the config; a
+    // backend-scoped one (l2a_dense.router=...) goes to the session, which checks its scope
+    // against the backend and applies it over the config's [attention] options.
+    const std::vector<SetOption> sets = parse_set_options(args->model.set);
+    std::vector<std::string> config_sets, scoped_sets;
+    for (const SetOption& s : sets) (s.scope.empty() ? config_sets : scoped_sets).push_back(s.arg);
+    TrainConfig cfg = args->config.empty() ? parse_train_config("", "<built-in defaults>", config_sets)
+                                           : load_train_config(args->config, config_sets);
     ModelOptions mo = args->model;
     mo.set.clear();
     for (const auto& [k, v] : cfg.attention) mo.set.push_back(k + "=" + v);
+    mo.set.insert(mo.set.end(), scoped_sets.begin(), scoped_sets.end());
     auto session = open_model_session(mo);
+    // The scoped options this backend took are part of the run's config (record, resume hash).
+    for (const SetOption& s : sets)
+      if (s.scope == session->attention_name) cfg.attention[s.key] = s.value;
     std::unique_ptr<Tokenizer> tok;
     const std::string ext = std::filesystem::path(args->data).extension().string();
     if (ext != ".bin") {

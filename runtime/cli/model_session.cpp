@@ -43,7 +43,10 @@ void add_model_options(CLI::App& cmd, ModelOptions& o) {
           "W>=1"));
   cmd.add_option("--set", o.set,
                  "Plugin option key=value (repeatable), e.g. --set window=512, --set layout=parallel, "
-                 "--set router=fixed_rate --set sparsity=0.8");
+                 "--set router=fixed_rate --set sparsity=0.8. It goes to every backend of the run; "
+                 "backend.key=value scopes it to one backend and beats the same unscoped key, e.g. "
+                 "--attention full_causal,l2a_dense --set l2a_dense.router=fixed_rate "
+                 "--set l2a_dense.sparsity=0.8");
   cmd.add_option("--plugin", o.plugins, "Extra plugin file or directory to load first (repeatable)");
   cmd.add_option("--device", o.device, "Compute device")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
   cmd.add_option("--threads", o.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
@@ -80,19 +83,21 @@ std::vector<int32_t> parse_ids(const std::string& text, const std::string& optio
 }
 
 // Plugin options, weakest first: the checkpoint's "l2a" section (a trained L2A model carries its
-// settings), then --set, then --window.
-static Options plugin_options(const ModelOptions& o, const std::string& attention, const HfConfig& config) {
+// settings), then --set (unscoped, then scoped to this backend), then --window.
+static Options plugin_options(const ModelOptions& o, const std::string& attention, const HfConfig& config,
+                              const PluginRegistry& registry) {
   Options opts;
   if (config.raw.contains("l2a") && config.raw["l2a"].is_object() && attention.rfind("l2a", 0) == 0)
     for (const auto& [key, value] : config.raw["l2a"].items()) {
       if (value.is_null()) continue;
       opts.set(key, value.is_string() ? value.get<std::string>() : value.dump());
     }
-  for (const auto& kv : o.set) {
-    auto eq = kv.find('=');
-    RT_CHECK(eq != std::string::npos && eq > 0, "--set: expected key=value, found '", kv, "'");
-    opts.set(kv.substr(0, eq), kv.substr(eq + 1));
-  }
+  std::vector<std::string> known;
+  for (const PluginInfo& p : registry.plugins())
+    if (p.kind == PluginKind::Attention) known.push_back(p.name);
+  const std::vector<std::string> run = o.run_backends.empty() ? std::vector<std::string>{attention} : o.run_backends;
+  const Options set = backend_set_options(o.set, attention, run, known);
+  for (const auto& [key, value] : set.all()) opts.set(key, value);
   if (o.window > 0) {
     RT_CHECK(attention != "full_causal", "--window ", o.window,
              " has no effect with --attention full_causal; use --attention swa");
@@ -134,7 +139,7 @@ std::unique_ptr<ModelSession> open_model_session(const ModelOptions& o) {
   const ModelDims dims = dims_from_config(config);
   s->attention_name = !o.attention.empty() ? o.attention : config.raw.contains("l2a") ? "l2a_dense" : "full_causal";
   s->attention = s->registry.create_attention(s->attention_name, s->ops->device());
-  const Options options = plugin_options(o, s->attention_name, config);
+  const Options options = plugin_options(o, s->attention_name, config, s->registry);
   if (s->attention->capabilities().router) {
     s->router = s->registry.create_router(options.get_string("router", "linear_sigmoid"));
     s->attention->attach_router(s->router.get());

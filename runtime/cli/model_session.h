@@ -10,6 +10,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "cli/plugin_settings.h"
 #include "model/qwen2_model.h"
 #include "plugin_host/plugin_registry.h"
 
@@ -21,7 +22,10 @@ struct ModelOptions {
   uint64_t seed = 0;
   std::string attention;  // "": l2a_dense for a model whose config.json has an "l2a" section, else full_causal
   int64_t window = 0;  // 0: not given
-  std::vector<std::string> set;  // plugin options key=value
+  std::vector<std::string> set;  // plugin options key=value or backend.key=value (cli/plugin_settings.h)
+  // Every backend of this run, which a --set scope must name (profile's A/B list); empty: just the
+  // one being opened.
+  std::vector<std::string> run_backends;
   std::vector<std::string> plugins;
   std::string device = "cpu";
   int threads = 0;
@@ -35,7 +39,8 @@ struct ModelSession {
   RouterPtr router;  // routed backends only; declared before `attention`, which points to it
   AttentionBackendPtr attention;
   std::string attention_name;
-  Options attention_options;  // as passed to configure()
+  Options attention_options;  // as passed to configure(): checkpoint "l2a" section, --set (unscoped, then
+                              // scoped to this backend), --window
   std::unique_ptr<Qwen2Model> model;
   std::optional<WeightStore> weights;   // keeps the mmap alive while the model is built
   std::filesystem::path model_dir;      // empty for --init random

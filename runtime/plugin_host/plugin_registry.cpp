@@ -148,7 +148,8 @@ AttentionBackendPtr PluginRegistry::create_attention(const std::string& name, De
     const bool ok = device == Device::CPU ? c.cpu : c.cuda;
     if (!ok)
       fail("attention backend '", name, "' does not support device ", device_name(device),
-           " (it supports: ", caps_devices(c), ")");
+           " (it supports: ", caps_devices(c), ")", c.other_device_hint ? "; " : "",
+           c.other_device_hint ? c.other_device_hint : "");
     const PluginDescriptor* desc = l->desc;
     return AttentionBackendPtr(desc->create_attention(),
                                [desc](AttentionBackend* b) { desc->destroy_attention(b); });

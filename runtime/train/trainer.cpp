@@ -22,16 +22,6 @@ namespace rt {
 
 namespace {
 
-// A uniform in [0, 1) from (seed, step): per-step randomness (leak steps) that a resumed run
-// reproduces without carrying generator state.
-double step_uniform(uint64_t seed, int64_t step) {
-  uint64_t x = seed * 0x9e3779b97f4a7c15ull + static_cast<uint64_t>(step) + 0x632be59bd9b4e019ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  x ^= x >> 31;
-  return static_cast<double>(x >> 11) * 0x1.0p-53;
-}
-
 // Plugin options as typed JSON values where they parse as numbers or booleans.
 nlohmann::ordered_json typed_options(const Options& o) {
   nlohmann::ordered_json j = nlohmann::ordered_json::object();
@@ -164,7 +154,6 @@ TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, c
     std::cerr << "data: " << run.data.string() << ": " << data.size() << " tokens, " << sampler.num_sequences()
               << " sequences of " << cfg.seq_len << "\n";
   }
-  const double leak_prob = run.attention.rfind("l2a", 0) == 0 ? run.attention_options.get_double("leak_prob", 0.1) : 0.0;
   const bool routed = run.attention.rfind("l2a", 0) == 0;
 
   CollapseDetector collapse(cfg.collapse_loss, cfg.collapse_sparsity, cfg.collapse_patience);
@@ -187,7 +176,7 @@ TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, c
     tc.total_steps = run.steps;
     tc.warmup_steps = cfg.warmup_steps;
     tc.loss_scale = 1.f / static_cast<float>(cfg.batch_size);
-    tc.leak = step_uniform(cfg.seed, step) < leak_prob;
+    tc.seed = cfg.seed;  // routed plugins draw their leaks per layer and forward from it
     std::vector<LayerRouteCounts> counts(static_cast<size_t>(L));
     tc.route_stats = stats;
     tc.route_counts = counts.data();
@@ -196,6 +185,7 @@ TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, c
     opt.zero_grad();
     for (int64_t b = 0; b < cfg.batch_size; ++b) {
       sampler.next(seq);
+      tc.micro = b;
       model.train_sequence(seq, tc, opt.grads(), cfg.recompute, lm);
     }
     StepRecord r;
@@ -243,7 +233,11 @@ TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, c
     rec["lr"] = r.lr;
     rec["grad_norm"] = r.grad_norm;
     rec["clipped"] = clip < 1.0;
-    rec["leak"] = tc.leak;
+    if (routed) {
+      int64_t leaked = 0;
+      for (const auto& c : counts) leaked += c.leaked;
+      rec["leak_layers"] = leaked;  // layer forwards of this step whose global attention ran for every token
+    }
     rec["tokens"] = r.tokens;
     rec["tokens_per_s"] = r.seconds > 0 ? static_cast<double>(r.tokens) / r.seconds : 0.0;
     rec["step_seconds"] = r.seconds;

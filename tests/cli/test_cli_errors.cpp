@@ -262,6 +262,20 @@ TEST_F(CliErrors, OutputDirectoryMissing) {
   EXPECT_FALSE(fs::exists(out));
 }
 
+// --set BACKEND.key=value on a one-backend command: the scope must be that backend.
+TEST_F(CliErrors, SetScopedToAnotherBackend) {
+  EXPECT_TRUE(is_clean_error(logits({"--set", "swa.window=4"}),
+                             {"--set swa.window=4: 'swa' is not one of the backends of this run (full_causal)"}));
+  expect_no_output();
+  const RunResult g = run_runtime({"generate", "--model", model_.string(), "--ids", "1,2,3", "-n", "2", "--print-ids",
+                                   "--attention", "swa", "--set", "l2a_dense.window=4"},
+                                  60);
+  EXPECT_TRUE(is_clean_error(g, {"'l2a_dense' is not one of the backends of this run (swa)"}));
+  // Scoped to the backend in use, it applies (swa needs its window).
+  const RunResult ok = logits({"--attention", "swa", "--set", "swa.window=4"});
+  EXPECT_TRUE(ok.ok()) << ok.describe();
+}
+
 TEST_F(CliErrors, GenerateOnCorruptModel) {
   fs::resize_file(st(), fs::file_size(st()) / 3);
   const RunResult r =

@@ -46,6 +46,56 @@ TEST(CliProfile, WritesTableJsonAndCsv) {
   EXPECT_EQ(std::count(c.begin(), c.end(), '\n'), 9) << c;  // header + 8 rows
 }
 
+// An A/B run where only one backend takes the router options: `--set l2a_dense.key=value` reaches
+// l2a_dense alone (unscoped, full_causal would refuse them), and each row records its options.
+TEST(CliProfile, ScopedSetReachesOneBackend) {
+  TempDir dir("rt_profile");
+  const auto json = dir / "p.json";
+  const std::vector<std::string> base = {"profile", "--model", fixture_model("tied_bf16_theta5e6").string(), "--init",
+                                         "checkpoint", "--attention", "full_causal,l2a_dense", "--seq", "12",
+                                         "--window", "4", "--repeats", "1", "--decode-tokens", "2"};
+  // Unscoped, the router options go to every backend, and full_causal refuses them.
+  auto args = base;
+  for (const char* a : {"--set", "router=fixed_rate", "--set", "sparsity=0.8"}) args.push_back(a);
+  RunResult bad = run_runtime(args);
+  EXPECT_TRUE(is_clean_error(bad, {"full_causal: unknown option 'router'"})) << bad.describe();
+
+  // Scoped, only l2a_dense gets them.
+  args = base;
+  for (const char* a : {"--set", "l2a_dense.router=fixed_rate", "--set", "l2a_dense.sparsity=0.8", "--json"})
+    args.push_back(a);
+  args.push_back(json.string());
+  RunResult r = run_runtime(args);
+  ASSERT_TRUE(r.ok()) << r.describe();
+  const auto j = read_json(json);
+  ASSERT_EQ(j["backends"].size(), 2u);
+  for (const auto& b : j["backends"]) {
+    EXPECT_GT(b["prefill_ms"].get<double>(), 0.0) << b.dump();
+    if (b["backend"] == "full_causal") {
+      EXPECT_TRUE(b["options"].empty()) << b.dump();
+    } else {
+      EXPECT_EQ(b["backend"], "l2a_dense");
+      EXPECT_EQ(b["options"]["router"], "fixed_rate") << b.dump();
+      EXPECT_EQ(b["options"]["sparsity"], "0.8") << b.dump();
+      EXPECT_EQ(b["options"]["window"], "4") << b.dump();
+    }
+  }
+}
+
+// A scope that is not a backend of the run (here a typo of l2a_dense) is refused up front, naming
+// the argument, the scope and the run's backends.
+TEST(CliProfile, UnknownScopeFailsClearly) {
+  TempDir dir("rt_profile");
+  RunResult r = run_runtime({"profile", "--model", fixture_model("tied_bf16_theta5e6").string(), "--init", "checkpoint",
+                             "--attention", "full_causal,l2a_dense", "--seq", "12", "--window", "4", "--repeats", "1",
+                             "--set", "l2a_dense.router=fixed_rate", "--set", "l2a_dens.sparsity=0.8", "--json",
+                             (dir / "p.json").string()});
+  EXPECT_TRUE(is_clean_error(r, {"--set l2a_dens.sparsity=0.8: 'l2a_dens' is not one of the backends of this run "
+                                 "(full_causal, l2a_dense)"}))
+      << r.describe();
+  EXPECT_FALSE(fs::exists(dir / "p.json"));
+}
+
 TEST(CliProfile, SwaWithoutWindowFailsClearly) {
   RunResult r = run_runtime({"profile", "--model", fixture_model("tied_bf16_theta5e6").string(), "--init",
                              "checkpoint", "--attention", "swa", "--seq", "16"});

@@ -148,6 +148,40 @@ void expect_error(const RunResult& r, std::initializer_list<const char*> parts) 
   for (const char* p : parts) EXPECT_NE(r.err.find(p), std::string::npos) << "missing '" << p << "'\n" << r.describe();
 }
 
+// --set BACKEND.key=value next to the config's dotted keys: train.lr still reaches [train], the
+// scoped options reach the plugin (and the run's record), and a scope outside the run is refused.
+TEST(TrainScopedSet, RouterOptionsForTheBackend) {
+  ASSERT_TRUE(runtime_available());
+  TempDir tmp;
+  write_text(tmp / "l2a.toml", kL2aConfig);
+  auto args = train_args(tmp, "run", 1);
+  for (const char* a : {"--attention", "l2a_dense", "--set", "train.lr=1e-3", "--set", "l2a_dense.router=fixed_rate",
+                        "--set", "l2a_dense.sparsity=0.75", "--set", "sparsity=0.1"})
+    args.push_back(a);
+  auto r = run_runtime(args, 300);
+  ASSERT_TRUE(r.ok()) << r.describe();
+  const json cfg = read_json(tmp / "run" / "model" / "config.json");
+  ASSERT_TRUE(cfg.contains("l2a")) << cfg.dump();
+  EXPECT_EQ(cfg["l2a"]["router"], "fixed_rate") << cfg["l2a"].dump();
+  EXPECT_DOUBLE_EQ(cfg["l2a"]["sparsity"].is_string() ? std::stod(cfg["l2a"]["sparsity"].get<std::string>())
+                                                      : cfg["l2a"]["sparsity"].get<double>(),
+                   0.75)
+      << "the scoped value beats the bare one\n" << cfg["l2a"].dump();
+  const auto m = metrics(tmp / "run");
+  ASSERT_EQ(m.size(), 1u);
+  EXPECT_GT(m[0]["sparsity"].get<double>(), 0.5) << m[0].dump();  // fixed_rate at 0.75, not the learned router
+  // The run's config record: train.lr reached [train], the scoped options [attention].
+  const json manifest = read_json(tmp / "run" / "checkpoints" / "step_00000001" / "manifest.json");
+  const json rec = manifest["config"].is_string() ? json::parse(manifest["config"].get<std::string>()) : manifest["config"];
+  EXPECT_DOUBLE_EQ(rec["train"]["lr"].get<double>(), 1e-3) << rec.dump();
+  EXPECT_EQ(rec["attention"]["router"], "fixed_rate") << rec.dump();
+  EXPECT_EQ(rec["attention"]["sparsity"], "0.75") << rec.dump();
+
+  args = train_args(tmp, "bad", 1);
+  for (const char* a : {"--attention", "l2a_dense", "--set", "train.lr=1e-3", "--set", "swa.window=4"}) args.push_back(a);
+  expect_error(run_runtime(args), {"--set swa.window=4: 'swa' is not one of the backends of this run (l2a_dense)"});
+}
+
 TEST(TrainErrors, ClearMessages) {
   ASSERT_TRUE(runtime_available());
   TempDir tmp;

@@ -63,7 +63,11 @@ struct Tolerance {
   double max_flipped_decisions;  // fraction
 };
 
-void check_case(const std::string& name, std::unique_ptr<Ops> ops, const Tolerance& tol) {
+// backend: l2a_dense, or l2a_fused (CUDA), whose routed inference forward is checked as is and
+// whose training step runs with leak_prob = 1: the PyTorch reference computes the global attention
+// for every token, which is what a leak forward does.
+void check_case(const std::string& name, std::unique_ptr<Ops> ops, const Tolerance& tol,
+                const std::string& backend = "l2a_dense") {
   const json ref = reference();
   json c;
   for (const auto& x : ref["cases"])
@@ -82,7 +86,8 @@ void check_case(const std::string& name, std::unique_ptr<Ops> ops, const Toleran
   opts.set("lambda", tr["lambda"].dump());
   opts.set("lambda_schedule", tr["lambda_schedule"].get<std::string>());
   opts.set("reg_norm", tr["reg_norm"].get<std::string>());
-  rt::test::TrainFixture f(kDir + c["model_dir"].get<std::string>(), "l2a_dense", opts, std::move(ops));
+  if (backend == "l2a_fused") opts.set("leak_prob", "1");
+  rt::test::TrainFixture f(kDir + c["model_dir"].get<std::string>(), backend, opts, std::move(ops));
   const int64_t T = o["seq_len"], B = o["batch_size"], L = f.n_layers(), V = f.model->dims().vocab;
   const auto toks = tokens();
 
@@ -178,6 +183,10 @@ TEST_P(L2aReference, MatchesPyTorchCpuFp32) { check_case(GetParam(), make_cpu_op
 TEST_P(L2aReference, MatchesPyTorchCudaBf16) {
   if (!cuda_device_available()) GTEST_SKIP() << "no CUDA GPU";
   check_case(GetParam(), make_cuda_ops(), {3e-2, 1e-2, 5e-2, -0.05, 0.03});
+}
+TEST_P(L2aReference, FusedMatchesPyTorchCudaBf16) {
+  if (!cuda_device_available()) GTEST_SKIP() << "no CUDA GPU";
+  check_case(GetParam(), make_cuda_ops(), {3e-2, 1e-2, 5e-2, -0.05, 0.03}, "l2a_fused");
 }
 #endif
 

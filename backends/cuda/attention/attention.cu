@@ -78,13 +78,19 @@ void launch_flash(const TensorView& q, const TensorView& k, const TensorView& v,
   p.mask = mask_params(spec, s.Tk);
   RT_CHECK(p.num_m_blocks <= 65535, "attention (cuda): Tq = ", s.Tq, " is too long for one launch (max ",
            65535 * Cfg::kBlockM, ")");
+  p.q_index = static_cast<const int32_t*>(spec.q_index.data);
+  p.q_count = static_cast<const int32_t*>(spec.q_count.data);
   with_mask(spec, [&](auto mask) {
     using Mask = decltype(mask);
-    constexpr auto kernel = attn::flash_fwd_kernel<Cfg, Mask, attn::DenseRows>;
-    ensure_smem<kernel>(Cfg::kSmemBytes, "cudaFuncSetAttribute (flash forward shared memory)");
-    const dim3 grid(static_cast<unsigned>(s.Hq), static_cast<unsigned>(p.num_m_blocks));
-    kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p);
-    check_launch("flash_fwd_kernel");
+    auto go = [&](auto rows) {
+      constexpr auto kernel = attn::flash_fwd_kernel<Cfg, Mask, decltype(rows)>;
+      ensure_smem<kernel>(Cfg::kSmemBytes, "cudaFuncSetAttribute (flash forward shared memory)");
+      const dim3 grid(static_cast<unsigned>(s.Hq), static_cast<unsigned>(p.num_m_blocks));
+      kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p);
+      check_launch("flash_fwd_kernel");
+    };
+    if (spec.routed()) go(attn::RoutedRows{});
+    else go(attn::DenseRows{});
   });
 }
 
@@ -210,6 +216,8 @@ struct F32Params {
   attn::MaskParams mask;
   const int32_t* pos;  // decode at a device-held position, as in attn::DecodeParams (Tq = 1)
   int ring;
+  const int32_t* q_index;  // routed rows (AttentionSpec::q_index / q_count), or nullptr
+  const int32_t* q_count;
 };
 
 constexpr int kF32MaxD = 256;
@@ -227,8 +235,9 @@ __global__ void __launch_bounds__(128) attention_f32_kernel(const F32Params p) {
     if (p.ring > 0) mask.Tk = static_cast<int>(min(static_cast<int64_t>(*p.pos) + 1, static_cast<int64_t>(p.ring)));
     else mask.q_pos0 = *p.pos;
   }
-  const int64_t pos = mask.q_pos0 + i;
-  const int lo = Mask::key_lo(mask, pos), hi = Mask::key_hi(mask, pos);
+  const bool active = p.q_index == nullptr || i < *p.q_count;
+  const int64_t pos = mask.q_pos0 + (p.q_index != nullptr && active ? p.q_index[i] : i);
+  const int lo = Mask::key_lo(mask, pos), hi = active ? Mask::key_hi(mask, pos) : lo;  // inactive: no key
   const float* qr = p.q + static_cast<int64_t>(i) * p.q_row + static_cast<int64_t>(h) * p.q_head;
   const float* kr = p.k + static_cast<int64_t>(hk) * p.k_head;
   const float* vr = p.v + static_cast<int64_t>(hk) * p.v_head;
@@ -291,6 +300,8 @@ void launch_f32(const TensorView& q, const TensorView& k, const TensorView& v, c
   p.group = static_cast<int>(s.Hq / s.Hkv), p.D = static_cast<int>(s.D);
   p.scale = s.scale;
   p.mask = mask_params(spec, s.Tk);
+  p.q_index = static_cast<const int32_t*>(spec.q_index.data);
+  p.q_count = static_cast<const int32_t*>(spec.q_count.data);
   const int64_t warps = s.Tq * s.Hq;
   const int64_t blocks = (warps + 3) / 4;
   RT_CHECK(blocks <= kMaxInt, "attention (cuda, f32): too many query rows x heads (", warps, ")");
@@ -348,6 +359,9 @@ void attention_forward_impl(TensorView q, TensorView k, TensorView v, TensorView
     check_device_pointer("lse", lse);
     lse_ptr = static_cast<float*>(lse.data);
   }
+  attn_launch::check_routed("attention (cuda)", spec, Tq, capturing(stream));
+  RT_CHECK(!spec.routed() || (dp.pos == nullptr && kernel != AttentionKernel::Decode), "attention (cuda): routed ",
+           "queries run on the flash kernel, not the decode kernel");
   if (Tq == 0 || Hq == 0 || D == 0) return;
   if (!capturing(stream)) {  // memory a graph allocates has no attributes to query until it runs
     check_device_pointer("q", q);
@@ -363,8 +377,8 @@ void attention_forward_impl(TensorView q, TensorView k, TensorView v, TensorView
     launch_f32(q, k, v, o, lse_ptr, spec, s, dp, stream);
     return;
   }
-  const bool decode =
-      dp.pos != nullptr || kernel == AttentionKernel::Decode || (kernel == AttentionKernel::Auto && Tq <= 16);
+  const bool decode = dp.pos != nullptr || kernel == AttentionKernel::Decode ||
+                      (kernel == AttentionKernel::Auto && Tq <= 16 && !spec.routed());
   if (D == 64) {
     if (decode) launch_decode<64>(q, k, v, o, lse_ptr, spec, s, dp, stream);
     else launch_flash<64>(q, k, v, o, lse_ptr, spec, s, stream);

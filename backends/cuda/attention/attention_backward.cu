@@ -5,10 +5,14 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstdint>
 #include <limits>
+#include <string>
+#include <type_traits>
 
 #include "cuda/attention/flash_attention_bwd.cuh"
+#include "cuda/attention/flash_attention_bwd_dq.cuh"
 #include "cuda/attention/attention_launch.h"
 #include "rt/sdk/error.h"
 
@@ -93,8 +97,21 @@ void zero_view(const TensorView& t, cudaStream_t stream) {
   check_launch("zero_kernel");
 }
 
-void launch_convert(const float* src, const TensorView& dst, float mul, cudaStream_t stream) {
+// RT_ATTENTION_DETERMINISTIC=0 brings back the fused dQ with fp32 atomics (dense rows only); the
+// default computes dQ in its own pass and is bit-reproducible.
+bool deterministic_backward() {
+  static const bool on = [] {
+    const char* v = std::getenv("RT_ATTENTION_DETERMINISTIC");
+    return !(v != nullptr && std::string(v) == "0");
+  }();
+  return on;
+}
+
+void launch_convert(const float* src, const TensorView& dst, float mul, cudaStream_t stream, int parts = 1,
+                    int64_t part_stride = 0) {
   attn::BwdConvertParams c{};
+  c.parts = parts;
+  c.part_stride = part_stride;
   c.src = src;
   c.dst = static_cast<bf16*>(dst.data);
   c.dst_row = dst.stride[0], c.dst_head = dst.stride[1];
@@ -122,6 +139,10 @@ void launch_convert(const float* src, const TensorView& dst, float mul, cudaStre
 #ifndef RT_ATTN_BWD_D128_BM
 #define RT_ATTN_BWD_D128_BM 64
 #endif
+template <int kD>
+struct BwdDqCfgFor {
+  using type = attn::BwdDqConfig<kD, 64, kD == 64 ? 64 : 32>;
+};
 template <int kD>
 struct BwdCfgFor;
 template <>
@@ -152,18 +173,21 @@ void launch_flash_bwd(const TensorView& q, const TensorView& k, const TensorView
   int64_t splits = std::clamp<int64_t>(group_splits > 0 ? group_splits : (target + ctas - 1) / ctas, 1, group);
   const int64_t hps = (group + splits - 1) / splits;
   splits = (group + hps - 1) / hps;
+  const bool fused_dq = !spec.routed() && !deterministic_backward();
+  using DqCfg = typename BwdDqCfgFor<kD>::type;
+  static_assert(DqCfg::kBlockM == Cfg::kBlockM, "dQ pass reads statistics padded to the backward's BlockM");
 
-  const size_t dq_elems = static_cast<size_t>(s.Tq * s.Hq * kD);
+  const size_t dq_elems = fused_dq ? static_cast<size_t>(s.Tq * s.Hq * kD) : 0;
   const size_t stat_elems = static_cast<size_t>(s.Hq * Tq_pad);
-  const size_t dkv_elems = splits > 1 ? static_cast<size_t>(2 * s.Tk * s.Hkv * kD) : 0;
+  const size_t plane = static_cast<size_t>(s.Tk * s.Hkv * kD);
+  const size_t dkv_elems = splits > 1 ? static_cast<size_t>(splits) * 2 * plane : 0;  // a slice per split
   Scratch ws((dq_elems + 2 * stat_elems + dkv_elems) * sizeof(float), stream, "the backward workspace");
   float* dq_accum = static_cast<float*>(ws.p);
   float* lse2 = dq_accum + dq_elems;
   float* delta = lse2 + stat_elems;
   float* dkv_accum = splits > 1 ? delta + stat_elems : nullptr;
-  check_cuda(cudaMemsetAsync(dq_accum, 0, dq_elems * sizeof(float), stream), "cudaMemsetAsync (dq accumulator)");
-  if (dkv_accum != nullptr)
-    check_cuda(cudaMemsetAsync(dkv_accum, 0, dkv_elems * sizeof(float), stream), "cudaMemsetAsync (dk/dv accumulator)");
+  if (fused_dq)
+    check_cuda(cudaMemsetAsync(dq_accum, 0, dq_elems * sizeof(float), stream), "cudaMemsetAsync (dq accumulator)");
 
   {
     attn::BwdPreParams pp{};
@@ -175,6 +199,7 @@ void launch_flash_bwd(const TensorView& q, const TensorView& k, const TensorView
     pp.o_row = o.stride[0], pp.o_head = o.stride[1];
     pp.do_row = dout.stride[0], pp.do_head = dout.stride[1];
     pp.Tq = static_cast<int>(s.Tq), pp.Hq = static_cast<int>(s.Hq), pp.Tq_pad = static_cast<int>(Tq_pad);
+    pp.q_count = static_cast<const int32_t*>(spec.q_count.data);
     const int64_t blocks = (s.Hq * Tq_pad + 7) / 8;
     attn::flash_bwd_preprocess_kernel<kD><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(pp);
     check_launch("flash_bwd_preprocess_kernel");
@@ -187,8 +212,10 @@ void launch_flash_bwd(const TensorView& q, const TensorView& k, const TensorView
   p.dout = static_cast<const bf16*>(dout.data);
   p.dk = static_cast<bf16*>(dk.data);
   p.dv = static_cast<bf16*>(dv.data);
-  p.dq_accum = dq_accum;
+  p.dq_accum = fused_dq ? dq_accum : nullptr;
   p.dkv_accum = dkv_accum;
+  p.q_index = static_cast<const int32_t*>(spec.q_index.data);
+  p.q_count = static_cast<const int32_t*>(spec.q_count.data);
   p.lse2 = lse2;
   p.delta = delta;
   p.q_row = q.stride[0], p.q_head = q.stride[1];
@@ -204,19 +231,35 @@ void launch_flash_bwd(const TensorView& q, const TensorView& k, const TensorView
   p.scale = s.scale;
   p.scale_log2 = s.scale * 1.4426950408889634f;
   p.mask = mask_params(spec, s.Tk);
+  const int64_t m_blocks = Tq_pad / Cfg::kBlockM;
+  RT_CHECK(m_blocks <= 65535 && s.Hq <= 65535, kOp, ": Tq = ", s.Tq, " is too long for one launch");
   with_mask(spec, [&](auto mask) {
     using Mask = decltype(mask);
-    constexpr auto kernel = attn::flash_bwd_kernel<Cfg, Mask>;
-    ensure_smem<kernel>(Cfg::kSmemBytes, "cudaFuncSetAttribute (flash backward shared memory)");
-    const dim3 grid(static_cast<unsigned>(n_blocks), static_cast<unsigned>(s.Hkv), static_cast<unsigned>(splits));
-    kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p);
-    check_launch("flash_bwd_kernel");
+    auto go = [&](auto rows, auto fused) {
+      using Rows = decltype(rows);
+      constexpr auto kernel = attn::flash_bwd_kernel<Cfg, Mask, Rows, decltype(fused)::value>;
+      ensure_smem<kernel>(Cfg::kSmemBytes, "cudaFuncSetAttribute (flash backward shared memory)");
+      const dim3 grid(static_cast<unsigned>(n_blocks), static_cast<unsigned>(s.Hkv), static_cast<unsigned>(splits));
+      kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p);
+      check_launch("flash_bwd_kernel");
+      if constexpr (!decltype(fused)::value) {
+        constexpr auto dq_kernel = attn::flash_bwd_dq_kernel<DqCfg, Mask, Rows>;
+        ensure_smem<dq_kernel>(DqCfg::kSmemBytes, "cudaFuncSetAttribute (flash backward dQ shared memory)");
+        const dim3 g2(static_cast<unsigned>(s.Hq), static_cast<unsigned>(m_blocks));
+        dq_kernel<<<g2, DqCfg::kThreads, DqCfg::kSmemBytes, stream>>>(p, static_cast<bf16*>(dq.data), dq.stride[0],
+                                                                      dq.stride[1]);
+        check_launch("flash_bwd_dq_kernel");
+      }
+    };
+    if (spec.routed()) go(attn::RoutedRows{}, std::false_type{});
+    else if (fused_dq) go(attn::DenseRows{}, std::true_type{});
+    else go(attn::DenseRows{}, std::false_type{});
   });
 
-  launch_convert(dq_accum, dq, s.scale, stream);
+  if (fused_dq) launch_convert(dq_accum, dq, s.scale, stream);
   if (dkv_accum != nullptr) {
-    launch_convert(dkv_accum, dk, 1.f, stream);
-    launch_convert(dkv_accum + dkv_elems / 2, dv, 1.f, stream);
+    launch_convert(dkv_accum, dk, 1.f, stream, static_cast<int>(splits), static_cast<int64_t>(2 * plane));
+    launch_convert(dkv_accum + plane, dv, 1.f, stream, static_cast<int>(splits), static_cast<int64_t>(2 * plane));
   }
   ws.release();
 }
@@ -244,6 +287,8 @@ struct F32BwdParams {
   int Tq, Tk, Hq, Hkv, group, D;
   float scale;
   attn::MaskParams mask;
+  const int32_t* q_index;  // routed rows (AttentionSpec::q_index / q_count), or nullptr
+  const int32_t* q_count;
 };
 
 template <class Mask>
@@ -253,9 +298,10 @@ __global__ void __launch_bounds__(128) attention_bwd_f32_dq_kernel(const F32BwdP
   const int lane = threadIdx.x & 31;
   if (w >= static_cast<int64_t>(p.Tq) * p.Hq) return;
   const int i = static_cast<int>(w / p.Hq), h = static_cast<int>(w % p.Hq), hk = h / p.group;
-  const int64_t pos = p.mask.q_pos0 + i;
+  const bool active = p.q_index == nullptr || i < *p.q_count;
+  const int64_t pos = p.mask.q_pos0 + (p.q_index != nullptr && active ? p.q_index[i] : i);
   const int lo = Mask::key_lo(p.mask, pos);
-  int hi = Mask::key_hi(p.mask, pos);
+  int hi = active ? Mask::key_hi(p.mask, pos) : lo;
   const float* qr = p.q + static_cast<int64_t>(i) * p.q_row + static_cast<int64_t>(h) * p.q_head;
   const float* orow = p.o + static_cast<int64_t>(i) * p.o_row + static_cast<int64_t>(h) * p.o_head;
   const float* dr = p.dout + static_cast<int64_t>(i) * p.do_row + static_cast<int64_t>(h) * p.do_head;
@@ -274,8 +320,8 @@ __global__ void __launch_bounds__(128) attention_bwd_f32_dq_kernel(const F32BwdP
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) delta += __shfl_xor_sync(0xffffffffu, delta, off);
   if (lane == 0) p.delta[static_cast<int64_t>(h) * p.Tq + i] = delta;
-  const float lse = p.lse[static_cast<int64_t>(h) * p.Tq + i];
-  if (!(lse < __builtin_huge_valf())) hi = lo;  // no visible key: nothing
+  const float lse = active ? p.lse[static_cast<int64_t>(h) * p.Tq + i] : __builtin_huge_valf();
+  if (!(lse < __builtin_huge_valf())) hi = lo;  // no visible key (or an inactive routed row): nothing
   for (int j = lo; j < hi; ++j) {
     const float* kj = kr + static_cast<int64_t>(j) * p.k_row;
     const float* vj = vr + static_cast<int64_t>(j) * p.v_row;
@@ -316,8 +362,13 @@ __global__ void __launch_bounds__(128) attention_bwd_f32_dkv_kernel(const F32Bwd
   const int lane = threadIdx.x & 31;
   if (w >= static_cast<int64_t>(p.Tk) * p.Hkv) return;
   const int j = static_cast<int>(w / p.Hkv), hk = static_cast<int>(w % p.Hkv);
-  int i_begin, i_end;
-  attn::query_range<Mask>(p.mask, p.Tq, j, j + 1, i_begin, i_end);
+  int i_begin = 0, i_end = 0;
+  if (p.q_index != nullptr) {
+    const attn::RoutedRows rows{p.q_index, p.q_count};
+    attn::query_range<Mask>(p.mask, rows, rows.active(p.Tq), j, j + 1, i_begin, i_end);
+  } else {
+    attn::query_range<Mask>(p.mask, attn::DenseRows{}, p.Tq, j, j + 1, i_begin, i_end);
+  }
   const float* kj = p.k + static_cast<int64_t>(j) * p.k_row + static_cast<int64_t>(hk) * p.k_head;
   const float* vj = p.v + static_cast<int64_t>(j) * p.v_row + static_cast<int64_t>(hk) * p.v_head;
   float kv[kC], vv[kC], dkacc[kC], dvacc[kC];
@@ -330,7 +381,7 @@ __global__ void __launch_bounds__(128) attention_bwd_f32_dkv_kernel(const F32Bwd
   }
   for (int h = hk * p.group; h < (hk + 1) * p.group; ++h) {
     for (int i = i_begin; i < i_end; ++i) {
-      const int64_t pos = p.mask.q_pos0 + i;
+      const int64_t pos = p.mask.q_pos0 + (p.q_index != nullptr ? p.q_index[i] : i);
       if (j < Mask::key_lo(p.mask, pos) || j >= Mask::key_hi(p.mask, pos)) continue;
       const float lse = p.lse[static_cast<int64_t>(h) * p.Tq + i];
       if (!(lse < __builtin_huge_valf())) continue;
@@ -402,6 +453,8 @@ void launch_f32(const TensorView& q, const TensorView& k, const TensorView& v, c
   p.group = static_cast<int>(s.Hq / s.Hkv), p.D = static_cast<int>(s.D);
   p.scale = s.scale;
   p.mask = mask_params(spec, s.Tk);
+  p.q_index = static_cast<const int32_t*>(spec.q_index.data);
+  p.q_count = static_cast<const int32_t*>(spec.q_count.data);
   const int64_t b1 = (s.Tq * s.Hq + 3) / 4, b2 = (s.Tk * s.Hkv + 3) / 4;
   RT_CHECK(b1 <= kMaxInt && b2 <= kMaxInt, kOp, " f32: too many rows x heads");
   with_mask(spec, [&](auto mask) {
@@ -478,6 +531,7 @@ void attention_backward_with(TensorView q, TensorView k, TensorView v, TensorVie
              q.shape_str());
   }
   for (const auto& [name, t] : all) check_device_pointer(name, *t);
+  attn_launch::check_routed(kOp, spec, Tq, false);
   if (empty) {  // gradients of nothing: zeros
     zero_view(dq, stream);
     zero_view(dk, stream);

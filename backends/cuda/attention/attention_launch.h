@@ -110,6 +110,28 @@ inline int num_sms() {
   return n;
 }
 
+// A routed spec (AttentionSpec::q_index / q_count): the index I32 [>= Tq] contiguous and the count
+// I32 [1], both on the device. Their values stay there (read by the kernels).
+inline void check_routed(const char* op, const AttentionSpec& spec, int64_t Tq, bool capturing_now) {
+  if (!spec.routed()) {
+    RT_CHECK(spec.q_count.data == nullptr, op, ": 'q_count' is given without 'q_index'");
+    return;
+  }
+  const TensorView& ix = spec.q_index;
+  const TensorView& n = spec.q_count;
+  RT_CHECK(ix.device == Device::CUDA && ix.dtype == DType::I32 && ix.ndim == 1 && ix.is_contiguous() &&
+               ix.shape[0] >= Tq,
+           op, ": routed 'q_index' must be a contiguous I32 cuda tensor of at least Tq = ", Tq, " entries, found ",
+           dtype_name(ix.dtype), " ", device_name(ix.device), " ", ix.shape_str());
+  RT_CHECK(n.data != nullptr && n.device == Device::CUDA && n.dtype == DType::I32 && n.numel() == 1, op,
+           ": routed 'q_count' must be an I32 [1] cuda tensor, found ", n.data ? dtype_name(n.dtype) : "none", " ",
+           device_name(n.device), " ", n.shape_str());
+  if (!capturing_now) {
+    check_device_pointer(op, "q_index", ix);
+    check_device_pointer(op, "q_count", n);
+  }
+}
+
 // Calls fn(Mask{}) with the mask type of the spec.
 template <class Fn>
 void with_mask(const AttentionSpec& spec, Fn&& fn) {

@@ -11,6 +11,8 @@
 // (batch index g): Q stride group * q.stride[1], K stride k.stride[1], S stride group * nc * Tk.
 #include "cuda/attention/dense_attention.h"
 
+#include "common/attention_rows.h"
+
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 
@@ -41,22 +43,20 @@ std::atomic<size_t> g_workspace_limit{0};  // 0: kDefaultWorkspaceLimit
 
 // ---- masks ---------------------------------------------------------------------------------------
 
-// Row i (query position q_pos0 + i) sees keys [lo(i), hi(i)): rt::cpu::KeyRange.
-struct Mask {
-  int causal;
-  int64_t window, q_pos0, k_pos0, Tk;
-};
-
-__host__ __device__ inline int64_t clamp64(int64_t x, int64_t lo, int64_t hi) { return x < lo ? lo : (x > hi ? hi : x); }
-__host__ __device__ inline int64_t key_lo(const Mask& m, int64_t i) {
-  return m.window <= 0 ? 0 : clamp64(m.q_pos0 + i - m.window + 1 - m.k_pos0, 0, m.Tk);
-}
-__host__ __device__ inline int64_t key_hi(const Mask& m, int64_t i) {
-  return !m.causal ? m.Tk : clamp64(m.q_pos0 + i - m.k_pos0 + 1, 0, m.Tk);
-}
+// Row i (query position q_pos0 + i) sees keys [lo(i), hi(i)): the shared definition
+// (common/attention_rows.h), as the CPU reference and the flash kernels use it.
+using Mask = attn::KeyRange;
+__host__ __device__ inline int64_t key_lo(const Mask& m, int64_t i) { return m.lo(i); }
+__host__ __device__ inline int64_t key_hi(const Mask& m, int64_t i) { return m.hi(i); }
 
 Mask mask_of(const AttentionSpec& spec, int64_t Tk) {
-  return Mask{spec.causal ? 1 : 0, spec.window, spec.q_pos0, spec.k_pos0, Tk};
+  Mask m;
+  m.causal = spec.causal;
+  m.m.q_pos0 = spec.q_pos0;
+  m.m.k_pos0 = spec.k_pos0;
+  m.m.window = spec.window;
+  m.m.Tk = static_cast<int>(Tk);
+  return m;
 }
 
 // ---- element access ------------------------------------------------------------------------------

@@ -13,10 +13,10 @@
 //     the diagonal, ~half the work; sliding window: the ~W/BlockN + 1 tiles of the band, O(T W)),
 //   - evaluate the mask per element only on boundary tiles (a tile inside
 //     [key_lo(last row), key_hi(first row)) is visible to every row of the block).
-// Query rows come through a second trait (Rows): DenseRows is row i at position q_pos0 + i. A
-// future RoutedQueries trait (L2A: a sorted subset of query rows given by an index list) maps row i
-// to the gathered source row idx[i] at position q_pos0 + idx[i]; since idx is sorted, key_lo/key_hi
-// stay monotone in i and the same tile skipping holds.
+// Query rows come through a second trait (Rows, common/attention_rows.h): DenseRows is row i at
+// position q_pos0 + i; RoutedRows (L2A) is row i of a compact list at position q_pos0 + index[i],
+// the first *count rows active. Since the index ascends, key_lo/key_hi stay monotone in the row and
+// the same tile skipping holds; blocks past the count write zeros and return.
 //
 // Numerics: bf16 operands, fp32 accumulation (mma.sync m16n8k16 bf16 -> f32), fp32 running max
 // and sum; scores are scaled by scale * log2(e) once and exponentiated with ex2.approx. A row that
@@ -52,6 +52,8 @@
 
 #include <cstdint>
 
+#include "common/attention_rows.h"
+
 #ifndef RT_ATTN_KS_UNROLL
 #define RT_ATTN_KS_UNROLL 1
 #endif
@@ -63,47 +65,23 @@ using bf16 = __nv_bfloat16;
 // makes ptxas hoist every ldmatrix and spill at D = 128).
 constexpr int kKsUnroll = RT_ATTN_KS_UNROLL;
 
-// ------------------------------------------------------------------------------------------------
-// Masks
+// The mask and rows traits of common/attention_rows.h, shared with the CPU reference.
+using rt::attn::BandMask;
+using rt::attn::CausalMask;
+using rt::attn::clamp_key;
+using rt::attn::DenseRows;
+using rt::attn::FullMask;
+using rt::attn::MaskParams;
+using rt::attn::RoutedRows;
+using rt::attn::SlidingWindowMask;
+using rt::attn::WindowOnlyMask;
 
-// What a mask needs to know; positions are 64-bit (q_pos0 / k_pos0 may be large in decode).
-struct MaskParams {
-  int64_t q_pos0 = 0;
-  int64_t k_pos0 = 0;
-  int64_t window = 0;  // > 0 only for windowed masks
-  int Tk = 0;
-};
-
-__host__ __device__ __forceinline__ int clamp_key(int64_t x, int Tk) {
-  return x < 0 ? 0 : (x > Tk ? Tk : static_cast<int>(x));
+// Rows of a kernel from its params: DenseRows carries nothing, RoutedRows the index and count.
+template <class Rows>
+__device__ __forceinline__ Rows make_rows(const int32_t* index, const int32_t* count) {
+  if constexpr (Rows::routed) return Rows{index, count};
+  else return Rows{};
 }
-
-// The masks of AttentionSpec: keys [key_lo(pos), key_hi(pos)), both clamped to [0, Tk].
-//   causal:  key position <= query position
-//   window:  key position >  query position - window (W keys including the query itself)
-template <bool kCausal, bool kWindow>
-struct BandMask {
-  static constexpr bool causal = kCausal;
-  static constexpr bool windowed = kWindow;
-  __host__ __device__ __forceinline__ static int key_lo(const MaskParams& m, int64_t qpos) {
-    if constexpr (kWindow) return clamp_key(qpos - m.window + 1 - m.k_pos0, m.Tk);
-    else return 0;
-  }
-  __host__ __device__ __forceinline__ static int key_hi(const MaskParams& m, int64_t qpos) {
-    if constexpr (kCausal) return clamp_key(qpos - m.k_pos0 + 1, m.Tk);
-    else return m.Tk;
-  }
-};
-struct FullMask : BandMask<false, false> {};          // every key (encoder-style)
-struct CausalMask : BandMask<true, false> {};        // full_causal
-struct SlidingWindowMask : BandMask<true, true> {};  // swa: (qpos - W, qpos]
-struct WindowOnlyMask : BandMask<false, true> {};    // window without the causal bound
-
-// Query rows of a forward kernel: which source row row i is, and its position.
-struct DenseRows {
-  __device__ __forceinline__ static int64_t source_row(int i) { return i; }
-};
-// (RoutedQueries: source_row(i) = idx[i] from an index list in the params; see the header comment.)
 
 // ------------------------------------------------------------------------------------------------
 // PTX helpers
@@ -205,6 +183,8 @@ struct FwdParams {
   int num_m_blocks;
   float scale_log2;  // scale * log2(e)
   MaskParams mask;
+  const int32_t* q_index;  // RoutedRows: row positions (ascending) and the active row count
+  const int32_t* q_count;
 };
 
 // Tile shape: head dim, query rows per CTA, keys per KV tile, warps. Each warp owns 16 * kMTiles rows.
@@ -238,25 +218,26 @@ __global__ void __launch_bounds__(Cfg::kThreads) flash_fwd_kernel(const FwdParam
   const int m_block = p.num_m_blocks - 1 - static_cast<int>(blockIdx.y);
   const int hk = h / p.group;
   const int m0 = m_block * kBlockM;
-  const int m_last = min(m0 + kBlockM, p.Tq) - 1;
+  const Rows rows = make_rows<Rows>(p.q_index, p.q_count);
+  const int Tq = rows.active(p.Tq);                 // routed: rows past the count are inactive
+  const int m_end = min(m0 + kBlockM, p.Tq);        // rows of this block, active or not
+  const int m_last = min(m0 + kBlockM, Tq) - 1;     // its last active row (< m0: none)
 
   const MaskParams& mk = p.mask;
-  const int64_t pos_first = p.mask.q_pos0 + Rows::source_row(m0);
-  const int64_t pos_last = p.mask.q_pos0 + Rows::source_row(m_last);
+  const int64_t pos_first = rows.pos(mk, m0);
+  const int64_t pos_last = m_last >= m0 ? rows.pos(mk, m_last) : pos_first;
   const int n_lo = Mask::key_lo(mk, pos_first), n_hi = Mask::key_hi(mk, pos_last);
   // Tiles inside [full_lo, full_hi) are visible to every row of the block.
   const int full_lo = Mask::key_lo(mk, pos_last), full_hi = Mask::key_hi(mk, pos_first);
 
-  if (n_lo >= n_hi) {  // no row of this block sees any key: zeros (and lse = +inf)
+  if (m_last < m0 || n_lo >= n_hi) {  // no row of this block sees any key (or none is active): zeros, lse = +inf
     for (int idx = tid; idx < kBlockM * (kD / 2); idx += kThreads) {
       const int r = idx / (kD / 2), c = idx % (kD / 2);
-      if (m0 + r > m_last) continue;
-      const int64_t src = Rows::source_row(m0 + r);
-      reinterpret_cast<uint32_t*>(p.o + src * p.o_row + static_cast<int64_t>(h) * p.o_head)[c] = 0u;
+      if (m0 + r >= m_end) continue;
+      reinterpret_cast<uint32_t*>(p.o + (m0 + r) * p.o_row + static_cast<int64_t>(h) * p.o_head)[c] = 0u;
     }
     if (p.lse != nullptr)
-      for (int r = tid; m0 + r <= m_last && r < kBlockM; r += kThreads)
-        p.lse[static_cast<int64_t>(h) * p.Tq + Rows::source_row(m0 + r)] = kInf;
+      for (int r = tid; m0 + r < m_end; r += kThreads) p.lse[static_cast<int64_t>(h) * p.Tq + m0 + r] = kInf;
     return;
   }
   const int nb_min = n_lo / kBlockN;
@@ -266,14 +247,14 @@ __global__ void __launch_bounds__(Cfg::kThreads) flash_fwd_kernel(const FwdParam
   const bf16* kbase = p.k + static_cast<int64_t>(hk) * p.k_head;
   const bf16* vbase = p.v + static_cast<int64_t>(hk) * p.v_head;
 
-  // Q tile (DenseRows: contiguous source rows m0..; a routed trait gathers here instead).
+  // Q tile: rows m0.. (routed rows are compact too: only their positions differ).
   {
     constexpr int kChunks = kD / 8;
 #pragma unroll
     for (int idx = tid; idx < kBlockM * kChunks; idx += kThreads) {
       const int r = idx / kChunks, c = idx % kChunks;
       const bool ok = m0 + r <= m_last;
-      const bf16* src = ok ? qbase + Rows::source_row(m0 + r) * p.q_row + c * 8 : qbase;
+      const bf16* src = ok ? qbase + static_cast<int64_t>(m0 + r) * p.q_row + c * 8 : qbase;
       cp_async_16(sQ + swz<kD>(r, c), src, ok);
     }
   }
@@ -287,7 +268,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) flash_fwd_kernel(const FwdParam
 #pragma unroll
     for (int hr = 0; hr < 2; ++hr) {
       const int r = m0 + warp * 16 * kMT + mt * 16 + g + hr * 8;
-      const int64_t pos = p.mask.q_pos0 + Rows::source_row(r);
+      const int64_t pos = rows.pos(mk, min(r, m_last));  // rows past the last active one are not stored
       row_lo[mt][hr] = Mask::key_lo(mk, pos);
       row_hi[mt][hr] = Mask::key_hi(mk, pos);
     }
@@ -427,15 +408,16 @@ __global__ void __launch_bounds__(Cfg::kThreads) flash_fwd_kernel(const FwdParam
       const float sum = quad_sum(row_sum[mt][hr]);
       const float inv = sum > 0.f ? 1.f / sum : 0.f;
       const int r = m0 + warp * 16 * kMT + mt * 16 + g + hr * 8;
-      if (r > m_last) continue;
-      const int64_t src = Rows::source_row(r);
-      bf16* dst = p.o + src * p.o_row + static_cast<int64_t>(h) * p.o_head + 2 * t4;
+      if (r >= m_end) continue;
+      const bool active = r <= m_last;  // routed rows past the count: zeros, lse = +inf
+      bf16* dst = p.o + static_cast<int64_t>(r) * p.o_row + static_cast<int64_t>(h) * p.o_head + 2 * t4;
 #pragma unroll
       for (int dt = 0; dt < kDT; ++dt)
-        *reinterpret_cast<uint32_t*>(dst + dt * 8) = pack_bf16(acc[mt][dt][2 * hr] * inv, acc[mt][dt][2 * hr + 1] * inv);
+        *reinterpret_cast<uint32_t*>(dst + dt * 8) =
+            active ? pack_bf16(acc[mt][dt][2 * hr] * inv, acc[mt][dt][2 * hr + 1] * inv) : 0u;
       if (p.lse != nullptr && t4 == 0)
-        p.lse[static_cast<int64_t>(h) * p.Tq + src] =
-            sum > 0.f ? row_max[mt][hr] * 0.69314718055994531f + logf(sum) : kInf;
+        p.lse[static_cast<int64_t>(h) * p.Tq + r] =
+            active && sum > 0.f ? row_max[mt][hr] * 0.69314718055994531f + logf(sum) : kInf;
     }
 }
 

@@ -4,12 +4,23 @@
 //
 //   flash_bwd_preprocess_kernel<D>   Delta_i = rowsum(dO_i * O_i) (fp32) and lse2 = lse * log2(e), both
 //                                    [Hq][Tq_pad] (padding rows: Delta 0, lse2 +inf)
-//   flash_bwd_kernel<Cfg, Mask>      one CTA per (KV block of kBlockN keys, KV head, head split): K, V
+//   flash_bwd_kernel<Cfg, Mask, Rows, kFusedDq>
+//                                    one CTA per (KV block of kBlockN keys, KV head, head split): K, V
 //                                    tiles stay in shared memory; it loops over the query heads of its
 //                                    share of the GQA group and, per head, over the query blocks that see
 //                                    any of its keys (causal: blocks from the diagonal on; window: the
 //                                    band), double-buffering Q / dO / lse2 / Delta with cp.async
-//   flash_bwd_convert_kernel         fp32 accumulators -> bf16 (dq; dk / dv when the group is split)
+//   flash_bwd_dq_kernel<Cfg, Mask, Rows> (flash_attention_bwd_dq.cuh) dQ without atomics: one CTA per
+//                                    (query head, query block) walks the KV tiles its rows see, as
+//                                    the forward does, recomputing P and dP (FlashAttention-2's
+//                                    deterministic split of the backward)
+//   flash_bwd_convert_kernel         fp32 accumulators -> bf16 (dq; dk / dv when the group is split:
+//                                    the splits' partials are summed in a fixed order)
+//
+// Determinism: by default (and always for routed rows) nothing is accumulated with floating-point
+// atomics, so two runs give the same bits and training resumes bit-identically. kFusedDq = true
+// keeps the older fused dQ (atomics into an fp32 accumulator, ~1.4x fewer MMAs in total), behind
+// RT_ATTENTION_DETERMINISTIC=0.
 //
 // Per (query block of kBlockM rows, this KV block), warp w owns the 16 keys w*16.. of the block and
 // computes transposed products so that its rows are keys:
@@ -19,10 +30,13 @@
 //   dP^T = V dO^T            (A: V from smem, B: dO rows)
 //   dS^T = P^T (dP^T - Delta[query])
 //   dK  += dS^T Q            (A: dS^T from registers, B: Q, ldmatrix.trans)
-//   dS^T -> shared (bf16), then dQ (block) = dS K, the warps splitting (16 query rows x D part), added
-//   with fp32 atomics (float2, sm_90) into dq_accum [Tq][Hq][D]; scale is applied in the convert.
-// dK, dV stay in fp32 registers across the whole loop and are written once (bf16; or fp32 atomics
-// into a workspace when the group is split over CTAs to fill the GPU at short T).
+//   kFusedDq only: dS^T -> shared (bf16), then dQ (block) = dS K, the warps splitting (16 query rows
+//   x D part), added with fp32 atomics (float2, sm_90) into dq_accum [Tq][Hq][D].
+// dK, dV stay in fp32 registers across the whole loop and are written once (bf16; or, when the group
+// is split over CTAs to fill the GPU at short T, as fp32 partials into the split's own slice of a
+// workspace, summed in split order by the convert).
+// Rows (common/attention_rows.h): routed rows are a compact list with ascending positions; the
+// binary searches and masks use the positions, rows past the active count are never loaded.
 // Tiles: a tile inside [key_lo(last row), key_hi(first row)) is visible to every row (no per-element
 // mask); rows past Tq have lse2 = +inf (P = 0) and zero Q / dO; keys past Tk are masked by key_hi.
 #pragma once
@@ -38,8 +52,8 @@ struct BwdParams {
   const bf16* dout;
   bf16* dk;  // written directly when dkv_accum == nullptr
   bf16* dv;
-  float* dq_accum;   // [Tq][Hq][D] fp32, zeroed
-  float* dkv_accum;  // nullptr, or [2][Tk][Hkv][D] fp32 (dk, dv), zeroed: the group is split over CTAs
+  float* dq_accum;   // kFusedDq: [Tq][Hq][D] fp32, zeroed
+  float* dkv_accum;  // nullptr, or [splits][2][Tk][Hkv][D] fp32 (dk, dv) partials: the group is split over CTAs
   const float* lse2;   // [Hq][Tq_pad], log2 units, +inf for rows that see nothing and padding
   const float* delta;  // [Hq][Tq_pad]
   int64_t q_row, q_head, k_row, k_head, v_row, v_head, do_row, do_head, dk_row, dk_head, dv_row, dv_head;
@@ -48,6 +62,8 @@ struct BwdParams {
   float scale;          // softmax scale (dK is scaled here; dq in the convert)
   float scale_log2;     // scale * log2(e)
   MaskParams mask;
+  const int32_t* q_index;  // RoutedRows: positions (ascending) and active row count
+  const int32_t* q_count;
 };
 
 // kBlockM query rows per step, kBlockN keys per CTA (16 per warp).
@@ -81,13 +97,14 @@ struct BwdConfig {
 // Range of query rows [begin, end) that see at least one key of [n0, n1) (both ends monotone in the
 // row, so binary searches). Rows that see nothing at all are excluded by neither test, but they
 // have lse = +inf and contribute nothing.
-template <class Mask>
-__device__ __forceinline__ void query_range(const MaskParams& mk, int Tq, int n0, int n1, int& begin, int& end) {
+template <class Mask, class Rows>
+__device__ __forceinline__ void query_range(const MaskParams& mk, const Rows& rows, int Tq, int n0, int n1, int& begin,
+                                            int& end) {
   // first row with key_hi > n0
   int lo = 0, hi = Tq;
   while (lo < hi) {
     const int mid = (lo + hi) >> 1;
-    if (Mask::key_hi(mk, mk.q_pos0 + mid) > n0) hi = mid;
+    if (Mask::key_hi(mk, rows.pos(mk, mid)) > n0) hi = mid;
     else lo = mid + 1;
   }
   begin = lo;
@@ -95,7 +112,7 @@ __device__ __forceinline__ void query_range(const MaskParams& mk, int Tq, int n0
   lo = begin, hi = Tq;
   while (lo < hi) {
     const int mid = (lo + hi) >> 1;
-    if (Mask::key_lo(mk, mk.q_pos0 + mid) >= n1) hi = mid;
+    if (Mask::key_lo(mk, rows.pos(mk, mid)) >= n1) hi = mid;
     else lo = mid + 1;
   }
   end = lo;
@@ -110,7 +127,7 @@ __device__ __forceinline__ void atomic_add2(float* dst, float a, float b) {
 #endif
 }
 
-template <class Cfg, class Mask>
+template <class Cfg, class Mask, class Rows, bool kFusedDq>
 __global__ void __launch_bounds__(Cfg::kThreads) flash_bwd_kernel(const BwdParams p) {
   constexpr int kD = Cfg::kD, kBlockM = Cfg::kBlockM, kBlockN = Cfg::kBlockN, kThreads = Cfg::kThreads;
   constexpr int kMT = kBlockM / 8;  // n8 tiles of S^T (query columns) per warp
@@ -130,9 +147,11 @@ __global__ void __launch_bounds__(Cfg::kThreads) flash_bwd_kernel(const BwdParam
   const int h_first = hk * p.group + blockIdx.z * p.heads_per_split;
   const int h_end = min(h_first + p.heads_per_split, (hk + 1) * p.group);
   const MaskParams& mk = p.mask;
+  const Rows rows = make_rows<Rows>(p.q_index, p.q_count);
+  const int Tq = rows.active(p.Tq);  // rows at or past it are never loaded
 
   int q_begin, q_end;
-  query_range<Mask>(mk, p.Tq, n0, n1, q_begin, q_end);
+  query_range<Mask>(mk, rows, Tq, n0, n1, q_begin, q_end);
   const int mb_first = q_begin / kBlockM;
   const int mb_end = q_begin < q_end ? (q_end + kBlockM - 1) / kBlockM : mb_first;
   const int m_steps = mb_end - mb_first;
@@ -156,9 +175,9 @@ __global__ void __launch_bounds__(Cfg::kThreads) flash_bwd_kernel(const BwdParam
       const int h = h_first + it / m_steps;
       const int m0 = (mb_first + it % m_steps) * kBlockM;
       load_tile<kD, kBlockM, kThreads>(sQ_stage(s0, stage), p.q + static_cast<int64_t>(h) * p.q_head, p.q_row, m0,
-                                       p.Tq, tid);
+                                       Tq, tid);
       load_tile<kD, kBlockM, kThreads>(sdO_stage(s0, stage), p.dout + static_cast<int64_t>(h) * p.do_head,
-                                       p.do_row, m0, p.Tq, tid);
+                                       p.do_row, m0, Tq, tid);
       // lse2 and Delta: kBlockM floats each, 16-byte chunks (rows padded to Tq_pad, always in range).
       constexpr int kChunks = kBlockM / 4;
       for (int c = tid; c < 2 * kChunks; c += kThreads) {
@@ -212,9 +231,9 @@ __global__ void __launch_bounds__(Cfg::kThreads) flash_bwd_kernel(const BwdParam
       }
 
       // P^T = exp2(S^T * scale_log2 - lse2), masked elements 0.
-      const int last_row = min(m0 + kBlockM, p.Tq) - 1;
-      const bool full_tile = Mask::key_lo(mk, mk.q_pos0 + last_row) <= n0 &&
-                             Mask::key_hi(mk, mk.q_pos0 + m0) >= n0 + kBlockN;
+      const int last_row = min(m0 + kBlockM, Tq) - 1;
+      const bool full_tile = Mask::key_lo(mk, rows.pos(mk, last_row)) <= n0 &&
+                             Mask::key_hi(mk, rows.pos(mk, m0)) >= n0 + kBlockN;
 #pragma unroll
       for (int nt = 0; nt < kMT; ++nt)
 #pragma unroll
@@ -223,7 +242,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) flash_bwd_kernel(const BwdParam
           float pv = fast_exp2(fmaf(s[nt][e], p.scale_log2, -s_lse[col]));
           if (!full_tile) {
             const int key = n0 + key_r0 + g + 8 * (e >> 1);
-            const int64_t qpos = mk.q_pos0 + m0 + col;
+            const int64_t qpos = rows.pos(mk, min(m0 + col, last_row));  // later rows: lse2 = +inf, P = 0
             if (key < Mask::key_lo(mk, qpos) || key >= Mask::key_hi(mk, qpos)) pv = 0.f;
           }
           s[nt][e] = pv;
@@ -275,15 +294,17 @@ __global__ void __launch_bounds__(Cfg::kThreads) flash_bwd_kernel(const BwdParam
         s[nt][2] *= dpt[nt][2] - d0;
         s[nt][3] *= dpt[nt][3] - d1;
       }
+      if constexpr (kFusedDq) {
 #pragma unroll
-      for (int nt = 0; nt < kMT; ++nt)
+        for (int nt = 0; nt < kMT; ++nt)
 #pragma unroll
-        for (int hr = 0; hr < 2; ++hr) {
-          const int key = key_r0 + g + 8 * hr;
-          const uint32_t addr = sdS + swz<kBlockM>(key, nt) + 4 * t4;
-          const uint32_t val = pack_bf16(s[nt][2 * hr], s[nt][2 * hr + 1]);
-          asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(val) : "memory");
-        }
+          for (int hr = 0; hr < 2; ++hr) {
+            const int key = key_r0 + g + 8 * hr;
+            const uint32_t addr = sdS + swz<kBlockM>(key, nt) + 4 * t4;
+            const uint32_t val = pack_bf16(s[nt][2 * hr], s[nt][2 * hr + 1]);
+            asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(val) : "memory");
+          }
+      }
 
       // dK += dS^T Q
 #pragma unroll
@@ -304,7 +325,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) flash_bwd_kernel(const BwdParam
       __syncthreads();  // dS^T complete; every warp is done with Q / dO / stats of this stage
 
       // dQ (block) = dS K: warp -> (query tiles, head-dim part); fp32 atomics into dq_accum.
-      {
+      if constexpr (kFusedDq) {
         constexpr int kQDT = Cfg::kDQ / 8;
         constexpr int kQGroups = Cfg::kQTiles / Cfg::kQTilesPerWarp;  // warps along the query tiles
         const int dpart = warp / kQGroups;
@@ -356,13 +377,13 @@ __global__ void __launch_bounds__(Cfg::kThreads) flash_bwd_kernel(const BwdParam
         *reinterpret_cast<uint32_t*>(dkr + dt * 8) = pack_bf16(dk[dt][2 * hr] * p.scale, dk[dt][2 * hr + 1] * p.scale);
         *reinterpret_cast<uint32_t*>(dvr + dt * 8) = pack_bf16(dv[dt][2 * hr], dv[dt][2 * hr + 1]);
       }
-    } else if (items > 0) {
+    } else {  // this split's own partial (zeros when it saw no query), summed in split order later
       const int64_t plane = static_cast<int64_t>(p.Tk) * p.Hkv * kD;
-      float* dkr = p.dkv_accum + (static_cast<int64_t>(key) * p.Hkv + hk) * kD + 2 * t4;
+      float* dkr = p.dkv_accum + blockIdx.z * 2 * plane + (static_cast<int64_t>(key) * p.Hkv + hk) * kD + 2 * t4;
 #pragma unroll
       for (int dt = 0; dt < kDT; ++dt) {
-        atomic_add2(dkr + dt * 8, dk[dt][2 * hr] * p.scale, dk[dt][2 * hr + 1] * p.scale);
-        atomic_add2(dkr + plane + dt * 8, dv[dt][2 * hr], dv[dt][2 * hr + 1]);
+        *reinterpret_cast<float2*>(dkr + dt * 8) = make_float2(dk[dt][2 * hr] * p.scale, dk[dt][2 * hr + 1] * p.scale);
+        *reinterpret_cast<float2*>(dkr + plane + dt * 8) = make_float2(dv[dt][2 * hr], dv[dt][2 * hr + 1]);
       }
     }
   }
@@ -379,6 +400,7 @@ struct BwdPreParams {
   float* delta;      // [Hq][Tq_pad]
   int64_t o_row, o_head, do_row, do_head;
   int Tq, Hq, Tq_pad;
+  const int32_t* q_count;  // routed rows: rows at or past *q_count are inactive (Delta 0, lse2 +inf)
 };
 
 template <int kD>
@@ -388,8 +410,9 @@ __global__ void __launch_bounds__(256) flash_bwd_preprocess_kernel(const BwdPreP
   const int lane = threadIdx.x & 31;
   if (w >= static_cast<int64_t>(p.Hq) * p.Tq_pad) return;
   const int h = static_cast<int>(w / p.Tq_pad), i = static_cast<int>(w % p.Tq_pad);
+  const int Tq = p.q_count != nullptr ? max(0, min(p.Tq, *p.q_count)) : p.Tq;
   float acc = 0.f;
-  if (i < p.Tq) {
+  if (i < Tq) {
     const bf16* orow = p.o + static_cast<int64_t>(i) * p.o_row + static_cast<int64_t>(h) * p.o_head + lane * kPer;
     const bf16* drow = p.dout + static_cast<int64_t>(i) * p.do_row + static_cast<int64_t>(h) * p.do_head + lane * kPer;
 #pragma unroll
@@ -404,7 +427,7 @@ __global__ void __launch_bounds__(256) flash_bwd_preprocess_kernel(const BwdPreP
   if (lane == 0) {
     const int64_t idx = static_cast<int64_t>(h) * p.Tq_pad + i;
     p.delta[idx] = acc;
-    p.lse2[idx] = i < p.Tq ? p.lse[static_cast<int64_t>(h) * p.Tq + i] * 1.4426950408889634f : __builtin_huge_valf();
+    p.lse2[idx] = i < Tq ? p.lse[static_cast<int64_t>(h) * p.Tq + i] * 1.4426950408889634f : __builtin_huge_valf();
   }
 }
 
@@ -415,6 +438,8 @@ struct BwdConvertParams {
   int64_t dst_row, dst_head;
   int T, H, D;
   float mul;
+  int parts;            // partials summed in order (1: a plain conversion)
+  int64_t part_stride;  // floats between partials
 };
 
 __global__ void __launch_bounds__(256) flash_bwd_convert_kernel(const BwdConvertParams p) {
@@ -425,7 +450,12 @@ __global__ void __launch_bounds__(256) flash_bwd_convert_kernel(const BwdConvert
     const int64_t th = idx / (p.D / 2);
     const int h = static_cast<int>(th % p.H);
     const int64_t t = th / p.H;
-    const float2 x = *reinterpret_cast<const float2*>(p.src + th * p.D + d);
+    float2 x = *reinterpret_cast<const float2*>(p.src + th * p.D + d);
+    for (int k = 1; k < p.parts; ++k) {
+      const float2 y = *reinterpret_cast<const float2*>(p.src + k * p.part_stride + th * p.D + d);
+      x.x += y.x;
+      x.y += y.y;
+    }
     *reinterpret_cast<uint32_t*>(p.dst + t * p.dst_row + static_cast<int64_t>(h) * p.dst_head + d) =
         pack_bf16(x.x * p.mul, x.y * p.mul);
   }

@@ -87,6 +87,9 @@ struct Capabilities {
   bool router = false;  // needs a Router (attach_router before configure)
   KvPolicy kv = KvPolicy::Full;
   bool graph_decode = false;  // decode_step_at: a decode step the runtime can capture and replay
+  // What to use instead on a device this backend does not run on (a static string, e.g. "on the
+  // CPU, use l2a_dense: the same L2A"), appended to the runtime's refusal.
+  const char* other_device_hint = nullptr;
 };
 
 class Router;

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <algorithm>
+#include <climits>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -32,6 +33,16 @@ struct AttentionSpec {
   // GEMM with V (and the same in the backward). Pure-PyTorch style, O(T^2) memory: l2a_dense uses
   // it as the slow reference that fused kernels are measured against. Same results either way.
   bool materialize = false;
+  // Routed queries (L2A's global attention over the tokens its router picked). When q_index is
+  // given, q (and o, lse, dout, dq) is a compact list of query rows: row i sits at position
+  // q_pos0 + q_index[i]. q_index: I32 [>= Tq], strictly ascending positions, on the op's device;
+  // q_count: I32 [1] on the op's device, how many rows are active (clamped to [0, Tq]). Both stay in
+  // device memory, so routing needs no host synchronization. Rows at or past the count are
+  // inactive: the forward writes o = 0 and lse = +inf there, the backward dq = 0, and they add
+  // nothing to dk, dv. Keys stay dense (row j of k, v at k_pos0 + j).
+  TensorView q_index;
+  TensorView q_count;
+  bool routed() const { return q_index.data != nullptr; }
 };
 
 class Ops {
@@ -171,6 +182,84 @@ class Ops {
     copy(pos, TensorView::contiguous(&p, DType::I32, Device::CPU, {1}));
     RT_CHECK(p >= 0, "decode position: found ", p, ", expected >= 0");
     return p;
+  }
+
+  // ---- Routed rows (L2A). A routed layer compacts its router's decisions into an index list and
+  // a count held in device memory, runs its global projections and attention on those rows only,
+  // and adds the result back into the residual. index [cap] and count [1] are I32 on this device;
+  // rows at or past the count are not active. The defaults read the count and index back to the
+  // host (correct anywhere, not capturable); device backends override them.
+
+  // index[0..n) (=) the t with flags[t] != 0, ascending; count[0] (=) n; index[n..) (=) 0.
+  // flags [T] (accum dtype, e.g. the router's hard decisions d), index [T] I32, count [1] I32.
+  virtual void compact_rows(TensorView flags, TensorView index, TensorView count) {
+    RT_CHECK(flags.ndim == 1 && index.ndim == 1 && index.shape[0] == flags.shape[0] && index.dtype == DType::I32 &&
+                 count.dtype == DType::I32 && count.numel() == 1,
+             "compact_rows: expected flags [T], index I32 [T], count I32 [1]; found ", flags.shape_str(), ", ",
+             dtype_name(index.dtype), " ", index.shape_str(), ", ", dtype_name(count.dtype), " ", count.shape_str());
+    const int64_t T = flags.shape[0];
+    std::vector<float> f(static_cast<size_t>(T));
+    if (T > 0) copy(flags, TensorView::contiguous(f.data(), DType::F32, Device::CPU, {T}));
+    std::vector<int32_t> idx(static_cast<size_t>(T), 0);
+    int32_t n = 0;
+    for (int64_t t = 0; t < T; ++t)
+      if (f[static_cast<size_t>(t)] != 0.f) idx[static_cast<size_t>(n++)] = static_cast<int32_t>(t);
+    if (T > 0) copy(TensorView::contiguous(idx.data(), DType::I32, Device::CPU, {T}), index);
+    copy(TensorView::contiguous(&n, DType::I32, Device::CPU, {1}), count);
+  }
+  // out[i, :] (=) x[index[i], :] for i < count, 0 for the rows past it. x [T, C], out [cap, C].
+  virtual void gather_rows(TensorView x, TensorView index, TensorView count, TensorView out) {
+    check_routed_rows("gather_rows", out, index, count);
+    const std::vector<int32_t> idx = read_routed_index(index.rows(0, out.shape[0]), count, x.shape[0], "gather_rows");
+    const int64_t n = static_cast<int64_t>(idx.size());
+    for (int64_t i = 0; i < n; ++i) copy(x.rows(idx[static_cast<size_t>(i)], idx[static_cast<size_t>(i)] + 1), out.rows(i, i + 1));
+    if (n < out.shape[0]) fill(out.rows(n, out.shape[0]), 0.f);
+  }
+  // dst[index[i], :] += src[i, :] for i < count (the indices are distinct, so the order is fixed).
+  // src [cap, C] (any dtype), dst [T, C].
+  virtual void scatter_add_rows(TensorView src, TensorView index, TensorView count, TensorView dst) {
+    check_routed_rows("scatter_add_rows", src, index, count);
+    const std::vector<int32_t> idx =
+        read_routed_index(index.rows(0, src.shape[0]), count, dst.shape[0], "scatter_add_rows");
+    for (size_t i = 0; i < idx.size(); ++i) {
+      const TensorView d = dst.rows(idx[i], idx[i] + 1);
+      add(d, src.rows(static_cast<int64_t>(i), static_cast<int64_t>(i) + 1), d);
+    }
+  }
+  // rope (or its backward, the rotation by minus the angle) on x [cap, H, D] where row i sits at
+  // position pos0 + index[i]; rows past the count are left as they are.
+  virtual void rope_rows(TensorView x, TensorView index, TensorView count, int64_t pos0, double theta, bool backward) {
+    check_routed_rows("rope_rows", x, index, count);
+    const std::vector<int32_t> idx = read_routed_index(index.rows(0, x.shape[0]), count, INT32_MAX, "rope_rows");
+    for (size_t i = 0; i < idx.size(); ++i) {
+      const TensorView r = x.rows(static_cast<int64_t>(i), static_cast<int64_t>(i) + 1);
+      if (backward) rope_backward(r, pos0 + idx[i], theta);
+      else rope(r, pos0 + idx[i], theta);
+    }
+  }
+  // The active prefix of a routed index list on the host (the count clamped to [0, index entries];
+  // callers pass the index cut to the rows they touch), each entry checked to be in [0, limit) and
+  // ascending.
+  std::vector<int32_t> read_routed_index(TensorView index, TensorView count, int64_t limit, const char* op) {
+    int32_t n = 0;
+    copy(count, TensorView::contiguous(&n, DType::I32, Device::CPU, {1}));
+    n = std::clamp<int32_t>(n, 0, static_cast<int32_t>(index.shape[0]));
+    std::vector<int32_t> idx(static_cast<size_t>(n));
+    if (n > 0) copy(index.rows(0, n), TensorView::contiguous(idx.data(), DType::I32, Device::CPU, {n}));
+    for (int32_t i = 0; i < n; ++i)
+      RT_CHECK(idx[static_cast<size_t>(i)] >= 0 && idx[static_cast<size_t>(i)] < limit &&
+                   (i == 0 || idx[static_cast<size_t>(i)] > idx[static_cast<size_t>(i - 1)]),
+               op, ": routed index ", i, " is ", idx[static_cast<size_t>(i)], "; expected ascending values in [0, ",
+               limit, ")");
+    return idx;
+  }
+  static void check_routed_rows(const char* op, const TensorView& rows, const TensorView& index,
+                                const TensorView& count) {
+    RT_CHECK(index.dtype == DType::I32 && index.ndim == 1 && count.dtype == DType::I32 && count.numel() == 1, op,
+             ": expected index I32 [cap] and count I32 [1], found ", dtype_name(index.dtype), " ", index.shape_str(),
+             " and ", dtype_name(count.dtype), " ", count.shape_str());
+    RT_CHECK(rows.ndim >= 1 && rows.shape[0] <= index.shape[0], op, ": ", rows.shape_str(), " has more rows than the index (",
+             index.shape[0], ")");
   }
 
   // Recorded device work, run again by replay() with the arguments it was recorded with.

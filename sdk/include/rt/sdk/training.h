@@ -23,6 +23,7 @@ class LayerGrads {
 struct LayerRouteCounts {
   int64_t tokens = 0;        // decisions made
   int64_t forced_local = 0;  // of which forced to d = 0 by force_local
+  int64_t leaked = 0;        // forwards of this layer whose global attention ran for every token (leak)
 };
 
 struct TrainContext {
@@ -32,9 +33,14 @@ struct TrainContext {
   // This forward's share of the batch mean: 1 / (sequences per optimizer step). Loss terms a
   // plugin adds (the sparsity regularizer) are scaled by it, as the runtime scales the LM loss.
   float loss_scale = 1.f;
-  // On this step global attention is computed for every token (L2A leak_prob), so that unrouted
-  // tokens' gates get a task-loss gradient. Dense implementations compute it always.
+  // L2A leak (DESIGN.md section 4): on a leak, a layer's global attention runs for every token so
+  // that unrouted tokens' gates get a task-loss gradient. Routed plugins draw one Bernoulli(leak_prob)
+  // per layer and forward from (seed, step, micro, layer), so a resumed run draws the same ones (and a
+  // recomputed forward, under gradient checkpointing, the same as the first). leak = true forces it
+  // on every layer (tests).
   bool leak = false;
+  uint64_t seed = 0;   // the run's seed
+  int64_t micro = 0;   // index of this forward (sequence) within the optimizer step
   // [n_layers, 2] accum dtype on the device, added to (+=) by routed plugins: column 0 the
   // regularizer's contribution to the loss (already scaled by lambda, the norm and loss_scale),
   // column 1 the number of tokens routed global (sum of d). Empty for non-routed runs.

@@ -1,0 +1,90 @@
+// Which keys each query row of an attention call sees: the one definition of the masks of
+// rt::AttentionSpec, shared by the CPU reference (backends/cpu), the CUDA flash kernels (forward,
+// decode, backward: backends/cuda/attention) and the materialized dense path. Plain C++ when
+// compiled by a host compiler, __host__ __device__ under nvcc.
+//
+// Two traits describe a call:
+//   Mask  which keys a query at position `qpos` sees, as a key-index range [key_lo, key_hi), both
+//         ends non-decreasing in the position (that is what lets a query block skip the KV tiles
+//         none of its rows sees, and run the tiles every row sees without a per-element mask);
+//           causal:  key position <= query position
+//           window:  key position >  query position - window (W keys including the query itself;
+//                    HF `sliding_window`, cuDNN's left bound, FlashAttention's window (W-1, 0))
+//   Rows  where query row i sits: DenseRows at q_pos0 + i; RoutedRows (L2A) at q_pos0 + index[i],
+//         a compact list of routed rows whose positions ascend, of which the first *count are
+//         active (the count lives in device memory, so no host synchronization is needed).
+//         Ascending positions keep key_lo / key_hi monotone in the row, so the tile skipping above
+//         holds for routed rows too.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define RT_ATTN_HD __host__ __device__ __forceinline__
+#else
+#define RT_ATTN_HD inline
+#endif
+
+namespace rt::attn {
+
+// What a mask needs to know; positions are 64-bit (q_pos0 / k_pos0 may be large in decode).
+struct MaskParams {
+  int64_t q_pos0 = 0;
+  int64_t k_pos0 = 0;
+  int64_t window = 0;  // > 0 only for windowed masks
+  int Tk = 0;
+};
+
+RT_ATTN_HD int clamp_key(int64_t x, int Tk) { return x < 0 ? 0 : (x > Tk ? Tk : static_cast<int>(x)); }
+
+// The two ends of the visible key range of a query at position qpos, clamped to [0, Tk].
+RT_ATTN_HD int key_lo_at(const MaskParams& m, bool windowed, int64_t qpos) {
+  return windowed ? clamp_key(qpos - m.window + 1 - m.k_pos0, m.Tk) : 0;
+}
+RT_ATTN_HD int key_hi_at(const MaskParams& m, bool causal, int64_t qpos) {
+  return causal ? clamp_key(qpos - m.k_pos0 + 1, m.Tk) : m.Tk;
+}
+
+template <bool kCausal, bool kWindow>
+struct BandMask {
+  static constexpr bool causal = kCausal;
+  static constexpr bool windowed = kWindow;
+  RT_ATTN_HD static int key_lo(const MaskParams& m, int64_t qpos) { return key_lo_at(m, kWindow, qpos); }
+  RT_ATTN_HD static int key_hi(const MaskParams& m, int64_t qpos) { return key_hi_at(m, kCausal, qpos); }
+};
+struct FullMask : BandMask<false, false> {};          // every key (encoder-style)
+struct CausalMask : BandMask<true, false> {};        // full_causal, L2A global
+struct SlidingWindowMask : BandMask<true, true> {};  // swa, L2A local: (qpos - W, qpos]
+struct WindowOnlyMask : BandMask<false, true> {};    // window without the causal bound
+
+// Query rows: DenseRows, row i at q_pos0 + i, every row active.
+struct DenseRows {
+  static constexpr bool routed = false;
+  RT_ATTN_HD int64_t pos(const MaskParams& m, int i) const { return m.q_pos0 + i; }
+  RT_ATTN_HD int active(int Tq) const { return Tq; }
+};
+// RoutedRows: row i at q_pos0 + index[i] (ascending), rows at or past *count inactive.
+struct RoutedRows {
+  static constexpr bool routed = true;
+  const int32_t* index = nullptr;
+  const int32_t* count = nullptr;
+  RT_ATTN_HD int64_t pos(const MaskParams& m, int i) const { return m.q_pos0 + index[i]; }
+  RT_ATTN_HD int active(int Tq) const {
+    const int n = *count;
+    return n < 0 ? 0 : (n > Tq ? Tq : n);
+  }
+};
+
+// The same mask with its kind chosen at run time (CPU loops, the materialized dense path): row i
+// of the call sees keys [lo(i), hi(i)). `index` non-null: routed rows (positions q_pos0 + index[i]).
+struct KeyRange {
+  bool causal = true;
+  MaskParams m;
+  const int32_t* index = nullptr;
+
+  RT_ATTN_HD int64_t pos(int64_t i) const { return m.q_pos0 + (index ? index[i] : i); }
+  RT_ATTN_HD int64_t lo(int64_t i) const { return key_lo_at(m, m.window > 0, pos(i)); }
+  RT_ATTN_HD int64_t hi(int64_t i) const { return key_hi_at(m, causal, pos(i)); }
+};
+
+}  // namespace rt::attn

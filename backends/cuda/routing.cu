@@ -1,0 +1,148 @@
+// L2A's routed rows on the device: the router's decisions compacted into an ascending index list
+// and a count (CUB's DeviceSelect, a decoupled-lookback prefix sum), and the gather / scatter-add
+// of activation rows through that list. The count never leaves the device: every kernel that uses
+// it reads it, so a routed layer needs no host synchronization (and can be captured in a graph).
+// Grids are sized for the capacity (all T rows); blocks past the count return at once.
+#include <cub/device/device_select.cuh>
+#include <thrust/iterator/counting_iterator.h>
+
+#include "cuda/check.h"
+#include "cuda/device_utils.cuh"
+#include "cuda/kernels.h"
+
+namespace rt::cuda {
+namespace {
+
+// A flag is set when the decision is non-zero (d is exactly 0 or 1; a NaN decision counts as set,
+// so it propagates into the routed output instead of silently dropping the row).
+struct NonZero {
+  const float* flags;
+  __device__ __forceinline__ bool operator()(int32_t t) const { return !(flags[t] == 0.f); }
+};
+
+void check_index(const char* op, const TensorView& index, const TensorView& count, int64_t rows) {
+  check_cuda(op, "index", index);
+  check_cuda(op, "count", count);
+  RT_CHECK(index.dtype == DType::I32 && index.ndim == 1 && index.is_contiguous(), op,
+           ": argument 'index' must be a contiguous I32 [cap] tensor, found ", dtype_name(index.dtype), " ",
+           index.shape_str());
+  RT_CHECK(count.dtype == DType::I32 && count.numel() == 1, op, ": argument 'count' must be I32 [1], found ",
+           dtype_name(count.dtype), " ", count.shape_str());
+  RT_CHECK(rows <= index.shape[0], op, ": ", rows, " rows but the index has only ", index.shape[0], " entries");
+}
+
+// One block per row of the capacity; row i < count copies x[index[i]] (gather) or adds into
+// dst[index[i]] (scatter), rows past the count write zeros (gather) or nothing (scatter).
+template <bool kScatter>
+__global__ void routed_rows_kernel(RowsDesc a, RowsDesc b, int64_t cols, int64_t cap, int64_t limit,
+                                   const int32_t* index, const int32_t* count) {
+  const int n = *count;
+  for (int64_t i = blockIdx.x; i < cap; i += gridDim.x) {
+    if constexpr (kScatter) {
+      if (i >= n) return;
+      if (index[i] < 0 || index[i] >= limit) continue;  // an index list not made by compact_rows: skip, never fault
+      const int64_t so = a.row_offset(i), dO = b.row_offset(index[i]);
+      for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+        const int64_t d = dO + c * b.col_stride;
+        store_f(b.data, d, b.dtype, load_f(b.data, d, b.dtype) + load_f(a.data, so + c * a.col_stride, a.dtype));
+      }
+    } else {
+      const int64_t dO = b.row_offset(i);
+      if (i < n && index[i] >= 0 && index[i] < limit) {
+        const int64_t so = a.row_offset(index[i]);
+        for (int64_t c = threadIdx.x; c < cols; c += blockDim.x)
+          store_f(b.data, dO + c * b.col_stride, b.dtype, load_f(a.data, so + c * a.col_stride, a.dtype));
+      } else {
+        for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) store_f(b.data, dO + c * b.col_stride, b.dtype, 0.f);
+      }
+    }
+  }
+}
+
+// Columns of a [rows, ...] view: everything after the first dimension, which must be contiguous
+// among itself (a row is one run of `cols` elements, unit or constant stride).
+int64_t row_width(const char* op, const char* arg, const TensorView& v) {
+  check_cuda(op, arg, v);
+  check_float(op, arg, v);
+  RT_CHECK(v.ndim >= 1, op, ": argument '", arg, "' must have a row dimension, found a scalar");
+  int64_t cols = 1;
+  for (int i = 1; i < v.ndim; ++i) cols *= v.shape[i];
+  for (int i = 1; i + 1 < v.ndim; ++i)
+    RT_CHECK(v.shape[i] <= 1 || v.stride[i] == v.stride[i + 1] * v.shape[i + 1], op, ": argument '", arg,
+             "' must have contiguous rows past its first dimension, found shape ", v.shape_str());
+  return cols;
+}
+
+// The view as [rows, cols] for RowsDesc.
+TensorView as_matrix(const TensorView& v, int64_t cols) {
+  TensorView m = v;
+  m.ndim = 2;
+  m.shape = {v.shape[0], cols, 0, 0};
+  m.stride = {v.stride[0], v.ndim > 1 ? v.stride[v.ndim - 1] : 1, 0, 0};
+  return m;
+}
+
+template <bool kScatter>
+void launch_routed_rows(const char* op, const TensorView& a, const char* a_name, const TensorView& b,
+                        const char* b_name, int64_t cap, const TensorView& index, const TensorView& count,
+                        cudaStream_t stream) {
+  const int64_t ca = row_width(op, a_name, a), cb = row_width(op, b_name, b);
+  RT_CHECK(ca == cb, op, ": '", a_name, "' ", a.shape_str(), " and '", b_name, "' ", b.shape_str(),
+           " must have rows of the same width");
+  check_index(op, index, count, cap);
+  RT_CHECK(!views_overlap(a, b), op, ": '", a_name, "' and '", b_name, "' overlap");
+  if (cap == 0 || ca == 0) return;
+  const int threads = ca >= 512 ? 256 : 128;
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(cap, 1 << 20));
+  routed_rows_kernel<kScatter><<<blocks, threads, 0, stream>>>(
+      rows_desc(as_matrix(a, ca)), rows_desc(as_matrix(b, cb)), ca, cap, kScatter ? b.shape[0] : a.shape[0],
+      static_cast<const int32_t*>(index.data),
+      static_cast<const int32_t*>(count.data));
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+void compact_rows_forward(TensorView flags, TensorView index, TensorView count, cudaStream_t stream) {
+  const char* op = "compact_rows";
+  check_cuda(op, "flags", flags);
+  RT_CHECK(flags.dtype == DType::F32 && flags.ndim == 1 && flags.is_contiguous(), op,
+           ": argument 'flags' must be a contiguous f32 [T] tensor, found ", dtype_name(flags.dtype), " ",
+           flags.shape_str());
+  const int64_t T = flags.shape[0];
+  check_index(op, index, count, T);
+  RT_CHECK(index.shape[0] == T, op, ": argument 'index' must have T = ", T, " entries, found ", index.shape_str());
+  RT_CHECK(T <= INT32_MAX, op, ": ", T, " rows exceed the int32 index range");
+  auto* idx = static_cast<int32_t*>(index.data);
+  auto* cnt = static_cast<int32_t*>(count.data);
+  CUDA_CHECK(cudaMemsetAsync(idx, 0, static_cast<size_t>(T) * sizeof(int32_t), stream));
+  if (T == 0) {
+    CUDA_CHECK(cudaMemsetAsync(cnt, 0, sizeof(int32_t), stream));
+    return;
+  }
+  const thrust::counting_iterator<int32_t> rows(0);
+  const NonZero pred{static_cast<const float*>(flags.data)};
+  size_t bytes = 0;
+  CUDA_CHECK(cub::DeviceSelect::If(nullptr, bytes, rows, idx, cnt, static_cast<int>(T), pred, stream));
+  void* temp = nullptr;
+  const cudaError_t err = cudaMallocAsync(&temp, bytes, stream);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
+    fail(op, ": out of device memory for CUB's temporary storage (", bytes, " bytes): ", cudaGetErrorString(err));
+  }
+  const cudaError_t run = cub::DeviceSelect::If(temp, bytes, rows, idx, cnt, static_cast<int>(T), pred, stream);
+  (void)cudaFreeAsync(temp, stream);
+  CUDA_CHECK(run);
+}
+
+void gather_rows_forward(TensorView x, TensorView index, TensorView count, TensorView out, cudaStream_t stream) {
+  launch_routed_rows<false>("gather_rows", x, "x", out, "out", out.ndim ? out.shape[0] : 0, index, count, stream);
+}
+
+void scatter_add_rows_forward(TensorView src, TensorView index, TensorView count, TensorView dst,
+                              cudaStream_t stream) {
+  launch_routed_rows<true>("scatter_add_rows", src, "src", dst, "dst", src.ndim ? src.shape[0] : 0, index, count,
+                           stream);
+}
+
+}  // namespace rt::cuda

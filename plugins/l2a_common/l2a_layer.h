@@ -1,0 +1,184 @@
+// What l2a_dense and l2a_fused share beyond the options (l2a_config.h): the extra parameters, the KV
+// cache, the router call with force_local, the leak draw, the router's backward with the sparsity
+// regularizer, the routing statistics and the decisions report. Each plugin derives from
+// L2aBackendBase and writes only how its global attention runs (dense then masked, or routed).
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "l2a_config.h"
+#include "rt/sdk/attention_sublayer.h"
+
+namespace rt::l2a {
+
+class L2aState final : public AttentionState {
+ public:
+  std::unique_ptr<KvCache> local;   // paper: ring of W over the local projections; parallel: none
+  std::unique_ptr<KvCache> global;  // every token (a future routed query may attend to any of them)
+  int64_t tokens_seen() const override { return global->tokens_seen(); }
+  size_t kv_bytes() const override { return global->kv_bytes() + (local ? local->kv_bytes() : 0); }
+};
+
+struct Route {
+  Tensor p, d;  // [T] accum dtype; d already forced to 0 where force_local applies
+  int64_t forced = 0;
+};
+
+// A uniform in [0, 1) from (seed, step, micro, layer): splitmix64 over the packed key, so a resumed
+// or recomputed forward draws the same value without carrying generator state.
+inline double leak_uniform(uint64_t seed, int64_t step, int64_t micro, int layer) {
+  uint64_t x = seed * 0x9e3779b97f4a7c15ull + static_cast<uint64_t>(step) * 0xd1b54a32d192ed03ull +
+               static_cast<uint64_t>(micro) * 0x8cb92ba72f3d8dd7ull + static_cast<uint64_t>(layer) + 0x632be59bd9b4e019ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  x ^= x >> 31;
+  return static_cast<double>(x >> 11) * 0x1.0p-53;
+}
+
+class L2aBackendBase : public AttentionBackend {
+ public:
+  void attach_router(Router* r) override { router_ = r; }
+
+  std::vector<ParamDecl> extra_params(const ModelDims& d) const override {
+    std::vector<ParamDecl> out;
+    if (cfg_.layout == Layout::Paper) {
+      const int64_t q = d.n_heads * d.head_dim, kv = d.n_kv_heads * d.head_dim;
+      out.push_back({"global_layernorm.weight", {d.hidden}, "copy_of:input_layernorm.weight"});
+      const struct {
+        const char* name;
+        int64_t rows;
+      } proj[] = {{"q_proj", q}, {"k_proj", kv}, {"v_proj", kv}};
+      for (const auto& pr : proj) {
+        const std::string n = pr.name;
+        out.push_back({"global_attn." + n + ".weight", {pr.rows, d.hidden}, "copy_of:self_attn." + n + ".weight"});
+        out.push_back({"global_attn." + n + ".bias", {pr.rows}, "copy_of:self_attn." + n + ".bias"});
+      }
+      out.push_back({"global_attn.o_proj.weight", {d.hidden, q}, "copy_of:self_attn.o_proj.weight"});
+    }
+    if (router_)
+      for (auto& decl : router_->extra_params(d)) out.push_back(decl);
+    return out;
+  }
+
+  std::unique_ptr<AttentionState> new_state(const LayerContext& ctx, int64_t max_tokens) override {
+    auto s = std::make_unique<L2aState>();
+    if (cfg_.layout == Layout::Paper) s->local = std::make_unique<KvCache>(*ctx.ops, *ctx.dims, max_tokens, cfg_.window);
+    s->global = std::make_unique<KvCache>(*ctx.ops, *ctx.dims, max_tokens, 0);
+    return s;
+  }
+
+  std::vector<float> last_decisions(int layer) const override {
+    auto it = last_d_.find(layer);
+    if (it == last_d_.end()) return {};
+    std::vector<float> out(static_cast<size_t>(it->second.view.numel()));
+    ops_->copy(it->second, TensorView::contiguous(out.data(), DType::F32, Device::CPU, {it->second.view.numel()}));
+    return out;
+  }
+
+ protected:
+  // Parses the options (unknown keys refused naming `plugin`), configures the router, and sets up
+  // the two sublayer specs: local (window W) and global (causal; paper: its own norm and weights).
+  void configure_layers(const Options& options, const ModelDims& dims, const char* plugin, bool materialize) {
+    RT_CHECK(router_ != nullptr, plugin, ": no router attached (the runtime attaches one before configure)");
+    Options router_options = cfg_.parse(options, plugin, router_->option_names());
+    router_->configure(router_options, dims);
+    local_.materialize = global_.materialize = materialize;
+    local_.window = cfg_.window;
+    local_.rope_theta = global_.rope_theta = cfg_.rope_theta;
+    global_.window = 0;
+    if (cfg_.layout == Layout::Paper) {
+      global_.norm = "global_layernorm.weight";
+      global_.prefix = "global_attn.";
+    }
+  }
+
+  double l2a_forward_flops(const ModelDims& d, int64_t T, double routed_fraction) const {
+    const double global_pairs = routed_fraction * visible_pairs(T, 0);
+    if (cfg_.layout == Layout::Paper) {
+      const double kv_proj = 2.0 * T * d.hidden * 2.0 * d.n_kv_heads * d.head_dim;
+      const double q_o_proj = routed_fraction * 2.0 * T * d.hidden * 2.0 * d.n_heads * d.head_dim;
+      return attention_sublayer_flops(d, T, cfg_.window) + kv_proj + q_o_proj +
+             4.0 * global_pairs * d.head_dim * d.n_heads + 2.0 * T * d.hidden;
+    }
+    return attention_sublayer_flops(d, T, cfg_.window) + 4.0 * global_pairs * d.head_dim * d.n_heads +
+           2.0 * T * d.hidden;
+  }
+
+  static Tensor normed(const LayerContext& ctx, TensorView x, const std::string& norm) {
+    Tensor h = ctx.ops->alloc(ctx.ops->activation_dtype(), {x.shape[0], ctx.dims->hidden});
+    ctx.ops->rmsnorm(x, ctx.params->get(norm), ctx.dims->rms_eps, h);
+    return h;
+  }
+
+  Route route(const LayerContext& ctx, TensorView h, int64_t pos0, bool training, int64_t step) const {
+    Ops& ops = *ctx.ops;
+    const int64_t T = h.shape[0];
+    Route r{ops.alloc(ops.accum_dtype(), {T}), ops.alloc(ops.accum_dtype(), {T}), cfg_.forced_rows(pos0, T)};
+    RouteCall call;
+    call.pos0 = pos0;
+    call.training = training;
+    call.step = step;
+    router_->forward(ctx, h, call, r.p, r.d);
+    if (r.forced > 0) ops.fill(r.d.view.rows(0, r.forced), 0.f);
+    return r;
+  }
+
+  // Whether this layer's global attention runs for every token on this training forward.
+  bool leaks(const LayerContext& ctx, const TrainContext& tc) const {
+    if (tc.leak || cfg_.leak_prob >= 1.0) return true;
+    return cfg_.leak_prob > 0.0 && leak_uniform(tc.seed, tc.step, tc.micro, ctx.layer) < cfg_.leak_prob;
+  }
+
+  // dL/dp = dL/dd (zero at forced positions: the gate there is a constant) + the regularizer's
+  // 2 coef p; the router pulls it back. Returns dL/dh of the router's input (empty if the router
+  // has no trainable path).
+  Tensor router_backward(const LayerContext& ctx, TensorView h, const Route& route, Tensor& dgate,
+                         const LayerGrads& grads, const TrainContext& tc, int64_t T) {
+    Ops& ops = *ctx.ops;
+    if (!router_->trainable()) return {};
+    if (route.forced > 0) ops.fill(dgate.view.rows(0, route.forced), 0.f);
+    const double coef = cfg_.reg_coef(tc, *ctx.dims, T);
+    if (coef != 0.0) ops.axpby(1.f, dgate, static_cast<float>(2.0 * coef), route.p, dgate);
+    Tensor dh = ops.alloc(ops.accum_dtype(), {T, ctx.dims->hidden});
+    ops.fill(dh, 0.f);
+    router_->backward(ctx, h, route.p, dgate, dh, grads);
+    return dh;
+  }
+
+  void record_stats(const LayerContext& ctx, const TrainContext& tc, const Route& route, int64_t T, bool leaked) const {
+    Ops& ops = *ctx.ops;
+    if (tc.route_stats.data) {
+      const double coef = cfg_.reg_coef(tc, *ctx.dims, T);
+      Tensor sq = ops.alloc(ops.accum_dtype(), {1});
+      ops.fill(sq, 0.f);
+      ops.reduce_sum(route.p, 2, sq);
+      TensorView reg = cell(tc.route_stats, ctx.layer, 0);
+      ops.axpby(static_cast<float>(coef), sq, 1.f, reg, reg);
+      ops.reduce_sum(route.d, 1, cell(tc.route_stats, ctx.layer, 1));
+    }
+    if (tc.route_counts) {
+      tc.route_counts[ctx.layer].tokens += T;
+      tc.route_counts[ctx.layer].forced_local += route.forced;
+      tc.route_counts[ctx.layer].leaked += leaked ? 1 : 0;
+    }
+  }
+
+  // Keeps the decisions of an inference forward for last_decisions().
+  void remember_decisions(const LayerContext& ctx, const Route& r) {
+    last_d_[ctx.layer] = r.d;
+    ops_ = ctx.ops;
+  }
+
+  L2aConfig cfg_;
+  Router* router_ = nullptr;
+  AttentionSublayerSpec local_, global_;
+
+ private:
+  std::map<int, Tensor> last_d_;
+  Ops* ops_ = nullptr;  // of the last inference forward, to read its decisions back
+};
+
+}  // namespace rt::l2a

@@ -1,0 +1,389 @@
+// l2a_fused: L2A (DESIGN.md section 4) with the global attention computed only for the tokens the
+// router picked. Same options, parameters, checkpoints and semantics as l2a_dense (l2a_common);
+// on CUDA only, since its routed kernels are the flash family's RoutedRows instantiations
+// (backends/cuda/attention).
+//
+// Paper layout, per layer:
+//   x1 = x + SWA(RMSNorm_in(x))                         every token (the local sublayer)
+//   h2 = RMSNorm_g(x1);  p, d = router(h2)               every token
+//   index, count = compact(d)                            on the device: no host synchronization
+//   k, v = rope(h2 Wk_g + bk_g), h2 Wv_g + bv_g          every token (a routed query sees every key)
+//   q = rope(gather(h2, index) Wq_g + bq_g)              routed rows only, at their positions
+//   x2 = x1 + scatter(Causal_routed(q, k, v) Wo_g)       routed rows only
+// Parallel layout: shared q/k/v; the routed rows' causal output is added to their window output
+// before o_proj.
+//
+// Training: the straight-through gate's gradient of a routed row is dx . (o_proj output). An
+// unrouted row has no global output, so its gate gets no task-loss gradient, except on a leak: a
+// Bernoulli(leak_prob) drawn per layer and forward (l2a_layer.h), on which the global attention runs
+// for every token through the dense flash causal kernel, exactly as l2a_dense computes it. Saved for
+// the backward: the routed rows' q, o, lse and o_proj output, and every token's k, v.
+//
+// The count of routed rows stays in device memory: grids and buffers are sized for all T rows
+// (the capacity) and the kernels stop at the count, so the routed attention does routed work only,
+// while the routed q and o_proj GEMMs run over the capacity (their rows past the count are zeros).
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "../l2a_common/l2a_layer.h"
+#include "rt/sdk/plugin.h"
+
+namespace rt::l2a {
+namespace {
+
+// The routed rows of one layer: index [T] (ascending positions relative to the call's first row)
+// and count [1], both I32 in device memory.
+struct RoutedSet {
+  Tensor index, count;
+};
+
+// What the routed global attention keeps for its backward (paper layout).
+struct GlobalRouted {
+  RoutedSet rs;
+  Tensor h2;      // RMSNorm_g(x1), every token
+  Tensor x1;      // the residual after the local sublayer (the global norm's input)
+  Tensor hq;      // h2's routed rows [T (capacity), hidden]
+  Tensor q, o;    // routed rows [T, Hq, D] (rows past the count: zeros)
+  Tensor lse;     // [Hq, T]
+  Tensor k, v;    // every token [T, Hkv, D], after RoPE
+  Tensor a;       // o_proj output of the routed rows [T, hidden] (the gate's gradient reads it)
+};
+
+class FusedL2aAttention final : public L2aBackendBase {
+ public:
+  Capabilities capabilities() const override {
+    Capabilities c;
+    c.cuda = true;
+    c.bf16 = true;
+    c.backward = true;
+    c.decode = true;
+    c.router = true;
+    c.kv = KvPolicy::Custom;
+    c.other_device_hint = "on the CPU use --attention l2a_dense, which computes the same L2A with dense global attention";
+    return c;
+  }
+
+  void configure(const Options& options, const ModelDims& dims) override {
+    configure_layers(options, dims, "l2a_fused", /*materialize=*/false);
+  }
+
+  // As if every token were routed (routing is data-dependent); `runtime profile` counts the routed
+  // kernel's visible pairs from the rows it routes.
+  double forward_flops(const ModelDims& d, int64_t T) const override { return l2a_forward_flops(d, T, 1.0); }
+
+  void forward(const LayerContext& ctx, TensorView x, AttentionState* state) override {
+    require_cuda(ctx);
+    auto* st = static_cast<L2aState*>(state);
+    const int64_t pos0 = st ? st->tokens_seen() : 0;
+    Route r;
+    if (cfg_.layout == Layout::Paper) {
+      attention_sublayer_forward(ctx, local_, x, st ? st->local.get() : nullptr);
+      Tensor h2 = normed(ctx, x, global_.norm);
+      r = route(ctx, h2, pos0, false, 0);
+      paper_global_forward(ctx, x, h2, compact(ctx, r.d), st ? st->global.get() : nullptr, pos0, false);
+    } else {
+      parallel_inference(ctx, x, st, pos0, r);
+    }
+    remember_decisions(ctx, r);
+  }
+
+  std::unique_ptr<SavedActivations> forward_train(const LayerContext& ctx, TensorView x,
+                                                  const TrainContext& tc) override {
+    require_cuda(ctx);
+    auto s = std::make_unique<Saved>();
+    Ops& ops = *ctx.ops;
+    const ModelDims& d = *ctx.dims;
+    const int64_t T = x.shape[0];
+    s->leak = leaks(ctx, tc);
+    if (cfg_.layout == Layout::Paper) {
+      s->local = attention_sublayer_forward_train(ctx, local_, x, TensorView{});
+      s->h = normed(ctx, x, global_.norm);
+      s->route = route(ctx, s->h, 0, true, tc.step);
+      if (s->leak) s->dense = attention_sublayer_forward_train(ctx, global_, x, s->route.d, &s->h);
+      else s->global = paper_global_forward(ctx, x, s->h, compact(ctx, s->route.d), nullptr, 0, true);
+    } else {
+      const DType act = ops.activation_dtype();
+      s->local.x_in = ops.alloc(x.dtype, {T, d.hidden});
+      ops.copy(x, s->local.x_in);
+      s->h = normed(ctx, x, local_.norm);
+      s->local.h = s->h;
+      s->local.qkv = project_qkv(ctx, local_, s->h, 0);
+      s->route = route(ctx, s->h, 0, true, tc.step);
+      const Qkv& qkv = s->local.qkv;
+      s->local.o = ops.alloc(act, {T, d.n_heads, d.head_dim});
+      s->local.lse = ops.alloc(ops.accum_dtype(), {d.n_heads, T});
+      ops.attention_forward_lse(qkv.q, qkv.k, qkv.v, s->local.o, s->local.lse, sublayer_attention_spec(d, local_, 0));
+      s->o = ops.alloc(act, {T, d.n_heads, d.head_dim});
+      s->dense.o = ops.alloc(act, {T, d.n_heads, d.head_dim});
+      s->dense.lse = ops.alloc(ops.accum_dtype(), {d.n_heads, T});
+      if (s->leak) {  // every token: o = o_local + d * o_global, as l2a_dense
+        ops.attention_forward_lse(qkv.q, qkv.k, qkv.v, s->dense.o, s->dense.lse, sublayer_attention_spec(d, global_, 0));
+        ops.row_scale(rows2d(s->dense.o), s->route.d, rows2d(s->o));
+        ops.add(s->o, s->local.o, s->o);
+      } else {  // routed rows: their causal output added to their window output
+        s->global.rs = compact(ctx, s->route.d);
+        s->global.q = gather_heads(ctx, qkv.q, s->global.rs);
+        ops.attention_forward_lse(s->global.q, qkv.k, qkv.v, s->dense.o, s->dense.lse, routed_spec(ctx, s->global.rs, 0));
+        ops.copy(s->local.o, s->o);
+        ops.scatter_add_rows(rows2d(s->dense.o), s->global.rs.index, s->global.rs.count, rows2d(s->o));
+      }
+      add_output_projection(ctx, local_, s->o, TensorView{}, x);
+    }
+    record_stats(ctx, tc, s->route, T, s->leak);
+    return s;
+  }
+
+  void backward(const LayerContext& ctx, SavedActivations& saved, TensorView dx, const LayerGrads& grads,
+                const TrainContext& tc) override {
+    Saved& s = static_cast<Saved&>(saved);
+    Ops& ops = *ctx.ops;
+    const ModelDims& d = *ctx.dims;
+    const int64_t T = dx.shape[0];
+    Tensor dgate = ops.alloc(ops.accum_dtype(), {T});
+    ops.fill(dgate, 0.f);
+    if (cfg_.layout == Layout::Paper) {
+      Tensor dh2;
+      if (s.leak) {  // the dense global sublayer's backward includes its norm's
+        attention_sublayer_backward(ctx, global_, s.dense, dx, grads, s.route.d, dgate);
+      } else {
+        dh2 = paper_global_backward(ctx, s.global, dx, dgate, grads);
+      }
+      Tensor dh_router = router_backward(ctx, s.h, s.route, dgate, grads, tc, T);
+      if (dh2.view.data && dh_router.view.data) ops.add(dh2, dh_router, dh2);
+      else if (dh_router.view.data) dh2 = dh_router;
+      const TensorView x1 = s.leak ? s.dense.x_in.view : s.global.x1.view;
+      if (dh2.view.data)
+        ops.rmsnorm_backward(x1, ctx.params->get(global_.norm), d.rms_eps, dh2, dx, grads.get(global_.norm));
+      attention_sublayer_backward(ctx, local_, s.local, dx, grads, TensorView{}, TensorView{});
+      return;
+    }
+    parallel_backward(ctx, s, dx, dgate, grads, tc);
+  }
+
+ private:
+  struct Saved final : SavedActivations {
+    SublayerActivations local;  // paper: the local sublayer; parallel: x_in, h, qkv, the window output
+    SublayerActivations dense;  // paper, leak: the dense global sublayer; parallel: o, lse of the causal part
+    GlobalRouted global;        // paper, no leak: the routed global sublayer; parallel: rs and the routed q
+    Tensor h;                   // the router's input
+    Tensor o;                   // parallel: the o_proj input
+    Route route;
+    bool leak = false;
+  };
+
+  static void require_cuda(const LayerContext& ctx) {
+    RT_CHECK(ctx.ops->device() == Device::CUDA, "l2a_fused runs on CUDA only (--device cuda); on the CPU use "
+             "--attention l2a_dense, which computes the same L2A with dense global attention");
+  }
+
+  static TensorView rows2d(const Tensor& t) {
+    const TensorView& v = t.view;
+    return v.reshaped({v.shape[0], v.numel() / std::max<int64_t>(1, v.shape[0])});
+  }
+
+  static RoutedSet compact(const LayerContext& ctx, const Tensor& d) {
+    Ops& ops = *ctx.ops;
+    const int64_t T = d.view.shape[0];
+    RoutedSet rs{ops.alloc(DType::I32, {T}), ops.alloc(DType::I32, {1})};
+    ops.compact_rows(d, rs.index, rs.count);
+    return rs;
+  }
+
+  AttentionSpec routed_spec(const LayerContext& ctx, const RoutedSet& rs, int64_t pos0) const {
+    AttentionSpec spec = sublayer_attention_spec(*ctx.dims, global_, pos0);
+    spec.q_index = rs.index;
+    spec.q_count = rs.count;
+    return spec;
+  }
+
+  // q [T, Hq, D] (every token) -> its routed rows, compact [T (capacity), Hq, D].
+  static Tensor gather_heads(const LayerContext& ctx, const Tensor& q, const RoutedSet& rs) {
+    Ops& ops = *ctx.ops;
+    Tensor out = ops.alloc(q.view.dtype, {q.view.shape[0], q.view.shape[1], q.view.shape[2]});
+    ops.gather_rows(rows2d(q), rs.index, rs.count, rows2d(out));
+    return out;
+  }
+
+  // The paper layout's global sublayer on the routed rows (see the top of the file). With a cache,
+  // every token's k and v are appended to it (positions pos0..).
+  GlobalRouted paper_global_forward(const LayerContext& ctx, TensorView x, const Tensor& h2, RoutedSet rs,
+                                    KvCache* cache, int64_t pos0, bool training) const {
+    Ops& ops = *ctx.ops;
+    const ModelDims& d = *ctx.dims;
+    const LayerParams& p = *ctx.params;
+    const int64_t T = x.shape[0], HD = d.n_heads * d.head_dim, KD = d.n_kv_heads * d.head_dim;
+    const DType act = ops.activation_dtype();
+    const double theta = sublayer_theta(d, global_);
+    const std::string& pre = global_.prefix;
+    GlobalRouted g;
+    g.rs = std::move(rs);
+    g.h2 = h2;
+    if (training) {
+      g.x1 = ops.alloc(x.dtype, {T, d.hidden});
+      ops.copy(x, g.x1);
+    }
+    const KvCache::Rows in_cache = cache ? cache->rows_in_place(T, 0) : KvCache::Rows{};
+    g.k = in_cache.k.data ? Tensor{in_cache.k, nullptr} : ops.alloc(act, {T, d.n_kv_heads, d.head_dim});
+    g.v = in_cache.v.data ? Tensor{in_cache.v, nullptr} : ops.alloc(act, {T, d.n_kv_heads, d.head_dim});
+    ops.linear(h2, p.get(pre + "k_proj.weight"), p.get(pre + "k_proj.bias"), g.k.view.reshaped({T, KD}));
+    ops.rope(g.k, pos0, theta);
+    ops.linear(h2, p.get(pre + "v_proj.weight"), p.get(pre + "v_proj.bias"), g.v.view.reshaped({T, KD}));
+    TensorView keys = g.k, values = g.v;
+    int64_t k_pos0 = 0;
+    if (cache) {
+      const KvCache::Window w = in_cache.k.data ? cache->commit_in_place(T, 0) : cache->append(ops, g.k, g.v, 0);
+      keys = w.k;
+      values = w.v;
+      k_pos0 = w.k_pos0;
+    }
+    g.hq = ops.alloc(act, {T, d.hidden});
+    ops.gather_rows(h2, g.rs.index, g.rs.count, g.hq);
+    g.q = ops.alloc(act, {T, d.n_heads, d.head_dim});
+    ops.linear(g.hq, p.get(pre + "q_proj.weight"), p.get(pre + "q_proj.bias"), g.q.view.reshaped({T, HD}));
+    ops.rope_rows(g.q, g.rs.index, g.rs.count, pos0, theta, /*backward=*/false);
+    AttentionSpec spec = routed_spec(ctx, g.rs, pos0);
+    spec.k_pos0 = k_pos0;
+    g.o = ops.alloc(act, {T, d.n_heads, d.head_dim});
+    if (training) {
+      g.lse = ops.alloc(ops.accum_dtype(), {d.n_heads, T});
+      ops.attention_forward_lse(g.q, keys, values, g.o, g.lse, spec);
+    } else {
+      ops.attention(g.q, keys, values, g.o, spec);
+    }
+    g.a = ops.alloc(act, {T, d.hidden});
+    ops.linear(g.o.view.reshaped({T, HD}), p.get(pre + "o_proj.weight"), TensorView{}, g.a);
+    ops.scatter_add_rows(g.a, g.rs.index, g.rs.count, x);
+    return g;
+  }
+
+  // dx: the gradient of x2 (read); dgate += the routed rows' gate gradients. Returns dL/dh2 of the
+  // global projections (accum dtype, [T, hidden]). Parameter gradients go to grads.
+  Tensor paper_global_backward(const LayerContext& ctx, const GlobalRouted& g, TensorView dx, Tensor& dgate,
+                               const LayerGrads& grads) const {
+    Ops& ops = *ctx.ops;
+    const ModelDims& d = *ctx.dims;
+    const LayerParams& p = *ctx.params;
+    const int64_t T = dx.shape[0], HD = d.n_heads * d.head_dim, KD = d.n_kv_heads * d.head_dim;
+    const DType act = ops.activation_dtype(), acc = ops.accum_dtype();
+    const double theta = sublayer_theta(d, global_);
+    const std::string& pre = global_.prefix;
+    const TensorView idx = g.rs.index, cnt = g.rs.count;
+
+    Tensor dxr = ops.alloc(acc, {T, d.hidden});  // dx of the routed rows (d = 1 there)
+    ops.gather_rows(dx, idx, cnt, dxr);
+    Tensor dgr = ops.alloc(acc, {T});
+    ops.row_dot(dxr, g.a, dgr, /*accumulate=*/false);
+    ops.scatter_add_rows(dgr.view.reshaped({T, 1}), idx, cnt, dgate.view.reshaped({T, 1}));
+    Tensor da = ops.alloc(act, {T, d.hidden});
+    ops.copy(dxr, da);
+
+    const std::string wo = pre + "o_proj.weight";
+    Tensor dout = ops.alloc(act, {T, d.n_heads, d.head_dim});
+    ops.linear_backward(g.o.view.reshaped({T, HD}), p.get(wo), da, dout.view.reshaped({T, HD}), grads.get(wo),
+                        TensorView{}, false);
+    Tensor dq = ops.alloc(act, {T, d.n_heads, d.head_dim});
+    Tensor dk = ops.alloc(act, {T, d.n_kv_heads, d.head_dim});
+    Tensor dv = ops.alloc(act, {T, d.n_kv_heads, d.head_dim});
+    ops.attention_backward(g.q, g.k, g.v, g.o, g.lse, dout, dq, dk, dv, routed_spec(ctx, g.rs, 0));
+    ops.rope_rows(dq, idx, cnt, 0, theta, /*backward=*/true);
+    ops.rope_backward(dk, 0, theta);
+
+    Tensor dhr = ops.alloc(acc, {T, d.hidden});
+    ops.fill(dhr, 0.f);
+    const std::string wq = pre + "q_proj.weight", bq = pre + "q_proj.bias";
+    ops.linear_backward(g.hq, p.get(wq), dq.view.reshaped({T, HD}), dhr, grads.get(wq), grads.get(bq), true);
+    Tensor dh2 = ops.alloc(acc, {T, d.hidden});
+    ops.fill(dh2, 0.f);
+    ops.scatter_add_rows(dhr, idx, cnt, dh2);
+    const struct {
+      const char* name;
+      const Tensor* grad;
+    } kv[] = {{"k_proj", &dk}, {"v_proj", &dv}};
+    for (const auto& part : kv) {
+      const std::string w = pre + part.name + ".weight", b = pre + part.name + ".bias";
+      ops.linear_backward(g.h2, p.get(w), part.grad->view.reshaped({T, KD}), dh2, grads.get(w), grads.get(b), true);
+    }
+    return dh2;
+  }
+
+  void parallel_inference(const LayerContext& ctx, TensorView x, L2aState* st, int64_t pos0, Route& r) {
+    Ops& ops = *ctx.ops;
+    const ModelDims& d = *ctx.dims;
+    const int64_t T = x.shape[0];
+    Tensor h = normed(ctx, x, local_.norm);
+    Qkv qkv = project_qkv(ctx, local_, h, pos0);
+    r = route(ctx, h, pos0, false, 0);
+    const RoutedSet rs = compact(ctx, r.d);
+    TensorView k = qkv.k, v = qkv.v;
+    int64_t k_pos0 = 0;
+    if (st) {
+      const KvCache::Window w = st->global->append(ops, qkv.k, qkv.v, 0);
+      k = w.k;
+      v = w.v;
+      k_pos0 = w.k_pos0;
+    }
+    AttentionSpec local_spec = sublayer_attention_spec(d, local_, pos0), global_spec = routed_spec(ctx, rs, pos0);
+    local_spec.k_pos0 = global_spec.k_pos0 = k_pos0;
+    Tensor o = ops.alloc(ops.activation_dtype(), {T, d.n_heads, d.head_dim});
+    ops.attention(qkv.q, k, v, o, local_spec);
+    Tensor q_r = gather_heads(ctx, qkv.q, rs);
+    Tensor o_g = ops.alloc(ops.activation_dtype(), {T, d.n_heads, d.head_dim});
+    ops.attention(q_r, k, v, o_g, global_spec);
+    ops.scatter_add_rows(rows2d(o_g), rs.index, rs.count, rows2d(o));
+    add_output_projection(ctx, local_, o, TensorView{}, x);
+  }
+
+  void parallel_backward(const LayerContext& ctx, Saved& s, TensorView dx, Tensor& dgate, const LayerGrads& grads,
+                         const TrainContext& tc) {
+    Ops& ops = *ctx.ops;
+    const ModelDims& d = *ctx.dims;
+    const int64_t T = dx.shape[0], HD = d.n_heads * d.head_dim;
+    const DType act = ops.activation_dtype();
+    Tensor da = ops.alloc(act, {T, d.hidden});
+    ops.copy(dx, da);
+    const std::string wo = local_.prefix + "o_proj.weight";
+    Tensor dout = ops.alloc(act, {T, d.n_heads, d.head_dim});
+    ops.linear_backward(s.o.view.reshaped({T, HD}), ctx.params->get(wo), da, dout.view.reshaped({T, HD}),
+                        grads.get(wo), TensorView{}, false);
+    const Qkv& qkv = s.local.qkv;
+    Qkv g{ops.alloc(act, {T, d.n_heads, d.head_dim}), ops.alloc(act, {T, d.n_kv_heads, d.head_dim}),
+          ops.alloc(act, {T, d.n_kv_heads, d.head_dim})};
+    Qkv g2{ops.alloc(act, {T, d.n_heads, d.head_dim}), ops.alloc(act, {T, d.n_kv_heads, d.head_dim}),
+           ops.alloc(act, {T, d.n_kv_heads, d.head_dim})};
+    ops.attention_backward(qkv.q, qkv.k, qkv.v, s.local.o, s.local.lse, dout, g.q, g.k, g.v,
+                           sublayer_attention_spec(d, local_, 0));
+    if (s.leak) {
+      ops.row_dot(rows2d(dout), rows2d(s.dense.o), dgate, false);
+      Tensor dout_g = ops.alloc(act, {T, d.n_heads, d.head_dim});
+      ops.row_scale(rows2d(dout), s.route.d, rows2d(dout_g));
+      ops.attention_backward(qkv.q, qkv.k, qkv.v, s.dense.o, s.dense.lse, dout_g, g2.q, g2.k, g2.v,
+                             sublayer_attention_spec(d, global_, 0));
+      ops.add(g.q, g2.q, g.q);
+    } else {
+      const RoutedSet& rs = s.global.rs;
+      Tensor dout_r = gather_heads(ctx, dout, rs);
+      Tensor dgr = ops.alloc(ops.accum_dtype(), {T});
+      ops.row_dot(rows2d(dout_r), rows2d(s.dense.o), dgr, false);
+      ops.scatter_add_rows(dgr.view.reshaped({T, 1}), rs.index, rs.count, dgate.view.reshaped({T, 1}));
+      ops.attention_backward(s.global.q, qkv.k, qkv.v, s.dense.o, s.dense.lse, dout_r, g2.q, g2.k, g2.v,
+                             routed_spec(ctx, rs, 0));
+      ops.scatter_add_rows(rows2d(g2.q), rs.index, rs.count, rows2d(g.q));
+    }
+    ops.add(g.k, g2.k, g.k);
+    ops.add(g.v, g2.v, g.v);
+    Tensor dh = ops.alloc(ops.accum_dtype(), {T, d.hidden});
+    ops.fill(dh, 0.f);
+    project_qkv_backward(ctx, local_, s.h, g.q, g.k, g.v, 0, dh, grads);
+    Tensor dh_router = router_backward(ctx, s.h, s.route, dgate, grads, tc, T);
+    if (dh_router.view.data) ops.add(dh, dh_router, dh);
+    ops.rmsnorm_backward(s.local.x_in, ctx.params->get(local_.norm), d.rms_eps, dh, dx, grads.get(local_.norm));
+  }
+};
+
+}  // namespace
+}  // namespace rt::l2a
+
+RT_REGISTER_ATTENTION_PLUGIN(rt::l2a::FusedL2aAttention, "l2a_fused", "1.0.0",
+                             "L2A, global attention only for the routed tokens in fused flash kernels "
+                             "(CUDA; same options and checkpoints as l2a_dense)")

@@ -1,0 +1,191 @@
+// l2a_fused against l2a_dense on the same L2A model, on CUDA (skips without a GPU): the tiny Qwen2
+// checkpoint gqa7_hd64 (7 query heads on 1 KV head, head dim 64: the bf16 flash kernels, routed
+// rows included) with two layers of random routers, so that part of the tokens is routed.
+//   - inference: logits within bf16 tolerance and the same decisions, both layouts, with and
+//     without a KV cache (prefill then token by token);
+//   - training with leak on every forward: loss and every gradient within bf16 tolerance;
+//   - training without leak: the loss matches, and so do the gradients of everything the unrouted
+//     gates cannot reach (weights used by routed rows only differ through the router's weight);
+//   - a step where no token is routed does no global work and fails nothing;
+//   - two runs of a training step give the same bits;
+//   - on the CPU, l2a_fused is refused naming l2a_dense.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+
+#include "cuda/cuda_ops.h"
+#include "train_test_util.h"
+
+namespace {
+
+using namespace rt;
+const std::string kModel = rt::test::kModelsDir + "gqa7_hd64";
+
+double rel_err(const std::vector<double>& a, const std::vector<double>& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!std::isfinite(a[i])) return INFINITY;
+    num += (a[i] - b[i]) * (a[i] - b[i]);
+    den += b[i] * b[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-300));
+}
+
+Options l2a_options(const std::string& layout, double leak) {
+  Options o;
+  o.set("layout", layout);
+  o.set("window", "8");
+  o.set("leak_prob", std::to_string(leak));
+  o.set("tau", "1");
+  return o;
+}
+
+// The same random router weights in both fixtures (zero-init routers would route every token).
+void randomize_routers(rt::test::TrainFixture& f, uint64_t seed) {
+  for (const auto& n : f.model->parameter_names()) {
+    if (n.find("router.weight") == std::string::npos) continue;
+    TensorView p = f.model->parameter(n);
+    std::mt19937_64 rng(seed++);
+    std::normal_distribution<float> nd(0.f, 0.3f);
+    std::vector<float> h(static_cast<size_t>(p.numel()));
+    for (auto& x : h) x = nd(rng);
+    f.ops->copy(TensorView::contiguous(h.data(), DType::F32, Device::CPU, {p.shape[0], p.shape[1]}), p);
+  }
+}
+
+std::vector<int32_t> tokens(int64_t T, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<int32_t> ids(static_cast<size_t>(T));
+  for (auto& t : ids) t = static_cast<int32_t>(rng() % 1000);
+  return ids;
+}
+
+struct Pair {
+  rt::test::TrainFixture dense, fused;
+  Pair(const std::string& layout, double leak)
+      : dense(kModel, "l2a_dense", l2a_options(layout, leak), make_cuda_ops()),
+        fused(kModel, "l2a_fused", l2a_options(layout, leak), make_cuda_ops()) {
+    randomize_routers(dense, 7);
+    randomize_routers(fused, 7);
+  }
+};
+
+class L2aFused : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    if (!cuda_device_available()) GTEST_SKIP() << "no CUDA GPU";
+  }
+};
+
+TEST_P(L2aFused, InferenceMatchesDense) {
+  Pair p(GetParam(), 0.1);
+  const auto ids = tokens(100, 1);
+  const auto want = rt::test::host_doubles(*p.dense.ops, p.dense.model->forward(ids, nullptr, false));
+  const auto got = rt::test::host_doubles(*p.fused.ops, p.fused.model->forward(ids, nullptr, false));
+  EXPECT_LT(rel_err(got, want), 2e-2);
+  int64_t routed = 0, differ = 0;
+  for (int l = 0; l < p.dense.n_layers(); ++l) {
+    const auto a = p.dense.attention->last_decisions(l), b = p.fused.attention->last_decisions(l);
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t t = 0; t < a.size(); ++t) {
+      routed += b[t] != 0.f;
+      differ += a[t] != b[t];
+    }
+  }
+  EXPECT_LE(differ, 2) << "decisions differing (bf16 rounding near the threshold may flip one)";
+  EXPECT_GT(routed, 10) << "too few tokens routed for the test to mean anything";
+  EXPECT_LT(routed, static_cast<int64_t>(ids.size()) * p.dense.n_layers()) << "every token routed";
+}
+
+TEST_P(L2aFused, TrainingWithLeakMatchesDenseEverywhere) {
+  Pair p(GetParam(), 1.0);
+  const auto ids = tokens(96, 2);
+  const auto names = p.dense.model->parameter_names();
+  auto gd = rt::test::zero_grads(p.dense, names), gf = rt::test::zero_grads(p.fused, names);
+  TrainContext tc;
+  const auto ld = rt::test::run_sequence(p.dense, ids, tc, gd);
+  const auto lf = rt::test::run_sequence(p.fused, ids, tc, gf);
+  EXPECT_NEAR(lf.lm, ld.lm, 1e-2 * std::abs(ld.lm));
+  EXPECT_EQ(lf.routed, ld.routed);
+  for (const auto& n : names) {
+    const auto a = rt::test::host_doubles(*p.fused.ops, gf.at(n)), b = rt::test::host_doubles(*p.dense.ops, gd.at(n));
+    EXPECT_LT(rel_err(a, b), 5e-2) << n;
+  }
+}
+
+TEST_P(L2aFused, TrainingWithoutLeakMatchesDenseOnRoutedPaths) {
+  Pair p(GetParam(), 0.0);
+  const auto ids = tokens(96, 3);
+  const auto names = p.dense.model->parameter_names();
+  auto gd = rt::test::zero_grads(p.dense, names), gf = rt::test::zero_grads(p.fused, names);
+  TrainContext tc;
+  const auto ld = rt::test::run_sequence(p.dense, ids, tc, gd);
+  const auto lf = rt::test::run_sequence(p.fused, ids, tc, gf);
+  EXPECT_NEAR(lf.lm, ld.lm, 1e-2 * std::abs(ld.lm));
+  // The global sublayer's weights are reached only through routed rows (d = 1), in both.
+  for (const auto& n : names) {
+    if (n.find("global_attn.") == std::string::npos) continue;
+    const auto a = rt::test::host_doubles(*p.fused.ops, gf.at(n)), b = rt::test::host_doubles(*p.dense.ops, gd.at(n));
+    EXPECT_LT(rel_err(a, b), 5e-2) << n;
+  }
+  // Two runs of the step: the same bits (deterministic kernels, no atomics).
+  auto g2 = rt::test::zero_grads(p.fused, names);
+  rt::test::run_sequence(p.fused, ids, tc, g2);
+  for (const auto& n : names) {
+    const auto a = rt::test::host_doubles(*p.fused.ops, gf.at(n)), b = rt::test::host_doubles(*p.fused.ops, g2.at(n));
+    EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(double))) << n << " differs between two runs";
+  }
+}
+
+TEST_P(L2aFused, NoTokenRoutedIsTheLocalSublayerOnly) {
+  Options o = l2a_options(GetParam(), 0.0);
+  o.set("router", "fixed_rate");
+  o.set("sparsity", "1");
+  rt::test::TrainFixture fused(kModel, "l2a_fused", o, make_cuda_ops());
+  const auto ids = tokens(50, 4);
+  const auto got = rt::test::host_doubles(*fused.ops, fused.model->forward(ids, nullptr, false));
+  for (double x : got) ASSERT_TRUE(std::isfinite(x));
+  auto g = rt::test::zero_grads(fused, fused.model->parameter_names());
+  const auto r = rt::test::run_sequence(fused, ids, TrainContext{}, g);
+  EXPECT_TRUE(std::isfinite(r.lm));
+  EXPECT_EQ(r.routed, 0.0);
+  for (const auto& n : fused.model->parameter_names())
+    if (n.find("global_attn.q_proj") != std::string::npos || n.find("global_attn.o_proj") != std::string::npos)
+      for (double x : rt::test::host_doubles(*fused.ops, g.at(n))) ASSERT_EQ(x, 0.0) << n;
+}
+
+TEST_P(L2aFused, CachedDecodeMatchesFullForward) {
+  Pair p(GetParam(), 0.0);
+  const auto ids = tokens(40, 5);
+  const auto full = rt::test::host_doubles(*p.fused.ops, p.fused.model->forward(ids, nullptr, false));
+  const int64_t V = p.fused.model->dims().vocab;
+  auto states = p.fused.model->new_states(static_cast<int64_t>(ids.size()));
+  std::vector<int32_t> prefix(ids.begin(), ids.begin() + 30);
+  p.fused.model->forward(prefix, &states, false);
+  std::vector<double> last;
+  for (size_t t = 30; t < ids.size(); ++t) {
+    const std::vector<int32_t> one = {ids[t]};
+    last = rt::test::host_doubles(*p.fused.ops, p.fused.model->forward(one, &states, false));
+  }
+  std::vector<double> want(full.end() - V, full.end());
+  std::vector<double> got(last.end() - V, last.end());
+  EXPECT_LT(rel_err(got, want), 2e-2);
+}
+
+INSTANTIATE_TEST_SUITE_P(Layouts, L2aFused, ::testing::Values("paper", "parallel"),
+                         [](const auto& info) { return info.param; });
+
+TEST(L2aFusedCpu, RefusedNamingL2aDense) {
+  PluginRegistry registry;
+  registry.scan_directory(RT_BIN_DIR);
+  try {
+    registry.create_attention("l2a_fused", Device::CPU);
+    FAIL() << "l2a_fused was created on the CPU";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("l2a_dense"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
