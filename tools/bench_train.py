@@ -3,6 +3,7 @@
 
   python3 tools/bench_train.py --model qwen2.5-0.5b --seq 4096,8192,16384 [--json train_bench.json]
       [--cases full_causal:full,swa:full,l2a_dense:router_only,...] [--hf] [--steps 5]
+      [--l2a-set router=fixed_rate --l2a-set sparsity=0.8]
 
 For each case (backend:regime[:layout]) and sequence length, runs
   runtime train --model M --init random --device cuda --attention B --set regime=R --set seq_len=T
@@ -26,7 +27,7 @@ DEFAULT_CASES = ("full_causal:full,swa:full,l2a_dense:router_only,l2a_dense:atte
                  "l2a_dense:router_only:parallel")
 
 
-def run_case(runtime, model, backend, regime, layout, T, steps, data, window, recompute):
+def run_case(runtime, model, backend, regime, layout, T, steps, data, window, recompute, extra=()):
     out = tempfile.mkdtemp(prefix="bench_train_")
     cmd = [runtime, "train", "--model", model, "--init", "random", "--device", "cuda", "--attention", backend,
            "--data", data, "--steps", str(steps), "--out", out, "--quiet",
@@ -37,6 +38,9 @@ def run_case(runtime, model, backend, regime, layout, T, steps, data, window, re
         cmd += ["--set", f"attention.window={window}"]
     if layout:
         cmd += ["--set", f"attention.layout={layout}"]
+    if backend.startswith("l2a"):
+        for kv in extra:
+            cmd += ["--set", f"attention.{kv}"]
     try:
         p = subprocess.run(cmd, capture_output=True, text=True)
         return parse_case(p, out, backend, regime, layout, T, recompute)
@@ -71,6 +75,9 @@ def main() -> int:
     ap.add_argument("--window", type=int, default=2048)
     ap.add_argument("--recompute", action="store_true", help="gradient checkpointing in every case")
     ap.add_argument("--hf", action="store_true")
+    ap.add_argument("--l2a-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra L2A plugin option for the l2a_* cases (repeatable), e.g. router=fixed_rate "
+                         "and sparsity=0.8 to train at a controlled sparsity")
     ap.add_argument("--json")
     a = ap.parse_args()
     import numpy as np
@@ -84,7 +91,10 @@ def main() -> int:
         backend, regime = parts[0], parts[1]
         layout = parts[2] if len(parts) > 2 else ""
         for T in seqs:
-            row = run_case(a.runtime, a.model, backend, regime, layout, T, a.steps, data, a.window, a.recompute)
+            row = run_case(a.runtime, a.model, backend, regime, layout, T, a.steps, data, a.window, a.recompute,
+                           a.l2a_set)
+            if backend.startswith("l2a") and a.l2a_set:
+                row["l2a_set"] = a.l2a_set
             rows.append(row)
             print(json.dumps(row), flush=True)
     if a.hf:

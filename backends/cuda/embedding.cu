@@ -2,8 +2,12 @@
 // from a bf16 table). One block per token. Ids are validated before any table read: on the host
 // when they live there, on the device otherwise (a bad id writes a NaN row and an error record
 // the owner reports after the next synchronization), so the kernel never reads out of bounds.
-// embedding_backward scatters dout rows into the f32 table gradient with atomicAdd (the same id
-// checks; a bad device id drops its row).
+// embedding_backward adds dout rows into the f32 table gradient deterministically, without
+// floating-point atomics, so training is bit-reproducible (the same id checks; a bad device id
+// drops its row). See the comment above its kernels.
+#include <cub/device/device_radix_sort.cuh>
+
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -35,25 +39,105 @@ __global__ void embedding_kernel(const void* table, DType tdt, int64_t table_str
     store_f(out.data, o + i * out.col_stride, out.dtype, load_f(table, base + i, tdt));
 }
 
-// dtable[ids[t], :] += dout[t, :], one block per token (atomicAdd: repeated ids sum). A bad id
-// drops its row and fills the error record (flag kErrEmbeddingBackward).
-__global__ void embedding_backward_kernel(const int32_t* ids, int64_t ids_stride, RowsDesc dout, float* dtable,
-                                          int64_t table_stride, int64_t vocab, int64_t d, EmbeddingError* err) {
-  const int64_t t = blockIdx.x;
-  const int64_t id = ids[t * ids_stride];
-  if (id < 0 || id >= vocab) {
-    if (threadIdx.x == 0 && err && atomicCAS(&err->flag, 0, kErrEmbeddingBackward) == 0) {
+// embedding_backward: dtable[ids[t], :] += dout[t, :] with repeated ids summed in a fixed order.
+// Atomics would add a repeated id's rows in whatever order the blocks run, so the bits of the
+// gradient (and of every later step) would vary from run to run. Instead:
+//   1. keys: ids[t] made contiguous (a bad id becomes the key `vocab`, so it sorts after every
+//      valid id, and is recorded in the error record), values: positions t;
+//   2. a stable radix sort by key (CUB): equal ids end up adjacent, in position order;
+//   3. one block per chunk of kChunk sorted entries sums each run of equal keys inside the chunk
+//      in position order. A run wholly inside its chunk is added to its dtable row right there;
+//      a run that crosses a chunk boundary leaves each chunk's piece in `partials`;
+//   4. one block per chunk where such a run starts adds its pieces, in chunk order, into the row.
+// Each dtable row is written by exactly one block, and every sum has a fixed order (positions
+// within a piece, then pieces in chunk order), so two calls give the same bits. Chunking keeps a
+// long run (a frequent token, or every id equal) from serializing on one block: its length L costs
+// kChunk + L / kChunk sequential rows instead of L. The common case (mostly distinct ids) is one
+// sort and one pass of row-sized work per chunk.
+constexpr int kChunk = 32;
+
+// keys[t] = ids[t] (or vocab for a bad id, whose row is then dropped), pos[t] = t.
+__global__ void embedding_backward_keys_kernel(const int32_t* ids, int64_t ids_stride, int64_t T, int64_t vocab,
+                                               uint32_t* keys, int32_t* pos, EmbeddingError* err) {
+  for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < T;
+       t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t id = ids[t * ids_stride];
+    const bool bad = id < 0 || id >= vocab;
+    if (bad && err && atomicCAS(&err->flag, 0, kErrEmbeddingBackward) == 0) {
       err->id = static_cast<int32_t>(id);
       err->pos = static_cast<int32_t>(t);
       err->vocab = static_cast<int32_t>(vocab);
     }
-    return;
+    keys[t] = static_cast<uint32_t>(bad ? vocab : id);
+    pos[t] = static_cast<int32_t>(t);
   }
-  const int64_t o = dout.row_offset(t);
-  float* row = dtable + id * table_stride;
-  for (int64_t i = threadIdx.x; i < d; i += blockDim.x)
-    atomicAdd(row + i, load_f(dout.data, o + i * dout.col_stride, dout.dtype));
 }
+
+// Step 3 (see above): the runs of chunk blockIdx.x. partials holds two rows of d floats per chunk:
+// [0] its first piece when that continues a run from the previous chunk, [1] its last piece when
+// that starts here and continues into the next chunk (a piece that does both is a middle piece, [0]).
+__global__ void embedding_backward_chunk_kernel(const uint32_t* keys, const int32_t* pos, int64_t T, RowsDesc dout,
+                                                float* dtable, int64_t table_stride, uint32_t vocab, int64_t d,
+                                                float* partials) {
+  // key[0] is the key before the chunk, key[1..n] the chunk's, key[n + 1] the one after it
+  // (UINT32_MAX, equal to no key, at the ends of the array).
+  __shared__ uint32_t key[kChunk + 2];
+  __shared__ int64_t row[kChunk];  // dout offsets of the chunk's rows, in sorted order
+  const int64_t s0 = static_cast<int64_t>(blockIdx.x) * kChunk;
+  const int n = static_cast<int>(min<int64_t>(kChunk, T - s0));
+  for (int i = threadIdx.x; i < n + 2; i += blockDim.x) {
+    const int64_t s = s0 - 1 + i;
+    key[i] = s >= 0 && s < T ? keys[s] : UINT32_MAX;
+  }
+  for (int i = threadIdx.x; i < n; i += blockDim.x) row[i] = dout.row_offset(pos[s0 + i]);
+  __syncthreads();
+  float* part = partials + 2 * static_cast<int64_t>(blockIdx.x) * d;
+  for (int a = 0; a < n;) {
+    const uint32_t k = key[a + 1];
+    if (k >= vocab) break;  // bad ids sort last: the rest of the chunk is dropped rows
+    int b = a + 1;
+    while (b < n && key[b + 1] == k) ++b;
+    const bool from_prev = a == 0 && key[0] == k, to_next = b == n && key[n + 1] == k;
+    float* dst = from_prev ? part : to_next ? part + d : dtable + static_cast<int64_t>(k) * table_stride;
+    const bool whole = !from_prev && !to_next;
+    for (int64_t c = threadIdx.x; c < d; c += blockDim.x) {
+      const int64_t co = c * dout.col_stride;
+      float acc = 0.f;
+#pragma unroll 4
+      for (int r = a; r < b; ++r) acc += load_f(dout.data, row[r] + co, dout.dtype);
+      dst[c] = whole ? dst[c] + acc : acc;
+    }
+    a = b;
+  }
+}
+
+// Step 4: block c adds the pieces of the run that starts in chunk c and crosses into chunk c + 1
+// (if there is one), in chunk order, into its dtable row.
+__global__ void embedding_backward_carry_kernel(const uint32_t* keys, int64_t T, float* dtable, int64_t table_stride,
+                                                uint32_t vocab, int64_t d, const float* partials) {
+  const int64_t c = blockIdx.x, s0 = c * kChunk, s1 = min<int64_t>(T, s0 + kChunk);
+  const uint32_t k = keys[s1 - 1];
+  // The chunk's last piece must continue into the next chunk and start in this one (sorted keys:
+  // the chunk is not all one key continuing from before).
+  if (k >= vocab || s1 >= T || keys[s1] != k || (s0 > 0 && keys[s0 - 1] == k)) return;
+  int64_t last = c + 1;  // the chunk where the run ends
+  while ((last + 1) * kChunk < T && keys[(last + 1) * kChunk] == k) ++last;
+  float* out = dtable + static_cast<int64_t>(k) * table_stride;
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
+    float acc = partials[(2 * c + 1) * d + i];
+    for (int64_t j = c + 1; j <= last; ++j) acc += partials[2 * j * d + i];
+    out[i] += acc;
+  }
+}
+
+// Bits needed for keys 0..vocab (vocab itself marks a bad id): the sort skips the rest.
+int key_bits(int64_t vocab) {
+  int bits = 1;
+  while (bits < 32 && (int64_t{1} << bits) <= vocab) ++bits;
+  return bits;
+}
+
+size_t align_up(size_t n) { return (n + 255) & ~size_t{255}; }
 
 }  // namespace
 
@@ -100,10 +184,42 @@ void embedding_backward(TensorView ids, TensorView dout, TensorView dtable, Embe
     dev_ids = static_cast<const int32_t*>(staged->get());
     ids_stride = 1;
   }
-  const int threads = d >= 512 ? 256 : 128;
-  embedding_backward_kernel<<<static_cast<unsigned>(T), threads, 0, stream>>>(
-      dev_ids, ids_stride, rows_desc(dout), dtable.ptr<float>(), dtable.stride[0], V, d, err);
+  // One stream-ordered scratch (no host synchronization): keys and positions, their sorted copies,
+  // the pieces of chunk-crossing runs (2 rows of d floats per chunk), and CUB's temporary storage.
+  const int n = static_cast<int>(T);
+  const int64_t chunks = (T + kChunk - 1) / kChunk;
+  const int bits = key_bits(V);
+  size_t cub_bytes = 0;
+  CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, cub_bytes, static_cast<const uint32_t*>(nullptr),
+                                             static_cast<uint32_t*>(nullptr), static_cast<const int32_t*>(nullptr),
+                                             static_cast<int32_t*>(nullptr), n, 0, bits, stream));
+  const size_t keys_bytes = align_up(static_cast<size_t>(T) * sizeof(uint32_t));
+  const size_t part_bytes = align_up(static_cast<size_t>(chunks) * 2 * static_cast<size_t>(d) * sizeof(float));
+  Scratch scratch(4 * keys_bytes + part_bytes + cub_bytes, stream, "embedding_backward sort");
+  char* base = static_cast<char*>(scratch.get());
+  auto* keys = reinterpret_cast<uint32_t*>(base);
+  auto* sorted_keys = reinterpret_cast<uint32_t*>(base + keys_bytes);
+  auto* pos = reinterpret_cast<int32_t*>(base + 2 * keys_bytes);
+  auto* sorted_pos = reinterpret_cast<int32_t*>(base + 3 * keys_bytes);
+  auto* partials = reinterpret_cast<float*>(base + 4 * keys_bytes);
+  void* cub_temp = base + 4 * keys_bytes + part_bytes;
+
+  const unsigned key_blocks = static_cast<unsigned>(std::min<int64_t>((T + 255) / 256, 4096));
+  embedding_backward_keys_kernel<<<key_blocks, 256, 0, stream>>>(dev_ids, ids_stride, T, V, keys, pos, err);
   CUDA_CHECK_LAUNCH();
+  // Radix sort is stable: equal ids keep their position order, which fixes the summation order.
+  CUDA_CHECK(
+      cub::DeviceRadixSort::SortPairs(cub_temp, cub_bytes, keys, sorted_keys, pos, sorted_pos, n, 0, bits, stream));
+  const int threads = d >= 512 ? 256 : 128;
+  const auto vocab = static_cast<uint32_t>(V);
+  embedding_backward_chunk_kernel<<<static_cast<unsigned>(chunks), threads, 0, stream>>>(
+      sorted_keys, sorted_pos, T, rows_desc(dout), dtable.ptr<float>(), dtable.stride[0], vocab, d, partials);
+  CUDA_CHECK_LAUNCH();
+  if (chunks > 1) {  // a single chunk has no crossing runs
+    embedding_backward_carry_kernel<<<static_cast<unsigned>(chunks), threads, 0, stream>>>(
+        sorted_keys, T, dtable.ptr<float>(), dtable.stride[0], vocab, d, partials);
+    CUDA_CHECK_LAUNCH();
+  }
 }
 
 void embedding_forward(TensorView table, TensorView ids, TensorView out, EmbeddingError* err, cudaStream_t stream) {

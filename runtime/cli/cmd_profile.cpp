@@ -77,6 +77,74 @@ size_t peak_bytes(Ops& ops) {
   return static_cast<size_t>(ru.ru_maxrss) * 1024;  // process high-water mark on the CPU
 }
 
+// L2A's routed global attention at a controlled sparsity (random routing, seeded): the routed
+// kernel alone, and the whole L2A attention (window over every token + compaction + routed rows),
+// forward and forward+backward. FLOPs are counted on visible pairs: 4 D Hq sum over routed rows of
+// (pos + 1), backward 2.5x. `causal` is the dense causal row of the same T, for the speedups.
+nlohmann::json routed_kernel_row(Ops& ops, const ModelDims& d, int64_t T, double sparsity, int64_t window,
+                                 int repeats, const TensorView q, const TensorView k, const TensorView v,
+                                 const nlohmann::json& causal) {
+  const DType act = ops.activation_dtype();
+  std::vector<float> flags(static_cast<size_t>(T));
+  uint64_t x = 0x9e3779b97f4a7c15ull ^ static_cast<uint64_t>(T);
+  double pairs = 0;
+  int64_t n = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    x = x * 6364136223846793005ull + 1442695040888963407ull;
+    const bool on = static_cast<double>(x >> 11) * 0x1.0p-53 >= sparsity;
+    flags[static_cast<size_t>(t)] = on ? 1.f : 0.f;
+    if (on) {
+      ++n;
+      pairs += static_cast<double>(t + 1);
+    }
+  }
+  Tensor f = ops.alloc(ops.accum_dtype(), {T});
+  ops.copy(TensorView::contiguous(flags.data(), DType::F32, Device::CPU, {T}), f);
+  Tensor index = ops.alloc(DType::I32, {T}), count = ops.alloc(DType::I32, {1});
+  ops.compact_rows(f, index, count);
+  Tensor q_r = ops.alloc(act, {T, d.n_heads, d.head_dim});
+  ops.gather_rows(q.reshaped({T, d.n_heads * d.head_dim}), index, count, q_r.view.reshaped({T, d.n_heads * d.head_dim}));
+  AttentionSpec routed;
+  routed.q_index = index;
+  routed.q_count = count;
+  AttentionSpec local;
+  local.window = window;
+  Tensor o = ops.alloc(act, {T, d.n_heads, d.head_dim}), o_l = ops.alloc(act, {T, d.n_heads, d.head_dim});
+  Tensor lse = ops.alloc(ops.accum_dtype(), {d.n_heads, T}), lse_l = ops.alloc(ops.accum_dtype(), {d.n_heads, T});
+  Tensor dout = random_tensor(ops, act, {T, d.n_heads, d.head_dim}, "dout");
+  Tensor dq = ops.alloc(act, {T, d.n_heads, d.head_dim}), dq_l = ops.alloc(act, {T, d.n_heads, d.head_dim});
+  Tensor dk = ops.alloc(act, {T, d.n_kv_heads, d.head_dim}), dv = ops.alloc(act, {T, d.n_kv_heads, d.head_dim});
+  const double flops = 4.0 * pairs * d.head_dim * d.n_heads;
+  const double fwd = median_ms(ops, repeats, [&] { ops.attention(q_r, k, v, o, routed); });
+  const double fwd_bwd = median_ms(ops, repeats, [&] {
+    ops.attention_forward_lse(q_r, k, v, o, lse, routed);
+    ops.attention_backward(q_r, k, v, o, lse, dout, dq, dk, dv, routed);
+  });
+  // The whole L2A attention of a layer: window over every token, compaction, routed rows.
+  const double l2a_fwd = median_ms(ops, repeats, [&] {
+    ops.attention(q, k, v, o_l, local);
+    ops.compact_rows(f, index, count);
+    ops.attention(q_r, k, v, o, routed);
+  });
+  const double l2a_fwd_bwd = median_ms(ops, repeats, [&] {
+    ops.attention_forward_lse(q, k, v, o_l, lse_l, local);
+    ops.compact_rows(f, index, count);
+    ops.attention_forward_lse(q_r, k, v, o, lse, routed);
+    ops.attention_backward(q, k, v, o_l, lse_l, dout, dq_l, dk, dv, local);
+    ops.attention_backward(q_r, k, v, o, lse, dout, dq, dk, dv, routed);
+  });
+  nlohmann::json row = {{"mask", "routed"},      {"seq", T},           {"sparsity", sparsity},
+                        {"routed_rows", n},      {"window", window},   {"fwd_ms", fwd},
+                        {"fwd_tflops", flops / fwd / 1e9},             {"fwd_bwd_ms", fwd_bwd},
+                        {"fwd_bwd_tflops", 3.5 * flops / fwd_bwd / 1e9}, {"l2a_fwd_ms", l2a_fwd},
+                        {"l2a_fwd_bwd_ms", l2a_fwd_bwd},              {"impl", "flash"}};
+  if (causal.contains("fwd_ms")) {
+    row["l2a_speedup_fwd"] = causal["fwd_ms"].get<double>() / l2a_fwd;
+    row["l2a_speedup_fwd_bwd"] = causal["fwd_bwd_ms"].get<double>() / l2a_fwd_bwd;
+  }
+  return row;
+}
+
 // One status line, rewritten in place on a terminal; silent when stderr is a file or pipe.
 void progress(const std::string& what) {
   static const bool tty = isatty(STDERR_FILENO);
@@ -92,6 +160,7 @@ void register_profile(CLI::App& app) {
     std::string seqs = "4096";
     int repeats = 5;
     int decode_tokens = 32;
+    std::string sparsities;
     bool skip_model = false;
     std::string json, csv;
   };
@@ -117,6 +186,9 @@ void register_profile(CLI::App& app) {
   cmd->add_option("--decode-tokens", args->decode_tokens, "Tokens decoded per decode measurement")
       ->check(CLI::Range(1, 100000))
       ->capture_default_str();
+  cmd->add_option("--sparsity", args->sparsities,
+                  "Comma-separated L2A sparsities (fraction of tokens NOT routed, e.g. 0.5,0.8,0.9,0.95): adds routed "
+                  "kernel rows (random routing) and the whole L2A attention (window + routed) against causal");
   cmd->add_flag("--kernels-only", args->skip_model, "Only the attention kernels (no model is built)");
   cmd->add_option("--json", args->json, "Write the results as JSON");
   cmd->add_option("--csv", args->csv, "Write the results as CSV");
@@ -197,6 +269,15 @@ void register_profile(CLI::App& app) {
             row["fwd_bwd_tflops"] = 3.5 * flops / fb / 1e9;
             out["kernels"].push_back(row);
           }
+          const nlohmann::json causal = out["kernels"][out["kernels"].size() - windows.size()];
+          for (const auto& sp : split(args->sparsities, ',')) {
+            if (sp.empty()) continue;
+            const double s = std::stod(sp);
+            RT_CHECK(s >= 0 && s <= 1, "--sparsity: expected fractions in [0, 1], found '", sp, "'");
+            progress("kernel routed sparsity " + sp + " T=" + std::to_string(T));
+            out["kernels"].push_back(
+                routed_kernel_row(ops, d, T, s, args->model.window, args->repeats, q, k, v, causal));
+          }
         }
       }
 
@@ -270,13 +351,32 @@ void register_profile(CLI::App& app) {
               << "fwd ms" << std::setw(10) << "TFLOP/s" << std::setw(11) << "impl" << std::setw(11) << "flash ms"
               << std::setw(11) << "cudnn ms" << std::setw(14) << "fwd+bwd ms" << std::setw(10) << "TFLOP/s" << "\n";
     for (const auto& k : out["kernels"]) {
-      const std::string mask = k["mask"] == "window" ? "window " + std::to_string(k["window"].get<int64_t>()) : "causal";
+      const std::string mask = k["mask"] == "window" ? "window " + std::to_string(k["window"].get<int64_t>())
+                               : k["mask"] == "routed" ? "routed " + num(k["sparsity"], 2)
+                                                       : "causal";
       std::cout << std::left << std::setw(16) << mask << std::right << std::setw(8) << k["seq"].get<int64_t>()
                 << std::setw(12) << num(k["fwd_ms"], 3) << std::setw(10) << num(k["fwd_tflops"], 1) << std::setw(11)
                 << k["impl"].get<std::string>() << std::setw(11)
                 << (k.contains("fwd_ms_flash") ? num(k["fwd_ms_flash"], 3) : "-") << std::setw(11)
                 << (k.contains("fwd_ms_cudnn") ? num(k["fwd_ms_cudnn"], 3) : "-") << std::setw(14) << num(k["fwd_bwd_ms"], 3)
                 << std::setw(10) << num(k["fwd_bwd_tflops"], 1) << "\n";
+    }
+    bool any_routed = false;
+    for (const auto& k : out["kernels"]) any_routed = any_routed || k["mask"] == "routed";
+    if (any_routed) {
+      std::cout << "\nL2A attention (window " << args->model.window
+                << " over every token + routed rows) against dense causal attention\n";
+      std::cout << std::left << std::setw(10) << "sparsity" << std::right << std::setw(8) << "seq" << std::setw(10)
+                << "routed" << std::setw(12) << "fwd ms" << std::setw(10) << "speedup" << std::setw(14)
+                << "fwd+bwd ms" << std::setw(10) << "speedup" << "\n";
+      for (const auto& k : out["kernels"]) {
+        if (k["mask"] != "routed") continue;
+        auto get = [&](const char* key, int prec) { return k.contains(key) ? num(k[key], prec) : std::string("-"); };
+        std::cout << std::left << std::setw(10) << num(k["sparsity"], 2) << std::right << std::setw(8)
+                  << k["seq"].get<int64_t>() << std::setw(10) << k["routed_rows"].get<int64_t>() << std::setw(12)
+                  << get("l2a_fwd_ms", 3) << std::setw(10) << get("l2a_speedup_fwd", 2) << std::setw(14)
+                  << get("l2a_fwd_bwd_ms", 3) << std::setw(10) << get("l2a_speedup_fwd_bwd", 2) << "\n";
+      }
     }
     std::cout << "\nBackends\n";
     std::cout << std::left << std::setw(14) << "backend" << std::right << std::setw(8) << "seq" << std::setw(13)

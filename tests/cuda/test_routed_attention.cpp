@@ -75,7 +75,16 @@ struct Gpu {
   }
   std::vector<float> download(const Tensor& t) {
     std::vector<float> out(static_cast<size_t>(t.view.numel()));
-    ops->copy(t, TensorView::contiguous(out.data(), DType::F32, Device::CPU, {t.view.numel()}));
+    TensorView host = t.view;  // same shape, contiguous f32 on the host
+    host = TensorView::contiguous(out.data(), DType::F32, Device::CPU, {t.view.numel()});
+    host.ndim = t.view.ndim;
+    host.shape = t.view.shape;
+    int64_t stride = 1;
+    for (int i = t.view.ndim - 1; i >= 0; --i) {
+      host.stride[i] = stride;
+      stride *= t.view.shape[i];
+    }
+    ops->copy(t, host);
     return out;
   }
   void poison(const Tensor& t) {

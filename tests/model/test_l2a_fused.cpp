@@ -55,10 +55,10 @@ void randomize_routers(rt::test::TrainFixture& f, uint64_t seed) {
   }
 }
 
-std::vector<int32_t> tokens(int64_t T, uint64_t seed) {
+std::vector<int32_t> tokens(int64_t T, uint64_t seed, int64_t vocab) {
   std::mt19937_64 rng(seed);
   std::vector<int32_t> ids(static_cast<size_t>(T));
-  for (auto& t : ids) t = static_cast<int32_t>(rng() % 1000);
+  for (auto& t : ids) t = static_cast<int32_t>(rng() % static_cast<uint64_t>(vocab));
   return ids;
 }
 
@@ -81,7 +81,7 @@ class L2aFused : public ::testing::TestWithParam<std::string> {
 
 TEST_P(L2aFused, InferenceMatchesDense) {
   Pair p(GetParam(), 0.1);
-  const auto ids = tokens(100, 1);
+  const auto ids = tokens(100, 1, p.dense.model->dims().vocab);
   const auto want = rt::test::host_doubles(*p.dense.ops, p.dense.model->forward(ids, nullptr, false));
   const auto got = rt::test::host_doubles(*p.fused.ops, p.fused.model->forward(ids, nullptr, false));
   EXPECT_LT(rel_err(got, want), 2e-2);
@@ -101,7 +101,7 @@ TEST_P(L2aFused, InferenceMatchesDense) {
 
 TEST_P(L2aFused, TrainingWithLeakMatchesDenseEverywhere) {
   Pair p(GetParam(), 1.0);
-  const auto ids = tokens(96, 2);
+  const auto ids = tokens(96, 2, p.dense.model->dims().vocab);
   const auto names = p.dense.model->parameter_names();
   auto gd = rt::test::zero_grads(p.dense, names), gf = rt::test::zero_grads(p.fused, names);
   TrainContext tc;
@@ -117,7 +117,7 @@ TEST_P(L2aFused, TrainingWithLeakMatchesDenseEverywhere) {
 
 TEST_P(L2aFused, TrainingWithoutLeakMatchesDenseOnRoutedPaths) {
   Pair p(GetParam(), 0.0);
-  const auto ids = tokens(96, 3);
+  const auto ids = tokens(96, 3, p.dense.model->dims().vocab);
   const auto names = p.dense.model->parameter_names();
   auto gd = rt::test::zero_grads(p.dense, names), gf = rt::test::zero_grads(p.fused, names);
   TrainContext tc;
@@ -144,7 +144,7 @@ TEST_P(L2aFused, NoTokenRoutedIsTheLocalSublayerOnly) {
   o.set("router", "fixed_rate");
   o.set("sparsity", "1");
   rt::test::TrainFixture fused(kModel, "l2a_fused", o, make_cuda_ops());
-  const auto ids = tokens(50, 4);
+  const auto ids = tokens(50, 4, fused.model->dims().vocab);
   const auto got = rt::test::host_doubles(*fused.ops, fused.model->forward(ids, nullptr, false));
   for (double x : got) ASSERT_TRUE(std::isfinite(x));
   auto g = rt::test::zero_grads(fused, fused.model->parameter_names());
@@ -158,7 +158,7 @@ TEST_P(L2aFused, NoTokenRoutedIsTheLocalSublayerOnly) {
 
 TEST_P(L2aFused, CachedDecodeMatchesFullForward) {
   Pair p(GetParam(), 0.0);
-  const auto ids = tokens(40, 5);
+  const auto ids = tokens(40, 5, p.fused.model->dims().vocab);
   const auto full = rt::test::host_doubles(*p.fused.ops, p.fused.model->forward(ids, nullptr, false));
   const int64_t V = p.fused.model->dims().vocab;
   auto states = p.fused.model->new_states(static_cast<int64_t>(ids.size()));

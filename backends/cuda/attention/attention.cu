@@ -73,7 +73,10 @@ void launch_flash(const TensorView& q, const TensorView& k, const TensorView& v,
   p.Tq = static_cast<int>(s.Tq), p.Tk = static_cast<int>(s.Tk);
   p.Hq = static_cast<int>(s.Hq), p.Hkv = static_cast<int>(s.Hkv);
   p.group = static_cast<int>(s.Hq / s.Hkv);
-  p.num_m_blocks = static_cast<int>((s.Tq + Cfg::kBlockM - 1) / Cfg::kBlockM);
+  // Routed rows stack the query heads of a GQA group into a CTA's rows (one CTA per KV head).
+  const int64_t block_rows = spec.routed() ? s.Tq * (s.Hq / s.Hkv) : s.Tq;
+  RT_CHECK(block_rows <= kMaxInt, "attention (cuda): too many query rows (", block_rows, ")");
+  p.num_m_blocks = static_cast<int>((block_rows + Cfg::kBlockM - 1) / Cfg::kBlockM);
   p.scale_log2 = s.scale * 1.4426950408889634f;
   p.mask = mask_params(spec, s.Tk);
   RT_CHECK(p.num_m_blocks <= 65535, "attention (cuda): Tq = ", s.Tq, " is too long for one launch (max ",
@@ -85,7 +88,8 @@ void launch_flash(const TensorView& q, const TensorView& k, const TensorView& v,
     auto go = [&](auto rows) {
       constexpr auto kernel = attn::flash_fwd_kernel<Cfg, Mask, decltype(rows)>;
       ensure_smem<kernel>(Cfg::kSmemBytes, "cudaFuncSetAttribute (flash forward shared memory)");
-      const dim3 grid(static_cast<unsigned>(s.Hq), static_cast<unsigned>(p.num_m_blocks));
+      const int64_t heads = decltype(rows)::routed ? s.Hkv : s.Hq;
+      const dim3 grid(static_cast<unsigned>(heads), static_cast<unsigned>(p.num_m_blocks));
       kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p);
       check_launch("flash_fwd_kernel");
     };

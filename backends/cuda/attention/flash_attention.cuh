@@ -214,18 +214,25 @@ __global__ void __launch_bounds__(Cfg::kThreads) flash_fwd_kernel(const FwdParam
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int g = lane >> 2, t4 = lane & 3;
-  const int h = blockIdx.x;
+  // Block rows. Dense: one query head per CTA (x = head), row r is query row r. Routed: the query
+  // heads of a GQA group are stacked (x = KV head), row r is query row r / group of head
+  // hk * group + r % group, so one K/V tile serves the whole group and a block's rows span few
+  // positions (ascending in r, as the tile skipping needs).
+  constexpr bool kStack = Rows::routed;
+  const int stack = kStack ? p.group : 1;
+  const int hk = kStack ? static_cast<int>(blockIdx.x) : static_cast<int>(blockIdx.x) / p.group;
+  auto qrow = [&](int r) { return kStack ? r / p.group : r; };
+  auto qhead = [&](int r) { return kStack ? hk * p.group + r % p.group : static_cast<int>(blockIdx.x); };
   const int m_block = p.num_m_blocks - 1 - static_cast<int>(blockIdx.y);
-  const int hk = h / p.group;
   const int m0 = m_block * kBlockM;
   const Rows rows = make_rows<Rows>(p.q_index, p.q_count);
-  const int Tq = rows.active(p.Tq);                 // routed: rows past the count are inactive
-  const int m_end = min(m0 + kBlockM, p.Tq);        // rows of this block, active or not
-  const int m_last = min(m0 + kBlockM, Tq) - 1;     // its last active row (< m0: none)
+  const int Tq = rows.active(p.Tq) * stack;          // routed: rows past the count are inactive
+  const int m_end = min(m0 + kBlockM, p.Tq * stack);  // rows of this block, active or not
+  const int m_last = min(m0 + kBlockM, Tq) - 1;       // its last active row (< m0: none)
 
   const MaskParams& mk = p.mask;
-  const int64_t pos_first = rows.pos(mk, m0);
-  const int64_t pos_last = m_last >= m0 ? rows.pos(mk, m_last) : pos_first;
+  const int64_t pos_first = rows.pos(mk, qrow(m0));
+  const int64_t pos_last = m_last >= m0 ? rows.pos(mk, qrow(m_last)) : pos_first;
   const int n_lo = Mask::key_lo(mk, pos_first), n_hi = Mask::key_hi(mk, pos_last);
   // Tiles inside [full_lo, full_hi) are visible to every row of the block.
   const int full_lo = Mask::key_lo(mk, pos_last), full_hi = Mask::key_hi(mk, pos_first);
@@ -234,16 +241,17 @@ __global__ void __launch_bounds__(Cfg::kThreads) flash_fwd_kernel(const FwdParam
     for (int idx = tid; idx < kBlockM * (kD / 2); idx += kThreads) {
       const int r = idx / (kD / 2), c = idx % (kD / 2);
       if (m0 + r >= m_end) continue;
-      reinterpret_cast<uint32_t*>(p.o + (m0 + r) * p.o_row + static_cast<int64_t>(h) * p.o_head)[c] = 0u;
+      reinterpret_cast<uint32_t*>(p.o + static_cast<int64_t>(qrow(m0 + r)) * p.o_row +
+                                  static_cast<int64_t>(qhead(m0 + r)) * p.o_head)[c] = 0u;
     }
     if (p.lse != nullptr)
-      for (int r = tid; m0 + r < m_end; r += kThreads) p.lse[static_cast<int64_t>(h) * p.Tq + m0 + r] = kInf;
+      for (int r = tid; m0 + r < m_end; r += kThreads)
+        p.lse[static_cast<int64_t>(qhead(m0 + r)) * p.Tq + qrow(m0 + r)] = kInf;
     return;
   }
   const int nb_min = n_lo / kBlockN;
   const int nb_max = (n_hi + kBlockN - 1) / kBlockN;  // exclusive
 
-  const bf16* qbase = p.q + static_cast<int64_t>(h) * p.q_head;
   const bf16* kbase = p.k + static_cast<int64_t>(hk) * p.k_head;
   const bf16* vbase = p.v + static_cast<int64_t>(hk) * p.v_head;
 
@@ -254,7 +262,9 @@ __global__ void __launch_bounds__(Cfg::kThreads) flash_fwd_kernel(const FwdParam
     for (int idx = tid; idx < kBlockM * kChunks; idx += kThreads) {
       const int r = idx / kChunks, c = idx % kChunks;
       const bool ok = m0 + r <= m_last;
-      const bf16* src = ok ? qbase + static_cast<int64_t>(m0 + r) * p.q_row + c * 8 : qbase;
+      const bf16* src = ok ? p.q + static_cast<int64_t>(qrow(m0 + r)) * p.q_row +
+                                 static_cast<int64_t>(qhead(m0 + r)) * p.q_head + c * 8
+                           : p.q;
       cp_async_16(sQ + swz<kD>(r, c), src, ok);
     }
   }
@@ -268,7 +278,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) flash_fwd_kernel(const FwdParam
 #pragma unroll
     for (int hr = 0; hr < 2; ++hr) {
       const int r = m0 + warp * 16 * kMT + mt * 16 + g + hr * 8;
-      const int64_t pos = rows.pos(mk, min(r, m_last));  // rows past the last active one are not stored
+      const int64_t pos = rows.pos(mk, qrow(min(r, m_last)));  // rows past the last active one are not stored
       row_lo[mt][hr] = Mask::key_lo(mk, pos);
       row_hi[mt][hr] = Mask::key_hi(mk, pos);
     }
@@ -410,13 +420,13 @@ __global__ void __launch_bounds__(Cfg::kThreads) flash_fwd_kernel(const FwdParam
       const int r = m0 + warp * 16 * kMT + mt * 16 + g + hr * 8;
       if (r >= m_end) continue;
       const bool active = r <= m_last;  // routed rows past the count: zeros, lse = +inf
-      bf16* dst = p.o + static_cast<int64_t>(r) * p.o_row + static_cast<int64_t>(h) * p.o_head + 2 * t4;
+      bf16* dst = p.o + static_cast<int64_t>(qrow(r)) * p.o_row + static_cast<int64_t>(qhead(r)) * p.o_head + 2 * t4;
 #pragma unroll
       for (int dt = 0; dt < kDT; ++dt)
         *reinterpret_cast<uint32_t*>(dst + dt * 8) =
             active ? pack_bf16(acc[mt][dt][2 * hr] * inv, acc[mt][dt][2 * hr + 1] * inv) : 0u;
       if (p.lse != nullptr && t4 == 0)
-        p.lse[static_cast<int64_t>(h) * p.Tq + r] =
+        p.lse[static_cast<int64_t>(qhead(r)) * p.Tq + qrow(r)] =
             active && sum > 0.f ? row_max[mt][hr] * 0.69314718055994531f + logf(sum) : kInf;
     }
 }

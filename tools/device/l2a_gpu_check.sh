@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# On the GPU machine (device tool), after `source tools/device/unpack.sh`: the CUDA tests of the
+# routed kernels, l2a_fused and the kernels they share, then the benchmarks. Logs and JSON to $OUT.
+#   bash tools/device/l2a_gpu_check.sh tests kernels model train anchors
+# (any subset, in that order). SEQS overrides the kernel sequence lengths.
+set -uo pipefail
+out=${OUT:-/tmp/out}
+mkdir -p "$out"
+has() { [[ " $* " == *" $step "* ]]; }
+nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm --format=csv,noheader | tee "$out/gpu.txt"
+L2A_SET="--set l2a_fused.router=fixed_rate --set l2a_fused.sparsity=0.8 --set l2a_dense.router=fixed_rate --set l2a_dense.sparsity=0.8"
+for step in "$@"; do
+  case $step in
+  tests)
+    : > "$out/tests.txt"
+    for t in test_routed_attention test_l2a_fused test_flash_attention test_attention_backward test_cuda_training_ops \
+             test_cuda_model test_dense_attention test_cuda_ops test_l2a_reference; do
+      filter='*'
+      [[ $t == test_l2a_reference ]] && filter='*Cuda*'
+      timeout 300 build/bin/$t --gtest_brief=1 --gtest_filter="$filter" > /tmp/$t.log 2>&1
+      echo "$t rc=$? $(grep -E '^\[  (PASSED|FAILED)' /tmp/$t.log | tr '\n' ' ')" | tee -a "$out/tests.txt"
+      grep -B3 -A12 "Failure" /tmp/$t.log | head -60 >> "$out/tests.txt"
+    done
+    timeout 300 build/bin/test_cli_train --gtest_brief=1 --gtest_filter='*Cuda*:*Gpu*:*GPU*' > /tmp/cli.log 2>&1
+    echo "test_cli_train (GPU) rc=$? $(grep -E '^\[  (PASSED|FAILED)' /tmp/cli.log | tr '\n' ' ')" | tee -a "$out/tests.txt"
+    grep -B3 -A12 "Failure" /tmp/cli.log | head -40 >> "$out/tests.txt"
+    ;;
+  kernels)
+    timeout 300 build/bin/runtime profile --attention full_causal --model qwen2.5-0.5b --init random --window 2048 \
+      --seq ${SEQS:-16384,32768,65536,131072} --sparsity 0.5,0.8,0.9,0.95 --device cuda --kernels-only --repeats 5 \
+      --json "$out/kernels_0.5b.json" > "$out/kernels_0.5b.txt" 2>&1
+    timeout 200 build/bin/runtime profile --attention full_causal --model qwen2.5-1.5b --init random --window 2048 \
+      --seq 16384,32768,65536 --sparsity 0.8 --device cuda --kernels-only --repeats 5 \
+      --json "$out/kernels_1.5b.json" > "$out/kernels_1.5b.txt" 2>&1
+    cat "$out/kernels_0.5b.txt" "$out/kernels_1.5b.txt"
+    ;;
+  model)
+    timeout 300 build/bin/runtime profile --attention full_causal,l2a_fused --model qwen2.5-0.5b --init random \
+      --window 2048 --seq 16384,32768 --device cuda --decode-tokens 16 --repeats 3 $L2A_SET \
+      --json "$out/model_0.5b.json" > "$out/model_0.5b.txt" 2>&1
+    timeout 200 build/bin/runtime profile --attention l2a_dense,l2a_fused --model qwen2.5-0.5b --init random \
+      --window 2048 --seq 16384 --device cuda --decode-tokens 4 --repeats 2 $L2A_SET \
+      --json "$out/model_dense_0.5b.json" > "$out/model_dense_0.5b.txt" 2>&1
+    tail -8 "$out/model_0.5b.txt"; tail -4 "$out/model_dense_0.5b.txt"
+    ;;
+  train)
+    timeout 400 python3 tools/bench_train.py --seq 16384,32768 --steps 3 \
+      --cases full_causal:attention,l2a_fused:attention,l2a_fused:router_only \
+      --l2a-set router=fixed_rate --l2a-set sparsity=0.8 --json "$out/train.json" 2>&1 | tail -12
+    ;;
+  anchors)
+    timeout 420 python3 tools/bench_anchors.py --anchors-dir .anchors/l2a_official --skip-hf \
+      --json "$out/anchors.json" > "$out/anchors.txt" 2>&1
+    tail -60 "$out/anchors.txt"
+    ;;
+  esac
+done
