@@ -84,7 +84,7 @@ __global__ void embedding_backward_chunk_kernel(const uint32_t* keys, const int3
   __shared__ uint32_t key[kChunk + 2];
   __shared__ int64_t row[kChunk];  // dout offsets of the chunk's rows, in sorted order
   const int64_t s0 = static_cast<int64_t>(blockIdx.x) * kChunk;
-  const int n = static_cast<int>(min<int64_t>(kChunk, T - s0));
+  const int n = static_cast<int>(T - s0 < kChunk ? T - s0 : kChunk);
   for (int i = threadIdx.x; i < n + 2; i += blockDim.x) {
     const int64_t s = s0 - 1 + i;
     key[i] = s >= 0 && s < T ? keys[s] : UINT32_MAX;
@@ -115,7 +115,7 @@ __global__ void embedding_backward_chunk_kernel(const uint32_t* keys, const int3
 // (if there is one), in chunk order, into its dtable row.
 __global__ void embedding_backward_carry_kernel(const uint32_t* keys, int64_t T, float* dtable, int64_t table_stride,
                                                 uint32_t vocab, int64_t d, const float* partials) {
-  const int64_t c = blockIdx.x, s0 = c * kChunk, s1 = min<int64_t>(T, s0 + kChunk);
+  const int64_t c = blockIdx.x, s0 = c * kChunk, s1 = s0 + kChunk < T ? s0 + kChunk : T;
   const uint32_t k = keys[s1 - 1];
   // The chunk's last piece must continue into the next chunk and start in this one (sorted keys:
   // the chunk is not all one key continuing from before).

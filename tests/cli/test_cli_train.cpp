@@ -1,7 +1,9 @@
 // `runtime train` and `runtime sparsity` end to end on the tiny fixtures of
 // tools/make_l2a_fixtures.py: the loss curve of a 50-step run against the same training in
-// PyTorch, bit-identical resume, the exported model loading back, the tokens-per-parameter
-// warning, the sparsity report, and the training command's error paths.
+// PyTorch, bit-identical resume (on the CPU, and with --device cuda where there is a GPU), the
+// exported model loading back, the tokens-per-parameter warning, the sparsity report, and the
+// training command's error paths.
+#include <cmath>
 #include <fstream>
 #include <sstream>
 
@@ -129,6 +131,145 @@ TEST(TrainResume, BitIdentical) {
   EXPECT_GE(rep["sparsity"].get<double>(), 0.0);
   EXPECT_LE(rep["sparsity"].get<double>(), 1.0);
   EXPECT_EQ(rep["heatmap"].size(), 2u);
+}
+
+// ---- the same resume check on the GPU ---------------------------------------------------------
+// Why --device cuda cannot run here (no GPU, or a binary without the CUDA backend: the runtime's
+// own "--device cuda: ..." message), or empty when it can. Asked once, of the runtime itself, so
+// this file needs no CUDA. Any other failure of the probe is left to the tests to report.
+const std::string& cuda_unavailable() {
+  static const std::string reason = [] {
+    TempDir tmp("rt_cuda_probe");
+    const auto r = run_runtime({"logits", "--model", (l2a_dir() / "base").string(), "--ids", "1,2,3", "--device",
+                                "cuda", "--out", (tmp / "probe.npy").string()});
+    const size_t at = r.err.find("--device cuda:");
+    if (r.ok() || at == std::string::npos) return std::string();
+    return r.err.substr(at, r.err.find('\n', at) - at);
+  }();
+  return reason;
+}
+
+#define SKIP_WITHOUT_CUDA_DEVICE()                                  \
+  do {                                                              \
+    if (!cuda_unavailable().empty()) GTEST_SKIP() << cuda_unavailable(); \
+  } while (0)
+
+// Regime "full": every parameter trains, the embedding's gradient included (its scatter of
+// repeated token ids is where an atomicAdd would make the GPU run irreproducible).
+const char* kFullConfig = R"([train]
+regime = "full"
+seq_len = 24
+batch_size = 2
+lr = 3e-3
+warmup_steps = 2
+seed = 5
+shuffle = true
+checkpoint_every = 2
+)";
+
+// A tiny Qwen2 with head dim 64, the GPU's tensor-core attention path (the fixtures' head dim is
+// 16, which runs the exact f32 kernels): weights from --init random.
+const char* kHeadDim64Config = R"({
+  "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu",
+  "hidden_size": 128, "intermediate_size": 96, "num_attention_heads": 2, "num_key_value_heads": 1,
+  "num_hidden_layers": 2, "layer_types": ["full_attention", "full_attention"], "max_position_embeddings": 128,
+  "max_window_layers": 2, "rms_norm_eps": 1e-06, "rope_theta": 10000.0, "sliding_window": null,
+  "use_sliding_window": false, "tie_word_embeddings": false, "vocab_size": 256, "bos_token_id": 0,
+  "eos_token_id": 1, "dtype": "float32"
+})";
+
+// `steps` in one go versus --stop-at `stop` then --resume, with `args` (the model, attention and
+// config; --data, --steps, --out, --quiet and --device cuda are added here): every metric of every
+// step identical (timings and peak memory aside) and the exported weights byte for byte.
+void expect_cuda_resume_bit_identical(const TempDir& tmp, const std::vector<std::string>& args, int steps, int stop) {
+  auto run = [&](const std::string& out, std::initializer_list<const char*> extra) {
+    std::vector<std::string> a = {"train"};
+    a.insert(a.end(), args.begin(), args.end());
+    for (const char* x : {"--device", "cuda", "--quiet", "--data"}) a.push_back(x);
+    a.push_back((l2a_dir() / "tokens.bin").string());
+    a.push_back("--steps");
+    a.push_back(std::to_string(steps));
+    a.push_back("--out");
+    a.push_back((tmp / out).string());
+    a.insert(a.end(), extra.begin(), extra.end());
+    return run_runtime(a, 300);
+  };
+  const auto a = run("full", {});
+  ASSERT_TRUE(a.ok()) << a.describe();
+  const std::string stop_at = std::to_string(stop);
+  const auto b1 = run("split", {"--stop-at", stop_at.c_str()});
+  ASSERT_TRUE(b1.ok()) << b1.describe();
+  EXPECT_FALSE(fs::exists(tmp / "split" / "model")) << "an interrupted run must not export";
+  const auto b2 = run("split", {"--resume"});
+  ASSERT_TRUE(b2.ok()) << b2.describe();
+  const auto full = metrics(tmp / "full"), split = metrics(tmp / "split");
+  ASSERT_EQ(full.size(), static_cast<size_t>(steps));
+  ASSERT_EQ(split.size(), static_cast<size_t>(steps));
+  // It ran on the device: only a device reports its peak memory.
+  EXPECT_TRUE(full[0].contains("peak_mem_bytes")) << full[0].dump();
+  for (size_t i = 0; i < full.size(); ++i) {
+    json f = full[i], s = split[i];
+    for (const char* k : {"tokens_per_s", "step_seconds", "peak_mem_bytes"}) {
+      f.erase(k);
+      s.erase(k);
+    }
+    EXPECT_EQ(f, s) << "step " << i + 1 << (i + 1 > static_cast<size_t>(stop) ? " (resumed)" : "")
+                    << "\n  uninterrupted: " << f.dump() << "\n  resumed:       " << s.dump();
+  }
+  EXPECT_TRUE(std::isfinite(full.back()["loss"].get<double>())) << full.back().dump();
+  ASSERT_TRUE(fs::exists(tmp / "full" / "model" / "model.safetensors"));
+  EXPECT_TRUE(read_text(tmp / "full" / "model" / "model.safetensors") ==
+              read_text(tmp / "split" / "model" / "model.safetensors"))
+      << "the exported weights differ";
+}
+
+// full_causal, every parameter trained (regime full), on the fixture's base model.
+TEST(TrainResumeCuda, FullCausalBitIdentical) {
+  ASSERT_TRUE(runtime_available());
+  SKIP_WITHOUT_CUDA_DEVICE();
+  TempDir tmp;
+  write_text(tmp / "full.toml", kFullConfig);
+  expect_cuda_resume_bit_identical(
+      tmp, {"--model", (l2a_dir() / "base").string(), "--attention", "full_causal", "--config", (tmp / "full.toml").string()},
+      6, 3);
+}
+
+// l2a_fused with the options of the CPU test above (paper layout, window 8, regime attention,
+// the ramped sparsity regularizer; the leak draws are a function of the step, so they replay).
+TEST(TrainResumeCuda, L2aFusedBitIdentical) {
+  ASSERT_TRUE(runtime_available());
+  SKIP_WITHOUT_CUDA_DEVICE();
+  TempDir tmp;
+  write_text(tmp / "l2a.toml", kL2aConfig);
+  expect_cuda_resume_bit_identical(
+      tmp, {"--model", (l2a_dir() / "paper").string(), "--attention", "l2a_fused", "--config", (tmp / "l2a.toml").string()},
+      6, 3);
+  const auto m = metrics(tmp / "split");
+  ASSERT_FALSE(m.empty());
+  EXPECT_FALSE(m.back()["sparsity"].is_null()) << m.back().dump();
+  EXPECT_GT(m.back()["reg_loss"].get<double>(), 0.0) << m.back().dump();
+}
+
+// Head dim 64 (bf16 tensor-core attention kernels, forward and backward), both backends. Where
+// the dispatcher may also pick cuDNN SDPA for a shape, the pick and cuDNN's backward must not
+// make the resumed run differ either.
+TEST(TrainResumeCuda, HeadDim64BitIdentical) {
+  ASSERT_TRUE(runtime_available());
+  SKIP_WITHOUT_CUDA_DEVICE();
+  TempDir tmp;
+  fs::create_directories(tmp / "d64");
+  write_text(tmp / "d64" / "config.json", kHeadDim64Config);
+  write_text(tmp / "full.toml", kFullConfig);
+  write_text(tmp / "l2a.toml", kL2aConfig);
+  for (const char* attention : {"full_causal", "l2a_fused"}) {
+    SCOPED_TRACE(attention);
+    TempDir runs(std::string("rt_cli_test_") + attention);
+    const bool l2a = std::string(attention) == "l2a_fused";
+    expect_cuda_resume_bit_identical(runs,
+                                     {"--model", (tmp / "d64").string(), "--init", "random", "--seed", "3",
+                                      "--attention", attention, "--config", (tmp / (l2a ? "l2a.toml" : "full.toml")).string()},
+                                     6, 3);
+  }
 }
 
 // A budget of fewer training tokens than trainable parameters is announced loudly.

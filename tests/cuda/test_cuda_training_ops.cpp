@@ -469,6 +469,168 @@ TEST_F(TrainingOpsTest, EmbeddingBackwardBadIds) {
   EXPECT_NE(got[5 * d], 0.f);
 }
 
+// The deterministic embedding backward (sorted ids, runs summed in position order, chunk-crossing
+// runs combined in chunk order) against the CPU backend. fp32 sums in another order: each element
+// within 1e-6 of the sum of the magnitudes that went into it (|initial| + sum |dout|), far below
+// one dout row (a dropped or doubled row is off by ~1) and above the rounding of a few thousand
+// fp32 additions. Repeats from a vocabulary of 7 (runs of hundreds of rows, crossing many chunks),
+// every id equal, distinct ids (a run of one: the result is exactly initial + dout), lengths around
+// the chunk size (32) and a large one; ids on the device and on the host.
+std::vector<float> embedding_magnitudes(const std::vector<int32_t>& ids, const std::vector<float>& dout,
+                                        const std::vector<float>& t0, int64_t d) {
+  std::vector<double> m(t0.size());
+  for (size_t i = 0; i < t0.size(); ++i) m[i] = std::fabs(t0[i]);
+  for (size_t t = 0; t < ids.size(); ++t)
+    for (int64_t c = 0; c < d; ++c)
+      m[static_cast<size_t>(ids[t] * d + c)] += std::fabs(dout[t * static_cast<size_t>(d) + static_cast<size_t>(c)]);
+  return std::vector<float>(m.begin(), m.end());
+}
+
+void expect_embedding_close(const std::vector<float>& got, const std::vector<float>& want,
+                            const std::vector<float>& mag, const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  size_t bad = 0, first = 0;
+  double worst = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double e = std::fabs(static_cast<double>(got[i]) - want[i]);
+    if (!(e <= 1e-6 * mag[i])) {  // NaN fails too
+      if (bad++ == 0) first = i;
+    }
+    if (mag[i] > 0) worst = std::max(worst, e / mag[i]);
+  }
+  EXPECT_EQ(bad, 0u) << what << ": " << bad << " elements off; first at " << first << ": got " << got[first]
+                     << ", want " << want[first] << " (magnitude " << mag[first] << ")";
+  EXPECT_LT(worst, 1e-6) << what;
+}
+
+TEST_F(TrainingOpsTest, EmbeddingBackwardRepeatsAndDistinct) {
+  enum class Ids { Vocab7, AllEqual, Distinct };
+  const int64_t V = 5000;
+  uint64_t seed = 7000;
+  for (Ids kind : {Ids::Vocab7, Ids::AllEqual, Ids::Distinct})
+    for (int64_t T : {1, 31, 32, 33, 64, 100, 1000, 4096})
+      for (DType dt : {DType::F32, DType::BF16})
+        for (int64_t d : {64, 896}) {
+          if (d == 896 && T < 1000) continue;
+          const char* name = kind == Ids::Vocab7 ? "vocab 7" : kind == Ids::AllEqual ? "all equal" : "distinct";
+          SCOPED_TRACE(std::string(name) + " dout " + dts(dt) + " T " + std::to_string(T) + " d " + std::to_string(d));
+          std::mt19937_64 rng(++seed);
+          std::vector<int32_t> ids(static_cast<size_t>(T));
+          if (kind == Ids::Distinct) {
+            std::vector<int32_t> perm(static_cast<size_t>(V));
+            for (size_t i = 0; i < perm.size(); ++i) perm[i] = static_cast<int32_t>(i);
+            std::shuffle(perm.begin(), perm.end(), rng);
+            std::copy(perm.begin(), perm.begin() + T, ids.begin());
+          } else {
+            // Vocabulary of 7 spread over the table (its last row included); all equal: row 1234.
+            const int32_t seven[] = {0, 3, 17, 1234, 2500, 4000, static_cast<int32_t>(V - 1)};
+            for (int32_t& id : ids) id = kind == Ids::AllEqual ? 1234 : seven[rng() % 7];
+          }
+          const std::vector<float> dout = randn({T, d}, ++seed), t0 = randn({V, d}, ++seed, 0.5f);
+          Tensor ct = host(t0, {V, d});
+          cpu->embedding_backward(host_ids(ids), host(dout, {T, d}, dt), ct);
+          const std::vector<float> want = vals(ct);
+          const std::vector<float> mag = embedding_magnitudes(ids, rounded(dout, dt), t0, d);
+          Tensor gdout = dev(dout, dt, {T, d});
+          {
+            Tensor gt = dev(t0, DType::F32, {V, d});
+            gpu->embedding_backward(dev_ids(ids), gdout, gt);
+            const std::vector<float> got = down(gt);
+            expect_embedding_close(got, want, mag, "dtable (device ids)");
+            if (kind == Ids::Distinct)  // one addition per element on both sides: the same bits
+              EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0);
+          }
+          {
+            Tensor gt = dev(t0, DType::F32, {V, d});
+            gpu->embedding_backward(host_ids(ids), gdout, gt);
+            expect_embedding_close(down(gt), want, mag, "dtable (host ids)");
+          }
+        }
+}
+
+// No ids: nothing is added (and nothing is launched on an empty sort).
+TEST_F(TrainingOpsTest, EmbeddingBackwardNoIds) {
+  const int64_t V = 10, d = 64;
+  const std::vector<float> t0 = randn({V, d}, 1);
+  std::vector<int32_t> ids;
+  Tensor gdout = alloc(*gpu, DType::BF16, {0, d});
+  Tensor gt = dev(t0, DType::F32, {V, d});
+  gpu->embedding_backward(dev_ids(ids), gdout, gt);
+  gpu->embedding_backward(host_ids(ids), gdout, gt);
+  const std::vector<float> got = down(gt);
+  EXPECT_EQ(std::memcmp(got.data(), t0.data(), got.size() * sizeof(float)), 0);
+}
+
+// Bit-reproducible: the same call twice on freshly zeroed gradients gives the same bits, with
+// heavy repeats (every run crosses many chunks) and T = 4096 (an atomicAdd scatter differs here
+// from run to run).
+TEST_F(TrainingOpsTest, EmbeddingBackwardDeterministic) {
+  const int64_t V = 1000, T = 4096;
+  uint64_t seed = 8000;
+  for (DType dt : {DType::F32, DType::BF16})
+    for (int64_t d : {64, 896})
+      for (int64_t distinct : {1, 7, 300}) {
+        SCOPED_TRACE("dout " + dts(dt) + " d " + std::to_string(d) + " distinct ids " + std::to_string(distinct));
+        std::mt19937_64 rng(++seed);
+        std::vector<int32_t> ids(static_cast<size_t>(T));
+        for (int32_t& id : ids) id = static_cast<int32_t>((rng() % static_cast<uint64_t>(distinct)) * 3 % V);
+        Tensor gdout = dev(randn({T, d}, ++seed), dt, {T, d});
+        Tensor gids = dev_ids(ids);
+        std::vector<float> first;
+        for (int run = 0; run < 3; ++run) {
+          Tensor gt = alloc(*gpu, DType::F32, {V, d});
+          gpu->fill(gt, 0.f);
+          gpu->embedding_backward(gids, gdout, gt);
+          const std::vector<float> got = down(gt);
+          if (run == 0) {
+            first = got;
+            continue;
+          }
+          size_t diff = 0;
+          for (size_t i = 0; i < got.size(); ++i) diff += std::memcmp(&got[i], &first[i], sizeof(float)) != 0;
+          EXPECT_EQ(diff, 0u) << "run " << run << ": " << diff << " of " << got.size() << " elements differ in bits";
+        }
+      }
+}
+
+// Bad device ids among heavy repeats: reported once with the op's message, their rows dropped,
+// every good row still summed as the CPU sums the good ids alone.
+TEST_F(TrainingOpsTest, EmbeddingBackwardBadIdsAmongRepeats) {
+  const int64_t V = 50, d = 64, T = 300;
+  std::mt19937_64 rng(9);
+  std::vector<int32_t> ids(static_cast<size_t>(T));
+  for (int32_t& id : ids) id = static_cast<int32_t>(rng() % 7);
+  for (size_t p : {0, 31, 32, 100, 299}) ids[p] = p % 2 ? -1 : static_cast<int32_t>(V);
+  const std::vector<float> dout = randn({T, d}, 10), t0 = randn({V, d}, 11, 0.5f);
+  std::vector<int32_t> good_ids;
+  std::vector<float> good_dout;
+  for (int64_t t = 0; t < T; ++t) {
+    const int32_t id = ids[static_cast<size_t>(t)];
+    if (id < 0 || id >= V) continue;
+    good_ids.push_back(id);
+    good_dout.insert(good_dout.end(), dout.begin() + t * d, dout.begin() + (t + 1) * d);
+  }
+  const int64_t G = static_cast<int64_t>(good_ids.size());
+  Tensor ct = host(t0, {V, d});
+  cpu->embedding_backward(host_ids(good_ids), host(good_dout, {G, d}), ct);
+
+  Tensor gt = dev(t0, DType::F32, {V, d});
+  Tensor gdout = dev(dout, DType::F32, {T, d});
+  EXPECT_THROW(gpu->embedding_backward(host_ids(ids), gdout, gt), rt::Error);  // checked before any work
+  try {
+    gpu->embedding_backward(dev_ids(ids), gdout, gt);
+    gpu->synchronize();
+    ADD_FAILURE() << "bad device ids were not reported";
+  } catch (const rt::Error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("embedding_backward: token id "), std::string::npos) << m;
+    EXPECT_NE(m.find("out of range for a vocabulary of size 50"), std::string::npos) << m;
+    EXPECT_NE(m.find("that row's gradient was dropped"), std::string::npos) << m;
+  }
+  gpu->synchronize();  // reported once
+  expect_embedding_close(down(gt), vals(ct), embedding_magnitudes(good_ids, good_dout, t0, d), "dtable");
+}
+
 // ---- lm_head_cross_entropy ---------------------------------------------------------------------
 
 struct ChunkRows {  // forces lm_head_cross_entropy's chunk size for one scope

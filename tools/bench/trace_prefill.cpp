@@ -4,6 +4,9 @@
 // around them, and the time per kernel name. For the question "the prefill takes longer than the
 // sum of its ops: is the GPU idle (waiting on the host) or are the kernels slower in place?".
 //   build/bin/trace_prefill [T=32768] [config=configs/models/qwen2.5-0.5b.json] [attention=full_causal]
+//       [key=value ...]        plugin options, e.g. window=2048 router=fixed_rate sparsity=0.8
+// TRACE_TRAIN=1 traces one training step (forward + backward, the attention regime's gradients)
+// instead of a prefill.
 #include <cupti.h>
 #include <unistd.h>
 
@@ -18,6 +21,7 @@
 
 #include "cuda/cuda_ops.h"
 #include "loader/hf_config.h"
+#include "model/model_dims.h"
 #include "model/qwen2_model.h"
 #include "plugin_host/plugin_registry.h"
 
@@ -84,13 +88,50 @@ int main(int argc, char** argv) {
   rt::PluginRegistry reg;
   reg.scan_directory(std::filesystem::read_symlink("/proc/self/exe").parent_path());
   auto attention = reg.create_attention(backend, rt::Device::CUDA);
-  attention->configure(rt::Options{}, rt::ModelDims{});
-  rt::Qwen2Model model(rt::parse_hf_config(config), *ops, *attention);
+  rt::Options options;
+  for (int i = 4; i < argc; ++i) {
+    const std::string kv = argv[i];
+    const size_t eq = kv.find('=');
+    if (eq == std::string::npos) {
+      std::fprintf(stderr, "expected key=value, found '%s'\n", argv[i]);
+      return 2;
+    }
+    options.set(kv.substr(0, eq), kv.substr(eq + 1));
+  }
+  const rt::HfConfig cfg = rt::parse_hf_config(config);
+  rt::RouterPtr router;
+  if (attention->capabilities().router) {
+    router = reg.create_router(options.get_string("router", "linear_sigmoid"));
+    attention->attach_router(router.get());
+  }
+  attention->configure(options, rt::dims_from_config(cfg));
+  rt::Qwen2Model model(cfg, *ops, *attention);
   model.init_random(0);
   std::vector<int32_t> ids(static_cast<size_t>(T));
   for (int64_t t = 0; t < T; ++t) ids[t] = static_cast<int32_t>((t * 7919 + 17) % model.dims().vocab);
+  const char* train_env = std::getenv("TRACE_TRAIN");
+  const bool train = train_env != nullptr && *train_env != 0 && std::string(train_env) != "0";
+  rt::Qwen2Model::GradMap grads;  // the attention regime's: attention weights, norms, routers
+  for (const auto& n : model.parameter_names()) {
+    if (n.find("attn") == std::string::npos && n.find("norm") == std::string::npos &&
+        n.find("router") == std::string::npos)
+      continue;
+    const rt::TensorView p = model.parameter(n);
+    rt::Tensor g = p.ndim == 1 ? ops->alloc(rt::DType::F32, {p.shape[0]}) : ops->alloc(rt::DType::F32, {p.shape[0], p.shape[1]});
+    ops->fill(g, 0.f);
+    grads[n] = g;
+  }
+  rt::Tensor lm = ops->alloc(rt::DType::F32, {1});
+  auto run = [&] {
+      if (!train) {
+      model.forward(ids, nullptr, true);
+      return;
+    }
+    rt::TrainContext tc;
+    model.train_sequence(ids, tc, grads, false, lm);
+  };
 
-  for (int i = 0; i < 2; ++i) model.forward(ids, nullptr, true);  // warm-up (per-shape choices, pool)
+  for (int i = 0; i < 2; ++i) run();  // warm-up (per-shape choices, pool)
   ops->synchronize();
   cupti_ok(cuptiActivityRegisterCallbacks(buffer_requested, buffer_completed), "register callbacks");
   cupti_ok(cuptiActivityEnable(CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL), "enable kernels");
@@ -100,14 +141,14 @@ int main(int argc, char** argv) {
   cupti_ok(cuptiActivityEnable(CUPTI_ACTIVITY_KIND_DRIVER), "enable driver API");
   // One traced forward first, thrown away: CUPTI's first records (buffer requests, its own
   // setup) stall the host for ~10 ms, which would otherwise show up as an idle gap.
-  model.forward(ids, nullptr, true);
+  run();
   ops->synchronize();
   cupti_ok(cuptiActivityFlushAll(1), "flush");
   g_acts.clear();
   g_api.clear();
   uint64_t host_t0 = 0, host_ret = 0, host_done = 0;
   cupti_ok(cuptiGetTimestamp(&host_t0), "timestamp");
-  model.forward(ids, nullptr, true);
+  run();
   cupti_ok(cuptiGetTimestamp(&host_ret), "timestamp");
   ops->synchronize();
   cupti_ok(cuptiGetTimestamp(&host_done), "timestamp");

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # On the GPU machine (device tool), after `source tools/device/unpack.sh`: the CUDA tests of the
 # routed kernels, l2a_fused and the kernels they share, then the benchmarks. Logs and JSON to $OUT.
-#   bash tools/device/l2a_gpu_check.sh tests kernels model train anchors
+#   bash tools/device/l2a_gpu_check.sh tests kernels model train trace anchors
 # (any subset, in that order). SEQS overrides the kernel sequence lengths.
 set -uo pipefail
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
 has() { [[ " $* " == *" $step "* ]]; }
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm --format=csv,noheader | tee "$out/gpu.txt"
-L2A_SET="--set l2a_fused.router=fixed_rate --set l2a_fused.sparsity=0.8 --set l2a_dense.router=fixed_rate --set l2a_dense.sparsity=0.8"
+FUSED_SET="--set l2a_fused.router=fixed_rate --set l2a_fused.sparsity=0.8"
+DENSE_SET="--set l2a_dense.router=fixed_rate --set l2a_dense.sparsity=0.8"
 for step in "$@"; do
   case $step in
   tests)
@@ -36,10 +37,10 @@ for step in "$@"; do
     ;;
   model)
     timeout 300 build/bin/runtime profile --attention full_causal,l2a_fused --model qwen2.5-0.5b --init random \
-      --window 2048 --seq 16384,32768 --device cuda --decode-tokens 16 --repeats 3 $L2A_SET \
+      --window 2048 --seq 16384,32768 --device cuda --decode-tokens 16 --repeats 3 $FUSED_SET \
       --json "$out/model_0.5b.json" > "$out/model_0.5b.txt" 2>&1
     timeout 200 build/bin/runtime profile --attention l2a_dense,l2a_fused --model qwen2.5-0.5b --init random \
-      --window 2048 --seq 16384 --device cuda --decode-tokens 4 --repeats 2 $L2A_SET \
+      --window 2048 --seq 16384 --device cuda --decode-tokens 4 --repeats 2 $FUSED_SET $DENSE_SET \
       --json "$out/model_dense_0.5b.json" > "$out/model_dense_0.5b.txt" 2>&1
     tail -8 "$out/model_0.5b.txt"; tail -4 "$out/model_dense_0.5b.txt"
     ;;
@@ -47,6 +48,15 @@ for step in "$@"; do
     timeout 400 python3 tools/bench_train.py --seq 16384,32768 --steps 3 \
       --cases full_causal:attention,l2a_fused:attention,l2a_fused:router_only \
       --l2a-set router=fixed_rate --l2a-set sparsity=0.8 --json "$out/train.json" 2>&1 | tail -12
+    ;;
+  trace)
+    for mode in "" 1; do
+      for b in "full_causal" "l2a_fused window=2048 router=fixed_rate sparsity=0.8"; do
+        echo "== trace ${mode:+train }$b"
+        TRACE_TRAIN=$mode timeout 120 build/bin/trace_prefill 32768 configs/models/qwen2.5-0.5b.json $b 2>&1 | head -45
+      done
+    done > "$out/trace.txt"
+    cat "$out/trace.txt" | cut -c1-150
     ;;
   anchors)
     timeout 420 python3 tools/bench_anchors.py --anchors-dir .anchors/l2a_official --skip-hf \
