@@ -90,7 +90,10 @@ void AttentionDispatch::forward_lse(TensorView q, TensorView k, TensorView v, Te
   bool cudnn = cudnn_candidate(q, impl) && o.is_contiguous() && cudnn_sdpa_supported(q, k, v, spec, true);
   auto flash = [&] { attention_forward_lse(q, k, v, o, lse, spec, stream); };
   auto cud = [&] { cudnn_sdpa_forward(q, k, v, o, spec, stream, lse); };
-  if (cudnn && impl == Impl::Auto) cudnn = pick_cudnn(key_of(1, q, k, spec), flash, cud, stream);
+  // Training: a fixed rule when deterministic (see attention_deterministic), so a resumed run
+  // picks what the first one did.
+  if (cudnn && impl == Impl::Auto && !attention_deterministic())
+    cudnn = pick_cudnn(key_of(1, q, k, spec), flash, cud, stream);
   if (cudnn) cud();
   else flash();
   last_ = cudnn ? "cudnn" : "flash";
@@ -104,7 +107,8 @@ void AttentionDispatch::backward(TensorView q, TensorView k, TensorView v, Tenso
                dk.is_contiguous() && dv.is_contiguous() && cudnn_sdpa_backward_supported(q, k, v, spec);
   auto flash = [&] { attention_backward(q, k, v, o, lse, dout, dq, dk, dv, spec, stream); };
   auto cud = [&] { cudnn_sdpa_backward(q, k, v, o, lse, dout, dq, dk, dv, spec, stream); };
-  if (cudnn && impl == Impl::Auto) cudnn = pick_cudnn(key_of(2, q, k, spec), flash, cud, stream);
+  if (cudnn && impl == Impl::Auto && !attention_deterministic())
+    cudnn = pick_cudnn(key_of(2, q, k, spec), flash, cud, stream);
   if (cudnn) cud();
   else flash();
 }

@@ -95,7 +95,8 @@ struct EmbeddingError {
 // may be null to skip the record) or on the host (checked here before upload, throwing at once).
 void embedding_forward(TensorView table, TensorView ids, TensorView out, EmbeddingError* err,
                        cudaStream_t stream);
-// dtable[ids[t], :] += dout[t, :] (f32 dtable, atomicAdd: repeated ids sum, in no fixed order).
+// dtable[ids[t], :] += dout[t, :] (f32 dtable; repeated ids sum in position order: a stable sort by
+// id, then one block per row, no atomics, so the result is the same bits on every run).
 // ids as for embedding_forward (device ids checked into `err`, flag kErrEmbeddingBackward).
 void embedding_backward(TensorView ids, TensorView dout, TensorView dtable, EmbeddingError* err,
                         cudaStream_t stream);

@@ -10,9 +10,11 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <iostream>
 #include <limits>
 #include <memory>
 #include <random>
@@ -546,6 +548,33 @@ TEST_F(TrainingOpsTest, EmbeddingBackwardRepeatsAndDistinct) {
             expect_embedding_close(down(gt), want, mag, "dtable (host ids)");
           }
         }
+}
+
+// A training-sized call: T = 32768 tokens of width 896 (Qwen2.5-0.5B), ids with a text-like skew
+// (a few very frequent ids, runs of thousands of rows, and a long tail), against the CPU. Prints
+// the call's time (after a warm-up call) for reference.
+TEST_F(TrainingOpsTest, EmbeddingBackwardLarge) {
+  const int64_t V = 8192, d = 896, T = 32768;
+  std::mt19937_64 rng(77);
+  std::vector<int32_t> ids(static_cast<size_t>(T));
+  for (int32_t& id : ids) {
+    const uint64_t r = rng() % 100;  // 30%: 4 ids; 30%: 64 ids; 40%: anywhere
+    id = static_cast<int32_t>(r < 30 ? rng() % 4 : r < 60 ? 100 + rng() % 64 : rng() % static_cast<uint64_t>(V));
+  }
+  const std::vector<float> dout = randn({T, d}, 78), t0 = randn({V, d}, 79, 0.5f);
+  Tensor ct = host(t0, {V, d});
+  cpu->embedding_backward(host_ids(ids), host(dout, {T, d}, DType::BF16), ct);
+  Tensor gdout = dev(dout, DType::BF16, {T, d});
+  Tensor gids = dev_ids(ids);
+  Tensor gt = dev(t0, DType::F32, {V, d});
+  gpu->embedding_backward(gids, gdout, gt);
+  expect_embedding_close(down(gt), vals(ct), embedding_magnitudes(ids, rounded(dout, DType::BF16), t0, d),
+                         "dtable");
+  const auto start = std::chrono::steady_clock::now();
+  gpu->embedding_backward(gids, gdout, gt);
+  gpu->synchronize();
+  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  std::cout << "embedding_backward T " << T << " d " << d << " (bf16 dout): " << ms << " ms\n";
 }
 
 // No ids: nothing is added (and nothing is launched on an empty sort).

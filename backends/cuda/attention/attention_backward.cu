@@ -97,15 +97,6 @@ void zero_view(const TensorView& t, cudaStream_t stream) {
   check_launch("zero_kernel");
 }
 
-// RT_ATTENTION_DETERMINISTIC=0 brings back the fused dQ with fp32 atomics (dense rows only); the
-// default computes dQ in its own pass and is bit-reproducible.
-bool deterministic_backward() {
-  static const bool on = [] {
-    const char* v = std::getenv("RT_ATTENTION_DETERMINISTIC");
-    return !(v != nullptr && std::string(v) == "0");
-  }();
-  return on;
-}
 
 void launch_convert(const float* src, const TensorView& dst, float mul, cudaStream_t stream, int parts = 1,
                     int64_t part_stride = 0) {
@@ -173,7 +164,7 @@ void launch_flash_bwd(const TensorView& q, const TensorView& k, const TensorView
   int64_t splits = std::clamp<int64_t>(group_splits > 0 ? group_splits : (target + ctas - 1) / ctas, 1, group);
   const int64_t hps = (group + splits - 1) / splits;
   splits = (group + hps - 1) / hps;
-  const bool fused_dq = !spec.routed() && !deterministic_backward();
+  const bool fused_dq = !spec.routed() && !attention_deterministic();
   using DqCfg = typename BwdDqCfgFor<kD>::type;
   static_assert(DqCfg::kBlockM == Cfg::kBlockM, "dQ pass reads statistics padded to the backward's BlockM");
 
@@ -468,6 +459,14 @@ void launch_f32(const TensorView& q, const TensorView& k, const TensorView& v, c
 }
 
 }  // namespace
+
+bool attention_deterministic() {
+  static const bool on = [] {
+    const char* v = std::getenv("RT_ATTENTION_DETERMINISTIC");
+    return !(v != nullptr && std::string(v) == "0");
+  }();
+  return on;
+}
 
 void attention_backward_with(TensorView q, TensorView k, TensorView v, TensorView o, TensorView lse,
                              TensorView dout, TensorView dq, TensorView dk, TensorView dv, const AttentionSpec& spec,

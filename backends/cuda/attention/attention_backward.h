@@ -24,6 +24,13 @@
 
 namespace rt::cuda {
 
+// Whether training attention is bit-reproducible (default; RT_ATTENTION_DETERMINISTIC=0 turns it
+// off): the backward accumulates nothing with floating-point atomics (our dQ runs in its own pass,
+// cuDNN's backward uses its deterministic algorithm), and the choice between our kernels and cuDNN
+// for the training forward/backward is a fixed rule (cuDNN where it supports the shape) instead of
+// a timing, which could pick differently in a resumed process.
+bool attention_deterministic();
+
 void attention_backward(TensorView q, TensorView k, TensorView v, TensorView o, TensorView lse, TensorView dout,
                         TensorView dq, TensorView dk, TensorView dv, const rt::AttentionSpec& spec,
                         cudaStream_t stream);

@@ -2,6 +2,7 @@
 // checks, the graph cache, the launch. See cudnn_sdpa.h for the contract; the handle, cache,
 // mask mapping and checks are shared with the forward through cudnn_common.h. Compiled in every
 // CUDA build; the cuDNN part only with RT_HAVE_CUDNN_SDPA (backends/cuda/cudnn.cmake).
+#include "cuda/attention/attention_backward.h"
 #include "cuda/cudnn_sdpa/cudnn_sdpa.h"
 
 #include <cstdint>
@@ -90,7 +91,11 @@ std::shared_ptr<Entry> build_entry(cudnnHandle_t handle, const BwdKey& key) {
                              .set_stride({key.Hq * key.Tq, key.Tq, 1, 1})
                              .set_data_type(fe::DataType_t::FLOAT));
 
-  auto attrs = fe::graph::SDPA_backward_attributes().set_name("rt_sdpa_bwd").set_attn_scale(bits_float(key.scale_bits));
+  // Deterministic: cuDNN's ordered dQ accumulation (no atomics), so GPU training resumes bit-identically.
+  auto attrs = fe::graph::SDPA_backward_attributes()
+                   .set_name("rt_sdpa_bwd")
+                   .set_attn_scale(bits_float(key.scale_bits))
+                   .set_deterministic_algorithm(attention_deterministic());
   apply_mask(attrs, key.mask);
   auto [dQt, dKt, dVt] = g->sdpa_backward(Qt, Kt, Vt, Ot, dOt, Stats, std::move(attrs));
   auto out = [&](const std::shared_ptr<fe::graph::Tensor_attributes>& t, int64_t uid, Arg a) {
