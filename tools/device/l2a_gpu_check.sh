@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine (device tool), after `source tools/device/unpack.sh`: the CUDA tests of the
 # routed kernels, l2a_fused and the kernels they share, then the benchmarks. Logs and JSON to $OUT.
-#   bash tools/device/l2a_gpu_check.sh tests kernels model train trace anchors
+#   bash tools/device/l2a_gpu_check.sh tests kernels model train memory trace anchors
 # (any subset, in that order). SEQS overrides the kernel sequence lengths.
 set -uo pipefail
 out=${OUT:-/tmp/out}
@@ -22,7 +22,7 @@ for step in "$@"; do
       echo "$t rc=$? $(grep -E '^\[  (PASSED|FAILED)' /tmp/$t.log | tr '\n' ' ')" | tee -a "$out/tests.txt"
       grep -B3 -A12 "Failure" /tmp/$t.log | head -60 >> "$out/tests.txt"
     done
-    timeout 300 build/bin/test_cli_train --gtest_brief=1 --gtest_filter='*Cuda*:*Gpu*:*GPU*' > /tmp/cli.log 2>&1
+    timeout 400 build/bin/test_cli_train --gtest_brief=1 --gtest_filter='*Cuda*:*Gpu*:*GPU*' > /tmp/cli.log 2>&1
     echo "test_cli_train (GPU) rc=$? $(grep -E '^\[  (PASSED|FAILED)' /tmp/cli.log | tr '\n' ' ')" | tee -a "$out/tests.txt"
     grep -B3 -A12 "Failure" /tmp/cli.log | head -40 >> "$out/tests.txt"
     ;;
@@ -45,9 +45,13 @@ for step in "$@"; do
     tail -8 "$out/model_0.5b.txt"; tail -4 "$out/model_dense_0.5b.txt"
     ;;
   train)
-    timeout 400 python3 tools/bench_train.py --seq 16384,32768 --steps 3 \
-      --cases full_causal:attention,l2a_fused:attention,l2a_fused:router_only \
-      --l2a-set router=fixed_rate --l2a-set sparsity=0.8 --json "$out/train.json" 2>&1 | tail -12
+    timeout 300 python3 tools/bench_train.py --seq 16384,32768 --steps 3 \
+      --cases full_causal:attention,l2a_fused:attention,l2a_fused:attention:parallel \
+      --l2a-set router=fixed_rate --l2a-set sparsity=0.8 --json "$out/train.json" 2>&1 | tail -9
+    ;;
+  memory)  # peak memory of training with gradient checkpointing (learned router at init: every token routed)
+    timeout 300 python3 tools/bench_train.py --seq 32768,49152 --steps 2 --recompute \
+      --cases l2a_fused:router_only,l2a_fused:attention --json "$out/memory.json" 2>&1 | tail -6
     ;;
   trace)
     for mode in "" 1; do
