@@ -6,6 +6,10 @@ cd "$(dirname "$0")/../.."
 build=${1:-build}
 rm -rf .carry && mkdir -p .carry/stage/lib
 cp -a "$build/bin" .carry/stage/bin
+# PACK_EXCLUDE: a regex of binaries to leave behind (the carry is limited to 64 MiB with the tree).
+if [ -n "${PACK_EXCLUDE:-}" ]; then
+  find .carry/stage/bin -maxdepth 1 -type f | grep -E "$PACK_EXCLUDE" | xargs -r rm -f
+fi
 for f in .carry/stage/bin/*; do ldd "$f" 2>/dev/null || true; done | awk '/=> \//{print $3}' | sort -u |
   grep -E 'absl|icu|pcre2|sentencepiece|gomp|protobuf|toml|cupti' | xargs -r -I{} cp -L {} .carry/stage/lib/
 tar -C .carry/stage -cJf .carry/gpu.tar.xz bin lib
