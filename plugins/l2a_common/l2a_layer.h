@@ -166,6 +166,47 @@ class L2aBackendBase : public AttentionBackend {
     }
   }
 
+  // Parallel layout, training forward, the part both plugins share: x_in, h = RMSNorm_in(x), the
+  // shared q/k/v (positions 0..), the routing of h, and the window attention of every token (o, lse).
+  void parallel_local_forward_train(const LayerContext& ctx, TensorView x, const TrainContext& tc,
+                                    SublayerActivations& local, Route& r) const {
+    Ops& ops = *ctx.ops;
+    const ModelDims& d = *ctx.dims;
+    const int64_t T = x.shape[0];
+    local.x_in = ops.alloc(x.dtype, {T, d.hidden});
+    ops.copy(x, local.x_in);
+    local.h = normed(ctx, x, local_.norm);
+    local.qkv = project_qkv(ctx, local_, local.h, 0);
+    r = route(ctx, local.h, 0, true, tc.step);
+    local.o = ops.alloc(ops.activation_dtype(), {T, d.n_heads, d.head_dim});
+    local.lse = ops.alloc(ops.accum_dtype(), {d.n_heads, T});
+    const Qkv& qkv = local.qkv;
+    ops.attention_forward_lse(qkv.q, qkv.k, qkv.v, local.o, local.lse, sublayer_attention_spec(d, local_, 0));
+  }
+
+  // Parallel layout, backward, the end both plugins share: g holds dL/d(q, k, v) of the shared
+  // projections (window and global parts summed); they are pulled back through the projections,
+  // the router (dgate, straight-through) and the input norm into dx.
+  void parallel_backward_tail(const LayerContext& ctx, const SublayerActivations& local, const Route& r, const Qkv& g,
+                              Tensor& dgate, TensorView dx, const LayerGrads& grads, const TrainContext& tc) {
+    Ops& ops = *ctx.ops;
+    const ModelDims& d = *ctx.dims;
+    const int64_t T = dx.shape[0];
+    Tensor dh = ops.alloc(ops.accum_dtype(), {T, d.hidden});
+    ops.fill(dh, 0.f);
+    project_qkv_backward(ctx, local_, local.h, g.q, g.k, g.v, 0, dh, grads);
+    Tensor dh_router = router_backward(ctx, local.h, r, dgate, grads, tc, T);
+    if (dh_router.view.data) ops.add(dh, dh_router, dh);
+    ops.rmsnorm_backward(local.x_in, ctx.params->get(local_.norm), d.rms_eps, dh, dx, grads.get(local_.norm));
+  }
+
+  // dL/d(q, k, v) buffers of one layer's shared projections.
+  static Qkv alloc_qkv(Ops& ops, const ModelDims& d, int64_t T) {
+    const DType act = ops.activation_dtype();
+    return {ops.alloc(act, {T, d.n_heads, d.head_dim}), ops.alloc(act, {T, d.n_kv_heads, d.head_dim}),
+            ops.alloc(act, {T, d.n_kv_heads, d.head_dim})};
+  }
+
   // Keeps the decisions of an inference forward for last_decisions().
   void remember_decisions(const LayerContext& ctx, const Route& r) {
     last_d_[ctx.layer] = r.d;

@@ -66,16 +66,9 @@ class DenseL2aAttention final : public L2aBackendBase {
     } else {
       const ModelDims& d = *ctx.dims;
       const DType act = ops.activation_dtype();
-      s->local.x_in = ops.alloc(x.dtype, {T, d.hidden});
-      ops.copy(x, s->local.x_in);
-      s->h = normed(ctx, x, local_.norm);
-      s->local.h = s->h;
-      s->local.qkv = project_qkv(ctx, local_, s->h, 0);
-      s->route = route(ctx, s->h, 0, true, tc.step);
+      parallel_local_forward_train(ctx, x, tc, s->local, s->route);
+      s->h = s->local.h;
       const Qkv& qkv = s->local.qkv;
-      s->local.o = ops.alloc(act, {T, d.n_heads, d.head_dim});
-      s->local.lse = ops.alloc(ops.accum_dtype(), {d.n_heads, T});
-      ops.attention_forward_lse(qkv.q, qkv.k, qkv.v, s->local.o, s->local.lse, sublayer_attention_spec(d, local_, 0));
       s->global.o = ops.alloc(act, {T, d.n_heads, d.head_dim});
       s->global.lse = ops.alloc(ops.accum_dtype(), {d.n_heads, T});
       ops.attention_forward_lse(qkv.q, qkv.k, qkv.v, s->global.o, s->global.lse, sublayer_attention_spec(d, global_, 0));
@@ -125,12 +118,7 @@ class DenseL2aAttention final : public L2aBackendBase {
     ops.add(g.q, g2.q, g.q);
     ops.add(g.k, g2.k, g.k);
     ops.add(g.v, g2.v, g.v);
-    Tensor dh = ops.alloc(ops.accum_dtype(), {T, d.hidden});
-    ops.fill(dh, 0.f);
-    project_qkv_backward(ctx, local_, s.h, g.q, g.k, g.v, 0, dh, grads);
-    Tensor dh_router = router_backward(ctx, s.h, s.route, dgate, grads, tc, T);
-    if (dh_router.view.data) ops.add(dh, dh_router, dh);
-    ops.rmsnorm_backward(s.local.x_in, ctx.params->get(local_.norm), d.rms_eps, dh, dx, grads.get(local_.norm));
+    parallel_backward_tail(ctx, s.local, s.route, g, dgate, dx, grads, tc);
   }
 
  private:
@@ -140,12 +128,6 @@ class DenseL2aAttention final : public L2aBackendBase {
     Tensor o;                           // parallel: SWA + d * causal, the o_proj input
     Route route;
   };
-
-  static Qkv alloc_qkv(Ops& ops, const ModelDims& d, int64_t T) {
-    const DType act = ops.activation_dtype();
-    return {ops.alloc(act, {T, d.n_heads, d.head_dim}), ops.alloc(act, {T, d.n_kv_heads, d.head_dim}),
-            ops.alloc(act, {T, d.n_kv_heads, d.head_dim})};
-  }
 
   // o = o_local + d * o_global over [T, Hq * D] rows.
   static Tensor combine(const LayerContext& ctx, const Tensor& o_local, const Tensor& o_global, const Tensor& d) {

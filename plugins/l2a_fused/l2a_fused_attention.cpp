@@ -104,16 +104,9 @@ class FusedL2aAttention final : public L2aBackendBase {
       else s->global = paper_global_forward(ctx, x, s->h, compact(ctx, s->route.d), nullptr, 0, true);
     } else {
       const DType act = ops.activation_dtype();
-      s->local.x_in = ops.alloc(x.dtype, {T, d.hidden});
-      ops.copy(x, s->local.x_in);
-      s->h = normed(ctx, x, local_.norm);
-      s->local.h = s->h;
-      s->local.qkv = project_qkv(ctx, local_, s->h, 0);
-      s->route = route(ctx, s->h, 0, true, tc.step);
+      parallel_local_forward_train(ctx, x, tc, s->local, s->route);
+      s->h = s->local.h;
       const Qkv& qkv = s->local.qkv;
-      s->local.o = ops.alloc(act, {T, d.n_heads, d.head_dim});
-      s->local.lse = ops.alloc(ops.accum_dtype(), {d.n_heads, T});
-      ops.attention_forward_lse(qkv.q, qkv.k, qkv.v, s->local.o, s->local.lse, sublayer_attention_spec(d, local_, 0));
       s->o = ops.alloc(act, {T, d.n_heads, d.head_dim});
       s->dense.o = ops.alloc(act, {T, d.n_heads, d.head_dim});
       s->dense.lse = ops.alloc(ops.accum_dtype(), {d.n_heads, T});
@@ -347,10 +340,7 @@ class FusedL2aAttention final : public L2aBackendBase {
     ops.linear_backward(s.o.view.reshaped({T, HD}), ctx.params->get(wo), da, dout.view.reshaped({T, HD}),
                         grads.get(wo), TensorView{}, false);
     const Qkv& qkv = s.local.qkv;
-    Qkv g{ops.alloc(act, {T, d.n_heads, d.head_dim}), ops.alloc(act, {T, d.n_kv_heads, d.head_dim}),
-          ops.alloc(act, {T, d.n_kv_heads, d.head_dim})};
-    Qkv g2{ops.alloc(act, {T, d.n_heads, d.head_dim}), ops.alloc(act, {T, d.n_kv_heads, d.head_dim}),
-           ops.alloc(act, {T, d.n_kv_heads, d.head_dim})};
+    Qkv g = alloc_qkv(ops, d, T), g2 = alloc_qkv(ops, d, T);
     ops.attention_backward(qkv.q, qkv.k, qkv.v, s.local.o, s.local.lse, dout, g.q, g.k, g.v,
                            sublayer_attention_spec(d, local_, 0));
     if (s.leak) {
@@ -372,12 +362,7 @@ class FusedL2aAttention final : public L2aBackendBase {
     }
     ops.add(g.k, g2.k, g.k);
     ops.add(g.v, g2.v, g.v);
-    Tensor dh = ops.alloc(ops.accum_dtype(), {T, d.hidden});
-    ops.fill(dh, 0.f);
-    project_qkv_backward(ctx, local_, s.h, g.q, g.k, g.v, 0, dh, grads);
-    Tensor dh_router = router_backward(ctx, s.h, s.route, dgate, grads, tc, T);
-    if (dh_router.view.data) ops.add(dh, dh_router, dh);
-    ops.rmsnorm_backward(s.local.x_in, ctx.params->get(local_.norm), d.rms_eps, dh, dx, grads.get(local_.norm));
+    parallel_backward_tail(ctx, s.local, s.route, g, dgate, dx, grads, tc);
   }
 };
 
