@@ -27,6 +27,7 @@
 #include "model/decode_session.h"
 #include "model/random_weights.h"
 #include "rt/sdk/attention_sublayer.h"
+#include "train/adamw_optimizer.h"
 
 namespace rt {
 
@@ -145,6 +146,32 @@ nlohmann::json routed_kernel_row(Ops& ops, const ModelDims& d, int64_t T, double
   return row;
 }
 
+// One training step's forward and backward of one sequence of T tokens (no optimizer update: that
+// is a fixed per-parameter cost) with the gradients of `regime`'s parameters; the time as tokens/s
+// and the peak device memory. null when the regime trains nothing with this backend.
+nlohmann::json train_step_row(Ops& ops, Qwen2Model& model, const std::string& attention, const std::string& regime,
+                              const std::vector<int32_t>& ids, int repeats) {
+  std::vector<std::string> names;
+  try {
+    names = trainable_parameters(regime, model.parameter_names(), attention);
+  } catch (const Error&) {
+    return nullptr;
+  }
+  Qwen2Model::GradMap grads;
+  for (const auto& n : names) {
+    const TensorView p = model.parameter(n);
+    Tensor g = p.ndim == 1 ? ops.alloc(ops.accum_dtype(), {p.shape[0]}) : ops.alloc(ops.accum_dtype(), {p.shape[0], p.shape[1]});
+    ops.fill(g, 0.f);
+    grads[n] = g;
+  }
+  Tensor lm = ops.alloc(ops.accum_dtype(), {1});
+  TrainContext tc;
+  const int64_t T = static_cast<int64_t>(ids.size());
+  ops.reset_peak_memory();
+  const double ms = median_ms(ops, repeats, [&] { model.train_sequence(ids, tc, grads, /*recompute=*/false, lm); });
+  return {{"regime", regime}, {"step_ms", ms}, {"tok_s", T / ms * 1e3}, {"peak_memory_bytes", peak_bytes(ops)}};
+}
+
 // One status line, rewritten in place on a terminal; silent when stderr is a file or pipe.
 void progress(const std::string& what) {
   static const bool tty = isatty(STDERR_FILENO);
@@ -161,6 +188,7 @@ void register_profile(CLI::App& app) {
     int repeats = 5;
     int decode_tokens = 32;
     std::string sparsities;
+    std::string train_regimes;
     bool skip_model = false;
     std::string json, csv;
   };
@@ -189,6 +217,9 @@ void register_profile(CLI::App& app) {
   cmd->add_option("--sparsity", args->sparsities,
                   "Comma-separated L2A sparsities (fraction of tokens NOT routed, e.g. 0.5,0.8,0.9,0.95): adds routed "
                   "kernel rows (random routing) and the whole L2A attention (window + routed) against causal");
+  cmd->add_option("--train", args->train_regimes,
+                  "Comma-separated training regimes (router_only, attention, full): time one training forward+"
+                  "backward of a --seq sequence per regime and backend (tokens/s, peak memory)");
   cmd->add_flag("--kernels-only", args->skip_model, "Only the attention kernels (no model is built)");
   cmd->add_option("--json", args->json, "Write the results as JSON");
   cmd->add_option("--csv", args->csv, "Write the results as CSV");
@@ -333,6 +364,13 @@ void register_profile(CLI::App& app) {
             row["kv_cache_bytes"] = nullptr;
           }
           row["peak_memory_bytes"] = peak_bytes(ops);
+          nlohmann::json train = nlohmann::json::array();
+          for (const auto& regime : split(args->train_regimes, ',')) {
+            if (regime.empty()) continue;
+            progress(mo.attention + " train " + regime + " T=" + std::to_string(T));
+            train.push_back(train_step_row(ops, model, mo.attention, regime, ids, std::min(args->repeats, 3)));
+          }
+          if (!train.empty()) row["train"] = train;
         }
         out["backends"].push_back(row);
       }
@@ -394,6 +432,24 @@ void register_profile(CLI::App& app) {
                 << get("decode_tok_s", 1) << std::setw(12) << get("decode_eager_tok_s", 1) << std::setw(11)
                 << mib("kv_cache_bytes") << std::setw(11)
                 << mib("peak_memory_bytes") << "\n";
+    }
+    bool any_train = false;
+    for (const auto& r : out["backends"]) any_train = any_train || r.contains("train");
+    if (any_train) {
+      std::cout << "\nTraining step (forward + backward of one sequence, no optimizer update)\n";
+      std::cout << std::left << std::setw(14) << "backend" << std::right << std::setw(8) << "seq" << std::setw(14)
+                << "regime" << std::setw(12) << "step ms" << std::setw(11) << "tok/s" << std::setw(11) << "peak MiB"
+                << "\n";
+      for (const auto& r : out["backends"]) {
+        if (!r.contains("train")) continue;
+        for (const auto& t : r["train"]) {
+          if (t.is_null()) continue;
+          std::cout << std::left << std::setw(14) << r["backend"].get<std::string>() << std::right << std::setw(8)
+                    << r["seq"].get<int64_t>() << std::setw(14) << t["regime"].get<std::string>() << std::setw(12)
+                    << num(t["step_ms"], 1) << std::setw(11) << num(t["tok_s"], 0) << std::setw(11)
+                    << num(nlohmann::json(t["peak_memory_bytes"].get<double>() / (1 << 20)), 1) << "\n";
+        }
+      }
     }
     if (!args->json.empty()) {
       std::ofstream f(args->json);

@@ -82,6 +82,36 @@ TEST(CliProfile, ScopedSetReachesOneBackend) {
   }
 }
 
+// --sparsity adds routed kernel rows (and the whole L2A attention against causal); --train times a
+// training forward+backward per regime, null where the regime trains nothing (router_only without a
+// router).
+TEST(CliProfile, RoutedKernelsAndTrainingSteps) {
+  TempDir dir("rt_profile");
+  const auto json = dir / "p.json";
+  RunResult r = run_runtime({"profile", "--model", fixture_model("tied_bf16_theta5e6").string(), "--init", "checkpoint",
+                             "--attention", "full_causal,l2a_dense", "--seq", "24", "--window", "4", "--repeats", "1",
+                             "--decode-tokens", "2", "--sparsity", "0.5", "--train", "router_only,attention", "--json",
+                             json.string()});
+  ASSERT_TRUE(r.ok()) << r.describe();
+  EXPECT_NE(r.out.find("L2A attention"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("Training step"), std::string::npos) << r.out;
+  const auto j = read_json(json);
+  int routed = 0;
+  for (const auto& k : j["kernels"]) {
+    if (k["mask"] != "routed") continue;
+    ++routed;
+    EXPECT_GT(k["routed_rows"].get<int64_t>(), 0);
+    EXPECT_LT(k["routed_rows"].get<int64_t>(), 24);
+    EXPECT_GT(k["l2a_fwd_bwd_ms"].get<double>(), 0.0);
+  }
+  EXPECT_EQ(routed, 1);
+  for (const auto& b : j["backends"]) {
+    ASSERT_EQ(b["train"].size(), 2u) << b.dump();
+    EXPECT_EQ(b["train"][0].is_null(), b["backend"] == "full_causal") << b.dump();
+    EXPECT_GT(b["train"][1]["tok_s"].get<double>(), 0.0) << b.dump();
+  }
+}
+
 // A scope that is not a backend of the run (here a typo of l2a_dense) is refused up front, naming
 // the argument, the scope and the run's backends.
 TEST(CliProfile, UnknownScopeFailsClearly) {
