@@ -66,11 +66,15 @@ class FusedL2aAttention final : public L2aBackendBase {
 
   void configure(const Options& options, const ModelDims& dims) override {
     configure_layers(options, dims, "l2a_fused", /*materialize=*/false);
+    // The routed fraction is known up front only for the fixed_rate router.
+    routed_fraction_ = cfg_.router == "fixed_rate" && options.has("sparsity") ? 1.0 - options.get_double("sparsity", 0.0)
+                                                                               : -1.0;
   }
 
-  // As if every token were routed (routing is data-dependent); `runtime profile` counts the routed
-  // kernel's visible pairs from the rows it routes.
-  double forward_flops(const ModelDims& d, int64_t T) const override { return l2a_forward_flops(d, T, 1.0); }
+  // Data-dependent: known (for TFLOP/s in `runtime profile`) only at a fixed routing rate; else 0.
+  double forward_flops(const ModelDims& d, int64_t T) const override {
+    return routed_fraction_ >= 0 ? l2a_forward_flops(d, T, routed_fraction_) : 0.0;
+  }
 
   void forward(const LayerContext& ctx, TensorView x, AttentionState* state) override {
     require_cuda(ctx);
@@ -164,6 +168,8 @@ class FusedL2aAttention final : public L2aBackendBase {
     Route route;
     bool leak = false;
   };
+
+  double routed_fraction_ = -1.0;  // fixed_rate router: 1 - sparsity; else unknown (-1)
 
   static void require_cuda(const LayerContext& ctx) {
     RT_CHECK(ctx.ops->device() == Device::CUDA, "l2a_fused runs on CUDA only (--device cuda); on the CPU use "
