@@ -101,33 +101,40 @@ bool rmsnorm_fast(const TensorView& x, const TensorView& w, float eps, const Ten
 
 int threads_for(int64_t d) { return d >= 2048 ? 512 : (d >= 512 ? 256 : (d >= 128 ? 128 : 32)); }
 
-// Backward pass 1, one block per row: rstd[r] = 1 / sqrt(mean(x^2) + eps) (as the forward computes
-// it) and coef[r] = rstd^3 * sum_i(dy_i w_i x_i) / d.
-// kDx: also does pass 3 for this row (one block per row reads its row again from cache), when dx
-// aliases neither x nor dy or dw does not need them afterwards.
+// Backward pass 1, one warp per row (8 rows per block; a block per row spent most of a 32K-row
+// training step's norm time in its two block-wide reductions): rstd[r] = 1 / sqrt(mean(x^2) + eps)
+// (as the forward computes it) and coef[r] = rstd^3 * sum_i(dy_i w_i x_i) / d.
+// kDx: also does pass 3 for this row (the warp reads its row again from cache), when dx aliases
+// neither x nor dy or dw does not need them afterwards.
+constexpr int kStatsRowsPerBlock = 8;
 template <bool kDx>
-__global__ void rmsnorm_backward_stats_kernel(RowsDesc x, RowsDesc dy, const void* w, DType wdt, int64_t w_stride,
-                                              float eps, int64_t d, float* rstd, float* coef, RowsDesc dx) {
-  const int64_t r = blockIdx.x;
+__global__ void __launch_bounds__(32 * kStatsRowsPerBlock)
+    rmsnorm_backward_stats_kernel(RowsDesc x, RowsDesc dy, const void* w, DType wdt, int64_t w_stride, float eps,
+                                  int64_t d, int64_t rows, float* rstd, float* coef, RowsDesc dx) {
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * kStatsRowsPerBlock + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
+  if (r >= rows) return;
   const int64_t xo = x.row_offset(r), dyo = dy.row_offset(r);
   float ss = 0.f, dot = 0.f;
-  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
+  for (int64_t i = lane; i < d; i += 32) {
     const float v = load_f(x.data, xo + i * x.col_stride, x.dtype);
     const float g = load_f(dy.data, dyo + i * dy.col_stride, dy.dtype) * load_f(w, i * w_stride, wdt);
     ss += v * v;
     dot += g * v;
   }
-  ss = block_sum(ss);
-  dot = block_sum(dot);
+  for (int o = 16; o > 0; o >>= 1) {  // fixed butterfly order: deterministic
+    ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    dot += __shfl_xor_sync(0xffffffffu, dot, o);
+  }
   const float inv = 1.f / sqrtf(ss / static_cast<float>(d) + eps);
   const float cf = inv * inv * inv * dot / static_cast<float>(d);
-  if (threadIdx.x == 0) {
+  if (lane == 0) {
     rstd[r] = inv;
     coef[r] = cf;
   }
   if constexpr (kDx) {
     const int64_t dxo = dx.row_offset(r);
-    for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
+    for (int64_t i = lane; i < d; i += 32) {
       const float v = load_f(x.data, xo + i * x.col_stride, x.dtype);
       const float g = load_f(dy.data, dyo + i * dy.col_stride, dy.dtype) * load_f(w, i * w_stride, wdt);
       const int64_t o = dxo + i * dx.col_stride;
@@ -209,12 +216,13 @@ void rmsnorm_backward(TensorView x, TensorView w, float eps, TensorView dy, Tens
   float* coef = rstd + rows;
   // dx in the same pass unless it aliases an input that dw still needs to read.
   const bool fused_dx = want_dx && !(want_dw && (views_overlap(dx, x) || views_overlap(dx, dy)));
+  const unsigned stat_blocks = static_cast<unsigned>((rows + kStatsRowsPerBlock - 1) / kStatsRowsPerBlock);
   if (fused_dx)
-    rmsnorm_backward_stats_kernel<true><<<static_cast<unsigned>(rows), threads_for(d), 0, stream>>>(
-        rows_desc(x), rows_desc(dy), w.data, w.dtype, w.stride[0], eps, d, rstd, coef, rows_desc(dx));
+    rmsnorm_backward_stats_kernel<true><<<stat_blocks, 32 * kStatsRowsPerBlock, 0, stream>>>(
+        rows_desc(x), rows_desc(dy), w.data, w.dtype, w.stride[0], eps, d, rows, rstd, coef, rows_desc(dx));
   else
-    rmsnorm_backward_stats_kernel<false><<<static_cast<unsigned>(rows), threads_for(d), 0, stream>>>(
-        rows_desc(x), rows_desc(dy), w.data, w.dtype, w.stride[0], eps, d, rstd, coef, RowsDesc{});
+    rmsnorm_backward_stats_kernel<false><<<stat_blocks, 32 * kStatsRowsPerBlock, 0, stream>>>(
+        rows_desc(x), rows_desc(dy), w.data, w.dtype, w.stride[0], eps, d, rows, rstd, coef, RowsDesc{});
   CUDA_CHECK_LAUNCH();
   // dw before dx: dx may be x or dy itself.
   if (want_dw) column_sum_accumulate(dy, x, rstd, dw, stream);
