@@ -218,6 +218,13 @@ TEST_F(CliErrors, UnknownAttentionBackend) {
   expect_no_output();
 }
 
+// l2a_fused has no CPU path: refused up front, naming the device and the CPU alternative.
+TEST_F(CliErrors, FusedL2aOnTheCpu) {
+  const RunResult r = logits({"--attention", "l2a_fused", "--window", "4", "--device", "cpu"});
+  EXPECT_TRUE(is_clean_error(r, {"l2a_fused", "cpu", "l2a_dense"}));
+  expect_no_output();
+}
+
 TEST_F(CliErrors, BadWindow) {
   EXPECT_TRUE(is_clean_error(logits({"--attention", "swa", "--window", "0"}), {"window"}));
   expect_no_output();
