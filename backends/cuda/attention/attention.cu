@@ -4,8 +4,10 @@
 
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstdint>
 #include <limits>
+#include <string>
 #include <type_traits>
 
 #include "cuda/attention/flash_attention.cuh"
@@ -56,10 +58,30 @@ struct FwdCfgFor<128> {
   using type = attn::FwdConfig<128, 128, RT_ATTN_D128_BN, 4>;
 };
 
+// Routed rows (L2A) can also run in blocks of 64 rows (4 warps of 16): twice the CTAs and half the
+// serial work per CTA. That pays where the few CTAs of the latest routed rows, each walking every
+// key, set the time (short sequences, high sparsity), and costs ~7% where the kernel is
+// throughput-bound (H200, 0.5B, routed kernel: 16K 0.57 -> 0.52 ms at 80% and 0.47 -> 0.35 ms at
+// 95%; 32K at 80% 1.62 -> 1.73 ms). The routed count is on the device, so the choice is by length:
+// 64 up to 16K rows. RT_ATTN_ROUTED_BM=64|128 forces one.
 template <int kD>
-void launch_flash(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o, float* lse,
-                  const AttentionSpec& spec, const Shapes& s, cudaStream_t stream) {
-  using Cfg = typename FwdCfgFor<kD>::type;
+struct RoutedSmallCfgFor {
+  using type = attn::FwdConfig<kD, 64, kD == 64 ? RT_ATTN_D64_BN : RT_ATTN_D128_BN, 4>;
+};
+bool routed_small_blocks(int64_t Tq) {
+  static const int forced = [] {
+    const char* v = std::getenv("RT_ATTN_ROUTED_BM");
+    if (v == nullptr || !*v) return 0;
+    RT_CHECK(std::string(v) == "64" || std::string(v) == "128", "RT_ATTN_ROUTED_BM='", v,
+             "': expected 64 or 128");
+    return std::atoi(v);
+  }();
+  return forced != 0 ? forced == 64 : Tq <= 16384;
+}
+
+template <class Cfg, class Rows>
+void launch_flash_cfg(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o, float* lse,
+                      const AttentionSpec& spec, const Shapes& s, cudaStream_t stream) {
   attn::FwdParams p{};
   p.q = static_cast<const bf16*>(q.data);
   p.k = static_cast<const bf16*>(k.data);
@@ -85,17 +107,23 @@ void launch_flash(const TensorView& q, const TensorView& k, const TensorView& v,
   p.q_count = static_cast<const int32_t*>(spec.q_count.data);
   with_mask(spec, [&](auto mask) {
     using Mask = decltype(mask);
-    auto go = [&](auto rows) {
-      constexpr auto kernel = attn::flash_fwd_kernel<Cfg, Mask, decltype(rows)>;
-      ensure_smem<kernel>(Cfg::kSmemBytes, "cudaFuncSetAttribute (flash forward shared memory)");
-      const int64_t heads = decltype(rows)::routed ? s.Hkv : s.Hq;
-      const dim3 grid(static_cast<unsigned>(heads), static_cast<unsigned>(p.num_m_blocks));
-      kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p);
-      check_launch("flash_fwd_kernel");
-    };
-    if (spec.routed()) go(attn::RoutedRows{});
-    else go(attn::DenseRows{});
+    constexpr auto kernel = attn::flash_fwd_kernel<Cfg, Mask, Rows>;
+    ensure_smem<kernel>(Cfg::kSmemBytes, "cudaFuncSetAttribute (flash forward shared memory)");
+    const int64_t heads = Rows::routed ? s.Hkv : s.Hq;
+    const dim3 grid(static_cast<unsigned>(heads), static_cast<unsigned>(p.num_m_blocks));
+    kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p);
+    check_launch("flash_fwd_kernel");
   });
+}
+
+template <int kD>
+void launch_flash(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o, float* lse,
+                  const AttentionSpec& spec, const Shapes& s, cudaStream_t stream) {
+  using Big = typename FwdCfgFor<kD>::type;
+  if (!spec.routed()) launch_flash_cfg<Big, attn::DenseRows>(q, k, v, o, lse, spec, s, stream);
+  else if (routed_small_blocks(s.Tq))
+    launch_flash_cfg<typename RoutedSmallCfgFor<kD>::type, attn::RoutedRows>(q, k, v, o, lse, spec, s, stream);
+  else launch_flash_cfg<Big, attn::RoutedRows>(q, k, v, o, lse, spec, s, stream);
 }
 
 // ------------------------------------------------------------------------------------------------
