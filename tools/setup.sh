@@ -17,7 +17,7 @@ done
 
 packages=(build-essential cmake ninja-build pkg-config python3
   libeigen3-dev libpcre2-dev libicu-dev libsentencepiece-dev sentencepiece
-  libboost-dev libabsl-dev libcli11-dev libtomlplusplus-dev nlohmann-json3-dev libgtest-dev)
+  libboost-dev libabsl-dev libcli11-dev libtomlplusplus-dev nlohmann-json3-dev libgtest-dev zlib1g-dev)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then

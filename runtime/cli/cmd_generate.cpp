@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "cli/commands.h"
+#include "cli/validators.h"
 #include "cli/model_session.h"
 #include "model/decode_session.h"
 #include "tokenizer/tokenizer.h"
@@ -37,7 +38,7 @@ void register_generate(CLI::App& app) {
   cmd->add_option("--tokenizer", args->tokenizer,
                   "tokenizer.json / tokenizer.model or a directory holding one (default: the model directory)");
   cmd->add_option("--max-new-tokens,-n", args->max_new, "Tokens to generate")
-      ->check(CLI::PositiveNumber)
+      ->check(at_least(1))
       ->capture_default_str();
   cmd->add_flag("--print-ids", args->print_ids, "Print the generated token ids on one line instead of text");
   cmd->add_flag("--ignore-eos", args->ignore_eos, "Keep generating past the end-of-sequence token");

@@ -23,6 +23,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "common/durable_file.h"
 #include "cli/model_session.h"
 #include "model/decode_session.h"
 #include "model/random_weights.h"
@@ -227,9 +228,16 @@ void register_profile(CLI::App& app) {
     const std::vector<std::string> backends = split(args->attention_list, ',');
     std::vector<int64_t> seqs;
     for (const auto& s : split(args->seqs, ',')) {
-      const auto v = parse_ids(s, "--seq");
-      RT_CHECK(v.size() == 1 && v[0] > 0, "--seq: expected positive lengths, found '", s, "'");
-      seqs.push_back(v[0]);
+      size_t used = 0;
+      long long v = 0;
+      try {
+        v = std::stoll(s, &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      RT_CHECK(used > 0 && used == s.size() && v > 0, "--seq: '", s,
+               "' is not a sequence length (expected positive integers separated by commas, e.g. 4096,16384)");
+      seqs.push_back(v);
     }
     RT_CHECK(!backends.empty() && !seqs.empty(), "profile: give --attention and --seq");
 
@@ -452,13 +460,10 @@ void register_profile(CLI::App& app) {
       }
     }
     if (!args->json.empty()) {
-      std::ofstream f(args->json);
-      RT_CHECK(f.good(), "--json: cannot write ", args->json);
-      f << out.dump(1) << "\n";
+      write_file_atomic(args->json, out.dump(1) + "\n");
     }
     if (!args->csv.empty()) {
-      std::ofstream f(args->csv);
-      RT_CHECK(f.good(), "--csv: cannot write ", args->csv);
+      std::ostringstream f;
       f << "section,name,seq,fwd_ms,fwd_tflops,prefill_ms,decode_tok_s,kv_cache_bytes,peak_memory_bytes,fwd_bwd_ms,"
            "fwd_bwd_tflops,decode_eager_tok_s\n";
       auto cell = [](const nlohmann::json& r, const char* key) {
@@ -473,6 +478,7 @@ void register_profile(CLI::App& app) {
           << "," << cell(r, "sublayer_fwd_tflops") << "," << cell(r, "prefill_ms") << "," << cell(r, "decode_tok_s")
           << "," << cell(r, "kv_cache_bytes") << "," << cell(r, "peak_memory_bytes") << ",,," << cell(r, "decode_eager_tok_s")
           << "\n";
+      write_file_atomic(args->csv, f.str());
     }
   });
 }

@@ -10,10 +10,13 @@
 #include <fstream>
 #include <iomanip>
 #include <iostream>
+#include <sstream>
 
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "common/durable_file.h"
+#include "cli/validators.h"
 #include "cli/model_session.h"
 #include "train/token_data.h"
 
@@ -35,12 +38,12 @@ void register_sparsity(CLI::App& app) {
       "      --seq 2048 --json sparsity.json --png sparsity.png");
   add_model_options(*cmd, args->model);
   cmd->add_option("--data,-d", args->data, "Data: .txt, .jsonl (field text) or .bin (uint32 ids)")->required();
-  cmd->add_option("--seq", args->seq, "Tokens per sequence")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--seq", args->seq, "Tokens per sequence")->check(at_least(1))->capture_default_str();
   cmd->add_option("--max-sequences", args->max_sequences, "Sequences to run (from the start of the data)")
-      ->check(CLI::PositiveNumber)
+      ->check(at_least(1))
       ->capture_default_str();
   cmd->add_option("--buckets", args->buckets, "Position buckets of the heatmap")
-      ->check(CLI::PositiveNumber)
+      ->check(at_least(1))
       ->capture_default_str();
   cmd->add_option("--prune-threshold", args->prune_threshold,
                   "A layer at least this sparse is reported as prunable (global KV cache dropped)")
@@ -135,11 +138,11 @@ void register_sparsity(CLI::App& app) {
               << rep["global_kv_bytes_saved_per_token"].get<double>() * 32768 / (1 << 20)
               << " MiB of bf16 global KV cache saved per 32K-token sequence\n";
     if (!args->json.empty()) {
-      std::ofstream(args->json) << rep.dump(2) << "\n";
+      write_file_atomic(args->json, rep.dump(2) + "\n");
       std::cerr << "wrote " << args->json << "\n";
     }
     if (!args->csv.empty()) {
-      std::ofstream f(args->csv);
+      std::ostringstream f;
       f << "layer";
       for (int64_t b = 0; b < B; ++b) f << ",bucket" << b;
       f << "\n";
@@ -148,6 +151,7 @@ void register_sparsity(CLI::App& app) {
         for (int64_t b = 0; b < B; ++b) f << "," << heat[l][b].get<double>();
         f << "\n";
       }
+      write_file_atomic(args->csv, f.str());
       std::cerr << "wrote " << args->csv << "\n";
     }
     if (!args->png.empty()) {

@@ -2,6 +2,7 @@
 #include <iostream>
 
 #include "cli/commands.h"
+#include "cli/validators.h"
 #include "cli/model_session.h"
 #include "train/trainer.h"
 
@@ -40,10 +41,10 @@ void register_train(CLI::App& app) {
       ->required();
   cmd->add_option("--steps", args->steps, "Optimizer steps in the whole run (schedules span them)")
       ->required()
-      ->check(CLI::PositiveNumber);
+      ->check(at_least(1));
   cmd->add_option("--out,-o", args->out, "Run directory: metrics, checkpoints, exported model")->required();
   cmd->add_option("--stop-at", args->stop_at, "Stop after this step as if interrupted (a checkpoint is written)")
-      ->check(CLI::PositiveNumber);
+      ->check(at_least(1));
   cmd->add_flag("--resume", args->resume, "Continue from the newest checkpoint in --out");
   cmd->add_option("--tokenizer", args->tokenizer,
                   "tokenizer.json / tokenizer.model / directory for text data (default: the model directory's)");

@@ -29,7 +29,7 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    std::cerr << "error: " << e.what() << "\nRun with --help for usage.\n";
+    std::cerr << "error: " << e.what() << " (see --help)\n";  // one line, like every other error
     return 2;
   } catch (const rt::Error& e) {
     std::cerr << "error: " << e.what() << "\n";

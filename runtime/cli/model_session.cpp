@@ -1,4 +1,5 @@
 #include "cli/model_session.h"
+#include "cli/validators.h"
 
 #include <omp.h>
 
@@ -49,7 +50,7 @@ void add_model_options(CLI::App& cmd, ModelOptions& o) {
                  "--set l2a_dense.sparsity=0.8");
   cmd.add_option("--plugin", o.plugins, "Extra plugin file or directory to load first (repeatable)");
   cmd.add_option("--device", o.device, "Compute device")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
-  cmd.add_option("--threads", o.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  cmd.add_option("--threads", o.threads, "CPU threads (default: all cores)")->check(at_least(0));
 }
 
 std::vector<std::filesystem::path> preset_config_dirs() {

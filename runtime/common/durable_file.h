@@ -22,7 +22,14 @@ void rename_or_fail(const std::filesystem::path& from, const std::filesystem::pa
 
 // path appears complete or not at all: a unique temporary file in the same directory, written
 // durably, renamed over path, directory synced. The temporary is removed on failure.
+// Only a regular file (or nothing) is replaced that way. A symbolic link is followed: its final
+// target is written atomically in the target's directory and the link stays a link. An existing
+// device, FIFO or socket is opened for writing and written in place (a FIFO blocks until a reader
+// comes). "-" means standard output (fd 1, left open). Every error, ENOSPC included, is an
+// rt::Error naming the path and strerror.
 void write_file_atomic(const std::filesystem::path& path, const FilePieces& pieces);
 void write_file_atomic(const std::filesystem::path& path, std::string_view text);
+// True for "-", the path that means standard output.
+bool is_stdout_path(const std::filesystem::path& path);
 
 }  // namespace rt

@@ -19,7 +19,8 @@ struct NpyArray {
 
 // Writes a little-endian float32, C-order .npy (format 1.0, or 2.0 when the header needs it).
 // The file appears complete or not at all: it is written to a temporary file in the same
-// directory, fsync'ed, then renamed over `path`. Fails with rt::Error naming the path.
+// directory, fsync'ed, then renamed over `path` (see write_file_atomic: a symlink is followed, a
+// device or FIFO is written in place, "-" is standard output). Fails with rt::Error naming the path.
 void write_npy_f32(const std::filesystem::path& path, const float* data, std::vector<int64_t> shape);
 
 // Reads a .npy of '<f4', '<f8', '<i4' or '<i8' ('=' is taken as '<': hosts are little-endian),

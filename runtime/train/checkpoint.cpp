@@ -7,10 +7,12 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <iostream>
 #include <set>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
+#include <zlib.h>
 
 #include "common/durable_file.h"
 #include "loader/json_util.h"
@@ -27,6 +29,26 @@ namespace {
 constexpr const char* kState = "state.safetensors";
 constexpr const char* kManifest = "manifest.json";
 constexpr const char* kLatest = "latest";
+constexpr const char* kFiles = "files";                   // {file: {"size": N, "crc32": C}}
+constexpr const char* kManifestCrc = "manifest_crc32";    // crc32 of the manifest without this field
+
+// ---- checksums ----
+
+uint32_t crc_update(uint32_t crc, const void* data, size_t n) {
+  if (n == 0) return crc;  // zlib answers a null buffer (an empty vector's data()) with 0
+  return static_cast<uint32_t>(::crc32_z(crc, static_cast<const Bytef*>(data), n));
+}
+
+// The text whose crc32 is the manifest's own checksum: the manifest as written, minus that field.
+std::string manifest_checked_text(nlohmann::ordered_json m) {
+  m.erase(kManifestCrc);
+  return m.dump(1) + "\n";
+}
+
+struct FileSum {
+  uint64_t size = 0;
+  uint32_t crc = 0;
+};
 
 // ---- directory names ----
 
@@ -100,17 +122,24 @@ std::string safetensors_header(const std::vector<NamedHostTensor>& tensors) {
   return text;
 }
 
-void write_state(const fs::path& path, const std::vector<NamedHostTensor>& tensors) {
+FileSum write_state(const fs::path& path, const std::vector<NamedHostTensor>& tensors) {
   static_assert(sizeof(float) == 4);
   const std::string header = safetensors_header(tensors);
   uint8_t len[8];
   for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(static_cast<uint64_t>(header.size()) >> (8 * i));
   std::vector<std::pair<const void*, size_t>> pieces = {{len, 8}, {header.data(), header.size()}};
   for (const NamedHostTensor& t : tensors) pieces.emplace_back(t.data.data(), t.data.size() * sizeof(float));
+  FileSum sum;
+  for (const auto& [p, n] : pieces) {
+    sum.size += n;
+    sum.crc = crc_update(sum.crc, p, n);
+  }
   write_file_durable(path, pieces);
+  return sum;
 }
 
-std::string manifest_text(const CheckpointMeta& meta, const std::vector<NamedHostTensor>& tensors) {
+// Without the "files" and checksum fields, which add_checksums fills in once the state is written.
+nlohmann::ordered_json manifest_json(const CheckpointMeta& meta, const std::vector<NamedHostTensor>& tensors) {
   nlohmann::ordered_json m;
   m["format_version"] = kCheckpointFormatVersion;
   m["step"] = meta.step;
@@ -130,6 +159,13 @@ std::string manifest_text(const CheckpointMeta& meta, const std::vector<NamedHos
   for (const auto& [k, v] : meta.extra) m["extra"][k] = v;
   m["tensors"] = nlohmann::ordered_json::array();
   for (const NamedHostTensor& t : tensors) m["tensors"].push_back({{"name", t.name}, {"shape", t.shape}});
+  return m;
+}
+
+std::string manifest_text(nlohmann::ordered_json m, const FileSum& state) {
+  m[kFiles] = {{kState, {{"size", state.size}, {"crc32", state.crc}}}};
+  const std::string checked = manifest_checked_text(m);
+  m[kManifestCrc] = crc_update(0, checked.data(), checked.size());
   return m.dump(1) + "\n";
 }
 
@@ -154,6 +190,61 @@ std::string string_field(const json& m, const char* key, const std::string& what
   const json& v = field(m, key, what);
   if (!v.is_string()) fail(what, ": field \"", key, "\" must be a string, found ", json_type_name(v));
   return v.get<std::string>();
+}
+
+uint32_t crc32_field(const json& m, const char* key, const std::string& what) {
+  const int64_t x = int_field(m, key, what);
+  if (x > 0xffffffffll) fail(what, ": field \"", key, "\" must be a 32-bit checksum, found ", x);
+  return static_cast<uint32_t>(x);
+}
+
+// crc32 of a whole file, streamed (a 3B model's state is tens of GB).
+uint32_t file_crc32(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail(path.string(), ": cannot open: ", std::strerror(errno));
+  std::vector<char> buf(size_t{4} << 20);
+  uint32_t crc = 0;
+  while (in) {
+    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+    crc = crc_update(crc, buf.data(), static_cast<size_t>(in.gcount()));
+  }
+  if (in.bad()) fail(path.string(), ": read error");
+  return crc;
+}
+
+// Checks the manifest's own checksum, then the size and crc32 of every file it lists (which must
+// include state.safetensors); errors name the file and what differs. Returns false, checking
+// nothing, for a manifest of the previous version, which has no checksums at all.
+bool verify_checksums(const fs::path& dir, const std::string& text, const json& m, const std::string& what) {
+  const bool has_files = m.contains(kFiles), has_self = m.contains(kManifestCrc);
+  if (!has_files && !has_self) return false;
+  const uint32_t want_self = crc32_field(m, kManifestCrc, what);
+  const std::string checked = manifest_checked_text(nlohmann::ordered_json::parse(text));
+  const uint32_t got_self = crc_update(0, checked.data(), checked.size());
+  if (got_self != want_self)
+    fail(what, ": checksum mismatch (crc32 ", got_self, ", manifest says ", want_self, "): the manifest is corrupt");
+  const json& files = field(m, kFiles, what);
+  if (!files.is_object()) fail(what, ": field \"files\" must be an object, found ", json_type_name(files));
+  if (!files.contains(kState)) fail(what, ": field \"files\" does not list ", kState);
+  for (const auto& [name, e] : files.items()) {
+    const std::string ewhat = what + ": files[\"" + name + "\"]";
+    if (name.empty() || name == "." || name == ".." || name.find('/') != std::string::npos || name == kManifest)
+      fail(ewhat, ": not a file name of this checkpoint");
+    if (!e.is_object()) fail(ewhat, " must be an object, found ", json_type_name(e));
+    const int64_t want_size = int_field(e, "size", ewhat);
+    const uint32_t want_crc = crc32_field(e, "crc32", ewhat);
+    const fs::path p = dir / name;
+    std::error_code ec;
+    if (!fs::is_regular_file(p, ec)) fail(dir.string(), ": no ", name, " (incomplete checkpoint)");
+    const uintmax_t size = fs::file_size(p, ec);
+    if (ec) fail(p.string(), ": cannot stat: ", ec.message());
+    if (size != static_cast<uintmax_t>(want_size))
+      fail(p.string(), ": size mismatch: ", size, " bytes, manifest says ", want_size,
+           size < static_cast<uintmax_t>(want_size) ? " (truncated)" : "");
+    const uint32_t crc = file_crc32(p);
+    if (crc != want_crc) fail(p.string(), ": checksum mismatch (crc32 ", crc, ", manifest says ", want_crc, "): corrupt");
+  }
+  return true;
 }
 
 std::string shape_str(const std::vector<int64_t>& s) {
@@ -205,10 +296,10 @@ fs::path save_checkpoint(const fs::path& out_dir, const CheckpointMeta& meta,
       fail(ckdir.string(), " holds ", dir.filename().string(), ", newer than step ", meta.step,
            " being saved: resume from it, or write to a fresh output directory");
 
-  const std::string manifest = manifest_text(meta, tensors);  // validates before touching disk
+  const nlohmann::ordered_json mjson = manifest_json(meta, tensors);  // validates before touching disk
   const fs::path tmp = ckdir / (name + ".tmp-" + pid);
   if (!fs::create_directory(tmp, ec) || ec) fail("cannot create ", tmp.string(), ": ", ec.message());
-  write_state(tmp / kState, tensors);
+  const std::string manifest = manifest_text(mjson, write_state(tmp / kState, tensors));
   write_file_durable(tmp / kManifest, {{manifest.data(), manifest.size()}});
   fsync_dir(tmp);
 
@@ -253,7 +344,7 @@ std::optional<fs::path> find_latest_checkpoint(const fs::path& out_dir) {
   return all.back().second;
 }
 
-Checkpoint load_checkpoint(const fs::path& dir) {
+Checkpoint load_checkpoint(const fs::path& dir, std::ostream& warn) {
   const fs::path mpath = dir / kManifest, spath = dir / kState;
   const std::string what = mpath.string();
   std::error_code ec;
@@ -266,6 +357,9 @@ Checkpoint load_checkpoint(const fs::path& dir) {
   const std::string text = ss.str();
   const json m = parse_json_strict(text, what);
   if (!m.is_object()) fail(what, ": expected a JSON object, found ", json_type_name(m));
+  if (!verify_checksums(dir, text, m, what))
+    warn << "warning: " << dir.string() << ": " << kManifest
+         << " has no checksums (written by an older version); its files cannot be verified\n";
 
   const json& version = field(m, "format_version", what);
   if (!json_is_integer(version) || version.get<int64_t>() != kCheckpointFormatVersion)
@@ -328,6 +422,54 @@ Checkpoint load_checkpoint(const fs::path& dir) {
     if (!listed.count(info.name))
       fail(spath.string(), ": tensor \"", info.name, "\" is not listed in ", kManifest);
   return c;
+}
+
+std::optional<Checkpoint> load_latest_checkpoint(const fs::path& out_dir, std::ostream& warn) {
+  const fs::path ckdir = out_dir / "checkpoints";
+  std::error_code ec;
+  if (!fs::is_directory(ckdir, ec)) return std::nullopt;
+  // Every step directory, complete or not, newest first: `latest` can only name one of them, and
+  // one newer than it is a crash between the rename and the update of `latest`.
+  std::vector<std::pair<int64_t, fs::path>> dirs;
+  for (const auto& e : fs::directory_iterator(ckdir, ec)) {
+    const auto step = parse_step_name(e.path().filename().string());
+    if (step && e.is_directory()) dirs.emplace_back(*step, e.path());
+  }
+  if (ec) fail("cannot list ", ckdir.string(), ": ", ec.message());
+  if (dirs.empty()) return std::nullopt;
+  std::sort(dirs.rbegin(), dirs.rend());
+
+  std::vector<std::pair<fs::path, std::string>> bad;  // skipped directories and why
+  for (const auto& [step, dir] : dirs) {
+    std::ostringstream notes;  // the unverified warning, only for the checkpoint used
+    std::optional<Checkpoint> c;
+    try {
+      c = load_checkpoint(dir, notes);
+    } catch (const std::bad_alloc&) {
+      throw;
+    } catch (const std::exception& e) {
+      bad.emplace_back(dir, e.what());
+      continue;
+    }
+    // The skipped newer directories are moved aside (kept for inspection): saving a step older
+    // than a step_* directory is refused, and keep_last must not count them.
+    const std::string pid = std::to_string(::getpid());
+    for (const auto& [bdir, why] : bad) {
+      fs::path aside = bdir.string() + ".corrupt";
+      for (int i = 1; fs::exists(aside, ec); ++i) aside = bdir.string() + ".corrupt-" + pid + "-" + std::to_string(i);
+      rename_or_fail(bdir, aside);
+      warn << "warning: checkpoint " << bdir.string() << " is corrupt or incomplete (" << why
+           << "); moved it to " << aside.filename().string() << " and resuming from the older checkpoint "
+           << dir.string() << "\n";
+    }
+    if (!bad.empty()) fsync_dir(ckdir);
+    warn << notes.str();
+    return c;
+  }
+  std::ostringstream why;
+  for (const auto& [bdir, w] : bad) why << "\n  " << bdir.filename().string() << ": " << w;
+  fail(ckdir.string(), ": no intact checkpoint to resume from (", bad.size(),
+       bad.size() == 1 ? " checkpoint, corrupt or incomplete):" : " checkpoints, all corrupt or incomplete):", why.str());
 }
 
 }  // namespace rt

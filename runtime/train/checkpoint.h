@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <iostream>
 #include <map>
 #include <optional>
 #include <string>
@@ -62,9 +63,23 @@ std::filesystem::path save_checkpoint(const std::filesystem::path& out_dir, cons
 // (*.tmp-*, *.old-*) are never candidates.
 std::optional<std::filesystem::path> find_latest_checkpoint(const std::filesystem::path& out_dir);
 
-// Reads and validates a checkpoint directory: manifest fields and types, format version, every
-// listed tensor present in state.safetensors as F32 with the declared shape, and no tensor in the
-// file that the manifest does not list. Errors name the file and the field or tensor.
-Checkpoint load_checkpoint(const std::filesystem::path& dir);
+// Reads and validates a checkpoint directory. First, before any other field or byte is used, the
+// checksums: manifest.json carries "files": {name: {"size", "crc32"}} for every other file of the
+// checkpoint (state.safetensors) and "manifest_crc32" for its own canonical JSON without that
+// field; a missing or truncated file, or a size or crc32 mismatch, is an error. A manifest of the
+// previous version (no checksums) still loads, with a one-line warning on `warn`. Then: manifest
+// fields and types, format version, every listed tensor present in state.safetensors as F32 with
+// the declared shape, and no tensor in the file that the manifest does not list. Errors name the
+// file and the field or tensor.
+Checkpoint load_checkpoint(const std::filesystem::path& dir, std::ostream& warn = std::cerr);
+
+// What --resume uses: the newest step_XXXXXXXX directory that loads (load_checkpoint, checksums
+// included), or nullopt when OUT/checkpoints holds no step directory at all. Newer directories
+// that are corrupt or incomplete are skipped with a warning on `warn` naming each, why, and the
+// checkpoint used; they are renamed to step_XXXXXXXX.corrupt (kept for inspection, never a
+// candidate) so that the resumed run can save its next steps. When no directory is intact, the
+// error names OUT/checkpoints and what is wrong with each (and nothing is renamed).
+std::optional<Checkpoint> load_latest_checkpoint(const std::filesystem::path& out_dir,
+                                                 std::ostream& warn = std::cerr);
 
 }  // namespace rt

@@ -119,10 +119,12 @@ TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, c
   std::filesystem::create_directories(run.out);
   int64_t start = 0;
   if (run.resume) {
-    auto dir = find_latest_checkpoint(run.out);
-    RT_CHECK(dir.has_value(), "train --resume: no checkpoint in ", (run.out / "checkpoints").string(),
+    // The newest intact checkpoint: checksums verified, corrupt newer ones skipped with a warning.
+    auto loaded = load_latest_checkpoint(run.out);
+    RT_CHECK(loaded.has_value(), "train --resume: no checkpoint in ", (run.out / "checkpoints").string(),
              " (start without --resume)");
-    Checkpoint ck = load_checkpoint(*dir);
+    Checkpoint ck = std::move(*loaded);
+    const std::filesystem::path* dir = &ck.dir;
     RT_CHECK(ck.meta.config_hash == cfg.config_hash(), "train --resume: ", dir->string(),
              " was written with a different training config (hash ", ck.meta.config_hash, ", now ",
              cfg.config_hash(), "); resume with the same --config and --set, or start a new --out");
@@ -134,6 +136,9 @@ TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, c
     want("attention", run.attention);
     want("steps", std::to_string(run.steps));
     want("data", std::filesystem::absolute(run.data).string());
+    RT_CHECK(!run.stop_at || *run.stop_at > ck.meta.step, "train --resume: --stop-at ", run.stop_at.value_or(0),
+             " is not after the checkpoint's step ", ck.meta.step, " (", dir->string(),
+             "): there is nothing to train; give a later --stop-at, or none");
     opt.load_state(ck.tensors);
     sampler.set_cursor(ck.meta.cursor);
     start = ck.meta.step;
@@ -143,14 +148,18 @@ TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, c
   }
   MetricsLog metrics(run.out, run.resume ? std::optional<int64_t>(start) : std::nullopt);
 
-  const int64_t tokens_per_step = cfg.batch_size * cfg.seq_len;
+  int64_t tokens_per_step = 0, total_tokens = 0;
+  RT_CHECK(!__builtin_mul_overflow(cfg.batch_size, cfg.seq_len, &tokens_per_step) &&
+               !__builtin_mul_overflow(tokens_per_step, run.steps, &total_tokens),
+           "train: --steps ", run.steps, " x batch_size ", cfg.batch_size, " x seq_len ", cfg.seq_len,
+           " tokens does not fit a 64-bit count; give fewer --steps");
   const int64_t trainable = opt.trainable_count();
   {
     std::cerr << "train: " << run.model_name << " with " << run.attention << ", regime "
               << regime_name(cfg.regime) << ", " << opt.trainable().size() << " trainable tensors\n"
-              << budget_line(trainable, tokens_per_step * run.steps) << "\n";
+              << budget_line(trainable, total_tokens) << "\n";
     std::string warning;
-    if (below_collapse_threshold(trainable, tokens_per_step * run.steps, &warning)) std::cerr << warning << "\n";
+    if (below_collapse_threshold(trainable, total_tokens, &warning)) std::cerr << warning << "\n";
     std::cerr << "data: " << run.data.string() << ": " << data.size() << " tokens, " << sampler.num_sequences()
               << " sequences of " << cfg.seq_len << "\n";
   }

@@ -2,6 +2,7 @@
 // (in C++: no Python at test time) and checks that the runtime refuses it the way every failure
 // must end: a non-zero exit (never a signal), stderr starting with "error: ", a message naming the
 // offending file / tensor / value and the problem, and no output file.
+#include <algorithm>
 #include <gtest/gtest.h>
 
 #include <functional>
@@ -223,6 +224,14 @@ TEST_F(CliErrors, FusedL2aOnTheCpu) {
   const RunResult r = logits({"--attention", "l2a_fused", "--window", "4", "--device", "cpu"});
   EXPECT_TRUE(is_clean_error(r, {"l2a_fused", "cpu", "l2a_dense"}));
   expect_no_output();
+}
+
+// A flag out of range says what it needs, in one line (not CLI11's 300-digit bound).
+TEST_F(CliErrors, RangeErrorsAreOneShortLine) {
+  const RunResult r = run_runtime({"train", "--model", "x", "--data", "y", "--out", "z", "--steps", "0"});
+  EXPECT_TRUE(is_clean_error(r, {"--steps", ">= 1", "'0'"})) << r.describe();
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  EXPECT_LT(r.err.size(), 120u) << r.err;
 }
 
 TEST_F(CliErrors, BadWindow) {

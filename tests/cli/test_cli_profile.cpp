@@ -138,6 +138,8 @@ TEST(CliProfile, BadSeqFailsClearly) {
                              "checkpoint", "--seq", "16,abc"});
   EXPECT_TRUE(r.exited && r.exit_code != 0) << r.describe();
   EXPECT_NE(r.err.find("'abc'"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("sequence length"), std::string::npos) << r.err;  // not "token id"
+  EXPECT_EQ(r.err.find("token id"), std::string::npos) << r.err;
 }
 
 }  // namespace

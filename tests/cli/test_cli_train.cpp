@@ -356,6 +356,23 @@ TEST(TrainErrors, ClearMessages) {
   stop.push_back("--stop-at");
   stop.push_back("4");
   expect_error(run_runtime(stop), {"--stop-at"});
+
+  // --resume with a --stop-at at or before the checkpoint's step has nothing to do: an error, not
+  // a silent exit 0. (The run "done" above checkpointed at its last step, 2, of 2; resume it as a
+  // run of 3 steps stopping at 2.)
+  auto early = train_args(tmp, "early", 3);
+  early.insert(early.end(), {"--stop-at", "2"});
+  ASSERT_TRUE(run_runtime(early, 300).ok());
+  auto again = train_args(tmp, "early", 3);
+  again.insert(again.end(), {"--resume", "--stop-at", "1"});
+  expect_error(run_runtime(again), {"--stop-at 1", "step 2", "nothing to train"});
+
+  // A step count whose token count overflows 64 bits is refused, not trained on "0 tokens".
+  expect_error(run_runtime(train_args(tmp, "huge", 0) /* replaced below */), {"--steps"});
+  auto huge = train_args(tmp, "huge", 1);
+  for (size_t i = 0; i + 1 < huge.size(); ++i)
+    if (huge[i] == "--steps") huge[i + 1] = "4611686018427387904";
+  expect_error(run_runtime(huge), {"--steps 4611686018427387904", "64-bit"});
 }
 
 }  // namespace

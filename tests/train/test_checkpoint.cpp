@@ -1,5 +1,8 @@
 // Checkpoints: round trip, file format, latest/scan logic after simulated crashes, keep_last,
-// and every validation error of load_checkpoint.
+// every validation error of load_checkpoint, and checksums (corruption, fallback on resume).
+#include <zlib.h>
+
+#include <algorithm>
 #include <random>
 
 #include <nlohmann/json.hpp>
@@ -60,6 +63,28 @@ std::vector<std::string> entries(const fs::path& dir) {
   return out;
 }
 
+// Flips two bytes of a file in place, `from_end` bytes before its end (inside the tensor data, so
+// the safetensors header still parses).
+void flip_two_bytes(const fs::path& p, size_t from_end = 8) {
+  std::string s = read_file(p);
+  ASSERT_GE(s.size(), from_end);
+  s[s.size() - from_end] ^= 0x01;
+  s[s.size() - from_end + 1] ^= 0x40;
+  write_file(p, s);
+}
+
+// The manifest of the previous version: no checksums.
+void strip_checksums(const fs::path& dir) {
+  auto m = nlohmann::ordered_json::parse(read_file(dir / "manifest.json"));
+  m.erase("files");
+  m.erase("manifest_crc32");
+  write_file(dir / "manifest.json", m.dump(1) + "\n");
+}
+
+uint32_t crc_of(const std::string& s) {
+  return static_cast<uint32_t>(::crc32(0, reinterpret_cast<const Bytef*>(s.data()), static_cast<uInt>(s.size())));
+}
+
 TEST(Checkpoint, RoundTrip) {
   TempDir out;
   const auto state = random_state(1);
@@ -88,6 +113,11 @@ TEST(Checkpoint, RoundTrip) {
   EXPECT_EQ(m["format_version"], kCheckpointFormatVersion);
   EXPECT_EQ(m["config"]["attention"]["window"], "512");
   EXPECT_EQ(m["tensors"].size(), state.size());
+  // With the size and crc32 of the state file and the manifest's own checksum.
+  const std::string st = read_file(dir / "state.safetensors");
+  EXPECT_EQ(m["files"]["state.safetensors"]["size"], st.size());
+  EXPECT_EQ(m["files"]["state.safetensors"]["crc32"], crc_of(st));
+  EXPECT_TRUE(m["manifest_crc32"].is_number_unsigned());
 }
 
 TEST(Checkpoint, StateFileIsWhatTheSafetensorsWriterWrites) {
@@ -190,7 +220,15 @@ class CheckpointLoadErrors : public ::testing::Test {
   }
   // The manifest as saved (each test edits a fresh copy).
   nlohmann::ordered_json manifest() const { return nlohmann::ordered_json::parse(original_); }
-  void set_manifest(const nlohmann::ordered_json& m) const { write_file(dir_ / "manifest.json", m.dump(1)); }
+  // Written with valid checksums (of the state file as it is now), so that the validation after
+  // the checksum check is what the test sees.
+  void set_manifest(nlohmann::ordered_json m) const {
+    const std::string st = read_file(dir_ / "state.safetensors");
+    m["files"]["state.safetensors"] = {{"size", st.size()}, {"crc32", crc_of(st)}};
+    m.erase("manifest_crc32");
+    m["manifest_crc32"] = crc_of(m.dump(1) + "\n");
+    write_file(dir_ / "manifest.json", m.dump(1));
+  }
   std::string load_error() const {
     return error_of([&] { load_checkpoint(dir_); });
   }
@@ -272,6 +310,106 @@ TEST_F(CheckpointLoadErrors, WrongDtypeOrCorruptState) {
   EXPECT_HAS(load_error(), "expected dtype F32, found BF16");
   write_file(dir_ / "state.safetensors", "garbage");
   EXPECT_HAS(load_error(), "state.safetensors");
+}
+
+// ---- checksums: corruption is detected before any byte is used; resume falls back ----
+
+TEST(CheckpointChecksums, FlippedBytesInStateFallBackToOlderCheckpoint) {
+  TempDir out;
+  const auto older = random_state(20), newer = random_state(21);
+  save_checkpoint(out.path(), meta_at(10), older);
+  save_checkpoint(out.path(), meta_at(20), newer);
+  const fs::path ck = out.path() / "checkpoints", bad = ck / "step_00000020", good = ck / "step_00000010";
+  flip_two_bytes(bad / "state.safetensors");
+
+  EXPECT_HAS(error_of([&] { load_checkpoint(bad); }), (bad / "state.safetensors").string(), "checksum mismatch",
+             "corrupt");
+  std::ostringstream warn;
+  const auto c = load_latest_checkpoint(out.path(), warn);
+  ASSERT_TRUE(c.has_value());
+  EXPECT_EQ(c->dir, good);
+  EXPECT_EQ(c->meta.step, 10);
+  expect_same(c->tensors, older);
+  EXPECT_HAS(warn.str(), "warning", bad.string(), "state.safetensors", "checksum mismatch", good.string());
+  // The corrupt directory is kept aside, so the resumed run can save the steps after 10.
+  EXPECT_EQ(entries(ck), (std::vector<std::string>{"latest", "step_00000010", "step_00000020.corrupt"}));
+  save_checkpoint(out.path(), meta_at(15), older);
+  EXPECT_EQ(find_latest_checkpoint(out.path()), ck / "step_00000015");
+
+  // A corrupt manifest (a changed data cursor still parses as valid JSON) is detected too.
+  std::string text = read_file(ck / "step_00000015" / "manifest.json");
+  const size_t at = text.find("\"index\": 17");
+  ASSERT_NE(at, std::string::npos);
+  text[at + 10] = '9';
+  write_file(ck / "step_00000015" / "manifest.json", text);
+  EXPECT_HAS(error_of([&] { load_checkpoint(ck / "step_00000015"); }), "manifest.json", "checksum mismatch");
+  std::ostringstream warn2;
+  EXPECT_EQ(load_latest_checkpoint(out.path(), warn2)->dir, good);
+  EXPECT_HAS(warn2.str(), "step_00000015", "manifest.json", "checksum mismatch", good.string());
+}
+
+TEST(CheckpointChecksums, NoIntactCheckpointIsAClearError) {
+  TempDir out;
+  save_checkpoint(out.path(), meta_at(10), random_state(22));
+  const fs::path ck = out.path() / "checkpoints";
+  flip_two_bytes(ck / "step_00000010" / "state.safetensors");
+  std::ostringstream warn;
+  EXPECT_HAS(error_of([&] { load_latest_checkpoint(out.path(), warn); }), ck.string(), "no intact checkpoint",
+             "step_00000010", "state.safetensors", "checksum mismatch");
+  // Two, both bad: both are named; nothing is moved.
+  save_checkpoint(out.path(), meta_at(20), random_state(23));
+  fs::remove(ck / "step_00000020" / "manifest.json");
+  EXPECT_HAS(error_of([&] { load_latest_checkpoint(out.path(), warn); }), ck.string(), "no intact checkpoint",
+             "step_00000010", "checksum mismatch", "step_00000020", "no manifest.json");
+  EXPECT_EQ(entries(ck), (std::vector<std::string>{"latest", "step_00000010", "step_00000020"}));
+  // No checkpoint at all is not an error here (the caller decides).
+  TempDir empty;
+  EXPECT_FALSE(load_latest_checkpoint(empty.path(), warn).has_value());
+}
+
+TEST(CheckpointChecksums, TruncatedOrMissingFileIsDetected) {
+  TempDir out;
+  const auto older = random_state(24);
+  save_checkpoint(out.path(), meta_at(10), older);
+  save_checkpoint(out.path(), meta_at(20), random_state(25));
+  const fs::path ck = out.path() / "checkpoints", dir = ck / "step_00000020";
+  const fs::path st = dir / "state.safetensors";
+  const std::string full = read_file(st);
+  write_file(st, full.substr(0, full.size() - 4));
+  EXPECT_HAS(error_of([&] { load_checkpoint(dir); }), st.string(), "size mismatch",
+             std::to_string(full.size() - 4) + " bytes", "manifest says " + std::to_string(full.size()), "truncated");
+  fs::remove(st);
+  EXPECT_HAS(error_of([&] { load_checkpoint(dir); }), dir.string(), "no state.safetensors", "incomplete");
+  // On resume, the incomplete newest directory is skipped with a warning naming both.
+  std::ostringstream warn;
+  const auto c = load_latest_checkpoint(out.path(), warn);
+  ASSERT_TRUE(c.has_value());
+  EXPECT_EQ(c->dir, ck / "step_00000010");
+  expect_same(c->tensors, older);
+  EXPECT_HAS(warn.str(), dir.string(), "no state.safetensors", (ck / "step_00000010").string());
+}
+
+TEST(CheckpointChecksums, ManifestWithoutChecksumsLoadsWithAWarning) {
+  TempDir out;
+  const auto state = random_state(26);
+  const fs::path dir = save_checkpoint(out.path(), meta_at(10), state);
+  strip_checksums(dir);
+  std::ostringstream warn;
+  const Checkpoint c = load_checkpoint(dir, warn);
+  expect_same(c.tensors, state);
+  EXPECT_HAS(warn.str(), "warning", dir.string(), "no checksums", "cannot be verified");
+  const std::string w = warn.str();
+  EXPECT_EQ(std::count(w.begin(), w.end(), '\n'), 1);  // one line
+  std::ostringstream warn2;
+  const auto latest = load_latest_checkpoint(out.path(), warn2);
+  ASSERT_TRUE(latest.has_value());
+  EXPECT_EQ(latest->dir, dir);
+  EXPECT_HAS(warn2.str(), "cannot be verified");
+  // Half a checksum set is not the old format: it is a damaged manifest.
+  auto m = nlohmann::ordered_json::parse(read_file(dir / "manifest.json"));
+  m["manifest_crc32"] = 1;
+  write_file(dir / "manifest.json", m.dump(1) + "\n");
+  EXPECT_HAS(error_of([&] { load_checkpoint(dir, warn); }), "manifest.json", "checksum mismatch");
 }
 
 }  // namespace
