@@ -26,7 +26,8 @@
 //
 // A query row that sees no key at all (e.g. its position is before k_pos0) gets an output of
 // zeros: softmax over an empty set is undefined, and zeros are what a sum over no values is (the
-// CUDA backend must match).
+// CUDA backend must match). Non-finite values propagate: a row with a NaN or infinite score among
+// its visible keys gets a non-finite output and lse (NaN), never zeros.
 #include <omp.h>
 
 #include <algorithm>
@@ -204,12 +205,15 @@ void attention_impl(TensorView q, TensorView k, TensorView v, TensorView o, Tens
             }
             auto vis = row.segment(a, b - a).array();
             const T mold = m[static_cast<size_t>(r)];
-            const T mnew = std::max(mold, vis.maxCoeff());
+            // NaN must propagate: std::max(-inf, NaN) is -inf, which would read as "no key seen".
+            // (std::max(NaN, x) is NaN, so a NaN m stays NaN.)
+            const T tmax = vis.maxCoeff();
+            const T mnew = std::isnan(tmax) ? tmax : std::max(mold, tmax);
             vis = (vis - mnew).exp();
             const T sum = vis.sum();
             if (a > 0) row.head(a).setZero();
             if (b < n) row.segment(b, n - b).setZero();
-            if (mold == kNegInf) {
+            if (l[static_cast<size_t>(r)] == T(0)) {  // first visible key (l is >= 1 or non-finite after)
               l[static_cast<size_t>(r)] = sum;
             } else if (mnew != mold) {
               const T corr = std::exp(mold - mnew);
@@ -233,7 +237,10 @@ void attention_impl(TensorView q, TensorView k, TensorView v, TensorView o, Tens
       for (int64_t r = 0; r < R; ++r) {
         T* dst = op + (i0 + r % nqb) * os0 + (h0 + r / nqb) * os1;
         const T mr = m[static_cast<size_t>(r)], lr = l[static_cast<size_t>(r)];
-        if (mr != kNegInf) {  // l >= 1: the max term contributes exp(0)
+        // l == 0 only for a row that saw no key: otherwise l >= 1 (the max term contributes
+        // exp(0)), or NaN / inf when a score was non-finite, which then reaches o and lse.
+        const bool seen = lr != T(0);
+        if (seen) {
           const T inv = T(1) / lr;
           for (int64_t d = 0; d < D; ++d) dst[d] = O(r, d) * inv;
         } else {  // no visible key: zeros (see the header comment)
@@ -241,7 +248,7 @@ void attention_impl(TensorView q, TensorView k, TensorView v, TensorView o, Tens
         }
         if (lp)
           lp[(h0 + r / nqb) * ls0 + (i0 + r % nqb) * ls1] =
-              mr != kNegInf ? mr + std::log(lr) : std::numeric_limits<T>::infinity();
+              seen ? mr + std::log(lr) : std::numeric_limits<T>::infinity();
       }
     }
   }

@@ -189,14 +189,17 @@ void attention_backward_impl(TensorView q, TensorView k, TensorView v, TensorVie
               if (a >= b) continue;
               auto vis = (St.row(r).segment(a, b - a).array() * scale).eval();
               const T mo = m[static_cast<size_t>(r)];
-              const T mn = std::max(mo, vis.maxCoeff());
+              // NaN must propagate (std::max(-inf, NaN) is -inf); std::max(NaN, x) keeps a NaN m.
+              const T tmax = vis.maxCoeff();
+              const T mn = std::isnan(tmax) ? tmax : std::max(mo, tmax);
               const T sum = (vis - mn).exp().sum();
-              l[static_cast<size_t>(r)] = (mo == kNegInf ? T(0) : l[static_cast<size_t>(r)] * std::exp(mo - mn)) + sum;
+              const T lo = l[static_cast<size_t>(r)];
+              l[static_cast<size_t>(r)] = (lo == T(0) ? T(0) : lo * std::exp(mo - mn)) + sum;
               m[static_cast<size_t>(r)] = mn;
             }
           }
           for (int64_t r = 0; r < nb; ++r)
-            lse[static_cast<size_t>(r)] = m[static_cast<size_t>(r)] == kNegInf
+            lse[static_cast<size_t>(r)] = l[static_cast<size_t>(r)] == T(0)  // no visible key
                                               ? std::numeric_limits<T>::infinity()
                                               : m[static_cast<size_t>(r)] + std::log(l[static_cast<size_t>(r)]);
         }

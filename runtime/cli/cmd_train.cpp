@@ -1,4 +1,6 @@
 // runtime train: fine-tune a model with any attention backend in one of the three regimes.
+#include <csignal>
+#include <cstdlib>
 #include <iostream>
 
 #include "cli/commands.h"
@@ -21,7 +23,8 @@ void register_train(CLI::App& app) {
       "train", "Train a model (router_only, attention or full regime) and export the result to OUT/model");
   cmd->footer(
       "\nThe TOML config has a [train] section (regime, seq_len, batch_size, lr, warmup_steps, min_lr_ratio,\n"
-      "weight_decay, beta1, beta2, eps, clip_norm, seed, shuffle, recompute, checkpoint_every, collapse_*)\n"
+      "weight_decay, beta1, beta2, eps, clip_norm, seed, shuffle, recompute, checkpoint_every,\n"
+      "checkpoint_minutes, keep_checkpoints, collapse_*)"
       "and an [attention] section with the plugin's options (L2A: layout, window, tau, threshold,\n"
       "force_local, rope_theta, leak_prob, lambda, reg_norm, lambda_schedule, router). --set overrides\n"
       "either: --set train.lr=3e-4 --set attention.window=512 (a bare key goes to [train] if it is a train\n"
@@ -29,7 +32,10 @@ void register_train(CLI::App& app) {
       "e.g. --attention l2a_dense --set l2a_dense.router=fixed_rate --set l2a_dense.sparsity=0.8.\n\n"
       "Data: .txt or .jsonl (field \"text\") tokenized with the model's tokenizer, or .bin (little-endian\n"
       "uint32 ids). Writes OUT/metrics.jsonl (one JSON object per step), OUT/checkpoints/ (atomic; --resume\n"
-      "continues bit-identically from the newest) and, after the last step, OUT/model (loads with --model).\n\n"
+      "continues bit-identically from the newest) and, after the last step, OUT/model (loads with --model).\n"
+      "A checkpoint is written every checkpoint_every steps (default 100) or checkpoint_minutes of wall time\n"
+      "(default 30), whichever comes first, and on Ctrl-C / SIGTERM after the step in progress (exit code\n"
+      "130 / 143; a second signal stops at once); the newest keep_checkpoints (default 2) are kept.\n\n"
       "Examples:\n"
       "  runtime train --model qwen2.5-0.5b --attention l2a_dense --config configs/l2a_router_only.toml \\\n"
       "      --data ../shared/data/wikitext-2/valid.txt --steps 500 --out runs/router --device cuda\n"
@@ -88,7 +94,17 @@ void register_train(CLI::App& app) {
     run.model_dir = session->model_dir;
     run.model_name = session->model_name;
     run.quiet = args->quiet;
+    run.handle_signals = true;
     const TrainSummary s = run_training(*session->ops, *session->model, cfg, run, tok.get());
+    if (s.interrupted_by != 0) {
+      std::cerr << "interrupted at step " << s.last_step << " ("
+                << (s.interrupted_by == SIGTERM ? "SIGTERM" : "SIGINT") << "): checkpoint written to "
+                << s.last_checkpoint.string() << "; resume with the same command plus --resume" << std::endl;
+      std::cout.flush();
+      // The conventional 128 + signal, without going through the error path (this is not a failure
+      // of the run, and the checkpoint is complete).
+      std::exit(128 + s.interrupted_by);
+    }
     if (s.last_step >= s.first_step)
       std::cerr << "trained steps " << s.first_step << ".." << s.last_step << ", last loss " << s.last_loss << "\n";
     if (s.collapsed && cfg.collapse_action == CollapseAction::Stop)

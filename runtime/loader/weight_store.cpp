@@ -1,5 +1,7 @@
 #include "loader/weight_store.h"
 
+#include <algorithm>
+#include <cstring>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -35,7 +37,58 @@ void check_shard_name(const std::string& shard, const std::string& tensor, const
          "\", which is not a plain file name in the model directory");
 }
 
+// Index of the first element of `data` (n elements of unsigned type U, possibly misaligned) whose
+// exponent bits (`mask`) are all set, i.e. a NaN or an infinity; n when there is none. Blocks are
+// OR-reduced first (vectorizes), and only a block that has one is searched element by element.
+template <typename U>
+int64_t first_non_finite(const uint8_t* data, int64_t n, U mask) {
+  constexpr int64_t kBlock = 4096;
+  U buf[kBlock];
+  for (int64_t b0 = 0; b0 < n; b0 += kBlock) {
+    const int64_t m = std::min(kBlock, n - b0);
+    std::memcpy(buf, data + b0 * static_cast<int64_t>(sizeof(U)), static_cast<size_t>(m) * sizeof(U));
+    bool bad = false;
+    for (int64_t i = 0; i < m; ++i) bad |= (buf[i] & mask) == mask;
+    if (!bad) continue;
+    for (int64_t i = 0; i < m; ++i)
+      if ((buf[i] & mask) == mask) return b0 + i;
+  }
+  return n;
+}
+
 }  // namespace
+
+void check_finite(const WeightInfo& w) {
+  const int64_t n = static_cast<int64_t>(w.nbytes / std::max<size_t>(1, st_dtype_bits(w.dtype) / 8));
+  int64_t i = n;
+  const char* kind = "";
+  switch (w.dtype) {
+    case StDType::F32: {
+      i = first_non_finite<uint32_t>(w.data, n, 0x7f800000u);
+      if (i < n) {
+        uint32_t x;
+        std::memcpy(&x, w.data + i * 4, 4);
+        kind = (x & 0x007fffffu) ? "nan" : (x >> 31) ? "-inf" : "inf";
+      }
+      break;
+    }
+    case StDType::F16:
+    case StDType::BF16: {
+      const bool f16 = w.dtype == StDType::F16;
+      const uint16_t exp = f16 ? 0x7c00 : 0x7f80, man = f16 ? 0x03ff : 0x007f;
+      i = first_non_finite<uint16_t>(w.data, n, exp);
+      if (i < n) {
+        uint16_t x;
+        std::memcpy(&x, w.data + i * 2, 2);
+        kind = (x & man) ? "nan" : (x >> 15) ? "-inf" : "inf";
+      }
+      break;
+    }
+    default:
+      return;
+  }
+  if (i < n) fail(w.file, ": tensor '", w.name, "' has a non-finite value (", kind, ") at element ", i);
+}
 
 int64_t WeightInfo::numel() const {
   int64_t n = 1;

@@ -29,6 +29,11 @@ struct WeightInfo {
   std::string shape_str() const;
 };
 
+// Throws rt::Error "<file>: tensor '<name>' has a non-finite value (nan|inf|-inf) at element <i>"
+// for the first NaN or infinity of a F32, F16 or BF16 tensor (other dtypes are not checked). One
+// pass over the bytes, like the safetensors validation.
+void check_finite(const WeightInfo& w);
+
 class WeightStore {
  public:
   WeightStore();

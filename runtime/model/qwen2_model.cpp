@@ -75,6 +75,11 @@ size_t Qwen2Model::parameter_count() const {
 
 void Qwen2Model::load_weights(const WeightStore& store) {
   validate_qwen2_weights(config_, store);
+  // Non-finite weights would only surface as NaN (or silently finite) outputs much later: reject
+  // them here, naming the tensor. Every float tensor the model may read (a tied model never reads
+  // a stored lm_head.weight); one pass each.
+  for (const auto& [name, w] : store.all())
+    if (!(config_.tie_word_embeddings && name == "lm_head.weight")) check_finite(w);
   std::vector<uint8_t> scratch;
   for (const auto& e : qwen2_expected_tensors(config_)) add_weight(e.name, host_view(store.get(e.name), scratch));
   create_extra_params(&store);

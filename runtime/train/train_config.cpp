@@ -48,7 +48,8 @@ constexpr Field kFields[] = {
     {"min_lr_ratio", Kind::Real},  {"weight_decay", Kind::Real},    {"beta1", Kind::Real},
     {"beta2", Kind::Real},         {"eps", Kind::Real},             {"clip_norm", Kind::Real},
     {"seed", Kind::Int},           {"shuffle", Kind::Bool},         {"recompute", Kind::Bool},
-    {"checkpoint_every", Kind::Int}, {"log_every", Kind::Int},      {"collapse_loss", Kind::Real},
+    {"checkpoint_every", Kind::Int}, {"checkpoint_minutes", Kind::Real}, {"keep_checkpoints", Kind::Int},
+    {"log_every", Kind::Int},      {"collapse_loss", Kind::Real},
     {"collapse_sparsity", Kind::Real}, {"collapse_patience", Kind::Int},
     {"collapse_action", Kind::Str},
 };
@@ -290,6 +291,8 @@ void finish(const Pending& p, TrainConfig& c) {
   get_bool("shuffle", c.shuffle);
   get_bool("recompute", c.recompute);
   get_int("checkpoint_every", c.checkpoint_every, 0);
+  get_real("checkpoint_minutes", c.checkpoint_minutes, 0, false, kInf, false);
+  get_int("keep_checkpoints", c.keep_checkpoints, 0);
   get_int("log_every", c.log_every, 1);
   get_real("collapse_loss", c.collapse_loss, 0, false, kInf, false);
   get_real("collapse_sparsity", c.collapse_sparsity, 0, false, 1, false);
@@ -347,6 +350,16 @@ TrainConfig load_train_config(const std::filesystem::path& toml_file,
   return parse_train_config(ss.str(), toml_file.string(), set_overrides);
 }
 
+namespace {
+
+// The [train] keys that do not change what is computed: left out of config_hash() so that a
+// resume may change them.
+constexpr const char* kUnhashed[] = {"checkpoint_every", "checkpoint_minutes", "keep_checkpoints", "log_every",
+                                     "recompute",        "collapse_loss",      "collapse_sparsity", "collapse_patience",
+                                     "collapse_action"};
+
+}  // namespace
+
 std::string TrainConfig::to_json() const {
   nlohmann::ordered_json t;
   t["regime"] = regime_name(regime);
@@ -365,6 +378,8 @@ std::string TrainConfig::to_json() const {
   t["shuffle"] = shuffle;
   t["recompute"] = recompute;
   t["checkpoint_every"] = checkpoint_every;
+  t["checkpoint_minutes"] = checkpoint_minutes;
+  t["keep_checkpoints"] = keep_checkpoints;
   t["log_every"] = log_every;
   t["collapse_loss"] = collapse_loss;
   t["collapse_sparsity"] = collapse_sparsity;
@@ -377,6 +392,10 @@ std::string TrainConfig::to_json() const {
   return j.dump();
 }
 
-std::string TrainConfig::config_hash() const { return fnv1a64_hex(to_json()); }
+std::string TrainConfig::config_hash() const {
+  nlohmann::ordered_json j = nlohmann::ordered_json::parse(to_json());
+  for (const char* k : kUnhashed) j["train"].erase(k);
+  return fnv1a64_hex(j.dump());
+}
 
 }  // namespace rt

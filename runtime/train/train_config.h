@@ -40,7 +40,13 @@ struct TrainConfig {
   uint64_t seed = 0;
   bool shuffle = true;
   bool recompute = false;        // gradient checkpointing
-  int64_t checkpoint_every = 0;  // steps; 0 = only at the end or on a stop
+  // Checkpoints (none of these change the math, so none is part of config_hash()): every
+  // checkpoint_every steps or every checkpoint_minutes of wall time, whichever comes first (0
+  // disables each), plus always at the last step, on a collapse stop and on SIGINT/SIGTERM. Only
+  // the newest keep_checkpoints step directories are kept (0 = keep all).
+  int64_t checkpoint_every = 100;
+  double checkpoint_minutes = 30;
+  int64_t keep_checkpoints = 2;
   int64_t log_every = 1;
   double collapse_loss = 0.05;      // collapse = loss below this ...
   double collapse_sparsity = 0.98;  // ... and sparsity (fraction) above this ...
@@ -58,8 +64,10 @@ struct TrainConfig {
   // Every [train] field and the [attention] map as one compact JSON object, keys in a fixed
   // order: the checkpoint manifest and run record store it.
   std::string to_json() const;
-  // 16 hex digits: FNV-1a 64 of to_json(). Equal configs hash equal on every platform, so a
-  // resume can tell whether the config changed.
+  // 16 hex digits: FNV-1a 64 of to_json() without the keys that do not change the training math
+  // (checkpoint_every, checkpoint_minutes, keep_checkpoints, log_every, recompute, collapse_*).
+  // Equal configs hash equal on every platform, so a resume can tell whether the config changed;
+  // the excluded keys may change between a run and its resume.
   std::string config_hash() const;
 };
 

@@ -1,7 +1,9 @@
 #include "train/trainer.h"
 
 #include <chrono>
+#include <climits>
 #include <cmath>
+#include <csignal>
 #include <iostream>
 
 #include <nlohmann/json.hpp>
@@ -46,6 +48,39 @@ nlohmann::ordered_json typed_options(const Options& o) {
   }
   return j;
 }
+
+// The signal that asked training to stop (0: none). Written only by the handler.
+volatile std::sig_atomic_t g_stop_signal = 0;
+
+extern "C" void on_stop_signal(int sig) { g_stop_signal = sig; }
+
+// Installs on_stop_signal for SIGINT and SIGTERM for its lifetime. SA_RESETHAND puts the default
+// disposition back as the handler runs, so a second Ctrl-C terminates at once.
+class StopSignalGuard {
+ public:
+  explicit StopSignalGuard(bool active) : active_(active) {
+    if (!active_) return;
+    g_stop_signal = 0;
+    struct sigaction sa {};
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESETHAND | SA_RESTART;
+    ::sigaction(SIGINT, &sa, &old_int_);
+    ::sigaction(SIGTERM, &sa, &old_term_);
+  }
+  ~StopSignalGuard() {
+    if (!active_) return;
+    ::sigaction(SIGINT, &old_int_, nullptr);
+    ::sigaction(SIGTERM, &old_term_, nullptr);
+  }
+  StopSignalGuard(const StopSignalGuard&) = delete;
+  StopSignalGuard& operator=(const StopSignalGuard&) = delete;
+  int pending() const { return active_ ? static_cast<int>(g_stop_signal) : 0; }
+
+ private:
+  bool active_;
+  struct sigaction old_int_ {}, old_term_ {};
+};
 
 struct StepRecord {
   double lm = 0, reg = 0, grad_norm = 0, lr = 0, seconds = 0;
@@ -177,6 +212,12 @@ TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, c
   Tensor stats = ops.alloc(ops.accum_dtype(), {L, 2});
   std::vector<int32_t> seq;
 
+  StopSignalGuard signals(run.handle_signals);
+  const int keep_last = cfg.keep_checkpoints > 0 && cfg.keep_checkpoints < INT_MAX
+                            ? static_cast<int>(cfg.keep_checkpoints)
+                            : INT_MAX;  // 0: keep every checkpoint
+  auto last_save = std::chrono::steady_clock::now();
+
   ops.reset_peak_memory();
   for (int64_t step = start + 1; step <= last; ++step) {
     const auto t0 = std::chrono::steady_clock::now();
@@ -269,10 +310,15 @@ TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, c
                     {"model", run.model_name},
                     {"steps", std::to_string(run.steps)},
                     {"data", std::filesystem::absolute(run.data).string()}};
-      save_checkpoint(run.out, meta, opt.state());
+      summary.last_checkpoint = save_checkpoint(run.out, meta, opt.state(), keep_last);
+      last_save = std::chrono::steady_clock::now();
     };
     const bool collapsed = collapse.update(step, loss, sparsity);
-    if ((cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0) || final_step ||
+    const int stop_signal = final_step ? 0 : signals.pending();  // the last step finishes the run anyway
+    const bool timed = cfg.checkpoint_minutes > 0 &&
+                       std::chrono::duration<double>(std::chrono::steady_clock::now() - last_save).count() >=
+                           cfg.checkpoint_minutes * 60.0;
+    if ((cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0) || timed || final_step || stop_signal ||
         (collapsed && cfg.collapse_action == CollapseAction::Stop))
       checkpoint();
     if (collapsed && !summary.collapsed) {
@@ -281,6 +327,12 @@ TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, c
       bar.reset();
       std::cerr << collapse.message() << "\n";
       if (cfg.collapse_action == CollapseAction::Stop) return summary;
+    }
+    if (stop_signal) {
+      if (bar) bar->finish();
+      bar.reset();
+      summary.interrupted_by = stop_signal;
+      return summary;
     }
   }
   if (bar) bar->finish();

@@ -27,6 +27,11 @@ struct TrainRun {
   std::filesystem::path model_dir; // where the base model came from (tokenizer files are copied); may be empty
   std::string model_name;
   bool quiet = false;              // no progress bar (tests)
+  // Catch SIGINT/SIGTERM while training (`runtime train` sets it): the handler only sets a flag;
+  // after the step in progress completes a checkpoint of it is written and run_training returns
+  // with TrainSummary::interrupted_by set. The handler resets itself (SA_RESETHAND), so a second
+  // signal kills the process at once. The previous handlers are restored on return.
+  bool handle_signals = false;
 };
 
 struct TrainSummary {
@@ -34,6 +39,8 @@ struct TrainSummary {
   double last_loss = 0;
   bool collapsed = false;
   std::filesystem::path exported;         // OUT/model when the run reached its last step
+  int interrupted_by = 0;                 // SIGINT/SIGTERM that stopped the run after last_step (0: none)
+  std::filesystem::path last_checkpoint;  // the newest checkpoint this invocation wrote (empty: none)
 };
 
 TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, const TrainRun& run,

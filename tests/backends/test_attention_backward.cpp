@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <random>
 #include <sstream>
@@ -323,6 +324,180 @@ TEST(AttentionBackwardCpu, RejectsBadArguments) {
   EXPECT_THROW(rt::cpu::attention_backward(f, f, f, f, lse, f, f, out, out, spec), rt::Error);  // dq overlaps q
   const TensorView bad_lse = TensorView::contiguous(l.data(), DType::F32, Device::CPU, {4});
   EXPECT_THROW(rt::cpu::attention_backward(f, f, f, f, bad_lse, f, out, TensorView{}, TensorView{}, spec), rt::Error);
+}
+
+// ---- Non-finite inputs (issue 11): NaN / inf must reach o and lse, never turn into zeros. Only a
+// row that sees no key at all gets zeros (lse +inf).
+
+void forward_cpu(const Case& c, const Inputs& in, std::vector<float>& o, std::vector<float>& lse) {
+  const float poison = 12345.f;  // neither zero nor non-finite: every element must be written
+  o.assign(in.q.size(), poison);
+  lse.assign(static_cast<size_t>(c.Hq * c.Tq), poison);
+  auto view = [](const std::vector<float>& x, std::initializer_list<int64_t> shape) {
+    return TensorView::contiguous(const_cast<float*>(x.data()), DType::F32, Device::CPU, shape);
+  };
+  rt::cpu::attention_forward_lse(view(in.q, {c.Tq, c.Hq, c.D}), view(in.k, {c.Tk, c.Hkv, c.D}),
+                                 view(in.v, {c.Tk, c.Hkv, c.D}), view(o, {c.Tq, c.Hq, c.D}),
+                                 view(lse, {c.Hq, c.Tq}), c.spec());
+}
+
+struct NonFinite {
+  bool any_nonfinite = false;  // hit rows: some non-finite o and a non-finite lse (else: all NaN)
+  bool others_unchanged = true;
+  std::function<void(Inputs&)> prep;  // applied to both runs
+  bool lse_nonfinite = true;           // false: a NaN value, not a score (lse stays finite)
+};
+
+// Forward with `edit` applied to the inputs vs the forward without it: rows (i, h) where `hit` is
+// true must be all NaN (o and lse), the others bitwise unchanged (see NonFinite for variants).
+void check_nonfinite(const Case& c, const std::function<void(Inputs&)>& edit,
+                     const std::function<bool(int64_t, int64_t)>& hit, const NonFinite& how = {}) {
+  SCOPED_TRACE(c.str());
+  const bool any_nonfinite = how.any_nonfinite;
+  Inputs in = make_inputs(c, 11);
+  if (how.prep) how.prep(in);
+  std::vector<float> o0, l0, o1, l1;
+  forward_cpu(c, in, o0, l0);
+  edit(in);
+  forward_cpu(c, in, o1, l1);
+  int64_t hits = 0;
+  for (int64_t i = 0; i < c.Tq; ++i)
+    for (int64_t h = 0; h < c.Hq; ++h) {
+      const float* a = &o0[static_cast<size_t>((i * c.Hq + h) * c.D)];
+      const float* b = &o1[static_cast<size_t>((i * c.Hq + h) * c.D)];
+      const float la = l0[static_cast<size_t>(h * c.Tq + i)], lb = l1[static_cast<size_t>(h * c.Tq + i)];
+      if (hit(i, h)) {
+        ++hits;
+        if (any_nonfinite) {
+          bool bad = false;
+          for (int64_t e = 0; e < c.D; ++e) bad |= !std::isfinite(b[e]);
+          ASSERT_TRUE(bad) << "row " << i << " head " << h << ": finite output";
+          if (how.lse_nonfinite) ASSERT_FALSE(std::isfinite(lb)) << "row " << i << " head " << h << ": lse " << lb;
+          else ASSERT_EQ(la, lb) << "row " << i << " head " << h << ": lse changed by a value";
+        } else {
+          for (int64_t e = 0; e < c.D; ++e) ASSERT_TRUE(std::isnan(b[e])) << "row " << i << " head " << h << " o " << b[e];
+          ASSERT_TRUE(std::isnan(lb)) << "row " << i << " head " << h << ": lse " << lb;
+        }
+      } else if (how.others_unchanged) {
+        for (int64_t e = 0; e < c.D; ++e) ASSERT_EQ(a[e], b[e]) << "row " << i << " head " << h << " changed";
+        ASSERT_EQ(la, lb) << "row " << i << " head " << h << ": lse changed";
+      }
+    }
+  EXPECT_GT(hits, 0) << "the case hits no row";
+}
+
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+// Cases: decode-like (few stacked rows: the dot-product path), prefill (GEMM path), several key
+// tiles, a window, and keys starting after some queries (rows that see nothing).
+std::vector<Case> nonfinite_cases() {
+  return {{"decode", 1, 300, 4, 2, 16, true, 0, 299, 0},
+          {"prefill", 40, 40, 4, 2, 16},
+          {"tiles", 600, 600, 2, 1, 8},
+          {"window", 50, 50, 4, 4, 8, true, 7},
+          {"late keys", 30, 30, 6, 2, 8, true, 0, 0, 10}};
+}
+
+TEST(AttentionNonFiniteCpu, NanInOneQueryRow) {
+  for (const Case& c : nonfinite_cases()) {
+    const int64_t i0 = c.Tq - 1, h0 = 1;  // sees at least one key in every case
+    check_nonfinite(
+        c, [&](Inputs& in) { in.q[static_cast<size_t>((i0 * c.Hq + h0) * c.D + 3)] = kNaN; },
+        [&](int64_t i, int64_t h) { return i == i0 && h == h0; });
+  }
+}
+
+TEST(AttentionNonFiniteCpu, NanInOneKeyRow) {
+  for (const Case& c : nonfinite_cases()) {
+    const int64_t j0 = c.Tk / 2, hk = c.Hkv - 1, g = c.Hq / c.Hkv;
+    check_nonfinite(
+        c, [&](Inputs& in) { in.k[static_cast<size_t>((j0 * c.Hkv + hk) * c.D + 2)] = kNaN; },
+        [&](int64_t i, int64_t h) { return h / g == hk && c.visible(i, j0); });
+  }
+}
+
+TEST(AttentionNonFiniteCpu, NanInOneValueRow) {
+  for (const Case& c : nonfinite_cases()) {
+    const int64_t j0 = c.Tk / 3, hk = 0, g = c.Hq / c.Hkv;
+    check_nonfinite(
+        c, [&](Inputs& in) { for (int64_t e = 0; e < c.D; ++e) in.v[static_cast<size_t>((j0 * c.Hkv + hk) * c.D + e)] = kNaN; },
+        [&](int64_t i, int64_t h) { return h / g == hk && c.visible(i, j0); },
+        // Not checked: rows that do not see key j0 (masked P = 0 times a NaN value is NaN in the
+        // P V product of their block).
+        NonFinite{true, false, {}, false});
+  }
+}
+
+// +inf in q: its scores become +-inf. Row 0 of a causal prefill sees only key 0; with q . k =
+// -inf there, the naive online softmax keeps m = -inf and reports "no key" (zeros). The row
+// (i0, h0) must come out non-finite however the signs fall.
+TEST(AttentionNonFiniteCpu, InfInQueryRow) {
+  for (const bool negative_score : {true, false})
+    for (const Case& c : nonfinite_cases()) {
+      for (const int64_t i0 : {int64_t{0}, c.Tq - 1}) {
+        bool sees = false;
+        for (int64_t j = 0; j < c.Tk; ++j) sees |= c.visible(i0, j);
+        if (!sees) continue;
+        const int64_t h0 = c.Hq - 1, hk = h0 / (c.Hq / c.Hkv);
+        // Every key gets the same sign in dimension 0, so all the row's scores are -inf (or +inf).
+        auto prep = [&](Inputs& in) {
+          for (int64_t j = 0; j < c.Tk; ++j) {
+            float& x = in.k[static_cast<size_t>((j * c.Hkv + hk) * c.D)];
+            x = negative_score ? -std::fabs(x) - 0.1f : std::fabs(x) + 0.1f;
+          }
+        };
+        check_nonfinite(
+            c, [&](Inputs& in) { in.q[static_cast<size_t>((i0 * c.Hq + h0) * c.D)] = kInf; },
+            [&](int64_t i, int64_t h) { return i == i0 && h == h0; }, NonFinite{true, true, prep});
+      }
+    }
+}
+
+// Rows that see no key stay zeros / lse +inf even with NaN queries (softmax over an empty set).
+TEST(AttentionNonFiniteCpu, RowWithoutKeysStaysZero) {
+  const Case c{"late keys", 30, 30, 6, 2, 8, true, 0, 0, 10};  // rows 0..9 see nothing
+  Inputs in = make_inputs(c, 3);
+  for (float& x : in.q) x = kNaN;
+  std::vector<float> o, lse;
+  forward_cpu(c, in, o, lse);
+  for (int64_t i = 0; i < c.Tq; ++i)
+    for (int64_t h = 0; h < c.Hq; ++h) {
+      const float l = lse[static_cast<size_t>(h * c.Tq + i)];
+      if (i < 10) {
+        ASSERT_EQ(l, kInf) << i;
+        for (int64_t e = 0; e < c.D; ++e) ASSERT_EQ(o[static_cast<size_t>((i * c.Hq + h) * c.D + e)], 0.f) << i;
+      } else {
+        ASSERT_TRUE(std::isnan(l)) << i;
+      }
+    }
+}
+
+// Backward: a non-finite score reaches the gradients (with lse given and recomputed), including
+// the all-(-inf) row that the naive recomputed lse (+inf) turned into zero gradients.
+TEST(AttentionNonFiniteCpu, BackwardPropagates) {
+  for (const bool use_lse : {true, false}) {
+    SCOPED_TRACE(use_lse ? "lse given" : "lse recomputed");
+    const Case c{"prefill", 20, 20, 2, 1, 8};
+    {  // NaN query row 7, head 0
+      Inputs in = make_inputs(c, 5);
+      in.q[static_cast<size_t>((7 * c.Hq + 0) * c.D + 1)] = kNaN;
+      std::vector<float> dq, dk, dv;
+      run_cpu(c, in, dq, dk, dv, use_lse);
+      for (int64_t e = 0; e < c.D; ++e) ASSERT_TRUE(std::isnan(dq[static_cast<size_t>((7 * c.Hq) * c.D + e)])) << e;
+      for (int64_t e = 0; e < c.D; ++e) ASSERT_TRUE(std::isfinite(dq[static_cast<size_t>((6 * c.Hq) * c.D + e)])) << e;
+    }
+    {  // row 0 sees only key 0, with score -inf
+      Inputs in = make_inputs(c, 6);
+      in.k[0] = -std::fabs(in.k[0]) - 0.1f;
+      in.q[0] = kInf;
+      std::vector<float> dq, dk, dv;
+      run_cpu(c, in, dq, dk, dv, use_lse);
+      bool bad = false;
+      for (int64_t e = 0; e < c.D; ++e) bad |= !std::isfinite(dq[static_cast<size_t>(e)]);
+      ASSERT_TRUE(bad) << "finite dq for a row with an infinite query";
+    }
+  }
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <functional>
 
 #include "cli_test_util.h"
@@ -298,6 +299,30 @@ TEST_F(CliErrors, GenerateOnCorruptModel) {
       run_runtime({"generate", "--model", model_.string(), "--ids", "1,2,3", "--max-new-tokens", "4", "--print-ids"}, 60);
   EXPECT_TRUE(is_clean_error(r, {"model.safetensors"}, {kPastEnd}));
   EXPECT_TRUE(r.out.empty() || r.out == "\n") << "ids printed for a corrupt model: " << r.out;
+}
+
+// A NaN in a norm weight (issue 11): the model would otherwise run and print finite logits.
+// Rejected at load, naming the file, the tensor, the kind and the element.
+TEST_F(CliErrors, NanInNormWeight) {
+  const std::string name = "model.layers.1.post_attention_layernorm.weight";  // [40] float32
+  Safetensors s = load();
+  const size_t begin = s.header.at(name).at("data_offsets").at(0).get<size_t>();
+  const uint32_t nan_bits = 0x7fc00000u;
+  std::memcpy(s.data.data() + begin + 3 * 4, &nan_bits, 4);
+  s.save(st());
+  EXPECT_TRUE(is_clean_error(logits(), {"model.safetensors", "tensor '" + name + "'",
+                                        "non-finite value (nan) at element 3"}));
+  expect_no_output();
+}
+
+TEST_F(CliErrors, InfInWeight) {
+  Safetensors s = load();
+  const size_t begin = s.header.at(kTensor).at("data_offsets").at(0).get<size_t>();
+  const uint32_t neg_inf_bits = 0xff800000u;
+  std::memcpy(s.data.data() + begin + 41 * 4, &neg_inf_bits, 4);
+  s.save(st());
+  EXPECT_TRUE(is_clean_error(logits(), {"tensor '" + kTensor + "'", "non-finite value (-inf) at element 41"}));
+  expect_no_output();
 }
 
 }  // namespace

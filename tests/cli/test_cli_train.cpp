@@ -3,11 +3,23 @@
 // PyTorch, bit-identical resume (on the CPU, and with --device cuda where there is a GPU), the
 // exported model loading back, the tokens-per-parameter warning, the sparsity report, and the
 // training command's error paths.
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include "cli_test_util.h"
+
+extern char** environ;
 
 namespace {
 
@@ -131,6 +143,154 @@ TEST(TrainResume, BitIdentical) {
   EXPECT_GE(rep["sparsity"].get<double>(), 0.0);
   EXPECT_LE(rep["sparsity"].get<double>(), 1.0);
   EXPECT_EQ(rep["heatmap"].size(), 2u);
+}
+
+// ---- interruption: SIGINT/SIGTERM checkpoint the completed step and exit 128+signal ----------
+
+// `runtime args...` started in the background, stdin /dev/null, stdout and stderr to files.
+pid_t spawn_runtime(const std::vector<std::string>& args, const fs::path& out_file, const fs::path& err_file) {
+  std::vector<std::string> argv{runtime_bin().string()};
+  argv.insert(argv.end(), args.begin(), args.end());
+  std::vector<char*> cargv;
+  for (auto& a : argv) cargv.push_back(a.data());
+  cargv.push_back(nullptr);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&fa, 1, out_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_addopen(&fa, 2, err_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  pid_t pid = -1;
+  const int rc = ::posix_spawn(&pid, argv[0].c_str(), &fa, nullptr, cargv.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  return rc == 0 ? pid : -1;
+}
+
+// Waits for the child (SIGKILL after timeout_s); returns its waitpid status, or -1 on timeout.
+int wait_child(pid_t pid, double timeout_s) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+  for (;;) {
+    int status = 0;
+    const pid_t r = ::waitpid(pid, &status, WNOHANG);
+    if (r == pid) return status;
+    if (r < 0) return -1;
+    if (std::chrono::steady_clock::now() > deadline) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &status, 0);
+      return -1;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+}
+
+size_t metrics_lines(const fs::path& out) {
+  std::ifstream in(out / "metrics.jsonl");
+  size_t n = 0;
+  for (std::string line; std::getline(in, line);) n += !line.empty() && line.back() == '}';
+  return n;
+}
+
+std::vector<std::string> step_dirs(const fs::path& out) {
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(out / "checkpoints"))
+    if (e.is_directory() && e.path().filename().string().rfind("step_", 0) == 0)
+      names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+// Long enough that a signal sent after the first metrics line lands well before the end (a step
+// of this config takes a good fraction of a second on the CPU, so this runs for seconds).
+constexpr int kInterruptSteps = 16;
+
+std::string interrupt_config() {
+  std::string c = kL2aConfig;
+  const std::string from = "checkpoint_every = 2", to = "checkpoint_every = 100000";
+  c.replace(c.find(from), from.size(), to);
+  return c;
+}
+
+// Starts a run of kInterruptSteps, sends `sig` once it has logged a step, and returns the child's
+// status and stderr.
+std::pair<int, std::string> interrupted_run(const TempDir& tmp, const std::string& out, int sig) {
+  const pid_t pid = spawn_runtime(train_args(tmp, out, kInterruptSteps), tmp / (out + ".out"), tmp / (out + ".err"));
+  EXPECT_GT(pid, 0);
+  if (pid <= 0) return {-1, ""};
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (metrics_lines(tmp / out) < 1 && std::chrono::steady_clock::now() < deadline) {
+    int st = 0;
+    if (::waitpid(pid, &st, WNOHANG) == pid) return {st, read_text(tmp / (out + ".err"))};  // ended early
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  ::kill(pid, sig);
+  const int status = wait_child(pid, 300);
+  return {status, read_text(tmp / (out + ".err"))};
+}
+
+TEST(TrainInterrupt, SigintCheckpointsAndResumesBitIdentically) {
+  ASSERT_TRUE(runtime_available());
+  TempDir tmp;
+  write_text(tmp / "l2a.toml", interrupt_config());
+
+  const auto [status, err] = interrupted_run(tmp, "split", SIGINT);
+  ASSERT_TRUE(WIFEXITED(status)) << "status " << status << "\n" << err;
+  EXPECT_EQ(WEXITSTATUS(status), 130) << err;
+  const auto rows = metrics(tmp / "split");
+  ASSERT_GE(rows.size(), 1u);
+  ASSERT_LT(rows.size(), static_cast<size_t>(kInterruptSteps)) << "the run ended before the signal";
+  const int64_t k = rows.back()["step"].get<int64_t>();
+  const std::string dir = (tmp / "split" / "checkpoints" / ("step_" + [&] {
+                            char b[16];
+                            std::snprintf(b, sizeof b, "%08lld", static_cast<long long>(k));
+                            return std::string(b);
+                          }())).string();
+  EXPECT_NE(err.find("interrupted at step " + std::to_string(k)), std::string::npos) << err;
+  EXPECT_NE(err.find(dir), std::string::npos) << err;
+  EXPECT_NE(err.find("--resume"), std::string::npos) << err;
+  EXPECT_TRUE(fs::exists(fs::path(dir) / "manifest.json")) << dir;
+  EXPECT_FALSE(fs::exists(tmp / "split" / "model")) << "an interrupted run must not export";
+
+  auto args = train_args(tmp, "split", kInterruptSteps);
+  args.push_back("--resume");
+  const auto resumed = run_runtime(args, 600);
+  ASSERT_TRUE(resumed.ok()) << resumed.describe();
+  const auto full_run = run_runtime(train_args(tmp, "full", kInterruptSteps), 600);
+  ASSERT_TRUE(full_run.ok()) << full_run.describe();
+  const auto full = metrics(tmp / "full"), split = metrics(tmp / "split");
+  ASSERT_EQ(full.size(), static_cast<size_t>(kInterruptSteps));
+  ASSERT_EQ(split.size(), static_cast<size_t>(kInterruptSteps));
+  size_t mismatches = 0;
+  for (size_t i = 0; i < full.size(); ++i)
+    for (const char* key : {"step", "loss", "lm_loss", "reg_loss", "grad_norm"})
+      if (full[i][key] != split[i][key] && ++mismatches <= 5)
+        ADD_FAILURE() << key << " at step " << i + 1 << ": " << full[i][key] << " vs " << split[i][key];
+  EXPECT_EQ(mismatches, 0u);
+  EXPECT_EQ(read_text(tmp / "full" / "model" / "model.safetensors"),
+            read_text(tmp / "split" / "model" / "model.safetensors"));
+}
+
+TEST(TrainInterrupt, SigtermExits143WithACheckpoint) {
+  ASSERT_TRUE(runtime_available());
+  TempDir tmp;
+  write_text(tmp / "l2a.toml", interrupt_config());
+  const auto [status, err] = interrupted_run(tmp, "run", SIGTERM);
+  ASSERT_TRUE(WIFEXITED(status)) << "status " << status << "\n" << err;
+  EXPECT_EQ(WEXITSTATUS(status), 143) << err;
+  EXPECT_NE(err.find("interrupted at step"), std::string::npos) << err;
+  EXPECT_EQ(step_dirs(tmp / "run").size(), 1u);
+}
+
+TEST(TrainCheckpoints, KeepsTheNewestK) {
+  ASSERT_TRUE(runtime_available());
+  TempDir tmp;
+  write_text(tmp / "l2a.toml", kL2aConfig);
+  auto args = train_args(tmp, "run", 5);
+  for (const char* s : {"train.checkpoint_every=1", "train.keep_checkpoints=2"}) {
+    args.push_back("--set");
+    args.push_back(s);
+  }
+  const auto r = run_runtime(args, 300);
+  ASSERT_TRUE(r.ok()) << r.describe();
+  EXPECT_EQ(step_dirs(tmp / "run"), (std::vector<std::string>{"step_00000004", "step_00000005"}));
 }
 
 // ---- the same resume check on the GPU ---------------------------------------------------------

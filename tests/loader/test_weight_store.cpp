@@ -144,5 +144,73 @@ TEST(WeightStore, AddOwned) {
   EXPECT_HAS(error_of([&] { ws.get("y"); }), "1 in-memory tensors");
 }
 
+// check_finite: one pass over each float tensor; the first NaN / inf is named with its element.
+// A tensor of n elements of 2- or 4-byte width, all finite (1.0), except element `at` = `bits`.
+TensorSet one_bad(StDType dt, int64_t n, int64_t at, uint32_t bits) {
+  TensorSet s;
+  s.add("model.norm.weight", {n}, dt);
+  std::vector<uint8_t>& d = s.data[0];
+  const size_t w = st_dtype_bits(dt) / 8;
+  const uint32_t one = dt == StDType::F32 ? 0x3f800000u : dt == StDType::BF16 ? 0x3f80u : 0x3c00u;
+  for (int64_t i = 0; i < n; ++i) std::memcpy(d.data() + i * w, i == at ? &bits : &one, w);  // little-endian
+  return s;
+}
+
+std::string check_error(const TensorSet& s) {
+  TempDir dir;
+  s.save(dir / "model.safetensors");
+  const WeightStore ws = WeightStore::open(dir.path());
+  const std::string msg = error_of([&] { check_finite(ws.get("model.norm.weight")); });
+  EXPECT_HAS(msg, (dir / "model.safetensors").string() + ": tensor 'model.norm.weight' has a non-finite value");
+  return msg;
+}
+
+TEST(WeightStore, CheckFiniteNamesFirstNonFinite) {
+  struct Case {
+    StDType dt;
+    uint32_t bits;
+    const char* kind;
+  };
+  const Case cases[] = {
+      {StDType::F32, 0x7fc00000u, "(nan)"}, {StDType::F32, 0xffc00001u, "(nan)"},
+      {StDType::F32, 0x7f800000u, "(inf)"}, {StDType::F32, 0xff800000u, "(-inf)"},
+      {StDType::BF16, 0x7fc0u, "(nan)"},    {StDType::BF16, 0x7f80u, "(inf)"},
+      {StDType::BF16, 0xff80u, "(-inf)"},   {StDType::F16, 0x7e00u, "(nan)"},
+      {StDType::F16, 0x7c00u, "(inf)"},     {StDType::F16, 0xfc00u, "(-inf)"},
+  };
+  for (const Case& c : cases)
+    for (int64_t at : {int64_t{0}, int64_t{5}, int64_t{4095}, int64_t{4096}, int64_t{9999}}) {
+      SCOPED_TRACE(std::string(st_dtype_name(c.dt)) + " " + c.kind + " at " + std::to_string(at));
+      const std::string msg = check_error(one_bad(c.dt, 10000, at, c.bits));
+      EXPECT_HAS(msg, std::string(c.kind) + " at element " + std::to_string(at));
+    }
+}
+
+TEST(WeightStore, CheckFiniteReportsTheFirst) {
+  TensorSet s = one_bad(StDType::F32, 100, 70, 0x7f800000u);
+  const uint32_t nan_bits = 0x7fc00000u;
+  std::memcpy(s.data[0].data() + 90 * 4, &nan_bits, 4);
+  EXPECT_HAS(check_error(s), "(inf) at element 70");
+}
+
+TEST(WeightStore, CheckFiniteAcceptsFiniteAndOtherDtypes) {
+  TempDir dir;
+  TensorSet s;
+  s.add("i", {64}, StDType::I32);  // counting bytes: bit patterns that would be NaN as f32
+  s.add("u", {64}, StDType::U8);
+  s.add("e", {0}, StDType::F32);
+  const TensorSet f32 = one_bad(StDType::F32, 5000, -1, 0), bf = one_bad(StDType::BF16, 5000, -1, 0);
+  s.names.push_back("f"), s.shapes.push_back({5000}), s.data.push_back(f32.data[0]), s.dtypes.push_back(StDType::F32);
+  s.names.push_back("g"), s.shapes.push_back({5000}), s.data.push_back(bf.data[0]), s.dtypes.push_back(StDType::BF16);
+  const uint32_t max_f32 = 0x7f7fffffu, sub = 0x00000001u;  // largest finite, smallest subnormal
+  const uint16_t max_bf16 = 0x7f7f;
+  std::memcpy(s.data.back().data() + 3 * 2, &max_bf16, 2);
+  std::memcpy(s.data[s.data.size() - 2].data() + 7 * 4, &max_f32, 4);
+  std::memcpy(s.data[s.data.size() - 2].data() + 8 * 4, &sub, 4);
+  s.save(dir / "model.safetensors");
+  const WeightStore ws = WeightStore::open(dir.path());
+  for (const auto& [name, w] : ws.all()) EXPECT_NO_THROW(check_finite(w)) << name;
+}
+
 }  // namespace
 }  // namespace rt::test

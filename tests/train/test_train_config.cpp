@@ -33,7 +33,9 @@ TEST(TrainConfig, EmptyFileGivesDefaults) {
   EXPECT_EQ(c.seed, 0u);
   EXPECT_TRUE(c.shuffle);
   EXPECT_FALSE(c.recompute);
-  EXPECT_EQ(c.checkpoint_every, 0);
+  EXPECT_EQ(c.checkpoint_every, 100);
+  EXPECT_DOUBLE_EQ(c.checkpoint_minutes, 30.0);
+  EXPECT_EQ(c.keep_checkpoints, 2);
   EXPECT_EQ(c.log_every, 1);
   EXPECT_DOUBLE_EQ(c.collapse_loss, 0.05);
   EXPECT_DOUBLE_EQ(c.collapse_sparsity, 0.98);
@@ -239,7 +241,8 @@ TEST(TrainConfig, JsonAndHashAreStable) {
   EXPECT_EQ(d.to_json(),
             R"({"train":{"regime":"full","seq_len":1024,"batch_size":8,"micro_batch":1,"lr":0.0001,)"
             R"("warmup_steps":0,"min_lr_ratio":0.0,"weight_decay":0.1,"beta1":0.9,"beta2":0.95,"eps":1e-08,)"
-            R"("clip_norm":1.0,"seed":0,"shuffle":true,"recompute":false,"checkpoint_every":0,"log_every":1,)"
+            R"("clip_norm":1.0,"seed":0,"shuffle":true,"recompute":false,"checkpoint_every":100,)"
+            R"("checkpoint_minutes":30.0,"keep_checkpoints":2,"log_every":1,)"
             R"("collapse_loss":0.05,"collapse_sparsity":0.98,"collapse_patience":5,"collapse_action":"stop"},)"
             R"("attention":{}})");
   EXPECT_EQ(d.config_hash().size(), 16u);
@@ -254,6 +257,24 @@ TEST(TrainConfig, JsonAndHashAreStable) {
   EXPECT_NE(parse("", {"seed=1"}).config_hash(), d.config_hash());
   // The source path is not part of the identity.
   EXPECT_EQ(parse_train_config("", "other.toml").config_hash(), d.config_hash());
+  // Neither are the keys that do not change the math: a resume may change them.
+  for (const char* k : {"checkpoint_every=7", "checkpoint_minutes=0.5", "keep_checkpoints=0", "log_every=3",
+                        "recompute=true", "collapse_loss=0.5", "collapse_sparsity=0.5", "collapse_patience=9",
+                        "collapse_action=warn"}) {
+    const TrainConfig e = parse("", {k});
+    EXPECT_NE(e.to_json(), d.to_json()) << k;
+    EXPECT_EQ(e.config_hash(), d.config_hash()) << k;
+  }
+}
+
+TEST(TrainConfig, CheckpointKeys) {
+  const TrainConfig c = parse("[train]\ncheckpoint_every = 0\ncheckpoint_minutes = 2.5\nkeep_checkpoints = 5\n");
+  EXPECT_EQ(c.checkpoint_every, 0);
+  EXPECT_DOUBLE_EQ(c.checkpoint_minutes, 2.5);
+  EXPECT_EQ(c.keep_checkpoints, 5);
+  EXPECT_EQ(parse("", {"checkpoint_minutes=0"}).checkpoint_minutes, 0.0);
+  EXPECT_HAS(parse_error("[train]\ncheckpoint_minutes = -1\n"), "train.checkpoint_minutes", ">= 0");
+  EXPECT_HAS(parse_error("[train]\nkeep_checkpoints = -1\n"), "train.keep_checkpoints", ">= 0");
 }
 
 }  // namespace
