@@ -99,14 +99,26 @@ TEST_P(L2aFused, InferenceMatchesDense) {
   EXPECT_LT(routed, static_cast<int64_t>(ids.size()) * p.dense.n_layers()) << "every token routed";
 }
 
+// One training forward+backward of the same sequence through both plugins, every gradient kept.
+struct BothSteps {
+  std::vector<std::string> names;
+  Qwen2Model::GradMap gd, gf;
+  rt::test::LossParts ld, lf;
+  BothSteps(Pair& p, uint64_t seed) : names(p.dense.model->parameter_names()) {
+    const auto ids = tokens(96, seed, p.dense.model->dims().vocab);
+    gd = rt::test::zero_grads(p.dense, names);
+    gf = rt::test::zero_grads(p.fused, names);
+    ld = rt::test::run_sequence(p.dense, ids, TrainContext{}, gd);
+    lf = rt::test::run_sequence(p.fused, ids, TrainContext{}, gf);
+  }
+};
+
 TEST_P(L2aFused, TrainingWithLeakMatchesDenseEverywhere) {
   Pair p(GetParam(), 1.0);
-  const auto ids = tokens(96, 2, p.dense.model->dims().vocab);
-  const auto names = p.dense.model->parameter_names();
-  auto gd = rt::test::zero_grads(p.dense, names), gf = rt::test::zero_grads(p.fused, names);
-  TrainContext tc;
-  const auto ld = rt::test::run_sequence(p.dense, ids, tc, gd);
-  const auto lf = rt::test::run_sequence(p.fused, ids, tc, gf);
+  BothSteps r(p, 2);
+  const auto& names = r.names;
+  const auto &gd = r.gd, &gf = r.gf;
+  const auto &ld = r.ld, &lf = r.lf;
   EXPECT_NEAR(lf.lm, ld.lm, 1e-2 * std::abs(ld.lm));
   EXPECT_EQ(lf.routed, ld.routed);
   for (const auto& n : names) {
@@ -117,12 +129,12 @@ TEST_P(L2aFused, TrainingWithLeakMatchesDenseEverywhere) {
 
 TEST_P(L2aFused, TrainingWithoutLeakMatchesDenseOnRoutedPaths) {
   Pair p(GetParam(), 0.0);
+  BothSteps r(p, 3);
+  const auto& names = r.names;
+  const auto &gd = r.gd, &gf = r.gf;
+  const auto &ld = r.ld, &lf = r.lf;
   const auto ids = tokens(96, 3, p.dense.model->dims().vocab);
-  const auto names = p.dense.model->parameter_names();
-  auto gd = rt::test::zero_grads(p.dense, names), gf = rt::test::zero_grads(p.fused, names);
   TrainContext tc;
-  const auto ld = rt::test::run_sequence(p.dense, ids, tc, gd);
-  const auto lf = rt::test::run_sequence(p.fused, ids, tc, gf);
   EXPECT_NEAR(lf.lm, ld.lm, 1e-2 * std::abs(ld.lm));
   // The global sublayer's weights are reached only through routed rows (d = 1), in both.
   for (const auto& n : names) {
