@@ -220,6 +220,64 @@ TEST(FlashAttention, RowsThatSeeNothing) {
   }
 }
 
+// A NaN in q or k reaches the outputs of exactly the rows that use it (issue 11: the kernels used
+// to map a NaN row to zeros, since fmaxf drops NaN from the running max and a NaN sum failed the
+// "sum > 0" test). Every other row stays finite.
+void check_nan_case(const Case& c, AttentionKernel kern, int64_t nan_q_row, int64_t nan_k_row, uint64_t seed) {
+  SCOPED_TRACE(c.str() + " nan q row " + std::to_string(nan_q_row) + " nan k row " + std::to_string(nan_k_row));
+  const size_t nq = static_cast<size_t>(c.Tq * c.Hq * c.D), nk = static_cast<size_t>(c.Tk * c.Hkv * c.D);
+  std::vector<float> q = randn(nq, seed), k = randn(nk, seed + 1), v = randn(nk, seed + 2);
+  std::vector<uint16_t> qb = round_bf16(q), kb = round_bf16(k), vb = round_bf16(v);
+  const uint16_t nan_bits = 0x7FC0;
+  const int64_t q_head = c.Hq - 1;  // last query head; k: KV head 0 (query heads 0 .. group-1)
+  if (nan_q_row >= 0) qb[static_cast<size_t>((nan_q_row * c.Hq + q_head) * c.D + 3)] = nan_bits;
+  if (nan_k_row >= 0) kb[static_cast<size_t>(nan_k_row * c.Hkv * c.D + 5)] = nan_bits;
+  DeviceBuffer dq(nq * 2), dk(nk * 2), dv(nk * 2), dout(nq * 2), dlse(static_cast<size_t>(c.Hq * c.Tq) * 4);
+  dq.upload(qb.data(), nq * 2);
+  dk.upload(kb.data(), nk * 2);
+  dv.upload(vb.data(), nk * 2);
+  dout.poison();
+  dlse.poison();
+  rt::cuda::attention_forward_with(TensorView::contiguous(dq.p, DType::BF16, Device::CUDA, {c.Tq, c.Hq, c.D}),
+                                   TensorView::contiguous(dk.p, DType::BF16, Device::CUDA, {c.Tk, c.Hkv, c.D}),
+                                   TensorView::contiguous(dv.p, DType::BF16, Device::CUDA, {c.Tk, c.Hkv, c.D}),
+                                   TensorView::contiguous(dout.p, DType::BF16, Device::CUDA, {c.Tq, c.Hq, c.D}),
+                                   TensorView::contiguous(dlse.p, DType::F32, Device::CUDA, {c.Hq, c.Tq}), c.spec(),
+                                   kern, nullptr);
+  cuda_ok(cudaDeviceSynchronize(), "attention");
+  std::vector<uint16_t> ob(nq);
+  std::vector<float> lse(static_cast<size_t>(c.Hq * c.Tq));
+  dout.download(ob.data(), nq * 2);
+  dlse.download(lse.data(), lse.size() * 4);
+  const int64_t group = c.Hq / c.Hkv;
+  size_t wrong = 0;
+  for (int64_t i = 0; i < c.Tq; ++i)
+    for (int64_t h = 0; h < c.Hq; ++h) {
+      const int64_t pos = c.q_pos0 + i;  // causal, k_pos0 = 0: row i sees keys 0..pos
+      const bool nan_expected = (i == nan_q_row && h == q_head) || (nan_k_row >= 0 && h < group && nan_k_row <= pos);
+      const float l = lse[static_cast<size_t>(h * c.Tq + i)];
+      if (std::isnan(l) != nan_expected) ++wrong;
+      for (int64_t d = 0; d < c.D; ++d) {
+        const float x = rt::bf16_to_f32(ob[static_cast<size_t>((i * c.Hq + h) * c.D + d)]);
+        if (nan_expected ? !std::isnan(x) : !std::isfinite(x)) ++wrong;
+      }
+    }
+  EXPECT_EQ(wrong, 0u) << "outputs/lse that are NaN where they should be finite, or finite where NaN is expected";
+}
+
+TEST(FlashAttention, NonFiniteInputsPropagate) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 900;
+  for (const Heads& hd : {kHeads[0], kHeads[1]}) {
+    Case c{"nan", 300, 300, hd.Hq, hd.Hkv, hd.D};
+    check_nan_case(c, AttentionKernel::Flash, 70, -1, seed += 3);
+    check_nan_case(c, AttentionKernel::Flash, -1, 200, seed += 3);
+    Case d{"nan decode", 1, 300, hd.Hq, hd.Hkv, hd.D, true, 0, 299, 0};
+    check_nan_case(d, AttentionKernel::Decode, 0, -1, seed += 3);
+    check_nan_case(d, AttentionKernel::Decode, -1, 123, seed += 3);
+  }
+}
+
 TEST(FlashAttention, LogSumExp) {
   SKIP_WITHOUT_GPU();
   uint64_t seed = 600;

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # On the GPU machine (device tool), after `source tools/device/unpack.sh`: the CUDA tests of the
 # routed kernels, l2a_fused and the kernels they share, then the benchmarks. Logs and JSON to $OUT.
-#   bash tools/device/l2a_gpu_check.sh tests kernels model train memory trace anchors
-# (any subset, in that order). SEQS overrides the kernel sequence lengths.
+#   bash tools/device/l2a_gpu_check.sh fwdpaths tests kernels model train memory trace anchors
+# (any subset, in that order). SEQS overrides the kernel sequence lengths. `fwdpaths` runs the
+# forward-kernel tests under each forward path (RT_ATTN_FWD=wgmma: the Hopper kernel; mma: the
+# mma.sync kernel of sm_89), a compute-sanitizer pass, and times both paths against cuDNN.
 set -uo pipefail
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
@@ -12,6 +14,31 @@ FUSED_SET="--set l2a_fused.router=fixed_rate --set l2a_fused.sparsity=0.8"
 DENSE_SET="--set l2a_dense.router=fixed_rate --set l2a_dense.sparsity=0.8"
 for step in "$@"; do
   case $step in
+  fwdpaths)
+    : > "$out/fwdpaths.txt"
+    for path in wgmma mma; do
+      for t in test_flash_attention test_routed_attention test_l2a_fused test_cuda_model; do
+        RT_ATTN_FWD=$path timeout 300 build/bin/$t --gtest_brief=1 > /tmp/$t.$path.log 2>&1
+        echo "$t RT_ATTN_FWD=$path rc=$? $(grep -E '^\[  (PASSED|FAILED)' /tmp/$t.$path.log | tr '\n' ' ')" |
+          tee -a "$out/fwdpaths.txt"
+        grep -B3 -A12 "Failure" /tmp/$t.$path.log | head -40 >> "$out/fwdpaths.txt"
+      done
+    done
+    for tool in memcheck synccheck; do
+      RT_ATTN_FWD=wgmma timeout 90 compute-sanitizer --tool $tool --error-exitcode 9 build/bin/test_flash_attention \
+        --gtest_brief=1 --gtest_filter="*RowsThatSeeNothing*:*NonFinite*" > /tmp/san.$tool.log 2>&1
+      echo "compute-sanitizer $tool rc=$? $(grep -E 'ERROR SUMMARY' /tmp/san.$tool.log)" | tee -a "$out/fwdpaths.txt"
+      grep -m5 -A6 "=========" /tmp/san.$tool.log | head -30 >> "$out/fwdpaths.txt"
+    done
+    for path in wgmma mma; do
+      RT_ATTN_FWD=$path timeout 200 build/bin/bench_attention --seqs ${SEQS:-4096,16384,32768,65536} --window 2048 \
+        --json "$out/flash_$path.json" > "$out/flash_$path.txt" 2>&1
+      echo "== RT_ATTN_FWD=$path"; cat "$out/flash_$path.txt"
+    done | tee -a "$out/fwdpaths.txt"
+    timeout 200 build/bin/bench_cudnn_sdpa --seqs ${SEQS:-4096,16384,32768,65536} --window 2048 \
+      > "$out/cudnn.txt" 2>&1
+    cat "$out/cudnn.txt" | tee -a "$out/fwdpaths.txt"
+    ;;
   tests)
     : > "$out/tests.txt"
     for t in test_routed_attention test_l2a_fused test_flash_attention test_attention_backward test_cuda_training_ops \

@@ -12,6 +12,7 @@
 
 #include "cuda/attention/flash_attention.cuh"
 #include "cuda/attention/attention_launch.h"
+#include "cuda/attention/flash_fwd_hopper.h"
 #include "rt/sdk/error.h"
 
 namespace rt::cuda {
@@ -79,32 +80,28 @@ bool routed_small_blocks(int64_t Tq) {
   return forced != 0 ? forced == 64 : Tq <= 16384;
 }
 
+}  // namespace
+
+namespace attn_launch {
+FwdPath forward_path_setting() {
+  static const FwdPath path = [] {
+    const char* v = std::getenv("RT_ATTN_FWD");
+    const std::string s = v != nullptr ? v : "";
+    if (s.empty() || s == "auto") return FwdPath::Auto;
+    if (s == "wgmma") return FwdPath::Wgmma;
+    if (s == "mma") return FwdPath::Mma;
+    fail("RT_ATTN_FWD='", s, "': expected auto, wgmma (the Hopper kernel) or mma (the mma.sync kernel)");
+  }();
+  return path;
+}
+}  // namespace attn_launch
+
+namespace {
+
 template <class Cfg, class Rows>
 void launch_flash_cfg(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o, float* lse,
                       const AttentionSpec& spec, const Shapes& s, cudaStream_t stream) {
-  attn::FwdParams p{};
-  p.q = static_cast<const bf16*>(q.data);
-  p.k = static_cast<const bf16*>(k.data);
-  p.v = static_cast<const bf16*>(v.data);
-  p.o = static_cast<bf16*>(o.data);
-  p.lse = lse;
-  p.q_row = q.stride[0], p.q_head = q.stride[1];
-  p.k_row = k.stride[0], p.k_head = k.stride[1];
-  p.v_row = v.stride[0], p.v_head = v.stride[1];
-  p.o_row = o.stride[0], p.o_head = o.stride[1];
-  p.Tq = static_cast<int>(s.Tq), p.Tk = static_cast<int>(s.Tk);
-  p.Hq = static_cast<int>(s.Hq), p.Hkv = static_cast<int>(s.Hkv);
-  p.group = static_cast<int>(s.Hq / s.Hkv);
-  // Routed rows stack the query heads of a GQA group into a CTA's rows (one CTA per KV head).
-  const int64_t block_rows = spec.routed() ? s.Tq * (s.Hq / s.Hkv) : s.Tq;
-  RT_CHECK(block_rows <= kMaxInt, "attention (cuda): too many query rows (", block_rows, ")");
-  p.num_m_blocks = static_cast<int>((block_rows + Cfg::kBlockM - 1) / Cfg::kBlockM);
-  p.scale_log2 = s.scale * 1.4426950408889634f;
-  p.mask = mask_params(spec, s.Tk);
-  RT_CHECK(p.num_m_blocks <= 65535, "attention (cuda): Tq = ", s.Tq, " is too long for one launch (max ",
-           65535 * Cfg::kBlockM, ")");
-  p.q_index = static_cast<const int32_t*>(spec.q_index.data);
-  p.q_count = static_cast<const int32_t*>(spec.q_count.data);
+  const attn::FwdParams p = attn_launch::fwd_params(q, k, v, o, lse, spec, s, Cfg::kBlockM);
   with_mask(spec, [&](auto mask) {
     using Mask = decltype(mask);
     constexpr auto kernel = attn::flash_fwd_kernel<Cfg, Mask, Rows>;
@@ -116,9 +113,34 @@ void launch_flash_cfg(const TensorView& q, const TensorView& k, const TensorView
   });
 }
 
+// The Hopper kernel when asked for (RT_ATTN_FWD=wgmma, flash_fwd_hopper.h), else the mma.sync kernel.
+// `auto` keeps the mma.sync kernel until the Hopper kernel has passed the GPU tests
+// (tools/device/l2a_gpu_check.sh fwdpaths): it was written in a session without a GPU.
+bool try_flash_hopper(int D, const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+                      float* lse, const AttentionSpec& spec, const Shapes& s, cudaStream_t stream) {
+  const attn_launch::FwdPath path = attn_launch::forward_path_setting();
+  if (path != attn_launch::FwdPath::Wgmma) return false;
+  const bool forced = path == attn_launch::FwdPath::Wgmma;
+#if RT_HAVE_SM90A
+  if (!attn_launch::hopper_forward_available()) {
+    RT_CHECK(!forced, "attention (cuda): RT_ATTN_FWD=wgmma needs a GPU of compute capability 9.0 (Hopper)");
+    return false;
+  }
+  const bool done = attn_launch::launch_flash_hopper(D, q, k, v, o, lse, spec, s, stream);
+  RT_CHECK(done || !forced, "attention (cuda): RT_ATTN_FWD=wgmma: no tensor map for k/v of shapes ", k.shape_str(),
+           " / ", v.shape_str(), " (strides must be multiples of 16 bytes)");
+  return done;
+#else
+  (void)D, (void)q, (void)k, (void)v, (void)o, (void)lse, (void)spec, (void)s, (void)stream;
+  RT_CHECK(!forced, "attention (cuda): RT_ATTN_FWD=wgmma: this build has no sm_90a kernels (RT_CUDA_ARCHS without 90)");
+  return false;
+#endif
+}
+
 template <int kD>
 void launch_flash(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o, float* lse,
                   const AttentionSpec& spec, const Shapes& s, cudaStream_t stream) {
+  if (try_flash_hopper(kD, q, k, v, o, lse, spec, s, stream)) return;
   using Big = typename FwdCfgFor<kD>::type;
   if (!spec.routed()) launch_flash_cfg<Big, attn::DenseRows>(q, k, v, o, lse, spec, s, stream);
   else if (routed_small_blocks(s.Tq))

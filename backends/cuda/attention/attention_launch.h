@@ -155,4 +155,36 @@ struct Shapes {
   float scale;
 };
 
+
+// The forward kernels' parameters (flash_fwd_kernel and the Hopper kernel) for query blocks of
+// block_m rows.
+inline attn::FwdParams fwd_params(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+                                  float* lse, const AttentionSpec& spec, const Shapes& s, int block_m) {
+  using bf16 = attn::bf16;
+  attn::FwdParams p{};
+  p.q = static_cast<const bf16*>(q.data);
+  p.k = static_cast<const bf16*>(k.data);
+  p.v = static_cast<const bf16*>(v.data);
+  p.o = static_cast<bf16*>(o.data);
+  p.lse = lse;
+  p.q_row = q.stride[0], p.q_head = q.stride[1];
+  p.k_row = k.stride[0], p.k_head = k.stride[1];
+  p.v_row = v.stride[0], p.v_head = v.stride[1];
+  p.o_row = o.stride[0], p.o_head = o.stride[1];
+  p.Tq = static_cast<int>(s.Tq), p.Tk = static_cast<int>(s.Tk);
+  p.Hq = static_cast<int>(s.Hq), p.Hkv = static_cast<int>(s.Hkv);
+  p.group = static_cast<int>(s.Hq / s.Hkv);
+  // Routed rows stack the query heads of a GQA group into a CTA's rows (one CTA per KV head).
+  const int64_t block_rows = spec.routed() ? s.Tq * (s.Hq / s.Hkv) : s.Tq;
+  RT_CHECK(block_rows <= kMaxInt, "attention (cuda): too many query rows (", block_rows, ")");
+  p.num_m_blocks = static_cast<int>((block_rows + block_m - 1) / block_m);
+  p.scale_log2 = s.scale * 1.4426950408889634f;
+  p.mask = mask_params(spec, s.Tk);
+  RT_CHECK(p.num_m_blocks <= 65535, "attention (cuda): Tq = ", s.Tq, " is too long for one launch (max ",
+           65535 * block_m, ")");
+  p.q_index = static_cast<const int32_t*>(spec.q_index.data);
+  p.q_count = static_cast<const int32_t*>(spec.q_count.data);
+  return p;
+}
+
 }  // namespace rt::cuda::attn_launch

@@ -208,6 +208,137 @@ struct FwdConfig {
   static constexpr int kSmemBytes = (kBlockM + 2 * kBlockN) * kD * 2;
 };
 
+// One query block of a forward call (both kernels of the family: flash_fwd_kernel here and the
+// Hopper kernel, flash_fwd_hopper.cuh): its rows and the key range they see.
+// Dense rows: one query head per CTA (grid x = query head), block row r is query row r. Routed
+// rows: the query heads of a GQA group are stacked (x = KV head), block row r is query row
+// r / group of head hk * group + r % group, so one K/V tile serves the whole group and a block's
+// rows span few positions (ascending in r, as the tile skipping needs).
+template <class Mask, class Rows>
+struct QueryBlock {
+  int group = 1, hk = 0, head = 0;
+  int m0 = 0, m_end = 0, m_last = 0;  // first row; end of its rows (active or not); last active row
+  int n_lo = 0, n_hi = 0;             // keys seen by any row
+  int full_lo = 0, full_hi = 0;       // keys seen by every row
+  Rows rows;
+
+  __device__ __forceinline__ int qrow(int r) const { return Rows::routed ? r / group : r; }
+  __device__ __forceinline__ int qhead(int r) const { return Rows::routed ? hk * group + r % group : head; }
+  __device__ __forceinline__ bool empty() const { return m_last < m0 || n_lo >= n_hi; }
+  // The visible key range of block row r (rows past the last active one take its range: they are
+  // not stored).
+  __device__ __forceinline__ int key_lo(const MaskParams& mk, int r) const {
+    return Mask::key_lo(mk, rows.pos(mk, qrow(min(r, m_last))));
+  }
+  __device__ __forceinline__ int key_hi(const MaskParams& mk, int r) const {
+    return Mask::key_hi(mk, rows.pos(mk, qrow(min(r, m_last))));
+  }
+};
+
+// Block y of the grid (reversed: the blocks that see the most keys under a causal mask start first).
+template <class Mask, class Rows>
+__device__ __forceinline__ QueryBlock<Mask, Rows> make_query_block(const FwdParams& p, int block_m) {
+  QueryBlock<Mask, Rows> b;
+  b.group = p.group;
+  b.hk = Rows::routed ? static_cast<int>(blockIdx.x) : static_cast<int>(blockIdx.x) / p.group;
+  b.head = static_cast<int>(blockIdx.x);
+  b.rows = make_rows<Rows>(p.q_index, p.q_count);
+  const int stack = Rows::routed ? p.group : 1;
+  b.m0 = (p.num_m_blocks - 1 - static_cast<int>(blockIdx.y)) * block_m;
+  const int active = b.rows.active(p.Tq) * stack;  // routed: rows past the count are inactive
+  b.m_end = min(b.m0 + block_m, p.Tq * stack);
+  b.m_last = min(b.m0 + block_m, active) - 1;
+  const MaskParams& mk = p.mask;
+  const int64_t pos_first = b.rows.pos(mk, b.qrow(b.m0));
+  const int64_t pos_last = b.m_last >= b.m0 ? b.rows.pos(mk, b.qrow(b.m_last)) : pos_first;
+  b.n_lo = Mask::key_lo(mk, pos_first);
+  b.n_hi = Mask::key_hi(mk, pos_last);
+  b.full_lo = Mask::key_lo(mk, pos_last);
+  b.full_hi = Mask::key_hi(mk, pos_first);
+  return b;
+}
+
+// A block no row of which sees any key (or none is active): zeros, lse = +inf.
+template <int kD, class Mask, class Rows>
+__device__ __forceinline__ void store_empty_block(const FwdParams& p, const QueryBlock<Mask, Rows>& b, int block_m,
+                                                  int tid, int threads) {
+  for (int idx = tid; idx < block_m * (kD / 2); idx += threads) {
+    const int r = idx / (kD / 2), c = idx % (kD / 2);
+    if (b.m0 + r >= b.m_end) continue;
+    reinterpret_cast<uint32_t*>(p.o + static_cast<int64_t>(b.qrow(b.m0 + r)) * p.o_row +
+                                static_cast<int64_t>(b.qhead(b.m0 + r)) * p.o_head)[c] = 0u;
+  }
+  if (p.lse != nullptr)
+    for (int r = tid; b.m0 + r < b.m_end; r += threads)
+      p.lse[static_cast<int64_t>(b.qhead(b.m0 + r)) * p.Tq + b.qrow(b.m0 + r)] = __builtin_huge_valf();
+}
+
+// The online-softmax step of one KV tile for the two rows this thread holds (the layout of
+// mma.sync's C and wgmma's D: row pair hr = 0, 1 at rows g, g + 8; column col0 + nt * 8 + (e & 1)
+// in s(nt, e), e >> 1 = hr). Scales the scores to the log2 domain, masks them on boundary tiles
+// (keys outside [lo[hr], hi[hr])), updates the running max and sum, turns the scores into
+// unnormalized probabilities, and calls rescale(hr, corr) with the factor that row pair's
+// accumulators must be multiplied by. A NaN score makes the row's sum NaN (store_row then writes
+// NaN): fmaxf drops NaN from the max, but exp2(NaN - max) keeps it.
+template <int kNT, class Score, class Rescale>
+__device__ __forceinline__ void softmax_tile(Score&& s, float (&row_max)[2], float (&row_sum)[2], const int (&lo)[2],
+                                             const int (&hi)[2], bool full_tile, int col0, float scale_log2,
+                                             Rescale&& rescale) {
+  constexpr float kInf = __builtin_huge_valf();
+#pragma unroll
+  for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      float x = s(nt, e) * scale_log2;
+      if (!full_tile) {
+        const int col = col0 + nt * 8 + (e & 1);
+        if (col < lo[e >> 1] || col >= hi[e >> 1]) x = -kInf;
+      }
+      s(nt, e) = x;
+    }
+#pragma unroll
+  for (int hr = 0; hr < 2; ++hr) {
+    float mx = row_max[hr];
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt) mx = fmaxf(mx, fmaxf(s(nt, 2 * hr), s(nt, 2 * hr + 1)));
+    mx = quad_max(mx);
+    const float m_use = mx == -kInf ? 0.f : mx;  // all masked so far: keep exp2 finite (gives 0)
+    const float corr = fast_exp2(row_max[hr] - m_use);
+    row_max[hr] = mx;
+    float sum = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt) {
+      const float p0 = fast_exp2(s(nt, 2 * hr) - m_use);
+      const float p1 = fast_exp2(s(nt, 2 * hr + 1) - m_use);
+      s(nt, 2 * hr) = p0;
+      s(nt, 2 * hr + 1) = p1;
+      sum += p0 + p1;
+    }
+    row_sum[hr] = row_sum[hr] * corr + sum;
+    rescale(hr, corr);
+  }
+}
+
+// Normalizes and stores block row r from the accumulator layout of mma.sync's C (and wgmma's D):
+// this thread holds columns dt * 8 + 2 * t4 + {0, 1} in acc(dt, 0..1). Rows that saw no key have
+// sum 0 and write zeros (a NaN sum writes NaN); rows past the last active one write zeros and
+// lse = +inf.
+template <int kD, class Mask, class Rows, class Acc>
+__device__ __forceinline__ void store_row(const FwdParams& p, const QueryBlock<Mask, Rows>& b, int r, int t4,
+                                          float row_max, float sum, Acc&& acc) {
+  if (r >= b.m_end) return;
+  const bool seen = !(sum == 0.f);  // a key was seen, or the sum is NaN (propagated)
+  const float inv = seen ? 1.f / sum : 0.f;
+  const bool active = r <= b.m_last;
+  bf16* dst = p.o + static_cast<int64_t>(b.qrow(r)) * p.o_row + static_cast<int64_t>(b.qhead(r)) * p.o_head + 2 * t4;
+#pragma unroll
+  for (int dt = 0; dt < kD / 8; ++dt)
+    *reinterpret_cast<uint32_t*>(dst + dt * 8) = active ? pack_bf16(acc(dt, 0) * inv, acc(dt, 1) * inv) : 0u;
+  if (p.lse != nullptr && t4 == 0)
+    p.lse[static_cast<int64_t>(b.qhead(r)) * p.Tq + b.qrow(r)] =
+        active && seen ? row_max * 0.69314718055994531f + logf(sum) : __builtin_huge_valf();
+}
+
 template <class Cfg, class Mask, class Rows>
 __global__ void __launch_bounds__(Cfg::kThreads) flash_fwd_kernel(const FwdParams p) {
   constexpr int kD = Cfg::kD, kBlockM = Cfg::kBlockM, kBlockN = Cfg::kBlockN, kMT = Cfg::kMTiles;
@@ -223,41 +354,15 @@ __global__ void __launch_bounds__(Cfg::kThreads) flash_fwd_kernel(const FwdParam
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int g = lane >> 2, t4 = lane & 3;
-  // Block rows. Dense: one query head per CTA (x = head), row r is query row r. Routed: the query
-  // heads of a GQA group are stacked (x = KV head), row r is query row r / group of head
-  // hk * group + r % group, so one K/V tile serves the whole group and a block's rows span few
-  // positions (ascending in r, as the tile skipping needs).
-  constexpr bool kStack = Rows::routed;
-  const int stack = kStack ? p.group : 1;
-  const int hk = kStack ? static_cast<int>(blockIdx.x) : static_cast<int>(blockIdx.x) / p.group;
-  auto qrow = [&](int r) { return kStack ? r / p.group : r; };
-  auto qhead = [&](int r) { return kStack ? hk * p.group + r % p.group : static_cast<int>(blockIdx.x); };
-  const int m_block = p.num_m_blocks - 1 - static_cast<int>(blockIdx.y);
-  const int m0 = m_block * kBlockM;
-  const Rows rows = make_rows<Rows>(p.q_index, p.q_count);
-  const int Tq = rows.active(p.Tq) * stack;          // routed: rows past the count are inactive
-  const int m_end = min(m0 + kBlockM, p.Tq * stack);  // rows of this block, active or not
-  const int m_last = min(m0 + kBlockM, Tq) - 1;       // its last active row (< m0: none)
-
+  const QueryBlock<Mask, Rows> qb = make_query_block<Mask, Rows>(p, kBlockM);
+  const int m0 = qb.m0;
   const MaskParams& mk = p.mask;
-  const int64_t pos_first = rows.pos(mk, qrow(m0));
-  const int64_t pos_last = m_last >= m0 ? rows.pos(mk, qrow(m_last)) : pos_first;
-  const int n_lo = Mask::key_lo(mk, pos_first), n_hi = Mask::key_hi(mk, pos_last);
-  // Tiles inside [full_lo, full_hi) are visible to every row of the block.
-  const int full_lo = Mask::key_lo(mk, pos_last), full_hi = Mask::key_hi(mk, pos_first);
-
-  if (m_last < m0 || n_lo >= n_hi) {  // no row of this block sees any key (or none is active): zeros, lse = +inf
-    for (int idx = tid; idx < kBlockM * (kD / 2); idx += kThreads) {
-      const int r = idx / (kD / 2), c = idx % (kD / 2);
-      if (m0 + r >= m_end) continue;
-      reinterpret_cast<uint32_t*>(p.o + static_cast<int64_t>(qrow(m0 + r)) * p.o_row +
-                                  static_cast<int64_t>(qhead(m0 + r)) * p.o_head)[c] = 0u;
-    }
-    if (p.lse != nullptr)
-      for (int r = tid; m0 + r < m_end; r += kThreads)
-        p.lse[static_cast<int64_t>(qhead(m0 + r)) * p.Tq + qrow(m0 + r)] = kInf;
+  if (qb.empty()) {
+    store_empty_block<kD>(p, qb, kBlockM, tid, kThreads);
     return;
   }
+  const int n_lo = qb.n_lo, n_hi = qb.n_hi, full_lo = qb.full_lo, full_hi = qb.full_hi;
+  const int hk = qb.hk;
   const int nb_min = n_lo / kBlockN;
   const int nb_max = (n_hi + kBlockN - 1) / kBlockN;  // exclusive
 
@@ -270,9 +375,9 @@ __global__ void __launch_bounds__(Cfg::kThreads) flash_fwd_kernel(const FwdParam
 #pragma unroll
     for (int idx = tid; idx < kBlockM * kChunks; idx += kThreads) {
       const int r = idx / kChunks, c = idx % kChunks;
-      const bool ok = m0 + r <= m_last;
-      const bf16* src = ok ? p.q + static_cast<int64_t>(qrow(m0 + r)) * p.q_row +
-                                 static_cast<int64_t>(qhead(m0 + r)) * p.q_head + c * 8
+      const bool ok = m0 + r <= qb.m_last;
+      const bf16* src = ok ? p.q + static_cast<int64_t>(qb.qrow(m0 + r)) * p.q_row +
+                                 static_cast<int64_t>(qb.qhead(m0 + r)) * p.q_head + c * 8
                            : p.q;
       cp_async_16(sQ + swz<kD>(r, c), src, ok);
     }
@@ -287,9 +392,8 @@ __global__ void __launch_bounds__(Cfg::kThreads) flash_fwd_kernel(const FwdParam
 #pragma unroll
     for (int hr = 0; hr < 2; ++hr) {
       const int r = m0 + warp * 16 * kMT + mt * 16 + g + hr * 8;
-      const int64_t pos = rows.pos(mk, qrow(min(r, m_last)));  // rows past the last active one are not stored
-      row_lo[mt][hr] = Mask::key_lo(mk, pos);
-      row_hi[mt][hr] = Mask::key_hi(mk, pos);
+      row_lo[mt][hr] = qb.key_lo(mk, r);
+      row_hi[mt][hr] = qb.key_hi(mk, r);
     }
 
   float acc[kMT][kDT][4];
@@ -351,49 +455,17 @@ __global__ void __launch_bounds__(Cfg::kThreads) flash_fwd_kernel(const FwdParam
       cp_async_commit();
     }
 
-    // Scale (log2 domain), mask on boundary tiles, online softmax.
     const bool full_tile = n0 >= full_lo && n0 + kBlockN <= full_hi;
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt)
+      softmax_tile<kNT>([&](int nt, int e) -> float& { return s[mt][nt][e]; }, row_max[mt], row_sum[mt], row_lo[mt],
+                        row_hi[mt], full_tile, n0 + 2 * t4, p.scale_log2, [&](int hr, float corr) {
 #pragma unroll
-      for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          float x = s[mt][nt][e] * p.scale_log2;
-          if (!full_tile) {
-            const int col = n0 + nt * 8 + 2 * t4 + (e & 1);
-            const int hr = e >> 1;
-            if (col < row_lo[mt][hr] || col >= row_hi[mt][hr]) x = -kInf;
-          }
-          s[mt][nt][e] = x;
-        }
-#pragma unroll
-    for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-      for (int hr = 0; hr < 2; ++hr) {
-        float mx = row_max[mt][hr];
-#pragma unroll
-        for (int nt = 0; nt < kNT; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * hr], s[mt][nt][2 * hr + 1]));
-        mx = quad_max(mx);
-        const float m_use = mx == -kInf ? 0.f : mx;  // all masked so far: keep exp2 finite (gives 0)
-        const float corr = fast_exp2(row_max[mt][hr] - m_use);
-        row_max[mt][hr] = mx;
-        float sum = 0.f;
-#pragma unroll
-        for (int nt = 0; nt < kNT; ++nt) {
-          const float p0 = fast_exp2(s[mt][nt][2 * hr] - m_use);
-          const float p1 = fast_exp2(s[mt][nt][2 * hr + 1] - m_use);
-          s[mt][nt][2 * hr] = p0;
-          s[mt][nt][2 * hr + 1] = p1;
-          sum += p0 + p1;
-        }
-        row_sum[mt][hr] = row_sum[mt][hr] * corr + sum;
-#pragma unroll
-        for (int dt = 0; dt < kDT; ++dt) {
-          acc[mt][dt][2 * hr] *= corr;
-          acc[mt][dt][2 * hr + 1] *= corr;
-        }
-      }
+                          for (int dt = 0; dt < kDT; ++dt) {
+                            acc[mt][dt][2 * hr] *= corr;
+                            acc[mt][dt][2 * hr + 1] *= corr;
+                          }
+                        });
 
     // O += P V; P comes straight from the S accumulators (C layout of two n8 tiles = A layout of k16).
 #pragma unroll
@@ -416,24 +488,14 @@ __global__ void __launch_bounds__(Cfg::kThreads) flash_fwd_kernel(const FwdParam
     }
   }
 
-  // Epilogue: normalize and store (rows that saw no key have sum 0 and write zeros).
+  // Epilogue: normalize and store.
 #pragma unroll
   for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
     for (int hr = 0; hr < 2; ++hr) {
-      const float sum = quad_sum(row_sum[mt][hr]);
-      const float inv = sum > 0.f ? 1.f / sum : 0.f;
       const int r = m0 + warp * 16 * kMT + mt * 16 + g + hr * 8;
-      if (r >= m_end) continue;
-      const bool active = r <= m_last;  // routed rows past the count: zeros, lse = +inf
-      bf16* dst = p.o + static_cast<int64_t>(qrow(r)) * p.o_row + static_cast<int64_t>(qhead(r)) * p.o_head + 2 * t4;
-#pragma unroll
-      for (int dt = 0; dt < kDT; ++dt)
-        *reinterpret_cast<uint32_t*>(dst + dt * 8) =
-            active ? pack_bf16(acc[mt][dt][2 * hr] * inv, acc[mt][dt][2 * hr + 1] * inv) : 0u;
-      if (p.lse != nullptr && t4 == 0)
-        p.lse[static_cast<int64_t>(qhead(r)) * p.Tq + qrow(r)] =
-            active && sum > 0.f ? row_max[mt][hr] * 0.69314718055994531f + logf(sum) : kInf;
+      store_row<kD>(p, qb, r, t4, row_max[mt][hr], quad_sum(row_sum[mt][hr]),
+                    [&](int dt, int e) { return acc[mt][dt][2 * hr + e]; });
     }
 }
 
@@ -709,10 +771,11 @@ __global__ void __launch_bounds__(kD * combine_groups<kD>()) flash_decode_combin
   a = 0.f;
 #pragma unroll
   for (int j = 0; j < kGroups; ++j) a += partial[j][d];
-  const float out = L > 0.f ? a / L : 0.f;
+  const bool seen = !(L == 0.f);  // a key was seen, or NaN (propagated)
+  const float out = seen ? a / L : 0.f;
   p.o[static_cast<int64_t>(i) * p.o_row + static_cast<int64_t>(hq) * p.o_head + d] = __float2bfloat16_rn(out);
   if (p.lse != nullptr && d == 0)
-    p.lse[static_cast<int64_t>(hq) * p.Tq + i] = L > 0.f ? M * 0.69314718055994531f + logf(L) : kInf;
+    p.lse[static_cast<int64_t>(hq) * p.Tq + i] = seen ? M * 0.69314718055994531f + logf(L) : kInf;
 }
 
 }  // namespace rt::cuda::attn

@@ -1,0 +1,319 @@
+// The flash forward of the kernel family (flash_attention.cuh) on Hopper (sm_90a), in
+// FlashAttention-3's structure: warpgroup MMAs (wgmma) reading K and V straight from shared
+// memory, K/V tiles brought by the bulk tensor copy engine (TMA) into a ring of shared-memory
+// stages, and warp specialization.
+//
+//   warpgroup 0        producer: one thread issues the TMA copies of K[n] and V[n] into stage
+//                      n % kStages as soon as the consumers release it (mbarriers full_* / empty_*);
+//                      the warpgroup gives its registers to the consumers (setmaxnreg)
+//   warpgroups 1, 2    consumers: 64 query rows each. Per KV tile: S = Q K^T (wgmma, Q and K from
+//                      shared memory), the masked online softmax in registers (softmax_tile, the
+//                      same code as the mma.sync kernel), O += P V (wgmma, P from registers, V read
+//                      transposed from shared memory)
+//
+// Masks, rows, the query block and its key range, the empty-block and the store code are the
+// family's (QueryBlock, softmax_tile, store_row in flash_attention.cuh; the masks in
+// common/attention_rows.h, shared with the CPU reference), so this kernel computes the same rows
+// as the mma.sync kernel: same tile skipping, the same unmasked inner tiles, the same routed rows
+// (GQA heads stacked in a block's rows, grid x = KV head).
+//
+// Q is gathered by the consumers with cp.async (routed rows are not a box TMA can describe), once
+// per CTA. K and V are [Tk, Hkv, D] views described by 3-d tensor maps (D, Hkv, Tk), boxes of
+// 64 head-dim values (128 bytes, the swizzle width) by kBlockN keys, one box per 64 columns.
+#pragma once
+
+#include <cuda.h>
+
+#include "cuda/attention/flash_attention.cuh"
+#include "cuda/attention/wgmma.cuh"
+
+namespace rt::cuda::attn {
+
+// kOverlap: FlashAttention-3's intra-warpgroup pipelining (the softmax of tile n under the
+// P V of tile n - 1); false runs the two GEMMs and the softmax one after the other.
+template <int kD_, bool kOverlap_ = true>
+struct HopperFwdConfig {
+  static constexpr int kD = kD_;
+  static constexpr bool kOverlap = kOverlap_;
+  static constexpr int kConsumers = 2;              // warpgroups of 64 query rows
+  static constexpr int kBlockM = 64 * kConsumers;
+  static constexpr int kBlockN = 128;
+  static constexpr int kStages = 2;
+  static constexpr int kThreads = 128 * (kConsumers + 1);
+  static constexpr int kSubTiles = kD / 64;          // 64-column sub-tiles of a row
+  static constexpr int kQBytes = kBlockM * kD * 2;
+  static constexpr int kTileBytes = kBlockN * kD * 2;  // one K or V tile
+  static constexpr int kBarBytes = 4 * kStages * 8;
+  // + 1024: the dynamic shared memory is aligned up to the swizzle period in the kernel.
+  static constexpr int kSmemBytes = 1024 + kQBytes + 2 * kStages * kTileBytes + kBarBytes;
+  static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
+  static_assert(kD == 64 || kD == 128, "head dims 64 and 128");
+  static_assert(128 * kProducerRegs + 128 * kConsumers * kConsumerRegs <= 65536, "register file");
+};
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+namespace hopper_detail {
+// S[64 x kBlockN] (+)= Q[64 x 16] K[kBlockN x 16]^T for one k16 step.
+template <int kN>
+__device__ __forceinline__ void mma_qk(float (&s)[kN / 2], uint64_t da, uint64_t db, bool zero) {
+  if constexpr (kN == 128) sm90::wgmma_m64n128k16_ss(s, da, db, zero);
+  else sm90::wgmma_m64n64k16_ss(s, da, db, zero);
+}
+// O[64 x kD] += P[64 x 16] V[16 x kD] for one k16 step.
+template <int kD>
+__device__ __forceinline__ void mma_pv(float (&o)[kD / 2], const uint32_t (&a)[4], uint64_t db) {
+  if constexpr (kD == 128) sm90::wgmma_m64n128k16_rs_tn(o, a, db);
+  else sm90::wgmma_m64n64k16_rs_tn(o, a, db);
+}
+}  // namespace hopper_detail
+#endif
+
+template <class Cfg, class Mask, class Rows>
+__global__ void __launch_bounds__(Cfg::kThreads, 1)
+    flash_fwd_hopper_kernel(const __grid_constant__ FwdParams p, const __grid_constant__ CUtensorMap tmap_k,
+                            const __grid_constant__ CUtensorMap tmap_v) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using namespace sm90;
+  constexpr int kD = Cfg::kD, kBlockM = Cfg::kBlockM, kBlockN = Cfg::kBlockN, kStages = Cfg::kStages;
+  constexpr int kSub = Cfg::kSubTiles, kTile = Cfg::kTileBytes;
+  constexpr int kNT = kBlockN / 8;
+  constexpr float kInf = __builtin_huge_valf();
+
+  extern __shared__ uint8_t smem_raw[];
+  const uint32_t sQ = (smem_addr(smem_raw) + 1023u) & ~1023u;
+  const uint32_t sK = sQ + Cfg::kQBytes;           // stage st at sK + st * kTile
+  const uint32_t sV = sK + kStages * kTile;
+  const uint32_t bars = sV + kStages * kTile;
+  auto full_k = [&](int st) { return bars + 8u * st; };
+  auto full_v = [&](int st) { return bars + 8u * (kStages + st); };
+  auto empty_k = [&](int st) { return bars + 8u * (2 * kStages + st); };
+  auto empty_v = [&](int st) { return bars + 8u * (3 * kStages + st); };
+
+  const QueryBlock<Mask, Rows> qb = make_query_block<Mask, Rows>(p, kBlockM);
+  if (qb.empty()) {
+    store_empty_block<kD>(p, qb, kBlockM, threadIdx.x, Cfg::kThreads);
+    return;
+  }
+  const int nb_min = qb.n_lo / kBlockN;
+  const int nb_max = (qb.n_hi + kBlockN - 1) / kBlockN;  // exclusive
+  const int ntiles = nb_max - nb_min;                     // latest tile first
+
+  if (threadIdx.x == 0) {
+    for (int st = 0; st < kStages; ++st) {
+      mbar_init(full_k(st), 1);
+      mbar_init(full_v(st), 1);
+      mbar_init(empty_k(st), 4 * Cfg::kConsumers);  // one arrival per consumer warp
+      mbar_init(empty_v(st), 4 * Cfg::kConsumers);
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();
+
+  const int wg = threadIdx.x / 128;
+  if (wg == 0) {
+    // Producer.
+    setmaxnreg_dec<Cfg::kProducerRegs>();
+    if (threadIdx.x == 0) {
+      tma_prefetch_desc(&tmap_k);
+      tma_prefetch_desc(&tmap_v);
+      for (int it = 0; it < ntiles; ++it) {
+        const int st = it % kStages;
+        const uint32_t ph = (it / kStages) & 1;
+        const int n0 = (nb_max - 1 - it) * kBlockN;
+        mbar_wait(empty_k(st), ph ^ 1);  // a fresh barrier counts as released
+        mbar_arrive_expect_tx(full_k(st), kTile);
+#pragma unroll
+        for (int j = 0; j < kSub; ++j)
+          tma_load_3d(sK + st * kTile + j * kBlockN * 128, &tmap_k, full_k(st), j * 64, qb.hk, n0);
+        mbar_wait(empty_v(st), ph ^ 1);
+        mbar_arrive_expect_tx(full_v(st), kTile);
+#pragma unroll
+        for (int j = 0; j < kSub; ++j)
+          tma_load_3d(sV + st * kTile + j * kBlockN * 128, &tmap_v, full_v(st), j * 64, qb.hk, n0);
+      }
+    }
+  } else {
+    // Consumers.
+    setmaxnreg_inc<Cfg::kConsumerRegs>();
+    const int cw = wg - 1;                      // consumer warpgroup
+    const int ctid = threadIdx.x - 128 * wg;    // thread in the warpgroup
+    const int warp = ctid >> 5, lane = ctid & 31, g = lane >> 2, t4 = lane & 3;
+    const int r_base = qb.m0 + cw * 64;         // this warpgroup's first block row
+    const uint32_t sQw = sQ + cw * 64 * kD * 2;
+
+    // Q: 64 rows, 128-byte swizzled sub-tiles [kSub][64][64].
+    {
+      constexpr int kChunks = kD / 8;
+#pragma unroll
+      for (int idx = ctid; idx < 64 * kChunks; idx += 128) {
+        const int r = idx / kChunks, c = idx % kChunks;
+        const int row = r_base + r;
+        const bool ok = row <= qb.m_last;
+        const bf16* src = ok ? p.q + static_cast<int64_t>(qb.qrow(row)) * p.q_row +
+                                   static_cast<int64_t>(qb.qhead(row)) * p.q_head + c * 8
+                             : p.q;
+        cp_async_16(sQw + (c >> 3) * (64 * 128) + r * 128 + (((c & 7) ^ (r & 7)) << 4), src, ok);
+      }
+      cp_async_commit();
+      cp_async_wait<0>();
+      fence_proxy_async();  // Q is read by wgmma (the async proxy)
+      named_barrier_sync(1 + cw, 128);
+    }
+
+    const MaskParams& mk = p.mask;
+    int row_lo[2], row_hi[2];
+#pragma unroll
+    for (int hr = 0; hr < 2; ++hr) {
+      const int r = r_base + warp * 16 + g + hr * 8;
+      row_lo[hr] = qb.key_lo(mk, r);
+      row_hi[hr] = qb.key_hi(mk, r);
+    }
+    float o[kD / 2];
+#pragma unroll
+    for (int i = 0; i < kD / 2; ++i) o[i] = 0.f;
+    float row_max[2] = {-kInf, -kInf}, row_sum[2] = {0.f, 0.f};
+    float s[kBlockN / 2];        // scores, then probabilities, of the current tile
+    uint32_t pa[kBlockN / 16][4];  // P in bf16: the A operand of O += P V
+    float corr[2];
+
+    // S = Q K[st]^T, issued (not waited for).
+    auto issue_qk = [&](int st) {
+#pragma unroll
+      for (int i = 0; i < kBlockN / 2; ++i) reg_fence(s[i]);
+      wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < kD / 16; ++ks) {
+        const uint64_t da = smem_desc_sw128(sQw + (ks >> 2) * (64 * 128) + (ks & 3) * 32, 16, 1024);
+        const uint64_t db =
+            smem_desc_sw128(sK + st * kTile + (ks >> 2) * (kBlockN * 128) + (ks & 3) * 32, 16, 1024);
+        hopper_detail::mma_qk<kBlockN>(s, da, db, ks == 0);
+      }
+      wgmma_commit();
+    };
+    // O += P V[st], issued. P and O must stay untouched until the wait.
+    auto issue_pv = [&](int st) {
+#pragma unroll
+      for (int i = 0; i < kD / 2; ++i) reg_fence(o[i]);
+#pragma unroll
+      for (int kk = 0; kk < kBlockN / 16; ++kk)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) reg_fence(pa[kk][i]);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kBlockN / 16; ++kk) {
+        const uint64_t db = smem_desc_sw128(sV + st * kTile + kk * 16 * 128, kBlockN * 128, 1024);
+        hopper_detail::mma_pv<kD>(o, pa[kk], db);
+      }
+      wgmma_commit();
+    };
+    // After a wait: the results are in registers again (orders later uses after the wait).
+    auto s_landed = [&] {
+#pragma unroll
+      for (int i = 0; i < kBlockN / 2; ++i) reg_fence(s[i]);
+    };
+    auto o_landed = [&] {
+#pragma unroll
+      for (int i = 0; i < kD / 2; ++i) reg_fence(o[i]);
+#pragma unroll
+      for (int kk = 0; kk < kBlockN / 16; ++kk)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) reg_fence(pa[kk][i]);
+    };
+    auto release = [&](uint32_t bar) {
+      __syncwarp();
+      if (lane == 0) mbar_arrive(bar);
+    };
+    // Masked online softmax of tile n0; the accumulator correction is kept in corr[] (applied by
+    // rescale_o, which must wait for any O += P V still in flight).
+    auto softmax = [&](int n0) {
+      const bool full_tile = n0 >= qb.full_lo && n0 + kBlockN <= qb.full_hi;
+      softmax_tile<kNT>([&](int nt, int e) -> float& { return s[4 * nt + e]; }, row_max, row_sum, row_lo, row_hi,
+                        full_tile, n0 + 2 * t4, p.scale_log2, [&](int hr, float c) { corr[hr] = c; });
+    };
+    auto rescale_o = [&] {
+#pragma unroll
+      for (int dt = 0; dt < kD / 8; ++dt) {
+        o[4 * dt + 0] *= corr[0];
+        o[4 * dt + 1] *= corr[0];
+        o[4 * dt + 2] *= corr[1];
+        o[4 * dt + 3] *= corr[1];
+      }
+    };
+    // P (bf16) from the probabilities: two adjacent n8 blocks are one k16 A fragment.
+    auto pack_p = [&] {
+#pragma unroll
+      for (int kk = 0; kk < kBlockN / 16; ++kk) {
+        pa[kk][0] = pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
+        pa[kk][1] = pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
+        pa[kk][2] = pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
+        pa[kk][3] = pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
+      }
+    };
+    auto tile_n0 = [&](int it) { return (nb_max - 1 - it) * kBlockN; };
+
+    if constexpr (!Cfg::kOverlap) {
+      // Serial: S(n), softmax(n), O += P(n) V(n).
+      for (int it = 0; it < ntiles; ++it) {
+        const int st = it % kStages;
+        const uint32_t ph = (it / kStages) & 1;
+        mbar_wait(full_k(st), ph);
+        issue_qk(st);
+        wgmma_wait<0>();
+        s_landed();
+        release(empty_k(st));
+        softmax(tile_n0(it));
+        rescale_o();
+        pack_p();
+        mbar_wait(full_v(st), ph);
+        issue_pv(st);
+        wgmma_wait<0>();
+        o_landed();
+        release(empty_v(st));
+      }
+    } else {
+      // FlashAttention-3's intra-warpgroup overlap: S(n) = Q K(n)^T and O += P(n-1) V(n-1) are
+      // issued together, and the softmax of tile n runs on the CUDA cores while the tensor cores
+      // finish P(n-1) V(n-1).
+      mbar_wait(full_k(0), 0);
+      issue_qk(0);
+      wgmma_wait<0>();
+      s_landed();
+      release(empty_k(0));
+      softmax(tile_n0(0));
+      pack_p();  // O is still zero: no rescale
+      for (int it = 1; it < ntiles; ++it) {
+        const int st = it % kStages, pst = (it - 1) % kStages;
+        const uint32_t ph = (it / kStages) & 1, pph = ((it - 1) / kStages) & 1;
+        mbar_wait(full_k(st), ph);
+        issue_qk(st);
+        mbar_wait(full_v(pst), pph);
+        issue_pv(pst);
+        wgmma_wait<1>();  // S(n) landed; P(n-1) V(n-1) may still run
+        s_landed();
+        release(empty_k(st));
+        softmax(tile_n0(it));
+        wgmma_wait<0>();
+        o_landed();
+        release(empty_v(pst));
+        rescale_o();
+        pack_p();
+      }
+      const int lst = (ntiles - 1) % kStages;
+      mbar_wait(full_v(lst), ((ntiles - 1) / kStages) & 1);
+      issue_pv(lst);
+      wgmma_wait<0>();
+      o_landed();
+      release(empty_v(lst));
+    }
+
+#pragma unroll
+    for (int hr = 0; hr < 2; ++hr) {
+      const int r = r_base + warp * 16 + g + hr * 8;
+      store_row<kD>(p, qb, r, t4, row_max[hr], quad_sum(row_sum[hr]),
+                    [&](int dt, int e) { return o[4 * dt + 2 * hr + e]; });
+    }
+  }
+#endif
+}
+
+}  // namespace rt::cuda::attn

@@ -1,0 +1,27 @@
+// Host side of the Hopper flash forward (flash_fwd_hopper.cuh, built for sm_90a in
+// sm90/flash_fwd_hopper.cu). attention.cu asks it first and falls back to the mma.sync kernel.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include "cuda/attention/attention_launch.h"
+
+namespace rt::cuda::attn_launch {
+
+// Which forward kernel runs on an sm_90 GPU. RT_ATTN_FWD=wgmma: the Hopper kernel or an error;
+// mma: the mma.sync kernel (the sm_89 path, testable on the H200); auto (default): for now the
+// mma.sync kernel, until the Hopper kernel has passed the GPU tests (then: the Hopper kernel
+// where it can run).
+enum class FwdPath { Auto, Wgmma, Mma };
+FwdPath forward_path_setting();
+
+// True when this build has the sm_90a kernels and the current GPU is compute capability 9.0.
+bool hopper_forward_available();
+
+// Launches the Hopper forward for head dim D (64 or 128) and returns true; false when the K/V views
+// cannot be described by a tensor map or the tensor-map entry point is missing (the caller then
+// takes the mma.sync kernel, or fails under RT_ATTN_FWD=wgmma).
+bool launch_flash_hopper(int D, const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+                         float* lse, const AttentionSpec& spec, const Shapes& s, cudaStream_t stream);
+
+}  // namespace rt::cuda::attn_launch

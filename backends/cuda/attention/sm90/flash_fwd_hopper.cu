@@ -1,0 +1,118 @@
+// The Hopper flash forward's launcher: tensor maps for K and V, the mask/rows dispatch, the
+// launch. This file alone is compiled for sm_90a (wgmma and setmaxnreg exist only there; see
+// backends/cuda/CMakeLists.txt).
+#include "cuda/attention/flash_fwd_hopper.h"
+
+#include <cuda.h>
+#include <cudaTypedefs.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <string>
+
+#include "cuda/attention/flash_fwd_hopper.cuh"
+
+namespace rt::cuda::attn_launch {
+namespace {
+
+PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult res{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &res) !=
+            cudaSuccess ||
+        res != cudaDriverEntryPointSuccess) {
+      (void)cudaGetLastError();
+      return static_cast<PFN_cuTensorMapEncodeTiled_v12000>(nullptr);
+    }
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
+  }();
+  return fn;
+}
+
+// A [rows, heads, D] bf16 view as a 3-d tensor map (D, heads, rows) with boxes of 64 x 1 x
+// box_rows, 128-byte swizzled (the layout wgmma reads). Strides of size-1 dimensions are free in
+// the view, so they are replaced by valid ones.
+bool kv_tensor_map(CUtensorMap* map, const TensorView& t, int box_rows) {
+  const auto encode = tensor_map_encoder();
+  if (encode == nullptr) return false;
+  const int64_t rows = t.shape[0], heads = t.shape[1], D = t.shape[2];
+  const int64_t head_stride = heads > 1 ? t.stride[1] : D;
+  const int64_t row_stride = rows > 1 ? t.stride[0] : heads * head_stride;
+  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(D), static_cast<cuuint64_t>(heads),
+                              static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[2] = {static_cast<cuuint64_t>(head_stride * 2), static_cast<cuuint64_t>(row_stride * 2)};
+  const cuuint32_t box[3] = {64, 1, static_cast<cuuint32_t>(box_rows)};
+  const cuuint32_t elem[3] = {1, 1, 1};
+  const CUresult r = encode(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, t.data, dims, strides, box, elem,
+                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS;
+}
+
+// RT_ATTN_HOPPER_OVERLAP=0 runs the serial schedule (for comparison); default: the overlapped one.
+bool overlap_setting() {
+  static const bool on = [] {
+    const char* v = std::getenv("RT_ATTN_HOPPER_OVERLAP");
+    if (v == nullptr || !*v) return true;
+    const std::string s = v;
+    RT_CHECK(s == "0" || s == "1", "RT_ATTN_HOPPER_OVERLAP='", s, "': expected 0 or 1");
+    return s == "1";
+  }();
+  return on;
+}
+
+template <class Cfg, class Rows>
+bool launch(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o, float* lse,
+            const AttentionSpec& spec, const Shapes& s, cudaStream_t stream) {
+  CUtensorMap tk, tv;
+  if (!kv_tensor_map(&tk, k, Cfg::kBlockN) || !kv_tensor_map(&tv, v, Cfg::kBlockN)) return false;
+  const attn::FwdParams p = fwd_params(q, k, v, o, lse, spec, s, Cfg::kBlockM);
+  with_mask(spec, [&](auto mask) {
+    using Mask = decltype(mask);
+    constexpr auto kernel = attn::flash_fwd_hopper_kernel<Cfg, Mask, Rows>;
+    ensure_smem<kernel>("attention (cuda)", Cfg::kSmemBytes, "cudaFuncSetAttribute (Hopper flash forward)");
+    const int64_t heads = Rows::routed ? s.Hkv : s.Hq;
+    const dim3 grid(static_cast<unsigned>(heads), static_cast<unsigned>(p.num_m_blocks));
+    kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p, tk, tv);
+    check_launch("attention (cuda)", "flash_fwd_hopper_kernel");
+  });
+  return true;
+}
+
+}  // namespace
+
+bool hopper_forward_available() {
+  static std::atomic<int> cached[64] = {};  // per device: 0 unknown, 1 yes, 2 no
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  if (dev >= 0 && dev < 64) {
+    const int c = cached[dev].load(std::memory_order_relaxed);
+    if (c != 0) return c == 1;
+  }
+  int major = 0, minor = 0;
+  bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+            cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess;
+  if (!ok) (void)cudaGetLastError();
+  ok = ok && major == 9 && minor == 0;
+  if (dev >= 0 && dev < 64) cached[dev].store(ok ? 1 : 2, std::memory_order_relaxed);
+  return ok;
+}
+
+bool launch_flash_hopper(int D, const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+                         float* lse, const AttentionSpec& spec, const Shapes& s, cudaStream_t stream) {
+  auto go = [&](auto cfg) {
+    using Cfg = decltype(cfg);
+    return spec.routed() ? launch<Cfg, attn::RoutedRows>(q, k, v, o, lse, spec, s, stream)
+                         : launch<Cfg, attn::DenseRows>(q, k, v, o, lse, spec, s, stream);
+  };
+  const bool overlap = overlap_setting();
+  if (D == 64) return overlap ? go(attn::HopperFwdConfig<64, true>{}) : go(attn::HopperFwdConfig<64, false>{});
+  if (D == 128) return overlap ? go(attn::HopperFwdConfig<128, true>{}) : go(attn::HopperFwdConfig<128, false>{});
+  return false;
+}
+
+}  // namespace rt::cuda::attn_launch
