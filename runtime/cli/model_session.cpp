@@ -31,7 +31,8 @@ void add_model_options(CLI::App& cmd, ModelOptions& o) {
   cmd.add_option("--attention,-a", o.attention,
                  "Attention plugin: full_causal, swa, l2a_dense, or any plugin `runtime plugins` lists. Default: "
                  "l2a_dense for a model whose config.json has an \"l2a\" section (an exported L2A model), else "
-                 "full_causal");
+                 "the backend its \"attention_backend\" section records (a model exported by `runtime train`, "
+                 "with its options, e.g. swa's window), else full_causal");
   cmd.add_option("--window,-w", o.window, "Sliding window W (keys per query, including itself) for swa and the local half of L2A")
       ->check(CLI::Validator(
           [](std::string& v) -> std::string {
@@ -83,16 +84,33 @@ std::vector<int32_t> parse_ids(const std::string& text, const std::string& optio
   return ids;
 }
 
-// Plugin options, weakest first: the checkpoint's "l2a" section (a trained L2A model carries its
-// settings), then --set (unscoped, then scoped to this backend), then --window.
+// The backend a model was exported with (`runtime train` writes {"name": ..., "options": {...}}
+// into config.json's "attention_backend"), or "" when it records none.
+static std::string recorded_backend(const HfConfig& config) {
+  const auto it = config.raw.find("attention_backend");
+  if (it == config.raw.end() || !it->is_object()) return "";
+  const auto name = it->find("name");
+  return name != it->end() && name->is_string() ? name->get<std::string>() : "";
+}
+
+static void set_recorded(Options& opts, const nlohmann::json& section) {
+  for (const auto& [key, value] : section.items()) {
+    if (value.is_null()) continue;
+    opts.set(key, value.is_string() ? value.get<std::string>() : value.dump());
+  }
+}
+
+// Plugin options, weakest first: what the checkpoint records (a trained L2A model's "l2a" section;
+// the "attention_backend" options of a model exported with this backend), then --set (unscoped,
+// then scoped to this backend), then --window.
 static Options plugin_options(const ModelOptions& o, const std::string& attention, const HfConfig& config,
                               const PluginRegistry& registry) {
   Options opts;
+  if (recorded_backend(config) == attention && config.raw["attention_backend"].contains("options") &&
+      config.raw["attention_backend"]["options"].is_object())
+    set_recorded(opts, config.raw["attention_backend"]["options"]);
   if (config.raw.contains("l2a") && config.raw["l2a"].is_object() && attention.rfind("l2a", 0) == 0)
-    for (const auto& [key, value] : config.raw["l2a"].items()) {
-      if (value.is_null()) continue;
-      opts.set(key, value.is_string() ? value.get<std::string>() : value.dump());
-    }
+    set_recorded(opts, config.raw["l2a"]);
   std::vector<std::string> known;
   for (const PluginInfo& p : registry.plugins())
     if (p.kind == PluginKind::Attention) known.push_back(p.name);
@@ -107,6 +125,45 @@ static Options plugin_options(const ModelOptions& o, const std::string& attentio
     opts.set("window", std::to_string(config.sliding_window));  // the checkpoint's own window
   }
   return opts;
+}
+
+// The L2A layout fixes which parameters a checkpoint holds (paper: a second set of attention
+// weights, global_attn.* and global_layernorm; parallel: none), so a layout that contradicts the
+// checkpoint would silently ignore its trained global weights or fill them by copying the local
+// ones. The checkpoint's layout is the "layout" field of config.json's "l2a" section, else what its
+// tensors show (global_attn weights: paper; routers without them: parallel; neither: a base model,
+// any layout). It is the default; asking for another is an error naming the file and both values.
+static void check_l2a_layout(const HfConfig& config, const WeightStore* store, Options& options) {
+  std::string recorded, where;
+  if (config.raw.contains("l2a") && config.raw["l2a"].is_object() && config.raw["l2a"].contains("layout") &&
+      config.raw["l2a"]["layout"].is_string()) {
+    recorded = config.raw["l2a"]["layout"].get<std::string>();
+    where = config.source + ": field l2a.layout is \"" + recorded + "\"";
+  } else if (store) {
+    const WeightInfo *global = nullptr, *router = nullptr;
+    for (const auto& [name, w] : store->all()) {
+      if (!global && name.find(".global_attn.") != std::string::npos) global = &w;
+      if (!router && name.size() > 14 && name.compare(name.size() - 14, 14, ".router.weight") == 0) router = &w;
+    }
+    if (global) {
+      recorded = "paper";
+      where = global->file + " holds " + global->name + " (global attention weights)";
+    } else if (router) {
+      recorded = "parallel";
+      where = router->file + " holds " + router->name + " and no global_attn weights";
+    }
+  }
+  if (recorded.empty()) return;  // a base model: every layout starts from it
+  if (!options.has("layout")) {
+    options.set("layout", recorded);
+    return;
+  }
+  const std::string asked = options.get_string("layout", "");
+  RT_CHECK(asked == recorded, where, ": the checkpoint has L2A layout \"", recorded, "\", but this run asks for layout \"",
+           asked, "\" (--set layout / [attention] layout), which would ",
+           recorded == "paper" ? "ignore its trained global attention weights"
+                               : "fill the global attention weights it lacks by copying the local ones",
+           ". Drop the layout override (the checkpoint's layout is the default) or train a model with that layout");
 }
 
 std::unique_ptr<ModelSession> open_model_session(const ModelOptions& o) {
@@ -138,9 +195,16 @@ std::unique_ptr<ModelSession> open_model_session(const ModelOptions& o) {
     s->model_name = resolved.name;
   }
   const ModelDims dims = dims_from_config(config);
-  s->attention_name = !o.attention.empty() ? o.attention : config.raw.contains("l2a") ? "l2a_dense" : "full_causal";
+  // Default backend: l2a_dense for an L2A model (both L2A backends compute the same on its
+  // weights), else the one the model was exported with, else full_causal.
+  s->attention_name = !o.attention.empty()             ? o.attention
+                      : config.raw.contains("l2a")       ? "l2a_dense"
+                      : !recorded_backend(config).empty() ? recorded_backend(config)
+                                                         : "full_causal";
   s->attention = s->registry.create_attention(s->attention_name, s->ops->device());
-  const Options options = plugin_options(o, s->attention_name, config, s->registry);
+  if (o.init != "random") s->weights.emplace(WeightStore::open(s->model_dir));
+  Options options = plugin_options(o, s->attention_name, config, s->registry);
+  if (s->attention_name.rfind("l2a", 0) == 0) check_l2a_layout(config, s->weights ? &*s->weights : nullptr, options);
   if (s->attention->capabilities().router) {
     s->router = s->registry.create_router(options.get_string("router", "linear_sigmoid"));
     s->attention->attach_router(s->router.get());
@@ -156,8 +220,14 @@ std::unique_ptr<ModelSession> open_model_session(const ModelOptions& o) {
   if (o.init == "random") {
     s->model->init_random(o.seed);
   } else {
-    s->weights.emplace(WeightStore::open(s->model_dir));
     s->model->load_weights(*s->weights);
+    const auto& from_init = s->model->params_from_init_rules();
+    if (!from_init.empty()) {
+      std::string list;
+      for (const auto& p : from_init) list += (list.empty() ? "" : ", ") + p;
+      std::cerr << "warning: " << s->model_dir.string() << " has no trained weights for " << s->attention_name
+                << "'s extra parameters; they come from the plugin's init rules (untrained): " << list << "\n";
+    }
   }
   return s;
 }

@@ -20,7 +20,8 @@ struct ModelOptions {
   std::string model;
   std::string init = "checkpoint";  // or "random"
   uint64_t seed = 0;
-  std::string attention;  // "": l2a_dense for a model whose config.json has an "l2a" section, else full_causal
+  std::string attention;  // "": l2a_dense for a model whose config.json has an "l2a" section, else the
+                          // backend its "attention_backend" section records, else full_causal
   int64_t window = 0;  // 0: not given
   std::vector<std::string> set;  // plugin options key=value or backend.key=value (cli/plugin_settings.h)
   // Every backend of this run, which a --set scope must name (profile's A/B list); empty: just the

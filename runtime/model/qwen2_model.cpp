@@ -113,12 +113,15 @@ void Qwen2Model::init_random(uint64_t seed) {
 // Parameters a plugin declares beyond the base model: taken from the checkpoint when present
 // (a trained L2A model), otherwise created by the declared init rule.
 void Qwen2Model::create_extra_params(const WeightStore* store) {
+  params_from_init_.clear();
   for (const ParamDecl& decl : attention_.extra_params(dims_)) {
     RT_CHECK(decl.shape.size() == 1 || decl.shape.size() == 2, "attention plugin parameter '", decl.name,
              "': expected 1 or 2 dimensions, declared ", decl.shape.size());
     int64_t numel = 1;
     for (int64_t s : decl.shape) numel *= s;
-    for (const auto& layer : layers_) {
+    std::vector<int> from_init;  // layers whose parameter comes from the init rule
+    for (size_t li = 0; li < layers_.size(); ++li) {
+      const auto& layer = layers_[li];
       const std::string full = layer->prefix() + decl.name;
       if (const WeightInfo* stored = store ? store->find(full) : nullptr) {
         std::vector<uint8_t> scratch;
@@ -130,6 +133,7 @@ void Qwen2Model::create_extra_params(const WeightStore* store) {
         add_weight(full, v);
         continue;
       }
+      from_init.push_back(static_cast<int>(li));
       std::vector<float> host(static_cast<size_t>(numel));
       if (decl.init == "zeros" || decl.init == "ones") {
         std::fill(host.begin(), host.end(), decl.init == "zeros" ? 0.f : 1.f);
@@ -148,6 +152,16 @@ void Qwen2Model::create_extra_params(const WeightStore* store) {
                          ? TensorView::contiguous(host.data(), DType::F32, Device::CPU, {decl.shape[0]})
                          : TensorView::contiguous(host.data(), DType::F32, Device::CPU, {decl.shape[0], decl.shape[1]});
       add_weight(full, v);
+    }
+    if (store && !from_init.empty()) {
+      std::string layers;
+      if (from_init.size() == layers_.size()) {
+        layers = "*";
+      } else {
+        for (int l : from_init) layers += (layers.empty() ? "{" : ",") + std::to_string(l);
+        layers += "}";
+      }
+      params_from_init_.push_back("model.layers." + layers + "." + decl.name + " (" + decl.init + ")");
     }
   }
 }

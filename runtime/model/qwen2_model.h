@@ -26,6 +26,11 @@ class Qwen2Model {
   // Copies (and converts to fp32) every tensor the graph needs from a validated store, then
   // creates the plugin's extra parameters that the store lacks from their init rules.
   void load_weights(const WeightStore& store);
+  // The attention plugin's extra parameters that load_weights did not find in the checkpoint and
+  // created by their declared init rules instead (untrained: e.g. a base model run with L2A), one
+  // entry per declaration: "model.layers.*.router.weight (zeros)", or with the layer numbers when
+  // only some layers lacked it. Empty after init_random or when the checkpoint had them all.
+  const std::vector<std::string>& params_from_init_rules() const { return params_from_init_; }
   // The architecture's exact shapes with random weights (normal(0, 0.02) matrices, unit norms,
   // zero biases, as transformers initializes Qwen2), for profiling without a checkpoint.
   void init_random(uint64_t seed);
@@ -88,6 +93,7 @@ class Qwen2Model {
   AttentionBackend& attention_;
   std::unordered_map<std::string, Tensor> weights_;
   std::vector<std::unique_ptr<LayerParamsView>> layers_;
+  std::vector<std::string> params_from_init_;
 };
 
 }  // namespace rt

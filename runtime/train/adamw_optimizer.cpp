@@ -1,5 +1,7 @@
 #include "train/adamw_optimizer.h"
 
+#include <algorithm>
+#include <cctype>
 #include <cmath>
 
 #include "model/host_values.h"
@@ -11,6 +13,35 @@ namespace {
 
 bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// The order backpropagation produces gradients in: lm_head, the final norm, the layers from the
+// last to the first, the embedding (within a layer, by name). The first non-finite gradient in this
+// order is where the NaN/Inf appeared, not merely where it propagated to.
+struct BackwardRank {
+  int group = 0;       // 0 lm_head / others, 1 final norm, 2 layers, 3 embedding
+  int64_t layer = 0;   // descending
+  std::string rest;
+};
+
+BackwardRank backward_rank(const std::string& n) {
+  static const std::string kLayers = "model.layers.";
+  if (n.rfind("model.embed_tokens.", 0) == 0) return {3, 0, n};
+  if (n.rfind("model.norm.", 0) == 0) return {1, 0, n};
+  if (n.rfind(kLayers, 0) == 0) {
+    size_t e = kLayers.size();
+    while (e < n.size() && std::isdigit(static_cast<unsigned char>(n[e]))) ++e;
+    if (e > kLayers.size() && e - kLayers.size() < 18)
+      return {2, std::stoll(n.substr(kLayers.size(), e - kLayers.size())), n.substr(e)};
+  }
+  return {0, 0, n};
+}
+
+bool backward_less(const std::string& a, const std::string& b) {
+  const BackwardRank ra = backward_rank(a), rb = backward_rank(b);
+  if (ra.group != rb.group) return ra.group < rb.group;
+  if (ra.layer != rb.layer) return ra.layer > rb.layer;
+  return ra.rest < rb.rest;
 }
 
 Tensor alloc_like(Ops& ops, DType dt, TensorView v) {
@@ -73,6 +104,23 @@ double AdamWOptimizer::grad_norm() {
   ops_.fill(sum, 0.f);
   for (const auto& n : names_) ops_.reduce_sum(grads_.at(n), 2, sum);
   return std::sqrt(host_doubles(ops_, sum)[0]);
+}
+
+std::optional<AdamWOptimizer::NonFinite> AdamWOptimizer::first_nonfinite_grad() const {
+  std::vector<std::string> order = names_;
+  std::sort(order.begin(), order.end(), backward_less);
+  for (const auto& n : order) {
+    const std::vector<float> g = host_floats(ops_, grads_.at(n));
+    float sum_sq = 0;  // in float like the accumulator grad_norm() sums in on the device
+    size_t largest = 0;
+    for (size_t i = 0; i < g.size(); ++i) {
+      if (!std::isfinite(g[i])) return NonFinite{n, static_cast<int64_t>(i), g[i], false};
+      sum_sq += g[i] * g[i];
+      if (std::abs(g[i]) > std::abs(g[largest])) largest = i;
+    }
+    if (!std::isfinite(sum_sq)) return NonFinite{n, static_cast<int64_t>(largest), g[largest], true};
+  }
+  return std::nullopt;
 }
 
 void AdamWOptimizer::step(double lr, int64_t t, double grad_scale) {

@@ -3,6 +3,7 @@
 // receive the rounded master after every step.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -28,6 +29,20 @@ class AdamWOptimizer {
   void zero_grad();
   // L2 norm of all gradients together (one device reduction, read back).
   double grad_norm();
+  // The first trainable parameter whose gradient holds a NaN or Inf, in a fixed order: the one
+  // backpropagation produces them in (lm_head, final norm, layers from the last to the first, the
+  // embedding; within a layer by name), so the tensor named is where the non-finite value
+  // appeared. With the first bad element's index and value; or, where every element is finite but
+  // the sum of their squares overflows float (so the global grad norm is inf), its largest
+  // element, with norm_overflow set. nullopt when every gradient and its norm are finite. Reads the
+  // gradients back to the host: for the skipped-step path only.
+  struct NonFinite {
+    std::string name;
+    int64_t index = 0;
+    float value = 0;
+    bool norm_overflow = false;
+  };
+  std::optional<NonFinite> first_nonfinite_grad() const;
   // One step at learning rate lr (t: 1-based step for bias correction), gradients scaled by
   // grad_scale first (clipping).
   void step(double lr, int64_t t, double grad_scale);

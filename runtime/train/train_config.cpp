@@ -51,7 +51,7 @@ constexpr Field kFields[] = {
     {"checkpoint_every", Kind::Int}, {"checkpoint_minutes", Kind::Real}, {"keep_checkpoints", Kind::Int},
     {"log_every", Kind::Int},      {"collapse_loss", Kind::Real},
     {"collapse_sparsity", Kind::Real}, {"collapse_patience", Kind::Int},
-    {"collapse_action", Kind::Str},
+    {"collapse_action", Kind::Str}, {"max_nonfinite_steps", Kind::Int},
 };
 
 const Field* find_field(std::string_view key) {
@@ -297,6 +297,7 @@ void finish(const Pending& p, TrainConfig& c) {
   get_real("collapse_loss", c.collapse_loss, 0, false, kInf, false);
   get_real("collapse_sparsity", c.collapse_sparsity, 0, false, 1, false);
   get_int("collapse_patience", c.collapse_patience, 1);
+  get_int("max_nonfinite_steps", c.max_nonfinite_steps, 1);
 }
 
 }  // namespace
@@ -356,7 +357,7 @@ namespace {
 // resume may change them.
 constexpr const char* kUnhashed[] = {"checkpoint_every", "checkpoint_minutes", "keep_checkpoints", "log_every",
                                      "recompute",        "collapse_loss",      "collapse_sparsity", "collapse_patience",
-                                     "collapse_action"};
+                                     "collapse_action",  "max_nonfinite_steps"};
 
 }  // namespace
 
@@ -385,6 +386,7 @@ std::string TrainConfig::to_json() const {
   t["collapse_sparsity"] = collapse_sparsity;
   t["collapse_patience"] = collapse_patience;
   t["collapse_action"] = collapse_action_name(collapse_action);
+  t["max_nonfinite_steps"] = max_nonfinite_steps;
   nlohmann::ordered_json j;
   j["train"] = std::move(t);
   j["attention"] = nlohmann::ordered_json::object();

@@ -52,6 +52,11 @@ struct TrainConfig {
   double collapse_sparsity = 0.98;  // ... and sparsity (fraction) above this ...
   int64_t collapse_patience = 5;    // ... for this many consecutive steps
   CollapseAction collapse_action = CollapseAction::Stop;
+  // A step whose loss or gradient norm is not finite is skipped (no parameter or optimizer-moment
+  // update; the LR schedule and AdamW's bias correction do not advance), as mixed-precision
+  // trainers skip an overflowed step; this many consecutive skipped steps stop the run with an
+  // error naming the first non-finite gradient. Not part of config_hash().
+  int64_t max_nonfinite_steps = 3;
 
   // [attention]: plugin options as written (numbers in round-trippable form, bools
   // "true"/"false"). Sorted by key so that to_json() and config_hash() are stable.
@@ -65,7 +70,8 @@ struct TrainConfig {
   // order: the checkpoint manifest and run record store it.
   std::string to_json() const;
   // 16 hex digits: FNV-1a 64 of to_json() without the keys that do not change the training math
-  // (checkpoint_every, checkpoint_minutes, keep_checkpoints, log_every, recompute, collapse_*).
+  // (checkpoint_every, checkpoint_minutes, keep_checkpoints, log_every, recompute, collapse_*,
+  // max_nonfinite_steps).
   // Equal configs hash equal on every platform, so a resume can tell whether the config changed;
   // the excluded keys may change between a run and its resume.
   std::string config_hash() const;

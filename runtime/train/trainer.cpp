@@ -5,6 +5,9 @@
 #include <cmath>
 #include <csignal>
 #include <iostream>
+#include <sstream>
+
+#include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
@@ -82,6 +85,14 @@ class StopSignalGuard {
   struct sigaction old_int_ {}, old_term_ {};
 };
 
+// "NaN", "inf", "-inf" or the number (printf would say "-nan" for a NaN with its sign bit set).
+std::string num(double v) {
+  if (std::isnan(v)) return "NaN";
+  std::ostringstream o;
+  o << v;
+  return o.str();
+}
+
 struct StepRecord {
   double lm = 0, reg = 0, grad_norm = 0, lr = 0, seconds = 0;
   int64_t tokens = 0;
@@ -96,12 +107,35 @@ void export_model(Ops& ops, Qwen2Model& model, const std::filesystem::path& dir,
                   const MasterWeights* masters) {
   std::filesystem::create_directories(dir);
   nlohmann::ordered_json cfg = nlohmann::ordered_json::parse(model.config().raw.dump());
+  // The backend and its options, so that loading the export runs it the way it was trained
+  // (runtime/cli/model_session.cpp picks them up by default).
+  nlohmann::ordered_json backend;
+  backend["name"] = attention;
+  backend["options"] = typed_options(attention_options);
+  cfg["attention_backend"] = backend;
   if (attention.rfind("l2a", 0) == 0) {
     nlohmann::ordered_json l2a = typed_options(attention_options);
     if (!l2a.contains("router")) l2a["router"] = "linear_sigmoid";
     cfg["l2a"] = l2a;
   } else {
     cfg.erase("l2a");
+  }
+  if (attention == "swa" && attention_options.has("window")) {
+    // Hugging Face's own fields for sliding-window attention in every layer, so that transformers
+    // (and a loader that reads only them) runs the export the same way.
+    const int64_t n_layers = model.dims().n_layers;
+    cfg["use_sliding_window"] = true;
+    cfg["sliding_window"] = attention_options.get_int("window", 0);
+    cfg["max_window_layers"] = 0;
+    cfg["layer_types"] = nlohmann::ordered_json::array();
+    for (int64_t i = 0; i < n_layers; ++i) cfg["layer_types"].push_back("sliding_attention");
+  } else if (attention == "full_causal" && cfg.contains("use_sliding_window") && cfg["use_sliding_window"] == true) {
+    // Trained with full attention in every layer: the base model's window no longer applies.
+    cfg["use_sliding_window"] = false;
+    if (cfg.contains("layer_types")) {
+      cfg["layer_types"] = nlohmann::ordered_json::array();
+      for (int64_t i = 0; i < model.dims().n_layers; ++i) cfg["layer_types"].push_back("full_attention");
+    }
   }
   std::vector<std::vector<float>> data;
   std::vector<StWriteTensor> tensors;
@@ -153,6 +187,8 @@ TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, c
 
   std::filesystem::create_directories(run.out);
   int64_t start = 0;
+  int64_t applied = 0;           // optimizer updates applied (steps minus skipped non-finite steps)
+  int64_t nonfinite_streak = 0;  // consecutive skipped steps up to the last one run
   if (run.resume) {
     // The newest intact checkpoint: checksums verified, corrupt newer ones skipped with a warning.
     auto loaded = load_latest_checkpoint(run.out);
@@ -177,6 +213,22 @@ TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, c
     opt.load_state(ck.tensors);
     sampler.set_cursor(ck.meta.cursor);
     start = ck.meta.step;
+    // Skipped (non-finite) steps do not count as optimizer updates; checkpoints written before
+    // step skipping existed have none.
+    auto extra_int = [&](const std::string& k, int64_t dflt) {
+      auto it = ck.meta.extra.find(k);
+      if (it == ck.meta.extra.end()) return dflt;
+      try {
+        size_t used = 0;
+        const long long v = std::stoll(it->second, &used);
+        if (used == it->second.size() && v >= 0) return static_cast<int64_t>(v);
+      } catch (const std::exception&) {
+      }
+      fail("train --resume: ", dir->string(), ": manifest field ", k, " is '", it->second,
+           "', expected a non-negative integer");
+    };
+    applied = extra_int("optimizer_steps", start);
+    nonfinite_streak = extra_int("nonfinite_streak", 0);
   } else {
     RT_CHECK(!find_latest_checkpoint(run.out).has_value(), "train: ", run.out.string(),
              " already holds checkpoints of a run; pass --resume to continue it, or choose another --out");
@@ -211,6 +263,8 @@ TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, c
   Tensor lm = ops.alloc(ops.accum_dtype(), {1});
   Tensor stats = ops.alloc(ops.accum_dtype(), {L, 2});
   std::vector<int32_t> seq;
+  int64_t streak_first_step = 0;  // the first skipped step of the current streak, and what went wrong
+  std::string streak_first;
 
   StopSignalGuard signals(run.handle_signals);
   const int keep_last = cfg.keep_checkpoints > 0 && cfg.keep_checkpoints < INT_MAX
@@ -247,12 +301,40 @@ TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, c
       r.routed[static_cast<size_t>(l)] = st[static_cast<size_t>(2 * l + 1)];
     }
     const double loss = r.lm + r.reg;
-    RT_CHECK(std::isfinite(loss), "train: the loss became ", loss, " at step ", step,
-             " (lr too high? try a smaller [train] lr or clip_norm); no checkpoint of this state is written");
     r.grad_norm = opt.grad_norm();
-    const double clip = cfg.clip_norm > 0 && r.grad_norm > cfg.clip_norm ? cfg.clip_norm / (r.grad_norm + 1e-6) : 1.0;
-    r.lr = lr_at(cfg, step - 1, run.steps);
-    opt.step(r.lr, step, clip);
+    // A non-finite loss or gradient is never applied: the step is skipped (parameters, moments,
+    // the LR schedule and AdamW's bias-correction count stay as they are), as mixed-precision
+    // trainers skip an overflowed step, and max_nonfinite_steps skips in a row stop the run.
+    const bool skipped = !std::isfinite(loss) || !std::isfinite(r.grad_norm);
+    double clip = 1.0;
+    r.lr = lr_at(cfg, applied, run.steps);
+    if (!skipped) {
+      clip = cfg.clip_norm > 0 && r.grad_norm > cfg.clip_norm ? cfg.clip_norm / (r.grad_norm + 1e-6) : 1.0;
+      opt.step(r.lr, applied + 1, clip);
+      ++applied;
+      nonfinite_streak = 0;
+    } else {
+      ++nonfinite_streak;
+      ++summary.skipped_steps;
+      const auto bad = opt.first_nonfinite_grad();
+      std::ostringstream what;
+      if (!std::isfinite(loss)) what << "the loss is " << num(loss) << " (lm " << num(r.lm) << ", reg " << num(r.reg) << "); ";
+      if (bad && !bad->norm_overflow)
+        what << "first non-finite gradient: " << bad->name << " (element " << bad->index << " = " << num(bad->value) << ")";
+      else if (bad)
+        what << "grad norm " << num(r.grad_norm) << "; first non-finite gradient: " << bad->name
+             << " (its norm overflows float; largest element " << bad->index << " = " << num(bad->value) << ")";
+      else
+        what << "every gradient is finite but their norm is " << num(r.grad_norm);
+      if (nonfinite_streak == 1 || streak_first.empty()) {
+        streak_first_step = step;
+        streak_first = what.str();
+      }
+      if (bar && ::isatty(STDERR_FILENO)) std::cerr << "\n";
+      std::cerr << "warning: train: step " << step << " skipped (no update): " << what.str() << " ["
+                << nonfinite_streak << " in a row; the run stops at " << cfg.max_nonfinite_steps
+                << ", train.max_nonfinite_steps]\n";
+    }
     ops.synchronize();
     r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     r.tokens = tokens_per_step;
@@ -283,6 +365,7 @@ TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, c
     rec["lr"] = r.lr;
     rec["grad_norm"] = r.grad_norm;
     rec["clipped"] = clip < 1.0;
+    rec["skipped"] = skipped;
     if (routed) {
       int64_t leaked = 0;
       for (const auto& c : counts) leaked += c.leaked;
@@ -294,9 +377,19 @@ TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, c
     if (const auto mem = ops.memory_stats(); mem.peak > 0) rec["peak_mem_bytes"] = mem.peak;
     rec["epoch"] = sampler.epochs_completed();
     metrics.append(rec);
-    if (bar) bar->update(step, loss, sparsity, r.tokens);
+    if (skipped && nonfinite_streak >= cfg.max_nonfinite_steps) {
+      if (bar) bar->finish();
+      bar.reset();
+      // No checkpoint of this step: the last one written (if any) holds the last good state.
+      fail("train: ", nonfinite_streak, " consecutive steps (", step - nonfinite_streak + 1, "..", step,
+           ") had a non-finite loss or gradient and were skipped (train.max_nonfinite_steps = ",
+           cfg.max_nonfinite_steps, "); at step ", streak_first_step, " ", streak_first,
+           ". Lower [train] lr, set clip_norm, or check the data and the model's weights; no checkpoint of the",
+           " skipped steps is written by this stop");
+    }
+    if (bar) bar->update(step, skipped ? summary.last_loss : loss, sparsity, r.tokens);
     summary.last_step = step;
-    summary.last_loss = loss;
+    if (!skipped) summary.last_loss = loss;
 
     const bool final_step = step == last;
     auto checkpoint = [&] {
@@ -309,11 +402,13 @@ TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, c
       meta.extra = {{"attention", run.attention},
                     {"model", run.model_name},
                     {"steps", std::to_string(run.steps)},
-                    {"data", std::filesystem::absolute(run.data).string()}};
+                    {"data", std::filesystem::absolute(run.data).string()},
+                    {"optimizer_steps", std::to_string(applied)},
+                    {"nonfinite_streak", std::to_string(nonfinite_streak)}};
       summary.last_checkpoint = save_checkpoint(run.out, meta, opt.state(), keep_last);
       last_save = std::chrono::steady_clock::now();
     };
-    const bool collapsed = collapse.update(step, loss, sparsity);
+    const bool collapsed = !skipped && collapse.update(step, loss, sparsity);
     const int stop_signal = final_step ? 0 : signals.pending();  // the last step finishes the run anyway
     const bool timed = cfg.checkpoint_minutes > 0 &&
                        std::chrono::duration<double>(std::chrono::steady_clock::now() - last_save).count() >=

@@ -23,7 +23,8 @@ struct TrainRun {
   std::optional<int64_t> stop_at;  // stop after this step as if interrupted (checkpoint written)
   bool resume = false;             // continue from the newest checkpoint in out
   std::string attention;           // the backend's name, for records and the export
-  Options attention_options;       // as configured (exported into the model's "l2a" section)
+  Options attention_options;       // as configured (exported into the model's "attention_backend" section, and
+                                   // its "l2a" section for L2A backends)
   std::filesystem::path model_dir; // where the base model came from (tokenizer files are copied); may be empty
   std::string model_name;
   bool quiet = false;              // no progress bar (tests)
@@ -38,6 +39,7 @@ struct TrainSummary {
   int64_t first_step = 0, last_step = 0;  // steps run by this invocation (first_step > last_step: none)
   double last_loss = 0;
   bool collapsed = false;
+  int64_t skipped_steps = 0;              // steps of this invocation skipped for a non-finite loss or gradient
   std::filesystem::path exported;         // OUT/model when the run reached its last step
   int interrupted_by = 0;                 // SIGINT/SIGTERM that stopped the run after last_step (0: none)
   std::filesystem::path last_checkpoint;  // the newest checkpoint this invocation wrote (empty: none)
@@ -46,8 +48,10 @@ struct TrainSummary {
 TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, const TrainRun& run,
                           const Tokenizer* tokenizer);
 
-// The merged model: config.json (the base config, plus an "l2a" section for L2A backends) and
-// model.safetensors with every parameter in f32. Atomic per file.
+// The merged model: config.json (the base config, plus "attention_backend": {"name", "options"}
+// recording the backend it was trained with, which loading uses by default; an "l2a" section for L2A
+// backends; for swa Hugging Face's use_sliding_window / sliding_window / layer_types with the window
+// in every layer) and model.safetensors with every parameter in f32. Atomic per file.
 // Trained parameters' fp32 masters by name; these are exported instead of the model's copies.
 struct MasterWeights : std::map<std::string, TensorView> {
   const TensorView* find(const std::string& n) const {

@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -533,6 +534,160 @@ TEST(TrainErrors, ClearMessages) {
   for (size_t i = 0; i + 1 < huge.size(); ++i)
     if (huge[i] == "--steps") huge[i + 1] = "4611686018427387904";
   expect_error(run_runtime(huge), {"--steps 4611686018427387904", "64-bit"});
+}
+
+// ---- non-finite steps (issue 11, item 4) -------------------------------------------------------
+// lr = 1e30: step 1 is finite and moves every weight by ~1e30, so from step 2 on the forward
+// overflows and the loss and every gradient are NaN. Such a step is never applied: it is skipped
+// (logged "skipped": true, grad_norm null, a warning line), the checkpoints written after it hold
+// exactly the state after step 1 (masters and moments), and max_nonfinite_steps skips in a row
+// stop the run with an error naming the loss and the first non-finite gradient, writing no
+// checkpoint of the failing step and no export.
+const char* kDivergeConfig = R"([train]
+regime = "full"
+seq_len = 16
+batch_size = 1
+lr = 1e30
+clip_norm = 0
+checkpoint_every = 1
+keep_checkpoints = 0
+)";
+
+std::vector<std::string> diverge_args(const TempDir& tmp, int steps) {
+  return {"train", "--model", (l2a_dir() / "base").string(), "--attention", "full_causal", "--config",
+          (tmp / "diverge.toml").string(), "--data", (l2a_dir() / "tokens.bin").string(), "--steps",
+          std::to_string(steps), "--out", (tmp / "run").string(), "--quiet"};
+}
+
+TEST(TrainNonFinite, SkipsStepsThenStopsNamingTheTensor) {
+  ASSERT_TRUE(runtime_available());
+  TempDir tmp;
+  write_text(tmp / "diverge.toml", kDivergeConfig);
+  const auto r = run_runtime(diverge_args(tmp, 10), 300);
+  // stderr carries the run's header and the skip warnings before the error line.
+  ASSERT_TRUE(r.exited && r.exit_code != 0 && !r.timed_out) << r.describe();
+  const std::string err_line = r.err.substr(r.err.rfind("error: "));
+  for (const char* s : {"3 consecutive steps (2..4)", "train.max_nonfinite_steps = 3", "the loss is NaN",
+                        "first non-finite gradient: lm_head.weight"})
+    EXPECT_NE(err_line.find(s), std::string::npos) << s << "\n" << r.describe();
+  for (const char* s : {"warning: train: step 2 skipped", "warning: train: step 3 skipped",
+                        "warning: train: step 4 skipped"})
+    EXPECT_NE(r.err.find(s), std::string::npos) << s << "\n" << r.describe();
+
+  const auto rows = metrics(tmp / "run");
+  ASSERT_EQ(rows.size(), 4u);
+  EXPECT_FALSE(rows[0]["skipped"].get<bool>());
+  EXPECT_TRUE(rows[0]["grad_norm"].is_number());
+  for (size_t i = 1; i < 4; ++i) {
+    EXPECT_TRUE(rows[i]["skipped"].get<bool>()) << "step " << i + 1;
+    EXPECT_TRUE(rows[i]["grad_norm"].is_null()) << "step " << i + 1;
+    // The schedule does not advance over a skipped step.
+    EXPECT_EQ(rows[i]["lr"], rows[1]["lr"]) << "step " << i + 1;
+  }
+  // Checkpoints of steps 1-3 (the skipped steps 2 and 3 changed nothing), none of the failing step 4.
+  ASSERT_EQ(step_dirs(tmp / "run"), (std::vector<std::string>{"step_00000001", "step_00000002", "step_00000003"}));
+  const fs::path ck = tmp / "run" / "checkpoints";
+  const std::string after_step1 = read_text(ck / "step_00000001" / "state.safetensors");
+  EXPECT_EQ(read_text(ck / "step_00000002" / "state.safetensors"), after_step1);
+  EXPECT_EQ(read_text(ck / "step_00000003" / "state.safetensors"), after_step1);
+  // ... and step 1 did change the weights (the test would prove nothing otherwise).
+  const auto base = Safetensors::load(l2a_dir() / "base" / "model.safetensors");
+  const auto state = Safetensors::load(ck / "step_00000001" / "state.safetensors");
+  ASSERT_TRUE(state.header.contains("lm_head.weight"));
+  EXPECT_NE(state.data.substr(state.header["lm_head.weight"]["data_offsets"][0].get<size_t>(), 64),
+            base.data.substr(base.header["lm_head.weight"]["data_offsets"][0].get<size_t>(), 64));
+  EXPECT_FALSE(fs::exists(tmp / "run" / "model")) << "a failed run must not export";
+}
+
+// train.max_nonfinite_steps sets K; with K = 1 the first non-finite step stops the run.
+TEST(TrainNonFinite, LimitIsConfigurable) {
+  ASSERT_TRUE(runtime_available());
+  TempDir tmp;
+  write_text(tmp / "diverge.toml", kDivergeConfig);
+  auto args = diverge_args(tmp, 10);
+  args.insert(args.end(), {"--set", "train.max_nonfinite_steps=1"});
+  const auto r = run_runtime(args, 300);
+  ASSERT_TRUE(r.exited && r.exit_code == 1) << r.describe();
+  EXPECT_NE(r.err.find("error: train: 1 consecutive steps (2..2)"), std::string::npos) << r.describe();
+  EXPECT_EQ(step_dirs(tmp / "run"), (std::vector<std::string>{"step_00000001"}));
+  EXPECT_EQ(metrics(tmp / "run").size(), 2u);
+}
+
+// The issue's own case: a finite loss whose gradient norm is not (grad_norm null), which AdamW used
+// to apply. model.norm.weight scaled by 1e20 makes the logits ~1e21: the loss stays finite, but
+// lm_head's gradient norm overflows float. Step 1 is skipped, so the checkpoint after it holds the
+// base model's weights and zero moments; the second skip in a row (max_nonfinite_steps = 2) stops
+// the run naming lm_head.weight.
+TEST(TrainNonFinite, FiniteLossWithNonFiniteGradNormIsNotApplied) {
+  ASSERT_TRUE(runtime_available());
+  TempDir tmp;
+  fs::copy(l2a_dir() / "base", tmp / "huge", fs::copy_options::recursive);
+  auto st = Safetensors::load(tmp / "huge" / "model.safetensors");
+  const json& info = st.header["model.norm.weight"];
+  ASSERT_EQ(info["dtype"], "F32");
+  for (size_t o = info["data_offsets"][0].get<size_t>(); o < info["data_offsets"][1].get<size_t>(); o += 4) {
+    float v;
+    std::memcpy(&v, st.data.data() + o, 4);
+    v *= 1e20f;
+    std::memcpy(st.data.data() + o, &v, 4);
+  }
+  st.save(tmp / "huge" / "model.safetensors");
+  write_text(tmp / "c.toml", "[train]\nregime = \"full\"\nseq_len = 16\nbatch_size = 1\nlr = 1e-3\n"
+                             "checkpoint_every = 1\nkeep_checkpoints = 0\nmax_nonfinite_steps = 2\n");
+  const auto r = run_runtime({"train", "--model", (tmp / "huge").string(), "--attention", "full_causal", "--config",
+                              (tmp / "c.toml").string(), "--data", (l2a_dir() / "tokens.bin").string(), "--steps",
+                              "5", "--out", (tmp / "run").string(), "--quiet"},
+                             300);
+  ASSERT_TRUE(r.exited && r.exit_code == 1) << r.describe();
+  const std::string err_line = r.err.substr(r.err.rfind("error: "));
+  EXPECT_NE(err_line.find("2 consecutive steps (1..2)"), std::string::npos) << r.describe();
+  EXPECT_NE(err_line.find("first non-finite gradient: lm_head.weight"), std::string::npos) << r.describe();
+  const auto rows = metrics(tmp / "run");
+  ASSERT_EQ(rows.size(), 2u);
+  for (const auto& row : rows) {
+    EXPECT_TRUE(row["loss"].is_number()) << row.dump();
+    EXPECT_TRUE(row["grad_norm"].is_null()) << row.dump();
+    EXPECT_TRUE(row["skipped"].get<bool>()) << row.dump();
+  }
+  ASSERT_EQ(step_dirs(tmp / "run"), (std::vector<std::string>{"step_00000001"}));
+  const auto state = Safetensors::load(tmp / "run" / "checkpoints" / "step_00000001" / "state.safetensors");
+  auto bytes = [](const Safetensors& f, const std::string& name) {
+    const json& t = f.header.at(name);
+    const size_t b = t["data_offsets"][0], e = t["data_offsets"][1];
+    return f.data.substr(b, e - b);
+  };
+  for (const char* name : {"lm_head.weight", "model.layers.0.self_attn.q_proj.weight", "model.norm.weight"}) {
+    EXPECT_EQ(bytes(state, name), bytes(st, name)) << name << " changed in a skipped step";
+    const std::string m = bytes(state, std::string(name) + ".exp_avg");
+    EXPECT_EQ(m, std::string(m.size(), '\0')) << name << ": the moments changed in a skipped step";
+  }
+}
+
+// The run of skipped steps is part of the checkpoint: stopped in the middle of one (--stop-at) and
+// resumed, the run fails at the same step with the same count as when run in one go.
+TEST(TrainNonFinite, StreakSurvivesResume) {
+  ASSERT_TRUE(runtime_available());
+  TempDir tmp;
+  write_text(tmp / "diverge.toml", kDivergeConfig);
+  auto whole = diverge_args(tmp, 10);
+  whole.insert(whole.end(), {"--set", "train.max_nonfinite_steps=4"});
+  const auto a = run_runtime(whole, 300);
+  ASSERT_TRUE(a.exited && a.exit_code == 1) << a.describe();
+  EXPECT_NE(a.err.find("error: train: 4 consecutive steps (2..5)"), std::string::npos) << a.describe();
+
+  fs::remove_all(tmp / "run");
+  auto first = whole;
+  first.insert(first.end(), {"--stop-at", "3"});
+  const auto b1 = run_runtime(first, 300);
+  ASSERT_TRUE(b1.ok()) << b1.describe();
+  auto second = whole;
+  second.push_back("--resume");
+  const auto b2 = run_runtime(second, 300);
+  ASSERT_TRUE(b2.exited && b2.exit_code == 1) << b2.describe();
+  EXPECT_NE(b2.err.find("error: train: 4 consecutive steps (2..5)"), std::string::npos) << b2.describe();
+  const auto rows = metrics(tmp / "run");
+  ASSERT_EQ(rows.size(), 5u);
+  EXPECT_EQ(rows[4]["lr"], rows[1]["lr"]);  // the schedule stood still across the resume too
 }
 
 }  // namespace

@@ -243,7 +243,8 @@ TEST(TrainConfig, JsonAndHashAreStable) {
             R"("warmup_steps":0,"min_lr_ratio":0.0,"weight_decay":0.1,"beta1":0.9,"beta2":0.95,"eps":1e-08,)"
             R"("clip_norm":1.0,"seed":0,"shuffle":true,"recompute":false,"checkpoint_every":100,)"
             R"("checkpoint_minutes":30.0,"keep_checkpoints":2,"log_every":1,)"
-            R"("collapse_loss":0.05,"collapse_sparsity":0.98,"collapse_patience":5,"collapse_action":"stop"},)"
+            R"("collapse_loss":0.05,"collapse_sparsity":0.98,"collapse_patience":5,"collapse_action":"stop",)"
+            R"("max_nonfinite_steps":3},)"
             R"("attention":{}})");
   EXPECT_EQ(d.config_hash().size(), 16u);
   EXPECT_EQ(d.config_hash(), parse("# comment\n[train]\nlr = 1e-4\n").config_hash());
@@ -260,7 +261,7 @@ TEST(TrainConfig, JsonAndHashAreStable) {
   // Neither are the keys that do not change the math: a resume may change them.
   for (const char* k : {"checkpoint_every=7", "checkpoint_minutes=0.5", "keep_checkpoints=0", "log_every=3",
                         "recompute=true", "collapse_loss=0.5", "collapse_sparsity=0.5", "collapse_patience=9",
-                        "collapse_action=warn"}) {
+                        "collapse_action=warn", "max_nonfinite_steps=1"}) {
     const TrainConfig e = parse("", {k});
     EXPECT_NE(e.to_json(), d.to_json()) << k;
     EXPECT_EQ(e.config_hash(), d.config_hash()) << k;
@@ -298,4 +299,13 @@ TEST(TrainConfig, ShippedConfigsLoad) {
 }
 
 }  // namespace
+// Non-finite steps: skipped, and this many in a row stop the run (default 3, at least 1).
+TEST(TrainConfig, MaxNonfiniteSteps) {
+  EXPECT_EQ(parse("").max_nonfinite_steps, 3);
+  EXPECT_EQ(parse("[train]\nmax_nonfinite_steps = 7\n").max_nonfinite_steps, 7);
+  EXPECT_EQ(parse("", {"train.max_nonfinite_steps=2"}).max_nonfinite_steps, 2);
+  EXPECT_HAS(parse_error("[train]\nmax_nonfinite_steps = 0\n"), "train.max_nonfinite_steps", ">= 1, found 0");
+  EXPECT_HAS(parse_error("[train]\nmax_nonfinite_steps = 1.5\n"), "train.max_nonfinite_steps", "an integer");
+}
+
 }  // namespace rt::test
