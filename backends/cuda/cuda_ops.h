@@ -109,7 +109,6 @@ class CudaOps final : public Ops {
   void adamw_step(TensorView master, TensorView grad, TensorView m, TensorView v, TensorView param,
                   const AdamW& hp) override;
 
-  int device_index() const { return device_; }
   cudaStream_t stream() const;
 
  private:

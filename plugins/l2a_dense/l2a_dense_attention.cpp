@@ -24,8 +24,6 @@ class DenseL2aAttention final : public L2aBackendBase {
     Capabilities c;
     c.cpu = true;
     c.cuda = true;
-    c.f32 = true;
-    c.bf16 = true;
     c.backward = true;
     c.decode = true;
     c.router = true;

@@ -55,7 +55,6 @@ class FusedL2aAttention final : public L2aBackendBase {
   Capabilities capabilities() const override {
     Capabilities c;
     c.cuda = true;
-    c.bf16 = true;
     c.backward = true;
     c.decode = true;
     c.router = true;

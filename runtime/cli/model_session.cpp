@@ -8,10 +8,8 @@
 #include <iostream>
 
 #include "cpu/cpu_ops.h"
-#ifdef RT_WITH_CUDA_BACKEND
-#include "cuda/cuda_ops.h"
-#endif
 #include "loader/model_resolver.h"
+#include "plugin_host/backend_module.h"
 #include "model/model_dims.h"
 #include "rt/sdk/error.h"
 
@@ -169,15 +167,8 @@ static void check_l2a_layout(const HfConfig& config, const WeightStore* store, O
 std::unique_ptr<ModelSession> open_model_session(const ModelOptions& o) {
   if (o.threads > 0) omp_set_num_threads(o.threads);
   auto s = std::make_unique<ModelSession>();
-  if (o.device == "cuda") {
-#ifdef RT_WITH_CUDA_BACKEND
-    RT_CHECK(cuda_device_available(), "--device cuda: no usable CUDA device (driver missing or no GPU); "
-             "use --device cpu");
-    s->ops = make_cuda_ops();
-#else
-    fail("--device cuda: this binary was built without the CUDA backend (no nvcc at configure time); "
-         "use --device cpu or rebuild with the CUDA toolkit installed");
-#endif
+  if (o.device != "cpu") {
+    s->ops = load_backend_ops(o.device);
   } else {
     s->ops = make_cpu_ops();
   }

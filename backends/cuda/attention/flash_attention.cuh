@@ -34,17 +34,15 @@
 // Grid: x = query head (heads of one GQA group adjacent, so they share K/V in L2), y = query
 // block, reversed: the blocks that see the most keys (latest, under a causal mask) start first.
 //
-// What bounds it, and the next step. mma.sync keeps the B operand (K or V fragments) in
-// registers: every warp reloads the whole K and V tile from shared memory with ldmatrix, 256 bytes
-// per m16n8k16 per 16 rows. With 32 rows per warp (kMTiles = 2) that is ~128 B/clk/SM at full
-// tensor rate, the whole shared-memory bandwidth of an SM, and mma.sync itself issues at about
-// two thirds of Hopper's dense bf16 rate; the exp2 (MUFU, 16/clk/SM) of the softmax is not
-// overlapped with the MMAs. Expect ~250-350 TFLOP/s on an H100 (FlashAttention-2 reaches ~350).
-// The next step is the FlashAttention-3 structure on sm_90a: wgmma (B read by the tensor cores
-// straight from shared memory, M = 64 per warpgroup), K/V tiles brought by TMA
-// (cp.async.bulk.tensor) into a 2-3 stage mbarrier ring by a producer warpgroup (setmaxnreg to
-// give registers to the consumers), two consumer warpgroups ping-ponging so one's softmax hides
-// under the other's GEMMs, and intra-warpgroup overlap of softmax(n) with Q K^T(n+1).
+// What bounds it. mma.sync keeps the B operand (K or V fragments) in registers: every warp
+// reloads the whole K and V tile from shared memory with ldmatrix, 256 bytes per m16n8k16 per 16
+// rows. With 32 rows per warp (kMTiles = 2) that is ~128 B/clk/SM at full tensor rate, the whole
+// shared-memory bandwidth of an SM, and mma.sync itself issues at about two thirds of Hopper's
+// dense bf16 rate; the exp2 (MUFU, 16/clk/SM) of the softmax is not overlapped with the MMAs.
+// Measured: ~250 TFLOP/s on an H100/H200 (0.52x cuDNN). This kernel is the path of sm_80/sm_89
+// (the RTX 4090 has no wgmma). On Hopper the same rows run in flash_fwd_hopper.cuh (wgmma with B
+// read by the tensor cores from shared memory, TMA, warp specialization, the softmax of one tile
+// under the P V of the previous one), which shares QueryBlock, softmax_tile and store_row below.
 #pragma once
 
 #include <cuda_bf16.h>

@@ -15,7 +15,6 @@ class ChunkedAttention final : public rt::AttentionBackend {
   rt::Capabilities capabilities() const override {
     rt::Capabilities c;
     c.cpu = true;
-    c.f32 = true;
     c.decode = false;
     c.kv = rt::KvPolicy::None;
     return c;

@@ -80,8 +80,6 @@ enum class KvPolicy : int32_t { Full = 0, RingBuffer = 1, None = 2, Custom = 3 }
 struct Capabilities {
   bool cpu = false;
   bool cuda = false;
-  bool f32 = false;
-  bool bf16 = false;
   bool backward = false;
   bool decode = false;
   bool router = false;  // needs a Router (attach_router before configure)
@@ -113,11 +111,6 @@ class AttentionBackend {
   // FLOPs of one forward over T tokens (multiply-adds count 2), for TFLOP/s in `runtime profile`;
   // 0 when unknown.
   virtual double forward_flops(const ModelDims&, int64_t /*T*/) const { return 0.0; }
-
-  // One token (x [1, hidden]) against the cache. The default runs forward with T = 1.
-  virtual void decode_step(const LayerContext& ctx, TensorView x, AttentionState& state) {
-    forward(ctx, x, &state);
-  }
 
   // Capabilities::graph_decode: one token x [1, hidden] against the cache, at the position held in
   // device memory pos (I32 [1]; the runtime keeps it equal to state.tokens_seen()). It must queue the

@@ -14,8 +14,6 @@ class SingleSublayerBackend : public AttentionBackend {
     Capabilities c;
     c.cpu = true;
     c.cuda = true;  // the shared sublayer runs on any Ops
-    c.f32 = true;
-    c.bf16 = true;
     c.backward = true;
     c.decode = true;
     c.graph_decode = true;
