@@ -13,7 +13,7 @@ namespace rt {
 void register_train(CLI::App& app) {
   struct Args {
     ModelOptions model;
-    std::string config, data, out, tokenizer;
+    std::string config, data, val_data, out, tokenizer;
     int64_t steps = 0;
     int64_t stop_at = 0;
     bool resume = false, quiet = false;
@@ -24,7 +24,8 @@ void register_train(CLI::App& app) {
   cmd->footer(
       "\nThe TOML config has a [train] section (regime, seq_len, batch_size, lr, warmup_steps, min_lr_ratio,\n"
       "weight_decay, beta1, beta2, eps, clip_norm, seed, shuffle, recompute, checkpoint_every,\n"
-      "checkpoint_minutes, keep_checkpoints, collapse_*, max_nonfinite_steps)\n"
+      "checkpoint_minutes, keep_checkpoints, log_every, eval_every, val_sequences, collapse_*,\n"
+      "max_nonfinite_steps)\n"
       "and an [attention] section with the plugin's options (L2A: layout, window, tau, threshold,\n"
       "force_local, rope_theta, leak_prob, lambda, reg_norm, lambda_schedule, router). --set overrides\n"
       "either: --set train.lr=3e-4 --set attention.window=512 (a bare key goes to [train] if it is a train\n"
@@ -38,7 +39,14 @@ void register_train(CLI::App& app) {
       "130 / 143; a second signal stops at once); the newest keep_checkpoints (default 2) are kept.\n"
       "A step whose loss or gradient is NaN/Inf is skipped (no update; \"skipped\": true in metrics.jsonl);\n"
       "max_nonfinite_steps (default 3) such steps in a row stop the run with an error naming the first\n"
-      "parameter whose gradient went non-finite.\n\n"
+      "parameter whose gradient went non-finite. When stderr is not a terminal, a progress line is printed\n"
+      "every log_every steps (default 0: every ~5% of the run or 30 s).\n\n"
+      "--val-data FILE (same formats as --data): every eval_every steps (default: checkpoint_every, or 100\n"
+      "when that is 0; 0: none) and at the last step, the mean next-token loss over val_sequences (default\n"
+      "32) fixed sequences of seq_len tokens spread over FILE is logged as val_loss and val_ppl in that\n"
+      "step's metrics.jsonl row (the language-model loss only, without the L2A regularizer).\n"
+      "--resume checks that --data has the size and the head and tail (crc32 of the first and last MiB)\n"
+      "of the data the checkpoint was trained on; its path may differ.\n\n"
       "Examples:\n"
       "  runtime train --model qwen2.5-0.5b --attention l2a_dense --config configs/l2a_router_only.toml \\\n"
       "      --data ../shared/data/wikitext-2/valid.txt --steps 500 --out runs/router --device cuda\n"
@@ -48,6 +56,8 @@ void register_train(CLI::App& app) {
   cmd->add_option("--config,-c", args->config, "Training config (TOML); omitted: the built-in defaults");
   cmd->add_option("--data,-d", args->data, "Training data: .txt, .jsonl (field text) or .bin (uint32 ids)")
       ->required();
+  cmd->add_option("--val-data", args->val_data,
+                  "Held-out validation data (same formats as --data): val_loss/val_ppl every train.eval_every steps");
   cmd->add_option("--steps", args->steps, "Optimizer steps in the whole run (schedules span them)")
       ->required()
       ->check(at_least(1));
@@ -76,11 +86,13 @@ void register_train(CLI::App& app) {
     for (const SetOption& s : sets)
       if (s.scope == session->attention_name) cfg.attention[s.key] = s.value;
     std::unique_ptr<Tokenizer> tok;
-    const std::string ext = std::filesystem::path(args->data).extension().string();
-    if (ext != ".bin") {
+    const bool text_data = std::filesystem::path(args->data).extension().string() != ".bin";
+    const bool text_val =
+        !args->val_data.empty() && std::filesystem::path(args->val_data).extension().string() != ".bin";
+    if (text_data || text_val) {
       std::filesystem::path src = args->tokenizer;
       if (src.empty()) {
-        RT_CHECK(!session->model_dir.empty(), "train: ", args->data,
+        RT_CHECK(!session->model_dir.empty(), "train: ", text_data ? args->data : args->val_data,
                  " is text and the model has no directory to take a tokenizer from; pass --tokenizer");
         src = session->model_dir;
       }
@@ -88,6 +100,7 @@ void register_train(CLI::App& app) {
     }
     TrainRun run;
     run.data = args->data;
+    run.val_data = args->val_data;
     run.out = args->out;
     run.steps = args->steps;
     if (args->stop_at > 0) run.stop_at = args->stop_at;

@@ -109,6 +109,8 @@ void ProgressBar::update(int64_t step, double loss, std::optional<double> sparsi
   if (tty_) {
     // ~10 redraws a second at most: tiny models step faster than a terminal should scroll.
     if (now - last_print_t_ < 0.1 && step < total_) return;
+  } else if (opt_.every_steps > 0) {
+    if (step % opt_.every_steps != 0) return;
   } else {
     const bool mark = step >= next_mark_;
     if (!mark && now - last_print_t_ < opt_.plain_every_s) return;

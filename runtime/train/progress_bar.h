@@ -1,7 +1,8 @@
 // A live training progress line on stderr:
 //   [#####.....] step 12/100  loss 3.214  sparsity 71.2%  12.3K tok/s  ETA 1m23s
 // On a terminal it is redrawn in place (\r); when stderr is a file or pipe (a log, CI) a plain
-// line is printed every ~5% of the run or every few seconds instead, so logs stay readable.
+// line is printed every ~5% of the run or every few seconds instead (or every N steps, with
+// Options::every_steps), so logs stay readable.
 #pragma once
 
 #include <cstdint>
@@ -33,6 +34,9 @@ class ProgressBar {
     std::FILE* out = stderr;
     std::optional<bool> tty;        // default: isatty(fileno(out))
     double plain_every_s = 30.0;    // non-TTY: also print when this much time has passed
+    // Non-TTY: > 0 prints a line exactly every this many steps (train.log_every) instead of the
+    // ~5% / plain_every_s rhythm (finish() still prints the final state). Ignored on a terminal.
+    int64_t every_steps = 0;
     int bar_width = 10;
     std::function<double()> clock;  // seconds; default: steady_clock (tests inject their own)
   };

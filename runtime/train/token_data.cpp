@@ -261,6 +261,26 @@ std::vector<int64_t> SequenceSampler::epoch_order(int64_t n, uint64_t seed, int6
   return order;
 }
 
+std::vector<std::vector<int32_t>> evaluation_sequences(const TokenDataset& data, int64_t seq_len,
+                                                       int64_t max_sequences) {
+  RT_CHECK(seq_len >= 1, "evaluation_sequences: seq_len must be >= 1, found ", seq_len);
+  RT_CHECK(max_sequences >= 1, "evaluation_sequences: max_sequences must be >= 1, found ", max_sequences);
+  const int64_t n = data.size() / seq_len;
+  if (n < 1)
+    fail(data.source(), ": ", data.size(), " tokens do not fill one sequence of train.seq_len = ", seq_len,
+         " (need at least ", seq_len, " tokens)");
+  const int64_t count = std::min(n, max_sequences);
+  std::vector<std::vector<int32_t>> out;
+  out.reserve(static_cast<size_t>(count));
+  for (int64_t k = 0; k < count; ++k) {
+    // floor(k * n / count) without forming k * n (k * (n % count) < count^2 cannot overflow).
+    const int64_t i = k * (n / count) + (k * (n % count)) / count;
+    const auto b = data.tokens().begin() + i * seq_len;
+    out.emplace_back(b, b + seq_len);
+  }
+  return out;
+}
+
 SequenceSampler::SequenceSampler(const TokenDataset& data, int64_t seq_len, uint64_t seed, bool shuffle)
     : data_(&data), seq_len_(seq_len), n_(0), seed_(seed), shuffle_(shuffle) {
   RT_CHECK(seq_len >= 1, "SequenceSampler: seq_len must be >= 1, found ", seq_len);

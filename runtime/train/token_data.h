@@ -47,6 +47,13 @@ class TokenDataset {
 std::vector<int32_t> encode_chunked(const Tokenizer& tok, std::string_view text,
                                     size_t chunk_bytes = size_t{1} << 20);
 
+// A fixed, deterministic evaluation set: of the n = size / seq_len whole sequences (sequence i is
+// tokens[i * seq_len, (i + 1) * seq_len), as SequenceSampler cuts them), min(n, max_sequences)
+// spread evenly over the data: sequence floor(k * n / count) for k = 0..count-1, in order. Needs at
+// least one sequence (an rt::Error naming the data's source, its size and seq_len).
+std::vector<std::vector<int32_t>> evaluation_sequences(const TokenDataset& data, int64_t seq_len,
+                                                       int64_t max_sequences);
+
 class SequenceSampler {
  public:
   // Position in the stream of sequences: the next sequence returned is order(epoch)[index].

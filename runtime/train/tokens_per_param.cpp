@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "rt/sdk/error.h"
 #include "train/progress_bar.h"  // format_count
@@ -30,26 +31,39 @@ std::string budget_line(int64_t trainable_params, int64_t training_tokens) {
          " tokens per parameter";
 }
 
-bool below_collapse_threshold(int64_t trainable_params, int64_t training_tokens, std::string* warning) {
+bool below_collapse_threshold(int64_t trainable_params, int64_t training_tokens, BudgetWarning kind,
+                              std::string* warning) {
   const double r = ratio(trainable_params, training_tokens);
   if (r >= kCollapseTokensPerParam) return false;
   if (warning) {
     const std::string tokens = format_count(static_cast<double>(training_tokens));
     const std::string params = format_count(static_cast<double>(trainable_params));
+    const std::string enough = format_count(kCollapseTokensPerParam * static_cast<double>(trainable_params));
     const std::string rule(76, '=');
-    const std::string lines[] = {
+    std::vector<std::string> lines = {
         rule,
         "only " + fixed(r, 2) + " training tokens per trainable parameter (" + tokens + " tokens, " +
             params + " trainable parameters).",
-        "The independent L2A replication found that fine-tuning attention below ~1",
-        "training token per trainable parameter COLLAPSES: the loss goes to ~0 (the",
-        "model memorizes the data), sparsity goes to 100% (no token attends globally)",
-        "and generations loop. The scores of such a run are meaningless.",
-        "Train on >= " + format_count(kCollapseTokensPerParam * static_cast<double>(trainable_params)) +
-            " tokens, train fewer parameters (regime = \"router_only\"),",
-        "or rely on the collapse detector (train.collapse_*).",
-        rule,
     };
+    if (kind == BudgetWarning::Routed) {
+      lines.insert(lines.end(), {
+          "The independent L2A replication found that fine-tuning attention below ~1",
+          "training token per trainable parameter COLLAPSES: the loss goes to ~0 (the",
+          "model memorizes the data), sparsity goes to 100% (no token attends globally)",
+          "and generations loop. The scores of such a run are meaningless.",
+          "Train on >= " + enough + " tokens, train fewer parameters (regime = \"router_only\"),",
+          "or rely on the collapse detector (train.collapse_*).",
+      });
+    } else {
+      lines.insert(lines.end(), {
+          "Below ~1 training token per trainable parameter fine-tuning tends to memorize",
+          "the data: the training loss falls toward 0 while the loss on other text does",
+          "not, so the training loss says little about the model.",
+          "Train on >= " + enough + " tokens or train fewer parameters, and watch the",
+          "held-out loss (--val-data FILE logs val_loss).",
+      });
+    }
+    lines.push_back(rule);
     std::string out;
     for (const std::string& l : lines) out += (out.empty() ? "" : "\n") + std::string("WARNING: ") + l;
     *warning = out;

@@ -16,10 +16,15 @@ inline constexpr double kCollapseTokensPerParam = 1.0;
 // "token budget: 10.5M training tokens / 24.3M trainable parameters = 0.43 tokens per parameter"
 std::string budget_line(int64_t trainable_params, int64_t training_tokens);
 
+// Which warning applies: a routed (L2A) backend's, about the router/sparsity collapse and the
+// collapse detector; or any other backend's, about the token budget alone.
+enum class BudgetWarning { Routed, Plain };
+
 // True when training_tokens / trainable_params < kCollapseTokensPerParam; then, if `warning` is
 // given, it receives a multi-line WARNING block (each line starts with "WARNING: ", no trailing
-// newline) explaining the risk and what to do.
-bool below_collapse_threshold(int64_t trainable_params, int64_t training_tokens,
+// newline) explaining the risk and what to do. Only a Routed warning speaks of sparsity, the
+// router and the collapse detector (which only watches routed runs).
+bool below_collapse_threshold(int64_t trainable_params, int64_t training_tokens, BudgetWarning kind,
                               std::string* warning = nullptr);
 
 class CollapseDetector {

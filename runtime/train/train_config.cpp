@@ -49,7 +49,8 @@ constexpr Field kFields[] = {
     {"beta2", Kind::Real},         {"eps", Kind::Real},             {"clip_norm", Kind::Real},
     {"seed", Kind::Int},           {"shuffle", Kind::Bool},         {"recompute", Kind::Bool},
     {"checkpoint_every", Kind::Int}, {"checkpoint_minutes", Kind::Real}, {"keep_checkpoints", Kind::Int},
-    {"log_every", Kind::Int},      {"collapse_loss", Kind::Real},
+    {"log_every", Kind::Int},      {"eval_every", Kind::Int},       {"val_sequences", Kind::Int},
+    {"collapse_loss", Kind::Real},
     {"collapse_sparsity", Kind::Real}, {"collapse_patience", Kind::Int},
     {"collapse_action", Kind::Str}, {"max_nonfinite_steps", Kind::Int},
 };
@@ -293,7 +294,13 @@ void finish(const Pending& p, TrainConfig& c) {
   get_int("checkpoint_every", c.checkpoint_every, 0);
   get_real("checkpoint_minutes", c.checkpoint_minutes, 0, false, kInf, false);
   get_int("keep_checkpoints", c.keep_checkpoints, 0);
-  get_int("log_every", c.log_every, 1);
+  get_int("log_every", c.log_every, 0);
+  if (p.values.count("eval_every")) {
+    int64_t every = 0;
+    get_int("eval_every", every, 0);
+    c.eval_every = every;
+  }
+  get_int("val_sequences", c.val_sequences, 1);
   get_real("collapse_loss", c.collapse_loss, 0, false, kInf, false);
   get_real("collapse_sparsity", c.collapse_sparsity, 0, false, 1, false);
   get_int("collapse_patience", c.collapse_patience, 1);
@@ -356,8 +363,8 @@ namespace {
 // The [train] keys that do not change what is computed: left out of config_hash() so that a
 // resume may change them.
 constexpr const char* kUnhashed[] = {"checkpoint_every", "checkpoint_minutes", "keep_checkpoints", "log_every",
-                                     "recompute",        "collapse_loss",      "collapse_sparsity", "collapse_patience",
-                                     "collapse_action",  "max_nonfinite_steps"};
+                                     "eval_every",       "val_sequences",      "recompute",        "collapse_loss",
+                                     "collapse_sparsity", "collapse_patience", "collapse_action",  "max_nonfinite_steps"};
 
 }  // namespace
 
@@ -382,6 +389,11 @@ std::string TrainConfig::to_json() const {
   t["checkpoint_minutes"] = checkpoint_minutes;
   t["keep_checkpoints"] = keep_checkpoints;
   t["log_every"] = log_every;
+  if (eval_every)
+    t["eval_every"] = *eval_every;
+  else
+    t["eval_every"] = nullptr;  // unset: checkpoint_every when there is validation data
+  t["val_sequences"] = val_sequences;
   t["collapse_loss"] = collapse_loss;
   t["collapse_sparsity"] = collapse_sparsity;
   t["collapse_patience"] = collapse_patience;

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -47,7 +48,17 @@ struct TrainConfig {
   int64_t checkpoint_every = 100;
   double checkpoint_minutes = 30;
   int64_t keep_checkpoints = 2;
-  int64_t log_every = 1;
+  // When stderr is not a terminal (a log file, CI), print a plain progress line every log_every
+  // steps; 0 (default): every ~5% of the run or 30 s, whichever comes first. On a terminal the bar
+  // is redrawn in place; metrics.jsonl always gets every step. Not part of config_hash().
+  int64_t log_every = 0;
+  // Held-out validation (`runtime train --val-data FILE`): every eval_every steps and at the last
+  // step, the mean next-token loss (the language-model loss only, no regularizer) over
+  // val_sequences fixed sequences of seq_len tokens, spread evenly over the validation data, is
+  // logged as val_loss / val_ppl. eval_every unset: checkpoint_every (or 100 when that is 0);
+  // 0: only at the last step. Without --val-data neither has any effect. Not part of config_hash().
+  std::optional<int64_t> eval_every;
+  int64_t val_sequences = 32;
   double collapse_loss = 0.05;      // collapse = loss below this ...
   double collapse_sparsity = 0.98;  // ... and sparsity (fraction) above this ...
   int64_t collapse_patience = 5;    // ... for this many consecutive steps
@@ -66,12 +77,19 @@ struct TrainConfig {
   std::string source;
 
   int64_t grad_accum_steps() const { return batch_size / micro_batch; }
+  // The evaluation interval in steps for a run with (or without) validation data: 0 = none
+  // besides the last step (and nothing at all without validation data).
+  int64_t effective_eval_every(bool has_val_data) const {
+    if (!has_val_data) return 0;
+    if (eval_every) return *eval_every;
+    return checkpoint_every > 0 ? checkpoint_every : 100;
+  }
   // Every [train] field and the [attention] map as one compact JSON object, keys in a fixed
   // order: the checkpoint manifest and run record store it.
   std::string to_json() const;
   // 16 hex digits: FNV-1a 64 of to_json() without the keys that do not change the training math
-  // (checkpoint_every, checkpoint_minutes, keep_checkpoints, log_every, recompute, collapse_*,
-  // max_nonfinite_steps).
+  // (checkpoint_every, checkpoint_minutes, keep_checkpoints, log_every, eval_every, val_sequences,
+  // recompute, collapse_*, max_nonfinite_steps).
   // Equal configs hash equal on every platform, so a resume can tell whether the config changed;
   // the excluded keys may change between a run and its resume.
   std::string config_hash() const;

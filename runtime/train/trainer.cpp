@@ -17,6 +17,7 @@
 #include "rt/sdk/error.h"
 #include "train/adamw_optimizer.h"
 #include "train/checkpoint.h"
+#include "train/data_fingerprint.h"
 #include "train/lr_schedule.h"
 #include "train/metrics_log.h"
 #include "train/progress_bar.h"
@@ -178,12 +179,28 @@ TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, c
            " exceeds the model's max_position_embeddings (", model.dims().max_positions, ")");
   const ModelDims& dims = model.dims();
   const int L = static_cast<int>(dims.n_layers);
+  const bool routed = run.attention.rfind("l2a", 0) == 0;
 
   AdamWSettings hp{cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay};
   AdamWOptimizer opt(ops, model, trainable_parameters(regime_name(cfg.regime), model.parameter_names(), run.attention),
                      hp);
   TokenDataset data = TokenDataset::load(run.data, tokenizer, dims.vocab);
   SequenceSampler sampler(data, cfg.seq_len, cfg.seed, cfg.shuffle);
+  // The data's identity for resume: its size and the crc32 of its head and tail, not its path.
+  const DataFingerprint data_fp = fingerprint_data_file(run.data);
+  // Held-out validation: a fixed set of sequences, evaluated with the inference forward (no
+  // gradients, no regularizer, nothing of the training state read or advanced).
+  std::vector<std::vector<int32_t>> val_seqs;
+  int64_t val_available = 0, val_tokens = 0;
+  if (!run.val_data.empty()) {
+    const TokenDataset val = TokenDataset::load(run.val_data, tokenizer, dims.vocab);
+    RT_CHECK(val.size() >= cfg.seq_len, "train: --val-data ", run.val_data.string(), ": ", val.size(),
+             " tokens do not fill one sequence of train.seq_len = ", cfg.seq_len);
+    val_seqs = evaluation_sequences(val, cfg.seq_len, cfg.val_sequences);
+    val_available = val.size() / cfg.seq_len;
+    val_tokens = val.size();
+  }
+  const int64_t eval_every = cfg.effective_eval_every(!val_seqs.empty());
 
   std::filesystem::create_directories(run.out);
   int64_t start = 0;
@@ -206,7 +223,18 @@ TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, c
     };
     want("attention", run.attention);
     want("steps", std::to_string(run.steps));
-    want("data", std::filesystem::absolute(run.data).string());
+    if (const auto recorded = DataFingerprint::from_fields(ck.meta.extra, (*dir / "manifest.json").string())) {
+      // The data by content: the same file moved or renamed resumes; another file at the same
+      // path does not.
+      const std::string diff = describe_fingerprint_difference(data_fp, *recorded);
+      auto path = ck.meta.extra.find("data");
+      RT_CHECK(diff.empty(), "train --resume: --data ", run.data.string(), " is not the data ", dir->string(),
+               " was trained on (", path == ck.meta.extra.end() ? std::string("?") : path->second, "): ", diff,
+               "; resume with that data, or start a new --out");
+    } else {
+      // A checkpoint from before data fingerprints: its path is all there is to compare.
+      want("data", std::filesystem::absolute(run.data).string());
+    }
     RT_CHECK(!run.stop_at || *run.stop_at > ck.meta.step, "train --resume: --stop-at ", run.stop_at.value_or(0),
              " is not after the checkpoint's step ", ck.meta.step, " (", dir->string(),
              "): there is nothing to train; give a later --stop-at, or none");
@@ -246,14 +274,23 @@ TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, c
               << regime_name(cfg.regime) << ", " << opt.trainable().size() << " trainable tensors\n"
               << budget_line(trainable, total_tokens) << "\n";
     std::string warning;
-    if (below_collapse_threshold(trainable, total_tokens, &warning)) std::cerr << warning << "\n";
+    if (below_collapse_threshold(trainable, total_tokens, routed ? BudgetWarning::Routed : BudgetWarning::Plain,
+                                 &warning))
+      std::cerr << warning << "\n";
     std::cerr << "data: " << run.data.string() << ": " << data.size() << " tokens, " << sampler.num_sequences()
               << " sequences of " << cfg.seq_len << "\n";
+    if (!val_seqs.empty()) {
+      std::cerr << "val data: " << run.val_data.string() << ": " << val_tokens << " tokens, " << val_seqs.size()
+                << " of its " << val_available << " sequences of " << cfg.seq_len << " (train.val_sequences = "
+                << cfg.val_sequences << "), evaluated ";
+      if (eval_every > 0) std::cerr << "every " << eval_every << " steps and ";
+      std::cerr << "at the last step\n";
+    }
   }
-  const bool routed = run.attention.rfind("l2a", 0) == 0;
 
   CollapseDetector collapse(cfg.collapse_loss, cfg.collapse_sparsity, cfg.collapse_patience);
   ProgressBar::Options popt;
+  popt.every_steps = cfg.log_every;
   std::optional<ProgressBar> bar;
   if (!run.quiet) bar.emplace(run.steps, start, popt);
   TrainSummary summary;
@@ -366,6 +403,26 @@ TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, c
     rec["grad_norm"] = r.grad_norm;
     rec["clipped"] = clip < 1.0;
     rec["skipped"] = skipped;
+    std::string val_line;  // printed after the step's progress line
+    if (!val_seqs.empty() && ((eval_every > 0 && step % eval_every == 0) || step == run.steps)) {
+      // The mean next-token loss over every predicted token of the validation set (the LM loss
+      // alone: the L2A regularizer is a training objective, not a measure of the model).
+      double sum = 0;
+      int64_t predicted = 0;
+      for (const auto& v : val_seqs) {
+        int64_t n = 0;
+        sum += model.sequence_loss(v, &n);
+        predicted += n;
+      }
+      const double val_loss = sum / static_cast<double>(predicted);
+      rec["val_loss"] = val_loss;
+      rec["val_ppl"] = std::exp(val_loss);
+      summary.last_val_loss = val_loss;
+      std::ostringstream line;
+      line << "val: step " << step << "/" << run.steps << "  val_loss " << num(val_loss) << "  val_ppl "
+           << num(std::exp(val_loss)) << "  (" << val_seqs.size() << " sequences of " << cfg.seq_len << ")\n";
+      val_line = line.str();
+    }
     if (routed) {
       int64_t leaked = 0;
       for (const auto& c : counts) leaked += c.leaked;
@@ -388,6 +445,10 @@ TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, c
            " skipped steps is written by this stop");
     }
     if (bar) bar->update(step, skipped ? summary.last_loss : loss, sparsity, r.tokens);
+    if (!val_line.empty()) {
+      if (bar && ::isatty(STDERR_FILENO)) std::cerr << "\n";  // below the bar's in-place line
+      std::cerr << val_line << std::flush;
+    }
     summary.last_step = step;
     if (!skipped) summary.last_loss = loss;
 
@@ -402,9 +463,10 @@ TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, c
       meta.extra = {{"attention", run.attention},
                     {"model", run.model_name},
                     {"steps", std::to_string(run.steps)},
-                    {"data", std::filesystem::absolute(run.data).string()},
+                    {"data", std::filesystem::absolute(run.data).string()},  // for the record; resume compares data_*
                     {"optimizer_steps", std::to_string(applied)},
                     {"nonfinite_streak", std::to_string(nonfinite_streak)}};
+      data_fp.to_fields(meta.extra);
       summary.last_checkpoint = save_checkpoint(run.out, meta, opt.state(), keep_last);
       last_save = std::chrono::steady_clock::now();
     };

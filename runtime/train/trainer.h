@@ -18,6 +18,9 @@ namespace rt {
 
 struct TrainRun {
   std::filesystem::path data;
+  // Held-out validation data (same formats as data; empty: none): every cfg.effective_eval_every()
+  // steps and at the run's last step, val_loss and val_ppl join that step's metrics.jsonl row.
+  std::filesystem::path val_data;
   std::filesystem::path out;
   int64_t steps = 0;
   std::optional<int64_t> stop_at;  // stop after this step as if interrupted (checkpoint written)
@@ -43,6 +46,7 @@ struct TrainSummary {
   std::filesystem::path exported;         // OUT/model when the run reached its last step
   int interrupted_by = 0;                 // SIGINT/SIGTERM that stopped the run after last_step (0: none)
   std::filesystem::path last_checkpoint;  // the newest checkpoint this invocation wrote (empty: none)
+  std::optional<double> last_val_loss;    // the last validation loss this invocation computed
 };
 
 TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, const TrainRun& run,

@@ -690,4 +690,218 @@ TEST(TrainNonFinite, StreakSurvivesResume) {
   EXPECT_EQ(rows[4]["lr"], rows[1]["lr"]);  // the schedule stood still across the resume too
 }
 
+// ---- held-out validation, data identity, log_every, the budget warning (issue 11, item 6 and usability)
+
+// tokens.bin reversed: held-out data the fixtures' model has not been trained on.
+fs::path write_val_bin(const TempDir& tmp) {
+  const std::string src = read_text(l2a_dir() / "tokens.bin");
+  std::string rev;
+  for (size_t i = src.size(); i >= 4; i -= 4) rev += src.substr(i - 4, 4);
+  write_text(tmp / "val.bin", rev);
+  return tmp / "val.bin";
+}
+
+std::vector<std::string> with(std::vector<std::string> a, std::initializer_list<const char*> more) {
+  a.insert(a.end(), more.begin(), more.end());
+  return a;
+}
+
+// --val-data: val_loss and val_ppl at every eval_every-th step (unset: checkpoint_every, 2 here) and
+// the last, a stderr line for each; the training itself is exactly that of a run without it.
+TEST(TrainValidation, LogsValLossWithoutChangingTraining) {
+  ASSERT_TRUE(runtime_available());
+  TempDir tmp;
+  write_text(tmp / "l2a.toml", kL2aConfig);
+  const std::string val = write_val_bin(tmp).string();
+  auto a = run_runtime(train_args(tmp, "plain", 5), 300);
+  ASSERT_TRUE(a.ok()) << a.describe();
+  auto b = run_runtime(with(train_args(tmp, "val", 5), {"--val-data", val.c_str(), "--set", "train.val_sequences=4"}),
+                       300);
+  ASSERT_TRUE(b.ok()) << b.describe();
+  const auto plain = metrics(tmp / "plain"), rows = metrics(tmp / "val");
+  ASSERT_EQ(plain.size(), 5u);
+  ASSERT_EQ(rows.size(), 5u);
+  for (size_t i = 0; i < 5; ++i) {
+    const int64_t step = static_cast<int64_t>(i) + 1;
+    EXPECT_FALSE(plain[i].contains("val_loss")) << plain[i].dump();
+    for (const char* k : {"loss", "lm_loss", "reg_loss", "grad_norm", "sparsity", "lr"})
+      EXPECT_EQ(plain[i][k], rows[i][k]) << k << " at step " << step;
+    const bool evaluated = step % 2 == 0 || step == 5;
+    ASSERT_EQ(rows[i].contains("val_loss"), evaluated) << rows[i].dump();
+    ASSERT_EQ(rows[i].contains("val_ppl"), evaluated) << rows[i].dump();
+    if (!evaluated) continue;
+    const double vl = rows[i]["val_loss"], vp = rows[i]["val_ppl"];
+    EXPECT_GT(vl, 0.0);
+    EXPECT_LT(vl, 20.0);
+    EXPECT_NEAR(vp, std::exp(vl), 1e-9 * vp);
+    const std::string line = "val: step " + std::to_string(step) + "/5  val_loss ";
+    EXPECT_NE(b.err.find(line), std::string::npos) << line << "\n" << b.err;
+  }
+  EXPECT_NE(b.err.find("val data: " + val + ": 4096 tokens, 4 of its 170 sequences of 24"), std::string::npos)
+      << b.err;
+  EXPECT_EQ(read_text(tmp / "plain" / "model" / "model.safetensors"),
+            read_text(tmp / "val" / "model" / "model.safetensors"));
+
+  // eval_every = 0: the last step only.
+  auto c = run_runtime(
+      with(train_args(tmp, "last", 3), {"--val-data", val.c_str(), "--set", "train.eval_every=0"}), 300);
+  ASSERT_TRUE(c.ok()) << c.describe();
+  const auto last = metrics(tmp / "last");
+  ASSERT_EQ(last.size(), 3u);
+  EXPECT_FALSE(last[0].contains("val_loss"));
+  EXPECT_FALSE(last[1].contains("val_loss"));
+  EXPECT_TRUE(last[2].contains("val_loss")) << last[2].dump();
+}
+
+// val_loss is the language-model loss alone: with lr so small that no weight moves, runs whose L2A
+// regularizer weights differ by 1000x report the same val_loss while their reg_loss differs.
+TEST(TrainValidation, ExcludesTheRegularizer) {
+  ASSERT_TRUE(runtime_available());
+  TempDir tmp;
+  write_text(tmp / "l2a.toml", kL2aConfig);
+  const std::string val = write_val_bin(tmp).string();
+  std::vector<json> last;
+  for (const char* lambda : {"attention.lambda=0.05", "attention.lambda=50"}) {
+    const std::string out = std::string("run_") + (lambda + 17);
+    auto r = run_runtime(with(train_args(tmp, out, 3), {"--val-data", val.c_str(), "--set", "train.lr=1e-30",
+                                                        "--set", "train.weight_decay=0", "--set", lambda}),
+                         300);
+    ASSERT_TRUE(r.ok()) << r.describe();
+    last.push_back(metrics(tmp / out).back());
+  }
+  EXPECT_GT(last[1]["reg_loss"].get<double>(), 100 * last[0]["reg_loss"].get<double>()) << last[1].dump();
+  EXPECT_EQ(last[0]["val_loss"], last[1]["val_loss"]) << last[0].dump() << "\n" << last[1].dump();
+}
+
+// Stopped and resumed, a run with validation logs what it logs in one go: evaluation reads no
+// training state (sampler, RNG) and advances none. eval_every and val_sequences may change on resume.
+TEST(TrainValidation, ResumeBitIdentical) {
+  ASSERT_TRUE(runtime_available());
+  TempDir tmp;
+  write_text(tmp / "l2a.toml", kL2aConfig);
+  const std::string val = write_val_bin(tmp).string();
+  auto args = [&](const char* out) {
+    return with(train_args(tmp, out, 6), {"--val-data", val.c_str(), "--set", "train.val_sequences=3"});
+  };
+  ASSERT_TRUE(run_runtime(args("full"), 300).ok());
+  auto b1 = run_runtime(with(args("split"), {"--stop-at", "3"}), 300);
+  ASSERT_TRUE(b1.ok()) << b1.describe();
+  auto b2 = run_runtime(with(args("split"), {"--resume"}), 300);
+  ASSERT_TRUE(b2.ok()) << b2.describe();
+  const auto full = metrics(tmp / "full"), split = metrics(tmp / "split");
+  ASSERT_EQ(full.size(), 6u);
+  ASSERT_EQ(split.size(), 6u);
+  for (size_t i = 0; i < 6; ++i)
+    for (const char* k : {"step", "loss", "lm_loss", "reg_loss", "grad_norm", "sparsity", "val_loss", "val_ppl"})
+      EXPECT_EQ(full[i].value(k, json()), split[i].value(k, json())) << k << " at step " << i + 1;
+  EXPECT_TRUE(full[5].contains("val_loss"));
+
+  // Evaluation settings do not change the math: a resume may change them.
+  auto c1 = run_runtime(with(args("other"), {"--stop-at", "2"}), 300);
+  ASSERT_TRUE(c1.ok()) << c1.describe();
+  auto c2 = run_runtime(with(args("other"), {"--resume", "--set", "train.eval_every=1", "--set",
+                                             "train.val_sequences=5"}),
+                        300);
+  ASSERT_TRUE(c2.ok()) << c2.describe();
+  const auto other = metrics(tmp / "other");
+  ASSERT_EQ(other.size(), 6u);
+  for (size_t i = 2; i < 6; ++i) {
+    EXPECT_EQ(other[i]["loss"], full[i]["loss"]) << "step " << i + 1;
+    EXPECT_TRUE(other[i].contains("val_loss")) << other[i].dump();
+  }
+}
+
+// Validation data that is missing, or too short for one sequence, is an error naming the file.
+TEST(TrainValidation, Errors) {
+  ASSERT_TRUE(runtime_available());
+  TempDir tmp;
+  write_text(tmp / "l2a.toml", kL2aConfig);
+  write_text(tmp / "tiny.bin", std::string(40, '\0'));  // 10 tokens < seq_len 24
+  expect_error(run_runtime(with(train_args(tmp, "e1", 2), {"--val-data", (tmp / "tiny.bin").c_str()})),
+               {"--val-data", "tiny.bin", "10 tokens", "seq_len = 24"});
+  expect_error(run_runtime(with(train_args(tmp, "e2", 2), {"--val-data", (tmp / "nope.bin").c_str()})),
+               {"nope.bin", "no such data file"});
+}
+
+// --resume identifies the data by its content: the same file under another name resumes; another
+// file under the same name is refused, naming it and what differs.
+TEST(TrainResume, DataIdentifiedByContent) {
+  ASSERT_TRUE(runtime_available());
+  TempDir tmp;
+  write_text(tmp / "l2a.toml", kL2aConfig);
+  const std::string tokens = read_text(l2a_dir() / "tokens.bin");
+  write_text(tmp / "a.bin", tokens);
+  auto args = [&](const char* out, const fs::path& data) {
+    auto a = train_args(tmp, out, 4);
+    for (size_t i = 0; i + 1 < a.size(); ++i)
+      if (a[i] == "--data") a[i + 1] = data.string();
+    return a;
+  };
+  ASSERT_TRUE(run_runtime(with(args("moved", tmp / "a.bin"), {"--stop-at", "2"}), 300).ok());
+  fs::create_directories(tmp / "elsewhere");
+  fs::rename(tmp / "a.bin", tmp / "elsewhere" / "renamed.bin");
+  auto r = run_runtime(with(args("moved", tmp / "elsewhere" / "renamed.bin"), {"--resume"}), 300);
+  ASSERT_TRUE(r.ok()) << r.describe();
+  ASSERT_EQ(metrics(tmp / "moved").size(), 4u);
+  const json manifest = read_json(tmp / "moved" / "checkpoints" / "step_00000004" / "manifest.json");
+  EXPECT_NE(manifest.dump().find("\"data_size\""), std::string::npos) << manifest.dump();
+
+  // Same path, same size, different last token: refused.
+  write_text(tmp / "b.bin", tokens);
+  ASSERT_TRUE(run_runtime(with(args("changed", tmp / "b.bin"), {"--stop-at", "2"}), 300).ok());
+  std::string edited = tokens;
+  edited[edited.size() - 4] = static_cast<char>(edited[edited.size() - 4] ^ 1);
+  write_text(tmp / "b.bin", edited);
+  expect_error(run_runtime(with(args("changed", tmp / "b.bin"), {"--resume"})),
+               {"--data", "b.bin", "is not the data", "crc32 of the last 1 MiB"});
+  // Different size.
+  write_text(tmp / "b.bin", tokens.substr(0, tokens.size() - 400));
+  expect_error(run_runtime(with(args("changed", tmp / "b.bin"), {"--resume"})),
+               {"b.bin", "size 15984 bytes, the checkpoint's data had 16384"});
+}
+
+// train.log_every: with stderr not a terminal, a progress line every log_every steps (and the
+// last), not the default rhythm.
+TEST(TrainLogEvery, PrintsEveryNStepsToALog) {
+  ASSERT_TRUE(runtime_available());
+  TempDir tmp;
+  write_text(tmp / "l2a.toml", kL2aConfig);
+  auto args = train_args(tmp, "run", 7);
+  args.erase(std::find(args.begin(), args.end(), "--quiet"));
+  args.insert(args.end(), {"--set", "train.log_every=3"});
+  auto r = run_runtime(args, 300);
+  ASSERT_TRUE(r.ok()) << r.describe();
+  for (const char* s : {"] step 3/7 ", "] step 6/7 ", "] step 7/7 "})
+    EXPECT_NE(r.err.find(s), std::string::npos) << s << "\n" << r.err;
+  for (const char* s : {"] step 1/7 ", "] step 2/7 ", "] step 4/7 ", "] step 5/7 "})
+    EXPECT_EQ(r.err.find(s), std::string::npos) << s << "\n" << r.err;
+  EXPECT_EQ(metrics(tmp / "run").size(), 7u);  // metrics.jsonl still has every step
+}
+
+// The low-budget warning for a backend without routing speaks of the budget only; an L2A backend's
+// of the router's sparsity and the collapse detector.
+TEST(TrainGuards, BudgetWarningFitsTheBackend) {
+  ASSERT_TRUE(runtime_available());
+  TempDir tmp;
+  write_text(tmp / "full.toml", "[train]\nregime = \"full\"\nseq_len = 16\nbatch_size = 1\n");
+  auto r = run_runtime({"train", "--model", (l2a_dir() / "base").string(), "--attention", "full_causal", "--config",
+                        (tmp / "full.toml").string(), "--data", (l2a_dir() / "tokens.bin").string(), "--steps", "1",
+                        "--out", (tmp / "full").string(), "--quiet"},
+                       300);
+  ASSERT_TRUE(r.ok()) << r.describe();
+  std::string warning;
+  std::istringstream in(r.err);
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("WARNING: ", 0) == 0) warning += line + "\n";
+  EXPECT_NE(warning.find("tokens per trainable parameter"), std::string::npos) << r.err;
+  for (const char* s : {"sparsity", "router", "collapse", "COLLAPSES"})
+    EXPECT_EQ(warning.find(s), std::string::npos) << s << "\n" << warning;
+
+  write_text(tmp / "l2a.toml", kL2aConfig);
+  auto l = run_runtime(train_args(tmp, "l2a", 1), 300);
+  ASSERT_TRUE(l.ok()) << l.describe();
+  for (const char* s : {"WARNING: ", "sparsity", "router_only", "collapse detector"})
+    EXPECT_NE(l.err.find(s), std::string::npos) << s << "\n" << l.err;
+}
+
 }  // namespace

@@ -106,6 +106,32 @@ TEST(ProgressBar, LogModeAlsoPrintsOnTime) {
   EXPECT_NE(out.text().find("step 510/1000  loss 1.000  0 tok/s  ETA 4h13m"), std::string::npos);
 }
 
+// train.log_every: a log gets a line exactly every N steps (no time-based lines in between), plus
+// the final state; a terminal ignores it.
+TEST(ProgressBar, LogModeEveryNSteps) {
+  Captured out;
+  double now = 0;
+  ProgressBar::Options opt;
+  opt.out = out.f;
+  opt.tty = false;
+  opt.plain_every_s = 30;
+  opt.every_steps = 3;
+  opt.clock = [&] { return now; };
+  ProgressBar bar(10, 0, opt);
+  for (int64_t step = 1; step <= 10; ++step) {
+    now += 100;  // far past plain_every_s: time does not add lines
+    bar.update(step, 1.0, std::nullopt, 10);
+  }
+  EXPECT_EQ(bar.lines_printed(), 3);  // steps 3, 6, 9
+  bar.finish();
+  EXPECT_EQ(bar.lines_printed(), 4);  // and the final step 10
+  const std::string text = out.text();
+  for (const char* s : {"step 3/10 ", "step 6/10 ", "step 9/10 ", "step 10/10 "})
+    EXPECT_NE(text.find(s), std::string::npos) << s << "\n" << text;
+  for (const char* s : {"step 1/10 ", "step 2/10 ", "step 4/10 ", "step 5/10 "})
+    EXPECT_EQ(text.find(s), std::string::npos) << s << "\n" << text;
+}
+
 TEST(ProgressBar, TerminalRedrawsInPlace) {
   Captured out;
   double now = 0;

@@ -126,6 +126,29 @@ TEST(TokenDataset, BadFiles) {
   EXPECT_HAS(error_of([] { TokenDataset::from_tokens({1, -1}, 10, "mem"); }), "mem", "token index 1");
 }
 
+// ---- evaluation_sequences (train --val-data) ----
+
+TEST(EvaluationSequences, FixedAndSpreadOverTheData) {
+  const TokenDataset d = TokenDataset::from_tokens(iota_tokens(103), 1000, "val.bin");
+  // 10 whole sequences of 10; 4 of them, evenly spread: 0, 2, 5, 7 (floor(k * 10 / 4)).
+  const auto four = evaluation_sequences(d, 10, 4);
+  ASSERT_EQ(four.size(), 4u);
+  const int32_t firsts[] = {0, 20, 50, 70};
+  for (size_t k = 0; k < 4; ++k) {
+    ASSERT_EQ(four[k].size(), 10u);
+    EXPECT_EQ(four[k].front(), firsts[k]);
+    EXPECT_EQ(four[k].back(), firsts[k] + 9);
+  }
+  EXPECT_EQ(evaluation_sequences(d, 10, 4), four);  // deterministic
+  // A cap above what the data holds takes every sequence, in order; the tail is never used.
+  const auto all = evaluation_sequences(d, 10, 1000);
+  ASSERT_EQ(all.size(), 10u);
+  for (size_t k = 0; k < 10; ++k) EXPECT_EQ(all[k].front(), static_cast<int32_t>(10 * k));
+  EXPECT_EQ(evaluation_sequences(d, 10, 1)[0].front(), 0);
+  EXPECT_HAS(error_of([&] { evaluation_sequences(d, 200, 4); }), "val.bin", "103 tokens",
+             "do not fill one sequence of train.seq_len = 200");
+}
+
 // ---- SequenceSampler ----
 
 TEST(SequenceSampler, PacksWithoutShuffleInOrder) {

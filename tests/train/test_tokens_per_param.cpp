@@ -17,7 +17,7 @@ TEST(TokenBudget, Line) {
 
 TEST(TokenBudget, WarningBelowOneTokenPerParameter) {
   std::string w;
-  EXPECT_TRUE(below_collapse_threshold(494'000'000, 10'000'000, &w));
+  EXPECT_TRUE(below_collapse_threshold(494'000'000, 10'000'000, BudgetWarning::Routed, &w));
   EXPECT_HAS(w, "only 0.02 training tokens per trainable parameter", "10.0M tokens", "494.0M trainable",
              "~1", "COLLAPSES", "loss goes to ~0", "sparsity goes to 100%", "router_only", ">= 494.0M tokens");
   // Every line is marked, and the block is several lines.
@@ -28,10 +28,26 @@ TEST(TokenBudget, WarningBelowOneTokenPerParameter) {
   EXPECT_NE(w.back(), '\n');
 
   std::string none = "untouched";
-  EXPECT_FALSE(below_collapse_threshold(1000, 1000, &none));  // exactly 1 is enough
-  EXPECT_FALSE(below_collapse_threshold(1000, 5000, &none));
+  EXPECT_FALSE(below_collapse_threshold(1000, 1000, BudgetWarning::Routed, &none));  // exactly 1 is enough
+  EXPECT_FALSE(below_collapse_threshold(1000, 5000, BudgetWarning::Plain, &none));
   EXPECT_EQ(none, "untouched");
-  EXPECT_TRUE(below_collapse_threshold(1000, 999));
+  EXPECT_TRUE(below_collapse_threshold(1000, 999, BudgetWarning::Plain));
+}
+
+// A backend without routing (full_causal, swa) gets the token budget alone: no sparsity, router,
+// router_only regime or collapse detector, none of which applies to it.
+TEST(TokenBudget, PlainBackendWarningSpeaksOnlyOfTheBudget) {
+  std::string w;
+  EXPECT_TRUE(below_collapse_threshold(494'000'000, 10'000'000, BudgetWarning::Plain, &w));
+  EXPECT_HAS(w, "only 0.02 training tokens per trainable parameter", "10.0M tokens", "494.0M trainable",
+             ">= 494.0M tokens", "--val-data");
+  for (const char* s : {"sparsity", "router", "collapse", "COLLAPSES", "L2A", "attends"})
+    EXPECT_EQ(w.find(s), std::string::npos) << s << "\n" << w;
+  size_t lines = 0;
+  for (size_t p = 0; p != std::string::npos; p = w.find('\n', p + 1), ++lines)
+    EXPECT_EQ(w.compare(p == 0 ? 0 : p + 1, 9, "WARNING: "), 0);
+  EXPECT_GE(lines, 4u);
+  EXPECT_NE(w.back(), '\n');
 }
 
 TEST(CollapseDetector, FiresAfterPatienceConsecutiveSteps) {

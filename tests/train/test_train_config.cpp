@@ -36,7 +36,9 @@ TEST(TrainConfig, EmptyFileGivesDefaults) {
   EXPECT_EQ(c.checkpoint_every, 100);
   EXPECT_DOUBLE_EQ(c.checkpoint_minutes, 30.0);
   EXPECT_EQ(c.keep_checkpoints, 2);
-  EXPECT_EQ(c.log_every, 1);
+  EXPECT_EQ(c.log_every, 0);
+  EXPECT_FALSE(c.eval_every.has_value());
+  EXPECT_EQ(c.val_sequences, 32);
   EXPECT_DOUBLE_EQ(c.collapse_loss, 0.05);
   EXPECT_DOUBLE_EQ(c.collapse_sparsity, 0.98);
   EXPECT_EQ(c.collapse_patience, 5);
@@ -65,6 +67,8 @@ shuffle = false
 recompute = true
 checkpoint_every = 50
 log_every = 10
+eval_every = 25
+val_sequences = 8
 collapse_loss = 0.1
 collapse_sparsity = 0.9
 collapse_patience = 3
@@ -88,6 +92,8 @@ collapse_action = "warn"
   EXPECT_TRUE(c.recompute);
   EXPECT_EQ(c.checkpoint_every, 50);
   EXPECT_EQ(c.log_every, 10);
+  EXPECT_EQ(c.eval_every.value_or(-1), 25);
+  EXPECT_EQ(c.val_sequences, 8);
   EXPECT_DOUBLE_EQ(c.collapse_loss, 0.1);
   EXPECT_DOUBLE_EQ(c.collapse_sparsity, 0.9);
   EXPECT_EQ(c.collapse_patience, 3);
@@ -204,7 +210,9 @@ TEST(TrainConfig, OutOfRangeValues) {
       {"clip_norm = -1", "train.clip_norm", ">= 0, found -1"},
       {"seed = -3", "train.seed", ">= 0, found -3"},
       {"checkpoint_every = -1", "train.checkpoint_every", ">= 0"},
-      {"log_every = 0", "train.log_every", ">= 1, found 0"},
+      {"log_every = -1", "train.log_every", ">= 0, found -1"},
+      {"eval_every = -1", "train.eval_every", ">= 0, found -1"},
+      {"val_sequences = 0", "train.val_sequences", ">= 1, found 0"},
       {"collapse_loss = -1", "train.collapse_loss", ">= 0"},
       {"collapse_sparsity = 1.5", "train.collapse_sparsity", "in [0, 1], found 1.5"},
       {"collapse_patience = 0", "train.collapse_patience", ">= 1, found 0"},
@@ -242,7 +250,7 @@ TEST(TrainConfig, JsonAndHashAreStable) {
             R"({"train":{"regime":"full","seq_len":1024,"batch_size":8,"micro_batch":1,"lr":0.0001,)"
             R"("warmup_steps":0,"min_lr_ratio":0.0,"weight_decay":0.1,"beta1":0.9,"beta2":0.95,"eps":1e-08,)"
             R"("clip_norm":1.0,"seed":0,"shuffle":true,"recompute":false,"checkpoint_every":100,)"
-            R"("checkpoint_minutes":30.0,"keep_checkpoints":2,"log_every":1,)"
+            R"("checkpoint_minutes":30.0,"keep_checkpoints":2,"log_every":0,"eval_every":null,"val_sequences":32,)"
             R"("collapse_loss":0.05,"collapse_sparsity":0.98,"collapse_patience":5,"collapse_action":"stop",)"
             R"("max_nonfinite_steps":3},)"
             R"("attention":{}})");
@@ -260,6 +268,7 @@ TEST(TrainConfig, JsonAndHashAreStable) {
   EXPECT_EQ(parse_train_config("", "other.toml").config_hash(), d.config_hash());
   // Neither are the keys that do not change the math: a resume may change them.
   for (const char* k : {"checkpoint_every=7", "checkpoint_minutes=0.5", "keep_checkpoints=0", "log_every=3",
+                        "eval_every=5", "eval_every=0", "val_sequences=4",
                         "recompute=true", "collapse_loss=0.5", "collapse_sparsity=0.5", "collapse_patience=9",
                         "collapse_action=warn", "max_nonfinite_steps=1"}) {
     const TrainConfig e = parse("", {k});
@@ -308,4 +317,24 @@ TEST(TrainConfig, MaxNonfiniteSteps) {
   EXPECT_HAS(parse_error("[train]\nmax_nonfinite_steps = 1.5\n"), "train.max_nonfinite_steps", "an integer");
 }
 
+}  // namespace rt::test
+
+namespace rt::test {
+namespace {
+
+// Held-out validation: eval_every unset follows checkpoint_every (100 when that is 0), 0 leaves
+// only the last step; nothing is evaluated without validation data.
+TEST(TrainConfig, EvalEvery) {
+  EXPECT_EQ(parse("").effective_eval_every(true), 100);
+  EXPECT_EQ(parse("", {"checkpoint_every=7"}).effective_eval_every(true), 7);
+  EXPECT_EQ(parse("", {"checkpoint_every=0"}).effective_eval_every(true), 100);
+  EXPECT_EQ(parse("", {"eval_every=3", "checkpoint_every=7"}).effective_eval_every(true), 3);
+  EXPECT_EQ(parse("[train]\neval_every = 0\n").effective_eval_every(true), 0);
+  EXPECT_EQ(parse("", {"eval_every=3"}).effective_eval_every(false), 0);
+  EXPECT_EQ(parse("").effective_eval_every(false), 0);
+  EXPECT_HAS(parse_error("", {"eval_every=1.5"}), "train.eval_every", "an integer");
+  EXPECT_HAS(parse_error("", {"val_sequences=x"}), "train.val_sequences", "an integer");
+}
+
+}  // namespace
 }  // namespace rt::test
