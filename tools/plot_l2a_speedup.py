@@ -25,12 +25,17 @@ import json
 import os
 import sys
 
-import matplotlib
+try:
+    import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import ScalarFormatter  # noqa: E402
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import ScalarFormatter
+except ImportError as e:  # one line saying how to install it, not a traceback
+    why = (str(e).splitlines() or ["cannot import it"])[0]
+    sys.exit(f"error: {os.path.basename(__file__)} needs matplotlib ({why}); install it with "
+             "`pip install matplotlib` or `bash tools/setup.sh --python`")
 
 PASSES = (("fwd", "forward"), ("fwdbwd", "forward + backward"))
 STYLES = {"official_layer": ("-", "o"), "flex_layer": ("--", "s"), "official_routed": ("-.", "v"),

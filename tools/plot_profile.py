@@ -10,11 +10,17 @@ FlexAttention from tools/bench_anchors.py when --anchors is given) and <prefix>_
 import argparse
 import json
 import os
+import sys
 
-import matplotlib
+try:
+    import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+except ImportError as e:  # one line saying how to install it, not a traceback
+    why = (str(e).splitlines() or ["cannot import it"])[0]
+    sys.exit(f"error: {os.path.basename(__file__)} needs matplotlib ({why}); install it with "
+             "`pip install matplotlib` or `bash tools/setup.sh --python`")
 
 
 def main():

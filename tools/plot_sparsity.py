@@ -7,12 +7,18 @@ Each cell is the fraction of tokens in that layer and position bucket that skipp
 attention (d = 0); the right-hand bar shows each layer's overall sparsity.
 """
 import json
+import os
 import sys
 
-import matplotlib
+try:
+    import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+except ImportError as e:  # one line saying how to install it, not a traceback
+    why = (str(e).splitlines() or ["cannot import it"])[0]
+    sys.exit(f"error: {os.path.basename(__file__)} needs matplotlib ({why}); install it with "
+             "`pip install matplotlib` or `bash tools/setup.sh --python`")
 
 
 def main() -> int:

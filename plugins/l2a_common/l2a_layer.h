@@ -42,6 +42,61 @@ class L2aBackendBase : public AttentionBackend {
  public:
   void attach_router(Router* r) override { router_ = r; }
 
+  // The L2A layout fixes which parameters a checkpoint holds (paper: a second set of attention
+  // weights, global_attn.* and global_layernorm; parallel: none), so a layout that contradicts the
+  // checkpoint would silently ignore its trained global weights or fill them by copying the local
+  // ones. The checkpoint's layout is its recorded "layout" (config.json's "l2a" section), else
+  // what its tensors show (global_attn weights: paper; routers without them: parallel; neither: a
+  // base model, any layout). It is the default; asking for another is an error naming the file
+  // and both values.
+  void reconcile_checkpoint(const CheckpointFacts& ckpt, Options& options) const override {
+    std::string recorded, where;
+    if (ckpt.recorded.has("layout")) {
+      recorded = ckpt.recorded.get_string("layout", "");
+      where = ckpt.config_source + ": field l2a.layout is \"" + recorded + "\"";
+    } else {
+      const CheckpointFacts::Tensor *global = nullptr, *router = nullptr;
+      for (const auto& t : ckpt.tensors) {
+        if (!global && t.name.find(".global_attn.") != std::string::npos) global = &t;
+        if (!router && t.name.size() > 14 && t.name.compare(t.name.size() - 14, 14, ".router.weight") == 0) router = &t;
+      }
+      if (global) {
+        recorded = "paper";
+        where = global->file + " holds " + global->name + " (global attention weights)";
+      } else if (router) {
+        recorded = "parallel";
+        where = router->file + " holds " + router->name + " and no global_attn weights";
+      }
+    }
+    if (recorded.empty()) return;  // a base model: every layout starts from it
+    if (!options.has("layout")) {
+      options.set("layout", recorded);
+      return;
+    }
+    const std::string asked = options.get_string("layout", "");
+    RT_CHECK(asked == recorded, where, ": the checkpoint has L2A layout \"", recorded,
+             "\", but this run asks for layout \"", asked, "\" (--set layout / [attention] layout), which would ",
+             recorded == "paper" ? "ignore its trained global attention weights"
+                                 : "fill the global attention weights it lacks by copying the local ones",
+             ". Drop the layout override (the checkpoint's layout is the default) or train a model with that layout");
+  }
+
+ protected:
+  // What both L2A backends declare: options recorded in config.json's "l2a" section, the local
+  // sublayer's window, a router, their own KV cache.
+  static Capabilities l2a_capabilities() {
+    Capabilities c;
+    c.backward = true;
+    c.decode = true;
+    c.router = true;
+    c.kv = KvPolicy::Custom;
+    c.config_section = "l2a";
+    c.windowed = true;
+    return c;
+  }
+
+ public:
+
   std::vector<ParamDecl> extra_params(const ModelDims& d) const override {
     std::vector<ParamDecl> out;
     if (cfg_.layout == Layout::Paper) {

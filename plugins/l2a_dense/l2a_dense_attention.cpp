@@ -21,13 +21,9 @@ namespace {
 class DenseL2aAttention final : public L2aBackendBase {
  public:
   Capabilities capabilities() const override {
-    Capabilities c;
+    Capabilities c = l2a_capabilities();
     c.cpu = true;
     c.cuda = true;
-    c.backward = true;
-    c.decode = true;
-    c.router = true;
-    c.kv = KvPolicy::Custom;
     return c;
   }
   void configure(const Options& options, const ModelDims& dims) override {

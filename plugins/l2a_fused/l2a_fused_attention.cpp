@@ -53,12 +53,8 @@ struct GlobalRouted {
 class FusedL2aAttention final : public L2aBackendBase {
  public:
   Capabilities capabilities() const override {
-    Capabilities c;
+    Capabilities c = l2a_capabilities();
     c.cuda = true;
-    c.backward = true;
-    c.decode = true;
-    c.router = true;
-    c.kv = KvPolicy::Custom;
     c.other_device_hint = "on the CPU use --attention l2a_dense, which computes the same L2A with dense global attention";
     return c;
   }

@@ -6,6 +6,7 @@
 #include "cli/commands.h"
 #include "cli/validators.h"
 #include "cli/model_session.h"
+#include "common/flag_paths.h"
 #include "model/decode_session.h"
 #include "tokenizer/tokenizer.h"
 
@@ -47,6 +48,7 @@ void register_generate(CLI::App& app) {
                 "(same tokens; for comparison and debugging)");
   cmd->callback([args] {
     RT_CHECK(!args->prompt.empty() || !args->ids.empty(), "generate: give --prompt TEXT or --ids 1,2,3");
+    if (!args->tokenizer.empty()) check_input_path("--tokenizer", args->tokenizer, /*directory_ok=*/true);
     auto session = open_model_session(args->model);
     RT_CHECK(session->attention->capabilities().decode, "attention backend '", session->attention_name,
              "' has no decode support (no KV cache); generate needs one, e.g. full_causal or swa");
@@ -55,7 +57,9 @@ void register_generate(CLI::App& app) {
                                                                      : session->model_dir;
     if (!args->prompt.empty() || !args->print_ids) {
       RT_CHECK(!tok_path.empty(), "generate: no tokenizer for a model built with --init random; pass --tokenizer");
-      tok = load_tokenizer(tok_path);
+      // Named by --tokenizer when given; the model directory's own tokenizer errors name their file.
+      tok = with_flag(args->tokenizer.empty() ? "" : "--tokenizer", args->tokenizer,
+                      [&] { return load_tokenizer(tok_path); });
     }
     std::vector<int32_t> prompt = !args->ids.empty() ? parse_ids(args->ids, "--ids") : tok->encode(args->prompt);
     RT_CHECK(!prompt.empty(), "generate: the prompt encodes to no tokens");

@@ -4,6 +4,7 @@
 
 #include "cli/commands.h"
 #include "cli/model_session.h"
+#include "common/flag_paths.h"
 #include "common/npy.h"
 
 namespace rt {
@@ -25,12 +26,13 @@ void register_logits(CLI::App& app) {
   cmd->add_option("--out,-o", args->out, "Output .npy file")->required();
   cmd->callback([args] {
     const std::vector<int32_t> ids = parse_ids(args->ids, "--ids");
+    check_output_path("--out", args->out);  // before the model is loaded and run
     auto session = open_model_session(args->model);
     Tensor logits = session->model->forward(ids, nullptr, /*last_only=*/false);
     const int64_t T = logits.view.shape[0], V = logits.view.shape[1];
     std::vector<float> host(static_cast<size_t>(T * V));
     session->ops->copy(logits.view, TensorView::contiguous(host.data(), DType::F32, Device::CPU, {T, V}));
-    write_npy_f32(args->out, host.data(), {T, V});
+    with_flag("--out", args->out, [&] { write_npy_f32(args->out, host.data(), {T, V}); });
     std::cerr << "wrote " << args->out << ": logits [" << T << ", " << V << "] (" << session->model_name
               << ", attention " << session->attention_name << ")\n";
   });

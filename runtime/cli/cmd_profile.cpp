@@ -24,6 +24,8 @@
 
 #include "cli/commands.h"
 #include "common/durable_file.h"
+#include "common/flag_paths.h"
+#include "common/text_table.h"
 #include "cli/model_session.h"
 #include "model/decode_session.h"
 #include "model/random_weights.h"
@@ -118,6 +120,7 @@ nlohmann::json routed_kernel_row(Ops& ops, const ModelDims& d, int64_t T, double
   Tensor dk = ops.alloc(act, {T, d.n_kv_heads, d.head_dim}), dv = ops.alloc(act, {T, d.n_kv_heads, d.head_dim});
   const double flops = 4.0 * pairs * d.head_dim * d.n_heads;
   const double fwd = median_ms(ops, repeats, [&] { ops.attention(q_r, k, v, o, routed); });
+  const std::string impl = ops.last_attention_impl();  // "reference" on the CPU
   const double fwd_bwd = median_ms(ops, repeats, [&] {
     ops.attention_forward_lse(q_r, k, v, o, lse, routed);
     ops.attention_backward(q_r, k, v, o, lse, dout, dq, dk, dv, routed);
@@ -139,7 +142,7 @@ nlohmann::json routed_kernel_row(Ops& ops, const ModelDims& d, int64_t T, double
                         {"routed_rows", n},      {"window", window},   {"fwd_ms", fwd},
                         {"fwd_tflops", flops / fwd / 1e9},             {"fwd_bwd_ms", fwd_bwd},
                         {"fwd_bwd_tflops", 3.5 * flops / fwd_bwd / 1e9}, {"l2a_fwd_ms", l2a_fwd},
-                        {"l2a_fwd_bwd_ms", l2a_fwd_bwd},              {"impl", "flash"}};
+                        {"l2a_fwd_bwd_ms", l2a_fwd_bwd},              {"impl", impl}};
   if (causal.contains("fwd_ms")) {
     row["l2a_speedup_fwd"] = causal["fwd_ms"].get<double>() / l2a_fwd;
     row["l2a_speedup_fwd_bwd"] = causal["fwd_bwd_ms"].get<double>() / l2a_fwd_bwd;
@@ -174,9 +177,12 @@ nlohmann::json train_step_row(Ops& ops, Qwen2Model& model, const std::string& at
 }
 
 // One status line, rewritten in place on a terminal; silent when stderr is a file or pipe.
+// Cut to the terminal's width: a longer line would wrap, and "\r" would then redraw only its
+// last part, leaving a trail of stale lines.
 void progress(const std::string& what) {
   static const bool tty = isatty(STDERR_FILENO);
-  if (tty) std::cerr << "\r\033[K[profile] " << what << std::flush;
+  if (tty)
+    std::cerr << "\r\033[K" << fit_to_width("[profile] " + what, terminal_columns(STDERR_FILENO) - 1) << std::flush;
 }
 
 }  // namespace
@@ -203,7 +209,8 @@ void register_profile(CLI::App& app) {
       "Plugin options per backend (a bare --set key=value goes to every backend, and full_causal takes none):\n"
       "  runtime profile --attention full_causal,l2a_dense,l2a_fused --window 2048 ... \\\n"
       "      --set l2a_fused.router=fixed_rate --set l2a_fused.sparsity=0.8 --set l2a_dense.router=fixed_rate\n"
-      "FLOPs: attention kernel = 4 * D * Hq * (visible query-key pairs); TFLOP/s = FLOPs / median time.");
+      "FLOPs: attention kernel = 4 * D * Hq * (visible query-key pairs); TFLOP/s = FLOPs / median time\n"
+      "(GFLOP/s on the CPU; the JSON keeps *_tflops). A column no row has a value for is left out.");
   add_model_options(*cmd, args->model);
   cmd->remove_option(cmd->get_option("--attention"));
   cmd->add_option("--attention,-a", args->attention_list, "Comma-separated attention plugins to compare")
@@ -240,6 +247,9 @@ void register_profile(CLI::App& app) {
       seqs.push_back(v);
     }
     RT_CHECK(!backends.empty() && !seqs.empty(), "profile: give --attention and --seq");
+    // Before minutes of measurements, not after them.
+    if (!args->json.empty()) check_output_path("--json", args->json);
+    if (!args->csv.empty()) check_output_path("--csv", args->csv);
 
     nlohmann::json out;
     out["model"] = args->model.model;
@@ -391,76 +401,92 @@ void register_profile(CLI::App& app) {
       s << std::fixed << std::setprecision(prec) << j.get<double>();
       return s.str();
     };
-    std::cout << "Attention kernels (" << args->model.model << ", " << out["device_name"].get<std::string>() << ", median of "
+    // FLOP rates: TFLOP/s on a GPU; on the CPU, where a kernel reaches a few GFLOP/s and TFLOP/s
+    // would print a column of 0.0, GFLOP/s. Three significant digits either way.
+    const bool gflops = args->model.device == "cpu";
+    const std::string rate_unit = gflops ? "GFLOP/s" : "TFLOP/s";
+    auto rate = [&](const nlohmann::json& r, const char* key) {
+      if (!r.contains(key) || r[key].is_null()) return std::string("-");
+      const double v = r[key].get<double>() * (gflops ? 1e3 : 1.0);
+      std::ostringstream s;
+      if (v >= 100) s << std::fixed << std::setprecision(0) << v;
+      else if (v >= 10) s << std::fixed << std::setprecision(1) << v;
+      else if (v >= 1) s << std::fixed << std::setprecision(2) << v;
+      else s << std::setprecision(3) << v;
+      return s.str();
+    };
+    // The tables go to stdout, unless stdout carries the JSON or CSV ("-").
+    std::ostream& report = is_stdout_path(args->json) || is_stdout_path(args->csv) ? std::cerr : std::cout;
+    using Col = TextTable::Column;
+    const auto L = TextTable::Align::Left;
+    // Column widths come from the widest cell (a long plugin name widens the backend column);
+    // columns no row has a value for (cuDNN on the CPU, a FLOP rate no backend counts) are left out.
+    report << "Attention kernels (" << args->model.model << ", " << out["device_name"].get<std::string>() << ", median of "
               << args->repeats << ")\n";
-    std::cout << std::left << std::setw(16) << "mask" << std::right << std::setw(8) << "seq" << std::setw(12)
-              << "fwd ms" << std::setw(10) << "TFLOP/s" << std::setw(11) << "impl" << std::setw(11) << "flash ms"
-              << std::setw(11) << "cudnn ms" << std::setw(14) << "fwd+bwd ms" << std::setw(10) << "TFLOP/s" << "\n";
+    TextTable kernels({Col{"mask", L}, Col{"seq"}, Col{"fwd ms"}, Col{rate_unit, TextTable::Align::Right, true},
+                       Col{"impl"}, Col{"flash ms", TextTable::Align::Right, true},
+                       Col{"cudnn ms", TextTable::Align::Right, true}, Col{"fwd+bwd ms"},
+                       Col{rate_unit, TextTable::Align::Right, true}});
     for (const auto& k : out["kernels"]) {
       const std::string mask = k["mask"] == "window" ? "window " + std::to_string(k["window"].get<int64_t>())
                                : k["mask"] == "routed" ? "routed " + num(k["sparsity"], 2)
                                                        : "causal";
-      std::cout << std::left << std::setw(16) << mask << std::right << std::setw(8) << k["seq"].get<int64_t>()
-                << std::setw(12) << num(k["fwd_ms"], 3) << std::setw(10) << num(k["fwd_tflops"], 1) << std::setw(11)
-                << k["impl"].get<std::string>() << std::setw(11)
-                << (k.contains("fwd_ms_flash") ? num(k["fwd_ms_flash"], 3) : "-") << std::setw(11)
-                << (k.contains("fwd_ms_cudnn") ? num(k["fwd_ms_cudnn"], 3) : "-") << std::setw(14) << num(k["fwd_bwd_ms"], 3)
-                << std::setw(10) << num(k["fwd_bwd_tflops"], 1) << "\n";
+      kernels.add_row({mask, std::to_string(k["seq"].get<int64_t>()), num(k["fwd_ms"], 3), rate(k, "fwd_tflops"),
+                       k["impl"].get<std::string>(), k.contains("fwd_ms_flash") ? num(k["fwd_ms_flash"], 3) : "-",
+                       k.contains("fwd_ms_cudnn") ? num(k["fwd_ms_cudnn"], 3) : "-", num(k["fwd_bwd_ms"], 3),
+                       rate(k, "fwd_bwd_tflops")});
     }
+    report << kernels.str();
     bool any_routed = false;
     for (const auto& k : out["kernels"]) any_routed = any_routed || k["mask"] == "routed";
     if (any_routed) {
-      std::cout << "\nL2A attention (window " << args->model.window
+      report << "\nL2A attention (window " << args->model.window
                 << " over every token + routed rows) against dense causal attention\n";
-      std::cout << std::left << std::setw(10) << "sparsity" << std::right << std::setw(8) << "seq" << std::setw(10)
-                << "routed" << std::setw(12) << "fwd ms" << std::setw(10) << "speedup" << std::setw(14)
-                << "fwd+bwd ms" << std::setw(10) << "speedup" << "\n";
+      TextTable l2a({Col{"sparsity", L}, Col{"seq"}, Col{"routed"}, Col{"fwd ms"}, Col{"speedup"}, Col{"fwd+bwd ms"},
+                     Col{"speedup"}});
       for (const auto& k : out["kernels"]) {
         if (k["mask"] != "routed") continue;
         auto get = [&](const char* key, int prec) { return k.contains(key) ? num(k[key], prec) : std::string("-"); };
-        std::cout << std::left << std::setw(10) << num(k["sparsity"], 2) << std::right << std::setw(8)
-                  << k["seq"].get<int64_t>() << std::setw(10) << k["routed_rows"].get<int64_t>() << std::setw(12)
-                  << get("l2a_fwd_ms", 3) << std::setw(10) << get("l2a_speedup_fwd", 2) << std::setw(14)
-                  << get("l2a_fwd_bwd_ms", 3) << std::setw(10) << get("l2a_speedup_fwd_bwd", 2) << "\n";
+        l2a.add_row({num(k["sparsity"], 2), std::to_string(k["seq"].get<int64_t>()),
+                     std::to_string(k["routed_rows"].get<int64_t>()), get("l2a_fwd_ms", 3), get("l2a_speedup_fwd", 2),
+                     get("l2a_fwd_bwd_ms", 3), get("l2a_speedup_fwd_bwd", 2)});
       }
+      report << l2a.str();
     }
-    std::cout << "\nBackends\n";
-    std::cout << std::left << std::setw(14) << "backend" << std::right << std::setw(8) << "seq" << std::setw(13)
-              << "sublayer ms" << std::setw(9) << "TFLOP/s" << std::setw(13) << "prefill ms" << std::setw(13)
-              << "decode tok/s" << std::setw(12) << "eager tok/s" << std::setw(11) << "KV MiB" << std::setw(11) << "peak MiB" << "\n";
+    report << "\nBackends\n";
+    TextTable backends_table({Col{"backend", L}, Col{"seq"}, Col{"sublayer ms"},
+                              Col{rate_unit, TextTable::Align::Right, true}, Col{"prefill ms"}, Col{"decode tok/s"},
+                              Col{"eager tok/s"}, Col{"KV MiB"}, Col{"peak MiB"}});
     for (const auto& r : out["backends"]) {
       auto mib = [&](const char* key) {
         return r.contains(key) && !r[key].is_null() ? num(nlohmann::json(r[key].get<double>() / (1 << 20)), 1)
                                                      : std::string("-");
       };
       auto get = [&](const char* key, int prec) { return r.contains(key) ? num(r[key], prec) : std::string("-"); };
-      std::cout << std::left << std::setw(14) << r["backend"].get<std::string>() << std::right << std::setw(8)
-                << r["seq"].get<int64_t>() << std::setw(13) << get("sublayer_fwd_ms", 3) << std::setw(9)
-                << get("sublayer_fwd_tflops", 1) << std::setw(13) << get("prefill_ms", 2) << std::setw(13)
-                << get("decode_tok_s", 1) << std::setw(12) << get("decode_eager_tok_s", 1) << std::setw(11)
-                << mib("kv_cache_bytes") << std::setw(11)
-                << mib("peak_memory_bytes") << "\n";
+      backends_table.add_row({r["backend"].get<std::string>(), std::to_string(r["seq"].get<int64_t>()),
+                              get("sublayer_fwd_ms", 3), rate(r, "sublayer_fwd_tflops"), get("prefill_ms", 2),
+                              get("decode_tok_s", 1), get("decode_eager_tok_s", 1), mib("kv_cache_bytes"),
+                              mib("peak_memory_bytes")});
     }
+    report << backends_table.str();
     bool any_train = false;
     for (const auto& r : out["backends"]) any_train = any_train || r.contains("train");
     if (any_train) {
-      std::cout << "\nTraining step (forward + backward of one sequence, no optimizer update)\n";
-      std::cout << std::left << std::setw(14) << "backend" << std::right << std::setw(8) << "seq" << std::setw(14)
-                << "regime" << std::setw(12) << "step ms" << std::setw(11) << "tok/s" << std::setw(11) << "peak MiB"
-                << "\n";
+      report << "\nTraining step (forward + backward of one sequence, no optimizer update)\n";
+      TextTable train({Col{"backend", L}, Col{"seq"}, Col{"regime"}, Col{"step ms"}, Col{"tok/s"}, Col{"peak MiB"}});
       for (const auto& r : out["backends"]) {
         if (!r.contains("train")) continue;
         for (const auto& t : r["train"]) {
           if (t.is_null()) continue;
-          std::cout << std::left << std::setw(14) << r["backend"].get<std::string>() << std::right << std::setw(8)
-                    << r["seq"].get<int64_t>() << std::setw(14) << t["regime"].get<std::string>() << std::setw(12)
-                    << num(t["step_ms"], 1) << std::setw(11) << num(t["tok_s"], 0) << std::setw(11)
-                    << num(nlohmann::json(t["peak_memory_bytes"].get<double>() / (1 << 20)), 1) << "\n";
+          train.add_row({r["backend"].get<std::string>(), std::to_string(r["seq"].get<int64_t>()),
+                         t["regime"].get<std::string>(), num(t["step_ms"], 1), num(t["tok_s"], 0),
+                         num(nlohmann::json(t["peak_memory_bytes"].get<double>() / (1 << 20)), 1)});
         }
       }
+      report << train.str();
     }
     if (!args->json.empty()) {
-      write_file_atomic(args->json, out.dump(1) + "\n");
+      with_flag("--json", args->json, [&] { write_file_atomic(args->json, out.dump(1) + "\n"); });
     }
     if (!args->csv.empty()) {
       std::ostringstream f;
@@ -478,7 +504,7 @@ void register_profile(CLI::App& app) {
           << "," << cell(r, "sublayer_fwd_tflops") << "," << cell(r, "prefill_ms") << "," << cell(r, "decode_tok_s")
           << "," << cell(r, "kv_cache_bytes") << "," << cell(r, "peak_memory_bytes") << ",,," << cell(r, "decode_eager_tok_s")
           << "\n";
-      write_file_atomic(args->csv, f.str());
+      with_flag("--csv", args->csv, [&] { write_file_atomic(args->csv, f.str()); });
     }
   });
 }

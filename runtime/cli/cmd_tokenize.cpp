@@ -5,6 +5,7 @@
 
 #include "cli/commands.h"
 #include "cli/model_session.h"
+#include "common/flag_paths.h"
 #include "tokenizer/tokenizer.h"
 
 namespace rt {
@@ -21,7 +22,8 @@ void register_tokenize(CLI::App& app) {
   enc->footer("\nExample:\n  echo -n 'Hello world' | runtime tokenize --tokenizer ../shared/data/qwen2.5-tokenizer");
   enc->add_option("--tokenizer,-t", *path, "tokenizer.json, tokenizer.model, or a directory holding one")->required();
   enc->callback([path] {
-    auto tok = load_tokenizer(*path);
+    check_input_path("--tokenizer", *path, /*directory_ok=*/true);
+    auto tok = with_flag("--tokenizer", *path, [&] { return load_tokenizer(*path); });
     const std::vector<int32_t> ids = tok->encode(read_stdin());
     for (size_t i = 0; i < ids.size(); ++i) std::cout << (i ? " " : "") << ids[i];
     std::cout << "\n";
@@ -32,7 +34,8 @@ void register_tokenize(CLI::App& app) {
   dec->footer("\nExample:\n  echo 9707 1879 | runtime detokenize --tokenizer ../shared/data/qwen2.5-tokenizer");
   dec->add_option("--tokenizer,-t", *dpath, "tokenizer.json, tokenizer.model, or a directory holding one")->required();
   dec->callback([dpath] {
-    auto tok = load_tokenizer(*dpath);
+    check_input_path("--tokenizer", *dpath, /*directory_ok=*/true);
+    auto tok = with_flag("--tokenizer", *dpath, [&] { return load_tokenizer(*dpath); });
     std::string text = read_stdin();
     for (char& c : text)
       if (c == ',' || c == '\n' || c == '\r' || c == '\t') c = ' ';

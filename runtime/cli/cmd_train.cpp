@@ -107,6 +107,8 @@ void register_train(CLI::App& app) {
     run.resume = args->resume;
     run.attention = session->attention_name;
     run.attention_options = session->attention_options;
+    for (const PluginInfo& p : session->registry.plugins())
+      if (p.kind == PluginKind::Attention && p.caps.config_section != nullptr) run.backend_sections.push_back(p.caps.config_section);
     run.model_dir = session->model_dir;
     run.model_name = session->model_name;
     run.quiet = args->quiet;

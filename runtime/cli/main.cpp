@@ -4,6 +4,7 @@
 #include <new>
 
 #include "cli/commands.h"
+#include "cli/plugin_settings.h"
 #include "rt/sdk/error.h"
 #include "rt/sdk/plugin.h"
 
@@ -20,6 +21,17 @@ int main(int argc, char** argv) {
   rt::register_profile(app);
   rt::register_train(app);
   rt::register_sparsity(app);
+  // Every command with both --window and --set (train included): the two may not disagree. Checked
+  // once the command's options are parsed, before it runs.
+  for (CLI::App* sub : app.get_subcommands({})) {
+    CLI::Option* window = sub->get_option_no_throw("--window");
+    CLI::Option* set = sub->get_option_no_throw("--set");
+    if (window == nullptr || set == nullptr) continue;
+    sub->parse_complete_callback([window, set] {
+      if (window->count() == 0 || set->count() == 0) return;
+      rt::check_window_conflict(window->as<int64_t>(), set->as<std::vector<std::string>>());
+    });
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

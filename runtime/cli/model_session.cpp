@@ -98,17 +98,32 @@ static void set_recorded(Options& opts, const nlohmann::json& section) {
   }
 }
 
-// Plugin options, weakest first: what the checkpoint records (a trained L2A model's "l2a" section;
-// the "attention_backend" options of a model exported with this backend), then --set (unscoped,
-// then scoped to this backend), then --window.
-static Options plugin_options(const ModelOptions& o, const std::string& attention, const HfConfig& config,
-                              const PluginRegistry& registry) {
+// The section of config.json in which the checkpoint records `caps`'s options (L2A: "l2a"), or
+// null when the backend declares none or the checkpoint lacks it.
+static const nlohmann::json* recorded_section(const HfConfig& config, const Capabilities& caps) {
+  if (caps.config_section == nullptr || !*caps.config_section) return nullptr;
+  const auto it = config.raw.find(caps.config_section);
+  return it != config.raw.end() && it->is_object() ? &*it : nullptr;
+}
+
+// The backends (by name) that take --window, for messages.
+static std::string windowed_backends(const PluginRegistry& registry) {
+  std::string names;
+  for (const PluginInfo& p : registry.plugins())
+    if (p.kind == PluginKind::Attention && p.caps.windowed) names += (names.empty() ? "" : ", ") + p.name;
+  return names.empty() ? "none is loaded" : names;
+}
+
+// Plugin options, weakest first: what the checkpoint records (the backend's config section, e.g.
+// a trained L2A model's "l2a"; the "attention_backend" options of a model exported with this
+// backend), then --set (unscoped, then scoped to this backend), then --window.
+static Options plugin_options(const ModelOptions& o, const std::string& attention, const Capabilities& caps,
+                              const HfConfig& config, const PluginRegistry& registry) {
   Options opts;
   if (recorded_backend(config) == attention && config.raw["attention_backend"].contains("options") &&
       config.raw["attention_backend"]["options"].is_object())
     set_recorded(opts, config.raw["attention_backend"]["options"]);
-  if (config.raw.contains("l2a") && config.raw["l2a"].is_object() && attention.rfind("l2a", 0) == 0)
-    set_recorded(opts, config.raw["l2a"]);
+  if (const nlohmann::json* section = recorded_section(config, caps)) set_recorded(opts, *section);
   std::vector<std::string> known;
   for (const PluginInfo& p : registry.plugins())
     if (p.kind == PluginKind::Attention) known.push_back(p.name);
@@ -116,52 +131,38 @@ static Options plugin_options(const ModelOptions& o, const std::string& attentio
   const Options set = backend_set_options(o.set, attention, run, known);
   for (const auto& [key, value] : set.all()) opts.set(key, value);
   if (o.window > 0) {
-    RT_CHECK(attention != "full_causal", "--window ", o.window,
-             " has no effect with --attention full_causal; use --attention swa");
+    RT_CHECK(caps.windowed, "--window ", o.window, " has no effect with --attention ", attention,
+             ", which takes no window (backends that do: ", windowed_backends(registry), ")");
     opts.set("window", std::to_string(o.window));
-  } else if (attention == "swa" && !opts.has("window") && config.sliding_window > 0) {
+  } else if (caps.hf_attention == Capabilities::HfAttention::SlidingWindow && !opts.has("window") &&
+             config.sliding_window > 0) {
     opts.set("window", std::to_string(config.sliding_window));  // the checkpoint's own window
   }
   return opts;
 }
 
-// The L2A layout fixes which parameters a checkpoint holds (paper: a second set of attention
-// weights, global_attn.* and global_layernorm; parallel: none), so a layout that contradicts the
-// checkpoint would silently ignore its trained global weights or fill them by copying the local
-// ones. The checkpoint's layout is the "layout" field of config.json's "l2a" section, else what its
-// tensors show (global_attn weights: paper; routers without them: parallel; neither: a base model,
-// any layout). It is the default; asking for another is an error naming the file and both values.
-static void check_l2a_layout(const HfConfig& config, const WeightStore* store, Options& options) {
-  std::string recorded, where;
-  if (config.raw.contains("l2a") && config.raw["l2a"].is_object() && config.raw["l2a"].contains("layout") &&
-      config.raw["l2a"]["layout"].is_string()) {
-    recorded = config.raw["l2a"]["layout"].get<std::string>();
-    where = config.source + ": field l2a.layout is \"" + recorded + "\"";
-  } else if (store) {
-    const WeightInfo *global = nullptr, *router = nullptr;
-    for (const auto& [name, w] : store->all()) {
-      if (!global && name.find(".global_attn.") != std::string::npos) global = &w;
-      if (!router && name.size() > 14 && name.compare(name.size() - 14, 14, ".router.weight") == 0) router = &w;
-    }
-    if (global) {
-      recorded = "paper";
-      where = global->file + " holds " + global->name + " (global attention weights)";
-    } else if (router) {
-      recorded = "parallel";
-      where = router->file + " holds " + router->name + " and no global_attn weights";
-    }
-  }
-  if (recorded.empty()) return;  // a base model: every layout starts from it
-  if (!options.has("layout")) {
-    options.set("layout", recorded);
-    return;
-  }
-  const std::string asked = options.get_string("layout", "");
-  RT_CHECK(asked == recorded, where, ": the checkpoint has L2A layout \"", recorded, "\", but this run asks for layout \"",
-           asked, "\" (--set layout / [attention] layout), which would ",
-           recorded == "paper" ? "ignore its trained global attention weights"
-                               : "fill the global attention weights it lacks by copying the local ones",
-           ". Drop the layout override (the checkpoint's layout is the default) or train a model with that layout");
+// What the checkpoint shows about the backend's options, for AttentionBackend::reconcile_checkpoint.
+static CheckpointFacts checkpoint_facts(const HfConfig& config, const Capabilities& caps, const WeightStore* store) {
+  CheckpointFacts f;
+  f.config_source = config.source;
+  if (const nlohmann::json* section = recorded_section(config, caps)) set_recorded(f.recorded, *section);
+  if (store)
+    for (const auto& [name, w] : store->all()) f.tensors.push_back({w.name, w.file});
+  return f;
+}
+
+// The backend a run uses when --attention is not given: the first backend (by name) that runs on
+// the device and declares a config section the checkpoint has (an exported L2A model: its
+// reference backend comes first), else the backend the model was exported with, else full_causal.
+static std::string default_backend(const HfConfig& config, const PluginRegistry& registry, Device device) {
+  std::vector<PluginInfo> plugins = registry.plugins();
+  std::sort(plugins.begin(), plugins.end(), [](const PluginInfo& a, const PluginInfo& b) { return a.name < b.name; });
+  for (const PluginInfo& p : plugins)
+    if (p.kind == PluginKind::Attention && (device == Device::CUDA ? p.caps.cuda : p.caps.cpu) &&
+        recorded_section(config, p.caps) != nullptr)
+      return p.name;
+  const std::string recorded = recorded_backend(config);
+  return recorded.empty() ? "full_causal" : recorded;
 }
 
 std::unique_ptr<ModelSession> open_model_session(const ModelOptions& o) {
@@ -186,25 +187,29 @@ std::unique_ptr<ModelSession> open_model_session(const ModelOptions& o) {
     s->model_name = resolved.name;
   }
   const ModelDims dims = dims_from_config(config);
-  // Default backend: l2a_dense for an L2A model (both L2A backends compute the same on its
-  // weights), else the one the model was exported with, else full_causal.
-  s->attention_name = !o.attention.empty()             ? o.attention
-                      : config.raw.contains("l2a")       ? "l2a_dense"
-                      : !recorded_backend(config).empty() ? recorded_backend(config)
-                                                         : "full_causal";
+  s->attention_name = !o.attention.empty() ? o.attention : default_backend(config, s->registry, s->ops->device());
   s->attention = s->registry.create_attention(s->attention_name, s->ops->device());
+  const Capabilities caps = s->attention->capabilities();
   if (o.init != "random") s->weights.emplace(WeightStore::open(s->model_dir));
-  Options options = plugin_options(o, s->attention_name, config, s->registry);
-  if (s->attention_name.rfind("l2a", 0) == 0) check_l2a_layout(config, s->weights ? &*s->weights : nullptr, options);
-  if (s->attention->capabilities().router) {
+  Options options = plugin_options(o, s->attention_name, caps, config, s->registry);
+  s->attention->reconcile_checkpoint(checkpoint_facts(config, caps, s->weights ? &*s->weights : nullptr), options);
+  if (caps.router) {
     s->router = s->registry.create_router(options.get_string("router", "linear_sigmoid"));
     s->attention->attach_router(s->router.get());
   }
-  if (s->attention_name == "full_causal" &&
-      std::count(config.layer_types.begin(), config.layer_types.end(), "sliding_attention") > 0)
+  if (caps.hf_attention == Capabilities::HfAttention::Full &&
+      std::count(config.layer_types.begin(), config.layer_types.end(), "sliding_attention") > 0) {
+    std::string hf_window;  // a backend that runs HF's sliding-window attention, to suggest
+    for (const PluginInfo& p : s->registry.plugins())
+      if (p.caps.hf_attention == Capabilities::HfAttention::SlidingWindow && hf_window.empty()) hf_window = p.name;
     std::cerr << "warning: " << config.source << " enables sliding-window attention (window "
-              << config.sliding_window << ") in some layers; full_causal attends to every past token. "
-              << "Use --attention swa --window " << config.sliding_window << " to match it.\n";
+              << config.sliding_window << ") in some layers; " << s->attention_name
+              << " attends to every past token."
+              << (hf_window.empty() ? std::string()
+                                    : " Use --attention " + hf_window + " --window " +
+                                          std::to_string(config.sliding_window) + " to match it.")
+              << "\n";
+  }
   s->attention->configure(options, dims);
   s->attention_options = options;
   s->model = std::make_unique<Qwen2Model>(std::move(config), *s->ops, *s->attention);

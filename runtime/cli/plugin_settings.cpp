@@ -1,6 +1,7 @@
 #include "cli/plugin_settings.h"
 
 #include <algorithm>
+#include <exception>
 
 #include "rt/sdk/error.h"
 
@@ -64,6 +65,23 @@ Options set_options_for(const std::vector<SetOption>& set, const std::string& ba
   for (const SetOption& o : set)
     if (o.scope == backend) opts.set(o.key, o.value);
   return opts;
+}
+
+void check_window_conflict(int64_t window, const std::vector<std::string>& set) {
+  if (window <= 0) return;
+  for (const SetOption& o : parse_set_options(set)) {
+    if (o.key != "window" && o.key != "attention.window") continue;
+    size_t used = 0;
+    long long v = -1;
+    try {
+      v = std::stoll(o.value, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used > 0 && used == o.value.size() && v == window) continue;
+    fail("--window ", window, " and --set ", o.arg, " give different windows; give the window once (--window ",
+         window, " alone, or only the --set)");
+  }
 }
 
 Options backend_set_options(const std::vector<std::string>& set, const std::string& backend,

@@ -15,6 +15,7 @@
 // link it alone.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -49,5 +50,10 @@ Options set_options_for(const std::vector<SetOption>& set, const std::string& ba
 Options backend_set_options(const std::vector<std::string>& set, const std::string& backend,
                             const std::vector<std::string>& run_backends,
                             const std::vector<std::string>& known_plugins = {});
+
+// --window W and a --set that gives the window too (window=V, attention.window=V or
+// BACKEND.window=V) with another value: an error naming both, instead of --window silently winning.
+// The same value given twice is fine. `window` <= 0 means --window was not given.
+void check_window_conflict(int64_t window, const std::vector<std::string>& set);
 
 }  // namespace rt

@@ -105,7 +105,7 @@ struct StepRecord {
 
 void export_model(Ops& ops, Qwen2Model& model, const std::filesystem::path& dir, const std::string& attention,
                   const Options& attention_options, const std::filesystem::path& tokenizer_source,
-                  const MasterWeights* masters) {
+                  const MasterWeights* masters, const std::vector<std::string>& backend_sections) {
   std::filesystem::create_directories(dir);
   nlohmann::ordered_json cfg = nlohmann::ordered_json::parse(model.config().raw.dump());
   // The backend and its options, so that loading the export runs it the way it was trained
@@ -114,29 +114,34 @@ void export_model(Ops& ops, Qwen2Model& model, const std::filesystem::path& dir,
   backend["name"] = attention;
   backend["options"] = typed_options(attention_options);
   cfg["attention_backend"] = backend;
-  if (attention.rfind("l2a", 0) == 0) {
-    nlohmann::ordered_json l2a = typed_options(attention_options);
-    if (!l2a.contains("router")) l2a["router"] = "linear_sigmoid";
-    cfg["l2a"] = l2a;
-  } else {
-    cfg.erase("l2a");
+  // The backend's config section (L2A: "l2a") with its options; other backends' sections of the
+  // base model's config no longer apply.
+  const Capabilities caps = model.attention().capabilities();
+  const std::string section = caps.config_section ? caps.config_section : "";
+  for (const std::string& other : backend_sections)
+    if (other != section) cfg.erase(other);
+  if (!section.empty()) {
+    nlohmann::ordered_json rec = typed_options(attention_options);
+    if (caps.router && !rec.contains("router")) rec["router"] = "linear_sigmoid";  // the runtime's default router
+    cfg[section] = rec;
   }
-  if (attention == "swa" && attention_options.has("window")) {
+  const int64_t n_layers = model.dims().n_layers;
+  auto set_layer_types = [&](const char* type) {
+    cfg["layer_types"] = nlohmann::ordered_json::array();
+    for (int64_t i = 0; i < n_layers; ++i) cfg["layer_types"].push_back(type);
+  };
+  if (caps.hf_attention == Capabilities::HfAttention::SlidingWindow && attention_options.has("window")) {
     // Hugging Face's own fields for sliding-window attention in every layer, so that transformers
     // (and a loader that reads only them) runs the export the same way.
-    const int64_t n_layers = model.dims().n_layers;
     cfg["use_sliding_window"] = true;
     cfg["sliding_window"] = attention_options.get_int("window", 0);
     cfg["max_window_layers"] = 0;
-    cfg["layer_types"] = nlohmann::ordered_json::array();
-    for (int64_t i = 0; i < n_layers; ++i) cfg["layer_types"].push_back("sliding_attention");
-  } else if (attention == "full_causal" && cfg.contains("use_sliding_window") && cfg["use_sliding_window"] == true) {
+    set_layer_types("sliding_attention");
+  } else if (caps.hf_attention == Capabilities::HfAttention::Full && cfg.contains("use_sliding_window") &&
+             cfg["use_sliding_window"] == true) {
     // Trained with full attention in every layer: the base model's window no longer applies.
     cfg["use_sliding_window"] = false;
-    if (cfg.contains("layer_types")) {
-      cfg["layer_types"] = nlohmann::ordered_json::array();
-      for (int64_t i = 0; i < model.dims().n_layers; ++i) cfg["layer_types"].push_back("full_attention");
-    }
+    if (cfg.contains("layer_types")) set_layer_types("full_attention");
   }
   std::vector<std::vector<float>> data;
   std::vector<StWriteTensor> tensors;
@@ -179,7 +184,7 @@ TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, c
            " exceeds the model's max_position_embeddings (", model.dims().max_positions, ")");
   const ModelDims& dims = model.dims();
   const int L = static_cast<int>(dims.n_layers);
-  const bool routed = run.attention.rfind("l2a", 0) == 0;
+  const bool routed = model.attention().capabilities().router;
 
   AdamWSettings hp{cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay};
   AdamWOptimizer opt(ops, model, trainable_parameters(regime_name(cfg.regime), model.parameter_names(), run.attention),
@@ -497,7 +502,8 @@ TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, c
     summary.exported = run.out / "model";
     MasterWeights masters;
     for (const auto& n : opt.trainable()) masters.emplace(n, opt.master(n));
-    export_model(ops, model, summary.exported, run.attention, run.attention_options, run.model_dir, &masters);
+    export_model(ops, model, summary.exported, run.attention, run.attention_options, run.model_dir, &masters,
+                 run.backend_sections);
     if (!run.quiet) std::cerr << "exported the trained model to " << summary.exported.string() << "\n";
   }
   return summary;

@@ -8,6 +8,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "model/qwen2_model.h"
 #include "rt/sdk/options.h"
@@ -27,7 +28,10 @@ struct TrainRun {
   bool resume = false;             // continue from the newest checkpoint in out
   std::string attention;           // the backend's name, for records and the export
   Options attention_options;       // as configured (exported into the model's "attention_backend" section, and
-                                   // its "l2a" section for L2A backends)
+                                   // the backend's own config section, e.g. "l2a")
+  // The config sections every loaded backend declares (Capabilities::config_section): the export
+  // drops those of other backends, which no longer apply to the trained model.
+  std::vector<std::string> backend_sections;
   std::filesystem::path model_dir; // where the base model came from (tokenizer files are copied); may be empty
   std::string model_name;
   bool quiet = false;              // no progress bar (tests)
@@ -65,6 +69,6 @@ struct MasterWeights : std::map<std::string, TensorView> {
 };
 void export_model(Ops& ops, Qwen2Model& model, const std::filesystem::path& dir, const std::string& attention,
                   const Options& attention_options, const std::filesystem::path& tokenizer_source,
-                  const MasterWeights* masters = nullptr);
+                  const MasterWeights* masters = nullptr, const std::vector<std::string>& backend_sections = {});
 
 }  // namespace rt

@@ -189,3 +189,35 @@ TEST(AttentionInitRules, BaseModelWithL2aWarnsOnce) {
 }
 
 }  // namespace
+
+namespace {
+
+// The runtime decides from what a backend declares (Capabilities), not from its name: --window is
+// refused by a backend that takes no window, with the list of those that do; a base model's
+// sliding window is the default window of the backend that declares Hugging Face's
+// sliding-window attention; an L2A checkpoint runs by default on the first backend that declares
+// its config section and runs on the device.
+TEST(AttentionCapabilities, WindowRefusedByBackendsWithoutOne) {
+  ASSERT_TRUE(runtime_available());
+  TempDir tmp;
+  const auto r = run_runtime({"logits", "--model", (fixtures_dir() / "gqa7_hd64").string(), "--ids", "1,2,3",
+                              "--attention", "full_causal", "--window", "4", "--out", (tmp / "x.npy").string()});
+  EXPECT_TRUE(is_clean_error(r, {"--window 4", "full_causal", "takes no window", "l2a_dense", "swa"}));
+  EXPECT_FALSE(fs::exists(tmp / "x.npy"));
+}
+
+TEST(AttentionCapabilities, L2aCheckpointDefaultsToItsReferenceBackend) {
+  ASSERT_TRUE(runtime_available());
+  TempDir tmp;
+  // No --attention: the paper fixture (config.json has an "l2a" section) runs on l2a_dense on the
+  // CPU, the same logits as naming it.
+  const auto d = run_runtime({"logits", "--model", (l2a_dir() / "paper").string(), "--ids", "1,2,3", "--out",
+                              (tmp / "default.npy").string()});
+  ASSERT_TRUE(d.ok()) << d.describe();
+  const auto n = run_runtime({"logits", "--model", (l2a_dir() / "paper").string(), "--ids", "1,2,3", "--attention",
+                              "l2a_dense", "--out", (tmp / "named.npy").string()});
+  ASSERT_TRUE(n.ok()) << n.describe();
+  EXPECT_EQ(read_text(tmp / "default.npy"), read_text(tmp / "named.npy"));
+}
+
+}  // namespace

@@ -95,3 +95,19 @@ TEST(SetOptions, MalformedArgumentsFail) {
 }
 
 }  // namespace
+
+// --window and a --set that gives the window too must agree (issue 11: not a silent choice).
+namespace {
+TEST(SetOptions, WindowConflictsWithSetWindow) {
+  for (const std::string set : {"window=8", "attention.window=8", "swa.window=8", "l2a_dense.window=08x"}) {
+    SCOPED_TRACE(set);
+    const std::string err = error_of([&] { rt::check_window_conflict(4, {set}); });
+    EXPECT_NE(err.find("--window 4"), std::string::npos) << err;
+    EXPECT_NE(err.find("--set " + set), std::string::npos) << err;
+  }
+  // The same value twice, no --window, or a --set of another key: fine.
+  EXPECT_EQ(error_of([] { rt::check_window_conflict(4, {"window=4", "swa.window=4", "attention.window=4"}); }), "");
+  EXPECT_EQ(error_of([] { rt::check_window_conflict(0, {"window=8"}); }), "");
+  EXPECT_EQ(error_of([] { rt::check_window_conflict(4, {"sparsity=0.8", "train.lr=3e-4"}); }), "");
+}
+}  // namespace

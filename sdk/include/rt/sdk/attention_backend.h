@@ -88,6 +88,31 @@ struct Capabilities {
   // What to use instead on a device this backend does not run on (a static string, e.g. "on the
   // CPU, use l2a_dense: the same L2A"), appended to the runtime's refusal.
   const char* other_device_hint = nullptr;
+
+  // What the runtime needs to know about a backend without naming it:
+  // The config.json section (a static string) in which an exported model records this backend's
+  // options (L2A: "l2a"); loading a checkpoint with that section merges it into the options, and
+  // one without a recorded backend runs by default on the first backend, by name, that declares
+  // the section and runs on the device.
+  const char* config_section = nullptr;
+  // Takes the `window` option (--window); backends without it refuse --window.
+  bool windowed = false;
+  // How the backend maps onto Hugging Face's per-layer attention types: exports write HF's
+  // fields (use_sliding_window, sliding_window, layer_types) so that transformers runs them the
+  // same way; SlidingWindow also takes a base model's sliding_window as its default window, and
+  // Full warns when a checkpoint enables sliding windows.
+  enum class HfAttention : int32_t { None = 0, Full = 1, SlidingWindow = 2 };
+  HfAttention hf_attention = HfAttention::None;
+};
+
+// What a checkpoint shows about a backend's options (AttentionBackend::reconcile_checkpoint).
+struct CheckpointFacts {
+  std::string config_source;  // the config.json path, for messages
+  Options recorded;           // the options the checkpoint records (its config_section)
+  struct Tensor {
+    std::string name, file;
+  };
+  std::vector<Tensor> tensors;  // every tensor of the checkpoint; empty for --init random
 };
 
 class Router;
@@ -99,6 +124,12 @@ class AttentionBackend {
   // Called once before any other call; validates and keeps plugin options (e.g. "window").
   virtual void configure(const Options& options, const ModelDims& dims) = 0;
   virtual std::vector<ParamDecl> extra_params(const ModelDims&) const { return {}; }
+
+  // Called before configure with the options of the run (the checkpoint's recorded ones, then
+  // --set): fills the options the checkpoint fixes, and throws rt::Error, naming the file and both
+  // values, when an option asked for contradicts what the checkpoint holds (L2A: a layout whose
+  // weights it lacks). The default accepts everything.
+  virtual void reconcile_checkpoint(const CheckpointFacts& /*ckpt*/, Options& /*options*/) const {}
 
   // A fresh KV cache for one sequence of at most max_tokens positions.
   virtual std::unique_ptr<AttentionState> new_state(const LayerContext& ctx, int64_t max_tokens) = 0;

@@ -18,6 +18,8 @@ class SingleSublayerBackend : public AttentionBackend {
     c.decode = true;
     c.graph_decode = true;
     c.kv = ring_cache() ? KvPolicy::RingBuffer : KvPolicy::Full;
+    c.windowed = ring_cache();
+    c.hf_attention = ring_cache() ? Capabilities::HfAttention::SlidingWindow : Capabilities::HfAttention::Full;
     return c;
   }
   std::unique_ptr<AttentionState> new_state(const LayerContext& ctx, int64_t max_tokens) override {
