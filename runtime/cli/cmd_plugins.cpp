@@ -1,8 +1,8 @@
 // runtime plugins: what the search path holds, and what was refused and why.
-#include <iomanip>
 #include <iostream>
 
 #include "cli/commands.h"
+#include "common/text_table.h"
 #include "plugin_host/plugin_registry.h"
 
 namespace rt {
@@ -25,26 +25,27 @@ void register_plugins(CLI::App& app) {
   cmd->callback([extra] {
     PluginRegistry reg;
     reg.discover(*extra);
-    std::cout << std::left << std::setw(14) << "name" << std::setw(9) << "version" << std::setw(11) << "devices"
-              << std::setw(9) << "backward" << std::setw(8) << "decode" << std::setw(8) << "kv"
-              << "description\n";
+    // Columns as wide as their widest cell: a long plugin name widens its column.
+    using Col = TextTable::Column;
+    constexpr auto L = TextTable::Align::Left;
+    TextTable attn({Col{"name", L}, Col{"version", L}, Col{"devices", L}, Col{"backward", L}, Col{"decode", L},
+                    Col{"kv", L}, Col{"description", L}});
     for (const auto& p : reg.plugins()) {
       if (p.kind != PluginKind::Attention) continue;
       std::string dev = std::string(p.caps.cpu ? "cpu" : "") + (p.caps.cpu && p.caps.cuda ? "," : "") +
                         (p.caps.cuda ? "cuda" : "");
-      std::cout << std::setw(14) << p.name << std::setw(9) << p.version << std::setw(11) << dev << std::setw(9)
-                << (p.caps.backward ? "yes" : "no") << std::setw(8) << (p.caps.decode ? "yes" : "no")
-                << std::setw(8) << kv_policy_name(p.caps.kv) << p.description << "\n";
-      std::cout << "              " << p.path.string() << "\n";
+      attn.add_row({p.name, p.version, dev, p.caps.backward ? "yes" : "no", p.caps.decode ? "yes" : "no",
+                    kv_policy_name(p.caps.kv), p.description});
+      attn.add_row({"", "", "", "", "", "", p.path.string()});
     }
-    bool header = false;
+    std::cout << attn.str();
+    TextTable routers({Col{"name", L}, Col{"version", L}, Col{"description", L}});
     for (const auto& p : reg.plugins()) {
       if (p.kind != PluginKind::Router) continue;
-      if (!header) std::cout << "\nrouters (for routed backends: --set router=NAME)\n";
-      header = true;
-      std::cout << "  " << std::setw(16) << p.name << std::setw(9) << p.version << p.description << "\n"
-                << "  " << std::setw(16) << "" << p.path.string() << "\n";
+      routers.add_row({p.name, p.version, p.description});
+      routers.add_row({"", "", p.path.string()});
     }
+    if (routers.rows() > 0) std::cout << "\nrouters (for routed backends: --set router=NAME)\n" << routers.str();
     for (const auto& r : reg.refused()) std::cout << "refused " << r.path.string() << ": " << r.reason << "\n";
     std::cout << "searched:";
     for (const auto& s : reg.searched()) std::cout << " " << s.string();

@@ -263,7 +263,6 @@ void register_profile(CLI::App& app) {
       ModelOptions mo = args->model;
       mo.attention = backends[bi];
       mo.run_backends = backends;  // --set l2a_dense.key=value reaches only l2a_dense
-      if (mo.attention == "full_causal") mo.window = 0;  // --window is for the windowed ones
       progress("building " + mo.model + " for " + mo.attention);
       auto session = open_model_session(mo);
       Ops& ops = *session->ops;

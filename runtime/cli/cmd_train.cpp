@@ -6,6 +6,7 @@
 #include "cli/commands.h"
 #include "cli/validators.h"
 #include "cli/model_session.h"
+#include "common/flag_paths.h"
 #include "train/trainer.h"
 
 namespace rt {
@@ -72,11 +73,25 @@ void register_train(CLI::App& app) {
     // Unscoped --set (train.lr=..., attention.window=..., bare keys) goes through the config; a
     // backend-scoped one (l2a_dense.router=...) goes to the session, which checks its scope
     // against the backend and applies it over the config's [attention] options.
+    // Paths first, each named by its flag: a run must not train for an hour and then fail on them.
+    check_input_path("--data", args->data, false);
+    if (!args->val_data.empty()) check_input_path("--val-data", args->val_data, false);
+    if (!args->tokenizer.empty()) check_input_path("--tokenizer", args->tokenizer, true);
+    {
+      std::error_code ec;
+      RT_CHECK(!std::filesystem::exists(args->out, ec) || std::filesystem::is_directory(args->out, ec), "--out ",
+               args->out, ": exists and is not a directory (the run directory holds metrics, checkpoints and the "
+               "exported model)");
+    }
     const std::vector<SetOption> sets = parse_set_options(args->model.set);
     std::vector<std::string> config_sets, scoped_sets;
     for (const SetOption& s : sets) (s.scope.empty() ? config_sets : scoped_sets).push_back(s.arg);
     TrainConfig cfg = args->config.empty() ? parse_train_config("", "<built-in defaults>", config_sets)
                                            : load_train_config(args->config, config_sets);
+    if (args->model.window > 0 && cfg.attention.count("window") &&
+        cfg.attention.at("window") != std::to_string(args->model.window))
+      fail("--window ", args->model.window, " disagrees with window = ", cfg.attention.at("window"), " in ",
+           cfg.source, " [attention] (or --set attention.window); give one of them");
     ModelOptions mo = args->model;
     mo.set.clear();
     for (const auto& [k, v] : cfg.attention) mo.set.push_back(k + "=" + v);
@@ -96,7 +111,7 @@ void register_train(CLI::App& app) {
                  " is text and the model has no directory to take a tokenizer from; pass --tokenizer");
         src = session->model_dir;
       }
-      tok = load_tokenizer(src);
+      tok = with_flag(args->tokenizer.empty() ? "" : "--tokenizer", src.string(), [&] { return load_tokenizer(src); });
     }
     TrainRun run;
     run.data = args->data;

@@ -10,6 +10,7 @@
 #include "cpu/cpu_ops.h"
 #include "loader/model_resolver.h"
 #include "plugin_host/backend_module.h"
+#include "common/flag_paths.h"
 #include "model/model_dims.h"
 #include "rt/sdk/error.h"
 
@@ -130,7 +131,9 @@ static Options plugin_options(const ModelOptions& o, const std::string& attentio
   const std::vector<std::string> run = o.run_backends.empty() ? std::vector<std::string>{attention} : o.run_backends;
   const Options set = backend_set_options(o.set, attention, run, known);
   for (const auto& [key, value] : set.all()) opts.set(key, value);
-  if (o.window > 0) {
+  // --window goes to the backends that take a window; with one backend it must be one of them,
+  // in a multi-backend run (profile A/B) the others run without it.
+  if (o.window > 0 && (caps.windowed || o.run_backends.size() <= 1)) {
     RT_CHECK(caps.windowed, "--window ", o.window, " has no effect with --attention ", attention,
              ", which takes no window (backends that do: ", windowed_backends(registry), ")");
     opts.set("window", std::to_string(o.window));
@@ -175,7 +178,7 @@ std::unique_ptr<ModelSession> open_model_session(const ModelOptions& o) {
   }
   s->registry.discover(o.plugins);
 
-  ResolvedModel resolved = resolve_model(o.model, preset_config_dirs());
+  ResolvedModel resolved = with_flag("--model", o.model, [&] { return resolve_model(o.model, preset_config_dirs()); });
   HfConfig config;
   if (o.init == "random") {
     const auto cfg = resolved.config_path();

@@ -209,7 +209,7 @@ fs::path require_weights(const ResolvedModel& m) {
   }
   msg += "\nGet them with:";
   if (!m.hf_repo.empty()) {
-    msg += "\n  huggingface-cli download " + m.hf_repo + " --local-dir models/" + m.name;
+    msg += "\n  hf download " + m.hf_repo + " --local-dir models/" + m.name;
     msg += "\n(or set $RUNTIME_MODELS to a directory holding " + m.name + "/)";
   } else {
     msg += "\n  save the model with transformers' save_pretrained() into that directory";

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 
+#include "common/text_table.h"
 #include "rt/sdk/error.h"
 
 namespace rt {
@@ -91,7 +92,10 @@ ProgressState ProgressBar::state(double now) const {
 }
 
 void ProgressBar::print(const ProgressState& s, bool final_line) {
-  const std::string line = format_progress_line(s, opt_.bar_width);
+  std::string line = format_progress_line(s, opt_.bar_width);
+  // Redrawn in place: a line longer than the terminal would wrap, and \r would then redraw only
+  // its last row, leaving a trail of stale ones.
+  if (tty_) line = fit_to_width(line, terminal_columns(fileno(opt_.out)));
   if (tty_) std::fprintf(opt_.out, "\r%s\033[K%s", line.c_str(), final_line ? "\n" : "");
   else std::fprintf(opt_.out, "%s\n", line.c_str());
   std::fflush(opt_.out);

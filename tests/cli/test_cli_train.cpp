@@ -820,7 +820,7 @@ TEST(TrainValidation, Errors) {
   expect_error(run_runtime(with(train_args(tmp, "e1", 2), {"--val-data", (tmp / "tiny.bin").c_str()})),
                {"--val-data", "tiny.bin", "10 tokens", "seq_len = 24"});
   expect_error(run_runtime(with(train_args(tmp, "e2", 2), {"--val-data", (tmp / "nope.bin").c_str()})),
-               {"nope.bin", "no such data file"});
+               {"--val-data", "nope.bin", "No such file"});
 }
 
 // --resume identifies the data by its content: the same file under another name resumes; another

@@ -88,6 +88,19 @@ TEST(FlagPaths, MissingInputs) {
   EXPECT_TRUE(names_flag(run_runtime({"generate", "--model", fixture_model(kModel).string(), "--prompt", "hi",
                                       "--tokenizer", missing}),
                          "--tokenizer", missing, what));
+  // runtime train: its inputs, and a --out that is a file, before any work.
+  EXPECT_TRUE(names_flag(run_runtime({"train", "--model", fixture_model(kModel).string(), "--data", missing + ".bin",
+                                      "--steps", "1", "--out", (tmp / "run").string()}),
+                         "--data", missing + ".bin", what));
+  EXPECT_TRUE(names_flag(run_runtime({"train", "--model", fixture_model(kModel).string(), "--data",
+                                      l2a_tokens().string(), "--val-data", missing + ".bin", "--steps", "1", "--out",
+                                      (tmp / "run").string()}),
+                         "--val-data", missing + ".bin", what));
+  write_text(tmp / "a_file", "x");
+  const RunResult out_file = run_runtime({"train", "--model", fixture_model(kModel).string(), "--data",
+                                          l2a_tokens().string(), "--steps", "1", "--out", (tmp / "a_file").string()});
+  EXPECT_TRUE(is_clean_error(out_file, {"--out " + (tmp / "a_file").string(), "not a directory"}))
+      << out_file.describe();
   // A tokenizer that exists but is not one: the loader's message, named by the flag.
   write_text(tmp / "tokenizer.json", "{ not json");
   const RunResult bad = run_runtime({"tokenize", "--tokenizer", (tmp / "tokenizer.json").string()});
@@ -150,6 +163,13 @@ TEST(WindowOptions, DisagreeingWindowsAreAnError) {
                                    "attention.window=8", "--data", l2a_tokens().string(), "--steps", "1", "--out",
                                    (tmp / "run").string()});
   EXPECT_TRUE(is_clean_error(t, {"--window 4", "--set attention.window=8"})) << t.describe();
+  EXPECT_FALSE(fs::exists(tmp / "run" / "metrics.jsonl"));
+  // --window against the config file's [attention] window.
+  write_text(tmp / "w8.toml", "[train]\nseq_len = 16\nbatch_size = 1\n[attention]\nwindow = 8\n");
+  const RunResult c = run_runtime({"train", "--model", model, "--attention", "swa", "--window", "4", "--config",
+                                   (tmp / "w8.toml").string(), "--data", l2a_tokens().string(), "--steps", "1",
+                                   "--out", (tmp / "run").string()});
+  EXPECT_TRUE(is_clean_error(c, {"--window 4", "window = 8", "w8.toml"})) << c.describe();
   EXPECT_FALSE(fs::exists(tmp / "run" / "metrics.jsonl"));
   // The same window twice is fine.
   const RunResult same = run_runtime({"logits", "--model", model, "--ids", "1,2,3", "--out", out, "--attention", "swa",
@@ -229,6 +249,28 @@ TEST(Tables, ColumnsFitLongPluginNames) {
   for (const char* col : {"seq", "sublayer ms", "prefill ms", "peak MiB"}) expect_column_aligned(r.out, "Backends", col);
   for (const char* col : {"seq", "step ms", "tok/s"})
     expect_column_aligned(r.out, "Training step (forward + backward of one sequence, no optimizer update)", col);
+}
+
+// `runtime plugins`: the version column starts at the same offset on every plugin's row, however
+// long a name is.
+TEST(Tables, PluginListFitsLongNames) {
+  ASSERT_TRUE(runtime_available());
+  const std::string name = "causal_attention_with_a_rather_long_plugin_name";
+  const RunResult r = run_runtime({"plugins", "--plugin", RT_TEST_LONG_NAME_PLUGIN});
+  ASSERT_TRUE(r.ok()) << r.describe();
+  const auto lines = lines_of(r.out);
+  ASSERT_FALSE(lines.empty());
+  const size_t col = lines[0].find("version");
+  ASSERT_NE(col, std::string::npos) << r.out;
+  int rows = 0;
+  for (const auto& l : lines) {
+    if (l.rfind("full_causal ", 0) != 0 && l.rfind(name + " ", 0) != 0 && l.rfind("swa ", 0) != 0) continue;
+    ASSERT_GT(l.size(), col) << l;
+    EXPECT_EQ(l[col - 1], ' ') << l;
+    EXPECT_NE(l[col], ' ') << "version column misaligned:\n" << r.out;
+    ++rows;
+  }
+  EXPECT_EQ(rows, 3) << r.out;
 }
 
 TEST(Tables, TextTableWidthsAndTerminalFit) {

@@ -161,7 +161,7 @@ TEST_F(Resolver, NotFoundListsEveryPlace) {
   EXPECT_HAS(msg, "models/qwen2.5-1.5b");
   EXPECT_HAS(msg, (root() / "hub_cache" / "models--Qwen--Qwen2.5-1.5B").string());
   EXPECT_HAS(msg, (root() / "home" / ".cache" / "huggingface" / "hub" / "models--Qwen--Qwen2.5-1.5B").string());
-  EXPECT_HAS(msg, "huggingface-cli download Qwen/Qwen2.5-1.5B --local-dir models/qwen2.5-1.5b");
+  EXPECT_HAS(msg, "hf download Qwen/Qwen2.5-1.5B --local-dir models/qwen2.5-1.5b");
   EXPECT_HAS(msg, "--init random");
   EXPECT_HAS(msg, "qwen2.5-1.5b.json");
 

@@ -154,5 +154,36 @@ TEST(ProgressBar, TerminalRedrawsInPlace) {
             std::string::npos);
 }
 
+// On a terminal narrower than the line, the redrawn line is cut to its width (a wrapped line
+// would leave a trail of stale rows, since \r redraws only the last one).
+TEST(ProgressBar, TerminalLineFitsTheWidth) {
+  const char* old = std::getenv("COLUMNS");
+  const std::string saved = old ? old : "";
+  ::setenv("COLUMNS", "30", 1);  // the capture file is no terminal: terminal_columns falls back to $COLUMNS
+  Captured out;
+  double now = 0;
+  ProgressBar::Options opt;
+  opt.out = out.f;
+  opt.tty = true;
+  opt.clock = [&] { return now; };
+  ProgressBar bar(3, 0, opt);
+  now += 1;
+  bar.update(1, 1.5, 0.25, 100);
+  bar.finish();
+  if (old) ::setenv("COLUMNS", saved.c_str(), 1);
+  else ::unsetenv("COLUMNS");
+  const std::string text = out.text();
+  size_t pos = 0;
+  int lines = 0;
+  while ((pos = text.find('\r', pos)) != std::string::npos) {
+    const size_t end = text.find("\033[K", pos);
+    ASSERT_NE(end, std::string::npos) << text;
+    EXPECT_LE(end - pos - 1, 30u) << text.substr(pos + 1, end - pos - 1);
+    ++lines;
+    pos = end;
+  }
+  EXPECT_EQ(lines, 2);
+}
+
 }  // namespace
 }  // namespace rt::test
