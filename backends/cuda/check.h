@@ -9,6 +9,7 @@
 
 #include <cstdint>
 
+#include "common/check_args.h"
 #include "rt/sdk/error.h"
 #include "rt/sdk/tensor.h"
 
@@ -47,6 +48,10 @@ namespace rt::cuda {
 
 namespace rt::cuda {
 
+// check_dtype, check_ndim, check_dim, same_shape, check_same_shape, check_unit_inner_stride,
+// num_rows, row_len: common/check_args.h.
+RT_USE_CHECK_ARGS();
+
 inline bool is_float_dtype(DType t) { return t == DType::F32 || t == DType::BF16 || t == DType::F16; }
 
 inline void check_view(const char* op, const char* arg, const TensorView& v) {
@@ -66,11 +71,6 @@ inline void check_cuda(const char* op, const char* arg, const TensorView& v) {
            device_name(v.device));
 }
 
-inline void check_dtype(const char* op, const char* arg, const TensorView& v, DType want) {
-  RT_CHECK(v.dtype == want, op, ": argument '", arg, "' must have dtype ", dtype_name(want), ", found ",
-           dtype_name(v.dtype));
-}
-
 // f64 exists for the CPU backend's finite-difference gradient checks (make_cpu_ops(DType::F64));
 // the CUDA backend computes in f32/bf16 and rejects it by name.
 inline void check_not_f64(const char* op, const char* arg, const TensorView& v) {
@@ -85,45 +85,7 @@ inline void check_float(const char* op, const char* arg, const TensorView& v) {
            "' must have a float dtype (f32, bf16, f16), found ", dtype_name(v.dtype));
 }
 
-inline void check_ndim(const char* op, const char* arg, const TensorView& v, int want) {
-  RT_CHECK(v.ndim == want, op, ": argument '", arg, "' must have ", want, " dimensions, found shape ",
-           v.shape_str());
-}
-
-inline void check_dim(const char* op, const char* arg, const TensorView& v, int dim, int64_t want,
-                      const char* what) {
-  RT_CHECK(v.shape[dim] == want, op, ": argument '", arg, "' dimension ", dim, " (", what, ") must be ", want,
-           ", found shape ", v.shape_str());
-}
-
-inline bool same_shape(const TensorView& a, const TensorView& b) {
-  if (a.ndim != b.ndim) return false;
-  for (int i = 0; i < a.ndim; ++i)
-    if (a.shape[i] != b.shape[i]) return false;
-  return true;
-}
-
-inline void check_same_shape(const char* op, const char* arg_a, const TensorView& a, const char* arg_b,
-                             const TensorView& b) {
-  RT_CHECK(same_shape(a, b), op, ": argument '", arg_b, "' must have the shape of '", arg_a, "' ",
-           a.shape_str(), ", found ", b.shape_str());
-}
-
-// Kernels read rows as arrays, so the last dimension must be contiguous.
-inline void check_unit_inner_stride(const char* op, const char* arg, const TensorView& v) {
-  RT_CHECK(v.ndim == 0 || v.shape[v.ndim - 1] <= 1 || v.stride[v.ndim - 1] == 1, op, ": argument '", arg,
-           "' must have a contiguous last dimension (stride 1), found stride ", v.stride[v.ndim - 1],
-           " for shape ", v.shape_str());
-}
-
 // An output passed as an empty view (data == nullptr) is not computed (frozen weights' gradients).
 inline bool is_empty_output(const TensorView& v) { return v.data == nullptr; }
-
-inline int64_t num_rows(const TensorView& v) {
-  int64_t n = 1;
-  for (int i = 0; i + 1 < v.ndim; ++i) n *= v.shape[i];
-  return n;
-}
-inline int64_t row_len(const TensorView& v) { return v.ndim == 0 ? 1 : v.shape[v.ndim - 1]; }
 
 }  // namespace rt::cuda

@@ -1,6 +1,7 @@
 // Helpers of the CPU training-op tests (test_cpu_backward, test_cpu_train_ops): host buffers of
 // any float dtype read and written as doubles (conversions written here, not the backend's),
-// random fills, relative errors, central finite differences, and EXPECT_THROW_MSG.
+// random fills and central finite differences. Random values, relative errors and
+// EXPECT_THROW_MSG come from tests/common/test_util.h (re-exported into cpu_test).
 #pragma once
 
 #include <gtest/gtest.h>
@@ -20,11 +21,14 @@
 #include "rt/sdk/half.h"
 #include "rt/sdk/ops.h"
 #include "rt/sdk/tensor.h"
+#include "test_util.h"
 
 namespace cpu_test {
 
 using rt::DType;
 using rt::TensorView;
+using rt::test::randn_f64;
+using rt::test::rel_err;
 
 inline const double kNaN = std::numeric_limits<double>::quiet_NaN();
 inline const double kInf = std::numeric_limits<double>::infinity();
@@ -87,9 +91,7 @@ struct Buf {
   // Random normal values, rounded to f32 first so that f32 and f64 buffers filled from the same
   // seed hold the same numbers.
   const Buf& randn(uint64_t seed, double sd = 1.0, double mean = 0.0) const {
-    std::mt19937_64 rng(seed);
-    std::normal_distribution<double> nd(mean, sd);
-    for (int64_t i = 0; i < numel(); ++i) put(i, static_cast<float>(nd(rng)));
+    set(rt::test::randn_f64(static_cast<size_t>(numel()), seed, sd, mean));
     return *this;
   }
   const Buf& nan() const {
@@ -98,27 +100,6 @@ struct Buf {
   }
   double* f64() const { return static_cast<double*>(v.data); }
 };
-
-inline std::vector<double> randn_vec(size_t n, uint64_t seed, double sd = 1.0) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<double> nd(0.0, sd);
-  std::vector<double> r(n);
-  for (auto& x : r) x = static_cast<float>(nd(rng));
-  return r;
-}
-
-// |got - want|_F / |want|_F (absolute when want is all zero); +inf on a NaN/inf in got.
-inline double rel_err(const std::vector<double>& got, const std::vector<double>& want) {
-  EXPECT_EQ(got.size(), want.size());
-  double num = 0, den = 0;
-  for (size_t i = 0; i < std::min(got.size(), want.size()); ++i) {
-    if (!std::isfinite(got[i]) && got[i] != want[i]) return kInf;
-    if (!std::isfinite(got[i])) continue;  // equal infinities
-    num += (got[i] - want[i]) * (got[i] - want[i]);
-    den += want[i] * want[i];
-  }
-  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
-}
 
 inline std::vector<double> minus(const std::vector<double>& a, const std::vector<double>& b) {
   std::vector<double> r(a.size());
@@ -167,15 +148,3 @@ constexpr double kFdTol = 1e-6;
 constexpr double kF32Tol = 1e-5;
 
 }  // namespace cpu_test
-
-#define EXPECT_THROW_MSG(stmt, ...)                                                                  \
-  do {                                                                                               \
-    try {                                                                                            \
-      stmt;                                                                                          \
-      ADD_FAILURE() << "no rt::Error from " #stmt;                                                   \
-    } catch (const rt::Error& e) {                                                                   \
-      const std::string msg = e.what();                                                              \
-      for (const char* want : {__VA_ARGS__})                                                         \
-        EXPECT_NE(msg.find(want), std::string::npos) << "message: " << msg << "\nmissing: " << want; \
-    }                                                                                                \
-  } while (0)

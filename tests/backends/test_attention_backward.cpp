@@ -21,6 +21,7 @@
 #include "cpu/attention_backward.h"
 #include "cpu/kernels.h"
 #include "rt/sdk/error.h"
+#include "test_util.h"
 
 namespace {
 
@@ -57,13 +58,7 @@ struct Case {
   }
 };
 
-std::vector<float> randn(size_t n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> dist(0.f, 1.f);
-  std::vector<float> x(n);
-  for (auto& v : x) v = dist(rng);
-  return x;
-}
+using rt::test::randn;
 
 using VecD = std::vector<double>;
 

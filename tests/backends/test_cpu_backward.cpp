@@ -47,7 +47,7 @@ void check_linear(rt::Ops& ops, int64_t N, int64_t in, int64_t out, bool bias, u
   x.randn(seed);
   w.randn(seed + 1);
   b.randn(seed + 2);
-  const std::vector<double> R = randn_vec(static_cast<size_t>(N * out), seed + 3);
+  const std::vector<double> R = randn_f64(static_cast<size_t>(N * out), seed + 3);
   const TensorView bv = bias ? b.v : TensorView{};
   auto loss = [&] {
     y.nan();
@@ -165,7 +165,7 @@ void check_rmsnorm(rt::Ops& ops, Buf& x, int64_t d, float eps, uint64_t seed) {
     v.data = y.v.data;
     return v;
   }();
-  const std::vector<double> R = randn_vec(static_cast<size_t>(x.numel()), seed + 1);
+  const std::vector<double> R = randn_f64(static_cast<size_t>(x.numel()), seed + 1);
   auto loss = [&] {
     y.nan();
     ops.rmsnorm(x, w, eps, yv);
@@ -228,7 +228,7 @@ TEST_F(Backward, Rope) {
     const double theta = 10000.0;
     Buf x(F64, {T, H, D}), y(F64, {T, H, D});
     x.randn(static_cast<uint64_t>(T + pos0));
-    const std::vector<double> R = randn_vec(static_cast<size_t>(T * H * D), 7);
+    const std::vector<double> R = randn_f64(static_cast<size_t>(T * H * D), 7);
     auto loss = [&] {
       y.set(x.values());
       ops->rope(y, pos0, theta);
@@ -254,7 +254,7 @@ TEST_F(Backward, Swiglu) {
     Buf gate(F64, {R_, C}), up(F64, {R_, C}), out(F64, {R_, C});
     gate.randn(static_cast<uint64_t>(R_), 2.0);
     up.randn(static_cast<uint64_t>(C));
-    const std::vector<double> R = randn_vec(static_cast<size_t>(R_ * C), 3);
+    const std::vector<double> R = randn_f64(static_cast<size_t>(R_ * C), 3);
     auto loss = [&] {
       out.nan();
       ops->swiglu(gate, up, out);
@@ -297,7 +297,7 @@ TEST_F(Backward, Embedding) {
   Buf table(F64, {V, d}), ids(DType::I32, {T}), out(F64, {T, d});
   table.randn(1);
   for (int64_t t = 0; t < T; ++t) ids.put(t, id_list[static_cast<size_t>(t)]);
-  const std::vector<double> R = randn_vec(static_cast<size_t>(T * d), 2);
+  const std::vector<double> R = randn_f64(static_cast<size_t>(T * d), 2);
   auto loss = [&] {
     out.nan();
     ops->embedding(table, ids, out);
@@ -322,7 +322,7 @@ TEST_F(Backward, Sigmoid) {
   for (float scale : {1.f, 1.7f, -0.6f}) {
     Buf x(F64, {7, 12}), y(F64, {7, 12}), y_fd(F64, {7, 12});
     x.randn(5, 2.0);
-    const std::vector<double> R = randn_vec(84, 6);
+    const std::vector<double> R = randn_f64(84, 6);
     auto loss = [&] {
       y_fd.nan();
       ops->sigmoid(x, scale, y_fd);
@@ -344,7 +344,7 @@ TEST_F(Backward, RowScaleGradientsAreRowScaleAndRowDot) {
   Buf x(F64, {R_, C}), s(F64, {R_}), out(F64, {R_, C});
   x.randn(1);
   s.randn(2);
-  const std::vector<double> R = randn_vec(static_cast<size_t>(R_ * C), 3);
+  const std::vector<double> R = randn_f64(static_cast<size_t>(R_ * C), 3);
   auto loss = [&] {
     out.nan();
     ops->row_scale(x, s, out);
@@ -402,7 +402,7 @@ void check_attention(rt::Ops& ops, const AttnCase& c, uint64_t seed) {
   q.randn(seed);
   k.randn(seed + 1);
   v.randn(seed + 2);
-  const std::vector<double> R = randn_vec(static_cast<size_t>(c.Tq * c.Hq * c.D), seed + 3);
+  const std::vector<double> R = randn_f64(static_cast<size_t>(c.Tq * c.Hq * c.D), seed + 3);
   auto loss = [&] {
     o_fd.nan();
     ops.attention(q, k, v, o_fd, spec);

@@ -4,7 +4,6 @@
 // Timings: tools/bench_cpu (build/bin/bench_cpu_ops).
 #include <gtest/gtest.h>
 
-#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -18,6 +17,7 @@
 #include "rt/sdk/attention_sublayer.h"
 #include "rt/sdk/error.h"
 #include "rt/sdk/half.h"
+#include "test_util.h"
 
 namespace {
 
@@ -54,12 +54,7 @@ struct Fixture : ::testing::Test {
     poison(t.view);
     return t;
   }
-  static void poison(const TensorView& v) {
-    if (v.dtype == DType::F32)
-      for (int64_t i = 0; i < v.numel(); ++i) v.ptr<float>()[i] = kNaN;
-    else
-      std::memset(v.data, 0xff, v.nbytes());  // NaN in bf16 and f16
-  }
+  static void poison(const TensorView& v) { rt::test::poison_host(v); }
   // The (contiguous) f32 tensor converted to a 16-bit dtype, same shape.
   Tensor to16(const Tensor& t, DType dt) {
     Tensor s = ops->alloc(dt, {t.view.numel()});
@@ -80,32 +75,11 @@ std::vector<double> as_double(const TensorView& v) {
   return r;
 }
 
-// |out - ref|_F / |ref|_F (absolute when ref is all zero); +inf if out has a NaN/inf.
-double rel_err(const TensorView& out, const std::vector<double>& ref) {
-  EXPECT_EQ(static_cast<size_t>(out.numel()), ref.size());
-  std::vector<double> o = as_double(out);
-  double num = 0, den = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    if (!std::isfinite(o[i])) return std::numeric_limits<double>::infinity();
-    num += (o[i] - ref[i]) * (o[i] - ref[i]);
-    den += ref[i] * ref[i];
-  }
-  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
-}
+// rt::test::rel_err of the (f32/bf16/f16) view against ref.
+double rel_err(const TensorView& out, const std::vector<double>& ref) { return rt::test::rel_err(as_double(out), ref); }
 
 constexpr double kTol = 1e-5;
 
-#define EXPECT_THROW_MSG(stmt, ...)                                                    \
-  do {                                                                                 \
-    try {                                                                              \
-      stmt;                                                                            \
-      ADD_FAILURE() << "no rt::Error from " #stmt;                                     \
-    } catch (const rt::Error& e) {                                                     \
-      const std::string msg = e.what();                                                \
-      for (const char* want : {__VA_ARGS__})                                           \
-        EXPECT_NE(msg.find(want), std::string::npos) << "message: " << msg << "\nmissing: " << want; \
-    }                                                                                  \
-  } while (0)
 
 // ---------------------------------------------------------------------------------------------
 // half.h

@@ -1,7 +1,8 @@
 // Helpers shared by the CUDA attention tests (test_flash_attention, test_attention_backward,
-// test_cudnn_sdpa, test_cudnn_sdpa_backward): GPU skip check, owning device buffers, random
-// bf16-rounded inputs, the attention case description, relative errors and the CPU reference
-// forward. Header-only; each test pulls the names in with `using namespace rt::test::cuda;`.
+// test_cudnn_sdpa, test_cudnn_sdpa_backward): GPU skip check, owning device buffers, bf16
+// rounding, the attention case description and the CPU reference forward. Random inputs, relative
+// errors and timing come from tests/common/test_util.h (re-exported here). Header-only; each
+// test pulls the names in with `using namespace rt::test::cuda;`.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -22,8 +23,15 @@
 #include "cpu/kernels.h"
 #include "rt/sdk/error.h"
 #include "rt/sdk/half.h"
+#include "test_util.h"
 
 namespace rt::test::cuda {
+
+// From tests/common/test_util.h, so that `using namespace rt::test::cuda;` brings them along.
+using ::rt::test::randn;
+using ::rt::test::rel_err;
+using ::rt::test::rounded;
+using ::rt::test::Stopwatch;
 
 inline bool has_gpu() {
   int n = 0;
@@ -55,14 +63,6 @@ struct DeviceBuffer {
   void download(void* dst, size_t n) const { cuda_ok(cudaMemcpy(dst, p, n, cudaMemcpyDeviceToHost), "download"); }
   void poison() { cuda_ok(cudaMemset(p, 0xff, bytes), "cudaMemset"); }  // NaN in f32 and bf16
 };
-
-inline std::vector<float> randn(size_t n, uint64_t seed, float sigma = 1.f) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> dist(0.f, sigma);
-  std::vector<float> x(n);
-  for (auto& v : x) v = dist(rng);
-  return x;
-}
 
 // Rounds x to bf16 in place; returns the bf16 bits.
 inline std::vector<uint16_t> round_bf16(std::vector<float>& x) {
@@ -173,24 +173,6 @@ inline std::vector<double> reference_lse(const Case& c, const std::vector<float>
       lse[static_cast<size_t>(h * c.Tq + i)] = s.empty() ? std::numeric_limits<double>::infinity() : m + std::log(sum);
     }
   return lse;
-}
-
-// Relative Frobenius error of got against want (absolute where want is all zero); non-finite
-// entries of got are counted in bad. Want is float or double; the sums are in double either way.
-template <class W>
-double rel_err(const std::vector<float>& got, const std::vector<W>& want, size_t& bad) {
-  double err = 0, norm = 0;
-  bad = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    if (!std::isfinite(got[i])) {
-      ++bad;
-      continue;
-    }
-    const double d = static_cast<double>(got[i]) - want[i];
-    err += d * d;
-    norm += static_cast<double>(want[i]) * want[i];
-  }
-  return norm == 0 ? std::sqrt(err) : std::sqrt(err / norm);
 }
 
 }  // namespace rt::test::cuda

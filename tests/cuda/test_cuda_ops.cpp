@@ -19,6 +19,7 @@
 #include "cuda/kernels.h"
 #include "rt/sdk/error.h"
 #include "rt/sdk/half.h"
+#include "test_util.h"
 
 namespace {
 
@@ -41,26 +42,8 @@ struct Host {
   int64_t numel() const { return static_cast<int64_t>(v.size()); }
 };
 
-// v rounded through dtype (identity for f32): the values the device actually holds.
-std::vector<float> rounded(const std::vector<float>& v, DType dt) {
-  if (dt == DType::F32) return v;
-  std::vector<uint16_t> h(v.size());
-  std::vector<float> r(v.size());
-  rt::convert_from_f32(v.data(), dt, h.data(), v.size());
-  rt::convert_to_f32(h.data(), dt, r.data(), v.size());
-  return r;
-}
-
-double rel_err(const std::vector<float>& out, const std::vector<float>& ref) {
-  EXPECT_EQ(out.size(), ref.size());
-  double num = 0, den = 0;
-  for (size_t i = 0; i < out.size() && i < ref.size(); ++i) {
-    const double d = static_cast<double>(out[i]) - ref[i];
-    num += d * d;
-    den += static_cast<double>(ref[i]) * ref[i];
-  }
-  return std::sqrt(num) / std::max(std::sqrt(den), 1e-30);
-}
+using rt::test::rel_err;
+using rt::test::rounded;
 
 double tol(DType out) { return out == DType::F32 ? 1e-5 : 1e-2; }
 
@@ -85,14 +68,9 @@ struct CudaOpsTest : ::testing::Test {
   }
 
   static Host randn(std::vector<int64_t> shape, uint64_t seed, float sd = 1.f, float mean = 0.f) {
-    Host h{std::move(shape), {}};
     int64_t n = 1;
-    for (int64_t d : h.shape) n *= d;
-    std::mt19937_64 rng(seed);
-    std::normal_distribution<float> nd(mean, sd);
-    h.v.resize(static_cast<size_t>(n));
-    for (float& x : h.v) x = nd(rng);
-    return h;
+    for (int64_t d : shape) n *= d;
+    return Host{std::move(shape), rt::test::randn(static_cast<size_t>(n), seed, sd, mean)};
   }
 
   Tensor alloc(DType dt, const std::vector<int64_t>& s, rt::Ops& ops) {

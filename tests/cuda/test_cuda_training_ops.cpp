@@ -10,7 +10,6 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -69,20 +68,10 @@ Tensor alloc(rt::Ops& ops, DType dt, const Shape& s) {
 
 Shape shape_of(const TensorView& v) { return Shape(v.shape.begin(), v.shape.begin() + v.ndim); }
 
-// v rounded through dt (identity for f32): the values the device holds.
-std::vector<float> rounded(std::vector<float> v, DType dt) {
-  if (dt == DType::BF16) {
-    for (float& x : v) x = rt::bf16_to_f32(rt::f32_to_bf16(x));
-  } else if (dt == DType::F16) {
-    for (float& x : v) x = rt::f16_to_f32(rt::f32_to_f16(x));
-  }
-  return v;
-}
+using rt::test::rounded;
 
 std::vector<float> randn(const Shape& s, uint64_t seed, float sigma = 1.f, float mean = 0.f) {
-  std::vector<float> v = rt::test::cuda::randn(static_cast<size_t>(numel(s)), seed, sigma);
-  for (float& x : v) x += mean;
-  return v;
+  return rt::test::randn(static_cast<size_t>(numel(s)), seed, sigma, mean);
 }
 
 double tol_for(std::initializer_list<DType> dts) {
@@ -101,7 +90,7 @@ double norm(const std::vector<float>& v) {
 void expect_close(const std::vector<float>& got, const std::vector<float>& want, double tol, const std::string& what) {
   ASSERT_EQ(got.size(), want.size()) << what;
   size_t bad = 0;
-  const double e = rt::test::cuda::rel_err(got, want, bad);
+  const double e = rt::test::rel_err(got, want, bad);
   EXPECT_EQ(bad, 0u) << what << ": non-finite values (unwritten or NaN)";
   EXPECT_LT(e, tol) << what << ": relative Frobenius error " << e << " (reference norm " << norm(want) << ")";
 }
@@ -570,10 +559,10 @@ TEST_F(TrainingOpsTest, EmbeddingBackwardLarge) {
   gpu->embedding_backward(gids, gdout, gt);
   expect_embedding_close(down(gt), vals(ct), embedding_magnitudes(ids, rounded(dout, DType::BF16), t0, d),
                          "dtable");
-  const auto start = std::chrono::steady_clock::now();
+  rt::test::Stopwatch watch;
   gpu->embedding_backward(gids, gdout, gt);
   gpu->synchronize();
-  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  const double ms = watch.ms();
   std::cout << "embedding_backward T " << T << " d " << d << " (bf16 dout): " << ms << " ms\n";
 }
 

@@ -8,7 +8,6 @@
 // analytically zero, e.g. a row that sees a single key). Without a GPU every test skips.
 #include <gtest/gtest.h>
 
-#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -70,11 +69,7 @@ struct Case {
   bool bf16() const { return dt == DType::BF16; }
 };
 
-std::vector<float> rounded(std::vector<float> v, DType dt) {
-  if (dt == DType::BF16)
-    for (float& x : v) x = rt::bf16_to_f32(rt::f32_to_bf16(x));
-  return v;
-}
+using rt::test::rounded;
 
 double norm(const std::vector<float>& v) {
   double s = 0;
@@ -85,7 +80,7 @@ double norm(const std::vector<float>& v) {
 void expect_close(const std::vector<float>& got, const std::vector<float>& want, double tol, const std::string& what) {
   ASSERT_EQ(got.size(), want.size()) << what;
   size_t bad = 0;
-  const double e = rt::test::cuda::rel_err(got, want, bad);
+  const double e = rt::test::rel_err(got, want, bad);
   EXPECT_EQ(bad, 0u) << what << ": non-finite values (unwritten or NaN)";
   EXPECT_LT(e, tol) << what << ": relative Frobenius error " << e << " (reference norm " << norm(want) << ")";
 }
@@ -225,10 +220,10 @@ struct DenseAttentionTest : ::testing::Test {
     SCOPED_TRACE(c.str());
     LimitGuard limit(limit_for_chunk(c));
     const rt::AttentionSpec spec = c.spec(true);
-    std::vector<float> q = rounded(rt::test::cuda::randn(static_cast<size_t>(c.Tq * c.Hq * c.D), seed), c.dt);
-    std::vector<float> k = rounded(rt::test::cuda::randn(static_cast<size_t>(c.Tk * c.Hkv * c.D), seed + 1), c.dt);
-    std::vector<float> v = rounded(rt::test::cuda::randn(static_cast<size_t>(c.Tk * c.Hkv * c.D), seed + 2), c.dt);
-    std::vector<float> dout = rounded(rt::test::cuda::randn(static_cast<size_t>(c.Tq * c.Hq * c.D), seed + 3), c.dt);
+    std::vector<float> q = rounded(rt::test::randn(static_cast<size_t>(c.Tq * c.Hq * c.D), seed), c.dt);
+    std::vector<float> k = rounded(rt::test::randn(static_cast<size_t>(c.Tk * c.Hkv * c.D), seed + 1), c.dt);
+    std::vector<float> v = rounded(rt::test::randn(static_cast<size_t>(c.Tk * c.Hkv * c.D), seed + 2), c.dt);
+    std::vector<float> dout = rounded(rt::test::randn(static_cast<size_t>(c.Tq * c.Hq * c.D), seed + 3), c.dt);
 
     Tensor cq = host3(q, c.Tq, c.Hq, c.D), ck = host3(k, c.Tk, c.Hkv, c.D), cv = host3(v, c.Tk, c.Hkv, c.D);
     Tensor cdo = host3(dout, c.Tq, c.Hq, c.D);
@@ -399,10 +394,10 @@ TEST_F(DenseAttentionTest, SkippedOutputsAndRecomputedLse) {
   SCOPED_TRACE(c.str());
   LimitGuard limit(static_cast<size_t>(40 * c.Hq * c.Tk * 12));
   const rt::AttentionSpec spec = c.spec(true);
-  std::vector<float> q = rounded(rt::test::cuda::randn(static_cast<size_t>(c.Tq * c.Hq * c.D), 11), c.dt);
-  std::vector<float> k = rounded(rt::test::cuda::randn(static_cast<size_t>(c.Tk * c.Hkv * c.D), 12), c.dt);
-  std::vector<float> v = rounded(rt::test::cuda::randn(static_cast<size_t>(c.Tk * c.Hkv * c.D), 13), c.dt);
-  std::vector<float> dout = rounded(rt::test::cuda::randn(static_cast<size_t>(c.Tq * c.Hq * c.D), 14), c.dt);
+  std::vector<float> q = rounded(rt::test::randn(static_cast<size_t>(c.Tq * c.Hq * c.D), 11), c.dt);
+  std::vector<float> k = rounded(rt::test::randn(static_cast<size_t>(c.Tk * c.Hkv * c.D), 12), c.dt);
+  std::vector<float> v = rounded(rt::test::randn(static_cast<size_t>(c.Tk * c.Hkv * c.D), 13), c.dt);
+  std::vector<float> dout = rounded(rt::test::randn(static_cast<size_t>(c.Tq * c.Hq * c.D), 14), c.dt);
   Tensor cq = host3(q, c.Tq, c.Hq, c.D), ck = host3(k, c.Tk, c.Hkv, c.D), cv = host3(v, c.Tk, c.Hkv, c.D);
   Tensor cdo = host3(dout, c.Tq, c.Hq, c.D);
   Tensor co = cpu->alloc(DType::F32, {c.Tq, c.Hq, c.D}), clse = cpu->alloc(DType::F32, {c.Hq, c.Tq});
@@ -470,10 +465,10 @@ TEST_F(DenseAttentionTest, MatchesFlashPathBf16) {
         c.chunk = 64;
         SCOPED_TRACE(c.str());
         LimitGuard limit(limit_for_chunk(c));
-        std::vector<float> q = rounded(rt::test::cuda::randn(static_cast<size_t>(T * c.Hq * D), seed += 10), c.dt);
-        std::vector<float> k = rounded(rt::test::cuda::randn(static_cast<size_t>(T * c.Hkv * D), seed + 1), c.dt);
-        std::vector<float> v = rounded(rt::test::cuda::randn(static_cast<size_t>(T * c.Hkv * D), seed + 2), c.dt);
-        std::vector<float> dout = rounded(rt::test::cuda::randn(static_cast<size_t>(T * c.Hq * D), seed + 3), c.dt);
+        std::vector<float> q = rounded(rt::test::randn(static_cast<size_t>(T * c.Hq * D), seed += 10), c.dt);
+        std::vector<float> k = rounded(rt::test::randn(static_cast<size_t>(T * c.Hkv * D), seed + 1), c.dt);
+        std::vector<float> v = rounded(rt::test::randn(static_cast<size_t>(T * c.Hkv * D), seed + 2), c.dt);
+        std::vector<float> dout = rounded(rt::test::randn(static_cast<size_t>(T * c.Hq * D), seed + 3), c.dt);
         Tensor gq = dev(q, c.dt, T, c.Hq, D), gk = dev(k, c.dt, T, c.Hkv, D), gv = dev(v, c.dt, T, c.Hkv, D);
         Tensor gdo = dev(dout, c.dt, T, c.Hq, D);
         std::vector<float> res[2][5];  // [flash, dense][o, lse, dq, dk, dv]
@@ -501,10 +496,10 @@ TEST_F(DenseAttentionTest, MatchesFlashPathBf16) {
 // query chunks within the default 1 GiB workspace bound, and matches the flash path.
 TEST_F(DenseAttentionTest, LongSequenceStaysWithinWorkspaceBound) {
   const int64_t T = 16384, Hq = 14, Hkv = 2, D = 64;
-  std::vector<float> q = rt::test::cuda::randn(static_cast<size_t>(T * Hq * D), 71);
-  std::vector<float> k = rt::test::cuda::randn(static_cast<size_t>(T * Hkv * D), 72);
-  std::vector<float> v = rt::test::cuda::randn(static_cast<size_t>(T * Hkv * D), 73);
-  std::vector<float> dout = rt::test::cuda::randn(static_cast<size_t>(T * Hq * D), 74);
+  std::vector<float> q = rt::test::randn(static_cast<size_t>(T * Hq * D), 71);
+  std::vector<float> k = rt::test::randn(static_cast<size_t>(T * Hkv * D), 72);
+  std::vector<float> v = rt::test::randn(static_cast<size_t>(T * Hkv * D), 73);
+  std::vector<float> dout = rt::test::randn(static_cast<size_t>(T * Hq * D), 74);
   Tensor gq = dev(q, DType::BF16, T, Hq, D), gk = dev(k, DType::BF16, T, Hkv, D), gv = dev(v, DType::BF16, T, Hkv, D);
   Tensor gdo = dev(dout, DType::BF16, T, Hq, D);
   std::vector<float> res[2][5];  // [flash, dense][o, lse, dq, dk, dv]
@@ -517,18 +512,18 @@ TEST_F(DenseAttentionTest, LongSequenceStaysWithinWorkspaceBound) {
     gpu->synchronize();
     const size_t before = gpu->memory_stats().in_use;
     gpu->reset_peak_memory();
-    const auto t0 = std::chrono::steady_clock::now();
+    rt::test::Stopwatch watch;
     gpu->attention_forward_lse(gq, gk, gv, go, glse, spec);
     gpu->synchronize();
-    const auto t1 = std::chrono::steady_clock::now();
+    const double fwd_ms = watch.ms();
+    watch.reset();
     gpu->attention_backward(gq, gk, gv, go, glse, gdo, gdq, gdk, gdv, spec);
     gpu->synchronize();
-    const auto t2 = std::chrono::steady_clock::now();
+    const double bwd_ms = watch.ms();
     const size_t extra = gpu->memory_stats().peak - before;
     std::cout << "[ info     ] T " << T << " Hq " << Hq << " Hkv " << Hkv << " D " << D << " causal bf16, "
               << (dense ? "materialized" : "flash") << " (first call, untuned): forward "
-              << std::chrono::duration<double, std::milli>(t1 - t0).count() << " ms, backward "
-              << std::chrono::duration<double, std::milli>(t2 - t1).count() << " ms, peak extra memory "
+              << fwd_ms << " ms, backward " << bwd_ms << " ms, peak extra memory "
               << static_cast<double>(extra) / (1 << 20) << " MiB\n";
     if (dense == 1) {
       // The score workspaces (1 GiB), cuBLAS's 32 MiB, the f32 dk / dv accumulators (16 MiB) and slack.

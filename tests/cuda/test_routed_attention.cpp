@@ -99,16 +99,6 @@ std::vector<float> rand_bf16(size_t n, uint64_t seed) {
   return x;
 }
 
-double rel_err(const std::vector<float>& got, const std::vector<float>& want) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    if (!std::isfinite(got[i])) return INFINITY;
-    num += (double(got[i]) - want[i]) * (double(got[i]) - want[i]);
-    den += double(want[i]) * want[i];
-  }
-  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
-}
-
 struct RoutedCase {
   int64_t T, Hq, Hkv, D;
   std::string routing;

@@ -17,21 +17,14 @@
 
 #include "cuda/cuda_ops.h"
 #include "train_test_util.h"
+#include "test_util.h"
 
 namespace {
 
 using namespace rt;
 const std::string kModel = rt::test::kModelsDir + "gqa7_hd64";
 
-double rel_err(const std::vector<double>& a, const std::vector<double>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (!std::isfinite(a[i])) return INFINITY;
-    num += (a[i] - b[i]) * (a[i] - b[i]);
-    den += b[i] * b[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-300));
-}
+using rt::test::rel_err;
 
 Options l2a_options(const std::string& layout, double leak) {
   Options o;
@@ -47,10 +40,7 @@ void randomize_routers(rt::test::TrainFixture& f, uint64_t seed) {
   for (const auto& n : f.model->parameter_names()) {
     if (n.find("router.weight") == std::string::npos) continue;
     TensorView p = f.model->parameter(n);
-    std::mt19937_64 rng(seed++);
-    std::normal_distribution<float> nd(0.f, 0.3f);
-    std::vector<float> h(static_cast<size_t>(p.numel()));
-    for (auto& x : h) x = nd(rng);
+    std::vector<float> h = rt::test::randn(static_cast<size_t>(p.numel()), seed++, 0.3f);
     f.ops->copy(TensorView::contiguous(h.data(), DType::F32, Device::CPU, {p.shape[0], p.shape[1]}), p);
   }
 }

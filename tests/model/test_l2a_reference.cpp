@@ -18,6 +18,7 @@
 #endif
 #include "train/adamw_optimizer.h"
 #include "train_test_util.h"
+#include "test_util.h"
 
 namespace {
 
@@ -39,14 +40,7 @@ std::vector<int32_t> tokens() {
   return std::vector<int32_t>(ids.begin(), ids.end());
 }
 
-double rel_err(const std::vector<double>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < b.size(); ++i) {
-    num += (a[i] - b[i]) * (a[i] - b[i]);
-    den += double(b[i]) * b[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-300));
-}
+using rt::test::rel_err;
 
 std::vector<float> stored_floats(const WeightInfo& w) {
   std::vector<float> v(static_cast<size_t>(w.numel()));

@@ -13,6 +13,7 @@
 #include "model/qwen2_model.h"
 #include "plugin_host/plugin_registry.h"
 #include "rt/sdk/error.h"
+#include "test_util.h"
 
 namespace {
 
@@ -27,14 +28,7 @@ std::vector<float> to_host(rt::Ops& ops, const rt::TensorView& v) {
 }
 std::vector<float> to_host(rt::Ops& ops, const rt::Tensor& t) { return to_host(ops, t.view); }
 
-double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    den += double(b[i]) * b[i];
-  }
-  return std::sqrt(num / den);
-}
+using rt::test::rel_err;
 
 struct Fixture {
   rt::PluginRegistry registry;

@@ -2,7 +2,6 @@
 // tools/make_tokenizer_fixtures.py), the whole WikiText-2 test file, the API and every error path.
 #include <gtest/gtest.h>
 
-#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <random>
@@ -12,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "rt/sdk/error.h"
+#include "test_util.h"
 #include "tokenizer/tokenizer.h"
 
 namespace fs = std::filesystem;
@@ -149,9 +149,9 @@ TEST(TokenizerParity, WholeWikitextTestFile) {
   const json& w = parity()["whole_file"];
   const std::string text = read_file(fs::path(RT_SHARED_DATA_DIR) / w["path"].get<std::string>());
   qwen();  // load outside the timed region
-  const auto t0 = std::chrono::steady_clock::now();
+  const rt::test::Stopwatch watch;
   const auto ids = qwen().encode(text);
-  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double secs = watch.seconds();
   std::printf("[ speed    ] encoded %zu bytes -> %zu tokens in %.3f s (%.2f MB/s)\n", text.size(),
               ids.size(), secs, text.size() / secs / 1e6);
   ASSERT_EQ(static_cast<int64_t>(ids.size()), w["count"].get<int64_t>());
