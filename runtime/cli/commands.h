@@ -12,5 +12,6 @@ void register_plugins(CLI::App& app);
 void register_profile(CLI::App& app);
 void register_train(CLI::App& app);
 void register_sparsity(CLI::App& app);
+void register_eval(CLI::App& app);
 
 }  // namespace rt

@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   rt::register_profile(app);
   rt::register_train(app);
   rt::register_sparsity(app);
+  rt::register_eval(app);
   // Every command with both --window and --set (train included): the two may not disagree. Checked
   // once the command's options are parsed, before it runs.
   for (CLI::App* sub : app.get_subcommands({})) {

@@ -1,0 +1,340 @@
+// runtime eval: perplexity and multiple-choice accuracy scored exactly as lm-evaluation-harness
+// 0.4.13 scores them (runtime/eval/), for several attention backends on the same weights.
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <fstream>
+#include <cmath>
+#include <iomanip>
+#include <iostream>
+#include <map>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "cli/model_session.h"
+#include "common/durable_file.h"
+#include "common/flag_paths.h"
+#include "common/text_table.h"
+#include "eval/eval_metrics.h"
+#include "eval/eval_tasks.h"
+#include "eval/loglikelihood.h"
+#include "eval/python_text.h"
+#include "model/qwen2_model.h"
+#include "tokenizer/tokenizer.h"
+
+namespace rt {
+namespace {
+
+using json = nlohmann::ordered_json;
+
+std::vector<std::string> split_list(const std::string& s, char sep) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  for (std::string item; std::getline(ss, item, sep);)
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+// One line on stderr, redrawn: done/total, rate, ETA.
+class EvalProgress {
+ public:
+  EvalProgress(std::string what, int64_t total) : what_(std::move(what)), total_(total), tty_(isatty(STDERR_FILENO)) {}
+  void update(int64_t done) {
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+    if (!tty_ && done < total_) return;
+    const double rate = s > 0 ? done / s : 0;
+    std::ostringstream os;
+    os << "[eval] " << what_ << "  " << done << "/" << total_ << " docs  " << std::fixed << std::setprecision(1) << rate
+       << " docs/s";
+    if (rate > 0 && done < total_) os << "  ETA " << std::setprecision(0) << (total_ - done) / rate << "s";
+    std::cerr << (tty_ ? "\r\033[K" : "") << fit_to_width(os.str(), tty_ ? terminal_columns(STDERR_FILENO) - 1 : 0)
+              << (tty_ && done < total_ ? "" : "\n") << std::flush;
+  }
+
+ private:
+  std::string what_;
+  int64_t total_;
+  bool tty_;
+  std::chrono::steady_clock::time_point t0_ = std::chrono::steady_clock::now();
+};
+
+std::string read_text_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  RT_CHECK(in.good(), path, ": cannot open");
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+json stderr_json(const std::optional<double>& s) { return s ? json(*s) : json("N/A"); }
+
+// Multiple choice: results and one sample line per document.
+json eval_choice(eval::LoglikelihoodScorer& scorer, const std::string& task, const std::vector<eval::ChoiceDoc>& docs,
+                 std::string& samples) {
+  std::vector<double> acc, acc_norm;
+  EvalProgress bar(task, static_cast<int64_t>(docs.size()));
+  for (const eval::ChoiceDoc& d : docs) {
+    std::vector<double> lls, norm;
+    json s;
+    s["doc_id"] = d.doc_id;
+    s["target"] = d.target;
+    s["context"] = d.context;
+    json conts = json::array(), greedy = json::array();
+    for (const std::string& c : d.choices) {
+      const eval::Loglikelihood ll = scorer.score(scorer.encode_pair(d.context, " " + c));
+      lls.push_back(ll.logprob);
+      norm.push_back(ll.logprob / static_cast<double>(eval::py_len(c)));
+      conts.push_back(" " + c);
+      greedy.push_back(ll.is_greedy);
+    }
+    acc.push_back(eval::argmax_first(lls) == d.target ? 1.0 : 0.0);
+    acc_norm.push_back(eval::argmax_first(norm) == d.target ? 1.0 : 0.0);
+    s["continuations"] = conts;
+    s["lls"] = lls;
+    s["is_greedy"] = greedy;
+    s["acc"] = acc.back();
+    s["acc_norm"] = acc_norm.back();
+    samples += s.dump() + "\n";
+    bar.update(d.doc_id + 1);
+  }
+  const eval::MeanStderr a = eval::mean_stderr(acc), n = eval::mean_stderr(acc_norm);
+  json r;
+  r["alias"] = task;
+  r["acc,none"] = a.mean;
+  r["acc_stderr,none"] = stderr_json(a.stderr_);
+  r["acc_norm,none"] = n.mean;
+  r["acc_norm_stderr,none"] = stderr_json(n.stderr_);
+  r["samples"] = static_cast<int64_t>(docs.size());
+  return r;
+}
+
+json eval_wikitext(eval::LoglikelihoodScorer& scorer, const std::vector<eval::PageDoc>& docs, std::string& samples) {
+  double ll = 0;
+  int64_t words = 0, bytes = 0;
+  EvalProgress bar("wikitext", static_cast<int64_t>(docs.size()));
+  for (const eval::PageDoc& d : docs) {
+    const eval::Loglikelihood r = scorer.score_rolling(d.text);
+    ll += r.logprob;
+    words += d.words;
+    bytes += d.bytes;
+    json s;
+    s["doc_id"] = d.doc_id;
+    s["loglikelihood"] = r.logprob;
+    s["tokens"] = r.tokens;
+    s["words"] = d.words;
+    s["bytes"] = d.bytes;
+    samples += s.dump() + "\n";
+    bar.update(d.doc_id + 1);
+  }
+  json r;
+  r["alias"] = "wikitext";
+  r["word_perplexity,none"] = std::exp(-ll / static_cast<double>(words));
+  r["word_perplexity_stderr,none"] = "N/A";
+  r["byte_perplexity,none"] = std::exp(-ll / static_cast<double>(bytes));
+  r["byte_perplexity_stderr,none"] = "N/A";
+  r["bits_per_byte,none"] = -ll / static_cast<double>(bytes) / std::log(2.0);
+  r["bits_per_byte_stderr,none"] = "N/A";
+  r["samples"] = static_cast<int64_t>(docs.size());
+  return r;
+}
+
+json eval_ppl(eval::LoglikelihoodScorer& scorer, const Tokenizer& tok, const std::string& path, int64_t seq,
+              int64_t stride, std::string& samples) {
+  const std::string text = read_text_file(path);
+  eval::check_utf8(text, path);
+  const std::vector<int32_t> ids = tok.encode(text);
+  RT_CHECK(ids.size() >= 2, "--data ppl=", path, ": ", ids.size(), " tokens; perplexity needs at least 2");
+  const auto windows = eval::ppl_windows(static_cast<int64_t>(ids.size()), seq, stride);
+  double nll = 0;
+  int64_t scored = 0;
+  EvalProgress bar("ppl", static_cast<int64_t>(windows.size()));
+  for (size_t i = 0; i < windows.size(); ++i) {
+    const eval::PplWindow& w = windows[i];
+    eval::TokenPair p;
+    p.context.assign(ids.begin() + w.begin, ids.begin() + (w.end - w.scored));
+    p.continuation.assign(ids.begin() + (w.end - w.scored), ids.begin() + w.end);
+    const eval::Loglikelihood ll = scorer.score(p);
+    nll -= ll.logprob;
+    scored += ll.tokens;
+    json s;
+    s["window"] = static_cast<int64_t>(i);
+    s["begin"] = w.begin;
+    s["end"] = w.end;
+    s["scored"] = w.scored;
+    s["nll"] = -ll.logprob;
+    samples += s.dump() + "\n";
+    bar.update(static_cast<int64_t>(i + 1));
+  }
+  json r;
+  r["alias"] = "ppl";
+  r["token_perplexity,none"] = std::exp(nll / static_cast<double>(scored));
+  r["token_perplexity_stderr,none"] = "N/A";
+  r["tokens_scored"] = scored;
+  r["nll_sum"] = nll;
+  r["seq"] = seq;
+  r["stride"] = stride;
+  return r;
+}
+
+// The headline metric of a task (summary tables).
+std::pair<std::string, double> headline(const std::string& task, const json& r) {
+  if (task == "wikitext") return {"word_perplexity", r["word_perplexity,none"].get<double>()};
+  if (task == "ppl") return {"token_perplexity", r["token_perplexity,none"].get<double>()};
+  return {task == "hellaswag" || task.rfind("arc", 0) == 0 ? "acc_norm" : "acc",
+          r[task == "hellaswag" || task.rfind("arc", 0) == 0 ? "acc_norm,none" : "acc,none"].get<double>()};
+}
+
+}  // namespace
+
+void register_eval(CLI::App& app) {
+  struct Args {
+    ModelOptions model;
+    std::string attention_list;
+    std::string tasks;
+    std::vector<std::string> data;
+    std::string tokenizer;
+    int64_t limit = -1;
+    int64_t seq = 0;
+    int64_t stride = 0;
+    std::string output;
+  };
+  auto args = std::make_shared<Args>();
+  CLI::App* cmd = app.add_subcommand(
+      "eval", "Evaluate attention backends on perplexity and multiple-choice tasks, scored as lm-evaluation-harness");
+  cmd->footer(
+      "\nTasks (0-shot, lm-eval 0.4.13 definitions; --data TASK=FILE gives each its JSON lines in the Hugging Face\n"
+      "row format, tools/export_eval_data.py writes them from a datasets cache):\n"
+      "  hellaswag, piqa, arc_challenge, arc_easy   acc and acc_norm (log-likelihood per choice, / characters)\n"
+      "  wikitext   word/byte perplexity and bits per byte (rolling log-likelihood, windows of --seq tokens)\n"
+      "  ppl        token perplexity of a text file (windows of --seq tokens every --stride tokens)\n"
+      "Outputs: OUTPUT/<backend>/results.json (lm-eval's layout), OUTPUT/<backend>/samples_<task>.jsonl,\n"
+      "OUTPUT/summary.csv and summary.md (backends side by side, deltas against the first).\n"
+      "Example:\n  runtime eval --model runs/l2a/model --attention full_causal,swa,l2a_dense --window 2048 \\\n"
+      "      --tasks ppl,hellaswag --data ppl=wiki.test.raw --data hellaswag=hellaswag.jsonl --limit 500 --output ev");
+  add_model_options(*cmd, args->model);
+  cmd->remove_option(cmd->get_option("--attention"));
+  cmd->add_option("--attention,-a", args->attention_list,
+                  "Comma-separated attention backends, evaluated one after the other on the same weights (default: "
+                  "the model's own)");
+  cmd->add_option("--tasks", args->tasks, std::string("Comma-separated tasks: ") + eval::known_tasks())->required();
+  cmd->add_option("--data", args->data, "TASK=FILE (repeatable): the task's data")->required();
+  cmd->add_option("--tokenizer", args->tokenizer, "tokenizer.json / directory (default: the model directory's)");
+  cmd->add_option("--limit", args->limit, "Only the first N documents of each task (as lm-eval's --limit)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
+  cmd->add_option("--seq", args->seq,
+                  "Maximum length in tokens (wikitext windows, ppl windows, choice truncation; default: the model's "
+                  "max_position_embeddings)")
+      ->check(CLI::Range(int64_t{2}, int64_t{1} << 30));
+  cmd->add_option("--stride", args->stride, "ppl: tokens between window starts (default: --seq)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
+  cmd->add_option("--output,-o", args->output, "Output directory")->required();
+  cmd->callback([args] {
+    const std::vector<std::string> tasks = split_list(args->tasks, ',');
+    RT_CHECK(!tasks.empty(), "--tasks: no task given (known: ", eval::known_tasks(), ")");
+    std::map<std::string, std::string> data;
+    for (const std::string& d : args->data) {
+      const size_t eq = d.find('=');
+      RT_CHECK(eq != std::string::npos && eq > 0 && eq + 1 < d.size(), "--data '", d, "': expected TASK=FILE");
+      data[d.substr(0, eq)] = d.substr(eq + 1);
+    }
+    for (const std::string& t : tasks) {
+      RT_CHECK(eval::is_choice_task(t) || t == "wikitext" || t == "ppl", "--tasks: unknown task '", t,
+               "' (known: ", eval::known_tasks(), ")");
+      RT_CHECK(data.count(t), "--tasks ", t, ": no data; pass --data ", t, "=FILE");
+      check_input_path("--data " + t + "=", data[t], false);
+    }
+    for (const auto& [t, f] : data)
+      RT_CHECK(std::find(tasks.begin(), tasks.end(), t) != tasks.end(), "--data ", t, "=", f,
+               ": task '", t, "' is not in --tasks");
+    if (!args->tokenizer.empty()) check_input_path("--tokenizer", args->tokenizer, true);
+    std::filesystem::create_directories(args->output);
+
+    std::vector<std::string> backends = split_list(args->attention_list, ',');
+    if (backends.empty()) backends.push_back("");  // the model's own backend
+    std::vector<std::pair<std::string, json>> all;  // backend -> results
+    for (const std::string& backend : backends) {
+      ModelOptions mo = args->model;
+      mo.attention = backend;
+      if (backends.size() > 1) mo.run_backends = backends;
+      auto session = open_model_session(mo);
+      const std::string name = session->attention_name;
+      std::filesystem::path src = args->tokenizer.empty() ? session->model_dir : std::filesystem::path(args->tokenizer);
+      RT_CHECK(!src.empty(), "eval: the model has no directory to take a tokenizer from; pass --tokenizer");
+      const auto tok = with_flag(args->tokenizer.empty() ? "" : "--tokenizer", src.string(), [&] { return load_tokenizer(src); });
+      RT_CHECK(tok->vocab_size() <= session->model->dims().vocab, "eval: the tokenizer (", src.string(), ") has ",
+               tok->vocab_size(), " tokens but the model only ", session->model->dims().vocab,
+               " (vocab_size in its config.json): they do not belong together");
+      const int64_t max_len = args->seq > 0 ? args->seq : session->model->dims().max_positions;
+      eval::LoglikelihoodScorer scorer(*session->model, *tok, max_len);
+      const std::filesystem::path dir = std::filesystem::path(args->output) / name;
+      std::filesystem::create_directories(dir);
+      json results = json::object();
+      json timings = json::object();
+      for (const std::string& task : tasks) {
+        const auto t0 = std::chrono::steady_clock::now();
+        std::string samples;
+        json r;
+        const std::string& file = data[task];
+        if (eval::is_choice_task(task))
+          r = eval_choice(scorer, task,
+                          with_flag("--data " + task + "=", file, [&] { return eval::load_choice_docs(task, file, args->limit); }),
+                          samples);
+        else if (task == "wikitext")
+          r = eval_wikitext(scorer, with_flag("--data wikitext=", file, [&] { return eval::load_wikitext_docs(file, args->limit); }),
+                            samples);
+        else
+          r = eval_ppl(scorer, *tok, file, max_len, args->stride > 0 ? args->stride : max_len, samples);
+        results[task] = r;
+        timings[task] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        write_file_atomic(dir / ("samples_" + task + ".jsonl"), samples);
+      }
+      json out;
+      out["results"] = results;
+      json cfg;
+      cfg["model"] = args->model.model;
+      cfg["attention"] = name;
+      json opts = json::object();
+      for (const auto& [k, v] : session->attention_options.all()) opts[k] = v;
+      cfg["attention_options"] = opts;
+      cfg["device"] = args->model.device;
+      cfg["max_length"] = max_len;
+      cfg["limit"] = args->limit > 0 ? json(args->limit) : json(nullptr);
+      cfg["num_fewshot"] = 0;
+      out["config"] = cfg;
+      out["versions"] = {{"runtime_eval", 1}, {"lm_eval_reference", "0.4.13"}};
+      out["timings_s"] = timings;
+      write_file_atomic(dir / "results.json", out.dump(2) + "\n");
+      all.emplace_back(name, results);
+      std::cerr << "[eval] " << name << ": wrote " << (dir / "results.json").string() << "\n";
+    }
+
+    // Side by side, deltas against the first backend.
+    std::ostringstream csv, md;
+    csv << "backend,task,metric,value,delta\n";
+    md << "| backend |";
+    for (const auto& t : tasks) md << " " << t << " (" << headline(t, all[0].second[t]).first << ") |";
+    md << "\n|---|";
+    for (size_t i = 0; i < tasks.size(); ++i) md << "---|";
+    md << "\n";
+    for (const auto& [name, res] : all) {
+      md << "| " << name << " |";
+      for (const auto& t : tasks) {
+        const auto [metric, v] = headline(t, res[t]);
+        const double base = headline(t, all[0].second[t]).second;
+        csv << name << "," << t << "," << metric << "," << std::setprecision(10) << v << "," << (v - base) << "\n";
+        md << " " << std::setprecision(6) << v;
+        if (&res != &all[0].second) md << " (" << std::showpos << v - base << std::noshowpos << ")";
+        md << " |";
+      }
+      md << "\n";
+    }
+    write_file_atomic(std::filesystem::path(args->output) / "summary.csv", csv.str());
+    write_file_atomic(std::filesystem::path(args->output) / "summary.md", md.str());
+    std::cout << md.str();
+  });
+}
+
+}  // namespace rt

@@ -1,0 +1,105 @@
+#include "eval/loglikelihood.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "eval/python_text.h"
+#include "model/qwen2_model.h"
+#include "rt/sdk/error.h"
+#include "tokenizer/tokenizer.h"
+
+namespace rt::eval {
+
+std::vector<TokenPair> rolling_windows(std::span<const int32_t> tokens, int32_t prefix_token, int64_t max_length) {
+  std::vector<TokenPair> out;
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  if (n == 0) return out;
+  // The first window predicts every token it holds, after the prefix token.
+  const int64_t first = std::min(max_length, n);
+  TokenPair w;
+  w.context = {prefix_token};
+  w.continuation.assign(tokens.begin(), tokens.begin() + first);
+  out.push_back(std::move(w));
+  int64_t predicted = first;
+  while (predicted < n) {
+    const int64_t pred = std::min(n - predicted, max_length);
+    const int64_t end = predicted + pred;
+    // context tokens [end - max_length - 1, end - 1), made disjoint from the predicted ones
+    // (make_disjoint_window): it keeps the tokens before the first predicted one.
+    const int64_t ctx_begin = std::max<int64_t>(0, end - max_length - 1);
+    TokenPair p;
+    p.context.assign(tokens.begin() + ctx_begin, tokens.begin() + (end - pred));
+    p.continuation.assign(tokens.begin() + (end - pred), tokens.begin() + end);
+    out.push_back(std::move(p));
+    predicted = end;
+  }
+  return out;
+}
+
+LoglikelihoodScorer::LoglikelihoodScorer(Qwen2Model& model, const Tokenizer& tokenizer, int64_t max_length)
+    : model_(model), tok_(tokenizer), max_length_(max_length) {
+  RT_CHECK(max_length >= 1, "eval: the maximum length must be >= 1, found ", max_length);
+  const auto eos = tok_.eos_id();
+  RT_CHECK(eos.has_value(), "eval: the tokenizer has no end-of-text token, which an empty context is scored after");
+  prefix_ = *eos;
+}
+
+TokenPair LoglikelihoodScorer::encode_pair(const std::string& context, const std::string& continuation) const {
+  TokenPair p;
+  if (context.empty()) {
+    p.context = {prefix_};
+    p.continuation = tok_.encode(continuation);
+    return p;
+  }
+  const size_t ws = py_rstrip_bytes(context);
+  const std::string ctx = context.substr(0, context.size() - ws);
+  const std::string cont = context.substr(context.size() - ws) + continuation;
+  const std::vector<int32_t> whole = tok_.encode(ctx + cont);
+  const size_t n_ctx = tok_.encode(ctx).size();
+  p.context.assign(whole.begin(), whole.begin() + std::min(n_ctx, whole.size()));
+  p.continuation.assign(whole.begin() + std::min(n_ctx, whole.size()), whole.end());
+  return p;
+}
+
+Loglikelihood LoglikelihoodScorer::score(const TokenPair& r) {
+  Loglikelihood ll;
+  ll.tokens = static_cast<int64_t>(r.continuation.size());
+  if (r.continuation.empty()) return ll;
+  std::vector<int32_t> all(r.context);
+  all.insert(all.end(), r.continuation.begin(), r.continuation.end());
+  // The model input: the last max_length + 1 tokens without the last one.
+  const int64_t keep = std::min<int64_t>(static_cast<int64_t>(all.size()), max_length_ + 1);
+  std::vector<int32_t> inp(all.end() - keep, all.end() - 1);
+  const int64_t n_cont = std::min<int64_t>(ll.tokens, static_cast<int64_t>(inp.size()));
+  Tensor logits = model_.forward(inp, nullptr, /*last_only=*/false);
+  const int64_t T = static_cast<int64_t>(inp.size()), V = logits.view.shape[1];
+  std::vector<float> rows(static_cast<size_t>(n_cont * V));
+  model_.ops().copy(logits.view.rows(T - n_cont, T),
+                    TensorView::contiguous(rows.data(), DType::F32, Device::CPU, {n_cont, V}));
+  for (int64_t i = 0; i < n_cont; ++i) {
+    const float* row = rows.data() + i * V;
+    const int32_t want = r.continuation[static_cast<size_t>(ll.tokens - n_cont + i)];
+    double mx = -INFINITY;
+    int64_t arg = 0;
+    for (int64_t v = 0; v < V; ++v)
+      if (row[v] > mx) mx = row[v], arg = v;
+    double sum = 0;
+    for (int64_t v = 0; v < V; ++v) sum += std::exp(static_cast<double>(row[v]) - mx);
+    ll.logprob += static_cast<double>(row[want]) - mx - std::log(sum);
+    ll.is_greedy = ll.is_greedy && arg == want;
+  }
+  return ll;
+}
+
+Loglikelihood LoglikelihoodScorer::score_rolling(const std::string& text) {
+  Loglikelihood total;
+  for (const TokenPair& w : rolling_windows(tok_.encode(text), prefix_, max_length_)) {
+    const Loglikelihood ll = score(w);
+    total.logprob += ll.logprob;
+    total.tokens += ll.tokens;
+    total.is_greedy = total.is_greedy && ll.is_greedy;
+  }
+  return total;
+}
+
+}  // namespace rt::eval

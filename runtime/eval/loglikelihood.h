@@ -1,0 +1,57 @@
+// Log-likelihood requests scored the way lm-evaluation-harness's HF backend scores them:
+//   encode_pair       (context, continuation): trailing whitespace of the context moves to the
+//                     continuation; context + continuation is tokenized as one string and split at
+//                     the token count of the context alone; an empty context is the model's prefix
+//                     token (EOS for Qwen, which has no BOS)
+//   score             the model sees (context + continuation)[-(max_length + 1):][:-1]; the
+//                     continuation's log-probabilities are summed (and is_greedy: every token the
+//                     argmax)
+//   rolling windows   loglikelihood_rolling: disjoint windows of at most max_length predicted
+//                     tokens, the first preceded by the prefix token, each later one conditioned on
+//                     the tokens before it (get_rolling_token_windows with context_len 1)
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace rt {
+class Qwen2Model;
+class Tokenizer;
+}  // namespace rt
+
+namespace rt::eval {
+
+struct TokenPair {
+  std::vector<int32_t> context, continuation;
+};
+
+struct Loglikelihood {
+  double logprob = 0;   // summed over the continuation
+  bool is_greedy = true;
+  int64_t tokens = 0;   // continuation tokens
+};
+
+// (context window, predicted tokens) pairs of loglikelihood_rolling, disjoint.
+std::vector<TokenPair> rolling_windows(std::span<const int32_t> tokens, int32_t prefix_token, int64_t max_length);
+
+class LoglikelihoodScorer {
+ public:
+  LoglikelihoodScorer(Qwen2Model& model, const Tokenizer& tokenizer, int64_t max_length);
+  TokenPair encode_pair(const std::string& context, const std::string& continuation) const;
+  Loglikelihood score(const TokenPair& request);
+  // The summed log-likelihood of a text under loglikelihood_rolling (and the tokens predicted).
+  Loglikelihood score_rolling(const std::string& text);
+  int64_t max_length() const { return max_length_; }
+  int32_t prefix_token() const { return prefix_; }
+
+ private:
+  Qwen2Model& model_;
+  const Tokenizer& tok_;
+  int64_t max_length_;
+  int32_t prefix_;
+};
+
+}  // namespace rt::eval
