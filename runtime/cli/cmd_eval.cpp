@@ -15,6 +15,7 @@
 
 #include "cli/commands.h"
 #include "cli/model_session.h"
+#include "cli/plot_script.h"
 #include "common/durable_file.h"
 #include "common/flag_paths.h"
 #include "common/text_table.h"
@@ -200,6 +201,7 @@ void register_eval(CLI::App& app) {
     int64_t seq = 0;
     int64_t stride = 0;
     std::string output;
+    std::string png;
   };
   auto args = std::make_shared<Args>();
   CLI::App* cmd = app.add_subcommand(
@@ -211,7 +213,7 @@ void register_eval(CLI::App& app) {
       "  wikitext   word/byte perplexity and bits per byte (rolling log-likelihood, windows of --seq tokens)\n"
       "  ppl        token perplexity of a text file (windows of --seq tokens every --stride tokens)\n"
       "Outputs: OUTPUT/<backend>/results.json (lm-eval's layout), OUTPUT/<backend>/samples_<task>.jsonl,\n"
-      "OUTPUT/summary.csv and summary.md (backends side by side, deltas against the first).\n"
+      "OUTPUT/summary.csv and summary.md (backends side by side, deltas against the first), --png a bar chart.\n"
       "Example:\n  runtime eval --model runs/l2a/model --attention full_causal,swa,l2a_dense --window 2048 \\\n"
       "      --tasks ppl,hellaswag --data ppl=wiki.test.raw --data hellaswag=hellaswag.jsonl --limit 500 --output ev");
   add_model_options(*cmd, args->model);
@@ -231,6 +233,7 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--stride", args->stride, "ppl: tokens between window starts (default: --seq)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
   cmd->add_option("--output,-o", args->output, "Output directory")->required();
+  cmd->add_option("--png", args->png, "Bar chart of the summary (runs tools/plot_eval.py; needs matplotlib)");
   cmd->callback([args] {
     const std::vector<std::string> tasks = split_list(args->tasks, ',');
     RT_CHECK(!tasks.empty(), "--tasks: no task given (known: ", eval::known_tasks(), ")");
@@ -250,7 +253,13 @@ void register_eval(CLI::App& app) {
       RT_CHECK(std::find(tasks.begin(), tasks.end(), t) != tasks.end(), "--data ", t, "=", f,
                ": task '", t, "' is not in --tasks");
     if (!args->tokenizer.empty()) check_input_path("--tokenizer", args->tokenizer, true);
+    {
+      std::error_code ec;
+      RT_CHECK(!std::filesystem::exists(args->output, ec) || std::filesystem::is_directory(args->output, ec),
+               "--output ", args->output, ": exists and is not a directory");
+    }
     std::filesystem::create_directories(args->output);
+    if (!args->png.empty()) check_output_path("--png", args->png);  // may sit in the output directory
 
     std::vector<std::string> backends = split_list(args->attention_list, ',');
     if (backends.empty()) backends.push_back("");  // the model's own backend
@@ -334,6 +343,7 @@ void register_eval(CLI::App& app) {
     write_file_atomic(std::filesystem::path(args->output) / "summary.csv", csv.str());
     write_file_atomic(std::filesystem::path(args->output) / "summary.md", md.str());
     std::cout << md.str();
+    if (!args->png.empty()) run_plot_script("plot_eval.py", (std::filesystem::path(args->output) / "summary.csv").string(), args->png);
   });
 }
 

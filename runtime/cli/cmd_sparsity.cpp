@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "cli/plot_script.h"
 #include "common/durable_file.h"
 #include "common/flag_paths.h"
 #include "common/text_table.h"
@@ -34,12 +35,6 @@ constexpr int64_t kMinSequences = 32;
 constexpr int64_t kMinTokens = 65536;
 
 // 'text' for a POSIX shell, whatever it holds.
-std::string shell_quote(const std::string& text) {
-  std::string q = "'";
-  for (char c : text) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
-
 }  // namespace
 
 void register_sparsity(CLI::App& app) {
@@ -234,15 +229,7 @@ void register_sparsity(CLI::App& app) {
       std::cerr << "wrote " << args->csv << "\n";
     }
     if (!args->png.empty()) {
-      const std::string script = std::string(RT_SOURCE_TOOLS_DIR) + "/plot_sparsity.py";
-      const std::string cmdline =
-          "python3 " + shell_quote(script) + " " + shell_quote(args->json) + " " + shell_quote(args->png);
-      std::cout.flush();
-      const int status = std::system(cmdline.c_str());
-      // The script prints its own one-line reason (a missing matplotlib says how to install it).
-      RT_CHECK(status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0, "--png ", args->png, ": ", script,
-               " failed (", WIFEXITED(status) ? "exit code " + std::to_string(WEXITSTATUS(status)) : std::string("killed"),
-               "; its message is above); the JSON report is in ", args->json);
+      run_plot_script("plot_sparsity.py", args->json, args->png);
     }
   });
 }
