@@ -22,6 +22,7 @@
 #include "eval/eval_metrics.h"
 #include "eval/eval_tasks.h"
 #include "eval/loglikelihood.h"
+#include "eval/niah.h"
 #include "eval/python_text.h"
 #include "model/qwen2_model.h"
 #include "tokenizer/tokenizer.h"
@@ -180,10 +181,70 @@ json eval_ppl(eval::LoglikelihoodScorer& scorer, const Tokenizer& tok, const std
   return r;
 }
 
+struct NiahSettings {
+  std::vector<int64_t> lengths;
+  std::vector<double> depths;  // percent
+  int64_t samples = 3;
+  uint64_t seed = 0;
+  int64_t max_new = 16;
+};
+
+json eval_niah(Qwen2Model& model, const Tokenizer& tok, const std::string& path, const NiahSettings& ns,
+               std::string& samples) {
+  const std::vector<std::string> sentences = eval::haystack_sentences(read_text_file(path), path);
+  std::optional<int32_t> eos = model.config().eos_token_id ? std::optional<int32_t>(static_cast<int32_t>(*model.config().eos_token_id))
+                                                           : tok.eos_id();
+  json cells = json::array();
+  double total = 0;
+  int64_t n = 0;
+  EvalProgress bar("niah", static_cast<int64_t>(ns.lengths.size() * ns.depths.size()) * ns.samples);
+  for (int64_t len : ns.lengths) {
+    RT_CHECK(len + ns.max_new <= model.dims().max_positions, "niah: length ", len, " + ", ns.max_new,
+             " generated tokens exceeds the model's max_position_embeddings (", model.dims().max_positions, ")");
+    for (double depth : ns.depths) {
+      double cell = 0;
+      for (int64_t k = 0; k < ns.samples; ++k) {
+        // The same prompt for every backend: seeded by (seed, length, depth, sample).
+        const uint64_t seed = ns.seed * 0x9E3779B97F4A7C15ull ^ (static_cast<uint64_t>(len) << 20) ^
+                              (static_cast<uint64_t>(depth * 100) << 8) ^ static_cast<uint64_t>(k);
+        const eval::NiahPrompt p = eval::build_niah_prompt(tok, sentences, len, depth / 100.0, seed);
+        const std::vector<int32_t> out = eval::greedy_generate(model, p.ids, ns.max_new, eos);
+        const std::string text = tok.decode(out);
+        const bool hit = eval::niah_score(text, p.number);
+        cell += hit;
+        json s;
+        s["length"] = len;
+        s["depth"] = depth;
+        s["sample"] = k;
+        s["prompt_tokens"] = static_cast<int64_t>(p.ids.size());
+        s["depth_actual"] = p.depth_actual * 100;
+        s["key"] = p.key;
+        s["target"] = p.number;
+        s["output"] = text;
+        s["output_ids"] = out;
+        s["score"] = hit ? 1 : 0;
+        samples += s.dump() + "\n";
+        ++n;
+        bar.update(n);
+      }
+      cells.push_back({{"length", len}, {"depth", depth}, {"score", cell / static_cast<double>(ns.samples)}});
+      total += cell;
+    }
+  }
+  json r;
+  r["alias"] = "niah";
+  r["niah,none"] = total / static_cast<double>(n);
+  r["niah_stderr,none"] = "N/A";
+  r["cells"] = cells;
+  r["samples_per_cell"] = ns.samples;
+  return r;
+}
+
 // The headline metric of a task (summary tables).
 std::pair<std::string, double> headline(const std::string& task, const json& r) {
   if (task == "wikitext") return {"word_perplexity", r["word_perplexity,none"].get<double>()};
   if (task == "ppl") return {"token_perplexity", r["token_perplexity,none"].get<double>()};
+  if (task == "niah") return {"retrieval", r["niah,none"].get<double>()};
   return {task == "hellaswag" || task.rfind("arc", 0) == 0 ? "acc_norm" : "acc",
           r[task == "hellaswag" || task.rfind("arc", 0) == 0 ? "acc_norm,none" : "acc,none"].get<double>()};
 }
@@ -202,6 +263,10 @@ void register_eval(CLI::App& app) {
     int64_t stride = 0;
     std::string output;
     std::string png;
+    std::string niah_lengths = "1024,2048,4096,8192,16384,32768";
+    std::string niah_depths = "0,25,50,75,100";
+    int64_t niah_samples = 3;
+    uint64_t niah_seed = 0;
   };
   auto args = std::make_shared<Args>();
   CLI::App* cmd = app.add_subcommand(
@@ -212,6 +277,8 @@ void register_eval(CLI::App& app) {
       "  hellaswag, piqa, arc_challenge, arc_easy   acc and acc_norm (log-likelihood per choice, / characters)\n"
       "  wikitext   word/byte perplexity and bits per byte (rolling log-likelihood, windows of --seq tokens)\n"
       "  ppl        token perplexity of a text file (windows of --seq tokens every --stride tokens)\n"
+      "  niah       needle in a haystack (RULER's single needle) in a text file's sentences, per length and depth;\n"
+      "             greedy generation of 16 tokens, a cell scores when the needle's number appears\n"
       "Outputs: OUTPUT/<backend>/results.json (lm-eval's layout), OUTPUT/<backend>/samples_<task>.jsonl,\n"
       "OUTPUT/summary.csv and summary.md (backends side by side, deltas against the first), --png a bar chart.\n"
       "Example:\n  runtime eval --model runs/l2a/model --attention full_causal,swa,l2a_dense --window 2048 \\\n"
@@ -233,6 +300,13 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--stride", args->stride, "ppl: tokens between window starts (default: --seq)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
   cmd->add_option("--output,-o", args->output, "Output directory")->required();
+  cmd->add_option("--niah-lengths", args->niah_lengths, "niah: context lengths in tokens")->capture_default_str();
+  cmd->add_option("--niah-depths", args->niah_depths, "niah: needle depths in percent of the haystack")
+      ->capture_default_str();
+  cmd->add_option("--niah-samples", args->niah_samples, "niah: seeded samples per (length, depth) cell")
+      ->check(CLI::Range(int64_t{1}, int64_t{1000}))
+      ->capture_default_str();
+  cmd->add_option("--niah-seed", args->niah_seed, "niah: seed of the keys and numbers")->capture_default_str();
   cmd->add_option("--png", args->png, "Bar chart of the summary (runs tools/plot_eval.py; needs matplotlib)");
   cmd->callback([args] {
     const std::vector<std::string> tasks = split_list(args->tasks, ',');
@@ -244,7 +318,7 @@ void register_eval(CLI::App& app) {
       data[d.substr(0, eq)] = d.substr(eq + 1);
     }
     for (const std::string& t : tasks) {
-      RT_CHECK(eval::is_choice_task(t) || t == "wikitext" || t == "ppl", "--tasks: unknown task '", t,
+      RT_CHECK(eval::is_choice_task(t) || t == "wikitext" || t == "ppl" || t == "niah", "--tasks: unknown task '", t,
                "' (known: ", eval::known_tasks(), ")");
       RT_CHECK(data.count(t), "--tasks ", t, ": no data; pass --data ", t, "=FILE");
       check_input_path("--data " + t + "=", data[t], false);
@@ -261,6 +335,21 @@ void register_eval(CLI::App& app) {
     std::filesystem::create_directories(args->output);
     if (!args->png.empty()) check_output_path("--png", args->png);  // may sit in the output directory
 
+    NiahSettings niah;
+    for (const std::string& x : split_list(args->niah_lengths, ',')) {
+      char* end = nullptr;
+      const long long v = std::strtoll(x.c_str(), &end, 10);
+      RT_CHECK(*end == '\0' && v >= 16, "--niah-lengths: '", x, "' is not a length of at least 16 tokens");
+      niah.lengths.push_back(v);
+    }
+    for (const std::string& x : split_list(args->niah_depths, ',')) {
+      char* end = nullptr;
+      const double v = std::strtod(x.c_str(), &end);
+      RT_CHECK(*end == '\0' && v >= 0 && v <= 100, "--niah-depths: '", x, "' is not a depth in [0, 100] percent");
+      niah.depths.push_back(v);
+    }
+    niah.samples = args->niah_samples;
+    niah.seed = args->niah_seed;
     std::vector<std::string> backends = split_list(args->attention_list, ',');
     if (backends.empty()) backends.push_back("");  // the model's own backend
     std::vector<std::pair<std::string, json>> all;  // backend -> results
@@ -294,6 +383,8 @@ void register_eval(CLI::App& app) {
         else if (task == "wikitext")
           r = eval_wikitext(scorer, with_flag("--data wikitext=", file, [&] { return eval::load_wikitext_docs(file, args->limit); }),
                             samples);
+        else if (task == "niah")
+          r = eval_niah(*session->model, *tok, file, niah, samples);
         else
           r = eval_ppl(scorer, *tok, file, max_len, args->stride > 0 ? args->stride : max_len, samples);
         results[task] = r;
@@ -343,7 +434,15 @@ void register_eval(CLI::App& app) {
     write_file_atomic(std::filesystem::path(args->output) / "summary.csv", csv.str());
     write_file_atomic(std::filesystem::path(args->output) / "summary.md", md.str());
     std::cout << md.str();
-    if (!args->png.empty()) run_plot_script("plot_eval.py", (std::filesystem::path(args->output) / "summary.csv").string(), args->png);
+    if (!args->png.empty()) {
+      run_plot_script("plot_eval.py", (std::filesystem::path(args->output) / "summary.csv").string(), args->png);
+      // niah: a depth x length heatmap per backend, next to its results.
+      if (std::find(tasks.begin(), tasks.end(), "niah") != tasks.end())
+        for (const auto& [name, res] : all) {
+          const std::filesystem::path dir = std::filesystem::path(args->output) / name;
+          run_plot_script("plot_niah.py", (dir / "results.json").string(), (dir / "niah.png").string());
+        }
+    }
   });
 }
 

@@ -118,7 +118,7 @@ bool is_choice_task(const std::string& task) {
   return task == "hellaswag" || task == "piqa" || task == "arc_challenge" || task == "arc_easy";
 }
 
-const char* known_tasks() { return "hellaswag, piqa, arc_challenge, arc_easy, wikitext, ppl"; }
+const char* known_tasks() { return "hellaswag, piqa, arc_challenge, arc_easy, wikitext, ppl, niah"; }
 
 std::string hellaswag_preprocess(const std::string& text) {
   std::string s = py_strip(text);

@@ -32,7 +32,7 @@ struct PageDoc {
 };
 
 bool is_choice_task(const std::string& task);
-// The tasks `runtime eval` knows, for messages: "hellaswag, piqa, arc_challenge, arc_easy, wikitext, ppl".
+// The tasks `runtime eval` knows, for messages: "hellaswag, piqa, arc_challenge, arc_easy, wikitext, ppl, niah".
 const char* known_tasks();
 
 // The first `limit` documents (limit < 0: all) of a multiple-choice task.
