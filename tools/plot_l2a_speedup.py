@@ -25,17 +25,11 @@ import json
 import os
 import sys
 
-try:
-    import matplotlib
+from plot_common import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.lines import Line2D
-    from matplotlib.ticker import ScalarFormatter
-except ImportError as e:  # one line saying how to install it, not a traceback
-    why = (str(e).splitlines() or ["cannot import it"])[0]
-    sys.exit(f"error: {os.path.basename(__file__)} needs matplotlib ({why}); install it with "
-             "`pip install matplotlib` or `bash tools/setup.sh --python`")
+plt = pyplot(__file__)
+from matplotlib.lines import Line2D  # noqa: E402 (after the checked import above)
+from matplotlib.ticker import ScalarFormatter  # noqa: E402
 
 PASSES = (("fwd", "forward"), ("fwdbwd", "forward + backward"))
 STYLES = {"official_layer": ("-", "o"), "flex_layer": ("--", "s"), "official_routed": ("-.", "v"),

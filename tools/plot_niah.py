@@ -7,18 +7,11 @@ Each cell is the fraction of the cell's seeded samples whose greedy answer conta
 number (1 = always retrieved).
 """
 import json
-import os
 import sys
 
-try:
-    import matplotlib
+from plot_common import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-except ImportError as e:  # one line saying how to install it, not a traceback
-    why = (str(e).splitlines() or ["cannot import it"])[0]
-    sys.exit(f"error: {os.path.basename(__file__)} needs matplotlib ({why}); install it with "
-             "`pip install matplotlib` or `bash tools/setup.sh --python`")
+plt = pyplot(__file__)
 
 
 def main() -> int:

@@ -7,18 +7,11 @@ Each cell is the fraction of tokens in that layer and position bucket that skipp
 attention (d = 0); the right-hand bar shows each layer's overall sparsity.
 """
 import json
-import os
 import sys
 
-try:
-    import matplotlib
+from plot_common import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-except ImportError as e:  # one line saying how to install it, not a traceback
-    why = (str(e).splitlines() or ["cannot import it"])[0]
-    sys.exit(f"error: {os.path.basename(__file__)} needs matplotlib ({why}); install it with "
-             "`pip install matplotlib` or `bash tools/setup.sh --python`")
+plt = pyplot(__file__)
 
 
 def main() -> int:

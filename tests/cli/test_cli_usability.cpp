@@ -118,7 +118,7 @@ TEST(PlotTools, MissingMatplotlibIsOneLine) {
   const std::string saved = old ? old : "";
   setenv("PYTHONPATH", (tmp / "shim").c_str(), 1);
   write_text(tmp / "in.json", "{}");
-  for (const char* script : {"plot_profile.py", "plot_sparsity.py", "plot_l2a_speedup.py"}) {
+  for (const char* script : {"plot_profile.py", "plot_sparsity.py", "plot_l2a_speedup.py", "plot_eval.py", "plot_niah.py"}) {
     SCOPED_TRACE(script);
     const RunResult r = run_process({"/usr/bin/env", "python3", (fs::path(RT_SOURCE_DIR) / "tools" / script).string(),
                                      (tmp / "in.json").string(), (tmp / "out.png").string()},

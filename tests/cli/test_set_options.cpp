@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "cli/plugin_settings.h"
+#include "test_util.h"
 #include "rt/sdk/error.h"
 
 namespace {
@@ -14,14 +15,7 @@ namespace {
 using rt::Options;
 using rt::SetOption;
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const rt::Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using rt::test::error_of;
 
 TEST(SetOptions, SplitsScopeKeyAndValue) {
   const auto s = rt::parse_set_options({"sparsity=0.8", "l2a_fused.router=fixed_rate", "train.lr=3e-4",

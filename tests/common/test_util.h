@@ -1,6 +1,6 @@
 // Helpers every test area shares (tests/CMakeLists.txt puts tests/common on every test's include
 // path): seeded random inputs, relative errors, rounding through a 16-bit dtype, NaN poisoning,
-// wall-clock timing and EXPECT_THROW_MSG. Header-only, host-only (no CUDA header), namespace
+// wall-clock timing, EXPECT_THROW_MSG and error_of. Header-only, host-only (no CUDA header), namespace
 // rt::test. The per-area headers (backends/cpu_test_util.h, cuda/cuda_test_util.h, ...) build on it.
 #pragma once
 
@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <random>
 #include <string>
@@ -137,6 +138,17 @@ double median_ms(F&& f, S&& sync, int repeats = 5, int warmup = 1) {
   }
   std::sort(t.begin(), t.end());
   return t.size() % 2 ? t[t.size() / 2] : 0.5 * (t[t.size() / 2 - 1] + t[t.size() / 2]);
+}
+
+
+// The message of the rt::Error that f throws, or "" when it throws none.
+inline std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const ::rt::Error& e) {
+    return e.what();
+  }
+  return "";
 }
 
 }  // namespace rt::test

@@ -12,6 +12,7 @@
 #include "eval/eval_tasks.h"
 #include "eval/loglikelihood.h"
 #include "eval/python_text.h"
+#include "test_util.h"
 #include "rt/sdk/error.h"
 
 namespace {
@@ -19,14 +20,7 @@ namespace {
 namespace fs = std::filesystem;
 using namespace rt::eval;
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const rt::Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using rt::test::error_of;
 
 fs::path write_tmp(const std::string& name, const std::string& text) {
   const fs::path p = fs::temp_directory_path() / ("rt_eval_" + std::to_string(::getpid()) + "_" + name);

@@ -13,6 +13,7 @@
 #include <string>
 
 #include "plugin_host/backend_module.h"
+#include "test_util.h"
 #include "rt/sdk/error.h"
 
 namespace {
@@ -21,14 +22,7 @@ namespace fs = std::filesystem;
 const std::string kFakes = RT_TEST_BACKEND_DIR;
 const std::string kRuntime = RT_RUNTIME_EXE;
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const rt::Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using rt::test::error_of;
 
 struct CommandResult {
   int status = -1;

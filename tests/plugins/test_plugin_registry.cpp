@@ -5,6 +5,7 @@
 #include <map>
 
 #include "plugin_host/plugin_registry.h"
+#include "test_util.h"
 #include "rt/sdk/error.h"
 
 namespace {
@@ -12,14 +13,7 @@ namespace {
 const std::string kBin = RT_BIN_DIR;
 const std::string kTestPlugins = RT_TEST_PLUGIN_DIR;
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const rt::Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using rt::test::error_of;
 
 TEST(PluginRegistry, LoadsBuiltinPlugins) {
   rt::PluginRegistry reg;
