@@ -1,7 +1,6 @@
 #include "eval/loglikelihood.h"
 
 #include <algorithm>
-#include <cmath>
 
 #include "eval/python_text.h"
 #include "model/qwen2_model.h"
@@ -71,23 +70,9 @@ Loglikelihood LoglikelihoodScorer::score(const TokenPair& r) {
   const int64_t keep = std::min<int64_t>(static_cast<int64_t>(all.size()), max_length_ + 1);
   std::vector<int32_t> inp(all.end() - keep, all.end() - 1);
   const int64_t n_cont = std::min<int64_t>(ll.tokens, static_cast<int64_t>(inp.size()));
-  Tensor logits = model_.forward(inp, nullptr, /*last_only=*/false);
-  const int64_t T = static_cast<int64_t>(inp.size()), V = logits.view.shape[1];
-  std::vector<float> rows(static_cast<size_t>(n_cont * V));
-  model_.ops().copy(logits.view.rows(T - n_cont, T),
-                    TensorView::contiguous(rows.data(), DType::F32, Device::CPU, {n_cont, V}));
-  for (int64_t i = 0; i < n_cont; ++i) {
-    const float* row = rows.data() + i * V;
-    const int32_t want = r.continuation[static_cast<size_t>(ll.tokens - n_cont + i)];
-    double mx = -INFINITY;
-    int64_t arg = 0;
-    for (int64_t v = 0; v < V; ++v)
-      if (row[v] > mx) mx = row[v], arg = v;
-    double sum = 0;
-    for (int64_t v = 0; v < V; ++v) sum += std::exp(static_cast<double>(row[v]) - mx);
-    ll.logprob += static_cast<double>(row[want]) - mx - std::log(sum);
-    ll.is_greedy = ll.is_greedy && arg == want;
-  }
+  const auto sc = model_.score_targets(inp, std::span<const int32_t>(r.continuation).last(static_cast<size_t>(n_cont)));
+  ll.logprob = sc.logprob;
+  ll.is_greedy = sc.greedy;
   return ll;
 }
 

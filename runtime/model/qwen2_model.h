@@ -74,6 +74,15 @@ class Qwen2Model {
                       TensorView lm_loss);
   // Sum of the token losses of one sequence (no gradients) and the number of predicted tokens.
   double sequence_loss(std::span<const int32_t> ids, int64_t* predicted);
+  // Log-likelihood scoring (runtime eval): the model runs `ids`, and the last targets.size() rows
+  // are scored against `targets` (row t predicts the token after ids[t]): the summed
+  // log-probability, computed on the device by the fused lm-head cross-entropy (no [T, vocab]
+  // logits leave the device), and whether every target is the row's argmax.
+  struct TargetScore {
+    double logprob = 0;
+    bool greedy = true;
+  };
+  TargetScore score_targets(std::span<const int32_t> ids, std::span<const int32_t> targets);
 
  private:
   class LayerParamsView;

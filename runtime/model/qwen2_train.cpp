@@ -150,4 +150,41 @@ double Qwen2Model::sequence_loss(std::span<const int32_t> ids, int64_t* predicte
   return host_doubles(ops_, sum)[0];
 }
 
+
+Qwen2Model::TargetScore Qwen2Model::score_targets(std::span<const int32_t> ids, std::span<const int32_t> targets) {
+  const int64_t T = static_cast<int64_t>(ids.size()), n = static_cast<int64_t>(targets.size());
+  RT_CHECK(n >= 1 && n <= T, "score: ", n, " targets for ", T, " input tokens");
+  Tensor id_dev = upload_ids(ids, 0);
+  Tensor x = ops_.alloc(ops_.accum_dtype(), {T, dims_.hidden});
+  ops_.embedding(weight("model.embed_tokens.weight"), id_dev, x);
+  for (int i = 0; i < dims_.n_layers; ++i) {
+    LayerContext ctx{&dims_, i, &ops_, layers_[i].get()};
+    attention_.forward(ctx, x, nullptr);
+    mlp_forward(ctx, x);
+  }
+  // Only the scored rows go through the head.
+  TensorView rows = x.view.rows(T - n, T);
+  std::vector<int32_t> tgt_host(targets.begin(), targets.end());
+  for (int32_t t : tgt_host)
+    RT_CHECK(t >= 0 && t < dims_.vocab, "score: target token ", t, " is out of range for a vocabulary of ", dims_.vocab);
+  Tensor tgt = ops_.alloc(DType::I32, {n});
+  ops_.copy(TensorView::contiguous(tgt_host.data(), DType::I32, Device::CPU, {n}), tgt);
+  Tensor h = ops_.alloc(ops_.activation_dtype(), {n, dims_.hidden});
+  ops_.rmsnorm(rows, weight("model.norm.weight"), dims_.rms_eps, h);
+  const char* head = config_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+  Tensor losses = ops_.alloc(ops_.accum_dtype(), {n});
+  ops_.lm_head_cross_entropy(h, weight(head), tgt, 1.f, losses, TensorView{}, TensorView{});
+  Tensor sum = ops_.alloc(ops_.accum_dtype(), {1});
+  ops_.fill(sum, 0.f);
+  ops_.reduce_sum(losses, 1, sum);
+  TargetScore r;
+  r.logprob = -host_doubles(ops_, sum)[0];
+  // Greedy: the argmax of each scored row's logits.
+  Tensor logits = ops_.alloc(DType::F32, {n, dims_.vocab});
+  final_logits(rows, logits);
+  for (int64_t i = 0; i < n && r.greedy; ++i)
+    r.greedy = ops_.argmax(logits.view.rows(i, i + 1)) == tgt_host[static_cast<size_t>(i)];
+  return r;
+}
+
 }  // namespace rt
