@@ -71,6 +71,17 @@ std::string read_text_file(const std::string& path) {
   return ss.str();
 }
 
+// Runs f(); its error (which names the file, the line and the field) is prefixed with the flag
+// that gave the file: "--data piqa=FILE:2: missing field 'sol2'".
+template <class F>
+auto data_flag(const std::string& task, F&& f) {
+  try {
+    return f();
+  } catch (const Error& e) {
+    throw Error("--data " + task + "=" + e.what());
+  }
+}
+
 json stderr_json(const std::optional<double>& s) { return s ? json(*s) : json("N/A"); }
 
 // Multiple choice: results and one sample line per document.
@@ -321,7 +332,7 @@ void register_eval(CLI::App& app) {
       RT_CHECK(eval::is_choice_task(t) || t == "wikitext" || t == "ppl" || t == "niah", "--tasks: unknown task '", t,
                "' (known: ", eval::known_tasks(), ")");
       RT_CHECK(data.count(t), "--tasks ", t, ": no data; pass --data ", t, "=FILE");
-      check_input_path("--data " + t + "=", data[t], false);
+      check_input_path("--data " + t, data[t], false);
     }
     for (const auto& [t, f] : data)
       RT_CHECK(std::find(tasks.begin(), tasks.end(), t) != tasks.end(), "--data ", t, "=", f,
@@ -378,10 +389,10 @@ void register_eval(CLI::App& app) {
         const std::string& file = data[task];
         if (eval::is_choice_task(task))
           r = eval_choice(scorer, task,
-                          with_flag("--data " + task + "=", file, [&] { return eval::load_choice_docs(task, file, args->limit); }),
+                          data_flag(task, [&] { return eval::load_choice_docs(task, file, args->limit); }),
                           samples);
         else if (task == "wikitext")
-          r = eval_wikitext(scorer, with_flag("--data wikitext=", file, [&] { return eval::load_wikitext_docs(file, args->limit); }),
+          r = eval_wikitext(scorer, data_flag(task, [&] { return eval::load_wikitext_docs(file, args->limit); }),
                             samples);
         else if (task == "niah")
           r = eval_niah(*session->model, *tok, file, niah, samples);
