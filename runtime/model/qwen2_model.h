@@ -88,6 +88,7 @@ class Qwen2Model {
   class LayerParamsView;
   class LayerGradsView;
   void final_logits(TensorView x_rows, TensorView logits);
+  Tensor hidden_states(std::span<const int32_t> ids);
   Tensor upload_ids(std::span<const int32_t> ids, int64_t pos0);
   Tensor lm_head_loss(TensorView x, std::span<const int32_t> ids, float grad_scale, TensorView dx,
                       const GradMap* grads);

@@ -131,9 +131,10 @@ void Qwen2Model::train_sequence(std::span<const int32_t> ids, const TrainContext
   if (emb != grads.end()) ops_.embedding_backward(id_dev, dx, emb->second);
 }
 
-double Qwen2Model::sequence_loss(std::span<const int32_t> ids, int64_t* predicted) {
+// The residual stream after the last layer (before the final norm), positions from 0, no cache,
+// no gradients: what the scoring paths below share.
+Tensor Qwen2Model::hidden_states(std::span<const int32_t> ids) {
   const int64_t T = static_cast<int64_t>(ids.size());
-  RT_CHECK(T >= 2, "loss: a sequence needs at least 2 tokens, found ", T);
   Tensor id_dev = upload_ids(ids, 0);
   Tensor x = ops_.alloc(ops_.accum_dtype(), {T, dims_.hidden});
   ops_.embedding(weight("model.embed_tokens.weight"), id_dev, x);
@@ -142,6 +143,13 @@ double Qwen2Model::sequence_loss(std::span<const int32_t> ids, int64_t* predicte
     attention_.forward(ctx, x, nullptr);
     mlp_forward(ctx, x);
   }
+  return x;
+}
+
+double Qwen2Model::sequence_loss(std::span<const int32_t> ids, int64_t* predicted) {
+  const int64_t T = static_cast<int64_t>(ids.size());
+  RT_CHECK(T >= 2, "loss: a sequence needs at least 2 tokens, found ", T);
+  Tensor x = hidden_states(ids);
   Tensor losses = lm_head_loss(x, ids, 1.f, TensorView{}, nullptr);
   Tensor sum = ops_.alloc(ops_.accum_dtype(), {1});
   ops_.fill(sum, 0.f);
@@ -154,14 +162,7 @@ double Qwen2Model::sequence_loss(std::span<const int32_t> ids, int64_t* predicte
 Qwen2Model::TargetScore Qwen2Model::score_targets(std::span<const int32_t> ids, std::span<const int32_t> targets) {
   const int64_t T = static_cast<int64_t>(ids.size()), n = static_cast<int64_t>(targets.size());
   RT_CHECK(n >= 1 && n <= T, "score: ", n, " targets for ", T, " input tokens");
-  Tensor id_dev = upload_ids(ids, 0);
-  Tensor x = ops_.alloc(ops_.accum_dtype(), {T, dims_.hidden});
-  ops_.embedding(weight("model.embed_tokens.weight"), id_dev, x);
-  for (int i = 0; i < dims_.n_layers; ++i) {
-    LayerContext ctx{&dims_, i, &ops_, layers_[i].get()};
-    attention_.forward(ctx, x, nullptr);
-    mlp_forward(ctx, x);
-  }
+  Tensor x = hidden_states(ids);
   // Only the scored rows go through the head.
   TensorView rows = x.view.rows(T - n, T);
   std::vector<int32_t> tgt_host(targets.begin(), targets.end());

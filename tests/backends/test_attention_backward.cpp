@@ -36,12 +36,7 @@ struct Case {
   bool causal = true;
   int64_t window = 0, q_pos0 = 0, k_pos0 = 0;
   AttentionSpec spec() const {
-    AttentionSpec s;
-    s.causal = causal;
-    s.window = window;
-    s.q_pos0 = q_pos0;
-    s.k_pos0 = k_pos0;
-    return s;
+    return ::rt::test::attention_spec(causal, window, q_pos0, k_pos0);
   }
   std::string str() const {
     std::ostringstream os;

@@ -232,12 +232,7 @@ struct AttnShape {
   bool causal;
   int64_t window, q_pos0, k_pos0;
   AttentionSpec spec() const {
-    AttentionSpec s;
-    s.causal = causal;
-    s.window = window;
-    s.q_pos0 = q_pos0;
-    s.k_pos0 = k_pos0;
-    return s;
+    return ::rt::test::attention_spec(causal, window, q_pos0, k_pos0);
   }
   // Visible (query, key) pairs per head.
   double pairs() const {

@@ -65,12 +65,7 @@ struct Case {
   int64_t cap() const { return n() + extra; }
   int64_t tk() const { return Tk >= 0 ? Tk : q_pos0 - k_pos0 + T; }
   AttentionSpec dense_spec() const {
-    AttentionSpec s;
-    s.causal = causal;
-    s.window = window;
-    s.q_pos0 = q_pos0;
-    s.k_pos0 = k_pos0;
-    return s;
+    return ::rt::test::attention_spec(causal, window, q_pos0, k_pos0);
   }
   std::string str() const {
     std::ostringstream os;

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "rt/sdk/error.h"
+#include "rt/sdk/ops.h"
 #include "rt/sdk/half.h"
 #include "rt/sdk/tensor.h"
 
@@ -149,6 +150,17 @@ inline std::string error_of(const std::function<void()>& f) {
     return e.what();
   }
   return "";
+}
+
+
+// An AttentionSpec from the four fields the attention tests vary.
+inline ::rt::AttentionSpec attention_spec(bool causal, int64_t window, int64_t q_pos0, int64_t k_pos0) {
+  ::rt::AttentionSpec s;
+  s.causal = causal;
+  s.window = window;
+  s.q_pos0 = q_pos0;
+  s.k_pos0 = k_pos0;
+  return s;
 }
 
 }  // namespace rt::test
