@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Build the tiny Qwen2 parity fixtures under tests/fixtures/models/ with Hugging Face transformers.
+"""Build the tiny Qwen2 / Qwen3 parity fixtures under tests/fixtures/models/ with Hugging Face transformers.
 
     python3 tools/make_fixtures.py            # regenerates everything (deterministic, CPU only)
     python3 tools/make_fixtures.py --check    # regenerate into a temp dir and compare with the tree
@@ -38,6 +38,12 @@ Models (odd sizes on purpose):
                          sliding model (our `--attention swa --window 5`) and for the same weights
                          with full causal attention (our `--attention full_causal`).
 
+    qwen3_hd16           Qwen3 (model_type qwen3: QK-norm, no qkv bias): hidden 48, 4 heads / 2 kv,
+                         head_dim 16 (not hidden / heads = 12), inter 64, 2 layers, vocab 263,
+                         rope_theta 1e6, rms_norm_eps 1e-5, untied, float32
+    qwen3_hd64_bf16      Qwen3: hidden 96, 3 heads / 1 kv (GQA 3), head_dim 64 (the CUDA flash
+                         kernels' head size), inter 64, 2 layers, vocab 160, tied, bfloat16
+
 Inputs: T = 1 and T = 37 random ids for every model (T = 12 too for sliding_window). Greedy
 generation (6 prompt ids, 32 new tokens, HF generate(do_sample=False) in float32, checked against
 a cache-free argmax loop) for gqa_untied_f32, tied_bf16_theta5e6 and sliding_window (sliding).
@@ -62,7 +68,9 @@ import torch
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import transformers  # noqa: E402
-from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
+from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM  # noqa: E402
+
+ARCH = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "qwen3": (Qwen3Config, Qwen3ForCausalLM)}
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT_DIR = ROOT / "tests" / "fixtures" / "models"
@@ -70,8 +78,8 @@ OUT_DIR = ROOT / "tests" / "fixtures" / "models"
 PARITY_TOL = 1e-4          # the C++ tests' tolerance on |out - ref| / |ref|
 MIN_SENSITIVITY = 1e-2     # every checked perturbation must move the logits at least this much
 MIN_GREEDY_MARGIN = 2e-3   # top-1 minus top-2 logit at every greedy step
-MAX_CHECKPOINT_BYTES = {"gqa7_hd64": 1_300_000}  # others: 300 KB
-TOTAL_BYTES_LIMIT = 3_000_000
+MAX_CHECKPOINT_BYTES = {"gqa7_hd64": 1_300_000, "qwen3_hd64_bf16": 400_000}  # others: 300 KB
+TOTAL_BYTES_LIMIT = 3_600_000
 
 
 def rel_err(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
@@ -120,10 +128,36 @@ SPECS = [
         max_position_embeddings=128, rms_norm_eps=1e-6, style="v5", sliding_window=5,
         lengths=[1, 12, 37], generate=True,
     ),
+    dict(
+        name="qwen3_hd16", seed=1006, arch="qwen3", head_dim=16,
+        hidden_size=48, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+        num_hidden_layers=2, vocab_size=263, rope_theta=1e6, tie=False, dtype="float32",
+        max_position_embeddings=128, rms_norm_eps=1e-5, style="v5",
+        lengths=[1, 37], generate=True,
+    ),
+    dict(
+        name="qwen3_hd64_bf16", seed=1007, arch="qwen3", head_dim=64,
+        hidden_size=96, num_attention_heads=3, num_key_value_heads=1, intermediate_size=64,
+        num_hidden_layers=2, vocab_size=160, rope_theta=1e6, tie=True, dtype="bfloat16",
+        max_position_embeddings=128, rms_norm_eps=1e-6, style="v5",
+        lengths=[1, 37], generate=False,
+    ),
 ]
 
 
-def make_config(spec: dict, **over) -> Qwen2Config:
+def arch(spec: dict) -> str:
+    return spec.get("arch", "qwen2")
+
+
+def config_class(spec: dict):
+    return ARCH[arch(spec)][0]
+
+
+def model_class(spec: dict):
+    return ARCH[arch(spec)][1]
+
+
+def make_config(spec: dict, **over):
     sliding = spec.get("sliding_window")
     kw = dict(
         vocab_size=spec["vocab_size"],
@@ -147,12 +181,14 @@ def make_config(spec: dict, **over) -> Qwen2Config:
         use_cache=True,
         attn_implementation="eager",
     )
+    if arch(spec) == "qwen3":
+        kw.update(head_dim=spec["head_dim"], attention_bias=False)
     kw.update(over)
-    return Qwen2Config(**kw)
+    return config_class(spec)(**kw)
 
 
 @torch.no_grad()
-def randomize(model: Qwen2ForCausalLM, seed: int) -> None:
+def randomize(model, seed: int) -> None:
     """Every parameter non-trivial: fan-in scaled weights, random biases, norms around 1."""
     g = torch.Generator().manual_seed(seed)
 
@@ -181,21 +217,22 @@ def randomize(model: Qwen2ForCausalLM, seed: int) -> None:
             raise RuntimeError(f"unexpected parameter {name}")
 
 
-def load_f32(path: Path, config: Qwen2Config | None = None) -> Qwen2ForCausalLM:
+def load_f32(path: Path, config=None, spec: dict | None = None):
     kw = {"config": config} if config is not None else {}
-    m = Qwen2ForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager", **kw)
+    cls = model_class(spec) if spec is not None else Qwen2ForCausalLM
+    m = cls.from_pretrained(path, dtype=torch.float32, attn_implementation="eager", **kw)
     m.eval()
     return m
 
 
 @torch.no_grad()
-def logits_of(model: Qwen2ForCausalLM, ids: list[int]) -> np.ndarray:
+def logits_of(model, ids: list[int]) -> np.ndarray:
     out = model(torch.tensor([ids], dtype=torch.long), use_cache=False).logits[0]
     return out.float().numpy().astype(np.float32)
 
 
 @torch.no_grad()
-def greedy_manual(model: Qwen2ForCausalLM, prompt: list[int], n: int) -> tuple[list[int], float]:
+def greedy_manual(model, prompt: list[int], n: int) -> tuple[list[int], float]:
     """Cache-free greedy loop; returns the new ids and the smallest top-1 - top-2 margin."""
     ids = list(prompt)
     margin = float("inf")
@@ -208,7 +245,7 @@ def greedy_manual(model: Qwen2ForCausalLM, prompt: list[int], n: int) -> tuple[l
 
 
 @torch.no_grad()
-def greedy_hf(model: Qwen2ForCausalLM, prompt: list[int], n: int) -> list[int]:
+def greedy_hf(model, prompt: list[int], n: int) -> list[int]:
     out = model.generate(
         torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
         max_new_tokens=n, do_sample=False, num_beams=1, pad_token_id=model.config.eos_token_id)
@@ -250,7 +287,7 @@ def sensitivities(spec: dict, model_dir: Path, ids: list[int], ref: np.ndarray, 
     out = {}
 
     def variant(label: str, cfg_over: dict | None = None, mutate=None) -> None:
-        cfg = Qwen2Config.from_pretrained(model_dir)
+        cfg = config_class(spec).from_pretrained(model_dir)
         cfg._attn_implementation = "eager"
         for k, v in (cfg_over or {}).items():
             setattr(cfg, k, v)
@@ -258,7 +295,7 @@ def sensitivities(spec: dict, model_dir: Path, ids: list[int], ref: np.ndarray, 
             cfg.use_sliding_window = False
             cfg.sliding_window = None
             cfg.layer_types = ["full_attention"] * cfg.num_hidden_layers
-        m = load_f32(model_dir, cfg)
+        m = load_f32(model_dir, cfg, spec)
         if mutate is not None:
             with torch.no_grad():
                 for name, p in m.named_parameters():
@@ -270,8 +307,12 @@ def sensitivities(spec: dict, model_dir: Path, ids: list[int], ref: np.ndarray, 
     variant("rope_theta_x2", {"rope_parameters": {"rope_theta": 2 * theta, "rope_type": "default"}})
     variant("rms_norm_eps_x10", {"rms_norm_eps": spec["rms_norm_eps"] * 10})
     variant("rms_norm_eps_div10", {"rms_norm_eps": spec["rms_norm_eps"] / 10})
-    variant("no_qkv_bias", mutate=lambda n, p: p.zero_() if n.endswith("bias") else None)
-    variant("no_k_bias", mutate=lambda n, p: p.zero_() if n.endswith("k_proj.bias") else None)
+    if arch(spec) == "qwen2":
+        variant("no_qkv_bias", mutate=lambda n, p: p.zero_() if n.endswith("bias") else None)
+        variant("no_k_bias", mutate=lambda n, p: p.zero_() if n.endswith("k_proj.bias") else None)
+    else:
+        variant("unit_qk_norms", mutate=lambda n, p: p.fill_(1.0) if n.endswith(("q_norm.weight", "k_norm.weight")) else None)
+        variant("unit_k_norm", mutate=lambda n, p: p.fill_(1.0) if n.endswith("k_norm.weight") else None)
     variant("unit_norms", mutate=lambda n, p: p.fill_(1.0) if n.endswith("norm.weight") else None)
     variant("unit_final_norm", mutate=lambda n, p: p.fill_(1.0) if n == "model.norm.weight" else None)
     return out
@@ -285,7 +326,7 @@ def build(spec: dict, out_root: Path) -> dict:
     d.mkdir(parents=True)
 
     torch.manual_seed(spec["seed"])
-    model = Qwen2ForCausalLM(make_config(spec)).eval()
+    model = model_class(spec)(make_config(spec)).eval()
     randomize(model, spec["seed"])
     if spec["tie"]:
         assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
@@ -306,7 +347,7 @@ def build(spec: dict, out_root: Path) -> dict:
         assert "rope_parameters" not in cfg_json and cfg_json["rope_theta"] == spec["rope_theta"]
 
     # What we saved is what we test: reload from disk, in float32.
-    ref_model = load_f32(d)
+    ref_model = load_f32(d, spec=spec)
     assert ref_model.config.rope_parameters["rope_theta"] == spec["rope_theta"], ref_model.config
     in_memory = model.to(dtype).float().eval()
     sliding = spec.get("sliding_window")
@@ -314,12 +355,12 @@ def build(spec: dict, out_root: Path) -> dict:
     if sliding is not None:
         assert ref_model.config.layer_types == ["sliding_attention"] * spec["num_hidden_layers"]
         assert ref_model.config.sliding_window == sliding
-        ccfg = Qwen2Config.from_pretrained(d)
+        ccfg = config_class(spec).from_pretrained(d)
         ccfg._attn_implementation = "eager"
         ccfg.use_sliding_window = False
         ccfg.sliding_window = None
         ccfg.layer_types = ["full_attention"] * ccfg.num_hidden_layers
-        causal_model = load_f32(d, ccfg)
+        causal_model = load_f32(d, ccfg, spec)
     else:
         assert ref_model.config.layer_types == ["full_attention"] * spec["num_hidden_layers"]
 
@@ -346,7 +387,8 @@ def build(spec: dict, out_root: Path) -> dict:
         "generate": [],
         "sensitivity": {},
     }
-    ref["config"]["head_dim"] = spec["hidden_size"] // spec["num_attention_heads"]
+    ref["config"]["head_dim"] = spec.get("head_dim", spec["hidden_size"] // spec["num_attention_heads"])
+    ref["model_type"] = arch(spec)
 
     for T in spec["lengths"]:
         ids = rng.integers(0, spec["vocab_size"], size=T).tolist()
@@ -396,13 +438,14 @@ def build(spec: dict, out_root: Path) -> dict:
                          "swa" if sliding else "full_causal")
     if sliding is not None:
         # same weights, but HF's sliding model vs the config sliding_window = W + 1
-        cfg = Qwen2Config.from_pretrained(d)
+        cfg = config_class(spec).from_pretrained(d)
         cfg._attn_implementation = "eager"
         cfg.sliding_window = sliding + 1
-        sens["window_plus_1"] = rel_err(logits_of(load_f32(d, cfg), base_case["ids"]), base)
+        sens["window_plus_1"] = rel_err(logits_of(load_f32(d, cfg, spec), base_case["ids"]), base)
     ref["sensitivity"].update(sens)
-    must = ["rope_theta_1e4", "rope_theta_x2", "no_qkv_bias", "no_k_bias", "unit_norms",
-            "unit_final_norm"] + (["window_plus_1"] if sliding else [])
+    must = ["rope_theta_1e4", "rope_theta_x2", "unit_norms", "unit_final_norm"] + \
+        (["no_qkv_bias", "no_k_bias"] if arch(spec) == "qwen2" else ["unit_qk_norms", "unit_k_norm"]) + \
+        (["window_plus_1"] if sliding else [])
     if spec["rms_norm_eps"] != 1e-6 or not spec["tie"]:
         must += ["rms_norm_eps_x10"]
     for k in must:

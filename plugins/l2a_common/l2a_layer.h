@@ -109,9 +109,13 @@ class L2aBackendBase : public AttentionBackend {
       for (const auto& pr : proj) {
         const std::string n = pr.name;
         out.push_back({"global_attn." + n + ".weight", {pr.rows, d.hidden}, "copy_of:self_attn." + n + ".weight"});
-        out.push_back({"global_attn." + n + ".bias", {pr.rows}, "copy_of:self_attn." + n + ".bias"});
+        if (d.qkv_bias) out.push_back({"global_attn." + n + ".bias", {pr.rows}, "copy_of:self_attn." + n + ".bias"});
       }
       out.push_back({"global_attn.o_proj.weight", {d.hidden, q}, "copy_of:self_attn.o_proj.weight"});
+      if (d.qk_norm)
+        for (const char* n : {"q_norm", "k_norm"})
+          out.push_back({std::string("global_attn.") + n + ".weight", {d.head_dim},
+                         std::string("copy_of:self_attn.") + n + ".weight"});
     }
     if (router_)
       for (auto& decl : router_->extra_params(d)) out.push_back(decl);
@@ -231,7 +235,7 @@ class L2aBackendBase : public AttentionBackend {
     local.x_in = ops.alloc(x.dtype, {T, d.hidden});
     ops.copy(x, local.x_in);
     local.h = normed(ctx, x, local_.norm);
-    local.qkv = project_qkv(ctx, local_, local.h, 0);
+    local.qkv = project_qkv(ctx, local_, local.h, 0, TensorView{}, TensorView{}, /*keep_raw=*/true);
     r = route(ctx, local.h, 0, true, tc.step);
     local.o = ops.alloc(ops.activation_dtype(), {T, d.n_heads, d.head_dim});
     local.lse = ops.alloc(ops.accum_dtype(), {d.n_heads, T});
@@ -249,7 +253,7 @@ class L2aBackendBase : public AttentionBackend {
     const int64_t T = dx.shape[0];
     Tensor dh = ops.alloc(ops.accum_dtype(), {T, d.hidden});
     ops.fill(dh, 0.f);
-    project_qkv_backward(ctx, local_, local.h, g.q, g.k, g.v, 0, dh, grads);
+    project_qkv_backward(ctx, local_, local.h, local.qkv, g.q, g.k, g.v, 0, dh, grads);
     Tensor dh_router = router_backward(ctx, local.h, r, dgate, grads, tc, T);
     if (dh_router.view.data) ops.add(dh, dh_router, dh);
     ops.rmsnorm_backward(local.x_in, ctx.params->get(local_.norm), d.rms_eps, dh, dx, grads.get(local_.norm));

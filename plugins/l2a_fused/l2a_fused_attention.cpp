@@ -47,6 +47,7 @@ struct GlobalRouted {
   Tensor q, o;    // routed rows [T, Hq, D] (rows past the count: zeros)
   Tensor lse;     // [Hq, T]
   Tensor k, v;    // every token [T, Hkv, D], after RoPE
+  Tensor q_raw, k_raw;  // QK-norm models, training: q and k before the norm
   Tensor a;       // o_proj output of the routed rows [T, hidden] (the gate's gradient reads it)
 };
 
@@ -220,9 +221,24 @@ class FusedL2aAttention final : public L2aBackendBase {
     const KvCache::Rows in_cache = cache ? cache->rows_in_place(T, 0) : KvCache::Rows{};
     g.k = in_cache.k.data ? Tensor{in_cache.k, nullptr} : ops.alloc(act, {T, d.n_kv_heads, d.head_dim});
     g.v = in_cache.v.data ? Tensor{in_cache.v, nullptr} : ops.alloc(act, {T, d.n_kv_heads, d.head_dim});
-    ops.linear(h2, p.get(pre + "k_proj.weight"), p.get(pre + "k_proj.bias"), g.k.view.reshaped({T, KD}));
+    // Projection (then Qwen3's QK-norm over each head, into `out`), keeping the pre-norm values
+    // for the backward when training.
+    auto project = [&](TensorView in, const char* name, const char* norm, int64_t heads, Tensor& out, Tensor& raw) {
+      const TensorView w = p.get(pre + name + ".weight");
+      const TensorView b = d.qkv_bias ? p.get(pre + name + ".bias") : TensorView{};
+      if (!d.qk_norm) {
+        ops.linear(in, w, b, out.view.reshaped({T, heads * d.head_dim}));
+        return;
+      }
+      Tensor pre_norm = ops.alloc(act, {T, heads, d.head_dim});
+      ops.linear(in, w, b, pre_norm.view.reshaped({T, heads * d.head_dim}));
+      ops.rmsnorm(pre_norm, p.get(pre + norm + ".weight"), d.rms_eps, out);
+      if (training) raw = pre_norm;
+    };
+    project(h2, "k_proj", "k_norm", d.n_kv_heads, g.k, g.k_raw);
     ops.rope(g.k, pos0, theta);
-    ops.linear(h2, p.get(pre + "v_proj.weight"), p.get(pre + "v_proj.bias"), g.v.view.reshaped({T, KD}));
+    ops.linear(h2, p.get(pre + "v_proj.weight"), d.qkv_bias ? p.get(pre + "v_proj.bias") : TensorView{},
+               g.v.view.reshaped({T, KD}));
     TensorView keys = g.k, values = g.v;
     int64_t k_pos0 = 0;
     if (cache) {
@@ -234,7 +250,7 @@ class FusedL2aAttention final : public L2aBackendBase {
     g.hq = ops.alloc(act, {T, d.hidden});
     ops.gather_rows(h2, g.rs.index, g.rs.count, g.hq);
     g.q = ops.alloc(act, {T, d.n_heads, d.head_dim});
-    ops.linear(g.hq, p.get(pre + "q_proj.weight"), p.get(pre + "q_proj.bias"), g.q.view.reshaped({T, HD}));
+    project(g.hq, "q_proj", "q_norm", d.n_heads, g.q, g.q_raw);
     ops.rope_rows(g.q, g.rs.index, g.rs.count, pos0, theta, /*backward=*/false);
     AttentionSpec spec = routed_spec(ctx, g.rs, pos0);
     spec.k_pos0 = k_pos0;
@@ -283,10 +299,16 @@ class FusedL2aAttention final : public L2aBackendBase {
     ops.rope_rows(dq, idx, cnt, 0, theta, /*backward=*/true);
     ops.rope_backward(dk, 0, theta);
 
+    if (d.qk_norm) {
+      dq = head_norm_backward(ctx, pre + "q_norm.weight", g.q_raw, dq, grads);
+      dk = head_norm_backward(ctx, pre + "k_norm.weight", g.k_raw, dk, grads);
+    }
+    auto bias_grad = [&](const std::string& b) { return d.qkv_bias ? grads.get(b) : TensorView{}; };
+
     Tensor dhr = ops.alloc(acc, {T, d.hidden});
     ops.fill(dhr, 0.f);
     const std::string wq = pre + "q_proj.weight", bq = pre + "q_proj.bias";
-    ops.linear_backward(g.hq, p.get(wq), dq.view.reshaped({T, HD}), dhr, grads.get(wq), grads.get(bq), true);
+    ops.linear_backward(g.hq, p.get(wq), dq.view.reshaped({T, HD}), dhr, grads.get(wq), bias_grad(bq), true);
     Tensor dh2 = ops.alloc(acc, {T, d.hidden});
     ops.fill(dh2, 0.f);
     ops.scatter_add_rows(dhr, idx, cnt, dh2);
@@ -296,7 +318,7 @@ class FusedL2aAttention final : public L2aBackendBase {
     } kv[] = {{"k_proj", &dk}, {"v_proj", &dv}};
     for (const auto& part : kv) {
       const std::string w = pre + part.name + ".weight", b = pre + part.name + ".bias";
-      ops.linear_backward(g.h2, p.get(w), part.grad->view.reshaped({T, KD}), dh2, grads.get(w), grads.get(b), true);
+      ops.linear_backward(g.h2, p.get(w), part.grad->view.reshaped({T, KD}), dh2, grads.get(w), bias_grad(b), true);
     }
     return dh2;
   }

@@ -109,6 +109,60 @@ void check_rope_kind(const std::string& what, const char* field, const json& rop
   }
 }
 
+// l2a_qwen3: every layer is an L2A layer in the paper layout, with a sliding window of
+// `sliding_window` keys (whatever use_sliding_window says: that switch is the base model's) and the
+// router z = sigmoid_linear(input_layernorm_global(x1)), routed iff z >= sigmoid_temp *
+// logit(sigmoid_threshold) -- exactly the linear_sigmoid router with tau = sigmoid_temp. The runtime's
+// L2A backends read their options from the "l2a" section, which is derived here (or, when the file
+// has one, as in a model this runtime exported, checked against these fields).
+void parse_official_l2a(const Fields& f, HfConfig& c) {
+  const std::string& what = f.what();
+  HfConfig::OfficialL2a o;
+  o.sliding_window = f.opt_int("sliding_window").value_or(4095);
+  if (o.sliding_window <= 0)
+    fail(what, ": field \"sliding_window\" (the L2A local window) must be positive, found ", o.sliding_window);
+  o.sigmoid_temp = f.opt_num("sigmoid_temp").value_or(1.0);
+  check_positive_finite(what, "sigmoid_temp", o.sigmoid_temp);
+  o.sigmoid_threshold = f.opt_num("sigmoid_threshold").value_or(0.5);
+  if (!(o.sigmoid_threshold > 0 && o.sigmoid_threshold < 1))
+    fail(what, ": field \"sigmoid_threshold\" must be in (0, 1), found ", o.sigmoid_threshold);
+  const std::string input = f.opt_str("sig_input_type").value_or("hidden_linearproj");
+  if (input != "hidden_linearproj")
+    fail(what, ": sig_input_type \"", input,
+         "\" is not supported (supported: \"hidden_linearproj\", the learned linear router sigmoid_linear)");
+  if (!f.opt_bool("sigmoid_linear", true))
+    fail(what, ": sigmoid_linear = false (a router without weights, on the mean of the hidden state) is not "
+               "supported; this runtime runs the learned linear router (sigmoid_linear = true)");
+  c.official_l2a = o;
+
+  nlohmann::json derived = {{"layout", "paper"},
+                            {"window", o.sliding_window},
+                            {"tau", o.sigmoid_temp},
+                            {"threshold", o.sigmoid_threshold},
+                            {"router", "linear_sigmoid"}};
+  auto it = c.raw.find("l2a");
+  if (it == c.raw.end() || it->is_null()) {
+    c.raw["l2a"] = derived;
+    return;
+  }
+  if (!it->is_object()) fail(what, ": field \"l2a\" must be an object, found ", json_type_name(*it));
+  // A section this runtime wrote next to the official fields: both must describe the same model.
+  for (const auto& [key, value] : derived.items()) {
+    auto mine = it->find(key);
+    if (mine == it->end() || mine->is_null()) {
+      (*it)[key] = value;
+      continue;
+    }
+    const bool same = value.is_number() ? mine->is_number() && mine->get<double>() == value.get<double>()
+                                        : *mine == value;
+    if (!same)
+      fail(what, ": l2a.", key, " = ", json_brief(*mine), " contradicts the official field it mirrors (",
+           key == "window" ? "sliding_window" : key == "tau" ? "sigmoid_temp" : key == "threshold" ? "sigmoid_threshold"
+                                                                                                 : "model_type l2a_qwen3",
+           " gives ", json_brief(value), ")");
+  }
+}
+
 }  // namespace
 
 HfConfig parse_hf_config_text(const std::string& text, const std::string& what) {
@@ -119,10 +173,22 @@ HfConfig parse_hf_config_text(const std::string& text, const std::string& what) 
   const Fields f(c.raw, what);
 
   auto model_type = f.opt_str("model_type");
-  if (!model_type) fail(what, ": missing required field \"model_type\" (supported: \"qwen2\")");
-  if (*model_type != "qwen2")
-    fail(what, ": model_type \"", *model_type, "\" is not supported (supported: \"qwen2\", i.e. Qwen2 and Qwen2.5)");
+  if (!model_type) fail(what, ": missing required field \"model_type\" (supported: \"qwen2\", \"qwen3\", \"l2a_qwen3\")");
+  if (*model_type != "qwen2" && *model_type != "qwen3" && *model_type != "l2a_qwen3")
+    fail(what, ": model_type \"", *model_type,
+         "\" is not supported (supported: \"qwen2\" for Qwen2 and Qwen2.5, \"qwen3\", and \"l2a_qwen3\" for the "
+         "official L2A release)");
   c.model_type = *model_type;
+  const bool qwen3 = c.model_type != "qwen2";
+  c.qk_norm = qwen3;
+  // Qwen2 always has q/k/v biases (its config has no switch); Qwen3's attention_bias also puts a
+  // bias on o_proj, which this runtime's o_proj (bias-free, as in Qwen2) does not have.
+  if (qwen3) {
+    c.qkv_bias = f.opt_bool("attention_bias", false);
+    if (c.qkv_bias)
+      fail(what, ": attention_bias = true is not supported for model_type \"", c.model_type,
+           "\" (it adds biases to q/k/v and o_proj; released Qwen3 models have none)");
+  }
 
   c.hidden_size = f.req_int("hidden_size");
   c.intermediate_size = f.req_int("intermediate_size");
@@ -151,6 +217,8 @@ HfConfig parse_hf_config_text(const std::string& text, const std::string& what) 
   if (auto hd = f.opt_int("head_dim")) {
     check_positive(what, "head_dim", *hd);
     c.head_dim = *hd;
+  } else if (qwen3) {
+    c.head_dim = 128;  // Qwen3Config's default: not hidden_size / num_attention_heads
   } else {
     if (c.hidden_size % c.num_attention_heads != 0)
       fail(what, ": hidden_size (", c.hidden_size, ") is not divisible by num_attention_heads (",
@@ -216,6 +284,8 @@ HfConfig parse_hf_config_text(const std::string& text, const std::string& what) 
       c.layer_types.push_back(c.sliding_window > 0 && i >= c.max_window_layers ? "sliding_attention"
                                                                               : "full_attention");
   }
+
+  if (c.model_type == "l2a_qwen3") parse_official_l2a(f, c);
 
   // transformers 5 writes "dtype"; transformers 4 wrote "torch_dtype".
   c.torch_dtype = f.opt_str("dtype").value_or(f.opt_str("torch_dtype").value_or(""));

@@ -27,12 +27,16 @@ std::vector<ExpectedTensor> qwen2_expected_tensors(const HfConfig& c) {
     const std::string p = "model.layers." + std::to_string(i) + ".";
     out.push_back({p + "input_layernorm.weight", {d}});
     out.push_back({p + "self_attn.q_proj.weight", {q, d}});
-    out.push_back({p + "self_attn.q_proj.bias", {q}});
+    if (c.qkv_bias) out.push_back({p + "self_attn.q_proj.bias", {q}});
     out.push_back({p + "self_attn.k_proj.weight", {kv, d}});
-    out.push_back({p + "self_attn.k_proj.bias", {kv}});
+    if (c.qkv_bias) out.push_back({p + "self_attn.k_proj.bias", {kv}});
     out.push_back({p + "self_attn.v_proj.weight", {kv, d}});
-    out.push_back({p + "self_attn.v_proj.bias", {kv}});
+    if (c.qkv_bias) out.push_back({p + "self_attn.v_proj.bias", {kv}});
     out.push_back({p + "self_attn.o_proj.weight", {d, q}});
+    if (c.qk_norm) {
+      out.push_back({p + "self_attn.q_norm.weight", {c.head_dim}});
+      out.push_back({p + "self_attn.k_norm.weight", {c.head_dim}});
+    }
     out.push_back({p + "post_attention_layernorm.weight", {d}});
     out.push_back({p + "mlp.gate_proj.weight", {ff, d}});
     out.push_back({p + "mlp.up_proj.weight", {ff, d}});

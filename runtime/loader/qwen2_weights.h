@@ -16,8 +16,9 @@ struct ExpectedTensor {
   std::vector<int64_t> shape;
 };
 
-// In model order: embed_tokens; per layer input_layernorm, q/k/v (weight, bias), o_proj,
-// post_attention_layernorm, gate/up/down; model.norm; lm_head unless tie_word_embeddings.
+// In model order: embed_tokens; per layer input_layernorm, q/k/v (weight, and bias for Qwen2), o_proj,
+// q_norm/k_norm (Qwen3), post_attention_layernorm, gate/up/down; model.norm; lm_head unless
+// tie_word_embeddings.
 std::vector<ExpectedTensor> qwen2_expected_tensors(const HfConfig& cfg);
 
 struct Qwen2WeightReport {

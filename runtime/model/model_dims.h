@@ -18,6 +18,8 @@ inline ModelDims dims_from_config(const HfConfig& c) {
   d.max_positions = c.max_position_embeddings;
   d.rope_theta = c.rope_theta;
   d.rms_eps = static_cast<float>(c.rms_norm_eps);
+  d.qk_norm = c.qk_norm;
+  d.qkv_bias = c.qkv_bias;
   return d;
 }
 

@@ -1,5 +1,6 @@
 #include "model/qwen2_model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -121,6 +122,8 @@ void Qwen2Model::create_extra_params(const WeightStore* store) {
     for (int64_t s : decl.shape) numel *= s;
     std::vector<int> from_init;  // layers whose parameter comes from the init rule
     for (size_t li = 0; li < layers_.size(); ++li) {
+      if (!decl.layers.empty() && std::find(decl.layers.begin(), decl.layers.end(), static_cast<int>(li)) == decl.layers.end())
+        continue;
       const auto& layer = layers_[li];
       const std::string full = layer->prefix() + decl.name;
       if (const WeightInfo* stored = store ? store->find(full) : nullptr) {

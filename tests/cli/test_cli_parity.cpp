@@ -1,5 +1,5 @@
 // Parity of the `runtime` CLI with Hugging Face transformers on the tiny fixture checkpoints made
-// by tools/make_fixtures.py: logits (relative Frobenius error < 1e-4 in float32) and greedy
+// by tools/make_fixtures.py (Qwen2 and Qwen3): logits (relative Frobenius error < 1e-4 in float32) and greedy
 // generation (identical token ids). The cases are read from each fixture's reference.json.
 #include <gtest/gtest.h>
 
@@ -40,7 +40,7 @@ void PrintTo(const LogitsCase& c, std::ostream* os) { *os << c.model << "/" << c
 void PrintTo(const GenerateCase& c, std::ostream* os) { *os << c.model << "/" << c.name; }
 
 const std::vector<std::string> kModels = {"gqa_untied_f32", "tied_bf16_theta5e6", "sharded_f16", "gqa7_hd64",
-                                          "sliding_window"};
+                                          "sliding_window", "qwen3_hd16",         "qwen3_hd64_bf16"};
 
 std::string str_or_empty(const nlohmann::json& j, const char* key) {
   return j.contains(key) && j[key].is_string() ? j[key].get<std::string>() : std::string();

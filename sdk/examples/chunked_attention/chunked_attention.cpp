@@ -2,10 +2,12 @@
 // into chunks of C positions; a query sees the keys of its own chunk up to itself.
 //
 // It shows what a plugin does with only the SDK: declare capabilities, read options, call Ops
-// for norm, projections, RoPE and attention, and register itself in one line at the bottom.
+// for the norm and attention, reuse the SDK's q/k/v projection (project_qkv: biases, Qwen3's
+// QK-norm and RoPE as the model has them), and register itself in one line at the bottom.
 // Prefill/training only: it declares no decode support, so `runtime generate` refuses it.
 #include <cmath>
 
+#include "rt/sdk/attention_sublayer.h"
 #include "rt/sdk/plugin.h"
 
 namespace {
@@ -32,18 +34,13 @@ class ChunkedAttention final : public rt::AttentionBackend {
     const rt::ModelDims& d = *ctx.dims;
     const rt::LayerParams& p = *ctx.params;
     const int64_t T = x.shape[0];
-    const int64_t qdim = d.n_heads * d.head_dim, kvdim = d.n_kv_heads * d.head_dim;
+    const int64_t qdim = d.n_heads * d.head_dim;
 
     rt::Tensor h = ops.alloc(rt::DType::F32, {T, d.hidden});
     ops.rmsnorm(x, p.get("input_layernorm.weight"), d.rms_eps, h);
-    rt::Tensor q = ops.alloc(rt::DType::F32, {T, d.n_heads, d.head_dim});
-    rt::Tensor k = ops.alloc(rt::DType::F32, {T, d.n_kv_heads, d.head_dim});
-    rt::Tensor v = ops.alloc(rt::DType::F32, {T, d.n_kv_heads, d.head_dim});
-    ops.linear(h, p.get("self_attn.q_proj.weight"), p.get("self_attn.q_proj.bias"), q.view.reshaped({T, qdim}));
-    ops.linear(h, p.get("self_attn.k_proj.weight"), p.get("self_attn.k_proj.bias"), k.view.reshaped({T, kvdim}));
-    ops.linear(h, p.get("self_attn.v_proj.weight"), p.get("self_attn.v_proj.bias"), v.view.reshaped({T, kvdim}));
-    ops.rope(q, 0, d.rope_theta);
-    ops.rope(k, 0, d.rope_theta);
+    // q [T, Hq, D], k, v [T, Hkv, D] from self_attn.{q,k,v}_proj, at positions 0..T-1.
+    const rt::Qkv qkv = rt::project_qkv(ctx, rt::AttentionSublayerSpec{}, h, /*pos0=*/0);
+    const rt::TensorView q = qkv.q, k = qkv.k, v = qkv.v;
 
     // Each chunk is an independent causal attention problem.
     rt::Tensor o = ops.alloc(rt::DType::F32, {T, d.n_heads, d.head_dim});
@@ -51,7 +48,7 @@ class ChunkedAttention final : public rt::AttentionBackend {
       const int64_t c1 = std::min(T, c0 + chunk_);
       rt::AttentionSpec spec;
       spec.q_pos0 = spec.k_pos0 = c0;
-      ops.attention(q.view.rows(c0, c1), k.view.rows(c0, c1), v.view.rows(c0, c1), o.view.rows(c0, c1), spec);
+      ops.attention(q.rows(c0, c1), k.rows(c0, c1), v.rows(c0, c1), o.view.rows(c0, c1), spec);
     }
     rt::Tensor a = ops.alloc(rt::DType::F32, {T, d.hidden});
     ops.linear(o.view.reshaped({T, qdim}), p.get("self_attn.o_proj.weight"), rt::TensorView{}, a);

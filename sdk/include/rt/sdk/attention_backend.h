@@ -31,6 +31,10 @@ struct ModelDims {
   int64_t max_positions = 0;
   double rope_theta = 10000.0;
   float rms_eps = 1e-6f;
+  // Qwen3: an RMSNorm over head_dim on every head of q and k before RoPE (self_attn.q_norm /
+  // k_norm, weight [head_dim]), and q/k/v projections without bias. Qwen2: no norm, biases.
+  bool qk_norm = false;
+  bool qkv_bias = true;
 };
 
 // A parameter the backend needs beyond the base model, created by the runtime at load time
@@ -40,6 +44,7 @@ struct ParamDecl {
   std::string name;
   std::vector<int64_t> shape;
   std::string init;
+  std::vector<int> layers;  // the layers that have it; empty: every layer
 };
 
 // The weights of one decoder layer, looked up by their Hugging Face names relative to the layer

@@ -154,10 +154,12 @@ inline double attention_sublayer_flops(const ModelDims& d, int64_t T, int64_t wi
   return proj + 4.0 * visible_pairs(T, window) * d.head_dim * d.n_heads;
 }
 
-// q [T, Hq, D], k, v [T, Hkv, D] of h [T, hidden] through the projections under `prefix`, RoPE
-// applied to q and k (positions pos0..).
+// q [T, Hq, D], k, v [T, Hkv, D] of h [T, hidden] through the projections under `prefix`, QK-norm
+// (Qwen3) and RoPE applied to q and k (positions pos0..). q_raw, k_raw: q and k before the norm, kept
+// for the backward when asked (keep_raw) on a QK-norm model; empty otherwise.
 struct Qkv {
   Tensor q, k, v;
+  Tensor q_raw, k_raw;
 };
 
 inline double sublayer_theta(const ModelDims& d, const AttentionSublayerSpec& spec) {
@@ -174,23 +176,25 @@ inline AttentionSpec sublayer_attention_spec(const ModelDims& d, const Attention
   return as;
 }
 
-// The q/k/v projection weights and biases under spec.prefix, and the same as one [(Hq + 2 Hkv) D, hidden]
-// matrix and vector when the model stores them as consecutive rows of one buffer (stacked_rows;
-// empty views otherwise).
+// The q/k/v projection weights (and biases, on a model with them) under spec.prefix, and the same
+// as one [(Hq + 2 Hkv) D, hidden] matrix (and vector) when the model stores them as consecutive rows
+// of one buffer (stacked_rows; empty views otherwise).
 struct QkvWeights {
   TensorView w[3], b[3];
   TensorView w_all, b_all;
-  bool stacked() const { return w_all.data && b_all.data; }
+  bool has_bias = true;
+  bool stacked() const { return w_all.data && (!has_bias || b_all.data); }
 };
-inline QkvWeights qkv_weights(const LayerParams& p, const AttentionSublayerSpec& spec) {
+inline QkvWeights qkv_weights(const LayerParams& p, const ModelDims& d, const AttentionSublayerSpec& spec) {
   QkvWeights r;
+  r.has_bias = d.qkv_bias;
   const char* names[3] = {"q_proj", "k_proj", "v_proj"};
   for (int i = 0; i < 3; ++i) {
     r.w[i] = p.get(spec.prefix + names[i] + ".weight");
-    r.b[i] = p.get(spec.prefix + names[i] + ".bias");
+    if (r.has_bias) r.b[i] = p.get(spec.prefix + names[i] + ".bias");
   }
   r.w_all = stacked_rows({r.w[0], r.w[1], r.w[2]});
-  r.b_all = stacked_rows({r.b[0], r.b[1], r.b[2]});
+  if (r.has_bias) r.b_all = stacked_rows({r.b[0], r.b[1], r.b[2]});
   return r;
 }
 
@@ -215,10 +219,27 @@ inline Tensor fused_qkv_projection(Ops& ops, const QkvWeights& qw, TensorView h)
   return qkv;
 }
 
+// Heads [T, heads, D] of a [T, columns] projection output starting at column col0 (a strided view).
+inline TensorView head_columns(TensorView qkv, int64_t col0, int64_t heads, int64_t D) {
+  return Ops::qkv_heads(qkv, col0, TensorView::contiguous(nullptr, qkv.dtype, qkv.device, {1, heads, D}));
+}
+
+// Qwen3's QK-norm on the q and k heads of a fused projection output qkv [T, (Hq + 2 Hkv) D], in place
+// (RMSNorm over head_dim of every head, weights spec.prefix + q_norm / k_norm). No-op without it.
+inline void qk_norm_in_place(const LayerContext& ctx, const AttentionSublayerSpec& spec, TensorView qkv) {
+  const ModelDims& d = *ctx.dims;
+  if (!d.qk_norm) return;
+  const TensorView q = head_columns(qkv, 0, d.n_heads, d.head_dim);
+  const TensorView k = head_columns(qkv, d.n_heads * d.head_dim, d.n_kv_heads, d.head_dim);
+  ctx.ops->rmsnorm(q, ctx.params->get(spec.prefix + "q_norm.weight"), d.rms_eps, q);
+  ctx.ops->rmsnorm(k, ctx.params->get(spec.prefix + "k_norm.weight"), d.rms_eps, k);
+}
+
 // k_dst, v_dst: where k and v go when given (KV-cache rows, KvCache::rows_in_place); otherwise
-// they are allocated. With stacked weights this is one GEMM plus one split-and-rotate pass.
+// they are allocated. With stacked weights this is one GEMM (plus the QK-norm) and one
+// split-and-rotate pass.
 inline Qkv project_qkv(const LayerContext& ctx, const AttentionSublayerSpec& spec, TensorView h, int64_t pos0,
-                       TensorView k_dst = TensorView{}, TensorView v_dst = TensorView{}) {
+                       TensorView k_dst = TensorView{}, TensorView v_dst = TensorView{}, bool keep_raw = false) {
   Ops& ops = *ctx.ops;
   const ModelDims& d = *ctx.dims;
   const int64_t T = h.shape[0];
@@ -227,27 +248,37 @@ inline Qkv project_qkv(const LayerContext& ctx, const AttentionSublayerSpec& spe
     return dst.data ? Tensor{dst, nullptr} : ops.alloc(act, {T, d.n_kv_heads, d.head_dim});
   };
   Qkv r{ops.alloc(act, {T, d.n_heads, d.head_dim}), kv_out(k_dst), kv_out(v_dst)};
-  const QkvWeights qw = qkv_weights(*ctx.params, spec);
+  const QkvWeights qw = qkv_weights(*ctx.params, d, spec);
   const double theta = sublayer_theta(d, spec);
-  if (qw.stacked()) {
-    Tensor qkv = fused_qkv_projection(ops, qw, h);
-    ops.qkv_rope_split(qkv, pos0, theta, r.q, r.k, r.v);
-    return r;
+  Tensor qkv = fused_qkv_projection(ops, qw, h);
+  if (d.qk_norm && keep_raw) {
+    r.q_raw = ops.alloc(act, {T, d.n_heads, d.head_dim});
+    r.k_raw = ops.alloc(act, {T, d.n_kv_heads, d.head_dim});
+    ops.copy(head_columns(qkv, 0, d.n_heads, d.head_dim), r.q_raw);
+    ops.copy(head_columns(qkv, d.n_heads * d.head_dim, d.n_kv_heads, d.head_dim), r.k_raw);
   }
-  Tensor* outs[3] = {&r.q, &r.k, &r.v};
-  for (int i = 0; i < 3; ++i)
-    ops.linear(h, qw.w[i], qw.b[i], outs[i]->view.reshaped({T, outs[i]->view.shape[1] * d.head_dim}));
-  ops.rope(r.q, pos0, theta);
-  ops.rope(r.k, pos0, theta);
+  qk_norm_in_place(ctx, spec, qkv);
+  ops.qkv_rope_split(qkv, pos0, theta, r.q, r.k, r.v);
   return r;
 }
 
-// Backward of project_qkv: dq, dk, dv are the gradients of the roped q, k (consumed: rotated back
-// in place) and of v. dh += their pull-back through the projections; weight and bias gradients
-// go to grads (frozen ones are skipped).
-inline void project_qkv_backward(const LayerContext& ctx, const AttentionSublayerSpec& spec, TensorView h,
-                                 TensorView dq, TensorView dk, TensorView dv, int64_t pos0, TensorView dh,
+// Backward of Qwen3's QK-norm of one of q, k: dx_raw = the pull-back of dx (the gradient of the
+// normed heads) through RMSNorm(x_raw) * w; the weight's gradient goes to grads.
+inline Tensor head_norm_backward(const LayerContext& ctx, const std::string& weight, TensorView x_raw, TensorView dx,
                                  const LayerGrads& grads) {
+  Ops& ops = *ctx.ops;
+  Tensor dx_raw = ops.alloc(dx.dtype, {x_raw.shape[0], x_raw.shape[1], x_raw.shape[2]});
+  ops.fill(dx_raw, 0.f);
+  ops.rmsnorm_backward(x_raw, ctx.params->get(weight), ctx.dims->rms_eps, dx, dx_raw, grads.get(weight));
+  return dx_raw;
+}
+
+// Backward of project_qkv (run with keep_raw on a QK-norm model): dq, dk, dv are the gradients of
+// the roped q, k (consumed: rotated back in place) and of v. dh += their pull-back through the
+// QK-norm and the projections; weight and bias gradients go to grads (frozen ones are skipped).
+inline void project_qkv_backward(const LayerContext& ctx, const AttentionSublayerSpec& spec, TensorView h,
+                                 const Qkv& fwd, TensorView dq, TensorView dk, TensorView dv, int64_t pos0,
+                                 TensorView dh, const LayerGrads& grads) {
   Ops& ops = *ctx.ops;
   const ModelDims& d = *ctx.dims;
   const LayerParams& p = *ctx.params;
@@ -255,6 +286,15 @@ inline void project_qkv_backward(const LayerContext& ctx, const AttentionSublaye
   const double theta = sublayer_theta(d, spec);
   ops.rope_backward(dq, pos0, theta);
   ops.rope_backward(dk, pos0, theta);
+  Tensor dq_raw, dk_raw;
+  if (d.qk_norm) {
+    RT_CHECK(fwd.q_raw.view.data && fwd.k_raw.view.data,
+             "project_qkv_backward: a QK-norm model needs the forward's q_raw/k_raw (project_qkv with keep_raw)");
+    dq_raw = head_norm_backward(ctx, spec.prefix + "q_norm.weight", fwd.q_raw, dq, grads);
+    dk_raw = head_norm_backward(ctx, spec.prefix + "k_norm.weight", fwd.k_raw, dk, grads);
+    dq = dq_raw.view;
+    dk = dk_raw.view;
+  }
   const struct {
     const char* name;
     TensorView g;
@@ -264,8 +304,8 @@ inline void project_qkv_backward(const LayerContext& ctx, const AttentionSublaye
                {"v_proj", dv, d.n_kv_heads * d.head_dim}};
   for (const auto& part : parts) {
     const std::string w = spec.prefix + part.name + ".weight", b = spec.prefix + part.name + ".bias";
-    ops.linear_backward(h, p.get(w), part.g.reshaped({T, part.width}), dh, grads.get(w), grads.get(b),
-                        /*accumulate_dx=*/true);
+    ops.linear_backward(h, p.get(w), part.g.reshaped({T, part.width}), dh, grads.get(w),
+                        d.qkv_bias ? grads.get(b) : TensorView{}, /*accumulate_dx=*/true);
   }
 }
 
@@ -341,7 +381,8 @@ inline void attention_sublayer_decode_at(const LayerContext& ctx, const Attentio
   const DType act = ops.activation_dtype();
   Tensor h = ops.alloc(act, {1, d.hidden});
   ops.rmsnorm(x, ctx.params->get(spec.norm), d.rms_eps, h);
-  Tensor qkv = fused_qkv_projection(ops, qkv_weights(*ctx.params, spec), h);
+  Tensor qkv = fused_qkv_projection(ops, qkv_weights(*ctx.params, d, spec), h);
+  qk_norm_in_place(ctx, spec, qkv);
   Tensor q = ops.alloc(act, {1, d.n_heads, d.head_dim});
   const KvCache::Slots c = cache.slots();
   ops.qkv_rope_split_at(qkv, pos, sublayer_theta(d, spec), q, c.k, c.v, c.ring);
@@ -356,7 +397,7 @@ inline void attention_sublayer_decode_at(const LayerContext& ctx, const Attentio
 struct SublayerActivations {
   Tensor x_in;  // the residual stream before the sublayer (accum dtype)
   Tensor h;     // RMSNorm(x_in)
-  Qkv qkv;      // after RoPE
+  Qkv qkv;      // after RoPE (and the pre-norm q, k of a QK-norm model)
   Tensor o, lse;
   Tensor a;     // o_proj output, before the gate (kept only when gated)
 };
@@ -377,7 +418,7 @@ inline SublayerActivations attention_sublayer_forward_train(const LayerContext& 
   ops.copy(x, s.x_in);
   s.h = normed ? *normed : ops.alloc(act, {T, d.hidden});
   if (!normed) ops.rmsnorm(x, p.get(spec.norm), d.rms_eps, s.h);
-  s.qkv = project_qkv(ctx, spec, s.h, 0);
+  s.qkv = project_qkv(ctx, spec, s.h, 0, TensorView{}, TensorView{}, /*keep_raw=*/true);
   s.o = ops.alloc(act, {T, d.n_heads, d.head_dim});
   s.lse = ops.alloc(ops.accum_dtype(), {d.n_heads, T});
   ops.attention_forward_lse(s.qkv.q, s.qkv.k, s.qkv.v, s.o, s.lse, sublayer_attention_spec(d, spec, 0));
@@ -413,7 +454,7 @@ inline void attention_sublayer_backward(const LayerContext& ctx, const Attention
                          sublayer_attention_spec(d, spec, 0));
   Tensor dh = ops.alloc(ops.accum_dtype(), {T, d.hidden});
   ops.fill(dh, 0.f);
-  project_qkv_backward(ctx, spec, s.h, g.q, g.k, g.v, 0, dh, grads);
+  project_qkv_backward(ctx, spec, s.h, s.qkv, g.q, g.k, g.v, 0, dh, grads);
   ops.rmsnorm_backward(s.x_in, p.get(spec.norm), d.rms_eps, dh, dx, grads.get(spec.norm));
 }
 
