@@ -3,8 +3,12 @@
 #pragma once
 
 #include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <climits>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <set>
 #include <string>
 #include <vector>
@@ -29,13 +33,17 @@ struct L2aConfig {
   bool reg_mean = false;    // reg_norm "mean" (else "sum")
   bool lambda_ramp = true;  // lambda_schedule "ramp" (else "constant")
   std::string router = "linear_sigmoid";
+  // Layers whose global sublayer (router, global norm and projections, global KV cache) was removed
+  // by `runtime prune`: they run the local window sublayer only. Sorted.
+  std::vector<int> pruned_layers;
 
   // Parses and validates; fills the layout-dependent defaults (tau, force_local) and returns the
   // options the router is configured with (the user's, plus those defaults made explicit).
   Options parse(const Options& o, const char* plugin, const std::vector<std::string>& router_keys) {
     static const std::set<std::string> own = {"layout",    "window",    "tau",    "threshold",
                                               "force_local", "rope_theta", "leak_prob", "lambda",
-                                              "reg_norm",  "lambda_schedule", "router"};
+                                              "reg_norm",  "lambda_schedule", "router",
+                                              "pruned_layers"};
     for (const auto& [key, value] : o.all()) {
       bool known = own.count(key) != 0;
       for (const auto& k : router_keys) known = known || k == key;
@@ -74,11 +82,58 @@ struct L2aConfig {
              ": option 'lambda_schedule' must be 'ramp' or 'constant', found '", sched, "'");
     lambda_ramp = sched == "ramp";
     router = o.get_string("router", "linear_sigmoid");
+    pruned_layers = parse_layer_list(o.get_string("pruned_layers", ""), plugin);
     Options for_router = o;
     for_router.set("tau", exact(tau));
     for_router.set("threshold", exact(threshold));
     return for_router;
   }
+
+  // "0,5,7" (as --set gives it) or "[0, 5, 7]" (a JSON array, as config.json records it); "" and
+  // "[]" are none. Negative or repeated indices are refused here, out-of-range ones by
+  // check_pruned_layers (the layer count is known only at configure).
+  static std::vector<int> parse_layer_list(const std::string& text, const char* plugin) {
+    std::string s = text;
+    auto trim = [](std::string t) {
+      while (!t.empty() && std::isspace(static_cast<unsigned char>(t.front()))) t.erase(t.begin());
+      while (!t.empty() && std::isspace(static_cast<unsigned char>(t.back()))) t.pop_back();
+      return t;
+    };
+    s = trim(s);
+    if (!s.empty() && s.front() == '[') {
+      RT_CHECK(s.back() == ']', plugin, ": option 'pruned_layers': unterminated list '", text, "'");
+      s = trim(s.substr(1, s.size() - 2));
+    }
+    std::vector<int> out;
+    if (s.empty()) return out;
+    size_t start = 0;
+    while (start <= s.size()) {
+      size_t end = s.find(',', start);
+      if (end == std::string::npos) end = s.size();
+      const std::string item = trim(s.substr(start, end - start));
+      char* stop = nullptr;
+      errno = 0;
+      const long long v = item.empty() ? 0 : std::strtoll(item.c_str(), &stop, 10);
+      RT_CHECK(!item.empty() && *stop == '\0' && errno == 0 && v >= INT32_MIN && v <= INT32_MAX, plugin,
+               ": option 'pruned_layers': '", item, "' is not a layer index (expected 0-based layer indices like 0,5,7; "
+               "found '", text, "')");
+      RT_CHECK(v >= 0, plugin, ": option 'pruned_layers': layer ", v, " is negative (layers are 0-based)");
+      RT_CHECK(std::find(out.begin(), out.end(), static_cast<int>(v)) == out.end(), plugin,
+               ": option 'pruned_layers': layer ", v, " is listed twice in '", text, "'");
+      out.push_back(static_cast<int>(v));
+      start = end + 1;
+    }
+    std::sort(out.begin(), out.end());
+    return out;
+  }
+
+  void check_pruned_layers(const ModelDims& d, const char* plugin) const {
+    for (int l : pruned_layers)
+      RT_CHECK(l < d.n_layers, plugin, ": option 'pruned_layers': layer ", l, " is out of range: the model has ",
+               d.n_layers, " layers (0..", d.n_layers - 1, ")");
+  }
+
+  bool pruned(int layer) const { return std::binary_search(pruned_layers.begin(), pruned_layers.end(), layer); }
 
   static std::string exact(double v) {  // round-trips through Options::get_double
     char buf[40];

@@ -16,10 +16,14 @@ namespace rt::l2a {
 
 class L2aState final : public AttentionState {
  public:
-  std::unique_ptr<KvCache> local;   // paper: ring of W over the local projections; parallel: none
+  // paper: ring of W over the local projections; parallel: none. A pruned layer (either layout):
+  // the ring of its window sublayer, and no global cache.
+  std::unique_ptr<KvCache> local;
   std::unique_ptr<KvCache> global;  // every token (a future routed query may attend to any of them)
-  int64_t tokens_seen() const override { return global->tokens_seen(); }
-  size_t kv_bytes() const override { return global->kv_bytes() + (local ? local->kv_bytes() : 0); }
+  int64_t tokens_seen() const override { return global ? global->tokens_seen() : local->tokens_seen(); }
+  size_t kv_bytes() const override {
+    return (global ? global->kv_bytes() : 0) + (local ? local->kv_bytes() : 0);
+  }
 };
 
 struct Route {
@@ -68,6 +72,7 @@ class L2aBackendBase : public AttentionBackend {
         where = router->file + " holds " + router->name + " and no global_attn weights";
       }
     }
+    note_pruned_weights(ckpt, options);
     if (recorded.empty()) return;  // a base model: every layout starts from it
     if (!options.has("layout")) {
       options.set("layout", recorded);
@@ -97,7 +102,38 @@ class L2aBackendBase : public AttentionBackend {
 
  public:
 
+  // A pruned layer declares none of them: its weights are absent from a pruned checkpoint (and
+  // ignored, with a note, in one that still holds them).
   std::vector<ParamDecl> extra_params(const ModelDims& d) const override {
+    std::vector<int> kept;  // empty: every layer (none pruned)
+    if (!cfg_.pruned_layers.empty()) {
+      for (int l = 0; l < d.n_layers; ++l)
+        if (!cfg_.pruned(l)) kept.push_back(l);
+      if (kept.empty()) return {};  // an empty list would mean every layer
+    }
+    std::vector<ParamDecl> out = global_params(d);
+    for (auto& decl : out) decl.layers = kept;
+    return out;
+  }
+
+  std::unique_ptr<AttentionState> new_state(const LayerContext& ctx, int64_t max_tokens) override {
+    auto s = std::make_unique<L2aState>();
+    if (cfg_.layout == Layout::Paper || cfg_.pruned(ctx.layer))
+      s->local = std::make_unique<KvCache>(*ctx.ops, *ctx.dims, max_tokens, cfg_.window);
+    if (!cfg_.pruned(ctx.layer)) s->global = std::make_unique<KvCache>(*ctx.ops, *ctx.dims, max_tokens, 0);
+    return s;
+  }
+
+  std::vector<float> last_decisions(int layer) const override {
+    auto it = last_d_.find(layer);
+    if (it == last_d_.end()) return {};
+    std::vector<float> out(static_cast<size_t>(it->second.view.numel()));
+    ops_->copy(it->second, TensorView::contiguous(out.data(), DType::F32, Device::CPU, {it->second.view.numel()}));
+    return out;
+  }
+
+ private:
+  std::vector<ParamDecl> global_params(const ModelDims& d) const {
     std::vector<ParamDecl> out;
     if (cfg_.layout == Layout::Paper) {
       const int64_t q = d.n_heads * d.head_dim, kv = d.n_kv_heads * d.head_dim;
@@ -122,19 +158,29 @@ class L2aBackendBase : public AttentionBackend {
     return out;
   }
 
-  std::unique_ptr<AttentionState> new_state(const LayerContext& ctx, int64_t max_tokens) override {
-    auto s = std::make_unique<L2aState>();
-    if (cfg_.layout == Layout::Paper) s->local = std::make_unique<KvCache>(*ctx.ops, *ctx.dims, max_tokens, cfg_.window);
-    s->global = std::make_unique<KvCache>(*ctx.ops, *ctx.dims, max_tokens, 0);
-    return s;
-  }
-
-  std::vector<float> last_decisions(int layer) const override {
-    auto it = last_d_.find(layer);
-    if (it == last_d_.end()) return {};
-    std::vector<float> out(static_cast<size_t>(it->second.view.numel()));
-    ops_->copy(it->second, TensorView::contiguous(out.data(), DType::F32, Device::CPU, {it->second.view.numel()}));
-    return out;
+  // A checkpoint that records pruned layers but still holds their global weights (pruned by
+  // --set pruned_layers at load, or written by another tool) is fine: the weights go unused.
+  static void note_pruned_weights(const CheckpointFacts& ckpt, const Options& options) {
+    if (!options.has("pruned_layers")) return;
+    std::vector<int> layers;
+    try {
+      layers = L2aConfig::parse_layer_list(options.get_string("pruned_layers", ""), "l2a");
+    } catch (const Error&) {
+      return;  // configure reports it
+    }
+    std::string found;
+    for (int l : layers) {
+      const std::string pre = "model.layers." + std::to_string(l) + ".";
+      for (const auto& t : ckpt.tensors)
+        if (t.name.rfind(pre, 0) == 0 && (t.name.find("global") != std::string::npos || t.name.find(".router.") != std::string::npos ||
+                                          t.name.find("sigmoid_linear") != std::string::npos)) {
+          found += (found.empty() ? "" : ", ") + std::to_string(l);
+          break;
+        }
+    }
+    if (!found.empty())
+      std::fprintf(stderr, "note: %s holds global-sublayer weights (router, global attention) of pruned layers %s; "
+                   "they are ignored\n", ckpt.config_source.c_str(), found.c_str());
   }
 
  protected:
@@ -144,6 +190,7 @@ class L2aBackendBase : public AttentionBackend {
     RT_CHECK(router_ != nullptr, plugin, ": no router attached (the runtime attaches one before configure)");
     Options router_options = cfg_.parse(options, plugin, router_->option_names());
     router_->configure(router_options, dims);
+    cfg_.check_pruned_layers(dims, plugin);
     local_.materialize = global_.materialize = materialize;
     local_.window = cfg_.window;
     local_.rope_theta = global_.rope_theta = cfg_.rope_theta;
@@ -270,6 +317,22 @@ class L2aBackendBase : public AttentionBackend {
   void remember_decisions(const LayerContext& ctx, const Route& r) {
     last_d_[ctx.layer] = r.d;
     ops_ = ctx.ops;
+  }
+
+  // A pruned layer is the window sublayer alone (in either layout: with d = 0 the parallel layout's
+  // o = SWA(q, k, v) Wo is the same sublayer over the shared projections), and routes nothing: its
+  // decisions read as all zeros, i.e. 100% local.
+  bool pruned_forward(const LayerContext& ctx, TensorView x, L2aState* st) {
+    if (!cfg_.pruned(ctx.layer)) return false;
+    attention_sublayer_forward(ctx, local_, x, st ? st->local.get() : nullptr);
+    Tensor zeros = ctx.ops->alloc(ctx.ops->accum_dtype(), {x.shape[0]});
+    ctx.ops->fill(zeros, 0.f);
+    last_d_[ctx.layer] = zeros;
+    ops_ = ctx.ops;
+    return true;
+  }
+  void record_pruned_stats(const LayerContext& ctx, const TrainContext& tc, int64_t T) const {
+    if (tc.route_counts) tc.route_counts[ctx.layer].tokens += T;
   }
 
   L2aConfig cfg_;

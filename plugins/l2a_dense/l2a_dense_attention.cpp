@@ -34,6 +34,7 @@ class DenseL2aAttention final : public L2aBackendBase {
 
   void forward(const LayerContext& ctx, TensorView x, AttentionState* state) override {
     auto* st = static_cast<L2aState*>(state);
+    if (pruned_forward(ctx, x, st)) return;
     const int64_t pos0 = st ? st->tokens_seen() : 0;
     Route r;
     if (cfg_.layout == Layout::Paper) {
@@ -52,6 +53,12 @@ class DenseL2aAttention final : public L2aBackendBase {
     auto s = std::make_unique<Saved>();
     Ops& ops = *ctx.ops;
     const int64_t T = x.shape[0];
+    if (cfg_.pruned(ctx.layer)) {
+      s->pruned = true;
+      s->local = attention_sublayer_forward_train(ctx, local_, x, TensorView{});
+      record_pruned_stats(ctx, tc, T);
+      return s;
+    }
     if (cfg_.layout == Layout::Paper) {
       s->local = attention_sublayer_forward_train(ctx, local_, x, TensorView{});
       s->h = normed(ctx, x, global_.norm);
@@ -79,6 +86,10 @@ class DenseL2aAttention final : public L2aBackendBase {
   void backward(const LayerContext& ctx, SavedActivations& saved, TensorView dx, const LayerGrads& grads,
                 const TrainContext& tc) override {
     Saved& s = static_cast<Saved&>(saved);
+    if (s.pruned) {
+      attention_sublayer_backward(ctx, local_, s.local, dx, grads, TensorView{}, TensorView{});
+      return;
+    }
     Ops& ops = *ctx.ops;
     const ModelDims& d = *ctx.dims;
     const int64_t T = dx.shape[0];
@@ -121,6 +132,7 @@ class DenseL2aAttention final : public L2aBackendBase {
     Tensor h;                           // the router's input (paper: RMSNorm_g(x1); parallel: RMSNorm_in(x))
     Tensor o;                           // parallel: SWA + d * causal, the o_proj input
     Route route;
+    bool pruned = false;  // the window sublayer alone (local)
   };
 
   // o = o_local + d * o_global over [T, Hq * D] rows.

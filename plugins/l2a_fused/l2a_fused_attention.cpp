@@ -75,6 +75,7 @@ class FusedL2aAttention final : public L2aBackendBase {
   void forward(const LayerContext& ctx, TensorView x, AttentionState* state) override {
     require_cuda(ctx);
     auto* st = static_cast<L2aState*>(state);
+    if (pruned_forward(ctx, x, st)) return;
     const int64_t pos0 = st ? st->tokens_seen() : 0;
     Route r;
     if (cfg_.layout == Layout::Paper) {
@@ -95,6 +96,12 @@ class FusedL2aAttention final : public L2aBackendBase {
     Ops& ops = *ctx.ops;
     const ModelDims& d = *ctx.dims;
     const int64_t T = x.shape[0];
+    if (cfg_.pruned(ctx.layer)) {
+      s->pruned = true;
+      s->local = attention_sublayer_forward_train(ctx, local_, x, TensorView{});
+      record_pruned_stats(ctx, tc, T);
+      return s;
+    }
     s->leak = leaks(ctx, tc);
     if (cfg_.layout == Layout::Paper) {
       s->local = attention_sublayer_forward_train(ctx, local_, x, TensorView{});
@@ -130,6 +137,10 @@ class FusedL2aAttention final : public L2aBackendBase {
   void backward(const LayerContext& ctx, SavedActivations& saved, TensorView dx, const LayerGrads& grads,
                 const TrainContext& tc) override {
     Saved& s = static_cast<Saved&>(saved);
+    if (s.pruned) {
+      attention_sublayer_backward(ctx, local_, s.local, dx, grads, TensorView{}, TensorView{});
+      return;
+    }
     Ops& ops = *ctx.ops;
     const ModelDims& d = *ctx.dims;
     const int64_t T = dx.shape[0];
@@ -163,6 +174,7 @@ class FusedL2aAttention final : public L2aBackendBase {
     Tensor o;                   // parallel: the o_proj input
     Route route;
     bool leak = false;
+    bool pruned = false;  // the window sublayer alone (local)
   };
 
   double routed_fraction_ = -1.0;  // fixed_rate router: 1 - sparsity; else unknown (-1)

@@ -4,6 +4,8 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cmath>
 #include <cstdlib>
 #include <iostream>
 
@@ -19,7 +21,8 @@ namespace rt {
 void add_model_options(CLI::App& cmd, ModelOptions& o) {
   cmd.add_option("--model,-m", o.model,
                  "Model directory (config.json + safetensors) or preset name: qwen2.5-0.5b, qwen2.5-1.5b, "
-                 "qwen2.5-3b. Names are looked up in $RUNTIME_MODELS, ./models and the Hugging Face cache")
+                 "qwen2.5-3b, qwen3-0.6b, qwen3-1.7b, qwen3-4b, qwen3-8b. Names are looked up in $RUNTIME_MODELS, "
+                 "./models and the Hugging Face cache")
       ->required();
   cmd.add_option("--init", o.init,
                  "'checkpoint' loads the weights; 'random' builds the preset's exact architecture with random "
@@ -48,6 +51,14 @@ void add_model_options(CLI::App& cmd, ModelOptions& o) {
                  "backend.key=value scopes it to one backend and beats the same unscoped key, e.g. "
                  "--attention full_causal,l2a_dense --set l2a_dense.router=fixed_rate "
                  "--set l2a_dense.sparsity=0.8");
+  cmd.add_option("--rope-theta", o.rope_theta,
+                 "RoPE base for every layer and backend instead of the config's (the L2A paper extends "
+                 "Qwen to 128K with 5e6); also --set rope_theta=X. Exports record it")
+      ->check(CLI::PositiveNumber);
+  cmd.add_option("--max-position", o.max_position,
+                 "Longest sequence (positions) instead of the config's max_position_embeddings, e.g. "
+                 "131072 for 128K context; KV caches are sized from it. Also --set max_position=N")
+      ->check(CLI::PositiveNumber);
   cmd.add_option("--plugin", o.plugins, "Extra plugin file or directory to load first (repeatable)");
   cmd.add_option("--device", o.device, "Compute device")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
   cmd.add_option("--threads", o.threads, "CPU threads (default: all cores)")->check(at_least(0));
@@ -168,7 +179,44 @@ static std::string default_backend(const HfConfig& config, const PluginRegistry&
   return recorded.empty() ? "full_causal" : recorded;
 }
 
-std::unique_ptr<ModelSession> open_model_session(const ModelOptions& o) {
+// The model-level settings of a run (--rope-theta, --max-position, and their unscoped --set forms),
+// applied to the config, its raw JSON included so that exports record them. Returns the options
+// with those --set entries removed: they change the model, not a plugin.
+static ModelOptions apply_model_overrides(ModelOptions o, HfConfig& config) {
+  std::vector<std::string> rest;
+  for (const SetOption& s : parse_set_options(o.set)) {
+    if (!s.scope.empty() || (s.key != "rope_theta" && s.key != "max_position")) {
+      rest.push_back(s.arg);
+      continue;
+    }
+    char* end = nullptr;
+    errno = 0;
+    const double v = std::strtod(s.value.c_str(), &end);
+    RT_CHECK(!s.value.empty() && *end == '\0' && errno == 0 && std::isfinite(v) && v > 0, "--set ", s.arg,
+             ": expected a positive number");
+    if (s.key == "rope_theta") {
+      o.rope_theta = v;
+    } else {
+      RT_CHECK(v == std::floor(v) && v <= 1e9, "--set ", s.arg, ": expected a whole number of positions");
+      o.max_position = static_cast<int64_t>(v);
+    }
+  }
+  o.set = rest;
+  if (o.rope_theta > 0) {
+    config.rope_theta = o.rope_theta;
+    config.raw["rope_theta"] = o.rope_theta;
+    if (config.raw.contains("rope_parameters") && config.raw["rope_parameters"].is_object())
+      config.raw["rope_parameters"]["rope_theta"] = o.rope_theta;
+  }
+  if (o.max_position > 0) {
+    config.max_position_embeddings = o.max_position;
+    config.raw["max_position_embeddings"] = o.max_position;
+  }
+  return o;
+}
+
+std::unique_ptr<ModelSession> open_model_session(const ModelOptions& given) {
+  ModelOptions o = given;
   if (o.threads > 0) omp_set_num_threads(o.threads);
   auto s = std::make_unique<ModelSession>();
   if (o.device != "cpu") {
@@ -189,6 +237,7 @@ std::unique_ptr<ModelSession> open_model_session(const ModelOptions& o) {
     config = parse_hf_config(s->model_dir / "config.json");
     s->model_name = resolved.name;
   }
+  o = apply_model_overrides(o, config);
   const ModelDims dims = dims_from_config(config);
   s->attention_name = !o.attention.empty() ? o.attention : default_backend(config, s->registry, s->ops->device());
   s->attention = s->registry.create_attention(s->attention_name, s->ops->device());

@@ -30,6 +30,11 @@ struct ModelOptions {
   std::vector<std::string> plugins;
   std::string device = "cpu";
   int threads = 0;
+  // Model-level overrides for every backend of the run (the paper's long-context setting:
+  // --rope-theta 5e6 --max-position 131072); 0: the config's. `--set rope_theta=` and
+  // `--set max_position=` (unscoped) set them too.
+  double rope_theta = 0;
+  int64_t max_position = 0;
 };
 
 void add_model_options(CLI::App& cmd, ModelOptions& o);

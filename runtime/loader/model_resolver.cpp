@@ -114,6 +114,10 @@ const std::vector<ModelPreset>& model_presets() {
       {"qwen2.5-0.5b", "Qwen/Qwen2.5-0.5B"},
       {"qwen2.5-1.5b", "Qwen/Qwen2.5-1.5B"},
       {"qwen2.5-3b", "Qwen/Qwen2.5-3B"},
+      {"qwen3-0.6b", "Qwen/Qwen3-0.6B"},
+      {"qwen3-1.7b", "Qwen/Qwen3-1.7B"},
+      {"qwen3-4b", "Qwen/Qwen3-4B"},
+      {"qwen3-8b", "Qwen/Qwen3-8B"},
   };
   return presets;
 }

@@ -208,6 +208,22 @@ const WeightInfo& WeightStore::add_owned(const std::string& name, StDType dtype,
   return tensors_.emplace(name, std::move(w)).first->second;
 }
 
+void WeightStore::rename(const std::string& from, const std::string& to) {
+  if (from == to) return;
+  auto node = tensors_.extract(from);
+  if (node.empty()) fail("rename: tensor \"", from, "\" not found (searched: ", files_searched(), ")");
+  if (const WeightInfo* taken = find(to)) {
+    const std::string file = node.mapped().file;
+    tensors_.insert(std::move(node));
+    fail(file, ": tensor \"", from, "\" would be renamed to \"", to, "\", which ", taken->file,
+         " already holds; a checkpoint must name each tensor once");
+  }
+  // The map node keeps its address, so WeightInfo pointers handed out before stay valid.
+  node.key() = to;
+  node.mapped().name = to;
+  tensors_.insert(std::move(node));
+}
+
 std::vector<std::string> WeightStore::names() const {
   std::vector<std::string> out;
   out.reserve(tensors_.size());

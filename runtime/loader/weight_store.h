@@ -64,6 +64,11 @@ class WeightStore {
     return add_owned(name, st_from_dtype(dtype), std::move(shape), std::move(bytes));
   }
 
+  // Gives tensor `from` the name `to` (its data, dtype and shape unchanged): how a checkpoint that
+  // names its tensors differently (the official L2A release) is read under this runtime's names.
+  // Throws when `from` is absent or `to` is taken.
+  void rename(const std::string& from, const std::string& to);
+
   size_t size() const { return tensors_.size(); }
   std::vector<std::string> names() const;  // sorted
   const std::map<std::string, WeightInfo>& all() const { return tensors_; }

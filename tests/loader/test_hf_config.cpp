@@ -214,5 +214,54 @@ TEST(HfConfig, Presets) {
   }
 }
 
+// The Qwen3 presets (the 8B is the base of the official L2A release): QK-norm, no qkv bias, and a
+// head_dim of 128 that is not hidden / heads for 0.6B and 4B.
+TEST(HfConfig, Qwen3Presets) {
+  struct Want {
+    const char* name;
+    int64_t hidden, inter, layers, heads;
+    bool tied;
+  };
+  for (const Want& w : {Want{"qwen3-0.6b", 1024, 3072, 28, 16, true}, Want{"qwen3-1.7b", 2048, 6144, 28, 16, true},
+                        Want{"qwen3-4b", 2560, 9728, 36, 32, true}, Want{"qwen3-8b", 4096, 12288, 36, 32, false}}) {
+    SCOPED_TRACE(w.name);
+    auto c = parse_hf_config(fs::path(RT_SOURCE_DIR) / "configs" / "models" / (std::string(w.name) + ".json"));
+    EXPECT_EQ(c.model_type, "qwen3");
+    EXPECT_TRUE(c.qk_norm);
+    EXPECT_FALSE(c.qkv_bias);
+    EXPECT_EQ(c.hidden_size, w.hidden);
+    EXPECT_EQ(c.intermediate_size, w.inter);
+    EXPECT_EQ(c.num_hidden_layers, w.layers);
+    EXPECT_EQ(c.num_attention_heads, w.heads);
+    EXPECT_EQ(c.num_key_value_heads, 8);
+    EXPECT_EQ(c.head_dim, 128);
+    EXPECT_EQ(c.q_dim(), w.heads * 128);
+    EXPECT_EQ(c.max_position_embeddings, 40960);
+    EXPECT_EQ(c.tie_word_embeddings, w.tied);
+    EXPECT_EQ(c.sliding_window, 0);
+    EXPECT_EQ(c.eos_token_id, 151645);
+  }
+}
+
+TEST(HfConfig, Qwen3Fields) {
+  const std::string base = R"({"model_type": "qwen3", "hidden_size": 48, "intermediate_size": 64,
+    "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100,
+    "rms_norm_eps": 1e-6)";
+  // Qwen3Config's head_dim default is 128, not hidden / heads (= 12 here).
+  HfConfig c = parse_hf_config_text(base + "}", kWhat);
+  EXPECT_EQ(c.head_dim, 128);
+  EXPECT_TRUE(c.qk_norm);
+  EXPECT_FALSE(c.qkv_bias);
+  EXPECT_EQ(parse_hf_config_text(base + R"(, "head_dim": 16})", kWhat).head_dim, 16);
+  EXPECT_FALSE(parse_hf_config_text(base + R"(, "attention_bias": false})", kWhat).qkv_bias);
+  EXPECT_HAS(cfg_error(base + R"(, "attention_bias": true})"), "attention_bias = true is not supported");
+  // Qwen2 keeps its biases and has no QK-norm.
+  TinyQwen2 m;
+  HfConfig q2 = parse_hf_config_text(m.config_json(), kWhat);
+  EXPECT_FALSE(q2.qk_norm);
+  EXPECT_TRUE(q2.qkv_bias);
+  EXPECT_HAS(cfg_error(R"({"model_type": "llama"})"), "supported: \"qwen2\"");
+}
+
 }  // namespace
 }  // namespace rt::test

@@ -189,6 +189,8 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, CudaModel,
                                            std::make_tuple("tied_bf16_theta5e6", "full_causal", 0),
                                            std::make_tuple("gqa7_hd64", "full_causal", 0),
                                            std::make_tuple("sliding_window", "swa", 5),
-                                           std::make_tuple("gqa7_hd64", "swa", 3)));
+                                           std::make_tuple("gqa7_hd64", "swa", 3),
+                                           std::make_tuple("qwen3_hd64_bf16", "full_causal", 0),
+                                           std::make_tuple("qwen3_hd64_bf16", "swa", 3)));
 
 }  // namespace

@@ -22,7 +22,14 @@
 namespace {
 
 using namespace rt;
-const std::string kModel = rt::test::kModelsDir + "gqa7_hd64";
+// Test parameter "<layout>" runs on gqa7_hd64 (Qwen2), "qwen3_<layout>" on qwen3_hd64_bf16 (Qwen3:
+// QK-norm on the routed rows' q and every token's k, no qkv bias).
+std::string model_of(const std::string& param) {
+  return rt::test::kModelsDir + (param.rfind("qwen3_", 0) == 0 ? "qwen3_hd64_bf16" : "gqa7_hd64");
+}
+std::string layout_of(const std::string& param) {
+  return param.rfind("qwen3_", 0) == 0 ? param.substr(6) : param;
+}
 
 using rt::test::rel_err;
 
@@ -54,9 +61,9 @@ std::vector<int32_t> tokens(int64_t T, uint64_t seed, int64_t vocab) {
 
 struct Pair {
   rt::test::TrainFixture dense, fused;
-  Pair(const std::string& layout, double leak)
-      : dense(kModel, "l2a_dense", l2a_options(layout, leak), make_cuda_ops()),
-        fused(kModel, "l2a_fused", l2a_options(layout, leak), make_cuda_ops()) {
+  Pair(const std::string& param, double leak)
+      : dense(model_of(param), "l2a_dense", l2a_options(layout_of(param), leak), make_cuda_ops()),
+        fused(model_of(param), "l2a_fused", l2a_options(layout_of(param), leak), make_cuda_ops()) {
     randomize_routers(dense, 7);
     randomize_routers(fused, 7);
   }
@@ -142,10 +149,10 @@ TEST_P(L2aFused, TrainingWithoutLeakMatchesDenseOnRoutedPaths) {
 }
 
 TEST_P(L2aFused, NoTokenRoutedIsTheLocalSublayerOnly) {
-  Options o = l2a_options(GetParam(), 0.0);
+  Options o = l2a_options(layout_of(GetParam()), 0.0);
   o.set("router", "fixed_rate");
   o.set("sparsity", "1");
-  rt::test::TrainFixture fused(kModel, "l2a_fused", o, make_cuda_ops());
+  rt::test::TrainFixture fused(model_of(GetParam()), "l2a_fused", o, make_cuda_ops());
   const auto ids = tokens(50, 4, fused.model->dims().vocab);
   const auto got = rt::test::host_doubles(*fused.ops, fused.model->forward(ids, nullptr, false));
   for (double x : got) ASSERT_TRUE(std::isfinite(x));
@@ -176,7 +183,7 @@ TEST_P(L2aFused, CachedDecodeMatchesFullForward) {
   EXPECT_LT(rel_err(got, want), 2e-2);
 }
 
-INSTANTIATE_TEST_SUITE_P(Layouts, L2aFused, ::testing::Values("paper", "parallel"),
+INSTANTIATE_TEST_SUITE_P(Layouts, L2aFused, ::testing::Values("paper", "parallel", "qwen3_paper", "qwen3_parallel"),
                          [](const auto& info) { return info.param; });
 
 TEST(L2aFusedCpu, RefusedNamingL2aDense) {

@@ -1,6 +1,7 @@
 // Whole-model gradients by finite differences in fp64 (make_cpu_ops(F64)): every parameter kind
 // of the plain model (full_causal, swa) and of both L2A layouts, with the regularizer on and off,
-// force_local, a rope_theta override, and gradient checkpointing giving identical gradients.
+// force_local, a rope_theta override, and gradient checkpointing giving identical gradients; the
+// same on Qwen3 (QK-norm weights, local and global, and no qkv bias).
 //
 // The straight-through estimator: with hard decisions the loss is piecewise constant in the
 // router weights, so FD cannot see the surrogate gradient. The router cases therefore wrap the
@@ -46,6 +47,7 @@ struct Case {
   std::vector<std::pair<std::string, std::string>> options;
   bool soft_router = false;
   bool recompute = false;
+  std::string model = "gqa_untied_f32";  // qwen3_hd16: QK-norm (its weights and backward), no qkv bias
 };
 
 std::ostream& operator<<(std::ostream& os, const Case& c) { return os << c.name; }
@@ -72,7 +74,7 @@ TEST_P(TrainGradients, MatchFiniteDifferences) {
   for (const auto& [k, v] : c.options) opts.set(k, v);
   std::function<std::unique_ptr<Router>(Router*)> wrap;
   if (c.soft_router) wrap = [](Router* r) { return std::make_unique<SoftGate>(r); };
-  TrainFixture f(rt::test::kModelsDir + "gqa_untied_f32", c.backend, opts, DType::F64, wrap);
+  TrainFixture f(rt::test::kModelsDir + c.model, c.backend, opts, DType::F64, wrap);
   const auto names = f.model->parameter_names();
   for (const auto& n : names)
     if (n.find("router.weight") != std::string::npos)  // decisions mixed, z away from the threshold
@@ -142,7 +144,11 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"parallel_hard", "l2a_dense", kParallel},
                       Case{"parallel_soft", "l2a_dense", kParallel, true},
                       Case{"parallel_soft_no_force_recompute", "l2a_dense", with(kParallel, {"force_local", "false"}),
-                           true, true}),
+                           true, true},
+                      Case{"qwen3_full_causal", "full_causal", {}, false, false, "qwen3_hd16"},
+                      Case{"qwen3_swa_w4", "swa", {{"window", "4"}}, false, true, "qwen3_hd16"},
+                      Case{"qwen3_paper_soft", "l2a_dense", kPaper, true, false, "qwen3_hd16"},
+                      Case{"qwen3_parallel_soft", "l2a_dense", kParallel, true, false, "qwen3_hd16"}),
     [](const auto& info) { return info.param.name; });
 
 // Gradient checkpointing replays the forward exactly: identical gradients and loss.
