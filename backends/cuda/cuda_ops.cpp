@@ -178,6 +178,10 @@ void CudaOps::attention(TensorView q, TensorView k, TensorView v, TensorView o, 
 
 void CudaOps::add(TensorView a, TensorView b, TensorView out) { cuda::add_forward(a, b, out, stream()); }
 
+void CudaOps::gate_from_position_at(TensorView pos, int64_t first, TensorView gate, TensorView out) {
+  cuda::gate_from_position_at_forward(pos, first, gate, out, stream());
+}
+
 void CudaOps::compact_rows(TensorView flags, TensorView index, TensorView count) {
   cuda::compact_rows_forward(flags, index, count, stream());
 }

@@ -103,6 +103,28 @@ void launch_routed_rows(const char* op, const TensorView& a, const char* a_name,
 
 }  // namespace
 
+namespace {
+__global__ void gate_from_position_kernel(const int32_t* pos, int64_t first, const float* gate, float* out) {
+  out[0] = static_cast<int64_t>(pos[0]) >= first ? gate[0] : 0.f;
+}
+}  // namespace
+
+void gate_from_position_at_forward(TensorView pos, int64_t first, TensorView gate, TensorView out,
+                                   cudaStream_t stream) {
+  const char* op = "gate_from_position_at";
+  check_cuda(op, "pos", pos);
+  check_cuda(op, "gate", gate);
+  check_cuda(op, "out", out);
+  RT_CHECK(pos.dtype == DType::I32 && pos.numel() == 1, op, ": argument 'pos' must be I32 [1], found ",
+           dtype_name(pos.dtype), " ", pos.shape_str());
+  RT_CHECK(gate.dtype == DType::F32 && gate.numel() == 1 && out.dtype == DType::F32 && out.numel() == 1, op,
+           ": arguments 'gate' and 'out' must be f32 [1], found ", dtype_name(gate.dtype), " ", gate.shape_str(),
+           " and ", dtype_name(out.dtype), " ", out.shape_str());
+  gate_from_position_kernel<<<1, 1, 0, stream>>>(static_cast<const int32_t*>(pos.data), first,
+                                                 static_cast<const float*>(gate.data), static_cast<float*>(out.data));
+  CUDA_CHECK_LAUNCH();
+}
+
 void compact_rows_forward(TensorView flags, TensorView index, TensorView count, cudaStream_t stream) {
   const char* op = "compact_rows";
   check_cuda(op, "flags", flags);

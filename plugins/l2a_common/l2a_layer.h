@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "l2a_config.h"
+#include "l2a_decode.h"
 #include "rt/sdk/attention_sublayer.h"
 
 namespace rt::l2a {
@@ -24,6 +25,24 @@ class L2aState final : public AttentionState {
   size_t kv_bytes() const override {
     return (global ? global->kv_bytes() : 0) + (local ? local->kv_bytes() : 0);
   }
+  // After a decode_step_at: both caches move on; the step is counted.
+  void advance(int64_t tokens) override {
+    if (global) global->advance(tokens);
+    if (local) local->advance(tokens);
+    decode_steps += tokens;
+  }
+  bool decode_routing(int64_t* routed, int64_t* steps) const override {
+    if (!routed_steps.view.data || decode_steps == 0) return false;
+    float r = 0;
+    ops->copy(routed_steps, TensorView::contiguous(&r, DType::F32, Device::CPU, {1}));
+    *routed = static_cast<int64_t>(std::lround(r));
+    *steps = decode_steps;
+    return true;
+  }
+  // decode_step_at adds each step's decision here (on the device: a replayed graph runs no host code).
+  Tensor routed_steps;  // [1] accum dtype; empty for a pruned layer
+  int64_t decode_steps = 0;
+  Ops* ops = nullptr;
 };
 
 struct Route {
@@ -89,10 +108,13 @@ class L2aBackendBase : public AttentionBackend {
  protected:
   // What both L2A backends declare: options recorded in config.json's "l2a" section, the local
   // sublayer's window, a router, their own KV cache.
-  static Capabilities l2a_capabilities() {
+  Capabilities l2a_capabilities() const {
     Capabilities c;
     c.backward = true;
     c.decode = true;
+    // The decode step is captured as a graph unless the router's decisions depend on the position,
+    // which a replayed step cannot pass it (fixed_rate's strided and random patterns).
+    c.graph_decode = router_ == nullptr || !router_->reads_position();
     c.router = true;
     c.kv = KvPolicy::Custom;
     c.config_section = "l2a";
@@ -120,8 +142,27 @@ class L2aBackendBase : public AttentionBackend {
     auto s = std::make_unique<L2aState>();
     if (cfg_.layout == Layout::Paper || cfg_.pruned(ctx.layer))
       s->local = std::make_unique<KvCache>(*ctx.ops, *ctx.dims, max_tokens, cfg_.window);
-    if (!cfg_.pruned(ctx.layer)) s->global = std::make_unique<KvCache>(*ctx.ops, *ctx.dims, max_tokens, 0);
+    if (!cfg_.pruned(ctx.layer)) {
+      s->global = std::make_unique<KvCache>(*ctx.ops, *ctx.dims, max_tokens, 0);
+      s->routed_steps = ctx.ops->alloc(ctx.ops->accum_dtype(), {1});
+      ctx.ops->fill(s->routed_steps, 0.f);
+    }
+    s->ops = ctx.ops;
     return s;
+  }
+
+  // Capabilities::graph_decode: see l2a_decode.h.
+  void decode_step_at(const LayerContext& ctx, TensorView x, AttentionState& state, TensorView pos) override {
+    auto& st = static_cast<L2aState&>(state);
+    DecodeLayer l;
+    l.cfg = &cfg_;
+    l.local = &local_;
+    l.global = &global_;
+    l.router = router_;
+    l.local_cache = st.local.get();
+    l.global_cache = st.global.get();
+    l.routed_steps = st.routed_steps;
+    l2a_decode_step_at(ctx, l, x, pos);
   }
 
   std::vector<float> last_decisions(int layer) const override {

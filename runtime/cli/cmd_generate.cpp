@@ -93,6 +93,18 @@ void register_generate(CLI::App& app) {
               << prompt.size() / std::max(prefill_s, 1e-9) << " tok/s); generated " << out.size()
               << " tokens, decode " << (out.size() > 1 ? (out.size() - 1) / std::max(decode_s, 1e-9) : 0.0)
               << " tok/s (decode step: " << DecodeSession::mode_name(decoder.mode()) << ")\n";
+    // A routed backend: how often global attention ran during decoding, over every layer.
+    int64_t routed = 0, steps = 0;
+    for (const auto& state : decoder.states()) {
+      int64_t r = 0, n = 0;
+      if (state->decode_routing(&r, &n)) {
+        routed += r;
+        steps += n;
+      }
+    }
+    if (steps > 0)
+      std::cerr << "global attention ran in " << routed << " of " << steps << " (layer, decode step) pairs ("
+                << 100.0 * static_cast<double>(routed) / static_cast<double>(steps) << "% routed)\n";
   });
 }
 

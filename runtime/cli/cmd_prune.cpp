@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <fstream>
 #include <iomanip>
 #include <iostream>
 #include <sstream>
@@ -24,6 +25,8 @@
 #include "common/durable_file.h"
 #include "common/flag_paths.h"
 #include "common/text_table.h"
+#include "loader/model_resolver.h"
+#include "model/model_dims.h"
 #include "rt/sdk/error.h"
 #include "train/trainer.h"
 
@@ -154,6 +157,13 @@ void register_prune(CLI::App& app) {
     const SparsityRequest req{args->data, args->tokenizer, args->seq, args->max_sequences, 1};
     if (by_threshold) check_sparsity_inputs(req);
     with_flag("--out", args->out, [&] { check_out_dir(args->out); });
+    // The list is checked against the config before the model loads (and warns about anything).
+    std::vector<int> chosen;
+    if (by_layers) {
+      const ResolvedModel resolved =
+          with_flag("--model", args->model.model, [&] { return resolve_model(args->model.model, preset_config_dirs()); });
+      chosen = parse_layer_indices(args->layers, "--layers", dims_from_config(parse_hf_config(resolved.config_path())).n_layers);
+    }
 
     auto session = open_model_session(args->model);
     const Capabilities caps = session->attention->capabilities();
@@ -162,11 +172,8 @@ void register_prune(CLI::App& app) {
              "section, or --attention l2a_dense --window W)");
     const int64_t L = session->model->dims().n_layers;
     const std::vector<int> before = pruned_layers_of(*session);
-    std::vector<int> chosen;
     SparsityMeasure measured;
-    if (by_layers) {
-      chosen = parse_layer_indices(args->layers, "--layers", L);
-    } else {
+    if (by_threshold) {
       measured = measure_sparsity(*session, req);
       for (int64_t l = 0; l < L; ++l)
         if (measured.layer[static_cast<size_t>(l)] >= args->threshold) chosen.push_back(static_cast<int>(l));
@@ -176,14 +183,14 @@ void register_prune(CLI::App& app) {
       if (!std::binary_search(before.begin(), before.end(), l)) after.push_back(l);
     std::sort(after.begin(), after.end());
     const L2aKvShape shape = l2a_kv_shape(*session);
-    const std::string model_dir = session->model_dir.string();
+    const std::string model_dir = session->model_dir.string(), attention = session->attention_name;
     session.reset();
 
     // The export is built on the CPU (fp32 weights, exactly as stored), whatever --device measured on.
     ModelOptions mo = args->model;
     mo.device = "cpu";
-    mo.attention = session_attention_or(args->model.attention, "");
-    mo.set.push_back((mo.attention.empty() ? std::string() : mo.attention + ".") + "pruned_layers=" + join(after));
+    mo.attention = attention;
+    mo.set.push_back(attention + ".pruned_layers=" + join(after));
     auto pruned = open_model_session(mo);
     // The formula below is the plugin's allocation; check it against the real caches once.
     const int64_t probe = std::max<int64_t>(1, std::min<int64_t>(shape.window + 3, pruned->model->dims().max_positions));
@@ -245,11 +252,14 @@ void register_prune(CLI::App& app) {
               << kv.str();
 
     Options options = pruned->attention_options;
+    // Recorded, not defaulted: a model whose every layer is pruned has no global tensors left to show it.
+    if (!options.has("layout")) options.set("layout", shape.paper ? "paper" : "parallel");
     with_flag("--out", args->out, [&] {
       publish_dir(args->out, [&](const fs::path& dir) {
         export_model(*pruned->ops, *pruned->model, dir, pruned->attention_name, options, pruned->model_dir);
         // The list as a JSON array (export_model records option values as scalars).
-        nlohmann::ordered_json cfg = nlohmann::ordered_json::parse(read_text_file(dir / "config.json"));
+        std::ifstream in(dir / "config.json");
+        nlohmann::ordered_json cfg = nlohmann::ordered_json::parse(in);
         const char* section = pruned->attention->capabilities().config_section;
         cfg[section]["pruned_layers"] = after;
         if (cfg.contains("attention_backend") && cfg["attention_backend"].contains("options"))

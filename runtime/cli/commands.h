@@ -13,5 +13,7 @@ void register_profile(CLI::App& app);
 void register_train(CLI::App& app);
 void register_sparsity(CLI::App& app);
 void register_eval(CLI::App& app);
+void register_prune(CLI::App& app);
+void register_convert(CLI::App& app);
 
 }  // namespace rt

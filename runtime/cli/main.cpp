@@ -22,6 +22,8 @@ int main(int argc, char** argv) {
   rt::register_train(app);
   rt::register_sparsity(app);
   rt::register_eval(app);
+  rt::register_prune(app);
+  rt::register_convert(app);
   // Every command with both --window and --set (train included): the two may not disagree. Checked
   // once the command's options are parsed, before it runs.
   for (CLI::App* sub : app.get_subcommands({})) {

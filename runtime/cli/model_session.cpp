@@ -10,6 +10,7 @@
 #include <iostream>
 
 #include "cpu/cpu_ops.h"
+#include "loader/l2a_official.h"
 #include "loader/model_resolver.h"
 #include "plugin_host/backend_module.h"
 #include "common/flag_paths.h"
@@ -242,7 +243,12 @@ std::unique_ptr<ModelSession> open_model_session(const ModelOptions& given) {
   s->attention_name = !o.attention.empty() ? o.attention : default_backend(config, s->registry, s->ops->device());
   s->attention = s->registry.create_attention(s->attention_name, s->ops->device());
   const Capabilities caps = s->attention->capabilities();
-  if (o.init != "random") s->weights.emplace(WeightStore::open(s->model_dir));
+  if (o.init != "random") {
+    s->weights.emplace(WeightStore::open(s->model_dir));
+    // An official L2A checkpoint names its global attention and router its own way; everything below
+    // (the layout the plugin reads off the tensor names, load_weights) sees this runtime's names.
+    adopt_official_l2a_names(config, *s->weights);
+  }
   Options options = plugin_options(o, s->attention_name, caps, config, s->registry);
   s->attention->reconcile_checkpoint(checkpoint_facts(config, caps, s->weights ? &*s->weights : nullptr), options);
   if (caps.router) {

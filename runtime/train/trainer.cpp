@@ -124,6 +124,14 @@ void export_model(Ops& ops, Qwen2Model& model, const std::filesystem::path& dir,
     nlohmann::ordered_json rec = typed_options(attention_options);
     if (caps.router && !rec.contains("router")) rec["router"] = "linear_sigmoid";  // the runtime's default router
     cfg[section] = rec;
+    // An official-format model (l2a_qwen3) keeps its own fields in step with the options it was
+    // trained with, which loading checks the "l2a" section against.
+    if (cfg.value("model_type", "") == "l2a_qwen3") {
+      const std::pair<const char*, const char*> official[] = {
+          {"window", "sliding_window"}, {"tau", "sigmoid_temp"}, {"threshold", "sigmoid_threshold"}};
+      for (const auto& [mine, theirs] : official)
+        if (rec.contains(mine)) cfg[theirs] = rec[mine];
+    }
   }
   const int64_t n_layers = model.dims().n_layers;
   auto set_layer_types = [&](const char* type) {

@@ -36,6 +36,8 @@ class RouterFixedRate final : public rt::Router {
   }
   std::vector<std::string> option_names() const override { return {"sparsity", "pattern", "seed"}; }
   bool trainable() const override { return false; }
+  // Strided and random patterns are functions of the position.
+  bool reads_position() const override { return true; }
 
   void forward(const rt::LayerContext& ctx, rt::TensorView h, const rt::RouteCall& call, rt::TensorView p,
                rt::TensorView d) override {

@@ -78,6 +78,13 @@ class AttentionState {
     (void)tokens;
     fail("this attention state cannot be advanced by the runtime (its backend has no decode_step_at)");
   }
+  // Routed backends (L2A): of the decode steps (decode_step_at) this state has seen, how many ran
+  // global attention. False when the backend routes nothing or has not counted.
+  virtual bool decode_routing(int64_t* routed, int64_t* steps) const {
+    (void)routed;
+    (void)steps;
+    return false;
+  }
 };
 
 enum class KvPolicy : int32_t { Full = 0, RingBuffer = 1, None = 2, Custom = 3 };

@@ -371,16 +371,18 @@ inline void attention_sublayer_forward(const LayerContext& ctx, const AttentionS
 // One token x [1, hidden] += attention sublayer(x) at the position held in device memory pos (I32
 // [1]), for a decode step that is captured once and replayed (AttentionBackend::decode_step_at):
 // every position-dependent argument is read from pos by the Ops::*_at ops. The cache's host-side
-// count is not advanced (the caller does, with cache.advance(1)).
+// count is not advanced (the caller does, with cache.advance(1)). gate [1] and normed as in
+// attention_sublayer_forward (L2A's global sublayer: the router's decision, and RMSNorm_g(x)).
 inline void attention_sublayer_decode_at(const LayerContext& ctx, const AttentionSublayerSpec& spec, TensorView x,
-                                         KvCache& cache, TensorView pos) {
+                                         KvCache& cache, TensorView pos, TensorView gate = TensorView{},
+                                         const Tensor* normed = nullptr) {
   Ops& ops = *ctx.ops;
   const ModelDims& d = *ctx.dims;
   RT_CHECK(x.ndim == 2 && x.shape[0] == 1, "decode_step_at: expected one token x [1, hidden], found ",
            x.shape_str());
   const DType act = ops.activation_dtype();
-  Tensor h = ops.alloc(act, {1, d.hidden});
-  ops.rmsnorm(x, ctx.params->get(spec.norm), d.rms_eps, h);
+  Tensor h = normed ? *normed : ops.alloc(act, {1, d.hidden});
+  if (!normed) ops.rmsnorm(x, ctx.params->get(spec.norm), d.rms_eps, h);
   Tensor qkv = fused_qkv_projection(ops, qkv_weights(*ctx.params, d, spec), h);
   qk_norm_in_place(ctx, spec, qkv);
   Tensor q = ops.alloc(act, {1, d.n_heads, d.head_dim});
@@ -388,7 +390,7 @@ inline void attention_sublayer_decode_at(const LayerContext& ctx, const Attentio
   ops.qkv_rope_split_at(qkv, pos, sublayer_theta(d, spec), q, c.k, c.v, c.ring);
   Tensor o = ops.alloc(act, {1, d.n_heads, d.head_dim});
   ops.decode_attention_at(q, c.k, c.v, c.ring, pos, sublayer_attention_spec(d, spec, 0), o);
-  add_output_projection(ctx, spec, o, TensorView{}, x);
+  add_output_projection(ctx, spec, o, gate, x);
 }
 
 // ---- Training ----------------------------------------------------------------------------------

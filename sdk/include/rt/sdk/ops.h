@@ -174,6 +174,16 @@ class Ops {
     }
     attention(q, k_cache.rows(0, n), v_cache.rows(0, n), o, s);
   }
+  // out[0] (=) gate[0] if the position in pos is >= first, else 0; gate and out [1] in the accum
+  // dtype (they may alias). What a decode step uses for a position-dependent decision, e.g. L2A's
+  // force_local (no global attention before the window is full).
+  virtual void gate_from_position_at(TensorView pos, int64_t first, TensorView gate, TensorView out) {
+    if (read_position(pos) >= first) {
+      if (gate.data != out.data) copy(gate, out);
+    } else {
+      fill(out, 0.f);
+    }
+  }
   // The position in pos (I32 [1], on this device), on the host.
   int64_t read_position(TensorView pos) {
     RT_CHECK(pos.dtype == DType::I32 && pos.numel() == 1, "decode position: expected I32 [1], found ",

@@ -33,6 +33,9 @@ class Router {
   virtual std::vector<ParamDecl> extra_params(const ModelDims&) const { return {}; }
   // True when the decisions depend on trainable parameters (backward is meaningful).
   virtual bool trainable() const = 0;
+  // True when a decision depends on the token's position (RouteCall::pos0), which a decode step
+  // replayed as a graph does not have on the host: such a router decodes through the forward.
+  virtual bool reads_position() const { return false; }
   // h [T, hidden] (activation dtype): the normalized hidden states the router reads.
   // Writes p [T] (gate probabilities) and d [T] (hard decisions, 1 = global), accum dtype.
   virtual void forward(const LayerContext& ctx, TensorView h, const RouteCall& call, TensorView p,

@@ -1,0 +1,82 @@
+// L2A's decode step at a device-held position (AttentionBackend::decode_step_at), shared by
+// l2a_dense and l2a_fused: the runtime captures it once as a CUDA graph and replays it for every
+// token, so it queues the same work at every position, and every decision that depends on the
+// position or on the router is taken on the device:
+//   - the router's decision d [1] stays on the device and gates the global output (x += d * a);
+//   - force_local zeroes d below the window with Ops::gate_from_position_at;
+//   - the token's global k/v are written to the global cache whatever d is: a later routed query
+//     attends to every past key.
+// Only routers that read no position take this path (Router::reads_position).
+#pragma once
+
+#include "l2a_config.h"
+#include "rt/sdk/attention_sublayer.h"
+#include "rt/sdk/router.h"
+
+namespace rt::l2a {
+
+// The sublayers and caches of one layer's decode step. global_cache is null for a pruned layer
+// (its window sublayer alone remains); local_cache is null in the parallel layout, whose window
+// attention reads the global cache.
+struct DecodeLayer {
+  const L2aConfig* cfg = nullptr;
+  const AttentionSublayerSpec* local = nullptr;
+  const AttentionSublayerSpec* global = nullptr;
+  Router* router = nullptr;
+  KvCache* local_cache = nullptr;
+  KvCache* global_cache = nullptr;
+  TensorView routed_steps;  // [1] accum dtype: += d every step (the fraction of steps routed)
+};
+
+// The router's hard decision for the one token of h [1, hidden], force_local applied on the device.
+inline Tensor decide_at(const LayerContext& ctx, const DecodeLayer& l, TensorView h, TensorView pos) {
+  Ops& ops = *ctx.ops;
+  Tensor p = ops.alloc(ops.accum_dtype(), {1}), d = ops.alloc(ops.accum_dtype(), {1});
+  l.router->forward(ctx, h, RouteCall{}, p, d);
+  if (l.cfg->force_local) ops.gate_from_position_at(pos, l.cfg->window, d, d);
+  if (l.routed_steps.data) ops.add(l.routed_steps, d, l.routed_steps);
+  return d;
+}
+
+// Parallel layout: shared q/k/v of RMSNorm_in(x); k, v into the global cache at pos; window and
+// causal attention of the one query over it; x += o_proj(o_window + d * o_causal).
+inline void parallel_decode_at(const LayerContext& ctx, const DecodeLayer& l, TensorView x, TensorView pos) {
+  Ops& ops = *ctx.ops;
+  const ModelDims& d = *ctx.dims;
+  const DType act = ops.activation_dtype();
+  const int64_t HD = d.n_heads * d.head_dim;
+  Tensor h = ops.alloc(act, {1, d.hidden});
+  ops.rmsnorm(x, ctx.params->get(l.local->norm), d.rms_eps, h);
+  Tensor qkv = fused_qkv_projection(ops, qkv_weights(*ctx.params, d, *l.local), h);
+  qk_norm_in_place(ctx, *l.local, qkv);
+  Tensor q = ops.alloc(act, {1, d.n_heads, d.head_dim});
+  const KvCache::Slots c = l.global_cache->slots();
+  ops.qkv_rope_split_at(qkv, pos, sublayer_theta(d, *l.local), q, c.k, c.v, c.ring);
+  const Tensor gate = decide_at(ctx, l, h, pos);
+  Tensor o_window = ops.alloc(act, {1, d.n_heads, d.head_dim}), o_causal = ops.alloc(act, {1, d.n_heads, d.head_dim});
+  ops.decode_attention_at(q, c.k, c.v, c.ring, pos, sublayer_attention_spec(d, *l.local, 0), o_window);
+  ops.decode_attention_at(q, c.k, c.v, c.ring, pos, sublayer_attention_spec(d, *l.global, 0), o_causal);
+  Tensor o = ops.alloc(act, {1, d.n_heads, d.head_dim});
+  ops.row_scale(o_causal.view.reshaped({1, HD}), gate, o.view.reshaped({1, HD}));
+  ops.add(o, o_window, o);
+  add_output_projection(ctx, *l.local, o, TensorView{}, x);
+}
+
+inline void l2a_decode_step_at(const LayerContext& ctx, const DecodeLayer& l, TensorView x, TensorView pos) {
+  if (!l.global_cache) {  // pruned: the window sublayer and its ring only
+    attention_sublayer_decode_at(ctx, *l.local, x, *l.local_cache, pos);
+    return;
+  }
+  if (l.cfg->layout == Layout::Parallel) {
+    parallel_decode_at(ctx, l, x, pos);
+    return;
+  }
+  attention_sublayer_decode_at(ctx, *l.local, x, *l.local_cache, pos);
+  Ops& ops = *ctx.ops;
+  Tensor h2 = ops.alloc(ops.activation_dtype(), {1, ctx.dims->hidden});
+  ops.rmsnorm(x, ctx.params->get(l.global->norm), ctx.dims->rms_eps, h2);
+  const Tensor gate = decide_at(ctx, l, h2, pos);
+  attention_sublayer_decode_at(ctx, *l.global, x, *l.global_cache, pos, gate, &h2);
+}
+
+}  // namespace rt::l2a
