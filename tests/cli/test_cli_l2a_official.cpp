@@ -192,6 +192,31 @@ rt::test::RunResult logits_run(const fs::path& model, const TempDir& tmp) {
 
 bool one_line(const RunResult& r) { return std::count(r.err.begin(), r.err.end(), '\n') == 1; }
 
+// Training an official model with another window exports it in step: its official fields follow
+// the options it was trained with (the loader checks the two against each other).
+TEST(ConvertTrained, OfficialModelTrainedWithAnotherWindowReloads) {
+  ASSERT_TRUE(runtime_available());
+  TempDir tmp;
+  {
+    std::vector<uint32_t> ids(2048);
+    for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<uint32_t>((i * 37 + 5) % 170);
+    write_text(tmp / "tokens.bin", std::string(reinterpret_cast<const char*>(ids.data()), ids.size() * 4));
+  }
+  write_text(tmp / "t.toml", "[train]\nregime = \"router_only\"\nseq_len = 16\nbatch_size = 1\nlr = 1e-3\n");
+  const fs::path official = fixtures_dir().parent_path() / "l2a_official" / "l2a_untied_f32";
+  const auto t = run_runtime({"train", "--model", official.string(), "--window", "3", "--config",
+                              (tmp / "t.toml").string(), "--data", (tmp / "tokens.bin").string(), "--steps", "1",
+                              "--out", (tmp / "run").string(), "--quiet"},
+                             300);
+  ASSERT_TRUE(t.ok()) << t.describe();
+  const json cfg = read_json(tmp / "run" / "model" / "config.json");
+  EXPECT_EQ(cfg["sliding_window"], 3);
+  EXPECT_EQ(cfg["l2a"]["window"], 3);
+  const auto r = run_runtime({"logits", "--model", (tmp / "run" / "model").string(), "--ids", "1,2,3,4,5,6,7",
+                              "--out", (tmp / "x.npy").string()});
+  EXPECT_TRUE(r.ok()) << r.describe();
+}
+
 TEST(OfficialErrors, MissingGlobalTensor) {
   ASSERT_TRUE(runtime_available());
   TempDir tmp;
