@@ -18,7 +18,8 @@ done
 
 packages=(build-essential cmake ninja-build pkg-config python3
   libeigen3-dev libpcre2-dev libicu-dev libsentencepiece-dev sentencepiece
-  libboost-dev libabsl-dev libcli11-dev libtomlplusplus-dev nlohmann-json3-dev libgtest-dev zlib1g-dev)
+  libboost-dev libabsl-dev libcli11-dev libtomlplusplus-dev nlohmann-json3-dev libgtest-dev zlib1g-dev
+  libgloo-dev)
 # pip itself is not part of Debian's python3.
 if ((with_python)); then packages+=(python3-pip); fi
 sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"

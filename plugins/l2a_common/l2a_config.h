@@ -89,42 +89,9 @@ struct L2aConfig {
     return for_router;
   }
 
-  // "0,5,7" (as --set gives it) or "[0, 5, 7]" (a JSON array, as config.json records it); "" and
-  // "[]" are none. Negative or repeated indices are refused here, out-of-range ones by
-  // check_pruned_layers (the layer count is known only at configure).
+  // Out-of-range indices are refused by check_pruned_layers (the layer count is known only at configure).
   static std::vector<int> parse_layer_list(const std::string& text, const char* plugin) {
-    std::string s = text;
-    auto trim = [](std::string t) {
-      while (!t.empty() && std::isspace(static_cast<unsigned char>(t.front()))) t.erase(t.begin());
-      while (!t.empty() && std::isspace(static_cast<unsigned char>(t.back()))) t.pop_back();
-      return t;
-    };
-    s = trim(s);
-    if (!s.empty() && s.front() == '[') {
-      RT_CHECK(s.back() == ']', plugin, ": option 'pruned_layers': unterminated list '", text, "'");
-      s = trim(s.substr(1, s.size() - 2));
-    }
-    std::vector<int> out;
-    if (s.empty()) return out;
-    size_t start = 0;
-    while (start <= s.size()) {
-      size_t end = s.find(',', start);
-      if (end == std::string::npos) end = s.size();
-      const std::string item = trim(s.substr(start, end - start));
-      char* stop = nullptr;
-      errno = 0;
-      const long long v = item.empty() ? 0 : std::strtoll(item.c_str(), &stop, 10);
-      RT_CHECK(!item.empty() && *stop == '\0' && errno == 0 && v >= INT32_MIN && v <= INT32_MAX, plugin,
-               ": option 'pruned_layers': '", item, "' is not a layer index (expected 0-based layer indices like 0,5,7; "
-               "found '", text, "')");
-      RT_CHECK(v >= 0, plugin, ": option 'pruned_layers': layer ", v, " is negative (layers are 0-based)");
-      RT_CHECK(std::find(out.begin(), out.end(), static_cast<int>(v)) == out.end(), plugin,
-               ": option 'pruned_layers': layer ", v, " is listed twice in '", text, "'");
-      out.push_back(static_cast<int>(v));
-      start = end + 1;
-    }
-    std::sort(out.begin(), out.end());
-    return out;
+    return parse_layer_indices(text, std::string(plugin) + ": option 'pruned_layers'");
   }
 
   void check_pruned_layers(const ModelDims& d, const char* plugin) const {

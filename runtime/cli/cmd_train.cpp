@@ -2,14 +2,45 @@
 #include <csignal>
 #include <cstdlib>
 #include <iostream>
+#include <optional>
+#include <string>
+#include <vector>
 
 #include "cli/commands.h"
 #include "cli/validators.h"
 #include "cli/model_session.h"
 #include "common/flag_paths.h"
+#include "dist/process_group.h"
 #include "train/trainer.h"
 
 namespace rt {
+
+// The GPU of local rank r: entry r of CUDA_VISIBLE_DEVICES when the launcher set a list (the
+// devices this node gives the job), else device r. Set before the CUDA backend loads, so the
+// process sees one device, device 0.
+static void use_local_gpu(int local_rank) {
+  std::string devices;
+  if (const char* v = std::getenv("CUDA_VISIBLE_DEVICES"); v && *v) {
+    std::vector<std::string> list;
+    std::string item;
+    for (const char* c = v;; ++c) {
+      if (*c == ',' || *c == '\0') {
+        if (!item.empty()) list.push_back(item);
+        item.clear();
+        if (*c == '\0') break;
+      } else {
+        item += *c;
+      }
+    }
+    if (list.size() == 1) return;  // the launcher already gave this rank its own device
+    RT_CHECK(local_rank < static_cast<int>(list.size()), "train: local rank ", local_rank,
+             " has no GPU: CUDA_VISIBLE_DEVICES=", v, " lists ", list.size());
+    devices = list[static_cast<size_t>(local_rank)];
+  } else {
+    devices = std::to_string(local_rank);
+  }
+  ::setenv("CUDA_VISIBLE_DEVICES", devices.c_str(), 1);
+}
 
 void register_train(CLI::App& app) {
   struct Args {
@@ -96,7 +127,15 @@ void register_train(CLI::App& app) {
     mo.set.clear();
     for (const auto& [k, v] : cfg.attention) mo.set.push_back(k + "=" + v);
     mo.set.insert(mo.set.end(), scoped_sets.begin(), scoped_sets.end());
+    // Data parallelism: the world of the launcher that started this process (runtime launch,
+    // torchrun, mpirun, srun), if any; each rank drives the GPU of its local rank.
+    const std::optional<dist::WorldInfo> world = dist::world_from_env();
+    const bool parallel = world && world->world_size > 1;
+    if (parallel && mo.device == "cuda") use_local_gpu(world->local_rank);
     auto session = open_model_session(mo);
+    std::unique_ptr<dist::ProcessGroup> group;
+    if (parallel) group = dist::join_process_group(*world, session->ops->device());
+    const bool lead = !group || group->rank() == 0;
     // The scoped options this backend took are part of the run's config (record, resume hash).
     for (const SetOption& s : sets)
       if (s.scope == session->attention_name) cfg.attention[s.key] = s.value;
@@ -126,11 +165,13 @@ void register_train(CLI::App& app) {
       if (p.kind == PluginKind::Attention && p.caps.config_section != nullptr) run.backend_sections.push_back(p.caps.config_section);
     run.model_dir = session->model_dir;
     run.model_name = session->model_name;
-    run.quiet = args->quiet;
+    run.quiet = args->quiet || !lead;
     run.handle_signals = true;
+    run.group = group.get();
     const TrainSummary s = run_training(*session->ops, *session->model, cfg, run, tok.get());
     if (s.interrupted_by != 0) {
-      std::cerr << "interrupted at step " << s.last_step << " ("
+      if (lead)
+        std::cerr << "interrupted at step " << s.last_step << " ("
                 << (s.interrupted_by == SIGTERM ? "SIGTERM" : "SIGINT") << "): checkpoint written to "
                 << s.last_checkpoint.string() << "; resume with the same command plus --resume" << std::endl;
       std::cout.flush();
@@ -138,7 +179,7 @@ void register_train(CLI::App& app) {
       // of the run, and the checkpoint is complete).
       std::exit(128 + s.interrupted_by);
     }
-    if (s.last_step >= s.first_step)
+    if (lead && s.last_step >= s.first_step)
       std::cerr << "trained steps " << s.first_step << ".." << s.last_step << ", last loss " << s.last_loss << "\n";
     if (s.collapsed && cfg.collapse_action == CollapseAction::Stop)
       fail("train: stopped by the collapse detector at step ", s.last_step, " (see above; checkpoint written)");

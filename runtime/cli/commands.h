@@ -15,5 +15,6 @@ void register_sparsity(CLI::App& app);
 void register_eval(CLI::App& app);
 void register_prune(CLI::App& app);
 void register_convert(CLI::App& app);
+void register_launch(CLI::App& app);
 
 }  // namespace rt

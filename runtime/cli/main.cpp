@@ -24,6 +24,7 @@ int main(int argc, char** argv) {
   rt::register_eval(app);
   rt::register_prune(app);
   rt::register_convert(app);
+  rt::register_launch(app);
   // Every command with both --window and --set (train included): the two may not disagree. Checked
   // once the command's options are parsed, before it runs.
   for (CLI::App* sub : app.get_subcommands({})) {

@@ -9,40 +9,6 @@
 
 namespace rt {
 
-std::vector<int> parse_layer_indices(const std::string& text, const std::string& flag, int64_t n_layers) {
-  auto trim = [](std::string t) {
-    while (!t.empty() && std::isspace(static_cast<unsigned char>(t.front()))) t.erase(t.begin());
-    while (!t.empty() && std::isspace(static_cast<unsigned char>(t.back()))) t.pop_back();
-    return t;
-  };
-  std::string s = trim(text);
-  if (!s.empty() && s.front() == '[' && s.back() == ']') s = trim(s.substr(1, s.size() - 2));
-  const std::string range =
-      n_layers >= 0 ? " (the model has " + std::to_string(n_layers) + " layers: 0.." + std::to_string(n_layers - 1) + ")"
-                    : "";
-  std::vector<int> out;
-  if (s.empty()) return out;
-  size_t start = 0;
-  while (start <= s.size()) {
-    size_t end = s.find(',', start);
-    if (end == std::string::npos) end = s.size();
-    const std::string item = trim(s.substr(start, end - start));
-    char* stop = nullptr;
-    errno = 0;
-    const long long v = item.empty() ? 0 : std::strtoll(item.c_str(), &stop, 10);
-    RT_CHECK(!item.empty() && *stop == '\0' && errno == 0, flag, ": '", item,
-             "' is not a layer index (expected 0-based indices separated by commas, e.g. 0,5,7)", range);
-    RT_CHECK(v >= 0, flag, ": layer ", v, " is negative (layers are 0-based)", range);
-    RT_CHECK(n_layers < 0 || v < n_layers, flag, ": layer ", v, " is out of range", range);
-    RT_CHECK(std::find(out.begin(), out.end(), static_cast<int>(v)) == out.end(), flag, ": layer ", v,
-             " is listed twice");
-    out.push_back(static_cast<int>(v));
-    start = end + 1;
-  }
-  std::sort(out.begin(), out.end());
-  return out;
-}
-
 std::vector<int> pruned_layers_of(const ModelSession& session) {
   const Options& o = session.attention_options;
   if (!o.has("pruned_layers")) return {};

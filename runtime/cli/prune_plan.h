@@ -11,9 +11,8 @@
 
 namespace rt {
 
-// "0,5,7" or "[0, 5, 7]" -> sorted indices; errors name `flag`, the item and the layer count
-// (out of range, negative, repeated, not a number). n_layers < 0: range not checked.
-std::vector<int> parse_layer_indices(const std::string& text, const std::string& flag, int64_t n_layers);
+// Layer lists on the command line: rt::parse_layer_indices (sdk/include/rt/sdk/options.h), the one
+// parser the L2A plugins use for their pruned_layers option too.
 
 // The session's pruned layers (its backend's "pruned_layers" option), sorted; empty when none.
 std::vector<int> pruned_layers_of(const ModelSession& session);

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/durable_file.h"
+#include "dist/process_group.h"
 #include "loader/safetensors_writer.h"
 #include "model/host_values.h"
 #include "rt/sdk/error.h"
@@ -181,6 +182,51 @@ void export_model(Ops& ops, Qwen2Model& model, const std::filesystem::path& dir,
   }
 }
 
+namespace {
+
+// Data parallelism: after each rank has accumulated its block of the step's sequences, every sum
+// the step reports or applies becomes the sum over ranks: the gradients (in the optimizer's order,
+// the same on every rank), the LM loss, the router statistics and the host-side routing counts.
+// Every rank then holds the same bits and takes the same optimizer step.
+void reduce_step(dist::ProcessGroup& group, Ops& ops, AdamWOptimizer& opt, TensorView lm, TensorView stats,
+                 std::vector<LayerRouteCounts>& counts) {
+  for (const auto& n : opt.trainable()) group.allreduce_sum(opt.grads().at(n));
+  group.allreduce_sum(lm);
+  group.allreduce_sum(stats);
+  const int64_t L = static_cast<int64_t>(counts.size());
+  std::vector<float> host(static_cast<size_t>(3 * L));
+  for (int64_t l = 0; l < L; ++l) {
+    host[static_cast<size_t>(3 * l)] = static_cast<float>(counts[static_cast<size_t>(l)].tokens);
+    host[static_cast<size_t>(3 * l + 1)] = static_cast<float>(counts[static_cast<size_t>(l)].forced_local);
+    host[static_cast<size_t>(3 * l + 2)] = static_cast<float>(counts[static_cast<size_t>(l)].leaked);
+  }
+  if (L > 0) {
+    Tensor dev = ops.alloc(DType::F32, {3 * L});
+    ops.copy(TensorView::contiguous(host.data(), DType::F32, Device::CPU, {3 * L}), dev);
+    group.allreduce_sum(dev);
+    ops.copy(dev, TensorView::contiguous(host.data(), DType::F32, Device::CPU, {3 * L}));
+  }
+  for (int64_t l = 0; l < L; ++l) {
+    counts[static_cast<size_t>(l)].tokens = static_cast<int64_t>(std::llround(host[static_cast<size_t>(3 * l)]));
+    counts[static_cast<size_t>(l)].forced_local = static_cast<int64_t>(std::llround(host[static_cast<size_t>(3 * l + 1)]));
+    counts[static_cast<size_t>(l)].leaked = static_cast<int64_t>(std::llround(host[static_cast<size_t>(3 * l + 2)]));
+  }
+}
+
+// A stop signal any rank caught stops every rank after the same step (each would otherwise wait
+// for the others' next collective). Returns the signal to act on (SIGTERM for one seen elsewhere).
+int agree_on_stop(dist::ProcessGroup* group, Ops& ops, int local_signal) {
+  if (!group || group->size() == 1) return local_signal;
+  Tensor flag = ops.alloc(DType::F32, {1});
+  ops.fill(flag, local_signal ? 1.f : 0.f);
+  group->allreduce_sum(flag);
+  float any = 0;
+  ops.copy(flag, TensorView::contiguous(&any, DType::F32, Device::CPU, {1}));
+  return local_signal ? local_signal : any > 0 ? SIGTERM : 0;
+}
+
+}  // namespace
+
 TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, const TrainRun& run,
                           const Tokenizer* tokenizer) {
   RT_CHECK(run.steps >= 1, "train: --steps must be >= 1, found ", run.steps);
@@ -193,6 +239,12 @@ TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, c
   const ModelDims& dims = model.dims();
   const int L = static_cast<int>(dims.n_layers);
   const bool routed = model.attention().capabilities().router;
+  const int rank = run.group ? run.group->rank() : 0, world = run.group ? run.group->size() : 1;
+  const bool lead = rank == 0;  // writes metrics, checkpoints, the export and the messages
+  RT_CHECK(cfg.batch_size % world == 0, cfg.source, ": [train] batch_size ", cfg.batch_size,
+           " is not divisible by the ", world, " ranks of this run (batch_size is the global number of sequences ",
+           "per step; each rank trains batch_size / ranks of them)");
+  const int64_t per_rank = cfg.batch_size / world;
 
   AdamWSettings hp{cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay};
   AdamWOptimizer opt(ops, model, trainable_parameters(regime_name(cfg.regime), model.parameter_names(), run.attention),
@@ -270,11 +322,21 @@ TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, c
     };
     applied = extra_int("optimizer_steps", start);
     nonfinite_streak = extra_int("nonfinite_streak", 0);
+    // The sampler's cursor is global (every rank draws every sequence), so any world size resumes;
+    // only the same one sums the gradients in the same order.
+    const int64_t ck_world = extra_int("world_size", 1);
+    if (lead && ck_world != world)
+      std::cerr << "note: train --resume: " << dir->string() << " was written by " << ck_world << " rank(s), this run has "
+                << world << ": the sequences and steps continue exactly, but gradients summed in another order "
+                << "make the run not bit-identical to an uninterrupted one\n";
   } else {
     RT_CHECK(!find_latest_checkpoint(run.out).has_value(), "train: ", run.out.string(),
              " already holds checkpoints of a run; pass --resume to continue it, or choose another --out");
   }
-  MetricsLog metrics(run.out, run.resume ? std::optional<int64_t>(start) : std::nullopt);
+  // Every rank checked the directory above before rank 0 writes anything into it.
+  if (run.group) run.group->barrier();
+  std::optional<MetricsLog> metrics;
+  if (lead) metrics.emplace(run.out, run.resume ? std::optional<int64_t>(start) : std::nullopt);
 
   int64_t tokens_per_step = 0, total_tokens = 0;
   RT_CHECK(!__builtin_mul_overflow(cfg.batch_size, cfg.seq_len, &tokens_per_step) &&
@@ -282,7 +344,7 @@ TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, c
            "train: --steps ", run.steps, " x batch_size ", cfg.batch_size, " x seq_len ", cfg.seq_len,
            " tokens does not fit a 64-bit count; give fewer --steps");
   const int64_t trainable = opt.trainable_count();
-  {
+  if (lead) {
     std::cerr << "train: " << run.model_name << " with " << run.attention << ", regime "
               << regime_name(cfg.regime) << ", " << opt.trainable().size() << " trainable tensors\n"
               << budget_line(trainable, total_tokens) << "\n";
@@ -292,6 +354,9 @@ TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, c
       std::cerr << warning << "\n";
     std::cerr << "data: " << run.data.string() << ": " << data.size() << " tokens, " << sampler.num_sequences()
               << " sequences of " << cfg.seq_len << "\n";
+    if (world > 1)
+      std::cerr << "data parallel: " << world << " ranks, " << per_rank << " of the " << cfg.batch_size
+                << " sequences of every step each\n";
     if (!val_seqs.empty()) {
       std::cerr << "val data: " << run.val_data.string() << ": " << val_tokens << " tokens, " << val_seqs.size()
                 << " of its " << val_available << " sequences of " << cfg.seq_len << " (train.val_sequences = "
@@ -305,7 +370,7 @@ TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, c
   ProgressBar::Options popt;
   popt.every_steps = cfg.log_every;
   std::optional<ProgressBar> bar;
-  if (!run.quiet) bar.emplace(run.steps, start, popt);
+  if (!run.quiet && lead) bar.emplace(run.steps, start, popt);
   TrainSummary summary;
   summary.first_step = start + 1;
   summary.last_step = start;
@@ -338,10 +403,12 @@ TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, c
     ops.fill(stats, 0.f);
     opt.zero_grad();
     for (int64_t b = 0; b < cfg.batch_size; ++b) {
-      sampler.next(seq);
+      sampler.next(seq);  // every rank draws every sequence: the single-process order and cursor
+      if (b / per_rank != rank) continue;
       tc.micro = b;
       model.train_sequence(seq, tc, opt.grads(), cfg.recompute, lm);
     }
+    if (world > 1) reduce_step(*run.group, ops, opt, lm, stats, counts);
     StepRecord r;
     r.lm = host_doubles(ops, lm)[0];
     const auto st = host_doubles(ops, stats);
@@ -381,9 +448,10 @@ TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, c
         streak_first = what.str();
       }
       if (bar && ::isatty(STDERR_FILENO)) std::cerr << "\n";
-      std::cerr << "warning: train: step " << step << " skipped (no update): " << what.str() << " ["
-                << nonfinite_streak << " in a row; the run stops at " << cfg.max_nonfinite_steps
-                << ", train.max_nonfinite_steps]\n";
+      if (lead)
+        std::cerr << "warning: train: step " << step << " skipped (no update): " << what.str() << " ["
+                  << nonfinite_streak << " in a row; the run stops at " << cfg.max_nonfinite_steps
+                  << ", train.max_nonfinite_steps]\n";
     }
     ops.synchronize();
     r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -417,7 +485,7 @@ TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, c
     rec["clipped"] = clip < 1.0;
     rec["skipped"] = skipped;
     std::string val_line;  // printed after the step's progress line
-    if (!val_seqs.empty() && ((eval_every > 0 && step % eval_every == 0) || step == run.steps)) {
+    if (lead && !val_seqs.empty() && ((eval_every > 0 && step % eval_every == 0) || step == run.steps)) {
       // The mean next-token loss over every predicted token of the validation set (the LM loss
       // alone: the L2A regularizer is a training objective, not a measure of the model).
       double sum = 0;
@@ -446,7 +514,7 @@ TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, c
     rec["step_seconds"] = r.seconds;
     if (const auto mem = ops.memory_stats(); mem.peak > 0) rec["peak_mem_bytes"] = mem.peak;
     rec["epoch"] = sampler.epochs_completed();
-    metrics.append(rec);
+    if (metrics) metrics->append(rec);
     if (skipped && nonfinite_streak >= cfg.max_nonfinite_steps) {
       if (bar) bar->finish();
       bar.reset();
@@ -478,24 +546,27 @@ TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, c
                     {"steps", std::to_string(run.steps)},
                     {"data", std::filesystem::absolute(run.data).string()},  // for the record; resume compares data_*
                     {"optimizer_steps", std::to_string(applied)},
-                    {"nonfinite_streak", std::to_string(nonfinite_streak)}};
+                    {"nonfinite_streak", std::to_string(nonfinite_streak)},
+                    {"world_size", std::to_string(world)}};
       data_fp.to_fields(meta.extra);
       summary.last_checkpoint = save_checkpoint(run.out, meta, opt.state(), keep_last);
       last_save = std::chrono::steady_clock::now();
     };
     const bool collapsed = !skipped && collapse.update(step, loss, sparsity);
-    const int stop_signal = final_step ? 0 : signals.pending();  // the last step finishes the run anyway
+    // The last step finishes the run anyway.
+    const int stop_signal = final_step ? 0 : agree_on_stop(run.group, ops, signals.pending());
     const bool timed = cfg.checkpoint_minutes > 0 &&
                        std::chrono::duration<double>(std::chrono::steady_clock::now() - last_save).count() >=
                            cfg.checkpoint_minutes * 60.0;
     if ((cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0) || timed || final_step || stop_signal ||
-        (collapsed && cfg.collapse_action == CollapseAction::Stop))
-      checkpoint();
+        (collapsed && cfg.collapse_action == CollapseAction::Stop)) {
+      if (lead) checkpoint();
+    }
     if (collapsed && !summary.collapsed) {
       summary.collapsed = true;
       if (bar) bar->finish();
       bar.reset();
-      std::cerr << collapse.message() << "\n";
+      if (lead) std::cerr << collapse.message() << "\n";
       if (cfg.collapse_action == CollapseAction::Stop) return summary;
     }
     if (stop_signal) {
@@ -506,7 +577,7 @@ TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, c
     }
   }
   if (bar) bar->finish();
-  if (last == run.steps && summary.last_step == run.steps) {
+  if (lead && last == run.steps && summary.last_step == run.steps) {
     summary.exported = run.out / "model";
     MasterWeights masters;
     for (const auto& n : opt.trainable()) masters.emplace(n, opt.master(n));

@@ -16,6 +16,9 @@
 #include "train/train_config.h"
 
 namespace rt {
+namespace dist {
+class ProcessGroup;
+}
 
 struct TrainRun {
   std::filesystem::path data;
@@ -40,6 +43,12 @@ struct TrainRun {
   // with TrainSummary::interrupted_by set. The handler resets itself (SA_RESETHAND), so a second
   // signal kills the process at once. The previous handlers are restored on return.
   bool handle_signals = false;
+  // Data parallelism (runtime launch, torchrun, mpirun): this rank's group, or null for one process.
+  // batch_size stays the global number of sequences per step; every rank draws all of them in the
+  // single-process order and trains batch_size / world of them (a contiguous block), gradients,
+  // losses and routing counts are summed over ranks before the (replicated) optimizer step, and only
+  // rank 0 writes metrics, checkpoints and the export.
+  dist::ProcessGroup* group = nullptr;
 };
 
 struct TrainSummary {

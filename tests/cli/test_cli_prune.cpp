@@ -179,8 +179,10 @@ TEST_F(CliPrune, PrunedModelRunsInEveryCommand) {
                              "--layers", "1", "--out", eval_pruned.string()});
   ASSERT_TRUE(r.ok()) << r.describe();
   const fs::path ppl = fs::path(RT_SOURCE_DIR) / "tests" / "fixtures" / "eval" / "data" / "ppl.txt";
+  // The fixture's tokenizer.json is not in the repository (tests take the shared one, as eval's own do).
+  const fs::path tokenizer = fs::path(RT_SHARED_DATA_DIR) / "qwen2.5-tokenizer";
   r = run_runtime({"eval", "--model", eval_pruned.string(), "--tasks", "ppl", "--data", "ppl=" + ppl.string(),
-                   "--limit", "2", "--seq", "32", "--output", (tmp_ / "ev").string()},
+                   "--tokenizer", tokenizer.string(), "--limit", "2", "--seq", "32", "--output", (tmp_ / "ev").string()},
                   300);
   ASSERT_TRUE(r.ok()) << r.describe();
 }

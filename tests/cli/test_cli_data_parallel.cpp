@@ -1,0 +1,117 @@
+// Data-parallel training on the CPU (issue 14): `runtime launch --nproc-per-node N -- runtime train`
+// against one process with the same global batch. Each rank trains batch_size / N of every step's
+// sequences; gradients, losses and routing counts are summed over ranks (Gloo), so the per-step
+// losses equal the single process's within reduction-order rounding, for full_causal and L2A
+// (paper layout, leak and regularizer on). Only rank 0 writes; an interrupted 2-rank run resumes
+// bit-identically with 2 ranks, and with 1 rank it continues with a note.
+#include <cmath>
+#include <sstream>
+
+#include "cli_test_util.h"
+
+namespace {
+
+using namespace rt::test;
+using json = nlohmann::json;
+
+fs::path l2a_dir() { return fixtures_dir().parent_path() / "l2a"; }
+
+std::vector<json> metrics(const fs::path& out) {
+  std::vector<json> rows;
+  std::istringstream in(read_text(out / "metrics.jsonl"));
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty()) rows.push_back(json::parse(line));
+  return rows;
+}
+
+struct Train {
+  TempDir tmp;
+  std::vector<std::string> args(const std::string& attention, const fs::path& out, int steps) {
+    write_text(tmp / "train.toml",
+               "[train]\nregime = \"attention\"\nseq_len = 16\nbatch_size = 4\nlr = 3e-3\nwarmup_steps = 1\n"
+               "seed = 5\n\n[attention]\nwindow = 4\nlambda = 0.01\nleak_prob = 0.5\n");
+    std::vector<std::string> a = {runtime_bin().string(), "train", "--model", (l2a_dir() / "base").string(),
+                                  "--attention", attention, "--config", (tmp / "train.toml").string(), "--data",
+                                  (l2a_dir() / "tokens.bin").string(), "--steps", std::to_string(steps), "--out",
+                                  out.string(), "--quiet"};
+    if (attention != "l2a_dense") {  // the [attention] options are L2A's
+      write_text(tmp / "train.toml",
+                 "[train]\nregime = \"full\"\nseq_len = 16\nbatch_size = 4\nlr = 3e-3\nwarmup_steps = 1\nseed = 5\n");
+    }
+    return a;
+  }
+  RunResult single(const std::string& attention, const fs::path& out, int steps, std::vector<std::string> extra = {}) {
+    auto a = args(attention, out, steps);
+    a.erase(a.begin());
+    a.insert(a.end(), extra.begin(), extra.end());
+    return run_runtime(a, 300);
+  }
+  RunResult ranks(int n, const std::string& attention, const fs::path& out, int steps,
+                  std::vector<std::string> extra = {}) {
+    std::vector<std::string> a = {"launch", "--nproc-per-node", std::to_string(n), "--"};
+    auto t = args(attention, out, steps);
+    a.insert(a.end(), t.begin(), t.end());
+    a.insert(a.end(), extra.begin(), extra.end());
+    return run_runtime(a, 300);
+  }
+};
+
+void expect_same_losses(const std::vector<json>& a, const std::vector<json>& b, double tol) {
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    SCOPED_TRACE("step " + std::to_string(i + 1));
+    const double la = a[i]["loss"].get<double>(), lb = b[i]["loss"].get<double>();
+    EXPECT_LE(std::abs(la - lb), tol * std::abs(lb)) << la << " vs " << lb;
+    if (b[i]["sparsity"].is_number()) {
+      EXPECT_DOUBLE_EQ(a[i]["sparsity"].get<double>(), b[i]["sparsity"].get<double>());
+      EXPECT_EQ(a[i]["leak_layers"], b[i]["leak_layers"]);
+    }
+    EXPECT_EQ(a[i]["tokens"], b[i]["tokens"]);
+  }
+}
+
+class DataParallel : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(DataParallel, TwoRanksGiveTheSingleProcessLosses) {
+  ASSERT_TRUE(runtime_available());
+  Train t;
+  const auto one = t.single(GetParam(), t.tmp / "one", 4);
+  ASSERT_TRUE(one.ok()) << one.describe();
+  const auto two = t.ranks(2, GetParam(), t.tmp / "two", 4);
+  ASSERT_TRUE(two.ok()) << two.describe();
+  expect_same_losses(metrics(t.tmp / "two"), metrics(t.tmp / "one"), 1e-4);
+  EXPECT_TRUE(fs::exists(t.tmp / "two" / "model" / "model.safetensors"));
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, DataParallel, ::testing::Values("full_causal", "l2a_dense"));
+
+TEST(DataParallelResume, SameWorldBitIdenticalOtherWorldContinues) {
+  ASSERT_TRUE(runtime_available());
+  Train t;
+  const auto whole = t.ranks(2, "l2a_dense", t.tmp / "whole", 4);
+  ASSERT_TRUE(whole.ok()) << whole.describe();
+  const auto first = t.ranks(2, "l2a_dense", t.tmp / "cut", 4, {"--stop-at", "2"});
+  ASSERT_TRUE(first.ok()) << first.describe();
+  const auto rest = t.ranks(2, "l2a_dense", t.tmp / "cut", 4, {"--resume"});
+  ASSERT_TRUE(rest.ok()) << rest.describe();
+  const auto a = metrics(t.tmp / "whole"), b = metrics(t.tmp / "cut");
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i]["loss"], b[i]["loss"]) << "step " << i + 1;
+
+  const auto cut1 = t.ranks(2, "l2a_dense", t.tmp / "cut1", 4, {"--stop-at", "2"});
+  ASSERT_TRUE(cut1.ok()) << cut1.describe();
+  const auto on_one = t.single("l2a_dense", t.tmp / "cut1", 4, {"--resume"});
+  ASSERT_TRUE(on_one.ok()) << on_one.describe();
+  EXPECT_NE(on_one.err.find("not bit-identical"), std::string::npos) << on_one.err;
+  expect_same_losses(metrics(t.tmp / "cut1"), a, 1e-4);
+}
+
+TEST(DataParallelErrors, BatchNotDivisibleByTheRanks) {
+  ASSERT_TRUE(runtime_available());
+  Train t;
+  const auto r = t.ranks(3, "full_causal", t.tmp / "x", 1);
+  EXPECT_FALSE(r.ok());
+  EXPECT_NE(r.err.find("batch_size 4 is not divisible by the 3 ranks"), std::string::npos) << r.err;
+}
+
+}  // namespace
