@@ -157,6 +157,16 @@ RunResult run_runtime(const std::vector<std::string>& args, double timeout_s) {
 }
 
 fs::path fixtures_dir() { return fs::path(RT_FIXTURES_DIR) / "models"; }
+fs::path l2a_dir() { return fixtures_dir().parent_path() / "l2a"; }
+
+std::vector<nlohmann::json> read_jsonl(const fs::path& path) {
+  std::vector<nlohmann::json> rows;
+  std::istringstream in(read_text(path));
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty()) rows.push_back(nlohmann::json::parse(line));
+  return rows;
+}
+
 fs::path fixture_model(const std::string& name) { return fixtures_dir() / name; }
 
 std::string read_text(const fs::path& path) {

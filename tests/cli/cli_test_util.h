@@ -41,6 +41,9 @@ RunResult run_runtime(const std::vector<std::string>& args, double timeout_s = 1
 ::testing::AssertionResult runtime_available();
 
 fs::path fixtures_dir();                       // RT_FIXTURES_DIR "/models"
+fs::path l2a_dir();                            // RT_FIXTURES_DIR "/l2a" (tools/make_l2a_fixtures.py)
+// The rows of a JSON-lines file such as a training run's metrics.jsonl.
+std::vector<nlohmann::json> read_jsonl(const fs::path& path);
 fs::path fixture_model(const std::string& name);
 nlohmann::json read_json(const fs::path& path);
 void write_text(const fs::path& path, const std::string& text);

@@ -13,8 +13,6 @@ namespace {
 using namespace rt::test;
 using json = nlohmann::json;
 
-fs::path l2a_dir() { return fixtures_dir().parent_path() / "l2a"; }
-
 // A copy of the tiny L2A fixture `name` (base, paper, parallel) under tmp.
 fs::path copy_l2a_fixture(const std::string& name, const TempDir& tmp) {
   const fs::path dst = tmp / name;

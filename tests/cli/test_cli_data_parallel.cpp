@@ -14,15 +14,7 @@ namespace {
 using namespace rt::test;
 using json = nlohmann::json;
 
-fs::path l2a_dir() { return fixtures_dir().parent_path() / "l2a"; }
-
-std::vector<json> metrics(const fs::path& out) {
-  std::vector<json> rows;
-  std::istringstream in(read_text(out / "metrics.jsonl"));
-  for (std::string line; std::getline(in, line);)
-    if (!line.empty()) rows.push_back(json::parse(line));
-  return rows;
-}
+std::vector<json> metrics(const fs::path& out) { return read_jsonl(out / "metrics.jsonl"); }
 
 struct Train {
   TempDir tmp;
