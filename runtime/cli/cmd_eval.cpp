@@ -19,11 +19,13 @@
 #include "common/durable_file.h"
 #include "common/flag_paths.h"
 #include "common/text_table.h"
+#include "dist/process_group.h"
 #include "eval/eval_metrics.h"
 #include "eval/eval_tasks.h"
 #include "eval/loglikelihood.h"
 #include "eval/niah.h"
 #include "eval/python_text.h"
+#include "eval/sharded.h"
 #include "model/qwen2_model.h"
 #include "tokenizer/tokenizer.h"
 
@@ -40,17 +42,29 @@ std::vector<std::string> split_list(const std::string& s, char sep) {
   return out;
 }
 
-// One line on stderr, redrawn: done/total, rate, ETA.
+// The ranks of a launched eval (runtime launch, torchrun, mpirun; null group: one process). Rank 0
+// (the lead) shows progress and writes the outputs.
+struct Ranks {
+  dist::ProcessGroup* group = nullptr;
+  bool lead() const { return !group || group->rank() == 0; }
+  int size() const { return group ? group->size() : 1; }
+};
+
+// One line on stderr, redrawn: done/total, rate, ETA (of this rank's share: the lead's line).
 class EvalProgress {
  public:
-  EvalProgress(std::string what, int64_t total) : what_(std::move(what)), total_(total), tty_(isatty(STDERR_FILENO)) {}
+  EvalProgress(std::string what, int64_t total, const char* unit, const Ranks& ranks)
+      : what_(std::move(what)), unit_(unit), total_(total), tty_(isatty(STDERR_FILENO)), on_(ranks.lead()),
+        ranks_(ranks.size()) {}
   void update(int64_t done) {
+    if (!on_) return;
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
     if (!tty_ && done < total_) return;
     const double rate = s > 0 ? done / s : 0;
     std::ostringstream os;
-    os << "[eval] " << what_ << "  " << done << "/" << total_ << " docs  " << std::fixed << std::setprecision(1) << rate
-       << " docs/s";
+    os << "[eval] " << what_ << "  " << done << "/" << total_ << " " << unit_ << "  " << std::fixed
+       << std::setprecision(1) << rate << " " << unit_ << "/s";
+    if (ranks_ > 1) os << " on rank 0 of " << ranks_;
     if (rate > 0 && done < total_) os << "  ETA " << std::setprecision(0) << (total_ - done) / rate << "s";
     std::cerr << (tty_ ? "\r\033[K" : "") << fit_to_width(os.str(), tty_ ? terminal_columns(STDERR_FILENO) - 1 : 0)
               << (tty_ && done < total_ ? "" : "\n") << std::flush;
@@ -58,8 +72,10 @@ class EvalProgress {
 
  private:
   std::string what_;
+  const char* unit_;
   int64_t total_;
-  bool tty_;
+  bool tty_, on_;
+  int ranks_;
   std::chrono::steady_clock::time_point t0_ = std::chrono::steady_clock::now();
 };
 
@@ -84,11 +100,26 @@ auto data_flag(const std::string& task, F&& f) {
 
 json stderr_json(const std::optional<double>& s) { return s ? json(*s) : json("N/A"); }
 
-// Multiple choice: results and one sample line per document.
+// Multiple choice: results and one sample line per document. The requests (one per choice) are
+// dealt out over the ranks; each request's (log-likelihood, is_greedy) comes back to every rank.
 json eval_choice(eval::LoglikelihoodScorer& scorer, const std::string& task, const std::vector<eval::ChoiceDoc>& docs,
-                 std::string& samples) {
+                 const Ranks& ranks, std::string& samples) {
+  std::vector<std::pair<size_t, size_t>> requests;  // (doc, choice)
+  for (size_t d = 0; d < docs.size(); ++d)
+    for (size_t c = 0; c < docs[d].choices.size(); ++c) requests.emplace_back(d, c);
+  const int64_t n = static_cast<int64_t>(requests.size());
+  EvalProgress bar(task, eval::items_of_rank(ranks.group, n), "requests", ranks);
+  const std::vector<double> scored = eval::sharded_items(
+      ranks.group, n, 2,
+      [&](int64_t i, double* out) {
+        const auto [d, c] = requests[static_cast<size_t>(i)];
+        const eval::Loglikelihood ll = scorer.score(scorer.encode_pair(docs[d].context, " " + docs[d].choices[c]));
+        out[0] = ll.logprob;
+        out[1] = ll.is_greedy ? 1.0 : 0.0;
+      },
+      [&](int64_t done) { bar.update(done); });
   std::vector<double> acc, acc_norm;
-  EvalProgress bar(task, static_cast<int64_t>(docs.size()));
+  size_t next = 0;
   for (const eval::ChoiceDoc& d : docs) {
     std::vector<double> lls, norm;
     json s;
@@ -97,11 +128,12 @@ json eval_choice(eval::LoglikelihoodScorer& scorer, const std::string& task, con
     s["context"] = d.context;
     json conts = json::array(), greedy = json::array();
     for (const std::string& c : d.choices) {
-      const eval::Loglikelihood ll = scorer.score(scorer.encode_pair(d.context, " " + c));
-      lls.push_back(ll.logprob);
-      norm.push_back(ll.logprob / static_cast<double>(eval::py_len(c)));
+      const double ll = scored[2 * next], is_greedy = scored[2 * next + 1];
+      ++next;
+      lls.push_back(ll);
+      norm.push_back(ll / static_cast<double>(eval::py_len(c)));
       conts.push_back(" " + c);
-      greedy.push_back(ll.is_greedy);
+      greedy.push_back(is_greedy != 0.0);
     }
     acc.push_back(eval::argmax_first(lls) == d.target ? 1.0 : 0.0);
     acc_norm.push_back(eval::argmax_first(norm) == d.target ? 1.0 : 0.0);
@@ -111,36 +143,44 @@ json eval_choice(eval::LoglikelihoodScorer& scorer, const std::string& task, con
     s["acc"] = acc.back();
     s["acc_norm"] = acc_norm.back();
     samples += s.dump() + "\n";
-    bar.update(d.doc_id + 1);
   }
-  const eval::MeanStderr a = eval::mean_stderr(acc), n = eval::mean_stderr(acc_norm);
+  const eval::MeanStderr a = eval::mean_stderr(acc), m = eval::mean_stderr(acc_norm);
   json r;
   r["alias"] = task;
   r["acc,none"] = a.mean;
   r["acc_stderr,none"] = stderr_json(a.stderr_);
-  r["acc_norm,none"] = n.mean;
-  r["acc_norm_stderr,none"] = stderr_json(n.stderr_);
+  r["acc_norm,none"] = m.mean;
+  r["acc_norm_stderr,none"] = stderr_json(m.stderr_);
   r["samples"] = static_cast<int64_t>(docs.size());
   return r;
 }
 
-json eval_wikitext(eval::LoglikelihoodScorer& scorer, const std::vector<eval::PageDoc>& docs, std::string& samples) {
+json eval_wikitext(eval::LoglikelihoodScorer& scorer, const std::vector<eval::PageDoc>& docs, const Ranks& ranks,
+                   std::string& samples) {
   double ll = 0;
   int64_t words = 0, bytes = 0;
-  EvalProgress bar("wikitext", static_cast<int64_t>(docs.size()));
-  for (const eval::PageDoc& d : docs) {
-    const eval::Loglikelihood r = scorer.score_rolling(d.text);
-    ll += r.logprob;
+  const int64_t n = static_cast<int64_t>(docs.size());
+  EvalProgress bar("wikitext", eval::items_of_rank(ranks.group, n), "docs", ranks);
+  const std::vector<double> pages = eval::sharded_items(
+      ranks.group, n, 2,
+      [&](int64_t i, double* out) {
+        const eval::Loglikelihood r = scorer.score_rolling(docs[static_cast<size_t>(i)].text);
+        out[0] = r.logprob;
+        out[1] = static_cast<double>(r.tokens);
+      },
+      [&](int64_t done) { bar.update(done); });
+  for (size_t i = 0; i < docs.size(); ++i) {
+    const eval::PageDoc& d = docs[i];
+    ll += pages[2 * i];
     words += d.words;
     bytes += d.bytes;
     json s;
     s["doc_id"] = d.doc_id;
-    s["loglikelihood"] = r.logprob;
-    s["tokens"] = r.tokens;
+    s["loglikelihood"] = pages[2 * i];
+    s["tokens"] = static_cast<int64_t>(pages[2 * i + 1]);
     s["words"] = d.words;
     s["bytes"] = d.bytes;
     samples += s.dump() + "\n";
-    bar.update(d.doc_id + 1);
   }
   json r;
   r["alias"] = "wikitext";
@@ -155,7 +195,7 @@ json eval_wikitext(eval::LoglikelihoodScorer& scorer, const std::vector<eval::Pa
 }
 
 json eval_ppl(eval::LoglikelihoodScorer& scorer, const Tokenizer& tok, const std::string& path, int64_t seq,
-              int64_t stride, std::string& samples) {
+              int64_t stride, const Ranks& ranks, std::string& samples) {
   const std::string text = read_text_file(path);
   eval::check_utf8(text, path);
   const std::vector<int32_t> ids = tok.encode(text);
@@ -163,23 +203,32 @@ json eval_ppl(eval::LoglikelihoodScorer& scorer, const Tokenizer& tok, const std
   const auto windows = eval::ppl_windows(static_cast<int64_t>(ids.size()), seq, stride);
   double nll = 0;
   int64_t scored = 0;
-  EvalProgress bar("ppl", static_cast<int64_t>(windows.size()));
+  const int64_t n = static_cast<int64_t>(windows.size());
+  EvalProgress bar("ppl", eval::items_of_rank(ranks.group, n), "windows", ranks);
+  const std::vector<double> per_window = eval::sharded_items(
+      ranks.group, n, 2,
+      [&](int64_t i, double* out) {
+        const eval::PplWindow& w = windows[static_cast<size_t>(i)];
+        eval::TokenPair p;
+        p.context.assign(ids.begin() + w.begin, ids.begin() + (w.end - w.scored));
+        p.continuation.assign(ids.begin() + (w.end - w.scored), ids.begin() + w.end);
+        const eval::Loglikelihood ll = scorer.score(p);
+        out[0] = ll.logprob;
+        out[1] = static_cast<double>(ll.tokens);
+      },
+      [&](int64_t done) { bar.update(done); });
   for (size_t i = 0; i < windows.size(); ++i) {
     const eval::PplWindow& w = windows[i];
-    eval::TokenPair p;
-    p.context.assign(ids.begin() + w.begin, ids.begin() + (w.end - w.scored));
-    p.continuation.assign(ids.begin() + (w.end - w.scored), ids.begin() + w.end);
-    const eval::Loglikelihood ll = scorer.score(p);
-    nll -= ll.logprob;
-    scored += ll.tokens;
+    const double logprob = per_window[2 * i];
+    nll -= logprob;
+    scored += static_cast<int64_t>(per_window[2 * i + 1]);
     json s;
     s["window"] = static_cast<int64_t>(i);
     s["begin"] = w.begin;
     s["end"] = w.end;
     s["scored"] = w.scored;
-    s["nll"] = -ll.logprob;
+    s["nll"] = -logprob;
     samples += s.dump() + "\n";
-    bar.update(static_cast<int64_t>(i + 1));
   }
   json r;
   r["alias"] = "ppl";
@@ -201,50 +250,77 @@ struct NiahSettings {
 };
 
 json eval_niah(Qwen2Model& model, const Tokenizer& tok, const std::string& path, const NiahSettings& ns,
-               std::string& samples) {
+               const Ranks& ranks, std::string& samples) {
   const std::vector<std::string> sentences = eval::haystack_sentences(read_text_file(path), path);
   std::optional<int32_t> eos = model.config().eos_token_id ? std::optional<int32_t>(static_cast<int32_t>(*model.config().eos_token_id))
                                                            : tok.eos_id();
-  json cells = json::array();
-  double total = 0;
-  int64_t n = 0;
-  EvalProgress bar("niah", static_cast<int64_t>(ns.lengths.size() * ns.depths.size()) * ns.samples);
-  for (int64_t len : ns.lengths) {
+  for (int64_t len : ns.lengths)
     RT_CHECK(len + ns.max_new <= model.dims().max_positions, "niah: length ", len, " + ", ns.max_new,
              " generated tokens exceeds the model's max_position_embeddings (", model.dims().max_positions, ")");
-    for (double depth : ns.depths) {
-      double cell = 0;
-      for (int64_t k = 0; k < ns.samples; ++k) {
-        // The same prompt for every backend: seeded by (seed, length, depth, sample).
-        const uint64_t seed = ns.seed * 0x9E3779B97F4A7C15ull ^ (static_cast<uint64_t>(len) << 20) ^
-                              (static_cast<uint64_t>(depth * 100) << 8) ^ static_cast<uint64_t>(k);
-        const eval::NiahPrompt p = eval::build_niah_prompt(tok, sentences, len, depth / 100.0, seed);
-        const std::vector<int32_t> out = eval::greedy_generate(model, p.ids, ns.max_new, eos);
-        const std::string text = tok.decode(out);
-        const bool hit = eval::niah_score(text, p.number);
-        cell += hit;
-        json s;
-        s["length"] = len;
-        s["depth"] = depth;
-        s["sample"] = k;
-        s["prompt_tokens"] = static_cast<int64_t>(p.ids.size());
-        s["depth_actual"] = p.depth_actual * 100;
-        s["key"] = p.key;
-        s["target"] = p.number;
-        s["output"] = text;
-        s["output_ids"] = out;
-        s["score"] = hit ? 1 : 0;
-        samples += s.dump() + "\n";
-        ++n;
-        bar.update(n);
-      }
-      cells.push_back({{"length", len}, {"depth", depth}, {"score", cell / static_cast<double>(ns.samples)}});
-      total += cell;
+  struct Item {
+    int64_t len;
+    double depth;
+    int64_t k;
+  };
+  std::vector<Item> items;
+  for (int64_t len : ns.lengths)
+    for (double depth : ns.depths)
+      for (int64_t k = 0; k < ns.samples; ++k) items.push_back({len, depth, k});
+  // The same prompt for every backend and rank: seeded by (seed, length, depth, sample).
+  auto prompt = [&](const Item& it) {
+    const uint64_t seed = ns.seed * 0x9E3779B97F4A7C15ull ^ (static_cast<uint64_t>(it.len) << 20) ^
+                          (static_cast<uint64_t>(it.depth * 100) << 8) ^ static_cast<uint64_t>(it.k);
+    return eval::build_niah_prompt(tok, sentences, it.len, it.depth / 100.0, seed);
+  };
+  // Each item's greedy output: its length, then the ids (padded to max_new).
+  const int width = static_cast<int>(1 + ns.max_new);
+  std::map<int64_t, eval::NiahPrompt> built;  // this rank's prompts, reused for the samples
+  const int64_t n = static_cast<int64_t>(items.size());
+  EvalProgress bar("niah", eval::items_of_rank(ranks.group, n), "samples", ranks);
+  const std::vector<double> outputs = eval::sharded_items(
+      ranks.group, n, width,
+      [&](int64_t i, double* out) {
+        eval::NiahPrompt p = prompt(items[static_cast<size_t>(i)]);
+        const std::vector<int32_t> ids = eval::greedy_generate(model, p.ids, ns.max_new, eos);
+        out[0] = static_cast<double>(ids.size());
+        for (size_t j = 0; j < ids.size(); ++j) out[1 + j] = ids[j];
+        built.emplace(i, std::move(p));
+      },
+      [&](int64_t done) { bar.update(done); });
+
+  json cells = json::array();
+  double total = 0;
+  for (size_t c = 0; c < items.size(); c += static_cast<size_t>(ns.samples)) {
+    double cell = 0;
+    for (size_t i = c; i < c + static_cast<size_t>(ns.samples); ++i) {
+      const Item& it = items[i];
+      auto mine = built.find(static_cast<int64_t>(i));
+      const eval::NiahPrompt p = mine != built.end() ? mine->second : prompt(it);
+      const double* o = outputs.data() + i * static_cast<size_t>(width);
+      std::vector<int32_t> out(static_cast<size_t>(o[0]));
+      for (size_t j = 0; j < out.size(); ++j) out[j] = static_cast<int32_t>(o[1 + j]);
+      const std::string text = tok.decode(out);
+      const bool hit = eval::niah_score(text, p.number);
+      cell += hit;
+      json s;
+      s["length"] = it.len;
+      s["depth"] = it.depth;
+      s["sample"] = it.k;
+      s["prompt_tokens"] = static_cast<int64_t>(p.ids.size());
+      s["depth_actual"] = p.depth_actual * 100;
+      s["key"] = p.key;
+      s["target"] = p.number;
+      s["output"] = text;
+      s["output_ids"] = out;
+      s["score"] = hit ? 1 : 0;
+      samples += s.dump() + "\n";
     }
+    cells.push_back({{"length", items[c].len}, {"depth", items[c].depth}, {"score", cell / static_cast<double>(ns.samples)}});
+    total += cell;
   }
   json r;
   r["alias"] = "niah";
-  r["niah,none"] = total / static_cast<double>(n);
+  r["niah,none"] = total / static_cast<double>(items.size());
   r["niah_stderr,none"] = "N/A";
   r["cells"] = cells;
   r["samples_per_cell"] = ns.samples;
@@ -363,6 +439,15 @@ void register_eval(CLI::App& app) {
     niah.seed = args->niah_seed;
     std::vector<std::string> backends = split_list(args->attention_list, ',');
     if (backends.empty()) backends.push_back("");  // the model's own backend
+    // Launched over several ranks: each scores its share of every task's items (on its own GPU with
+    // --device cuda); the scores meet on the CPU (Gloo), and rank 0 writes the outputs.
+    Ranks ranks;
+    std::unique_ptr<dist::ProcessGroup> group;
+    if (const auto world = dist::world_from_env(); world && world->world_size > 1) {
+      if (args->model.device == "cuda") dist::use_local_gpu(world->local_rank);
+      group = dist::join_process_group(*world, Device::CPU);
+      ranks.group = group.get();
+    }
     std::vector<std::pair<std::string, json>> all;  // backend -> results
     for (const std::string& backend : backends) {
       ModelOptions mo = args->model;
@@ -389,18 +474,18 @@ void register_eval(CLI::App& app) {
         const std::string& file = data[task];
         if (eval::is_choice_task(task))
           r = eval_choice(scorer, task,
-                          data_flag(task, [&] { return eval::load_choice_docs(task, file, args->limit); }),
+                          data_flag(task, [&] { return eval::load_choice_docs(task, file, args->limit); }), ranks,
                           samples);
         else if (task == "wikitext")
           r = eval_wikitext(scorer, data_flag(task, [&] { return eval::load_wikitext_docs(file, args->limit); }),
-                            samples);
+                            ranks, samples);
         else if (task == "niah")
-          r = eval_niah(*session->model, *tok, file, niah, samples);
+          r = eval_niah(*session->model, *tok, file, niah, ranks, samples);
         else
-          r = eval_ppl(scorer, *tok, file, max_len, args->stride > 0 ? args->stride : max_len, samples);
+          r = eval_ppl(scorer, *tok, file, max_len, args->stride > 0 ? args->stride : max_len, ranks, samples);
         results[task] = r;
         timings[task] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        write_file_atomic(dir / ("samples_" + task + ".jsonl"), samples);
+        if (ranks.lead()) write_file_atomic(dir / ("samples_" + task + ".jsonl"), samples);
       }
       json out;
       out["results"] = results;
@@ -414,13 +499,17 @@ void register_eval(CLI::App& app) {
       cfg["max_length"] = max_len;
       cfg["limit"] = args->limit > 0 ? json(args->limit) : json(nullptr);
       cfg["num_fewshot"] = 0;
+      cfg["ranks"] = ranks.size();
       out["config"] = cfg;
       out["versions"] = {{"runtime_eval", 1}, {"lm_eval_reference", "0.4.13"}};
       out["timings_s"] = timings;
-      write_file_atomic(dir / "results.json", out.dump(2) + "\n");
       all.emplace_back(name, results);
-      std::cerr << "[eval] " << name << ": wrote " << (dir / "results.json").string() << "\n";
+      if (ranks.lead()) {
+        write_file_atomic(dir / "results.json", out.dump(2) + "\n");
+        std::cerr << "[eval] " << name << ": wrote " << (dir / "results.json").string() << "\n";
+      }
     }
+    if (!ranks.lead()) return;
 
     // Side by side, deltas against the first backend.
     std::ostringstream csv, md;

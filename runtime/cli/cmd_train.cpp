@@ -15,32 +15,7 @@
 
 namespace rt {
 
-// The GPU of local rank r: entry r of CUDA_VISIBLE_DEVICES when the launcher set a list (the
-// devices this node gives the job), else device r. Set before the CUDA backend loads, so the
-// process sees one device, device 0.
-static void use_local_gpu(int local_rank) {
-  std::string devices;
-  if (const char* v = std::getenv("CUDA_VISIBLE_DEVICES"); v && *v) {
-    std::vector<std::string> list;
-    std::string item;
-    for (const char* c = v;; ++c) {
-      if (*c == ',' || *c == '\0') {
-        if (!item.empty()) list.push_back(item);
-        item.clear();
-        if (*c == '\0') break;
-      } else {
-        item += *c;
-      }
-    }
-    if (list.size() == 1) return;  // the launcher already gave this rank its own device
-    RT_CHECK(local_rank < static_cast<int>(list.size()), "train: local rank ", local_rank,
-             " has no GPU: CUDA_VISIBLE_DEVICES=", v, " lists ", list.size());
-    devices = list[static_cast<size_t>(local_rank)];
-  } else {
-    devices = std::to_string(local_rank);
-  }
-  ::setenv("CUDA_VISIBLE_DEVICES", devices.c_str(), 1);
-}
+
 
 void register_train(CLI::App& app) {
   struct Args {
@@ -131,7 +106,7 @@ void register_train(CLI::App& app) {
     // torchrun, mpirun, srun), if any; each rank drives the GPU of its local rank.
     const std::optional<dist::WorldInfo> world = dist::world_from_env();
     const bool parallel = world && world->world_size > 1;
-    if (parallel && mo.device == "cuda") use_local_gpu(world->local_rank);
+    if (parallel && mo.device == "cuda") dist::use_local_gpu(world->local_rank);
     auto session = open_model_session(mo);
     std::unique_ptr<dist::ProcessGroup> group;
     if (parallel) group = dist::join_process_group(*world, session->ops->device());

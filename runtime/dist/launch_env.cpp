@@ -168,4 +168,29 @@ std::optional<WorldInfo> world_from_env() {
   return found;
 }
 
+// One listed device: the launcher already gave this rank its own.
+void use_local_gpu(int local_rank) {
+  std::string devices;
+  if (const char* v = std::getenv("CUDA_VISIBLE_DEVICES"); v && *v) {
+    std::vector<std::string> list;
+    std::string item;
+    for (const char* c = v;; ++c) {
+      if (*c == ',' || *c == '\0') {
+        if (!item.empty()) list.push_back(item);
+        item.clear();
+        if (*c == '\0') break;
+      } else {
+        item += *c;
+      }
+    }
+    if (list.size() == 1) return;  // the launcher already gave this rank its own device
+    RT_CHECK(local_rank < static_cast<int>(list.size()), "local rank ", local_rank,
+             " has no GPU: CUDA_VISIBLE_DEVICES=", v, " lists ", list.size());
+    devices = list[static_cast<size_t>(local_rank)];
+  } else {
+    devices = std::to_string(local_rank);
+  }
+  ::setenv("CUDA_VISIBLE_DEVICES", devices.c_str(), 1);
+}
+
 }  // namespace rt::dist

@@ -30,6 +30,11 @@ struct WorldInfo {
 // single-process run). Inconsistent or partial variables are an rt::Error naming them.
 std::optional<WorldInfo> world_from_env();
 
+// Makes this process use the GPU of its local rank: entry local_rank of CUDA_VISIBLE_DEVICES when
+// the launcher set a list (the devices the node gives the job), else device local_rank, as the only
+// visible device. Call it before the CUDA backend loads.
+void use_local_gpu(int local_rank);
+
 class ProcessGroup {
  public:
   virtual ~ProcessGroup() = default;

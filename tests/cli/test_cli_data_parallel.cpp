@@ -3,7 +3,9 @@
 // sequences; gradients, losses and routing counts are summed over ranks (Gloo), so the per-step
 // losses equal the single process's within reduction-order rounding, for full_causal and L2A
 // (paper layout, leak and regularizer on). Only rank 0 writes; an interrupted 2-rank run resumes
-// bit-identically with 2 ranks, and with 1 rank it continues with a note.
+// bit-identically with 2 ranks, and with 1 rank it continues with a note. `runtime eval` over 2 and
+// 3 ranks (each scores its share of every task's requests, windows and samples) writes the single
+// process's results and samples, bit for bit.
 #include <cmath>
 #include <sstream>
 
@@ -104,6 +106,50 @@ TEST(DataParallelErrors, BatchNotDivisibleByTheRanks) {
   const auto r = t.ranks(3, "full_causal", t.tmp / "x", 1);
   EXPECT_FALSE(r.ok());
   EXPECT_NE(r.err.find("batch_size 4 is not divisible by the 3 ranks"), std::string::npos) << r.err;
+}
+
+// Every task of runtime eval, launched over `ranks` processes (1: a plain run).
+RunResult eval_over(int ranks, const fs::path& out) {
+  const fs::path ev = fs::path(RT_SOURCE_DIR) / "tests" / "fixtures" / "eval";
+  const fs::path shared = fs::path(RT_SHARED_DATA_DIR);
+  std::vector<std::string> a = {runtime_bin().string(), "eval", "--model", (ev / "model").string(), "--tokenizer",
+                                (shared / "qwen2.5-tokenizer").string(), "--tasks", "piqa,wikitext,ppl,niah",
+                                "--data", "piqa=" + (ev / "data" / "piqa.jsonl").string(),
+                                "--data", "wikitext=" + (ev / "data" / "wikitext.jsonl").string(),
+                                "--data", "ppl=" + (ev / "data" / "ppl.txt").string(),
+                                "--data", "niah=" + (shared / "wikitext-2" / "test.txt").string(),
+                                "--limit", "5", "--seq", "64", "--niah-lengths", "100,150", "--niah-depths", "0,50",
+                                "--niah-samples", "2", "--attention", "full_causal,swa", "--window", "8",
+                                "--output", out.string()};
+  if (ranks > 1) {
+    a.insert(a.begin(), {"launch", "--nproc-per-node", std::to_string(ranks), "--"});
+    return run_runtime(a, 300);
+  }
+  a.erase(a.begin());
+  return run_runtime(a, 300);
+}
+
+TEST(DataParallelEval, RanksWriteTheSingleProcessResults) {
+  ASSERT_TRUE(runtime_available());
+  TempDir tmp;
+  const auto one = eval_over(1, tmp / "one");
+  ASSERT_TRUE(one.ok()) << one.describe();
+  for (int ranks : {2, 3}) {
+    SCOPED_TRACE(std::to_string(ranks) + " ranks");
+    const fs::path out = tmp / ("r" + std::to_string(ranks));
+    const auto r = eval_over(ranks, out);
+    ASSERT_TRUE(r.ok()) << r.describe();
+    for (const char* backend : {"full_causal", "swa"}) {
+      json a = read_json(tmp / "one" / backend / "results.json"), b = read_json(out / backend / "results.json");
+      EXPECT_EQ(a["results"], b["results"]) << backend;
+      EXPECT_EQ(b["config"]["ranks"], ranks);
+      for (const char* task : {"piqa", "wikitext", "ppl", "niah"}) {
+        const std::string f = std::string("samples_") + task + ".jsonl";
+        EXPECT_EQ(read_text(tmp / "one" / backend / f), read_text(out / backend / f)) << backend << " " << f;
+      }
+    }
+    EXPECT_EQ(read_text(tmp / "one" / "summary.csv"), read_text(out / "summary.csv"));
+  }
 }
 
 }  // namespace
