@@ -83,8 +83,21 @@ AdamWOptimizer::AdamWOptimizer(Ops& ops, Qwen2Model& model, std::vector<std::str
     ops.fill(s.m, 0.f);
     ops.fill(s.v, 0.f);
     s.decay = p.ndim >= 2;
-    grads_[n] = alloc_like(ops, acc, p);
     slots_[n] = std::move(s);
+  }
+  // Each gradient starts on a 256-byte boundary, as the device kernels' vector loads expect of a
+  // tensor; the padding stays zero.
+  constexpr int64_t kAlign = 64;
+  auto padded = [](int64_t n) { return (n + kAlign - 1) / kAlign * kAlign; };
+  int64_t total = 0;
+  for (const auto& n : names_) total += padded(model.parameter(n).numel());
+  grad_buffer_ = ops.alloc(acc, {total});
+  int64_t offset = 0;
+  for (const auto& n : names_) {
+    const TensorView p = model.parameter(n);
+    TensorView g = grad_buffer_.view.rows(offset, offset + p.numel());
+    grads_[n] = Tensor{p.ndim == 1 ? g : g.reshaped({p.shape[0], p.shape[1]}), nullptr};
+    offset += padded(p.numel());
   }
   zero_grad();
 }
@@ -96,7 +109,7 @@ int64_t AdamWOptimizer::trainable_count() const {
 }
 
 void AdamWOptimizer::zero_grad() {
-  for (auto& [n, g] : grads_) ops_.fill(g, 0.f);
+  if (grad_buffer_.view.numel() > 0) ops_.fill(grad_buffer_, 0.f);
 }
 
 double AdamWOptimizer::grad_norm() {

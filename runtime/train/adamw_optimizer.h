@@ -25,6 +25,10 @@ class AdamWOptimizer {
   const std::vector<std::string>& trainable() const { return names_; }
   int64_t trainable_count() const;  // elements
   const Qwen2Model::GradMap& grads() const { return grads_; }
+  // Every gradient, as one contiguous buffer (accum dtype, [elements]) in the order of
+  // trainable(): grads() are views into it, so data parallelism sums them over ranks in a few
+  // large collectives (buckets of it) instead of one per tensor.
+  TensorView grad_buffer() const { return grad_buffer_.view; }
   TensorView master(const std::string& name) const { return slots_.at(name).master.view; }
   void zero_grad();
   // L2 norm of all gradients together (one device reduction, read back).
@@ -55,6 +59,7 @@ class AdamWOptimizer {
   void load_state(const std::vector<NamedHostTensor>& tensors);
 
  private:
+  Tensor grad_buffer_;
   struct Slot {
     Tensor master, m, v;
     bool decay = false;

@@ -1,5 +1,6 @@
 #include "train/trainer.h"
 
+#include <algorithm>
 #include <chrono>
 #include <climits>
 #include <cmath>
@@ -185,12 +186,17 @@ void export_model(Ops& ops, Qwen2Model& model, const std::filesystem::path& dir,
 namespace {
 
 // Data parallelism: after each rank has accumulated its block of the step's sequences, every sum
-// the step reports or applies becomes the sum over ranks: the gradients (in the optimizer's order,
-// the same on every rank), the LM loss, the router statistics and the host-side routing counts.
+// the step reports or applies becomes the sum over ranks: the gradients (one buffer in the
+// optimizer's order, the same on every rank), the LM loss, the router statistics and the host-side
+// routing counts.
 // Every rank then holds the same bits and takes the same optimizer step.
 void reduce_step(dist::ProcessGroup& group, Ops& ops, AdamWOptimizer& opt, TensorView lm, TensorView stats,
                  std::vector<LayerRouteCounts>& counts) {
-  for (const auto& n : opt.trainable()) group.allreduce_sum(opt.grads().at(n));
+  // The gradients live in one buffer: summed in buckets of 16M elements (64 MB in f32), few large
+  // collectives rather than one per tensor.
+  constexpr int64_t kBucket = int64_t{1} << 24;
+  const TensorView all = opt.grad_buffer();
+  for (int64_t b = 0; b < all.numel(); b += kBucket) group.allreduce_sum(all.rows(b, std::min(all.numel(), b + kBucket)));
   group.allreduce_sum(lm);
   group.allreduce_sum(stats);
   const int64_t L = static_cast<int64_t>(counts.size());
