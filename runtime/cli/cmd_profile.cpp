@@ -30,7 +30,9 @@
 #include "model/decode_session.h"
 #include "model/random_weights.h"
 #include "rt/sdk/attention_sublayer.h"
+#include "dist/process_group.h"
 #include "train/adamw_optimizer.h"
+#include "train/grad_buffer.h"
 
 namespace rt {
 
@@ -152,28 +154,37 @@ nlohmann::json routed_kernel_row(Ops& ops, const ModelDims& d, int64_t T, double
 
 // One training step's forward and backward of one sequence of T tokens (no optimizer update: that
 // is a fixed per-parameter cost) with the gradients of `regime`'s parameters; the time as tokens/s
-// and the peak device memory. null when the regime trains nothing with this backend.
+// and the peak device memory. null when the regime trains nothing with this backend. Launched over
+// N ranks (runtime launch): also the data-parallel step (each rank's sequence, then the gradients
+// summed over ranks as the trainer sums them), its global tokens/s, and the scaling efficiency:
+// tokens/s at N over N x tokens/s of one rank alone.
 nlohmann::json train_step_row(Ops& ops, Qwen2Model& model, const std::string& attention, const std::string& regime,
-                              const std::vector<int32_t>& ids, int repeats) {
+                              const std::vector<int32_t>& ids, int repeats, dist::ProcessGroup* group) {
   std::vector<std::string> names;
   try {
     names = trainable_parameters(regime, model.parameter_names(), attention);
   } catch (const Error&) {
     return nullptr;
   }
-  Qwen2Model::GradMap grads;
-  for (const auto& n : names) {
-    const TensorView p = model.parameter(n);
-    Tensor g = p.ndim == 1 ? ops.alloc(ops.accum_dtype(), {p.shape[0]}) : ops.alloc(ops.accum_dtype(), {p.shape[0], p.shape[1]});
-    ops.fill(g, 0.f);
-    grads[n] = g;
-  }
+  const GradBuffer grads(ops, model, names);
   Tensor lm = ops.alloc(ops.accum_dtype(), {1});
   TrainContext tc;
   const int64_t T = static_cast<int64_t>(ids.size());
   ops.reset_peak_memory();
-  const double ms = median_ms(ops, repeats, [&] { model.train_sequence(ids, tc, grads, /*recompute=*/false, lm); });
-  return {{"regime", regime}, {"step_ms", ms}, {"tok_s", T / ms * 1e3}, {"peak_memory_bytes", peak_bytes(ops)}};
+  const double ms = median_ms(ops, repeats, [&] { model.train_sequence(ids, tc, grads.grads(), /*recompute=*/false, lm); });
+  nlohmann::json row = {{"regime", regime}, {"step_ms", ms}, {"tok_s", T / ms * 1e3}, {"peak_memory_bytes", peak_bytes(ops)}};
+  if (group && group->size() > 1) {
+    const double dp_ms = median_ms(ops, repeats, [&] {
+      model.train_sequence(ids, tc, grads.grads(), /*recompute=*/false, lm);
+      grads.sum_over_ranks(*group);
+    });
+    const double n = group->size();
+    row["ranks"] = group->size();
+    row["dp_step_ms"] = dp_ms;
+    row["dp_tok_s"] = n * T / dp_ms * 1e3;
+    row["scaling_efficiency"] = ms / dp_ms;
+  }
+  return row;
 }
 
 // One status line, rewritten in place on a terminal; silent when stderr is a file or pipe.
@@ -250,6 +261,15 @@ void register_profile(CLI::App& app) {
     // Before minutes of measurements, not after them.
     if (!args->json.empty()) check_output_path("--json", args->json);
     if (!args->csv.empty()) check_output_path("--csv", args->csv);
+
+    // Launched over several ranks (runtime launch): the training rows add the data-parallel step and
+    // its scaling efficiency; every rank measures, rank 0 reports.
+    std::unique_ptr<dist::ProcessGroup> group;
+    if (const auto world = dist::world_from_env(); world && world->world_size > 1) {
+      if (args->model.device == "cuda") dist::use_local_gpu(world->local_rank);
+      group = dist::join_process_group(*world, args->model.device == "cuda" ? Device::CUDA : Device::CPU);
+    }
+    const bool lead = !group || group->rank() == 0;
 
     nlohmann::json out;
     out["model"] = args->model.model;
@@ -385,7 +405,7 @@ void register_profile(CLI::App& app) {
           for (const auto& regime : split(args->train_regimes, ',')) {
             if (regime.empty()) continue;
             progress(mo.attention + " train " + regime + " T=" + std::to_string(T));
-            train.push_back(train_step_row(ops, model, mo.attention, regime, ids, std::min(args->repeats, 3)));
+            train.push_back(train_step_row(ops, model, mo.attention, regime, ids, std::min(args->repeats, 3), group.get()));
           }
           if (!train.empty()) row["train"] = train;
         }
@@ -393,6 +413,7 @@ void register_profile(CLI::App& app) {
       }
     }
     if (isatty(STDERR_FILENO)) std::cerr << "\r\033[K";
+    if (!lead) return;
 
     auto num = [](const nlohmann::json& j, int prec) {
       if (j.is_null()) return std::string("-");
@@ -472,14 +493,28 @@ void register_profile(CLI::App& app) {
     for (const auto& r : out["backends"]) any_train = any_train || r.contains("train");
     if (any_train) {
       report << "\nTraining step (forward + backward of one sequence, no optimizer update)\n";
-      TextTable train({Col{"backend", L}, Col{"seq"}, Col{"regime"}, Col{"step ms"}, Col{"tok/s"}, Col{"peak MiB"}});
+      std::vector<Col> cols = {Col{"backend", L}, Col{"seq"}, Col{"regime"}, Col{"step ms"}, Col{"tok/s"}, Col{"peak MiB"}};
+      if (group) {  // the data-parallel step over every rank, and how well it scales
+        cols.push_back(Col{"ranks"});
+        cols.push_back(Col{"DP step ms"});
+        cols.push_back(Col{"DP tok/s"});
+        cols.push_back(Col{"scaling"});
+      }
+      TextTable train(cols);
       for (const auto& r : out["backends"]) {
         if (!r.contains("train")) continue;
         for (const auto& t : r["train"]) {
           if (t.is_null()) continue;
-          train.add_row({r["backend"].get<std::string>(), std::to_string(r["seq"].get<int64_t>()),
-                         t["regime"].get<std::string>(), num(t["step_ms"], 1), num(t["tok_s"], 0),
-                         num(nlohmann::json(t["peak_memory_bytes"].get<double>() / (1 << 20)), 1)});
+          std::vector<std::string> cells = {r["backend"].get<std::string>(), std::to_string(r["seq"].get<int64_t>()),
+                                            t["regime"].get<std::string>(), num(t["step_ms"], 1), num(t["tok_s"], 0),
+                                            num(nlohmann::json(t["peak_memory_bytes"].get<double>() / (1 << 20)), 1)};
+          if (group) {
+            cells.push_back(t.contains("ranks") ? t["ranks"].dump() : "-");
+            cells.push_back(t.contains("dp_step_ms") ? num(t["dp_step_ms"], 1) : "-");
+            cells.push_back(t.contains("dp_tok_s") ? num(t["dp_tok_s"], 0) : "-");
+            cells.push_back(t.contains("scaling_efficiency") ? num(t["scaling_efficiency"], 2) : "-");
+          }
+          train.add_row(cells);
         }
       }
       report << train.str();

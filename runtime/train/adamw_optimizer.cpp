@@ -85,20 +85,7 @@ AdamWOptimizer::AdamWOptimizer(Ops& ops, Qwen2Model& model, std::vector<std::str
     s.decay = p.ndim >= 2;
     slots_[n] = std::move(s);
   }
-  // Each gradient starts on a 256-byte boundary, as the device kernels' vector loads expect of a
-  // tensor; the padding stays zero.
-  constexpr int64_t kAlign = 64;
-  auto padded = [](int64_t n) { return (n + kAlign - 1) / kAlign * kAlign; };
-  int64_t total = 0;
-  for (const auto& n : names_) total += padded(model.parameter(n).numel());
-  grad_buffer_ = ops.alloc(acc, {total});
-  int64_t offset = 0;
-  for (const auto& n : names_) {
-    const TensorView p = model.parameter(n);
-    TensorView g = grad_buffer_.view.rows(offset, offset + p.numel());
-    grads_[n] = Tensor{p.ndim == 1 ? g : g.reshaped({p.shape[0], p.shape[1]}), nullptr};
-    offset += padded(p.numel());
-  }
+  grads_ = GradBuffer(ops, model, names_);
   zero_grad();
 }
 
@@ -109,13 +96,13 @@ int64_t AdamWOptimizer::trainable_count() const {
 }
 
 void AdamWOptimizer::zero_grad() {
-  if (grad_buffer_.view.numel() > 0) ops_.fill(grad_buffer_, 0.f);
+  grads_.zero(ops_);
 }
 
 double AdamWOptimizer::grad_norm() {
   Tensor sum = ops_.alloc(ops_.accum_dtype(), {1});
   ops_.fill(sum, 0.f);
-  for (const auto& n : names_) ops_.reduce_sum(grads_.at(n), 2, sum);
+  for (const auto& n : names_) ops_.reduce_sum(grads_.grads().at(n), 2, sum);
   return std::sqrt(host_doubles(ops_, sum)[0]);
 }
 
@@ -123,7 +110,7 @@ std::optional<AdamWOptimizer::NonFinite> AdamWOptimizer::first_nonfinite_grad() 
   std::vector<std::string> order = names_;
   std::sort(order.begin(), order.end(), backward_less);
   for (const auto& n : order) {
-    const std::vector<float> g = host_floats(ops_, grads_.at(n));
+    const std::vector<float> g = host_floats(ops_, grads_.grads().at(n));
     float sum_sq = 0;  // in float like the accumulator grad_norm() sums in on the device
     size_t largest = 0;
     for (size_t i = 0; i < g.size(); ++i) {
@@ -147,7 +134,7 @@ void AdamWOptimizer::step(double lr, int64_t t, double grad_scale) {
     hp.weight_decay = s.decay ? static_cast<float>(settings_.weight_decay) : 0.f;
     hp.grad_scale = static_cast<float>(grad_scale);
     hp.step = t;
-    ops_.adamw_step(s.master, grads_.at(n), s.m, s.v, model_.parameter(n), hp);
+    ops_.adamw_step(s.master, grads_.grads().at(n), s.m, s.v, model_.parameter(n), hp);
   }
 }
 

@@ -9,6 +9,7 @@
 
 #include "model/qwen2_model.h"
 #include "train/checkpoint.h"
+#include "train/grad_buffer.h"
 
 namespace rt {
 
@@ -24,11 +25,9 @@ class AdamWOptimizer {
 
   const std::vector<std::string>& trainable() const { return names_; }
   int64_t trainable_count() const;  // elements
-  const Qwen2Model::GradMap& grads() const { return grads_; }
-  // Every gradient, as one contiguous buffer (accum dtype, [elements]) in the order of
-  // trainable(): grads() are views into it, so data parallelism sums them over ranks in a few
-  // large collectives (buckets of it) instead of one per tensor.
-  TensorView grad_buffer() const { return grad_buffer_.view; }
+  const Qwen2Model::GradMap& grads() const { return grads_.grads(); }
+  // Every gradient in one buffer, in the order of trainable() (what data parallelism sums).
+  const GradBuffer& grad_buffer() const { return grads_; }
   TensorView master(const std::string& name) const { return slots_.at(name).master.view; }
   void zero_grad();
   // L2 norm of all gradients together (one device reduction, read back).
@@ -59,7 +58,7 @@ class AdamWOptimizer {
   void load_state(const std::vector<NamedHostTensor>& tensors);
 
  private:
-  Tensor grad_buffer_;
+  GradBuffer grads_;
   struct Slot {
     Tensor master, m, v;
     bool decay = false;
@@ -68,7 +67,6 @@ class AdamWOptimizer {
   Qwen2Model& model_;
   std::vector<std::string> names_;
   AdamWSettings settings_;
-  Qwen2Model::GradMap grads_;
   std::unordered_map<std::string, Slot> slots_;
 };
 

@@ -192,11 +192,7 @@ namespace {
 // Every rank then holds the same bits and takes the same optimizer step.
 void reduce_step(dist::ProcessGroup& group, Ops& ops, AdamWOptimizer& opt, TensorView lm, TensorView stats,
                  std::vector<LayerRouteCounts>& counts) {
-  // The gradients live in one buffer: summed in buckets of 16M elements (64 MB in f32), few large
-  // collectives rather than one per tensor.
-  constexpr int64_t kBucket = int64_t{1} << 24;
-  const TensorView all = opt.grad_buffer();
-  for (int64_t b = 0; b < all.numel(); b += kBucket) group.allreduce_sum(all.rows(b, std::min(all.numel(), b + kBucket)));
+  opt.grad_buffer().sum_over_ranks(group);
   group.allreduce_sum(lm);
   group.allreduce_sum(stats);
   const int64_t L = static_cast<int64_t>(counts.size());

@@ -5,7 +5,8 @@
 // (paper layout, leak and regularizer on). Only rank 0 writes; an interrupted 2-rank run resumes
 // bit-identically with 2 ranks, and with 1 rank it continues with a note. `runtime eval` over 2 and
 // 3 ranks (each scores its share of every task's requests, windows and samples) writes the single
-// process's results and samples, bit for bit.
+// process's results and samples, bit for bit. `runtime profile --train` over 2 ranks adds the
+// data-parallel step and its scaling efficiency.
 #include <cmath>
 #include <sstream>
 
@@ -150,6 +151,24 @@ TEST(DataParallelEval, RanksWriteTheSingleProcessResults) {
     }
     EXPECT_EQ(read_text(tmp / "one" / "summary.csv"), read_text(out / "summary.csv"));
   }
+}
+
+TEST(DataParallelProfile, TrainingRowsReportScaling) {
+  ASSERT_TRUE(runtime_available());
+  TempDir tmp;
+  const fs::path json_out = tmp / "profile.json";
+  const auto r = run_runtime({"launch", "--nproc-per-node", "2", "--", runtime_bin().string(), "profile", "--model",
+                              (l2a_dir() / "base").string(), "--attention", "full_causal", "--seq", "16", "--repeats",
+                              "1", "--decode-tokens", "2", "--train", "full", "--json", json_out.string()},
+                             300);
+  ASSERT_TRUE(r.ok()) << r.describe();
+  EXPECT_NE(r.out.find("scaling"), std::string::npos) << r.out;
+  const json row = read_json(json_out)["backends"][0]["train"][0];
+  EXPECT_EQ(row["ranks"], 2);
+  EXPECT_GT(row["dp_tok_s"].get<double>(), 0.0);
+  const double eff = row["scaling_efficiency"].get<double>();
+  EXPECT_GT(eff, 0.0);
+  EXPECT_NEAR(row["dp_tok_s"].get<double>(), 2 * row["tok_s"].get<double>() * eff, 1e-6 * row["dp_tok_s"].get<double>());
 }
 
 }  // namespace
