@@ -11,14 +11,17 @@
 #include "loader/hf_config.h"
 #include "loader/weight_store.h"
 #include "model/decode_session.h"
+#include "model/model_dims.h"
 #include "model/qwen2_model.h"
 #include "plugin_host/plugin_registry.h"
+#include "test_util.h"
 
 namespace {
 
 const std::string kModels = std::string(RT_FIXTURES_DIR) + "/models/";
 
 struct Loaded {
+  rt::RouterPtr router;  // L2A: declared before the backend that points to it
   rt::AttentionBackendPtr attention;
   rt::WeightStore store;
   std::unique_ptr<rt::Qwen2Model> model;
@@ -27,13 +30,29 @@ struct Loaded {
 Loaded load(rt::PluginRegistry& reg, rt::Ops& ops, const std::string& name, const std::string& backend,
             int64_t window) {
   Loaded l;
-  l.attention = reg.create_attention(backend, ops.device());
+  // The CPU runs l2a_fused's reference, l2a_dense: the same L2A.
+  const std::string b = ops.device() == rt::Device::CPU && backend == "l2a_fused" ? "l2a_dense" : backend;
+  l.attention = reg.create_attention(b, ops.device());
   rt::Options opts;
   if (window) opts.set("window", std::to_string(window));
-  l.attention->configure(opts, rt::ModelDims{});
-  l.model = std::make_unique<rt::Qwen2Model>(rt::parse_hf_config(kModels + name + "/config.json"), ops, *l.attention);
+  const rt::HfConfig cfg = rt::parse_hf_config(kModels + name + "/config.json");
+  if (l.attention->capabilities().router) {
+    l.router = reg.create_router("linear_sigmoid");
+    l.attention->attach_router(l.router.get());
+    opts.set("tau", "1");
+  }
+  l.attention->configure(opts, rt::dims_from_config(cfg));
+  l.model = std::make_unique<rt::Qwen2Model>(cfg, ops, *l.attention);
   l.store = rt::WeightStore::open(kModels + name);
   l.model->load_weights(l.store);
+  // Routers that split the tokens (zero-initialized ones route every token), the same on every device.
+  uint64_t seed = 3;
+  for (const auto& n : l.model->parameter_names()) {
+    if (n.find("router.weight") == std::string::npos) continue;
+    const rt::TensorView p = l.model->parameter(n);
+    std::vector<float> w = rt::test::randn(static_cast<size_t>(p.numel()), seed++, 0.5f);
+    ops.copy(rt::TensorView::contiguous(w.data(), rt::DType::F32, rt::Device::CPU, {p.shape[0], p.shape[1]}), p);
+  }
   return l;
 }
 
@@ -191,6 +210,10 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, CudaModel,
                                            std::make_tuple("sliding_window", "swa", 5),
                                            std::make_tuple("gqa7_hd64", "swa", 3),
                                            std::make_tuple("qwen3_hd64_bf16", "full_causal", 0),
-                                           std::make_tuple("qwen3_hd64_bf16", "swa", 3)));
+                                           std::make_tuple("qwen3_hd64_bf16", "swa", 3),
+                                           // L2A: greedy decode through graphs (routed decode) against the CPU.
+                                           std::make_tuple("qwen3_hd64_bf16", "l2a_dense", 3),
+                                           std::make_tuple("gqa7_hd64", "l2a_fused", 3),
+                                           std::make_tuple("qwen3_hd64_bf16", "l2a_fused", 3)));
 
 }  // namespace

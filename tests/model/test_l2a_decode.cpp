@@ -9,7 +9,8 @@
 //     the forward;
 //   - with the fixed_rate router (its decisions depend on the position) the step goes through the
 //     forward instead.
-// On a CUDA GPU the same cases also check graph replay against the eager step, bit for bit.
+// On a CUDA GPU the same cases also check graph replay against the eager step, bit for bit, for
+// l2a_dense and l2a_fused.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -108,24 +109,27 @@ TEST(L2aDecodeRouter, PositionDependentRouterDecodesThroughTheForward) {
 TEST_P(L2aDecode, GraphReplayBitIdenticalToEager) {
   if (!cuda_device_available()) GTEST_SKIP() << "no CUDA GPU";
   const Case& c = GetParam();
-  rt::test::TrainFixture g(rt::test::kModelsDir + c.model, "l2a_dense", l2a_options(c), make_cuda_ops());
-  const int64_t vocab = g.model->dims().vocab;
-  for (const auto& n : g.model->parameter_names()) {
-    if (n.find("router.weight") == std::string::npos) continue;
-    TensorView p = g.model->parameter(n);
-    std::vector<float> h = rt::test::randn(static_cast<size_t>(p.numel()), 11, 0.5f);
-    g.ops->copy(TensorView::contiguous(h.data(), DType::F32, Device::CPU, {p.shape[0], p.shape[1]}), p);
+  for (const char* backend : {"l2a_dense", "l2a_fused"}) {
+    SCOPED_TRACE(backend);
+    rt::test::TrainFixture g(rt::test::kModelsDir + c.model, backend, l2a_options(c), make_cuda_ops());
+    const int64_t vocab = g.model->dims().vocab;
+    for (const auto& n : g.model->parameter_names()) {
+      if (n.find("router.weight") == std::string::npos) continue;
+      TensorView p = g.model->parameter(n);
+      std::vector<float> h = rt::test::randn(static_cast<size_t>(p.numel()), 11, 0.5f);
+      g.ops->copy(TensorView::contiguous(h.data(), DType::F32, Device::CPU, {p.shape[0], p.shape[1]}), p);
+    }
+    const std::vector<int32_t> prompt = {3, 17, 5, 9, 40};
+    const int steps = 44;
+    DecodeSession graph(*g.model, 5 + steps, true), eager(*g.model, 5 + steps, false);
+    graph.prefill(prompt);
+    eager.prefill(prompt);
+    for (int t = 0; t < steps; ++t) {
+      const int32_t id = static_cast<int32_t>((t * 131 + 7) % vocab);
+      ASSERT_EQ(host(*g.ops, graph.step(id)), host(*g.ops, eager.step(id))) << "step " << t;
+    }
+    EXPECT_EQ(graph.mode(), DecodeSession::Mode::Graph);
   }
-  const std::vector<int32_t> prompt = {3, 17, 5, 9, 40};
-  const int steps = 44;
-  DecodeSession graph(*g.model, 5 + steps, true), eager(*g.model, 5 + steps, false);
-  graph.prefill(prompt);
-  eager.prefill(prompt);
-  for (int t = 0; t < steps; ++t) {
-    const int32_t id = static_cast<int32_t>((t * 131 + 7) % vocab);
-    ASSERT_EQ(host(*g.ops, graph.step(id)), host(*g.ops, eager.step(id))) << "step " << t;
-  }
-  EXPECT_EQ(graph.mode(), DecodeSession::Mode::Graph);
 }
 #endif
 
