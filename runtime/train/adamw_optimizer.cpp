@@ -4,6 +4,7 @@
 #include <cctype>
 #include <cmath>
 
+#include "dist/process_group.h"
 #include "model/host_values.h"
 #include "rt/sdk/error.h"
 
@@ -70,10 +71,28 @@ std::vector<std::string> trainable_parameters(const std::string& regime, const s
 }
 
 AdamWOptimizer::AdamWOptimizer(Ops& ops, Qwen2Model& model, std::vector<std::string> trainable,
-                               AdamWSettings settings)
-    : ops_(ops), model_(model), names_(std::move(trainable)), settings_(settings) {
+                               AdamWSettings settings, dist::ProcessGroup* shard)
+    : shard_(shard && shard->size() > 1 ? shard : nullptr),
+      ops_(ops),
+      model_(model),
+      names_(std::move(trainable)),
+      settings_(settings) {
   const DType acc = ops.accum_dtype();
+  if (shard_) {
+    // Each tensor to the least loaded rank so far, largest first (the same on every rank).
+    std::vector<std::string> by_size = names_;
+    std::stable_sort(by_size.begin(), by_size.end(), [&](const std::string& a, const std::string& b) {
+      return model.parameter(a).numel() > model.parameter(b).numel();
+    });
+    std::vector<int64_t> load(static_cast<size_t>(shard_->size()), 0);
+    for (const auto& n : by_size) {
+      const int r = static_cast<int>(std::min_element(load.begin(), load.end()) - load.begin());
+      owner_[n] = r;
+      load[static_cast<size_t>(r)] += model.parameter(n).numel();
+    }
+  }
   for (const auto& n : names_) {
+    if (!mine(n)) continue;
     TensorView p = model.parameter(n);
     Slot s;
     s.master = alloc_like(ops, acc, p);
@@ -123,8 +142,19 @@ std::optional<AdamWOptimizer::NonFinite> AdamWOptimizer::first_nonfinite_grad() 
   return std::nullopt;
 }
 
+bool AdamWOptimizer::mine(const std::string& name) const {
+  return !shard_ || owner_.at(name) == shard_->rank();
+}
+
+size_t AdamWOptimizer::state_bytes() const {
+  size_t b = 0;
+  for (const auto& [n, s] : slots_) b += s.master.view.nbytes() + s.m.view.nbytes() + s.v.view.nbytes();
+  return b;
+}
+
 void AdamWOptimizer::step(double lr, int64_t t, double grad_scale) {
   for (const auto& n : names_) {
+    if (!mine(n)) continue;
     Slot& s = slots_.at(n);
     Ops::AdamW hp;
     hp.lr = static_cast<float>(lr);
@@ -136,16 +166,41 @@ void AdamWOptimizer::step(double lr, int64_t t, double grad_scale) {
     hp.step = t;
     ops_.adamw_step(s.master, grads_.grads().at(n), s.m, s.v, model_.parameter(n), hp);
   }
+  // Sharded: every updated parameter from its owner to the others (the bits the owner computed,
+  // which are what every rank computes unsharded).
+  if (shard_)
+    for (const auto& n : names_) shard_->broadcast(model_.parameter(n), owner_.at(n));
+}
+
+std::vector<float> AdamWOptimizer::gather(const std::string& name, int what) const {
+  const int64_t numel = model_.parameter(name).numel();
+  if (mine(name) && !shard_) {
+    const Slot& s = slots_.at(name);
+    return host_floats(ops_, what == 0 ? s.master : what == 1 ? s.m : s.v);
+  }
+  Tensor t = ops_.alloc(ops_.accum_dtype(), {numel});
+  if (mine(name)) {
+    const Slot& s = slots_.at(name);
+    ops_.copy((what == 0 ? s.master : what == 1 ? s.m : s.v).view.reshaped({numel}), t);
+  }
+  shard_->broadcast(t, owner_.at(name));
+  return host_floats(ops_, t);
+}
+
+std::map<std::string, std::vector<float>> AdamWOptimizer::masters() const {
+  std::map<std::string, std::vector<float>> out;
+  for (const auto& n : names_) out[n] = gather(n, 0);
+  return out;
 }
 
 std::vector<NamedHostTensor> AdamWOptimizer::state() const {
   std::vector<NamedHostTensor> out;
   for (const auto& n : names_) {
-    const Slot& s = slots_.at(n);
-    std::vector<int64_t> shape(s.master.view.shape.begin(), s.master.view.shape.begin() + s.master.view.ndim);
-    out.push_back({n, shape, host_floats(ops_, s.master)});
-    out.push_back({n + ".exp_avg", shape, host_floats(ops_, s.m)});
-    out.push_back({n + ".exp_avg_sq", shape, host_floats(ops_, s.v)});
+    const TensorView p = model_.parameter(n);
+    std::vector<int64_t> shape(p.shape.begin(), p.shape.begin() + p.ndim);
+    out.push_back({n, shape, gather(n, 0)});
+    out.push_back({n + ".exp_avg", shape, gather(n, 1)});
+    out.push_back({n + ".exp_avg_sq", shape, gather(n, 2)});
   }
   return out;
 }
@@ -154,6 +209,19 @@ void AdamWOptimizer::load_state(const std::vector<NamedHostTensor>& tensors) {
   std::unordered_map<std::string, const NamedHostTensor*> by_name;
   for (const auto& t : tensors) by_name[t.name] = &t;
   for (const auto& n : names_) {
+    if (!mine(n)) {
+      // Not held here: the owner restores it; the parameter comes from the checkpoint's master.
+      auto it = by_name.find(n);
+      RT_CHECK(it != by_name.end(), "checkpoint: missing optimizer tensor '", n,
+               "' (was it written with another regime or attention backend?)");
+      const TensorView dst = model_.parameter(n);
+      RT_CHECK(static_cast<int64_t>(it->second->data.size()) == dst.numel(), "checkpoint: tensor '", n, "' has ",
+               it->second->data.size(), " elements, the model expects ", dst.numel());
+      ops_.copy(TensorView::contiguous(const_cast<float*>(it->second->data.data()), DType::F32, Device::CPU,
+                                       {dst.numel()}),
+                dst.reshaped({dst.numel()}));
+      continue;
+    }
     Slot& s = slots_.at(n);
     const struct {
       std::string key;

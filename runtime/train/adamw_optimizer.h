@@ -3,7 +3,9 @@
 // receive the rounded master after every step.
 #pragma once
 
+#include <map>
 #include <optional>
+#include <unordered_map>
 #include <string>
 #include <vector>
 
@@ -12,6 +14,9 @@
 #include "train/grad_buffer.h"
 
 namespace rt {
+namespace dist {
+class ProcessGroup;
+}
 
 struct AdamWSettings {
   double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
@@ -21,14 +26,22 @@ class AdamWOptimizer {
  public:
   // Weight decay applies to matrices only (parameters of 2 or more dimensions), not to norm
   // weights and biases.
-  AdamWOptimizer(Ops& ops, Qwen2Model& model, std::vector<std::string> trainable, AdamWSettings settings);
+  // shard (ZeRO-1): the ranks of a data-parallel run among which the optimizer state is split; each
+  // tensor's master and moments live on one rank (its owner, by balanced size), which updates the
+  // parameter and broadcasts it. Null: every rank holds everything.
+  AdamWOptimizer(Ops& ops, Qwen2Model& model, std::vector<std::string> trainable, AdamWSettings settings,
+                 dist::ProcessGroup* shard = nullptr);
 
   const std::vector<std::string>& trainable() const { return names_; }
   int64_t trainable_count() const;  // elements
   const Qwen2Model::GradMap& grads() const { return grads_.grads(); }
   // Every gradient in one buffer, in the order of trainable() (what data parallelism sums).
   const GradBuffer& grad_buffer() const { return grads_; }
+  // The fp32 master of a parameter whose state this rank holds (every one, unless sharded).
   TensorView master(const std::string& name) const { return slots_.at(name).master.view; }
+  // Bytes of optimizer state (masters and moments) held by this rank.
+  size_t state_bytes() const;
+  bool sharded() const { return shard_ != nullptr; }
   void zero_grad();
   // L2 norm of all gradients together (one device reduction, read back).
   double grad_norm();
@@ -51,14 +64,22 @@ class AdamWOptimizer {
   void step(double lr, int64_t t, double grad_scale);
 
   // Master weights and moments as host f32, for checkpoints: "<name>", "<name>.exp_avg",
-  // "<name>.exp_avg_sq".
+  // "<name>.exp_avg_sq". Sharded: a collective (every rank calls it; each gets all of it).
   std::vector<NamedHostTensor> state() const;
+  // The fp32 master of every trainable parameter as host floats (the export). Sharded: a collective.
+  std::map<std::string, std::vector<float>> masters() const;
   // Restores what state() returned (every tensor must be present with its shape) and writes the
   // masters into the model.
   void load_state(const std::vector<NamedHostTensor>& tensors);
 
  private:
   GradBuffer grads_;
+  dist::ProcessGroup* shard_ = nullptr;
+  std::unordered_map<std::string, int> owner_;  // sharded: the rank holding each tensor's state
+  bool mine(const std::string& name) const;
+  // A parameter-shaped f32 [numel] view of `what` of `name` (0 master, 1 m, 2 v) as host floats, from
+  // its owner (sharded: a broadcast every rank takes part in).
+  std::vector<float> gather(const std::string& name, int what) const;
   struct Slot {
     Tensor master, m, v;
     bool decay = false;

@@ -52,7 +52,7 @@ constexpr Field kFields[] = {
     {"log_every", Kind::Int},      {"eval_every", Kind::Int},       {"val_sequences", Kind::Int},
     {"collapse_loss", Kind::Real},
     {"collapse_sparsity", Kind::Real}, {"collapse_patience", Kind::Int},
-    {"collapse_action", Kind::Str}, {"max_nonfinite_steps", Kind::Int},
+    {"collapse_action", Kind::Str}, {"max_nonfinite_steps", Kind::Int}, {"zero_stage", Kind::Int},
 };
 
 const Field* find_field(std::string_view key) {
@@ -305,6 +305,10 @@ void finish(const Pending& p, TrainConfig& c) {
   get_real("collapse_sparsity", c.collapse_sparsity, 0, false, 1, false);
   get_int("collapse_patience", c.collapse_patience, 1);
   get_int("max_nonfinite_steps", c.max_nonfinite_steps, 1);
+  get_int("zero_stage", c.zero_stage, 0);
+  if (c.zero_stage > 1)
+    fail(origin("zero_stage"), ": expected 0 (optimizer state on every rank) or 1 (sharded over the ranks), found ",
+         c.zero_stage);
 }
 
 }  // namespace
@@ -364,7 +368,8 @@ namespace {
 // resume may change them.
 constexpr const char* kUnhashed[] = {"checkpoint_every", "checkpoint_minutes", "keep_checkpoints", "log_every",
                                      "eval_every",       "val_sequences",      "recompute",        "collapse_loss",
-                                     "collapse_sparsity", "collapse_patience", "collapse_action",  "max_nonfinite_steps"};
+                                     "collapse_sparsity", "collapse_patience", "collapse_action",  "max_nonfinite_steps",
+                                     "zero_stage"};
 
 }  // namespace
 
@@ -399,6 +404,7 @@ std::string TrainConfig::to_json() const {
   t["collapse_patience"] = collapse_patience;
   t["collapse_action"] = collapse_action_name(collapse_action);
   t["max_nonfinite_steps"] = max_nonfinite_steps;
+  t["zero_stage"] = zero_stage;
   nlohmann::ordered_json j;
   j["train"] = std::move(t);
   j["attention"] = nlohmann::ordered_json::object();

@@ -68,6 +68,10 @@ struct TrainConfig {
   // trainers skip an overflowed step; this many consecutive skipped steps stop the run with an
   // error naming the first non-finite gradient. Not part of config_hash().
   int64_t max_nonfinite_steps = 3;
+  // Data parallelism: 1 shards the optimizer state (fp32 masters and moments) over the ranks
+  // (ZeRO stage 1): each rank updates its share of the parameters and sends them to the others.
+  // The same updates as 0 (unsharded), bit for bit; not part of config_hash().
+  int64_t zero_stage = 0;
 
   // [attention]: plugin options as written (numbers in round-trippable form, bools
   // "true"/"false"). Sorted by key so that to_json() and config_hash() are stable.
@@ -89,7 +93,7 @@ struct TrainConfig {
   std::string to_json() const;
   // 16 hex digits: FNV-1a 64 of to_json() without the keys that do not change the training math
   // (checkpoint_every, checkpoint_minutes, keep_checkpoints, log_every, eval_every, val_sequences,
-  // recompute, collapse_*, max_nonfinite_steps).
+  // recompute, collapse_*, max_nonfinite_steps, zero_stage).
   // Equal configs hash equal on every platform, so a resume can tell whether the config changed;
   // the excluded keys may change between a run and its resume.
   std::string config_hash() const;

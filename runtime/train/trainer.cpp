@@ -5,6 +5,7 @@
 #include <climits>
 #include <cmath>
 #include <csignal>
+#include <iomanip>
 #include <iostream>
 #include <sstream>
 
@@ -215,16 +216,22 @@ void reduce_step(dist::ProcessGroup& group, Ops& ops, AdamWOptimizer& opt, Tenso
   }
 }
 
-// A stop signal any rank caught stops every rank after the same step (each would otherwise wait
-// for the others' next collective). Returns the signal to act on (SIGTERM for one seen elsewhere).
-int agree_on_stop(dist::ProcessGroup* group, Ops& ops, int local_signal) {
-  if (!group || group->size() == 1) return local_signal;
+// Whether `mine` holds on any rank (one small sum over ranks; `mine` itself without a group).
+bool any_rank(dist::ProcessGroup* group, Ops& ops, bool mine) {
+  if (!group || group->size() == 1) return mine;
   Tensor flag = ops.alloc(DType::F32, {1});
-  ops.fill(flag, local_signal ? 1.f : 0.f);
+  ops.fill(flag, mine ? 1.f : 0.f);
   group->allreduce_sum(flag);
   float any = 0;
   ops.copy(flag, TensorView::contiguous(&any, DType::F32, Device::CPU, {1}));
-  return local_signal ? local_signal : any > 0 ? SIGTERM : 0;
+  return any > 0;
+}
+
+// A stop signal any rank caught stops every rank after the same step (each would otherwise wait
+// for the others' next collective). Returns the signal to act on (SIGTERM for one seen elsewhere).
+int agree_on_stop(dist::ProcessGroup* group, Ops& ops, int local_signal) {
+  const bool any = any_rank(group, ops, local_signal != 0);
+  return local_signal ? local_signal : any ? SIGTERM : 0;
 }
 
 }  // namespace
@@ -250,7 +257,7 @@ TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, c
 
   AdamWSettings hp{cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay};
   AdamWOptimizer opt(ops, model, trainable_parameters(regime_name(cfg.regime), model.parameter_names(), run.attention),
-                     hp);
+                     hp, cfg.zero_stage == 1 ? run.group : nullptr);
   TokenDataset data = TokenDataset::load(run.data, tokenizer, dims.vocab);
   SequenceSampler sampler(data, cfg.seq_len, cfg.seed, cfg.shuffle);
   // The data's identity for resume: its size and the crc32 of its head and tail, not its path.
@@ -358,7 +365,9 @@ TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, c
               << " sequences of " << cfg.seq_len << "\n";
     if (world > 1)
       std::cerr << "data parallel: " << world << " ranks, " << per_rank << " of the " << cfg.batch_size
-                << " sequences of every step each\n";
+                << " sequences of every step each; optimizer state "
+                << (opt.sharded() ? "sharded (zero_stage 1): " : "on every rank: ") << std::fixed << std::setprecision(2)
+                << static_cast<double>(opt.state_bytes()) / (1 << 20) << std::defaultfloat << " MiB on rank 0\n";
     if (!val_seqs.empty()) {
       std::cerr << "val data: " << run.val_data.string() << ": " << val_tokens << " tokens, " << val_seqs.size()
                 << " of its " << val_available << " sequences of " << cfg.seq_len << " (train.val_sequences = "
@@ -551,7 +560,10 @@ TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, c
                     {"nonfinite_streak", std::to_string(nonfinite_streak)},
                     {"world_size", std::to_string(world)}};
       data_fp.to_fields(meta.extra);
-      summary.last_checkpoint = save_checkpoint(run.out, meta, opt.state(), keep_last);
+      // Sharded, the state comes from every rank (a collective); rank 0 writes it.
+      if (!lead && !opt.sharded()) return;
+      const auto state = opt.state();
+      if (lead) summary.last_checkpoint = save_checkpoint(run.out, meta, state, keep_last);
       last_save = std::chrono::steady_clock::now();
     };
     const bool collapsed = !skipped && collapse.update(step, loss, sparsity);
@@ -560,10 +572,11 @@ TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, c
     const bool timed = cfg.checkpoint_minutes > 0 &&
                        std::chrono::duration<double>(std::chrono::steady_clock::now() - last_save).count() >=
                            cfg.checkpoint_minutes * 60.0;
-    if ((cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0) || timed || final_step || stop_signal ||
-        (collapsed && cfg.collapse_action == CollapseAction::Stop)) {
-      if (lead) checkpoint();
-    }
+    bool save = (cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0) || timed || final_step || stop_signal ||
+                (collapsed && cfg.collapse_action == CollapseAction::Stop);
+    // Rank 0's clock decides a timed checkpoint; a sharded state needs every rank to take part.
+    if (opt.sharded()) save = any_rank(run.group, ops, lead && save);
+    if (save) checkpoint();
     if (collapsed && !summary.collapsed) {
       summary.collapsed = true;
       if (bar) bar->finish();
@@ -579,10 +592,26 @@ TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, c
     }
   }
   if (bar) bar->finish();
-  if (lead && last == run.steps && summary.last_step == run.steps) {
+  const bool finished = last == run.steps && summary.last_step == run.steps;
+  // Sharded, the masters come from every rank (a collective) before rank 0 exports them.
+  std::map<std::string, std::vector<float>> gathered;
+  if (finished && opt.sharded()) gathered = opt.masters();
+  if (lead && finished) {
     summary.exported = run.out / "model";
     MasterWeights masters;
-    for (const auto& n : opt.trainable()) masters.emplace(n, opt.master(n));
+    std::vector<Tensor> uploaded;
+    for (const auto& n : opt.trainable()) {
+      if (!opt.sharded()) {
+        masters.emplace(n, opt.master(n));
+        continue;
+      }
+      std::vector<float>& host = gathered.at(n);
+      const TensorView p = model.parameter(n);
+      Tensor t = p.ndim == 1 ? ops.alloc(DType::F32, {p.shape[0]}) : ops.alloc(DType::F32, {p.shape[0], p.shape[1]});
+      ops.copy(TensorView::contiguous(host.data(), DType::F32, Device::CPU, {p.numel()}), t.view.reshaped({p.numel()}));
+      masters.emplace(n, t.view);
+      uploaded.push_back(std::move(t));
+    }
     export_model(ops, model, summary.exported, run.attention, run.attention_options, run.model_dir, &masters,
                  run.backend_sections);
     if (!run.quiet) std::cerr << "exported the trained model to " << summary.exported.string() << "\n";

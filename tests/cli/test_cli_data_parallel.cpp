@@ -3,7 +3,8 @@
 // sequences; gradients, losses and routing counts are summed over ranks (Gloo), so the per-step
 // losses equal the single process's within reduction-order rounding, for full_causal and L2A
 // (paper layout, leak and regularizer on). Only rank 0 writes; an interrupted 2-rank run resumes
-// bit-identically with 2 ranks, and with 1 rank it continues with a note. `runtime eval` over 2 and
+// bit-identically with 2 ranks, and with 1 rank it continues with a note; the ZeRO-1 optimizer
+// (state sharded over the ranks) is the unsharded one bit for bit. `runtime eval` over 2 and
 // 3 ranks (each scores its share of every task's requests, windows and samples) writes the single
 // process's results and samples, bit for bit. `runtime profile --train` over 2 ranks adds the
 // data-parallel step and its scaling efficiency.
@@ -99,6 +100,31 @@ TEST(DataParallelResume, SameWorldBitIdenticalOtherWorldContinues) {
   ASSERT_TRUE(on_one.ok()) << on_one.describe();
   EXPECT_NE(on_one.err.find("not bit-identical"), std::string::npos) << on_one.err;
   expect_same_losses(metrics(t.tmp / "cut1"), a, 1e-4);
+}
+
+// ZeRO-1: the optimizer state split over the ranks gives the unsharded run's updates bit for bit
+// (losses, the exported weights), resumes bit-identically, and holds less state per rank.
+TEST(DataParallelZero, ShardedOptimizerIsTheUnshardedOneBitForBit) {
+  ASSERT_TRUE(runtime_available());
+  Train t;
+  const auto plain = t.ranks(2, "l2a_dense", t.tmp / "plain", 4);
+  ASSERT_TRUE(plain.ok()) << plain.describe();
+  const auto zero = t.ranks(2, "l2a_dense", t.tmp / "zero", 4, {"--set", "train.zero_stage=1"});
+  ASSERT_TRUE(zero.ok()) << zero.describe();
+  EXPECT_NE(zero.err.find("sharded (zero_stage 1)"), std::string::npos) << zero.err;
+  const auto a = metrics(t.tmp / "plain"), b = metrics(t.tmp / "zero");
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i]["loss"], b[i]["loss"]) << "step " << i + 1;
+  EXPECT_EQ(read_text(t.tmp / "plain" / "model" / "model.safetensors"),
+            read_text(t.tmp / "zero" / "model" / "model.safetensors"));
+
+  const auto cut = t.ranks(2, "l2a_dense", t.tmp / "cut", 4, {"--set", "train.zero_stage=1", "--stop-at", "2"});
+  ASSERT_TRUE(cut.ok()) << cut.describe();
+  const auto rest = t.ranks(2, "l2a_dense", t.tmp / "cut", 4, {"--set", "train.zero_stage=1", "--resume"});
+  ASSERT_TRUE(rest.ok()) << rest.describe();
+  const auto c = metrics(t.tmp / "cut");
+  ASSERT_EQ(c.size(), a.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i]["loss"], c[i]["loss"]) << "step " << i + 1;
 }
 
 TEST(DataParallelErrors, BatchNotDivisibleByTheRanks) {

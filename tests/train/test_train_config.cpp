@@ -213,6 +213,7 @@ TEST(TrainConfig, OutOfRangeValues) {
       {"log_every = -1", "train.log_every", ">= 0, found -1"},
       {"eval_every = -1", "train.eval_every", ">= 0, found -1"},
       {"val_sequences = 0", "train.val_sequences", ">= 1, found 0"},
+      {"zero_stage = 2", "train.zero_stage", "expected 0 (optimizer state on every rank) or 1"},
       {"collapse_loss = -1", "train.collapse_loss", ">= 0"},
       {"collapse_sparsity = 1.5", "train.collapse_sparsity", "in [0, 1], found 1.5"},
       {"collapse_patience = 0", "train.collapse_patience", ">= 1, found 0"},
@@ -252,7 +253,7 @@ TEST(TrainConfig, JsonAndHashAreStable) {
             R"("clip_norm":1.0,"seed":0,"shuffle":true,"recompute":false,"checkpoint_every":100,)"
             R"("checkpoint_minutes":30.0,"keep_checkpoints":2,"log_every":0,"eval_every":null,"val_sequences":32,)"
             R"("collapse_loss":0.05,"collapse_sparsity":0.98,"collapse_patience":5,"collapse_action":"stop",)"
-            R"("max_nonfinite_steps":3},)"
+            R"("max_nonfinite_steps":3,"zero_stage":0},)"
             R"("attention":{}})");
   EXPECT_EQ(d.config_hash().size(), 16u);
   EXPECT_EQ(d.config_hash(), parse("# comment\n[train]\nlr = 1e-4\n").config_hash());
@@ -270,7 +271,7 @@ TEST(TrainConfig, JsonAndHashAreStable) {
   for (const char* k : {"checkpoint_every=7", "checkpoint_minutes=0.5", "keep_checkpoints=0", "log_every=3",
                         "eval_every=5", "eval_every=0", "val_sequences=4",
                         "recompute=true", "collapse_loss=0.5", "collapse_sparsity=0.5", "collapse_patience=9",
-                        "collapse_action=warn", "max_nonfinite_steps=1"}) {
+                        "collapse_action=warn", "max_nonfinite_steps=1", "zero_stage=1"}) {
     const TrainConfig e = parse("", {k});
     EXPECT_NE(e.to_json(), d.to_json()) << k;
     EXPECT_EQ(e.config_hash(), d.config_hash()) << k;
