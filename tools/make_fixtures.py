@@ -69,6 +69,7 @@ import torch
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import transformers  # noqa: E402
 from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM  # noqa: E402
+from fixture_common import report_differences  # noqa: E402
 
 ARCH = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "qwen3": (Qwen3Config, Qwen3ForCausalLM)}
 
@@ -528,10 +529,7 @@ def main() -> int:
                 if not g.exists() or g.read_bytes() != f.read_bytes():
                     bad.append(str(g))
         shutil.rmtree(out_root)
-        if bad:
-            print("differs from the tree:\n  " + "\n  ".join(bad))
-            return 1
-        print("fixtures are up to date")
+        return report_differences(bad)
     return 0
 
 

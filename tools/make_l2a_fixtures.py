@@ -90,6 +90,7 @@ import safetensors  # noqa: E402
 import transformers  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 from transformers import Qwen2Config, Qwen2ForCausalLM, get_cosine_schedule_with_warmup  # noqa: E402
+from fixture_common import report_differences  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT_DIR = ROOT / "tests" / "fixtures" / "l2a"
@@ -1123,10 +1124,7 @@ def main() -> int:
             if not (out / g.relative_to(args.out)).exists():
                 bad.append(f"{g} (not made by this script)")
         shutil.rmtree(out.parent)
-        if bad:
-            print("differs from the tree:\n  " + "\n  ".join(bad))
-            return 1
-        print("fixtures are up to date")
+        return report_differences(bad)
     return 0
 
 

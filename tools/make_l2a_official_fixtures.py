@@ -60,6 +60,7 @@ from safetensors.torch import load_file, save_file
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import transformers  # noqa: E402
 from transformers import Qwen3Config, Qwen3ForCausalLM  # noqa: E402
+from fixture_common import report_differences  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT_DIR = ROOT / "tests" / "fixtures" / "l2a_official"
@@ -355,10 +356,7 @@ def main() -> int:
                 if not same:
                     bad.append(str(g))
         shutil.rmtree(out_root)
-        if bad:
-            print("differs from the tree:\n  " + "\n  ".join(bad))
-            return 1
-        print("fixtures are up to date")
+        return report_differences(bad)
     return 0
 
 
