@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -70,8 +71,11 @@ class Qwen2Model {
   // attention plugin adds (the L2A regularizer). Adds the scaled LM loss to lm_loss[0] ([1], accum
   // dtype, on the device) and the gradients into grads. recompute: keep only each layer's input
   // and recompute its activations during the backward (gradient checkpointing).
+  // grads_final (optional) is called as gradients become final during the backward: with n_layers
+  // after the head (lm_head, final norm), with i after layer i, with -1 after the embedding (data
+  // parallelism starts summing them over ranks meanwhile).
   void train_sequence(std::span<const int32_t> ids, const TrainContext& tc, const GradMap& grads, bool recompute,
-                      TensorView lm_loss);
+                      TensorView lm_loss, const std::function<void(int stage)>& grads_final = nullptr);
   // Sum of the token losses of one sequence (no gradients) and the number of predicted tokens.
   double sequence_loss(std::span<const int32_t> ids, int64_t* predicted);
   // Log-likelihood scoring (runtime eval): the model runs `ids`, and the last targets.size() rows

@@ -70,7 +70,7 @@ Tensor Qwen2Model::lm_head_loss(TensorView x, std::span<const int32_t> ids, floa
 }
 
 void Qwen2Model::train_sequence(std::span<const int32_t> ids, const TrainContext& tc, const GradMap& grads,
-                                bool recompute, TensorView lm_loss) {
+                                bool recompute, TensorView lm_loss, const std::function<void(int)>& grads_final) {
   const int64_t T = static_cast<int64_t>(ids.size());
   RT_CHECK(T >= 2, "train: a training sequence needs at least 2 tokens, found ", T);
   Tensor id_dev = upload_ids(ids, 0);
@@ -108,6 +108,7 @@ void Qwen2Model::train_sequence(std::span<const int32_t> ids, const TrainContext
   ops_.fill(sum, 0.f);
   ops_.reduce_sum(losses, 1, sum);
   ops_.axpby(scale, sum, 1.f, lm_loss, lm_loss);
+  if (grads_final) grads_final(L);
 
   // Recomputation replays the forward exactly, but must not count routing statistics twice.
   TrainContext replay = tc;
@@ -126,9 +127,11 @@ void Qwen2Model::train_sequence(std::span<const int32_t> ids, const TrainContext
     mlp[i] = MlpActivations{};
     attention_.backward(ctx, *attn[i], dx, layer_grads[i], tc);
     attn[i].reset();
+    if (grads_final) grads_final(i);
   }
   auto emb = grads.find("model.embed_tokens.weight");
   if (emb != grads.end()) ops_.embedding_backward(id_dev, dx, emb->second);
+  if (grads_final) grads_final(-1);
 }
 
 // The residual stream after the last layer (before the final norm), positions from 0, no cache,

@@ -16,34 +16,6 @@ bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-// The order backpropagation produces gradients in: lm_head, the final norm, the layers from the
-// last to the first, the embedding (within a layer, by name). The first non-finite gradient in this
-// order is where the NaN/Inf appeared, not merely where it propagated to.
-struct BackwardRank {
-  int group = 0;       // 0 lm_head / others, 1 final norm, 2 layers, 3 embedding
-  int64_t layer = 0;   // descending
-  std::string rest;
-};
-
-BackwardRank backward_rank(const std::string& n) {
-  static const std::string kLayers = "model.layers.";
-  if (n.rfind("model.embed_tokens.", 0) == 0) return {3, 0, n};
-  if (n.rfind("model.norm.", 0) == 0) return {1, 0, n};
-  if (n.rfind(kLayers, 0) == 0) {
-    size_t e = kLayers.size();
-    while (e < n.size() && std::isdigit(static_cast<unsigned char>(n[e]))) ++e;
-    if (e > kLayers.size() && e - kLayers.size() < 18)
-      return {2, std::stoll(n.substr(kLayers.size(), e - kLayers.size())), n.substr(e)};
-  }
-  return {0, 0, n};
-}
-
-bool backward_less(const std::string& a, const std::string& b) {
-  const BackwardRank ra = backward_rank(a), rb = backward_rank(b);
-  if (ra.group != rb.group) return ra.group < rb.group;
-  if (ra.layer != rb.layer) return ra.layer > rb.layer;
-  return ra.rest < rb.rest;
-}
 
 Tensor alloc_like(Ops& ops, DType dt, TensorView v) {
   return v.ndim == 1 ? ops.alloc(dt, {v.shape[0]}) : ops.alloc(dt, {v.shape[0], v.shape[1]});

@@ -4,9 +4,11 @@
 #include <chrono>
 #include <climits>
 #include <cmath>
+#include <functional>
 #include <csignal>
 #include <iomanip>
 #include <iostream>
+#include <optional>
 #include <sstream>
 
 #include <unistd.h>
@@ -192,8 +194,8 @@ namespace {
 // routing counts.
 // Every rank then holds the same bits and takes the same optimizer step.
 void reduce_step(dist::ProcessGroup& group, Ops& ops, AdamWOptimizer& opt, TensorView lm, TensorView stats,
-                 std::vector<LayerRouteCounts>& counts) {
-  opt.grad_buffer().sum_over_ranks(group);
+                 std::vector<LayerRouteCounts>& counts, bool grads_summed) {
+  if (!grads_summed) opt.grad_buffer().sum_over_ranks(group);
   group.allreduce_sum(lm);
   group.allreduce_sum(stats);
   const int64_t L = static_cast<int64_t>(counts.size());
@@ -413,13 +415,23 @@ TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, c
     ops.fill(lm, 0.f);
     ops.fill(stats, 0.f);
     opt.zero_grad();
+    // On the CPU the last sequence's backward overlaps with summing the gradients it has finished
+    // (a device backend sums them after the backward: its kernels are still queued when the host
+    // reaches a stage).
+    std::optional<OverlappedGradSum> overlap;
     for (int64_t b = 0; b < cfg.batch_size; ++b) {
       sampler.next(seq);  // every rank draws every sequence: the single-process order and cursor
       if (b / per_rank != rank) continue;
       tc.micro = b;
-      model.train_sequence(seq, tc, opt.grads(), cfg.recompute, lm);
+      std::function<void(int)> final_stage;
+      if (world > 1 && ops.device() == Device::CPU && b == (rank + 1) * per_rank - 1) {
+        overlap.emplace(opt.grad_buffer(), *run.group);
+        final_stage = [&](int stage) { overlap->stage_done(stage); };
+      }
+      model.train_sequence(seq, tc, opt.grads(), cfg.recompute, lm, final_stage);
     }
-    if (world > 1) reduce_step(*run.group, ops, opt, lm, stats, counts);
+    if (overlap) overlap->finish();
+    if (world > 1) reduce_step(*run.group, ops, opt, lm, stats, counts, /*grads_summed=*/overlap.has_value());
     StepRecord r;
     r.lm = host_doubles(ops, lm)[0];
     const auto st = host_doubles(ops, stats);
