@@ -42,9 +42,10 @@ for step in "$@"; do
   tests)
     : > "$out/tests.txt"
     for t in test_routed_attention test_l2a_fused test_flash_attention test_attention_backward test_cuda_training_ops \
-             test_cuda_model test_dense_attention test_cuda_ops test_l2a_reference; do
+             test_cuda_model test_dense_attention test_cuda_ops test_l2a_reference test_l2a_decode test_backend_ops; do
       filter='*'
       [[ $t == test_l2a_reference ]] && filter='*Cuda*'
+      [[ $t == test_l2a_decode ]] && filter='*GraphReplay*'
       timeout 300 build/bin/$t --gtest_brief=1 --gtest_filter="$filter" > /tmp/$t.log 2>&1
       echo "$t rc=$? $(grep -E '^\[  (PASSED|FAILED)' /tmp/$t.log | tr '\n' ' ')" | tee -a "$out/tests.txt"
       grep -B3 -A12 "Failure" /tmp/$t.log | head -60 >> "$out/tests.txt"
