@@ -9,7 +9,7 @@ word perplexity for wikitext, token perplexity for ppl), with the value over eac
 import csv
 import sys
 
-from plot_common import pyplot
+from plot_common import pyplot, save
 
 plt = pyplot(__file__)
 
@@ -38,9 +38,7 @@ def main() -> int:
         ax.set_title(f"{task}\n{metric}")
         for b, v in zip(bars, vals):
             ax.annotate(f"{v:.4g}", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(sys.argv[2], dpi=120)
-    print(f"wrote {sys.argv[2]}")
+    save(fig, sys.argv[2])
     return 0
 
 

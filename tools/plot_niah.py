@@ -9,7 +9,7 @@ number (1 = always retrieved).
 import json
 import sys
 
-from plot_common import pyplot
+from plot_common import pyplot, save
 
 plt = pyplot(__file__)
 
@@ -42,9 +42,7 @@ def main() -> int:
     backend = rep.get("config", {}).get("attention", "")
     ax.set_title(f"needle in a haystack: {backend} ({niah['niah,none']:.1%})")
     fig.colorbar(im, ax=ax, fraction=0.04)
-    fig.tight_layout()
-    fig.savefig(sys.argv[2], dpi=120)
-    print(f"wrote {sys.argv[2]}")
+    save(fig, sys.argv[2])
     return 0
 
 

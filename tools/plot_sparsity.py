@@ -9,7 +9,7 @@ attention (d = 0); the right-hand bar shows each layer's overall sparsity.
 import json
 import sys
 
-from plot_common import pyplot
+from plot_common import pyplot, save
 
 plt = pyplot(__file__)
 
@@ -37,9 +37,7 @@ def main() -> int:
     bx.barh(range(len(layers)), layers, color="tab:blue")
     bx.set_xlim(0, 1)
     bx.set_xlabel("layer sparsity")
-    fig.tight_layout()
-    fig.savefig(sys.argv[2], dpi=120)
-    print(f"wrote {sys.argv[2]}")
+    save(fig, sys.argv[2])
     return 0
 
 

@@ -16,16 +16,8 @@ namespace {
 const NcclModuleDescriptor& load_nccl_module(int rank) {
   static const NcclModuleDescriptor* loaded = nullptr;
   if (loaded != nullptr) return *loaded;
-  std::filesystem::path path;
   std::string searched;
-  for (const auto& dir : backend_module_dirs()) {
-    searched += (searched.empty() ? "" : ", ") + dir.string();
-    std::error_code ec;
-    if (std::filesystem::is_regular_file(dir / kNcclModuleFile, ec)) {
-      path = dir / kNcclModuleFile;
-      break;
-    }
-  }
+  const std::filesystem::path path = find_backend_module(kNcclModuleFile, &searched);
   RT_CHECK(!path.empty(), "rank ", rank, ": a CUDA process group needs ", kNcclModuleFile, ", which was not found (searched ",
            searched, "): it is built with the CUDA backend when NCCL is found at configure time (libnccl-dev, or "
            "the CUDA toolkit's NCCL)");

@@ -26,19 +26,21 @@ std::vector<std::filesystem::path> backend_module_dirs() {
   return dirs;
 }
 
+std::filesystem::path find_backend_module(const std::string& file, std::string* searched) {
+  searched->clear();
+  for (const auto& dir : backend_module_dirs()) {
+    *searched += (searched->empty() ? "" : ", ") + dir.string();
+    std::error_code ec;
+    if (std::filesystem::is_regular_file(dir / file, ec)) return dir / file;
+  }
+  return {};
+}
+
 std::unique_ptr<Ops> load_backend_ops(const std::string& device, int device_index) {
   const std::string flag = "--device " + device;
   const std::string file = "librt_backend_" + device + ".so";
-  std::filesystem::path path;
   std::string searched;
-  for (const auto& dir : backend_module_dirs()) {
-    searched += (searched.empty() ? "" : ", ") + dir.string();
-    std::error_code ec;
-    if (std::filesystem::is_regular_file(dir / file, ec)) {
-      path = dir / file;
-      break;
-    }
-  }
+  const std::filesystem::path path = find_backend_module(file, &searched);
   RT_CHECK(!path.empty(), flag, ": the ", device, " backend module ", file, " was not found (searched ", searched,
            "; $RUNTIME_BACKEND_PATH adds directories). This build may lack it: the CUDA backend is built only "
            "when the CUDA toolkit is found at configure time. Use --device cpu, or rebuild with the toolkit");

@@ -17,6 +17,10 @@ namespace rt {
 // The directories searched for `device`'s module, in order.
 std::vector<std::filesystem::path> backend_module_dirs();
 
+// The first of backend_module_dirs() holding `file`, as a path; empty when none does. searched: the
+// directories looked at, comma-separated, for the caller's message.
+std::filesystem::path find_backend_module(const std::string& file, std::string* searched);
+
 // Creates the Ops of `device` ("cuda") from its module; throws rt::Error naming the flag
 // (`--device <device>`), the file or the directories searched, and the reason.
 std::unique_ptr<Ops> load_backend_ops(const std::string& device, int device_index = 0);

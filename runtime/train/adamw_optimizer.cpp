@@ -145,16 +145,11 @@ void AdamWOptimizer::step(double lr, int64_t t, double grad_scale) {
 }
 
 std::vector<float> AdamWOptimizer::gather(const std::string& name, int what) const {
+  auto part = [&](const Slot& s) -> const Tensor& { return what == 0 ? s.master : what == 1 ? s.m : s.v; };
+  if (!shard_) return host_floats(ops_, part(slots_.at(name)));
   const int64_t numel = model_.parameter(name).numel();
-  if (mine(name) && !shard_) {
-    const Slot& s = slots_.at(name);
-    return host_floats(ops_, what == 0 ? s.master : what == 1 ? s.m : s.v);
-  }
   Tensor t = ops_.alloc(ops_.accum_dtype(), {numel});
-  if (mine(name)) {
-    const Slot& s = slots_.at(name);
-    ops_.copy((what == 0 ? s.master : what == 1 ? s.m : s.v).view.reshaped({numel}), t);
-  }
+  if (mine(name)) ops_.copy(part(slots_.at(name)).view.reshaped({numel}), t);
   shard_->broadcast(t, owner_.at(name));
   return host_floats(ops_, t);
 }

@@ -14,24 +14,16 @@ using namespace rt;
 using rt::test::TrainFixture;
 
 // The real router, with its decisions in `layers` forced to d = 0 (exactly: the branch is off).
-class ForceLocal final : public Router {
+class ForceLocal final : public rt::test::WrappedRouter {
  public:
-  ForceLocal(Router* inner, std::set<int> layers) : inner_(inner), layers_(std::move(layers)) {}
-  void configure(const Options& o, const ModelDims& d) override { inner_->configure(o, d); }
-  std::vector<std::string> option_names() const override { return inner_->option_names(); }
-  std::vector<ParamDecl> extra_params(const ModelDims& d) const override { return inner_->extra_params(d); }
-  bool trainable() const override { return inner_->trainable(); }
-  void forward(const LayerContext& ctx, TensorView h, const RouteCall& call, TensorView p, TensorView d) override {
-    inner_->forward(ctx, h, call, p, d);
+  ForceLocal(Router* inner, std::set<int> layers) : WrappedRouter(inner), layers_(std::move(layers)) {}
+
+ protected:
+  void adjust(const LayerContext& ctx, TensorView, TensorView d) override {
     if (layers_.count(ctx.layer)) ctx.ops->fill(d, 0.f);
-  }
-  void backward(const LayerContext& ctx, TensorView h, TensorView p, TensorView dp, TensorView dh,
-                const LayerGrads& g) override {
-    inner_->backward(ctx, h, p, dp, dh, g);
   }
 
  private:
-  Router* inner_;
   std::set<int> layers_;
 };
 

@@ -22,24 +22,12 @@ using namespace rt;
 using rt::test::TrainFixture;
 
 // d = p: the real router's p, used as a smooth gate.
-class SoftGate final : public Router {
+class SoftGate final : public rt::test::WrappedRouter {
  public:
-  explicit SoftGate(Router* inner) : inner_(inner) {}
-  void configure(const Options& o, const ModelDims& d) override { inner_->configure(o, d); }
-  std::vector<std::string> option_names() const override { return inner_->option_names(); }
-  std::vector<ParamDecl> extra_params(const ModelDims& d) const override { return inner_->extra_params(d); }
-  bool trainable() const override { return inner_->trainable(); }
-  void forward(const LayerContext& ctx, TensorView h, const RouteCall& call, TensorView p, TensorView d) override {
-    inner_->forward(ctx, h, call, p, d);
-    ctx.ops->copy(p, d);
-  }
-  void backward(const LayerContext& ctx, TensorView h, TensorView p, TensorView dp, TensorView dh,
-                const LayerGrads& g) override {
-    inner_->backward(ctx, h, p, dp, dh, g);
-  }
+  using WrappedRouter::WrappedRouter;
 
- private:
-  Router* inner_;
+ protected:
+  void adjust(const LayerContext& ctx, TensorView p, TensorView d) override { ctx.ops->copy(p, d); }
 };
 
 struct Case {

@@ -21,10 +21,37 @@
 #include "model/qwen2_model.h"
 #include "plugin_host/plugin_registry.h"
 #include "rt/sdk/error.h"
+#include "rt/sdk/router.h"
 
 namespace rt::test {
 
 inline const std::string kModelsDir = std::string(RT_FIXTURES_DIR) + "/models/";
+
+// The real router with its decisions post-processed by adjust(): tests force or soften decisions
+// this way while the router's parameters, options and backward stay the real ones.
+class WrappedRouter : public Router {
+ public:
+  explicit WrappedRouter(Router* inner) : inner_(inner) {}
+  void configure(const Options& o, const ModelDims& d) override { inner_->configure(o, d); }
+  std::vector<std::string> option_names() const override { return inner_->option_names(); }
+  std::vector<ParamDecl> extra_params(const ModelDims& d) const override { return inner_->extra_params(d); }
+  bool trainable() const override { return inner_->trainable(); }
+  bool reads_position() const override { return inner_->reads_position(); }
+  void forward(const LayerContext& ctx, TensorView h, const RouteCall& call, TensorView p, TensorView d) override {
+    inner_->forward(ctx, h, call, p, d);
+    adjust(ctx, p, d);
+  }
+  void backward(const LayerContext& ctx, TensorView h, TensorView p, TensorView dp, TensorView dh,
+                const LayerGrads& g) override {
+    inner_->backward(ctx, h, p, dp, dh, g);
+  }
+
+ protected:
+  virtual void adjust(const LayerContext& ctx, TensorView p, TensorView d) = 0;
+
+ private:
+  Router* inner_;
+};
 
 struct TrainFixture {
   PluginRegistry registry;
