@@ -5,7 +5,9 @@
 // Environment knobs for the failure tests:
 //   RT_PROBE_DEVICE=cuda           tensors on the GPU (the NCCL group), via the CUDA backend module
 //   RT_PROBE_EXIT_BEFORE_JOIN=R    rank R exits with code 4 before joining
-//   RT_PROBE_EXIT_AFTER_JOIN=R     rank R exits with code 3 after joining, before the collectives
+//   RT_PROBE_EXIT_AFTER_JOIN=R     rank R exits with code 3 once every rank has joined (a barrier:
+//                                  joins finish at different times on different ranks), before the
+//                                  collectives
 // `dist_allreduce_probe store-set HOST PORT RANK KEY VALUE` instead connects to a TCP store as
 // RANK, sets KEY and dies without leaving (the store tests' second process).
 #include <unistd.h>
@@ -75,7 +77,10 @@ int run() {
   if (cuda) st.ops = rt::load_backend_ops("cuda", world->local_rank);
   auto pg = rt::dist::join_process_group(*world, cuda ? rt::Device::CUDA : rt::Device::CPU);
   RT_CHECK(pg->rank() == rank && pg->size() == n, "group rank/size mismatch");
-  if (env_int("RT_PROBE_EXIT_AFTER_JOIN", -1) == rank) _exit(3);
+  if (const int leaver = env_int("RT_PROBE_EXIT_AFTER_JOIN", -1); leaver >= 0) {
+    pg->barrier();
+    if (leaver == rank) _exit(3);
+  }
 
   // Integers and halves: sums are exact in both precisions, so the check can be ==.
   std::vector<float> f(1000);
