@@ -4,7 +4,8 @@
 #   bash tools/device/l2a_gpu_check.sh fwdpaths tests kernels model train memory trace anchors
 # (any subset, in that order). SEQS overrides the kernel sequence lengths. `fwdpaths` runs the
 # forward-kernel tests under each forward path (RT_ATTN_FWD=wgmma: the Hopper kernel; mma: the
-# mma.sync kernel of sm_89), a compute-sanitizer pass, and times both paths against cuDNN.
+# mma.sync kernel of sm_89; FWD_PATHS picks), a compute-sanitizer pass, and times both paths against cuDNN.
+# TEST_TIMEOUT bounds each test binary (default 300 s).
 set -uo pipefail
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
@@ -16,9 +17,9 @@ for step in "$@"; do
   case $step in
   fwdpaths)
     : > "$out/fwdpaths.txt"
-    for path in wgmma mma; do
+    for path in ${FWD_PATHS:-wgmma mma}; do
       for t in test_flash_attention test_routed_attention test_l2a_fused test_cuda_model; do
-        RT_ATTN_FWD=$path timeout 300 build/bin/$t --gtest_brief=1 > /tmp/$t.$path.log 2>&1
+        RT_ATTN_FWD=$path timeout ${TEST_TIMEOUT:-300} build/bin/$t --gtest_brief=1 > /tmp/$t.$path.log 2>&1
         echo "$t RT_ATTN_FWD=$path rc=$? $(grep -E '^\[  (PASSED|FAILED)' /tmp/$t.$path.log | tr '\n' ' ')" |
           tee -a "$out/fwdpaths.txt"
         grep -B3 -A12 "Failure" /tmp/$t.$path.log | head -40 >> "$out/fwdpaths.txt"
@@ -46,7 +47,7 @@ for step in "$@"; do
       filter='*'
       [[ $t == test_l2a_reference ]] && filter='*Cuda*'
       [[ $t == test_l2a_decode ]] && filter='*GraphReplay*'
-      timeout 300 build/bin/$t --gtest_brief=1 --gtest_filter="$filter" > /tmp/$t.log 2>&1
+      timeout ${TEST_TIMEOUT:-300} build/bin/$t --gtest_brief=1 --gtest_filter="$filter" > /tmp/$t.log 2>&1
       echo "$t rc=$? $(grep -E '^\[  (PASSED|FAILED)' /tmp/$t.log | tr '\n' ' ')" | tee -a "$out/tests.txt"
       grep -B3 -A12 "Failure" /tmp/$t.log | head -60 >> "$out/tests.txt"
     done

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Packs build/bin and the shared libraries it needs that a bare GPU machine lacks (Abseil, ICU,
-# PCRE2, sentencepiece, OpenMP, CUPTI for trace_prefill) into .carry/gpu.tar.xz, for the device tool's `carry`.
+# PCRE2, sentencepiece, OpenMP, Gloo and its verbs libraries, CUPTI for trace_prefill) into .carry/gpu.tar.xz, for the device tool's `carry`.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 build=${1:-build}
@@ -11,7 +11,8 @@ if [ -n "${PACK_EXCLUDE:-}" ]; then
   find .carry/stage/bin -maxdepth 1 -type f | grep -E "$PACK_EXCLUDE" | xargs -r rm -f
 fi
 for f in .carry/stage/bin/*; do ldd "$f" 2>/dev/null || true; done | awk '/=> \//{print $3}' | sort -u |
-  grep -E 'absl|icu|pcre2|sentencepiece|gomp|protobuf|toml|cupti' | xargs -r -I{} cp -L {} .carry/stage/lib/
-tar -C .carry/stage -cJf .carry/gpu.tar.xz bin lib
+  grep -E 'absl|icu|pcre2|sentencepiece|gomp|protobuf|toml|cupti|gloo|hiredis|ibverbs|libnl' | xargs -r -I{} cp -L {} .carry/stage/lib/
+# A large xz window lets the copies of one fatbin in every test binary compress to one.
+XZ_OPT="-9 --lzma2=preset=9,dict=512MiB" tar -C .carry/stage -cJf .carry/gpu.tar.xz bin lib
 rm -rf .carry/stage
 du -h .carry/gpu.tar.xz
