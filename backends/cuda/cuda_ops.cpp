@@ -220,16 +220,30 @@ void CudaOps::decode_attention_at(TensorView q, TensorView k_cache, TensorView v
     Ops::decode_attention_at(q, k_cache, v_cache, ring, pos, spec, o);
     return;
   }
+  decode_attention_device(q, k_cache, v_cache, ring, pos, TensorView{}, spec, o);
+}
+
+void CudaOps::decode_attention_gated_at(TensorView q, TensorView k_cache, TensorView v_cache, int64_t ring,
+                                        TensorView pos, TensorView gate, const AttentionSpec& spec, TensorView o) {
+  if (spec.materialize) {
+    Ops::decode_attention_gated_at(q, k_cache, v_cache, ring, pos, gate, spec, o);
+    return;
+  }
+  decode_attention_device(q, k_cache, v_cache, ring, pos, gate, spec, o);
+}
+
+void CudaOps::decode_attention_device(TensorView q, TensorView k_cache, TensorView v_cache, int64_t ring,
+                                      TensorView pos, TensorView gate, const AttentionSpec& spec, TensorView o) {
   const int64_t D = q.ndim == 3 ? q.shape[2] : 0;
   if (q.dtype != DType::BF16 || D == 64 || D == 128) {
-    cuda::decode_attention_at(q, k_cache, v_cache, ring, pos, spec, o, stream());
+    cuda::decode_attention_at(q, k_cache, v_cache, ring, pos, spec, o, stream(), gate);
     return;
   }
   // Head dims without a tensor-core kernel (tiny test models): the fp32 kernel on f32 copies of
-  // the whole cache, still reading the position on the device.
+  // the whole cache, still reading the position (and gate) on the device.
   Tensor q32 = f32_copy(q), k32 = f32_copy(k_cache), v32 = f32_copy(v_cache);
   Tensor o32 = alloc(DType::F32, {o.shape[0], o.shape[1], o.shape[2]});
-  cuda::decode_attention_at(q32, k32, v32, ring, pos, spec, o32, stream());
+  cuda::decode_attention_at(q32, k32, v32, ring, pos, spec, o32, stream(), gate);
   copy(o32.view, o);
 }
 

@@ -76,6 +76,8 @@ class CudaOps final : public Ops {
                          TensorView v_cache, int64_t ring) override;
   void decode_attention_at(TensorView q, TensorView k_cache, TensorView v_cache, int64_t ring, TensorView pos,
                            const AttentionSpec& spec, TensorView o) override;
+  void decode_attention_gated_at(TensorView q, TensorView k_cache, TensorView v_cache, int64_t ring, TensorView pos,
+                                 TensorView gate, const AttentionSpec& spec, TensorView o) override;
   // A CUDA graph of the stream's work (cuda/graph.h).
   std::unique_ptr<CapturedWork> capture(const std::function<void()>& work) override;
   int64_t argmax(TensorView x) override;
@@ -116,6 +118,9 @@ class CudaOps final : public Ops {
   void check_device_errors();  // after a synchronization: throws what the device recorded
   void fetch_device_errors();  // queues the copy of the device's error record to err_host_
   Tensor f32_copy(TensorView t);  // an f32 copy of an attention tensor [T, H, D]
+  // decode_attention_(gated_)at on the device kernels; gate may be empty.
+  void decode_attention_device(TensorView q, TensorView k_cache, TensorView v_cache, int64_t ring, TensorView pos,
+                               TensorView gate, const AttentionSpec& spec, TensorView o);
 
   int device_ = 0;
   std::shared_ptr<cuda::StreamHandle> stream_;

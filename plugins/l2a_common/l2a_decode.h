@@ -3,6 +3,8 @@
 // token, so it queues the same work at every position, and every decision that depends on the
 // position or on the router is taken on the device:
 //   - the router's decision d [1] stays on the device and gates the global output (x += d * a);
+//     the global attention kernels read it and exit early when d = 0, so an unrouted token reads
+//     no global key (Ops::decode_attention_gated_at);
 //   - force_local zeroes d below the window with Ops::gate_from_position_at;
 //   - the token's global k/v are written to the global cache whatever d is: a later routed query
 //     attends to every past key.
@@ -55,7 +57,7 @@ inline void parallel_decode_at(const LayerContext& ctx, const DecodeLayer& l, Te
   const Tensor gate = decide_at(ctx, l, h, pos);
   Tensor o_window = ops.alloc(act, {1, d.n_heads, d.head_dim}), o_causal = ops.alloc(act, {1, d.n_heads, d.head_dim});
   ops.decode_attention_at(q, c.k, c.v, c.ring, pos, sublayer_attention_spec(d, *l.local, 0), o_window);
-  ops.decode_attention_at(q, c.k, c.v, c.ring, pos, sublayer_attention_spec(d, *l.global, 0), o_causal);
+  ops.decode_attention_gated_at(q, c.k, c.v, c.ring, pos, gate, sublayer_attention_spec(d, *l.global, 0), o_causal);
   Tensor o = ops.alloc(act, {1, d.n_heads, d.head_dim});
   ops.row_scale(o_causal.view.reshaped({1, HD}), gate, o.view.reshaped({1, HD}));
   ops.add(o, o_window, o);

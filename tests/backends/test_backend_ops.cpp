@@ -466,6 +466,19 @@ void register_cases() {
                 c.call([&] { c.ops().decode_attention_at(q, kc, vc, 0, p, AttentionSpec{}, o); });
               }});
   }
+  // The same, gated by a routing decision on the device: 0 reads no key and writes zeros.
+  for (double gate : {0.0, 1.0}) {
+    const int64_t cap = 64, Hq = 4, Hkv = 2, D = 64, pos = 40;
+    add_case({"Attention", "decode_attention_gated_at gate " + std::to_string(static_cast<int>(gate)) +
+                               " pos 40 cache 64 Hq 4 Hkv 2 D 64",
+              4.0 * (pos + 1) * Hq * D, 1e-5, 2e-2, [=](Ctx& c) {
+                Tensor q = c.in(Kind::Act, {1, Hq, D}), kc = c.in(Kind::Act, {cap, Hkv, D}),
+                       vc = c.in(Kind::Act, {cap, Hkv, D}), p = c.ints({1}, {static_cast<int32_t>(pos)});
+                Tensor g = c.upload(Kind::Acc, {1}, {gate});
+                Tensor o = c.out("o", Kind::Act, {1, Hq, D});
+                c.call([&] { c.ops().decode_attention_gated_at(q, kc, vc, 0, p, g, AttentionSpec{}, o); });
+              }});
+  }
 
   // The LM head fused with cross-entropy (ignored rows included).
   for (const auto& [N, hidden, V] : std::vector<std::array<int64_t, 3>>{{1, 64, 100}, {13, 96, 1000}, {64, 128, 3001}}) {

@@ -725,6 +725,29 @@ TEST_F(CpuOps, AttentionFullyMaskedRowsAreZero) {
   for (int64_t i = 0; i < o.view.numel(); ++i) ASSERT_EQ(o.ptr<float>()[i], 0.f);
 }
 
+// Decode at a device-held position, gated by a routing decision: gate 0 is zeros (no key read:
+// the cache is NaN), anything else the ungated decode, NaN gate included.
+TEST_F(CpuOps, GatedDecodeAttention) {
+  Tensor q = randn({1, 6, 16}), k = randn({50, 2, 16}), v = randn({50, 2, 16});
+  Tensor k_nan = poisoned(DType::F32, {50, 2, 16}), v_nan = poisoned(DType::F32, {50, 2, 16});
+  Tensor pos = ops->alloc(DType::I32, {1}), gate = ops->alloc(DType::F32, {1});
+  *pos.ptr<int32_t>() = 30;
+  Tensor want = poisoned(DType::F32, {1, 6, 16}), o = poisoned(DType::F32, {1, 6, 16});
+  ops->decode_attention_at(q, k, v, 0, pos, rt::AttentionSpec{}, want);
+  for (float g : {1.f, 0.25f, std::numeric_limits<float>::quiet_NaN()}) {
+    *gate.ptr<float>() = g;
+    poison(o);
+    ops->decode_attention_gated_at(q, k, v, 0, pos, gate, rt::AttentionSpec{}, o);
+    ASSERT_EQ(std::memcmp(o.ptr<float>(), want.ptr<float>(), 6 * 16 * sizeof(float)), 0) << "gate " << g;
+  }
+  *gate.ptr<float>() = 0.f;
+  poison(o);
+  ops->decode_attention_gated_at(q, k_nan, v_nan, 0, pos, gate, rt::AttentionSpec{}, o);
+  for (int64_t i = 0; i < 6 * 16; ++i) ASSERT_EQ(o.ptr<float>()[i], 0.f) << i;
+  Tensor wide = ops->alloc(DType::F32, {2});
+  EXPECT_THROW(ops->decode_attention_gated_at(q, k, v, 0, pos, wide, rt::AttentionSpec{}, o), rt::Error);
+}
+
 TEST_F(CpuOps, AttentionStridedViews) {
   // q is the first half of a [T, H, 2D] buffer (head stride 2D); k/v are rows of a bigger cache.
   const int64_t T = 33, H = 4, D = 16;

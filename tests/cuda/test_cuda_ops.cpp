@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -787,6 +788,50 @@ TEST_F(CudaOpsTest, DecodeAttentionAtMatchesTheCpuOverTheVisibleKeys) {
         for (float x : got) ASSERT_TRUE(std::isfinite(x)) << "non-finite output (unwritten, or a hidden row read)";
         EXPECT_LT(rel_err(got, host_values(ref)), 1e-2);
       }
+}
+
+// A routed decode step's global attention, gated on the device: gate 0 writes zeros without
+// reading a key (the cache is all NaN there: a loaded key would show), any other gate is the
+// ungated kernel bit for bit; replayed from a graph with the gate flipped between replays.
+TEST_F(CudaOpsTest, GatedDecodeSkipsEveryKeyWhenTheGateIsZero) {
+  SKIP_WITHOUT_GPU();
+  for (const auto& [hq, hkv, d] : std::vector<std::array<int64_t, 3>>{{14, 2, 64}, {12, 2, 128}, {4, 2, 16}}) {
+    SCOPED_TRACE("Hq " + std::to_string(hq) + " D " + std::to_string(d));
+    const int64_t cap = 1000;
+    int32_t p = 777;
+    Host hk = randn({cap, hkv, d}, 1200 + d), hv = randn({cap, hkv, d}, 1300 + d), hq_ = randn({1, hq, d}, 1400 + d);
+    Tensor q = upload(hq_, DType::BF16), kc = upload(hk, DType::BF16), vc = upload(hv, DType::BF16);
+    for (int64_t i = 0; i < hk.numel(); ++i) hk.v[i] = kNaN;
+    Tensor kc_nan = upload(hk, DType::BF16), vc_nan = upload(hk, DType::BF16);
+    Tensor pos = gpu->alloc(DType::I32, {1}), gate = gpu->alloc(DType::F32, {1});
+    gpu->copy(TensorView::contiguous(&p, DType::I32, Device::CPU, {1}), pos);
+    auto set_gate = [&](float g) { gpu->copy(TensorView::contiguous(&g, DType::F32, Device::CPU, {1}), gate); };
+    rt::AttentionSpec spec;
+    Tensor ungated = poisoned(DType::BF16, {1, hq, d}), o = poisoned(DType::BF16, {1, hq, d});
+    gpu->decode_attention_at(q, kc, vc, 0, pos, spec, ungated);
+    set_gate(1.f);
+    gpu->decode_attention_gated_at(q, kc, vc, 0, pos, gate, spec, o);
+    EXPECT_EQ(download(o), download(ungated));
+    set_gate(0.f);
+    gpu->fill(o, kNaN);
+    gpu->decode_attention_gated_at(q, kc_nan, vc_nan, 0, pos, gate, spec, o);
+    for (float x : download(o)) ASSERT_EQ(x, 0.f) << "gate 0 must write zeros and read no key";
+    // Replayed: one graph, the gate decides at replay time.
+    std::unique_ptr<rt::Ops::CapturedWork> graph =
+        gpu->capture([&] { gpu->decode_attention_gated_at(q, kc, vc, 0, pos, gate, spec, o); });
+    ASSERT_NE(graph, nullptr);
+    for (float g : {0.f, 1.f, 0.f, 0.5f}) {
+      set_gate(g);
+      gpu->fill(o, kNaN);
+      graph->replay();
+      const std::vector<float> got = download(o);
+      if (g == 0.f) {
+        for (float x : got) ASSERT_EQ(x, 0.f) << "replayed with gate 0";
+      } else {
+        EXPECT_EQ(got, download(ungated)) << "replayed with gate " << g;
+      }
+    }
+  }
 }
 
 // A captured step replays with whatever position is in device memory at replay time, bit for bit

@@ -156,6 +156,7 @@ void launch_flash(const TensorView& q, const TensorView& k, const TensorView& v,
 struct DevicePosition {
   const int32_t* pos = nullptr;
   int64_t ring = 0;
+  const float* gate = nullptr;  // decode_attention_gated_at: *gate == 0 reads no key
 };
 
 template <int kD>
@@ -226,6 +227,7 @@ void launch_decode(const TensorView& q, const TensorView& k, const TensorView& v
       p.mask = mp;
       p.pos = dp.pos;
       p.ring = static_cast<int>(dp.ring);
+      p.gate = dp.gate;
       p.part_acc = part_acc;
       p.part_ml = part_ml;
       with_mask(spec, [&](auto mask) {
@@ -270,6 +272,7 @@ struct F32Params {
   attn::MaskParams mask;
   const int32_t* pos;  // decode at a device-held position, as in attn::DecodeParams (Tq = 1)
   int ring;
+  const float* gate;  // as in attn::DecodeParams
   const int32_t* q_index;  // routed rows (AttentionSpec::q_index / q_count), or nullptr
   const int32_t* q_count;
 };
@@ -289,7 +292,7 @@ __global__ void __launch_bounds__(128) attention_f32_kernel(const F32Params p) {
     if (p.ring > 0) mask.Tk = static_cast<int>(min(static_cast<int64_t>(*p.pos) + 1, static_cast<int64_t>(p.ring)));
     else mask.q_pos0 = *p.pos;
   }
-  const bool active = p.q_index == nullptr || i < *p.q_count;
+  const bool active = (p.q_index == nullptr || i < *p.q_count) && (p.gate == nullptr || *p.gate != 0.f);
   const int64_t pos = mask.q_pos0 + (p.q_index != nullptr && active ? p.q_index[i] : i);
   const int lo = Mask::key_lo(mask, pos), hi = active ? Mask::key_hi(mask, pos) : lo;  // inactive: no key
   const float* qr = p.q + static_cast<int64_t>(i) * p.q_row + static_cast<int64_t>(h) * p.q_head;
@@ -341,6 +344,7 @@ void launch_f32(const TensorView& q, const TensorView& k, const TensorView& v, c
   F32Params p{};
   p.pos = dp.pos;
   p.ring = static_cast<int>(dp.ring);
+  p.gate = dp.gate;
   p.q = static_cast<const float*>(q.data);
   p.k = static_cast<const float*>(k.data);
   p.v = static_cast<const float*>(v.data);
@@ -450,8 +454,12 @@ void attention_forward_with(TensorView q, TensorView k, TensorView v, TensorView
 }
 
 void decode_attention_at(TensorView q, TensorView k_cache, TensorView v_cache, int64_t ring, TensorView pos,
-                         const AttentionSpec& spec, TensorView o, cudaStream_t stream) {
+                         const AttentionSpec& spec, TensorView o, cudaStream_t stream, TensorView gate) {
   const char* op = "decode_attention_at (cuda)";
+  RT_CHECK(!gate.data || (gate.device == Device::CUDA && gate.dtype == DType::F32 && gate.numel() == 1), op,
+           ": argument 'gate' must be an F32 [1] cuda tensor, found ", dtype_name(gate.dtype), " ",
+           device_name(gate.device), " ", gate.shape_str());
+  if (gate.data && !capturing(stream)) check_device_pointer("gate", gate);
   RT_CHECK(pos.device == Device::CUDA && pos.dtype == DType::I32 && pos.numel() == 1, op,
            ": argument 'pos' must be an I32 [1] cuda tensor, found ", dtype_name(pos.dtype), " ",
            device_name(pos.device), " ", pos.shape_str());
@@ -469,7 +477,8 @@ void decode_attention_at(TensorView q, TensorView k_cache, TensorView v_cache, i
     s.window = 0;
   }
   attention_forward_impl(q, k_cache, v_cache, o, TensorView{}, s, AttentionKernel::Decode,
-                         DevicePosition{static_cast<const int32_t*>(pos.data), ring}, stream);
+                         DevicePosition{static_cast<const int32_t*>(pos.data), ring, static_cast<const float*>(gate.data)},
+                         stream);
 }
 
 void attention_forward_lse(TensorView q, TensorView k, TensorView v, TensorView o, TensorView lse,

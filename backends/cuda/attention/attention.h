@@ -40,8 +40,10 @@ void attention_forward_with(TensorView q, TensorView k, TensorView v, TensorView
 // with head dim 64 or 128: the split-KV kernel; f32: the fp32 kernel) against the whole KV cache k_cache, v_cache [capacity, Hkv, D], position p in row p (ring = 0:
 // keys at positions <= p, and > p - window with spec.window) or in row p % ring (a ring holding
 // exactly the window: its min(p + 1, ring) filled rows). The split grid depends only on the
-// capacity, so the launch is the same at every position (CUDA-graph replay).
+// capacity, so the launch is the same at every position (CUDA-graph replay). gate (F32 [1] on the
+// device, optional): where *gate == 0 the kernels load no key and o = 0 (Ops::decode_attention_gated_at).
 void decode_attention_at(TensorView q, TensorView k_cache, TensorView v_cache, int64_t ring, TensorView pos,
-                         const rt::AttentionSpec& spec, TensorView o, cudaStream_t stream);
+                         const rt::AttentionSpec& spec, TensorView o, cudaStream_t stream,
+                         TensorView gate = TensorView{});
 
 }  // namespace rt::cuda

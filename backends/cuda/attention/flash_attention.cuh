@@ -522,6 +522,7 @@ struct DecodeParams {
   // filled row visible, mask.Tk = min(p + 1, ring)). nullptr: everything as given.
   const int32_t* pos;
   int ring;
+  const float* gate;  // decode_attention_gated_at: *gate == 0 sees no key (nullptr: no gate)
   float* part_acc;  // [num_splits][Hkv][rows][D]
   float* part_ml;   // [num_splits][Hkv][rows][2]: max (log2 units), sum
 };
@@ -557,6 +558,7 @@ __global__ void __launch_bounds__(32) flash_decode_split_kernel(const DecodePara
     kb = Mask::key_lo(mask, mask.q_pos0);
     ke = Mask::key_hi(mask, mask.q_pos0);
   }
+  if (p.gate != nullptr && *p.gate == 0.f) ke = kb;  // an unrouted token: no tile is loaded
   const int c0 = kb + split * p.chunk;
   const int c1 = min(ke, c0 + p.chunk);
   const int ntiles = (c1 - c0 + kN - 1) / kN;

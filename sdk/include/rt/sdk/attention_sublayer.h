@@ -372,7 +372,8 @@ inline void attention_sublayer_forward(const LayerContext& ctx, const AttentionS
 // [1]), for a decode step that is captured once and replayed (AttentionBackend::decode_step_at):
 // every position-dependent argument is read from pos by the Ops::*_at ops. The cache's host-side
 // count is not advanced (the caller does, with cache.advance(1)). gate [1] and normed as in
-// attention_sublayer_forward (L2A's global sublayer: the router's decision, and RMSNorm_g(x)).
+// attention_sublayer_forward (L2A's global sublayer: the router's decision, and RMSNorm_g(x)); a
+// zero gate skips the attention itself (Ops::decode_attention_gated_at), not the k/v append.
 inline void attention_sublayer_decode_at(const LayerContext& ctx, const AttentionSublayerSpec& spec, TensorView x,
                                          KvCache& cache, TensorView pos, TensorView gate = TensorView{},
                                          const Tensor* normed = nullptr) {
@@ -389,7 +390,9 @@ inline void attention_sublayer_decode_at(const LayerContext& ctx, const Attentio
   const KvCache::Slots c = cache.slots();
   ops.qkv_rope_split_at(qkv, pos, sublayer_theta(d, spec), q, c.k, c.v, c.ring);
   Tensor o = ops.alloc(act, {1, d.n_heads, d.head_dim});
-  ops.decode_attention_at(q, c.k, c.v, c.ring, pos, sublayer_attention_spec(d, spec, 0), o);
+  const AttentionSpec as = sublayer_attention_spec(d, spec, 0);
+  if (gate.data) ops.decode_attention_gated_at(q, c.k, c.v, c.ring, pos, gate, as, o);  // gate 0: no key read
+  else ops.decode_attention_at(q, c.k, c.v, c.ring, pos, as, o);
   add_output_projection(ctx, spec, o, gate, x);
 }
 

@@ -174,6 +174,23 @@ class Ops {
     }
     attention(q, k_cache.rows(0, n), v_cache.rows(0, n), o, s);
   }
+  // decode_attention_at when gate[0] != 0; o = 0 when gate[0] == 0, reading no key. gate [1] in
+  // the accum dtype, on this device. A routed decode step (L2A) passes its router's decision, so
+  // an unrouted token skips its global attention inside a replayed graph: the kernels read the
+  // gate and exit early, and the launch stays the same at every step. Any other gate value, NaN
+  // included, runs the attention (the caller scales by the gate).
+  virtual void decode_attention_gated_at(TensorView q, TensorView k_cache, TensorView v_cache, int64_t ring,
+                                         TensorView pos, TensorView gate, const AttentionSpec& spec, TensorView o) {
+    RT_CHECK(gate.numel() == 1 && gate.dtype == accum_dtype(), "decode_attention_gated_at: gate must be [1] ",
+             dtype_name(accum_dtype()), ", found ", dtype_name(gate.dtype), " ", gate.shape_str());
+    float g = 0.f;
+    copy(gate, TensorView::contiguous(&g, DType::F32, Device::CPU, {1}));
+    if (g == 0.f) {
+      fill(o, 0.f);
+      return;
+    }
+    decode_attention_at(q, k_cache, v_cache, ring, pos, spec, o);
+  }
   // out[0] (=) gate[0] if the position in pos is >= first, else 0; gate and out [1] in the accum
   // dtype (they may alias). What a decode step uses for a position-dependent decision, e.g. L2A's
   // force_local (no global attention before the window is full).
