@@ -94,17 +94,11 @@ void register_generate(CLI::App& app) {
               << " tokens, decode " << (out.size() > 1 ? (out.size() - 1) / std::max(decode_s, 1e-9) : 0.0)
               << " tok/s (decode step: " << DecodeSession::mode_name(decoder.mode()) << ")\n";
     // A routed backend: how often global attention ran during decoding, over every layer.
-    int64_t routed = 0, steps = 0;
-    for (const auto& state : decoder.states()) {
-      int64_t r = 0, n = 0;
-      if (state->decode_routing(&r, &n)) {
-        routed += r;
-        steps += n;
-      }
-    }
-    if (steps > 0)
-      std::cerr << "global attention ran in " << routed << " of " << steps << " (layer, decode step) pairs ("
-                << 100.0 * static_cast<double>(routed) / static_cast<double>(steps) << "% routed)\n";
+    const DecodeSession::Routing routing = decoder.routing();
+    if (routing.steps > 0)
+      std::cerr << "global attention ran in " << routing.routed << " of " << routing.steps
+                << " (layer, decode step) pairs ("
+                << 100.0 * static_cast<double>(routing.routed) / static_cast<double>(routing.steps) << "% routed)\n";
   });
 }
 

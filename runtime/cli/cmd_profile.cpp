@@ -392,6 +392,10 @@ void register_profile(CLI::App& app) {
               if (graphs) {
                 row["decode_mode"] = DecodeSession::mode_name(decoder.mode());
                 row["kv_cache_bytes"] = decoder.kv_bytes();
+                const DecodeSession::Routing routing = decoder.routing();  // warmup and timed steps
+                if (routing.steps > 0)
+                  row["decode_routed_share"] =
+                      static_cast<double>(routing.routed) / static_cast<double>(routing.steps);
               }
             }
           } else {
@@ -476,16 +480,19 @@ void register_profile(CLI::App& app) {
     report << "\nBackends\n";
     TextTable backends_table({Col{"backend", L}, Col{"seq"}, Col{"sublayer ms"},
                               Col{rate_unit, TextTable::Align::Right, true}, Col{"prefill ms"}, Col{"decode tok/s"},
-                              Col{"eager tok/s"}, Col{"KV MiB"}, Col{"peak MiB"}});
+                              Col{"routed %"}, Col{"eager tok/s"}, Col{"KV MiB"}, Col{"peak MiB"}});
     for (const auto& r : out["backends"]) {
       auto mib = [&](const char* key) {
         return r.contains(key) && !r[key].is_null() ? num(nlohmann::json(r[key].get<double>() / (1 << 20)), 1)
                                                      : std::string("-");
       };
       auto get = [&](const char* key, int prec) { return r.contains(key) ? num(r[key], prec) : std::string("-"); };
+      const std::string routed = r.contains("decode_routed_share")
+                                     ? num(nlohmann::json(100.0 * r["decode_routed_share"].get<double>()), 1)
+                                     : std::string("-");
       backends_table.add_row({r["backend"].get<std::string>(), std::to_string(r["seq"].get<int64_t>()),
                               get("sublayer_fwd_ms", 3), rate(r, "sublayer_fwd_tflops"), get("prefill_ms", 2),
-                              get("decode_tok_s", 1), get("decode_eager_tok_s", 1), mib("kv_cache_bytes"),
+                              get("decode_tok_s", 1), routed, get("decode_eager_tok_s", 1), mib("kv_cache_bytes"),
                               mib("peak_memory_bytes")});
     }
     report << backends_table.str();

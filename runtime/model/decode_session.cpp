@@ -31,6 +31,18 @@ size_t DecodeSession::kv_bytes() const {
   return n;
 }
 
+DecodeSession::Routing DecodeSession::routing() const {
+  Routing total;
+  for (const auto& s : states_) {
+    int64_t r = 0, n = 0;
+    if (s->decode_routing(&r, &n)) {
+      total.routed += r;
+      total.steps += n;
+    }
+  }
+  return total;
+}
+
 TensorView DecodeSession::prefill(std::span<const int32_t> ids) {
   RT_CHECK(position() + static_cast<int64_t>(ids.size()) <= max_tokens_, "decode: ", ids.size(),
            " tokens at position ", position(), " overflow the KV cache, sized for ", max_tokens_, " positions");

@@ -44,6 +44,12 @@ class DecodeSession {
   static const char* mode_name(Mode m);
   const Qwen2Model::States& states() const { return states_; }
   size_t kv_bytes() const;
+  // A routed backend's decode steps so far, summed over layers: (layer, step) pairs that ran global
+  // attention and all pairs; {0, 0} for a backend without routing.
+  struct Routing {
+    int64_t routed = 0, steps = 0;
+  };
+  Routing routing() const;
 
  private:
   Qwen2Model& model_;

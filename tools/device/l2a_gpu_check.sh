@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine (device tool), after `source tools/device/unpack.sh`: the CUDA tests of the
 # routed kernels, l2a_fused and the kernels they share, then the benchmarks. Logs and JSON to $OUT.
-#   bash tools/device/l2a_gpu_check.sh fwdpaths tests kernels model train memory trace anchors
+#   bash tools/device/l2a_gpu_check.sh fwdpaths tests kernels model decode train memory trace anchors
 # (any subset, in that order). SEQS overrides the kernel sequence lengths. `fwdpaths` runs the
 # forward-kernel tests under each forward path (RT_ATTN_FWD=wgmma: the Hopper kernel; mma: the
 # mma.sync kernel of sm_89; FWD_PATHS picks), a compute-sanitizer pass, and times both paths against cuDNN.
@@ -72,6 +72,20 @@ for step in "$@"; do
       --window 2048 --seq 16384 --device cuda --decode-tokens 4 --repeats 2 $FUSED_SET $DENSE_SET \
       --json "$out/model_dense_0.5b.json" > "$out/model_dense_0.5b.txt" 2>&1
     tail -8 "$out/model_0.5b.txt"; tail -4 "$out/model_dense_0.5b.txt"
+    ;;
+  decode)  # issue 13: graph decode at long context, L2A with none / every token routed (a zero router
+           # at init gives z = 0: threshold 0.51 routes none, 0.5 every token), and 128K prefill
+    LONG="--max-position 131200 --rope-theta 5e6"
+    timeout 300 build/bin/runtime profile --attention full_causal,l2a_fused --model qwen2.5-0.5b --init random \
+      --window 2048 --seq ${DECODE_SEQS:-16384,32768,65536,131072} $LONG --device cuda --decode-tokens 64 --repeats 3 \
+      --set l2a_fused.threshold=0.51 --json "$out/decode_none_routed.json" > "$out/decode_none_routed.txt" 2>&1
+    timeout 200 build/bin/runtime profile --attention l2a_fused --model qwen2.5-0.5b --init random \
+      --window 2048 --seq ${DECODE_SEQS:-16384,32768,65536,131072} $LONG --device cuda --decode-tokens 64 --repeats 3 \
+      --json "$out/decode_all_routed.json" > "$out/decode_all_routed.txt" 2>&1
+    timeout 200 build/bin/runtime profile --attention full_causal,l2a_fused --model qwen2.5-0.5b --init random \
+      --window 2048 --seq 65536,131072 $LONG --device cuda --decode-tokens 8 --repeats 2 $FUSED_SET \
+      --json "$out/prefill_long.json" > "$out/prefill_long.txt" 2>&1
+    tail -12 "$out/decode_none_routed.txt"; tail -8 "$out/decode_all_routed.txt"; tail -8 "$out/prefill_long.txt"
     ;;
   train)
     timeout 300 python3 tools/bench_train.py --seq 16384,32768 --steps 3 \
