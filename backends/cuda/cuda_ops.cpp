@@ -182,6 +182,10 @@ void CudaOps::gate_from_position_at(TensorView pos, int64_t first, TensorView ga
   cuda::gate_from_position_at_forward(pos, first, gate, out, stream());
 }
 
+void CudaOps::position_draw_at(TensorView pos, uint64_t key, double below, TensorView out) {
+  cuda::position_draw_at_forward(pos, key, below, out, stream());
+}
+
 void CudaOps::compact_rows(TensorView flags, TensorView index, TensorView count) {
   cuda::compact_rows_forward(flags, index, count, stream());
 }

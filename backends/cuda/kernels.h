@@ -126,6 +126,8 @@ void rope_rows_forward(TensorView x, TensorView index, TensorView count, int64_t
 void compact_rows_forward(TensorView flags, TensorView index, TensorView count, cudaStream_t stream);
 // out[0] = pos[0] >= first ? gate[0] : 0 (Ops::gate_from_position_at), all on the device.
 void gate_from_position_at_forward(TensorView pos, int64_t first, TensorView gate, TensorView out, cudaStream_t stream);
+// out[0] = rt::position_draw(key, pos[0], below) ? 1 : 0 (Ops::position_draw_at), on the device.
+void position_draw_at_forward(TensorView pos, uint64_t key, double below, TensorView out, cudaStream_t stream);
 // out[i, :] (=) x[index[i], :] for i < count, zero rows after; x [T, C], out [cap, C], any float dtypes.
 void gather_rows_forward(TensorView x, TensorView index, TensorView count, TensorView out, cudaStream_t stream);
 // dst[index[i], :] += src[i, :] for i < count (distinct indices: no atomics, deterministic).

@@ -9,6 +9,7 @@
 #include "cuda/check.h"
 #include "cuda/device_utils.cuh"
 #include "cuda/kernels.h"
+#include "rt/sdk/position_hash.h"
 
 namespace rt::cuda {
 namespace {
@@ -107,7 +108,23 @@ namespace {
 __global__ void gate_from_position_kernel(const int32_t* pos, int64_t first, const float* gate, float* out) {
   out[0] = static_cast<int64_t>(pos[0]) >= first ? gate[0] : 0.f;
 }
+__global__ void position_draw_kernel(const int32_t* pos, uint64_t key, double below, float* out) {
+  out[0] = rt::position_draw(key, pos[0], below) ? 1.f : 0.f;
+}
 }  // namespace
+
+void position_draw_at_forward(TensorView pos, uint64_t key, double below, TensorView out, cudaStream_t stream) {
+  const char* op = "position_draw_at";
+  check_cuda(op, "pos", pos);
+  check_cuda(op, "out", out);
+  RT_CHECK(pos.dtype == DType::I32 && pos.numel() == 1, op, ": argument 'pos' must be I32 [1], found ",
+           dtype_name(pos.dtype), " ", pos.shape_str());
+  RT_CHECK(out.dtype == DType::F32 && out.numel() == 1, op, ": argument 'out' must be f32 [1], found ",
+           dtype_name(out.dtype), " ", out.shape_str());
+  position_draw_kernel<<<1, 1, 0, stream>>>(static_cast<const int32_t*>(pos.data), key, below,
+                                            static_cast<float*>(out.data));
+  CUDA_CHECK_LAUNCH();
+}
 
 void gate_from_position_at_forward(TensorView pos, int64_t first, TensorView gate, TensorView out,
                                    cudaStream_t stream) {

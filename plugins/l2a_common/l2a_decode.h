@@ -8,7 +8,7 @@
 //   - force_local zeroes d below the window with Ops::gate_from_position_at;
 //   - the token's global k/v are written to the global cache whatever d is: a later routed query
 //     attends to every past key.
-// Only routers that read no position take this path (Router::reads_position).
+// Only routers that decide at a device-held position take this path (Router::forward_at).
 #pragma once
 
 #include "l2a_config.h"
@@ -34,7 +34,7 @@ struct DecodeLayer {
 inline Tensor decide_at(const LayerContext& ctx, const DecodeLayer& l, TensorView h, TensorView pos) {
   Ops& ops = *ctx.ops;
   Tensor p = ops.alloc(ops.accum_dtype(), {1}), d = ops.alloc(ops.accum_dtype(), {1});
-  l.router->forward(ctx, h, RouteCall{}, p, d);
+  l.router->forward_at(ctx, h, pos, p, d);
   if (l.cfg->force_local) ops.gate_from_position_at(pos, l.cfg->window, d, d);
   if (l.routed_steps.data) ops.add(l.routed_steps, d, l.routed_steps);
   return d;

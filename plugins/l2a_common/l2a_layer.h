@@ -112,9 +112,9 @@ class L2aBackendBase : public AttentionBackend {
     Capabilities c;
     c.backward = true;
     c.decode = true;
-    // The decode step is captured as a graph unless the router's decisions depend on the position,
-    // which a replayed step cannot pass it (fixed_rate's strided and random patterns).
-    c.graph_decode = router_ == nullptr || !router_->reads_position();
+    // The decode step is captured as a graph unless the router needs the position on the host
+    // (fixed_rate's strided pattern).
+    c.graph_decode = router_ == nullptr || router_->decides_at_device_position();
     c.router = true;
     c.kv = KvPolicy::Custom;
     c.config_section = "l2a";

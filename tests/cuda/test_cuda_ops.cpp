@@ -834,6 +834,19 @@ TEST_F(CudaOpsTest, GatedDecodeSkipsEveryKeyWhenTheGateIsZero) {
   }
 }
 
+// fixed_rate's random draw at a device-held position: the host draw, decision for decision.
+TEST_F(CudaOpsTest, PositionDrawAtIsTheHostDraw) {
+  SKIP_WITHOUT_GPU();
+  Tensor pos = gpu->alloc(DType::I32, {1}), out = gpu->alloc(DType::F32, {1});
+  for (uint64_t key : {0ull, 0x9e3779b97f4a7c15ull})
+    for (double below : {0.2, 0.8})
+      for (int32_t t : {0, 1, 2, 3, 63, 64, 1000, 65535, 131071, 2147483647}) {
+        gpu->copy(TensorView::contiguous(&t, DType::I32, Device::CPU, {1}), pos);
+        gpu->position_draw_at(pos, key, below, out);
+        EXPECT_EQ(download(out)[0], rt::position_draw(key, t, below) ? 1.f : 0.f) << key << " " << below << " " << t;
+      }
+}
+
 // A captured step replays with whatever position is in device memory at replay time, bit for bit
 // what the same ops give run directly; temporaries allocated inside belong to the graph.
 TEST_F(CudaOpsTest, CapturedDecodeOpsReplayAtNewPositions) {

@@ -7,8 +7,8 @@
 //     decisions summed over the same steps;
 //   - the step runs as decode_step_at (mode Eager on the CPU, which records no graphs), not through
 //     the forward;
-//   - with the fixed_rate router (its decisions depend on the position) the step goes through the
-//     forward instead.
+//   - fixed_rate's random pattern draws at the device-held position (Router::forward_at) the
+//     decisions its forward draws; its strided pattern decodes through the forward instead.
 // On a CUDA GPU the same cases also check graph replay against the eager step, bit for bit, for
 // l2a_dense and l2a_fused.
 #include <gtest/gtest.h>
@@ -29,6 +29,7 @@ using namespace rt;
 struct Case {
   std::string name, model, layout;
   bool force_local;
+  std::string router = "linear_sigmoid";  // fixed_rate: random pattern at sparsity 0.5
 };
 std::ostream& operator<<(std::ostream& os, const Case& c) { return os << c.name; }
 
@@ -38,6 +39,11 @@ Options l2a_options(const Case& c) {
   o.set("window", "3");
   o.set("tau", "1");
   o.set("force_local", c.force_local ? "true" : "false");
+  o.set("router", c.router);
+  if (c.router == "fixed_rate") {
+    o.set("sparsity", "0.5");
+    o.set("seed", "7");
+  }
   return o;
 }
 
@@ -94,14 +100,31 @@ TEST_P(L2aDecode, StepAtMatchesTheForwardAndRoutesTheSameTokens) {
   EXPECT_LT(routed, counted);
 }
 
-TEST(L2aDecodeRouter, PositionDependentRouterDecodesThroughTheForward) {
+TEST(L2aDecodeRouter, HostPositionRouterDecodesThroughTheForward) {
   Options o;
   o.set("window", "3");
   o.set("router", "fixed_rate");
   o.set("sparsity", "0.5");
+  o.set("pattern", "strided");
   rt::test::TrainFixture f(rt::test::kModelsDir + "gqa_untied_f32", "l2a_dense", o, DType::F32);
   DecodeSession session(*f.model, 16);
   EXPECT_EQ(session.mode(), DecodeSession::Mode::Forward);
+}
+
+// The device-side draw is the host draw: every position of a range, a few keys and rates.
+TEST(L2aDecodeRouter, PositionDrawAtIsTheHostDraw) {
+  std::unique_ptr<Ops> ops = make_cpu_ops();
+  Tensor pos = ops->alloc(DType::I32, {1}), out = ops->alloc(DType::F32, {1});
+  int64_t hits = 0;
+  for (uint64_t key : {0ull, 1ull, 0xdeadbeefcafef00dull})
+    for (double below : {0.0, 0.2, 0.5, 1.0})
+      for (int32_t t = 0; t < 300; ++t) {
+        *pos.ptr<int32_t>() = t;
+        ops->position_draw_at(pos, key, below, out);
+        ASSERT_EQ(*out.ptr<float>(), position_draw(key, t, below) ? 1.f : 0.f);
+        hits += *out.ptr<float>() != 0.f;
+      }
+  EXPECT_EQ(hits > 0 && hits < 3 * 4 * 300, true);
 }
 
 #ifdef RT_TEST_WITH_CUDA
@@ -140,7 +163,9 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"qwen2_parallel", "gqa_untied_f32", "parallel", true},
                       Case{"qwen2_parallel_no_force", "gqa_untied_f32", "parallel", false},
                       Case{"qwen3_paper", "qwen3_hd16", "paper", false},
-                      Case{"qwen3_parallel", "qwen3_hd16", "parallel", true}),
+                      Case{"qwen3_parallel", "qwen3_hd16", "parallel", true},
+                      Case{"qwen2_paper_fixed_rate", "gqa_untied_f32", "paper", true, "fixed_rate"},
+                      Case{"qwen3_parallel_fixed_rate", "qwen3_hd16", "parallel", false, "fixed_rate"}),
     [](const auto& info) { return info.param.name; });
 
 }  // namespace

@@ -73,19 +73,19 @@ for step in "$@"; do
       --json "$out/model_dense_0.5b.json" > "$out/model_dense_0.5b.txt" 2>&1
     tail -8 "$out/model_0.5b.txt"; tail -4 "$out/model_dense_0.5b.txt"
     ;;
-  decode)  # issue 13: graph decode at long context, L2A with none / every token routed (a zero router
-           # at init gives z = 0: threshold 0.51 routes none, 0.5 every token), and 128K prefill
+  decode)  # issue 13: prefill and graph decode at 16K-128K, full_causal against l2a_fused at 80% unrouted
+           # (fixed_rate's random pattern, drawn on the device), then L2A with none / every token routed
+           # (a zero router at init gives z = 0: threshold 0.51 routes none, 0.5 every token)
     LONG="--max-position 131200 --rope-theta 5e6"
     timeout 300 build/bin/runtime profile --attention full_causal,l2a_fused --model qwen2.5-0.5b --init random \
       --window 2048 --seq ${DECODE_SEQS:-16384,32768,65536,131072} $LONG --device cuda --decode-tokens 64 --repeats 3 \
-      --set l2a_fused.threshold=0.51 --json "$out/decode_none_routed.json" > "$out/decode_none_routed.txt" 2>&1
-    timeout 200 build/bin/runtime profile --attention l2a_fused --model qwen2.5-0.5b --init random \
-      --window 2048 --seq ${DECODE_SEQS:-16384,32768,65536,131072} $LONG --device cuda --decode-tokens 64 --repeats 3 \
-      --json "$out/decode_all_routed.json" > "$out/decode_all_routed.txt" 2>&1
-    timeout 200 build/bin/runtime profile --attention full_causal,l2a_fused --model qwen2.5-0.5b --init random \
-      --window 2048 --seq 65536,131072 $LONG --device cuda --decode-tokens 8 --repeats 2 $FUSED_SET \
-      --json "$out/prefill_long.json" > "$out/prefill_long.txt" 2>&1
-    tail -12 "$out/decode_none_routed.txt"; tail -8 "$out/decode_all_routed.txt"; tail -8 "$out/prefill_long.txt"
+      $FUSED_SET --json "$out/decode_80.json" > "$out/decode_80.txt" 2>&1
+    for thr in 0.51 0.5; do
+      timeout 150 build/bin/runtime profile --attention l2a_fused --model qwen2.5-0.5b --init random --window 2048 \
+        --seq 16384,32768 $LONG --device cuda --decode-tokens 64 --repeats 3 --set l2a_fused.threshold=$thr \
+        --json "$out/decode_thr$thr.json" > "$out/decode_thr$thr.txt" 2>&1
+    done
+    tail -12 "$out/decode_80.txt"; tail -4 "$out/decode_thr0.51.txt" "$out/decode_thr0.5.txt"
     ;;
   train)
     timeout 300 python3 tools/bench_train.py --seq 16384,32768 --steps 3 \

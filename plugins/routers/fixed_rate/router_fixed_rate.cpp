@@ -4,23 +4,18 @@
 //   pattern "strided": position t is global iff floor((t+1)(1-s)) > floor(t(1-s)), i.e. evenly
 //            spaced, exactly round-down((1-s) * n) of any n leading positions;
 //   pattern "random":  position t of layer l is global iff u(seed, l, step, t) < 1 - s, with u a
-//            hash-based uniform, so a (layer, step, position) always gets the same decision.
+//            hash-based uniform (rt::position_draw), so a (layer, step, position) always gets
+//            the same decision; a replayed decode step draws it on the device (forward_at).
 // p = d (there is no probability to learn), and backward does nothing.
 #include <cmath>
 #include <cstdint>
 #include <vector>
 
 #include "rt/sdk/plugin.h"
+#include "rt/sdk/position_hash.h"
 #include "rt/sdk/router.h"
 
 namespace {
-
-uint64_t mix(uint64_t x) {  // splitmix64 finalizer
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
 
 class RouterFixedRate final : public rt::Router {
  public:
@@ -36,8 +31,17 @@ class RouterFixedRate final : public rt::Router {
   }
   std::vector<std::string> option_names() const override { return {"sparsity", "pattern", "seed"}; }
   bool trainable() const override { return false; }
-  // Strided and random patterns are functions of the position.
+  // Strided and random patterns are functions of the position; the random one is also drawn on
+  // the device.
   bool reads_position() const override { return true; }
+  bool decides_at_device_position() const override { return !strided_; }
+
+  void forward_at(const rt::LayerContext& ctx, rt::TensorView, rt::TensorView pos, rt::TensorView p,
+                  rt::TensorView d) override {
+    RT_CHECK(!strided_, "fixed_rate router: the strided pattern decides on the host (no forward_at)");
+    ctx.ops->position_draw_at(pos, key(ctx.layer, 0), 1.0 - sparsity_, d);
+    ctx.ops->copy(d, p);
+  }
 
   void forward(const rt::LayerContext& ctx, rt::TensorView h, const rt::RouteCall& call, rt::TensorView p,
                rt::TensorView d) override {
@@ -50,9 +54,7 @@ class RouterFixedRate final : public rt::Router {
       if (strided_) {
         global = std::floor((t + 1) * keep) > std::floor(t * keep);
       } else {
-        const uint64_t hsh = mix(seed_ ^ mix(static_cast<uint64_t>(ctx.layer) ^ mix(static_cast<uint64_t>(call.step) ^
-                                                                                 mix(static_cast<uint64_t>(t)))));
-        global = static_cast<double>(hsh >> 11) * 0x1.0p-53 < keep;
+        global = rt::position_draw(key(ctx.layer, call.step), t, keep);
       }
       host[static_cast<size_t>(i)] = global ? 1.f : 0.f;
     }
@@ -65,6 +67,11 @@ class RouterFixedRate final : public rt::Router {
                 const rt::LayerGrads&) override {}
 
  private:
+  // The draw's key for one (layer, step): every position of it draws from the same stream.
+  uint64_t key(int64_t layer, int64_t step) const {
+    return rt::splitmix64(seed_ ^ rt::splitmix64(static_cast<uint64_t>(layer) ^ rt::splitmix64(static_cast<uint64_t>(step))));
+  }
+
   double sparsity_ = 0.0;
   bool strided_ = false;
   uint64_t seed_ = 0;

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "rt/sdk/error.h"
+#include "rt/sdk/position_hash.h"
 #include "rt/sdk/tensor.h"
 
 namespace rt {
@@ -200,6 +201,13 @@ class Ops {
     } else {
       fill(out, 0.f);
     }
+  }
+  // out[0] = 1 if rt::position_draw(key, position in pos, below), else 0; out [1] in the accum dtype.
+  // A random routing decision at a device-held position (fixed_rate's decode step), the same bit
+  // as the router's forward draws on the host.
+  virtual void position_draw_at(TensorView pos, uint64_t key, double below, TensorView out) {
+    const float v = position_draw(key, read_position(pos), below) ? 1.f : 0.f;
+    copy(TensorView::contiguous(const_cast<float*>(&v), DType::F32, Device::CPU, {1}), out);
   }
   // The position in pos (I32 [1], on this device), on the host.
   int64_t read_position(TensorView pos) {

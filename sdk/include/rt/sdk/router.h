@@ -34,8 +34,19 @@ class Router {
   // True when the decisions depend on trainable parameters (backward is meaningful).
   virtual bool trainable() const = 0;
   // True when a decision depends on the token's position (RouteCall::pos0), which a decode step
-  // replayed as a graph does not have on the host: such a router decodes through the forward.
+  // replayed as a graph does not have on the host.
   virtual bool reads_position() const { return false; }
+  // True when forward_at decides from a position held in device memory, so a decode step can be
+  // captured once and replayed (every router that reads no position; fixed_rate's random
+  // pattern). A router without it decodes through the forward.
+  virtual bool decides_at_device_position() const { return !reads_position(); }
+  // One decode token's decision: h [1, hidden], pos I32 [1] on the device (the token's position),
+  // p and d [1]; inference (RouteCall{pos0 = position, training = false, step = 0}). Queues work
+  // only: no host synchronization, the same launches at every position.
+  virtual void forward_at(const LayerContext& ctx, TensorView h, TensorView pos, TensorView p, TensorView d) {
+    RT_CHECK(!reads_position(), "router: this router decides from the position and has no forward_at");
+    forward(ctx, h, RouteCall{}, p, d);
+  }
   // h [T, hidden] (activation dtype): the normalized hidden states the router reads.
   // Writes p [T] (gate probabilities) and d [T] (hard decisions, 1 = global), accum dtype.
   virtual void forward(const LayerContext& ctx, TensorView h, const RouteCall& call, TensorView p,
