@@ -181,6 +181,77 @@ TEST(AttentionBackward, F32Path) {
   }
 }
 
+// A NaN in one element of dout (row r, head h) reaches the gradients it feeds: all of dq's row
+// (r, h), dk of the keys r sees in h's KV group, and dv's element of those keys. Rows and KV heads
+// it cannot reach stay finite: nothing is zeroed, nothing spreads across groups or rows of dq.
+void check_nan_dout(const Case& c, int64_t r, int splits, uint64_t seed) {
+  SCOPED_TRACE(c.str() + " NaN in dout row " + std::to_string(r) + " group_splits " + std::to_string(splits));
+  const size_t nq = static_cast<size_t>(c.Tq * c.Hq * c.D), nk = static_cast<size_t>(c.Tk * c.Hkv * c.D);
+  std::vector<float> q = randn(nq, seed), k = randn(nk, seed + 1), v = randn(nk, seed + 2), dout = randn(nq, seed + 3);
+  std::vector<uint16_t> qb = round_bf16(q), kb = round_bf16(k), vb = round_bf16(v), dob = round_bf16(dout);
+  const int64_t h = c.Hq - 1, g = h / (c.Hq / c.Hkv), e = 3;
+  dob[static_cast<size_t>((r * c.Hq + h) * c.D + e)] = 0x7FC0;
+  DeviceBuffer bq(nq * 2), bk(nk * 2), bv(nk * 2), bo(nq * 2), bdo(nq * 2), bdq(nq * 2), bdk(nk * 2), bdv(nk * 2),
+      blse(static_cast<size_t>(c.Hq * c.Tq) * 4);
+  bq.upload(qb.data(), nq * 2);
+  bk.upload(kb.data(), nk * 2);
+  bv.upload(vb.data(), nk * 2);
+  bdo.upload(dob.data(), nq * 2);
+  auto view = [&](DeviceBuffer& b, int64_t T, int64_t H) {
+    return TensorView::contiguous(b.p, DType::BF16, Device::CUDA, {T, H, c.D});
+  };
+  const TensorView tlse = TensorView::contiguous(blse.p, DType::F32, Device::CUDA, {c.Hq, c.Tq});
+  rt::cuda::attention_forward_lse(view(bq, c.Tq, c.Hq), view(bk, c.Tk, c.Hkv), view(bv, c.Tk, c.Hkv),
+                                  view(bo, c.Tq, c.Hq), tlse, c.spec(), nullptr);
+  bdq.poison();
+  bdk.poison();
+  bdv.poison();
+  rt::cuda::attention_backward_with(view(bq, c.Tq, c.Hq), view(bk, c.Tk, c.Hkv), view(bv, c.Tk, c.Hkv),
+                                    view(bo, c.Tq, c.Hq), tlse, view(bdo, c.Tq, c.Hq), view(bdq, c.Tq, c.Hq),
+                                    view(bdk, c.Tk, c.Hkv), view(bdv, c.Tk, c.Hkv), c.spec(), splits, nullptr);
+  cuda_ok(cudaDeviceSynchronize(), "attention_backward");
+  auto host = [&](const DeviceBuffer& b, size_t n) {
+    std::vector<uint16_t> raw(n);
+    b.download(raw.data(), n * 2);
+    std::vector<float> out(n);
+    for (size_t i = 0; i < n; ++i) out[i] = rt::bf16_to_f32(raw[i]);
+    return out;
+  };
+  const std::vector<float> dq = host(bdq, nq), dk = host(bdk, nk), dv = host(bdv, nk);
+  size_t wrong = 0;
+  for (int64_t i = 0; i < c.Tq; ++i)
+    for (int64_t hq = 0; hq < c.Hq; ++hq)
+      for (int64_t d = 0; d < c.D; ++d) {
+        const float x = dq[static_cast<size_t>((i * c.Hq + hq) * c.D + d)];
+        if (i == r && hq == h ? !std::isnan(x) : !std::isfinite(x)) ++wrong;
+      }
+  EXPECT_EQ(wrong, 0u) << "dq: NaN must fill row (r, h) and nothing else";
+  wrong = 0;
+  const int64_t pos = c.q_pos0 + r;  // causal, k_pos0 = 0: row r sees keys 0..pos
+  for (int64_t j = 0; j < c.Tk; ++j)
+    for (int64_t hk = 0; hk < c.Hkv; ++hk)
+      for (int64_t d = 0; d < c.D; ++d) {
+        const size_t at = static_cast<size_t>((j * c.Hkv + hk) * c.D + d);
+        if (hk != g) {
+          wrong += !std::isfinite(dk[at]) || !std::isfinite(dv[at]);  // another KV group: untouched by row r
+        } else if (j <= pos) {
+          wrong += !std::isnan(dk[at]);
+          if (d == e) wrong += !std::isnan(dv[at]);
+        }
+      }
+  EXPECT_EQ(wrong, 0u) << "dk / dv: NaN must reach every key row r sees in its KV group, and no other group";
+}
+
+TEST(AttentionBackward, NonFiniteGradientsPropagate) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 6000;
+  for (const Heads& hd : {kHeads[0], kHeads[1]})
+    for (int splits : kSplits) {
+      check_nan_dout({"nan", 300, 300, hd.Hq, hd.Hkv, hd.D}, 100, splits, seed += 5);
+      check_nan_dout({"nan, last row", 300, 300, hd.Hq, hd.Hkv, hd.D}, 299, splits, seed += 5);
+    }
+}
+
 TEST(AttentionBackward, RejectsBadArguments) {
   SKIP_WITHOUT_GPU();
   const int64_t T = 8, H = 2, D = 96;  // head dim 96: not supported by the bf16 path
