@@ -43,7 +43,8 @@ for step in "$@"; do
   tests)
     : > "$out/tests.txt"
     for t in test_routed_attention test_l2a_fused test_flash_attention test_attention_backward test_cuda_training_ops \
-             test_cuda_model test_dense_attention test_cuda_ops test_l2a_reference test_l2a_decode test_backend_ops; do
+             test_cuda_model test_dense_attention test_cuda_ops test_l2a_reference test_l2a_decode test_backend_ops \
+             test_nccl_group; do
       filter='*'
       [[ $t == test_l2a_reference ]] && filter='*Cuda*'
       [[ $t == test_l2a_decode ]] && filter='*GraphReplay*'

@@ -6,6 +6,10 @@ cd "$(dirname "$0")/../.."
 build=${1:-build}
 rm -rf .carry && mkdir -p .carry/stage/lib
 cp -a "$build/bin" .carry/stage/bin
+# The process-group probe that the dist tests launch (they name it by its build path).
+if [ -x "$build/tests/dist/dist_allreduce_probe" ]; then
+  mkdir -p .carry/stage/tests/dist && cp -a "$build/tests/dist/dist_allreduce_probe" .carry/stage/tests/dist/
+fi
 # PACK_EXCLUDE: a regex of binaries to leave behind (the carry is limited to 64 MiB with the tree).
 if [ -n "${PACK_EXCLUDE:-}" ]; then
   find .carry/stage/bin -maxdepth 1 -type f | grep -E "$PACK_EXCLUDE" | xargs -r rm -f
@@ -13,6 +17,6 @@ fi
 for f in .carry/stage/bin/*; do ldd "$f" 2>/dev/null || true; done | awk '/=> \//{print $3}' | sort -u |
   grep -E 'absl|icu|pcre2|sentencepiece|gomp|protobuf|toml|cupti|gloo|hiredis|ibverbs|libnl' | xargs -r -I{} cp -L {} .carry/stage/lib/
 # A large xz window lets the copies of one fatbin in every test binary compress to one.
-XZ_OPT="-9 --lzma2=preset=9,dict=512MiB" tar -C .carry/stage -cJf .carry/gpu.tar.xz bin lib
+XZ_OPT="-9 --lzma2=preset=9,dict=512MiB" tar -C .carry/stage -cJf .carry/gpu.tar.xz $(cd .carry/stage && ls -d bin lib tests 2>/dev/null)
 rm -rf .carry/stage
 du -h .carry/gpu.tar.xz
