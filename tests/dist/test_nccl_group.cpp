@@ -5,32 +5,38 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <string>
 
 #include "cli_test_util.h"
 
 namespace {
 
-TEST(NcclGroup, OneRankOnOneGpu) {
-  const std::filesystem::path module = std::filesystem::path(RT_BIN_DIR) / "backends" / "librt_dist_nccl.so";
-  if (!std::filesystem::exists(module)) GTEST_SKIP() << "no " << module << " (built only with CUDA and NCCL)";
-  if (!std::filesystem::exists("/dev/nvidia0")) GTEST_SKIP() << "no GPU on this machine";
+// `runtime launch` of the probe on `nproc` ranks with its tensors on the GPU.
+rt::test::RunResult launch_gpu_probe(int nproc) {
   setenv("RT_PROBE_DEVICE", "cuda", 1);
   setenv("RT_DIST_TIMEOUT_S", "60", 1);
-  const auto r = rt::test::run_runtime({"launch", "--nproc-per-node", "1", "--", RT_DIST_PROBE}, 120);
+  auto r = rt::test::run_runtime({"launch", "--nproc-per-node", std::to_string(nproc), "--", RT_DIST_PROBE}, 120);
   unsetenv("RT_PROBE_DEVICE");
+  return r;
+}
+
+bool has_nccl_module() {
+  return std::filesystem::exists(std::filesystem::path(RT_BIN_DIR) / "backends" / "librt_dist_nccl.so");
+}
+
+TEST(NcclGroup, OneRankOnOneGpu) {
+  if (!has_nccl_module()) GTEST_SKIP() << "no librt_dist_nccl.so (built only with CUDA and NCCL)";
+  if (!std::filesystem::exists("/dev/nvidia0")) GTEST_SKIP() << "no GPU on this machine";
+  const auto r = launch_gpu_probe(1);
   ASSERT_TRUE(r.ok()) << r.describe();
   EXPECT_NE(r.out.find("rank 0 checksum"), std::string::npos) << r.describe();
 }
 
 TEST(NcclGroup, AllreduceAndBroadcastOnTheGpu) {
-  const std::filesystem::path module = std::filesystem::path(RT_BIN_DIR) / "backends" / "librt_dist_nccl.so";
-  if (!std::filesystem::exists(module)) GTEST_SKIP() << "no " << module << " (built only with CUDA and NCCL)";
+  if (!has_nccl_module()) GTEST_SKIP() << "no librt_dist_nccl.so (built only with CUDA and NCCL)";
   if (!std::filesystem::exists("/dev/nvidia0") || !std::filesystem::exists("/dev/nvidia1"))
     GTEST_SKIP() << "fewer than two GPUs on this machine";
-  setenv("RT_PROBE_DEVICE", "cuda", 1);
-  setenv("RT_DIST_TIMEOUT_S", "60", 1);
-  const auto r = rt::test::run_runtime({"launch", "--nproc-per-node", "2", "--", RT_DIST_PROBE}, 120);
-  unsetenv("RT_PROBE_DEVICE");
+  const auto r = launch_gpu_probe(2);
   ASSERT_TRUE(r.ok()) << r.describe();
   EXPECT_NE(r.out.find("rank 0 checksum"), std::string::npos) << r.describe();
   EXPECT_NE(r.out.find("rank 1 checksum"), std::string::npos) << r.describe();
