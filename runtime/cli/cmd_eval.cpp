@@ -101,23 +101,50 @@ auto data_flag(const std::string& task, F&& f) {
 json stderr_json(const std::optional<double>& s) { return s ? json(*s) : json("N/A"); }
 
 // Multiple choice: results and one sample line per document. The requests (one per choice) are
-// dealt out over the ranks; each request's (log-likelihood, is_greedy) comes back to every rank.
+// packed into batches of consecutive requests up to batch_tokens input tokens (one forward each;
+// the batches depend on nothing else, so neither do the scores), and the batches are dealt out
+// over the ranks; each request's (log-likelihood, is_greedy) comes back to every rank.
 json eval_choice(eval::LoglikelihoodScorer& scorer, const std::string& task, const std::vector<eval::ChoiceDoc>& docs,
-                 const Ranks& ranks, std::string& samples) {
-  std::vector<std::pair<size_t, size_t>> requests;  // (doc, choice)
-  for (size_t d = 0; d < docs.size(); ++d)
-    for (size_t c = 0; c < docs[d].choices.size(); ++c) requests.emplace_back(d, c);
-  const int64_t n = static_cast<int64_t>(requests.size());
-  EvalProgress bar(task, eval::items_of_rank(ranks.group, n), "requests", ranks);
-  const std::vector<double> scored = eval::sharded_items(
-      ranks.group, n, 2,
-      [&](int64_t i, double* out) {
-        const auto [d, c] = requests[static_cast<size_t>(i)];
-        const eval::Loglikelihood ll = scorer.score(scorer.encode_pair(docs[d].context, " " + docs[d].choices[c]));
-        out[0] = ll.logprob;
-        out[1] = ll.is_greedy ? 1.0 : 0.0;
-      },
-      [&](int64_t done) { bar.update(done); });
+                 int64_t batch_tokens, const Ranks& ranks, std::string& samples) {
+  std::vector<eval::TokenPair> requests;
+  for (const eval::ChoiceDoc& d : docs)
+    for (const std::string& c : d.choices) requests.push_back(scorer.encode_pair(d.context, " " + c));
+  std::vector<size_t> starts;  // batch b: requests [starts[b], starts[b + 1])
+  size_t widest = 0;
+  for (size_t i = 0, tokens = 0; i < requests.size(); ++i) {
+    const auto t = static_cast<size_t>(scorer.input_tokens(requests[i]));
+    if (starts.empty() || tokens + t > static_cast<size_t>(batch_tokens)) {
+      if (!starts.empty()) widest = std::max(widest, i - starts.back());
+      starts.push_back(i);
+      tokens = 0;
+    }
+    tokens += t;
+  }
+  if (!starts.empty()) widest = std::max(widest, requests.size() - starts.back());
+  starts.push_back(requests.size());
+  const int64_t batches = static_cast<int64_t>(starts.size()) - 1;
+  int64_t mine = 0;  // this rank's requests, for the progress total
+  for (int64_t b = ranks.group ? ranks.group->rank() : 0; b < batches; b += ranks.size())
+    mine += static_cast<int64_t>(starts[static_cast<size_t>(b) + 1] - starts[static_cast<size_t>(b)]);
+  EvalProgress bar(task, mine, "requests", ranks);
+  int64_t done = 0;
+  const int width = static_cast<int>(2 * widest);
+  const std::vector<double> by_batch = eval::sharded_items(ranks.group, batches, width, [&](int64_t b, double* out) {
+    const size_t first = starts[static_cast<size_t>(b)], last = starts[static_cast<size_t>(b) + 1];
+    const std::vector<eval::Loglikelihood> lls =
+        scorer.score_batch(std::span<const eval::TokenPair>(requests).subspan(first, last - first));
+    for (size_t k = 0; k < lls.size(); ++k) {
+      out[2 * k] = lls[k].logprob;
+      out[2 * k + 1] = lls[k].is_greedy ? 1.0 : 0.0;
+    }
+    bar.update(done += static_cast<int64_t>(lls.size()));
+  });
+  std::vector<double> scored;  // (log-likelihood, is_greedy) per request, in request order
+  for (int64_t b = 0; b < batches; ++b)
+    for (size_t k = 0; k < starts[static_cast<size_t>(b) + 1] - starts[static_cast<size_t>(b)]; ++k) {
+      scored.push_back(by_batch[static_cast<size_t>(b * width) + 2 * k]);
+      scored.push_back(by_batch[static_cast<size_t>(b * width) + 2 * k + 1]);
+    }
   std::vector<double> acc, acc_norm;
   size_t next = 0;
   for (const eval::ChoiceDoc& d : docs) {
@@ -354,6 +381,7 @@ void register_eval(CLI::App& app) {
     std::string niah_depths = "0,25,50,75,100";
     int64_t niah_samples = 3;
     uint64_t niah_seed = 0;
+    int64_t batch_tokens = 4096;
   };
   auto args = std::make_shared<Args>();
   CLI::App* cmd = app.add_subcommand(
@@ -387,6 +415,11 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--stride", args->stride, "ppl: tokens between window starts (default: --seq)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
   cmd->add_option("--output,-o", args->output, "Output directory")->required();
+  cmd->add_option("--batch-tokens", args->batch_tokens,
+                  "Multiple choice: requests packed into one forward, up to this many input tokens (each request "
+                  "attends only to itself; 1 scores them one by one)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 30))
+      ->capture_default_str();
   cmd->add_option("--niah-lengths", args->niah_lengths, "niah: context lengths in tokens")->capture_default_str();
   cmd->add_option("--niah-depths", args->niah_depths, "niah: needle depths in percent of the haystack")
       ->capture_default_str();
@@ -474,8 +507,8 @@ void register_eval(CLI::App& app) {
         const std::string& file = data[task];
         if (eval::is_choice_task(task))
           r = eval_choice(scorer, task,
-                          data_flag(task, [&] { return eval::load_choice_docs(task, file, args->limit); }), ranks,
-                          samples);
+                          data_flag(task, [&] { return eval::load_choice_docs(task, file, args->limit); }),
+                          args->batch_tokens, ranks, samples);
         else if (task == "wikitext")
           r = eval_wikitext(scorer, data_flag(task, [&] { return eval::load_wikitext_docs(file, args->limit); }),
                             ranks, samples);

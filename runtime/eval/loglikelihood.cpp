@@ -61,19 +61,39 @@ TokenPair LoglikelihoodScorer::encode_pair(const std::string& context, const std
 }
 
 Loglikelihood LoglikelihoodScorer::score(const TokenPair& r) {
-  Loglikelihood ll;
-  ll.tokens = static_cast<int64_t>(r.continuation.size());
-  if (r.continuation.empty()) return ll;
-  std::vector<int32_t> all(r.context);
-  all.insert(all.end(), r.continuation.begin(), r.continuation.end());
-  // The model input: the last max_length + 1 tokens without the last one.
-  const int64_t keep = std::min<int64_t>(static_cast<int64_t>(all.size()), max_length_ + 1);
-  std::vector<int32_t> inp(all.end() - keep, all.end() - 1);
-  const int64_t n_cont = std::min<int64_t>(ll.tokens, static_cast<int64_t>(inp.size()));
-  const auto sc = model_.score_targets(inp, std::span<const int32_t>(r.continuation).last(static_cast<size_t>(n_cont)));
-  ll.logprob = sc.logprob;
-  ll.is_greedy = sc.greedy;
-  return ll;
+  return score_batch(std::span<const TokenPair>(&r, 1))[0];
+}
+
+int64_t LoglikelihoodScorer::input_tokens(const TokenPair& r) const {
+  if (r.continuation.empty()) return 0;
+  return std::min<int64_t>(static_cast<int64_t>(r.context.size() + r.continuation.size()), max_length_ + 1) - 1;
+}
+
+std::vector<Loglikelihood> LoglikelihoodScorer::score_batch(std::span<const TokenPair> requests) {
+  std::vector<Loglikelihood> out(requests.size());
+  std::vector<std::vector<int32_t>> inputs;
+  std::vector<Qwen2Model::ScoreRequest> packed;
+  std::vector<size_t> which;
+  inputs.reserve(requests.size());
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const TokenPair& r = requests[i];
+    out[i].tokens = static_cast<int64_t>(r.continuation.size());
+    if (r.continuation.empty()) continue;
+    std::vector<int32_t> all(r.context);
+    all.insert(all.end(), r.continuation.begin(), r.continuation.end());
+    // The model input: the last max_length + 1 tokens without the last one.
+    const int64_t keep = std::min<int64_t>(static_cast<int64_t>(all.size()), max_length_ + 1);
+    inputs.emplace_back(all.end() - keep, all.end() - 1);
+    const int64_t n_cont = std::min<int64_t>(out[i].tokens, static_cast<int64_t>(inputs.back().size()));
+    packed.push_back({inputs.back(), std::span<const int32_t>(r.continuation).last(static_cast<size_t>(n_cont))});
+    which.push_back(i);
+  }
+  const std::vector<Qwen2Model::TargetScore> scores = model_.score_targets_packed(packed);
+  for (size_t k = 0; k < which.size(); ++k) {
+    out[which[k]].logprob = scores[k].logprob;
+    out[which[k]].is_greedy = scores[k].greedy;
+  }
+  return out;
 }
 
 Loglikelihood LoglikelihoodScorer::score_rolling(const std::string& text) {

@@ -42,6 +42,11 @@ class LoglikelihoodScorer {
   LoglikelihoodScorer(Qwen2Model& model, const Tokenizer& tokenizer, int64_t max_length);
   TokenPair encode_pair(const std::string& context, const std::string& continuation) const;
   Loglikelihood score(const TokenPair& request);
+  // Several requests in one packed forward (Qwen2Model::score_targets_packed): each scored as
+  // score() scores it alone, up to rounding.
+  std::vector<Loglikelihood> score_batch(std::span<const TokenPair> requests);
+  // The model input score() builds for a request: its token count.
+  int64_t input_tokens(const TokenPair& request) const;
   // The summed log-likelihood of a text under loglikelihood_rolling (and the tokens predicted).
   Loglikelihood score_rolling(const std::string& text);
   int64_t max_length() const { return max_length_; }

@@ -234,6 +234,14 @@ void Qwen2Model::attention_layer_forward(int layer, TensorView x) {
 
 // The ids on the device, after checking them against the vocabulary and the position limit.
 Tensor Qwen2Model::upload_ids(std::span<const int32_t> ids, int64_t pos0) {
+  check_ids(ids, pos0);
+  const int64_t T = static_cast<int64_t>(ids.size());
+  Tensor id_dev = ops_.alloc(DType::I32, {T});
+  ops_.copy(TensorView::contiguous(const_cast<int32_t*>(ids.data()), DType::I32, Device::CPU, {T}), id_dev);
+  return id_dev;
+}
+
+void Qwen2Model::check_ids(std::span<const int32_t> ids, int64_t pos0) const {
   const int64_t T = static_cast<int64_t>(ids.size());
   RT_CHECK(T > 0, "forward: no input tokens");
   RT_CHECK(pos0 + T <= dims_.max_positions, "a sequence of ", pos0 + T,
@@ -242,9 +250,6 @@ Tensor Qwen2Model::upload_ids(std::span<const int32_t> ids, int64_t pos0) {
   for (int64_t t = 0; t < T; ++t)
     RT_CHECK(ids[t] >= 0 && ids[t] < dims_.vocab, "token id ", ids[t], " at position ", t,
              " is out of range: the vocabulary has ", dims_.vocab, " entries (vocab_size in config.json)");
-  Tensor id_dev = ops_.alloc(DType::I32, {T});
-  ops_.copy(TensorView::contiguous(const_cast<int32_t*>(ids.data()), DType::I32, Device::CPU, {T}), id_dev);
-  return id_dev;
 }
 
 Tensor Qwen2Model::forward(std::span<const int32_t> ids, States* states, bool last_only) {

@@ -87,13 +87,26 @@ class Qwen2Model {
     bool greedy = true;
   };
   TargetScore score_targets(std::span<const int32_t> ids, std::span<const int32_t> targets);
+  // Many requests in one forward (packing): their tokens are concatenated, every per-token op runs
+  // once over all of them, and the attention backend runs once per request on its own rows with
+  // positions from 0 (AttentionBackend::forward without a state), so each request sees only itself,
+  // exactly as scored alone, for every backend. One score per request, as score_targets gives it
+  // up to rounding (the GEMMs see more rows).
+  struct ScoreRequest {
+    std::span<const int32_t> ids, targets;
+  };
+  std::vector<TargetScore> score_targets_packed(std::span<const ScoreRequest> requests);
 
  private:
   class LayerParamsView;
   class LayerGradsView;
   void final_logits(TensorView x_rows, TensorView logits);
   Tensor hidden_states(std::span<const int32_t> ids);
+  // The residual stream after the last layer of ids holding documents of these lengths, back to
+  // back, each attending only to itself from position 0.
+  Tensor hidden_states_packed(std::span<const int32_t> ids, std::span<const int64_t> lengths);
   Tensor upload_ids(std::span<const int32_t> ids, int64_t pos0);
+  void check_ids(std::span<const int32_t> ids, int64_t pos0) const;  // vocabulary and position limit
   Tensor lm_head_loss(TensorView x, std::span<const int32_t> ids, float grad_scale, TensorView dx,
                       const GradMap* grads);
   void add_weight(const std::string& name, TensorView host);

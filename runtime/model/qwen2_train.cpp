@@ -138,12 +138,29 @@ void Qwen2Model::train_sequence(std::span<const int32_t> ids, const TrainContext
 // no gradients: what the scoring paths below share.
 Tensor Qwen2Model::hidden_states(std::span<const int32_t> ids) {
   const int64_t T = static_cast<int64_t>(ids.size());
-  Tensor id_dev = upload_ids(ids, 0);
+  return hidden_states_packed(ids, std::span<const int64_t>(&T, 1));
+}
+
+Tensor Qwen2Model::hidden_states_packed(std::span<const int32_t> ids, std::span<const int64_t> lengths) {
+  const int64_t T = static_cast<int64_t>(ids.size());
+  int64_t total = 0;
+  for (int64_t n : lengths) {
+    RT_CHECK(n >= 1 && total + n <= T, "forward: packed document lengths do not add up to the ", T, " tokens");
+    check_ids(ids.subspan(static_cast<size_t>(total), static_cast<size_t>(n)), 0);  // each from position 0
+    total += n;
+  }
+  RT_CHECK(total == T, "forward: packed document lengths sum to ", total, ", expected the ", T, " tokens");
+  Tensor id_dev = ops_.alloc(DType::I32, {T});
+  ops_.copy(TensorView::contiguous(const_cast<int32_t*>(ids.data()), DType::I32, Device::CPU, {T}), id_dev);
   Tensor x = ops_.alloc(ops_.accum_dtype(), {T, dims_.hidden});
   ops_.embedding(weight("model.embed_tokens.weight"), id_dev, x);
   for (int i = 0; i < dims_.n_layers; ++i) {
     LayerContext ctx{&dims_, i, &ops_, layers_[i].get()};
-    attention_.forward(ctx, x, nullptr);
+    int64_t row = 0;
+    for (int64_t n : lengths) {  // each document alone, from position 0
+      attention_.forward(ctx, x.view.rows(row, row + n), nullptr);
+      row += n;
+    }
     mlp_forward(ctx, x);
   }
   return x;
@@ -163,32 +180,59 @@ double Qwen2Model::sequence_loss(std::span<const int32_t> ids, int64_t* predicte
 
 
 Qwen2Model::TargetScore Qwen2Model::score_targets(std::span<const int32_t> ids, std::span<const int32_t> targets) {
-  const int64_t T = static_cast<int64_t>(ids.size()), n = static_cast<int64_t>(targets.size());
-  RT_CHECK(n >= 1 && n <= T, "score: ", n, " targets for ", T, " input tokens");
-  Tensor x = hidden_states(ids);
-  // Only the scored rows go through the head.
-  TensorView rows = x.view.rows(T - n, T);
-  std::vector<int32_t> tgt_host(targets.begin(), targets.end());
-  for (int32_t t : tgt_host)
-    RT_CHECK(t >= 0 && t < dims_.vocab, "score: target token ", t, " is out of range for a vocabulary of ", dims_.vocab);
-  Tensor tgt = ops_.alloc(DType::I32, {n});
-  ops_.copy(TensorView::contiguous(tgt_host.data(), DType::I32, Device::CPU, {n}), tgt);
-  Tensor h = ops_.alloc(ops_.activation_dtype(), {n, dims_.hidden});
+  const ScoreRequest one{ids, targets};
+  return score_targets_packed(std::span<const ScoreRequest>(&one, 1))[0];
+}
+
+std::vector<Qwen2Model::TargetScore> Qwen2Model::score_targets_packed(std::span<const ScoreRequest> requests) {
+  std::vector<int32_t> ids, tgt_host;
+  std::vector<int64_t> lengths;
+  for (const ScoreRequest& q : requests) {
+    const int64_t T = static_cast<int64_t>(q.ids.size()), n = static_cast<int64_t>(q.targets.size());
+    RT_CHECK(n >= 1 && n <= T, "score: ", n, " targets for ", T, " input tokens");
+    for (int32_t t : q.targets)
+      RT_CHECK(t >= 0 && t < dims_.vocab, "score: target token ", t, " is out of range for a vocabulary of ",
+               dims_.vocab);
+    ids.insert(ids.end(), q.ids.begin(), q.ids.end());
+    tgt_host.insert(tgt_host.end(), q.targets.begin(), q.targets.end());
+    lengths.push_back(T);
+  }
+  std::vector<TargetScore> out(requests.size());
+  if (requests.empty()) return out;
+  Tensor x = hidden_states_packed(ids, lengths);
+  // Only the scored rows go through the head: each request's last n rows, gathered back to back.
+  const int64_t N = static_cast<int64_t>(tgt_host.size());
+  Tensor rows = ops_.alloc(x.view.dtype, {N, dims_.hidden});
+  int64_t end = 0, at = 0;
+  for (const ScoreRequest& q : requests) {
+    const int64_t n = static_cast<int64_t>(q.targets.size());
+    end += static_cast<int64_t>(q.ids.size());
+    ops_.copy(x.view.rows(end - n, end), rows.view.rows(at, at + n));
+    at += n;
+  }
+  Tensor tgt = ops_.alloc(DType::I32, {N});
+  ops_.copy(TensorView::contiguous(tgt_host.data(), DType::I32, Device::CPU, {N}), tgt);
+  Tensor h = ops_.alloc(ops_.activation_dtype(), {N, dims_.hidden});
   ops_.rmsnorm(rows, weight("model.norm.weight"), dims_.rms_eps, h);
   const char* head = config_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
-  Tensor losses = ops_.alloc(ops_.accum_dtype(), {n});
+  Tensor losses = ops_.alloc(ops_.accum_dtype(), {N});
   ops_.lm_head_cross_entropy(h, weight(head), tgt, 1.f, losses, TensorView{}, TensorView{});
-  Tensor sum = ops_.alloc(ops_.accum_dtype(), {1});
-  ops_.fill(sum, 0.f);
-  ops_.reduce_sum(losses, 1, sum);
-  TargetScore r;
-  r.logprob = -host_doubles(ops_, sum)[0];
-  // Greedy: the argmax of each scored row's logits.
-  Tensor logits = ops_.alloc(DType::F32, {n, dims_.vocab});
-  final_logits(rows, logits);
-  for (int64_t i = 0; i < n && r.greedy; ++i)
-    r.greedy = ops_.argmax(logits.view.rows(i, i + 1)) == tgt_host[static_cast<size_t>(i)];
-  return r;
+  const std::vector<double> loss = host_doubles(ops_, losses);
+  at = 0;
+  for (size_t r = 0; r < requests.size(); ++r) {
+    const int64_t n = static_cast<int64_t>(requests[r].targets.size());
+    double sum = 0;  // in row order, in double: the same whatever else shares the batch
+    for (int64_t i = 0; i < n; ++i) sum += loss[static_cast<size_t>(at + i)];
+    out[r].logprob = -sum;
+    // Greedy: the argmax of each scored row's logits, until one row is not (one row usually).
+    Tensor logits = ops_.alloc(DType::F32, {1, dims_.vocab});
+    for (int64_t i = 0; i < n && out[r].greedy; ++i) {
+      final_logits(rows.view.rows(at + i, at + i + 1), logits);
+      out[r].greedy = ops_.argmax(logits) == tgt_host[static_cast<size_t>(at + i)];
+    }
+    at += n;
+  }
+  return out;
 }
 
 }  // namespace rt
