@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine (device tool), after `source tools/device/unpack.sh`: the CUDA tests of the
 # routed kernels, l2a_fused and the kernels they share, then the benchmarks. Logs and JSON to $OUT.
-#   bash tools/device/l2a_gpu_check.sh fwdpaths tests kernels model decode train memory trace anchors
+#   bash tools/device/l2a_gpu_check.sh fwdpaths tests kernels model decode eval train memory trace anchors
 # (any subset, in that order). SEQS overrides the kernel sequence lengths. `fwdpaths` runs the
 # forward-kernel tests under each forward path (RT_ATTN_FWD=wgmma: the Hopper kernel; mma: the
 # mma.sync kernel of sm_89; FWD_PATHS picks), a compute-sanitizer pass, and times both paths against cuDNN.
@@ -87,6 +87,12 @@ for step in "$@"; do
         --json "$out/decode_thr$thr.json" > "$out/decode_thr$thr.txt" 2>&1
     done
     tail -12 "$out/decode_80.txt"; tail -4 "$out/decode_thr0.51.txt" "$out/decode_thr0.5.txt"
+    ;;
+  eval)  # issue 12: a HellaSwag-sized run (10,042 items) packed, the packing gain on 1,000, lm-eval if importable
+    timeout 250 python3 tools/bench_eval.py --items 1000 --device cuda --batch-tokens 1,4096 \
+      --json "$out/eval_packing.json" 2>&1 | tail -4
+    timeout 300 python3 tools/bench_eval.py --items 10042 --device cuda --batch-tokens 8192 --lm-eval \
+      --json "$out/eval_hellaswag.json" 2>&1 | tail -4
     ;;
   train)
     timeout 300 python3 tools/bench_train.py --seq 16384,32768 --steps 3 \
