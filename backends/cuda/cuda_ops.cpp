@@ -218,21 +218,15 @@ void CudaOps::qkv_rope_split_at(TensorView qkv, TensorView pos, double theta, Te
   cuda::qkv_rope_split_at_forward(qkv, pos, theta, q, k_cache, v_cache, ring, stream());
 }
 
+// A materialized spec (l2a_dense's naive path) decodes on the decode kernels too: one query row
+// has no score matrix to materialize, and reading the position on the host cannot be captured.
 void CudaOps::decode_attention_at(TensorView q, TensorView k_cache, TensorView v_cache, int64_t ring, TensorView pos,
                                   const AttentionSpec& spec, TensorView o) {
-  if (spec.materialize) {  // the naive dense path has no device-position form (not capturable)
-    Ops::decode_attention_at(q, k_cache, v_cache, ring, pos, spec, o);
-    return;
-  }
   decode_attention_device(q, k_cache, v_cache, ring, pos, TensorView{}, spec, o);
 }
 
 void CudaOps::decode_attention_gated_at(TensorView q, TensorView k_cache, TensorView v_cache, int64_t ring,
                                         TensorView pos, TensorView gate, const AttentionSpec& spec, TensorView o) {
-  if (spec.materialize) {
-    Ops::decode_attention_gated_at(q, k_cache, v_cache, ring, pos, gate, spec, o);
-    return;
-  }
   decode_attention_device(q, k_cache, v_cache, ring, pos, gate, spec, o);
 }
 

@@ -15,6 +15,8 @@ namespace {
 rt::test::RunResult launch_gpu_probe(int nproc) {
   setenv("RT_PROBE_DEVICE", "cuda", 1);
   setenv("RT_DIST_TIMEOUT_S", "60", 1);
+  // The probe lives outside bin/, beside no backends/ folder of its own.
+  setenv("RUNTIME_BACKEND_PATH", (std::string(RT_BIN_DIR) + "/backends").c_str(), 1);
   auto r = rt::test::run_runtime({"launch", "--nproc-per-node", std::to_string(nproc), "--", RT_DIST_PROBE}, 120);
   unsetenv("RT_PROBE_DEVICE");
   return r;

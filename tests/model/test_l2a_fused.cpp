@@ -133,6 +133,7 @@ TEST_P(L2aFused, TrainingWithoutLeakMatchesDenseOnRoutedPaths) {
   const auto ids = tokens(96, 3, p.dense.model->dims().vocab);
   TrainContext tc;
   EXPECT_NEAR(lf.lm, ld.lm, 1e-2 * std::abs(ld.lm));
+  EXPECT_EQ(lf.routed, ld.routed) << "the two plugins routed different tokens";
   // The global sublayer's weights are reached only through routed rows (d = 1), in both.
   for (const auto& n : names) {
     if (n.find("global_attn.") == std::string::npos) continue;

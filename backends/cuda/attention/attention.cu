@@ -113,13 +113,15 @@ void launch_flash_cfg(const TensorView& q, const TensorView& k, const TensorView
   });
 }
 
-// The Hopper kernel when asked for (RT_ATTN_FWD=wgmma, flash_fwd_hopper.h), else the mma.sync kernel.
-// `auto` keeps the mma.sync kernel until the Hopper kernel has passed the GPU tests
-// (tools/device/l2a_gpu_check.sh fwdpaths): it was written in a session without a GPU.
+// The Hopper kernel (flash_fwd_hopper.h) on sm_90 by default (`auto`) or when asked for
+// (RT_ATTN_FWD=wgmma, an error where it cannot run), the mma.sync kernel otherwise (sm_89, and
+// RT_ATTN_FWD=mma). On the H200 it runs at 1.2x (D 64) to 1.8x (D 128) the mma.sync kernel's rate
+// (BENCHMARKS.md). Inputs without keys or queries go to the mma.sync kernel, which writes the empty
+// rows (o = 0, lse = +inf) with no tensor map to build.
 bool try_flash_hopper(int D, const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
                       float* lse, const AttentionSpec& spec, const Shapes& s, cudaStream_t stream) {
   const attn_launch::FwdPath path = attn_launch::forward_path_setting();
-  if (path != attn_launch::FwdPath::Wgmma) return false;
+  if (path == attn_launch::FwdPath::Mma || s.Tk == 0 || s.Tq == 0) return false;
   const bool forced = path == attn_launch::FwdPath::Wgmma;
 #if RT_HAVE_SM90A
   if (!attn_launch::hopper_forward_available()) {

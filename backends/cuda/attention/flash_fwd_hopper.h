@@ -9,9 +9,8 @@
 namespace rt::cuda::attn_launch {
 
 // Which forward kernel runs on an sm_90 GPU. RT_ATTN_FWD=wgmma: the Hopper kernel or an error;
-// mma: the mma.sync kernel (the sm_89 path, testable on the H200); auto (default): for now the
-// mma.sync kernel, until the Hopper kernel has passed the GPU tests (then: the Hopper kernel
-// where it can run).
+// mma: the mma.sync kernel (the sm_89 path, testable on the H200); auto (default): the Hopper
+// kernel where it can run, the mma.sync kernel elsewhere.
 enum class FwdPath { Auto, Wgmma, Mma };
 FwdPath forward_path_setting();
 
