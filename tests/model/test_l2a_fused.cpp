@@ -33,12 +33,16 @@ std::string layout_of(const std::string& param) {
 
 using rt::test::rel_err;
 
-Options l2a_options(const std::string& layout, double leak) {
+Options l2a_options(const std::string& layout, double leak, bool fixed_rate = false) {
   Options o;
   o.set("layout", layout);
   o.set("window", "8");
   o.set("leak_prob", std::to_string(leak));
   o.set("tau", "1");
+  if (fixed_rate) {  // decisions from the position alone: no bf16 rounding can flip one
+    o.set("router", "fixed_rate");
+    o.set("sparsity", "0.6");
+  }
   return o;
 }
 
@@ -61,9 +65,9 @@ std::vector<int32_t> tokens(int64_t T, uint64_t seed, int64_t vocab) {
 
 struct Pair {
   rt::test::TrainFixture dense, fused;
-  Pair(const std::string& param, double leak)
-      : dense(model_of(param), "l2a_dense", l2a_options(layout_of(param), leak), make_cuda_ops()),
-        fused(model_of(param), "l2a_fused", l2a_options(layout_of(param), leak), make_cuda_ops()) {
+  Pair(const std::string& param, double leak, bool fixed_rate = false)
+      : dense(model_of(param), "l2a_dense", l2a_options(layout_of(param), leak, fixed_rate), make_cuda_ops()),
+        fused(model_of(param), "l2a_fused", l2a_options(layout_of(param), leak, fixed_rate), make_cuda_ops()) {
     randomize_routers(dense, 7);
     randomize_routers(fused, 7);
   }
@@ -124,8 +128,11 @@ TEST_P(L2aFused, TrainingWithLeakMatchesDenseEverywhere) {
   }
 }
 
+// With the learned router a decision near the threshold may flip between the two plugins (bf16
+// rounding of the router's input), and one flipped row moves the global weights' gradients by its
+// whole contribution; fixed_rate routes the same rows in both, so only rounding differs.
 TEST_P(L2aFused, TrainingWithoutLeakMatchesDenseOnRoutedPaths) {
-  Pair p(GetParam(), 0.0);
+  Pair p(GetParam(), 0.0, /*fixed_rate=*/true);
   BothSteps r(p, 3);
   const auto& names = r.names;
   const auto &gd = r.gd, &gf = r.gf;
