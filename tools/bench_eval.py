@@ -28,6 +28,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "eval")
 
 
+def default_tokenizer():
+    # The Qwen2.5 tokenizer: the shared data folder, or (GPU machine) a copy carried in .carry/tokenizer.
+    for d in (os.environ.get("RT_SHARED_DATA_DIR", ""), os.path.join(ROOT, "..", "shared", "data")):
+        if d and os.path.exists(os.path.join(d, "qwen2.5-tokenizer", "tokenizer.json")):
+            return os.path.join(d, "qwen2.5-tokenizer")
+    return os.path.join(ROOT, ".carry", "tokenizer")
+
+
 def word_pool():
     words = []
     for name in ("hellaswag.jsonl", "piqa.jsonl", "arc_easy.jsonl"):
@@ -133,7 +141,7 @@ def main():
     ap.add_argument("--init", default="random", help="runtime --init ('' for a model directory's weights)")
     ap.add_argument("--attention", default="", help="runtime backend(s), comma-separated (default: the model's)")
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--tokenizer", default=os.path.join(FIXTURES, "model"), help="directory with tokenizer.json")
+    ap.add_argument("--tokenizer", default=default_tokenizer(), help="directory with the Qwen2.5 tokenizer.json")
     ap.add_argument("--batch-tokens", default="1,4096,16384", help="runtime eval --batch-tokens values to time")
     ap.add_argument("--lm-eval", action="store_true", help="also time lm-eval (HF backend) on the same file")
     ap.add_argument("--hf-batch-size", default="auto", help="lm-eval --batch_size")

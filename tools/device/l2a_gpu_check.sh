@@ -86,7 +86,7 @@ for step in "$@"; do
         --seq 16384,32768 $LONG --device cuda --decode-tokens 64 --repeats 3 --set l2a_fused.threshold=$thr \
         --json "$out/decode_thr$thr.json" > "$out/decode_thr$thr.txt" 2>&1
     done
-    tail -12 "$out/decode_80.txt"; tail -4 "$out/decode_thr0.51.txt" "$out/decode_thr0.5.txt"
+    tail -n 12 "$out/decode_80.txt"; tail -n 4 "$out/decode_thr0.51.txt" "$out/decode_thr0.5.txt"
     ;;
   eval)  # issue 12: a HellaSwag-sized run (10,042 items) packed, the packing gain on 1,000, lm-eval if importable
     timeout 250 python3 tools/bench_eval.py --items 1000 --device cuda --batch-tokens 1,4096 \

@@ -19,4 +19,7 @@ for f in .carry/stage/bin/*; do ldd "$f" 2>/dev/null || true; done | awk '/=> \/
 # A large xz window lets the copies of one fatbin in every test binary compress to one.
 XZ_OPT="-9 --lzma2=preset=9,dict=512MiB" tar -C .carry/stage -cJf .carry/gpu.tar.xz $(cd .carry/stage && ls -d bin lib tests 2>/dev/null)
 rm -rf .carry/stage
+# The Qwen2.5 tokenizer for the GPU machine's eval benchmarks (tools/bench_eval.py finds it there).
+shared_tok="${RT_SHARED_DATA_DIR:-../shared/data}/qwen2.5-tokenizer"
+if [ -f "$shared_tok/tokenizer.json" ]; then mkdir -p .carry/tokenizer && cp "$shared_tok"/tokenizer*.json .carry/tokenizer/; fi
 du -h .carry/gpu.tar.xz

@@ -65,7 +65,8 @@ void cudnn_sdpa_forward(TensorView q, TensorView k, TensorView v, TensorView o, 
 // comes from the stream-ordered pool. Built without cuDNN: supported() is false, backward() throws.
 
 // True when this build has cuDNN SDPA, a GPU is there, the arguments are valid and expressible and
-// cuDNN builds a backward plan for the shape (built and cached here). Assumes o, dout, dq, dk, dv
+// cuDNN builds a backward plan for the shape (built and cached here) whose workspace fits in half
+// the device's free memory (some plans need T^2 bytes per head). Assumes o, dout, dq, dk, dv
 // separate and contiguous. Never throws.
 bool cudnn_sdpa_backward_supported(TensorView q, TensorView k, TensorView v, const AttentionSpec& spec) noexcept;
 

@@ -239,8 +239,20 @@ bool cudnn_sdpa_backward_supported(TensorView q, TensorView k, TensorView v, con
     std::string err;
     DeviceState* st = current_state(err);
     if (st == nullptr) return false;
-    std::lock_guard<std::mutex> lock(st->mu);
-    return lookup(*st, key)->graph != nullptr;
+    std::shared_ptr<Entry> entry;
+    {
+      std::lock_guard<std::mutex> lock(st->mu);
+      entry = lookup(*st, key);
+    }
+    if (entry->graph == nullptr) return false;
+    // Some plans want a workspace quadratic in T (448 GiB at 128K for 0.5B): such a shape is not
+    // supported here, and our kernel (linear memory) takes it.
+    size_t free_bytes = 0, total_bytes = 0;
+    if (cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return false;
+    }
+    return static_cast<size_t>(entry->workspace) <= free_bytes / 2;
   } catch (...) {
     return false;
   }
