@@ -12,7 +12,10 @@
    (1: one request per forward; larger: requests packed into one forward).
 3. --lm-eval: saves the same random model as a Hugging Face checkpoint (transformers, bf16 on the GPU)
    and times `lm_eval run --model hf --batch_size auto` on the same file through a local task YAML,
-   when lm_eval is importable. Reports the wall times and the ratio.
+   when lm_eval is importable. Where the `datasets` package (lm-eval's task loader, which needs
+   pyarrow) is missing, as on the GPU machine, it times lm-eval's HFLM.loglikelihood directly on the
+   same requests instead: the part of an lm-eval run that does the work (model load included), with
+   the request strings built as lm-eval's hellaswag task builds them. Reports the wall times and the ratio.
 """
 import argparse
 import json
@@ -105,6 +108,42 @@ def hf_checkpoint(args, d):
     return d
 
 
+def hellaswag_requests(data):
+    """(context, continuation) pairs as lm-eval 0.4.13's hellaswag task makes them (process_docs, then
+    doc_to_text = query, target_delimiter " " before each choice), in document and choice order."""
+    sys.path.insert(0, os.path.join(FIXTURES, "tasks"))
+    import importlib
+    try:
+        preprocess = importlib.import_module("hellaswag_utils").preprocess
+    except ImportError:  # hellaswag_utils imports datasets for process_docs' type only
+        import re
+
+        def preprocess(text):  # the same four steps as hellaswag_utils.preprocess
+            text = text.strip().replace(" [title]", ". ")
+            return re.sub("\\[.*?\\]", "", text).replace("  ", " ")
+    pairs = []
+    with open(data, encoding="utf-8") as f:
+        for line in f:
+            doc = json.loads(line)
+            query = preprocess(doc["activity_label"] + ": " + doc["ctx_a"] + " " + doc["ctx_b"].capitalize())
+            pairs += [(query, " " + preprocess(e)) for e in doc["endings"]]
+    return pairs
+
+
+def run_hflm_direct(args, data, model_dir, work):
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+    pairs = hellaswag_requests(data)
+    dtype = "bfloat16" if args.device == "cuda" else "float32"
+    t0 = time.time()
+    lm = HFLM(pretrained=model_dir, dtype=dtype, device=args.device, batch_size=args.hf_batch_size)
+    reqs = [Instance(request_type="loglikelihood", doc={}, arguments=p, idx=i % 4, metadata=("hellaswag", i // 4, 1))
+            for i, p in enumerate(pairs)]
+    lm.loglikelihood(reqs)
+    return {"framework": "lm-eval", "mode": "HFLM.loglikelihood (no datasets package)", "batch_size": args.hf_batch_size,
+            "wall_s": time.time() - t0, "requests": len(pairs)}
+
+
 def run_lm_eval(args, data):
     try:
         import lm_eval  # noqa: F401
@@ -112,6 +151,13 @@ def run_lm_eval(args, data):
         return {"framework": "lm-eval", "error": "lm_eval is not importable here"}
     work = tempfile.mkdtemp(prefix="bench_eval_hf_")
     model_dir = hf_checkpoint(args, os.path.join(work, "model"))
+    try:
+        import datasets  # noqa: F401
+    except ImportError:
+        try:
+            return run_hflm_direct(args, data, model_dir, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     tasks = os.path.join(work, "tasks")
     os.makedirs(tasks)
     shutil.copyfile(os.path.join(FIXTURES, "tasks", "hellaswag_utils.py"), os.path.join(tasks, "hellaswag_utils.py"))

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # On the GPU machine (device tool), after `source tools/device/unpack.sh`: the CUDA tests of the
 # routed kernels, l2a_fused and the kernels they share, then the benchmarks. Logs and JSON to $OUT.
-#   bash tools/device/l2a_gpu_check.sh fwdpaths tests kernels model decode eval train memory trace anchors
-# (any subset, in that order). SEQS overrides the kernel sequence lengths. `fwdpaths` runs the
+#   bash tools/device/l2a_gpu_check.sh fwdpaths tests nccl kernels kernels15 model decode eval train memory trace anchors
+# (any subset, in that order). SEQS overrides the kernel sequence lengths, ANCHOR_SEQS the anchors'. `fwdpaths` runs the
 # forward-kernel tests under each forward path (RT_ATTN_FWD=wgmma: the Hopper kernel; mma: the
 # mma.sync kernel of sm_89; FWD_PATHS picks), a compute-sanitizer pass, and times both paths against cuDNN.
 # TEST_TIMEOUT bounds each test binary (default 300 s).
@@ -60,10 +60,17 @@ for step in "$@"; do
     timeout 300 build/bin/runtime profile --attention full_causal --model qwen2.5-0.5b --init random --window 2048 \
       --seq ${SEQS:-16384,32768,65536,131072} --sparsity 0.5,0.8,0.9,0.95 --device cuda --kernels-only --repeats 5 \
       --json "$out/kernels_0.5b.json" > "$out/kernels_0.5b.txt" 2>&1
+    cat "$out/kernels_0.5b.txt"
+    ;;
+  kernels15)
     timeout 200 build/bin/runtime profile --attention full_causal --model qwen2.5-1.5b --init random --window 2048 \
       --seq 16384,32768,65536 --sparsity 0.8 --device cuda --kernels-only --repeats 5 \
       --json "$out/kernels_1.5b.json" > "$out/kernels_1.5b.txt" 2>&1
-    cat "$out/kernels_0.5b.txt" "$out/kernels_1.5b.txt"
+    cat "$out/kernels_1.5b.txt"
+    ;;
+  nccl)  # the one-rank NCCL group on one GPU, whole log
+    timeout 120 build/bin/test_nccl_group > "$out/nccl.txt" 2>&1
+    echo "test_nccl_group rc=$?"; tail -c 6000 "$out/nccl.txt"
     ;;
   model)
     timeout 300 build/bin/runtime profile --attention full_causal,l2a_fused --model qwen2.5-0.5b --init random \
@@ -114,6 +121,7 @@ for step in "$@"; do
     ;;
   anchors)
     timeout 420 python3 tools/bench_anchors.py --anchors-dir .anchors/l2a_official --skip-hf \
+      ${ANCHOR_SEQS:+--seq $ANCHOR_SEQS} \
       --json "$out/anchors.json" > "$out/anchors.txt" 2>&1
     tail -60 "$out/anchors.txt"
     ;;
