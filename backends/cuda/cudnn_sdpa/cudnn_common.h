@@ -54,6 +54,7 @@ struct DeviceState {
   std::mutex mu;
   cudnnHandle_t handle = nullptr;
   std::string handle_error;  // non-empty: cudnnCreate failed (kept, not retried)
+  size_t total_bytes = 0;    // the device's memory, read once with the handle
 };
 
 // The current device's state with a handle, or nullptr and err (no GPU, cudnnCreate failed).

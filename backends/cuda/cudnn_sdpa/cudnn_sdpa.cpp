@@ -72,6 +72,11 @@ DeviceState* current_state(std::string& err) {
       st.handle = nullptr;
       st.handle_error = "cudnnCreate failed on GPU " + std::to_string(dev) + ": " + cudnn_status_string(s);
     }
+    size_t free_bytes = 0;
+    if (cudaMemGetInfo(&free_bytes, &st.total_bytes) != cudaSuccess) {
+      (void)cudaGetLastError();
+      st.total_bytes = 0;
+    }
   }
   if (st.handle == nullptr) {
     err = st.handle_error;

@@ -246,13 +246,10 @@ bool cudnn_sdpa_backward_supported(TensorView q, TensorView k, TensorView v, con
     }
     if (entry->graph == nullptr) return false;
     // Some plans want a workspace quadratic in T (448 GiB at 128K for 0.5B): such a shape is not
-    // supported here, and our kernel (linear memory) takes it.
-    size_t free_bytes = 0, total_bytes = 0;
-    if (cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess) {
-      (void)cudaGetLastError();
-      return false;
-    }
-    return static_cast<size_t>(entry->workspace) <= free_bytes / 2;
+    // supported here, and our kernel (linear memory) takes it. The bound is a quarter of the
+    // device's memory, read once per device, so that the decision costs no driver call per layer
+    // and does not change with what happens to be free at the time.
+    return st->total_bytes > 0 && static_cast<size_t>(entry->workspace) <= st->total_bytes / 4;
   } catch (...) {
     return false;
   }
