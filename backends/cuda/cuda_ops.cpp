@@ -182,6 +182,11 @@ void CudaOps::gate_from_position_at(TensorView pos, int64_t first, TensorView ga
   cuda::gate_from_position_at_forward(pos, first, gate, out, stream());
 }
 
+void CudaOps::rmsnorm_route_at(TensorView x, TensorView g, float eps, TensorView w, float z_min, TensorView pos,
+                               int64_t first, TensorView y, TensorView d, TensorView steps) {
+  cuda::rmsnorm_route_at_forward(x, g, eps, w, z_min, pos, first, y, d, steps, stream());
+}
+
 void CudaOps::position_draw_at(TensorView pos, uint64_t key, double below, TensorView out) {
   cuda::position_draw_at_forward(pos, key, below, out, stream());
 }

@@ -63,6 +63,8 @@ class CudaOps final : public Ops {
   // Routed rows (L2A) on the device, the count never read back (cuda/routing.cu, rope.cu).
   void compact_rows(TensorView flags, TensorView index, TensorView count) override;
   void gate_from_position_at(TensorView pos, int64_t first, TensorView gate, TensorView out) override;
+  void rmsnorm_route_at(TensorView x, TensorView g, float eps, TensorView w, float z_min, TensorView pos, int64_t first,
+                        TensorView y, TensorView d, TensorView steps) override;
   void position_draw_at(TensorView pos, uint64_t key, double below, TensorView out) override;
   void gather_rows(TensorView x, TensorView index, TensorView count, TensorView out) override;
   void scatter_add_rows(TensorView src, TensorView index, TensorView count, TensorView dst) override;

@@ -103,6 +103,10 @@ void embedding_backward(TensorView ids, TensorView dout, TensorView dtable, Embe
 
 // y = w * x / sqrt(mean(x^2) + eps) row-wise in fp32; x f32/bf16/f16, y f32/bf16/f16.
 void rmsnorm_forward(TensorView x, TensorView w, float eps, TensorView y, cudaStream_t stream);
+// Ops::rmsnorm_route_at in one block: y = rmsnorm(x) * g as rmsnorm_forward writes it, the router's
+// z = y . w, d = (z >= z_min and pos >= first), steps += d.
+void rmsnorm_route_at_forward(TensorView x, TensorView g, float eps, TensorView w, float z_min, TensorView pos,
+                              int64_t first, TensorView y, TensorView d, TensorView steps, cudaStream_t stream);
 // Backward of y = rmsnorm(x) * w, fp32:  dx += r (dy w - x r^2 mean(dy w x)),  dw += sum_rows dy x r,
 // r = 1 / sqrt(mean(x^2) + eps). dx (any float dtype; may be x or dy itself) and dw (f32) are
 // optional (empty view: skipped). Three passes: per-row statistics, dw (deterministic column

@@ -15,10 +15,8 @@
 namespace rt::cuda {
 namespace {
 
-__global__ void rmsnorm_kernel(RowsDesc x, const void* w, DType wdt, int64_t w_stride, float eps, RowsDesc y,
-                               int64_t d) {
-  const int64_t r = blockIdx.x;
-  const int64_t xo = x.row_offset(r), yo = y.row_offset(r);
+// 1 / rms of one row, summed by the whole block (the CPU/HF order: mean of squares, + eps, sqrt).
+__device__ __forceinline__ float row_inv_rms(const RowsDesc& x, int64_t xo, int64_t d, float eps) {
   float ss = 0.f;
   for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
     const float v = load_f(x.data, xo + i, x.dtype);
@@ -26,10 +24,38 @@ __global__ void rmsnorm_kernel(RowsDesc x, const void* w, DType wdt, int64_t w_s
   }
   ss = block_sum(ss);
   // 1/sqrt (IEEE) rather than rsqrtf: keeps the f32 path within rounding of the CPU's.
-  const float inv = 1.f / sqrtf(ss / static_cast<float>(d) + eps);
+  return 1.f / sqrtf(ss / static_cast<float>(d) + eps);
+}
+
+__global__ void rmsnorm_kernel(RowsDesc x, const void* w, DType wdt, int64_t w_stride, float eps, RowsDesc y,
+                               int64_t d) {
+  const int64_t r = blockIdx.x;
+  const int64_t xo = x.row_offset(r), yo = y.row_offset(r);
+  const float inv = row_inv_rms(x, xo, d, eps);
   for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
     const float v = load_f(x.data, xo + i, x.dtype);
     store_f(y.data, yo + i, y.dtype, __fmul_rn(v * inv, load_f(w, i * w_stride, wdt)));
+  }
+}
+
+// Ops::rmsnorm_route_at: rmsnorm_kernel's row (same block size, so the same bits of y), then the
+// router's dot product over y as stored and the decision, in one block.
+__global__ void rmsnorm_route_kernel(RowsDesc x, const void* g, DType gdt, int64_t g_stride, float eps,
+                                     const void* w, DType wdt, int64_t w_stride, float z_min, const int32_t* pos,
+                                     int64_t first, RowsDesc y, int64_t d, float* dec, float* steps) {
+  const int64_t xo = x.row_offset(0), yo = y.row_offset(0);
+  const float inv = row_inv_rms(x, xo, d, eps);
+  float dot = 0.f;
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
+    const float v = load_f(x.data, xo + i, x.dtype);
+    store_f(y.data, yo + i, y.dtype, __fmul_rn(v * inv, load_f(g, i * g_stride, gdt)));
+    dot += load_f(y.data, yo + i, y.dtype) * load_f(w, i * w_stride, wdt);
+  }
+  dot = block_sum(dot);
+  if (threadIdx.x == 0) {
+    const float v = dot >= z_min && static_cast<int64_t>(*pos) >= first ? 1.f : 0.f;
+    *dec = v;
+    if (steps != nullptr) *steps += v;
   }
 }
 
@@ -173,6 +199,35 @@ void rmsnorm_forward(TensorView x, TensorView w, float eps, TensorView y, cudaSt
   if (rmsnorm_fast(x, w, eps, y, rows, d, stream)) return;
   rmsnorm_kernel<<<static_cast<unsigned>(rows), threads_for(d), 0, stream>>>(rows_desc(x), w.data, w.dtype,
                                                                              w.stride[0], eps, rows_desc(y), d);
+  CUDA_CHECK_LAUNCH();
+}
+
+void rmsnorm_route_at_forward(TensorView x, TensorView g, float eps, TensorView w, float z_min, TensorView pos,
+                              int64_t first, TensorView y, TensorView d, TensorView steps, cudaStream_t stream) {
+  const char* op = "rmsnorm_route_at";
+  check_norm_args(op, x, g, eps, y);
+  check_cuda(op, "w", w);
+  check_float(op, "w", w);
+  check_cuda(op, "pos", pos);
+  check_cuda(op, "d", d);
+  const int64_t hidden = row_len(x);
+  RT_CHECK(x.ndim == 2 && x.shape[0] == 1, op, ": argument 'x' must be one row [1, hidden], found ", x.shape_str());
+  RT_CHECK(w.ndim == 2 && w.shape[0] == 1 && w.shape[1] == hidden && w.stride[1] == 1, op,
+           ": argument 'w' must be [1, ", hidden, "] with unit column stride, found ", w.shape_str());
+  RT_CHECK(pos.dtype == DType::I32 && pos.numel() == 1, op, ": argument 'pos' must be I32 [1], found ",
+           dtype_name(pos.dtype), " ", pos.shape_str());
+  RT_CHECK(d.dtype == DType::F32 && d.numel() == 1, op, ": argument 'd' must be f32 [1], found ", dtype_name(d.dtype),
+           " ", d.shape_str());
+  if (steps.data) {
+    check_cuda(op, "steps", steps);
+    RT_CHECK(steps.dtype == DType::F32 && steps.numel() == 1, op, ": argument 'steps' must be f32 [1], found ",
+             dtype_name(steps.dtype), " ", steps.shape_str());
+  }
+  RT_CHECK(hidden > 0, op, ": hidden size 0");
+  rmsnorm_route_kernel<<<1, threads_for(hidden), 0, stream>>>(
+      rows_desc(x), g.data, g.dtype, g.stride[0], eps, w.data, w.dtype, w.stride[1], z_min,
+      static_cast<const int32_t*>(pos.data), first, rows_desc(y), hidden, static_cast<float*>(d.data),
+      steps.data ? static_cast<float*>(steps.data) : nullptr);
   CUDA_CHECK_LAUNCH();
 }
 

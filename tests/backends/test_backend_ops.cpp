@@ -311,6 +311,44 @@ void register_cases() {
               }});
   }
 
+  // A decode token's norm and routing decision in one op. The threshold sits 1% of sum |y_i w_i|
+  // above or below the token's own z (computed here in f64 from the inputs), so a dot product that
+  // drops or misweighs elements flips the decision while bf16 rounding (~0.01% of it) does not.
+  struct RouteCase {
+    int64_t d;
+    double side;  // +1: z_min below z (routes), -1: above (does not)
+    int32_t pos;
+    int64_t first;
+    bool steps;
+  };
+  for (const RouteCase& rc : std::vector<RouteCase>{{64, 1, 40, 0, true},
+                                                    {333, -1, 40, 0, true},
+                                                    {896, 1, 40, 41, true},
+                                                    {896, 1, 41, 41, false},
+                                                    {3584, 1, 7, 0, true}}) {
+    const std::string name = "rmsnorm_route_at d " + std::to_string(rc.d) + (rc.side > 0 ? " routed" : " unrouted") +
+                             " pos " + std::to_string(rc.pos) + " first " + std::to_string(rc.first) +
+                             (rc.steps ? " steps" : "");
+    add_case({"RmsNorm", name, 6.0 * rc.d, 1e-5, 1e-2, [=](Ctx& c) {
+                Tensor x = c.in(Kind::Acc, {1, rc.d}, 2.0), g = c.in(Kind::Act, {rc.d}, 0.2, 1.0),
+                       w = c.in(Kind::Act, {1, rc.d}, 0.1), p = c.ints({1}, {rc.pos});
+                const std::vector<double> xv = c.read(x), gv = c.read(g), wv = c.read(w);
+                double ss = 0, z = 0, mag = 0;
+                for (double v : xv) ss += v * v;
+                const double inv = 1.0 / std::sqrt(ss / static_cast<double>(rc.d) + 1e-6);
+                for (size_t i = 0; i < xv.size(); ++i) {
+                  z += xv[i] * inv * gv[i] * wv[i];
+                  mag += std::abs(xv[i] * inv * gv[i] * wv[i]);
+                }
+                const float z_min = static_cast<float>(z - rc.side * 0.01 * mag);
+                Tensor y = c.out("y", Kind::Act, {1, rc.d}), dec = c.out("d", Kind::Acc, {1});
+                Tensor steps = rc.steps ? c.inout("steps", Kind::Acc, {1}, 0.0, 3.0) : Tensor{};
+                c.call([&] {
+                  c.ops().rmsnorm_route_at(x, g, 1e-6f, w, z_min, p, rc.first, y, dec, steps.view);
+                });
+              }});
+  }
+
   // Rotary embedding: head dims 64 and 128, a position offset.
   for (const auto& [T, H, D, pos0] : std::vector<std::array<int64_t, 4>>{{1, 2, 64, 0}, {37, 3, 64, 5}, {129, 2, 128, 1000}}) {
     const std::string sh = " T " + std::to_string(T) + " H " + std::to_string(H) + " D " + std::to_string(D) +

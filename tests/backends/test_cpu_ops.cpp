@@ -748,6 +748,44 @@ TEST_F(CpuOps, GatedDecodeAttention) {
   EXPECT_THROW(ops->decode_attention_gated_at(q, k, v, 0, pos, wide, rt::AttentionSpec{}, o), rt::Error);
 }
 
+// rmsnorm_route_at: y is rmsnorm's, d = (y . w >= z_min and pos >= first), steps += d; NaN z is 0.
+TEST_F(CpuOps, RmsnormRouteAt) {
+  const int64_t d = 37;
+  Tensor x = randn({1, d}), g = randn({d}), w = randn({1, d});
+  Tensor want_y = poisoned(DType::F32, {1, d});
+  ops->rmsnorm(x, g, 1e-6f, want_y);
+  double z = 0;
+  for (int64_t i = 0; i < d; ++i) z += static_cast<double>(want_y.ptr<float>()[i]) * w.ptr<float>()[i];
+  Tensor pos = ops->alloc(DType::I32, {1}), dec = ops->alloc(DType::F32, {1}), steps = ops->alloc(DType::F32, {1});
+  Tensor y = poisoned(DType::F32, {1, d});
+  *steps.ptr<float>() = 2.f;
+  struct Case {
+    double z_min;
+    int32_t pos;
+    int64_t first;
+    float want;
+  };
+  const float zf = static_cast<float>(z);
+  for (const Case& c : {Case{zf - 1e-3, 5, 0, 1.f}, Case{zf + 1e-3, 5, 0, 0.f}, Case{zf - 1e-3, 5, 6, 0.f},
+                        Case{zf - 1e-3, 6, 6, 1.f}}) {
+    *pos.ptr<int32_t>() = c.pos;
+    poison(y);
+    poison(dec);
+    const float before = *steps.ptr<float>();
+    ops->rmsnorm_route_at(x, g, 1e-6f, w, static_cast<float>(c.z_min), pos, c.first, y, dec, steps);
+    EXPECT_EQ(std::memcmp(y.ptr<float>(), want_y.ptr<float>(), d * sizeof(float)), 0);
+    EXPECT_EQ(*dec.ptr<float>(), c.want) << "z_min " << c.z_min << " pos " << c.pos << " first " << c.first;
+    EXPECT_EQ(*steps.ptr<float>(), before + c.want);
+  }
+  ops->rmsnorm_route_at(x, g, 1e-6f, w, zf - 1e-3f, pos, 0, y, dec, TensorView{});  // no counter
+  EXPECT_EQ(*dec.ptr<float>(), 1.f);
+  w.ptr<float>()[3] = std::numeric_limits<float>::quiet_NaN();
+  ops->rmsnorm_route_at(x, g, 1e-6f, w, -1e30f, pos, 0, y, dec, TensorView{});
+  EXPECT_EQ(*dec.ptr<float>(), 0.f) << "a NaN z decides 0, as step does";
+  Tensor wide = ops->alloc(DType::F32, {2});
+  EXPECT_THROW(ops->rmsnorm_route_at(x, g, 1e-6f, w, 0.f, pos, 0, y, wide, TensorView{}), rt::Error);
+}
+
 TEST_F(CpuOps, AttentionStridedViews) {
   // q is the first half of a [T, H, 2D] buffer (head stride 2D); k/v are rows of a bigger cache.
   const int64_t T = 33, H = 4, D = 16;

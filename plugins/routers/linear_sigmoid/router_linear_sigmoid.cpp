@@ -32,8 +32,14 @@ class RouterLinearSigmoid final : public rt::Router {
     rt::Tensor z = ops.alloc(ops.accum_dtype(), {T, 1});
     ops.linear(h, ctx.params->get("router.weight"), rt::TensorView{}, z);
     ops.sigmoid(z.view.reshaped({T}), static_cast<float>(1.0 / tau_), p);
-    const double logit = std::log(threshold_ / (1.0 - threshold_));
-    ops.step(z.view.reshaped({T}), static_cast<float>(tau_ * logit), d);
+    ops.step(z.view.reshaped({T}), z_min(), d);
+  }
+
+  // d = (z >= tau * logit(threshold)), i.e. sigmoid(z / tau) >= threshold.
+  bool linear_threshold(const rt::LayerContext& ctx, rt::TensorView* w, float* zmin) const override {
+    *w = ctx.params->get("router.weight");
+    *zmin = z_min();
+    return true;
   }
 
   void backward(const rt::LayerContext& ctx, rt::TensorView h, rt::TensorView p, rt::TensorView dp,
@@ -50,6 +56,8 @@ class RouterLinearSigmoid final : public rt::Router {
   }
 
  private:
+  float z_min() const { return static_cast<float>(tau_ * std::log(threshold_ / (1.0 - threshold_))); }
+
   double tau_ = 0.1, threshold_ = 0.5;
 };
 

@@ -371,9 +371,10 @@ inline void attention_sublayer_forward(const LayerContext& ctx, const AttentionS
 // One token x [1, hidden] += attention sublayer(x) at the position held in device memory pos (I32
 // [1]), for a decode step that is captured once and replayed (AttentionBackend::decode_step_at):
 // every position-dependent argument is read from pos by the Ops::*_at ops. The cache's host-side
-// count is not advanced (the caller does, with cache.advance(1)). gate [1] and normed as in
-// attention_sublayer_forward (L2A's global sublayer: the router's decision, and RMSNorm_g(x)); a
-// zero gate skips the attention itself (Ops::decode_attention_gated_at), not the k/v append.
+// count is not advanced (the caller does, with cache.advance(1)). gate [1] (accum dtype) is a hard
+// decision, 0 or 1 (L2A's router): 0 skips the attention itself (Ops::decode_attention_gated_at),
+// not the k/v append, and adds nothing to x. normed as in attention_sublayer_forward (L2A's global
+// sublayer: RMSNorm_g(x)).
 inline void attention_sublayer_decode_at(const LayerContext& ctx, const AttentionSublayerSpec& spec, TensorView x,
                                          KvCache& cache, TensorView pos, TensorView gate = TensorView{},
                                          const Tensor* normed = nullptr) {
@@ -391,9 +392,10 @@ inline void attention_sublayer_decode_at(const LayerContext& ctx, const Attentio
   ops.qkv_rope_split_at(qkv, pos, sublayer_theta(d, spec), q, c.k, c.v, c.ring);
   Tensor o = ops.alloc(act, {1, d.n_heads, d.head_dim});
   const AttentionSpec as = sublayer_attention_spec(d, spec, 0);
-  if (gate.data) ops.decode_attention_gated_at(q, c.k, c.v, c.ring, pos, gate, as, o);  // gate 0: no key read
+  if (gate.data) ops.decode_attention_gated_at(q, c.k, c.v, c.ring, pos, gate, as, o);  // gate 0: o = 0, no key read
   else ops.decode_attention_at(q, c.k, c.v, c.ring, pos, as, o);
-  add_output_projection(ctx, spec, o, gate, x);
+  // With a gate of 0 or 1, o is already the gated output (o_proj has no bias): one GEMV into x.
+  add_output_projection(ctx, spec, o, TensorView{}, x);
 }
 
 // ---- Training ----------------------------------------------------------------------------------

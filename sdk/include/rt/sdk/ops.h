@@ -202,6 +202,26 @@ class Ops {
       fill(out, 0.f);
     }
   }
+  // One decode token's routing decision by a linear threshold router, as one op (a decode step is
+  // bound by its launch count): y (=) rmsnorm(x) * g in y's dtype; z = y . w[0, :] in the accum
+  // dtype, over y as stored; d[0] (=) 1 if z >= z_min and the position in pos is >= first, else 0
+  // (first = 0: any position); steps[0] += d[0] unless steps is empty. x [1, hidden], g [hidden],
+  // w [1, hidden], y [1, hidden], d and steps [1] in the accum dtype, pos I32 [1] on this device.
+  // A NaN z decides 0, as step does. The default composes rmsnorm, linear, step and
+  // gate_from_position_at; a device backend runs it as one kernel.
+  virtual void rmsnorm_route_at(TensorView x, TensorView g, float eps, TensorView w, float z_min, TensorView pos,
+                                int64_t first, TensorView y, TensorView d, TensorView steps) {
+    RT_CHECK(x.ndim == 2 && x.shape[0] == 1 && w.ndim == 2 && w.shape[0] == 1 && w.shape[1] == x.shape[1] &&
+                 d.numel() == 1 && d.dtype == accum_dtype() && (!steps.data || steps.numel() == 1),
+             "rmsnorm_route_at: expected x [1, hidden], w [1, hidden], d and steps [1] ", dtype_name(accum_dtype()),
+             "; found x ", x.shape_str(), ", w ", w.shape_str(), ", d ", dtype_name(d.dtype), " ", d.shape_str());
+    rmsnorm(x, g, eps, y);
+    Tensor z = alloc(accum_dtype(), {1, 1});
+    linear(y, w, TensorView{}, z);
+    step(z.view.reshaped({1}), z_min, d);
+    if (first > 0) gate_from_position_at(pos, first, d, d);
+    if (steps.data) add(steps, d, steps);
+  }
   // out[0] = 1 if rt::position_draw(key, position in pos, below), else 0; out [1] in the accum dtype.
   // A random routing decision at a device-held position (fixed_rate's decode step), the same bit
   // as the router's forward draws on the host.

@@ -47,6 +47,13 @@ class Router {
     RT_CHECK(!reads_position(), "router: this router decides from the position and has no forward_at");
     forward(ctx, h, RouteCall{}, p, d);
   }
+  // A router whose inference decision is d = (h . w >= z_min), w [1, hidden] one of its
+  // parameters, returns true and sets w and z_min, so that a decode step can run the RMSNorm before
+  // it and the decision as one op (Ops::rmsnorm_route_at). Other routers keep forward_at.
+  virtual bool linear_threshold(const LayerContext& ctx, TensorView* w, float* z_min) const {
+    (void)ctx, (void)w, (void)z_min;
+    return false;
+  }
   // h [T, hidden] (activation dtype): the normalized hidden states the router reads.
   // Writes p [T] (gate probabilities) and d [T] (hard decisions, 1 = global), accum dtype.
   virtual void forward(const LayerContext& ctx, TensorView h, const RouteCall& call, TensorView p,
