@@ -268,8 +268,10 @@ void register_prune(CLI::App& app) {
         write_file_atomic(dir / "prune_report.json", rep.dump(2) + "\n");
       });
     });
-    std::cerr << "wrote " << args->out << " (" << model_dir << " with " << after.size() << " of " << L
-              << " layers pruned) and " << (fs::path(args->out) / "prune_report.json").string() << "\n";
+    // model_dir is empty for a preset built with --init random (no directory to name).
+    std::cerr << "wrote " << args->out << " (" << (model_dir.empty() ? args->model : model_dir) << " with "
+              << after.size() << " of " << L << " layers pruned) and "
+              << (fs::path(args->out) / "prune_report.json").string() << "\n";
   });
 }
 
