@@ -269,7 +269,7 @@ void register_prune(CLI::App& app) {
       });
     });
     // model_dir is empty for a preset built with --init random (no directory to name).
-    std::cerr << "wrote " << args->out << " (" << (model_dir.empty() ? args->model : model_dir) << " with "
+    std::cerr << "wrote " << args->out << " (" << (model_dir.empty() ? args->model.model : model_dir) << " with "
               << after.size() << " of " << L << " layers pruned) and "
               << (fs::path(args->out) / "prune_report.json").string() << "\n";
   });
