@@ -12,11 +12,27 @@
 #include <type_traits>
 
 #include "cuda/attention/flash_attention_bwd.cuh"
-#include "cuda/attention/flash_attention_bwd_dq.cuh"
 #include "cuda/attention/attention_launch.h"
+#include "cuda/attention/flash_attention_bwd_dq.cuh"
+#include "cuda/attention/flash_bwd_dq_hopper.h"
+#include "cuda/attention/flash_fwd_hopper.h"
 #include "rt/sdk/error.h"
 
 namespace rt::cuda {
+namespace attn_launch {
+BwdDqPath bwd_dq_path_setting() {
+  static const BwdDqPath path = [] {
+    const char* v = std::getenv("RT_ATTN_BWD_DQ");
+    const std::string s = v != nullptr ? v : "";
+    if (s.empty() || s == "auto") return BwdDqPath::Auto;
+    if (s == "wgmma") return BwdDqPath::Wgmma;
+    if (s == "mma") return BwdDqPath::Mma;
+    fail("RT_ATTN_BWD_DQ='", s, "': expected auto, wgmma (the Hopper dQ kernel) or mma (the mma.sync kernel)");
+  }();
+  return path;
+}
+}  // namespace attn_launch
+
 namespace {
 
 using attn::bf16;
@@ -145,6 +161,26 @@ struct BwdCfgFor<128> {
   using type = attn::BwdConfig<128, RT_ATTN_BWD_D128_BM, RT_ATTN_BWD_D128_BN>;
 };
 
+// The Hopper dQ kernel (flash_bwd_dq_hopper.h) when RT_ATTN_BWD_DQ asks for it (wgmma: an error
+// where it cannot run); the mma.sync dQ kernel otherwise, and by default until the Hopper one has
+// passed the GPU tests.
+bool try_bwd_dq_hopper(int D, const attn::BwdParams& p, const TensorView& k, const TensorView& v,
+                       const TensorView& dq, const AttentionSpec& spec, const Shapes& s, cudaStream_t stream) {
+  const attn_launch::BwdDqPath path = attn_launch::bwd_dq_path_setting();
+  if (path != attn_launch::BwdDqPath::Wgmma || s.Tq == 0 || s.Tk == 0) return false;
+#if RT_HAVE_SM90A
+  RT_CHECK(attn_launch::hopper_forward_available(), kOp,
+           ": RT_ATTN_BWD_DQ=wgmma needs a GPU of compute capability 9.0 (Hopper)");
+  RT_CHECK(attn_launch::launch_flash_bwd_dq_hopper(D, p, k, v, dq, spec, s, stream), kOp,
+           ": RT_ATTN_BWD_DQ=wgmma: no tensor map for k/v of shapes ", k.shape_str(), " / ", v.shape_str(),
+           " (strides must be multiples of 16 bytes)");
+  return true;
+#else
+  (void)D, (void)p, (void)k, (void)v, (void)dq, (void)spec, (void)s, (void)stream;
+  fail(kOp, ": RT_ATTN_BWD_DQ=wgmma: this build has no sm_90a kernels (RT_CUDA_ARCHS without 90)");
+#endif
+}
+
 template <int kD>
 void launch_flash_bwd(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
                       const TensorView& lse, const TensorView& dout, const TensorView& dq, const TensorView& dk,
@@ -234,6 +270,7 @@ void launch_flash_bwd(const TensorView& q, const TensorView& k, const TensorView
       kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p);
       check_launch("flash_bwd_kernel");
       if constexpr (!decltype(fused)::value) {
+        if (try_bwd_dq_hopper(kD, p, k, v, dq, spec, s, stream)) return;
         constexpr auto dq_kernel = attn::flash_bwd_dq_kernel<DqCfg, Mask, Rows>;
         ensure_smem<dq_kernel>(DqCfg::kSmemBytes, "cudaFuncSetAttribute (flash backward dQ shared memory)");
         const dim3 g2(static_cast<unsigned>(s.Hq), static_cast<unsigned>(m_blocks));

@@ -436,7 +436,8 @@ struct BwdConvertParams {
   int64_t part_stride;  // floats between partials
 };
 
-__global__ void __launch_bounds__(256) flash_bwd_convert_kernel(const BwdConvertParams p) {
+// static: this header is included by more than one translation unit (the sm_90a dQ pass too).
+static __global__ void __launch_bounds__(256) flash_bwd_convert_kernel(const BwdConvertParams p) {
   const int64_t pairs = static_cast<int64_t>(p.T) * p.H * (p.D / 2);
   for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < pairs;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {

@@ -4,51 +4,16 @@
 #include "cuda/attention/flash_fwd_hopper.h"
 
 #include <cuda.h>
-#include <cudaTypedefs.h>
 
 #include <atomic>
 #include <cstdlib>
 #include <string>
 
 #include "cuda/attention/flash_fwd_hopper.cuh"
+#include "cuda/attention/sm90/kv_tensor_map.h"
 
 namespace rt::cuda::attn_launch {
 namespace {
-
-PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
-  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
-    void* f = nullptr;
-    cudaDriverEntryPointQueryResult res{};
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &res) !=
-            cudaSuccess ||
-        res != cudaDriverEntryPointSuccess) {
-      (void)cudaGetLastError();
-      return static_cast<PFN_cuTensorMapEncodeTiled_v12000>(nullptr);
-    }
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
-  }();
-  return fn;
-}
-
-// A [rows, heads, D] bf16 view as a 3-d tensor map (D, heads, rows) with boxes of 64 x 1 x
-// box_rows, 128-byte swizzled (the layout wgmma reads). Strides of size-1 dimensions are free in
-// the view, so they are replaced by valid ones.
-bool kv_tensor_map(CUtensorMap* map, const TensorView& t, int box_rows) {
-  const auto encode = tensor_map_encoder();
-  if (encode == nullptr) return false;
-  const int64_t rows = t.shape[0], heads = t.shape[1], D = t.shape[2];
-  const int64_t head_stride = heads > 1 ? t.stride[1] : D;
-  const int64_t row_stride = rows > 1 ? t.stride[0] : heads * head_stride;
-  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(D), static_cast<cuuint64_t>(heads),
-                              static_cast<cuuint64_t>(rows)};
-  const cuuint64_t strides[2] = {static_cast<cuuint64_t>(head_stride * 2), static_cast<cuuint64_t>(row_stride * 2)};
-  const cuuint32_t box[3] = {64, 1, static_cast<cuuint32_t>(box_rows)};
-  const cuuint32_t elem[3] = {1, 1, 1};
-  const CUresult r = encode(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, t.data, dims, strides, box, elem,
-                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  return r == CUDA_SUCCESS;
-}
 
 // RT_ATTN_HOPPER_OVERLAP=0 runs the serial schedule (for comparison); default: the overlapped one.
 bool overlap_setting() {
