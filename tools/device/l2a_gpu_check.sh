@@ -5,7 +5,7 @@
 # (any subset, in that order). SEQS overrides the kernel sequence lengths, ANCHOR_SEQS the anchors'. `fwdpaths` runs the
 # forward-kernel tests under each forward path (RT_ATTN_FWD=wgmma: the Hopper kernel; mma: the
 # mma.sync kernel of sm_89; FWD_PATHS picks), a compute-sanitizer pass, and times both paths against cuDNN.
-# `bwdpaths` does the same for the backward's dQ pass (RT_ATTN_BWD_DQ=wgmma | mma).
+# `bwdpaths` does the same for the deterministic backward (RT_ATTN_BWD=wgmma: the Hopper dK/dV and dQ kernels).
 # TEST_TIMEOUT bounds each test binary (default 300 s).
 set -uo pipefail
 out=${OUT:-/tmp/out}
@@ -41,26 +41,26 @@ for step in "$@"; do
       > "$out/cudnn.txt" 2>&1
     cat "$out/cudnn.txt" | tee -a "$out/fwdpaths.txt"
     ;;
-  bwdpaths)  # the dQ pass of the deterministic backward: Hopper kernel (RT_ATTN_BWD_DQ=wgmma) against mma.sync
+  bwdpaths)  # the deterministic backward: Hopper kernels (RT_ATTN_BWD=wgmma) against mma.sync
     : > "$out/bwdpaths.txt"
     for path in wgmma mma; do
       for t in test_attention_backward test_routed_attention test_l2a_fused test_cuda_training_ops; do
-        RT_ATTN_BWD_DQ=$path timeout ${TEST_TIMEOUT:-300} build/bin/$t --gtest_brief=1 > /tmp/$t.bwd.$path.log 2>&1
-        echo "$t RT_ATTN_BWD_DQ=$path rc=$? $(grep -E '^\[  (PASSED|FAILED)' /tmp/$t.bwd.$path.log | tr '\n' ' ')" |
+        RT_ATTN_BWD=$path timeout ${TEST_TIMEOUT:-300} build/bin/$t --gtest_brief=1 > /tmp/$t.bwd.$path.log 2>&1
+        echo "$t RT_ATTN_BWD=$path rc=$? $(grep -E '^\[  (PASSED|FAILED)' /tmp/$t.bwd.$path.log | tr '\n' ' ')" |
           tee -a "$out/bwdpaths.txt"
         grep -B3 -A12 "Failure" /tmp/$t.bwd.$path.log | head -40 >> "$out/bwdpaths.txt"
       done
     done
     for tool in memcheck synccheck; do
-      RT_ATTN_BWD_DQ=wgmma timeout 120 compute-sanitizer --tool $tool --error-exitcode 9 build/bin/test_attention_backward \
+      RT_ATTN_BWD=wgmma timeout 120 compute-sanitizer --tool $tool --error-exitcode 9 build/bin/test_attention_backward \
         --gtest_brief=1 > /tmp/san.bwd.$tool.log 2>&1
       echo "compute-sanitizer $tool (backward) rc=$? $(grep -E 'ERROR SUMMARY' /tmp/san.bwd.$tool.log)" | tee -a "$out/bwdpaths.txt"
       grep -m5 -A6 "=========" /tmp/san.bwd.$tool.log | head -30 >> "$out/bwdpaths.txt"
     done
     for path in wgmma mma; do
-      RT_ATTN_BWD_DQ=$path timeout 200 build/bin/bench_attention_bwd --seqs ${SEQS:-4096,16384,32768} --window 2048 \
+      RT_ATTN_BWD=$path timeout 200 build/bin/bench_attention_bwd --seqs ${SEQS:-4096,16384,32768} --window 2048 \
         --json "$out/bwd_$path.json" > "$out/bwd_$path.txt" 2>&1
-      echo "== RT_ATTN_BWD_DQ=$path"; cat "$out/bwd_$path.txt"
+      echo "== RT_ATTN_BWD=$path"; cat "$out/bwd_$path.txt"
     done | tee -a "$out/bwdpaths.txt"
     ;;
   tests)

@@ -14,20 +14,20 @@
 #include "cuda/attention/flash_attention_bwd.cuh"
 #include "cuda/attention/attention_launch.h"
 #include "cuda/attention/flash_attention_bwd_dq.cuh"
-#include "cuda/attention/flash_bwd_dq_hopper.h"
+#include "cuda/attention/flash_bwd_hopper.h"
 #include "cuda/attention/flash_fwd_hopper.h"
 #include "rt/sdk/error.h"
 
 namespace rt::cuda {
 namespace attn_launch {
-BwdDqPath bwd_dq_path_setting() {
-  static const BwdDqPath path = [] {
-    const char* v = std::getenv("RT_ATTN_BWD_DQ");
+BwdPath bwd_path_setting() {
+  static const BwdPath path = [] {
+    const char* v = std::getenv("RT_ATTN_BWD");
     const std::string s = v != nullptr ? v : "";
-    if (s.empty() || s == "auto") return BwdDqPath::Auto;
-    if (s == "wgmma") return BwdDqPath::Wgmma;
-    if (s == "mma") return BwdDqPath::Mma;
-    fail("RT_ATTN_BWD_DQ='", s, "': expected auto, wgmma (the Hopper dQ kernel) or mma (the mma.sync kernel)");
+    if (s.empty() || s == "auto") return BwdPath::Auto;
+    if (s == "wgmma") return BwdPath::Wgmma;
+    if (s == "mma") return BwdPath::Mma;
+    fail("RT_ATTN_BWD='", s, "': expected auto, wgmma (the Hopper kernels) or mma (the mma.sync kernels)");
   }();
   return path;
 }
@@ -161,23 +161,18 @@ struct BwdCfgFor<128> {
   using type = attn::BwdConfig<128, RT_ATTN_BWD_D128_BM, RT_ATTN_BWD_D128_BN>;
 };
 
-// The Hopper dQ kernel (flash_bwd_dq_hopper.h) when RT_ATTN_BWD_DQ asks for it (wgmma: an error
-// where it cannot run); the mma.sync dQ kernel otherwise, and by default until the Hopper one has
-// passed the GPU tests.
-bool try_bwd_dq_hopper(int D, const attn::BwdParams& p, const TensorView& k, const TensorView& v,
-                       const TensorView& dq, const AttentionSpec& spec, const Shapes& s, cudaStream_t stream) {
-  const attn_launch::BwdDqPath path = attn_launch::bwd_dq_path_setting();
-  if (path != attn_launch::BwdDqPath::Wgmma || s.Tq == 0 || s.Tk == 0) return false;
+// The Hopper backward kernels (flash_bwd_hopper.h) when RT_ATTN_BWD=wgmma asks for them (an error
+// where they cannot run); the mma.sync kernels otherwise, and by default until the Hopper ones
+// have passed the GPU tests. Only the deterministic backward has them (no fused, atomic dQ).
+bool hopper_backward_selected(const Shapes& s) {
+  if (attn_launch::bwd_path_setting() != attn_launch::BwdPath::Wgmma || s.Tq == 0 || s.Tk == 0) return false;
 #if RT_HAVE_SM90A
   RT_CHECK(attn_launch::hopper_forward_available(), kOp,
-           ": RT_ATTN_BWD_DQ=wgmma needs a GPU of compute capability 9.0 (Hopper)");
-  RT_CHECK(attn_launch::launch_flash_bwd_dq_hopper(D, p, k, v, dq, spec, s, stream), kOp,
-           ": RT_ATTN_BWD_DQ=wgmma: no tensor map for k/v of shapes ", k.shape_str(), " / ", v.shape_str(),
-           " (strides must be multiples of 16 bytes)");
+           ": RT_ATTN_BWD=wgmma needs a GPU of compute capability 9.0 (Hopper)");
   return true;
 #else
-  (void)D, (void)p, (void)k, (void)v, (void)dq, (void)spec, (void)s, (void)stream;
-  fail(kOp, ": RT_ATTN_BWD_DQ=wgmma: this build has no sm_90a kernels (RT_CUDA_ARCHS without 90)");
+  (void)s;
+  fail(kOp, ": RT_ATTN_BWD=wgmma: this build has no sm_90a kernels (RT_CUDA_ARCHS without 90)");
 #endif
 }
 
@@ -191,7 +186,10 @@ void launch_flash_bwd(const TensorView& q, const TensorView& k, const TensorView
   const int64_t Tq_pad = (s.Tq + Cfg::kBlockM - 1) / Cfg::kBlockM * Cfg::kBlockM;
   RT_CHECK(Tq_pad * s.Hq <= kMaxInt && s.Tk * s.Hkv <= kMaxInt, kOp, ": sequence too long (Tq ", s.Tq, ", Tk ", s.Tk,
            ")");
-  const int64_t n_blocks = (s.Tk + Cfg::kBlockN - 1) / Cfg::kBlockN;
+  const bool fused_dq = !spec.routed() && !attention_deterministic();
+  const bool hopper = !fused_dq && hopper_backward_selected(s);
+  const int64_t block_n = hopper ? attn_launch::kHopperBwdBlockN : Cfg::kBlockN;
+  const int64_t n_blocks = (s.Tk + block_n - 1) / block_n;
   RT_CHECK(s.Hkv <= 65535, kOp, ": too many KV heads (", s.Hkv, ")");
 
   // Split the GQA group over CTAs when there are too few (KV block, KV head) pairs to fill the GPU.
@@ -200,7 +198,6 @@ void launch_flash_bwd(const TensorView& q, const TensorView& k, const TensorView
   int64_t splits = std::clamp<int64_t>(group_splits > 0 ? group_splits : (target + ctas - 1) / ctas, 1, group);
   const int64_t hps = (group + splits - 1) / splits;
   splits = (group + hps - 1) / hps;
-  const bool fused_dq = !spec.routed() && !attention_deterministic();
   using DqCfg = typename BwdDqCfgFor<kD>::type;
   static_assert(DqCfg::kBlockM == Cfg::kBlockM, "dQ pass reads statistics padded to the backward's BlockM");
 
@@ -260,7 +257,16 @@ void launch_flash_bwd(const TensorView& q, const TensorView& k, const TensorView
   p.mask = mask_params(spec, s.Tk);
   const int64_t m_blocks = Tq_pad / Cfg::kBlockM;
   RT_CHECK(m_blocks <= 65535 && s.Hq <= 65535, kOp, ": Tq = ", s.Tq, " is too long for one launch");
-  with_mask(spec, [&](auto mask) {
+  if (hopper) {
+#if RT_HAVE_SM90A
+    // Statistics are padded to Cfg::kBlockM rows, a multiple of the Hopper kernels' 64-row tiles.
+    static_assert(Cfg::kBlockM % 64 == 0, "statistics padding");
+    RT_CHECK(attn_launch::launch_flash_bwd_dkdv_hopper(kD, p, q, k, v, dout, spec, s, static_cast<int>(splits), stream) &&
+                 attn_launch::launch_flash_bwd_dq_hopper(kD, p, k, v, dq, spec, s, stream),
+             kOp, ": RT_ATTN_BWD=wgmma: no tensor map for q/k/v/dout of shapes ", q.shape_str(), " / ", k.shape_str(),
+             " / ", v.shape_str(), " / ", dout.shape_str(), " (strides must be multiples of 16 bytes)");
+#endif
+  } else with_mask(spec, [&](auto mask) {
     using Mask = decltype(mask);
     auto go = [&](auto rows, auto fused) {
       using Rows = decltype(rows);
@@ -270,7 +276,6 @@ void launch_flash_bwd(const TensorView& q, const TensorView& k, const TensorView
       kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p);
       check_launch("flash_bwd_kernel");
       if constexpr (!decltype(fused)::value) {
-        if (try_bwd_dq_hopper(kD, p, k, v, dq, spec, s, stream)) return;
         constexpr auto dq_kernel = attn::flash_bwd_dq_kernel<DqCfg, Mask, Rows>;
         ensure_smem<dq_kernel>(DqCfg::kSmemBytes, "cudaFuncSetAttribute (flash backward dQ shared memory)");
         const dim3 g2(static_cast<unsigned>(s.Hq), static_cast<unsigned>(m_blocks));

@@ -1,0 +1,294 @@
+// dK and dV of the deterministic backward (flash_bwd_kernel in flash_attention_bwd.cuh, without
+// the fused dQ) on Hopper (sm_90a), in FlashAttention-3's structure: a block of kBlockN keys stays
+// in shared memory while the query tiles that see it stream through a ring of stages, brought by
+// TMA from a producer warpgroup; two consumer warpgroups own 64 keys each. Per query tile:
+//   S^T  = K Q^T        wgmma, K and Q from shared memory
+//   dP^T = V dO^T       wgmma, V and dO from shared memory
+//   P^T  = exp2(S^T scale log2e - lse2[query]), dS^T = P^T (dP^T - Delta[query]); both 0 for a
+//          (key, query) pair outside the query's key range and for inactive queries
+//   dV  += P^T dO       wgmma, P^T from registers, dO read transposed (MN-major)
+//   dK  += dS^T Q       wgmma, dS^T from registers, Q read transposed
+// dK and dV stay in fp32 registers over the whole loop (the group's query heads of this CTA's
+// split, then the query tiles) and are written once, as the mma.sync kernel writes them: bf16, or
+// the split's fp32 partial when the group is split over CTAs. No atomics: the same bits every run.
+//
+// Routed rows are a compact list (q, dout [capacity, Hq, D]), so a query tile is a box TMA can
+// load; rows at or past the active count may hold anything, and the last tile's are zeroed in
+// shared memory before use (0 * NaN would otherwise reach dV).
+#pragma once
+
+#include "cuda/attention/flash_attention_bwd.cuh"
+#include "cuda/attention/flash_fwd_hopper.cuh"
+
+namespace rt::cuda::attn {
+
+template <int kD_>
+struct HopperBwdDkDvConfig {
+  static constexpr int kD = kD_;
+  static constexpr int kConsumers = 2;              // warpgroups of 64 keys
+  static constexpr int kBlockN = 64 * kConsumers;   // keys per CTA
+  static constexpr int kBlockM = 64;                // queries per tile (the statistics' padding)
+  static constexpr int kStages = 2;
+  static constexpr int kThreads = 128 * (kConsumers + 1);
+  static constexpr int kSubTiles = kD / 64;
+  static constexpr int kKVBytes = kBlockN * kD * 2;  // K, and V
+  static constexpr int kQBytes = kBlockM * kD * 2;   // one stage of Q, and of dO
+  static constexpr int kBarBytes = (1 + 2 * kStages) * 8;
+  static constexpr int kSmemBytes = 1024 + 2 * kKVBytes + 2 * kStages * kQBytes + kBarBytes;
+  static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
+  static_assert(kD == 64 || kD == 128, "head dims 64 and 128");
+  static_assert(kSmemBytes <= 227 * 1024, "shared memory");
+};
+
+// Grid: (key blocks, KV heads, group splits), as flash_bwd_kernel's.
+template <class Cfg, class Mask, class Rows>
+__global__ void __launch_bounds__(Cfg::kThreads, 1)
+    flash_bwd_dkdv_hopper_kernel(const __grid_constant__ BwdParams p, const __grid_constant__ CUtensorMap tmap_k,
+                                 const __grid_constant__ CUtensorMap tmap_v, const __grid_constant__ CUtensorMap tmap_q,
+                                 const __grid_constant__ CUtensorMap tmap_do) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using namespace sm90;
+  constexpr int kD = Cfg::kD, kBlockM = Cfg::kBlockM, kBlockN = Cfg::kBlockN, kStages = Cfg::kStages;
+  constexpr int kSub = Cfg::kSubTiles, kKV = Cfg::kKVBytes, kQ = Cfg::kQBytes;
+  constexpr int kMT = kBlockM / 8;  // n8 blocks of queries in S^T
+
+  extern __shared__ uint8_t smem_raw[];
+  const uint32_t sK = (smem_addr(smem_raw) + 1023u) & ~1023u;
+  const uint32_t sV = sK + kKV;
+  const uint32_t sQ = sV + kKV;          // stage st at sQ + st * kQ
+  const uint32_t sdO = sQ + kStages * kQ;
+  const uint32_t bars = sdO + kStages * kQ;
+  const uint32_t kv_full = bars;
+  auto q_full = [&](int st) { return bars + 8u * (1 + st); };
+  auto q_empty = [&](int st) { return bars + 8u * (1 + kStages + st); };
+
+  const int n0 = static_cast<int>(blockIdx.x) * kBlockN, hk = static_cast<int>(blockIdx.y);
+  const int n1 = min(n0 + kBlockN, p.Tk);
+  const int h_first = hk * p.group + static_cast<int>(blockIdx.z) * p.heads_per_split;
+  const int h_end = min(h_first + p.heads_per_split, (hk + 1) * p.group);
+  const MaskParams& mk = p.mask;
+  const Rows rows = make_rows<Rows>(p.q_index, p.q_count);
+  const int Tq = rows.active(p.Tq);  // rows at or past it are inactive
+  int q_begin, q_end;
+  query_range<Mask>(mk, rows, Tq, n0, n1, q_begin, q_end);
+  const int mb_first = q_begin / kBlockM;
+  const int m_steps = q_begin < q_end ? (q_end + kBlockM - 1) / kBlockM - mb_first : 0;
+  const int items = m_steps * max(h_end - h_first, 0);
+  auto item_head = [&](int it) { return h_first + it / m_steps; };
+  auto item_m0 = [&](int it) { return (mb_first + it % m_steps) * kBlockM; };
+
+  if (threadIdx.x == 0) {
+    mbar_init(kv_full, 1);
+    for (int st = 0; st < kStages; ++st) {
+      mbar_init(q_full(st), 1);
+      mbar_init(q_empty(st), 4 * Cfg::kConsumers);
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();
+
+  const int wg = threadIdx.x / 128;
+  if (wg == 0) {
+    setmaxnreg_dec<Cfg::kProducerRegs>();
+    if (threadIdx.x == 0 && items > 0) {
+      tma_prefetch_desc(&tmap_k);
+      tma_prefetch_desc(&tmap_v);
+      tma_prefetch_desc(&tmap_q);
+      tma_prefetch_desc(&tmap_do);
+      mbar_arrive_expect_tx(kv_full, 2 * kKV);
+#pragma unroll
+      for (int j = 0; j < kSub; ++j) {
+        tma_load_3d(sK + j * kBlockN * 128, &tmap_k, kv_full, j * 64, hk, n0);
+        tma_load_3d(sV + j * kBlockN * 128, &tmap_v, kv_full, j * 64, hk, n0);
+      }
+      for (int it = 0; it < items; ++it) {
+        const int st = it % kStages;
+        const uint32_t ph = (it / kStages) & 1;
+        const int h = item_head(it), m0 = item_m0(it);
+        mbar_wait(q_empty(st), ph ^ 1);
+        mbar_arrive_expect_tx(q_full(st), 2 * kQ);
+#pragma unroll
+        for (int j = 0; j < kSub; ++j) {
+          tma_load_3d(sQ + st * kQ + j * kBlockM * 128, &tmap_q, q_full(st), j * 64, h, m0);
+          tma_load_3d(sdO + st * kQ + j * kBlockM * 128, &tmap_do, q_full(st), j * 64, h, m0);
+        }
+      }
+    }
+  } else {
+    setmaxnreg_inc<Cfg::kConsumerRegs>();
+    const int cw = wg - 1;
+    const int ctid = threadIdx.x - 128 * wg;
+    const int warp = ctid >> 5, lane = ctid & 31, g = lane >> 2, t4 = lane & 3;
+    const int nw0 = n0 + cw * 64;  // this warpgroup's first key
+    int key[2], key_seen[2];
+#pragma unroll
+    for (int hr = 0; hr < 2; ++hr) {
+      key[hr] = nw0 + warp * 16 + g + 8 * hr;
+      key_seen[hr] = key[hr] < p.Tk;
+    }
+
+    float dk[kD / 2], dv[kD / 2];
+#pragma unroll
+    for (int i = 0; i < kD / 2; ++i) dk[i] = dv[i] = 0.f;
+    float s[kBlockM / 2], dp[kBlockM / 2];
+    uint32_t pa[kBlockM / 16][4];
+
+    auto release = [&](uint32_t bar) {
+      __syncwarp();
+      if (lane == 0) mbar_arrive(bar);
+    };
+
+    if (items > 0) mbar_wait(kv_full, 0);
+    for (int it = 0; it < items; ++it) {
+      const int st = it % kStages;
+      const uint32_t ph = (it / kStages) & 1;
+      const int h = item_head(it), m0 = item_m0(it);
+      const int last_row = min(m0 + kBlockM, Tq) - 1;
+      const uint32_t sQs = sQ + st * kQ, sdOs = sdO + st * kQ;
+      mbar_wait(q_full(st), ph);
+      if (Rows::routed && m0 + kBlockM > Tq) {
+        // Inactive compact rows of the last tile: zeros (both warpgroups, then a barrier).
+        const int first_dead = Tq - m0;
+        for (int idx = ctid + 128 * cw; idx < (kBlockM - first_dead) * kSub * 8; idx += 256) {
+          const int r = first_dead + idx / (kSub * 8), j = (idx / 8) % kSub, c = idx % 8;
+          const uint32_t off = j * kBlockM * 128 + r * 128 + c * 16;
+          asm volatile("st.shared.v4.b32 [%0], {%1, %1, %1, %1};\n" ::"r"(sQs + off), "r"(0u) : "memory");
+          asm volatile("st.shared.v4.b32 [%0], {%1, %1, %1, %1};\n" ::"r"(sdOs + off), "r"(0u) : "memory");
+        }
+        fence_proxy_async();
+        named_barrier_sync(1, 256);
+      }
+
+      // S^T = K Q^T and dP^T = V dO^T (this warpgroup's 64 keys x kBlockM queries), one group.
+#pragma unroll
+      for (int i = 0; i < kBlockM / 2; ++i) {
+        reg_fence(s[i]);
+        reg_fence(dp[i]);
+      }
+      wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < kD / 16; ++ks) {
+        const uint32_t a_off = (ks >> 2) * (kBlockN * 128) + cw * 64 * 128 + (ks & 3) * 32;
+        const uint32_t b_off = (ks >> 2) * (kBlockM * 128) + (ks & 3) * 32;
+        hopper_detail::mma_qk<kBlockM>(s, smem_desc_sw128(sK + a_off, 16, 1024), smem_desc_sw128(sQs + b_off, 16, 1024),
+                                       ks == 0);
+      }
+#pragma unroll
+      for (int ks = 0; ks < kD / 16; ++ks) {
+        const uint32_t a_off = (ks >> 2) * (kBlockN * 128) + cw * 64 * 128 + (ks & 3) * 32;
+        const uint32_t b_off = (ks >> 2) * (kBlockM * 128) + (ks & 3) * 32;
+        hopper_detail::mma_qk<kBlockM>(dp, smem_desc_sw128(sV + a_off, 16, 1024),
+                                       smem_desc_sw128(sdOs + b_off, 16, 1024), ks == 0);
+      }
+      wgmma_commit();
+      wgmma_wait<0>();
+#pragma unroll
+      for (int i = 0; i < kBlockM / 2; ++i) {
+        reg_fence(s[i]);
+        reg_fence(dp[i]);
+      }
+
+      // P^T into pa (bf16), dS^T into s. Pairs outside a query's key range, and inactive queries, are 0.
+      const bool full_tile = Mask::key_lo(mk, rows.pos(mk, last_row)) <= nw0 &&
+                             Mask::key_hi(mk, rows.pos(mk, m0)) >= nw0 + 64;
+      const float* lse2 = p.lse2 + static_cast<int64_t>(h) * p.Tq_pad + m0;
+      const float* delta = p.delta + static_cast<int64_t>(h) * p.Tq_pad + m0;
+#pragma unroll
+      for (int nt = 0; nt < kMT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int hr = e >> 1, i = 4 * nt + e, col = nt * 8 + 2 * t4 + (e & 1);
+          float pv = fast_exp2(fmaf(s[i], p.scale_log2, -__ldg(lse2 + col)));
+          float ds = pv * (dp[i] - __ldg(delta + col));
+          bool visible = m0 + col <= last_row;
+          if (!full_tile && visible) {
+            const int64_t qpos = rows.pos(mk, m0 + col);
+            visible = key[hr] >= Mask::key_lo(mk, qpos) && key[hr] < Mask::key_hi(mk, qpos);
+          }
+          if (!visible) pv = ds = 0.f;
+          s[i] = ds;
+          dp[i] = pv;
+        }
+#pragma unroll
+      for (int kk = 0; kk < kBlockM / 16; ++kk) {
+        pa[kk][0] = pack_bf16(dp[8 * kk + 0], dp[8 * kk + 1]);
+        pa[kk][1] = pack_bf16(dp[8 * kk + 2], dp[8 * kk + 3]);
+        pa[kk][2] = pack_bf16(dp[8 * kk + 4], dp[8 * kk + 5]);
+        pa[kk][3] = pack_bf16(dp[8 * kk + 6], dp[8 * kk + 7]);
+      }
+      uint32_t dsa[kBlockM / 16][4];
+#pragma unroll
+      for (int kk = 0; kk < kBlockM / 16; ++kk) {
+        dsa[kk][0] = pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
+        dsa[kk][1] = pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
+        dsa[kk][2] = pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
+        dsa[kk][3] = pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
+      }
+
+      // dV += P^T dO and dK += dS^T Q (dO and Q read transposed: [queries][D], D contiguous).
+#pragma unroll
+      for (int i = 0; i < kD / 2; ++i) {
+        reg_fence(dk[i]);
+        reg_fence(dv[i]);
+      }
+#pragma unroll
+      for (int kk = 0; kk < kBlockM / 16; ++kk)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          reg_fence(pa[kk][i]);
+          reg_fence(dsa[kk][i]);
+        }
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kBlockM / 16; ++kk)
+        hopper_detail::mma_pv<kD>(dv, pa[kk], smem_desc_sw128(sdOs + kk * 16 * 128, kBlockM * 128, 1024));
+#pragma unroll
+      for (int kk = 0; kk < kBlockM / 16; ++kk)
+        hopper_detail::mma_pv<kD>(dk, dsa[kk], smem_desc_sw128(sQs + kk * 16 * 128, kBlockM * 128, 1024));
+      wgmma_commit();
+      wgmma_wait<0>();
+#pragma unroll
+      for (int i = 0; i < kD / 2; ++i) {
+        reg_fence(dk[i]);
+        reg_fence(dv[i]);
+      }
+#pragma unroll
+      for (int kk = 0; kk < kBlockM / 16; ++kk)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          reg_fence(pa[kk][i]);
+          reg_fence(dsa[kk][i]);
+        }
+      release(q_empty(st));
+    }
+
+    // Epilogue (dk[4 dt + 2 hr + e]: key row hr, column dt * 8 + 2 t4 + e), as flash_bwd_kernel's.
+#pragma unroll
+    for (int hr = 0; hr < 2; ++hr) {
+      if (!key_seen[hr]) continue;
+      const int kr = key[hr];
+      if (p.dkv_accum == nullptr) {
+        bf16* dkr = p.dk + static_cast<int64_t>(kr) * p.dk_row + static_cast<int64_t>(hk) * p.dk_head + 2 * t4;
+        bf16* dvr = p.dv + static_cast<int64_t>(kr) * p.dv_row + static_cast<int64_t>(hk) * p.dv_head + 2 * t4;
+#pragma unroll
+        for (int dt = 0; dt < kD / 8; ++dt) {
+          *reinterpret_cast<uint32_t*>(dkr + dt * 8) =
+              pack_bf16(dk[4 * dt + 2 * hr] * p.scale, dk[4 * dt + 2 * hr + 1] * p.scale);
+          *reinterpret_cast<uint32_t*>(dvr + dt * 8) = pack_bf16(dv[4 * dt + 2 * hr], dv[4 * dt + 2 * hr + 1]);
+        }
+      } else {
+        const int64_t plane = static_cast<int64_t>(p.Tk) * p.Hkv * kD;
+        float* dkr = p.dkv_accum + blockIdx.z * 2 * plane + (static_cast<int64_t>(kr) * p.Hkv + hk) * kD + 2 * t4;
+#pragma unroll
+        for (int dt = 0; dt < kD / 8; ++dt) {
+          *reinterpret_cast<float2*>(dkr + dt * 8) =
+              make_float2(dk[4 * dt + 2 * hr] * p.scale, dk[4 * dt + 2 * hr + 1] * p.scale);
+          *reinterpret_cast<float2*>(dkr + plane + dt * 8) = make_float2(dv[4 * dt + 2 * hr], dv[4 * dt + 2 * hr + 1]);
+        }
+      }
+    }
+  }
+#endif
+}
+
+}  // namespace rt::cuda::attn

@@ -1,0 +1,35 @@
+// Host side of the Hopper backward (built for sm_90a in sm90/flash_bwd_hopper.cu): the dK/dV
+// kernel (flash_bwd_dkdv_hopper.cuh) and the dQ pass (flash_bwd_dq_hopper.cuh) of the
+// deterministic backward. attention_backward.cu runs them when RT_ATTN_BWD selects them, and the
+// mma.sync kernels otherwise.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include "cuda/attention/attention_launch.h"
+#include "cuda/attention/flash_attention_bwd.cuh"
+
+namespace rt::cuda::attn_launch {
+
+// Which backward kernels the deterministic backward runs on an sm_90 GPU. RT_ATTN_BWD=wgmma: the
+// Hopper kernels or an error; mma: the mma.sync kernels (sm_89's); auto (default): the mma.sync
+// kernels until the Hopper ones have passed the GPU tests (then: Hopper where it runs).
+enum class BwdPath { Auto, Wgmma, Mma };
+BwdPath bwd_path_setting();
+
+// Keys per CTA of the Hopper dK/dV kernel (its grid's x is ceil(Tk / this)).
+inline constexpr int kHopperBwdBlockN = 128;
+
+// The Hopper dK/dV kernel for head dim D (64 or 128) on grid (ceil(Tk / kHopperBwdBlockN), Hkv,
+// splits), with the backward's parameters p (statistics already computed; dkv_accum set when
+// splits > 1). False when a view cannot be described by a tensor map (strides not multiples of 16
+// bytes).
+bool launch_flash_bwd_dkdv_hopper(int D, const attn::BwdParams& p, const TensorView& q, const TensorView& k,
+                                  const TensorView& v, const TensorView& dout, const AttentionSpec& spec,
+                                  const Shapes& s, int splits, cudaStream_t stream);
+
+// The Hopper dQ pass for head dim D into dq, with the same p. False as above.
+bool launch_flash_bwd_dq_hopper(int D, const attn::BwdParams& p, const TensorView& k, const TensorView& v,
+                                const TensorView& dq, const AttentionSpec& spec, const Shapes& s, cudaStream_t stream);
+
+}  // namespace rt::cuda::attn_launch

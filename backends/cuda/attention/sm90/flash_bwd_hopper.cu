@@ -1,0 +1,88 @@
+// The Hopper backward's launchers: tensor maps, the mask/rows dispatch, the grids. Compiled for
+// sm_90a alone, like the Hopper forward (backends/cuda/CMakeLists.txt).
+#include "cuda/attention/flash_bwd_hopper.h"
+
+#include "cuda/attention/flash_bwd_dkdv_hopper.cuh"
+#include "cuda/attention/flash_bwd_dq_hopper.cuh"
+#include "cuda/attention/sm90/kv_tensor_map.h"
+
+namespace rt::cuda::attn_launch {
+namespace {
+
+constexpr const char* kOp = "attention_backward (cuda)";
+
+template <class Cfg, class Rows>
+bool launch_dkdv(const attn::BwdParams& p, const TensorView& q, const TensorView& k, const TensorView& v,
+                 const TensorView& dout, const AttentionSpec& spec, const Shapes& s, int splits,
+                 cudaStream_t stream) {
+  static_assert(Cfg::kBlockN == kHopperBwdBlockN, "grid of the dK/dV kernel");
+  CUtensorMap tk, tv, tq, tdo;
+  if (!kv_tensor_map(&tk, k, Cfg::kBlockN) || !kv_tensor_map(&tv, v, Cfg::kBlockN) ||
+      !kv_tensor_map(&tq, q, Cfg::kBlockM) || !kv_tensor_map(&tdo, dout, Cfg::kBlockM))
+    return false;
+  const int64_t n_blocks = (s.Tk + Cfg::kBlockN - 1) / Cfg::kBlockN;
+  RT_CHECK(n_blocks <= kMaxInt && s.Hkv <= 65535 && splits <= 65535, kOp, ": Tk = ", s.Tk,
+           " is too long for one launch of the Hopper dK/dV kernel");
+  with_mask(spec, [&](auto mask) {
+    using Mask = decltype(mask);
+    constexpr auto kernel = attn::flash_bwd_dkdv_hopper_kernel<Cfg, Mask, Rows>;
+    ensure_smem<kernel>(kOp, Cfg::kSmemBytes, "cudaFuncSetAttribute (Hopper flash backward dK/dV)");
+    const dim3 grid(static_cast<unsigned>(n_blocks), static_cast<unsigned>(s.Hkv), static_cast<unsigned>(splits));
+    kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p, tk, tv, tq, tdo);
+    check_launch(kOp, "flash_bwd_dkdv_hopper_kernel");
+  });
+  return true;
+}
+
+template <class Cfg, class Rows>
+bool launch_dq(const attn::BwdParams& p, const TensorView& k, const TensorView& v, const TensorView& dq,
+            const AttentionSpec& spec, const Shapes& s, cudaStream_t stream) {
+  CUtensorMap tk, tv;
+  if (!kv_tensor_map(&tk, k, Cfg::kBlockN) || !kv_tensor_map(&tv, v, Cfg::kBlockN)) return false;
+  // Routed rows stack the GQA group's heads in a block's rows (grid x = KV head), as the forward.
+  const int64_t rows = Rows::routed ? s.Tq * (s.Hq / s.Hkv) : s.Tq;
+  const int64_t m_blocks = (rows + Cfg::kBlockM - 1) / Cfg::kBlockM;
+  const int64_t heads = Rows::routed ? s.Hkv : s.Hq;
+  RT_CHECK(m_blocks <= 65535 && heads <= 65535 && rows <= kMaxInt, kOp, ": Tq = ", s.Tq,
+           " is too long for one launch of the Hopper dQ kernel");
+  with_mask(spec, [&](auto mask) {
+    using Mask = decltype(mask);
+    constexpr auto kernel = attn::flash_bwd_dq_hopper_kernel<Cfg, Mask, Rows>;
+    ensure_smem<kernel>(kOp, Cfg::kSmemBytes, "cudaFuncSetAttribute (Hopper flash backward dQ)");
+    const dim3 grid(static_cast<unsigned>(heads), static_cast<unsigned>(m_blocks));
+    kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p, static_cast<attn::bf16*>(dq.data), dq.stride[0],
+                                                             dq.stride[1], static_cast<int>(m_blocks), tk, tv);
+    check_launch(kOp, "flash_bwd_dq_hopper_kernel");
+  });
+  return true;
+}
+
+}  // namespace
+
+bool launch_flash_bwd_dkdv_hopper(int D, const attn::BwdParams& p, const TensorView& q, const TensorView& k,
+                                  const TensorView& v, const TensorView& dout, const AttentionSpec& spec,
+                                  const Shapes& s, int splits, cudaStream_t stream) {
+  auto go = [&](auto cfg) {
+    using Cfg = decltype(cfg);
+    return spec.routed() ? launch_dkdv<Cfg, attn::RoutedRows>(p, q, k, v, dout, spec, s, splits, stream)
+                         : launch_dkdv<Cfg, attn::DenseRows>(p, q, k, v, dout, spec, s, splits, stream);
+  };
+  if (D == 64) return go(attn::HopperBwdDkDvConfig<64>{});
+  if (D == 128) return go(attn::HopperBwdDkDvConfig<128>{});
+  return false;
+}
+
+bool launch_flash_bwd_dq_hopper(int D, const attn::BwdParams& p, const TensorView& k, const TensorView& v,
+                                const TensorView& dq, const AttentionSpec& spec, const Shapes& s,
+                                cudaStream_t stream) {
+  auto go = [&](auto cfg) {
+    using Cfg = decltype(cfg);
+    return spec.routed() ? launch_dq<Cfg, attn::RoutedRows>(p, k, v, dq, spec, s, stream)
+                         : launch_dq<Cfg, attn::DenseRows>(p, k, v, dq, spec, s, stream);
+  };
+  if (D == 64) return go(attn::HopperBwdDqConfig<64>{});
+  if (D == 128) return go(attn::HopperBwdDqConfig<128>{});
+  return false;
+}
+
+}  // namespace rt::cuda::attn_launch
