@@ -160,11 +160,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       }
 
       // S^T = K Q^T and dP^T = V dO^T (this warpgroup's 64 keys x kBlockM queries), one group.
-#pragma unroll
-      for (int i = 0; i < kBlockM / 2; ++i) {
-        reg_fence(s[i]);
-        reg_fence(dp[i]);
-      }
+      hopper_detail::fence_regs(s);
+      hopper_detail::fence_regs(dp);
       wgmma_fence();
 #pragma unroll
       for (int ks = 0; ks < kD / 16; ++ks) {
@@ -182,11 +179,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       }
       wgmma_commit();
       wgmma_wait<0>();
-#pragma unroll
-      for (int i = 0; i < kBlockM / 2; ++i) {
-        reg_fence(s[i]);
-        reg_fence(dp[i]);
-      }
+      hopper_detail::fence_regs(s);
+      hopper_detail::fence_regs(dp);
 
       // P^T into pa (bf16), dS^T into s. Pairs outside a query's key range, and inactive queries, are 0.
       const bool full_tile = Mask::key_lo(mk, rows.pos(mk, last_row)) <= nw0 &&
@@ -209,35 +203,15 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
           s[i] = ds;
           dp[i] = pv;
         }
-#pragma unroll
-      for (int kk = 0; kk < kBlockM / 16; ++kk) {
-        pa[kk][0] = pack_bf16(dp[8 * kk + 0], dp[8 * kk + 1]);
-        pa[kk][1] = pack_bf16(dp[8 * kk + 2], dp[8 * kk + 3]);
-        pa[kk][2] = pack_bf16(dp[8 * kk + 4], dp[8 * kk + 5]);
-        pa[kk][3] = pack_bf16(dp[8 * kk + 6], dp[8 * kk + 7]);
-      }
       uint32_t dsa[kBlockM / 16][4];
-#pragma unroll
-      for (int kk = 0; kk < kBlockM / 16; ++kk) {
-        dsa[kk][0] = pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
-        dsa[kk][1] = pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
-        dsa[kk][2] = pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
-        dsa[kk][3] = pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
-      }
+      hopper_detail::pack_a<kBlockM>(dp, pa);
+      hopper_detail::pack_a<kBlockM>(s, dsa);
 
       // dV += P^T dO and dK += dS^T Q (dO and Q read transposed: [queries][D], D contiguous).
-#pragma unroll
-      for (int i = 0; i < kD / 2; ++i) {
-        reg_fence(dk[i]);
-        reg_fence(dv[i]);
-      }
-#pragma unroll
-      for (int kk = 0; kk < kBlockM / 16; ++kk)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          reg_fence(pa[kk][i]);
-          reg_fence(dsa[kk][i]);
-        }
+      hopper_detail::fence_regs(dk);
+      hopper_detail::fence_regs(dv);
+      hopper_detail::fence_regs(pa);
+      hopper_detail::fence_regs(dsa);
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < kBlockM / 16; ++kk)
@@ -247,18 +221,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
         hopper_detail::mma_pv<kD>(dk, dsa[kk], smem_desc_sw128(sQs + kk * 16 * 128, kBlockM * 128, 1024));
       wgmma_commit();
       wgmma_wait<0>();
-#pragma unroll
-      for (int i = 0; i < kD / 2; ++i) {
-        reg_fence(dk[i]);
-        reg_fence(dv[i]);
-      }
-#pragma unroll
-      for (int kk = 0; kk < kBlockM / 16; ++kk)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          reg_fence(pa[kk][i]);
-          reg_fence(dsa[kk][i]);
-        }
+      hopper_detail::fence_regs(dk);
+      hopper_detail::fence_regs(dv);
+      hopper_detail::fence_regs(pa);
+      hopper_detail::fence_regs(dsa);
       release(q_empty(st));
     }
 

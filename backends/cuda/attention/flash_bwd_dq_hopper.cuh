@@ -54,11 +54,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   const uint32_t sdO = sQ + Cfg::kQBytes;
   const uint32_t sK = sdO + Cfg::kQBytes;  // stage st at sK + st * kTile
   const uint32_t sV = sK + kStages * kTile;
-  const uint32_t bars = sV + kStages * kTile;
-  auto full_k = [&](int st) { return bars + 8u * st; };
-  auto full_v = [&](int st) { return bars + 8u * (kStages + st); };
-  auto empty_k = [&](int st) { return bars + 8u * (2 * kStages + st); };
-  auto empty_v = [&](int st) { return bars + 8u * (3 * kStages + st); };
+  const hopper_detail::KvRing<kStages> ring{sV + kStages * kTile};
 
   const QueryBlock<Mask, Rows> qb = make_query_block<Mask, Rows>(p, kBlockM, num_m_blocks);
   auto dq_ptr = [&](int r) {
@@ -75,40 +71,14 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   const int nb_max = (qb.n_hi + kBlockN - 1) / kBlockN;  // exclusive
   const int ntiles = nb_max - nb_min;                     // latest tile first, as the forward
 
-  if (threadIdx.x == 0) {
-    for (int st = 0; st < kStages; ++st) {
-      mbar_init(full_k(st), 1);
-      mbar_init(full_v(st), 1);
-      mbar_init(empty_k(st), 4 * Cfg::kConsumers);  // one arrival per consumer warp
-      mbar_init(empty_v(st), 4 * Cfg::kConsumers);
-    }
-    mbar_init_fence();
-  }
+  if (threadIdx.x == 0) ring.init(4 * Cfg::kConsumers);  // one arrival per consumer warp
   __syncthreads();
 
   const int wg = threadIdx.x / 128;
   if (wg == 0) {
-    // Producer: the forward's.
+    // Producer: the forward's ring.
     setmaxnreg_dec<Cfg::kProducerRegs>();
-    if (threadIdx.x == 0) {
-      tma_prefetch_desc(&tmap_k);
-      tma_prefetch_desc(&tmap_v);
-      for (int it = 0; it < ntiles; ++it) {
-        const int st = it % kStages;
-        const uint32_t ph = (it / kStages) & 1;
-        const int n0 = (nb_max - 1 - it) * kBlockN;
-        mbar_wait(empty_k(st), ph ^ 1);
-        mbar_arrive_expect_tx(full_k(st), kTile);
-#pragma unroll
-        for (int j = 0; j < kSub; ++j)
-          tma_load_3d(sK + st * kTile + j * kBlockN * 128, &tmap_k, full_k(st), j * 64, qb.hk, n0);
-        mbar_wait(empty_v(st), ph ^ 1);
-        mbar_arrive_expect_tx(full_v(st), kTile);
-#pragma unroll
-        for (int j = 0; j < kSub; ++j)
-          tma_load_3d(sV + st * kTile + j * kBlockN * 128, &tmap_v, full_v(st), j * 64, qb.hk, n0);
-      }
-    }
+    if (threadIdx.x == 0) ring.template produce<kSub, kBlockN>(ntiles, nb_max, qb.hk, sK, sV, &tmap_k, &tmap_v);
   } else {
     setmaxnreg_inc<Cfg::kConsumerRegs>();
     const int cw = wg - 1;
@@ -168,13 +138,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       const int n0 = (nb_max - 1 - it) * kBlockN;
 
       // S = Q K^T and dP = dO V^T: one commit group.
-      mbar_wait(full_k(st), ph);
-      mbar_wait(full_v(st), ph);
-#pragma unroll
-      for (int i = 0; i < kBlockN / 2; ++i) {
-        reg_fence(s[i]);
-        reg_fence(dp[i]);
-      }
+      mbar_wait(ring.full_k(st), ph);
+      mbar_wait(ring.full_v(st), ph);
+      hopper_detail::fence_regs(s);
+      hopper_detail::fence_regs(dp);
       wgmma_fence();
 #pragma unroll
       for (int ks = 0; ks < kD / 16; ++ks) {
@@ -192,12 +159,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       }
       wgmma_commit();
       wgmma_wait<0>();
-#pragma unroll
-      for (int i = 0; i < kBlockN / 2; ++i) {
-        reg_fence(s[i]);
-        reg_fence(dp[i]);
-      }
-      release(empty_v(st));  // V is done with; K is read again by dQ += dS K
+      hopper_detail::fence_regs(s);
+      hopper_detail::fence_regs(dp);
+      release(ring.empty_v(st));  // V is done with; K is read again by dQ += dS K
 
       // dS = P (dP - Delta) where the key is visible, else 0 (a NaN in a masked key's V or dO
       // stays out of the rows that do not see it).
@@ -214,34 +178,20 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
           }
           s[i] = ds;
         }
-#pragma unroll
-      for (int kk = 0; kk < kBlockN / 16; ++kk) {
-        pa[kk][0] = pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
-        pa[kk][1] = pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
-        pa[kk][2] = pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
-        pa[kk][3] = pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
-      }
+      hopper_detail::pack_a<kBlockN>(s, pa);
 
       // dQ += dS K (K as the forward reads V: transposed, MN-major).
-#pragma unroll
-      for (int i = 0; i < kD / 2; ++i) reg_fence(acc[i]);
-#pragma unroll
-      for (int kk = 0; kk < kBlockN / 16; ++kk)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) reg_fence(pa[kk][i]);
+      hopper_detail::fence_regs(acc);
+      hopper_detail::fence_regs(pa);
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < kBlockN / 16; ++kk)
         hopper_detail::mma_pv<kD>(acc, pa[kk], smem_desc_sw128(sK + st * kTile + kk * 16 * 128, kBlockN * 128, 1024));
       wgmma_commit();
       wgmma_wait<0>();
-#pragma unroll
-      for (int i = 0; i < kD / 2; ++i) reg_fence(acc[i]);
-#pragma unroll
-      for (int kk = 0; kk < kBlockN / 16; ++kk)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) reg_fence(pa[kk][i]);
-      release(empty_k(st));
+      hopper_detail::fence_regs(acc);
+      hopper_detail::fence_regs(pa);
+      release(ring.empty_k(st));
     }
 
     // dq = scale * dQ (acc[4 dt + 2 hr + e]: row hr, column dt * 8 + 2 t4 + e); inactive rows 0.

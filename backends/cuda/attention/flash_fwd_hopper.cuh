@@ -65,6 +65,78 @@ __device__ __forceinline__ void mma_pv(float (&o)[kD / 2], const uint32_t (&a)[4
   if constexpr (kD == 128) sm90::wgmma_m64n128k16_rs_tn(o, a, db);
   else sm90::wgmma_m64n64k16_rs_tn(o, a, db);
 }
+// Register fences over a whole accumulator or fragment array: the registers a wgmma reads or
+// writes asynchronously are neither moved nor reused across its issue and its wait.
+template <int N>
+__device__ __forceinline__ void fence_regs(float (&x)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) sm90::reg_fence(x[i]);
+}
+template <int N>
+__device__ __forceinline__ void fence_regs(uint32_t (&x)[N][4]) {
+#pragma unroll
+  for (int k = 0; k < N; ++k)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) sm90::reg_fence(x[k][i]);
+}
+// An m64 x kN accumulator (wgmma's D layout) as bf16 A fragments of kN / 16 k16 steps: two
+// adjacent n8 blocks are one k16 A fragment, so a product feeds the next GEMM from registers.
+template <int kN>
+__device__ __forceinline__ void pack_a(const float (&x)[kN / 2], uint32_t (&a)[kN / 16][4]) {
+#pragma unroll
+  for (int kk = 0; kk < kN / 16; ++kk) {
+    a[kk][0] = pack_bf16(x[8 * kk + 0], x[8 * kk + 1]);
+    a[kk][1] = pack_bf16(x[8 * kk + 2], x[8 * kk + 3]);
+    a[kk][2] = pack_bf16(x[8 * kk + 4], x[8 * kk + 5]);
+    a[kk][3] = pack_bf16(x[8 * kk + 6], x[8 * kk + 7]);
+  }
+}
+
+// A ring of kStages (K, V) tile stages in shared memory and its mbarriers (4 * kStages of them
+// at bars): full_* completes when a tile has landed, empty_* when every consumer warp is done
+// with it. Shared by the forward and the backward's dQ pass.
+template <int kStages>
+struct KvRing {
+  uint32_t bars;
+  __device__ __forceinline__ uint32_t full_k(int st) const { return bars + 8u * st; }
+  __device__ __forceinline__ uint32_t full_v(int st) const { return bars + 8u * (kStages + st); }
+  __device__ __forceinline__ uint32_t empty_k(int st) const { return bars + 8u * (2 * kStages + st); }
+  __device__ __forceinline__ uint32_t empty_v(int st) const { return bars + 8u * (3 * kStages + st); }
+  // One thread, before the CTA-wide barrier that publishes them.
+  __device__ __forceinline__ void init(int consumer_warps) const {
+    for (int st = 0; st < kStages; ++st) {
+      sm90::mbar_init(full_k(st), 1);
+      sm90::mbar_init(full_v(st), 1);
+      sm90::mbar_init(empty_k(st), consumer_warps);
+      sm90::mbar_init(empty_v(st), consumer_warps);
+    }
+    sm90::mbar_init_fence();
+  }
+  // The producer thread: ntiles (K, V) tiles of kBlockN keys of KV head hk, latest first (tile it
+  // starts at key (nb_max - 1 - it) * kBlockN), each as kSub boxes of 64 head-dim columns.
+  template <int kSub, int kBlockN>
+  __device__ __forceinline__ void produce(int ntiles, int nb_max, int hk, uint32_t sK, uint32_t sV,
+                                          const CUtensorMap* tmap_k, const CUtensorMap* tmap_v) const {
+    constexpr int kTile = kSub * kBlockN * 128;
+    sm90::tma_prefetch_desc(tmap_k);
+    sm90::tma_prefetch_desc(tmap_v);
+    for (int it = 0; it < ntiles; ++it) {
+      const int st = it % kStages;
+      const uint32_t ph = (it / kStages) & 1;
+      const int n0 = (nb_max - 1 - it) * kBlockN;
+      sm90::mbar_wait(empty_k(st), ph ^ 1);  // a fresh barrier counts as released
+      sm90::mbar_arrive_expect_tx(full_k(st), kTile);
+#pragma unroll
+      for (int j = 0; j < kSub; ++j)
+        sm90::tma_load_3d(sK + st * kTile + j * kBlockN * 128, tmap_k, full_k(st), j * 64, hk, n0);
+      sm90::mbar_wait(empty_v(st), ph ^ 1);
+      sm90::mbar_arrive_expect_tx(full_v(st), kTile);
+#pragma unroll
+      for (int j = 0; j < kSub; ++j)
+        sm90::tma_load_3d(sV + st * kTile + j * kBlockN * 128, tmap_v, full_v(st), j * 64, hk, n0);
+    }
+  }
+};
 }  // namespace hopper_detail
 #endif
 
@@ -83,11 +155,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   const uint32_t sQ = (smem_addr(smem_raw) + 1023u) & ~1023u;
   const uint32_t sK = sQ + Cfg::kQBytes;           // stage st at sK + st * kTile
   const uint32_t sV = sK + kStages * kTile;
-  const uint32_t bars = sV + kStages * kTile;
-  auto full_k = [&](int st) { return bars + 8u * st; };
-  auto full_v = [&](int st) { return bars + 8u * (kStages + st); };
-  auto empty_k = [&](int st) { return bars + 8u * (2 * kStages + st); };
-  auto empty_v = [&](int st) { return bars + 8u * (3 * kStages + st); };
+  const hopper_detail::KvRing<kStages> ring{sV + kStages * kTile};
 
   const QueryBlock<Mask, Rows> qb = make_query_block<Mask, Rows>(p, kBlockM);
   if (qb.empty()) {
@@ -98,40 +166,14 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   const int nb_max = (qb.n_hi + kBlockN - 1) / kBlockN;  // exclusive
   const int ntiles = nb_max - nb_min;                     // latest tile first
 
-  if (threadIdx.x == 0) {
-    for (int st = 0; st < kStages; ++st) {
-      mbar_init(full_k(st), 1);
-      mbar_init(full_v(st), 1);
-      mbar_init(empty_k(st), 4 * Cfg::kConsumers);  // one arrival per consumer warp
-      mbar_init(empty_v(st), 4 * Cfg::kConsumers);
-    }
-    mbar_init_fence();
-  }
+  if (threadIdx.x == 0) ring.init(4 * Cfg::kConsumers);  // one arrival per consumer warp
   __syncthreads();
 
   const int wg = threadIdx.x / 128;
   if (wg == 0) {
     // Producer.
     setmaxnreg_dec<Cfg::kProducerRegs>();
-    if (threadIdx.x == 0) {
-      tma_prefetch_desc(&tmap_k);
-      tma_prefetch_desc(&tmap_v);
-      for (int it = 0; it < ntiles; ++it) {
-        const int st = it % kStages;
-        const uint32_t ph = (it / kStages) & 1;
-        const int n0 = (nb_max - 1 - it) * kBlockN;
-        mbar_wait(empty_k(st), ph ^ 1);  // a fresh barrier counts as released
-        mbar_arrive_expect_tx(full_k(st), kTile);
-#pragma unroll
-        for (int j = 0; j < kSub; ++j)
-          tma_load_3d(sK + st * kTile + j * kBlockN * 128, &tmap_k, full_k(st), j * 64, qb.hk, n0);
-        mbar_wait(empty_v(st), ph ^ 1);
-        mbar_arrive_expect_tx(full_v(st), kTile);
-#pragma unroll
-        for (int j = 0; j < kSub; ++j)
-          tma_load_3d(sV + st * kTile + j * kBlockN * 128, &tmap_v, full_v(st), j * 64, qb.hk, n0);
-      }
-    }
+    if (threadIdx.x == 0) ring.template produce<kSub, kBlockN>(ntiles, nb_max, qb.hk, sK, sV, &tmap_k, &tmap_v);
   } else {
     // Consumers.
     setmaxnreg_inc<Cfg::kConsumerRegs>();
@@ -178,8 +220,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
 
     // S = Q K[st]^T, issued (not waited for).
     auto issue_qk = [&](int st) {
-#pragma unroll
-      for (int i = 0; i < kBlockN / 2; ++i) reg_fence(s[i]);
+      hopper_detail::fence_regs(s);
       wgmma_fence();
 #pragma unroll
       for (int ks = 0; ks < kD / 16; ++ks) {
@@ -192,12 +233,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     };
     // O += P V[st], issued. P and O must stay untouched until the wait.
     auto issue_pv = [&](int st) {
-#pragma unroll
-      for (int i = 0; i < kD / 2; ++i) reg_fence(o[i]);
-#pragma unroll
-      for (int kk = 0; kk < kBlockN / 16; ++kk)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) reg_fence(pa[kk][i]);
+      hopper_detail::fence_regs(o);
+      hopper_detail::fence_regs(pa);
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < kBlockN / 16; ++kk) {
@@ -207,17 +244,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       wgmma_commit();
     };
     // After a wait: the results are in registers again (orders later uses after the wait).
-    auto s_landed = [&] {
-#pragma unroll
-      for (int i = 0; i < kBlockN / 2; ++i) reg_fence(s[i]);
-    };
+    auto s_landed = [&] { hopper_detail::fence_regs(s); };
     auto o_landed = [&] {
-#pragma unroll
-      for (int i = 0; i < kD / 2; ++i) reg_fence(o[i]);
-#pragma unroll
-      for (int kk = 0; kk < kBlockN / 16; ++kk)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) reg_fence(pa[kk][i]);
+      hopper_detail::fence_regs(o);
+      hopper_detail::fence_regs(pa);
     };
     auto release = [&](uint32_t bar) {
       __syncwarp();
@@ -240,15 +270,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       }
     };
     // P (bf16) from the probabilities: two adjacent n8 blocks are one k16 A fragment.
-    auto pack_p = [&] {
-#pragma unroll
-      for (int kk = 0; kk < kBlockN / 16; ++kk) {
-        pa[kk][0] = pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
-        pa[kk][1] = pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
-        pa[kk][2] = pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
-        pa[kk][3] = pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
-      }
-    };
+    auto pack_p = [&] { hopper_detail::pack_a<kBlockN>(s, pa); };
     auto tile_n0 = [&](int it) { return (nb_max - 1 - it) * kBlockN; };
 
     if constexpr (!Cfg::kOverlap) {
@@ -256,54 +278,54 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       for (int it = 0; it < ntiles; ++it) {
         const int st = it % kStages;
         const uint32_t ph = (it / kStages) & 1;
-        mbar_wait(full_k(st), ph);
+        mbar_wait(ring.full_k(st), ph);
         issue_qk(st);
         wgmma_wait<0>();
         s_landed();
-        release(empty_k(st));
+        release(ring.empty_k(st));
         softmax(tile_n0(it));
         rescale_o();
         pack_p();
-        mbar_wait(full_v(st), ph);
+        mbar_wait(ring.full_v(st), ph);
         issue_pv(st);
         wgmma_wait<0>();
         o_landed();
-        release(empty_v(st));
+        release(ring.empty_v(st));
       }
     } else {
       // FlashAttention-3's intra-warpgroup overlap: S(n) = Q K(n)^T and O += P(n-1) V(n-1) are
       // issued together, and the softmax of tile n runs on the CUDA cores while the tensor cores
       // finish P(n-1) V(n-1).
-      mbar_wait(full_k(0), 0);
+      mbar_wait(ring.full_k(0), 0);
       issue_qk(0);
       wgmma_wait<0>();
       s_landed();
-      release(empty_k(0));
+      release(ring.empty_k(0));
       softmax(tile_n0(0));
       pack_p();  // O is still zero: no rescale
       for (int it = 1; it < ntiles; ++it) {
         const int st = it % kStages, pst = (it - 1) % kStages;
         const uint32_t ph = (it / kStages) & 1, pph = ((it - 1) / kStages) & 1;
-        mbar_wait(full_k(st), ph);
+        mbar_wait(ring.full_k(st), ph);
         issue_qk(st);
-        mbar_wait(full_v(pst), pph);
+        mbar_wait(ring.full_v(pst), pph);
         issue_pv(pst);
         wgmma_wait<1>();  // S(n) landed; P(n-1) V(n-1) may still run
         s_landed();
-        release(empty_k(st));
+        release(ring.empty_k(st));
         softmax(tile_n0(it));
         wgmma_wait<0>();
         o_landed();
-        release(empty_v(pst));
+        release(ring.empty_v(pst));
         rescale_o();
         pack_p();
       }
       const int lst = (ntiles - 1) % kStages;
-      mbar_wait(full_v(lst), ((ntiles - 1) / kStages) & 1);
+      mbar_wait(ring.full_v(lst), ((ntiles - 1) / kStages) & 1);
       issue_pv(lst);
       wgmma_wait<0>();
       o_landed();
-      release(empty_v(lst));
+      release(ring.empty_v(lst));
     }
 
 #pragma unroll
