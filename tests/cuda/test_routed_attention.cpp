@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -127,11 +128,16 @@ RoutedData make_data(const RoutedCase& c, uint64_t seed) {
   r.q_full = rand_bf16(static_cast<size_t>(c.T * c.Hq * c.D), seed + 1);
   r.k = rand_bf16(static_cast<size_t>(r.Tk * c.Hkv * c.D), seed + 2);
   r.v = rand_bf16(static_cast<size_t>(r.Tk * c.Hkv * c.D), seed + 3);
-  r.q_r = rand_bf16(static_cast<size_t>(r.cap * c.Hq * c.D), seed + 4);  // inactive rows: garbage
+  r.q_r = rand_bf16(static_cast<size_t>(r.cap * c.Hq * c.D), seed + 4);
   const size_t row = static_cast<size_t>(c.Hq * c.D);
   for (size_t i = 0; i < r.idx.size(); ++i)
     std::copy_n(r.q_full.begin() + r.idx[i] * row, row, r.q_r.begin() + i * row);
   r.dout_r = rand_bf16(static_cast<size_t>(r.cap * c.Hq * c.D), seed + 5);
+  // Inactive rows hold NaN: anything may sit past the count, and no kernel may let it reach an
+  // active result (the Hopper dK/dV kernel loads whole tiles of q and dout by TMA).
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  std::fill(r.q_r.begin() + r.idx.size() * row, r.q_r.end(), nan);
+  std::fill(r.dout_r.begin() + r.idx.size() * row, r.dout_r.end(), nan);
   return r;
 }
 
