@@ -44,7 +44,9 @@ for step in "$@"; do
   bwdpaths)  # the deterministic backward: Hopper kernels (RT_ATTN_BWD=wgmma) against mma.sync
     : > "$out/bwdpaths.txt"
     for path in wgmma mma; do
-      for t in test_attention_backward test_routed_attention test_l2a_fused test_cuda_training_ops; do
+      tests="test_attention_backward test_routed_attention test_l2a_fused test_cuda_training_ops test_backend_ops"
+      [[ $path == mma ]] && tests="test_routed_attention"  # the rest ran on mma in earlier sessions
+      for t in $tests; do
         RT_ATTN_BWD=$path timeout ${TEST_TIMEOUT:-300} build/bin/$t --gtest_brief=1 > /tmp/$t.bwd.$path.log 2>&1
         echo "$t RT_ATTN_BWD=$path rc=$? $(grep -E '^\[  (PASSED|FAILED)' /tmp/$t.bwd.$path.log | tr '\n' ' ')" |
           tee -a "$out/bwdpaths.txt"
