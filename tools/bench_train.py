@@ -12,6 +12,13 @@ and reads OUT/metrics.jsonl: median tokens/s over the steps after the first (war
 device memory of the CUDA pool, and whether it ran out of memory. --hf adds
 tools/bench_train_hf.py (HF transformers full fine-tuning) at the same shapes in the same call.
 Window 2048 for swa and L2A's local half (L2A: every token routed global at init, p = 0.5).
+
+  python3 tools/bench_train.py --model qwen2.5-1.5b --fit-gib 24 --cases l2a_fused:router_only,l2a_fused:attention
+      [--recompute] [--fit-max 131072]
+
+--fit-gib G: for each case, the longest context (a multiple of 1024) whose training step peaks at or
+below G GiB of device memory (e.g. 24 for an RTX 4090): doubling from 2048 until a step fails or
+goes over, then bisecting. Each probe runs --steps steps (2 is enough for the peak).
 """
 import argparse
 import json
@@ -65,6 +72,36 @@ def parse_case(p, out, backend, regime, layout, T, recompute):
     return row
 
 
+def fits(row, budget_bytes):
+    return "error" not in row and row.get("peak_mem_bytes", 0) <= budget_bytes
+
+
+def longest_fit(probe, budget_bytes, lo, hi_cap, step=1024):
+    """The longest T (a multiple of step) with fits(probe(T)), searched by doubling from lo and then
+    bisecting; below lo only when lo does not fit (0: not even one step). Returns (T, rows probed)."""
+    rows, best, T = [], 0, lo
+    while T <= hi_cap:  # doubling
+        r = probe(T)
+        rows.append(r)
+        if not fits(r, budget_bytes):
+            break
+        best, T = T, T * 2
+    else:
+        return best, rows
+    bad = T
+    while bad - best > step:  # bisect (best fits or is 0, bad does not)
+        mid = ((best + bad) // 2) // step * step
+        if mid <= best:
+            break
+        r = probe(mid)
+        rows.append(r)
+        if fits(r, budget_bytes):
+            best = mid
+        else:
+            bad = mid
+    return best, rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runtime", default=os.path.join(ROOT, "build", "bin", "runtime"))
@@ -78,13 +115,18 @@ def main() -> int:
     ap.add_argument("--l2a-set", action="append", default=[], metavar="KEY=VALUE",
                     help="extra L2A plugin option for the l2a_* cases (repeatable), e.g. router=fixed_rate "
                          "and sparsity=0.8 to train at a controlled sparsity")
+    ap.add_argument("--fit-gib", type=float, help="find each case's longest context within this many GiB")
+    ap.add_argument("--fit-max", type=int, default=131072, help="--fit-gib: longest context tried")
     ap.add_argument("--json")
     a = ap.parse_args()
     import numpy as np
 
     seqs = [int(s) for s in a.seq.split(",")]
+    longest = max(seqs + ([a.fit_max] if a.fit_gib else []))
     data = os.path.join(tempfile.mkdtemp(), "random.bin")
-    np.random.default_rng(0).integers(0, 151936, size=max(seqs) * (a.steps + 2), dtype=np.uint32).tofile(data)
+    np.random.default_rng(0).integers(0, 151936, size=longest * (a.steps + 2), dtype=np.uint32).tofile(data)
+    if a.fit_gib:
+        return fit_main(a, data)
     rows = []
     for case in a.cases.split(","):
         parts = case.split(":")
@@ -117,6 +159,35 @@ def main() -> int:
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"rows": rows}, f, indent=1)
+    return 0
+
+
+def fit_main(a, data) -> int:
+    budget = int(a.fit_gib * 2**30)
+    results, probes = [], []
+    for case in a.cases.split(","):
+        parts = case.split(":")
+        backend, regime = parts[0], parts[1]
+        layout = parts[2] if len(parts) > 2 else ""
+
+        def probe(T):
+            r = run_case(a.runtime, a.model, backend, regime, layout, T, a.steps, data, a.window, a.recompute,
+                         a.l2a_set)
+            print(json.dumps(r), flush=True)
+            return r
+
+        best, rows = longest_fit(probe, budget, 2048, a.fit_max)
+        probes += rows
+        peak = max((r.get("peak_mem_bytes", 0) for r in rows if r["seq"] == best and "error" not in r), default=0)
+        results.append({"model": a.model, "case": case, "recompute": a.recompute, "budget_gib": a.fit_gib,
+                        "longest_seq": best, "peak_mem_bytes": peak})
+    print(f"\nlongest context within {a.fit_gib:g} GiB, {a.model}{' (recompute)' if a.recompute else ''}")
+    for r in results:
+        print(f"  {r['case']:36s} {r['longest_seq']:7d}  (peak {r['peak_mem_bytes'] / 2**30:.2f} GiB)")
+    if a.json:
+        with open(a.json + ".tmp", "w") as f:
+            json.dump({"fit": results, "rows": probes}, f, indent=1)
+        os.replace(a.json + ".tmp", a.json)
     return 0
 
 

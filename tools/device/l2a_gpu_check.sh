@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine (device tool), after `source tools/device/unpack.sh`: the CUDA tests of the
 # routed kernels, l2a_fused and the kernels they share, then the benchmarks. Logs and JSON to $OUT.
-#   bash tools/device/l2a_gpu_check.sh fwdpaths bwdpaths tests nccl kernels kernels15 model decode eval train memory trace anchors
+#   bash tools/device/l2a_gpu_check.sh fwdpaths bwdpaths tests nccl kernels kernels15 model decode eval train memory fit trace anchors
 # (any subset, in that order). SEQS overrides the kernel sequence lengths, ANCHOR_SEQS the anchors'. `fwdpaths` runs the
 # forward-kernel tests under each forward path (RT_ATTN_FWD=wgmma: the Hopper kernel; mma: the
 # mma.sync kernel of sm_89; FWD_PATHS picks), a compute-sanitizer pass, and times both paths against cuDNN.
@@ -134,6 +134,12 @@ for step in "$@"; do
   memory)  # peak memory of training with gradient checkpointing (learned router at init: every token routed)
     timeout 300 python3 tools/bench_train.py --seq 32768,49152 --steps 2 --recompute \
       --cases l2a_fused:router_only,l2a_fused:attention --json "$out/memory.json" 2>&1 | tail -6
+    ;;
+  fit)  # issue 10: the longest context whose training step fits in 24 GB (an RTX 4090), per model and regime
+    for m in ${FIT_MODELS:-qwen2.5-0.5b qwen2.5-1.5b qwen2.5-3b}; do
+      timeout 500 python3 tools/bench_train.py --model $m --fit-gib 24 --steps 2 --recompute \
+        --cases l2a_fused:router_only,l2a_fused:attention --json "$out/fit_$m.json" 2>&1 | tail -4
+    done
     ;;
   trace)
     for mode in "" 1; do
