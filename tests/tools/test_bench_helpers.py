@@ -1,0 +1,61 @@
+"""The pure-Python parts of the benchmark tools: bench_train's memory-fit search and bench_eval's
+HellaSwag requests (the strings lm-eval 0.4.13's hellaswag task scores)."""
+import json
+import os
+import sys
+import tempfile
+import unittest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools"))
+import bench_eval  # noqa: E402
+import bench_train  # noqa: E402
+
+
+class LongestFit(unittest.TestCase):
+    def search(self, limit_ok, budget=10**12, fail_above=None, hi=131072):
+        seen = []
+
+        def probe(T):
+            seen.append(T)
+            if fail_above is not None and T > fail_above:
+                return {"seq": T, "error": "out of memory"}
+            return {"seq": T, "peak_mem_bytes": T * 1000 if limit_ok else budget + 1}
+
+        best, rows = bench_train.longest_fit(probe, budget, 2048, hi)
+        self.assertEqual([r["seq"] for r in rows], seen)
+        return best, seen
+
+    def test_budget_bound(self):
+        best, _ = self.search(True, budget=30_000_000)
+        self.assertEqual(best, 29696)  # 29 * 1024 * 1000 <= 30e6 < 30 * 1024 * 1000
+
+    def test_failure_bound(self):
+        best, seen = self.search(True, fail_above=37000)
+        self.assertEqual(best, 36864)
+        self.assertEqual(seen[:6], [2048, 4096, 8192, 16384, 32768, 65536])
+
+    def test_nothing_fits(self):
+        best, _ = self.search(False)
+        self.assertEqual(best, 0)
+
+    def test_everything_fits(self):
+        best, seen = self.search(True, hi=16384)
+        self.assertEqual((best, seen), (16384, [2048, 4096, 8192, 16384]))
+
+
+class HellaswagRequests(unittest.TestCase):
+    def test_preprocessing_and_order(self):
+        rows = [{"activity_label": "Baking", "ctx_a": "A man [title] mixes flour.", "ctx_b": "then he ADDS",
+                 "endings": ["eggs  and milk.", "[step] water.", "sugar.", "salt."], "label": "0"}]
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "h.jsonl")
+            with open(path, "w") as f:
+                for r in rows:
+                    f.write(json.dumps(r) + "\n")
+            pairs = bench_eval.hellaswag_requests(path)
+        ctx = "Baking: A man. mixes flour. Then he adds"  # " [title]" -> ". ", capitalize() lowercases the rest
+        self.assertEqual(pairs, [(ctx, " eggs and milk."), (ctx, "  water."), (ctx, " sugar."), (ctx, " salt.")])
+
+
+if __name__ == "__main__":
+    unittest.main()
