@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine (device tool), after `source tools/device/unpack.sh`: the CUDA tests of the
 # routed kernels, l2a_fused and the kernels they share, then the benchmarks. Logs and JSON to $OUT.
-#   bash tools/device/l2a_gpu_check.sh fwdpaths bwdpaths tests nccl kernels kernels15 model decode eval train memory fit trace anchors
+#   bash tools/device/l2a_gpu_check.sh fwdpaths bwdpaths tests nccl kernels kernels15 model decode prune eval train memory fit trace anchors
 # (any subset, in that order). SEQS overrides the kernel sequence lengths, ANCHOR_SEQS the anchors'. `fwdpaths` runs the
 # forward-kernel tests under each forward path (RT_ATTN_FWD=wgmma: the Hopper kernel; mma: the
 # mma.sync kernel of sm_89; FWD_PATHS picks), a compute-sanitizer pass, and times both paths against cuDNN.
@@ -140,6 +140,12 @@ for step in "$@"; do
       timeout 500 python3 tools/bench_train.py --model $m --fit-gib 24 --steps 2 --recompute \
         --cases l2a_fused:router_only,l2a_fused:attention --json "$out/fit_$m.json" 2>&1 | tail -4
     done
+    ;;
+  prune)  # issue 13: KV, decode and quality of 0.5B with half its global sublayers pruned (random weights: the
+           # quality column is meaningless here, the KV and decode columns are not)
+    timeout 400 python3 tools/prune_study.py --model qwen2.5-0.5b --init random --attention l2a_fused \
+      --set window=2048 --device cuda --data tests/fixtures/eval/data/ppl.txt --tokenizer .carry/tokenizer --seq 1024 \
+      --profile-seq 16384 --decode-tokens 32 --fractions 0.5 --out "$out/prune" 2>&1 | tail -6
     ;;
   trace)
     for mode in "" 1; do
