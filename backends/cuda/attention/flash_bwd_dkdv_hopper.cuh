@@ -4,9 +4,10 @@
 // TMA from a producer warpgroup; two consumer warpgroups own 64 keys each. Per query tile:
 //   S^T  = K Q^T        wgmma, K and Q from shared memory
 //   dP^T = V dO^T       wgmma, V and dO from shared memory
-//   P^T  = exp2(S^T scale log2e - lse2[query]), dS^T = P^T (dP^T - Delta[query]); both 0 for a
-//          (key, query) pair outside the query's key range and for inactive queries
-//   dV  += P^T dO       wgmma, P^T from registers, dO read transposed (MN-major)
+//   P^T  = exp2(S^T scale log2e - lse2[query]), 0 for a (key, query) pair outside the query's key
+//          range and for inactive queries
+//   dV  += P^T dO       wgmma, P^T from registers, dO read transposed (MN-major); at D = 64 issued
+//                       before dS^T = P^T (dP^T - Delta[query]) is computed (0 where P^T is masked)
 //   dK  += dS^T Q       wgmma, dS^T from registers, Q read transposed
 // dK and dV stay in fp32 registers over the whole loop (the group's query heads of this CTA's
 // split, then the query tiles) and are written once, as the mma.sync kernel writes them: bf16, or
@@ -182,44 +183,88 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       hopper_detail::fence_regs(s);
       hopper_detail::fence_regs(dp);
 
-      // P^T into pa (bf16), dS^T into s. Pairs outside a query's key range, and inactive queries, are 0.
+      // P^T = exp2(S^T scale log2e - lse2) and dS^T = P^T (dP^T - Delta), both 0 for a pair outside
+      // its query's key range and for inactive queries (a NaN in an unseen dO or V stays out).
       const bool full_tile = Mask::key_lo(mk, rows.pos(mk, last_row)) <= nw0 &&
                              Mask::key_hi(mk, rows.pos(mk, m0)) >= nw0 + 64;
       const float* lse2 = p.lse2 + static_cast<int64_t>(h) * p.Tq_pad + m0;
       const float* delta = p.delta + static_cast<int64_t>(h) * p.Tq_pad + m0;
-#pragma unroll
-      for (int nt = 0; nt < kMT; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int hr = e >> 1, i = 4 * nt + e, col = nt * 8 + 2 * t4 + (e & 1);
-          float pv = fast_exp2(fmaf(s[i], p.scale_log2, -__ldg(lse2 + col)));
-          float ds = pv * (dp[i] - __ldg(delta + col));
-          bool visible = m0 + col <= last_row;
-          if (!full_tile && visible) {
-            const int64_t qpos = rows.pos(mk, m0 + col);
-            visible = key[hr] >= Mask::key_lo(mk, qpos) && key[hr] < Mask::key_hi(mk, qpos);
-          }
-          if (!visible) pv = ds = 0.f;
-          s[i] = ds;
-          dp[i] = pv;
+      auto visible = [&](int hr, int col) {
+        bool v = m0 + col <= last_row;
+        if (!full_tile && v) {
+          const int64_t qpos = rows.pos(mk, m0 + col);
+          v = key[hr] >= Mask::key_lo(mk, qpos) && key[hr] < Mask::key_hi(mk, qpos);
         }
-      uint32_t dsa[kBlockM / 16][4];
-      hopper_detail::pack_a<kBlockM>(dp, pa);
-      hopper_detail::pack_a<kBlockM>(s, dsa);
-
+        return v;
+      };
       // dV += P^T dO and dK += dS^T Q (dO and Q read transposed: [queries][D], D contiguous).
-      hopper_detail::fence_regs(dk);
-      hopper_detail::fence_regs(dv);
-      hopper_detail::fence_regs(pa);
-      hopper_detail::fence_regs(dsa);
-      wgmma_fence();
+      uint32_t dsa[kBlockM / 16][4];
+      auto issue_dv = [&] {
 #pragma unroll
-      for (int kk = 0; kk < kBlockM / 16; ++kk)
-        hopper_detail::mma_pv<kD>(dv, pa[kk], smem_desc_sw128(sdOs + kk * 16 * 128, kBlockM * 128, 1024));
+        for (int kk = 0; kk < kBlockM / 16; ++kk)
+          hopper_detail::mma_pv<kD>(dv, pa[kk], smem_desc_sw128(sdOs + kk * 16 * 128, kBlockM * 128, 1024));
+      };
+      auto issue_dk = [&] {
 #pragma unroll
-      for (int kk = 0; kk < kBlockM / 16; ++kk)
-        hopper_detail::mma_pv<kD>(dk, dsa[kk], smem_desc_sw128(sQs + kk * 16 * 128, kBlockM * 128, 1024));
-      wgmma_commit();
+        for (int kk = 0; kk < kBlockM / 16; ++kk)
+          hopper_detail::mma_pv<kD>(dk, dsa[kk], smem_desc_sw128(sQs + kk * 16 * 128, kBlockM * 128, 1024));
+      };
+      if constexpr (kD == 64) {
+        // P^T first; dV's GEMM then runs while the CUDA cores compute dS^T.
+        static_assert(kBlockM / 2 <= 32, "one visibility bit per accumulator element");
+        uint32_t vis = 0;
+#pragma unroll
+        for (int nt = 0; nt < kMT; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int i = 4 * nt + e, col = nt * 8 + 2 * t4 + (e & 1);
+            const bool v = visible(e >> 1, col);
+            s[i] = v ? fast_exp2(fmaf(s[i], p.scale_log2, -__ldg(lse2 + col))) : 0.f;
+            vis |= static_cast<uint32_t>(v) << i;
+          }
+        hopper_detail::pack_a<kBlockM>(s, pa);
+        hopper_detail::fence_regs(dv);
+        hopper_detail::fence_regs(pa);
+        wgmma_fence();
+        issue_dv();
+        wgmma_commit();
+#pragma unroll
+        for (int nt = 0; nt < kMT; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int i = 4 * nt + e, col = nt * 8 + 2 * t4 + (e & 1);
+            s[i] = (vis >> i) & 1u ? s[i] * (dp[i] - __ldg(delta + col)) : 0.f;
+          }
+        hopper_detail::pack_a<kBlockM>(s, dsa);
+        hopper_detail::fence_regs(dk);
+        hopper_detail::fence_regs(dsa);
+        wgmma_fence();
+        issue_dk();
+        wgmma_commit();
+      } else {
+        // D = 128: in-flight dV and P^T registers would force spills; both in one pass, both GEMMs after.
+#pragma unroll
+        for (int nt = 0; nt < kMT; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int i = 4 * nt + e, col = nt * 8 + 2 * t4 + (e & 1);
+            const float pv = fast_exp2(fmaf(s[i], p.scale_log2, -__ldg(lse2 + col)));
+            const float ds = pv * (dp[i] - __ldg(delta + col));
+            const bool v = visible(e >> 1, col);
+            s[i] = v ? ds : 0.f;
+            dp[i] = v ? pv : 0.f;
+          }
+        hopper_detail::pack_a<kBlockM>(dp, pa);
+        hopper_detail::pack_a<kBlockM>(s, dsa);
+        hopper_detail::fence_regs(dk);
+        hopper_detail::fence_regs(dv);
+        hopper_detail::fence_regs(pa);
+        hopper_detail::fence_regs(dsa);
+        wgmma_fence();
+        issue_dv();
+        issue_dk();
+        wgmma_commit();
+      }
       wgmma_wait<0>();
       hopper_detail::fence_regs(dk);
       hopper_detail::fence_regs(dv);
