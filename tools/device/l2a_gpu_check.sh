@@ -37,6 +37,16 @@ for step in "$@"; do
         --json "$out/flash_$path.json" > "$out/flash_$path.txt" 2>&1
       echo "== RT_ATTN_FWD=$path"; cat "$out/flash_$path.txt"
     done | tee -a "$out/fwdpaths.txt"
+    # The D = 64 experiment: 192-row blocks over three consumer warpgroups (FlashAttention-3's tile).
+    for t in test_flash_attention test_routed_attention; do
+      RT_ATTN_HOPPER_D64_WG=3 timeout ${TEST_TIMEOUT:-300} build/bin/$t --gtest_brief=1 > /tmp/$t.wg3.log 2>&1
+      echo "$t RT_ATTN_HOPPER_D64_WG=3 rc=$? $(grep -E '^\[  (PASSED|FAILED)' /tmp/$t.wg3.log | tr '\n' ' ')" |
+        tee -a "$out/fwdpaths.txt"
+      grep -B3 -A12 "Failure" /tmp/$t.wg3.log | head -40 >> "$out/fwdpaths.txt"
+    done
+    RT_ATTN_HOPPER_D64_WG=3 timeout 200 build/bin/bench_attention --seqs ${SEQS:-4096,16384,32768,65536} --window 2048 \
+      --json "$out/flash_wg3.json" > "$out/flash_wg3.txt" 2>&1
+    { echo "== RT_ATTN_HOPPER_D64_WG=3"; cat "$out/flash_wg3.txt"; } | tee -a "$out/fwdpaths.txt"
     timeout 200 build/bin/bench_cudnn_sdpa --seqs ${SEQS:-4096,16384,32768,65536} --window 2048 \
       > "$out/cudnn.txt" 2>&1
     cat "$out/cudnn.txt" | tee -a "$out/fwdpaths.txt"

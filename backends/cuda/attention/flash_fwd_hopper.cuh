@@ -31,11 +31,14 @@ namespace rt::cuda::attn {
 
 // kOverlap: FlashAttention-3's intra-warpgroup pipelining (the softmax of tile n under the
 // P V of tile n - 1); false runs the two GEMMs and the softmax one after the other.
-template <int kD_, bool kOverlap_ = true>
+// kConsumers: warpgroups of 64 query rows. 3 (192-row blocks, FlashAttention-3's choice at head
+// dim 64, where the softmax's exponentials cost as much as the GEMMs) leaves 160 registers per
+// consumer thread, enough at D = 64 only.
+template <int kD_, bool kOverlap_ = true, int kConsumers_ = 2>
 struct HopperFwdConfig {
   static constexpr int kD = kD_;
   static constexpr bool kOverlap = kOverlap_;
-  static constexpr int kConsumers = 2;              // warpgroups of 64 query rows
+  static constexpr int kConsumers = kConsumers_;
   static constexpr int kBlockM = 64 * kConsumers;
   static constexpr int kBlockN = 128;
   static constexpr int kStages = 2;
@@ -46,8 +49,9 @@ struct HopperFwdConfig {
   static constexpr int kBarBytes = 4 * kStages * 8;
   // + 1024: the dynamic shared memory is aligned up to the swizzle period in the kernel.
   static constexpr int kSmemBytes = 1024 + kQBytes + 2 * kStages * kTileBytes + kBarBytes;
-  static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
+  static constexpr int kProducerRegs = 24, kConsumerRegs = kConsumers == 2 ? 240 : 160;
   static_assert(kD == 64 || kD == 128, "head dims 64 and 128");
+  static_assert(kConsumers == 2 || (kConsumers == 3 && kD == 64), "3 consumer warpgroups at D = 64 only");
   static_assert(128 * kProducerRegs + 128 * kConsumers * kConsumerRegs <= 65536, "register file");
 };
 

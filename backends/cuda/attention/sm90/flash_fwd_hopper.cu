@@ -27,6 +27,19 @@ bool overlap_setting() {
   return on;
 }
 
+// RT_ATTN_HOPPER_D64_WG=3: 192-row query blocks over three consumer warpgroups at head dim 64
+// (an experiment against the default 2; the overlapped schedule only).
+int consumers_setting() {
+  static const int n = [] {
+    const char* v = std::getenv("RT_ATTN_HOPPER_D64_WG");
+    if (v == nullptr || !*v) return 2;
+    const std::string s = v;
+    RT_CHECK(s == "2" || s == "3", "RT_ATTN_HOPPER_D64_WG='", s, "': expected 2 or 3");
+    return s == "3" ? 3 : 2;
+  }();
+  return n;
+}
+
 template <class Cfg, class Rows>
 bool launch(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o, float* lse,
             const AttentionSpec& spec, const Shapes& s, cudaStream_t stream) {
@@ -75,6 +88,7 @@ bool launch_flash_hopper(int D, const TensorView& q, const TensorView& k, const 
                          : launch<Cfg, attn::DenseRows>(q, k, v, o, lse, spec, s, stream);
   };
   const bool overlap = overlap_setting();
+  if (D == 64 && overlap && consumers_setting() == 3) return go(attn::HopperFwdConfig<64, true, 3>{});
   if (D == 64) return overlap ? go(attn::HopperFwdConfig<64, true>{}) : go(attn::HopperFwdConfig<64, false>{});
   if (D == 128) return overlap ? go(attn::HopperFwdConfig<128, true>{}) : go(attn::HopperFwdConfig<128, false>{});
   return false;
