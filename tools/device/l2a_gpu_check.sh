@@ -131,6 +131,12 @@ for step in "$@"; do
     tail -n 12 "$out/decode_80.txt"; tail -n 4 "$out/decode_thr0.51.txt" "$out/decode_thr0.5.txt"
     ;;
   eval)  # issue 12: a HellaSwag-sized run (10,042 items) packed, the packing gain on 1,000, lm-eval if importable
+    # lm-eval and the few modules its HF backend imports that the GPU machine lacks, from wheels
+    # carried in .whl/ (pip download --no-deps lm_eval==0.4.13 accelerate dill psutil requests urllib3
+    # idna certifi charset_normalizer); without `datasets`, bench_eval times HFLM.loglikelihood directly.
+    for w in .whl/*.whl; do
+      [ -f "$w" ] && python3 -m pip install -q --no-deps --no-index "$w" > /dev/null 2>&1 || echo "pip: skipped $w"
+    done
     timeout 250 python3 tools/bench_eval.py --items 1000 --device cuda --batch-tokens 1,4096 \
       --json "$out/eval_packing.json" 2>&1 | tail -4
     timeout 300 python3 tools/bench_eval.py --items 10042 --device cuda --batch-tokens 8192 --lm-eval \
