@@ -382,6 +382,7 @@ void register_eval(CLI::App& app) {
     int64_t niah_samples = 3;
     uint64_t niah_seed = 0;
     int64_t batch_tokens = 4096;
+    std::string share_prefix = "on";
   };
   auto args = std::make_shared<Args>();
   CLI::App* cmd = app.add_subcommand(
@@ -419,6 +420,11 @@ void register_eval(CLI::App& app) {
                   "Multiple choice: requests packed into one forward, up to this many input tokens (each request "
                   "attends only to itself; 1 scores them one by one)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 30))
+      ->capture_default_str();
+  cmd->add_option("--share-prefix", args->share_prefix,
+                  "Multiple choice: a document's choices run their common context once in a batch (on), or each "
+                  "request whole (off); the scores agree up to rounding")
+      ->check(CLI::IsMember({"on", "off"}))
       ->capture_default_str();
   cmd->add_option("--niah-lengths", args->niah_lengths, "niah: context lengths in tokens")->capture_default_str();
   cmd->add_option("--niah-depths", args->niah_depths, "niah: needle depths in percent of the haystack")
@@ -496,6 +502,7 @@ void register_eval(CLI::App& app) {
                " (vocab_size in its config.json): they do not belong together");
       const int64_t max_len = args->seq > 0 ? args->seq : session->model->dims().max_positions;
       eval::LoglikelihoodScorer scorer(*session->model, *tok, max_len);
+      scorer.set_share_prefix(args->share_prefix == "on");
       const std::filesystem::path dir = std::filesystem::path(args->output) / name;
       std::filesystem::create_directories(dir);
       json results = json::object();
@@ -530,6 +537,8 @@ void register_eval(CLI::App& app) {
       cfg["attention_options"] = opts;
       cfg["device"] = args->model.device;
       cfg["max_length"] = max_len;
+      cfg["batch_tokens"] = args->batch_tokens;
+      cfg["share_prefix"] = scorer.share_prefix();
       cfg["limit"] = args->limit > 0 ? json(args->limit) : json(nullptr);
       cfg["num_fewshot"] = 0;
       cfg["ranks"] = ranks.size();

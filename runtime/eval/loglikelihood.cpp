@@ -88,7 +88,7 @@ std::vector<Loglikelihood> LoglikelihoodScorer::score_batch(std::span<const Toke
     packed.push_back({inputs.back(), std::span<const int32_t>(r.continuation).last(static_cast<size_t>(n_cont))});
     which.push_back(i);
   }
-  const std::vector<Qwen2Model::TargetScore> scores = model_.score_targets_packed(packed);
+  const std::vector<Qwen2Model::TargetScore> scores = model_.score_targets_packed(packed, share_prefix_);
   for (size_t k = 0; k < which.size(); ++k) {
     out[which[k]].logprob = scores[k].logprob;
     out[which[k]].is_greedy = scores[k].greedy;

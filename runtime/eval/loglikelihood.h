@@ -43,8 +43,11 @@ class LoglikelihoodScorer {
   TokenPair encode_pair(const std::string& context, const std::string& continuation) const;
   Loglikelihood score(const TokenPair& request);
   // Several requests in one packed forward (Qwen2Model::score_targets_packed): each scored as
-  // score() scores it alone, up to rounding.
+  // score() scores it alone, up to rounding. With share_prefix (set_share_prefix), consecutive
+  // requests whose inputs start with the same tokens (a document's choices) run them once.
   std::vector<Loglikelihood> score_batch(std::span<const TokenPair> requests);
+  void set_share_prefix(bool on) { share_prefix_ = on; }
+  bool share_prefix() const { return share_prefix_; }
   // The model input score() builds for a request: its token count.
   int64_t input_tokens(const TokenPair& request) const;
   // The summed log-likelihood of a text under loglikelihood_rolling (and the tokens predicted).
@@ -57,6 +60,7 @@ class LoglikelihoodScorer {
   const Tokenizer& tok_;
   int64_t max_length_;
   int32_t prefix_;
+  bool share_prefix_ = false;
 };
 
 }  // namespace rt::eval

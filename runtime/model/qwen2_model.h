@@ -92,10 +92,17 @@ class Qwen2Model {
   // positions from 0 (AttentionBackend::forward without a state), so each request sees only itself,
   // exactly as scored alone, for every backend. One score per request, as score_targets gives it
   // up to rounding (the GEMMs see more rows).
+  // share_prefix: consecutive requests whose inputs start with the same tokens (a multiple-choice
+  // item's context) run that prefix once: its rows go through every per-token op once, and each
+  // request's remaining rows attend to it through a KV cache (AttentionBackend::forward with a
+  // state, the prefix replayed into a fresh state per request), so each still sees only itself
+  // and its own prefix at the same positions. Scores then agree with unshared ones up to rounding.
   struct ScoreRequest {
     std::span<const int32_t> ids, targets;
   };
-  std::vector<TargetScore> score_targets_packed(std::span<const ScoreRequest> requests);
+  std::vector<TargetScore> score_targets_packed(std::span<const ScoreRequest> requests, bool share_prefix = false);
+  // Fewest tokens two requests must share for score_targets_packed to run them as one prefix.
+  static constexpr int64_t kMinSharedPrefix = 8;
 
  private:
   class LayerParamsView;
@@ -105,6 +112,13 @@ class Qwen2Model {
   // The residual stream after the last layer of ids holding documents of these lengths, back to
   // back, each attending only to itself from position 0.
   Tensor hidden_states_packed(std::span<const int32_t> ids, std::span<const int64_t> lengths);
+  // Documents that share a prefix: the group's rows are the prefix, then each document's rest
+  // (branches[i] rows, possibly 0), back to back; document i is prefix + its branch.
+  struct PrefixGroup {
+    int64_t prefix = 0;
+    std::vector<int64_t> branches;
+  };
+  Tensor hidden_states_grouped(std::span<const int32_t> ids, std::span<const PrefixGroup> groups);
   Tensor upload_ids(std::span<const int32_t> ids, int64_t pos0);
   void check_ids(std::span<const int32_t> ids, int64_t pos0) const;  // vocabulary and position limit
   Tensor lm_head_loss(TensorView x, std::span<const int32_t> ids, float grad_scale, TensorView dx,

@@ -142,14 +142,37 @@ Tensor Qwen2Model::hidden_states(std::span<const int32_t> ids) {
 }
 
 Tensor Qwen2Model::hidden_states_packed(std::span<const int32_t> ids, std::span<const int64_t> lengths) {
+  std::vector<PrefixGroup> groups;
+  groups.reserve(lengths.size());
+  for (int64_t n : lengths) groups.push_back({0, {n}});
+  return hidden_states_grouped(ids, groups);
+}
+
+Tensor Qwen2Model::hidden_states_grouped(std::span<const int32_t> ids, std::span<const PrefixGroup> groups) {
   const int64_t T = static_cast<int64_t>(ids.size());
   int64_t total = 0;
-  for (int64_t n : lengths) {
-    RT_CHECK(n >= 1 && total + n <= T, "forward: packed document lengths do not add up to the ", T, " tokens");
-    check_ids(ids.subspan(static_cast<size_t>(total), static_cast<size_t>(n)), 0);  // each from position 0
-    total += n;
+  for (const PrefixGroup& g : groups) {
+    RT_CHECK(g.prefix >= 0 && !g.branches.empty(), "forward: a packed group needs a prefix >= 0 and documents");
+    for (int64_t b : g.branches) {
+      RT_CHECK(b >= 0 && g.prefix + b >= 1 && total + g.prefix + b <= T, "forward: packed document lengths do not ",
+               "add up to the ", T, " tokens");
+      RT_CHECK(g.prefix + b <= dims_.max_positions, "a sequence of ", g.prefix + b,
+               " tokens is longer than the model supports (max_position_embeddings = ", dims_.max_positions,
+               " in config.json)");
+    }
+    int64_t rows = g.prefix;
+    for (int64_t b : g.branches) rows += b;
+    total += rows;
   }
   RT_CHECK(total == T, "forward: packed document lengths sum to ", total, ", expected the ", T, " tokens");
+  for (int64_t row = 0; const PrefixGroup& g : groups) {  // vocabulary, segment by segment (positions: above)
+    if (g.prefix > 0) check_ids(ids.subspan(static_cast<size_t>(row), static_cast<size_t>(g.prefix)), 0);
+    row += g.prefix;
+    for (int64_t b : g.branches) {
+      if (b > 0) check_ids(ids.subspan(static_cast<size_t>(row), static_cast<size_t>(b)), 0);
+      row += b;
+    }
+  }
   Tensor id_dev = ops_.alloc(DType::I32, {T});
   ops_.copy(TensorView::contiguous(const_cast<int32_t*>(ids.data()), DType::I32, Device::CPU, {T}), id_dev);
   Tensor x = ops_.alloc(ops_.accum_dtype(), {T, dims_.hidden});
@@ -157,9 +180,48 @@ Tensor Qwen2Model::hidden_states_packed(std::span<const int32_t> ids, std::span<
   for (int i = 0; i < dims_.n_layers; ++i) {
     LayerContext ctx{&dims_, i, &ops_, layers_[i].get()};
     int64_t row = 0;
-    for (int64_t n : lengths) {  // each document alone, from position 0
-      attention_.forward(ctx, x.view.rows(row, row + n), nullptr);
-      row += n;
+    for (const PrefixGroup& g : groups) {
+      if (g.prefix == 0) {  // each document alone, from position 0
+        for (int64_t n : g.branches) {
+          attention_.forward(ctx, x.view.rows(row, row + n), nullptr);
+          row += n;
+        }
+        continue;
+      }
+      // The prefix once into x (and a cache); every further document replays it into a fresh
+      // cache from a copy of the prefix's rows as they were before, so each branch attends to its
+      // own prefix at positions 0 .. prefix - 1 and continues from position prefix.
+      const TensorView pre = x.view.rows(row, row + g.prefix);
+      int64_t longest = 0, with_rows = 0;
+      for (int64_t b : g.branches) {
+        longest = std::max(longest, b);
+        with_rows += b > 0;
+      }
+      Tensor pre_in;
+      if (with_rows > 1) {
+        pre_in = ops_.alloc(x.view.dtype, {g.prefix, dims_.hidden});
+        ops_.copy(pre, pre_in);
+      }
+      std::unique_ptr<AttentionState> first = attention_.new_state(ctx, g.prefix + longest);
+      attention_.forward(ctx, pre, first.get());
+      row += g.prefix;
+      bool first_used = false;
+      for (int64_t b : g.branches) {
+        if (b > 0) {
+          std::unique_ptr<AttentionState> replay;
+          AttentionState* st = first.get();
+          if (first_used) {
+            replay = attention_.new_state(ctx, g.prefix + longest);
+            Tensor scratch = ops_.alloc(x.view.dtype, {g.prefix, dims_.hidden});
+            ops_.copy(pre_in, scratch);
+            attention_.forward(ctx, scratch, replay.get());
+            st = replay.get();
+          }
+          first_used = true;
+          attention_.forward(ctx, x.view.rows(row, row + b), st);
+        }
+        row += b;
+      }
     }
     mlp_forward(ctx, x);
   }
@@ -184,32 +246,72 @@ Qwen2Model::TargetScore Qwen2Model::score_targets(std::span<const int32_t> ids, 
   return score_targets_packed(std::span<const ScoreRequest>(&one, 1))[0];
 }
 
-std::vector<Qwen2Model::TargetScore> Qwen2Model::score_targets_packed(std::span<const ScoreRequest> requests) {
-  std::vector<int32_t> ids, tgt_host;
-  std::vector<int64_t> lengths;
+std::vector<Qwen2Model::TargetScore> Qwen2Model::score_targets_packed(std::span<const ScoreRequest> requests,
+                                                                      bool share_prefix) {
   for (const ScoreRequest& q : requests) {
     const int64_t T = static_cast<int64_t>(q.ids.size()), n = static_cast<int64_t>(q.targets.size());
     RT_CHECK(n >= 1 && n <= T, "score: ", n, " targets for ", T, " input tokens");
     for (int32_t t : q.targets)
       RT_CHECK(t >= 0 && t < dims_.vocab, "score: target token ", t, " is out of range for a vocabulary of ",
                dims_.vocab);
-    ids.insert(ids.end(), q.ids.begin(), q.ids.end());
-    tgt_host.insert(tgt_host.end(), q.targets.begin(), q.targets.end());
-    lengths.push_back(T);
   }
   std::vector<TargetScore> out(requests.size());
   if (requests.empty()) return out;
-  Tensor x = hidden_states_packed(ids, lengths);
-  // Only the scored rows go through the head: each request's last n rows, gathered back to back.
+  // Groups of consecutive requests and their shared prefix (0: each alone). A request may be the
+  // prefix alone (a branch of 0 rows): its scored rows are then the prefix's.
+  auto common = [](std::span<const int32_t> a, std::span<const int32_t> b) {
+    int64_t k = 0;
+    while (k < static_cast<int64_t>(std::min(a.size(), b.size())) && a[static_cast<size_t>(k)] == b[static_cast<size_t>(k)])
+      ++k;
+    return k;
+  };
+  std::vector<PrefixGroup> groups;
+  std::vector<int32_t> ids;
+  std::vector<int64_t> scored_row;  // packed row of every scored position, request by request
+  std::vector<int32_t> tgt_host;
+  int64_t row0 = 0;
+  for (size_t r = 0; r < requests.size();) {
+    size_t end = r + 1;
+    int64_t p = static_cast<int64_t>(requests[r].ids.size());
+    if (share_prefix) {
+      while (end < requests.size()) {
+        const int64_t c = std::min(p, common(requests[r].ids, requests[end].ids));
+        if (c < kMinSharedPrefix) break;
+        p = c;
+        ++end;
+      }
+    }
+    if (end == r + 1) p = 0;  // alone: no prefix
+    PrefixGroup g{p, {}};
+    const std::span<const int32_t> head = requests[r].ids.first(static_cast<size_t>(p));
+    ids.insert(ids.end(), head.begin(), head.end());
+    int64_t branch0 = row0 + p;
+    for (size_t k = r; k < end; ++k) {
+      const ScoreRequest& q = requests[k];
+      const int64_t T = static_cast<int64_t>(q.ids.size()), n = static_cast<int64_t>(q.targets.size());
+      g.branches.push_back(T - p);
+      ids.insert(ids.end(), q.ids.begin() + p, q.ids.end());
+      for (int64_t j = T - n; j < T; ++j) scored_row.push_back(j < p ? row0 + j : branch0 + (j - p));
+      tgt_host.insert(tgt_host.end(), q.targets.begin(), q.targets.end());
+      branch0 += T - p;
+    }
+    row0 = branch0;
+    groups.push_back(std::move(g));
+    r = end;
+  }
+  Tensor x = hidden_states_grouped(ids, groups);
+  // Only the scored rows go through the head: each request's last n positions, gathered back to
+  // back (a position inside a shared prefix is the prefix's row).
   const int64_t N = static_cast<int64_t>(tgt_host.size());
   Tensor rows = ops_.alloc(x.view.dtype, {N, dims_.hidden});
-  int64_t end = 0, at = 0;
-  for (const ScoreRequest& q : requests) {
-    const int64_t n = static_cast<int64_t>(q.targets.size());
-    end += static_cast<int64_t>(q.ids.size());
-    ops_.copy(x.view.rows(end - n, end), rows.view.rows(at, at + n));
-    at += n;
+  for (int64_t at = 0; at < N;) {  // runs of consecutive packed rows, one copy each
+    int64_t len = 1;
+    while (at + len < N && scored_row[static_cast<size_t>(at + len)] == scored_row[static_cast<size_t>(at)] + len) ++len;
+    const int64_t src = scored_row[static_cast<size_t>(at)];
+    ops_.copy(x.view.rows(src, src + len), rows.view.rows(at, at + len));
+    at += len;
   }
+  int64_t at = 0;
   Tensor tgt = ops_.alloc(DType::I32, {N});
   ops_.copy(TensorView::contiguous(tgt_host.data(), DType::I32, Device::CPU, {N}), tgt);
   Tensor h = ops_.alloc(ops_.activation_dtype(), {N, dims_.hidden});
@@ -218,7 +320,6 @@ std::vector<Qwen2Model::TargetScore> Qwen2Model::score_targets_packed(std::span<
   Tensor losses = ops_.alloc(ops_.accum_dtype(), {N});
   ops_.lm_head_cross_entropy(h, weight(head), tgt, 1.f, losses, TensorView{}, TensorView{});
   const std::vector<double> loss = host_doubles(ops_, losses);
-  at = 0;
   for (size_t r = 0; r < requests.size(); ++r) {
     const int64_t n = static_cast<int64_t>(requests[r].targets.size());
     double sum = 0;  // in row order, in double: the same whatever else shares the batch

@@ -56,6 +56,52 @@ TEST_P(ScorePacked, EachRequestScoresAsAlone) {
   EXPECT_TRUE(f.model->score_targets_packed({}).empty());
 }
 
+// Prefix sharing (a multiple-choice item's context run once): requests that start with the same
+// tokens score as alone, whether the shared prefix ends before the scored positions, covers some
+// of them, or is a whole request; requests sharing nothing stay alone in between.
+TEST_P(ScorePacked, SharedPrefixScoresAsAlone) {
+  const Case& c = GetParam();
+  Options o;
+  for (const auto& [k, v] : c.options) o.set(k, v);
+  rt::test::TrainFixture f(rt::test::kModelsDir + "gqa_untied_f32", c.backend, o, DType::F32);
+  uint64_t seed = 31;
+  for (const auto& n : f.model->parameter_names())
+    if (n.find("router.weight") != std::string::npos) rt::test::randomize_parameter(f, n, seed++, 0.5);
+  const int64_t vocab = f.model->dims().vocab;
+  auto tok = [&](int a, int b) { return static_cast<int32_t>((a * 977 + b * 131 + 5) % vocab); };
+  std::vector<int32_t> ctx1, ctx2;
+  for (int t = 0; t < 11; ++t) ctx1.push_back(tok(1, t));
+  for (int t = 0; t < 9; ++t) ctx2.push_back(tok(2, t));
+  struct Req {
+    std::vector<int32_t> ids, targets;
+  };
+  std::vector<Req> reqs;
+  auto add = [&](const std::vector<int32_t>& ctx, int branch, int n, int salt) {
+    Req r{ctx, {}};
+    for (int t = 0; t < branch; ++t) r.ids.push_back(tok(10 + salt, t));
+    for (int t = 0; t < n; ++t) r.targets.push_back(tok(50 + salt, t));
+    reqs.push_back(std::move(r));
+  };
+  add(ctx1, 3, 2, 0);   // scored rows after the prefix
+  add(ctx1, 5, 6, 1);   // scored rows reaching into the prefix
+  add(ctx1, 0, 1, 2);   // the prefix alone: its last row is scored
+  add(ctx1, 1, 2, 3);
+  add({tok(7, 0), tok(7, 1), tok(7, 2)}, 0, 2, 4);  // shares nothing: alone
+  add(ctx2, 4, 3, 5);
+  add(ctx2, 2, 2, 6);
+  std::vector<Qwen2Model::ScoreRequest> packed;
+  for (const Req& r : reqs) packed.push_back({r.ids, r.targets});
+  const std::vector<Qwen2Model::TargetScore> shared = f.model->score_targets_packed(packed, /*share_prefix=*/true);
+  const std::vector<Qwen2Model::TargetScore> unshared = f.model->score_targets_packed(packed, false);
+  ASSERT_EQ(shared.size(), reqs.size());
+  for (size_t r = 0; r < reqs.size(); ++r) {
+    const Qwen2Model::TargetScore alone = f.model->score_targets(reqs[r].ids, reqs[r].targets);
+    EXPECT_NEAR(shared[r].logprob, alone.logprob, 1e-5 * std::abs(alone.logprob)) << "request " << r;
+    EXPECT_NEAR(unshared[r].logprob, alone.logprob, 1e-5 * std::abs(alone.logprob)) << "request " << r;
+    EXPECT_EQ(shared[r].greedy, alone.greedy) << "request " << r;
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Backends, ScorePacked,
     ::testing::Values(Case{"full_causal", "full_causal", {}}, Case{"swa_w3", "swa", {{"window", "3"}}},
