@@ -2,14 +2,15 @@
 """Speed of `runtime eval` on a HellaSwag-sized run, against lm-evaluation-harness with HF transformers.
 
   python3 tools/bench_eval.py --items 10042 --device cuda [--model qwen2.5-0.5b] [--batch-tokens 1,4096,16384]
-      [--attention full_causal] [--lm-eval] [--json eval_bench.json]
+      [--share-prefix on,off] [--attention full_causal] [--lm-eval] [--json eval_bench.json]
 
 1. Writes --items synthetic HellaSwag rows (Rowan/hellaswag's format, 4 endings each, so 4x as many
    requests) whose lengths follow HellaSwag's validation set roughly: context 20-80 words, endings
    10-40 words, the words drawn from the eval fixtures' text. Scores are meaningless (random
    weights); the work per request is what a real run does.
 2. Times `runtime eval --tasks hellaswag` (0-shot, acc and acc_norm) per --batch-tokens value
-   (1: one request per forward; larger: requests packed into one forward).
+   (1: one request per forward; larger: requests packed into one forward) and --share-prefix value
+   (on: a document's choices run their common context once).
 3. --lm-eval: saves the same random model as a Hugging Face checkpoint (transformers, bf16 on the GPU)
    and times `lm_eval run --model hf --batch_size auto` on the same file through a local task YAML,
    when lm_eval is importable. Where the `datasets` package (lm-eval's task loader, which needs
@@ -65,11 +66,11 @@ def write_items(path, n, seed):
             f.write(json.dumps(row) + "\n")
 
 
-def run_runtime(args, data, batch_tokens):
+def run_runtime(args, data, batch_tokens, share_prefix="on"):
     out = tempfile.mkdtemp(prefix="bench_eval_")
     cmd = [args.runtime, "eval", "--model", args.model, "--device", args.device, "--tokenizer", args.tokenizer,
            "--tasks", "hellaswag", "--data", f"hellaswag={data}", "--output", out,
-           "--batch-tokens", str(batch_tokens)]
+           "--batch-tokens", str(batch_tokens), "--share-prefix", share_prefix]
     if args.init:
         cmd += ["--init", args.init]
     if args.attention:
@@ -77,7 +78,8 @@ def run_runtime(args, data, batch_tokens):
     t0 = time.time()
     p = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.time() - t0
-    row = {"framework": "runtime", "batch_tokens": batch_tokens, "wall_s": wall, "cmd": " ".join(cmd)}
+    row = {"framework": "runtime", "batch_tokens": batch_tokens, "share_prefix": share_prefix, "wall_s": wall,
+           "cmd": " ".join(cmd)}
     if p.returncode != 0:
         row["error"] = (p.stderr.strip().splitlines() or [f"exit {p.returncode}"])[-1]
     else:
@@ -189,6 +191,7 @@ def main():
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--tokenizer", default=default_tokenizer(), help="directory with the Qwen2.5 tokenizer.json")
     ap.add_argument("--batch-tokens", default="1,4096,16384", help="runtime eval --batch-tokens values to time")
+    ap.add_argument("--share-prefix", default="on", help="runtime eval --share-prefix values to time: on, off or on,off")
     ap.add_argument("--lm-eval", action="store_true", help="also time lm-eval (HF backend) on the same file")
     ap.add_argument("--hf-batch-size", default="auto", help="lm-eval --batch_size")
     ap.add_argument("--runtime", default=os.path.join(ROOT, "build", "bin", "runtime"))
@@ -201,8 +204,9 @@ def main():
     write_items(data, args.items, args.seed)
     rows = []
     for b in [int(x) for x in args.batch_tokens.split(",") if x]:
-        rows.append(run_runtime(args, data, b))
-        print(json.dumps(rows[-1]), flush=True)
+        for sp in [x for x in args.share_prefix.split(",") if x]:
+            rows.append(run_runtime(args, data, b, sp))
+            print(json.dumps(rows[-1]), flush=True)
     if args.lm_eval:
         rows.append(run_lm_eval(args, data))
         print(json.dumps(rows[-1]), flush=True)
@@ -211,7 +215,8 @@ def main():
     best = min((r for r in ok if r["framework"] == "runtime"), key=lambda r: r["wall_s"], default=None)
     print(f"\n{args.items} items ({4 * args.items} requests), {args.model} on {args.device}")
     for r in rows:
-        what = f"runtime --batch-tokens {r['batch_tokens']}" if r["framework"] == "runtime" else \
+        what = f"runtime --batch-tokens {r['batch_tokens']} --share-prefix {r['share_prefix']}" \
+            if r["framework"] == "runtime" else \
             f"lm-eval hf --batch_size {r.get('batch_size')}"
         print(f"  {what:34s} " + (f"{r['wall_s']:8.1f} s" if "error" not in r else "error: " + r["error"]))
     if best and hf:

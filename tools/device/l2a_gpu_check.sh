@@ -137,7 +137,7 @@ for step in "$@"; do
     for w in .whl/*.whl; do
       [ -f "$w" ] && python3 -m pip install -q --no-deps --no-index "$w" > /dev/null 2>&1 || echo "pip: skipped $w"
     done
-    timeout 250 python3 tools/bench_eval.py --items 1000 --device cuda --batch-tokens 1,4096 \
+    timeout 250 python3 tools/bench_eval.py --items 1000 --device cuda --batch-tokens 1,4096 --share-prefix on,off \
       --json "$out/eval_packing.json" 2>&1 | tail -4
     timeout 300 python3 tools/bench_eval.py --items 10042 --device cuda --batch-tokens 8192 --lm-eval \
       --json "$out/eval_hellaswag.json" 2>&1 | tail -4
