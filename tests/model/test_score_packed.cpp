@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <memory>
 
 #include "train_test_util.h"
 #include "test_util.h"
@@ -22,14 +23,19 @@ std::ostream& operator<<(std::ostream& os, const Case& c) { return os << c.name;
 
 class ScorePacked : public ::testing::TestWithParam<Case> {};
 
-TEST_P(ScorePacked, EachRequestScoresAsAlone) {
-  const Case& c = GetParam();
+// The case's backend on the tiny GQA model, its routers (if any) random so that routing varies.
+std::unique_ptr<rt::test::TrainFixture> make_fixture(const Case& c, uint64_t seed) {
   Options o;
   for (const auto& [k, v] : c.options) o.set(k, v);
-  rt::test::TrainFixture f(rt::test::kModelsDir + "gqa_untied_f32", c.backend, o, DType::F32);
-  uint64_t seed = 21;
-  for (const auto& n : f.model->parameter_names())
-    if (n.find("router.weight") != std::string::npos) rt::test::randomize_parameter(f, n, seed++, 0.5);
+  auto f = std::make_unique<rt::test::TrainFixture>(rt::test::kModelsDir + "gqa_untied_f32", c.backend, o, DType::F32);
+  for (const auto& n : f->model->parameter_names())
+    if (n.find("router.weight") != std::string::npos) rt::test::randomize_parameter(*f, n, seed++, 0.5);
+  return f;
+}
+
+TEST_P(ScorePacked, EachRequestScoresAsAlone) {
+  const auto fixture = make_fixture(GetParam(), 21);
+  rt::test::TrainFixture& f = *fixture;
   const int64_t vocab = f.model->dims().vocab;
   std::vector<std::vector<int32_t>> ids, targets;
   for (int r = 0; r < 6; ++r) {
@@ -60,13 +66,8 @@ TEST_P(ScorePacked, EachRequestScoresAsAlone) {
 // tokens score as alone, whether the shared prefix ends before the scored positions, covers some
 // of them, or is a whole request; requests sharing nothing stay alone in between.
 TEST_P(ScorePacked, SharedPrefixScoresAsAlone) {
-  const Case& c = GetParam();
-  Options o;
-  for (const auto& [k, v] : c.options) o.set(k, v);
-  rt::test::TrainFixture f(rt::test::kModelsDir + "gqa_untied_f32", c.backend, o, DType::F32);
-  uint64_t seed = 31;
-  for (const auto& n : f.model->parameter_names())
-    if (n.find("router.weight") != std::string::npos) rt::test::randomize_parameter(f, n, seed++, 0.5);
+  const auto fixture = make_fixture(GetParam(), 31);
+  rt::test::TrainFixture& f = *fixture;
   const int64_t vocab = f.model->dims().vocab;
   auto tok = [&](int a, int b) { return static_cast<int32_t>((a * 977 + b * 131 + 5) % vocab); };
   std::vector<int32_t> ctx1, ctx2;
