@@ -3,12 +3,12 @@
 # --attention l2a_dense): the unpruned row and one row per fraction, KV saved growing with the
 # pruned layers, every column filled.
 set -euo pipefail
-runtime=$1 root=$2
+runtime=$1 root=$2 shared=$3
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 fx=$root/tests/fixtures/eval
 python3 "$root/tools/prune_study.py" --runtime "$runtime" --model "$fx/model" --attention l2a_dense \
-  --set window=16 --data "$fx/data/ppl.txt" --seq 64 --profile-seq 128 --decode-tokens 4 --fractions 0.5,1.0 \
+  --set window=16 --tokenizer "$shared/qwen2.5-tokenizer" --data "$fx/data/ppl.txt" --seq 64 --profile-seq 128 --decode-tokens 4 --fractions 0.5,1.0 \
   --eval-data "piqa=$fx/data/piqa.jsonl" --out "$out/study" > "$out/log" 2>&1 || { cat "$out/log"; exit 1; }
 t=$out/study/prune_study.csv
 [ "$(wc -l < "$t")" -eq 4 ] || { echo "expected 3 rows"; cat "$t"; exit 1; }
