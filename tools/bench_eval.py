@@ -132,7 +132,7 @@ def hellaswag_requests(data):
     return pairs
 
 
-def run_hflm_direct(args, data, model_dir, work):
+def run_hflm_direct(args, data, model_dir):
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
     pairs = hellaswag_requests(data)
@@ -157,7 +157,7 @@ def run_lm_eval(args, data):
         import datasets  # noqa: F401
     except ImportError:
         try:
-            return run_hflm_direct(args, data, model_dir, work)
+            return run_hflm_direct(args, data, model_dir)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     tasks = os.path.join(work, "tasks")

@@ -58,7 +58,6 @@ inline void parallel_decode_at(const LayerContext& ctx, const DecodeLayer& l, Te
   Ops& ops = *ctx.ops;
   const ModelDims& d = *ctx.dims;
   const DType act = ops.activation_dtype();
-  const int64_t HD = d.n_heads * d.head_dim;
   Tensor h = ops.alloc(act, {1, d.hidden});
   const Tensor gate = normed_decision_at(ctx, l, x, ctx.params->get(l.local->norm), pos, h);
   Tensor qkv = fused_qkv_projection(ops, qkv_weights(*ctx.params, d, *l.local), h);

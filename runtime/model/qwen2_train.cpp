@@ -192,33 +192,27 @@ Tensor Qwen2Model::hidden_states_grouped(std::span<const int32_t> ids, std::span
       // cache from a copy of the prefix's rows as they were before, so each branch attends to its
       // own prefix at positions 0 .. prefix - 1 and continues from position prefix.
       const TensorView pre = x.view.rows(row, row + g.prefix);
-      int64_t longest = 0, with_rows = 0;
-      for (int64_t b : g.branches) {
-        longest = std::max(longest, b);
-        with_rows += b > 0;
-      }
-      Tensor pre_in;
-      if (with_rows > 1) {
+      const int64_t longest = *std::max_element(g.branches.begin(), g.branches.end());
+      const auto runs = std::count_if(g.branches.begin(), g.branches.end(), [](int64_t b) { return b > 0; });
+      Tensor pre_in;  // the prefix's rows before its sublayer, for the replays
+      if (runs > 1) {
         pre_in = ops_.alloc(x.view.dtype, {g.prefix, dims_.hidden});
         ops_.copy(pre, pre_in);
       }
       std::unique_ptr<AttentionState> first = attention_.new_state(ctx, g.prefix + longest);
       attention_.forward(ctx, pre, first.get());
       row += g.prefix;
-      bool first_used = false;
+      int64_t k = 0;  // branches with rows so far
       for (int64_t b : g.branches) {
         if (b > 0) {
           std::unique_ptr<AttentionState> replay;
-          AttentionState* st = first.get();
-          if (first_used) {
+          if (k++ > 0) {
             replay = attention_.new_state(ctx, g.prefix + longest);
             Tensor scratch = ops_.alloc(x.view.dtype, {g.prefix, dims_.hidden});
             ops_.copy(pre_in, scratch);
             attention_.forward(ctx, scratch, replay.get());
-            st = replay.get();
           }
-          first_used = true;
-          attention_.forward(ctx, x.view.rows(row, row + b), st);
+          attention_.forward(ctx, x.view.rows(row, row + b), replay ? replay.get() : first.get());
         }
         row += b;
       }
