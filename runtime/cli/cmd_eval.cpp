@@ -101,7 +101,8 @@ auto data_flag(const std::string& task, F&& f) {
 json stderr_json(const std::optional<double>& s) { return s ? json(*s) : json("N/A"); }
 
 // Multiple choice: results and one sample line per document. The requests (one per choice) are
-// packed into batches of consecutive requests up to batch_tokens input tokens (one forward each;
+// packed into batches of consecutive requests up to batch_tokens rows (one forward each, a shared
+// prefix counted once;
 // the batches depend on nothing else, so neither do the scores), and the batches are dealt out
 // over the ranks; each request's (log-likelihood, is_greedy) comes back to every rank.
 json eval_choice(eval::LoglikelihoodScorer& scorer, const std::string& task, const std::vector<eval::ChoiceDoc>& docs,
@@ -112,11 +113,12 @@ json eval_choice(eval::LoglikelihoodScorer& scorer, const std::string& task, con
   std::vector<size_t> starts;  // batch b: requests [starts[b], starts[b + 1])
   size_t widest = 0;
   for (size_t i = 0, tokens = 0; i < requests.size(); ++i) {
-    const auto t = static_cast<size_t>(scorer.input_tokens(requests[i]));
+    auto t = static_cast<size_t>(scorer.batch_rows(requests[i], starts.empty() ? nullptr : &requests[i - 1]));
     if (starts.empty() || tokens + t > static_cast<size_t>(batch_tokens)) {
       if (!starts.empty()) widest = std::max(widest, i - starts.back());
       starts.push_back(i);
       tokens = 0;
+      t = static_cast<size_t>(scorer.input_tokens(requests[i]));  // first of its batch: all its rows
     }
     tokens += t;
   }
@@ -417,8 +419,9 @@ void register_eval(CLI::App& app) {
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
   cmd->add_option("--output,-o", args->output, "Output directory")->required();
   cmd->add_option("--batch-tokens", args->batch_tokens,
-                  "Multiple choice: requests packed into one forward, up to this many input tokens (each request "
-                  "attends only to itself; 1 scores them one by one)")
+                  "Multiple choice: requests packed into one forward, up to this many rows (input tokens, a prefix "
+                  "shared by --share-prefix counted once; each request attends only to itself; 1 scores them one "
+                  "by one)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 30))
       ->capture_default_str();
   cmd->add_option("--share-prefix", args->share_prefix,

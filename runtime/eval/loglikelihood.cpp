@@ -35,6 +35,27 @@ std::vector<TokenPair> rolling_windows(std::span<const int32_t> tokens, int32_t 
   return out;
 }
 
+int64_t model_input_tokens(const TokenPair& r, int64_t max_length) {
+  if (r.continuation.empty()) return 0;
+  return std::min<int64_t>(static_cast<int64_t>(r.context.size() + r.continuation.size()), max_length + 1) - 1;
+}
+
+int64_t packed_rows(const TokenPair& r, const TokenPair* previous, int64_t max_length, bool share_prefix) {
+  const int64_t n = model_input_tokens(r, max_length);
+  if (!share_prefix || previous == nullptr) return n;
+  // Token j of a request's model input: (context + continuation)[first + j], first as score_batch cuts it.
+  auto token = [max_length](const TokenPair& q, int64_t j) {
+    const auto all = static_cast<int64_t>(q.context.size() + q.continuation.size());
+    const int64_t at = all - std::min(all, max_length + 1) + j;
+    const auto ctx = static_cast<int64_t>(q.context.size());
+    return at < ctx ? q.context[static_cast<size_t>(at)] : q.continuation[static_cast<size_t>(at - ctx)];
+  };
+  const int64_t limit = std::min(n, model_input_tokens(*previous, max_length));
+  int64_t shared = 0;
+  while (shared < limit && token(r, shared) == token(*previous, shared)) ++shared;
+  return shared >= Qwen2Model::kMinSharedPrefix ? n - shared : n;
+}
+
 LoglikelihoodScorer::LoglikelihoodScorer(Qwen2Model& model, const Tokenizer& tokenizer, int64_t max_length)
     : model_(model), tok_(tokenizer), max_length_(max_length) {
   RT_CHECK(max_length >= 1, "eval: the maximum length must be >= 1, found ", max_length);
@@ -64,10 +85,7 @@ Loglikelihood LoglikelihoodScorer::score(const TokenPair& r) {
   return score_batch(std::span<const TokenPair>(&r, 1))[0];
 }
 
-int64_t LoglikelihoodScorer::input_tokens(const TokenPair& r) const {
-  if (r.continuation.empty()) return 0;
-  return std::min<int64_t>(static_cast<int64_t>(r.context.size() + r.continuation.size()), max_length_ + 1) - 1;
-}
+int64_t LoglikelihoodScorer::input_tokens(const TokenPair& r) const { return model_input_tokens(r, max_length_); }
 
 std::vector<Loglikelihood> LoglikelihoodScorer::score_batch(std::span<const TokenPair> requests) {
   std::vector<Loglikelihood> out(requests.size());

@@ -37,6 +37,14 @@ struct Loglikelihood {
 // (context window, predicted tokens) pairs of loglikelihood_rolling, disjoint.
 std::vector<TokenPair> rolling_windows(std::span<const int32_t> tokens, int32_t prefix_token, int64_t max_length);
 
+// The model input of a request, (context + continuation)[-(max_length + 1):][:-1]: its length.
+int64_t model_input_tokens(const TokenPair& request, int64_t max_length);
+// The rows a request adds to a packed forward right after `previous` (nullptr: first of its
+// batch): its model input tokens, less the prefix its input shares with previous's when
+// share_prefix runs a shared prefix once (Qwen2Model::kMinSharedPrefix tokens or more). What a
+// batch budget in rows counts.
+int64_t packed_rows(const TokenPair& request, const TokenPair* previous, int64_t max_length, bool share_prefix);
+
 class LoglikelihoodScorer {
  public:
   LoglikelihoodScorer(Qwen2Model& model, const Tokenizer& tokenizer, int64_t max_length);
@@ -50,6 +58,10 @@ class LoglikelihoodScorer {
   bool share_prefix() const { return share_prefix_; }
   // The model input score() builds for a request: its token count.
   int64_t input_tokens(const TokenPair& request) const;
+  // packed_rows() with this scorer's max_length and share_prefix.
+  int64_t batch_rows(const TokenPair& request, const TokenPair* previous) const {
+    return packed_rows(request, previous, max_length_, share_prefix_);
+  }
   // The summed log-likelihood of a text under loglikelihood_rolling (and the tokens predicted).
   Loglikelihood score_rolling(const std::string& text);
   int64_t max_length() const { return max_length_; }

@@ -135,6 +135,23 @@ TEST(Windows, RollingAsTheHarness) {
   EXPECT_TRUE(rolling_windows({}, 0, 4).empty());
 }
 
+TEST(Windows, PackedRowsCountASharedPrefixOnce) {
+  // Two choices of one document: a 10-token context, then 3 and 2 continuation tokens.
+  const TokenPair a{{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, {11, 12, 13}}, b{{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, {21, 22}};
+  EXPECT_EQ(model_input_tokens(a, 100), 12);  // the last token is only predicted
+  EXPECT_EQ(packed_rows(b, nullptr, 100, true), 11);
+  EXPECT_EQ(packed_rows(b, &a, 100, false), 11);
+  EXPECT_EQ(packed_rows(b, &a, 100, true), 1);  // the 10 context tokens run once, with a
+  // Shorter than the fewest tokens a forward shares: counted whole.
+  const TokenPair c{{1, 2, 3}, {4, 5}}, d{{1, 2, 3}, {6, 7}};
+  EXPECT_EQ(packed_rows(d, &c, 100, true), 4);
+  // Truncation to the last max_length + 1 tokens: the inputs are compared as the model sees them.
+  // a's input at max_length 8: tokens 5..12; b's: 4..10 + 21 -> nothing shared at the start.
+  EXPECT_EQ(packed_rows(b, &a, 8, true), 8);
+  // An empty continuation adds no rows.
+  EXPECT_EQ(packed_rows(TokenPair{{1, 2}, {}}, &a, 100, true), 0);
+}
+
 TEST(Windows, TokenPerplexityStrides) {
   // stride = seq: each window's first token goes unscored.
   auto w = ppl_windows(10, 4, 4);

@@ -83,15 +83,8 @@ bool routed_small_blocks(int64_t Tq) {
 }  // namespace
 
 namespace attn_launch {
-FwdPath forward_path_setting() {
-  static const FwdPath path = [] {
-    const char* v = std::getenv("RT_ATTN_FWD");
-    const std::string s = v != nullptr ? v : "";
-    if (s.empty() || s == "auto") return FwdPath::Auto;
-    if (s == "wgmma") return FwdPath::Wgmma;
-    if (s == "mma") return FwdPath::Mma;
-    fail("RT_ATTN_FWD='", s, "': expected auto, wgmma (the Hopper kernel) or mma (the mma.sync kernel)");
-  }();
+KernelPath forward_path_setting() {
+  static const KernelPath path = kernel_path_from_env("RT_ATTN_FWD");
   return path;
 }
 }  // namespace attn_launch
@@ -120,9 +113,9 @@ void launch_flash_cfg(const TensorView& q, const TensorView& k, const TensorView
 // rows (o = 0, lse = +inf) with no tensor map to build.
 bool try_flash_hopper(int D, const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
                       float* lse, const AttentionSpec& spec, const Shapes& s, cudaStream_t stream) {
-  const attn_launch::FwdPath path = attn_launch::forward_path_setting();
-  if (path == attn_launch::FwdPath::Mma || s.Tk == 0 || s.Tq == 0) return false;
-  const bool forced = path == attn_launch::FwdPath::Wgmma;
+  const attn_launch::KernelPath path = attn_launch::forward_path_setting();
+  if (path == attn_launch::KernelPath::Mma || s.Tk == 0 || s.Tq == 0) return false;
+  const bool forced = path == attn_launch::KernelPath::Wgmma;
 #if RT_HAVE_SM90A
   if (!attn_launch::hopper_forward_available()) {
     RT_CHECK(!forced, "attention (cuda): RT_ATTN_FWD=wgmma needs a GPU of compute capability 9.0 (Hopper)");

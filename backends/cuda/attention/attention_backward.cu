@@ -20,15 +20,8 @@
 
 namespace rt::cuda {
 namespace attn_launch {
-BwdPath bwd_path_setting() {
-  static const BwdPath path = [] {
-    const char* v = std::getenv("RT_ATTN_BWD");
-    const std::string s = v != nullptr ? v : "";
-    if (s.empty() || s == "auto") return BwdPath::Auto;
-    if (s == "wgmma") return BwdPath::Wgmma;
-    if (s == "mma") return BwdPath::Mma;
-    fail("RT_ATTN_BWD='", s, "': expected auto, wgmma (the Hopper kernels) or mma (the mma.sync kernels)");
-  }();
+KernelPath bwd_path_setting() {
+  static const KernelPath path = kernel_path_from_env("RT_ATTN_BWD");
   return path;
 }
 }  // namespace attn_launch
@@ -165,7 +158,7 @@ struct BwdCfgFor<128> {
 // where they cannot run); the mma.sync kernels otherwise, and by default until the Hopper ones
 // have passed the GPU tests. Only the deterministic backward has them (no fused, atomic dQ).
 bool hopper_backward_selected(const Shapes& s) {
-  if (attn_launch::bwd_path_setting() != attn_launch::BwdPath::Wgmma || s.Tq == 0 || s.Tk == 0) return false;
+  if (attn_launch::bwd_path_setting() != attn_launch::KernelPath::Wgmma || s.Tq == 0 || s.Tk == 0) return false;
 #if RT_HAVE_SM90A
   RT_CHECK(attn_launch::hopper_forward_available(), kOp,
            ": RT_ATTN_BWD=wgmma needs a GPU of compute capability 9.0 (Hopper)");

@@ -7,15 +7,14 @@
 #include <cuda_runtime_api.h>
 
 #include "cuda/attention/attention_launch.h"
+#include "cuda/attention/kernel_path.h"
 #include "cuda/attention/flash_attention_bwd.cuh"
 
 namespace rt::cuda::attn_launch {
 
-// Which backward kernels the deterministic backward runs on an sm_90 GPU. RT_ATTN_BWD=wgmma: the
-// Hopper kernels or an error; mma: the mma.sync kernels (sm_89's); auto (default): the mma.sync
-// kernels until the Hopper ones have passed the GPU tests (then: Hopper where it runs).
-enum class BwdPath { Auto, Wgmma, Mma };
-BwdPath bwd_path_setting();
+// RT_ATTN_BWD (kernel_path.h); auto: the mma.sync kernels until the Hopper ones have passed the
+// GPU tests (then: Hopper where it runs).
+KernelPath bwd_path_setting();
 
 // Keys per CTA of the Hopper dK/dV kernel (its grid's x is ceil(Tk / this)).
 inline constexpr int kHopperBwdBlockN = 128;

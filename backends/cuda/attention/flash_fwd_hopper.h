@@ -5,14 +5,12 @@
 #include <cuda_runtime_api.h>
 
 #include "cuda/attention/attention_launch.h"
+#include "cuda/attention/kernel_path.h"
 
 namespace rt::cuda::attn_launch {
 
-// Which forward kernel runs on an sm_90 GPU. RT_ATTN_FWD=wgmma: the Hopper kernel or an error;
-// mma: the mma.sync kernel (the sm_89 path, testable on the H200); auto (default): the Hopper
-// kernel where it can run, the mma.sync kernel elsewhere.
-enum class FwdPath { Auto, Wgmma, Mma };
-FwdPath forward_path_setting();
+// RT_ATTN_FWD (kernel_path.h); auto: the Hopper kernel where it can run, mma.sync elsewhere.
+KernelPath forward_path_setting();
 
 // True when this build has the sm_90a kernels and the current GPU is compute capability 9.0.
 bool hopper_forward_available();
