@@ -38,6 +38,13 @@ Models (odd sizes on purpose):
                          sliding model (our `--attention swa --window 5`) and for the same weights
                          with full causal attention (our `--attention full_causal`).
 
+    sliding_mixed        Qwen3: hidden 48, 4 heads / 2 kv, head_dim 16, inter 64, 3 layers, vocab 199,
+                         tied, float32, use_sliding_window true, sliding_window 4,
+                         max_window_layers 1 and no layer_types in config.json: layer 0 attends to
+                         every past token, layers 1-2 slide (transformers derives that). HF's
+                         logits are the runtime's default backend's, and swa's (which takes the
+                         window and the full layers from the checkpoint).
+
     qwen3_hd16           Qwen3 (model_type qwen3: QK-norm, no qkv bias): hidden 48, 4 heads / 2 kv,
                          head_dim 16 (not hidden / heads = 12), inter 64, 2 layers, vocab 263,
                          rope_theta 1e6, rms_norm_eps 1e-5, untied, float32
@@ -130,6 +137,14 @@ SPECS = [
         lengths=[1, 12, 37], generate=True,
     ),
     dict(
+        name="sliding_mixed", seed=1008, arch="qwen3", head_dim=16,
+        hidden_size=48, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+        num_hidden_layers=3, vocab_size=199, rope_theta=1e6, tie=True, dtype="float32",
+        max_position_embeddings=128, rms_norm_eps=1e-6, style="v5", sliding_window=4,
+        max_window_layers=1, drop_layer_types=True,
+        lengths=[1, 12, 37], generate=True,
+    ),
+    dict(
         name="qwen3_hd16", seed=1006, arch="qwen3", head_dim=16,
         hidden_size=48, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
         num_hidden_layers=2, vocab_size=263, rope_theta=1e6, tie=False, dtype="float32",
@@ -173,7 +188,7 @@ def make_config(spec: dict, **over):
         tie_word_embeddings=spec["tie"],
         use_sliding_window=sliding is not None,
         sliding_window=sliding if sliding is not None else spec["max_position_embeddings"],
-        max_window_layers=0 if sliding is not None else spec["num_hidden_layers"],
+        max_window_layers=spec.get("max_window_layers", 0) if sliding is not None else spec["num_hidden_layers"],
         hidden_act="silu",
         initializer_range=0.02,
         attention_dropout=0.0,
@@ -341,6 +356,10 @@ def build(spec: dict, out_root: Path) -> dict:
         f.chmod(0o644)
     if spec["style"] == "v4":
         patch_config_v4(d / "config.json", spec)
+    if spec.get("drop_layer_types"):  # transformers then derives them from max_window_layers
+        cj = json.loads((d / "config.json").read_text())
+        cj.pop("layer_types")
+        (d / "config.json").write_text(json.dumps(cj, indent=2, sort_keys=True) + "\n")
     cfg_json = json.loads((d / "config.json").read_text())
     if spec["style"] == "v5":
         assert "rope_theta" not in cfg_json and cfg_json["rope_parameters"]["rope_theta"] == spec["rope_theta"]
@@ -354,7 +373,9 @@ def build(spec: dict, out_root: Path) -> dict:
     sliding = spec.get("sliding_window")
     causal_model = None
     if sliding is not None:
-        assert ref_model.config.layer_types == ["sliding_attention"] * spec["num_hidden_layers"]
+        full = spec.get("max_window_layers", 0)
+        assert ref_model.config.layer_types == ["full_attention"] * full + \
+            ["sliding_attention"] * (spec["num_hidden_layers"] - full), ref_model.config.layer_types
         assert ref_model.config.sliding_window == sliding
         ccfg = config_class(spec).from_pretrained(d)
         ccfg._attn_implementation = "eager"
@@ -422,6 +443,10 @@ def build(spec: dict, out_root: Path) -> dict:
             save_npy(d / fc, hc)
             ref["logits"].append(dict(name=f"T{T}_swa_w{w}", ids=ids, attention="swa", window=w,
                                       file=fs, hf="sliding"))
+            if spec.get("max_window_layers", 0) > 0:
+                # Only some layers slide: the runtime's default backend runs them as HF does.
+                ref["logits"].append(dict(name=f"T{T}_default", ids=ids, attention=None, window=None,
+                                          file=fs, hf="sliding"))
             ref["logits"].append(dict(name=f"T{T}_full_causal", ids=ids, attention="full_causal",
                                       window=None, file=fc, hf="causal"))
             if T > w:
@@ -443,10 +468,16 @@ def build(spec: dict, out_root: Path) -> dict:
         cfg._attn_implementation = "eager"
         cfg.sliding_window = sliding + 1
         sens["window_plus_1"] = rel_err(logits_of(load_f32(d, cfg, spec), base_case["ids"]), base)
+        if spec.get("max_window_layers", 0) > 0:  # the full layer really attends to every token
+            cfg = config_class(spec).from_pretrained(d)
+            cfg._attn_implementation = "eager"
+            cfg.layer_types = ["sliding_attention"] * cfg.num_hidden_layers
+            sens["every_layer_slides"] = rel_err(logits_of(load_f32(d, cfg, spec), base_case["ids"]), base)
     ref["sensitivity"].update(sens)
     must = ["rope_theta_1e4", "rope_theta_x2", "unit_norms", "unit_final_norm"] + \
         (["no_qkv_bias", "no_k_bias"] if arch(spec) == "qwen2" else ["unit_qk_norms", "unit_k_norm"]) + \
-        (["window_plus_1"] if sliding else [])
+        (["window_plus_1"] if sliding else []) + \
+        (["every_layer_slides"] if spec.get("max_window_layers", 0) > 0 else [])
     if spec["rms_norm_eps"] != 1e-6 or not spec["tie"]:
         must += ["rms_norm_eps_x10"]
     for k in must:

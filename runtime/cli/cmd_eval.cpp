@@ -109,7 +109,14 @@ json eval_choice(eval::LoglikelihoodScorer& scorer, const std::string& task, con
                  int64_t batch_tokens, const Ranks& ranks, std::string& samples) {
   std::vector<eval::TokenPair> requests;
   for (const eval::ChoiceDoc& d : docs)
-    for (const std::string& c : d.choices) requests.push_back(scorer.encode_pair(d.context, " " + c));
+    for (size_t k = 0; k < d.choices.size(); ++k) {
+      requests.push_back(scorer.encode_pair(d.context, " " + d.choices[k]));
+      // lm-eval asserts this too: a choice cut to its last max_length tokens would be scored on part of it.
+      const auto n = static_cast<int64_t>(requests.back().continuation.size());
+      RT_CHECK(n <= scorer.max_length(), task, ": document ", d.doc_id, ", choice ", k, ": the continuation is ", n,
+               " tokens, more than the maximum length ", scorer.max_length(),
+               " (--seq); lm-evaluation-harness refuses it too");
+    }
   std::vector<size_t> starts;  // batch b: requests [starts[b], starts[b + 1])
   size_t widest = 0;
   for (size_t i = 0, tokens = 0; i < requests.size(); ++i) {

@@ -12,6 +12,7 @@
 #include "cpu/cpu_ops.h"
 #include "loader/l2a_official.h"
 #include "loader/model_resolver.h"
+#include "loader/qwen2_weights.h"
 #include "plugin_host/backend_module.h"
 #include "common/flag_paths.h"
 #include "model/model_dims.h"
@@ -130,6 +131,11 @@ static std::string windowed_backends(const PluginRegistry& registry) {
 // Plugin options, weakest first: what the checkpoint records (the backend's config section, e.g.
 // a trained L2A model's "l2a"; the "attention_backend" options of a model exported with this
 // backend), then --set (unscoped, then scoped to this backend), then --window.
+// The layers in which the checkpoint's config enables sliding-window attention (transformers' layer_types).
+static int64_t sliding_layers(const HfConfig& config) {
+  return std::count(config.layer_types.begin(), config.layer_types.end(), "sliding_attention");
+}
+
 static Options plugin_options(const ModelOptions& o, const std::string& attention, const Capabilities& caps,
                               const HfConfig& config, const PluginRegistry& registry) {
   Options opts;
@@ -152,6 +158,15 @@ static Options plugin_options(const ModelOptions& o, const std::string& attentio
   } else if (caps.hf_attention == Capabilities::HfAttention::SlidingWindow && !opts.has("window") &&
              config.sliding_window > 0) {
     opts.set("window", std::to_string(config.sliding_window));  // the checkpoint's own window
+  }
+  // A checkpoint that slides only some layers: the others attend to every past token, as in
+  // transformers (layer_types, or max_window_layers without it).
+  if (caps.hf_attention == Capabilities::HfAttention::SlidingWindow && !opts.has("full_layers") &&
+      sliding_layers(config) > 0) {
+    std::string full;
+    for (size_t i = 0; i < config.layer_types.size(); ++i)
+      if (config.layer_types[i] == "full_attention") full += (full.empty() ? "" : ",") + std::to_string(i);
+    if (!full.empty()) opts.set("full_layers", full);
   }
   return opts;
 }
@@ -177,7 +192,14 @@ static std::string default_backend(const HfConfig& config, const PluginRegistry&
         recorded_section(config, p.caps) != nullptr)
       return p.name;
   const std::string recorded = recorded_backend(config);
-  return recorded.empty() ? "full_causal" : recorded;
+  if (!recorded.empty()) return recorded;
+  // A checkpoint whose config enables sliding windows runs them, as transformers does.
+  if (sliding_layers(config) > 0)
+    for (const PluginInfo& p : plugins)
+      if (p.kind == PluginKind::Attention && (device == Device::CUDA ? p.caps.cuda : p.caps.cpu) &&
+          p.caps.hf_attention == Capabilities::HfAttention::SlidingWindow)
+        return p.name;
+  return "full_causal";
 }
 
 // The model-level settings of a run (--rope-theta, --max-position, and their unscoped --set forms),
@@ -248,6 +270,8 @@ std::unique_ptr<ModelSession> open_model_session(const ModelOptions& given) {
     // An official L2A checkpoint names its global attention and router its own way; everything below
     // (the layout the plugin reads off the tensor names, load_weights) sees this runtime's names.
     adopt_official_l2a_names(config, *s->weights);
+    if (const std::string note = reconcile_tied_head(config, *s->weights); !note.empty())
+      std::cerr << "warning: " << note << "\n";
   }
   Options options = plugin_options(o, s->attention_name, caps, config, s->registry);
   s->attention->reconcile_checkpoint(checkpoint_facts(config, caps, s->weights ? &*s->weights : nullptr), options);
@@ -255,17 +279,16 @@ std::unique_ptr<ModelSession> open_model_session(const ModelOptions& given) {
     s->router = s->registry.create_router(options.get_string("router", "linear_sigmoid"));
     s->attention->attach_router(s->router.get());
   }
-  if (caps.hf_attention == Capabilities::HfAttention::Full &&
-      std::count(config.layer_types.begin(), config.layer_types.end(), "sliding_attention") > 0) {
+  if (caps.hf_attention == Capabilities::HfAttention::Full && sliding_layers(config) > 0) {
     std::string hf_window;  // a backend that runs HF's sliding-window attention, to suggest
     for (const PluginInfo& p : s->registry.plugins())
       if (p.caps.hf_attention == Capabilities::HfAttention::SlidingWindow && hf_window.empty()) hf_window = p.name;
     std::cerr << "warning: " << config.source << " enables sliding-window attention (window "
-              << config.sliding_window << ") in some layers; " << s->attention_name
-              << " attends to every past token."
+              << config.sliding_window << ") in " << sliding_layers(config) << " of " << config.layer_types.size()
+              << " layers; " << s->attention_name << " attends to every past token in every layer."
               << (hf_window.empty() ? std::string()
-                                    : " Use --attention " + hf_window + " --window " +
-                                          std::to_string(config.sliding_window) + " to match it.")
+                                    : " Leave out --attention, or use --attention " + hf_window +
+                                          " (the window and the layers from the checkpoint), to match it.")
               << "\n";
   }
   s->attention->configure(options, dims);

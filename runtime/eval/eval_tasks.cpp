@@ -1,6 +1,7 @@
 #include "eval/eval_tasks.h"
 
 #include <fstream>
+#include <iterator>
 
 #include <nlohmann/json.hpp>
 
@@ -12,28 +13,51 @@ namespace {
 
 using json = nlohmann::json;
 
-// Calls fn(row, where) for each non-empty line of a JSON-lines file, stopping after `limit` rows.
+// Calls fn(row, where, index) for each row of a JSON-lines file (blank lines skipped), or of a file
+// that is one JSON array of rows (as Hugging Face datasets' json loader also reads), stopping after
+// `limit` rows. `where` names the file and the line (or the array element).
 template <class Fn>
 void for_each_row(const std::filesystem::path& path, int64_t limit, Fn&& fn) {
   std::ifstream in(path, std::ios::binary);
   RT_CHECK(in.good(), path.string(), ": cannot open");
-  std::string line;
-  int64_t lineno = 0, rows = 0;
-  while ((limit < 0 || rows < limit) && std::getline(in, line)) {
-    ++lineno;
-    if (!line.empty() && line.back() == '\r') line.pop_back();
-    if (line.find_first_not_of(" \t") == std::string::npos) continue;
-    const std::string where = path.string() + ":" + std::to_string(lineno);
-    check_utf8(line, where);
-    json row;
-    try {
-      row = json::parse(line);
-    } catch (const json::parse_error& e) {
-      fail(where, ": not a JSON object (", e.what(), ")");
-    }
-    RT_CHECK(row.is_object(), where, ": expected a JSON object per line, found ", row.type_name());
+  int64_t rows = 0;
+  auto row_of = [&](json row, const std::string& where) {
+    RT_CHECK(row.is_object(), where, ": expected a JSON object per row, found ", row.type_name());
     fn(row, where, rows);
     ++rows;
+  };
+  in >> std::ws;
+  if (in.peek() == '[') {
+    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    check_utf8(text, path.string());
+    json all;
+    try {
+      all = json::parse(text);
+    } catch (const json::parse_error& e) {
+      fail(path.string(), ": not a JSON array of rows (", e.what(), ")");
+    }
+    RT_CHECK(all.is_array(), path.string(), ": expected a JSON array of rows");
+    for (size_t i = 0; i < all.size() && (limit < 0 || rows < limit); ++i)
+      row_of(std::move(all[i]), path.string() + ": row " + std::to_string(i));
+  } else {
+    in.clear();
+    in.seekg(0);
+    std::string line;
+    int64_t lineno = 0;
+    while ((limit < 0 || rows < limit) && std::getline(in, line)) {
+      ++lineno;
+      if (!line.empty() && line.back() == '\r') line.pop_back();
+      if (line.find_first_not_of(" \t") == std::string::npos) continue;
+      const std::string where = path.string() + ":" + std::to_string(lineno);
+      check_utf8(line, where);
+      json row;
+      try {
+        row = json::parse(line);
+      } catch (const json::parse_error& e) {
+        fail(where, ": not a JSON object (", e.what(), ")");
+      }
+      row_of(std::move(row), where);
+    }
   }
   RT_CHECK(rows > 0, path.string(), ": no documents (the file is empty)");
 }
@@ -60,11 +84,16 @@ std::vector<std::string> str_list(const json& v, const std::string& what, const 
   return out;
 }
 
-// A label given as an int or a string of digits (Rowan/hellaswag stores "2"), in [0, n).
-int int_label(const json& v, const char* name, size_t n, const std::string& where) {
+// A label in [0, n): an int, or with digit_strings a string of digits (Rowan/hellaswag stores "2",
+// which lm-eval's template "{{label}}" turns into an index). piqa's "doc_to_target: label" takes
+// the value as it is, and a string would be looked up among the choices' texts: refused.
+int int_label(const json& v, const char* name, size_t n, const std::string& where, bool digit_strings) {
   int64_t x = -1;
   if (v.is_number_integer()) {
     x = v.get<int64_t>();
+  } else if (v.is_string() && !digit_strings) {
+    fail(where, ": field '", name, "' must be an integer label (0 to ", n - 1, "), found the string \"",
+         v.get<std::string>(), "\"");
   } else if (v.is_string()) {
     const std::string s = v.get<std::string>();
     RT_CHECK(!s.empty() && s.find_first_not_of("0123456789") == std::string::npos && s.size() < 10, where,
@@ -83,7 +112,7 @@ ChoiceDoc hellaswag_doc(const json& row, const std::string& where) {
   const std::string ctx = str_field(row, "ctx_a", where) + " " + py_capitalize(str_field(row, "ctx_b", where));
   d.context = hellaswag_preprocess(str_field(row, "activity_label", where) + ": " + ctx);
   for (const auto& e : str_list(field(row, "endings", where), "endings", where)) d.choices.push_back(hellaswag_preprocess(e));
-  d.target = int_label(field(row, "label", where), "label", d.choices.size(), where);
+  d.target = int_label(field(row, "label", where), "label", d.choices.size(), where, /*digit_strings=*/true);
   return d;
 }
 
@@ -91,7 +120,7 @@ ChoiceDoc piqa_doc(const json& row, const std::string& where) {
   ChoiceDoc d;
   d.context = "Question: " + str_field(row, "goal", where) + "\nAnswer:";
   d.choices = {str_field(row, "sol1", where), str_field(row, "sol2", where)};
-  d.target = int_label(field(row, "label", where), "label", 2, where);
+  d.target = int_label(field(row, "label", where), "label", 2, where, /*digit_strings=*/false);
   return d;
 }
 

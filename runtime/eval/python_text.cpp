@@ -70,15 +70,23 @@ std::string py_capitalize(std::string_view s) {
   if (s.empty()) return "";
   size_t i = 0;
   next_cp(s, i);
-  // Python 3.8+: the first character in title case, the rest lower case (full mappings, root locale).
+  // Python 3.8+: the first character in title case, the rest lower case (full mappings, root
+  // locale), the rest lower-cased in the context of the whole string: a capital sigma after a cased
+  // letter and before no cased letter is the final form (so "ΌΣ x" -> "Ός x"). ICU's toLower applies
+  // the same Final_Sigma rule to the whole string; the first character maps alone either way (it
+  // follows nothing), so its lower-case mapping is cut off the front.
+  const icu::UnicodeString whole = icu::UnicodeString::fromUTF8(icu::StringPiece(s.data(), static_cast<int32_t>(s.size())));
   icu::UnicodeString first = icu::UnicodeString::fromUTF8(icu::StringPiece(s.data(), static_cast<int32_t>(i)));
-  icu::UnicodeString rest =
-      icu::UnicodeString::fromUTF8(icu::StringPiece(s.data() + i, static_cast<int32_t>(s.size() - i)));
+  icu::UnicodeString first_lower = first;
+  first_lower.toLower(icu::Locale::getRoot());
+  icu::UnicodeString lower = whole;
+  lower.toLower(icu::Locale::getRoot());
+  RT_CHECK(lower.startsWith(first_lower), "eval: capitalize: the lower-case mapping of the first character is not a "
+                                          "prefix of the whole string's");
   first.toTitle(nullptr, icu::Locale::getRoot(), U_TITLECASE_NO_LOWERCASE | U_TITLECASE_NO_BREAK_ADJUSTMENT);
-  rest.toLower(icu::Locale::getRoot());
   std::string out;
   first.toUTF8String(out);
-  rest.toUTF8String(out);
+  icu::UnicodeString(lower, first_lower.length()).toUTF8String(out);
   return out;
 }
 
@@ -94,7 +102,50 @@ std::string py_replace(std::string_view s, std::string_view old, std::string_vie
   return out;
 }
 
-std::string py_re_sub(const std::string& pattern, const std::string& repl, std::string_view s) {
+namespace {
+
+// Python's \s in a str pattern is str.isspace() (py_isspace), which is not PCRE2's Unicode \s:
+// Python counts U+001C..U+001F, PCRE2 counts U+180E. Members of a character class.
+constexpr const char* kPySpaceMembers =
+    "\\t\\n\\x0b\\x0c\\r\\x1c-\\x1f \\x85\\xa0\\x{1680}\\x{2000}-\\x{200a}\\x{2028}\\x{2029}\\x{202f}"
+    "\\x{205f}\\x{3000}";
+
+// The pattern with every \s and \S spelled as Python's classes.
+std::string python_space_classes(const std::string& pattern) {
+  std::string out;
+  bool in_class = false;
+  for (size_t i = 0; i < pattern.size(); ++i) {
+    const char c = pattern[i];
+    if (c == '\\' && i + 1 < pattern.size()) {
+      const char e = pattern[++i];
+      if (e == 's') {
+        out += in_class ? std::string(kPySpaceMembers) : "[" + std::string(kPySpaceMembers) + "]";
+      } else if (e == 'S') {
+        RT_CHECK(!in_class, "eval: regex '", pattern, "': \\S inside a character class is not supported");
+        out += "[^" + std::string(kPySpaceMembers) + "]";
+      } else {
+        out += c;
+        out += e;
+      }
+      continue;
+    }
+    if (c == '[' && !in_class) {
+      in_class = true;
+      out += c;
+      if (i + 1 < pattern.size() && pattern[i + 1] == '^') out += pattern[++i];
+      if (i + 1 < pattern.size() && pattern[i + 1] == ']') out += pattern[++i];  // a literal ] first
+      continue;
+    }
+    if (c == ']' && in_class) in_class = false;
+    out += c;
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string py_re_sub(const std::string& python_pattern, const std::string& repl, std::string_view s) {
+  const std::string pattern = python_space_classes(python_pattern);
   int err = 0;
   PCRE2_SIZE off = 0;
   std::unique_ptr<pcre2_code, void (*)(pcre2_code*)> code(

@@ -228,27 +228,43 @@ HfConfig parse_hf_config_text(const std::string& text, const std::string& what) 
   if (c.head_dim % 2 != 0) fail(what, ": head_dim ", c.head_dim, " must be even for RoPE");
 
   c.hidden_act = f.opt_str("hidden_act").value_or("silu");
+  if (c.hidden_act == "swish") c.hidden_act = "silu";  // transformers' ACT2FN: the same function
   if (c.hidden_act != "silu")
-    fail(what, ": hidden_act \"", c.hidden_act, "\" is not supported (Qwen2's MLP uses \"silu\")");
+    fail(what, ": hidden_act \"", c.hidden_act, "\" is not supported (Qwen2's MLP uses \"silu\", also named \"swish\")");
 
-  // RoPE: transformers-5 "rope_parameters" or transformers-4 top-level "rope_theta" (+ the
-  // optional "rope_scaling"); both may be present in converted files and must then agree.
-  std::optional<double> theta_top = f.opt_num("rope_theta");
-  std::optional<double> theta_params;
-  if (const json* rp = f.find("rope_parameters")) {
-    check_rope_kind(what, "rope_parameters", *rp);
-    if (auto it = rp->find("rope_theta"); it != rp->end() && !it->is_null()) {
-      if (!it->is_number())
-        fail(what, ": field \"rope_parameters.rope_theta\" must be a number, found ", json_type_name(*it),
-             " ", json_brief(*it));
-      theta_params = it->get<double>();
-    }
-  }
-  if (const json* rs = f.find("rope_scaling")) check_rope_kind(what, "rope_scaling", *rs);
-  if (theta_top && theta_params && *theta_top != *theta_params)
-    fail(what, ": rope_theta (", *theta_top, ") and rope_parameters.rope_theta (", *theta_params,
-         ") disagree");
-  c.rope_theta = theta_params ? *theta_params : theta_top.value_or(10000.0);
+  // RoPE: transformers-5 "rope_parameters", transformers-4 top-level "rope_theta" and "rope_scaling".
+  // transformers 5 reads the RoPE dict from rope_scaling when that is a non-empty object (in place of
+  // rope_parameters), its rope_theta defaulting to the top-level one, then 10000. A theta stated twice
+  // must agree, and a rope_parameters.rope_theta that transformers would skip is refused: the theta
+  // used must be the one transformers uses.
+  auto dict_theta = [&](const char* field, const json& rope) -> std::optional<double> {
+    check_rope_kind(what, field, rope);
+    auto it = rope.find("rope_theta");
+    if (it == rope.end() || it->is_null()) return std::nullopt;
+    if (!it->is_number())
+      fail(what, ": field \"", field, ".rope_theta\" must be a number, found ", json_type_name(*it), " ",
+           json_brief(*it));
+    return it->get<double>();
+  };
+  const std::optional<double> theta_top = f.opt_num("rope_theta");
+  std::optional<double> theta_params, theta_scaling;
+  const json* rp = f.find("rope_parameters");
+  const json* rs = f.find("rope_scaling");
+  if (rp) theta_params = dict_theta("rope_parameters", *rp);
+  if (rs) theta_scaling = dict_theta("rope_scaling", *rs);
+  const bool scaling_used = rs && !rs->empty();  // what transformers 5 reads in place of rope_parameters
+  const std::pair<const char*, std::optional<double>> stated[] = {
+      {"rope_theta", theta_top}, {"rope_parameters.rope_theta", theta_params}, {"rope_scaling.rope_theta", theta_scaling}};
+  for (size_t i = 0; i < std::size(stated); ++i)
+    for (size_t j = i + 1; j < std::size(stated); ++j)
+      if (stated[i].second && stated[j].second && *stated[i].second != *stated[j].second)
+        fail(what, ": ", stated[i].first, " (", *stated[i].second, ") and ", stated[j].first, " (", *stated[j].second,
+             ") disagree");
+  if (scaling_used && theta_params && !theta_scaling && !theta_top)
+    fail(what, ": rope_parameters.rope_theta (", *theta_params, ") would be ignored: transformers reads RoPE from "
+         "the non-empty rope_scaling, which has no rope_theta (it would use 10000); move rope_theta into "
+         "rope_scaling or remove rope_scaling");
+  c.rope_theta = theta_scaling ? *theta_scaling : theta_params ? *theta_params : theta_top.value_or(10000.0);
   check_positive_finite(what, "rope_theta", c.rope_theta);
 
   c.tie_word_embeddings = f.opt_bool("tie_word_embeddings", false);
@@ -298,18 +314,20 @@ HfConfig parse_hf_config_text(const std::string& text, const std::string& what) 
         if (!json_is_integer(v))
           fail(what, ": eos_token_id[", i, "] must be an integer, found ", json_type_name(v));
         if (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(kMaxDim))
-          fail(what, ": eos_token_id[", i, "] = ", v.get<uint64_t>(), " is outside the vocabulary");
+          fail(what, ": eos_token_id[", i, "] = ", v.get<uint64_t>(), " is not a token id");
       }
       if (!eos->empty()) c.eos_token_id = (*eos)[0].get<int64_t>();
     } else {
       c.eos_token_id = f.opt_int("eos_token_id");
     }
   }
+  // An id past the vocabulary is allowed, as transformers allows it (tiny test models often keep the
+  // real model's ids): the model can never emit it, so generation simply never stops on it.
   using NamedId = std::pair<const char*, std::optional<int64_t>>;
   for (auto [key, id] : std::initializer_list<NamedId>{{"bos_token_id", c.bos_token_id},
                                                        {"eos_token_id", c.eos_token_id}})
-    if (id && (*id < 0 || *id >= c.vocab_size))
-      fail(what, ": ", key, " ", *id, " is outside the vocabulary [0, ", c.vocab_size, ")");
+    if (id && (*id < 0 || *id > kMaxDim))
+      fail(what, ": ", key, " ", *id, " is not a token id (expected 0 <= id <= ", kMaxDim, ")");
   return c;
 }
 

@@ -1,8 +1,11 @@
 #include "loader/qwen2_weights.h"
 
+#include <cstring>
 #include <set>
+#include <vector>
 
 #include "rt/sdk/error.h"
+#include "rt/sdk/half.h"
 
 namespace rt {
 
@@ -15,6 +18,26 @@ std::string shape_str(const std::vector<int64_t>& shape) {
 }
 
 bool allowed_dtype(StDType t) { return t == StDType::F32 || t == StDType::F16 || t == StDType::BF16; }
+
+// Equal values (as torch.equal compares them after loading): the same bytes, or across dtypes the
+// same floats, row by row to bound the memory.
+bool same_values(const WeightInfo& a, const WeightInfo& b) {
+  if (a.shape != b.shape || a.shape.size() != 2) return false;
+  const auto da = a.sdk_dtype(), db = b.sdk_dtype();
+  if (!da || !db) return false;
+  if (a.dtype == b.dtype) return a.nbytes == b.nbytes && std::memcmp(a.data, b.data, a.nbytes) == 0;
+  const auto cols = static_cast<size_t>(a.shape[1]);
+  std::vector<float> ra(cols), rb(cols);
+  std::vector<uint8_t> ba(cols * dtype_size(*da)), bb(cols * dtype_size(*db));
+  for (int64_t r = 0; r < a.shape[0]; ++r) {
+    std::memcpy(ba.data(), a.data + static_cast<size_t>(r) * ba.size(), ba.size());  // may be misaligned
+    std::memcpy(bb.data(), b.data + static_cast<size_t>(r) * bb.size(), bb.size());
+    convert_to_f32(ba.data(), *da, ra.data(), cols);
+    convert_to_f32(bb.data(), *db, rb.data(), cols);
+    if (ra != rb) return false;
+  }
+  return true;
+}
 
 }  // namespace
 
@@ -97,6 +120,22 @@ Qwen2WeightReport validate_qwen2_weights(const HfConfig& cfg, const WeightStore&
     fail(msg);
   }
   return report;
+}
+
+std::string reconcile_tied_head(HfConfig& cfg, WeightStore& weights) {
+  if (!cfg.tie_word_embeddings) return "";
+  const WeightInfo* head = weights.find("lm_head.weight");
+  const WeightInfo* embed = weights.find("model.embed_tokens.weight");
+  if (head && !embed) {
+    weights.rename("lm_head.weight", "model.embed_tokens.weight");
+    return "";
+  }
+  if (!head || !embed || head->shape != embed->shape || same_values(*head, *embed)) return "";
+  cfg.tie_word_embeddings = false;
+  cfg.raw["tie_word_embeddings"] = false;
+  return cfg.source + " says tie_word_embeddings, but " + head->file +
+         " stores lm_head.weight with values other than model.embed_tokens.weight: running untied with the stored "
+         "head, as transformers does (set tie_word_embeddings to false in the config to silence this)";
 }
 
 }  // namespace rt

@@ -34,4 +34,11 @@ struct Qwen2WeightReport {
 // (plugins add parameters); they are counted in the report.
 Qwen2WeightReport validate_qwen2_weights(const HfConfig& cfg, const WeightStore& weights);
 
+// Ties the output head to the embedding as transformers' from_pretrained does when the config says
+// tie_word_embeddings: a checkpoint that stores only lm_head.weight has it read as the embedding
+// too; one that stores both with different values is run untied (cfg.tie_word_embeddings and its
+// raw JSON set to false), the stored head used. Returns a warning for the user in that case, else
+// an empty string. Call before validate_qwen2_weights.
+std::string reconcile_tied_head(HfConfig& cfg, WeightStore& weights);
+
 }  // namespace rt

@@ -144,12 +144,19 @@ void export_model(Ops& ops, Qwen2Model& model, const std::filesystem::path& dir,
     for (int64_t i = 0; i < n_layers; ++i) cfg["layer_types"].push_back(type);
   };
   if (caps.hf_attention == Capabilities::HfAttention::SlidingWindow && attention_options.has("window")) {
-    // Hugging Face's own fields for sliding-window attention in every layer, so that transformers
-    // (and a loader that reads only them) runs the export the same way.
+    // Hugging Face's own fields for sliding-window attention in every layer but the full_layers
+    // option's, so that transformers (and a loader that reads only them) runs the export the same
+    // way. transformers 4 reads max_window_layers (the first layers full), 5 layer_types.
+    const std::vector<int> full =
+        parse_layer_indices(attention_options.get_string("full_layers", ""), "full_layers", n_layers);
+    auto is_full = [&](int64_t l) { return std::find(full.begin(), full.end(), l) != full.end(); };
+    int64_t leading_full = 0;
+    while (leading_full < n_layers && is_full(leading_full)) ++leading_full;
     cfg["use_sliding_window"] = true;
     cfg["sliding_window"] = attention_options.get_int("window", 0);
-    cfg["max_window_layers"] = 0;
+    cfg["max_window_layers"] = leading_full;
     set_layer_types("sliding_attention");
+    for (int l : full) cfg["layer_types"][static_cast<size_t>(l)] = "full_attention";
   } else if (caps.hf_attention == Capabilities::HfAttention::Full && cfg.contains("use_sliding_window") &&
              cfg["use_sliding_window"] == true) {
     // Trained with full attention in every layer: the base model's window no longer applies.

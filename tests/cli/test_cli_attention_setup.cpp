@@ -93,6 +93,47 @@ TEST(AttentionExport, FullCausalClearsTheBaseModelsWindow) {
   EXPECT_EQ(lg.err.find("warning"), std::string::npos) << lg.err;
 }
 
+// A checkpoint that slides only some layers (sliding_mixed: layer 0 full, layers 1-2 with window 4,
+// derived by transformers from max_window_layers): runs as HF by default (swa, the window and the
+// full layers from the checkpoint; parity in test_cli_parity), warns under full_causal, and a
+// model trained from it exports the same per-layer types.
+TEST(AttentionExport, SwaKeepsTheCheckpointsFullLayers) {
+  ASSERT_TRUE(runtime_available());
+  TempDir tmp;
+  const fs::path base = fixture_model("sliding_mixed");
+  const auto full = run_runtime({"logits", "--model", base.string(), "--ids", "1,2,3", "--attention", "full_causal",
+                                 "--out", (tmp / "full.npy").string()});
+  ASSERT_TRUE(full.ok()) << full.describe();
+  EXPECT_NE(full.err.find("in 2 of 3 layers"), std::string::npos) << full.err;
+
+  std::string ids;  // uint32 ids under the fixture's vocabulary of 199
+  for (uint32_t i = 0; i < 512; ++i) {
+    const uint32_t id = (i * 37 + 11) % 199;
+    ids.append(reinterpret_cast<const char*>(&id), sizeof id);
+  }
+  write_text(tmp / "ids.bin", ids);
+  write_text(tmp / "train.toml", "[train]\nregime = \"full\"\nseq_len = 16\nbatch_size = 1\nlr = 1e-3\n");
+  const auto t = run_runtime({"train", "--model", base.string(), "--config", (tmp / "train.toml").string(), "--data",
+                              (tmp / "ids.bin").string(), "--steps", "1", "--out", (tmp / "run").string(), "--quiet"},
+                             300);
+  ASSERT_TRUE(t.ok()) << t.describe();
+  const json cfg = read_json(tmp / "run" / "model" / "config.json");
+  EXPECT_EQ(cfg["attention_backend"]["name"], "swa");
+  EXPECT_EQ(cfg["attention_backend"]["options"]["window"], 4);
+  EXPECT_EQ(cfg["attention_backend"]["options"]["full_layers"], 0);
+  EXPECT_EQ(cfg["use_sliding_window"], true);
+  EXPECT_EQ(cfg["sliding_window"], 4);
+  EXPECT_EQ(cfg["max_window_layers"], 1);
+  EXPECT_EQ(cfg["layer_types"], json::array({"full_attention", "sliding_attention", "sliding_attention"}));
+  // A bad full_layers option names the option and the model's layers.
+  const auto bad = run_runtime({"logits", "--model", base.string(), "--ids", "1,2,3", "--attention", "swa", "--set",
+                                "full_layers=3", "--out", (tmp / "bad.npy").string()});
+  EXPECT_FALSE(bad.ok());
+  EXPECT_NE(bad.err.find("swa: option full_layers: layer 3 is out of range (the model has 3 layers"),
+            std::string::npos)
+      << bad.err;
+}
+
 // The layout recorded in config.json: the other one is refused, naming file, field and both values.
 TEST(AttentionLayout, ContradictingTheRecordedLayoutIsAnError) {
   ASSERT_TRUE(runtime_available());

@@ -40,7 +40,8 @@ void PrintTo(const LogitsCase& c, std::ostream* os) { *os << c.model << "/" << c
 void PrintTo(const GenerateCase& c, std::ostream* os) { *os << c.model << "/" << c.name; }
 
 const std::vector<std::string> kModels = {"gqa_untied_f32", "tied_bf16_theta5e6", "sharded_f16", "gqa7_hd64",
-                                          "sliding_window", "qwen3_hd16",         "qwen3_hd64_bf16"};
+                                          "sliding_window", "sliding_mixed",      "qwen3_hd16",
+                                          "qwen3_hd64_bf16"};
 
 std::string str_or_empty(const nlohmann::json& j, const char* key) {
   return j.contains(key) && j[key].is_string() ? j[key].get<std::string>() : std::string();

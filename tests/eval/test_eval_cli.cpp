@@ -62,6 +62,12 @@ TEST(EvalCli, BadInputsAreClearErrors) {
                {"--data piqa=", "bad.jsonl:2", "missing field 'sol2'"});
   std::ofstream(tmp / "empty.jsonl") << "";
   expect_error(eval("--tasks piqa --data piqa=" + (tmp / "empty.jsonl").string() + out), {"no documents"});
+  // A choice longer than the maximum length (lm-eval asserts on it too): task, document and choice.
+  std::ofstream(tmp / "long.jsonl") << "{\"goal\": \"g\", \"sol1\": \"a\", \"sol2\": \"b\", \"label\": 0}\n"
+                                    << "{\"goal\": \"g\", \"sol1\": \"one two three four five six seven eight nine "
+                                       "ten eleven twelve\", \"sol2\": \"b\", \"label\": 1}\n";
+  expect_error(eval("--tasks piqa --seq 8 --data piqa=" + (tmp / "long.jsonl").string() + out),
+               {"piqa: document 1, choice 0: the continuation is 12 tokens, more than the maximum length 8"});
   // niah: a length too short for the prompt, or past the model's positions; a bad depth.
   const std::string hay = (fs::path(RT_SHARED_DATA_DIR) / "wikitext-2" / "test.txt").string();
   expect_error(eval("--tasks niah --data niah=" + hay + " --niah-lengths 40" + out), {"cannot hold"});

@@ -42,6 +42,38 @@ TEST(PythonText, StripCapitalizeLen) {
   EXPECT_EQ(py_split_ws_count("abc"), 1);
   EXPECT_EQ(py_re_sub("\\[.*?\\]", "", "a [x] b [y]"), "a  b ");
   EXPECT_EQ(py_re_sub("\\(\\s*([^\\)]*?)\\s*\\)", "(\\1)", "f ( x y ) $"), "f (x y) $");
+  // capitalize() lower-cases the rest in context: a final capital sigma becomes the final form.
+  EXPECT_EQ(py_capitalize("\xce\x8c\xce\xa3 x"), "\xce\x8c\xcf\x82 x");          // ΌΣ x -> Ός x
+  EXPECT_EQ(py_capitalize("\xce\x91\xce\xa3\xce\x91"), "\xce\x91\xcf\x83\xce\xb1");  // ΑΣΑ -> Ασα
+  EXPECT_EQ(py_capitalize("\xce\xa3\xce\xa3"), "\xce\xa3\xcf\x82");              // ΣΣ -> Σς
+  EXPECT_EQ(py_capitalize("a.\xce\xa3"), "A.\xcf\x82");  // '.' is case-ignorable: still final
+  EXPECT_EQ(py_capitalize("\xc4\xb0X"), "\xc4\xb0x");     // İX -> İx (the first maps alone)
+}
+
+// \s in a pattern is Python's str.isspace(), code point by code point (PCRE2's differs).
+TEST(PythonText, RegexSpaceIsPythonsIsspace) {
+  auto utf8 = [](char32_t c) {
+    std::string o;
+    if (c < 0x80) {
+      o += static_cast<char>(c);
+    } else if (c < 0x800) {
+      o += static_cast<char>(0xC0 | (c >> 6));
+      o += static_cast<char>(0x80 | (c & 0x3F));
+    } else {
+      o += static_cast<char>(0xE0 | (c >> 12));
+      o += static_cast<char>(0x80 | ((c >> 6) & 0x3F));
+      o += static_cast<char>(0x80 | (c & 0x3F));
+    }
+    return o;
+  };
+  for (char32_t c = 1; c < 0x3100; ++c) {
+    const std::string ch = utf8(c);
+    const bool py = py_isspace(c);
+    EXPECT_EQ(py_re_sub("\\s", "", "a" + ch + "b"), py ? "ab" : "a" + ch + "b") << "U+" << std::hex << static_cast<uint32_t>(c);
+    EXPECT_EQ(py_re_sub("[\\s]", "", ch), py ? "" : ch) << "U+" << std::hex << static_cast<uint32_t>(c);
+    EXPECT_EQ(py_re_sub("\\S", "", ch), py ? ch : "") << "U+" << std::hex << static_cast<uint32_t>(c);
+  }
+  EXPECT_EQ(py_re_sub("\\\\s", "", "a\\sb"), "ab");  // an escaped backslash, then a literal s
 }
 
 TEST(HellaSwag, Preprocess) {
@@ -62,6 +94,20 @@ TEST(HellaSwag, Preprocess) {
   EXPECT_EQ(docs[0].target, 2);
   EXPECT_EQ(docs[1].context, "X: A.");  // empty ctx_b: the trailing space is stripped
   EXPECT_EQ(load_choice_docs("hellaswag", f, 1).size(), 1u);  // --limit
+  fs::remove(f);
+}
+
+// A file that is one JSON array of rows, as Hugging Face datasets' json loader reads it too.
+TEST(Tasks, JsonArrayFile) {
+  const fs::path f = write_tmp(
+      "piqa.json", " [\n {\"goal\": \"g1\", \"sol1\": \"a\", \"sol2\": \"b\", \"label\": 1},\n"
+                   " {\"goal\": \"g2\", \"sol1\": \"c\", \"sol2\": \"d\", \"label\": 0}\n]\n");
+  const auto docs = load_choice_docs("piqa", f, -1);
+  ASSERT_EQ(docs.size(), 2u);
+  EXPECT_EQ(docs[0].context, "Question: g1\nAnswer:");
+  EXPECT_EQ(docs[0].target, 1);
+  EXPECT_EQ(docs[1].choices[1], "d");
+  EXPECT_EQ(load_choice_docs("piqa", f, 1).size(), 1u);  // --limit
   fs::remove(f);
 }
 
@@ -94,7 +140,12 @@ TEST(Tasks, BadInputsNameFileLineAndField) {
        {":2", "'label'", "integer"}},
       {"arc_easy", "{\"question\": \"q\", \"choices\": {\"text\": [\"a\"], \"label\": [\"A\"]}, \"answerKey\": \"B\"}\n",
        {"answerKey \"B\""}},
+      {"piqa", "{\"goal\": \"g\", \"sol1\": \"a\", \"sol2\": \"b\", \"label\": \"0\"}\n",
+       {":1", "'label' must be an integer label (0 to 1), found the string \"0\""}},
       {"piqa", "", {"no documents"}},
+      {"piqa", "[{\"goal\": \"g\", \"sol1\": \"a\", \"sol2\": \"b\", \"label\": 0}, 3]", {": row 1", "expected a JSON object"}},
+      {"piqa", "[{\"goal\": \"g\",", {"not a JSON array of rows"}},
+      {"piqa", "[]", {"no documents"}},
       {"piqa", "not json\n", {":1", "not a JSON object"}},
       {"piqa", "{\"goal\": \"\xff\"}\n", {":1", "invalid UTF-8"}},
   };

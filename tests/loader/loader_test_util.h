@@ -128,6 +128,18 @@ struct TensorSet {
     data.push_back(std::move(bytes));
     dtypes.push_back(dtype);
   }
+  // Adds tensor `name` as a copy of tensor `of` (same dtype, shape and bytes).
+  void add_copy(const std::string& name, const std::string& of) {
+    for (size_t i = 0; i < names.size(); ++i)
+      if (names[i] == of) {
+        names.push_back(name);
+        shapes.push_back(shapes[i]);
+        data.push_back(data[i]);
+        dtypes.push_back(dtypes[i]);
+        return;
+      }
+    throw std::runtime_error("TensorSet::add_copy: no " + of);
+  }
   void remove(const std::string& name) {
     for (size_t i = 0; i < names.size(); ++i)
       if (names[i] == name) {

@@ -77,6 +77,40 @@ TEST(HfConfig, Defaults) {
   EXPECT_EQ(c.eos_token_id, 7);
   c = parse_hf_config_text(with("rope_scaling", "null"), kWhat);
   EXPECT_DOUBLE_EQ(c.rope_theta, 1e6);
+  // An end-of-text id past the vocabulary (a tiny model keeping the real model's ids), as
+  // transformers accepts it: it is simply never generated.
+  c = parse_hf_config_text(with("hidden_act", "\"swish\""), kWhat);  // transformers' name for silu too
+  EXPECT_EQ(c.hidden_act, "silu");
+  c = parse_hf_config_text(with("eos_token_id", "151643"), kWhat);
+  EXPECT_EQ(c.eos_token_id, 151643);
+}
+
+// transformers 5 reads the RoPE dict from a non-empty rope_scaling in place of rope_parameters,
+// its theta defaulting to the top-level rope_theta: the theta used is the one transformers uses.
+TEST(HfConfig, RopeThetaPrecedence) {
+  auto only = [](const std::string& extra) {
+    nlohmann::json j = nlohmann::json::parse(TinyQwen2{}.config_json());
+    j.erase("rope_theta");
+    j.erase("rope_parameters");
+    j.erase("rope_scaling");
+    const nlohmann::json add = nlohmann::json::parse(extra);
+    for (const auto& [k, v] : add.items()) j[k] = v;
+    return j.dump();
+  };
+  EXPECT_DOUBLE_EQ(parse_hf_config_text(only(R"({"rope_scaling": {"rope_type": "default", "rope_theta": 5e6}})"),
+                                        kWhat).rope_theta, 5e6);
+  EXPECT_DOUBLE_EQ(parse_hf_config_text(only(R"({"rope_scaling": {"type": "default"}, "rope_theta": 3e5})"),
+                                        kWhat).rope_theta, 3e5);
+  EXPECT_DOUBLE_EQ(parse_hf_config_text(only(R"({"rope_scaling": {}, "rope_parameters": {"rope_theta": 2e5}})"),
+                                        kWhat).rope_theta, 2e5);  // an empty rope_scaling is not used
+  EXPECT_DOUBLE_EQ(parse_hf_config_text(only(R"({"rope_scaling": {"rope_type": "default"}})"), kWhat).rope_theta,
+                   1e4);
+  EXPECT_HAS(cfg_error(only(R"({"rope_theta": 5e6, "rope_scaling": {"rope_type": "default", "rope_theta": 1e4}})")),
+             "rope_theta (5e+06) and rope_scaling.rope_theta (10000) disagree");
+  EXPECT_HAS(cfg_error(only(R"({"rope_parameters": {"rope_theta": 5e6}, "rope_scaling": {"rope_theta": 1e4}})")),
+             "rope_parameters.rope_theta (5e+06) and rope_scaling.rope_theta (10000) disagree");
+  EXPECT_HAS(cfg_error(only(R"({"rope_parameters": {"rope_theta": 5e6}, "rope_scaling": {"rope_type": "default"}})")),
+             "rope_parameters.rope_theta (5e+06) would be ignored");
 }
 
 TEST(HfConfig, SlidingWindowLayerTypes) {
@@ -154,7 +188,8 @@ TEST(HfConfig, BadValues) {
   }
   EXPECT_HAS(cfg_error(with("rms_norm_eps", "0")), "\"rms_norm_eps\" must be a positive number");
   EXPECT_HAS(cfg_error(with("hidden_size", "99999999999")), "implausibly large");
-  EXPECT_HAS(cfg_error(with("eos_token_id", "16")), "outside the vocabulary");
+  EXPECT_HAS(cfg_error(with("eos_token_id", "-1")), "eos_token_id -1 is not a token id");
+  EXPECT_HAS(cfg_error(with("bos_token_id", "-3")), "bos_token_id -3 is not a token id");
   EXPECT_HAS(cfg_error(with("hidden_act", "\"gelu\"")), "hidden_act \"gelu\" is not supported");
   EXPECT_HAS(cfg_error(with("rope_parameters", R"({"rope_theta": 5.0, "rope_type": "default"})")),
              "disagree");

@@ -51,6 +51,28 @@ TEST(Qwen2Weights, TiedWithAndWithoutLmHead) {
   EXPECT_TRUE(r.lm_head_ignored);
   EXPECT_EQ(r.extra, 0u);
 
+  // transformers' tying at load: a stored head equal to the embedding stays tied...
+  Model md_copy;
+  build(md_copy, m, StDType::BF16, [](TensorSet& s) { s.add_copy("lm_head.weight", "model.embed_tokens.weight"); });
+  EXPECT_EQ(reconcile_tied_head(md_copy.cfg, md_copy.ws), "");
+  EXPECT_TRUE(md_copy.cfg.tie_word_embeddings);
+  // ...a different one runs untied, with a warning, and the model then expects it.
+  Model& md4 = md2;
+  const std::string note = reconcile_tied_head(md4.cfg, md4.ws);
+  EXPECT_HAS(note, "running untied");
+  EXPECT_FALSE(md4.cfg.tie_word_embeddings);
+  EXPECT_EQ(md4.cfg.raw["tie_word_embeddings"], false);
+  EXPECT_EQ(validate_qwen2_weights(md4.cfg, md4.ws).expected, 1u + 12u * 2u + 2u);
+  // ...and a head stored without the embedding is the embedding too.
+  Model md5;
+  build(md5, m, StDType::BF16, [&](TensorSet& s) {
+    s.add("lm_head.weight", {m.vocab, m.hidden}, StDType::BF16);
+    s.remove("model.embed_tokens.weight");
+  });
+  EXPECT_EQ(reconcile_tied_head(md5.cfg, md5.ws), "");
+  EXPECT_TRUE(md5.cfg.tie_word_embeddings);
+  EXPECT_EQ(validate_qwen2_weights(md5.cfg, md5.ws).expected, 1u + 12u * 2u + 1u);
+
   // Untied config without lm_head.weight: missing.
   TinyQwen2 untied;
   Model md3;
