@@ -185,17 +185,6 @@ void write_text(const fs::path& path, const std::string& text) {
 
 nlohmann::json read_json(const fs::path& path) { return nlohmann::json::parse(read_text(path)); }
 
-TempDir::TempDir(const std::string& tag) {
-  std::string tmpl = (fs::temp_directory_path() / (tag + ".XXXXXX")).string();
-  if (!::mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp " + tmpl + ": " + std::strerror(errno));
-  path_ = tmpl;
-}
-
-TempDir::~TempDir() {
-  std::error_code ec;
-  fs::remove_all(path_, ec);
-}
-
 fs::path copy_fixture(const std::string& name, const TempDir& dir) {
   const fs::path src = fixture_model(name);
   if (!fs::is_directory(src)) throw std::runtime_error("fixture model missing: " + src.string());

@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "test_util.h"  // TempDir
+
 namespace rt::test {
 
 namespace fs = std::filesystem;
@@ -48,20 +50,6 @@ fs::path fixture_model(const std::string& name);
 nlohmann::json read_json(const fs::path& path);
 void write_text(const fs::path& path, const std::string& text);
 std::string read_text(const fs::path& path);
-
-// A fresh directory under the system temp dir, removed (recursively) on destruction.
-class TempDir {
- public:
-  explicit TempDir(const std::string& tag = "rt_cli_test");
-  ~TempDir();
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const fs::path& path() const { return path_; }
-  fs::path operator/(const std::string& name) const { return path_ / name; }
-
- private:
-  fs::path path_;
-};
 
 // Copies fixture model `name` into `dir`/`name` and returns that path.
 fs::path copy_fixture(const std::string& name, const TempDir& dir);

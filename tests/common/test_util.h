@@ -1,10 +1,12 @@
 // Helpers every test area shares (tests/CMakeLists.txt puts tests/common on every test's include
 // path): seeded random inputs, relative errors, rounding through a 16-bit dtype, NaN poisoning,
-// wall-clock timing, EXPECT_THROW_MSG and error_of. Header-only, host-only (no CUDA header), namespace
+// wall-clock timing, temporary directories and files, EXPECT_THROW_MSG, EXPECT_HAS and error_of.
+// Header-only, host-only (no CUDA header), namespace
 // rt::test. The per-area headers (backends/cpu_test_util.h, cuda/cuda_test_util.h, ...) build on it.
 #pragma once
 
 #include <gtest/gtest.h>
+#include <stdlib.h>
 
 #include <algorithm>
 #include <chrono>
@@ -12,9 +14,14 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <functional>
+#include <initializer_list>
 #include <limits>
 #include <random>
+#include <sstream>
+#include <stdexcept>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -25,6 +32,8 @@
 #include "rt/sdk/tensor.h"
 
 namespace rt::test {
+
+namespace fs = std::filesystem;
 
 // ---- Random inputs ------------------------------------------------------------------------------
 // Two streams, both from std::mt19937_64(seed), so that existing tests keep their numbers:
@@ -153,6 +162,44 @@ inline std::string error_of(const std::function<void()>& f) {
 }
 
 
+// ---- Files -------------------------------------------------------------------------------------
+// A fresh directory under $TMPDIR, removed with everything in it at scope exit.
+class TempDir {
+ public:
+  explicit TempDir(const std::string& tag = "rt_test") {
+    std::string tmpl = (std::filesystem::temp_directory_path() / (tag + "_XXXXXX")).string();
+    if (!::mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
+    path_ = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::filesystem::path& path() const { return path_; }
+  std::filesystem::path operator/(const std::string& s) const { return path_ / s; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+inline void write_file(const std::filesystem::path& p, const std::string& text) {
+  std::filesystem::create_directories(p.parent_path());
+  std::ofstream(p, std::ios::binary) << text;
+}
+inline void write_file(const std::filesystem::path& p, const std::vector<uint8_t>& bytes) {
+  std::filesystem::create_directories(p.parent_path());
+  std::ofstream(p, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()),
+                                           static_cast<std::streamsize>(bytes.size()));
+}
+inline std::string read_file(const std::filesystem::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
 // An AttentionSpec from the four fields the attention tests vary.
 inline ::rt::AttentionSpec attention_spec(bool causal, int64_t window, int64_t q_pos0, int64_t k_pos0) {
   ::rt::AttentionSpec s;
@@ -176,4 +223,12 @@ inline ::rt::AttentionSpec attention_spec(bool causal, int64_t window, int64_t q
       for (const char* want : {__VA_ARGS__})                                                         \
         EXPECT_NE(msg.find(want), std::string::npos) << "message: " << msg << "\nmissing: " << want; \
     }                                                                                                \
+  } while (0)
+
+// `msg` contains every one of the given strings.
+#define EXPECT_HAS(msg, ...)                                                                   \
+  do {                                                                                         \
+    const std::string m_ = (msg);                                                              \
+    for (const std::string& p_ : std::initializer_list<std::string>{__VA_ARGS__})              \
+      EXPECT_NE(m_.find(p_), std::string::npos) << "message: " << m_ << "\nmissing: " << p_;   \
   } while (0)

@@ -1,5 +1,5 @@
-// Helpers for the loader tests: temp dirs, raw safetensors images (for malformed files), tiny
-// Qwen2 checkpoints, and error-message assertions. No Python needed at test time.
+// Helpers for the loader tests: raw safetensors images (for malformed files) and tiny Qwen2
+// checkpoints (temp dirs and error-message assertions: test_util.h). No Python needed at test time.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -19,41 +19,11 @@
 
 #include "loader/safetensors_writer.h"
 #include "rt/sdk/error.h"
+#include "test_util.h"
 
 namespace rt::test {
 
 namespace fs = std::filesystem;
-
-// A fresh directory under $TMPDIR, removed with everything in it at scope exit.
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "rt_loader_XXXXXX").string();
-    if (!::mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const fs::path& path() const { return path_; }
-  fs::path operator/(const std::string& s) const { return path_ / s; }
-
- private:
-  fs::path path_;
-};
-
-inline void write_file(const fs::path& p, const std::string& text) {
-  fs::create_directories(p.parent_path());
-  std::ofstream(p, std::ios::binary) << text;
-}
-inline void write_file(const fs::path& p, const std::vector<uint8_t>& bytes) {
-  fs::create_directories(p.parent_path());
-  std::ofstream(p, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()),
-                                           static_cast<std::streamsize>(bytes.size()));
-}
 
 // [u64 LE length][header][data_bytes bytes of a counting pattern]. `length` overrides the
 // prefix (to lie about the header size).
@@ -66,23 +36,6 @@ inline std::vector<uint8_t> raw_safetensors(const std::string& header, size_t da
   for (size_t i = 0; i < data_bytes; ++i) out[8 + header.size() + i] = static_cast<uint8_t>(i);
   return out;
 }
-
-// The message of the rt::Error `f` throws; a test failure if it throws nothing or another type.
-inline std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const rt::Error& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected rt::Error, got another exception: " << e.what();
-    return "";
-  }
-  ADD_FAILURE() << "expected rt::Error, nothing thrown";
-  return "";
-}
-
-#define EXPECT_HAS(msg, sub) \
-  EXPECT_NE(std::string(msg).find(sub), std::string::npos) << "message: " << (msg) << "\nmissing: " << (sub)
 
 // Deterministic pseudo-random values, never constant.
 inline std::vector<float> random_floats(size_t n, uint32_t seed) {

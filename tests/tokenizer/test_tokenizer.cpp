@@ -51,21 +51,7 @@ const rt::Tokenizer& qwen() {
   return *tok;
 }
 
-// A fresh empty directory under the system temp dir, removed at the end of the test.
-class TempDir {
- public:
-  TempDir() {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path_ = fs::temp_directory_path() /
-            ("rt_tok_" + std::string(info->name()) + "_" + std::to_string(std::random_device{}()));
-    fs::create_directories(path_);
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
+using rt::test::TempDir;
 
 // Mirror of apply_patch() in tools/make_tokenizer_fixtures.py.
 json apply_patch(json doc, const json& patch) {

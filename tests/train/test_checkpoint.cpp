@@ -11,7 +11,7 @@
 #include "loader/safetensors_writer.h"
 #include "train/checkpoint.h"
 #include "train/train_config.h"
-#include "train_test_util.h"
+#include "test_util.h"
 
 namespace rt::test {
 namespace {

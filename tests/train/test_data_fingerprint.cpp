@@ -3,7 +3,7 @@
 #include <zlib.h>
 
 #include "train/data_fingerprint.h"
-#include "train_test_util.h"
+#include "test_util.h"
 
 namespace rt::test {
 namespace {

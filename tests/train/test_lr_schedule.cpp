@@ -1,7 +1,7 @@
 // lr_at: HF get_cosine_schedule_with_warmup (values from Python's math module) with a floor;
 // lambda_at: ramp and constant.
 #include "train/lr_schedule.h"
-#include "train_test_util.h"
+#include "test_util.h"
 
 namespace rt::test {
 namespace {

@@ -1,7 +1,7 @@
 // metrics.jsonl: fresh runs start empty, lines are flushed as written, and a resumed run's file
 // equals an uninterrupted run's.
 #include "train/metrics_log.h"
-#include "train_test_util.h"
+#include "test_util.h"
 
 namespace rt::test {
 namespace {

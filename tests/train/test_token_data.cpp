@@ -5,7 +5,7 @@
 #include <set>
 
 #include "train/token_data.h"
-#include "train_test_util.h"
+#include "test_util.h"
 
 namespace rt::test {
 namespace {

@@ -2,7 +2,7 @@
 #include <cmath>
 
 #include "train/tokens_per_param.h"
-#include "train_test_util.h"
+#include "test_util.h"
 
 namespace rt::test {
 namespace {

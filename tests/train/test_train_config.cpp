@@ -3,7 +3,7 @@
 #include <cstdlib>
 
 #include "train/train_config.h"
-#include "train_test_util.h"
+#include "test_util.h"
 
 namespace rt::test {
 namespace {
