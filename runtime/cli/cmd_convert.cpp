@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "cli/validators.h"
 #include "cli/model_session.h"
 #include "common/durable_file.h"
 #include "common/flag_paths.h"
@@ -202,9 +203,9 @@ void register_convert(CLI::App& app) {
   cmd->add_option("--model,-m", args->model, "The L2A model directory (e.g. DIR/model written by runtime train)")
       ->required();
   cmd->add_option("--to", args->to, "Target format")->required()->check(CLI::IsMember({"l2a_qwen3"}));
-  cmd->add_option("--out,-o", args->out, "Output model directory (config.json, model.safetensors)")->required();
+  cmd->add_option("--out,-o", args->out, "Output model directory (config.json, model.safetensors)")->required()->check(non_empty_path());
   cmd->add_option("--plugin", args->plugins, "Extra plugin file or directory to load first (repeatable)");
-  cmd->add_option("--threads", args->threads, "CPU threads (default: all cores)");
+  cmd->add_option("--threads", args->threads, "CPU threads (default: all cores)")->check(thread_count());
   cmd->callback([args] {
     const fs::path out = args->out;
     std::error_code ec;

@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "cli/validators.h"
 #include "cli/model_session.h"
 #include "cli/plot_script.h"
 #include "common/durable_file.h"
@@ -424,7 +425,7 @@ void register_eval(CLI::App& app) {
       ->check(CLI::Range(int64_t{2}, int64_t{1} << 30));
   cmd->add_option("--stride", args->stride, "ppl: tokens between window starts (default: --seq)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
-  cmd->add_option("--output,-o", args->output, "Output directory")->required();
+  cmd->add_option("--output,-o", args->output, "Output directory")->required()->check(non_empty_path());
   cmd->add_option("--batch-tokens", args->batch_tokens,
                   "Multiple choice: requests packed into one forward, up to this many rows (input tokens, a prefix "
                   "shared by --share-prefix counted once; each request attends only to itself; 1 scores them one "
@@ -468,9 +469,6 @@ void register_eval(CLI::App& app) {
       RT_CHECK(!std::filesystem::exists(args->output, ec) || std::filesystem::is_directory(args->output, ec),
                "--output ", args->output, ": exists and is not a directory");
     }
-    std::filesystem::create_directories(args->output);
-    if (!args->png.empty()) check_output_path("--png", args->png);  // may sit in the output directory
-
     NiahSettings niah;
     for (const std::string& x : split_list(args->niah_lengths, ',')) {
       char* end = nullptr;
@@ -484,10 +482,27 @@ void register_eval(CLI::App& app) {
       RT_CHECK(*end == '\0' && v >= 0 && v <= 100, "--niah-depths: '", x, "' is not a depth in [0, 100] percent");
       niah.depths.push_back(v);
     }
+    if (std::find(tasks.begin(), tasks.end(), "niah") != tasks.end()) {
+      RT_CHECK(!niah.lengths.empty(), "--niah-lengths: no length given");
+      RT_CHECK(!niah.depths.empty(), "--niah-depths: no depth given");
+    }
     niah.samples = args->niah_samples;
     niah.seed = args->niah_seed;
     std::vector<std::string> backends = split_list(args->attention_list, ',');
     if (backends.empty()) backends.push_back("");  // the model's own backend
+    check_backend_list(args->model, backends);
+    // The documents, read (and checked) once, before anything is written.
+    std::map<std::string, std::vector<eval::ChoiceDoc>> choice_docs;
+    std::vector<eval::PageDoc> wikitext_docs;
+    for (const std::string& t : tasks) {
+      if (eval::is_choice_task(t))
+        choice_docs[t] = data_flag(t, [&] { return eval::load_choice_docs(t, data[t], args->limit); });
+      else if (t == "wikitext")
+        wikitext_docs = data_flag(t, [&] { return eval::load_wikitext_docs(data[t], args->limit); });
+    }
+    // Only now, with every flag checked, the output directory (a failure below leaves what it made).
+    std::filesystem::create_directories(args->output);
+    if (!args->png.empty()) check_output_path("--png", args->png);  // may sit in the output directory
     // Launched over several ranks: each scores its share of every task's items (on its own GPU with
     // --device cuda); the scores meet on the CPU (Gloo), and rank 0 writes the outputs.
     Ranks ranks;
@@ -523,12 +538,9 @@ void register_eval(CLI::App& app) {
         json r;
         const std::string& file = data[task];
         if (eval::is_choice_task(task))
-          r = eval_choice(scorer, task,
-                          data_flag(task, [&] { return eval::load_choice_docs(task, file, args->limit); }),
-                          args->batch_tokens, ranks, samples);
+          r = eval_choice(scorer, task, choice_docs.at(task), args->batch_tokens, ranks, samples);
         else if (task == "wikitext")
-          r = eval_wikitext(scorer, data_flag(task, [&] { return eval::load_wikitext_docs(file, args->limit); }),
-                            ranks, samples);
+          r = eval_wikitext(scorer, wikitext_docs, ranks, samples);
         else if (task == "niah")
           r = eval_niah(*session->model, *tok, file, niah, ranks, samples);
         else

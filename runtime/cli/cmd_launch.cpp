@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "cli/validators.h"
 #include "dist/socket_io.h"
 #include "rt/sdk/error.h"
 
@@ -202,7 +203,7 @@ void register_launch(CLI::App& app) {
       ->check(CLI::Range(1, 65535));
   cmd->add_option("--grace", o->grace_s, "Seconds between SIGTERM and SIGKILL when stopping ranks")
       ->capture_default_str()
-      ->check(CLI::Range(0.0, 3600.0));
+      ->check(finite_in(0.0, 3600.0));
   cmd->add_option("command", o->command, "The command each rank runs, after --")->required();
   cmd->callback([o] {
     const int code = run_launch(o->nproc, o->port, o->grace_s, o->command);

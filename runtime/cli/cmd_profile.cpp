@@ -239,7 +239,9 @@ void register_profile(CLI::App& app) {
   cmd->add_option("--train", args->train_regimes,
                   "Comma-separated training regimes (router_only, attention, full): time one training forward+"
                   "backward of a --seq sequence per regime and backend (tokens/s, peak memory)");
-  cmd->add_flag("--kernels-only", args->skip_model, "Only the attention kernels (no model is built)");
+  cmd->add_flag("--kernels-only", args->skip_model,
+                "Only the attention kernels and one attention sublayer: no prefill, decode or training rows (the "
+                "model is still built, for its shapes and layer 0)");
   cmd->add_option("--json", args->json, "Write the results as JSON");
   cmd->add_option("--csv", args->csv, "Write the results as CSV");
   cmd->callback([args] {
@@ -258,6 +260,10 @@ void register_profile(CLI::App& app) {
       seqs.push_back(v);
     }
     RT_CHECK(!backends.empty() && !seqs.empty(), "profile: give --attention and --seq");
+    check_backend_list(args->model, backends);
+    for (const auto& regime : split(args->train_regimes, ','))
+      RT_CHECK(regime.empty() || regime == "router_only" || regime == "attention" || regime == "full", "--train: '",
+               regime, "' is not a training regime (expected router_only, attention or full)");
     // Before minutes of measurements, not after them.
     if (!args->json.empty()) check_output_path("--json", args->json);
     if (!args->csv.empty()) check_output_path("--csv", args->csv);

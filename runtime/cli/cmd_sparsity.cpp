@@ -59,7 +59,7 @@ void register_sparsity(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--prune-threshold", args->prune_threshold,
                   "A layer at least this sparse is reported as prunable (global KV cache dropped)")
-      ->check(CLI::Range(0.0, 1.0))
+      ->check(finite_in(0.0, 1.0))
       ->capture_default_str();
   cmd->add_option("--json", args->json, "Write the report as JSON");
   cmd->add_option("--csv", args->csv, "Write layer x bucket sparsity as CSV");

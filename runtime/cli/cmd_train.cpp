@@ -68,7 +68,7 @@ void register_train(CLI::App& app) {
   cmd->add_option("--steps", args->steps, "Optimizer steps in the whole run (schedules span them)")
       ->required()
       ->check(at_least(1));
-  cmd->add_option("--out,-o", args->out, "Run directory: metrics, checkpoints, exported model")->required();
+  cmd->add_option("--out,-o", args->out, "Run directory: metrics, checkpoints, exported model")->required()->check(non_empty_path());
   cmd->add_option("--stop-at", args->stop_at, "Stop after this step as if interrupted (a checkpoint is written)")
       ->check(at_least(1));
   cmd->add_flag("--resume", args->resume, "Continue from the newest checkpoint in --out");
@@ -145,10 +145,13 @@ void register_train(CLI::App& app) {
     run.group = group.get();
     const TrainSummary s = run_training(*session->ops, *session->model, cfg, run, tok.get());
     if (s.interrupted_by != 0) {
-      if (lead)
-        std::cerr << "interrupted at step " << s.last_step << " ("
-                << (s.interrupted_by == SIGTERM ? "SIGTERM" : "SIGINT") << "): checkpoint written to "
-                << s.last_checkpoint.string() << "; resume with the same command plus --resume" << std::endl;
+      const char* sig = s.interrupted_by == SIGTERM ? "SIGTERM" : "SIGINT";
+      if (lead && !s.last_checkpoint.empty())
+        std::cerr << "interrupted at step " << s.last_step << " (" << sig << "): checkpoint written to "
+                  << s.last_checkpoint.string() << "; resume with the same command plus --resume" << std::endl;
+      else if (lead)
+        std::cerr << "interrupted (" << sig << ") before any step of this run finished: no new checkpoint (--resume "
+                  << "continues from the newest one in --out, if there is one)" << std::endl;
       std::cout.flush();
       // The conventional 128 + signal, without going through the error path (this is not a failure
       // of the run, and the checkpoint is complete).

@@ -56,14 +56,14 @@ void add_model_options(CLI::App& cmd, ModelOptions& o) {
   cmd.add_option("--rope-theta", o.rope_theta,
                  "RoPE base for every layer and backend instead of the config's (the L2A paper extends "
                  "Qwen to 128K with 5e6); also --set rope_theta=X. Exports record it")
-      ->check(CLI::PositiveNumber);
+      ->check(finite_in(1.0, 1e30));
   cmd.add_option("--max-position", o.max_position,
                  "Longest sequence (positions) instead of the config's max_position_embeddings, e.g. "
                  "131072 for 128K context; KV caches are sized from it. Also --set max_position=N")
-      ->check(CLI::PositiveNumber);
+      ->check(int_in(1, int64_t{1} << 30));
   cmd.add_option("--plugin", o.plugins, "Extra plugin file or directory to load first (repeatable)");
   cmd.add_option("--device", o.device, "Compute device")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
-  cmd.add_option("--threads", o.threads, "CPU threads (default: all cores)")->check(at_least(0));
+  cmd.add_option("--threads", o.threads, "CPU threads (default: all cores)")->check(thread_count());
 }
 
 std::vector<std::filesystem::path> preset_config_dirs() {
@@ -88,7 +88,8 @@ std::vector<int32_t> parse_ids(const std::string& text, const std::string& optio
     char* stop = nullptr;
     errno = 0;
     long long v = item.empty() ? -1 : std::strtoll(item.c_str(), &stop, 10);
-    if (item.empty() || *stop != '\0' || errno != 0 || v < 0 || v > INT32_MAX)
+    // The whole item must be digits: a NUL byte inside it would end strtoll's view of it early.
+    if (item.empty() || stop != item.c_str() + item.size() || errno != 0 || v < 0 || v > INT32_MAX)
       fail(option, ": '", item, "' is not a token id (expected non-negative integers separated by commas)");
     ids.push_back(static_cast<int32_t>(v));
     start = end + 1;
@@ -217,6 +218,8 @@ static ModelOptions apply_model_overrides(ModelOptions o, HfConfig& config) {
     const double v = std::strtod(s.value.c_str(), &end);
     RT_CHECK(!s.value.empty() && *end == '\0' && errno == 0 && std::isfinite(v) && v > 0, "--set ", s.arg,
              ": expected a positive number");
+    RT_CHECK(s.key != "rope_theta" || (v >= 1 && v <= 1e30), "--set ", s.arg,
+             ": expected a RoPE base from 1 to 1e30 (below 1 the frequencies overflow)");
     if (s.key == "rope_theta") {
       o.rope_theta = v;
     } else {
@@ -236,6 +239,19 @@ static ModelOptions apply_model_overrides(ModelOptions o, HfConfig& config) {
     config.raw["max_position_embeddings"] = o.max_position;
   }
   return o;
+}
+
+void check_backend_list(const ModelOptions& o, const std::vector<std::string>& backends) {
+  PluginRegistry registry;
+  registry.discover(o.plugins);
+  const Device device = o.device == "cuda" ? Device::CUDA : Device::CPU;
+  for (size_t i = 0; i < backends.size(); ++i) {
+    if (backends[i].empty()) continue;  // the model's own
+    RT_CHECK(std::find(backends.begin(), backends.begin() + static_cast<std::ptrdiff_t>(i), backends[i]) ==
+                 backends.begin() + static_cast<std::ptrdiff_t>(i),
+             "--attention: '", backends[i], "' is listed twice");
+    (void)registry.create_attention(backends[i], device);  // unknown, or not on this device: its error
+  }
 }
 
 std::unique_ptr<ModelSession> open_model_session(const ModelOptions& given) {

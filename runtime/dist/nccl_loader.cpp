@@ -7,6 +7,7 @@
 #include "dist/nccl_module.h"
 #include "dist/rendezvous.h"
 #include "plugin_host/backend_module.h"
+#include "plugin_host/elf_check.h"
 #include "rt/sdk/error.h"
 #include "rt/sdk/plugin.h"
 
@@ -21,6 +22,8 @@ const NcclModuleDescriptor& load_nccl_module(int rank) {
   RT_CHECK(!path.empty(), "rank ", rank, ": a CUDA process group needs ", kNcclModuleFile, ", which was not found (searched ",
            searched, "): it is built with the CUDA backend when NCCL is found at configure time (libnccl-dev, or "
            "the CUDA toolkit's NCCL)");
+  if (const std::string problem = elf_shared_object_problem(path); !problem.empty())
+    fail("rank ", rank, ": cannot load ", path.string(), ": ", problem, "; rebuild or reinstall it");
   // Never unloaded: the group it creates, and the errors it throws, refer to its code.
   void* lib = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
   RT_CHECK(lib != nullptr, "rank ", rank, ": cannot load ", path.string(), ": ", ::dlerror(),

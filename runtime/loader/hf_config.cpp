@@ -337,6 +337,8 @@ HfConfig parse_hf_config(const std::filesystem::path& config_json) {
   if (!std::filesystem::exists(config_json, ec)) fail("config file ", what, " does not exist");
   if (std::filesystem::is_directory(config_json, ec))
     fail("config file ", what, " is a directory (expected config.json)");
+  if (!std::filesystem::is_regular_file(config_json, ec))  // a FIFO would block the read for ever
+    fail("config file ", what, " is not a regular file (a FIFO, socket or device)");
   std::ifstream in(config_json, std::ios::binary);
   if (!in) fail("cannot read config file ", what);
   std::ostringstream ss;

@@ -245,6 +245,9 @@ StHeader parse_safetensors_header(const uint8_t* bytes, size_t size, const std::
 SafetensorsFile SafetensorsFile::open(const std::filesystem::path& path) {
   SafetensorsFile f;
   if (!std::filesystem::exists(path)) fail("safetensors file ", path.string(), " does not exist");
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec))  // a FIFO would block the open for ever
+    fail("safetensors file ", path.string(), " is not a regular file (a directory, FIFO, socket or device)");
   f.file_ = MappedFile(path);
   f.header_ = parse_safetensors_header(f.file_.data(), f.file_.size(), path.string());
   f.index_.reserve(f.header_.tensors.size());

@@ -21,6 +21,8 @@ constexpr const char* kIndexFile = "model.safetensors.index.json";
 constexpr const char* kInMemory = "<in-memory>";
 
 std::string read_text(const fs::path& p) {
+  std::error_code ec;
+  if (!fs::is_regular_file(p, ec)) fail(p.string(), " is not a regular file (a directory, FIFO, socket or device)");
   std::ifstream in(p, std::ios::binary);
   if (!in) fail("cannot read ", p.string());
   std::ostringstream ss;

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <sstream>
 
+#include "plugin_host/elf_check.h"
 #include "plugin_host/plugin_registry.h"
 #include "rt/sdk/backend_module.h"
 #include "rt/sdk/error.h"
@@ -47,6 +48,10 @@ std::unique_ptr<Ops> load_backend_ops(const std::string& device, int device_inde
   // Never unloaded (a function-local static keeps each library alive; RTLD_NODELETE keeps it mapped
   // even then): the Ops it creates and the exceptions it throws refer to its code.
   static std::vector<std::unique_ptr<boost::dll::shared_library>> libraries;
+  // dlopen trusts the file's headers: a truncated copy would crash it (SIGBUS) instead of failing.
+  if (const std::string problem = elf_shared_object_problem(path); !problem.empty())
+    fail(flag, ": the backend module ", path.string(), " cannot be loaded: ", problem,
+         ". Reinstall the module (or rebuild it), or use --device cpu");
   auto lib = std::make_unique<boost::dll::shared_library>();
   try {
     lib->load(path, boost::dll::load_mode::rtld_now | boost::dll::load_mode::rtld_local |

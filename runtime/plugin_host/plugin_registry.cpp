@@ -9,6 +9,7 @@
 #include <set>
 #include <sstream>
 
+#include "plugin_host/elf_check.h"
 #include "rt/sdk/error.h"
 
 namespace rt {
@@ -46,6 +47,9 @@ void PluginRegistry::add(const std::filesystem::path& path) {
   for (const auto& l : loaded_)
     if (l->info.path == key) return;  // the same file reached twice through the search path
 
+  // dlopen trusts the file's headers: a truncated copy would crash it (SIGBUS) instead of failing.
+  if (const std::string problem = elf_shared_object_problem(key); !problem.empty())
+    fail("plugin ", key.string(), ": ", problem);
   auto entry = std::make_unique<Loaded>();
   try {
     // RTLD_NODELETE: a plugin stays mapped until the process exits. Exceptions a plugin throws

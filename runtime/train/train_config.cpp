@@ -354,6 +354,11 @@ TrainConfig parse_train_config(std::string_view toml_text, const std::string& wh
 
 TrainConfig load_train_config(const std::filesystem::path& toml_file,
                               const std::vector<std::string>& set_overrides) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(toml_file, ec))
+    fail(toml_file.string(), ": is a directory (expected a TOML config file)");
+  if (std::filesystem::exists(toml_file, ec) && !std::filesystem::is_regular_file(toml_file, ec))
+    fail(toml_file.string(), ": is not a regular file (a FIFO, socket or device)");
   std::ifstream in(toml_file, std::ios::binary);
   if (!in) fail(toml_file.string(), ": cannot open the config file");
   std::ostringstream ss;

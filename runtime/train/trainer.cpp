@@ -407,6 +407,29 @@ TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, c
                             : INT_MAX;  // 0: keep every checkpoint
   auto last_save = std::chrono::steady_clock::now();
 
+  // The state after step `at` (the sampler at `cursor`, the optimizer as it is now).
+  auto checkpoint = [&](int64_t at, SequenceSampler::Cursor cursor) {
+    CheckpointMeta meta;
+    meta.step = at;
+    meta.cursor = cursor;
+    meta.rng_state = "stateless: per-step randomness is a hash of (seed, step)";
+    meta.config_json = cfg.to_json();
+    meta.config_hash = cfg.config_hash();
+    meta.extra = {{"attention", run.attention},
+                  {"model", run.model_name},
+                  {"steps", std::to_string(run.steps)},
+                  {"data", std::filesystem::absolute(run.data).string()},  // for the record; resume compares data_*
+                  {"optimizer_steps", std::to_string(applied)},
+                  {"nonfinite_streak", std::to_string(nonfinite_streak)},
+                  {"world_size", std::to_string(world)}};
+    data_fp.to_fields(meta.extra);
+    // Sharded, the state comes from every rank (a collective); rank 0 writes it.
+    if (!lead && !opt.sharded()) return;
+    const auto state = opt.state();
+    if (lead) summary.last_checkpoint = save_checkpoint(run.out, meta, state, keep_last);
+    summary.last_checkpoint_step = at;
+    last_save = std::chrono::steady_clock::now();
+  };
   ops.reset_peak_memory();
   for (int64_t step = start + 1; step <= last; ++step) {
     const auto t0 = std::chrono::steady_clock::now();
@@ -426,7 +449,15 @@ TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, c
     // (a device backend sums them after the backward: its kernels are still queued when the host
     // reaches a stage).
     std::optional<OverlappedGradSum> overlap;
+    const SequenceSampler::Cursor step_cursor = sampler.cursor();
+    bool abandoned = false;
     for (int64_t b = 0; b < cfg.batch_size; ++b) {
+      // A stop signal between the sequences of a long step (a large batch) abandons the step in a
+      // single process: nothing of it is applied (ranks would have to agree first, so they finish it).
+      if (world == 1 && b > 0 && signals.pending()) {
+        abandoned = true;
+        break;
+      }
       sampler.next(seq);  // every rank draws every sequence: the single-process order and cursor
       if (b / per_rank != rank) continue;
       tc.micro = b;
@@ -436,6 +467,14 @@ TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, c
         final_stage = [&](int stage) { overlap->stage_done(stage); };
       }
       model.train_sequence(seq, tc, opt.grads(), cfg.recompute, lm, final_stage);
+    }
+    if (abandoned) {
+      if (bar) bar->finish();
+      bar.reset();
+      // The state before this step, unless the last checkpoint already holds it (or no step ran).
+      if (step - 1 > start && summary.last_checkpoint_step != step - 1) checkpoint(step - 1, step_cursor);
+      summary.interrupted_by = signals.pending();
+      return summary;
     }
     if (overlap) overlap->finish();
     if (world > 1) reduce_step(*run.group, ops, opt, lm, stats, counts, /*grads_summed=*/overlap.has_value());
@@ -564,27 +603,6 @@ TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, c
     if (!skipped) summary.last_loss = loss;
 
     const bool final_step = step == last;
-    auto checkpoint = [&] {
-      CheckpointMeta meta;
-      meta.step = step;
-      meta.cursor = sampler.cursor();
-      meta.rng_state = "stateless: per-step randomness is a hash of (seed, step)";
-      meta.config_json = cfg.to_json();
-      meta.config_hash = cfg.config_hash();
-      meta.extra = {{"attention", run.attention},
-                    {"model", run.model_name},
-                    {"steps", std::to_string(run.steps)},
-                    {"data", std::filesystem::absolute(run.data).string()},  // for the record; resume compares data_*
-                    {"optimizer_steps", std::to_string(applied)},
-                    {"nonfinite_streak", std::to_string(nonfinite_streak)},
-                    {"world_size", std::to_string(world)}};
-      data_fp.to_fields(meta.extra);
-      // Sharded, the state comes from every rank (a collective); rank 0 writes it.
-      if (!lead && !opt.sharded()) return;
-      const auto state = opt.state();
-      if (lead) summary.last_checkpoint = save_checkpoint(run.out, meta, state, keep_last);
-      last_save = std::chrono::steady_clock::now();
-    };
     const bool collapsed = !skipped && collapse.update(step, loss, sparsity);
     // The last step finishes the run anyway.
     const int stop_signal = final_step ? 0 : agree_on_stop(run.group, ops, signals.pending());
@@ -595,7 +613,7 @@ TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, c
                 (collapsed && cfg.collapse_action == CollapseAction::Stop);
     // Rank 0's clock decides a timed checkpoint; a sharded state needs every rank to take part.
     if (opt.sharded()) save = any_rank(run.group, ops, lead && save);
-    if (save) checkpoint();
+    if (save) checkpoint(step, sampler.cursor());
     if (collapsed && !summary.collapsed) {
       summary.collapsed = true;
       if (bar) bar->finish();

@@ -58,6 +58,7 @@ struct TrainSummary {
   int64_t skipped_steps = 0;              // steps of this invocation skipped for a non-finite loss or gradient
   std::filesystem::path exported;         // OUT/model when the run reached its last step
   int interrupted_by = 0;                 // SIGINT/SIGTERM that stopped the run after last_step (0: none)
+  int64_t last_checkpoint_step = -1;      // the step last_checkpoint holds (-1: none written by this run)
   std::filesystem::path last_checkpoint;  // the newest checkpoint this invocation wrote (empty: none)
   std::optional<double> last_val_loss;    // the last validation loss this invocation computed
 };

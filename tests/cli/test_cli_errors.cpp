@@ -4,6 +4,7 @@
 // offending file / tensor / value and the problem, and no output file.
 #include <algorithm>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <cstring>
 #include <functional>
@@ -326,3 +327,58 @@ TEST_F(CliErrors, InfInWeight) {
 }
 
 }  // namespace
+
+// Cases a CLI fuzz found (each once a crash, a hang or a silent exit 0): a clean error now.
+TEST_F(CliErrors, FuzzFoundFlagValues) {
+  // --threads past what the OpenMP runtime can create (once a segfault).
+  EXPECT_TRUE(is_clean_error(logits({"--threads", "100000"}), {"--threads", "100000"})) << "threads";
+  // RoPE bases that are NaN (once ignored) or so small the frequencies overflow (once NaN logits).
+  for (const std::string theta : {"nan", "1e-300", "inf"}) {
+    EXPECT_TRUE(is_clean_error(logits({"--rope-theta", theta}), {"--rope-theta"})) << theta;
+    EXPECT_TRUE(is_clean_error(logits({"--set", "rope_theta=" + theta}), {"rope_theta"})) << theta;
+  }
+  expect_no_output();
+}
+
+TEST_F(CliErrors, FuzzFoundFiles) {
+  // A FIFO where config.json should be: an error, not a read that blocks for ever.
+  fs::remove(model_ / "config.json");
+  ASSERT_EQ(::mkfifo((model_ / "config.json").c_str(), 0644), 0);
+  EXPECT_TRUE(is_clean_error(logits(), {"config.json", "not a regular file"}));
+  // A train config that is a directory; an empty --out.
+  fs::create_directories(tmp_ / "cfgdir");
+  const RunResult dir_cfg = run_runtime({"train", "--model", (l2a_dir() / "paper").string(), "--config",
+                                         (tmp_ / "cfgdir").string(), "--data", (l2a_dir() / "tokens.bin").string(),
+                                         "--steps", "1", "--out", (tmp_ / "run").string()});
+  EXPECT_TRUE(is_clean_error(dir_cfg, {"cfgdir", "is a directory"})) << dir_cfg.describe();
+  const RunResult empty_out = run_runtime({"train", "--model", (l2a_dir() / "paper").string(), "--data",
+                                           (l2a_dir() / "tokens.bin").string(), "--steps", "1", "--out", ""});
+  EXPECT_TRUE(is_clean_error(empty_out, {"--out", "empty path"})) << empty_out.describe();
+}
+
+// runtime eval checks every backend, flag and document before it writes anything.
+TEST_F(CliErrors, EvalWritesNothingBeforeItsChecksPass) {
+  const fs::path eval_dir = fs::path(RT_FIXTURES_DIR) / "eval";
+  const std::string tok = (fs::path(RT_SHARED_DATA_DIR) / "qwen2.5-tokenizer").string();
+  auto eval = [&](std::vector<std::string> extra) {
+    std::vector<std::string> a = {"eval", "--model", (eval_dir / "model").string(), "--tokenizer", tok,
+                                  "--output", (tmp_ / "ev").string()};
+    a.insert(a.end(), extra.begin(), extra.end());
+    return run_runtime(a, 120);
+  };
+  const std::string ppl = "ppl=" + (eval_dir / "data" / "ppl.txt").string();
+  EXPECT_TRUE(is_clean_error(eval({"--tasks", "ppl", "--data", ppl, "--attention", "full_causal,zz"}), {"zz"}));
+  EXPECT_TRUE(is_clean_error(eval({"--tasks", "ppl", "--data", ppl, "--attention", "swa,swa", "--window", "4"}),
+                             {"'swa' is listed twice"}));
+  write_text(tmp_ / "bad.jsonl", "{\"goal\": \"g\", \"sol1\": \"a\", \"label\": 0}\n");
+  EXPECT_TRUE(is_clean_error(eval({"--tasks", "piqa", "--data", "piqa=" + (tmp_ / "bad.jsonl").string()}),
+                             {"missing field 'sol2'"}));
+  const std::string hay = "niah=" + (fs::path(RT_SHARED_DATA_DIR) / "wikitext-2" / "test.txt").string();
+  EXPECT_TRUE(is_clean_error(eval({"--tasks", "niah", "--data", hay, "--niah-lengths", ""}),
+                             {"--niah-lengths", "no length"}));
+  EXPECT_FALSE(fs::exists(tmp_ / "ev")) << "a refused eval created its output directory";
+  // profile: an unknown training regime.
+  const RunResult p = run_runtime({"profile", "--model", model_.string(), "--attention", "full_causal", "--seq", "8",
+                                   "--train", "bogus"});
+  EXPECT_TRUE(is_clean_error(p, {"--train", "bogus"})) << p.describe();
+}

@@ -272,6 +272,35 @@ TEST(TrainInterrupt, SigtermExits143WithACheckpoint) {
   EXPECT_EQ(step_dirs(tmp / "run").size(), 1u);
 }
 
+// A step of a huge batch (hours of sequences) stops between its sequences on a signal instead of
+// holding the signal until the step ends; nothing of it is applied or checkpointed.
+TEST(TrainInterrupt, LongStepStopsBetweenSequences) {
+  ASSERT_TRUE(runtime_available());
+  TempDir tmp;
+  std::string c = interrupt_config();
+  const std::string from = "batch_size = 2", to = "batch_size = 100000";
+  c.replace(c.find(from), from.size(), to);
+  write_text(tmp / "l2a.toml", c);
+  const pid_t pid = spawn_runtime(train_args(tmp, "run", 2), tmp / "run.out", tmp / "run.err");
+  ASSERT_GT(pid, 0);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (read_text(tmp / "run.err").find("train: ") == std::string::npos &&
+         std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // into the first step's sequences
+  const auto sent = std::chrono::steady_clock::now();
+  ::kill(pid, SIGTERM);
+  const int status = wait_child(pid, 60);
+  const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - sent).count();
+  const std::string err = read_text(tmp / "run.err");
+  ASSERT_TRUE(WIFEXITED(status)) << "status " << status << "\n" << err;
+  EXPECT_EQ(WEXITSTATUS(status), 143) << err;
+  EXPECT_LT(waited, 20.0) << "the signal waited for the step to end";
+  EXPECT_NE(err.find("before any step of this run finished"), std::string::npos) << err;
+  EXPECT_EQ(metrics_lines(tmp / "run"), 0);
+  EXPECT_TRUE(!fs::exists(tmp / "run" / "checkpoints") || step_dirs(tmp / "run").empty());
+}
+
 TEST(TrainCheckpoints, KeepsTheNewestK) {
   ASSERT_TRUE(runtime_available());
   TempDir tmp;

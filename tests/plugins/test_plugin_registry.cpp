@@ -2,8 +2,16 @@
 // by name with the reason.
 #include <gtest/gtest.h>
 
+#include <elf.h>
+
+#include <cstddef>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
 #include <map>
 
+#include "plugin_host/backend_module.h"
+#include "plugin_host/elf_check.h"
 #include "plugin_host/plugin_registry.h"
 #include "test_util.h"
 #include "rt/sdk/error.h"
@@ -115,6 +123,94 @@ TEST(PluginRegistry, UnknownBackendListsAvailableAndRefused) {
   EXPECT_NE(msg.find("full_causal"), std::string::npos) << msg;
   EXPECT_NE(msg.find("swa"), std::string::npos) << msg;
   EXPECT_NE(msg.find("libtest_plugin_bad_abi.so"), std::string::npos) << msg;
+}
+
+// A truncated plugin (an interrupted copy) used to kill dlopen with SIGBUS: the loader maps
+// segments past the end of the file. The ELF check refuses it first, naming the file.
+TEST(PluginRegistry, RefusesTruncatedSharedObject) {
+  const std::filesystem::path real = kBin + "/librt_attention_swa.so";
+  const std::string bytes = rt::test::read_file(real);
+  ASSERT_GT(bytes.size(), 2000u);
+  rt::test::TempDir tmp("rt_trunc_plugin");
+  for (size_t len : {size_t(64), size_t(1000), bytes.size() / 2, bytes.size() - 1}) {
+    SCOPED_TRACE("truncated to " + std::to_string(len) + " of " + std::to_string(bytes.size()) + " bytes");
+    const auto dir = tmp / ("len" + std::to_string(len));
+    const auto path = dir / "librt_attention_swa.so";
+    rt::test::write_file(path, bytes.substr(0, len));
+    ASSERT_EQ(std::filesystem::file_size(path), len);
+    // Given by name: an error naming the file and what is wrong.
+    rt::PluginRegistry reg;
+    const std::string msg = error_of([&] { reg.load_file(path); });
+    EXPECT_NE(msg.find(path.string()), std::string::npos) << msg;
+    EXPECT_NE(msg.find("truncated"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("but the file has " + std::to_string(len) + " bytes"), std::string::npos) << msg;
+    EXPECT_TRUE(reg.plugins().empty());
+    // Found while scanning: refused with the reason, and the scan goes on.
+    rt::PluginRegistry scan;
+    scan.scan_directory(dir);
+    ASSERT_EQ(scan.refused().size(), 1u);
+    EXPECT_NE(scan.refused()[0].reason.find("truncated"), std::string::npos) << scan.refused()[0].reason;
+  }
+  // The intact file, copied the same way, still loads.
+  const auto whole = tmp / "whole" / "librt_attention_swa.so";
+  rt::test::write_file(whole, bytes);
+  rt::PluginRegistry reg;
+  reg.load_file(whole);
+  ASSERT_EQ(reg.plugins().size(), 1u);
+  EXPECT_EQ(reg.plugins()[0].name, "swa");
+  // Every plugin the build made passes the check.
+  for (const auto& e : std::filesystem::directory_iterator(kBin))
+    if (e.path().extension() == ".so") EXPECT_EQ(rt::elf_shared_object_problem(e.path()), "") << e.path();
+}
+
+// Files that are not 64-bit little-endian shared objects for this host are refused by the check,
+// each with what is wrong.
+TEST(PluginRegistry, ElfCheckNamesWhatIsWrong) {
+  const std::string bytes = rt::test::read_file(kBin + "/librt_attention_swa.so");
+  rt::test::TempDir tmp("rt_elf_check");
+  auto problem = [&](const std::string& name, std::string content) {
+    const auto path = tmp / name;
+    rt::test::write_file(path, content);
+    const std::string msg = error_of([&] { rt::check_elf_shared_object(path); });
+    EXPECT_NE(msg.find(path.string()), std::string::npos) << msg;
+    return msg;
+  };
+  EXPECT_HAS(problem("empty.so", ""), "empty", "not a 64-bit little-endian ELF shared object");
+  EXPECT_HAS(problem("junk.so", "this is not a library at all"), "not a 64-bit little-endian ELF shared object");
+  EXPECT_HAS(problem("short.so", bytes.substr(0, 20)), "truncated");
+  std::string b = bytes;
+  b[EI_CLASS] = ELFCLASS32;
+  EXPECT_HAS(problem("class32.so", b), "not a 64-bit little-endian ELF shared object", "32-bit");
+  b = bytes;
+  b[EI_DATA] = ELFDATA2MSB;
+  EXPECT_HAS(problem("bigendian.so", b), "not a 64-bit little-endian ELF shared object", "big-endian");
+  b = bytes;
+  b[offsetof(Elf64_Ehdr, e_type)] = ET_EXEC;
+  EXPECT_HAS(problem("exec.so", b), "not a shared object");
+  b = bytes;
+  b[offsetof(Elf64_Ehdr, e_machine)] = static_cast<char>(EM_RISCV);
+  b[offsetof(Elf64_Ehdr, e_machine) + 1] = 0;
+  EXPECT_HAS(problem("riscv.so", b), "built for RISC-V");
+  // A huge e_phnum * e_phentsize or p_offset + p_filesz must not overflow into "fits".
+  b = bytes;
+  const uint64_t huge = ~uint64_t(0) - 8;
+  std::memcpy(&b[offsetof(Elf64_Ehdr, e_phoff)], &huge, sizeof huge);
+  EXPECT_HAS(problem("phoff.so", b), "truncated", "program header table");
+  EXPECT_EQ(rt::elf_shared_object_problem(kBin + "/librt_attention_swa.so"), "");
+}
+
+// The compute-backend loader runs the same check before dlopen.
+TEST(PluginRegistry, BackendModuleLoaderRefusesTruncatedModule) {
+  const std::string bytes = rt::test::read_file(kBin + "/librt_attention_swa.so");
+  rt::test::TempDir tmp("rt_trunc_backend");
+  const auto path = tmp / "librt_backend_cuda.so";
+  rt::test::write_file(path, bytes.substr(0, 1000));
+  const char* old = std::getenv("RUNTIME_BACKEND_PATH");
+  const std::string saved = old ? old : "";
+  ::setenv("RUNTIME_BACKEND_PATH", tmp.path().c_str(), 1);
+  const std::string msg = error_of([&] { rt::load_backend_ops("cuda"); });
+  if (old) ::setenv("RUNTIME_BACKEND_PATH", saved.c_str(), 1); else ::unsetenv("RUNTIME_BACKEND_PATH");
+  EXPECT_HAS(msg, "--device cuda", path.string(), "truncated", "but the file has 1000 bytes");
 }
 
 TEST(PluginRegistry, MissingFileIsAnError) {
