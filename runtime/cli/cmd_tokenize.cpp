@@ -4,6 +4,7 @@
 #include <sstream>
 
 #include "cli/commands.h"
+#include "rt/sdk/error.h"
 #include "cli/model_session.h"
 #include "common/flag_paths.h"
 #include "tokenizer/tokenizer.h"
@@ -37,8 +38,13 @@ void register_tokenize(CLI::App& app) {
     check_input_path("--tokenizer", *dpath, /*directory_ok=*/true);
     auto tok = with_flag("--tokenizer", *dpath, [&] { return load_tokenizer(*dpath); });
     std::string text = read_stdin();
-    for (char& c : text)
+    for (size_t i = 0; i < text.size(); ++i) {
+      char& c = text[i];
       if (c == ',' || c == '\n' || c == '\r' || c == '\t') c = ' ';
+      RT_CHECK(c == ' ' || (c >= '0' && c <= '9'), "detokenize input: byte ", i, " (code ",
+               static_cast<int>(static_cast<unsigned char>(c)),
+               ") is not part of a token id (expected digits separated by spaces, commas or newlines)");
+    }
     std::vector<int32_t> ids;
     std::istringstream ss(text);
     std::string item;

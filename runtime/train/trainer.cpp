@@ -305,6 +305,7 @@ TrainSummary run_training(Ops& ops, Qwen2Model& model, const TrainConfig& cfg, c
                k, " '", it == ck.meta.extra.end() ? "?" : it->second, "', this run has '", v, "'");
     };
     want("attention", run.attention);
+    want("model", run.model_name);  // its frozen weights are not in the checkpoint
     want("steps", std::to_string(run.steps));
     if (const auto recorded = DataFingerprint::from_fields(ck.meta.extra, (*dir / "manifest.json").string())) {
       // The data by content: the same file moved or renamed resumes; another file at the same

@@ -120,6 +120,17 @@ TEST(TrainResume, BitIdentical) {
   EXPECT_GT(full[5]["reg_loss"].get<double>(), 0.0);
   EXPECT_EQ(read_text(tmp / "full" / "model" / "model.safetensors"), read_text(tmp / "split" / "model" / "model.safetensors"));
 
+  // Another --model does not resume: the frozen weights of this regime are not in the checkpoint.
+  args = train_args(tmp, "other", 6);
+  args.insert(args.end(), {"--stop-at", "3"});
+  ASSERT_TRUE(run_runtime(args, 300).ok());
+  args = train_args(tmp, "other", 6);
+  args[2] = (l2a_dir() / "base").string();
+  args.insert(args.end(), {"--attention", "l2a_dense", "--resume"});
+  const auto other = run_runtime(args, 300);
+  EXPECT_FALSE(other.ok());
+  EXPECT_NE(other.err.find("was written for model 'paper', this run has 'base'"), std::string::npos) << other.err;
+
   // The export loads as an L2A model by default and runs.
   auto lg = run_runtime({"logits", "--model", (tmp / "full" / "model").string(), "--ids", "1,2,3,4,5,6,7,8,9,10",
                          "--out", (tmp / "lg.npy").string()});
