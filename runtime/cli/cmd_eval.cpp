@@ -452,8 +452,13 @@ void register_eval(CLI::App& app) {
     for (const std::string& d : args->data) {
       const size_t eq = d.find('=');
       RT_CHECK(eq != std::string::npos && eq > 0 && eq + 1 < d.size(), "--data '", d, "': expected TASK=FILE");
+      RT_CHECK(!data.count(d.substr(0, eq)), "--data ", d.substr(0, eq), ": given twice");
       data[d.substr(0, eq)] = d.substr(eq + 1);
     }
+    for (size_t i = 0; i < tasks.size(); ++i)
+      RT_CHECK(std::find(tasks.begin(), tasks.begin() + static_cast<std::ptrdiff_t>(i), tasks[i]) ==
+                   tasks.begin() + static_cast<std::ptrdiff_t>(i),
+               "--tasks: '", tasks[i], "' is listed twice");
     for (const std::string& t : tasks) {
       RT_CHECK(eval::is_choice_task(t) || t == "wikitext" || t == "ppl" || t == "niah", "--tasks: unknown task '", t,
                "' (known: ", eval::known_tasks(), ")");

@@ -53,6 +53,8 @@ TEST(EvalCli, BadInputsAreClearErrors) {
   expect_error(eval("--tasks piqa --data piqa=" + piqa + " --data arc_easy=" + piqa + out),
                {"--data arc_easy=", "not in --tasks"});
   expect_error(eval("--tasks piqa --data piqa" + out), {"--data 'piqa'", "TASK=FILE"});
+  expect_error(eval("--tasks piqa,piqa --data piqa=" + piqa + out), {"--tasks: 'piqa' is listed twice"});
+  expect_error(eval("--tasks piqa --data piqa=" + piqa + " --data piqa=" + piqa + out), {"--data piqa: given twice"});
   expect_error(eval("--tasks piqa --data piqa=" + (tmp / "none.jsonl").string() + out),
                {"--data piqa ", "none.jsonl", "No such file"});
   // A bad row: file, line and field, named by the flag.
