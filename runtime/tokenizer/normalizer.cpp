@@ -2,6 +2,11 @@
 
 #include <unicode/bytestream.h>
 #include <unicode/normalizer2.h>
+#include <unicode/uniset.h>
+
+#include <map>
+#include <memory>
+#include <mutex>
 
 #include <nlohmann/json.hpp>
 
@@ -31,7 +36,28 @@ void Normalizer::add(const nlohmann::json& spec) {
   else if (type == "NFKD") n = icu::Normalizer2::getNFKDInstance(status);
   else fail("normalizer type '", type, "' is not supported (supported: NFC, NFD, NFKC, NFKD, Sequence, null)");
   RT_CHECK(U_SUCCESS(status) && n, "ICU ", type, " normalizer unavailable: ", u_errorName(status));
-  steps_.push_back(n);
+  steps_.push_back(as_hf_tokenizers(n));
+}
+
+// Hugging Face tokenizers normalizes with Unicode 9.0's tables (its unicode-normalization crate):
+// a character assigned later has combining class 0 and no mappings there, so it is left as it is
+// and neither reorders nor composes with its neighbours. ICU's FilteredNormalizer2 over the
+// characters of Unicode <= 9.0 does exactly that (the others pass through as boundaries), and
+// the stability policy keeps ICU's data for those characters equal to 9.0's.
+const icu::Normalizer2* Normalizer::as_hf_tokenizers(const icu::Normalizer2* n) {
+  static const icu::UnicodeSet* unicode9 = [] {
+    UErrorCode st = U_ZERO_ERROR;
+    auto* set = new icu::UnicodeSet(icu::UnicodeString(u"[:age=9.0:]"), st);
+    RT_CHECK(U_SUCCESS(st), "ICU: the set of Unicode 9.0 characters is unavailable: ", u_errorName(st));
+    set->freeze();
+    return set;
+  }();
+  static std::mutex mu;
+  static std::map<const icu::Normalizer2*, std::unique_ptr<icu::FilteredNormalizer2>> filtered;
+  const std::lock_guard<std::mutex> lock(mu);
+  auto& f = filtered[n];
+  if (!f) f = std::make_unique<icu::FilteredNormalizer2>(*n, *unicode9);
+  return f.get();
 }
 
 std::string Normalizer::normalize(std::string_view text) const {

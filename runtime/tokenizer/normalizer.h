@@ -28,6 +28,7 @@ class Normalizer {
 
  private:
   void add(const nlohmann::json& spec);
+  static const icu::Normalizer2* as_hf_tokenizers(const icu::Normalizer2* n);
   std::vector<const icu::Normalizer2*> steps_;
 };
 

@@ -170,6 +170,17 @@ TEST(Tokenizer, QwenBasics) {
   EXPECT_EQ(chat.back(), 151645);
 }
 
+// NFC as Hugging Face tokenizers computes it, with Unicode 9.0's tables: a mark assigned later
+// (U+1DF6, U+1DFA: Unicode 10 and 14; U+1ABF: 14) neither reorders nor lets a mark after it compose.
+// ids from tokenizers.Tokenizer.from_file(tokenizer.json).encode(text, add_special_tokens=False).
+TEST(Tokenizer, NormalizesWithHuggingFacesUnicodeVersion) {
+  const auto& t = qwen();
+  EXPECT_EQ(t.encode("a\u1DF6\u0301"), (std::vector<int32_t>{64, 157, 115, 114, 53839}));
+  EXPECT_EQ(t.encode("a\u0316\u1DFA"), (std::vector<int32_t>{64, 136, 244, 157, 115, 118}));
+  EXPECT_EQ(t.encode("1\u1ABF\u031B"), (std::vector<int32_t>{16, 157, 103, 123, 136, 249}));
+  EXPECT_EQ(t.encode("e\u0301"), (std::vector<int32_t>{963}));  // an old mark still composes: é
+}
+
 TEST(Tokenizer, DirectoryLoadEqualsFileLoad) {
   auto dir_tok = rt::load_tokenizer(kTokenizerDir);
   const std::string s = "Directory and file loads must agree: 42 <|im_end|>";
