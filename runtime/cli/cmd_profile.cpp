@@ -260,18 +260,13 @@ void register_profile(CLI::App& app) {
       seqs.push_back(v);
     }
     RT_CHECK(!backends.empty() && !seqs.empty(), "profile: give --attention and --seq");
-    check_backend_list(args->model, backends);
+    const std::vector<Capabilities> caps = check_backend_list(args->model, backends);
     for (const auto& regime : split(args->train_regimes, ',')) {
       RT_CHECK(regime.empty() || regime == "router_only" || regime == "attention" || regime == "full", "--train: '",
                regime, "' is not a training regime (expected router_only, attention or full)");
-      if (regime != "router_only") continue;
       // Only routed backends have router weights; an A/B list shows its other backends without the row.
-      PluginRegistry reg;
-      reg.discover(args->model.plugins);
-      const Device dev = args->model.device == "cuda" ? Device::CUDA : Device::CPU;
-      bool any = false;
-      for (const auto& b : backends) any = any || (!b.empty() && reg.create_attention(b, dev)->capabilities().router);
-      RT_CHECK(any, "--train router_only: none of --attention ", args->attention_list,
+      RT_CHECK(regime != "router_only" || std::any_of(caps.begin(), caps.end(), [](const Capabilities& c) { return c.router; }),
+               "--train router_only: none of --attention ", args->attention_list,
                " has router weights to train (a routed backend does, e.g. l2a_dense)");
     }
     // Before minutes of measurements, not after them.

@@ -241,17 +241,19 @@ static ModelOptions apply_model_overrides(ModelOptions o, HfConfig& config) {
   return o;
 }
 
-void check_backend_list(const ModelOptions& o, const std::vector<std::string>& backends) {
+std::vector<Capabilities> check_backend_list(const ModelOptions& o, const std::vector<std::string>& backends) {
   PluginRegistry registry;
   registry.discover(o.plugins);
   const Device device = o.device == "cuda" ? Device::CUDA : Device::CPU;
+  std::vector<Capabilities> caps(backends.size());
   for (size_t i = 0; i < backends.size(); ++i) {
     if (backends[i].empty()) continue;  // the model's own
     RT_CHECK(std::find(backends.begin(), backends.begin() + static_cast<std::ptrdiff_t>(i), backends[i]) ==
                  backends.begin() + static_cast<std::ptrdiff_t>(i),
              "--attention: '", backends[i], "' is listed twice");
-    (void)registry.create_attention(backends[i], device);  // unknown, or not on this device: its error
+    caps[i] = registry.create_attention(backends[i], device)->capabilities();  // unknown, or not here: its error
   }
+  return caps;
 }
 
 std::unique_ptr<ModelSession> open_model_session(const ModelOptions& given) {

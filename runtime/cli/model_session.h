@@ -57,7 +57,8 @@ std::unique_ptr<ModelSession> open_model_session(const ModelOptions& o);
 
 // Before a multi-backend run does any work: every backend named (empty: the model's own) is a known
 // attention plugin that runs on the device, and none is listed twice. Errors name the backend.
-void check_backend_list(const ModelOptions& o, const std::vector<std::string>& backends);
+// Returns each named backend's capabilities, in order (default ones for the model's own).
+std::vector<Capabilities> check_backend_list(const ModelOptions& o, const std::vector<std::string>& backends);
 
 // "1,2,3" -> {1, 2, 3}; errors name the option and the bad item.
 std::vector<int32_t> parse_ids(const std::string& text, const std::string& option);

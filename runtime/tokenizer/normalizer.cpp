@@ -4,9 +4,7 @@
 #include <unicode/normalizer2.h>
 #include <unicode/uniset.h>
 
-#include <map>
 #include <memory>
-#include <mutex>
 
 #include <nlohmann/json.hpp>
 
@@ -17,6 +15,8 @@ namespace rt::tok {
 Normalizer::Normalizer(const nlohmann::json& spec) {
   if (!spec.is_null()) add(spec);
 }
+
+Normalizer::~Normalizer() = default;
 
 void Normalizer::add(const nlohmann::json& spec) {
   RT_CHECK(spec.is_object() && spec.contains("type") && spec["type"].is_string(),
@@ -36,7 +36,7 @@ void Normalizer::add(const nlohmann::json& spec) {
   else if (type == "NFKD") n = icu::Normalizer2::getNFKDInstance(status);
   else fail("normalizer type '", type, "' is not supported (supported: NFC, NFD, NFKC, NFKD, Sequence, null)");
   RT_CHECK(U_SUCCESS(status) && n, "ICU ", type, " normalizer unavailable: ", u_errorName(status));
-  steps_.push_back(as_hf_tokenizers(n));
+  steps_.push_back(std::make_unique<icu::FilteredNormalizer2>(*n, unicode_9_0()));
 }
 
 // Hugging Face tokenizers normalizes with Unicode 9.0's tables (its unicode-normalization crate):
@@ -44,20 +44,15 @@ void Normalizer::add(const nlohmann::json& spec) {
 // and neither reorders nor composes with its neighbours. ICU's FilteredNormalizer2 over the
 // characters of Unicode <= 9.0 does exactly that (the others pass through as boundaries), and
 // the stability policy keeps ICU's data for those characters equal to 9.0's.
-const icu::Normalizer2* Normalizer::as_hf_tokenizers(const icu::Normalizer2* n) {
-  static const icu::UnicodeSet* unicode9 = [] {
+const icu::UnicodeSet& Normalizer::unicode_9_0() {
+  static const icu::UnicodeSet* set = [] {
     UErrorCode st = U_ZERO_ERROR;
-    auto* set = new icu::UnicodeSet(icu::UnicodeString(u"[:age=9.0:]"), st);
+    auto* s = new icu::UnicodeSet(icu::UnicodeString(u"[:age=9.0:]"), st);
     RT_CHECK(U_SUCCESS(st), "ICU: the set of Unicode 9.0 characters is unavailable: ", u_errorName(st));
-    set->freeze();
-    return set;
+    s->freeze();
+    return s;
   }();
-  static std::mutex mu;
-  static std::map<const icu::Normalizer2*, std::unique_ptr<icu::FilteredNormalizer2>> filtered;
-  const std::lock_guard<std::mutex> lock(mu);
-  auto& f = filtered[n];
-  if (!f) f = std::make_unique<icu::FilteredNormalizer2>(*n, *unicode9);
-  return f.get();
+  return *set;
 }
 
 std::string Normalizer::normalize(std::string_view text) const {
@@ -67,7 +62,7 @@ std::string Normalizer::normalize(std::string_view text) const {
   for (unsigned char c : cur) ascii &= c < 0x80;
   if (ascii) return cur;
   RT_CHECK(cur.size() < (1u << 31), "text of ", cur.size(), " bytes is too long to normalize");
-  for (const icu::Normalizer2* n : steps_) {
+  for (const auto& n : steps_) {
     UErrorCode status = U_ZERO_ERROR;
     const icu::StringPiece in(cur.data(), static_cast<int32_t>(cur.size()));
     if (n->isNormalizedUTF8(in, status) && U_SUCCESS(status)) continue;

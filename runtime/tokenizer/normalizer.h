@@ -3,6 +3,7 @@
 // time, because silently skipping a normalizer would give ids that differ from HF's.
 #pragma once
 
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -12,7 +13,8 @@
 #include <unicode/uversion.h>  // defines the versioned `icu` namespace
 
 U_NAMESPACE_BEGIN
-class Normalizer2;
+class FilteredNormalizer2;
+class UnicodeSet;
 U_NAMESPACE_END
 
 namespace rt::tok {
@@ -21,6 +23,7 @@ class Normalizer {
  public:
   // `spec` is the JSON value of the "normalizer" field (may be null). Throws rt::Error.
   explicit Normalizer(const nlohmann::json& spec);
+  ~Normalizer();  // in the .cpp, where ICU's types are complete
 
   bool empty() const { return steps_.empty(); }
   // `text` must be valid UTF-8.
@@ -28,8 +31,9 @@ class Normalizer {
 
  private:
   void add(const nlohmann::json& spec);
-  static const icu::Normalizer2* as_hf_tokenizers(const icu::Normalizer2* n);
-  std::vector<const icu::Normalizer2*> steps_;
+  static const icu::UnicodeSet& unicode_9_0();
+  // Each form restricted to Unicode 9.0's characters, as Hugging Face tokenizers normalizes.
+  std::vector<std::unique_ptr<icu::FilteredNormalizer2>> steps_;
 };
 
 }  // namespace rt::tok
