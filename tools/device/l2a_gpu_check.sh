@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine (device tool), after `source tools/device/unpack.sh`: the CUDA tests of the
 # routed kernels, l2a_fused and the kernels they share, then the benchmarks. Logs and JSON to $OUT.
-#   bash tools/device/l2a_gpu_check.sh fwdpaths wg3 bwdpaths tests nccl kernels kernels15 model decode prune eval train memory fit trace anchors
+#   bash tools/device/l2a_gpu_check.sh fwdpaths variants bwdpaths tests nccl kernels kernels15 model decode prune eval train memory fit trace anchors
 # (any subset, in that order). SEQS overrides the kernel sequence lengths, ANCHOR_SEQS the anchors'. `fwdpaths` runs the
 # forward-kernel tests under each forward path (RT_ATTN_FWD=wgmma: the Hopper kernel; mma: the
 # mma.sync kernel of sm_89; FWD_PATHS picks), a compute-sanitizer pass, and times both paths against cuDNN.
@@ -37,21 +37,29 @@ for step in "$@"; do
         --json "$out/flash_$path.json" > "$out/flash_$path.txt" 2>&1
       echo "== RT_ATTN_FWD=$path"; cat "$out/flash_$path.txt"
     done | tee -a "$out/fwdpaths.txt"
-    bash "$0" wg3
+    VARIANTS=RT_ATTN_HOPPER_D64_WG=3 bash "$0" variants
     timeout 200 build/bin/bench_cudnn_sdpa --seqs ${SEQS:-4096,16384,32768,65536} --window 2048 \
       > "$out/cudnn.txt" 2>&1
     cat "$out/cudnn.txt" | tee -a "$out/fwdpaths.txt"
     ;;
-  wg3)  # the D = 64 experiment: 192-row blocks over three consumer warpgroups (FlashAttention-3's tile)
-    for t in test_flash_attention test_routed_attention; do
-      RT_ATTN_HOPPER_D64_WG=3 timeout ${TEST_TIMEOUT:-300} build/bin/$t --gtest_brief=1 > /tmp/$t.wg3.log 2>&1
-      echo "$t RT_ATTN_HOPPER_D64_WG=3 rc=$? $(grep -E '^\[  (PASSED|FAILED)' /tmp/$t.wg3.log | tr '\n' ' ')" |
-        tee -a "$out/fwdpaths.txt"
-      grep -B3 -A12 "Failure" /tmp/$t.wg3.log | head -40 >> "$out/fwdpaths.txt"
+  variants)  # forward experiments against the default (VARIANTS: env settings, ';'-separated): FlashAttention-3's
+             # 192-row tile at D = 64 (three consumer warpgroups) and the persistent CTA schedule
+    : > "$out/variants.txt"
+    IFS=';' read -ra vs <<< "${VARIANTS:-RT_ATTN_HOPPER_D64_WG=3;RT_ATTN_HOPPER_PERSISTENT=1;RT_ATTN_HOPPER_D64_WG=3 RT_ATTN_HOPPER_PERSISTENT=1}"
+    for v in "${vs[@]}"; do
+      tag=$(echo "$v" | tr ' =' '_-')
+      for t in ${VARIANT_TESTS:-test_flash_attention test_routed_attention}; do
+        env $v timeout ${TEST_TIMEOUT:-300} build/bin/$t --gtest_brief=1 > /tmp/$t.$tag.log 2>&1
+        echo "$t $v rc=$? $(grep -E '^\[  (PASSED|FAILED)' /tmp/$t.$tag.log | tr '\n' ' ')" | tee -a "$out/variants.txt"
+        grep -B3 -A12 "Failure" /tmp/$t.$tag.log | head -40 >> "$out/variants.txt"
+      done
     done
-    RT_ATTN_HOPPER_D64_WG=3 timeout 200 build/bin/bench_attention --seqs ${SEQS:-4096,16384,32768,65536} --window 2048 \
-      --json "$out/flash_wg3.json" > "$out/flash_wg3.txt" 2>&1
-    { echo "== RT_ATTN_HOPPER_D64_WG=3"; cat "$out/flash_wg3.txt"; } | tee -a "$out/fwdpaths.txt"
+    for v in "" "${vs[@]}"; do
+      tag=$(echo "${v:-default}" | tr ' =' '_-')
+      env $v timeout 200 build/bin/bench_attention --seqs ${SEQS:-4096,16384,32768,65536} --window 2048 \
+        --json "$out/flash_$tag.json" > "$out/flash_$tag.txt" 2>&1
+      { echo "== ${v:-default}"; cat "$out/flash_$tag.txt"; } | tee -a "$out/variants.txt"
+    done
     ;;
   bwdpaths)  # the deterministic backward: Hopper kernels (RT_ATTN_BWD=wgmma) against mma.sync
     : > "$out/bwdpaths.txt"

@@ -235,15 +235,17 @@ struct QueryBlock {
 
 // Block y of the grid (reversed: the blocks that see the most keys under a causal mask start first).
 // P: FwdParams, or BwdParams for the dQ pass (group, q_index, q_count, Tq and mask are read).
+// bx: the query head (dense) or KV head (routed); by: the block's place in the launch order.
 template <class Mask, class Rows, class P>
-__device__ __forceinline__ QueryBlock<Mask, Rows> make_query_block(const P& p, int block_m, int num_m_blocks) {
+__device__ __forceinline__ QueryBlock<Mask, Rows> make_query_block(const P& p, int block_m, int num_m_blocks, int bx,
+                                                                   int by) {
   QueryBlock<Mask, Rows> b;
   b.group = p.group;
-  b.hk = Rows::routed ? static_cast<int>(blockIdx.x) : static_cast<int>(blockIdx.x) / p.group;
-  b.head = static_cast<int>(blockIdx.x);
+  b.hk = Rows::routed ? bx : bx / p.group;
+  b.head = bx;
   b.rows = make_rows<Rows>(p.q_index, p.q_count);
   const int stack = Rows::routed ? p.group : 1;
-  b.m0 = (num_m_blocks - 1 - static_cast<int>(blockIdx.y)) * block_m;
+  b.m0 = (num_m_blocks - 1 - by) * block_m;
   const int active = b.rows.active(p.Tq) * stack;  // routed: rows past the count are inactive
   b.m_end = min(b.m0 + block_m, p.Tq * stack);
   b.m_last = min(b.m0 + block_m, active) - 1;
@@ -255,6 +257,11 @@ __device__ __forceinline__ QueryBlock<Mask, Rows> make_query_block(const P& p, i
   b.full_lo = Mask::key_lo(mk, pos_last);
   b.full_hi = Mask::key_hi(mk, pos_first);
   return b;
+}
+template <class Mask, class Rows, class P>
+__device__ __forceinline__ QueryBlock<Mask, Rows> make_query_block(const P& p, int block_m, int num_m_blocks) {
+  return make_query_block<Mask, Rows>(p, block_m, num_m_blocks, static_cast<int>(blockIdx.x),
+                                      static_cast<int>(blockIdx.y));
 }
 template <class Mask, class Rows>
 __device__ __forceinline__ QueryBlock<Mask, Rows> make_query_block(const FwdParams& p, int block_m) {

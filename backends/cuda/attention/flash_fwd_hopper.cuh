@@ -34,11 +34,16 @@ namespace rt::cuda::attn {
 // kConsumers: warpgroups of 64 query rows. 3 (192-row blocks, FlashAttention-3's choice at head
 // dim 64, where the softmax's exponentials cost as much as the GEMMs) leaves 160 registers per
 // consumer thread, enough at D = 64 only.
-template <int kD_, bool kOverlap_ = true, int kConsumers_ = 2>
+// kPersistent: one CTA per SM walks the query blocks (heaviest first, in launch order), so the
+// producer fills the K/V ring for a CTA's next block while its consumers finish the last one, and
+// no CTA pays a launch and a cold pipeline per block (FlashAttention-3's persistent scheduler,
+// static round robin).
+template <int kD_, bool kOverlap_ = true, int kConsumers_ = 2, bool kPersistent_ = false>
 struct HopperFwdConfig {
   static constexpr int kD = kD_;
   static constexpr bool kOverlap = kOverlap_;
   static constexpr int kConsumers = kConsumers_;
+  static constexpr bool kPersistent = kPersistent_;
   static constexpr int kBlockM = 64 * kConsumers;
   static constexpr int kBlockN = 128;
   static constexpr int kStages = 2;
@@ -118,15 +123,18 @@ struct KvRing {
   }
   // The producer thread: ntiles (K, V) tiles of kBlockN keys of KV head hk, latest first (tile it
   // starts at key (nb_max - 1 - it) * kBlockN), each as kSub boxes of 64 head-dim columns.
+  // base: tiles this ring carried before (a persistent CTA's earlier blocks), for the stages and phases.
   template <int kSub, int kBlockN>
   __device__ __forceinline__ void produce(int ntiles, int nb_max, int hk, uint32_t sK, uint32_t sV,
-                                          const CUtensorMap* tmap_k, const CUtensorMap* tmap_v) const {
+                                          const CUtensorMap* tmap_k, const CUtensorMap* tmap_v, int base = 0) const {
     constexpr int kTile = kSub * kBlockN * 128;
-    sm90::tma_prefetch_desc(tmap_k);
-    sm90::tma_prefetch_desc(tmap_v);
+    if (base == 0) {
+      sm90::tma_prefetch_desc(tmap_k);
+      sm90::tma_prefetch_desc(tmap_v);
+    }
     for (int it = 0; it < ntiles; ++it) {
-      const int st = it % kStages;
-      const uint32_t ph = (it / kStages) & 1;
+      const int st = (base + it) % kStages;
+      const uint32_t ph = ((base + it) / kStages) & 1;
       const int n0 = (nb_max - 1 - it) * kBlockN;
       sm90::mbar_wait(empty_k(st), ph ^ 1);  // a fresh barrier counts as released
       sm90::mbar_arrive_expect_tx(full_k(st), kTile);
@@ -161,14 +169,27 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   const uint32_t sV = sK + kStages * kTile;
   const hopper_detail::KvRing<kStages> ring{sV + kStages * kTile};
 
-  const QueryBlock<Mask, Rows> qb = make_query_block<Mask, Rows>(p, kBlockM);
-  if (qb.empty()) {
-    store_empty_block<kD>(p, qb, kBlockM, threadIdx.x, Cfg::kThreads);
-    return;
+  // The query blocks of this CTA: its grid cell, or (persistent) every gridDim.x-th block of the
+  // launch order, which runs the heads fastest and the blocks that see the most keys first.
+  const int heads = Rows::routed ? p.Hkv : p.Hq;
+  const int n_blocks = Cfg::kPersistent ? heads * p.num_m_blocks : 1;
+  const int first = Cfg::kPersistent ? static_cast<int>(blockIdx.x) : 0;
+  const int step = Cfg::kPersistent ? static_cast<int>(gridDim.x) : 1;
+  auto block_at = [&](int b) {
+    return Cfg::kPersistent ? make_query_block<Mask, Rows>(p, kBlockM, p.num_m_blocks, b % heads, b / heads)
+                            : make_query_block<Mask, Rows>(p, kBlockM);
+  };
+  auto key_tiles = [&](const QueryBlock<Mask, Rows>& qb, int& nb_max) {
+    nb_max = (qb.n_hi + kBlockN - 1) / kBlockN;  // exclusive; the latest tile goes first
+    return nb_max - qb.n_lo / kBlockN;
+  };
+  if constexpr (!Cfg::kPersistent) {
+    const QueryBlock<Mask, Rows> qb = block_at(0);
+    if (qb.empty()) {
+      store_empty_block<kD>(p, qb, kBlockM, threadIdx.x, Cfg::kThreads);
+      return;
+    }
   }
-  const int nb_min = qb.n_lo / kBlockN;
-  const int nb_max = (qb.n_hi + kBlockN - 1) / kBlockN;  // exclusive
-  const int ntiles = nb_max - nb_min;                     // latest tile first
 
   if (threadIdx.x == 0) ring.init(4 * Cfg::kConsumers);  // one arrival per consumer warp
   __syncthreads();
@@ -177,166 +198,191 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   if (wg == 0) {
     // Producer.
     setmaxnreg_dec<Cfg::kProducerRegs>();
-    if (threadIdx.x == 0) ring.template produce<kSub, kBlockN>(ntiles, nb_max, qb.hk, sK, sV, &tmap_k, &tmap_v);
+    if (threadIdx.x == 0) {
+      int carried = 0;  // K/V tiles through the ring so far
+      for (int b = first; b < n_blocks; b += step) {
+        const QueryBlock<Mask, Rows> qb = block_at(b);
+        if (qb.empty()) continue;
+        int nb_max;
+        const int ntiles = key_tiles(qb, nb_max);
+        ring.template produce<kSub, kBlockN>(ntiles, nb_max, qb.hk, sK, sV, &tmap_k, &tmap_v, carried);
+        carried += ntiles;
+      }
+    }
   } else {
     // Consumers.
     setmaxnreg_inc<Cfg::kConsumerRegs>();
     const int cw = wg - 1;                      // consumer warpgroup
     const int ctid = threadIdx.x - 128 * wg;    // thread in the warpgroup
     const int warp = ctid >> 5, lane = ctid & 31, g = lane >> 2, t4 = lane & 3;
-    const int r_base = qb.m0 + cw * 64;         // this warpgroup's first block row
     const uint32_t sQw = sQ + cw * 64 * kD * 2;
-
-    // Q: 64 rows, 128-byte swizzled sub-tiles [kSub][64][64].
-    {
-      constexpr int kChunks = kD / 8;
-#pragma unroll
-      for (int idx = ctid; idx < 64 * kChunks; idx += 128) {
-        const int r = idx / kChunks, c = idx % kChunks;
-        const int row = r_base + r;
-        const bool ok = row <= qb.m_last;
-        const bf16* src = ok ? p.q + static_cast<int64_t>(qb.qrow(row)) * p.q_row +
-                                   static_cast<int64_t>(qb.qhead(row)) * p.q_head + c * 8
-                             : p.q;
-        cp_async_16(sQw + (c >> 3) * (64 * 128) + r * 128 + (((c & 7) ^ (r & 7)) << 4), src, ok);
+    int carried = 0;  // K/V tiles consumed so far, as the producer counts them
+    for (int b = first; b < n_blocks; b += step) {
+      const QueryBlock<Mask, Rows> qb = block_at(b);
+      if (qb.empty()) {
+        store_empty_block<kD>(p, qb, kBlockM, threadIdx.x - 128, 128 * Cfg::kConsumers);
+        continue;
       }
-      cp_async_commit();
-      cp_async_wait<0>();
-      fence_proxy_async();  // Q is read by wgmma (the async proxy)
-      named_barrier_sync(1 + cw, 128);
-    }
+      int nb_max;
+      const int ntiles = key_tiles(qb, nb_max);
+      const int r_base = qb.m0 + cw * 64;  // this warpgroup's first block row
 
-    const MaskParams& mk = p.mask;
-    int row_lo[2], row_hi[2];
+      // Q: 64 rows, 128-byte swizzled sub-tiles [kSub][64][64]. A persistent CTA's warpgroup first
+      // waits until all its warps are past the last block (their wgmma reads of Q have completed).
+      if (Cfg::kPersistent && carried > 0) named_barrier_sync(1 + cw, 128);
+      {
+        constexpr int kChunks = kD / 8;
 #pragma unroll
-    for (int hr = 0; hr < 2; ++hr) {
-      const int r = r_base + warp * 16 + g + hr * 8;
-      row_lo[hr] = qb.key_lo(mk, r);
-      row_hi[hr] = qb.key_hi(mk, r);
-    }
-    float o[kD / 2];
-#pragma unroll
-    for (int i = 0; i < kD / 2; ++i) o[i] = 0.f;
-    float row_max[2] = {-kInf, -kInf}, row_sum[2] = {0.f, 0.f};
-    float s[kBlockN / 2];        // scores, then probabilities, of the current tile
-    uint32_t pa[kBlockN / 16][4];  // P in bf16: the A operand of O += P V
-    float corr[2];
+        for (int idx = ctid; idx < 64 * kChunks; idx += 128) {
+          const int r = idx / kChunks, c = idx % kChunks;
+          const int row = r_base + r;
+          const bool ok = row <= qb.m_last;
+          const bf16* src = ok ? p.q + static_cast<int64_t>(qb.qrow(row)) * p.q_row +
+                                     static_cast<int64_t>(qb.qhead(row)) * p.q_head + c * 8
+                               : p.q;
+          cp_async_16(sQw + (c >> 3) * (64 * 128) + r * 128 + (((c & 7) ^ (r & 7)) << 4), src, ok);
+        }
+        cp_async_commit();
+        cp_async_wait<0>();
+        fence_proxy_async();  // Q is read by wgmma (the async proxy)
+        named_barrier_sync(1 + cw, 128);
+      }
 
-    // S = Q K[st]^T, issued (not waited for).
-    auto issue_qk = [&](int st) {
-      hopper_detail::fence_regs(s);
-      wgmma_fence();
+      const MaskParams& mk = p.mask;
+      int row_lo[2], row_hi[2];
 #pragma unroll
-      for (int ks = 0; ks < kD / 16; ++ks) {
-        const uint64_t da = smem_desc_sw128(sQw + (ks >> 2) * (64 * 128) + (ks & 3) * 32, 16, 1024);
-        const uint64_t db =
-            smem_desc_sw128(sK + st * kTile + (ks >> 2) * (kBlockN * 128) + (ks & 3) * 32, 16, 1024);
-        hopper_detail::mma_qk<kBlockN>(s, da, db, ks == 0);
+      for (int hr = 0; hr < 2; ++hr) {
+        const int r = r_base + warp * 16 + g + hr * 8;
+        row_lo[hr] = qb.key_lo(mk, r);
+        row_hi[hr] = qb.key_hi(mk, r);
       }
-      wgmma_commit();
-    };
-    // O += P V[st], issued. P and O must stay untouched until the wait.
-    auto issue_pv = [&](int st) {
-      hopper_detail::fence_regs(o);
-      hopper_detail::fence_regs(pa);
-      wgmma_fence();
+      float o[kD / 2];
 #pragma unroll
-      for (int kk = 0; kk < kBlockN / 16; ++kk) {
-        const uint64_t db = smem_desc_sw128(sV + st * kTile + kk * 16 * 128, kBlockN * 128, 1024);
-        hopper_detail::mma_pv<kD>(o, pa[kk], db);
-      }
-      wgmma_commit();
-    };
-    // After a wait: the results are in registers again (orders later uses after the wait).
-    auto s_landed = [&] { hopper_detail::fence_regs(s); };
-    auto o_landed = [&] {
-      hopper_detail::fence_regs(o);
-      hopper_detail::fence_regs(pa);
-    };
-    auto release = [&](uint32_t bar) {
-      __syncwarp();
-      if (lane == 0) mbar_arrive(bar);
-    };
-    // Masked online softmax of tile n0; the accumulator correction is kept in corr[] (applied by
-    // rescale_o, which must wait for any O += P V still in flight).
-    auto softmax = [&](int n0) {
-      const bool full_tile = n0 >= qb.full_lo && n0 + kBlockN <= qb.full_hi;
-      softmax_tile<kNT>([&](int nt, int e) -> float& { return s[4 * nt + e]; }, row_max, row_sum, row_lo, row_hi,
-                        full_tile, n0 + 2 * t4, p.scale_log2, [&](int hr, float c) { corr[hr] = c; });
-    };
-    auto rescale_o = [&] {
-#pragma unroll
-      for (int dt = 0; dt < kD / 8; ++dt) {
-        o[4 * dt + 0] *= corr[0];
-        o[4 * dt + 1] *= corr[0];
-        o[4 * dt + 2] *= corr[1];
-        o[4 * dt + 3] *= corr[1];
-      }
-    };
-    // P (bf16) from the probabilities: two adjacent n8 blocks are one k16 A fragment.
-    auto pack_p = [&] { hopper_detail::pack_a<kBlockN>(s, pa); };
-    auto tile_n0 = [&](int it) { return (nb_max - 1 - it) * kBlockN; };
+      for (int i = 0; i < kD / 2; ++i) o[i] = 0.f;
+      float row_max[2] = {-kInf, -kInf}, row_sum[2] = {0.f, 0.f};
+      float s[kBlockN / 2];        // scores, then probabilities, of the current tile
+      uint32_t pa[kBlockN / 16][4];  // P in bf16: the A operand of O += P V
+      float corr[2];
 
-    if constexpr (!Cfg::kOverlap) {
-      // Serial: S(n), softmax(n), O += P(n) V(n).
-      for (int it = 0; it < ntiles; ++it) {
-        const int st = it % kStages;
-        const uint32_t ph = (it / kStages) & 1;
-        mbar_wait(ring.full_k(st), ph);
-        issue_qk(st);
+      // S = Q K[st]^T, issued (not waited for).
+      auto issue_qk = [&](int st) {
+        hopper_detail::fence_regs(s);
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < kD / 16; ++ks) {
+          const uint64_t da = smem_desc_sw128(sQw + (ks >> 2) * (64 * 128) + (ks & 3) * 32, 16, 1024);
+          const uint64_t db =
+              smem_desc_sw128(sK + st * kTile + (ks >> 2) * (kBlockN * 128) + (ks & 3) * 32, 16, 1024);
+          hopper_detail::mma_qk<kBlockN>(s, da, db, ks == 0);
+        }
+        wgmma_commit();
+      };
+      // O += P V[st], issued. P and O must stay untouched until the wait.
+      auto issue_pv = [&](int st) {
+        hopper_detail::fence_regs(o);
+        hopper_detail::fence_regs(pa);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < kBlockN / 16; ++kk) {
+          const uint64_t db = smem_desc_sw128(sV + st * kTile + kk * 16 * 128, kBlockN * 128, 1024);
+          hopper_detail::mma_pv<kD>(o, pa[kk], db);
+        }
+        wgmma_commit();
+      };
+      // After a wait: the results are in registers again (orders later uses after the wait).
+      auto s_landed = [&] { hopper_detail::fence_regs(s); };
+      auto o_landed = [&] {
+        hopper_detail::fence_regs(o);
+        hopper_detail::fence_regs(pa);
+      };
+      auto release = [&](uint32_t bar) {
+        __syncwarp();
+        if (lane == 0) mbar_arrive(bar);
+      };
+      // Masked online softmax of tile n0; the accumulator correction is kept in corr[] (applied by
+      // rescale_o, which must wait for any O += P V still in flight).
+      auto softmax = [&](int n0) {
+        const bool full_tile = n0 >= qb.full_lo && n0 + kBlockN <= qb.full_hi;
+        softmax_tile<kNT>([&](int nt, int e) -> float& { return s[4 * nt + e]; }, row_max, row_sum, row_lo, row_hi,
+                          full_tile, n0 + 2 * t4, p.scale_log2, [&](int hr, float c) { corr[hr] = c; });
+      };
+      auto rescale_o = [&] {
+#pragma unroll
+        for (int dt = 0; dt < kD / 8; ++dt) {
+          o[4 * dt + 0] *= corr[0];
+          o[4 * dt + 1] *= corr[0];
+          o[4 * dt + 2] *= corr[1];
+          o[4 * dt + 3] *= corr[1];
+        }
+      };
+      // P (bf16) from the probabilities: two adjacent n8 blocks are one k16 A fragment.
+      auto pack_p = [&] { hopper_detail::pack_a<kBlockN>(s, pa); };
+      auto tile_n0 = [&](int it) { return (nb_max - 1 - it) * kBlockN; };
+
+      if constexpr (!Cfg::kOverlap) {
+        // Serial: S(n), softmax(n), O += P(n) V(n).
+        for (int it = 0; it < ntiles; ++it) {
+          const int st = (carried + it) % kStages;
+          const uint32_t ph = ((carried + it) / kStages) & 1;
+          mbar_wait(ring.full_k(st), ph);
+          issue_qk(st);
+          wgmma_wait<0>();
+          s_landed();
+          release(ring.empty_k(st));
+          softmax(tile_n0(it));
+          rescale_o();
+          pack_p();
+          mbar_wait(ring.full_v(st), ph);
+          issue_pv(st);
+          wgmma_wait<0>();
+          o_landed();
+          release(ring.empty_v(st));
+        }
+      } else {
+        // FlashAttention-3's intra-warpgroup overlap: S(n) = Q K(n)^T and O += P(n-1) V(n-1) are
+        // issued together, and the softmax of tile n runs on the CUDA cores while the tensor cores
+        // finish P(n-1) V(n-1).
+        const int st0 = carried % kStages;
+        mbar_wait(ring.full_k(st0), (carried / kStages) & 1);
+        issue_qk(st0);
         wgmma_wait<0>();
         s_landed();
-        release(ring.empty_k(st));
-        softmax(tile_n0(it));
-        rescale_o();
-        pack_p();
-        mbar_wait(ring.full_v(st), ph);
-        issue_pv(st);
+        release(ring.empty_k(st0));
+        softmax(tile_n0(0));
+        pack_p();  // O is still zero: no rescale
+        for (int it = 1; it < ntiles; ++it) {
+          const int c = carried + it;
+          const int st = c % kStages, pst = (c - 1) % kStages;
+          const uint32_t ph = (c / kStages) & 1, pph = ((c - 1) / kStages) & 1;
+          mbar_wait(ring.full_k(st), ph);
+          issue_qk(st);
+          mbar_wait(ring.full_v(pst), pph);
+          issue_pv(pst);
+          wgmma_wait<1>();  // S(n) landed; P(n-1) V(n-1) may still run
+          s_landed();
+          release(ring.empty_k(st));
+          softmax(tile_n0(it));
+          wgmma_wait<0>();
+          o_landed();
+          release(ring.empty_v(pst));
+          rescale_o();
+          pack_p();
+        }
+        const int lst = (carried + ntiles - 1) % kStages;
+        mbar_wait(ring.full_v(lst), ((carried + ntiles - 1) / kStages) & 1);
+        issue_pv(lst);
         wgmma_wait<0>();
         o_landed();
-        release(ring.empty_v(st));
+        release(ring.empty_v(lst));
       }
-    } else {
-      // FlashAttention-3's intra-warpgroup overlap: S(n) = Q K(n)^T and O += P(n-1) V(n-1) are
-      // issued together, and the softmax of tile n runs on the CUDA cores while the tensor cores
-      // finish P(n-1) V(n-1).
-      mbar_wait(ring.full_k(0), 0);
-      issue_qk(0);
-      wgmma_wait<0>();
-      s_landed();
-      release(ring.empty_k(0));
-      softmax(tile_n0(0));
-      pack_p();  // O is still zero: no rescale
-      for (int it = 1; it < ntiles; ++it) {
-        const int st = it % kStages, pst = (it - 1) % kStages;
-        const uint32_t ph = (it / kStages) & 1, pph = ((it - 1) / kStages) & 1;
-        mbar_wait(ring.full_k(st), ph);
-        issue_qk(st);
-        mbar_wait(ring.full_v(pst), pph);
-        issue_pv(pst);
-        wgmma_wait<1>();  // S(n) landed; P(n-1) V(n-1) may still run
-        s_landed();
-        release(ring.empty_k(st));
-        softmax(tile_n0(it));
-        wgmma_wait<0>();
-        o_landed();
-        release(ring.empty_v(pst));
-        rescale_o();
-        pack_p();
-      }
-      const int lst = (ntiles - 1) % kStages;
-      mbar_wait(ring.full_v(lst), ((ntiles - 1) / kStages) & 1);
-      issue_pv(lst);
-      wgmma_wait<0>();
-      o_landed();
-      release(ring.empty_v(lst));
-    }
 
 #pragma unroll
-    for (int hr = 0; hr < 2; ++hr) {
-      const int r = r_base + warp * 16 + g + hr * 8;
-      store_row<kD>(p, qb, r, t4, row_max[hr], quad_sum(row_sum[hr]),
-                    [&](int dt, int e) { return o[4 * dt + 2 * hr + e]; });
+      for (int hr = 0; hr < 2; ++hr) {
+        const int r = r_base + warp * 16 + g + hr * 8;
+        store_row<kD>(p, qb, r, t4, row_max[hr], quad_sum(row_sum[hr]),
+                      [&](int dt, int e) { return o[4 * dt + 2 * hr + e]; });
+      }
+      carried += ntiles;
     }
   }
 #endif

@@ -5,7 +5,9 @@
 
 #include <cuda.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <cstdlib>
 #include <string>
 
@@ -40,6 +42,19 @@ int consumers_setting() {
   return n;
 }
 
+// RT_ATTN_HOPPER_PERSISTENT=1: one CTA per SM walking the query blocks (an experiment against the
+// default grid of one CTA per block; the overlapped schedule only).
+bool persistent_setting() {
+  static const bool on = [] {
+    const char* v = std::getenv("RT_ATTN_HOPPER_PERSISTENT");
+    if (v == nullptr || !*v) return false;
+    const std::string s = v;
+    RT_CHECK(s == "0" || s == "1", "RT_ATTN_HOPPER_PERSISTENT='", s, "': expected 0 or 1");
+    return s == "1";
+  }();
+  return on;
+}
+
 template <class Cfg, class Rows>
 bool launch(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o, float* lse,
             const AttentionSpec& spec, const Shapes& s, cudaStream_t stream) {
@@ -51,7 +66,10 @@ bool launch(const TensorView& q, const TensorView& k, const TensorView& v, const
     constexpr auto kernel = attn::flash_fwd_hopper_kernel<Cfg, Mask, Rows>;
     ensure_smem<kernel>("attention (cuda)", Cfg::kSmemBytes, "cudaFuncSetAttribute (Hopper flash forward)");
     const int64_t heads = Rows::routed ? s.Hkv : s.Hq;
-    const dim3 grid(static_cast<unsigned>(heads), static_cast<unsigned>(p.num_m_blocks));
+    const int64_t blocks = heads * p.num_m_blocks;
+    RT_CHECK(!Cfg::kPersistent || blocks <= INT32_MAX, "attention (cuda): ", blocks, " query blocks are too many for one launch");
+    const dim3 grid = Cfg::kPersistent ? dim3(static_cast<unsigned>(std::min<int64_t>(blocks, num_sms())))
+                                       : dim3(static_cast<unsigned>(heads), static_cast<unsigned>(p.num_m_blocks));
     kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p, tk, tv);
     check_launch("attention (cuda)", "flash_fwd_hopper_kernel");
   });
@@ -88,6 +106,12 @@ bool launch_flash_hopper(int D, const TensorView& q, const TensorView& k, const 
                          : launch<Cfg, attn::DenseRows>(q, k, v, o, lse, spec, s, stream);
   };
   const bool overlap = overlap_setting();
+  if (overlap && persistent_setting()) {
+    if (D == 64 && consumers_setting() == 3) return go(attn::HopperFwdConfig<64, true, 3, true>{});
+    if (D == 64) return go(attn::HopperFwdConfig<64, true, 2, true>{});
+    if (D == 128) return go(attn::HopperFwdConfig<128, true, 2, true>{});
+    return false;
+  }
   if (D == 64 && overlap && consumers_setting() == 3) return go(attn::HopperFwdConfig<64, true, 3>{});
   if (D == 64) return overlap ? go(attn::HopperFwdConfig<64, true>{}) : go(attn::HopperFwdConfig<64, false>{});
   if (D == 128) return overlap ? go(attn::HopperFwdConfig<128, true>{}) : go(attn::HopperFwdConfig<128, false>{});
