@@ -88,14 +88,17 @@ struct Case {
   int64_t Tq, Tk, Hq, Hkv, D;
   bool causal = true;
   int64_t window = 0, q_pos0 = 0, k_pos0 = 0;
+  float scale = 0.f;  // 0: 1/sqrt(D)
   ::rt::AttentionSpec spec() const {
-    return ::rt::test::attention_spec(causal, window, q_pos0, k_pos0);
+    ::rt::AttentionSpec s = ::rt::test::attention_spec(causal, window, q_pos0, k_pos0);
+    s.scale = scale;
+    return s;
   }
   std::string str() const {
     std::ostringstream os;
     os << name << ": Tq " << Tq << " Tk " << Tk << " Hq " << Hq << " Hkv " << Hkv << " D " << D
        << (causal ? " causal" : " non-causal") << " window " << window << " q_pos0 " << q_pos0 << " k_pos0 "
-       << k_pos0;
+       << k_pos0 << (scale != 0.f ? " scale " + std::to_string(scale) : std::string());
     return os.str();
   }
 };
@@ -146,7 +149,7 @@ inline void reference_forward(const Case& c, std::vector<float>& q, std::vector<
 
 // Reference log-sum-exp [Hq, Tq] in double (+inf for rows that see nothing).
 inline std::vector<double> reference_lse(const Case& c, const std::vector<float>& q, const std::vector<float>& k) {
-  const double scale = 1.0 / std::sqrt(static_cast<double>(c.D));
+  const double scale = c.scale != 0.f ? static_cast<double>(c.scale) : 1.0 / std::sqrt(static_cast<double>(c.D));
   const int64_t g = c.Hq / c.Hkv;
   std::vector<double> lse(static_cast<size_t>(c.Hq * c.Tq));
   for (int64_t h = 0; h < c.Hq; ++h)

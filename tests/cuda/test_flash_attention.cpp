@@ -177,6 +177,20 @@ TEST(FlashAttention, NonCausal) {
   }
 }
 
+// The kernels take the row max on the raw scores and fold the scale into the exponent, so a
+// negative scale (the max is then the raw minimum) and a scale far from 1/sqrt(D) are their own cases.
+TEST(FlashAttention, CustomScales) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 350;
+  for (const Heads& hd : {kHeads[0], kHeads[1]})
+    for (float scale : {-0.125f, 0.9f, -1.5f})
+      for (auto [T, W] : std::vector<std::pair<int64_t, int64_t>>{{129, 0}, {1000 + 3, 0}, {700, 129}}) {
+        Case c{"scale", T, T, hd.Hq, hd.Hkv, hd.D, true, W};
+        c.scale = scale;
+        check_case(c, DType::BF16, both_kernels(c), seed += 3, /*check_lse=*/true);
+      }
+}
+
 TEST(FlashAttention, DecodeAgainstCache) {
   SKIP_WITHOUT_GPU();
   uint64_t seed = 400;

@@ -285,41 +285,49 @@ __device__ __forceinline__ void store_empty_block(const FwdParams& p, const Quer
 
 // The online-softmax step of one KV tile for the two rows this thread holds (the layout of
 // mma.sync's C and wgmma's D: row pair hr = 0, 1 at rows g, g + 8; column col0 + nt * 8 + (e & 1)
-// in s(nt, e), e >> 1 = hr). Scales the scores to the log2 domain, masks them on boundary tiles
-// (keys outside [lo[hr], hi[hr])), updates the running max and sum, turns the scores into
-// unnormalized probabilities, and calls rescale(hr, corr) with the factor that row pair's
-// accumulators must be multiplied by. A NaN score makes the row's sum NaN (store_row then writes
-// NaN): fmaxf drops NaN from the max, but exp2(NaN - max) keeps it.
+// in s(nt, e), e >> 1 = hr). Masks the raw scores on boundary tiles (keys outside
+// [lo[hr], hi[hr])), updates the running max and sum (row_max in the log2 domain, scale * log2(e)
+// applied), turns the scores into unnormalized probabilities, and calls rescale(hr, corr) with the
+// factor that row pair's accumulators must be multiplied by. The scale is folded into the
+// exponent's FFMA instead of a multiply per score first: at head dim 64 the softmax's instructions
+// compete with the tensor cores for issue slots, so one fewer per score is worth it. The max is
+// therefore taken on the raw scores (on their negation for a negative scale). A NaN score makes
+// the row's sum NaN (store_row then writes NaN): fmaxf drops NaN from the max, but exp2 keeps it.
 template <int kNT, class Score, class Rescale>
 __device__ __forceinline__ void softmax_tile(Score&& s, float (&row_max)[2], float (&row_sum)[2], const int (&lo)[2],
                                              const int (&hi)[2], bool full_tile, int col0, float scale_log2,
                                              Rescale&& rescale) {
   constexpr float kInf = __builtin_huge_valf();
+  const bool positive = scale_log2 > 0.f;
+  if (!full_tile) {
+    const float masked = positive ? -kInf : kInf;  // scales to -inf
 #pragma unroll
-  for (int nt = 0; nt < kNT; ++nt)
+    for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      float x = s(nt, e) * scale_log2;
-      if (!full_tile) {
+      for (int e = 0; e < 4; ++e) {
         const int col = col0 + nt * 8 + (e & 1);
-        if (col < lo[e >> 1] || col >= hi[e >> 1]) x = -kInf;
+        if (col < lo[e >> 1] || col >= hi[e >> 1]) s(nt, e) = masked;
       }
-      s(nt, e) = x;
-    }
+  }
 #pragma unroll
   for (int hr = 0; hr < 2; ++hr) {
-    float mx = row_max[hr];
+    float mx = -kInf;  // the tile's max of sign(scale) * score
+    if (positive) {
 #pragma unroll
-    for (int nt = 0; nt < kNT; ++nt) mx = fmaxf(mx, fmaxf(s(nt, 2 * hr), s(nt, 2 * hr + 1)));
-    mx = quad_max(mx);
+      for (int nt = 0; nt < kNT; ++nt) mx = fmaxf(mx, fmaxf(s(nt, 2 * hr), s(nt, 2 * hr + 1)));
+    } else {
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt) mx = fmaxf(mx, fmaxf(-s(nt, 2 * hr), -s(nt, 2 * hr + 1)));
+    }
+    mx = fmaxf(row_max[hr], quad_max(mx) * fabsf(scale_log2));
     const float m_use = mx == -kInf ? 0.f : mx;  // all masked so far: keep exp2 finite (gives 0)
     const float corr = fast_exp2(row_max[hr] - m_use);
     row_max[hr] = mx;
     float sum = 0.f;
 #pragma unroll
     for (int nt = 0; nt < kNT; ++nt) {
-      const float p0 = fast_exp2(s(nt, 2 * hr) - m_use);
-      const float p1 = fast_exp2(s(nt, 2 * hr + 1) - m_use);
+      const float p0 = fast_exp2(fmaf(s(nt, 2 * hr), scale_log2, -m_use));
+      const float p1 = fast_exp2(fmaf(s(nt, 2 * hr + 1), scale_log2, -m_use));
       s(nt, 2 * hr) = p0;
       s(nt, 2 * hr + 1) = p1;
       sum += p0 + p1;
