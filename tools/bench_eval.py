@@ -66,6 +66,23 @@ def write_items(path, n, seed):
             f.write(json.dumps(row) + "\n")
 
 
+def die_with_parent():
+    """preexec_fn: the child gets SIGTERM when this script dies (a `timeout` around the benchmark must
+    not leave a runtime or lm-eval process holding the GPU for the next measurement)."""
+    import ctypes
+    import signal
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+# The checkpoints are local and the GPU machine has no network: no hub look-ups (each would wait for
+# a connection timeout).
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+def stage(msg):
+    print(f"[bench_eval {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
 def run_runtime(args, data, batch_tokens, share_prefix="on"):
     out = tempfile.mkdtemp(prefix="bench_eval_")
     cmd = [args.runtime, "eval", "--model", args.model, "--device", args.device, "--tokenizer", args.tokenizer,
@@ -75,8 +92,9 @@ def run_runtime(args, data, batch_tokens, share_prefix="on"):
         cmd += ["--init", args.init]
     if args.attention:
         cmd += ["--attention", args.attention]
+    stage(f"runtime eval --batch-tokens {batch_tokens} --share-prefix {share_prefix}")
     t0 = time.time()
-    p = subprocess.run(cmd, capture_output=True, text=True)
+    p = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=die_with_parent)
     wall = time.time() - t0
     row = {"framework": "runtime", "batch_tokens": batch_tokens, "share_prefix": share_prefix, "wall_s": wall,
            "cmd": " ".join(cmd)}
@@ -137,6 +155,7 @@ def run_hflm_direct(args, data, model_dir):
     from lm_eval.models.huggingface import HFLM
     pairs = hellaswag_requests(data)
     dtype = "bfloat16" if args.device == "cuda" else "float32"
+    stage(f"lm-eval: HFLM.loglikelihood on {len(pairs)} requests")
     t0 = time.time()
     lm = HFLM(pretrained=model_dir, dtype=dtype, device=args.device, batch_size=args.hf_batch_size)
     reqs = [Instance(request_type="loglikelihood", doc={}, arguments=p, idx=i % 4, metadata=("hellaswag", i // 4, 1))
@@ -147,6 +166,8 @@ def run_hflm_direct(args, data, model_dir):
 
 
 def run_lm_eval(args, data):
+    os.environ.update(OFFLINE_ENV)
+    stage("lm-eval: building the HF checkpoint")
     try:
         import lm_eval  # noqa: F401
     except ImportError:
@@ -173,8 +194,9 @@ def run_lm_eval(args, data):
     cmd = [sys.executable, "-m", "lm_eval", "run", "--model", "hf", "--model_args",
            f"pretrained={model_dir},dtype={dtype}", "--tasks", "hellaswag_bench", "--include_path", tasks,
            "--device", args.device, "--batch_size", args.hf_batch_size, "--output_path", os.path.join(work, "out")]
+    stage("lm-eval run")
     t0 = time.time()
-    p = subprocess.run(cmd, capture_output=True, text=True)
+    p = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=die_with_parent, env={**os.environ, **OFFLINE_ENV})
     row = {"framework": "lm-eval", "batch_size": args.hf_batch_size, "wall_s": time.time() - t0, "cmd": " ".join(cmd)}
     if p.returncode != 0:
         row["error"] = (p.stderr.strip().splitlines() or [f"exit {p.returncode}"])[-1]

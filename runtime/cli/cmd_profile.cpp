@@ -294,6 +294,7 @@ void register_profile(CLI::App& app) {
       ModelOptions mo = args->model;
       mo.attention = backends[bi];
       mo.run_backends = backends;  // --set l2a_dense.key=value reaches only l2a_dense
+      mo.window_has_other_use = true;  // the kernel rows' window, whatever the backends take
       progress("building " + mo.model + " for " + mo.attention);
       auto session = open_model_session(mo);
       Ops& ops = *session->ops;

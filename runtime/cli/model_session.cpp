@@ -151,8 +151,9 @@ static Options plugin_options(const ModelOptions& o, const std::string& attentio
   const Options set = backend_set_options(o.set, attention, run, known);
   for (const auto& [key, value] : set.all()) opts.set(key, value);
   // --window goes to the backends that take a window; with one backend it must be one of them,
-  // in a multi-backend run (profile A/B) the others run without it.
-  if (o.window > 0 && (caps.windowed || o.run_backends.size() <= 1)) {
+  // in a multi-backend run (profile A/B), or where the window sizes something else too, the others
+  // run without it.
+  if (o.window > 0 && (caps.windowed || (o.run_backends.size() <= 1 && !o.window_has_other_use))) {
     RT_CHECK(caps.windowed, "--window ", o.window, " has no effect with --attention ", attention,
              ", which takes no window (backends that do: ", windowed_backends(registry), ")");
     opts.set("window", std::to_string(o.window));

@@ -23,6 +23,9 @@ struct ModelOptions {
   std::string attention;  // "": l2a_dense for a model whose config.json has an "l2a" section, else the
                           // backend its "attention_backend" section records, else full_causal
   int64_t window = 0;  // 0: not given
+  // --window has a use of its own in this command (profile's kernel rows), so a backend without a
+  // window runs without it instead of refusing it.
+  bool window_has_other_use = false;
   std::vector<std::string> set;  // plugin options key=value or backend.key=value (cli/plugin_settings.h)
   // Every backend of this run, which a --set scope must name (profile's A/B list); empty: just the
   // one being opened.

@@ -112,6 +112,26 @@ TEST(CliProfile, RoutedKernelsAndTrainingSteps) {
   }
 }
 
+// The kernel study of BENCHMARKS.md: one backend without a window, --window for the kernel rows
+// (the window mask and the L2A attention's window sublayer). The backend runs without the window;
+// the window rows are still measured.
+TEST(CliProfile, KernelsOnlyWindowWithAnUnwindowedBackend) {
+  TempDir dir("rt_profile");
+  const auto json = dir / "p.json";
+  RunResult r = run_runtime({"profile", "--model", fixture_model("tied_bf16_theta5e6").string(), "--init", "checkpoint",
+                             "--attention", "full_causal", "--seq", "24", "--window", "4", "--sparsity", "0.5",
+                             "--kernels-only", "--repeats", "1", "--json", json.string()});
+  ASSERT_TRUE(r.ok()) << r.describe();
+  const auto j = read_json(json);
+  std::vector<std::string> masks;
+  for (const auto& k : j["kernels"]) masks.push_back(k["mask"].get<std::string>());
+  EXPECT_EQ(masks, (std::vector<std::string>{"causal", "window", "routed"})) << j["kernels"].dump();
+  for (const auto& k : j["kernels"])
+    if (k["mask"] != "causal") EXPECT_EQ(k["window"].get<int64_t>(), 4) << k.dump();
+  ASSERT_EQ(j["backends"].size(), 1u);
+  EXPECT_FALSE(j["backends"][0]["options"].contains("window")) << j["backends"][0].dump();
+}
+
 // A scope that is not a backend of the run (here a typo of l2a_dense) is refused up front, naming
 // the argument, the scope and the run's backends.
 TEST(CliProfile, UnknownScopeFailsClearly) {

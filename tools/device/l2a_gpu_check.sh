@@ -102,7 +102,7 @@ for step in "$@"; do
     grep -B3 -A12 "Failure" /tmp/cli.log | head -40 >> "$out/tests.txt"
     ;;
   kernels)
-    timeout 300 build/bin/runtime profile --attention full_causal --model qwen2.5-0.5b --init random --window 2048 \
+    timeout 300 build/bin/runtime profile --attention ${KERNEL_BACKEND:-full_causal} --model qwen2.5-0.5b --init random --window 2048 \
       --seq ${SEQS:-16384,32768,65536,131072} --sparsity 0.5,0.8,0.9,0.95 --device cuda --kernels-only --repeats 5 \
       --json "$out/kernels_0.5b.json" > "$out/kernels_0.5b.txt" 2>&1
     cat "$out/kernels_0.5b.txt"

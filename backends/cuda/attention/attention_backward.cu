@@ -154,17 +154,24 @@ struct BwdCfgFor<128> {
   using type = attn::BwdConfig<128, RT_ATTN_BWD_D128_BM, RT_ATTN_BWD_D128_BN>;
 };
 
-// The Hopper backward kernels (flash_bwd_hopper.h) when RT_ATTN_BWD=wgmma asks for them (an error
-// where they cannot run); the mma.sync kernels otherwise, and by default until the Hopper ones
-// have passed the GPU tests. Only the deterministic backward has them (no fused, atomic dQ).
-bool hopper_backward_selected(const Shapes& s) {
-  if (attn_launch::bwd_path_setting() != attn_launch::KernelPath::Wgmma || s.Tq == 0 || s.Tk == 0) return false;
+// The Hopper backward kernels (flash_bwd_hopper.h): by default on sm_90 at head dim 128, where
+// they run 1.5x the mma.sync kernels (H200, 0.5B/1.5B shapes at 16K-32K: 27.3 against 40.6 ms at
+// 1.5B and 32K causal); at head dim 64 the mma.sync kernels stay the default, as the Hopper dK/dV
+// kernel runs 0.58x of them there (49.8 against 29.0 ms: its 128-key tiles at D = 64 leave the
+// softmax recomputation and the dS products without enough tensor work to hide them).
+// RT_ATTN_BWD=wgmma forces them (an error where they cannot run), RT_ATTN_BWD=mma forbids them.
+// Only the deterministic backward has them (no fused, atomic dQ).
+bool hopper_backward_selected(const Shapes& s, int D) {
+  const attn_launch::KernelPath path = attn_launch::bwd_path_setting();
+  if (path == attn_launch::KernelPath::Mma || s.Tq == 0 || s.Tk == 0) return false;
 #if RT_HAVE_SM90A
+  if (path == attn_launch::KernelPath::Auto) return D == 128 && attn_launch::hopper_forward_available();
   RT_CHECK(attn_launch::hopper_forward_available(), kOp,
            ": RT_ATTN_BWD=wgmma needs a GPU of compute capability 9.0 (Hopper)");
   return true;
 #else
-  (void)s;
+  (void)D;
+  if (path == attn_launch::KernelPath::Auto) return false;
   fail(kOp, ": RT_ATTN_BWD=wgmma: this build has no sm_90a kernels (RT_CUDA_ARCHS without 90)");
 #endif
 }
@@ -180,7 +187,7 @@ void launch_flash_bwd(const TensorView& q, const TensorView& k, const TensorView
   RT_CHECK(Tq_pad * s.Hq <= kMaxInt && s.Tk * s.Hkv <= kMaxInt, kOp, ": sequence too long (Tq ", s.Tq, ", Tk ", s.Tk,
            ")");
   const bool fused_dq = !spec.routed() && !attention_deterministic();
-  const bool hopper = !fused_dq && hopper_backward_selected(s);
+  const bool hopper = !fused_dq && hopper_backward_selected(s, kD);
   const int64_t block_n = hopper ? attn_launch::kHopperBwdBlockN : Cfg::kBlockN;
   const int64_t n_blocks = (s.Tk + block_n - 1) / block_n;
   RT_CHECK(s.Hkv <= 65535, kOp, ": too many KV heads (", s.Hkv, ")");
