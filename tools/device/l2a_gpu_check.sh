@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # On the GPU machine (device tool), after `source tools/device/unpack.sh`: the CUDA tests of the
 # routed kernels, l2a_fused and the kernels they share, then the benchmarks. Logs and JSON to $OUT.
-#   bash tools/device/l2a_gpu_check.sh fwdpaths variants bwdpaths tests nccl kernels kernels15 model decode prune eval train memory fit trace anchors
-# (any subset, in that order). SEQS overrides the kernel sequence lengths, ANCHOR_SEQS the anchors'. `fwdpaths` runs the
+#   bash tools/device/l2a_gpu_check.sh fwdpaths variants bwdpaths tests nccl kernels kernels15 model decode \
+#        prune eval train memory fit trace anchors bundle
+# (any subset, in that order; `bundle` last packs $OUT into results.tgz, as the device tool brings
+# back 8 files). SEQS overrides the kernel sequence lengths, ANCHOR_SEQS the anchors'. `fwdpaths` runs the
 # forward-kernel tests under each forward path (RT_ATTN_FWD=wgmma: the Hopper kernel; mma: the
 # mma.sync kernel of sm_89; FWD_PATHS picks), a compute-sanitizer pass, and times both paths against cuDNN.
 # `bwdpaths` does the same for the deterministic backward (RT_ATTN_BWD=wgmma: the Hopper dK/dV and dQ kernels).
@@ -181,6 +183,10 @@ for step in "$@"; do
       done
     done > "$out/trace.txt"
     cat "$out/trace.txt" | cut -c1-150
+    ;;
+  bundle)  # last: the device tool brings back at most 8 files, so everything in $out goes into one archive
+    (cd "$out" && files=$(ls | grep -v '^results.tgz$') && [ -n "$files" ] && tar -czf results.tgz $files && rm -f $files)
+    echo "bundled into $out/results.tgz: $(tar -tzf "$out/results.tgz" | wc -l) files"
     ;;
   anchors)
     timeout 420 python3 tools/bench_anchors.py --anchors-dir .anchors/l2a_official --skip-hf \

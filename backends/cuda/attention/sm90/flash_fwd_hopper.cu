@@ -17,41 +17,33 @@
 namespace rt::cuda::attn_launch {
 namespace {
 
+// An experiment switch: environment variable `var` is unset or empty (the default) or one of two
+// values; returns whether it is `on`.
+bool env_switch(const char* var, const char* off, const char* on) {
+  const char* v = std::getenv(var);
+  if (v == nullptr || !*v) return false;
+  const std::string s = v;
+  RT_CHECK(s == off || s == on, var, "='", s, "': expected ", off, " or ", on);
+  return s == on;
+}
+
 // RT_ATTN_HOPPER_OVERLAP=0 runs the serial schedule (for comparison); default: the overlapped one.
 bool overlap_setting() {
-  static const bool on = [] {
-    const char* v = std::getenv("RT_ATTN_HOPPER_OVERLAP");
-    if (v == nullptr || !*v) return true;
-    const std::string s = v;
-    RT_CHECK(s == "0" || s == "1", "RT_ATTN_HOPPER_OVERLAP='", s, "': expected 0 or 1");
-    return s == "1";
-  }();
-  return on;
+  static const bool serial = env_switch("RT_ATTN_HOPPER_OVERLAP", "1", "0");
+  return !serial;
 }
 
 // RT_ATTN_HOPPER_D64_WG=3: 192-row query blocks over three consumer warpgroups at head dim 64
 // (an experiment against the default 2; the overlapped schedule only).
 int consumers_setting() {
-  static const int n = [] {
-    const char* v = std::getenv("RT_ATTN_HOPPER_D64_WG");
-    if (v == nullptr || !*v) return 2;
-    const std::string s = v;
-    RT_CHECK(s == "2" || s == "3", "RT_ATTN_HOPPER_D64_WG='", s, "': expected 2 or 3");
-    return s == "3" ? 3 : 2;
-  }();
+  static const int n = env_switch("RT_ATTN_HOPPER_D64_WG", "2", "3") ? 3 : 2;
   return n;
 }
 
 // RT_ATTN_HOPPER_PERSISTENT=1: one CTA per SM walking the query blocks (an experiment against the
 // default grid of one CTA per block; the overlapped schedule only).
 bool persistent_setting() {
-  static const bool on = [] {
-    const char* v = std::getenv("RT_ATTN_HOPPER_PERSISTENT");
-    if (v == nullptr || !*v) return false;
-    const std::string s = v;
-    RT_CHECK(s == "0" || s == "1", "RT_ATTN_HOPPER_PERSISTENT='", s, "': expected 0 or 1");
-    return s == "1";
-  }();
+  static const bool on = env_switch("RT_ATTN_HOPPER_PERSISTENT", "0", "1");
   return on;
 }
 
