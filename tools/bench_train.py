@@ -18,7 +18,9 @@ Window 2048 for swa and L2A's local half (L2A: every token routed global at init
 
 --fit-gib G: for each case, the longest context (a multiple of 1024) whose training step peaks at or
 below G GiB of device memory (e.g. 24 for an RTX 4090): doubling from 2048 until a step fails or
-goes over, then bisecting. Each probe runs --steps steps (2 is enough for the peak).
+goes over, then bisecting. Each probe runs --steps steps (2 is enough for the peak). The runs get
+RT_CUDA_MEMORY_LIMIT=G GiB, so a larger GPU plans as the smaller one would (cuDNN's backward
+workspace, which can grow with T^2, is held to a quarter of G) and an allocation past G fails.
 """
 import argparse
 import json
@@ -34,7 +36,7 @@ DEFAULT_CASES = ("full_causal:full,swa:full,l2a_dense:router_only,l2a_dense:atte
                  "l2a_dense:router_only:parallel")
 
 
-def run_case(runtime, model, backend, regime, layout, T, steps, data, window, recompute, extra=()):
+def run_case(runtime, model, backend, regime, layout, T, steps, data, window, recompute, extra=(), memory_limit=""):
     out = tempfile.mkdtemp(prefix="bench_train_")
     cmd = [runtime, "train", "--model", model, "--init", "random", "--device", "cuda", "--attention", backend,
            "--data", data, "--steps", str(steps), "--out", out, "--quiet",
@@ -49,7 +51,8 @@ def run_case(runtime, model, backend, regime, layout, T, steps, data, window, re
         for kv in extra:
             cmd += ["--set", f"attention.{kv}"]
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True)
+        env = dict(os.environ, RT_CUDA_MEMORY_LIMIT=memory_limit) if memory_limit else None
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env)
         return parse_case(p, out, backend, regime, layout, T, recompute)
     finally:  # checkpoints of a 0.5B full run are ~8 GB: never keep them
         shutil.rmtree(out, ignore_errors=True)
@@ -61,7 +64,7 @@ def parse_case(p, out, backend, regime, layout, T, recompute):
     if p.returncode != 0:
         err = p.stderr.strip().splitlines()[-1] if p.stderr.strip() else f"exit {p.returncode}"
         row["error"] = err
-        row["oom"] = "out of memory" in p.stderr.lower()
+        row["oom"] = "out of gpu memory" in p.stderr.lower() or "out of memory" in p.stderr.lower()
         return row
     recs = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl")) if l.strip()]
     tps = [r["tokens_per_s"] for r in recs[1:]] or [recs[0]["tokens_per_s"]]
@@ -172,7 +175,7 @@ def fit_main(a, data) -> int:
 
         def probe(T):
             r = run_case(a.runtime, a.model, backend, regime, layout, T, a.steps, data, a.window, a.recompute,
-                         a.l2a_set)
+                         a.l2a_set, memory_limit=f"{budget}")
             print(json.dumps(r), flush=True)
             return r
 

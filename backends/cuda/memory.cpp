@@ -1,10 +1,12 @@
 #include "cuda/memory.h"
 
+#include <cstdint>
 #include <cstdio>
 #include <limits>
 #include <string>
 
 #include "cuda/check.h"
+#include "cuda/memory_limit.h"
 #include "rt/sdk/error.h"
 
 namespace rt::cuda {
@@ -47,7 +49,36 @@ std::string gib(size_t b) {
 
 }  // namespace
 
+namespace {
+
+// RT_CUDA_MEMORY_LIMIT (memory_limit.h): the pool's bytes in use plus this request must fit.
+// Not checked while the stream is captured into a graph (a decode step's few small temporaries):
+// the pool is not queried inside a capture.
+void check_memory_limit(size_t bytes, cudaStream_t stream, const std::function<std::string()>& what) {
+  const size_t limit = memory_limit_bytes();
+  if (limit == 0) return;
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(stream, &capture) != cudaSuccess || capture != cudaStreamCaptureStatusNone) {
+    (void)cudaGetLastError();
+    return;
+  }
+  int dev = 0;
+  cudaMemPool_t pool = nullptr;
+  uint64_t used = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetDefaultMemPool(&pool, dev) != cudaSuccess ||
+      cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemCurrent, &used) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return;
+  }
+  if (used + bytes <= limit) return;
+  fail("out of GPU memory allocating ", what(), ": ", bytes, " bytes (", gib(bytes), ") requested, ", gib(used),
+       " in use of the ", gib(limit), " that RT_CUDA_MEMORY_LIMIT allows on cuda device ", dev);
+}
+
+}  // namespace
+
 void* malloc_async(size_t bytes, cudaStream_t stream, const std::function<std::string()>& what) {
+  check_memory_limit(bytes, stream, what);
   void* p = nullptr;
   cudaError_t e = cudaMallocAsync(&p, bytes, stream);
   if (e == cudaErrorMemoryAllocation) {

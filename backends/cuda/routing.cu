@@ -3,12 +3,15 @@
 // of activation rows through that list. The count never leaves the device: every kernel that uses
 // it reads it, so a routed layer needs no host synchronization (and can be captured in a graph).
 // Grids are sized for the capacity (all T rows); blocks past the count return at once.
+#include <string>
+
 #include <cub/device/device_select.cuh>
 #include <thrust/iterator/counting_iterator.h>
 
 #include "cuda/check.h"
 #include "cuda/device_utils.cuh"
 #include "cuda/kernels.h"
+#include "cuda/memory.h"
 #include "rt/sdk/position_hash.h"
 
 namespace rt::cuda {
@@ -163,12 +166,7 @@ void compact_rows_forward(TensorView flags, TensorView index, TensorView count, 
   const NonZero pred{static_cast<const float*>(flags.data)};
   size_t bytes = 0;
   CUDA_CHECK(cub::DeviceSelect::If(nullptr, bytes, rows, idx, cnt, static_cast<int>(T), pred, stream));
-  void* temp = nullptr;
-  const cudaError_t err = cudaMallocAsync(&temp, bytes, stream);
-  if (err != cudaSuccess) {
-    (void)cudaGetLastError();
-    fail(op, ": out of device memory for CUB's temporary storage (", bytes, " bytes): ", cudaGetErrorString(err));
-  }
+  void* temp = malloc_async(bytes == 0 ? 256 : bytes, stream, [&] { return std::string(op) + ": CUB's temporary storage"; });
   const cudaError_t run = cub::DeviceSelect::If(temp, bytes, rows, idx, cnt, static_cast<int>(T), pred, stream);
   (void)cudaFreeAsync(temp, stream);
   CUDA_CHECK(run);

@@ -43,6 +43,47 @@ class LongestFit(unittest.TestCase):
         self.assertEqual((best, seen), (16384, [2048, 4096, 8192, 16384]))
 
 
+class RunCase(unittest.TestCase):
+    """run_case through a stand-in runtime that records its environment and writes metrics."""
+
+    def run_fake(self, memory_limit, fail_with=None):
+        with tempfile.TemporaryDirectory() as d:
+            fake, seen = os.path.join(d, "runtime"), os.path.join(d, "env.txt")
+            with open(fake, "w") as f:
+                f.write(f"""#!{sys.executable}
+import json, os, sys
+open({seen!r}, "w").write(os.environ.get("RT_CUDA_MEMORY_LIMIT", "<unset>"))
+if {fail_with!r}:
+    sys.stderr.write({fail_with!r} + "\\n")
+    sys.exit(1)
+out = sys.argv[sys.argv.index("--out") + 1]
+with open(os.path.join(out, "metrics.jsonl"), "w") as m:
+    for step in (1, 2):
+        m.write(json.dumps({{"tokens_per_s": 1000.0 * step, "peak_mem_bytes": 5 * step, "loss": 1.0}}) + "\\n")
+""")
+            os.chmod(fake, 0o755)
+            row = bench_train.run_case(fake, "m", "l2a_fused", "attention", "", 4096, 2, "data.bin", 2048, True,
+                                       memory_limit=memory_limit)
+            with open(seen) as f:
+                return row, f.read()
+
+    def test_fit_budget_reaches_the_runtime(self):
+        row, env = self.run_fake(str(24 * 2**30))
+        self.assertEqual(env, str(24 * 2**30))
+        self.assertEqual((row["peak_mem_bytes"], row["tokens_per_s"]), (10, 2000.0))
+
+    def test_no_budget_no_variable(self):
+        os.environ.pop("RT_CUDA_MEMORY_LIMIT", None)
+        _, env = self.run_fake("")
+        self.assertEqual(env, "<unset>")
+
+    def test_budget_oom_is_recognized(self):
+        msg = "error: out of GPU memory allocating a bf16 tensor: 1 bytes requested, 24.00 GiB in use"
+        row, _ = self.run_fake("1000", fail_with=msg)
+        self.assertTrue(row["oom"])
+        self.assertEqual(row["error"], msg)
+
+
 class HellaswagRequests(unittest.TestCase):
     def test_preprocessing_and_order(self):
         rows = [{"activity_label": "Baking", "ctx_a": "A man [title] mixes flour.", "ctx_b": "then he ADDS",

@@ -13,6 +13,7 @@
 #include "cuda/attention/flash_attention.cuh"
 #include "cuda/attention/attention_launch.h"
 #include "cuda/attention/flash_fwd_hopper.h"
+#include "cuda/memory.h"
 #include "rt/sdk/error.h"
 
 namespace rt::cuda {
@@ -194,14 +195,10 @@ void launch_decode(const TensorView& q, const TensorView& k, const TensorView& v
   const size_t acc_elems = static_cast<size_t>(splits * s.Hkv * rows * kD);
   const size_t ml_elems = static_cast<size_t>(splits * s.Hkv * rows * 2);
   const size_t ws_bytes = (acc_elems + ml_elems) * sizeof(float);
-  if (splits > 0) {
-    const cudaError_t err = cudaMallocAsync(&ws, ws_bytes, stream);
-    if (err != cudaSuccess) {
-      (void)cudaGetLastError();
-      fail("attention (cuda): out of device memory allocating the decode workspace (", ws_bytes, " bytes, ",
-           splits, " splits): ", cudaGetErrorString(err));
-    }
-  }
+  if (splits > 0)
+    ws = malloc_async(ws_bytes, stream, [&] {
+      return "the attention (cuda) decode workspace (" + std::to_string(splits) + " splits)";
+    });
   float* part_acc = static_cast<float*>(ws);
   float* part_ml = part_acc + acc_elems;
 

@@ -16,6 +16,7 @@
 #include "cuda/attention/flash_attention_bwd_dq.cuh"
 #include "cuda/attention/flash_bwd_hopper.h"
 #include "cuda/attention/flash_fwd_hopper.h"
+#include "cuda/memory.h"
 #include "rt/sdk/error.h"
 
 namespace rt::cuda {
@@ -60,12 +61,7 @@ struct Scratch {
   cudaStream_t stream;
   Scratch(size_t bytes, cudaStream_t s, const char* what) : stream(s) {
     if (bytes == 0) return;
-    const cudaError_t err = cudaMallocAsync(&p, bytes, s);
-    if (err != cudaSuccess) {
-      (void)cudaGetLastError();
-      p = nullptr;
-      fail(kOp, ": out of device memory allocating ", what, " (", bytes, " bytes): ", cudaGetErrorString(err));
-    }
+    p = malloc_async(bytes, s, [what] { return std::string(kOp) + " " + what; });
   }
   ~Scratch() {
     if (p != nullptr) (void)cudaFreeAsync(p, stream);

@@ -54,7 +54,7 @@ struct DeviceState {
   std::mutex mu;
   cudnnHandle_t handle = nullptr;
   std::string handle_error;  // non-empty: cudnnCreate failed (kept, not retried)
-  size_t total_bytes = 0;    // the device's memory, read once with the handle
+  size_t total_bytes = 0;    // the device's memory (or RT_CUDA_MEMORY_LIMIT), read once with the handle
 };
 
 // The current device's state with a handle, or nullptr and err (no GPU, cudnnCreate failed).

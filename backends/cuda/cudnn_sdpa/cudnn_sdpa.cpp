@@ -12,6 +12,7 @@
 #include <limits>
 #include <string>
 
+#include "cuda/memory_limit.h"
 #include "rt/sdk/error.h"
 
 #if defined(RT_HAVE_CUDNN_SDPA)
@@ -77,6 +78,7 @@ DeviceState* current_state(std::string& err) {
       (void)cudaGetLastError();
       st.total_bytes = 0;
     }
+    st.total_bytes = memory_budget(st.total_bytes);  // RT_CUDA_MEMORY_LIMIT: plan as on a smaller GPU
   }
   if (st.handle == nullptr) {
     err = st.handle_error;
