@@ -180,14 +180,22 @@ Tensor Qwen2Model::hidden_states_grouped(std::span<const int32_t> ids, std::span
   for (int i = 0; i < dims_.n_layers; ++i) {
     LayerContext ctx{&dims_, i, &ops_, layers_[i].get()};
     int64_t row = 0;
+    std::vector<int64_t> alone;  // consecutive documents without a shared prefix, each from position 0
+    int64_t alone_row = 0;
+    auto flush_alone = [&] {  // one pass over their rows (the backend's forward_segments)
+      if (!alone.empty()) attention_.forward_segments(ctx, x.view.rows(alone_row, row), alone);
+      alone.clear();
+    };
     for (const PrefixGroup& g : groups) {
-      if (g.prefix == 0) {  // each document alone, from position 0
+      if (g.prefix == 0) {
+        if (alone.empty()) alone_row = row;
         for (int64_t n : g.branches) {
-          attention_.forward(ctx, x.view.rows(row, row + n), nullptr);
+          alone.push_back(n);
           row += n;
         }
         continue;
       }
+      flush_alone();
       // The prefix once into x (and a cache); every further document replays it into a fresh
       // cache from a copy of the prefix's rows as they were before, so each branch attends to its
       // own prefix at positions 0 .. prefix - 1 and continues from position prefix.
@@ -217,6 +225,7 @@ Tensor Qwen2Model::hidden_states_grouped(std::span<const int32_t> ids, std::span
         row += b;
       }
     }
+    flush_alone();
     mlp_forward(ctx, x);
   }
   return x;

@@ -5,6 +5,7 @@
 // positions all restart at every request.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <memory>
 
@@ -100,6 +101,46 @@ TEST_P(ScorePacked, SharedPrefixScoresAsAlone) {
     EXPECT_NEAR(shared[r].logprob, alone.logprob, 1e-5 * std::abs(alone.logprob)) << "request " << r;
     EXPECT_NEAR(unshared[r].logprob, alone.logprob, 1e-5 * std::abs(alone.logprob)) << "request " << r;
     EXPECT_EQ(shared[r].greedy, alone.greedy) << "request " << r;
+  }
+}
+
+// The scoring path (hidden states of packed documents through AttentionBackend::forward_segments:
+// one norm and projection pass over all rows, attention per document) against the prefill path
+// (forward with a KV cache, one document at a time): the log-likelihood of every position's next
+// token agrees, for documents packed together with others of other lengths.
+TEST_P(ScorePacked, SegmentsMatchThePrefillPath) {
+  const auto fixture = make_fixture(GetParam(), 41);
+  rt::test::TrainFixture& f = *fixture;
+  Qwen2Model& m = *f.model;
+  const int64_t vocab = m.dims().vocab;
+  std::vector<std::vector<int32_t>> docs;
+  for (int r = 0; r < 4; ++r) {
+    std::vector<int32_t> d;
+    for (int t = 0; t < 2 + 5 * r; ++t) d.push_back(static_cast<int32_t>((r * 613 + t * 89 + 3) % vocab));
+    docs.push_back(std::move(d));
+  }
+  std::vector<std::vector<int32_t>> inputs, targets;
+  for (const auto& d : docs) {
+    inputs.emplace_back(d.begin(), d.end() - 1);
+    targets.emplace_back(d.begin() + 1, d.end());
+  }
+  std::vector<Qwen2Model::ScoreRequest> packed;
+  for (size_t r = 0; r < docs.size(); ++r) packed.push_back({inputs[r], targets[r]});
+  const std::vector<Qwen2Model::TargetScore> scored = m.score_targets_packed(packed, /*share_prefix=*/false);
+  for (size_t r = 0; r < docs.size(); ++r) {
+    Qwen2Model::States states = m.new_states(static_cast<int64_t>(inputs[r].size()));
+    const Tensor logits = m.forward(inputs[r], &states, /*last_only=*/false);
+    const TensorView lv = logits.view;
+    ASSERT_EQ(lv.shape[0], static_cast<int64_t>(inputs[r].size()));
+    double want = 0;
+    for (size_t t = 0; t < inputs[r].size(); ++t) {
+      const float* row = static_cast<const float*>(lv.data) + t * static_cast<size_t>(vocab);
+      double mx = row[0], sum = 0;
+      for (int64_t j = 1; j < vocab; ++j) mx = std::max(mx, static_cast<double>(row[j]));
+      for (int64_t j = 0; j < vocab; ++j) sum += std::exp(static_cast<double>(row[j]) - mx);
+      want += static_cast<double>(row[targets[r][t]]) - mx - std::log(sum);
+    }
+    EXPECT_NEAR(scored[r].logprob, want, 1e-5 * std::abs(want) + 1e-6) << "document " << r;
   }
 }
 

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -150,6 +151,18 @@ class AttentionBackend {
   // x + attention_sublayer(x). Row t of x sits at position state ? state->tokens_seen() + t : t.
   // With a state, the new keys/values are appended to it.
   virtual void forward(const LayerContext& ctx, TensorView x, AttentionState* state) = 0;
+
+  // x [T, hidden] holds independent sequences back to back, segments[i] rows each, every one from
+  // position 0 and without a state (the documents of a packed evaluation batch): the same as
+  // forward(ctx, rows of sequence i, nullptr) for each. The default does just that; a backend can
+  // do better by running what is per token (norms, projections) once over all rows.
+  virtual void forward_segments(const LayerContext& ctx, TensorView x, std::span<const int64_t> segments) {
+    int64_t row = 0;
+    for (int64_t n : segments) {
+      if (n > 0) forward(ctx, x.rows(row, row + n), nullptr);
+      row += n;
+    }
+  }
 
   // FLOPs of one forward over T tokens (multiply-adds count 2), for TFLOP/s in `runtime profile`;
   // 0 when unknown.

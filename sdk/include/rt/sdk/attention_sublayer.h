@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <memory>
+#include <span>
 #include <string>
 
 #include "rt/sdk/attention_backend.h"
@@ -366,6 +367,43 @@ inline void attention_sublayer_forward(const LayerContext& ctx, const AttentionS
   }
 
   add_output_projection(ctx, spec, o, gate, x);
+}
+
+// x [T, hidden] holds independent sequences back to back, segments[i] rows each, every one from
+// position 0 (the documents of a packed evaluation batch): x += the sublayer of each, as
+// attention_sublayer_forward computes it on each alone. The norm and the projections run once over
+// all T rows (one GEMM each instead of one per sequence); the split-and-rotate and the attention
+// run per sequence, on its rows. A sequence of 0 rows is skipped.
+inline void attention_sublayer_forward_segments(const LayerContext& ctx, const AttentionSublayerSpec& spec,
+                                                TensorView x, std::span<const int64_t> segments) {
+  Ops& ops = *ctx.ops;
+  const ModelDims& d = *ctx.dims;
+  const int64_t T = x.shape[0];
+  int64_t rows = 0;
+  for (int64_t n : segments) {
+    RT_CHECK(n >= 0, "attention_sublayer_forward_segments: a segment of ", n, " rows");
+    rows += n;
+  }
+  RT_CHECK(rows == T, "attention_sublayer_forward_segments: the segments hold ", rows, " rows, x has ", T);
+  const DType act = ops.activation_dtype();
+  Tensor h = ops.alloc(act, {T, d.hidden});
+  ops.rmsnorm(x, ctx.params->get(spec.norm), d.rms_eps, h);
+  Tensor qkv = fused_qkv_projection(ops, qkv_weights(*ctx.params, d, spec), h);
+  qk_norm_in_place(ctx, spec, qkv);
+  Tensor q = ops.alloc(act, {T, d.n_heads, d.head_dim}), k = ops.alloc(act, {T, d.n_kv_heads, d.head_dim}),
+         v = ops.alloc(act, {T, d.n_kv_heads, d.head_dim}), o = ops.alloc(act, {T, d.n_heads, d.head_dim});
+  const double theta = sublayer_theta(d, spec);
+  const AttentionSpec as = sublayer_attention_spec(d, spec, 0);
+  int64_t row = 0;
+  for (int64_t n : segments) {
+    if (n == 0) continue;
+    const int64_t end = row + n;
+    ops.qkv_rope_split(qkv.view.rows(row, end), 0, theta, q.view.rows(row, end), k.view.rows(row, end),
+                       v.view.rows(row, end));
+    ops.attention(q.view.rows(row, end), k.view.rows(row, end), v.view.rows(row, end), o.view.rows(row, end), as);
+    row = end;
+  }
+  add_output_projection(ctx, spec, o, TensorView{}, x);
 }
 
 // One token x [1, hidden] += attention sublayer(x) at the position held in device memory pos (I32

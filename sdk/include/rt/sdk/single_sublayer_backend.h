@@ -39,6 +39,9 @@ class SingleSublayerBackend : public AttentionBackend {
   void forward(const LayerContext& ctx, TensorView x, AttentionState* state) override {
     attention_sublayer_forward(ctx, spec_at(ctx.layer), x, static_cast<KvCache*>(state));
   }
+  void forward_segments(const LayerContext& ctx, TensorView x, std::span<const int64_t> segments) override {
+    attention_sublayer_forward_segments(ctx, spec_at(ctx.layer), x, segments);
+  }
   void decode_step_at(const LayerContext& ctx, TensorView x, AttentionState& state, TensorView pos) override {
     attention_sublayer_decode_at(ctx, spec_at(ctx.layer), x, static_cast<KvCache&>(state), pos);
   }
