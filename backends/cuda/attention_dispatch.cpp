@@ -67,9 +67,15 @@ namespace {
 // against 2.2 ms for its default algorithm; BENCHMARKS.md).
 bool deterministic_rule(const AttentionSpec& spec) { return spec.window == 0; }
 
-// Short query blocks (decode) and other dtypes always run our kernels.
+// Below this many query rows attention is a few microseconds on either implementation, while the
+// first call of each new shape would build a cuDNN graph and time both (tens of milliseconds): an
+// evaluation batch of documents of a hundred different lengths paid that a hundred times. So short
+// blocks (decode, packed documents, short training sequences) always run our kernels, as do other
+// dtypes; RT_ATTENTION_IMPL=cudnn still forces cuDNN where it supports the shape.
+constexpr int64_t kCudnnMinRows = 1024;
 bool cudnn_candidate(TensorView q, Impl impl) {
-  return q.dtype == DType::BF16 && q.ndim == 3 && q.shape[0] > 16 && impl != Impl::Flash;
+  if (q.dtype != DType::BF16 || q.ndim != 3 || q.shape[0] <= 16 || impl == Impl::Flash) return false;
+  return impl == Impl::Cudnn || q.shape[0] >= kCudnnMinRows;
 }
 }  // namespace
 

@@ -91,7 +91,7 @@ for step in "$@"; do
     : > "$out/tests.txt"
     for t in test_routed_attention test_l2a_fused test_flash_attention test_attention_backward test_cuda_training_ops \
              test_cuda_model test_dense_attention test_cuda_ops test_l2a_reference test_l2a_decode test_backend_ops \
-             test_nccl_group; do
+             test_nccl_group test_cuda_score_packed test_memory_limit; do
       filter='*'
       [[ $t == test_l2a_reference ]] && filter='*Cuda*'
       [[ $t == test_l2a_decode ]] && filter='*GraphReplay*'
