@@ -1,4 +1,5 @@
-// Greedy sampling on the device: argmax over the last row of the logits. One block of 1024
+// Greedy sampling on the device: argmax over the last row of the logits (and, for scoring, whether
+// each row's target is its row's argmax). One block of 1024
 // threads (a 151936-entry vocabulary is ~600 KB, a few microseconds); each thread scans a strided
 // slice, then a warp-shuffle and shared-memory reduction. The order matches std::max_element:
 // the first index of the maximum wins.
@@ -21,7 +22,9 @@ __device__ __forceinline__ void better(float& bv, int32_t& bi, float v, int32_t 
   }
 }
 
-__global__ void argmax_kernel(const float* row, int64_t n, int32_t* out) {
+// The first index of the largest of row[0..n) (NaN never wins), over a block of kThreads; all
+// -inf/NaN gives the first -inf if any, else 0. Thread 0 of the block gets the answer.
+__device__ int32_t block_argmax(const float* row, int64_t n) {
   float bv = -INFINITY;
   int32_t bi = INT32_MAX;
   for (int64_t i = threadIdx.x; i < n; i += kThreads) better(bv, bi, row[i], static_cast<int32_t>(i));
@@ -46,9 +49,21 @@ __global__ void argmax_kernel(const float* row, int64_t n, int32_t* out) {
       const int32_t i = __shfl_xor_sync(0xffffffffu, bi, o);
       better(bv, bi, v, i);
     }
-    // All -inf/NaN: index of the first -inf if any, else 0.
-    if (lane == 0) *out = bi == INT32_MAX ? 0 : bi;
   }
+  return bi == INT32_MAX ? 0 : bi;
+}
+
+__global__ void argmax_kernel(const float* row, int64_t n, int32_t* out) {
+  const int32_t best = block_argmax(row, n);
+  if (threadIdx.x == 0) *out = best;
+}
+
+// One block per row: out[r] = 1 where targets[r] is the row's argmax (0 for an ignored row, -100).
+__global__ void greedy_rows_kernel(const float* logits, int64_t V, const int32_t* targets, int64_t t_stride,
+                                   int32_t* out, int64_t o_stride) {
+  const int64_t r = blockIdx.x;
+  const int32_t best = block_argmax(logits + r * V, V);
+  if (threadIdx.x == 0) out[r * o_stride] = targets[r * t_stride] == best ? 1 : 0;
 }
 
 }  // namespace
@@ -65,6 +80,13 @@ void argmax_last_row_async(const TensorView& logits, int32_t* out_dev, cudaStrea
   RT_CHECK(V <= INT32_MAX, "argmax: vocabulary of ", V, " entries exceeds the i32 range");
   const float* row = logits.ptr<float>() + (logits.ndim == 2 ? (rows - 1) * logits.stride[0] : 0);
   argmax_kernel<<<1, kThreads, 0, stream>>>(row, V, out_dev);
+  CUDA_CHECK_LAUNCH();
+}
+
+void greedy_rows_async(const float* logits, int64_t rows, int64_t V, const int32_t* targets, int64_t t_stride,
+                       int32_t* out, int64_t o_stride, cudaStream_t stream) {
+  if (rows == 0) return;
+  greedy_rows_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(logits, V, targets, t_stride, out, o_stride);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -152,5 +152,9 @@ void qkv_rope_split_at_forward(TensorView qkv, TensorView pos, double theta, Ten
 // *out_dev (device memory, no synchronization: usable inside a CUDA graph). First index wins
 // ties; NaNs are skipped.
 void argmax_last_row_async(const TensorView& logits, int32_t* out_dev, cudaStream_t stream);
+// out[r * o_stride] = 1 where targets[r * t_stride] is the argmax of row r of the contiguous f32
+// logits [rows, V] (first index wins ties, NaNs skipped), else 0.
+void greedy_rows_async(const float* logits, int64_t rows, int64_t V, const int32_t* targets, int64_t t_stride,
+                       int32_t* out, int64_t o_stride, cudaStream_t stream);
 
 }  // namespace rt::cuda

@@ -104,6 +104,10 @@ void linear_backward(GemmContext& ctx, TensorView x, TensorView w, TensorView dy
 struct EmbeddingError;
 void lm_head_cross_entropy(GemmContext& ctx, TensorView h, TensorView w, TensorView targets, float grad_scale,
                            TensorView losses, TensorView dh, TensorView dw, EmbeddingError* err, cudaStream_t stream);
+// Ops::lm_head_is_greedy on the device: the logits chunk by chunk (as lm_head_cross_entropy), each
+// row's argmax compared with its target there; targets and is_greedy are device I32 [N].
+void lm_head_is_greedy(GemmContext& ctx, TensorView h, TensorView w, TensorView targets, TensorView is_greedy,
+                       cudaStream_t stream);
 // Rows per chunk of lm_head_cross_entropy: 0 (the default) picks them so that the f32 logits of a
 // chunk take at most 256 MiB; n > 0 forces n (tests exercise the multi-chunk path with it).
 void set_lm_head_chunk_rows(int64_t rows);

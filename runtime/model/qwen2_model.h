@@ -88,10 +88,10 @@ class Qwen2Model {
   };
   TargetScore score_targets(std::span<const int32_t> ids, std::span<const int32_t> targets);
   // Many requests in one forward (packing): their tokens are concatenated, every per-token op runs
-  // once over all of them, and the attention backend runs once per request on its own rows with
-  // positions from 0 (AttentionBackend::forward without a state), so each request sees only itself,
-  // exactly as scored alone, for every backend. One score per request, as score_targets gives it
-  // up to rounding (the GEMMs see more rows).
+  // once over all of them, and the attention backend gets them as segments with positions from 0
+  // (AttentionBackend::forward_segments: each request attends only to itself, as scored alone), for
+  // every backend. One score per request, as score_targets gives it up to rounding (the GEMMs see
+  // more rows); greedy comes from one Ops::lm_head_is_greedy over all scored rows.
   // share_prefix: consecutive requests whose inputs start with the same tokens (a multiple-choice
   // item's context) run that prefix once: its rows go through every per-token op once, and each
   // request's remaining rows attend to it through a KV cache (AttentionBackend::forward with a

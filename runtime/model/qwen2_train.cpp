@@ -322,18 +322,20 @@ std::vector<Qwen2Model::TargetScore> Qwen2Model::score_targets_packed(std::span<
   const char* head = config_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
   Tensor losses = ops_.alloc(ops_.accum_dtype(), {N});
   ops_.lm_head_cross_entropy(h, weight(head), tgt, 1.f, losses, TensorView{}, TensorView{});
+  // Greedy: whether every scored row's target is its logits' argmax, for all rows in a few GEMMs.
+  Tensor greedy = ops_.alloc(DType::I32, {N});
+  ops_.lm_head_is_greedy(h, weight(head), tgt, greedy);
+  std::vector<int32_t> greedy_host(static_cast<size_t>(N));
+  ops_.copy(greedy, TensorView::contiguous(greedy_host.data(), DType::I32, Device::CPU, {N}));
   const std::vector<double> loss = host_doubles(ops_, losses);
   for (size_t r = 0; r < requests.size(); ++r) {
     const int64_t n = static_cast<int64_t>(requests[r].targets.size());
     double sum = 0;  // in row order, in double: the same whatever else shares the batch
-    for (int64_t i = 0; i < n; ++i) sum += loss[static_cast<size_t>(at + i)];
-    out[r].logprob = -sum;
-    // Greedy: the argmax of each scored row's logits, until one row is not (one row usually).
-    Tensor logits = ops_.alloc(DType::F32, {1, dims_.vocab});
-    for (int64_t i = 0; i < n && out[r].greedy; ++i) {
-      final_logits(rows.view.rows(at + i, at + i + 1), logits);
-      out[r].greedy = ops_.argmax(logits) == tgt_host[static_cast<size_t>(at + i)];
+    for (int64_t i = 0; i < n; ++i) {
+      sum += loss[static_cast<size_t>(at + i)];
+      out[r].greedy = out[r].greedy && greedy_host[static_cast<size_t>(at + i)] != 0;
     }
+    out[r].logprob = -sum;
     at += n;
   }
   return out;

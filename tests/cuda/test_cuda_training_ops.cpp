@@ -19,6 +19,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "cpu/cpu_ops.h"
@@ -736,6 +737,55 @@ TEST_F(TrainingOpsTest, LmHeadCrossEntropyVariants) {
   run_ce_case(*this, {33, 64, 151936, B, B, B, true, true, 0}, seed += 10);
   EXPECT_EQ(rt::cuda::lm_head_chunk_rows(100000, 151936), 441);
   EXPECT_EQ(rt::cuda::lm_head_chunk_rows(7, 151936), 7);
+}
+
+// lm_head_is_greedy on the device against the CPU's (the generic Ops default: logits, then a host
+// scan): targets that are the CPU's argmax on even rows, others on odd rows, ignored rows; one and
+// several chunks, a real vocabulary. Rows whose top two logits are within rounding are not compared.
+TEST_F(TrainingOpsTest, LmHeadIsGreedy) {
+  uint64_t seed = 9000;
+  for (const auto& [N, hidden, V, chunk] : std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t>>{
+           {1, 64, 1000, 0}, {37, 96, 1237, 0}, {37, 96, 1237, 5}, {9, 64, 151936, 0}}) {
+    SCOPED_TRACE("N " + std::to_string(N) + " hidden " + std::to_string(hidden) + " V " + std::to_string(V) +
+                 " chunk " + std::to_string(chunk));
+    ChunkRows rows(chunk);
+    const std::vector<float> h = randn({N, hidden}, seed += 10), w = randn({V, hidden}, seed + 1, 0.1f);
+    Tensor ch = host(h, {N, hidden}, DType::BF16), cw = host(w, {V, hidden}, DType::BF16);
+    Tensor logits = cpu->alloc(DType::F32, {N, V});
+    cpu->linear(ch, cw, TensorView{}, logits);
+    const float* lg = logits.ptr<float>();
+    std::vector<int32_t> targets(static_cast<size_t>(N));
+    std::vector<bool> clear(static_cast<size_t>(N));
+    for (int64_t r = 0; r < N; ++r) {
+      const float* row = lg + r * V;
+      const int64_t best = std::max_element(row, row + V) - row;
+      float second = -INFINITY;
+      for (int64_t j = 0; j < V; ++j)
+        if (j != best) second = std::max(second, row[j]);
+      clear[static_cast<size_t>(r)] = row[best] - second > 1e-2f * std::max(1.f, std::fabs(row[best]));
+      targets[static_cast<size_t>(r)] = r % 7 == 5 ? -100 : r % 2 == 0 ? static_cast<int32_t>(best)
+                                                                     : static_cast<int32_t>((best + 1 + r) % V);
+    }
+    std::vector<int32_t> want(static_cast<size_t>(N)), got(static_cast<size_t>(N));
+    Tensor cgreedy = cpu->alloc(DType::I32, {N});
+    cpu->lm_head_is_greedy(ch, cw, host_ids(targets), cgreedy);
+    std::memcpy(want.data(), cgreedy.view.data, want.size() * sizeof(int32_t));
+    Tensor ggreedy = gpu->alloc(DType::I32, {N});
+    gpu->fill(ggreedy, -7.f);  // poisoned: every row must be written
+    gpu->lm_head_is_greedy(dev(h, DType::BF16, {N, hidden}), dev(w, DType::BF16, {V, hidden}), dev_ids(targets),
+                           ggreedy);
+    gpu->copy(ggreedy, host_ids(got));
+    for (int64_t r = 0; r < N; ++r) {
+      const size_t i = static_cast<size_t>(r);
+      EXPECT_EQ(want[i], targets[i] >= 0 && r % 2 == 0 ? 1 : 0) << "CPU row " << r;
+      ASSERT_TRUE(got[i] == 0 || got[i] == 1) << "row " << r << " unwritten: " << got[i];
+      if (clear[i]) EXPECT_EQ(got[i], want[i]) << "row " << r;
+    }
+  }
+  Tensor bad = gpu->alloc(DType::I32, {3});
+  EXPECT_THROW(gpu->lm_head_is_greedy(dev(randn({2, 64}, 1), DType::BF16, {2, 64}),
+                                      dev(randn({10, 64}, 2), DType::BF16, {10, 64}), dev_ids({1, 2}), bad),
+               rt::Error);
 }
 
 TEST_F(TrainingOpsTest, LmHeadCrossEntropyBadTargets) {

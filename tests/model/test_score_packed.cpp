@@ -105,43 +105,53 @@ TEST_P(ScorePacked, SharedPrefixScoresAsAlone) {
 }
 
 // The scoring path (hidden states of packed documents through AttentionBackend::forward_segments:
-// one norm and projection pass over all rows, attention per document) against the prefill path
-// (forward with a KV cache, one document at a time): the log-likelihood of every position's next
-// token agrees, for documents packed together with others of other lengths.
+// one norm and projection pass over all rows, attention per document; greedy through
+// Ops::lm_head_is_greedy) against the prefill path (forward with a KV cache, one document at a
+// time): the log-likelihood of every document's targets and whether each target is the argmax
+// agree, for documents packed together with others of other lengths. Every other document's
+// targets are the prefill's own argmax, so both answers of is_greedy occur.
 TEST_P(ScorePacked, SegmentsMatchThePrefillPath) {
   const auto fixture = make_fixture(GetParam(), 41);
   rt::test::TrainFixture& f = *fixture;
   Qwen2Model& m = *f.model;
   const int64_t vocab = m.dims().vocab;
-  std::vector<std::vector<int32_t>> docs;
-  for (int r = 0; r < 4; ++r) {
-    std::vector<int32_t> d;
-    for (int t = 0; t < 2 + 5 * r; ++t) d.push_back(static_cast<int32_t>((r * 613 + t * 89 + 3) % vocab));
-    docs.push_back(std::move(d));
-  }
   std::vector<std::vector<int32_t>> inputs, targets;
-  for (const auto& d : docs) {
-    inputs.emplace_back(d.begin(), d.end() - 1);
-    targets.emplace_back(d.begin() + 1, d.end());
+  std::vector<std::vector<double>> logits;  // the prefill's, [T * vocab] per document
+  for (int r = 0; r < 6; ++r) {
+    std::vector<int32_t> in;
+    for (int t = 0; t < 1 + 4 * r; ++t) in.push_back(static_cast<int32_t>((r * 613 + t * 89 + 3) % vocab));
+    Qwen2Model::States states = m.new_states(static_cast<int64_t>(in.size()));
+    logits.push_back(rt::test::host_doubles(*f.ops, m.forward(in, &states, /*last_only=*/false)));
+    ASSERT_EQ(logits.back().size(), in.size() * static_cast<size_t>(vocab));
+    std::vector<int32_t> tgt;
+    for (size_t t = 0; t < in.size(); ++t) {
+      const double* row = logits.back().data() + t * static_cast<size_t>(vocab);
+      const auto best = static_cast<int32_t>(std::max_element(row, row + vocab) - row);
+      tgt.push_back(r % 2 == 1 ? best : static_cast<int32_t>((r * 31 + t * 7 + 1) % vocab));
+    }
+    inputs.push_back(std::move(in));
+    targets.push_back(std::move(tgt));
   }
   std::vector<Qwen2Model::ScoreRequest> packed;
-  for (size_t r = 0; r < docs.size(); ++r) packed.push_back({inputs[r], targets[r]});
+  for (size_t r = 0; r < inputs.size(); ++r) packed.push_back({inputs[r], targets[r]});
   const std::vector<Qwen2Model::TargetScore> scored = m.score_targets_packed(packed, /*share_prefix=*/false);
-  for (size_t r = 0; r < docs.size(); ++r) {
-    Qwen2Model::States states = m.new_states(static_cast<int64_t>(inputs[r].size()));
-    const Tensor logits = m.forward(inputs[r], &states, /*last_only=*/false);
-    const TensorView lv = logits.view;
-    ASSERT_EQ(lv.shape[0], static_cast<int64_t>(inputs[r].size()));
+  int greedy_docs = 0;
+  for (size_t r = 0; r < inputs.size(); ++r) {
     double want = 0;
+    bool greedy = true;
     for (size_t t = 0; t < inputs[r].size(); ++t) {
-      const float* row = static_cast<const float*>(lv.data) + t * static_cast<size_t>(vocab);
-      double mx = row[0], sum = 0;
-      for (int64_t j = 1; j < vocab; ++j) mx = std::max(mx, static_cast<double>(row[j]));
-      for (int64_t j = 0; j < vocab; ++j) sum += std::exp(static_cast<double>(row[j]) - mx);
-      want += static_cast<double>(row[targets[r][t]]) - mx - std::log(sum);
+      const double* row = logits[r].data() + t * static_cast<size_t>(vocab);
+      const double mx = *std::max_element(row, row + vocab);
+      double sum = 0;
+      for (int64_t j = 0; j < vocab; ++j) sum += std::exp(row[j] - mx);
+      want += row[targets[r][t]] - mx - std::log(sum);
+      greedy = greedy && std::max_element(row, row + vocab) - row == targets[r][t];
     }
     EXPECT_NEAR(scored[r].logprob, want, 1e-5 * std::abs(want) + 1e-6) << "document " << r;
+    EXPECT_EQ(scored[r].greedy, greedy) << "document " << r;
+    greedy_docs += greedy;
   }
+  EXPECT_EQ(greedy_docs, 3);
 }
 
 INSTANTIATE_TEST_SUITE_P(
