@@ -2,7 +2,7 @@
 """Speed of `runtime eval` on a HellaSwag-sized run, against lm-evaluation-harness with HF transformers.
 
   python3 tools/bench_eval.py --items 10042 --device cuda [--model qwen2.5-0.5b] [--batch-tokens 1,4096,16384]
-      [--share-prefix on,off] [--attention full_causal] [--lm-eval] [--json eval_bench.json]
+      [--share-prefix auto,on,off] [--attention full_causal] [--lm-eval] [--json eval_bench.json]
 
 1. Writes --items synthetic HellaSwag rows (Rowan/hellaswag's format, 4 endings each, so 4x as many
    requests) whose lengths follow HellaSwag's validation set roughly: context 20-80 words, endings
@@ -83,7 +83,7 @@ def stage(msg):
     print(f"[bench_eval {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def run_runtime(args, data, batch_tokens, share_prefix="on"):
+def run_runtime(args, data, batch_tokens, share_prefix="auto"):
     out = tempfile.mkdtemp(prefix="bench_eval_")
     cmd = [args.runtime, "eval", "--model", args.model, "--device", args.device, "--tokenizer", args.tokenizer,
            "--tasks", "hellaswag", "--data", f"hellaswag={data}", "--output", out,
@@ -213,7 +213,9 @@ def main():
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--tokenizer", default=default_tokenizer(), help="directory with the Qwen2.5 tokenizer.json")
     ap.add_argument("--batch-tokens", default="1,4096,16384", help="runtime eval --batch-tokens values to time")
-    ap.add_argument("--share-prefix", default="on", help="runtime eval --share-prefix values to time: on, off or on,off")
+    ap.add_argument("--share-prefix", default="auto",
+                    help="runtime eval --share-prefix values to time, comma-separated: auto (the runtime's default: on "
+                         "on the CPU, off on CUDA), on, off")
     ap.add_argument("--lm-eval", action="store_true", help="also time lm-eval (HF backend) on the same file")
     ap.add_argument("--hf-batch-size", default="auto", help="lm-eval --batch_size")
     ap.add_argument("--runtime", default=os.path.join(ROOT, "build", "bin", "runtime"))
