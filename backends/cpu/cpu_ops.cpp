@@ -83,8 +83,8 @@ void CpuOps::embedding_backward(TensorView ids, TensorView dout, TensorView dtab
   cpu::embedding_backward(ids, dout, dtable);
 }
 void CpuOps::lm_head_cross_entropy(TensorView h, TensorView w, TensorView targets, float grad_scale,
-                                   TensorView losses, TensorView dh, TensorView dw) {
-  cpu::lm_head_cross_entropy(h, w, targets, grad_scale, losses, dh, dw);
+                                   TensorView losses, TensorView dh, TensorView dw, TensorView is_greedy) {
+  cpu::lm_head_cross_entropy(h, w, targets, grad_scale, losses, dh, dw, is_greedy);
 }
 void CpuOps::sigmoid(TensorView x, float scale, TensorView y) { cpu::sigmoid_forward(x, scale, y); }
 void CpuOps::sigmoid_backward(TensorView y, TensorView dy, float scale, TensorView dx) {

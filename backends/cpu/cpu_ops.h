@@ -51,7 +51,7 @@ class CpuOps final : public Ops {
   void swiglu_backward(TensorView gate, TensorView up, TensorView dout, TensorView dgate, TensorView dup) override;
   void embedding_backward(TensorView ids, TensorView dout, TensorView dtable) override;
   void lm_head_cross_entropy(TensorView h, TensorView w, TensorView targets, float grad_scale, TensorView losses,
-                             TensorView dh, TensorView dw) override;
+                             TensorView dh, TensorView dw, TensorView is_greedy) override;
   void sigmoid(TensorView x, float scale, TensorView y) override;
   void sigmoid_backward(TensorView y, TensorView dy, float scale, TensorView dx) override;
   void step(TensorView x, float threshold, TensorView y) override;

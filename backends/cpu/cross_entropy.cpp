@@ -3,6 +3,7 @@
 // dtype, converted tile by tile when it is not h's), targets [N] (i32, -100 = ignored):
 //   losses[n] (=) logsumexp(z_n) - z_n[target_n],  z = h w^T      (0 for ignored rows)
 //   dh (=) grad_scale (softmax(z) - onehot) w,  dw += grad_scale (softmax(z) - onehot)^T h
+//   is_greedy[n] (=) target_n is the first index of max(z_n)    (0 for ignored rows)
 //
 // The rows are processed in chunks of max(1, chunk_elems / V) rows, so that at most [chunk, V]
 // logits exist at once (never [N, V]). Per chunk:
@@ -44,7 +45,7 @@ int64_t outer(const TensorView& v, int64_t cols) { return std::max<int64_t>(v.sh
 
 template <typename T>
 void cross_entropy_impl(TensorView h, TensorView w, TensorView targets, float grad_scale, TensorView losses,
-                        TensorView dh, TensorView dw) {
+                        TensorView dh, TensorView dw, TensorView is_greedy) {
   const int64_t N = h.shape[0], hidden = h.shape[1], V = w.shape[0];
   const bool want_loss = given(losses), want_dh = given(dh), want_dw = given(dw), want_grad = want_dh || want_dw;
   const int64_t rc = std::clamp<int64_t>(g_chunk_elems.load() / std::max<int64_t>(V, 1), 1, N);
@@ -90,6 +91,12 @@ void cross_entropy_impl(TensorView h, TensorView w, TensorView targets, float gr
       for (int64_t r = 0; r < n; ++r) {
         const int32_t tgt = tp[(c0 + r) * tst];
         auto z = Zc.row(r).array();
+        if (given(is_greedy)) {  // the first index of the largest logit, read before z turns into G
+          int64_t best = 0;
+          for (int64_t j = 1; j < V; ++j)
+            if (z(j) > z(best)) best = j;
+          is_greedy.ptr<int32_t>()[(c0 + r) * is_greedy.stride[0]] = tgt != kIgnore && best == tgt ? 1 : 0;
+        }
         if (tgt == kIgnore) {
           if (want_loss) store_d(elem_ptr(losses, (c0 + r) * losses.stride[0]), losses.dtype, 0.0);
           if (want_grad) z.setZero();
@@ -146,7 +153,7 @@ int64_t set_cross_entropy_chunk_elems(int64_t elems) {
 }
 
 void lm_head_cross_entropy(TensorView h, TensorView w, TensorView targets, float grad_scale, TensorView losses,
-                           TensorView dh, TensorView dw) {
+                           TensorView dh, TensorView dw, TensorView is_greedy) {
   const char* op = "lm_head_cross_entropy";
   check_cpu(op, "h", h);
   check_cpu(op, "w", w);
@@ -183,8 +190,15 @@ void lm_head_cross_entropy(TensorView h, TensorView w, TensorView targets, float
     check_same_shape(op, "w", w, "dw", dw);
     check_unit_inner_stride(op, "dw", dw);
   }
+  if (given(is_greedy)) {
+    check_cpu(op, "is_greedy", is_greedy);
+    check_dtype(op, "is_greedy", is_greedy, DType::I32);
+    RT_CHECK(is_greedy.ndim == 1 && is_greedy.shape[0] == N, "lm_head_cross_entropy: argument 'is_greedy' must have ",
+             "shape [", N, "] (rows of h), found ", is_greedy.shape_str());
+  }
   {
-    const std::pair<const char*, const TensorView*> outs[] = {{"losses", &losses}, {"dh", &dh}, {"dw", &dw}};
+    const std::pair<const char*, const TensorView*> outs[] = {
+        {"losses", &losses}, {"dh", &dh}, {"dw", &dw}, {"is_greedy", &is_greedy}};
     const std::pair<const char*, const TensorView*> ins[] = {{"h", &h}, {"w", &w}, {"targets", &targets}};
     for (const auto& [on, ov] : outs) {
       if (!given(*ov)) continue;
@@ -203,9 +217,9 @@ void lm_head_cross_entropy(TensorView h, TensorView w, TensorView targets, float
              n, " is out of range for a vocabulary of size ", V, " (valid: 0..", V - 1, ", or -100 to ignore)");
   }
   if (N == 0) return;
-  if (!given(losses) && !given(dh) && !given(dw)) return;
+  if (!given(losses) && !given(dh) && !given(dw) && !given(is_greedy)) return;
   dispatch_compute(h.dtype, [&](auto tag) {
-    cross_entropy_impl<decltype(tag)>(h, w, targets, grad_scale, losses, dh, dw);
+    cross_entropy_impl<decltype(tag)>(h, w, targets, grad_scale, losses, dh, dw, is_greedy);
   });
 }
 

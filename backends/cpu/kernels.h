@@ -53,7 +53,7 @@ void attention_backward(TensorView q, TensorView k, TensorView v, TensorView o, 
                         TensorView dq, TensorView dk, TensorView dv, const AttentionSpec& spec);
 
 void lm_head_cross_entropy(TensorView h, TensorView w, TensorView targets, float grad_scale, TensorView losses,
-                           TensorView dh, TensorView dw);
+                           TensorView dh, TensorView dw, TensorView is_greedy = TensorView{});
 // Logit elements (rows x V) lm_head_cross_entropy holds at once; the rows per chunk are
 // max(1, this / V). Settable so that tests can force many small chunks; returns the old value.
 int64_t cross_entropy_chunk_elems();

@@ -94,13 +94,10 @@ int64_t lm_head_chunk_rows(int64_t N, int64_t V) {
   return std::max<int64_t>(1, std::min<int64_t>(rows, std::max<int64_t>(N, 1)));
 }
 
-namespace {
-struct HeadShape {
-  int64_t N, hidden, V;
-};
-// What both head ops check: h [N, hidden] and w [V, hidden], float, on the GPU, rows contiguous,
-// a vocabulary that i32 targets can index.
-HeadShape check_head(const char* op, const TensorView& h, const TensorView& w) {
+void lm_head_cross_entropy(GemmContext& ctx, TensorView h, TensorView w, TensorView targets, float grad_scale,
+                           TensorView losses, TensorView dh, TensorView dw, TensorView is_greedy, EmbeddingError* err,
+                           cudaStream_t stream) {
+  const char* op = "lm_head_cross_entropy";
   check_cuda(op, "h", h);
   check_cuda(op, "w", w);
   check_float(op, "h", h);
@@ -109,24 +106,23 @@ HeadShape check_head(const char* op, const TensorView& h, const TensorView& w) {
   check_ndim(op, "w", w, 2);
   check_unit_inner_stride(op, "h", h);
   check_unit_inner_stride(op, "w", w);
-  const HeadShape s{h.shape[0], h.shape[1], w.shape[0]};
-  check_dim(op, "w", w, 1, s.hidden, "hidden size, h.shape[1]");
-  RT_CHECK(s.V > 0, op, ": argument 'w' has no rows (vocabulary of size 0), shape ", w.shape_str());
-  RT_CHECK(s.V <= INT32_MAX, op, ": vocabulary of ", s.V, " rows exceeds the i32 target range");
-  return s;
-}
-}  // namespace
-
-void lm_head_cross_entropy(GemmContext& ctx, TensorView h, TensorView w, TensorView targets, float grad_scale,
-                           TensorView losses, TensorView dh, TensorView dw, EmbeddingError* err, cudaStream_t stream) {
-  const char* op = "lm_head_cross_entropy";
-  const auto [N, hidden, V] = check_head(op, h, w);
+  const int64_t N = h.shape[0], hidden = h.shape[1], V = w.shape[0];
+  check_dim(op, "w", w, 1, hidden, "hidden size, h.shape[1]");
+  RT_CHECK(V > 0, op, ": argument 'w' has no rows (vocabulary of size 0), shape ", w.shape_str());
+  RT_CHECK(V <= INT32_MAX, op, ": vocabulary of ", V, " rows exceeds the i32 target range");
   check_view(op, "targets", targets);
   check_dtype(op, "targets", targets, DType::I32);
   RT_CHECK(targets.ndim == 1 && targets.shape[0] == N, op, ": argument 'targets' must have shape [", N,
            "] (rows of h), found ", targets.shape_str());
   RT_CHECK(std::isfinite(grad_scale), op, ": grad_scale must be finite, found ", grad_scale);
   const bool want_loss = !is_empty_output(losses), want_dh = !is_empty_output(dh), want_dw = !is_empty_output(dw);
+  const bool want_greedy = !is_empty_output(is_greedy);
+  if (want_greedy) {
+    check_cuda(op, "is_greedy", is_greedy);
+    check_dtype(op, "is_greedy", is_greedy, DType::I32);
+    RT_CHECK(is_greedy.ndim == 1 && is_greedy.shape[0] == N, op, ": argument 'is_greedy' must have shape [", N,
+             "] (rows of h), found ", is_greedy.shape_str());
+  }
   if (want_loss) {
     check_cuda(op, "losses", losses);
     check_float(op, "losses", losses);
@@ -149,9 +145,11 @@ void lm_head_cross_entropy(GemmContext& ctx, TensorView h, TensorView w, TensorV
     check_unit_inner_stride(op, "dw", dw);
   }
   {
-    const std::pair<const char*, const TensorView*> outs[] = {{"losses", &losses}, {"dh", &dh}, {"dw", &dw}};
-    const std::pair<const char*, const TensorView*> all[] = {
-        {"h", &h}, {"w", &w}, {"targets", &targets}, {"losses", &losses}, {"dh", &dh}, {"dw", &dw}};
+    const std::pair<const char*, const TensorView*> outs[] = {
+        {"losses", &losses}, {"dh", &dh}, {"dw", &dw}, {"is_greedy", &is_greedy}};
+    const std::pair<const char*, const TensorView*> all[] = {{"h", &h},   {"w", &w},   {"targets", &targets},
+                                                             {"losses", &losses}, {"dh", &dh}, {"dw", &dw},
+                                                             {"is_greedy", &is_greedy}};
     for (const auto& [on, o] : outs) {
       if (is_empty_output(*o)) continue;
       for (const auto& [in, i] : all) {
@@ -160,7 +158,7 @@ void lm_head_cross_entropy(GemmContext& ctx, TensorView h, TensorView w, TensorV
       }
     }
   }
-  if (N == 0 || (!want_loss && !want_dh && !want_dw)) return;
+  if (N == 0 || (!want_loss && !want_dh && !want_dw && !want_greedy)) return;
 
   // Targets: host targets are validated here (nothing is computed on a bad one) and uploaded.
   const int32_t* dev_targets = targets.ptr<int32_t>();
@@ -211,6 +209,11 @@ void lm_head_cross_entropy(GemmContext& ctx, TensorView h, TensorView w, TensorV
     }
     const TensorView lg = dev_view(logits.get(), DType::F32, n, V);
     ctx.matmul(hc, false, w, true, lg, false, stream);
+    // Greedy first: with an f32 head the gradient overwrites the logits in place.
+    if (want_greedy)
+      greedy_rows_async(static_cast<const float*>(logits.get()), n, V, dev_targets + r0 * t_stride, t_stride,
+                        is_greedy.ptr<int32_t>() + r0 * is_greedy.stride[0], is_greedy.stride[0], stream);
+    if (!want_loss && !want_grad) continue;
     cross_entropy_kernel<<<static_cast<unsigned>(n), threads, 0, stream>>>(
         static_cast<const float*>(logits.get()), V, dev_targets, t_stride, r0, grad_scale, losses.data, losses.dtype,
         want_loss ? losses.stride[0] : 0, g_ptr, gdt, err);
@@ -228,40 +231,6 @@ void lm_head_cross_entropy(GemmContext& ctx, TensorView h, TensorView w, TensorV
       }
     }
     if (want_dw) ctx.matmul(g, true, hc, false, dw, true, stream);
-  }
-}
-
-void lm_head_is_greedy(GemmContext& ctx, TensorView h, TensorView w, TensorView targets, TensorView is_greedy,
-                       cudaStream_t stream) {
-  const char* op = "lm_head_is_greedy";
-  const auto [N, hidden, V] = check_head(op, h, w);
-  for (const auto& [name, t] : {std::pair<const char*, const TensorView*>{"targets", &targets}, {"is_greedy", &is_greedy}}) {
-    check_cuda(op, name, *t);
-    check_dtype(op, name, *t, DType::I32);
-    RT_CHECK(t->ndim == 1 && t->shape[0] == N, op, ": argument '", name, "' must have shape [", N,
-             "] (rows of h), found ", t->shape_str());
-  }
-  RT_CHECK(!views_overlap(is_greedy, targets), op, ": output 'is_greedy' overlaps 'targets'");
-  if (N == 0) return;
-  const int64_t chunk = lm_head_chunk_rows(N, V);
-  const bool convert_h = h.dtype != w.dtype;
-  Scratch logits(static_cast<size_t>(chunk * V) * sizeof(float), stream, "lm_head_is_greedy logits chunk");
-  std::unique_ptr<Scratch> h_buf;
-  if (convert_h)
-    h_buf = std::make_unique<Scratch>(static_cast<size_t>(chunk * hidden) * dtype_size(w.dtype), stream,
-                                      "lm_head_is_greedy h chunk (converted to w's dtype)");
-  for (int64_t r0 = 0; r0 < N; r0 += chunk) {
-    const int64_t n = std::min(chunk, N - r0);
-    TensorView hc = h.rows(r0, r0 + n);
-    if (convert_h) {
-      const TensorView conv = dev_view(h_buf->get(), w.dtype, n, hidden);
-      copy_forward(hc, conv, stream);
-      hc = conv;
-    }
-    ctx.matmul(hc, false, w, true, dev_view(logits.get(), DType::F32, n, V), false, stream);
-    greedy_rows_async(static_cast<const float*>(logits.get()), n, V, targets.ptr<int32_t>() + r0 * targets.stride[0],
-                      targets.stride[0], is_greedy.ptr<int32_t>() + r0 * is_greedy.stride[0], is_greedy.stride[0],
-                      stream);
   }
 }
 

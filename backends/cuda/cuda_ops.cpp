@@ -396,13 +396,9 @@ void CudaOps::embedding_backward(TensorView ids, TensorView dout, TensorView dta
   if (ids.device == Device::CUDA) fetch_device_errors();
 }
 
-void CudaOps::lm_head_is_greedy(TensorView h, TensorView w, TensorView targets, TensorView is_greedy) {
-  cuda::lm_head_is_greedy(*gemm_, h, w, targets, is_greedy, stream());
-}
-
 void CudaOps::lm_head_cross_entropy(TensorView h, TensorView w, TensorView targets, float grad_scale,
-                                    TensorView losses, TensorView dh, TensorView dw) {
-  cuda::lm_head_cross_entropy(*gemm_, h, w, targets, grad_scale, losses, dh, dw, err_dev_, stream());
+                                    TensorView losses, TensorView dh, TensorView dw, TensorView is_greedy) {
+  cuda::lm_head_cross_entropy(*gemm_, h, w, targets, grad_scale, losses, dh, dw, is_greedy, err_dev_, stream());
   if (targets.device == Device::CUDA) fetch_device_errors();
 }
 

@@ -104,8 +104,7 @@ class CudaOps final : public Ops {
   // Chunked over rows (see cuda/linear.h); device targets out of range are reported at the next
   // synchronizing call.
   void lm_head_cross_entropy(TensorView h, TensorView w, TensorView targets, float grad_scale, TensorView losses,
-                             TensorView dh, TensorView dw) override;
-  void lm_head_is_greedy(TensorView h, TensorView w, TensorView targets, TensorView is_greedy) override;
+                             TensorView dh, TensorView dw, TensorView is_greedy) override;
   void sigmoid(TensorView x, float scale, TensorView y) override;
   void sigmoid_backward(TensorView y, TensorView dy, float scale, TensorView dx) override;
   void step(TensorView x, float threshold, TensorView y) override;

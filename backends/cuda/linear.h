@@ -99,15 +99,13 @@ void linear_backward(GemmContext& ctx, TensorView x, TensorView w, TensorView dy
 //   dh_c (=) G w, dw += G^T h_c.
 // losses [N] (=) f32 (0 for ignored rows; NaN for an out-of-range target, which is also recorded in
 // `err` when the targets live on the device, see CudaOps::check_device_errors). dh [N, hidden] (any
-// float dtype) and dw [V, hidden] f32 are optional (empty view: skipped), and so are the losses. h is converted to w's
+// float dtype), dw [V, hidden] f32 and is_greedy [N] i32 (Ops::lm_head_cross_entropy) are optional
+// (empty view: skipped), and so are the losses. h is converted to w's
 // dtype per chunk when they differ.
 struct EmbeddingError;
 void lm_head_cross_entropy(GemmContext& ctx, TensorView h, TensorView w, TensorView targets, float grad_scale,
-                           TensorView losses, TensorView dh, TensorView dw, EmbeddingError* err, cudaStream_t stream);
-// Ops::lm_head_is_greedy on the device: the logits chunk by chunk (as lm_head_cross_entropy), each
-// row's argmax compared with its target there; targets and is_greedy are device I32 [N].
-void lm_head_is_greedy(GemmContext& ctx, TensorView h, TensorView w, TensorView targets, TensorView is_greedy,
-                       cudaStream_t stream);
+                           TensorView losses, TensorView dh, TensorView dw, TensorView is_greedy, EmbeddingError* err,
+                           cudaStream_t stream);
 // Rows per chunk of lm_head_cross_entropy: 0 (the default) picks them so that the f32 logits of a
 // chunk take at most 256 MiB; n > 0 forces n (tests exercise the multi-chunk path with it).
 void set_lm_head_chunk_rows(int64_t rows);

@@ -131,6 +131,13 @@ Scratch::Scratch(size_t bytes, cudaStream_t stream, const char* what) : bytes_(b
   ptr_ = malloc_async(bytes == 0 ? 256 : bytes, stream, [what] { return std::string("scratch for ") + what; });
 }
 
+void Scratch::release() {
+  if (ptr_ == nullptr) return;
+  void* p = ptr_;
+  ptr_ = nullptr;
+  CUDA_CHECK(cudaFreeAsync(p, stream_));
+}
+
 Scratch::~Scratch() {
   if (ptr_) {
     (void)cudaFreeAsync(ptr_, stream_);

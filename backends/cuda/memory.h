@@ -46,6 +46,8 @@ class Scratch {
   Scratch(const Scratch&) = delete;
   Scratch& operator=(const Scratch&) = delete;
   void* get() const { return ptr_; }
+  // Frees the memory now, in stream order, instead of at scope exit; a failure is reported.
+  void release();
   // A contiguous device view of this memory (must fit).
   TensorView view(DType dtype, const TensorView& shape_like) const;
 

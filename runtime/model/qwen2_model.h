@@ -91,7 +91,7 @@ class Qwen2Model {
   // once over all of them, and the attention backend gets them as segments with positions from 0
   // (AttentionBackend::forward_segments: each request attends only to itself, as scored alone), for
   // every backend. One score per request, as score_targets gives it up to rounding (the GEMMs see
-  // more rows); greedy comes from one Ops::lm_head_is_greedy over all scored rows.
+  // more rows); greedy comes from the same Ops::lm_head_cross_entropy pass as the losses.
   // share_prefix: consecutive requests whose inputs start with the same tokens (a multiple-choice
   // item's context) run that prefix once: its rows go through every per-token op once, and each
   // request's remaining rows attend to it through a KV cache (AttentionBackend::forward with a

@@ -321,10 +321,9 @@ std::vector<Qwen2Model::TargetScore> Qwen2Model::score_targets_packed(std::span<
   ops_.rmsnorm(rows, weight("model.norm.weight"), dims_.rms_eps, h);
   const char* head = config_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
   Tensor losses = ops_.alloc(ops_.accum_dtype(), {N});
-  ops_.lm_head_cross_entropy(h, weight(head), tgt, 1.f, losses, TensorView{}, TensorView{});
-  // Greedy: whether every scored row's target is its logits' argmax, for all rows in a few GEMMs.
+  // Greedy (whether each scored row's target is its logits' argmax) from the same logits.
   Tensor greedy = ops_.alloc(DType::I32, {N});
-  ops_.lm_head_is_greedy(h, weight(head), tgt, greedy);
+  ops_.lm_head_cross_entropy(h, weight(head), tgt, 1.f, losses, TensorView{}, TensorView{}, greedy);
   std::vector<int32_t> greedy_host(static_cast<size_t>(N));
   ops_.copy(greedy, TensorView::contiguous(greedy_host.data(), DType::I32, Device::CPU, {N}));
   const std::vector<double> loss = host_doubles(ops_, losses);

@@ -739,18 +739,23 @@ TEST_F(TrainingOpsTest, LmHeadCrossEntropyVariants) {
   EXPECT_EQ(rt::cuda::lm_head_chunk_rows(7, 151936), 7);
 }
 
-// lm_head_is_greedy on the device against the CPU's (the generic Ops default: logits, then a host
-// scan): targets that are the CPU's argmax on even rows, others on odd rows, ignored rows; one and
-// several chunks, a real vocabulary. Rows whose top two logits are within rounding are not compared.
+// lm_head_cross_entropy's is_greedy on the device against the CPU's: targets that are the CPU's
+// argmax on even rows, others on odd rows, ignored rows; one and several chunks, a real vocabulary,
+// alone and beside the gradient (which overwrites the logits of an f32 head). Rows whose top two
+// logits are within rounding are not compared.
 TEST_F(TrainingOpsTest, LmHeadIsGreedy) {
   uint64_t seed = 9000;
-  for (const auto& [N, hidden, V, chunk] : std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t>>{
-           {1, 64, 1000, 0}, {37, 96, 1237, 0}, {37, 96, 1237, 5}, {9, 64, 151936, 0}}) {
+  for (const auto& [N, hidden, V, chunk, wdt] : std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t, DType>>{
+           {1, 64, 1000, 0, DType::BF16},
+           {37, 96, 1237, 0, DType::BF16},
+           {37, 96, 1237, 5, DType::BF16},
+           {37, 96, 1237, 5, DType::F32},
+           {9, 64, 151936, 0, DType::BF16}}) {
     SCOPED_TRACE("N " + std::to_string(N) + " hidden " + std::to_string(hidden) + " V " + std::to_string(V) +
-                 " chunk " + std::to_string(chunk));
+                 " chunk " + std::to_string(chunk) + " w " + dts(wdt));
     ChunkRows rows(chunk);
     const std::vector<float> h = randn({N, hidden}, seed += 10), w = randn({V, hidden}, seed + 1, 0.1f);
-    Tensor ch = host(h, {N, hidden}, DType::BF16), cw = host(w, {V, hidden}, DType::BF16);
+    Tensor ch = host(h, {N, hidden}, wdt), cw = host(w, {V, hidden}, wdt);
     Tensor logits = cpu->alloc(DType::F32, {N, V});
     cpu->linear(ch, cw, TensorView{}, logits);
     const float* lg = logits.ptr<float>();
@@ -768,23 +773,31 @@ TEST_F(TrainingOpsTest, LmHeadIsGreedy) {
     }
     std::vector<int32_t> want(static_cast<size_t>(N)), got(static_cast<size_t>(N));
     Tensor cgreedy = cpu->alloc(DType::I32, {N});
-    cpu->lm_head_is_greedy(ch, cw, host_ids(targets), cgreedy);
+    cpu->lm_head_cross_entropy(ch, cw, host_ids(targets), 1.f, TensorView{}, TensorView{}, TensorView{}, cgreedy);
     std::memcpy(want.data(), cgreedy.view.data, want.size() * sizeof(int32_t));
-    Tensor ggreedy = gpu->alloc(DType::I32, {N});
-    gpu->fill(ggreedy, -7.f);  // poisoned: every row must be written
-    gpu->lm_head_is_greedy(dev(h, DType::BF16, {N, hidden}), dev(w, DType::BF16, {V, hidden}), dev_ids(targets),
-                           ggreedy);
-    gpu->copy(ggreedy, host_ids(got));
-    for (int64_t r = 0; r < N; ++r) {
-      const size_t i = static_cast<size_t>(r);
-      EXPECT_EQ(want[i], targets[i] >= 0 && r % 2 == 0 ? 1 : 0) << "CPU row " << r;
-      ASSERT_TRUE(got[i] == 0 || got[i] == 1) << "row " << r << " unwritten: " << got[i];
-      if (clear[i]) EXPECT_EQ(got[i], want[i]) << "row " << r;
+    for (int64_t r = 0; r < N; ++r)
+      EXPECT_EQ(want[static_cast<size_t>(r)], targets[static_cast<size_t>(r)] >= 0 && r % 2 == 0 ? 1 : 0)
+          << "CPU row " << r;
+    Tensor gh = dev(h, wdt, {N, hidden}), gw = dev(w, wdt, {V, hidden});
+    for (bool with_grad : {false, true}) {
+      SCOPED_TRACE(with_grad ? "with losses and dh" : "is_greedy alone");
+      Tensor ggreedy = gpu->alloc(DType::I32, {N});
+      gpu->fill(ggreedy, -7.f);  // poisoned: every row must be written
+      Tensor gloss = poisoned(DType::F32, {N}), gdh = poisoned(wdt, {N, hidden});
+      gpu->lm_head_cross_entropy(gh, gw, dev_ids(targets), 1.f, with_grad ? gloss.view : TensorView{},
+                                 with_grad ? gdh.view : TensorView{}, TensorView{}, ggreedy);
+      gpu->copy(ggreedy, host_ids(got));
+      for (int64_t r = 0; r < N; ++r) {
+        const size_t i = static_cast<size_t>(r);
+        ASSERT_TRUE(got[i] == 0 || got[i] == 1) << "row " << r << " unwritten: " << got[i];
+        if (clear[i]) EXPECT_EQ(got[i], want[i]) << "row " << r;
+      }
     }
   }
   Tensor bad = gpu->alloc(DType::I32, {3});
-  EXPECT_THROW(gpu->lm_head_is_greedy(dev(randn({2, 64}, 1), DType::BF16, {2, 64}),
-                                      dev(randn({10, 64}, 2), DType::BF16, {10, 64}), dev_ids({1, 2}), bad),
+  EXPECT_THROW(gpu->lm_head_cross_entropy(dev(randn({2, 64}, 1), DType::BF16, {2, 64}),
+                                          dev(randn({10, 64}, 2), DType::BF16, {10, 64}), dev_ids({1, 2}), 1.f,
+                                          TensorView{}, TensorView{}, TensorView{}, bad),
                rt::Error);
 }
 

@@ -106,7 +106,7 @@ TEST_P(ScorePacked, SharedPrefixScoresAsAlone) {
 
 // The scoring path (hidden states of packed documents through AttentionBackend::forward_segments:
 // one norm and projection pass over all rows, attention per document; greedy through
-// Ops::lm_head_is_greedy) against the prefill path (forward with a KV cache, one document at a
+// Ops::lm_head_cross_entropy's is_greedy) against the prefill path (forward with a KV cache, one document at a
 // time): the log-likelihood of every document's targets and whether each target is the argmax
 // agree, for documents packed together with others of other lengths. Every other document's
 // targets are the prefill's own argmax, so both answers of is_greedy occur.

@@ -54,29 +54,6 @@ void check_align4(const char* arg, const TensorView& v) {
 }
 
 
-// Stream-ordered device scratch, freed on scope exit (errors in the free are reported by the caller's
-// next CUDA call; the destructor must not throw).
-struct Scratch {
-  void* p = nullptr;
-  cudaStream_t stream;
-  Scratch(size_t bytes, cudaStream_t s, const char* what) : stream(s) {
-    if (bytes == 0) return;
-    p = malloc_async(bytes, s, [what] { return std::string(kOp) + " " + what; });
-  }
-  ~Scratch() {
-    if (p != nullptr) (void)cudaFreeAsync(p, stream);
-  }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  void release() {
-    if (p != nullptr) {
-      void* q = p;
-      p = nullptr;
-      check_cuda(cudaFreeAsync(q, stream), "cudaFreeAsync (backward workspace)");
-    }
-  }
-};
-
 // Zeroes a strided [T, H, D] view (elements of `elem` bytes, 2 or 4).
 template <class T>
 __global__ void zero_kernel(T* p, int64_t row, int64_t head, int Tn, int H, int D) {
@@ -201,8 +178,8 @@ void launch_flash_bwd(const TensorView& q, const TensorView& k, const TensorView
   const size_t stat_elems = static_cast<size_t>(s.Hq * Tq_pad);
   const size_t plane = static_cast<size_t>(s.Tk * s.Hkv * kD);
   const size_t dkv_elems = splits > 1 ? static_cast<size_t>(splits) * 2 * plane : 0;  // a slice per split
-  Scratch ws((dq_elems + 2 * stat_elems + dkv_elems) * sizeof(float), stream, "the backward workspace");
-  float* dq_accum = static_cast<float*>(ws.p);
+  Scratch ws((dq_elems + 2 * stat_elems + dkv_elems) * sizeof(float), stream, "the attention backward's workspace");
+  float* dq_accum = static_cast<float*>(ws.get());
   float* lse2 = dq_accum + dq_elems;
   float* delta = lse2 + stat_elems;
   float* dkv_accum = splits > 1 ? delta + stat_elems : nullptr;
@@ -457,7 +434,7 @@ __global__ void __launch_bounds__(128) attention_bwd_f32_dkv_kernel(const F32Bwd
 void launch_f32(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
                 const TensorView& lse, const TensorView& dout, const TensorView& dq, const TensorView& dk,
                 const TensorView& dv, const AttentionSpec& spec, const Shapes& s, cudaStream_t stream) {
-  Scratch ws(static_cast<size_t>(s.Hq * s.Tq) * sizeof(float), stream, "the backward workspace (f32)");
+  Scratch ws(static_cast<size_t>(s.Hq * s.Tq) * sizeof(float), stream, "the attention backward's workspace (f32)");
   F32BwdParams p{};
   p.q = static_cast<const float*>(q.data);
   p.k = static_cast<const float*>(k.data);
@@ -468,7 +445,7 @@ void launch_f32(const TensorView& q, const TensorView& k, const TensorView& v, c
   p.dq = static_cast<float*>(dq.data);
   p.dk = static_cast<float*>(dk.data);
   p.dv = static_cast<float*>(dv.data);
-  p.delta = static_cast<float*>(ws.p);
+  p.delta = static_cast<float*>(ws.get());
   p.q_row = q.stride[0], p.q_head = q.stride[1];
   p.k_row = k.stride[0], p.k_head = k.stride[1];
   p.v_row = v.stride[0], p.v_head = v.stride[1];

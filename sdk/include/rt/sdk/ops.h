@@ -368,40 +368,11 @@ class Ops {
   //   losses[n] (=) logsumexp(h_n w^T) - (h_n w^T)[target_n]    (0 for ignored rows; accum dtype)
   //   with dh: dh (=) grad_scale * (softmax(h w^T) - onehot(target)) w   (0 rows where ignored)
   //   with dw: dw += grad_scale * (softmax - onehot)^T h
+  //   with is_greedy ([N] I32): 1 where target_n is the first index of the largest logit of row n
+  //     (the head's greedy choice: lm-eval's is_greedy), else 0; 0 for ignored rows
   virtual void lm_head_cross_entropy(TensorView h, TensorView w, TensorView targets, float grad_scale,
-                                     TensorView losses, TensorView dh, TensorView dw) = 0;
-
-  // is_greedy[n] (=) 1 where targets[n] is the first index of the largest entry of row n of the
-  // logits h w^T (the head's greedy choice), else 0; 0 for ignored rows (-100). h [N, hidden]
-  // (activation dtype), w [V, hidden], targets and is_greedy [N] I32 on this device. What lm-eval's
-  // is_greedy checks, for many rows in a few GEMMs. The default computes chunks of logits and
-  // scans them on the host; device backends override it to scan on the device.
-  virtual void lm_head_is_greedy(TensorView h, TensorView w, TensorView targets, TensorView is_greedy) {
-    RT_CHECK(h.ndim == 2 && w.ndim == 2 && h.shape[1] == w.shape[1], "lm_head_is_greedy: expected h [N, hidden] ",
-             "and w [V, hidden], found ", h.shape_str(), " and ", w.shape_str());
-    const int64_t N = h.shape[0], V = w.shape[0];
-    RT_CHECK(targets.numel() == N && is_greedy.numel() == N && targets.dtype == DType::I32 &&
-                 is_greedy.dtype == DType::I32,
-             "lm_head_is_greedy: targets and is_greedy must be [", N, "] i32");
-    std::vector<int32_t> tgt(static_cast<size_t>(N)), out(static_cast<size_t>(N), 0);
-    copy(targets, TensorView::contiguous(tgt.data(), DType::I32, Device::CPU, {N}));
-    const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(N, (int64_t{64} << 20) / std::max<int64_t>(V, 1)));
-    std::vector<float> row(static_cast<size_t>(chunk * V));
-    for (int64_t r0 = 0; r0 < N; r0 += chunk) {
-      const int64_t n = std::min(chunk, N - r0);
-      Tensor logits = alloc(DType::F32, {n, V});
-      linear(h.rows(r0, r0 + n), w, TensorView{}, logits);
-      copy(logits, TensorView::contiguous(row.data(), DType::F32, Device::CPU, {n, V}));
-      for (int64_t i = 0; i < n; ++i) {
-        const float* x = row.data() + i * V;
-        int64_t best = 0;
-        for (int64_t j = 1; j < V; ++j)
-          if (x[j] > x[best]) best = j;
-        out[static_cast<size_t>(r0 + i)] = tgt[static_cast<size_t>(r0 + i)] == best ? 1 : 0;
-      }
-    }
-    copy(TensorView::contiguous(out.data(), DType::I32, Device::CPU, {N}), is_greedy);
-  }
+                                     TensorView losses, TensorView dh, TensorView dw,
+                                     TensorView is_greedy = TensorView{}) = 0;
 
   // y (=) sigmoid(scale * x).
   virtual void sigmoid(TensorView x, float scale, TensorView y) = 0;
