@@ -156,7 +156,10 @@ void launch_flash_bwd(const TensorView& q, const TensorView& k, const TensorView
                       cudaStream_t stream) {
   using Cfg = typename BwdCfgFor<kD>::type;
   const int64_t group = s.Hq / s.Hkv;
-  const int64_t Tq_pad = (s.Tq + Cfg::kBlockM - 1) / Cfg::kBlockM * Cfg::kBlockM;
+  // Statistics rows padded to whole query tiles of either kernel family: the Hopper dK/dV kernel
+  // bulk-copies 64 of them per tile.
+  constexpr int64_t kStatPad = std::max<int64_t>(Cfg::kBlockM, attn_launch::kHopperBwdStatRows);
+  const int64_t Tq_pad = (s.Tq + kStatPad - 1) / kStatPad * kStatPad;
   RT_CHECK(Tq_pad * s.Hq <= kMaxInt && s.Tk * s.Hkv <= kMaxInt, kOp, ": sequence too long (Tq ", s.Tq, ", Tk ", s.Tk,
            ")");
   const bool fused_dq = !spec.routed() && !attention_deterministic();

@@ -9,6 +9,9 @@
 //   dV  += P^T dO       wgmma, P^T from registers, dO read transposed (MN-major); at D = 64 issued
 //                       before dS^T = P^T (dP^T - Delta[query]) is computed (0 where P^T is masked)
 //   dK  += dS^T Q       wgmma, dS^T from registers, Q read transposed
+// The tile's lse2 and Delta come with Q and dO, by a bulk copy into the same stage. At D = 64, with
+// four stages in flight, S^T and dP^T are committed as separate groups so that P^T is computed
+// while dP^T runs.
 // dK and dV stay in fp32 registers over the whole loop (the group's query heads of this CTA's
 // split, then the query tiles) and are written once, as the mma.sync kernel writes them: bf16, or
 // the split's fp32 partial when the group is split over CTAs. No atomics: the same bits every run.
@@ -29,13 +32,15 @@ struct HopperBwdDkDvConfig {
   static constexpr int kConsumers = 2;              // warpgroups of 64 keys
   static constexpr int kBlockN = 64 * kConsumers;   // keys per CTA
   static constexpr int kBlockM = 64;                // queries per tile (the statistics' padding)
-  static constexpr int kStages = 2;
+  // At D = 64 a query tile is short work (16 KB of Q and dO), so more of them are kept in flight.
+  static constexpr int kStages = kD == 64 ? 4 : 2;
   static constexpr int kThreads = 128 * (kConsumers + 1);
   static constexpr int kSubTiles = kD / 64;
   static constexpr int kKVBytes = kBlockN * kD * 2;  // K, and V
   static constexpr int kQBytes = kBlockM * kD * 2;   // one stage of Q, and of dO
+  static constexpr int kStatBytes = 2 * kBlockM * 4;  // one stage of lse2 and Delta
   static constexpr int kBarBytes = (1 + 2 * kStages) * 8;
-  static constexpr int kSmemBytes = 1024 + 2 * kKVBytes + 2 * kStages * kQBytes + kBarBytes;
+  static constexpr int kSmemBytes = 1024 + 2 * kKVBytes + kStages * (2 * kQBytes + kStatBytes) + kBarBytes;
   static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
   static_assert(kD == 64 || kD == 128, "head dims 64 and 128");
   static_assert(kSmemBytes <= 227 * 1024, "shared memory");
@@ -58,7 +63,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   const uint32_t sV = sK + kKV;
   const uint32_t sQ = sV + kKV;          // stage st at sQ + st * kQ
   const uint32_t sdO = sQ + kStages * kQ;
-  const uint32_t bars = sdO + kStages * kQ;
+  const uint32_t sStat = sdO + kStages * kQ;  // stage st: lse2 at sStat + st * kStatBytes, then Delta
+  const uint32_t bars = sStat + kStages * Cfg::kStatBytes;
   const uint32_t kv_full = bars;
   auto q_full = [&](int st) { return bars + 8u * (1 + st); };
   auto q_empty = [&](int st) { return bars + 8u * (1 + kStages + st); };
@@ -107,12 +113,18 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
         const uint32_t ph = (it / kStages) & 1;
         const int h = item_head(it), m0 = item_m0(it);
         mbar_wait(q_empty(st), ph ^ 1);
-        mbar_arrive_expect_tx(q_full(st), 2 * kQ);
+        mbar_arrive_expect_tx(q_full(st), 2 * kQ + Cfg::kStatBytes);
 #pragma unroll
         for (int j = 0; j < kSub; ++j) {
           tma_load_3d(sQ + st * kQ + j * kBlockM * 128, &tmap_q, q_full(st), j * 64, h, m0);
           tma_load_3d(sdO + st * kQ + j * kBlockM * 128, &tmap_do, q_full(st), j * 64, h, m0);
         }
+        // The tile's statistics ride with it: read from global memory after the products, their
+        // latency sat between S^T and P^T on every tile. [Hq][Tq_pad] rows, Tq_pad a multiple of
+        // kBlockM, so both 256-byte runs are aligned and in range.
+        const int64_t stat = static_cast<int64_t>(h) * p.Tq_pad + m0;
+        bulk_load(sStat + st * Cfg::kStatBytes, p.lse2 + stat, kBlockM * 4, q_full(st));
+        bulk_load(sStat + st * Cfg::kStatBytes + kBlockM * 4, p.delta + stat, kBlockM * 4, q_full(st));
       }
     }
   } else {
@@ -171,6 +183,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
         hopper_detail::mma_qk<kBlockM>(s, smem_desc_sw128(sK + a_off, 16, 1024), smem_desc_sw128(sQs + b_off, 16, 1024),
                                        ks == 0);
       }
+      wgmma_commit();  // S^T alone: P^T is computed while dP^T's products run
 #pragma unroll
       for (int ks = 0; ks < kD / 16; ++ks) {
         const uint32_t a_off = (ks >> 2) * (kBlockN * 128) + cw * 64 * 128 + (ks & 3) * 32;
@@ -179,16 +192,16 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
                                        smem_desc_sw128(sdOs + b_off, 16, 1024), ks == 0);
       }
       wgmma_commit();
-      wgmma_wait<0>();
+      wgmma_wait<1>();
       hopper_detail::fence_regs(s);
-      hopper_detail::fence_regs(dp);
 
       // P^T = exp2(S^T scale log2e - lse2) and dS^T = P^T (dP^T - Delta), both 0 for a pair outside
       // its query's key range and for inactive queries (a NaN in an unseen dO or V stays out).
       const bool full_tile = Mask::key_lo(mk, rows.pos(mk, last_row)) <= nw0 &&
                              Mask::key_hi(mk, rows.pos(mk, m0)) >= nw0 + 64;
-      const float* lse2 = p.lse2 + static_cast<int64_t>(h) * p.Tq_pad + m0;
-      const float* delta = p.delta + static_cast<int64_t>(h) * p.Tq_pad + m0;
+      const float* lse2 =
+          reinterpret_cast<const float*>(smem_raw + (sStat + st * Cfg::kStatBytes - smem_addr(smem_raw)));
+      const float* delta = lse2 + kBlockM;
       auto visible = [&](int hr, int col) {
         bool v = m0 + col <= last_row;
         if (!full_tile && v) {
@@ -209,62 +222,48 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
         for (int kk = 0; kk < kBlockM / 16; ++kk)
           hopper_detail::mma_pv<kD>(dk, dsa[kk], smem_desc_sw128(sQs + kk * 16 * 128, kBlockM * 128, 1024));
       };
+      // P^T while dP^T's products run.
+      static_assert(kBlockM / 2 <= 32, "one visibility bit per accumulator element");
+      uint32_t vis = 0;
+#pragma unroll
+      for (int nt = 0; nt < kMT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int i = 4 * nt + e, col = nt * 8 + 2 * t4 + (e & 1);
+          const bool v = visible(e >> 1, col);
+          s[i] = v ? fast_exp2(fmaf(s[i], p.scale_log2, -lse2[col])) : 0.f;
+          vis |= static_cast<uint32_t>(v) << i;
+        }
+      hopper_detail::pack_a<kBlockM>(s, pa);
       if constexpr (kD == 64) {
-        // P^T first; dV's GEMM then runs while the CUDA cores compute dS^T.
-        static_assert(kBlockM / 2 <= 32, "one visibility bit per accumulator element");
-        uint32_t vis = 0;
-#pragma unroll
-        for (int nt = 0; nt < kMT; ++nt)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int i = 4 * nt + e, col = nt * 8 + 2 * t4 + (e & 1);
-            const bool v = visible(e >> 1, col);
-            s[i] = v ? fast_exp2(fmaf(s[i], p.scale_log2, -__ldg(lse2 + col))) : 0.f;
-            vis |= static_cast<uint32_t>(v) << i;
-          }
-        hopper_detail::pack_a<kBlockM>(s, pa);
+        // dV's products run while the CUDA cores compute dS^T. (At D = 128 its in-flight
+        // accumulators would force spills, so both GEMMs go after.)
         hopper_detail::fence_regs(dv);
         hopper_detail::fence_regs(pa);
         wgmma_fence();
         issue_dv();
         wgmma_commit();
-#pragma unroll
-        for (int nt = 0; nt < kMT; ++nt)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int i = 4 * nt + e, col = nt * 8 + 2 * t4 + (e & 1);
-            s[i] = (vis >> i) & 1u ? s[i] * (dp[i] - __ldg(delta + col)) : 0.f;
-          }
-        hopper_detail::pack_a<kBlockM>(s, dsa);
-        hopper_detail::fence_regs(dk);
-        hopper_detail::fence_regs(dsa);
-        wgmma_fence();
-        issue_dk();
-        wgmma_commit();
+        wgmma_wait<1>();  // dP^T done; dV += P^T dO may still run
       } else {
-        // D = 128: in-flight dV and P^T registers would force spills; both in one pass, both GEMMs after.
-#pragma unroll
-        for (int nt = 0; nt < kMT; ++nt)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int i = 4 * nt + e, col = nt * 8 + 2 * t4 + (e & 1);
-            const float pv = fast_exp2(fmaf(s[i], p.scale_log2, -__ldg(lse2 + col)));
-            const float ds = pv * (dp[i] - __ldg(delta + col));
-            const bool v = visible(e >> 1, col);
-            s[i] = v ? ds : 0.f;
-            dp[i] = v ? pv : 0.f;
-          }
-        hopper_detail::pack_a<kBlockM>(dp, pa);
-        hopper_detail::pack_a<kBlockM>(s, dsa);
-        hopper_detail::fence_regs(dk);
-        hopper_detail::fence_regs(dv);
-        hopper_detail::fence_regs(pa);
-        hopper_detail::fence_regs(dsa);
-        wgmma_fence();
-        issue_dv();
-        issue_dk();
-        wgmma_commit();
+        wgmma_wait<0>();
       }
+      hopper_detail::fence_regs(dp);
+#pragma unroll
+      for (int nt = 0; nt < kMT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int i = 4 * nt + e, col = nt * 8 + 2 * t4 + (e & 1);
+          s[i] = (vis >> i) & 1u ? s[i] * (dp[i] - delta[col]) : 0.f;
+        }
+      hopper_detail::pack_a<kBlockM>(s, dsa);
+      hopper_detail::fence_regs(dk);
+      hopper_detail::fence_regs(dv);
+      hopper_detail::fence_regs(pa);
+      hopper_detail::fence_regs(dsa);
+      wgmma_fence();
+      if constexpr (kD != 64) issue_dv();
+      issue_dk();
+      wgmma_commit();
       wgmma_wait<0>();
       hopper_detail::fence_regs(dk);
       hopper_detail::fence_regs(dv);

@@ -16,6 +16,7 @@ bool launch_dkdv(const attn::BwdParams& p, const TensorView& q, const TensorView
                  const TensorView& dout, const AttentionSpec& spec, const Shapes& s, int splits,
                  cudaStream_t stream) {
   static_assert(Cfg::kBlockN == kHopperBwdBlockN, "grid of the dK/dV kernel");
+  static_assert(Cfg::kBlockM == kHopperBwdStatRows, "statistics padding (attention_backward.cu)");
   CUtensorMap tk, tv, tq, tdo;
   if (!kv_tensor_map(&tk, k, Cfg::kBlockN) || !kv_tensor_map(&tv, v, Cfg::kBlockN) ||
       !kv_tensor_map(&tq, q, Cfg::kBlockM) || !kv_tensor_map(&tdo, dout, Cfg::kBlockM))
