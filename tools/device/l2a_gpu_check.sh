@@ -63,6 +63,14 @@ for step in "$@"; do
       { echo "== ${v:-default}"; cat "$out/flash_$tag.txt"; } | tee -a "$out/variants.txt"
     done
     ;;
+  bwdprof)  # ncu of the Hopper backward's dK/dV and dQ kernels at the 0.5B shape (D = 64), 16K causal:
+             # where the time goes (tensor pipe, warp stalls, the source lines that stall)
+    RT_ATTN_BWD=wgmma timeout 400 ncu --kernel-name regex:'flash_bwd_(dkdv|dq)_hopper' --launch-count 2 \
+      --section SpeedOfLight --section ComputeWorkloadAnalysis --section WarpStateStats --section SchedulerStats \
+      --section SourceCounters --print-summary none build/bin/bench_attention_bwd --seqs 16384 --reps 1 \
+      > "$out/bwdprof.txt" 2>&1
+    echo "ncu rc=$?"; grep -E "Duration|Tensor|Issue Slots Busy|Stall|No Eligible|Warp Cycles Per Issued" "$out/bwdprof.txt" | head -40
+    ;;
   bwdpaths)  # the deterministic backward: Hopper kernels (RT_ATTN_BWD=wgmma) against mma.sync
     : > "$out/bwdpaths.txt"
     for path in wgmma mma; do
