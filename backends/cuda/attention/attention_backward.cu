@@ -156,14 +156,14 @@ void launch_flash_bwd(const TensorView& q, const TensorView& k, const TensorView
                       cudaStream_t stream) {
   using Cfg = typename BwdCfgFor<kD>::type;
   const int64_t group = s.Hq / s.Hkv;
-  // Statistics rows padded to whole query tiles of either kernel family: the Hopper dK/dV kernel
-  // bulk-copies 64 of them per tile.
-  constexpr int64_t kStatPad = std::max<int64_t>(Cfg::kBlockM, attn_launch::kHopperBwdStatRows);
-  const int64_t Tq_pad = (s.Tq + kStatPad - 1) / kStatPad * kStatPad;
-  RT_CHECK(Tq_pad * s.Hq <= kMaxInt && s.Tk * s.Hkv <= kMaxInt, kOp, ": sequence too long (Tq ", s.Tq, ", Tk ", s.Tk,
-           ")");
   const bool fused_dq = !spec.routed() && !attention_deterministic();
   const bool hopper = !fused_dq && hopper_backward_selected(s, kD);
+  // Statistics rows padded to whole query tiles of the kernels that run: the Hopper dK/dV kernel
+  // bulk-copies a tile's worth.
+  const int64_t stat_pad = hopper ? std::max<int64_t>(Cfg::kBlockM, attn_launch::kHopperBwdStatRows) : Cfg::kBlockM;
+  const int64_t Tq_pad = (s.Tq + stat_pad - 1) / stat_pad * stat_pad;
+  RT_CHECK(Tq_pad * s.Hq <= kMaxInt && s.Tk * s.Hkv <= kMaxInt, kOp, ": sequence too long (Tq ", s.Tq, ", Tk ", s.Tk,
+           ")");
   const int64_t block_n = hopper ? attn_launch::kHopperBwdBlockN : Cfg::kBlockN;
   const int64_t n_blocks = (s.Tk + block_n - 1) / block_n;
   RT_CHECK(s.Hkv <= 65535, kOp, ": too many KV heads (", s.Hkv, ")");
@@ -235,8 +235,6 @@ void launch_flash_bwd(const TensorView& q, const TensorView& k, const TensorView
   RT_CHECK(m_blocks <= 65535 && s.Hq <= 65535, kOp, ": Tq = ", s.Tq, " is too long for one launch");
   if (hopper) {
 #if RT_HAVE_SM90A
-    // Statistics are padded to Cfg::kBlockM rows, a multiple of the Hopper kernels' 64-row tiles.
-    static_assert(Cfg::kBlockM % 64 == 0, "statistics padding");
     RT_CHECK(attn_launch::launch_flash_bwd_dkdv_hopper(kD, p, q, k, v, dout, spec, s, static_cast<int>(splits), stream) &&
                  attn_launch::launch_flash_bwd_dq_hopper(kD, p, k, v, dq, spec, s, stream),
              kOp, ": RT_ATTN_BWD=wgmma: no tensor map for q/k/v/dout of shapes ", q.shape_str(), " / ", k.shape_str(),
