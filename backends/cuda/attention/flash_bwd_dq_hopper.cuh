@@ -137,7 +137,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       const uint32_t ph = (it / kStages) & 1;
       const int n0 = (nb_max - 1 - it) * kBlockN;
 
-      // S = Q K^T and dP = dO V^T: one commit group.
+      // S = Q K^T and dP = dO V^T, two commit groups: P is computed while dP's products run.
       mbar_wait(ring.full_k(st), ph);
       mbar_wait(ring.full_v(st), ph);
       hopper_detail::fence_regs(s);
@@ -150,6 +150,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
         hopper_detail::mma_qk<kBlockN>(s, smem_desc_sw128(sQw + a_off, 16, 1024),
                                        smem_desc_sw128(sK + b_off, 16, 1024), ks == 0);
       }
+      wgmma_commit();
 #pragma unroll
       for (int ks = 0; ks < kD / 16; ++ks) {
         const uint32_t a_off = (ks >> 2) * (64 * 128) + (ks & 3) * 32;
@@ -158,8 +159,11 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
                                        smem_desc_sw128(sV + b_off, 16, 1024), ks == 0);
       }
       wgmma_commit();
-      wgmma_wait<0>();
+      wgmma_wait<1>();
       hopper_detail::fence_regs(s);
+#pragma unroll
+      for (int i = 0; i < kBlockN / 2; ++i) s[i] = fast_exp2(fmaf(s[i], p.scale_log2, -lse2[(i >> 1) & 1]));
+      wgmma_wait<0>();
       hopper_detail::fence_regs(dp);
       release(ring.empty_v(st));  // V is done with; K is read again by dQ += dS K
 
@@ -171,7 +175,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int hr = e >> 1, i = 4 * nt + e;
-          float ds = fast_exp2(fmaf(s[i], p.scale_log2, -lse2[hr])) * (dp[i] - delta[hr]);
+          float ds = s[i] * (dp[i] - delta[hr]);
           if (!full_tile) {
             const int col = n0 + nt * 8 + 2 * t4 + (e & 1);
             if (col < row_lo[hr] || col >= row_hi[hr]) ds = 0.f;
