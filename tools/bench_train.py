@@ -45,6 +45,8 @@ def run_case(runtime, model, backend, regime, layout, T, steps, data, window, re
            "--set", f"train.recompute={'true' if recompute else 'false'}"]
     if backend != "full_causal":
         cmd += ["--set", f"attention.window={window}"]
+    if T > 32768:  # past the Qwen2.5 configs' max_position_embeddings: the paper's 128K extension
+        cmd += ["--max-position", str(T)]
     if layout:
         cmd += ["--set", f"attention.layout={layout}"]
     if backend.startswith("l2a"):

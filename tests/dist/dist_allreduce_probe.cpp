@@ -38,13 +38,16 @@ struct Staging {
   std::unique_ptr<rt::Ops> ops;  // null: CPU
   template <typename T>
   void reduce(rt::dist::ProcessGroup& pg, std::vector<T>& host, rt::DType dtype) {
-    auto cpu = rt::TensorView::contiguous(host.data(), dtype, rt::Device::CPU, {static_cast<int64_t>(host.size())});
-    if (!ops) return pg.allreduce_sum(cpu);
-    rt::Tensor dev = ops->alloc(dtype, {static_cast<int64_t>(host.size())});
-    ops->copy(cpu, dev.view);
+    const int64_t n = static_cast<int64_t>(host.size()), nbytes = n * static_cast<int64_t>(sizeof(T));
+    if (!ops) return pg.allreduce_sum(rt::TensorView::contiguous(host.data(), dtype, rt::Device::CPU, {n}));
+    // Device memory as bytes: the CUDA backend allocates no f64 tensors, but NCCL reduces f64
+    // buffers (the group's sums of losses and counts), so the view is typed over raw bytes.
+    rt::Tensor bytes = ops->alloc(rt::DType::U8, {nbytes});
+    auto host_bytes = rt::TensorView::contiguous(host.data(), rt::DType::U8, rt::Device::CPU, {nbytes});
+    ops->copy(host_bytes, bytes.view);
     ops->synchronize();
-    pg.allreduce_sum(dev.view);
-    ops->copy(dev.view, cpu);
+    pg.allreduce_sum(rt::TensorView::contiguous(bytes.view.data, dtype, bytes.view.device, {n}));
+    ops->copy(bytes.view, host_bytes);
     ops->synchronize();
   }
   void broadcast(rt::dist::ProcessGroup& pg, std::vector<uint8_t>& host, int root) {

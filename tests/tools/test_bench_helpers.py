@@ -46,13 +46,13 @@ class LongestFit(unittest.TestCase):
 class RunCase(unittest.TestCase):
     """run_case through a stand-in runtime that records its environment and writes metrics."""
 
-    def run_fake(self, memory_limit, fail_with=None):
+    def run_fake(self, memory_limit, fail_with=None, T=4096):
         with tempfile.TemporaryDirectory() as d:
             fake, seen = os.path.join(d, "runtime"), os.path.join(d, "env.txt")
             with open(fake, "w") as f:
                 f.write(f"""#!{sys.executable}
 import json, os, sys
-open({seen!r}, "w").write(os.environ.get("RT_CUDA_MEMORY_LIMIT", "<unset>"))
+open({seen!r}, "w").write(os.environ.get("RT_CUDA_MEMORY_LIMIT", "<unset>") + "\\n" + " ".join(sys.argv[1:]))
 if {fail_with!r}:
     sys.stderr.write({fail_with!r} + "\\n")
     sys.exit(1)
@@ -62,15 +62,23 @@ with open(os.path.join(out, "metrics.jsonl"), "w") as m:
         m.write(json.dumps({{"tokens_per_s": 1000.0 * step, "peak_mem_bytes": 5 * step, "loss": 1.0}}) + "\\n")
 """)
             os.chmod(fake, 0o755)
-            row = bench_train.run_case(fake, "m", "l2a_fused", "attention", "", 4096, 2, "data.bin", 2048, True,
+            row = bench_train.run_case(fake, "m", "l2a_fused", "attention", "", T, 2, "data.bin", 2048, True,
                                        memory_limit=memory_limit)
             with open(seen) as f:
-                return row, f.read()
+                env, args = f.read().split("\n", 1)
+                self.args = args.split()
+                return row, env
 
     def test_fit_budget_reaches_the_runtime(self):
         row, env = self.run_fake(str(24 * 2**30))
         self.assertEqual(env, str(24 * 2**30))
         self.assertEqual((row["peak_mem_bytes"], row["tokens_per_s"]), (10, 2000.0))
+
+    def test_past_32k_extends_the_positions(self):
+        self.run_fake("", T=65536)
+        self.assertEqual(self.args[self.args.index("--max-position") + 1], "65536")
+        self.run_fake("", T=32768)
+        self.assertNotIn("--max-position", self.args)
 
     def test_no_budget_no_variable(self):
         os.environ.pop("RT_CUDA_MEMORY_LIMIT", None)

@@ -93,7 +93,6 @@ for step in "$@"; do
     : > "$out/bwdpaths.txt"
     for path in wgmma mma; do
       tests="test_attention_backward test_routed_attention test_l2a_fused test_cuda_training_ops test_backend_ops"
-      [[ $path == mma ]] && tests="test_routed_attention"  # the rest ran on mma in earlier sessions
       for t in $tests; do
         RT_ATTN_BWD=$path timeout ${TEST_TIMEOUT:-300} build/bin/$t --gtest_brief=1 > /tmp/$t.bwd.$path.log 2>&1
         echo "$t RT_ATTN_BWD=$path rc=$? $(grep -E '^\[  (PASSED|FAILED)' /tmp/$t.bwd.$path.log | tr '\n' ' ')" |

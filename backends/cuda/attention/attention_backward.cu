@@ -127,18 +127,18 @@ struct BwdCfgFor<128> {
   using type = attn::BwdConfig<128, RT_ATTN_BWD_D128_BM, RT_ATTN_BWD_D128_BN>;
 };
 
-// The Hopper backward kernels (flash_bwd_hopper.h): by default on sm_90 at head dim 128, where
-// they run 1.5x the mma.sync kernels (H200, 0.5B/1.5B shapes at 16K-32K: 27.3 against 40.6 ms at
-// 1.5B and 32K causal); at head dim 64 the mma.sync kernels stay the default, as the Hopper dK/dV
-// kernel runs 0.58x of them there (49.8 against 29.0 ms: its 128-key tiles at D = 64 leave the
-// softmax recomputation and the dS products without enough tensor work to hide them).
+// The Hopper backward kernels (flash_bwd_hopper.h): the default on sm_90 at both head dims. H100,
+// 0.5B/1.5B shapes (bench_attention_bwd, one call): 1.44x the mma.sync kernels at head dim 128
+// (27.4 against 39.5 ms at 1.5B and 32K causal) and 1.09-1.11x at head dim 64 (25.4 against
+// 28.2 ms at 32K), once the dK/dV kernel stopped reading each query tile's statistics from global
+// memory between its products (it ran 0.58x of mma.sync at head dim 64 before).
 // RT_ATTN_BWD=wgmma forces them (an error where they cannot run), RT_ATTN_BWD=mma forbids them.
 // Only the deterministic backward has them (no fused, atomic dQ).
 bool hopper_backward_selected(const Shapes& s, int D) {
   const attn_launch::KernelPath path = attn_launch::bwd_path_setting();
   if (path == attn_launch::KernelPath::Mma || s.Tq == 0 || s.Tk == 0) return false;
 #if RT_HAVE_SM90A
-  if (path == attn_launch::KernelPath::Auto) return D == 128 && attn_launch::hopper_forward_available();
+  if (path == attn_launch::KernelPath::Auto) return (D == 64 || D == 128) && attn_launch::hopper_forward_available();
   RT_CHECK(attn_launch::hopper_forward_available(), kOp,
            ": RT_ATTN_BWD=wgmma needs a GPU of compute capability 9.0 (Hopper)");
   return true;

@@ -1,7 +1,7 @@
 // Host side of the Hopper backward (built for sm_90a in sm90/flash_bwd_hopper.cu): the dK/dV
 // kernel (flash_bwd_dkdv_hopper.cuh) and the dQ pass (flash_bwd_dq_hopper.cuh) of the
-// deterministic backward. attention_backward.cu runs them on sm_90 at head dim 128 (or when
-// RT_ATTN_BWD=wgmma forces them), and the mma.sync kernels otherwise.
+// deterministic backward. attention_backward.cu runs them on sm_90 (head dims 64 and 128), and the
+// mma.sync kernels otherwise or when RT_ATTN_BWD=mma asks for them.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -12,8 +12,7 @@
 
 namespace rt::cuda::attn_launch {
 
-// RT_ATTN_BWD (kernel_path.h); auto: the Hopper kernels on sm_90 at head dim 128, the mma.sync
-// ones elsewhere (see hopper_backward_selected in attention_backward.cu for the measurements).
+// RT_ATTN_BWD (kernel_path.h); auto: the Hopper kernels on sm_90, the mma.sync ones elsewhere (see hopper_backward_selected in attention_backward.cu for the measurements).
 KernelPath bwd_path_setting();
 
 // Keys per CTA of the Hopper dK/dV kernel (its grid's x is ceil(Tk / this)).
