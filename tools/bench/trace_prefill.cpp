@@ -6,7 +6,9 @@
 //   build/bin/trace_prefill [T=32768] [config=configs/models/qwen2.5-0.5b.json] [attention=full_causal]
 //       [key=value ...]        plugin options, e.g. window=2048 router=fixed_rate sparsity=0.8
 // TRACE_TRAIN=1 traces one training step (forward + backward, the attention regime's gradients)
-// instead of a prefill.
+// instead of a prefill. TRACE_DECODE=N traces N decode steps (DecodeSession, CUDA graphs where the
+// plugin has them: graph nodes are traced one by one) after a prefill of T tokens: what a step's
+// time is made of.
 #include <cupti.h>
 #include <unistd.h>
 
@@ -16,11 +18,13 @@
 #include <cstdlib>
 #include <filesystem>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "cuda/cuda_ops.h"
 #include "loader/hf_config.h"
+#include "model/decode_session.h"
 #include "model/model_dims.h"
 #include "model/qwen2_model.h"
 #include "plugin_host/plugin_registry.h"
@@ -122,8 +126,22 @@ int main(int argc, char** argv) {
     grads[n] = g;
   }
   rt::Tensor lm = ops->alloc(rt::DType::F32, {1});
+  const char* decode_env = std::getenv("TRACE_DECODE");
+  const int decode_steps = decode_env != nullptr ? std::atoi(decode_env) : 0;
+  std::unique_ptr<rt::DecodeSession> session;
+  if (decode_steps > 0) {
+    // Four runs of decode_steps each follow (two warm-up, one thrown away, one traced).
+    session = std::make_unique<rt::DecodeSession>(model, T + 4 * decode_steps + 1);
+    session->prefill(ids);
+  }
+  int32_t next_id = 17;
   auto run = [&] {
-      if (!train) {
+    if (session) {
+      const auto vocab = static_cast<int32_t>(model.dims().vocab);
+      for (int i = 0; i < decode_steps; ++i) session->step(next_id = (next_id * 7919 + 3) % vocab);
+      return;
+    }
+    if (!train) {
       model.forward(ids, nullptr, true);
       return;
     }
@@ -188,8 +206,12 @@ int main(int argc, char** argv) {
   }
   uint64_t idle = 0, idle_small = 0;
   for (const Gap& g : gaps) (g.ns < 5000 ? idle_small : idle) += g.ns;
-  std::printf("prefill T=%lld (%s, %s): %zu activities\n", static_cast<long long>(T), config.c_str(), backend.c_str(),
-              g_acts.size());
+  if (session)
+    std::printf("%d decode steps after T=%lld (%s, %s, %s): %zu activities\n", decode_steps, static_cast<long long>(T),
+                config.c_str(), backend.c_str(), rt::DecodeSession::mode_name(session->mode()), g_acts.size());
+  else
+    std::printf("%s T=%lld (%s, %s): %zu activities\n", train ? "training step" : "prefill", static_cast<long long>(T),
+                config.c_str(), backend.c_str(), g_acts.size());
   std::printf("  host: forward() returned after %.2f ms, device done after %.2f ms\n", (host_ret - host_t0) / 1e6,
               (host_done - host_t0) / 1e6);
   std::printf("  first activity starts %.3f ms after the call\n", (first - host_t0) / 1e6);

@@ -63,31 +63,25 @@ for step in "$@"; do
       { echo "== ${v:-default}"; cat "$out/flash_$tag.txt"; } | tee -a "$out/variants.txt"
     done
     ;;
-  decodeprof)  # issue 10: where a decode step's time goes, full_causal against l2a_fused (80% unrouted) at 16K:
-                # nsys's kernel summary (graph nodes traced one by one) over 256 decoded tokens, and the API calls
-    if command -v nsys > /dev/null; then
-      for a in full_causal l2a_fused; do
-        timeout 200 nsys profile -t cuda --cuda-graph-trace=node -o /tmp/dec_$a --force-overwrite true \
-          build/bin/runtime profile --attention $a --model qwen2.5-0.5b --init random --window 2048 --seq 16384 \
-          --device cuda --decode-tokens 256 --repeats 1 $FUSED_SET > /tmp/dec_$a.log 2>&1
-        echo "nsys $a rc=$?" | tee -a "$out/decodeprof.txt"
-        grep -E "decode|tok/s" /tmp/dec_$a.log | tail -4 >> "$out/decodeprof.txt"
-        nsys stats -q -r cuda_gpu_kern_sum,cuda_api_sum -f csv -o /tmp/dec_$a /tmp/dec_$a.nsys-rep > /dev/null 2>&1
-        cp /tmp/dec_${a}_cuda_gpu_kern_sum.csv "$out/decodeprof_${a}_kernels.csv" 2>/dev/null
-        cp /tmp/dec_${a}_cuda_api_sum.csv "$out/decodeprof_${a}_api.csv" 2>/dev/null
-        head -25 "$out/decodeprof_${a}_kernels.csv" | cut -c1-220
-      done
-    else
-      echo "decodeprof: no nsys on this machine" | tee -a "$out/decodeprof.txt"
-    fi
+  decodeprof)  # issue 10: what a decode step's time is made of, full_causal against l2a_fused at 16K: a CUPTI
+                # trace of 8 graph-replayed steps (trace_prefill TRACE_DECODE; graph nodes traced one by one)
+    : > "$out/decodeprof.txt"
+    for args in "full_causal" "l2a_fused window=2048 router=fixed_rate sparsity=0.8" "l2a_fused window=2048 threshold=0.51"; do
+      TRACE_DECODE=8 timeout 120 build/bin/trace_prefill 16384 configs/models/qwen2.5-0.5b.json $args \
+        >> "$out/decodeprof.txt" 2>&1
+      echo "trace_prefill $args rc=$?" | tee -a "$out/decodeprof.txt"
+    done
+    grep -E "decode steps|span|^    [ 0-9.]+ +[0-9]+  " "$out/decodeprof.txt" | head -80
     ;;
   bwdprof)  # ncu of the Hopper backward's dK/dV and dQ kernels at the 0.5B shape (D = 64), 16K causal:
-             # where the time goes (tensor pipe, warp stalls, the source lines that stall)
+             # where the time goes (tensor pipe, warp stalls with their reasons, and per SASS instruction)
     RT_ATTN_BWD=wgmma timeout 400 ncu --kernel-name regex:'flash_bwd_(dkdv|dq)_hopper' --launch-count 2 \
-      --section SpeedOfLight --section ComputeWorkloadAnalysis --section WarpStateStats --section SchedulerStats \
-      --section SourceCounters --print-summary none build/bin/bench_attention_bwd --seqs 16384 --reps 1 \
-      > "$out/bwdprof.txt" 2>&1
-    echo "ncu rc=$?"; grep -E "Duration|Tensor|Issue Slots Busy|Stall|No Eligible|Warp Cycles Per Issued" "$out/bwdprof.txt" | head -40
+      --set full --import-source yes -o /tmp/bwdprof --force-overwrite \
+      build/bin/bench_attention_bwd --seqs 16384 --reps 1 > "$out/bwdprof_run.txt" 2>&1
+    echo "ncu rc=$?"
+    ncu -i /tmp/bwdprof.ncu-rep --page details --print-details all > "$out/bwdprof.txt" 2>&1
+    ncu -i /tmp/bwdprof.ncu-rep --page source --print-source sass --csv > "$out/bwdprof_sass.csv" 2>&1
+    grep -E "Duration|Issue Slots Busy|No Eligible|Warp Cycles Per Issued|Stall|stall" "$out/bwdprof.txt" | head -60
     ;;
   bwdpaths)  # the deterministic backward: Hopper kernels (RT_ATTN_BWD=wgmma) against mma.sync
     : > "$out/bwdpaths.txt"
