@@ -83,6 +83,29 @@ for step in "$@"; do
     ncu -i /tmp/bwdprof.ncu-rep --page source --print-source sass --csv > "$out/bwdprof_sass.csv" 2>&1
     grep -E "Duration|Issue Slots Busy|No Eligible|Warp Cycles Per Issued|Stall|stall" "$out/bwdprof.txt" | head -60
     ;;
+  bwdtall)  # the 128 x 128 dK/dV tile at head dim 64 (RT_ATTN_HOPPER_BWD_TALL=1, causal and full masks)
+            # against the default 128 x 64 one: tests, compute-sanitizer (racecheck: P and dS go through
+            # shared memory between the warpgroups), then both timed
+    : > "$out/bwdtall.txt"
+    for t in test_attention_backward test_routed_attention test_l2a_fused test_cuda_training_ops test_backend_ops; do
+      RT_ATTN_BWD=wgmma RT_ATTN_HOPPER_BWD_TALL=1 timeout ${TEST_TIMEOUT:-300} build/bin/$t --gtest_brief=1 \
+        > /tmp/$t.tall.log 2>&1
+      echo "$t TALL rc=$? $(grep -E '^\[  (PASSED|FAILED)' /tmp/$t.tall.log | tr '\n' ' ')" | tee -a "$out/bwdtall.txt"
+      grep -B3 -A12 "Failure" /tmp/$t.tall.log | head -40 >> "$out/bwdtall.txt"
+    done
+    for tool in memcheck synccheck racecheck; do
+      RT_ATTN_BWD=wgmma RT_ATTN_HOPPER_BWD_TALL=1 timeout 150 compute-sanitizer --tool $tool --error-exitcode 9 \
+        build/bin/test_attention_backward --gtest_brief=1 --gtest_filter="${SAN_FILTER:-*CausalSizes*:*Offsets*}" \
+        > /tmp/san.tall.$tool.log 2>&1
+      echo "compute-sanitizer $tool (tall) rc=$? $(grep -E 'ERROR SUMMARY' /tmp/san.tall.$tool.log)" | tee -a "$out/bwdtall.txt"
+      grep -m5 -A6 "=========" /tmp/san.tall.$tool.log | head -30 >> "$out/bwdtall.txt"
+    done
+    for tall in 0 1; do
+      RT_ATTN_BWD=wgmma RT_ATTN_HOPPER_BWD_TALL=$tall timeout 200 build/bin/bench_attention_bwd \
+        --seqs ${SEQS:-16384,32768} --window 2048 --json "$out/bwd_tall$tall.json" > "$out/bwd_tall$tall.txt" 2>&1
+      echo "== RT_ATTN_HOPPER_BWD_TALL=$tall"; head -9 "$out/bwd_tall$tall.txt"
+    done | tee -a "$out/bwdtall.txt"
+    ;;
   bwdpaths)  # the deterministic backward: Hopper kernels (RT_ATTN_BWD=wgmma) against mma.sync
     : > "$out/bwdpaths.txt"
     for path in wgmma mma; do

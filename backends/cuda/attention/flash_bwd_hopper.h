@@ -17,8 +17,9 @@ KernelPath bwd_path_setting();
 
 // Keys per CTA of the Hopper dK/dV kernel (its grid's x is ceil(Tk / this)).
 inline constexpr int kHopperBwdBlockN = 128;
-// Query rows per tile of the dK/dV kernel; the statistics ([Hq][Tq_pad]) are padded to a multiple of it.
-inline constexpr int kHopperBwdStatRows = 64;
+// The largest query tile of the dK/dV kernels (each bulk-copies a tile's statistics): the
+// statistics ([Hq][Tq_pad]) are padded to a multiple of it.
+inline constexpr int kHopperBwdStatRows = 128;
 
 // The Hopper dK/dV kernel for head dim D (64 or 128) on grid (ceil(Tk / kHopperBwdBlockN), Hkv,
 // splits), with the backward's parameters p (statistics already computed; dkv_accum set when

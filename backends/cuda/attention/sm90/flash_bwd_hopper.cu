@@ -2,7 +2,11 @@
 // sm_90a alone, like the Hopper forward (backends/cuda/CMakeLists.txt).
 #include "cuda/attention/flash_bwd_hopper.h"
 
+#include <cstdlib>
+#include <string>
+
 #include "cuda/attention/flash_bwd_dkdv_hopper.cuh"
+#include "cuda/attention/flash_bwd_dkdv_hopper_tall.cuh"
 #include "cuda/attention/flash_bwd_dq_hopper.cuh"
 #include "cuda/attention/sm90/kv_tensor_map.h"
 
@@ -11,12 +15,33 @@ namespace {
 
 constexpr const char* kOp = "attention_backward (cuda)";
 
-template <class Cfg, class Rows>
+// RT_ATTN_HOPPER_BWD_TALL=1: the dK/dV kernel with FlashAttention-3's 128 x 128 tile at head dim
+// 64 (flash_bwd_dkdv_hopper_tall.cuh), an experiment against the default 128 x 64 one.
+bool tall_tiles_setting() {
+  static const bool on = [] {
+    const char* v = std::getenv("RT_ATTN_HOPPER_BWD_TALL");
+    const std::string s = v != nullptr ? v : "";
+    RT_CHECK(s.empty() || s == "0" || s == "1", "RT_ATTN_HOPPER_BWD_TALL='", s, "': expected 0 or 1");
+    return s == "1";
+  }();
+  return on;
+}
+
+template <class Cfg, class Mask, class Rows, bool kTall>
+struct DkDvKernel {
+  static constexpr auto value = attn::flash_bwd_dkdv_hopper_kernel<Cfg, Mask, Rows>;
+};
+template <class Cfg, class Mask, class Rows>
+struct DkDvKernel<Cfg, Mask, Rows, true> {
+  static constexpr auto value = attn::flash_bwd_dkdv_hopper_tall_kernel<Cfg, Mask, Rows>;
+};
+
+template <class Cfg, class Rows, bool kTall = false>
 bool launch_dkdv(const attn::BwdParams& p, const TensorView& q, const TensorView& k, const TensorView& v,
                  const TensorView& dout, const AttentionSpec& spec, const Shapes& s, int splits,
                  cudaStream_t stream) {
   static_assert(Cfg::kBlockN == kHopperBwdBlockN, "grid of the dK/dV kernel");
-  static_assert(Cfg::kBlockM == kHopperBwdStatRows, "statistics padding (attention_backward.cu)");
+  static_assert(kHopperBwdStatRows % Cfg::kBlockM == 0, "statistics padding (attention_backward.cu)");
   CUtensorMap tk, tv, tq, tdo;
   if (!kv_tensor_map(&tk, k, Cfg::kBlockN) || !kv_tensor_map(&tv, v, Cfg::kBlockN) ||
       !kv_tensor_map(&tq, q, Cfg::kBlockM) || !kv_tensor_map(&tdo, dout, Cfg::kBlockM))
@@ -26,11 +51,15 @@ bool launch_dkdv(const attn::BwdParams& p, const TensorView& q, const TensorView
            " is too long for one launch of the Hopper dK/dV kernel");
   with_mask(spec, [&](auto mask) {
     using Mask = decltype(mask);
-    constexpr auto kernel = attn::flash_bwd_dkdv_hopper_kernel<Cfg, Mask, Rows>;
+    if constexpr (kTall && Mask::windowed) {
+      RT_CHECK(false, kOp, ": the 128-query dK/dV tile has no windowed masks");
+    } else {
+    constexpr auto kernel = DkDvKernel<Cfg, Mask, Rows, kTall>::value;
     ensure_smem<kernel>(kOp, Cfg::kSmemBytes, "cudaFuncSetAttribute (Hopper flash backward dK/dV)");
     const dim3 grid(static_cast<unsigned>(n_blocks), static_cast<unsigned>(s.Hkv), static_cast<unsigned>(splits));
     kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p, tk, tv, tq, tdo);
     check_launch(kOp, "flash_bwd_dkdv_hopper_kernel");
+    }
   });
   return true;
 }
@@ -68,6 +97,12 @@ bool launch_flash_bwd_dkdv_hopper(int D, const attn::BwdParams& p, const TensorV
     return spec.routed() ? launch_dkdv<Cfg, attn::RoutedRows>(p, q, k, v, dout, spec, s, splits, stream)
                          : launch_dkdv<Cfg, attn::DenseRows>(p, q, k, v, dout, spec, s, splits, stream);
   };
+  // Windowed masks keep the 64-query tile: their per-row key ranges spill registers in this one.
+  if (D == 64 && spec.window == 0 && tall_tiles_setting()) {
+    using Tall = attn::HopperBwdDkDvTallConfig;
+    return spec.routed() ? launch_dkdv<Tall, attn::RoutedRows, true>(p, q, k, v, dout, spec, s, splits, stream)
+                         : launch_dkdv<Tall, attn::DenseRows, true>(p, q, k, v, dout, spec, s, splits, stream);
+  }
   if (D == 64) return go(attn::HopperBwdDkDvConfig<64>{});
   if (D == 128) return go(attn::HopperBwdDkDvConfig<128>{});
   return false;

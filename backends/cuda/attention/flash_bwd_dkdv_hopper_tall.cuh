@@ -1,0 +1,275 @@
+// dK and dV at head dim 64 on Hopper with FlashAttention-3's tile: 128 keys x 128 queries per step
+// (flash_bwd_dkdv_hopper.cuh has 128 x 64). An experiment behind RT_ATTN_HOPPER_BWD_TALL=1: at
+// D = 64 the 64-query tile issues 16 small products per warpgroup and step (m64n64k16, both S^T
+// operands read from shared memory) between three waits, and ncu finds it latency-bound (issue
+// slots 37% busy). Here each warpgroup's products are m64n128k16 for S and dP, and twice as many
+// k-steps for dV and dK per wait.
+//
+// The products change sides, as in FlashAttention-3 (SdP_swapAB = false, dKV_swapAB = true):
+//   S    = Q K^T          warpgroup w: its 64 query rows x all 128 keys (Q, K from shared memory)
+//   dP   = dO V^T         the same rows
+//   P    = exp2(S scale log2e - lse2[row]), 0 outside the row's key range and for inactive rows
+//   dS   = P (dP - Delta[row])
+//   P and dS go to shared memory (bf16, [query][key], two 64-key sub-tiles), both warpgroups'
+//   rows, then:
+//   dV^T += dO^T P        warpgroup w: D x its 64 keys, over all 128 queries (both operands
+//   dK^T += Q^T dS        transposed from shared memory)
+// The row statistics are two per thread (its two rows), from the stage's bulk copy. dK^T and dV^T
+// stay in registers over the loop and are written once (bf16, or the split's fp32 partial), so the
+// result is deterministic like the other dK/dV kernels.
+#pragma once
+
+#include "cuda/attention/flash_bwd_dkdv_hopper.cuh"
+
+namespace rt::cuda::attn {
+
+struct HopperBwdDkDvTallConfig {
+  static constexpr int kD = 64;
+  static constexpr int kConsumers = 2;
+  static constexpr int kBlockN = 128;  // keys per CTA (64 per warpgroup in dK/dV)
+  static constexpr int kBlockM = 128;  // queries per step (64 per warpgroup in S/dP)
+  static constexpr int kStages = 2;
+  static constexpr int kThreads = 128 * (kConsumers + 1);
+  static constexpr int kKVBytes = kBlockN * kD * 2;     // K, and V
+  static constexpr int kQBytes = kBlockM * kD * 2;      // one stage of Q, and of dO
+  static constexpr int kStatBytes = 2 * kBlockM * 4;    // one stage of lse2 and Delta
+  static constexpr int kPBytes = kBlockM * kBlockN * 2;  // P, and dS: [2 sub-tiles][128 queries][64 keys]
+  static constexpr int kBarBytes = (1 + 2 * kStages) * 8;
+  static constexpr int kSmemBytes =
+      1024 + 2 * kKVBytes + kStages * (2 * kQBytes + kStatBytes) + 2 * kPBytes + kBarBytes;
+  static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
+  static_assert(kSmemBytes <= 227 * 1024, "shared memory");
+};
+
+// Grid: (key blocks, KV heads, group splits), as the other dK/dV kernels.
+template <class Cfg, class Mask, class Rows>
+__global__ void __launch_bounds__(Cfg::kThreads, 1)
+    flash_bwd_dkdv_hopper_tall_kernel(const __grid_constant__ BwdParams p, const __grid_constant__ CUtensorMap tmap_k,
+                                      const __grid_constant__ CUtensorMap tmap_v,
+                                      const __grid_constant__ CUtensorMap tmap_q,
+                                      const __grid_constant__ CUtensorMap tmap_do) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using namespace sm90;
+  constexpr int kD = Cfg::kD, kBlockM = Cfg::kBlockM, kBlockN = Cfg::kBlockN, kStages = Cfg::kStages;
+  constexpr int kKV = Cfg::kKVBytes, kQ = Cfg::kQBytes, kStat = Cfg::kStatBytes, kSubP = Cfg::kPBytes / 2;
+
+  extern __shared__ uint8_t smem_raw[];
+  const uint32_t sK = (smem_addr(smem_raw) + 1023u) & ~1023u;
+  const uint32_t sV = sK + kKV;
+  const uint32_t sQ = sV + kKV;  // stage st at sQ + st * kQ
+  const uint32_t sdO = sQ + kStages * kQ;
+  const uint32_t sP = sdO + kStages * kQ;  // sub-tile c (keys 64c..64c+63) at sP + c * kSubP
+  const uint32_t sdS = sP + Cfg::kPBytes;
+  const uint32_t sStat = sdS + Cfg::kPBytes;  // stage st: lse2 at sStat + st * kStat, then Delta
+  const uint32_t bars = sStat + kStages * kStat;
+  const uint32_t kv_full = bars;
+  auto q_full = [&](int st) { return bars + 8u * (1 + st); };
+  auto q_empty = [&](int st) { return bars + 8u * (1 + kStages + st); };
+
+  const int n0 = static_cast<int>(blockIdx.x) * kBlockN, hk = static_cast<int>(blockIdx.y);
+  const int n1 = min(n0 + kBlockN, p.Tk);
+  const int h_first = hk * p.group + static_cast<int>(blockIdx.z) * p.heads_per_split;
+  const int h_end = min(h_first + p.heads_per_split, (hk + 1) * p.group);
+  const MaskParams& mk = p.mask;
+  const Rows rows = make_rows<Rows>(p.q_index, p.q_count);
+  const int Tq = rows.active(p.Tq);
+  int q_begin, q_end;
+  query_range<Mask>(mk, rows, Tq, n0, n1, q_begin, q_end);
+  const int mb_first = q_begin / kBlockM;
+  const int m_steps = q_begin < q_end ? (q_end + kBlockM - 1) / kBlockM - mb_first : 0;
+  const int items = m_steps * max(h_end - h_first, 0);
+  auto item_head = [&](int it) { return h_first + it / m_steps; };
+  auto item_m0 = [&](int it) { return (mb_first + it % m_steps) * kBlockM; };
+
+  if (threadIdx.x == 0) {
+    mbar_init(kv_full, 1);
+    for (int st = 0; st < kStages; ++st) {
+      mbar_init(q_full(st), 1);
+      mbar_init(q_empty(st), 4 * Cfg::kConsumers);
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();
+
+  const int wg = threadIdx.x / 128;
+  if (wg == 0) {
+    setmaxnreg_dec<Cfg::kProducerRegs>();
+    if (threadIdx.x == 0 && items > 0) {
+      tma_prefetch_desc(&tmap_k);
+      tma_prefetch_desc(&tmap_v);
+      tma_prefetch_desc(&tmap_q);
+      tma_prefetch_desc(&tmap_do);
+      mbar_arrive_expect_tx(kv_full, 2 * kKV);
+      tma_load_3d(sK, &tmap_k, kv_full, 0, hk, n0);
+      tma_load_3d(sV, &tmap_v, kv_full, 0, hk, n0);
+      for (int it = 0; it < items; ++it) {
+        const int st = it % kStages;
+        const uint32_t ph = (it / kStages) & 1;
+        const int h = item_head(it), m0 = item_m0(it);
+        mbar_wait(q_empty(st), ph ^ 1);
+        mbar_arrive_expect_tx(q_full(st), 2 * kQ + kStat);
+        tma_load_3d(sQ + st * kQ, &tmap_q, q_full(st), 0, h, m0);
+        tma_load_3d(sdO + st * kQ, &tmap_do, q_full(st), 0, h, m0);
+        const int64_t stat = static_cast<int64_t>(h) * p.Tq_pad + m0;  // Tq_pad: a multiple of 128
+        bulk_load(sStat + st * kStat, p.lse2 + stat, kBlockM * 4, q_full(st));
+        bulk_load(sStat + st * kStat + kBlockM * 4, p.delta + stat, kBlockM * 4, q_full(st));
+      }
+    }
+  } else {
+    setmaxnreg_inc<Cfg::kConsumerRegs>();
+    const int cw = wg - 1;
+    const int ctid = threadIdx.x - 128 * wg;
+    const int warp = ctid >> 5, lane = ctid & 31, g = lane >> 2, t4 = lane & 3;
+
+    float dkt[kD / 2], dvt[kD / 2];  // dK^T, dV^T: rows d, columns this warpgroup's 64 keys
+#pragma unroll
+    for (int i = 0; i < kD / 2; ++i) dkt[i] = dvt[i] = 0.f;
+    float s[kBlockN / 2], dp[kBlockN / 2];
+
+    auto release = [&](uint32_t bar) {
+      __syncwarp();
+      if (lane == 0) mbar_arrive(bar);
+    };
+    // P or dS pair (rows hr, keys 8 j + 2 t4 + {0, 1}) into [sub-tile][query][64 keys], 128-byte
+    // swizzled as TMA writes tiles: a warp's 32 stores hit 32 distinct banks.
+    auto store_pair = [&](uint32_t base, int row, int j, float lo, float hi) {
+      const uint32_t off = (j >> 3) * kSubP + row * 128 + ((((j & 7) ^ (row & 7))) << 4) + 4 * t4;
+      asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(base + off), "r"(pack_bf16(lo, hi)) : "memory");
+    };
+
+    if (items > 0) mbar_wait(kv_full, 0);
+    for (int it = 0; it < items; ++it) {
+      const int st = it % kStages;
+      const uint32_t ph = (it / kStages) & 1;
+      const int h = item_head(it), m0 = item_m0(it);
+      const int last_row = min(m0 + kBlockM, Tq) - 1;
+      const uint32_t sQs = sQ + st * kQ, sdOs = sdO + st * kQ;
+      mbar_wait(q_full(st), ph);
+      if (Rows::routed && m0 + kBlockM > Tq) {
+        // Inactive compact rows of the last tile: zeros, since dO^T P and Q^T dS read every row.
+        const int first_dead = Tq - m0;
+        for (int idx = ctid + 128 * cw; idx < (kBlockM - first_dead) * 8; idx += 256) {
+          const uint32_t off = (first_dead + idx / 8) * 128 + (idx % 8) * 16;
+          asm volatile("st.shared.v4.b32 [%0], {%1, %1, %1, %1};\n" ::"r"(sQs + off), "r"(0u) : "memory");
+          asm volatile("st.shared.v4.b32 [%0], {%1, %1, %1, %1};\n" ::"r"(sdOs + off), "r"(0u) : "memory");
+        }
+        fence_proxy_async();
+        named_barrier_sync(1, 256);
+      }
+
+      // S = Q K^T, then dP = dO V^T (this warpgroup's 64 rows x 128 keys), two commit groups.
+      hopper_detail::fence_regs(s);
+      hopper_detail::fence_regs(dp);
+      wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < kD / 16; ++ks)
+        hopper_detail::mma_qk<kBlockN>(s, smem_desc_sw128(sQs + cw * 64 * 128 + ks * 32, 16, 1024),
+                                       smem_desc_sw128(sK + ks * 32, 16, 1024), ks == 0);
+      wgmma_commit();
+#pragma unroll
+      for (int ks = 0; ks < kD / 16; ++ks)
+        hopper_detail::mma_qk<kBlockN>(dp, smem_desc_sw128(sdOs + cw * 64 * 128 + ks * 32, 16, 1024),
+                                       smem_desc_sw128(sV + ks * 32, 16, 1024), ks == 0);
+      wgmma_commit();
+
+      // This thread's two rows: statistics and key range (an inactive row sees no key).
+      const float* stat = reinterpret_cast<const float*>(smem_raw + (sStat + st * kStat - smem_addr(smem_raw)));
+      float lse2[2], delta[2];
+      int klo[2], khi[2];
+#pragma unroll
+      for (int hr = 0; hr < 2; ++hr) {
+        const int r = cw * 64 + warp * 16 + g + 8 * hr;
+        lse2[hr] = stat[r];
+        delta[hr] = stat[kBlockM + r];
+        const bool active = m0 + r <= last_row;
+        const int64_t qpos = rows.pos(mk, min(m0 + r, last_row));
+        klo[hr] = active ? Mask::key_lo(mk, qpos) : 0;
+        khi[hr] = active ? Mask::key_hi(mk, qpos) : 0;
+      }
+      const bool full_tile = Mask::key_lo(mk, rows.pos(mk, last_row)) <= n0 &&
+                             Mask::key_hi(mk, rows.pos(mk, m0)) >= n0 + kBlockN && last_row == m0 + kBlockM - 1;
+
+      wgmma_wait<1>();
+      hopper_detail::fence_regs(s);
+      uint64_t vis = 0;  // a bit per element of s
+#pragma unroll
+      for (int j = 0; j < kBlockN / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int i = 4 * j + e, hr = e >> 1, key = n0 + 8 * j + 2 * t4 + (e & 1);
+          const bool v = full_tile || (key >= klo[hr] && key < khi[hr]);
+          s[i] = v ? fast_exp2(fmaf(s[i], p.scale_log2, -lse2[hr])) : 0.f;
+          vis |= static_cast<uint64_t>(v) << i;
+        }
+      // Both warpgroups' products of the previous step have read sP and sdS (each waited for its
+      // own before this step): only then may they be overwritten.
+      named_barrier_sync(2, 256);
+#pragma unroll
+      for (int j = 0; j < kBlockN / 8; ++j)
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr)
+          store_pair(sP, cw * 64 + warp * 16 + g + 8 * hr, j, s[4 * j + 2 * hr], s[4 * j + 2 * hr + 1]);
+      wgmma_wait<0>();
+      hopper_detail::fence_regs(dp);
+#pragma unroll
+      for (int j = 0; j < kBlockN / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int i = 4 * j + e;
+          s[i] = (vis >> i) & 1u ? s[i] * (dp[i] - delta[e >> 1]) : 0.f;
+        }
+#pragma unroll
+      for (int j = 0; j < kBlockN / 8; ++j)
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr)
+          store_pair(sdS, cw * 64 + warp * 16 + g + 8 * hr, j, s[4 * j + 2 * hr], s[4 * j + 2 * hr + 1]);
+      fence_proxy_async();          // the stores, before the tensor cores read them
+      named_barrier_sync(2, 256);  // and both warpgroups' rows are there
+
+      // dV^T += dO^T P and dK^T += Q^T dS over the 128 queries (k16 steps of 16 rows).
+      hopper_detail::fence_regs(dvt);
+      hopper_detail::fence_regs(dkt);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kBlockM / 16; ++kk)
+        wgmma_m64n64k16_ss_tt(dvt, smem_desc_sw128(sdOs + kk * 16 * 128, kBlockM * 128, 1024),
+                              smem_desc_sw128(sP + cw * kSubP + kk * 16 * 128, kBlockM * 128, 1024));
+#pragma unroll
+      for (int kk = 0; kk < kBlockM / 16; ++kk)
+        wgmma_m64n64k16_ss_tt(dkt, smem_desc_sw128(sQs + kk * 16 * 128, kBlockM * 128, 1024),
+                              smem_desc_sw128(sdS + cw * kSubP + kk * 16 * 128, kBlockM * 128, 1024));
+      wgmma_commit();
+      wgmma_wait<0>();
+      hopper_detail::fence_regs(dvt);
+      hopper_detail::fence_regs(dkt);
+      release(q_empty(st));
+    }
+
+    // Epilogue: dvt[4 j + 2 hr + e] is dV[key 64 cw + 8 j + 2 t4 + e][d = 16 warp + g + 8 hr].
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int kr = n0 + cw * 64 + 8 * j + 2 * t4 + e;
+        if (kr >= p.Tk) continue;
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr) {
+          const int dcol = warp * 16 + g + 8 * hr, i = 4 * j + 2 * hr + e;
+          if (p.dkv_accum == nullptr) {
+            p.dk[static_cast<int64_t>(kr) * p.dk_row + static_cast<int64_t>(hk) * p.dk_head + dcol] =
+                __float2bfloat16_rn(dkt[i] * p.scale);
+            p.dv[static_cast<int64_t>(kr) * p.dv_row + static_cast<int64_t>(hk) * p.dv_head + dcol] =
+                __float2bfloat16_rn(dvt[i]);
+          } else {
+            const int64_t plane = static_cast<int64_t>(p.Tk) * p.Hkv * kD;
+            float* dkr = p.dkv_accum + blockIdx.z * 2 * plane + (static_cast<int64_t>(kr) * p.Hkv + hk) * kD + dcol;
+            dkr[0] = dkt[i] * p.scale;
+            dkr[plane] = dvt[i];
+          }
+        }
+      }
+  }
+#endif
+}
+
+}  // namespace rt::cuda::attn
