@@ -39,12 +39,138 @@ struct HopperBwdDkDvConfig {
   static constexpr int kKVBytes = kBlockN * kD * 2;  // K, and V
   static constexpr int kQBytes = kBlockM * kD * 2;   // one stage of Q, and of dO
   static constexpr int kStatBytes = 2 * kBlockM * 4;  // one stage of lse2 and Delta
+  static constexpr int kExtraBytes = 0;               // (the tall tile's P and dS)
   static constexpr int kBarBytes = (1 + 2 * kStages) * 8;
-  static constexpr int kSmemBytes = 1024 + 2 * kKVBytes + kStages * (2 * kQBytes + kStatBytes) + kBarBytes;
+  static constexpr int kSmemBytes =
+      1024 + 2 * kKVBytes + kStages * (2 * kQBytes + kStatBytes) + kExtraBytes + kBarBytes;
   static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
   static_assert(kD == 64 || kD == 128, "head dims 64 and 128");
   static_assert(kSmemBytes <= 227 * 1024, "shared memory");
 };
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// What the Hopper dK/dV kernels (this one and flash_bwd_dkdv_hopper_tall.cuh) share: the shared
+// memory plan, the work list of a CTA, its producer and the zeroing of inactive routed rows.
+namespace dkdv_detail {
+
+// K and V (kSub 64-column sub-tiles of kBlockN rows), kStages stages of Q and dO (kBlockM rows),
+// Cfg::kExtraBytes of the kernel's own, the stages' statistics (lse2 then Delta), the mbarriers.
+template <class Cfg>
+struct Smem {
+  uint32_t k, v, q, dout, extra, stat, bars;
+  __device__ __forceinline__ uint32_t q_stage(int st) const { return q + st * Cfg::kQBytes; }
+  __device__ __forceinline__ uint32_t dout_stage(int st) const { return dout + st * Cfg::kQBytes; }
+  __device__ __forceinline__ uint32_t stat_stage(int st) const { return stat + st * Cfg::kStatBytes; }
+  __device__ __forceinline__ uint32_t kv_full() const { return bars; }
+  __device__ __forceinline__ uint32_t q_full(int st) const { return bars + 8u * (1 + st); }
+  __device__ __forceinline__ uint32_t q_empty(int st) const { return bars + 8u * (1 + Cfg::kStages + st); }
+};
+template <class Cfg>
+__device__ __forceinline__ Smem<Cfg> smem_plan(const uint8_t* smem_raw) {
+  Smem<Cfg> m;
+  m.k = (smem_addr(smem_raw) + 1023u) & ~1023u;
+  m.v = m.k + Cfg::kKVBytes;
+  m.q = m.v + Cfg::kKVBytes;
+  m.dout = m.q + Cfg::kStages * Cfg::kQBytes;
+  m.extra = m.dout + Cfg::kStages * Cfg::kQBytes;
+  m.stat = m.extra + Cfg::kExtraBytes;
+  m.bars = m.stat + Cfg::kStages * Cfg::kStatBytes;
+  return m;
+}
+
+// A CTA's keys [n0, n1) of KV head hk, and its items: (query head, query tile) pairs, heads of its
+// split of the GQA group outer, the query tiles that see any of its keys inner.
+template <class Cfg, class Mask, class Rows>
+struct Work {
+  int n0, n1, hk, h_first, Tq, mb_first, m_steps, items;
+  Rows rows;
+  __device__ __forceinline__ int head(int it) const { return h_first + it / m_steps; }
+  __device__ __forceinline__ int m0(int it) const { return (mb_first + it % m_steps) * Cfg::kBlockM; }
+};
+template <class Cfg, class Mask, class Rows>
+__device__ __forceinline__ Work<Cfg, Mask, Rows> make_work(const BwdParams& p) {
+  Work<Cfg, Mask, Rows> w;
+  w.n0 = static_cast<int>(blockIdx.x) * Cfg::kBlockN;
+  w.hk = static_cast<int>(blockIdx.y);
+  w.n1 = min(w.n0 + Cfg::kBlockN, p.Tk);
+  w.h_first = w.hk * p.group + static_cast<int>(blockIdx.z) * p.heads_per_split;
+  const int h_end = min(w.h_first + p.heads_per_split, (w.hk + 1) * p.group);
+  w.rows = make_rows<Rows>(p.q_index, p.q_count);
+  w.Tq = w.rows.active(p.Tq);  // rows at or past it are inactive
+  int q_begin, q_end;
+  query_range<Mask>(p.mask, w.rows, w.Tq, w.n0, w.n1, q_begin, q_end);
+  w.mb_first = q_begin / Cfg::kBlockM;
+  w.m_steps = q_begin < q_end ? (q_end + Cfg::kBlockM - 1) / Cfg::kBlockM - w.mb_first : 0;
+  w.items = w.m_steps * max(h_end - w.h_first, 0);
+  return w;
+}
+
+// Thread 0: the mbarriers (then every thread must synchronize).
+template <class Cfg>
+__device__ __forceinline__ void init_barriers(const Smem<Cfg>& sm) {
+  if (threadIdx.x != 0) return;
+  sm90::mbar_init(sm.kv_full(), 1);
+  for (int st = 0; st < Cfg::kStages; ++st) {
+    sm90::mbar_init(sm.q_full(st), 1);
+    sm90::mbar_init(sm.q_empty(st), 4 * Cfg::kConsumers);  // one arrival per consumer warp
+  }
+  sm90::mbar_init_fence();
+}
+
+// The producer (one thread): K and V once, then per item Q, dO and the tile's statistics into
+// stage it % kStages. The statistics ride with the tile: read from global memory after the
+// products, their latency sat between S^T and P^T on every tile. [Hq][Tq_pad] rows, Tq_pad a
+// multiple of kHopperBwdStatRows, so both runs are aligned and in range.
+template <class Cfg, class W>
+__device__ __forceinline__ void produce(const BwdParams& p, const W& w, const Smem<Cfg>& sm, const CUtensorMap* tk,
+                                        const CUtensorMap* tv, const CUtensorMap* tq, const CUtensorMap* tdo) {
+  using namespace sm90;
+  constexpr int kSub = Cfg::kD / 64, kBlockM = Cfg::kBlockM, kBlockN = Cfg::kBlockN;
+  tma_prefetch_desc(tk);
+  tma_prefetch_desc(tv);
+  tma_prefetch_desc(tq);
+  tma_prefetch_desc(tdo);
+  mbar_arrive_expect_tx(sm.kv_full(), 2 * Cfg::kKVBytes);
+#pragma unroll
+  for (int j = 0; j < kSub; ++j) {
+    tma_load_3d(sm.k + j * kBlockN * 128, tk, sm.kv_full(), j * 64, w.hk, w.n0);
+    tma_load_3d(sm.v + j * kBlockN * 128, tv, sm.kv_full(), j * 64, w.hk, w.n0);
+  }
+  for (int it = 0; it < w.items; ++it) {
+    const int st = it % Cfg::kStages;
+    const uint32_t ph = (it / Cfg::kStages) & 1;
+    const int h = w.head(it), m0 = w.m0(it);
+    mbar_wait(sm.q_empty(st), ph ^ 1);
+    mbar_arrive_expect_tx(sm.q_full(st), 2 * Cfg::kQBytes + Cfg::kStatBytes);
+#pragma unroll
+    for (int j = 0; j < kSub; ++j) {
+      tma_load_3d(sm.q_stage(st) + j * kBlockM * 128, tq, sm.q_full(st), j * 64, h, m0);
+      tma_load_3d(sm.dout_stage(st) + j * kBlockM * 128, tdo, sm.q_full(st), j * 64, h, m0);
+    }
+    const int64_t stat = static_cast<int64_t>(h) * p.Tq_pad + m0;
+    bulk_load(sm.stat_stage(st), p.lse2 + stat, kBlockM * 4, sm.q_full(st));
+    bulk_load(sm.stat_stage(st) + kBlockM * 4, p.delta + stat, kBlockM * 4, sm.q_full(st));
+  }
+}
+
+// Routed rows past the active count hold anything: the last tile's are zeroed in shared memory
+// before use (0 * NaN would otherwise reach dV), by both consumer warpgroups (tid in [0, 256)),
+// then a barrier.
+template <class Cfg>
+__device__ __forceinline__ void zero_inactive_rows(uint32_t sQs, uint32_t sdOs, int first_dead, int tid) {
+  constexpr int kSub = Cfg::kD / 64, kBlockM = Cfg::kBlockM;
+  for (int idx = tid; idx < (kBlockM - first_dead) * kSub * 8; idx += 256) {
+    const int r = first_dead + idx / (kSub * 8), j = (idx / 8) % kSub, c = idx % 8;
+    const uint32_t off = j * kBlockM * 128 + r * 128 + c * 16;
+    asm volatile("st.shared.v4.b32 [%0], {%1, %1, %1, %1};\n" ::"r"(sQs + off), "r"(0u) : "memory");
+    asm volatile("st.shared.v4.b32 [%0], {%1, %1, %1, %1};\n" ::"r"(sdOs + off), "r"(0u) : "memory");
+  }
+  sm90::fence_proxy_async();
+  sm90::named_barrier_sync(1, 256);
+}
+
+}  // namespace dkdv_detail
+#endif
 
 // Grid: (key blocks, KV heads, group splits), as flash_bwd_kernel's.
 template <class Cfg, class Mask, class Rows>
@@ -55,78 +181,23 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using namespace sm90;
   constexpr int kD = Cfg::kD, kBlockM = Cfg::kBlockM, kBlockN = Cfg::kBlockN, kStages = Cfg::kStages;
-  constexpr int kSub = Cfg::kSubTiles, kKV = Cfg::kKVBytes, kQ = Cfg::kQBytes;
   constexpr int kMT = kBlockM / 8;  // n8 blocks of queries in S^T
 
   extern __shared__ uint8_t smem_raw[];
-  const uint32_t sK = (smem_addr(smem_raw) + 1023u) & ~1023u;
-  const uint32_t sV = sK + kKV;
-  const uint32_t sQ = sV + kKV;          // stage st at sQ + st * kQ
-  const uint32_t sdO = sQ + kStages * kQ;
-  const uint32_t sStat = sdO + kStages * kQ;  // stage st: lse2 at sStat + st * kStatBytes, then Delta
-  const uint32_t bars = sStat + kStages * Cfg::kStatBytes;
-  const uint32_t kv_full = bars;
-  auto q_full = [&](int st) { return bars + 8u * (1 + st); };
-  auto q_empty = [&](int st) { return bars + 8u * (1 + kStages + st); };
-
-  const int n0 = static_cast<int>(blockIdx.x) * kBlockN, hk = static_cast<int>(blockIdx.y);
-  const int n1 = min(n0 + kBlockN, p.Tk);
-  const int h_first = hk * p.group + static_cast<int>(blockIdx.z) * p.heads_per_split;
-  const int h_end = min(h_first + p.heads_per_split, (hk + 1) * p.group);
+  const dkdv_detail::Smem<Cfg> sm = dkdv_detail::smem_plan<Cfg>(smem_raw);
+  const uint32_t sK = sm.k, sV = sm.v;
+  const dkdv_detail::Work<Cfg, Mask, Rows> w = dkdv_detail::make_work<Cfg, Mask, Rows>(p);
+  const int n0 = w.n0, hk = w.hk, Tq = w.Tq, items = w.items;
   const MaskParams& mk = p.mask;
-  const Rows rows = make_rows<Rows>(p.q_index, p.q_count);
-  const int Tq = rows.active(p.Tq);  // rows at or past it are inactive
-  int q_begin, q_end;
-  query_range<Mask>(mk, rows, Tq, n0, n1, q_begin, q_end);
-  const int mb_first = q_begin / kBlockM;
-  const int m_steps = q_begin < q_end ? (q_end + kBlockM - 1) / kBlockM - mb_first : 0;
-  const int items = m_steps * max(h_end - h_first, 0);
-  auto item_head = [&](int it) { return h_first + it / m_steps; };
-  auto item_m0 = [&](int it) { return (mb_first + it % m_steps) * kBlockM; };
+  const Rows& rows = w.rows;
 
-  if (threadIdx.x == 0) {
-    mbar_init(kv_full, 1);
-    for (int st = 0; st < kStages; ++st) {
-      mbar_init(q_full(st), 1);
-      mbar_init(q_empty(st), 4 * Cfg::kConsumers);
-    }
-    mbar_init_fence();
-  }
+  dkdv_detail::init_barriers(sm);
   __syncthreads();
 
   const int wg = threadIdx.x / 128;
   if (wg == 0) {
     setmaxnreg_dec<Cfg::kProducerRegs>();
-    if (threadIdx.x == 0 && items > 0) {
-      tma_prefetch_desc(&tmap_k);
-      tma_prefetch_desc(&tmap_v);
-      tma_prefetch_desc(&tmap_q);
-      tma_prefetch_desc(&tmap_do);
-      mbar_arrive_expect_tx(kv_full, 2 * kKV);
-#pragma unroll
-      for (int j = 0; j < kSub; ++j) {
-        tma_load_3d(sK + j * kBlockN * 128, &tmap_k, kv_full, j * 64, hk, n0);
-        tma_load_3d(sV + j * kBlockN * 128, &tmap_v, kv_full, j * 64, hk, n0);
-      }
-      for (int it = 0; it < items; ++it) {
-        const int st = it % kStages;
-        const uint32_t ph = (it / kStages) & 1;
-        const int h = item_head(it), m0 = item_m0(it);
-        mbar_wait(q_empty(st), ph ^ 1);
-        mbar_arrive_expect_tx(q_full(st), 2 * kQ + Cfg::kStatBytes);
-#pragma unroll
-        for (int j = 0; j < kSub; ++j) {
-          tma_load_3d(sQ + st * kQ + j * kBlockM * 128, &tmap_q, q_full(st), j * 64, h, m0);
-          tma_load_3d(sdO + st * kQ + j * kBlockM * 128, &tmap_do, q_full(st), j * 64, h, m0);
-        }
-        // The tile's statistics ride with it: read from global memory after the products, their
-        // latency sat between S^T and P^T on every tile. [Hq][Tq_pad] rows, Tq_pad a multiple of
-        // kBlockM, so both 256-byte runs are aligned and in range.
-        const int64_t stat = static_cast<int64_t>(h) * p.Tq_pad + m0;
-        bulk_load(sStat + st * Cfg::kStatBytes, p.lse2 + stat, kBlockM * 4, q_full(st));
-        bulk_load(sStat + st * Cfg::kStatBytes + kBlockM * 4, p.delta + stat, kBlockM * 4, q_full(st));
-      }
-    }
+    if (threadIdx.x == 0 && items > 0) dkdv_detail::produce(p, w, sm, &tmap_k, &tmap_v, &tmap_q, &tmap_do);
   } else {
     setmaxnreg_inc<Cfg::kConsumerRegs>();
     const int cw = wg - 1;
@@ -151,26 +222,15 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       if (lane == 0) mbar_arrive(bar);
     };
 
-    if (items > 0) mbar_wait(kv_full, 0);
+    if (items > 0) mbar_wait(sm.kv_full(), 0);
     for (int it = 0; it < items; ++it) {
       const int st = it % kStages;
       const uint32_t ph = (it / kStages) & 1;
-      const int h = item_head(it), m0 = item_m0(it);
+      const int h = w.head(it), m0 = w.m0(it);
       const int last_row = min(m0 + kBlockM, Tq) - 1;
-      const uint32_t sQs = sQ + st * kQ, sdOs = sdO + st * kQ;
-      mbar_wait(q_full(st), ph);
-      if (Rows::routed && m0 + kBlockM > Tq) {
-        // Inactive compact rows of the last tile: zeros (both warpgroups, then a barrier).
-        const int first_dead = Tq - m0;
-        for (int idx = ctid + 128 * cw; idx < (kBlockM - first_dead) * kSub * 8; idx += 256) {
-          const int r = first_dead + idx / (kSub * 8), j = (idx / 8) % kSub, c = idx % 8;
-          const uint32_t off = j * kBlockM * 128 + r * 128 + c * 16;
-          asm volatile("st.shared.v4.b32 [%0], {%1, %1, %1, %1};\n" ::"r"(sQs + off), "r"(0u) : "memory");
-          asm volatile("st.shared.v4.b32 [%0], {%1, %1, %1, %1};\n" ::"r"(sdOs + off), "r"(0u) : "memory");
-        }
-        fence_proxy_async();
-        named_barrier_sync(1, 256);
-      }
+      const uint32_t sQs = sm.q_stage(st), sdOs = sm.dout_stage(st);
+      mbar_wait(sm.q_full(st), ph);
+      if (Rows::routed && m0 + kBlockM > Tq) dkdv_detail::zero_inactive_rows<Cfg>(sQs, sdOs, Tq - m0, ctid + 128 * cw);
 
       // S^T = K Q^T and dP^T = V dO^T (this warpgroup's 64 keys x kBlockM queries), one group.
       hopper_detail::fence_regs(s);
@@ -199,8 +259,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       // its query's key range and for inactive queries (a NaN in an unseen dO or V stays out).
       const bool full_tile = Mask::key_lo(mk, rows.pos(mk, last_row)) <= nw0 &&
                              Mask::key_hi(mk, rows.pos(mk, m0)) >= nw0 + 64;
-      const float* lse2 =
-          reinterpret_cast<const float*>(smem_raw + (sStat + st * Cfg::kStatBytes - smem_addr(smem_raw)));
+      const float* lse2 = reinterpret_cast<const float*>(smem_raw + (sm.stat_stage(st) - smem_addr(smem_raw)));
       const float* delta = lse2 + kBlockM;
       auto visible = [&](int hr, int col) {
         bool v = m0 + col <= last_row;
@@ -269,7 +328,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       hopper_detail::fence_regs(dv);
       hopper_detail::fence_regs(pa);
       hopper_detail::fence_regs(dsa);
-      release(q_empty(st));
+      release(sm.q_empty(st));
     }
 
     // Epilogue (dk[4 dt + 2 hr + e]: key row hr, column dt * 8 + 2 t4 + e), as flash_bwd_kernel's.

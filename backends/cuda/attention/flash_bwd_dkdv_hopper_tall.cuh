@@ -34,9 +34,10 @@ struct HopperBwdDkDvTallConfig {
   static constexpr int kQBytes = kBlockM * kD * 2;      // one stage of Q, and of dO
   static constexpr int kStatBytes = 2 * kBlockM * 4;    // one stage of lse2 and Delta
   static constexpr int kPBytes = kBlockM * kBlockN * 2;  // P, and dS: [2 sub-tiles][128 queries][64 keys]
+  static constexpr int kExtraBytes = 2 * kPBytes;
   static constexpr int kBarBytes = (1 + 2 * kStages) * 8;
   static constexpr int kSmemBytes =
-      1024 + 2 * kKVBytes + kStages * (2 * kQBytes + kStatBytes) + 2 * kPBytes + kBarBytes;
+      1024 + 2 * kKVBytes + kStages * (2 * kQBytes + kStatBytes) + kExtraBytes + kBarBytes;
   static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
   static_assert(kSmemBytes <= 227 * 1024, "shared memory");
 };
@@ -51,70 +52,25 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using namespace sm90;
   constexpr int kD = Cfg::kD, kBlockM = Cfg::kBlockM, kBlockN = Cfg::kBlockN, kStages = Cfg::kStages;
-  constexpr int kKV = Cfg::kKVBytes, kQ = Cfg::kQBytes, kStat = Cfg::kStatBytes, kSubP = Cfg::kPBytes / 2;
+  constexpr int kSubP = Cfg::kPBytes / 2;
 
   extern __shared__ uint8_t smem_raw[];
-  const uint32_t sK = (smem_addr(smem_raw) + 1023u) & ~1023u;
-  const uint32_t sV = sK + kKV;
-  const uint32_t sQ = sV + kKV;  // stage st at sQ + st * kQ
-  const uint32_t sdO = sQ + kStages * kQ;
-  const uint32_t sP = sdO + kStages * kQ;  // sub-tile c (keys 64c..64c+63) at sP + c * kSubP
+  const dkdv_detail::Smem<Cfg> sm = dkdv_detail::smem_plan<Cfg>(smem_raw);
+  const uint32_t sK = sm.k, sV = sm.v;
+  const uint32_t sP = sm.extra;  // sub-tile c (keys 64c..64c+63) at sP + c * kSubP
   const uint32_t sdS = sP + Cfg::kPBytes;
-  const uint32_t sStat = sdS + Cfg::kPBytes;  // stage st: lse2 at sStat + st * kStat, then Delta
-  const uint32_t bars = sStat + kStages * kStat;
-  const uint32_t kv_full = bars;
-  auto q_full = [&](int st) { return bars + 8u * (1 + st); };
-  auto q_empty = [&](int st) { return bars + 8u * (1 + kStages + st); };
-
-  const int n0 = static_cast<int>(blockIdx.x) * kBlockN, hk = static_cast<int>(blockIdx.y);
-  const int n1 = min(n0 + kBlockN, p.Tk);
-  const int h_first = hk * p.group + static_cast<int>(blockIdx.z) * p.heads_per_split;
-  const int h_end = min(h_first + p.heads_per_split, (hk + 1) * p.group);
+  const dkdv_detail::Work<Cfg, Mask, Rows> w = dkdv_detail::make_work<Cfg, Mask, Rows>(p);
+  const int n0 = w.n0, hk = w.hk, Tq = w.Tq, items = w.items;
   const MaskParams& mk = p.mask;
-  const Rows rows = make_rows<Rows>(p.q_index, p.q_count);
-  const int Tq = rows.active(p.Tq);
-  int q_begin, q_end;
-  query_range<Mask>(mk, rows, Tq, n0, n1, q_begin, q_end);
-  const int mb_first = q_begin / kBlockM;
-  const int m_steps = q_begin < q_end ? (q_end + kBlockM - 1) / kBlockM - mb_first : 0;
-  const int items = m_steps * max(h_end - h_first, 0);
-  auto item_head = [&](int it) { return h_first + it / m_steps; };
-  auto item_m0 = [&](int it) { return (mb_first + it % m_steps) * kBlockM; };
+  const Rows& rows = w.rows;
 
-  if (threadIdx.x == 0) {
-    mbar_init(kv_full, 1);
-    for (int st = 0; st < kStages; ++st) {
-      mbar_init(q_full(st), 1);
-      mbar_init(q_empty(st), 4 * Cfg::kConsumers);
-    }
-    mbar_init_fence();
-  }
+  dkdv_detail::init_barriers(sm);
   __syncthreads();
 
   const int wg = threadIdx.x / 128;
   if (wg == 0) {
     setmaxnreg_dec<Cfg::kProducerRegs>();
-    if (threadIdx.x == 0 && items > 0) {
-      tma_prefetch_desc(&tmap_k);
-      tma_prefetch_desc(&tmap_v);
-      tma_prefetch_desc(&tmap_q);
-      tma_prefetch_desc(&tmap_do);
-      mbar_arrive_expect_tx(kv_full, 2 * kKV);
-      tma_load_3d(sK, &tmap_k, kv_full, 0, hk, n0);
-      tma_load_3d(sV, &tmap_v, kv_full, 0, hk, n0);
-      for (int it = 0; it < items; ++it) {
-        const int st = it % kStages;
-        const uint32_t ph = (it / kStages) & 1;
-        const int h = item_head(it), m0 = item_m0(it);
-        mbar_wait(q_empty(st), ph ^ 1);
-        mbar_arrive_expect_tx(q_full(st), 2 * kQ + kStat);
-        tma_load_3d(sQ + st * kQ, &tmap_q, q_full(st), 0, h, m0);
-        tma_load_3d(sdO + st * kQ, &tmap_do, q_full(st), 0, h, m0);
-        const int64_t stat = static_cast<int64_t>(h) * p.Tq_pad + m0;  // Tq_pad: a multiple of 128
-        bulk_load(sStat + st * kStat, p.lse2 + stat, kBlockM * 4, q_full(st));
-        bulk_load(sStat + st * kStat + kBlockM * 4, p.delta + stat, kBlockM * 4, q_full(st));
-      }
-    }
+    if (threadIdx.x == 0 && items > 0) dkdv_detail::produce(p, w, sm, &tmap_k, &tmap_v, &tmap_q, &tmap_do);
   } else {
     setmaxnreg_inc<Cfg::kConsumerRegs>();
     const int cw = wg - 1;
@@ -137,25 +93,16 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(base + off), "r"(pack_bf16(lo, hi)) : "memory");
     };
 
-    if (items > 0) mbar_wait(kv_full, 0);
+    if (items > 0) mbar_wait(sm.kv_full(), 0);
     for (int it = 0; it < items; ++it) {
       const int st = it % kStages;
       const uint32_t ph = (it / kStages) & 1;
-      const int h = item_head(it), m0 = item_m0(it);
+      const int m0 = w.m0(it);
       const int last_row = min(m0 + kBlockM, Tq) - 1;
-      const uint32_t sQs = sQ + st * kQ, sdOs = sdO + st * kQ;
-      mbar_wait(q_full(st), ph);
-      if (Rows::routed && m0 + kBlockM > Tq) {
-        // Inactive compact rows of the last tile: zeros, since dO^T P and Q^T dS read every row.
-        const int first_dead = Tq - m0;
-        for (int idx = ctid + 128 * cw; idx < (kBlockM - first_dead) * 8; idx += 256) {
-          const uint32_t off = (first_dead + idx / 8) * 128 + (idx % 8) * 16;
-          asm volatile("st.shared.v4.b32 [%0], {%1, %1, %1, %1};\n" ::"r"(sQs + off), "r"(0u) : "memory");
-          asm volatile("st.shared.v4.b32 [%0], {%1, %1, %1, %1};\n" ::"r"(sdOs + off), "r"(0u) : "memory");
-        }
-        fence_proxy_async();
-        named_barrier_sync(1, 256);
-      }
+      const uint32_t sQs = sm.q_stage(st), sdOs = sm.dout_stage(st);
+      mbar_wait(sm.q_full(st), ph);
+      // dO^T P and Q^T dS read every row: inactive routed rows must be zeros.
+      if (Rows::routed && m0 + kBlockM > Tq) dkdv_detail::zero_inactive_rows<Cfg>(sQs, sdOs, Tq - m0, ctid + 128 * cw);
 
       // S = Q K^T, then dP = dO V^T (this warpgroup's 64 rows x 128 keys), two commit groups.
       hopper_detail::fence_regs(s);
@@ -173,7 +120,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       wgmma_commit();
 
       // This thread's two rows: statistics and key range (an inactive row sees no key).
-      const float* stat = reinterpret_cast<const float*>(smem_raw + (sStat + st * kStat - smem_addr(smem_raw)));
+      const float* stat = reinterpret_cast<const float*>(smem_raw + (sm.stat_stage(st) - smem_addr(smem_raw)));
       float lse2[2], delta[2];
       int klo[2], khi[2];
 #pragma unroll
@@ -242,7 +189,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       wgmma_wait<0>();
       hopper_detail::fence_regs(dvt);
       hopper_detail::fence_regs(dkt);
-      release(q_empty(st));
+      release(sm.q_empty(st));
     }
 
     // Epilogue: dvt[4 j + 2 hr + e] is dV[key 64 cw + 8 j + 2 t4 + e][d = 16 warp + g + 8 hr].
