@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # On the GPU machine (device tool), after `source tools/device/unpack.sh`: the CUDA tests of the
 # routed kernels, l2a_fused and the kernels they share, then the benchmarks. Logs and JSON to $OUT.
-#   bash tools/device/l2a_gpu_check.sh fwdpaths variants bwdpaths tests nccl kernels kernels15 model decode \
-#        prune eval train memory fit trace anchors bundle
+#   bash tools/device/l2a_gpu_check.sh fwdpaths variants decodeprof bwdprof bwdtall bwdpaths tests nccl kernels \
+#        kernels15 model decode prune eval train memory fit trace anchors bundle
 # (any subset, in that order; `bundle` last packs $OUT into results.tgz, as the device tool brings
 # back 8 files). SEQS overrides the kernel sequence lengths, ANCHOR_SEQS the anchors'. `fwdpaths` runs the
 # forward-kernel tests under each forward path (RT_ATTN_FWD=wgmma: the Hopper kernel; mma: the
 # mma.sync kernel of sm_89; FWD_PATHS picks), a compute-sanitizer pass, and times both paths against cuDNN.
-# `bwdpaths` does the same for the deterministic backward (RT_ATTN_BWD=wgmma: the Hopper dK/dV and dQ kernels).
+# `bwdpaths` does the same for the deterministic backward (RT_ATTN_BWD=wgmma: the Hopper dK/dV and dQ kernels),
+# `bwdtall` for the opt-in 128 x 128 dK/dV tile at head dim 64 (RT_ATTN_HOPPER_BWD_TALL=1). `bwdprof` and
+# `decodeprof` profile the backward kernels (ncu) and a decode step (CUPTI trace of graph replays).
 # TEST_TIMEOUT bounds each test binary (default 300 s).
 set -uo pipefail
 out=${OUT:-/tmp/out}
