@@ -106,6 +106,11 @@ for step in "$@"; do
       RT_ATTN_BWD=wgmma RT_ATTN_HOPPER_BWD_TALL=$tall timeout 200 build/bin/bench_attention_bwd \
         --seqs ${SEQS:-16384,32768} --window 2048 --json "$out/bwd_tall$tall.json" > "$out/bwd_tall$tall.txt" 2>&1
       echo "== RT_ATTN_HOPPER_BWD_TALL=$tall"; head -9 "$out/bwd_tall$tall.txt"
+      # L2A attention at 80% (routed causal rows take the tall tile, the window keeps the default)
+      RT_ATTN_BWD=wgmma RT_ATTN_HOPPER_BWD_TALL=$tall timeout 150 build/bin/runtime profile --attention swa \
+        --model qwen2.5-0.5b --init random --window 2048 --seq 32768,65536 --sparsity 0.8 --device cuda \
+        --kernels-only --repeats 3 --json "$out/l2a_tall$tall.json" > "$out/l2a_tall$tall.txt" 2>&1
+      grep -A4 "^L2A attention" "$out/l2a_tall$tall.txt"
     done | tee -a "$out/bwdtall.txt"
     ;;
   bwdpaths)  # the deterministic backward: Hopper kernels (RT_ATTN_BWD=wgmma) against mma.sync
