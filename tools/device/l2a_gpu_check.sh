@@ -2,7 +2,7 @@
 # On the GPU machine (device tool), after `source tools/device/unpack.sh`: the CUDA tests of the
 # routed kernels, l2a_fused and the kernels they share, then the benchmarks. Logs and JSON to $OUT.
 #   bash tools/device/l2a_gpu_check.sh fwdpaths variants decodeprof bwdprof bwdtall bwdpaths tests nccl kernels \
-#        kernels15 model decode prune eval train memory fit trace anchors bundle
+#        kernels15 model decode prune eval evalall train memory fit trace anchors bundle
 # (any subset, in that order; `bundle` last packs $OUT into results.tgz, as the device tool brings
 # back 8 files). SEQS overrides the kernel sequence lengths, ANCHOR_SEQS the anchors'. `fwdpaths` runs the
 # forward-kernel tests under each forward path (RT_ATTN_FWD=wgmma: the Hopper kernel; mma: the
@@ -203,6 +203,17 @@ for step in "$@"; do
       --json "$out/eval_hellaswag.json" 2>&1 | tee "$out/eval_hellaswag.log" | tail -8
     timeout 200 python3 tools/bench_eval.py --items 1000 --device cuda --batch-tokens 1,8192 --share-prefix on,off \
       --json "$out/eval_packing.json" 2>&1 | tee "$out/eval_packing.log" | tail -8
+    ;;
+  evalall)  # issue 12's "done means": every task on every backend at 0.5B shapes, l2a_fused included (random
+            # weights: the scores are chance level; the run, its files and its timings are what this checks)
+    d=tests/fixtures/eval/data
+    timeout 540 build/bin/runtime eval --model qwen2.5-0.5b --init random --device cuda \
+      --attention full_causal,swa,l2a_dense,l2a_fused --window 2048 --tokenizer .carry/tokenizer \
+      --tasks ppl,wikitext,hellaswag,piqa,arc_challenge,niah --data ppl=$d/ppl.txt --data wikitext=$d/wikitext.jsonl \
+      --data hellaswag=$d/hellaswag.jsonl --data piqa=$d/piqa.jsonl --data arc_challenge=$d/arc_challenge.jsonl \
+      --data niah=.carry/data/wikitext-2-test.txt --niah-lengths 1024,4096,16384,32768 --niah-samples 2 \
+      --seq 4096 --output "$out/evalall" > "$out/evalall.txt" 2>&1
+    echo "runtime eval (all tasks, 4 backends) rc=$?"; tail -8 "$out/evalall.txt"
     ;;
   train)
     timeout 300 python3 tools/bench_train.py --seq 16384,32768 --steps 3 \

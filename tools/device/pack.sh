@@ -22,4 +22,7 @@ rm -rf .carry/stage
 # The Qwen2.5 tokenizer for the GPU machine's eval benchmarks (tools/bench_eval.py finds it there).
 shared_tok="${RT_SHARED_DATA_DIR:-../shared/data}/qwen2.5-tokenizer"
 if [ -f "$shared_tok/tokenizer.json" ]; then mkdir -p .carry/tokenizer && cp "$shared_tok"/tokenizer*.json .carry/tokenizer/; fi
+# WikiText-2's test text: the needle-in-a-haystack haystack of the GPU eval step.
+shared_wiki="${RT_SHARED_DATA_DIR:-../shared/data}/wikitext-2/test.txt"
+if [ -f "$shared_wiki" ]; then mkdir -p .carry/data && cp "$shared_wiki" .carry/data/wikitext-2-test.txt; fi
 du -h .carry/gpu.tar.xz
