@@ -11,9 +11,11 @@
 //   P    = exp2(S scale log2e - lse2[row]), 0 outside the row's key range and for inactive rows
 //   dS   = P (dP - Delta[row])
 //   P and dS go to shared memory (bf16, [query][key], two 64-key sub-tiles), both warpgroups'
-//   rows, then:
+//   rows (a barrier each), and:
 //   dV^T += dO^T P        warpgroup w: D x its 64 keys, over all 128 queries (both operands
-//   dK^T += Q^T dS        transposed from shared memory)
+//                         transposed from shared memory), issued once P is there: it runs while
+//                         dS is computed
+//   dK^T += Q^T dS        likewise, once dS is there
 // The row statistics are two per thread (its two rows), from the stage's bulk copy. dK^T and dV^T
 // stay in registers over the loop and are written once (bf16, or the split's fp32 partial), so the
 // result is deterministic like the other dK/dV kernels.
@@ -156,7 +158,18 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
 #pragma unroll
         for (int hr = 0; hr < 2; ++hr)
           store_pair(sP, cw * 64 + warp * 16 + g + 8 * hr, j, s[4 * j + 2 * hr], s[4 * j + 2 * hr + 1]);
-      wgmma_wait<0>();
+      fence_proxy_async();         // the stores, before the tensor cores read them,
+      named_barrier_sync(2, 256);  // and both warpgroups' rows of P are there
+
+      // dV^T += dO^T P over the 128 queries (k16 steps of 16 rows), running while dS is computed.
+      hopper_detail::fence_regs(dvt);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kBlockM / 16; ++kk)
+        wgmma_m64n64k16_ss_tt(dvt, smem_desc_sw128(sdOs + kk * 16 * 128, kBlockM * 128, 1024),
+                              smem_desc_sw128(sP + cw * kSubP + kk * 16 * 128, kBlockM * 128, 1024));
+      wgmma_commit();
+      wgmma_wait<1>();  // dP (dV^T may still run)
       hopper_detail::fence_regs(dp);
 #pragma unroll
       for (int j = 0; j < kBlockN / 8; ++j)
@@ -170,17 +183,12 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
 #pragma unroll
         for (int hr = 0; hr < 2; ++hr)
           store_pair(sdS, cw * 64 + warp * 16 + g + 8 * hr, j, s[4 * j + 2 * hr], s[4 * j + 2 * hr + 1]);
-      fence_proxy_async();          // the stores, before the tensor cores read them
-      named_barrier_sync(2, 256);  // and both warpgroups' rows are there
+      fence_proxy_async();
+      named_barrier_sync(2, 256);
 
-      // dV^T += dO^T P and dK^T += Q^T dS over the 128 queries (k16 steps of 16 rows).
-      hopper_detail::fence_regs(dvt);
+      // dK^T += Q^T dS.
       hopper_detail::fence_regs(dkt);
       wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < kBlockM / 16; ++kk)
-        wgmma_m64n64k16_ss_tt(dvt, smem_desc_sw128(sdOs + kk * 16 * 128, kBlockM * 128, 1024),
-                              smem_desc_sw128(sP + cw * kSubP + kk * 16 * 128, kBlockM * 128, 1024));
 #pragma unroll
       for (int kk = 0; kk < kBlockM / 16; ++kk)
         wgmma_m64n64k16_ss_tt(dkt, smem_desc_sw128(sQs + kk * 16 * 128, kBlockM * 128, 1024),
