@@ -94,6 +94,28 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       const uint32_t off = (j >> 3) * kSubP + row * 128 + ((((j & 7) ^ (row & 7))) << 4) + 4 * t4;
       asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(base + off), "r"(pack_bf16(lo, hi)) : "memory");
     };
+    // This warpgroup's rows of s (P or dS) into base, then the fence for the tensor cores and a
+    // barrier: both warpgroups' rows are there.
+    auto store_rows = [&](uint32_t base) {
+#pragma unroll
+      for (int j = 0; j < kBlockN / 8; ++j)
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr)
+          store_pair(base, cw * 64 + warp * 16 + g + 8 * hr, j, s[4 * j + 2 * hr], s[4 * j + 2 * hr + 1]);
+      fence_proxy_async();
+      named_barrier_sync(2, 256);
+    };
+    // acc^T += A^T B over the 128 queries (k16 steps of 16 rows): A (dO or Q) [queries][D], B (P or
+    // dS) this warpgroup's 64-key sub-tile, both read transposed; one commit group.
+    auto issue_transposed = [&](float (&acc)[kD / 2], uint32_t a, uint32_t b) {
+      hopper_detail::fence_regs(acc);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kBlockM / 16; ++kk)
+        wgmma_m64n64k16_ss_tt(acc, smem_desc_sw128(a + kk * 16 * 128, kBlockM * 128, 1024),
+                              smem_desc_sw128(b + cw * kSubP + kk * 16 * 128, kBlockM * 128, 1024));
+      wgmma_commit();
+    };
 
     if (items > 0) mbar_wait(sm.kv_full(), 0);
     for (int it = 0; it < items; ++it) {
@@ -153,23 +175,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       // Both warpgroups' products of the previous step have read sP and sdS (each waited for its
       // own before this step): only then may they be overwritten.
       named_barrier_sync(2, 256);
-#pragma unroll
-      for (int j = 0; j < kBlockN / 8; ++j)
-#pragma unroll
-        for (int hr = 0; hr < 2; ++hr)
-          store_pair(sP, cw * 64 + warp * 16 + g + 8 * hr, j, s[4 * j + 2 * hr], s[4 * j + 2 * hr + 1]);
-      fence_proxy_async();         // the stores, before the tensor cores read them,
-      named_barrier_sync(2, 256);  // and both warpgroups' rows of P are there
-
-      // dV^T += dO^T P over the 128 queries (k16 steps of 16 rows), running while dS is computed.
-      hopper_detail::fence_regs(dvt);
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < kBlockM / 16; ++kk)
-        wgmma_m64n64k16_ss_tt(dvt, smem_desc_sw128(sdOs + kk * 16 * 128, kBlockM * 128, 1024),
-                              smem_desc_sw128(sP + cw * kSubP + kk * 16 * 128, kBlockM * 128, 1024));
-      wgmma_commit();
-      wgmma_wait<1>();  // dP (dV^T may still run)
+      store_rows(sP);
+      issue_transposed(dvt, sdOs, sP);  // dV^T += dO^T P, running while dS is computed
+      wgmma_wait<1>();                  // dP (dV^T may still run)
       hopper_detail::fence_regs(dp);
 #pragma unroll
       for (int j = 0; j < kBlockN / 8; ++j)
@@ -178,22 +186,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
           const int i = 4 * j + e;
           s[i] = (vis >> i) & 1u ? s[i] * (dp[i] - delta[e >> 1]) : 0.f;
         }
-#pragma unroll
-      for (int j = 0; j < kBlockN / 8; ++j)
-#pragma unroll
-        for (int hr = 0; hr < 2; ++hr)
-          store_pair(sdS, cw * 64 + warp * 16 + g + 8 * hr, j, s[4 * j + 2 * hr], s[4 * j + 2 * hr + 1]);
-      fence_proxy_async();
-      named_barrier_sync(2, 256);
-
-      // dK^T += Q^T dS.
-      hopper_detail::fence_regs(dkt);
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < kBlockM / 16; ++kk)
-        wgmma_m64n64k16_ss_tt(dkt, smem_desc_sw128(sQs + kk * 16 * 128, kBlockM * 128, 1024),
-                              smem_desc_sw128(sdS + cw * kSubP + kk * 16 * 128, kBlockM * 128, 1024));
-      wgmma_commit();
+      store_rows(sdS);
+      issue_transposed(dkt, sQs, sdS);  // dK^T += Q^T dS
       wgmma_wait<0>();
       hopper_detail::fence_regs(dvt);
       hopper_detail::fence_regs(dkt);
