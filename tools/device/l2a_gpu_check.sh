@@ -85,7 +85,7 @@ for step in "$@"; do
     ncu -i /tmp/bwdprof.ncu-rep --page source --print-source sass --csv > "$out/bwdprof_sass.csv" 2>&1
     grep -E "Duration|Issue Slots Busy|No Eligible|Warp Cycles Per Issued|Stall|stall" "$out/bwdprof.txt" | head -60
     ;;
-  bwdtall)  # the 128 x 128 dK/dV tile at head dim 64 (RT_ATTN_HOPPER_BWD_TALL=1, causal and full masks)
+  bwdtall)  # the 128 x 128 dK/dV tile at head dim 64 (RT_ATTN_HOPPER_BWD_TALL=1, every mask)
             # against the default 128 x 64 one: tests, compute-sanitizer (racecheck: P and dS go through
             # shared memory between the warpgroups), then both timed
     : > "$out/bwdtall.txt"
@@ -106,7 +106,7 @@ for step in "$@"; do
       RT_ATTN_BWD=wgmma RT_ATTN_HOPPER_BWD_TALL=$tall timeout 200 build/bin/bench_attention_bwd \
         --seqs ${SEQS:-16384,32768} --window 2048 --json "$out/bwd_tall$tall.json" > "$out/bwd_tall$tall.txt" 2>&1
       echo "== RT_ATTN_HOPPER_BWD_TALL=$tall"; head -9 "$out/bwd_tall$tall.txt"
-      # L2A attention at 80% (routed causal rows take the tall tile, the window keeps the default)
+      # L2A attention at 80% (the window and the routed causal rows both take the tall tile)
       RT_ATTN_BWD=wgmma RT_ATTN_HOPPER_BWD_TALL=$tall timeout 150 build/bin/runtime profile --attention swa \
         --model qwen2.5-0.5b --init random --window 2048 --seq 32768,65536 --sparsity 0.8 --device cuda \
         --kernels-only --repeats 3 --json "$out/l2a_tall$tall.json" > "$out/l2a_tall$tall.txt" 2>&1

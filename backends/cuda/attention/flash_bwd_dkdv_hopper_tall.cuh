@@ -16,7 +16,8 @@
 //                         transposed from shared memory), issued once P is there: it runs while
 //                         dS is computed
 //   dK^T += Q^T dS        likewise, once dS is there
-// The row statistics are two per thread (its two rows), from the stage's bulk copy. dK^T and dV^T
+// The row statistics and key ranges are two per thread (its two rows; the statistics from the
+// stage's bulk copy), so visibility is one range test per element, for every mask. dK^T and dV^T
 // stay in registers over the loop and are written once (bf16, or the split's fp32 partial), so the
 // result is deterministic like the other dK/dV kernels.
 #pragma once
@@ -157,8 +158,12 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
         klo[hr] = active ? Mask::key_lo(mk, qpos) : 0;
         khi[hr] = active ? Mask::key_hi(mk, qpos) : 0;
       }
-      const bool full_tile = Mask::key_lo(mk, rows.pos(mk, last_row)) <= n0 &&
-                             Mask::key_hi(mk, rows.pos(mk, m0)) >= n0 + kBlockN && last_row == m0 + kBlockM - 1;
+      // Keys relative to n0: one range test per element, the same for every mask and tile.
+#pragma unroll
+      for (int hr = 0; hr < 2; ++hr) {
+        klo[hr] -= n0;
+        khi[hr] -= n0;
+      }
 
       wgmma_wait<1>();
       hopper_detail::fence_regs(s);
@@ -167,8 +172,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       for (int j = 0; j < kBlockN / 8; ++j)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const int i = 4 * j + e, hr = e >> 1, key = n0 + 8 * j + 2 * t4 + (e & 1);
-          const bool v = full_tile || (key >= klo[hr] && key < khi[hr]);
+          const int i = 4 * j + e, hr = e >> 1, key = 8 * j + 2 * t4 + (e & 1);
+          const bool v = key >= klo[hr] && key < khi[hr];
           s[i] = v ? fast_exp2(fmaf(s[i], p.scale_log2, -lse2[hr])) : 0.f;
           vis |= static_cast<uint64_t>(v) << i;
         }

@@ -51,15 +51,11 @@ bool launch_dkdv(const attn::BwdParams& p, const TensorView& q, const TensorView
            " is too long for one launch of the Hopper dK/dV kernel");
   with_mask(spec, [&](auto mask) {
     using Mask = decltype(mask);
-    if constexpr (kTall && Mask::windowed) {
-      RT_CHECK(false, kOp, ": the 128-query dK/dV tile has no windowed masks");
-    } else {
     constexpr auto kernel = DkDvKernel<Cfg, Mask, Rows, kTall>::value;
     ensure_smem<kernel>(kOp, Cfg::kSmemBytes, "cudaFuncSetAttribute (Hopper flash backward dK/dV)");
     const dim3 grid(static_cast<unsigned>(n_blocks), static_cast<unsigned>(s.Hkv), static_cast<unsigned>(splits));
     kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p, tk, tv, tq, tdo);
     check_launch(kOp, "flash_bwd_dkdv_hopper_kernel");
-    }
   });
   return true;
 }
@@ -97,8 +93,7 @@ bool launch_flash_bwd_dkdv_hopper(int D, const attn::BwdParams& p, const TensorV
     return spec.routed() ? launch_dkdv<Cfg, attn::RoutedRows>(p, q, k, v, dout, spec, s, splits, stream)
                          : launch_dkdv<Cfg, attn::DenseRows>(p, q, k, v, dout, spec, s, splits, stream);
   };
-  // Windowed masks keep the 64-query tile: their per-row key ranges spill registers in this one.
-  if (D == 64 && spec.window == 0 && tall_tiles_setting()) {
+  if (D == 64 && tall_tiles_setting()) {
     using Tall = attn::HopperBwdDkDvTallConfig;
     return spec.routed() ? launch_dkdv<Tall, attn::RoutedRows, true>(p, q, k, v, dout, spec, s, splits, stream)
                          : launch_dkdv<Tall, attn::DenseRows, true>(p, q, k, v, dout, spec, s, splits, stream);
