@@ -2,12 +2,10 @@
 // sm_90a alone, like the Hopper forward (backends/cuda/CMakeLists.txt).
 #include "cuda/attention/flash_bwd_hopper.h"
 
-#include <cstdlib>
-#include <string>
-
 #include "cuda/attention/flash_bwd_dkdv_hopper.cuh"
 #include "cuda/attention/flash_bwd_dkdv_hopper_tall.cuh"
 #include "cuda/attention/flash_bwd_dq_hopper.cuh"
+#include "cuda/attention/sm90/env_switch.h"
 #include "cuda/attention/sm90/kv_tensor_map.h"
 
 namespace rt::cuda::attn_launch {
@@ -18,12 +16,7 @@ constexpr const char* kOp = "attention_backward (cuda)";
 // RT_ATTN_HOPPER_BWD_TALL=1: the dK/dV kernel with FlashAttention-3's 128 x 128 tile at head dim
 // 64 (flash_bwd_dkdv_hopper_tall.cuh), an experiment against the default 128 x 64 one.
 bool tall_tiles_setting() {
-  static const bool on = [] {
-    const char* v = std::getenv("RT_ATTN_HOPPER_BWD_TALL");
-    const std::string s = v != nullptr ? v : "";
-    RT_CHECK(s.empty() || s == "0" || s == "1", "RT_ATTN_HOPPER_BWD_TALL='", s, "': expected 0 or 1");
-    return s == "1";
-  }();
+  static const bool on = env_switch("RT_ATTN_HOPPER_BWD_TALL", "0", "1");
   return on;
 }
 

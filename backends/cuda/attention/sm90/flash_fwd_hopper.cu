@@ -8,24 +8,13 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
-#include <cstdlib>
-#include <string>
 
 #include "cuda/attention/flash_fwd_hopper.cuh"
+#include "cuda/attention/sm90/env_switch.h"
 #include "cuda/attention/sm90/kv_tensor_map.h"
 
 namespace rt::cuda::attn_launch {
 namespace {
-
-// An experiment switch: environment variable `var` is unset or empty (the default) or one of two
-// values; returns whether it is `on`.
-bool env_switch(const char* var, const char* off, const char* on) {
-  const char* v = std::getenv(var);
-  if (v == nullptr || !*v) return false;
-  const std::string s = v;
-  RT_CHECK(s == off || s == on, var, "='", s, "': expected ", off, " or ", on);
-  return s == on;
-}
 
 // RT_ATTN_HOPPER_OVERLAP=0 runs the serial schedule (for comparison); default: the overlapped one.
 bool overlap_setting() {
