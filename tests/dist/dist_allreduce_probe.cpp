@@ -8,6 +8,10 @@
 //   RT_PROBE_EXIT_AFTER_JOIN=R     rank R exits with code 3 once every rank has joined (a barrier:
 //                                  joins finish at different times on different ranks), before the
 //                                  collectives
+//   RT_PROBE_OTHERS_SLEEP=S        with RT_PROBE_EXIT_AFTER_JOIN, the other ranks sleep S seconds
+//                                  before their collectives, so that only a launcher stops them
+//                                  (without it they fail at once in the collective, which races
+//                                  with the launcher's view of which rank failed first)
 // `dist_allreduce_probe store-set HOST PORT RANK KEY VALUE` instead connects to a TCP store as
 // RANK, sets KEY and dies without leaving (the store tests' second process).
 #include <unistd.h>
@@ -83,6 +87,7 @@ int run() {
   if (const int leaver = env_int("RT_PROBE_EXIT_AFTER_JOIN", -1); leaver >= 0) {
     pg->barrier();
     if (leaver == rank) _exit(3);
+    if (const int wait_s = env_int("RT_PROBE_OTHERS_SLEEP", 0); wait_s > 0) ::sleep(static_cast<unsigned>(wait_s));
   }
 
   // Integers and halves: sums are exact in both precisions, so the check can be ==.
