@@ -291,9 +291,14 @@ json eval_niah(Qwen2Model& model, const Tokenizer& tok, const std::string& path,
   const std::vector<std::string> sentences = eval::haystack_sentences(read_text_file(path), path);
   std::optional<int32_t> eos = model.config().eos_token_id ? std::optional<int32_t>(static_cast<int32_t>(*model.config().eos_token_id))
                                                            : tok.eos_id();
-  for (int64_t len : ns.lengths)
-    RT_CHECK(len + ns.max_new <= model.dims().max_positions, "niah: length ", len, " + ", ns.max_new,
-             " generated tokens exceeds the model's max_position_embeddings (", model.dims().max_positions, ")");
+  // A length counts the prompt and the answer's budget together, as RULER's max_seq_length does, so
+  // that the default 32K cell fits a 32K-position model.
+  for (int64_t len : ns.lengths) {
+    RT_CHECK(len <= model.dims().max_positions, "niah: length ", len, " exceeds the model's max_position_embeddings (",
+             model.dims().max_positions, "); pass --niah-lengths up to ", model.dims().max_positions);
+    RT_CHECK(len > ns.max_new, "niah: length ", len, " leaves no room for a prompt before the ", ns.max_new,
+             " generated tokens it counts");
+  }
   struct Item {
     int64_t len;
     double depth;
@@ -307,7 +312,7 @@ json eval_niah(Qwen2Model& model, const Tokenizer& tok, const std::string& path,
   auto prompt = [&](const Item& it) {
     const uint64_t seed = ns.seed * 0x9E3779B97F4A7C15ull ^ (static_cast<uint64_t>(it.len) << 20) ^
                           (static_cast<uint64_t>(it.depth * 100) << 8) ^ static_cast<uint64_t>(it.k);
-    return eval::build_niah_prompt(tok, sentences, it.len, it.depth / 100.0, seed);
+    return eval::build_niah_prompt(tok, sentences, it.len - ns.max_new, it.depth / 100.0, seed);
   };
   // Each item's greedy output: its length, then the ids (padded to max_new).
   const int width = static_cast<int>(1 + ns.max_new);

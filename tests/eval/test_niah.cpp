@@ -95,7 +95,10 @@ TEST(Niah, GenerationEqualsRuntimeGenerate) {
   const auto tok = rt::load_tokenizer(kTokenizer);
   const auto sentences = rt::eval::haystack_sentences(read_text(kHaystack), "haystack");
   const uint64_t seed = (uint64_t{150} << 20) ^ (uint64_t{5000} << 8);
-  const auto p = rt::eval::build_niah_prompt(*tok, sentences, 150, 0.5, seed);
+  // A cell's length counts the 16 tokens of the answer's budget (RULER's max_seq_length).
+  const auto p = rt::eval::build_niah_prompt(*tok, sentences, 150 - 16, 0.5, seed);
+  EXPECT_EQ(s["prompt_tokens"].get<int64_t>(), static_cast<int64_t>(p.ids.size()));
+  EXPECT_LE(s["prompt_tokens"].get<int64_t>() + 16, 150);
   ASSERT_EQ(p.number, s["target"].get<std::string>()) << "the test rebuilds the prompt with eval's seed";
   std::string ids;
   for (int32_t id : p.ids) ids += (ids.empty() ? "" : ",") + std::to_string(id);
