@@ -112,7 +112,7 @@ __device__ __forceinline__ void init_barriers(const Smem<Cfg>& sm) {
   sm90::mbar_init(sm.kv_full(), 1);
   for (int st = 0; st < Cfg::kStages; ++st) {
     sm90::mbar_init(sm.q_full(st), 1);
-    sm90::mbar_init(sm.q_empty(st), 4 * Cfg::kConsumers);  // one arrival per consumer warp
+    sm90::mbar_init(sm.q_empty(st), 128 * Cfg::kConsumers);  // one arrival per consumer thread
   }
   sm90::mbar_init_fence();
 }
@@ -217,10 +217,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     float s[kBlockM / 2], dp[kBlockM / 2];
     uint32_t pa[kBlockM / 16][4];
 
-    auto release = [&](uint32_t bar) {
-      __syncwarp();
-      if (lane == 0) mbar_arrive(bar);
-    };
+    // Every consumer thread arrives: its own reads of the stage's statistics (ordinary loads, unlike
+    // the tensor cores' operand reads) come before its own arrival, as in CUTLASS's consumer_release.
+    auto release = [&](uint32_t bar) { mbar_arrive(bar); };
 
     if (items > 0) mbar_wait(sm.kv_full(), 0);
     for (int it = 0; it < items; ++it) {
