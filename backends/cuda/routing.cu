@@ -4,6 +4,7 @@
 // it reads it, so a routed layer needs no host synchronization (and can be captured in a graph).
 // Grids are sized for the capacity (all T rows); blocks past the count return at once.
 #include <string>
+#include <type_traits>
 
 #include <cub/device/device_select.cuh>
 #include <thrust/iterator/counting_iterator.h>
@@ -63,6 +64,68 @@ __global__ void routed_rows_kernel(RowsDesc a, RowsDesc b, int64_t cols, int64_t
   }
 }
 
+// The common case, rows of one float type with unit column stride and 16-byte aligned rows, in
+// 16-byte vectors and several rows per block (one block per row of 896 bf16 columns ran at a
+// tenth of the bandwidth: 0.26 ms a call at T = 32K). Each element goes through the same float
+// conversions as load_f / store_f, so the result is the generic kernel's to the bit.
+template <class T>
+__device__ __forceinline__ float to_f(T v) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) return __bfloat162float(v);
+  else if constexpr (std::is_same_v<T, __half>) return __half2float(v);
+  else return v;
+}
+template <class T>
+__device__ __forceinline__ T from_f(float v) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) return __float2bfloat16_rn(v);
+  else if constexpr (std::is_same_v<T, __half>) return __float2half_rn(v);
+  else return v;
+}
+
+template <class T, bool kScatter>
+__global__ void routed_rows_vec_kernel(const T* a, int64_t a_row, T* b, int64_t b_row, int vecs, int rows_per_block,
+                                       int64_t cap, int64_t limit, const int32_t* index, const int32_t* count) {
+  constexpr int kPer = 16 / sizeof(T);
+  const int64_t n = *count;
+  const int64_t span = static_cast<int64_t>(rows_per_block) * vecs;
+  for (int64_t r0 = static_cast<int64_t>(blockIdx.x) * rows_per_block; r0 < cap;
+       r0 += static_cast<int64_t>(gridDim.x) * rows_per_block) {
+    if (kScatter && r0 >= n) return;
+    for (int64_t e = threadIdx.x; e < span; e += blockDim.x) {
+      const int64_t i = r0 + e / vecs;
+      const int v = static_cast<int>(e % vecs);
+      if (i >= cap) break;
+      const int32_t src = i < n ? index[i] : -1;
+      const bool valid = i < n && src >= 0 && src < limit;
+      if constexpr (kScatter) {
+        if (!valid) continue;  // past the count, or an index list not made by compact_rows: skip, never fault
+        uint4* dp = reinterpret_cast<uint4*>(b + src * b_row) + v;
+        uint4 dv = *dp;
+        const uint4 sv = reinterpret_cast<const uint4*>(a + i * a_row)[v];
+        T* dt = reinterpret_cast<T*>(&dv);
+        const T* st = reinterpret_cast<const T*>(&sv);
+#pragma unroll
+        for (int k = 0; k < kPer; ++k) dt[k] = from_f<T>(to_f(dt[k]) + to_f(st[k]));
+        *dp = dv;
+      } else {
+        const uint4 val = valid ? reinterpret_cast<const uint4*>(a + src * a_row)[v] : make_uint4(0, 0, 0, 0);
+        reinterpret_cast<uint4*>(b + i * b_row)[v] = val;
+      }
+    }
+  }
+}
+
+// Whether launch_routed_rows may take the vector kernel: one dtype, unit column stride, one row
+// stride, every row start 16-byte aligned and rows a whole number of vectors.
+bool vector_rows(const RowsDesc& a, const RowsDesc& b, int64_t cols) {
+  if (a.dtype != b.dtype || a.col_stride != 1 || b.col_stride != 1 || a.outer != 1 || b.outer != 1) return false;
+  const int64_t es = a.dtype == DType::F32 ? 4 : 2;
+  if (a.dtype != DType::F32 && a.dtype != DType::BF16 && a.dtype != DType::F16) return false;
+  auto aligned = [&](const RowsDesc& d) {
+    return reinterpret_cast<uintptr_t>(d.data) % 16 == 0 && (d.stride[0] * es) % 16 == 0;
+  };
+  return (cols * es) % 16 == 0 && aligned(a) && aligned(b);
+}
+
 // Columns of a [rows, ...] view: everything after the first dimension, which must be contiguous
 // among itself (a row is one run of `cols` elements, unit or constant stride).
 int64_t row_width(const char* op, const char* arg, const TensorView& v) {
@@ -96,12 +159,31 @@ void launch_routed_rows(const char* op, const TensorView& a, const char* a_name,
   check_index(op, index, count, cap);
   RT_CHECK(!views_overlap(a, b), op, ": '", a_name, "' and '", b_name, "' overlap");
   if (cap == 0 || ca == 0) return;
+  const RowsDesc da = rows_desc(as_matrix(a, ca)), db = rows_desc(as_matrix(b, cb));
+  const int64_t limit = kScatter ? b.shape[0] : a.shape[0];
+  const auto* idx = static_cast<const int32_t*>(index.data);
+  const auto* cnt = static_cast<const int32_t*>(count.data);
+  if (vector_rows(da, db, ca)) {
+    const int64_t es = a.dtype == DType::F32 ? 4 : 2;
+    const int vecs = static_cast<int>(ca * es / 16);
+    const int threads = 256;
+    const int rows_per_block = std::max(1, threads / vecs);
+    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((cap + rows_per_block - 1) / rows_per_block, 1 << 20));
+    auto go = [&](auto tag) {
+      using T = decltype(tag);
+      routed_rows_vec_kernel<T, kScatter><<<blocks, threads, 0, stream>>>(
+          static_cast<const T*>(da.data), da.stride[0], static_cast<T*>(db.data), db.stride[0], vecs, rows_per_block,
+          cap, limit, idx, cnt);
+    };
+    if (a.dtype == DType::BF16) go(__nv_bfloat16{});
+    else if (a.dtype == DType::F16) go(__half{});
+    else go(float{});
+    CUDA_CHECK_LAUNCH();
+    return;
+  }
   const int threads = ca >= 512 ? 256 : 128;
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(cap, 1 << 20));
-  routed_rows_kernel<kScatter><<<blocks, threads, 0, stream>>>(
-      rows_desc(as_matrix(a, ca)), rows_desc(as_matrix(b, cb)), ca, cap, kScatter ? b.shape[0] : a.shape[0],
-      static_cast<const int32_t*>(index.data),
-      static_cast<const int32_t*>(count.data));
+  routed_rows_kernel<kScatter><<<blocks, threads, 0, stream>>>(da, db, ca, cap, limit, idx, cnt);
   CUDA_CHECK_LAUNCH();
 }
 

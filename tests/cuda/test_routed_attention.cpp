@@ -353,22 +353,35 @@ TEST(RoutedAttention, RoutingOpsMatchCpu) {
     ASSERT_EQ(gn, cn);
     ASSERT_EQ(gi, ci);
 
-    const int64_t C = 96;
-    std::vector<float> x = randn(static_cast<size_t>(T * C), 7), y = randn(static_cast<size_t>(T * C), 8);
-    Tensor gx = g.upload(x, {T, C}, DType::F32), gout = g.ops->alloc(DType::F32, {T, C});
-    g.poison(gout);
-    g.ops->gather_rows(gx, ix, cnt, gout);
-    std::vector<float> cout(static_cast<size_t>(T * C));
-    auto cv = [&](std::vector<float>& h) { return TensorView::contiguous(h.data(), DType::F32, Device::CPU, {T, C}); };
-    TensorView cix = TensorView::contiguous(ci.data(), DType::I32, Device::CPU, {T});
-    TensorView ccnt = TensorView::contiguous(&cn, DType::I32, Device::CPU, {1});
-    g.cpu->gather_rows(cv(x), cix, ccnt, cv(cout));
-    EXPECT_EQ(g.download(gout), cout) << "gather_rows";
+    const TensorView cix = TensorView::contiguous(ci.data(), DType::I32, Device::CPU, {T});
+    const TensorView ccnt = TensorView::contiguous(&cn, DType::I32, Device::CPU, {1});
+    // Widths and dtypes that take the 16-byte vector kernel (f32 96, bf16 896: unit stride, aligned
+    // rows) and the generic one (bf16 36: rows of 72 bytes), each bit for bit against the CPU; bf16
+    // inputs are rounded on the host, and the CPU's f32 scatter-add is rounded to bf16 once, as the
+    // device adds in f32 and rounds each element.
+    for (const auto& [C, dt] : std::vector<std::pair<int64_t, DType>>{{96, DType::F32}, {896, DType::BF16},
+                                                                       {36, DType::BF16}}) {
+      if (dt == DType::BF16 && T == 70000) continue;  // the bf16 widths are covered at T = 1000
+      SCOPED_TRACE("C " + std::to_string(C) + (dt == DType::BF16 ? " bf16" : " f32"));
+      std::vector<float> x = randn(static_cast<size_t>(T * C), 7), y = randn(static_cast<size_t>(T * C), 8);
+      if (dt == DType::BF16) {
+        round_bf16(x);
+        round_bf16(y);
+      }
+      Tensor gx = g.upload(x, {T, C}, dt), gout = g.ops->alloc(dt, {T, C});
+      g.poison(gout);
+      g.ops->gather_rows(gx, ix, cnt, gout);
+      std::vector<float> cout(static_cast<size_t>(T * C));
+      auto cv = [&](std::vector<float>& h) { return TensorView::contiguous(h.data(), DType::F32, Device::CPU, {T, C}); };
+      g.cpu->gather_rows(cv(x), cix, ccnt, cv(cout));
+      EXPECT_EQ(g.download(gout), cout) << "gather_rows";
 
-    Tensor gy = g.upload(y, {T, C}, DType::F32);
-    g.ops->scatter_add_rows(gx, ix, cnt, gy);
-    g.cpu->scatter_add_rows(cv(x), cix, ccnt, cv(y));
-    EXPECT_EQ(g.download(gy), y) << "scatter_add_rows";
+      Tensor gy = g.upload(y, {T, C}, dt);
+      g.ops->scatter_add_rows(gx, ix, cnt, gy);
+      g.cpu->scatter_add_rows(cv(x), cix, ccnt, cv(y));
+      if (dt == DType::BF16) round_bf16(y);
+      EXPECT_EQ(g.download(gy), y) << "scatter_add_rows";
+    }
 
     const int64_t H = 3, D = 32;
     std::vector<float> r = randn(static_cast<size_t>(T * H * D), 9);
