@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <chrono>
 #include <fstream>
 #include <cmath>
@@ -291,13 +292,20 @@ json eval_niah(Qwen2Model& model, const Tokenizer& tok, const std::string& path,
   const std::vector<std::string> sentences = eval::haystack_sentences(read_text_file(path), path);
   std::optional<int32_t> eos = model.config().eos_token_id ? std::optional<int32_t>(static_cast<int32_t>(*model.config().eos_token_id))
                                                            : tok.eos_id();
-  // A length counts the prompt and the answer's budget together, as RULER's max_seq_length does, so
-  // that the default 32K cell fits a 32K-position model.
+  // A cell's prompt is its length in tokens, except where the answer would then run past the
+  // model's positions: there the prompt is max_position_embeddings - max_new tokens (what lm-eval's
+  // generate_until leaves the context, and RULER's sizing), so the default 32K cell runs on a
+  // 32K-position model. samples_niah.jsonl records each prompt's length.
+  const int64_t max_prompt = model.dims().max_positions - ns.max_new;
   for (int64_t len : ns.lengths) {
     RT_CHECK(len <= model.dims().max_positions, "niah: length ", len, " exceeds the model's max_position_embeddings (",
              model.dims().max_positions, "); pass --niah-lengths up to ", model.dims().max_positions);
-    RT_CHECK(len > ns.max_new, "niah: length ", len, " leaves no room for a prompt before the ", ns.max_new,
-             " generated tokens it counts");
+    RT_CHECK(max_prompt > 0, "niah: the model's max_position_embeddings (", model.dims().max_positions,
+             ") leaves no room for a prompt before the ", ns.max_new, " generated tokens");
+    if (len > max_prompt && ranks.lead())
+      std::fprintf(stderr, "[eval] niah: length %lld: the prompt is %lld tokens, so that the %lld generated tokens fit "
+                   "in max_position_embeddings (%lld)\n", static_cast<long long>(len), static_cast<long long>(max_prompt),
+                   static_cast<long long>(ns.max_new), static_cast<long long>(model.dims().max_positions));
   }
   struct Item {
     int64_t len;
@@ -312,7 +320,7 @@ json eval_niah(Qwen2Model& model, const Tokenizer& tok, const std::string& path,
   auto prompt = [&](const Item& it) {
     const uint64_t seed = ns.seed * 0x9E3779B97F4A7C15ull ^ (static_cast<uint64_t>(it.len) << 20) ^
                           (static_cast<uint64_t>(it.depth * 100) << 8) ^ static_cast<uint64_t>(it.k);
-    return eval::build_niah_prompt(tok, sentences, it.len - ns.max_new, it.depth / 100.0, seed);
+    return eval::build_niah_prompt(tok, sentences, std::min(it.len, max_prompt), it.depth / 100.0, seed);
   };
   // Each item's greedy output: its length, then the ids (padded to max_new).
   const int width = static_cast<int>(1 + ns.max_new);

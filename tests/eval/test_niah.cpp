@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 #include <string>
 
@@ -95,10 +96,8 @@ TEST(Niah, GenerationEqualsRuntimeGenerate) {
   const auto tok = rt::load_tokenizer(kTokenizer);
   const auto sentences = rt::eval::haystack_sentences(read_text(kHaystack), "haystack");
   const uint64_t seed = (uint64_t{150} << 20) ^ (uint64_t{5000} << 8);
-  // A cell's length counts the 16 tokens of the answer's budget (RULER's max_seq_length).
-  const auto p = rt::eval::build_niah_prompt(*tok, sentences, 150 - 16, 0.5, seed);
+  const auto p = rt::eval::build_niah_prompt(*tok, sentences, 150, 0.5, seed);
   EXPECT_EQ(s["prompt_tokens"].get<int64_t>(), static_cast<int64_t>(p.ids.size()));
-  EXPECT_LE(s["prompt_tokens"].get<int64_t>() + 16, 150);
   ASSERT_EQ(p.number, s["target"].get<std::string>()) << "the test rebuilds the prompt with eval's seed";
   std::string ids;
   for (int32_t id : p.ids) ids += (ids.empty() ? "" : ",") + std::to_string(id);
@@ -111,4 +110,31 @@ TEST(Niah, GenerationEqualsRuntimeGenerate) {
   fs::remove_all(out);
 }
 
+}  // namespace
+
+namespace {
+// A cell at the model's whole length (512 positions in the fixture): the prompt leaves room for the
+// 16 answer tokens (512 - 16, or one fewer), and eval says so; shorter cells keep their length.
+TEST(Niah, CellAtTheModelsLengthLeavesRoomForTheAnswer) {
+  const fs::path out = fs::temp_directory_path() / ("rt_niah_full_" + std::to_string(::getpid()));
+  fs::remove_all(out);
+  const std::string model = (fs::path(RT_SOURCE_DIR) / "tests" / "fixtures" / "eval" / "model").string();
+  const std::string log = run(std::string(RT_BIN_DIR) + "/runtime eval --model '" + model + "' --tokenizer '" +
+                              kTokenizer.string() + "' --attention full_causal --tasks niah --data niah='" +
+                              kHaystack.string() + "' --niah-lengths 200,512 --niah-depths 50 --niah-samples 1 --output '" +
+                              out.string() + "'");
+  EXPECT_NE(log.find("length 512: the prompt is 496 tokens"), std::string::npos) << log;
+  std::ifstream in(out / "full_causal" / "samples_niah.jsonl");
+  std::map<int64_t, int64_t> prompt;
+  for (std::string line; std::getline(in, line);) {
+    const auto s = nlohmann::json::parse(line);
+    prompt[s["length"].get<int64_t>()] = s["prompt_tokens"].get<int64_t>();
+  }
+  ASSERT_EQ(prompt.size(), 2u);
+  EXPECT_GE(prompt[200], 199);
+  EXPECT_LE(prompt[200], 200);
+  EXPECT_GE(prompt[512], 495);
+  EXPECT_LE(prompt[512], 496);
+  fs::remove_all(out);
+}
 }  // namespace
