@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # On the GPU machine (device tool), after `source tools/device/unpack.sh`: the CUDA tests of the
 # routed kernels, l2a_fused and the kernels they share, then the benchmarks. Logs and JSON to $OUT.
-#   bash tools/device/l2a_gpu_check.sh fwdpaths variants decodeprof bwdprof bwdtall bwdpaths tests nccl kernels \
+#   bash tools/device/l2a_gpu_check.sh fwdpaths variants decodeprof bwdprof bwdtall bwdfuseddq bwdpaths tests nccl kernels \
 #        kernels15 model decode prune eval evalall train memory fit trace anchors bundle
 # (any subset, in that order; `bundle` last packs $OUT into results.tgz, as the device tool brings
 # back 8 files). SEQS overrides the kernel sequence lengths, ANCHOR_SEQS the anchors'. `fwdpaths` runs the
 # forward-kernel tests under each forward path (RT_ATTN_FWD=wgmma: the Hopper kernel; mma: the
 # mma.sync kernel of sm_89; FWD_PATHS picks), a compute-sanitizer pass, and times both paths against cuDNN.
 # `bwdpaths` does the same for the deterministic backward (RT_ATTN_BWD=wgmma: the Hopper dK/dV and dQ kernels),
-# `bwdtall` for the 128 x 128 dK/dV tile at head dim 64 (the default; RT_ATTN_HOPPER_BWD_TALL=0: 128 x 64). `bwdprof` and
+# `bwdtall` for the 128 x 128 dK/dV tile at head dim 64 (the default; RT_ATTN_HOPPER_BWD_TALL=0: 128 x 64),
+# `bwdfuseddq` for its dQ fused in key-block order (RT_ATTN_HOPPER_BWD_FUSED_DQ=1, an experiment). `bwdprof` and
 # `decodeprof` profile the backward kernels (ncu) and a decode step (CUPTI trace of graph replays).
 # TEST_TIMEOUT bounds each test binary (default 300 s).
 set -uo pipefail
@@ -16,6 +17,36 @@ out=${OUT:-/tmp/out}
 mkdir -p "$out"
 has() { [[ " $* " == *" $step "* ]]; }
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm --format=csv,noheader | tee "$out/gpu.txt"
+# A Hopper backward variant behind the switch $2 (off $3, on $4), under the name $1: the backward
+# tests with it on, compute-sanitizer (memcheck, synccheck, racecheck with it on; racecheck off too,
+# to tell a report of the variant from one of what both share), then both timed: the kernels and
+# L2A attention at 80% (the window and the routed causal rows both take the Hopper backward).
+backward_variant() {
+  local name=$1 var=$2 off=$3 on=$4 log="$out/$1.txt"
+  : > "$log"
+  for t in test_attention_backward test_routed_attention test_l2a_fused test_cuda_training_ops test_backend_ops; do
+    env RT_ATTN_BWD=wgmma $var=$on timeout ${TEST_TIMEOUT:-300} build/bin/$t --gtest_brief=1 > /tmp/$t.$name.log 2>&1
+    echo "$t $var=$on rc=$? $(grep -E '^\[  (PASSED|FAILED)' /tmp/$t.$name.log | tr '\n' ' ')" | tee -a "$log"
+    grep -B3 -A12 "Failure" /tmp/$t.$name.log | head -40 >> "$log"
+  done
+  for run in memcheck:$on synccheck:$on racecheck:$on racecheck:$off; do
+    local tool=${run%:*} val=${run#*:}
+    env RT_ATTN_BWD=wgmma $var=$val timeout 150 compute-sanitizer --tool $tool --error-exitcode 9 \
+      build/bin/test_attention_backward --gtest_brief=1 --gtest_filter="${SAN_FILTER:-*CausalSizes*:*Offsets*}" \
+      > /tmp/san.$name.$tool.log 2>&1
+    echo "compute-sanitizer $tool ($var=$val) rc=$? $(grep -E 'ERROR SUMMARY' /tmp/san.$name.$tool.log)" | tee -a "$log"
+    grep -m5 -A6 "=========" /tmp/san.$name.$tool.log | head -30 >> "$log"
+  done
+  for val in $off $on; do
+    env RT_ATTN_BWD=wgmma $var=$val timeout 200 build/bin/bench_attention_bwd --seqs ${SEQS:-16384,32768} \
+      --window 2048 --json "$out/${name}_$val.json" > "$out/${name}_$val.txt" 2>&1
+    echo "== $var=$val"; head -9 "$out/${name}_$val.txt"
+    env RT_ATTN_BWD=wgmma $var=$val timeout 150 build/bin/runtime profile --attention swa \
+      --model qwen2.5-0.5b --init random --window 2048 --seq 32768,65536 --sparsity 0.8 --device cuda \
+      --kernels-only --repeats 3 --json "$out/${name}_l2a_$val.json" > "$out/${name}_l2a_$val.txt" 2>&1
+    grep -A4 "^L2A attention" "$out/${name}_l2a_$val.txt"
+  done | tee -a "$log"
+}
 FUSED_SET="--set l2a_fused.router=fixed_rate --set l2a_fused.sparsity=0.8"
 DENSE_SET="--set l2a_dense.router=fixed_rate --set l2a_dense.sparsity=0.8"
 for step in "$@"; do
@@ -85,36 +116,14 @@ for step in "$@"; do
     ncu -i /tmp/bwdprof.ncu-rep --page source --print-source sass --csv > "$out/bwdprof_sass.csv" 2>&1
     grep -E "Duration|Issue Slots Busy|No Eligible|Warp Cycles Per Issued|Stall|stall" "$out/bwdprof.txt" | head -60
     ;;
-  bwdtall)  # the 128 x 128 dK/dV tile at head dim 64 (RT_ATTN_HOPPER_BWD_TALL=1, every mask)
-            # against the default 128 x 64 one: tests, compute-sanitizer (racecheck: P and dS go through
-            # shared memory between the warpgroups), then both timed
-    : > "$out/bwdtall.txt"
-    for t in test_attention_backward test_routed_attention test_l2a_fused test_cuda_training_ops test_backend_ops; do
-      RT_ATTN_BWD=wgmma RT_ATTN_HOPPER_BWD_TALL=1 timeout ${TEST_TIMEOUT:-300} build/bin/$t --gtest_brief=1 \
-        > /tmp/$t.tall.log 2>&1
-      echo "$t TALL rc=$? $(grep -E '^\[  (PASSED|FAILED)' /tmp/$t.tall.log | tr '\n' ' ')" | tee -a "$out/bwdtall.txt"
-      grep -B3 -A12 "Failure" /tmp/$t.tall.log | head -40 >> "$out/bwdtall.txt"
-    done
-    # racecheck on both tiles: they share the stage's synchronization (the statistics' bulk copy,
-    # read by the consumers), so a report on both is about that, not about the tall tile's P/dS
-    for run in memcheck:1 synccheck:1 racecheck:1 racecheck:0; do
-      tool=${run%:*} tall=${run#*:}
-      RT_ATTN_BWD=wgmma RT_ATTN_HOPPER_BWD_TALL=$tall timeout 150 compute-sanitizer --tool $tool --error-exitcode 9 \
-        build/bin/test_attention_backward --gtest_brief=1 --gtest_filter="${SAN_FILTER:-*CausalSizes*:*Offsets*}" \
-        > /tmp/san.tall.$tool.log 2>&1
-      echo "compute-sanitizer $tool (RT_ATTN_HOPPER_BWD_TALL=$tall) rc=$? $(grep -E 'ERROR SUMMARY' /tmp/san.tall.$tool.log)" | tee -a "$out/bwdtall.txt"
-      grep -m5 -A6 "=========" /tmp/san.tall.$tool.log | head -30 >> "$out/bwdtall.txt"
-    done
-    for tall in 0 1; do
-      RT_ATTN_BWD=wgmma RT_ATTN_HOPPER_BWD_TALL=$tall timeout 200 build/bin/bench_attention_bwd \
-        --seqs ${SEQS:-16384,32768} --window 2048 --json "$out/bwd_tall$tall.json" > "$out/bwd_tall$tall.txt" 2>&1
-      echo "== RT_ATTN_HOPPER_BWD_TALL=$tall"; head -9 "$out/bwd_tall$tall.txt"
-      # L2A attention at 80% (the window and the routed causal rows both take the tall tile)
-      RT_ATTN_BWD=wgmma RT_ATTN_HOPPER_BWD_TALL=$tall timeout 150 build/bin/runtime profile --attention swa \
-        --model qwen2.5-0.5b --init random --window 2048 --seq 32768,65536 --sparsity 0.8 --device cuda \
-        --kernels-only --repeats 3 --json "$out/l2a_tall$tall.json" > "$out/l2a_tall$tall.txt" 2>&1
-      grep -A4 "^L2A attention" "$out/l2a_tall$tall.txt"
-    done | tee -a "$out/bwdtall.txt"
+  bwdtall)  # the 128 x 128 dK/dV tile at head dim 64 (the default; RT_ATTN_HOPPER_BWD_TALL=0 is the
+            # 128 x 64 one): tests, compute-sanitizer (racecheck: P and dS go through shared memory
+            # between the warpgroups), then both timed
+    backward_variant bwdtall RT_ATTN_HOPPER_BWD_TALL 0 1
+    ;;
+  bwdfuseddq)  # the tall tile with dQ fused in key-block order (RT_ATTN_HOPPER_BWD_FUSED_DQ=1) against
+               # the dQ pass; the tests include bit-identical reruns, and a deadlock shows as a timeout
+    backward_variant bwdfuseddq RT_ATTN_HOPPER_BWD_FUSED_DQ 0 1
     ;;
   bwdpaths)  # the deterministic backward: Hopper kernels (RT_ATTN_BWD=wgmma) against mma.sync
     : > "$out/bwdpaths.txt"

@@ -177,17 +177,31 @@ void launch_flash_bwd(const TensorView& q, const TensorView& k, const TensorView
   using DqCfg = typename BwdDqCfgFor<kD>::type;
   static_assert(DqCfg::kBlockM == Cfg::kBlockM, "dQ pass reads statistics padded to the backward's BlockM");
 
-  const size_t dq_elems = fused_dq ? static_cast<size_t>(s.Tq * s.Hq * kD) : 0;
+  // The Hopper tall tile may accumulate dQ itself, in key-block order ([Hq][Tq_pad][D], and a turn
+  // counter per query tile).
+  bool hopper_dq = false;
+#if RT_HAVE_SM90A
+  if (hopper) hopper_dq = attn_launch::hopper_bwd_fuses_dq(kD, spec);
+#endif
+  const size_t dq_elems = fused_dq ? static_cast<size_t>(s.Tq * s.Hq * kD)
+                          : hopper_dq ? static_cast<size_t>(s.Hq * Tq_pad * kD)
+                                      : 0;
+  // (rounded to 128 bytes: the statistics after it are bulk-copied, from 16-byte aligned rows)
+  const size_t lock_elems =
+      hopper_dq ? (static_cast<size_t>(s.Hq * (Tq_pad / attn_launch::kHopperBwdStatRows)) + 31) / 32 * 32 : 0;
   const size_t stat_elems = static_cast<size_t>(s.Hq * Tq_pad);
   const size_t plane = static_cast<size_t>(s.Tk * s.Hkv * kD);
   const size_t dkv_elems = splits > 1 ? static_cast<size_t>(splits) * 2 * plane : 0;  // a slice per split
-  Scratch ws((dq_elems + 2 * stat_elems + dkv_elems) * sizeof(float), stream, "the attention backward's workspace");
+  Scratch ws((dq_elems + lock_elems + 2 * stat_elems + dkv_elems) * sizeof(float), stream,
+             "the attention backward's workspace");
   float* dq_accum = static_cast<float*>(ws.get());
-  float* lse2 = dq_accum + dq_elems;
+  int* dq_lock = reinterpret_cast<int*>(dq_accum + dq_elems);
+  float* lse2 = dq_accum + dq_elems + lock_elems;
   float* delta = lse2 + stat_elems;
   float* dkv_accum = splits > 1 ? delta + stat_elems : nullptr;
-  if (fused_dq)
-    check_cuda(cudaMemsetAsync(dq_accum, 0, dq_elems * sizeof(float), stream), "cudaMemsetAsync (dq accumulator)");
+  if (fused_dq || hopper_dq)
+    check_cuda(cudaMemsetAsync(dq_accum, 0, (dq_elems + lock_elems) * sizeof(float), stream),
+               "cudaMemsetAsync (dq accumulator)");
 
   {
     attn::BwdPreParams pp{};
@@ -212,7 +226,8 @@ void launch_flash_bwd(const TensorView& q, const TensorView& k, const TensorView
   p.dout = static_cast<const bf16*>(dout.data);
   p.dk = static_cast<bf16*>(dk.data);
   p.dv = static_cast<bf16*>(dv.data);
-  p.dq_accum = fused_dq ? dq_accum : nullptr;
+  p.dq_accum = fused_dq || hopper_dq ? dq_accum : nullptr;
+  p.dq_lock = hopper_dq ? dq_lock : nullptr;
   p.dkv_accum = dkv_accum;
   p.q_index = static_cast<const int32_t*>(spec.q_index.data);
   p.q_count = static_cast<const int32_t*>(spec.q_count.data);

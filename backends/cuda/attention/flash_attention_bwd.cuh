@@ -52,7 +52,8 @@ struct BwdParams {
   const bf16* dout;
   bf16* dk;  // written directly when dkv_accum == nullptr
   bf16* dv;
-  float* dq_accum;   // kFusedDq: [Tq][Hq][D] fp32, zeroed
+  float* dq_accum;   // kFusedDq: [Tq][Hq][D] fp32, zeroed (the Hopper tall tile's fused dQ: [Hq][Tq_pad][D])
+  int* dq_lock;      // the Hopper tall tile's fused dQ: [Hq][Tq_pad / 128] turn counters, zeroed
   float* dkv_accum;  // nullptr, or [splits][2][Tk][Hkv][D] fp32 (dk, dv) partials: the group is split over CTAs
   const float* lse2;   // [Hq][Tq_pad], log2 units, +inf for rows that see nothing and padding
   const float* delta;  // [Hq][Tq_pad]

@@ -78,6 +78,12 @@ __device__ __forceinline__ Smem<Cfg> smem_plan(const uint8_t* smem_raw) {
   return m;
 }
 
+template <class Cfg>
+__device__ __forceinline__ constexpr bool descending_tiles() {
+  if constexpr (requires { Cfg::kFusedDq; }) return Cfg::kFusedDq;
+  else return false;
+}
+
 // A CTA's keys [n0, n1) of KV head hk, and its items: (query head, query tile) pairs, heads of its
 // split of the GQA group outer, the query tiles that see any of its keys inner.
 template <class Cfg, class Mask, class Rows>
@@ -85,7 +91,13 @@ struct Work {
   int n0, n1, hk, h_first, Tq, mb_first, m_steps, items;
   Rows rows;
   __device__ __forceinline__ int head(int it) const { return h_first + it / m_steps; }
-  __device__ __forceinline__ int m0(int it) const { return (mb_first + it % m_steps) * Cfg::kBlockM; }
+  // Query tiles ascending, or descending for a kernel that accumulates dQ in key-block order
+  // (flash_bwd_dkdv_hopper_tall.cuh: every CTA then reaches a tile one step after the CTA of the
+  // previous key block).
+  __device__ __forceinline__ int m0(int it) const {
+    const int k = it % m_steps;
+    return (mb_first + (descending_tiles<Cfg>() ? m_steps - 1 - k : k)) * Cfg::kBlockM;
+  }
 };
 template <class Cfg, class Mask, class Rows>
 __device__ __forceinline__ Work<Cfg, Mask, Rows> make_work(const BwdParams& p) {

@@ -42,6 +42,26 @@ struct HopperBwdDkDvTallConfig {
   static constexpr int kSmemBytes =
       1024 + 2 * kKVBytes + kStages * (2 * kQBytes + kStatBytes) + kExtraBytes + kBarBytes;
   static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
+  static constexpr bool kFusedDq = false;
+  static_assert(kSmemBytes <= 227 * 1024, "shared memory");
+};
+
+// The same tile with dQ fused (RT_ATTN_HOPPER_BWD_FUSED_DQ=1, an experiment): each step also
+// computes dQ = dS K for its 128 queries (m64n64k16, dS and K from shared memory) and adds it into
+// an fp32 accumulator [Hq][Tq_pad][64] with one bulk reduction from shared memory (issued by a
+// warp of the producer warpgroup). Deterministic: the adds into a query tile happen in key-block
+// order, each CTA waiting for its turn on the tile's counter (dq_lock), so every element sums its
+// partials in the same order on every run. The query tiles run in descending order, so the CTA of
+// key block n reaches a tile one step after the CTA of block n - 1 (and the dependency is always
+// on a CTA of a lower block index: one launched earlier). This replaces the dQ pass, which
+// recomputes S and dP: 5 products per (query tile, key block) instead of 7.
+// Not for routed rows with a windowed mask: their key blocks need not be contiguous per tile.
+struct HopperBwdDkDvTallDqConfig : HopperBwdDkDvTallConfig {
+  static constexpr bool kFusedDq = true;
+  static constexpr int kDqBytes = kBlockM * kD * 4;             // the step's dQ, fp32 [128 queries][64]
+  static constexpr int kExtraBytes = 2 * kPBytes + kDqBytes + 16;  // + the dQ buffer's two mbarriers
+  static constexpr int kSmemBytes =
+      1024 + 2 * kKVBytes + kStages * (2 * kQBytes + kStatBytes) + kExtraBytes + kBarBytes;
   static_assert(kSmemBytes <= 227 * 1024, "shared memory");
 };
 
@@ -67,13 +87,50 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   const MaskParams& mk = p.mask;
   const Rows& rows = w.rows;
 
+  // Fused dQ: the step's dQ tile, and its mbarriers (full: the consumers stored it; empty: the
+  // bulk reduction has read it).
+  const uint32_t sdQ = sdS + Cfg::kPBytes;
+  const uint32_t dq_full = sdQ + (Cfg::kFusedDq ? HopperBwdDkDvTallDqConfig::kDqBytes : 0), dq_empty = dq_full + 8;
+
   dkdv_detail::init_barriers(sm);
+  if constexpr (Cfg::kFusedDq) {
+    if (threadIdx.x == 0) {
+      mbar_init(dq_full, 128 * Cfg::kConsumers);
+      mbar_init(dq_empty, 1);
+      mbar_init_fence();
+    }
+  }
   __syncthreads();
 
   const int wg = threadIdx.x / 128;
   if (wg == 0) {
     setmaxnreg_dec<Cfg::kProducerRegs>();
     if (threadIdx.x == 0 && items > 0) dkdv_detail::produce(p, w, sm, &tmap_k, &tmap_v, &tmap_q, &tmap_do);
+    if constexpr (Cfg::kFusedDq) {
+      // The dQ writer (warp 1): per step, wait for the tile, then for this key block's turn on the
+      // query tile's counter, add the tile into the accumulator, and pass the turn on.
+      if (threadIdx.x == 32) {
+        const int m_tiles = p.Tq_pad / kBlockM;
+        for (int it = 0; it < items; ++it) {
+          mbar_wait(dq_full, it & 1);
+          const int m0 = w.m0(it), hq = w.head(it);
+          // The first key block that sees this tile: its first row's (key ranges are monotone, and
+          // every block from there to this one sees the tile).
+          const int n_lo = Mask::key_lo(mk, rows.pos(mk, m0)) / kBlockN;
+          int* lock = p.dq_lock + static_cast<int64_t>(hq) * m_tiles + m0 / kBlockM;
+          turn_wait(lock, static_cast<int>(blockIdx.x) - n_lo);
+          fence_proxy_async_global();
+          bulk_reduce_add_f32(p.dq_accum + (static_cast<int64_t>(hq) * p.Tq_pad + m0) * kD, sdQ,
+                              HopperBwdDkDvTallDqConfig::kDqBytes);
+          bulk_commit();
+          bulk_wait_read_all();
+          mbar_arrive(dq_empty);
+          bulk_wait_all();
+          fence_proxy_async_global();
+          turn_pass(lock);
+        }
+      }
+    }
   } else {
     setmaxnreg_inc<Cfg::kConsumerRegs>();
     const int cw = wg - 1;
@@ -190,9 +247,39 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
         }
       store_rows(sdS);
       issue_transposed(dkt, sQs, sdS);  // dK^T += Q^T dS
+      [[maybe_unused]] float dq[kD / 2];  // fused dQ: this warpgroup's 64 queries x D
+      if constexpr (Cfg::kFusedDq) {
+        // dQ = dS K: A = dS (this warpgroup's rows, keys in two 64-key sub-tiles), B = K read
+        // transposed (stored [key][d]).
+        hopper_detail::fence_regs(dq);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < kBlockN / 16; ++kk)
+          wgmma_m64n64k16_ss_nt(dq,
+                                smem_desc_sw128(sdS + (kk / 4) * kSubP + cw * 64 * 128 + (kk % 4) * 32, 16, 1024),
+                                smem_desc_sw128(sK + kk * 16 * 128, kBlockN * 128, 1024), kk == 0);
+        wgmma_commit();
+      }
       wgmma_wait<0>();
       hopper_detail::fence_regs(dvt);
       hopper_detail::fence_regs(dkt);
+      if constexpr (Cfg::kFusedDq) {
+        hopper_detail::fence_regs(dq);
+        mbar_wait(dq_empty, (it & 1) ^ 1);  // the previous step's tile has been read
+        // dq[4 j + 2 hr + e]: query 64 cw + 16 warp + g + 8 hr, column 8 j + 2 t4 + e.
+#pragma unroll
+        for (int j = 0; j < kD / 8; ++j)
+#pragma unroll
+          for (int hr = 0; hr < 2; ++hr) {
+            const int row = cw * 64 + warp * 16 + g + 8 * hr;
+            const uint32_t a = sdQ + static_cast<uint32_t>((row * kD + 8 * j + 2 * t4) * 4);
+            asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(a), "f"(dq[4 * j + 2 * hr]),
+                         "f"(dq[4 * j + 2 * hr + 1])
+                         : "memory");
+          }
+        fence_proxy_async();
+        mbar_arrive(dq_full);
+      }
       release(sm.q_empty(st));
     }
 
@@ -221,6 +308,28 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       }
   }
 #endif
+}
+
+// The fused dQ's accumulator [Hq][Tq_pad][64] into dq [Tq][Hq][64] (bf16, strided): scale * acc,
+// 0 for inactive routed rows. A thread per 4 columns of a (row, head).
+template <class Rows>
+__global__ void flash_bwd_dq_accum_convert_kernel(const float* acc, bf16* dq, int64_t dq_row, int64_t dq_head, int Tq,
+                                                  int Hq, int Tq_pad, float scale, const int32_t* q_index,
+                                                  const int32_t* q_count) {
+  constexpr int kD = 64, kQuads = kD / 4;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= static_cast<int64_t>(Tq) * Hq * kQuads) return;
+  const int c = static_cast<int>(i % kQuads) * 4;
+  const int h = static_cast<int>((i / kQuads) % Hq);
+  const int r = static_cast<int>(i / (static_cast<int64_t>(kQuads) * Hq));
+  const int active = make_rows<Rows>(q_index, q_count).active(Tq);
+  float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+  if (r < active) v = *reinterpret_cast<const float4*>(acc + (static_cast<int64_t>(h) * Tq_pad + r) * kD + c);
+  bf16* out = dq + static_cast<int64_t>(r) * dq_row + static_cast<int64_t>(h) * dq_head + c;
+  out[0] = __float2bfloat16_rn(v.x * scale);
+  out[1] = __float2bfloat16_rn(v.y * scale);
+  out[2] = __float2bfloat16_rn(v.z * scale);
+  out[3] = __float2bfloat16_rn(v.w * scale);
 }
 
 }  // namespace rt::cuda::attn

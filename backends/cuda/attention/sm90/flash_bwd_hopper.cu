@@ -21,6 +21,13 @@ bool tall_tiles_setting() {
   return !off;
 }
 
+// RT_ATTN_HOPPER_BWD_FUSED_DQ=1: the tall tile computes dQ too, in key-block order
+// (HopperBwdDkDvTallDqConfig), instead of the separate dQ pass. An experiment; off by default.
+bool fused_dq_setting() {
+  static const bool on = env_switch("RT_ATTN_HOPPER_BWD_FUSED_DQ", "0", "1");
+  return on;
+}
+
 template <class Cfg, class Mask, class Rows, bool kTall>
 struct DkDvKernel {
   static constexpr auto value = attn::flash_bwd_dkdv_hopper_kernel<Cfg, Mask, Rows>;
@@ -87,6 +94,11 @@ bool launch_flash_bwd_dkdv_hopper(int D, const attn::BwdParams& p, const TensorV
     return spec.routed() ? launch_dkdv<Cfg, attn::RoutedRows>(p, q, k, v, dout, spec, s, splits, stream)
                          : launch_dkdv<Cfg, attn::DenseRows>(p, q, k, v, dout, spec, s, splits, stream);
   };
+  if (hopper_bwd_fuses_dq(D, spec)) {
+    using TallDq = attn::HopperBwdDkDvTallDqConfig;
+    return spec.routed() ? launch_dkdv<TallDq, attn::RoutedRows, true>(p, q, k, v, dout, spec, s, splits, stream)
+                         : launch_dkdv<TallDq, attn::DenseRows, true>(p, q, k, v, dout, spec, s, splits, stream);
+  }
   if (D == 64 && tall_tiles_setting()) {
     using Tall = attn::HopperBwdDkDvTallConfig;
     return spec.routed() ? launch_dkdv<Tall, attn::RoutedRows, true>(p, q, k, v, dout, spec, s, splits, stream)
@@ -97,9 +109,26 @@ bool launch_flash_bwd_dkdv_hopper(int D, const attn::BwdParams& p, const TensorV
   return false;
 }
 
+bool hopper_bwd_fuses_dq(int D, const AttentionSpec& spec) {
+  return D == 64 && tall_tiles_setting() && fused_dq_setting() && !(spec.routed() && spec.window > 0);
+}
+
 bool launch_flash_bwd_dq_hopper(int D, const attn::BwdParams& p, const TensorView& k, const TensorView& v,
                                 const TensorView& dq, const AttentionSpec& spec, const Shapes& s,
                                 cudaStream_t stream) {
+  if (hopper_bwd_fuses_dq(D, spec)) {  // the dK/dV kernel accumulated dQ: scale and convert it
+    const int64_t n = s.Tq * s.Hq * (D / 4);
+    const unsigned blocks = static_cast<unsigned>((n + 255) / 256);
+    auto convert = [&](auto rows) {
+      attn::flash_bwd_dq_accum_convert_kernel<decltype(rows)><<<blocks, 256, 0, stream>>>(
+          p.dq_accum, static_cast<attn::bf16*>(dq.data), dq.stride[0], dq.stride[1], p.Tq, p.Hq, p.Tq_pad, p.scale,
+          p.q_index, p.q_count);
+    };
+    if (spec.routed()) convert(attn::RoutedRows{});
+    else convert(attn::DenseRows{});
+    check_launch(kOp, "flash_bwd_dq_accum_convert_kernel");
+    return true;
+  }
   auto go = [&](auto cfg) {
     using Cfg = decltype(cfg);
     return spec.routed() ? launch_dq<Cfg, attn::RoutedRows>(p, k, v, dq, spec, s, stream)
