@@ -252,7 +252,9 @@ for step in "$@"; do
     for mode in "" 1; do
       for b in "full_causal" "l2a_fused window=2048 router=fixed_rate sparsity=0.8"; do
         echo "== trace ${mode:+train }$b"
-        TRACE_TRAIN=$mode timeout 120 build/bin/trace_prefill 32768 configs/models/qwen2.5-0.5b.json $b 2>&1 | head -45
+        # the span, the idle gaps, then where the time goes per kernel name (the top 25)
+        TRACE_TRAIN=$mode timeout 120 build/bin/trace_prefill 32768 configs/models/qwen2.5-0.5b.json $b 2>&1 |
+          awk '/time per name/ {n = 26} /span|forward\(\) returned/ {print} n > 0 {print; n--}'
       done
     done > "$out/trace.txt"
     cat "$out/trace.txt" | cut -c1-150
