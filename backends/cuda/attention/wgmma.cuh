@@ -244,12 +244,20 @@ __device__ __forceinline__ void bulk_wait_all() { asm volatile("cp.async.bulk.wa
 __device__ __forceinline__ void fence_proxy_async_global() {
   asm volatile("fence.proxy.async.global;\n" ::: "memory");
 }
-// A turn counter in global memory: spin until it reads `want` (acquire), or add 1 (release).
+// A turn counter in global memory: spin until it reads `want` (acquire), or add 1 (release). A
+// wait past 10 s traps (the launch fails with an error) instead of hanging: turns that never come
+// would be a broken ordering assumption, and a hung GPU test says nothing.
 __device__ __forceinline__ void turn_wait(const int* lock, int want) {
-  int v;
-  do {
+  uint64_t t0, t;
+  asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t0));
+  for (;;) {
+    int v;
     asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(lock) : "memory");
-  } while (v != want);
+    if (v == want) return;
+    __nanosleep(32);
+    asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t));
+    if (t - t0 > 10000000000ull) __trap();
+  }
 }
 __device__ __forceinline__ void turn_pass(int* lock) {
   asm volatile("red.release.gpu.global.add.s32 [%0], 1;\n" ::"l"(lock) : "memory");
