@@ -452,7 +452,10 @@ void register_eval(CLI::App& app) {
                   "The scores agree up to rounding")
       ->check(CLI::IsMember({"auto", "on", "off"}))
       ->capture_default_str();
-  cmd->add_option("--niah-lengths", args->niah_lengths, "niah: context lengths in tokens")->capture_default_str();
+  cmd->add_option("--niah-lengths", args->niah_lengths,
+                  "niah: prompt lengths in tokens (where the 16 answer tokens would pass the model's\n"
+                  "max_position_embeddings, the prompt is 16 tokens shorter)")
+      ->capture_default_str();
   cmd->add_option("--niah-depths", args->niah_depths, "niah: needle depths in percent of the haystack")
       ->capture_default_str();
   cmd->add_option("--niah-samples", args->niah_samples, "niah: seeded samples per (length, depth) cell")
