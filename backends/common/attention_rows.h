@@ -75,6 +75,44 @@ struct RoutedRows {
   }
 };
 
+// The query rows [begin, end) of a call (of Tq active rows) that see at least one key of
+// [n0, n1): both ends of a row's key range are monotone in the row, so two binary searches. The
+// backward kernels' key blocks take their query tiles from it.
+template <class Mask, class Rows>
+RT_ATTN_HD void query_range(const MaskParams& mk, const Rows& rows, int Tq, int n0, int n1, int& begin, int& end) {
+  // first row with key_hi > n0
+  int lo = 0, hi = Tq;
+  while (lo < hi) {
+    const int mid = (lo + hi) >> 1;
+    if (Mask::key_hi(mk, rows.pos(mk, mid)) > n0) hi = mid;
+    else lo = mid + 1;
+  }
+  begin = lo;
+  // first row with key_lo >= n1
+  lo = begin, hi = Tq;
+  while (lo < hi) {
+    const int mid = (lo + hi) >> 1;
+    if (Mask::key_lo(mk, rows.pos(mk, mid)) >= n1) hi = mid;
+    else lo = mid + 1;
+  }
+  end = lo;
+}
+
+// Whether the key blocks that see a query tile are one run [first_key_block, last]: so for every
+// mask over dense rows (consecutive positions: consecutive rows' key ranges overlap or touch) and
+// for unwindowed masks over routed rows (every row's range starts at key 0); not for a window over
+// routed rows, whose positions may jump past the window. The deterministic fused dQ of the Hopper
+// backward (flash_bwd_dkdv_hopper_tall.cuh) adds a tile's partials in key-block order relying on it.
+template <class Mask, class Rows>
+inline constexpr bool contiguous_key_blocks = !(Rows::routed && Mask::windowed);
+
+// The first key block (of block_n keys) that sees the query tile starting at row `row0` (an active
+// row): its first row's, as key_lo is monotone in the row.
+template <class Mask, class Rows>
+RT_ATTN_HD int first_key_block(const MaskParams& mk, const Rows& rows, int row0, int block_n) {
+  return Mask::key_lo(mk, rows.pos(mk, row0)) / block_n;
+}
+
 // The same mask with its kind chosen at run time (CPU loops, the materialized dense path): row i
 // of the call sees keys [lo(i), hi(i)). `index` non-null: routed rows (positions q_pos0 + index[i]).
 struct KeyRange {

@@ -70,6 +70,8 @@ using rt::attn::clamp_key;
 using rt::attn::DenseRows;
 using rt::attn::FullMask;
 using rt::attn::MaskParams;
+using rt::attn::first_key_block;
+using rt::attn::query_range;
 using rt::attn::RoutedRows;
 using rt::attn::SlidingWindowMask;
 using rt::attn::WindowOnlyMask;

@@ -95,30 +95,6 @@ struct BwdConfig {
   static constexpr int kSmemBytes = kOffStats + 2 * 2 * kBlockM * 4;
 };
 
-// Range of query rows [begin, end) that see at least one key of [n0, n1) (both ends monotone in the
-// row, so binary searches). Rows that see nothing at all are excluded by neither test, but they
-// have lse = +inf and contribute nothing.
-template <class Mask, class Rows>
-__device__ __forceinline__ void query_range(const MaskParams& mk, const Rows& rows, int Tq, int n0, int n1, int& begin,
-                                            int& end) {
-  // first row with key_hi > n0
-  int lo = 0, hi = Tq;
-  while (lo < hi) {
-    const int mid = (lo + hi) >> 1;
-    if (Mask::key_hi(mk, rows.pos(mk, mid)) > n0) hi = mid;
-    else lo = mid + 1;
-  }
-  begin = lo;
-  // first row with key_lo >= n1
-  lo = begin, hi = Tq;
-  while (lo < hi) {
-    const int mid = (lo + hi) >> 1;
-    if (Mask::key_lo(mk, rows.pos(mk, mid)) >= n1) hi = mid;
-    else lo = mid + 1;
-  }
-  end = lo;
-}
-
 __device__ __forceinline__ void atomic_add2(float* dst, float a, float b) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   atomicAdd(reinterpret_cast<float2*>(dst), make_float2(a, b));

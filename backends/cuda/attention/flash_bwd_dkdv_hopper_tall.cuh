@@ -86,6 +86,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   const int n0 = w.n0, hk = w.hk, Tq = w.Tq, items = w.items;
   const MaskParams& mk = p.mask;
   const Rows& rows = w.rows;
+  static_assert(!Cfg::kFusedDq || rt::attn::contiguous_key_blocks<Mask, Rows>,
+                "the fused dQ adds a tile's partials in key-block order: the blocks must be one run");
 
   // Fused dQ: the step's dQ tile, and its mbarriers (full: the consumers stored it; empty: the
   // bulk reduction has read it).
@@ -114,9 +116,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
         for (int it = 0; it < items; ++it) {
           mbar_wait(dq_full, it & 1);
           const int m0 = w.m0(it), hq = w.head(it);
-          // The first key block that sees this tile: its first row's (key ranges are monotone, and
-          // every block from there to this one sees the tile).
-          const int n_lo = Mask::key_lo(mk, rows.pos(mk, m0)) / kBlockN;
+          // Every key block from the first that sees this tile to this one sees it
+          // (contiguous_key_blocks, tested on the CPU in tests/backends/test_key_block_order.cpp).
+          const int n_lo = first_key_block<Mask>(mk, rows, m0, kBlockN);
           int* lock = p.dq_lock + static_cast<int64_t>(hq) * m_tiles + m0 / kBlockM;
           turn_wait(lock, static_cast<int>(blockIdx.x) - n_lo);
           fence_proxy_async_global();

@@ -28,6 +28,12 @@ bool fused_dq_setting() {
   return on;
 }
 
+template <class Cfg>
+constexpr bool fuses_dq() {
+  if constexpr (requires { Cfg::kFusedDq; }) return Cfg::kFusedDq;
+  else return false;
+}
+
 template <class Cfg, class Mask, class Rows, bool kTall>
 struct DkDvKernel {
   static constexpr auto value = attn::flash_bwd_dkdv_hopper_kernel<Cfg, Mask, Rows>;
@@ -52,11 +58,15 @@ bool launch_dkdv(const attn::BwdParams& p, const TensorView& q, const TensorView
            " is too long for one launch of the Hopper dK/dV kernel");
   with_mask(spec, [&](auto mask) {
     using Mask = decltype(mask);
-    constexpr auto kernel = DkDvKernel<Cfg, Mask, Rows, kTall>::value;
-    ensure_smem<kernel>(kOp, Cfg::kSmemBytes, "cudaFuncSetAttribute (Hopper flash backward dK/dV)");
-    const dim3 grid(static_cast<unsigned>(n_blocks), static_cast<unsigned>(s.Hkv), static_cast<unsigned>(splits));
-    kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p, tk, tv, tq, tdo);
-    check_launch(kOp, "flash_bwd_dkdv_hopper_kernel");
+    if constexpr (fuses_dq<Cfg>() && !rt::attn::contiguous_key_blocks<Mask, Rows>) {
+      RT_CHECK(false, kOp, ": the fused dQ needs one run of key blocks per query tile (not a window over routed rows)");
+    } else {
+      constexpr auto kernel = DkDvKernel<Cfg, Mask, Rows, kTall>::value;
+      ensure_smem<kernel>(kOp, Cfg::kSmemBytes, "cudaFuncSetAttribute (Hopper flash backward dK/dV)");
+      const dim3 grid(static_cast<unsigned>(n_blocks), static_cast<unsigned>(s.Hkv), static_cast<unsigned>(splits));
+      kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p, tk, tv, tq, tdo);
+      check_launch(kOp, "flash_bwd_dkdv_hopper_kernel");
+    }
   });
   return true;
 }
@@ -110,6 +120,7 @@ bool launch_flash_bwd_dkdv_hopper(int D, const attn::BwdParams& p, const TensorV
 }
 
 bool hopper_bwd_fuses_dq(int D, const AttentionSpec& spec) {
+  // (a window over routed rows: rt::attn::contiguous_key_blocks is false)
   return D == 64 && tall_tiles_setting() && fused_dq_setting() && !(spec.routed() && spec.window > 0);
 }
 
