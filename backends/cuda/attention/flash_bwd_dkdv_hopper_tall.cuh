@@ -65,6 +65,14 @@ struct HopperBwdDkDvTallDqConfig : HopperBwdDkDvTallConfig {
   static_assert(kSmemBytes <= 227 * 1024, "shared memory");
 };
 
+// Where the fused dQ keeps element (query 64 cw + 16 warp + lane / 4 + 8 hr, column 8 j + 2 (lane % 4)
+// + e) of a 128 x 64 tile, in floats from the tile's start (+ e): the wgmma accumulator's order,
+// [warpgroup][n8 block j][hr][warp][lane][2]. The bulk reduction adds tiles element by element, so
+// any fixed order serves; this one lets a warp store its fragment without bank conflicts.
+__host__ __device__ __forceinline__ int dq_tile_offset(int cw, int j, int hr, int warp, int lane) {
+  return ((((cw * 8 + j) * 2 + hr) * 4 + warp) * 32 + lane) * 2;
+}
+
 // Grid: (key blocks, KV heads, group splits), as the other dK/dV kernels.
 template <class Cfg, class Mask, class Rows>
 __global__ void __launch_bounds__(Cfg::kThreads, 1)
@@ -268,13 +276,13 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       if constexpr (Cfg::kFusedDq) {
         hopper_detail::fence_regs(dq);
         mbar_wait(dq_empty, (it & 1) ^ 1);  // the previous step's tile has been read
-        // dq[4 j + 2 hr + e]: query 64 cw + 16 warp + g + 8 hr, column 8 j + 2 t4 + e.
+        // The tile in the accumulator's fragment order (dq_tile_offset): a warp's 32 pairs for one
+        // (j, hr) are 256 contiguous bytes, so the stores meet no bank conflict.
 #pragma unroll
         for (int j = 0; j < kD / 8; ++j)
 #pragma unroll
           for (int hr = 0; hr < 2; ++hr) {
-            const int row = cw * 64 + warp * 16 + g + 8 * hr;
-            const uint32_t a = sdQ + static_cast<uint32_t>((row * kD + 8 * j + 2 * t4) * 4);
+            const uint32_t a = sdQ + static_cast<uint32_t>(dq_tile_offset(cw, j, hr, warp, lane) * 4);
             asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(a), "f"(dq[4 * j + 2 * hr]),
                          "f"(dq[4 * j + 2 * hr + 1])
                          : "memory");
@@ -313,7 +321,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
 }
 
 // The fused dQ's accumulator [Hq][Tq_pad][64] into dq [Tq][Hq][64] (bf16, strided): scale * acc,
-// 0 for inactive routed rows. A thread per 4 columns of a (row, head).
+// 0 for inactive routed rows. A thread per 4 columns of a (row, head). Within a 128-row tile the
+// accumulator is in fragment order (dq_tile_offset).
 template <class Rows>
 __global__ void flash_bwd_dq_accum_convert_kernel(const float* acc, bf16* dq, int64_t dq_row, int64_t dq_head, int Tq,
                                                   int Hq, int Tq_pad, float scale, const int32_t* q_index,
@@ -326,7 +335,14 @@ __global__ void flash_bwd_dq_accum_convert_kernel(const float* acc, bf16* dq, in
   const int r = static_cast<int>(i / (static_cast<int64_t>(kQuads) * Hq));
   const int active = make_rows<Rows>(q_index, q_count).active(Tq);
   float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-  if (r < active) v = *reinterpret_cast<const float4*>(acc + (static_cast<int64_t>(h) * Tq_pad + r) * kD + c);
+  if (r < active) {
+    // Row r % 128 of its tile is 64 cw + 16 warp + g + 8 hr; columns c..c+3 are pairs (t4, t4 + 1)
+    // of n8 block j, lanes 4 g + t4 and the next: 16 contiguous bytes.
+    const int rr = r % 128, within = rr % 16, j = c / 8, t4 = (c % 8) / 2;
+    const int lane = (within % 8) * 4 + t4;
+    const int64_t tile = (static_cast<int64_t>(h) * Tq_pad + (r - rr)) * kD;
+    v = *reinterpret_cast<const float4*>(acc + tile + dq_tile_offset(rr / 64, j, within / 8, (rr % 64) / 16, lane));
+  }
   bf16* out = dq + static_cast<int64_t>(r) * dq_row + static_cast<int64_t>(h) * dq_head + c;
   out[0] = __float2bfloat16_rn(v.x * scale);
   out[1] = __float2bfloat16_rn(v.y * scale);
