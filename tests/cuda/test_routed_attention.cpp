@@ -356,11 +356,12 @@ TEST(RoutedAttention, RoutingOpsMatchCpu) {
     const TensorView cix = TensorView::contiguous(ci.data(), DType::I32, Device::CPU, {T});
     const TensorView ccnt = TensorView::contiguous(&cn, DType::I32, Device::CPU, {1});
     // Widths and dtypes that take the 16-byte vector kernel (f32 96, bf16 896: unit stride, aligned
-    // rows) and the generic one (bf16 36: rows of 72 bytes), each bit for bit against the CPU; bf16
-    // inputs are rounded on the host, and the CPU's f32 scatter-add is rounded to bf16 once, as the
-    // device adds in f32 and rounds each element.
-    for (const auto& [C, dt] : std::vector<std::pair<int64_t, DType>>{{96, DType::F32}, {896, DType::BF16},
-                                                                       {36, DType::BF16}}) {
+    // rows), a block per row (bf16 100: rows of 200 bytes) and narrow rows (f32 1, the gate's; bf16
+    // 36: a thread per element under RT_CUDA_ROWS_V2=1, a block per row otherwise), each bit for bit
+    // against the CPU; bf16 inputs are rounded on the host, and the CPU's f32 scatter-add is rounded
+    // to bf16 once, as the device adds in f32 and rounds each element.
+    for (const auto& [C, dt] : std::vector<std::pair<int64_t, DType>>{
+             {96, DType::F32}, {896, DType::BF16}, {100, DType::BF16}, {36, DType::BF16}, {1, DType::F32}}) {
       if (dt == DType::BF16 && T == 70000) continue;  // the bf16 widths are covered at T = 1000
       SCOPED_TRACE("C " + std::to_string(C) + (dt == DType::BF16 ? " bf16" : " f32"));
       std::vector<float> x = randn(static_cast<size_t>(T * C), 7), y = randn(static_cast<size_t>(T * C), 8);

@@ -5,7 +5,7 @@
 #include "cuda/attention/flash_bwd_dkdv_hopper.cuh"
 #include "cuda/attention/flash_bwd_dkdv_hopper_tall.cuh"
 #include "cuda/attention/flash_bwd_dq_hopper.cuh"
-#include "cuda/attention/sm90/env_switch.h"
+#include "cuda/env_switch.h"
 #include "cuda/attention/sm90/kv_tensor_map.h"
 
 namespace rt::cuda::attn_launch {

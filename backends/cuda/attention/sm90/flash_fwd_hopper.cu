@@ -10,7 +10,7 @@
 #include <cstdint>
 
 #include "cuda/attention/flash_fwd_hopper.cuh"
-#include "cuda/attention/sm90/env_switch.h"
+#include "cuda/env_switch.h"
 #include "cuda/attention/sm90/kv_tensor_map.h"
 
 namespace rt::cuda::attn_launch {
