@@ -140,21 +140,29 @@ __device__ __forceinline__ void wgmma_m64n128k16_ss(float (&d)[64], uint64_t des
       : "l"(desc_a), "l"(desc_b), "r"(static_cast<uint32_t>(zero_init ? 0 : 1)));
 }
 
-// d[32] += A (shared, K-major) * B (shared, K-major), m64n64k16; zero_init: d = A * B (scale-d false).
-__device__ __forceinline__ void wgmma_m64n64k16_ss(float (&d)[32], uint64_t desc_a, uint64_t desc_b, bool zero_init) {
+// d[32] (+)= A * B, m64n64k16, both operands in shared memory; kTransA / kTransB: that operand is
+// stored MN-major (its K dimension as rows) and read transposed; zero_init: d = A * B (scale-d false).
+template <int kTransA, int kTransB>
+__device__ __forceinline__ void wgmma_m64n64k16_ss_t(float (&d)[32], uint64_t desc_a, uint64_t desc_b,
+                                                     bool zero_init) {
   asm volatile(
       "{\n.reg .pred p;\n"
       "setp.ne.u32 p, %34, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-      "{" 
+      "{"
       "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
       "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
-      "}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+      "}, %32, %33, p, 1, 1, %35, %36;\n}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
         "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
         "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
         "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-      : "l"(desc_a), "l"(desc_b), "r"(static_cast<uint32_t>(zero_init ? 0 : 1)));
+      : "l"(desc_a), "l"(desc_b), "r"(static_cast<uint32_t>(zero_init ? 0 : 1)), "n"(kTransA), "n"(kTransB));
+}
+
+// Both K-major (the forward's S = Q K^T).
+__device__ __forceinline__ void wgmma_m64n64k16_ss(float (&d)[32], uint64_t desc_a, uint64_t desc_b, bool zero_init) {
+  wgmma_m64n64k16_ss_t<0, 0>(d, desc_a, desc_b, zero_init);
 }
 
 // d[64] += A (registers, 4 x bf16x2 per thread) * B (shared, N-major: transposed), m64n128k16.
@@ -193,39 +201,16 @@ __device__ __forceinline__ void wgmma_m64n64k16_rs_tn(float (&d)[32], const uint
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
 }
 
-// d[32] += A (shared, M-major: transposed) * B (shared, N-major: transposed), m64n64k16: both
-// operands stored with their K dimension as rows (the backward's dV^T = dO^T P, dK^T = Q^T dS).
+// d[32] += A^T B with both operands stored with their K dimension as rows (the backward's
+// dV^T = dO^T P, dK^T = Q^T dS).
 __device__ __forceinline__ void wgmma_m64n64k16_ss_tt(float (&d)[32], uint64_t desc_a, uint64_t desc_b) {
-  asm volatile(
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-      "{"
-      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
-      "}, %32, %33, 1, 1, 1, 1, 1;\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-      : "l"(desc_a), "l"(desc_b));
+  wgmma_m64n64k16_ss_t<1, 1>(d, desc_a, desc_b, false);
 }
 
-// d[32] (+)= A (shared, K-major) * B (shared, MN-major: read transposed), m64n64k16; zero_init:
-// d = A * B. The fused dQ of the tall dK/dV tile: dQ = dS K with K stored [key][d].
+// A K-major, B read transposed (the tall tile's fused dQ = dS K, K stored [key][d]).
 __device__ __forceinline__ void wgmma_m64n64k16_ss_nt(float (&d)[32], uint64_t desc_a, uint64_t desc_b,
                                                       bool zero_init) {
-  asm volatile(
-      "{\n.reg .pred p;\n"
-      "setp.ne.u32 p, %34, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-      "{"
-      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
-      "}, %32, %33, p, 1, 1, 0, 1;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-      : "l"(desc_a), "l"(desc_b), "r"(static_cast<uint32_t>(zero_init ? 0 : 1)));
+  wgmma_m64n64k16_ss_t<0, 1>(d, desc_a, desc_b, zero_init);
 }
 
 // Bulk reduction of `bytes` contiguous fp32 (a multiple of 16, both addresses 16-byte aligned)
