@@ -181,6 +181,27 @@ __device__ __forceinline__ void zero_inactive_rows(uint32_t sQs, uint32_t sdOs, 
   sm90::named_barrier_sync(1, 256);
 }
 
+// A consumer's step `it`, once its query tile has arrived: the stage, the tile's first row, its
+// last active row, and the stage's Q and dO (inactive routed rows zeroed, by the consumer thread
+// `tid` of [0, 256)).
+struct Step {
+  int st, m0, last_row;
+  uint32_t q, dout;
+};
+template <class Cfg, class W>
+__device__ __forceinline__ Step begin_step(const Smem<Cfg>& sm, const W& w, int it, int tid) {
+  Step s;
+  s.st = it % Cfg::kStages;
+  s.m0 = w.m0(it);
+  s.last_row = min(s.m0 + Cfg::kBlockM, w.Tq) - 1;
+  s.q = sm.q_stage(s.st);
+  s.dout = sm.dout_stage(s.st);
+  sm90::mbar_wait(sm.q_full(s.st), (it / Cfg::kStages) & 1);
+  if (decltype(w.rows)::routed && s.m0 + Cfg::kBlockM > w.Tq)
+    zero_inactive_rows<Cfg>(s.q, s.dout, w.Tq - s.m0, tid);
+  return s;
+}
+
 }  // namespace dkdv_detail
 #endif
 
@@ -192,7 +213,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
                                  const __grid_constant__ CUtensorMap tmap_do) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using namespace sm90;
-  constexpr int kD = Cfg::kD, kBlockM = Cfg::kBlockM, kBlockN = Cfg::kBlockN, kStages = Cfg::kStages;
+  constexpr int kD = Cfg::kD, kBlockM = Cfg::kBlockM, kBlockN = Cfg::kBlockN;
   constexpr int kMT = kBlockM / 8;  // n8 blocks of queries in S^T
 
   extern __shared__ uint8_t smem_raw[];
@@ -235,13 +256,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
 
     if (items > 0) mbar_wait(sm.kv_full(), 0);
     for (int it = 0; it < items; ++it) {
-      const int st = it % kStages;
-      const uint32_t ph = (it / kStages) & 1;
-      const int h = w.head(it), m0 = w.m0(it);
-      const int last_row = min(m0 + kBlockM, Tq) - 1;
-      const uint32_t sQs = sm.q_stage(st), sdOs = sm.dout_stage(st);
-      mbar_wait(sm.q_full(st), ph);
-      if (Rows::routed && m0 + kBlockM > Tq) dkdv_detail::zero_inactive_rows<Cfg>(sQs, sdOs, Tq - m0, ctid + 128 * cw);
+      const auto [st, m0, last_row, sQs, sdOs] = dkdv_detail::begin_step(sm, w, it, ctid + 128 * cw);
+      const int h = w.head(it);
 
       // S^T = K Q^T and dP^T = V dO^T (this warpgroup's 64 keys x kBlockM queries), one group.
       hopper_detail::fence_regs(s);

@@ -82,7 +82,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
                                       const __grid_constant__ CUtensorMap tmap_do) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using namespace sm90;
-  constexpr int kD = Cfg::kD, kBlockM = Cfg::kBlockM, kBlockN = Cfg::kBlockN, kStages = Cfg::kStages;
+  constexpr int kD = Cfg::kD, kBlockM = Cfg::kBlockM, kBlockN = Cfg::kBlockN;
   constexpr int kSubP = Cfg::kPBytes / 2;
 
   extern __shared__ uint8_t smem_raw[];
@@ -184,14 +184,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
 
     if (items > 0) mbar_wait(sm.kv_full(), 0);
     for (int it = 0; it < items; ++it) {
-      const int st = it % kStages;
-      const uint32_t ph = (it / kStages) & 1;
-      const int m0 = w.m0(it);
-      const int last_row = min(m0 + kBlockM, Tq) - 1;
-      const uint32_t sQs = sm.q_stage(st), sdOs = sm.dout_stage(st);
-      mbar_wait(sm.q_full(st), ph);
-      // dO^T P and Q^T dS read every row: inactive routed rows must be zeros.
-      if (Rows::routed && m0 + kBlockM > Tq) dkdv_detail::zero_inactive_rows<Cfg>(sQs, sdOs, Tq - m0, ctid + 128 * cw);
+      // (dO^T P and Q^T dS read every row: begin_step zeroes inactive routed rows.)
+      const auto [st, m0, last_row, sQs, sdOs] = dkdv_detail::begin_step(sm, w, it, ctid + 128 * cw);
 
       // S = Q K^T, then dP = dO V^T (this warpgroup's 64 rows x 128 keys), two commit groups.
       hopper_detail::fence_regs(s);
