@@ -119,8 +119,8 @@ __global__ void routed_rows_vec_kernel(const T* a, int64_t a_row, T* b, int64_t 
 // stride, every row start 16-byte aligned and rows a whole number of vectors.
 bool vector_rows(const RowsDesc& a, const RowsDesc& b, int64_t cols) {
   if (a.dtype != b.dtype || a.col_stride != 1 || b.col_stride != 1 || a.outer != 1 || b.outer != 1) return false;
-  const int64_t es = a.dtype == DType::F32 ? 4 : 2;
   if (a.dtype != DType::F32 && a.dtype != DType::BF16 && a.dtype != DType::F16) return false;
+  const auto es = static_cast<int64_t>(dtype_size(a.dtype));
   auto aligned = [&](const RowsDesc& d) {
     return reinterpret_cast<uintptr_t>(d.data) % 16 == 0 && (d.stride[0] * es) % 16 == 0;
   };
@@ -189,8 +189,7 @@ void launch_routed_rows(const char* op, const TensorView& a, const char* a_name,
   const auto* idx = static_cast<const int32_t*>(index.data);
   const auto* cnt = static_cast<const int32_t*>(count.data);
   if (vector_rows(da, db, ca)) {
-    const int64_t es = a.dtype == DType::F32 ? 4 : 2;
-    const int vecs = static_cast<int>(ca * es / 16);
+    const int vecs = static_cast<int>(ca * static_cast<int64_t>(dtype_size(a.dtype)) / 16);
     const int threads = 256;
     const int rows_per_block = std::max(1, threads / vecs);
     const int64_t groups = (cap + rows_per_block - 1) / rows_per_block;
