@@ -104,7 +104,7 @@ __global__ void cross_entropy_kernel(const float* logits, int64_t V, const int32
   }
 }
 
-// RT_CUDA_ROWS_V2=1 (an experiment, off by default): the same row in two passes over the logits
+// The default (RT_CUDA_ROWS_V2=0 runs the three-pass kernel): the same row in two passes over the logits
 // instead of three. Max and sum in one (online: the sum is rescaled when the max grows), then the
 // gradient; 16-byte loads where V % 4 == 0 (the chunk's rows are then 16-byte aligned). The loss
 // differs from the three-pass kernel's by fp32 rounding only. The training trace at 32K spends

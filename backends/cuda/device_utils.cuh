@@ -9,6 +9,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "cuda/check.h"
 #include "rt/sdk/tensor.h"
@@ -29,6 +30,33 @@ __device__ __forceinline__ void store_f(void* base, int64_t i, DType t, float v)
     case DType::F16: static_cast<__half*>(base)[i] = __float2half_rn(v); break;
     default: static_cast<float*>(base)[i] = v; break;
   }
+}
+
+// The typed twins of load_f / store_f, for kernels instantiated per dtype (16-byte vector rows):
+// the same conversions, so their results match the dtype-switching kernels' to the bit.
+template <class T>
+__device__ __forceinline__ float to_f(T v) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) return __bfloat162float(v);
+  else if constexpr (std::is_same_v<T, __half>) return __half2float(v);
+  else return v;
+}
+template <class T>
+__device__ __forceinline__ T from_f(float v) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) return __float2bfloat16_rn(v);
+  else if constexpr (std::is_same_v<T, __half>) return __float2half_rn(v);
+  else return v;
+}
+// N elements loaded or stored as 16-byte vectors (N * sizeof(T) a multiple of 16).
+template <class T, int N>
+struct alignas(16) Pack {
+  T v[N];
+};
+// Calls f with a value of the C++ type of t (bf16, f16 or f32).
+template <class F>
+__host__ __forceinline__ void with_float_type(DType t, F&& f) {
+  if (t == DType::BF16) f(__nv_bfloat16{});
+  else if (t == DType::F16) f(__half{});
+  else f(float{});
 }
 
 // A view seen as rows x cols: all dimensions but the last are "outer" (collapsed on the host

@@ -65,27 +65,24 @@ __global__ void routed_rows_kernel(RowsDesc a, RowsDesc b, int64_t cols, int64_t
   }
 }
 
-// The common case, rows of one float type with unit column stride and 16-byte aligned rows, in
-// 16-byte vectors and several rows per block (one block per row of 896 bf16 columns ran at a
-// tenth of the bandwidth: 0.26 ms a call at T = 32K). Each element goes through the same float
-// conversions as load_f / store_f, so the result is the generic kernel's to the bit.
-template <class T>
-__device__ __forceinline__ float to_f(T v) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) return __bfloat162float(v);
-  else if constexpr (std::is_same_v<T, __half>) return __half2float(v);
-  else return v;
+// The common case, rows with unit column stride and 16-byte aligned rows, in vectors of 16 bytes
+// of the narrower type and several rows per block (one block per row of 896 bf16 columns ran at a
+// tenth of the bandwidth: 0.26 ms a call at T = 32K). The two sides may differ in type: the paper
+// layout scatter-adds bf16 o_proj rows into the f32 residual (24 calls, 7.7 ms of a 32K prefill on
+// the block-per-row kernel). Each element goes through the same float conversions as load_f /
+// store_f, so the result is the generic kernel's to the bit. A vector is 16 bytes of the narrower
+// type.
+template <class TA, class TB>
+constexpr int vec_elems() {
+  return 16 / static_cast<int>(sizeof(TA) < sizeof(TB) ? sizeof(TA) : sizeof(TB));
 }
-template <class T>
-__device__ __forceinline__ T from_f(float v) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) return __float2bfloat16_rn(v);
-  else if constexpr (std::is_same_v<T, __half>) return __float2half_rn(v);
-  else return v;
-}
-
-template <class T, bool kScatter>
-__global__ void routed_rows_vec_kernel(const T* a, int64_t a_row, T* b, int64_t b_row, int vecs, int rows_per_block,
-                                       int64_t cap, int64_t limit, const int32_t* index, const int32_t* count) {
-  constexpr int kPer = 16 / sizeof(T);
+template <class TA, class TB, bool kScatter>
+__global__ void routed_rows_vec_kernel(const TA* a, int64_t a_row, TB* b, int64_t b_row, int vecs,
+                                       int rows_per_block, int64_t cap, int64_t limit, const int32_t* index,
+                                       const int32_t* count) {
+  constexpr int kPer = vec_elems<TA, TB>();
+  using PA = Pack<TA, kPer>;
+  using PB = Pack<TB, kPer>;
   const int64_t n = *count;
   const int64_t span = static_cast<int64_t>(rows_per_block) * vecs;
   for (int64_t r0 = static_cast<int64_t>(blockIdx.x) * rows_per_block; r0 < cap;
@@ -99,35 +96,42 @@ __global__ void routed_rows_vec_kernel(const T* a, int64_t a_row, T* b, int64_t 
       const bool valid = i < n && src >= 0 && src < limit;
       if constexpr (kScatter) {
         if (!valid) continue;  // past the count, or an index list not made by compact_rows: skip, never fault
-        uint4* dp = reinterpret_cast<uint4*>(b + src * b_row) + v;
-        uint4 dv = *dp;
-        const uint4 sv = reinterpret_cast<const uint4*>(a + i * a_row)[v];
-        T* dt = reinterpret_cast<T*>(&dv);
-        const T* st = reinterpret_cast<const T*>(&sv);
+        PB* dp = reinterpret_cast<PB*>(b + src * b_row) + v;
+        PB dv = *dp;
+        const PA sv = reinterpret_cast<const PA*>(a + i * a_row)[v];
 #pragma unroll
-        for (int k = 0; k < kPer; ++k) dt[k] = from_f<T>(to_f(dt[k]) + to_f(st[k]));
+        for (int k = 0; k < kPer; ++k) dv.v[k] = from_f<TB>(to_f(dv.v[k]) + to_f(sv.v[k]));
         *dp = dv;
       } else {
-        const uint4 val = valid ? reinterpret_cast<const uint4*>(a + src * a_row)[v] : make_uint4(0, 0, 0, 0);
-        reinterpret_cast<uint4*>(b + i * b_row)[v] = val;
+        PB out;
+        if (valid) {
+          const PA sv = reinterpret_cast<const PA*>(a + src * a_row)[v];
+#pragma unroll
+          for (int k = 0; k < kPer; ++k) out.v[k] = from_f<TB>(to_f(sv.v[k]));
+        } else {
+#pragma unroll
+          for (int k = 0; k < kPer; ++k) out.v[k] = from_f<TB>(0.f);
+        }
+        reinterpret_cast<PB*>(b + i * b_row)[v] = out;
       }
     }
   }
 }
 
-// Whether launch_routed_rows may take the vector kernel: one dtype, unit column stride, one row
+// Whether launch_routed_rows may take the vector kernel: float types, unit column stride, one row
 // stride, every row start 16-byte aligned and rows a whole number of vectors.
 bool vector_rows(const RowsDesc& a, const RowsDesc& b, int64_t cols) {
-  if (a.dtype != b.dtype || a.col_stride != 1 || b.col_stride != 1 || a.outer != 1 || b.outer != 1) return false;
-  if (a.dtype != DType::F32 && a.dtype != DType::BF16 && a.dtype != DType::F16) return false;
-  const auto es = static_cast<int64_t>(dtype_size(a.dtype));
+  if (a.col_stride != 1 || b.col_stride != 1 || a.outer != 1 || b.outer != 1) return false;
+  auto vector_type = [](DType t) { return t == DType::F32 || t == DType::BF16 || t == DType::F16; };
+  if (!vector_type(a.dtype) || !vector_type(b.dtype)) return false;
+  const auto per = static_cast<int64_t>(16 / std::min(dtype_size(a.dtype), dtype_size(b.dtype)));
   auto aligned = [&](const RowsDesc& d) {
-    return reinterpret_cast<uintptr_t>(d.data) % 16 == 0 && (d.stride[0] * es) % 16 == 0;
+    return reinterpret_cast<uintptr_t>(d.data) % 16 == 0 && (d.stride[0] * static_cast<int64_t>(dtype_size(d.dtype))) % 16 == 0;
   };
-  return (cols * es) % 16 == 0 && aligned(a) && aligned(b);
+  return cols % per == 0 && aligned(a) && aligned(b);
 }
 
-// RT_CUDA_ROWS_V2=1 (an experiment, off by default): rows too narrow for the vector kernel and for
+// The default (RT_CUDA_ROWS_V2=0: a block per row instead): rows too narrow for the vector kernel and for
 // a block each (the gate gradient's [T, 1] scatter-add: 3.6 ms of a 0.5B training step at 32K), a
 // thread per element. The same arithmetic per element as routed_rows_kernel.
 template <bool kScatter>
@@ -189,20 +193,20 @@ void launch_routed_rows(const char* op, const TensorView& a, const char* a_name,
   const auto* idx = static_cast<const int32_t*>(index.data);
   const auto* cnt = static_cast<const int32_t*>(count.data);
   if (vector_rows(da, db, ca)) {
-    const int vecs = static_cast<int>(ca * static_cast<int64_t>(dtype_size(a.dtype)) / 16);
+    const int per = static_cast<int>(16 / std::min(dtype_size(a.dtype), dtype_size(b.dtype)));
+    const int vecs = static_cast<int>(ca / per);
     const int threads = 256;
     const int rows_per_block = std::max(1, threads / vecs);
     const int64_t groups = (cap + rows_per_block - 1) / rows_per_block;
     const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(groups, 1 << 20));
-    auto go = [&](auto tag) {
-      using T = decltype(tag);
-      routed_rows_vec_kernel<T, kScatter><<<blocks, threads, 0, stream>>>(
-          static_cast<const T*>(da.data), da.stride[0], static_cast<T*>(db.data), db.stride[0], vecs, rows_per_block,
-          cap, limit, idx, cnt);
+    auto go = [&](auto ta, auto tb) {
+      using TA = decltype(ta);
+      using TB = decltype(tb);
+      routed_rows_vec_kernel<TA, TB, kScatter><<<blocks, threads, 0, stream>>>(
+          static_cast<const TA*>(da.data), da.stride[0], static_cast<TB*>(db.data), db.stride[0], vecs,
+          rows_per_block, cap, limit, idx, cnt);
     };
-    if (a.dtype == DType::BF16) go(__nv_bfloat16{});
-    else if (a.dtype == DType::F16) go(__half{});
-    else go(float{});
+    with_float_type(a.dtype, [&](auto ta) { with_float_type(b.dtype, [&](auto tb) { go(ta, tb); }); });
     CUDA_CHECK_LAUNCH();
     return;
   }

@@ -1,5 +1,5 @@
 // The order in which the Hopper backward's fused dQ adds a query tile's partials
-// (flash_bwd_dkdv_hopper_tall.cuh, RT_ATTN_HOPPER_BWD_FUSED_DQ=1): the CTA of key block n waits for
+// (flash_bwd_dkdv_hopper_tall.cuh, the default at head dim 64): the CTA of key block n waits for
 // the tile's counter to reach n - first_key_block(tile), so the key blocks that process a tile
 // must be exactly one run starting there, or a CTA waits for a turn that never comes (or two add
 // at once). The blocks and tiles here are computed as the kernel computes them (query_range, then

@@ -668,6 +668,62 @@ TEST_F(CudaOpsTest, LinearStridedOutputAndRepeats) {
 }
 
 // The plain kernel linear() falls back to when cuBLASLt has no algorithm for a layout.
+// Column sums (bias and RMSNorm weight gradients): the 16-byte vector kernel (unit column stride,
+// aligned rows, cols % 8 == 0) sums every column in the scalar kernel's order, so the two agree to
+// the bit; the scalar one runs here on the same values behind a row stride of cols + 1. Both
+// against an fp64 host sum.
+TEST_F(CudaOpsTest, ColumnSumsVectorAndScalarAgreeBitwise) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 900;
+  for (int64_t rows : {int64_t{1}, int64_t{3}, int64_t{1000}, int64_t{20000}})
+    for (int64_t cols : {int64_t{8}, int64_t{896}, int64_t{904}})
+      for (DType at : {DType::F32, DType::BF16})
+        for (int with_b = 0; with_b < 2; ++with_b)
+          for (int with_scale = 0; with_scale < 2; ++with_scale) {
+            if (rows == 20000 && (cols != 896 || at != DType::BF16)) continue;  // 20000: 256 slices of 79 rows
+            SCOPED_TRACE(std::string(rt::dtype_name(at)) + " rows " + std::to_string(rows) + " cols " +
+                         std::to_string(cols) + " b " + std::to_string(with_b) + " scale " + std::to_string(with_scale));
+            const DType bt = at == DType::F32 ? DType::BF16 : DType::F32;  // mixed, as dy * x of the norm
+            Host ha = randn({rows, cols + 1}, ++seed), hb = randn({rows, cols + 1}, ++seed);
+            Host hs = randn({rows}, ++seed);
+            const std::vector<float> ra = rounded(ha.v, at), rb = rounded(hb.v, bt);
+            Tensor ga = upload(ha, at), gb = upload(hb, bt), gs = upload(hs, DType::F32);
+            // The same values packed (vector kernel) and behind the row stride cols + 1 (scalar).
+            auto narrow = [&](const Tensor& t) {
+              TensorView v = t.view;
+              v.shape[1] = cols;
+              return v;
+            };
+            auto packed = [&](const Tensor& t, DType dt) {
+              Tensor p = gpu->alloc(dt, {rows, cols});
+              gpu->copy(narrow(t), p);
+              return p;
+            };
+            Tensor pa = packed(ga, at), pb = packed(gb, bt);
+            Tensor out_vec = gpu->alloc(DType::F32, {cols}), out_scalar = gpu->alloc(DType::F32, {cols});
+            gpu->fill(out_vec, 0.f);
+            gpu->fill(out_scalar, 0.f);
+            const float* scale = with_scale ? static_cast<const float*>(gs.view.data) : nullptr;
+            rt::cuda::column_sum_accumulate(pa, with_b ? pb.view : TensorView{}, scale, out_vec, stream);
+            rt::cuda::column_sum_accumulate(narrow(ga), with_b ? narrow(gb) : TensorView{}, scale, out_scalar, stream);
+            const std::vector<float> v = download(out_vec), sc = download(out_scalar);
+            ASSERT_EQ(0, std::memcmp(v.data(), sc.data(), v.size() * sizeof(float))) << "vector vs scalar kernel";
+            std::vector<double> ref(static_cast<size_t>(cols), 0.0);
+            double mag = 0.0;
+            for (int64_t r = 0; r < rows; ++r)
+              for (int64_t c = 0; c < cols; ++c) {
+                const size_t i = static_cast<size_t>(r * (cols + 1) + c);
+                double x = ra[i];
+                if (with_b) x *= rb[i];
+                if (with_scale) x *= hs.v[static_cast<size_t>(r)];
+                ref[static_cast<size_t>(c)] += x;
+                mag += std::abs(x);
+              }
+            for (int64_t c = 0; c < cols; ++c)
+              ASSERT_NEAR(v[static_cast<size_t>(c)], ref[static_cast<size_t>(c)], 1e-5 * mag / cols + 1e-6) << "column " << c;
+          }
+}
+
 TEST_F(CudaOpsTest, SimpleGemmFallback) {
   SKIP_WITHOUT_GPU();
   uint64_t seed = 800;

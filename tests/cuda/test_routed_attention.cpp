@@ -357,7 +357,7 @@ TEST(RoutedAttention, RoutingOpsMatchCpu) {
     const TensorView ccnt = TensorView::contiguous(&cn, DType::I32, Device::CPU, {1});
     // Widths and dtypes that take the 16-byte vector kernel (f32 96, bf16 896: unit stride, aligned
     // rows), a block per row (bf16 100: rows of 200 bytes) and narrow rows (f32 1, the gate's; bf16
-    // 36: a thread per element under RT_CUDA_ROWS_V2=1, a block per row otherwise), each bit for bit
+    // 36: a thread per element, or a block per row under RT_CUDA_ROWS_V2=0), each bit for bit
     // against the CPU; bf16 inputs are rounded on the host, and the CPU's f32 scatter-add is rounded
     // to bf16 once, as the device adds in f32 and rounds each element.
     for (const auto& [C, dt] : std::vector<std::pair<int64_t, DType>>{
@@ -382,6 +382,26 @@ TEST(RoutedAttention, RoutingOpsMatchCpu) {
       g.cpu->scatter_add_rows(cv(x), cix, ccnt, cv(y));
       if (dt == DType::BF16) round_bf16(y);
       EXPECT_EQ(g.download(gy), y) << "scatter_add_rows";
+    }
+
+    // Mixed types take the vector kernel too: bf16 o_proj rows scatter-added into the f32
+    // residual (the paper layout), and an f32 -> bf16 gather (rounded once per element).
+    if (T <= 1000) {
+      const int64_t C = 896;
+      std::vector<float> x = randn(static_cast<size_t>(T * C), 10), y = randn(static_cast<size_t>(T * C), 11);
+      round_bf16(x);
+      auto cv = [&](std::vector<float>& h) { return TensorView::contiguous(h.data(), DType::F32, Device::CPU, {T, C}); };
+      Tensor gx = g.upload(x, {T, C}, DType::BF16), gy = g.upload(y, {T, C}, DType::F32);
+      g.ops->scatter_add_rows(gx, ix, cnt, gy);
+      g.cpu->scatter_add_rows(cv(x), cix, ccnt, cv(y));
+      EXPECT_EQ(g.download(gy), y) << "scatter_add_rows bf16 -> f32";
+      std::vector<float> f = randn(static_cast<size_t>(T * C), 12), cout(static_cast<size_t>(T * C));
+      Tensor gf = g.upload(f, {T, C}, DType::F32), gout = g.ops->alloc(DType::BF16, {T, C});
+      g.poison(gout);
+      g.ops->gather_rows(gf, ix, cnt, gout);
+      g.cpu->gather_rows(cv(f), cix, ccnt, cv(cout));
+      round_bf16(cout);
+      EXPECT_EQ(g.download(gout), cout) << "gather_rows f32 -> bf16";
     }
 
     const int64_t H = 3, D = 32;

@@ -9,8 +9,8 @@
 # mma.sync kernel of sm_89; FWD_PATHS picks), a compute-sanitizer pass, and times both paths against cuDNN.
 # `bwdpaths` does the same for the deterministic backward (RT_ATTN_BWD=wgmma: the Hopper dK/dV and dQ kernels),
 # `bwdtall` for the 128 x 128 dK/dV tile at head dim 64 (the default; RT_ATTN_HOPPER_BWD_TALL=0: 128 x 64),
-# `bwdfuseddq` for its dQ fused in key-block order (RT_ATTN_HOPPER_BWD_FUSED_DQ=1, an experiment), `rowsv2`
-# for the row kernels' second versions (RT_CUDA_ROWS_V2=1, an experiment). `bwdprof` and
+# `bwdfuseddq` for its dQ fused in key-block order (the default; RT_ATTN_HOPPER_BWD_FUSED_DQ=0 runs the dQ pass), `rowsv2`
+# for the row kernels' first versions (RT_CUDA_ROWS_V2=0; the second are the default). `bwdprof` and
 # `decodeprof` profile the backward kernels (ncu) and a decode step (CUPTI trace of graph replays).
 # TEST_TIMEOUT bounds each test binary (default 300 s).
 set -uo pipefail
@@ -126,13 +126,13 @@ for step in "$@"; do
                # the dQ pass; the tests include bit-identical reruns, and a deadlock shows as a timeout
     backward_variant bwdfuseddq RT_ATTN_HOPPER_BWD_FUSED_DQ 0 1
     ;;
-  rowsv2)  # the second versions of the row kernels (RT_CUDA_ROWS_V2=1: cross-entropy in two passes,
-           # RMSNorm backward statistics in 16-byte loads, narrow routed rows): tests with it, then a
-           # 32K training step without and with it, in one call
+  rowsv2)  # the row kernels' second versions (the default: cross-entropy in two passes, RMSNorm
+           # backward statistics in 16-byte loads, narrow routed rows) against the first
+           # (RT_CUDA_ROWS_V2=0): the tests with the first, then a 32K training step with each, in one call
     : > "$out/rowsv2.txt"
     for t in test_cuda_training_ops test_routed_attention test_backend_ops test_cuda_ops test_l2a_fused; do
-      RT_CUDA_ROWS_V2=1 timeout ${TEST_TIMEOUT:-300} build/bin/$t --gtest_brief=1 > /tmp/$t.rowsv2.log 2>&1
-      echo "$t RT_CUDA_ROWS_V2=1 rc=$? $(grep -E '^\[  (PASSED|FAILED)' /tmp/$t.rowsv2.log | tr '\n' ' ')" | tee -a "$out/rowsv2.txt"
+      RT_CUDA_ROWS_V2=0 timeout ${TEST_TIMEOUT:-300} build/bin/$t --gtest_brief=1 > /tmp/$t.rowsv2.log 2>&1
+      echo "$t RT_CUDA_ROWS_V2=0 rc=$? $(grep -E '^\[  (PASSED|FAILED)' /tmp/$t.rowsv2.log | tr '\n' ' ')" | tee -a "$out/rowsv2.txt"
       grep -B3 -A12 "Failure" /tmp/$t.rowsv2.log | head -40 >> "$out/rowsv2.txt"
     done
     for v2 in 0 1; do

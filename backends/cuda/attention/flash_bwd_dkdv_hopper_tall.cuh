@@ -46,16 +46,18 @@ struct HopperBwdDkDvTallConfig {
   static_assert(kSmemBytes <= 227 * 1024, "shared memory");
 };
 
-// The same tile with dQ fused (RT_ATTN_HOPPER_BWD_FUSED_DQ=1, an experiment): each step also
-// computes dQ = dS K for its 128 queries (m64n64k16, dS and K from shared memory) and adds it into
-// an fp32 accumulator [Hq][Tq_pad][64] with one bulk reduction from shared memory (issued by a
-// warp of the producer warpgroup). Deterministic: the adds into a query tile happen in key-block
-// order, each CTA waiting for its turn on the tile's counter (dq_lock), so every element sums its
-// partials in the same order on every run. The query tiles run in descending order, so the CTA of
-// key block n reaches a tile one step after the CTA of block n - 1 (and the dependency is always
-// on a CTA of a lower block index: one launched earlier). This replaces the dQ pass, which
-// recomputes S and dP: 5 products per (query tile, key block) instead of 7.
-// Not for routed rows with a windowed mask: their key blocks need not be contiguous per tile.
+// The same tile with dQ fused (the default at head dim 64; RT_ATTN_HOPPER_BWD_FUSED_DQ=0: the dQ
+// pass; H100: backward 1.24x at 32K causal): each step also computes dQ = dS K for its 128
+// queries (m64n64k16, dS and K from shared memory) and adds it into an fp32 accumulator
+// [Hq][Tq_pad][64] with one bulk reduction from shared memory (issued by a warp of the producer
+// warpgroup). Deterministic: the adds into a query tile happen in key-block order, each CTA
+// waiting for its turn on the tile's counter (dq_lock), so every element sums its partials in the
+// same order on every run. The query tiles run in descending order, outer to the heads
+// (dkdv_detail::Work), so the CTA of key block n reaches a tile one item after the CTA of block
+// n - 1 (and the dependency is always on a CTA of a lower block index: one launched earlier).
+// This replaces the dQ pass, which recomputes S and dP: 5 products per (query tile, key block)
+// instead of 7. Not for routed rows with a windowed mask: their key blocks need not be contiguous
+// per tile.
 struct HopperBwdDkDvTallDqConfig : HopperBwdDkDvTallConfig {
   static constexpr bool kFusedDq = true;
   static constexpr int kDqBytes = kBlockM * kD * 4;             // the step's dQ, fp32 [128 queries][64]

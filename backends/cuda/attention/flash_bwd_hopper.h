@@ -29,7 +29,7 @@ bool launch_flash_bwd_dkdv_hopper(int D, const attn::BwdParams& p, const TensorV
                                   const TensorView& v, const TensorView& dout, const AttentionSpec& spec,
                                   const Shapes& s, int splits, cudaStream_t stream);
 
-// Whether the dK/dV kernel also accumulates dQ (RT_ATTN_HOPPER_BWD_FUSED_DQ=1, head dim 64): then
+// Whether the dK/dV kernel also accumulates dQ (head dim 64, unless RT_ATTN_HOPPER_BWD_FUSED_DQ=0): then
 // p.dq_accum ([Hq][Tq_pad][64] fp32) and p.dq_lock ([Hq][Tq_pad / 128] int) must be zeroed
 // workspaces, and launch_flash_bwd_dq_hopper converts the accumulator instead of running the pass.
 bool hopper_bwd_fuses_dq(int D, const AttentionSpec& spec);

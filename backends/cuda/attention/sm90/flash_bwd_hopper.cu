@@ -21,11 +21,12 @@ bool tall_tiles_setting() {
   return !off;
 }
 
-// RT_ATTN_HOPPER_BWD_FUSED_DQ=1: the tall tile computes dQ too, in key-block order
-// (HopperBwdDkDvTallDqConfig), instead of the separate dQ pass. An experiment; off by default.
+// The tall tile computes dQ too, in key-block order (HopperBwdDkDvTallDqConfig), instead of the
+// separate dQ pass (H100, 0.5B: backward 1.24x at 32K causal, 1.09x at window 2048);
+// RT_ATTN_HOPPER_BWD_FUSED_DQ=0 runs the dQ pass, for comparison.
 bool fused_dq_setting() {
-  static const bool on = env_switch("RT_ATTN_HOPPER_BWD_FUSED_DQ", "0", "1");
-  return on;
+  static const bool off = env_switch("RT_ATTN_HOPPER_BWD_FUSED_DQ", "1", "0");
+  return !off;
 }
 
 template <class Cfg>
