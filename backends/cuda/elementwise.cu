@@ -451,6 +451,7 @@ void row_scale_forward(TensorView x, TensorView s, TensorView out, cudaStream_t 
            "] (one scale per row of x ", x.shape_str(), "), found ", s.shape_str());
   RT_CHECK(!views_overlap(out, s), op, ": output 'out' overlaps the scales 's'");
   if (rows * cols == 0) return;
+  if (flat::try_row_scale(x, s, out, rows, cols, stream)) return;
   const Grid2D g = grid_2d(rows, cols);
   row_scale_kernel<<<g.grid, g.block, 0, stream>>>(rows_desc(x), s.data, s.dtype, s.stride[0], rows_desc(out), rows,
                                                    cols);

@@ -12,18 +12,12 @@
 #include <type_traits>
 
 #include "cuda/check.h"
+#include "cuda/device_utils.cuh"
 #include "rt/sdk/tensor.h"
 
 namespace rt::cuda::flat {
 
-__device__ __forceinline__ float to_f(float v) { return v; }
-__device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T>
-__device__ __forceinline__ T from_f(float v);
-template <>
-__device__ __forceinline__ float from_f<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+// (to_f / from_f: device_utils.cuh)
 
 struct AddFn {
   __device__ float operator()(float a, float b) const { return a + b; }
@@ -209,6 +203,63 @@ inline bool try_swiglu_backward(const TensorView& g, const TensorView& u, const 
   if (m.cols == 0) return true;
   if (g.dtype == DType::F32) launch_swiglu_backward<float>(g, u, dout, dg, du, m, lds, s);
   else launch_swiglu_backward<__nv_bfloat16>(g, u, dout, dg, du, m, lds, s);
+  return true;
+}
+
+// out row r = s[r] * x row r, s f32: the general kernel ran a block per row, bound by how fast the
+// GPU starts blocks (1.2 ms for a [32K, 896] view, the leaked L2A layers' gate); here a block loops
+// over rows. The product is the general kernel's (one f32 multiply, one rounding to O), bit for bit.
+template <typename A, typename O, int kVec>
+__global__ void row_scale_kernel(const A* x, int64_t ldx, const float* sc, int64_t ss, O* o, int64_t ldo, int64_t rows,
+                                 int64_t vcols) {
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    const float sr = sc[r * ss];
+    for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < vcols; c += step) {
+      const Vec<A, kVec> vx = reinterpret_cast<const Vec<A, kVec>*>(x + r * ldx)[c];
+      Vec<O, kVec> vo;
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) vo.v[j] = from_f<O>(sr * to_f(vx.v[j]));
+      reinterpret_cast<Vec<O, kVec>*>(o + r * ldo)[c] = vo;
+    }
+  }
+}
+
+// False when the fast path does not apply (f16, column strides, rows over several strides, s not f32).
+inline bool try_row_scale(const TensorView& x, const TensorView& sc, const TensorView& o, int64_t rows, int64_t cols,
+                          cudaStream_t stream) {
+  if (!dtype_ok(x) || !dtype_ok(o) || sc.dtype != DType::F32) return false;
+  int64_t lds[2];
+  int i = 0;
+  for (const TensorView* v : {&x, &o}) {
+    const RowsDesc d = rows_desc(*v);
+    if (d.col_stride != 1 || d.outer > 1) return false;
+    lds[i++] = d.outer == 1 ? d.stride[0] : 0;
+  }
+  const MatShape m{rows, cols};
+  const int threads = 256;
+  auto go = [&](auto a, auto out) {
+    using A = decltype(a);
+    using O = decltype(out);
+    const A* px = static_cast<const A*>(x.data);
+    const float* ps = static_cast<const float*>(sc.data);
+    O* po = static_cast<O*>(o.data);
+    if (vectorizable({&x, &o}, m, lds)) {
+      const MatShape mv{rows, cols / kVecWidth};
+      row_scale_kernel<A, O, kVecWidth><<<mat_grid(mv, threads), threads, 0, stream>>>(px, lds[0], ps, sc.stride[0],
+                                                                                         po, lds[1], rows, mv.cols);
+    } else {
+      row_scale_kernel<A, O, 1><<<mat_grid(m, threads), threads, 0, stream>>>(px, lds[0], ps, sc.stride[0], po, lds[1],
+                                                                               rows, cols);
+    }
+  };
+  auto with_out = [&](auto a) {
+    if (o.dtype == DType::F32) go(a, float{});
+    else go(a, __nv_bfloat16{});
+  };
+  if (x.dtype == DType::F32) with_out(float{});
+  else with_out(__nv_bfloat16{});
+  CUDA_CHECK_LAUNCH();
   return true;
 }
 

@@ -377,10 +377,12 @@ TEST_F(TrainingOpsTest, RopeBackward) {
 
 TEST_F(TrainingOpsTest, SwigluBackward) {
   uint64_t seed = 5000;
+  // (96 columns: 16-byte vectors; 100: scalar loads; 5000 rows: a block loops over several)
   for (DType dt : {DType::F32, DType::BF16})
-    for (int64_t N : {1, 7, 129}) {
-      SCOPED_TRACE(dts(dt) + " N " + std::to_string(N));
-      const Shape s{N, 96};
+    for (int64_t N : {1, 7, 129, 5000})
+      for (int64_t C : {96, 100}) {
+      SCOPED_TRACE(dts(dt) + " N " + std::to_string(N) + " C " + std::to_string(C));
+      const Shape s{N, C};
       const double tol = tol_for({dt});
       const std::vector<float> gate = randn(s, ++seed, 3.f), up = randn(s, ++seed), dout = randn(s, ++seed);
       Tensor cdg = host(std::vector<float>(gate.size(), kNaN), s), cdu = host(std::vector<float>(gate.size(), kNaN), s);
@@ -830,10 +832,12 @@ TEST_F(TrainingOpsTest, LmHeadCrossEntropyBadTargets) {
 
 TEST_F(TrainingOpsTest, SigmoidAndBackward) {
   uint64_t seed = 9000;
+  // (96 columns: 16-byte vectors; 100: scalar loads; 5000 rows: a block loops over several)
   for (DType dt : {DType::F32, DType::BF16})
-    for (int64_t N : {1, 7, 129}) {
-      SCOPED_TRACE(dts(dt) + " N " + std::to_string(N));
-      const Shape s{N, 96};
+    for (int64_t N : {1, 7, 129, 5000})
+      for (int64_t C : {96, 100}) {
+      SCOPED_TRACE(dts(dt) + " N " + std::to_string(N) + " C " + std::to_string(C));
+      const Shape s{N, C};
       const double tol = tol_for({dt});
       const float scale = 1.3f;
       const std::vector<float> x = randn(s, ++seed, 3.f), dy = randn(s, ++seed);
@@ -857,10 +861,12 @@ TEST_F(TrainingOpsTest, SigmoidAndBackward) {
 
 TEST_F(TrainingOpsTest, Step) {
   uint64_t seed = 9100;
+  // (96 columns: 16-byte vectors; 100: scalar loads; 5000 rows: a block loops over several)
   for (DType dt : {DType::F32, DType::BF16})
-    for (int64_t N : {1, 7, 129}) {
-      SCOPED_TRACE(dts(dt) + " N " + std::to_string(N));
-      const Shape s{N, 96};
+    for (int64_t N : {1, 7, 129, 5000})
+      for (int64_t C : {96, 100}) {
+      SCOPED_TRACE(dts(dt) + " N " + std::to_string(N) + " C " + std::to_string(C));
+      const Shape s{N, C};
       const float threshold = 0.25f;
       std::vector<float> x = randn(s, ++seed);
       for (size_t i = 0; i < x.size(); i += 7) x[i] = threshold;  // ties count as >=
@@ -877,22 +883,24 @@ TEST_F(TrainingOpsTest, Step) {
 
 TEST_F(TrainingOpsTest, RowScale) {
   uint64_t seed = 9200;
+  // (96 columns: 16-byte vectors; 100: scalar loads; 5000 rows: a block loops over several)
   for (DType dt : {DType::F32, DType::BF16})
-    for (int64_t N : {1, 7, 129}) {
-      SCOPED_TRACE(dts(dt) + " N " + std::to_string(N));
-      const Shape s{N, 96};
-      const double tol = tol_for({dt});
-      const std::vector<float> x = randn(s, ++seed), sc = randn({N}, ++seed);
-      Tensor cout_ = host(std::vector<float>(x.size(), kNaN), s);
-      cpu->row_scale(host(x, s, dt), host(sc, {N}), cout_);
-      Tensor gs = dev(sc, DType::F32, {N});
-      Tensor gout = poisoned(dt, s);
-      gpu->row_scale(dev(x, dt, s), gs, gout);
-      expect_close(down(gout), vals(cout_), tol, "row_scale");
-      Tensor gx = dev(x, dt, s);
-      gpu->row_scale(gx, gs, gx);
-      expect_close(down(gx), vals(cout_), tol, "row_scale in place");
-    }
+    for (int64_t N : {1, 7, 129, 5000})
+      for (int64_t C : {96, 100}) {
+        SCOPED_TRACE(dts(dt) + " N " + std::to_string(N) + " C " + std::to_string(C));
+        const Shape s{N, C};
+        const double tol = tol_for({dt});
+        const std::vector<float> x = randn(s, ++seed), sc = randn({N}, ++seed);
+        Tensor cout_ = host(std::vector<float>(x.size(), kNaN), s);
+        cpu->row_scale(host(x, s, dt), host(sc, {N}), cout_);
+        Tensor gs = dev(sc, DType::F32, {N});
+        Tensor gout = poisoned(dt, s);
+        gpu->row_scale(dev(x, dt, s), gs, gout);
+        expect_close(down(gout), vals(cout_), tol, "row_scale");
+        Tensor gx = dev(x, dt, s);
+        gpu->row_scale(gx, gs, gx);
+        expect_close(down(gx), vals(cout_), tol, "row_scale in place");
+      }
 }
 
 TEST_F(TrainingOpsTest, RowDot) {
@@ -918,10 +926,12 @@ TEST_F(TrainingOpsTest, RowDot) {
 TEST_F(TrainingOpsTest, Axpby) {
   uint64_t seed = 9400;
   const float alpha = 0.3f, beta = -1.7f;
+  // (96 columns: 16-byte vectors; 100: scalar loads; 5000 rows: a block loops over several)
   for (DType dt : {DType::F32, DType::BF16})
-    for (int64_t N : {1, 7, 129}) {
-      SCOPED_TRACE(dts(dt) + " N " + std::to_string(N));
-      const Shape s{N, 96};
+    for (int64_t N : {1, 7, 129, 5000})
+      for (int64_t C : {96, 100}) {
+      SCOPED_TRACE(dts(dt) + " N " + std::to_string(N) + " C " + std::to_string(C));
+      const Shape s{N, C};
       const double tol = tol_for({dt});
       const std::vector<float> x = randn(s, ++seed), y = randn(s, ++seed);
       Tensor co = host(std::vector<float>(x.size(), kNaN), s);

@@ -204,7 +204,12 @@ for step in "$@"; do
     timeout 200 build/bin/runtime profile --attention l2a_dense,l2a_fused --model qwen2.5-0.5b --init random \
       --window 2048 --seq 16384 --device cuda --decode-tokens 4 --repeats 2 $FUSED_SET $DENSE_SET \
       --json "$out/model_dense_0.5b.json" > "$out/model_dense_0.5b.txt" 2>&1
-    tail -8 "$out/model_0.5b.txt"; tail -4 "$out/model_dense_0.5b.txt"
+    # the parallel layout (shared q/k/v, one o_proj): the paper layout's second projections are
+    # most of the prefill's non-attention difference
+    timeout 150 build/bin/runtime profile --attention full_causal,l2a_fused --model qwen2.5-0.5b --init random \
+      --window 2048 --seq 16384,32768 --device cuda --decode-tokens 16 --repeats 3 $FUSED_SET \
+      --set l2a_fused.layout=parallel --json "$out/model_parallel_0.5b.json" > "$out/model_parallel_0.5b.txt" 2>&1
+    tail -8 "$out/model_0.5b.txt"; tail -4 "$out/model_dense_0.5b.txt"; tail -5 "$out/model_parallel_0.5b.txt"
     ;;
   decode)  # issue 13: prefill and graph decode at 16K-128K, full_causal against l2a_fused at 80% unrouted
            # (fixed_rate's random pattern, drawn on the device), then L2A with none / every token routed
