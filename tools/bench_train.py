@@ -18,7 +18,8 @@ Window 2048 for swa and L2A's local half (L2A: every token routed global at init
 
 --fit-gib G: for each case, the longest context (a multiple of 1024) whose training step peaks at or
 below G GiB of device memory (e.g. 24 for an RTX 4090): doubling from 2048 until a step fails or
-goes over, then bisecting. Each probe runs --steps steps (2 is enough for the peak). The runs get
+goes over, then bisecting to within 1024 tokens or 1/16 of the answer, whichever is coarser (a
+probe at 64K+ runs for tens of seconds; 1/16 saves two of them per case). Each probe runs --steps steps (2 is enough for the peak). The runs get
 RT_CUDA_MEMORY_LIMIT=G GiB, so a larger GPU plans as the smaller one would (cuDNN's backward
 workspace, which can grow with T^2, is held to a quarter of G) and an allocation past G fails.
 """
@@ -81,9 +82,10 @@ def fits(row, budget_bytes):
     return "error" not in row and row.get("peak_mem_bytes", 0) <= budget_bytes
 
 
-def longest_fit(probe, budget_bytes, lo, hi_cap, step=1024):
+def longest_fit(probe, budget_bytes, lo, hi_cap, step=1024, rel=16):
     """The longest T (a multiple of step) with fits(probe(T)), searched by doubling from lo and then
-    bisecting; below lo only when lo does not fit (0: not even one step). Returns (T, rows probed)."""
+    bisecting until the gap to the first T that does not fit is at most max(step, T / rel); below lo
+    only when lo does not fit (0: not even one step). Returns (T, rows probed)."""
     rows, best, T = [], 0, lo
     while T <= hi_cap:  # doubling
         r = probe(T)
@@ -94,7 +96,7 @@ def longest_fit(probe, budget_bytes, lo, hi_cap, step=1024):
     else:
         return best, rows
     bad = T
-    while bad - best > step:  # bisect (best fits or is 0, bad does not)
+    while bad - best > max(step, best // rel // step * step):  # bisect (best fits or is 0, bad does not)
         mid = ((best + bad) // 2) // step * step
         if mid <= best:
             break

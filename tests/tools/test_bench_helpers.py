@@ -34,6 +34,14 @@ class LongestFit(unittest.TestCase):
         self.assertEqual(best, 36864)
         self.assertEqual(seen[:6], [2048, 4096, 8192, 16384, 32768, 65536])
 
+    def test_long_contexts_stop_within_a_sixteenth(self):
+        # exact answer 99328 (97 * 1024); past 64K the search stops once the gap is <= 1/16
+        best, seen = self.search(True, fail_above=100000)
+        self.assertLessEqual(best, 99328)
+        self.assertLessEqual(99328 - best, 99328 // 16)
+        self.assertEqual(best % 1024, 0)
+        self.assertLessEqual(len(seen), 7 + 4)  # doubling to 131072, then 4 bisections (exact: 6)
+
     def test_nothing_fits(self):
         best, _ = self.search(False)
         self.assertEqual(best, 0)
