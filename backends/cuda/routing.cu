@@ -70,8 +70,7 @@ __global__ void routed_rows_kernel(RowsDesc a, RowsDesc b, int64_t cols, int64_t
 // tenth of the bandwidth: 0.26 ms a call at T = 32K). The two sides may differ in type: the paper
 // layout scatter-adds bf16 o_proj rows into the f32 residual (24 calls, 7.7 ms of a 32K prefill on
 // the block-per-row kernel). Each element goes through the same float conversions as load_f /
-// store_f, so the result is the generic kernel's to the bit. A vector is 16 bytes of the narrower
-// type.
+// store_f, so the result is the generic kernel's to the bit.
 template <class TA, class TB>
 constexpr int vec_elems() {
   return 16 / static_cast<int>(sizeof(TA) < sizeof(TB) ? sizeof(TA) : sizeof(TB));
