@@ -113,6 +113,30 @@ RT_ATTN_HD int first_key_block(const MaskParams& mk, const Rows& rows, int row0,
   return Mask::key_lo(mk, rows.pos(mk, row0)) / block_n;
 }
 
+// The order of a dK/dV CTA's items in the Hopper backward (flash_bwd_dkdv_hopper.cuh): (query
+// head, query tile) pairs over its `heads` heads of the GQA group and the `m_steps` query tiles
+// that see its keys, item `it` as offsets from the first head and tile. Heads outer, tiles
+// ascending inner; with the fused dQ (which adds a tile's partials in key-block order, the CTA of
+// key block n waiting for block n - 1's turn on every tile they share) tiles descending, and:
+// - tiles outer, heads inner where a key block sees fewer tiles than the one before (causal):
+//   block n then runs block n - 1's items in the same order and waits about one item for it
+//   (heads outer made the wait grow by an item per head along a chain of key blocks, which held
+//   their SMs for the whole chain: measured 1.3x slower than the dQ pass at 16K causal);
+// - heads outer where every key block sees as many tiles (a window): block n then runs a shared
+//   item one place after block n - 1, so neighbouring blocks reuse the Q, dO and dQ tiles from
+//   L2 at once (tiles outer put 7 items between the reuses: ~60 MB of tiles in flight at 32K).
+// tests/backends/test_key_block_order.cpp simulates both.
+template <class Mask, bool kFusedDq>
+inline constexpr bool dkdv_tiles_outer = kFusedDq && !Mask::windowed;
+
+template <class Mask, bool kFusedDq>
+RT_ATTN_HD void dkdv_item(int it, int heads, int m_steps, int& head, int& tile) {
+  constexpr bool kTilesOuter = dkdv_tiles_outer<Mask, kFusedDq>;
+  head = kTilesOuter ? it % heads : it / m_steps;
+  const int k = kTilesOuter ? it / heads : it % m_steps;
+  tile = kFusedDq ? m_steps - 1 - k : k;
+}
+
 // The same mask with its kind chosen at run time (CPU loops, the materialized dense path): row i
 // of the call sees keys [lo(i), hi(i)). `index` non-null: routed rows (positions q_pos0 + index[i]).
 struct KeyRange {

@@ -137,4 +137,78 @@ TEST(KeyBlockOrder, WindowOverRoutedRowsCanBreakTheRun) {
   EXPECT_NE(why.find("tile 0"), std::string::npos) << why;
 }
 
+// The fused dQ's item order (dkdv_item): the CTAs of one KV head's key blocks simulated in
+// lockstep (every CTA resident, an item a time unit), the CTA of block n waiting on every tile it
+// shares with block n - 1 until block n - 1 has added its partial. Two properties:
+// - waits do not pile up along the chain: block n finishes at most a few items after its own
+//   item count plus one item per earlier block (its first tile's turn comes after theirs);
+// - neighbouring blocks use a shared (head, tile) close together in time, so its Q, dO and dQ
+//   tiles come from L2: what the order per mask is chosen for.
+struct ChainStats {
+  int max_pileup = 0;     // max over blocks of finish - items - block index
+  int max_reuse_gap = 0;  // max over shared items of (time in block n) - (time in block n - 1)
+};
+
+// order(it, heads, m_steps, head, tile offset), as dkdv_item.
+template <class Mask, class Order>
+ChainStats simulate_chain(const MaskParams& m, int Tq, int heads, Order order) {
+  ChainStats st;
+  const int tiles = (Tq + kBlockM - 1) / kBlockM;
+  std::vector<int> prev_done;  // when block n - 1 added (head, tile): [head * tiles + tile], -1: never
+  for (int n = 0; n * kBlockN < m.Tk; ++n) {
+    int begin = 0, end = 0;
+    query_range<Mask>(m, DenseRows{}, Tq, n * kBlockN, std::min(n * kBlockN + kBlockN, m.Tk), begin, end);
+    const int mb_first = begin / kBlockM;
+    const int m_steps = begin < end ? (end + kBlockM - 1) / kBlockM - mb_first : 0;
+    std::vector<int> done(static_cast<size_t>(heads * tiles), -1);
+    int t = 0;
+    for (int it = 0; it < m_steps * heads; ++it) {
+      int h = 0, k = 0;
+      order(it, heads, m_steps, h, k);
+      const int tile = mb_first + k;
+      const size_t key = static_cast<size_t>(h * tiles + tile);
+      // Block n - 1 processes this tile too iff the tile's run of key blocks starts before n.
+      if (first_key_block<Mask>(m, DenseRows{}, tile * kBlockM, kBlockN) < n) {
+        EXPECT_GE(prev_done[key], 0) << "block " << n << " waits for an item block " << n - 1 << " never runs";
+        t = std::max(t, prev_done[key]);
+        st.max_reuse_gap = std::max(st.max_reuse_gap, t + 1 - prev_done[key]);
+      }
+      done[key] = ++t;
+    }
+    st.max_pileup = std::max(st.max_pileup, t - m_steps * heads - n);
+    prev_done = std::move(done);
+  }
+  return st;
+}
+
+TEST(KeyBlockOrder, FusedDqOrderNeitherPilesUpNorSpreadsReuse) {
+  const int Tq = 16384, heads = 7;  // Qwen2.5-0.5B's GQA group
+  MaskParams m;
+  m.Tk = Tq;
+  auto heads_outer = [](int it, int hs, int steps, int& h, int& k) { h = it / steps, k = steps - 1 - it % steps; };
+  auto tiles_outer = [](int it, int hs, int, int& h, int& k) { h = it % hs, k = -1 - it / hs; };
+  auto descending = [&](auto inner) {  // k above counts from the last tile: k = m_steps + k
+    return [inner](int it, int hs, int steps, int& h, int& k) {
+      inner(it, hs, steps, h, k);
+      if (k < 0) k += steps;
+    };
+  };
+
+  const ChainStats causal = simulate_chain<CausalMask>(m, Tq, heads, dkdv_item<CausalMask, true>);
+  EXPECT_LE(causal.max_pileup, 1);
+  EXPECT_LE(causal.max_reuse_gap, 1);
+  // heads outer, as the first version ran it: waits pile up along the chain
+  EXPECT_GT(simulate_chain<CausalMask>(m, Tq, heads, descending(heads_outer)).max_pileup, 100);
+
+  for (int window : {2048, 2000, 300}) {
+    SCOPED_TRACE("window " + std::to_string(window));
+    m.window = window;
+    const ChainStats band = simulate_chain<SlidingWindowMask>(m, Tq, heads, dkdv_item<SlidingWindowMask, true>);
+    EXPECT_LE(band.max_pileup, heads);
+    EXPECT_LE(band.max_reuse_gap, window % kBlockN == 0 ? 1 : heads);
+    // tiles outer: a window's shared items a GQA group apart
+    EXPECT_GE(simulate_chain<SlidingWindowMask>(m, Tq, heads, descending(tiles_outer)).max_reuse_gap, heads);
+  }
+}
+
 }  // namespace

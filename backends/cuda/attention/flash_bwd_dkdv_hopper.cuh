@@ -84,28 +84,21 @@ __device__ __forceinline__ constexpr bool descending_tiles() {
   else return false;
 }
 
-// A CTA's keys [n0, n1) of KV head hk, and its items: (query head, query tile) pairs over its
-// split of the GQA group and the query tiles that see any of its keys. Heads outer, tiles
-// ascending inner; or, for a kernel that accumulates dQ in key-block order
-// (flash_bwd_dkdv_hopper_tall.cuh), tiles descending, so that the CTA of key block n waits about
-// one item for block n - 1 on every tile they share:
-// - causal (block n sees one tile fewer than block n - 1): tiles outer, heads inner, so block n
-//   runs block n - 1's items in the same order (heads outer made the wait grow by an item per
-//   head along a chain of key blocks, which then held their SMs for the whole chain: measured
-//   1.3x slower than the dQ pass at 16K causal);
-// - a window (every block sees as many tiles): heads outer, so block n runs an item one place
-//   after block n - 1's, and the Q, dO and dQ tiles of neighbouring blocks are reused from L2
-//   at once (tiles outer put 7 items between the reuses, ~60 MB of tiles in flight at 32K: measured
-//   window backward 2.64 ms, against 2.46 ms with heads outer).
+// A CTA's keys [n0, n1) of KV head hk, and its items in rt::attn::dkdv_item's order (which
+// depends on the mask for a kernel that accumulates dQ: flash_bwd_dkdv_hopper_tall.cuh).
 template <class Cfg, class Mask, class Rows>
 struct Work {
-  static constexpr bool kTilesOuter = descending_tiles<Cfg>() && !Mask::windowed;
   int n0, n1, hk, h_first, heads, Tq, mb_first, m_steps, items;
   Rows rows;
-  __device__ __forceinline__ int head(int it) const { return h_first + (kTilesOuter ? it % heads : it / m_steps); }
+  __device__ __forceinline__ int head(int it) const {
+    int h, t;
+    rt::attn::dkdv_item<Mask, descending_tiles<Cfg>()>(it, heads, m_steps, h, t);
+    return h_first + h;
+  }
   __device__ __forceinline__ int m0(int it) const {
-    const int k = kTilesOuter ? it / heads : it % m_steps;
-    return (mb_first + (descending_tiles<Cfg>() ? m_steps - 1 - k : k)) * Cfg::kBlockM;
+    int h, t;
+    rt::attn::dkdv_item<Mask, descending_tiles<Cfg>()>(it, heads, m_steps, h, t);
+    return (mb_first + t) * Cfg::kBlockM;
   }
 };
 template <class Cfg, class Mask, class Rows>
