@@ -198,6 +198,39 @@ void progress(const std::string& what) {
 
 }  // namespace
 
+// A/B ratios against the first backend of the run at the same length (and training regime):
+// prefill_speedup = its prefill ms / this one's, decode_speedup = this decode tok/s / its, and per
+// training regime step_speedup = its step ms / this one's. Nothing with a single backend.
+void add_ab_ratios(nlohmann::json& out) {
+  auto& rows = out["backends"];
+  if (rows.empty()) return;
+  const std::string first = rows[0]["backend"].get<std::string>();
+  bool several = false;
+  for (const auto& r : rows) several = several || r["backend"] != first;
+  if (!several) return;
+  out["ab_baseline"] = first;
+  auto positive = [](const nlohmann::json& r, const char* key) {
+    return r.contains(key) && r[key].is_number() && r[key].get<double>() > 0;
+  };
+  for (auto& r : rows) {
+    const nlohmann::json* base = nullptr;
+    for (const auto& b : rows)
+      if (b["backend"] == first && b["seq"] == r["seq"]) base = &b;
+    if (!base) continue;
+    if (positive(*base, "prefill_ms") && positive(r, "prefill_ms"))
+      r["prefill_speedup"] = (*base)["prefill_ms"].get<double>() / r["prefill_ms"].get<double>();
+    if (positive(*base, "decode_tok_s") && positive(r, "decode_tok_s"))
+      r["decode_speedup"] = r["decode_tok_s"].get<double>() / (*base)["decode_tok_s"].get<double>();
+    if (!r.contains("train") || !base->contains("train")) continue;
+    for (auto& t : r["train"]) {
+      if (t.is_null() || !positive(t, "step_ms")) continue;
+      for (const auto& bt : (*base)["train"])
+        if (!bt.is_null() && bt["regime"] == t["regime"] && positive(bt, "step_ms"))
+          t["step_speedup"] = bt["step_ms"].get<double>() / t["step_ms"].get<double>();
+    }
+  }
+}
+
 void register_profile(CLI::App& app) {
   struct Args {
     ModelOptions model;
@@ -224,7 +257,8 @@ void register_profile(CLI::App& app) {
       "(GFLOP/s on the CPU; the JSON keeps *_tflops). A column no row has a value for is left out.");
   add_model_options(*cmd, args->model);
   cmd->remove_option(cmd->get_option("--attention"));
-  cmd->add_option("--attention,-a", args->attention_list, "Comma-separated attention plugins to compare")
+  cmd->add_option("--attention,-a", args->attention_list,
+                  "Comma-separated attention plugins to compare; the first is the baseline of the x (speedup) columns")
       ->capture_default_str();
   cmd->add_option("--seq,-s", args->seqs, "Comma-separated sequence lengths")->capture_default_str();
   cmd->add_option("--repeats,-r", args->repeats, "Timed repeats per measurement (median reported)")
@@ -489,10 +523,13 @@ void register_profile(CLI::App& app) {
       }
       report << l2a.str();
     }
+    add_ab_ratios(out);
     report << "\nBackends\n";
-    TextTable backends_table({Col{"backend", L}, Col{"seq"}, Col{"sublayer ms"},
-                              Col{rate_unit, TextTable::Align::Right, true}, Col{"prefill ms"}, Col{"decode tok/s"},
-                              Col{"routed %"}, Col{"eager tok/s"}, Col{"KV MiB"}, Col{"peak MiB"}});
+    const auto R = TextTable::Align::Right;
+    TextTable backends_table({Col{"backend", L}, Col{"seq"}, Col{"sublayer ms"}, Col{rate_unit, R, true},
+                              Col{"prefill ms"}, Col{"prefill x", R, true}, Col{"decode tok/s"},
+                              Col{"decode x", R, true}, Col{"routed %"}, Col{"eager tok/s"}, Col{"KV MiB"},
+                              Col{"peak MiB"}});
     for (const auto& r : out["backends"]) {
       auto mib = [&](const char* key) {
         return r.contains(key) && !r[key].is_null() ? num(nlohmann::json(r[key].get<double>() / (1 << 20)), 1)
@@ -504,15 +541,19 @@ void register_profile(CLI::App& app) {
                                      : std::string("-");
       backends_table.add_row({r["backend"].get<std::string>(), std::to_string(r["seq"].get<int64_t>()),
                               get("sublayer_fwd_ms", 3), rate(r, "sublayer_fwd_tflops"), get("prefill_ms", 2),
-                              get("decode_tok_s", 1), routed, get("decode_eager_tok_s", 1), mib("kv_cache_bytes"),
-                              mib("peak_memory_bytes")});
+                              get("prefill_speedup", 2), get("decode_tok_s", 1), get("decode_speedup", 2), routed,
+                              get("decode_eager_tok_s", 1), mib("kv_cache_bytes"), mib("peak_memory_bytes")});
     }
     report << backends_table.str();
+    if (out.contains("ab_baseline"))
+      report << "\n(x: speedup against " << out["ab_baseline"].get<std::string>()
+             << " at the same length: its time / this one's, this rate / its)\n";
     bool any_train = false;
     for (const auto& r : out["backends"]) any_train = any_train || r.contains("train");
     if (any_train) {
       report << "\nTraining step (forward + backward of one sequence, no optimizer update)\n";
-      std::vector<Col> cols = {Col{"backend", L}, Col{"seq"}, Col{"regime"}, Col{"step ms"}, Col{"tok/s"}, Col{"peak MiB"}};
+      std::vector<Col> cols = {Col{"backend", L}, Col{"seq"},     Col{"regime"},          Col{"step ms"},
+                               Col{"tok/s"},      Col{"step x", R, true}, Col{"peak MiB"}};
       if (group) {  // the data-parallel step over every rank, and how well it scales
         cols.push_back(Col{"ranks"});
         cols.push_back(Col{"DP step ms"});
@@ -526,6 +567,7 @@ void register_profile(CLI::App& app) {
           if (t.is_null()) continue;
           std::vector<std::string> cells = {r["backend"].get<std::string>(), std::to_string(r["seq"].get<int64_t>()),
                                             t["regime"].get<std::string>(), num(t["step_ms"], 1), num(t["tok_s"], 0),
+                                            t.contains("step_speedup") ? num(t["step_speedup"], 2) : "-",
                                             num(nlohmann::json(t["peak_memory_bytes"].get<double>() / (1 << 20)), 1)};
           if (group) {
             cells.push_back(t.contains("ranks") ? t["ranks"].dump() : "-");
@@ -537,6 +579,8 @@ void register_profile(CLI::App& app) {
         }
       }
       report << train.str();
+      if (out.contains("ab_baseline"))
+        report << "\n(step x: against " << out["ab_baseline"].get<std::string>() << " at the same length and regime)\n";
     }
     if (!args->json.empty()) {
       with_flag("--json", args->json, [&] { write_file_atomic(args->json, out.dump(1) + "\n"); });

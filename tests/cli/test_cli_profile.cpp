@@ -44,6 +44,36 @@ TEST(CliProfile, WritesTableJsonAndCsv) {
   }
   const std::string c = read_text(csv);
   EXPECT_EQ(std::count(c.begin(), c.end(), '\n'), 9) << c;  // header + 8 rows
+
+  // The A/B ratios against the first backend at the same length, in the JSON and the table.
+  EXPECT_EQ(j["ab_baseline"], "full_causal");
+  for (const auto& b : j["backends"]) {
+    const nlohmann::json* base = nullptr;
+    for (const auto& f : j["backends"])
+      if (f["backend"] == "full_causal" && f["seq"] == b["seq"]) base = &f;
+    ASSERT_NE(base, nullptr);
+    EXPECT_DOUBLE_EQ(b["prefill_speedup"].get<double>(),
+                     (*base)["prefill_ms"].get<double>() / b["prefill_ms"].get<double>());
+    EXPECT_DOUBLE_EQ(b["decode_speedup"].get<double>(),
+                     b["decode_tok_s"].get<double>() / (*base)["decode_tok_s"].get<double>());
+  }
+  EXPECT_NE(r.out.find("prefill x"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("speedup against full_causal"), std::string::npos) << r.out;
+}
+
+// One backend: no baseline to compare with, so no ratio fields or columns.
+TEST(CliProfile, OneBackendHasNoRatios) {
+  TempDir dir("rt_profile");
+  const auto json = dir / "p.json";
+  RunResult r = run_runtime({"profile", "--model", fixture_model("tied_bf16_theta5e6").string(), "--init", "checkpoint",
+                             "--attention", "full_causal", "--seq", "16", "--repeats", "1", "--decode-tokens", "2",
+                             "--train", "attention", "--json", json.string()});
+  ASSERT_TRUE(r.ok()) << r.describe();
+  const auto j = read_json(json);
+  EXPECT_FALSE(j.contains("ab_baseline"));
+  for (const auto& b : j["backends"]) EXPECT_FALSE(b.contains("prefill_speedup")) << b.dump();
+  EXPECT_EQ(r.out.find(" x "), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("step x"), std::string::npos) << r.out;
 }
 
 // An A/B run where only one backend takes the router options: `--set l2a_dense.key=value` reaches
@@ -105,10 +135,18 @@ TEST(CliProfile, RoutedKernelsAndTrainingSteps) {
     EXPECT_GT(k["l2a_fwd_bwd_ms"].get<double>(), 0.0);
   }
   EXPECT_EQ(routed, 1);
+  const nlohmann::json* full = nullptr;
+  for (const auto& b : j["backends"])
+    if (b["backend"] == "full_causal") full = &b;
+  ASSERT_NE(full, nullptr);
   for (const auto& b : j["backends"]) {
     ASSERT_EQ(b["train"].size(), 2u) << b.dump();
     EXPECT_EQ(b["train"][0].is_null(), b["backend"] == "full_causal") << b.dump();
     EXPECT_GT(b["train"][1]["tok_s"].get<double>(), 0.0) << b.dump();
+    // the attention regime against full_causal's; router_only has no full_causal step to compare
+    EXPECT_DOUBLE_EQ(b["train"][1]["step_speedup"].get<double>(),
+                     (*full)["train"][1]["step_ms"].get<double>() / b["train"][1]["step_ms"].get<double>());
+    if (!b["train"][0].is_null()) EXPECT_FALSE(b["train"][0].contains("step_speedup")) << b.dump();
   }
 }
 
