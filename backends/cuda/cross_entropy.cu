@@ -16,7 +16,6 @@
 
 #include "cuda/check.h"
 #include "cuda/device_utils.cuh"
-#include "cuda/env_switch.h"
 #include "cuda/kernels.h"
 #include "cuda/linear.h"
 #include "cuda/memory.h"
@@ -40,116 +39,67 @@ __device__ __forceinline__ float block_max(float v) {
   return v;
 }
 
-// This block's row of the chunk (r; n = row0 + r overall), its target t, whether t is ignored or
-// out of range, and (thread 0) its target's logit.
-struct CeRow {
-  int64_t r, n, t;
-  const float* l;
-  bool ignored, bad;
-  float target_logit;
-};
-__device__ __forceinline__ CeRow ce_row(const float* logits, int64_t V, const int32_t* targets, int64_t t_stride,
-                                        int64_t row0) {
-  CeRow c;
-  c.r = blockIdx.x;
-  c.n = row0 + c.r;
-  c.l = logits + c.r * V;
-  c.t = targets[c.n * t_stride];
-  c.ignored = c.t == kIgnoreIndex;
-  c.bad = !c.ignored && (c.t < 0 || c.t >= V);
-  c.target_logit = threadIdx.x == 0 && !c.ignored && !c.bad ? c.l[c.t] : 0.f;
-  return c;
-}
-
-// The row's loss (0 where the target is ignored, NaN for a target out of range, whose first
-// occurrence is reported through err).
-__device__ __forceinline__ void write_loss(void* losses, DType ldt, int64_t at, bool ignored, bool bad, float loss,
-                                           int64_t t, int64_t n, int64_t V, EmbeddingError* err) {
-  if (losses) store_f(losses, at, ldt, ignored ? 0.f : (bad ? NAN : loss));
-  if (bad && err && atomicCAS(&err->flag, 0, kErrCrossEntropyTarget) == 0) {
-    err->id = static_cast<int32_t>(t);
-    err->pos = static_cast<int32_t>(n);
-    err->vocab = static_cast<int32_t>(V);
-  }
-}
-
-// Row r of the chunk (global row row0 + r). logits [rows, V] f32 contiguous; G [rows, V] contiguous
-// in gdt (may be the logits themselves when gdt is f32: every element is read and written by the same
-// thread, and the one cross-thread read, logit[target] by thread 0, happens before the first barrier).
-__global__ void cross_entropy_kernel(const float* logits, int64_t V, const int32_t* targets, int64_t t_stride,
-                                     int64_t row0, float grad_scale, void* losses, DType ldt, int64_t l_stride,
-                                     void* G, DType gdt, EmbeddingError* err) {
-  const CeRow row = ce_row(logits, V, targets, t_stride, row0);
-  const int64_t r = row.r, n = row.n, t = row.t;
-  const float* l = row.l;
-  const bool ignored = row.ignored, bad = row.bad;
-  const float target_logit = row.target_logit;
-  float mx = -INFINITY;
-  for (int64_t i = threadIdx.x; i < V; i += blockDim.x) mx = fmaxf(mx, l[i]);
-  mx = block_max(mx);
-  float s = 0.f;
-  for (int64_t i = threadIdx.x; i < V; i += blockDim.x) s += expf(l[i] - mx);
-  s = block_sum(s);
-  const float lse = mx + logf(s);
-  if (threadIdx.x == 0) write_loss(losses, ldt, n * l_stride, ignored, bad, lse - target_logit, t, n, V, err);
-  if (!G) return;
-  const int64_t go = r * V;
-  if (ignored || bad) {
-    for (int64_t i = threadIdx.x; i < V; i += blockDim.x) store_f(G, go + i, gdt, 0.f);
-    return;
-  }
-  for (int64_t i = threadIdx.x; i < V; i += blockDim.x) {
-    const float p = expf(l[i] - lse);
-    store_f(G, go + i, gdt, grad_scale * (i == t ? p - 1.f : p));
-  }
-}
-
-// The default (RT_CUDA_ROWS_V2=0 runs the three-pass kernel): the same row in two passes over the logits
-// instead of three. Max and sum in one (online: the sum is rescaled when the max grows), then the
-// gradient; 16-byte loads where V % 4 == 0 (the chunk's rows are then 16-byte aligned). The loss
-// differs from the three-pass kernel's by fp32 rounding only. The training trace at 32K spends
-// 35 ms a step in this kernel, ~0.47 ms a chunk against ~0.27 ms for three passes' bytes.
+// Max and sum in one pass (online: the sum is rescaled when the max grows).
 __device__ __forceinline__ void online_add(float x, float& m, float& s) {
   if (x > m) {
     s = s * expf(m - x) + 1.f;  // m = -inf at first: 0 * 0 + 1
     m = x;
   } else if (x != -INFINITY) {
-    s += expf(x - m);  // NaN propagates through here, as in the three-pass kernel
+    s += expf(x - m);  // NaN propagates through here
   }
 }
 
-__global__ void cross_entropy_online_kernel(const float* logits, int64_t V, const int32_t* targets, int64_t t_stride,
-                                            int64_t row0, float grad_scale, void* losses, DType ldt, int64_t l_stride,
-                                            void* G, DType gdt, EmbeddingError* err) {
-  const CeRow c = ce_row(logits, V, targets, t_stride, row0);
+// Row r of the chunk (global row row0 + r) in two passes over the logits: the online max and sum,
+// then the gradient; 16-byte loads where V % 4 == 0 (the chunk's rows are then 16-byte aligned).
+// (A three-pass version, max then sum then gradient, spent 35 ms a 32K training step here; this
+// one 17.5 ms, at its bytes' floor.) logits [rows, V] f32 contiguous; G [rows, V] contiguous in gdt
+// (may be the logits themselves when gdt is f32: every element is read and written by the same
+// thread, and the one cross-thread read, logit[target] by thread 0, happens before the first
+// barrier). The loss is 0 where the target is ignored and NaN for a target out of range, whose
+// first occurrence is reported through err.
+__global__ void cross_entropy_kernel(const float* logits, int64_t V, const int32_t* targets, int64_t t_stride,
+                                     int64_t row0, float grad_scale, void* losses, DType ldt, int64_t l_stride,
+                                     void* G, DType gdt, EmbeddingError* err) {
+  const int64_t r = blockIdx.x, n = row0 + r;
+  const float* l = logits + r * V;
+  const int64_t t = targets[n * t_stride];
+  const bool ignored = t == kIgnoreIndex;
+  const bool bad = !ignored && (t < 0 || t >= V);
+  const float target_logit = threadIdx.x == 0 && !ignored && !bad ? l[t] : 0.f;
   const bool vec = V % 4 == 0;
   float m = -INFINITY, s = 0.f;
   if (vec) {
     for (int64_t i = threadIdx.x; i < V / 4; i += blockDim.x) {
-      const float4 x = reinterpret_cast<const float4*>(c.l)[i];
+      const float4 x = reinterpret_cast<const float4*>(l)[i];
       online_add(x.x, m, s);
       online_add(x.y, m, s);
       online_add(x.z, m, s);
       online_add(x.w, m, s);
     }
   } else {
-    for (int64_t i = threadIdx.x; i < V; i += blockDim.x) online_add(c.l[i], m, s);
+    for (int64_t i = threadIdx.x; i < V; i += blockDim.x) online_add(l[i], m, s);
   }
   const float mx = block_max(m);
   s = block_sum(m == -INFINITY ? 0.f : s * expf(m - mx));
   const float lse = mx + logf(s);
-  if (threadIdx.x == 0)
-    write_loss(losses, ldt, c.n * l_stride, c.ignored, c.bad, lse - c.target_logit, c.t, c.n, V, err);
+  if (threadIdx.x == 0) {
+    if (losses) store_f(losses, n * l_stride, ldt, ignored ? 0.f : (bad ? NAN : lse - target_logit));
+    if (bad && err && atomicCAS(&err->flag, 0, kErrCrossEntropyTarget) == 0) {
+      err->id = static_cast<int32_t>(t);
+      err->pos = static_cast<int32_t>(n);
+      err->vocab = static_cast<int32_t>(V);
+    }
+  }
   if (!G) return;
-  const int64_t go = c.r * V;
-  const bool zero = c.ignored || c.bad;
+  const int64_t go = r * V;
+  const bool zero = ignored || bad;
   auto grad = [&](int64_t i, float x) {
     const float p = expf(x - lse);
-    return zero ? 0.f : grad_scale * (i == c.t ? p - 1.f : p);
+    return zero ? 0.f : grad_scale * (i == t ? p - 1.f : p);
   };
   if (vec && (gdt == DType::F32 || gdt == DType::BF16)) {
     for (int64_t i = threadIdx.x; i < V / 4; i += blockDim.x) {
-      const float4 x = reinterpret_cast<const float4*>(c.l)[i];
+      const float4 x = reinterpret_cast<const float4*>(l)[i];
       const float4 g = make_float4(grad(4 * i, x.x), grad(4 * i + 1, x.y), grad(4 * i + 2, x.z), grad(4 * i + 3, x.w));
       if (gdt == DType::F32) {
         reinterpret_cast<float4*>(static_cast<float*>(G) + go)[i] = g;  // in place over the logits: this thread's own
@@ -162,7 +112,7 @@ __global__ void cross_entropy_online_kernel(const float* logits, int64_t V, cons
       }
     }
   } else {
-    for (int64_t i = threadIdx.x; i < V; i += blockDim.x) store_f(G, go + i, gdt, grad(i, c.l[i]));
+    for (int64_t i = threadIdx.x; i < V; i += blockDim.x) store_f(G, go + i, gdt, grad(i, l[i]));
   }
 }
 
@@ -302,7 +252,7 @@ void lm_head_cross_entropy(GemmContext& ctx, TensorView h, TensorView w, TensorV
       greedy_rows_async(static_cast<const float*>(logits.get()), n, V, dev_targets + r0 * t_stride, t_stride,
                         is_greedy.ptr<int32_t>() + r0 * is_greedy.stride[0], is_greedy.stride[0], stream);
     if (!want_loss && !want_grad) continue;
-    (rows_v2() ? cross_entropy_online_kernel : cross_entropy_kernel)<<<static_cast<unsigned>(n), threads, 0, stream>>>(
+    cross_entropy_kernel<<<static_cast<unsigned>(n), threads, 0, stream>>>(
         static_cast<const float*>(logits.get()), V, dev_targets, t_stride, r0, grad_scale, losses.data, losses.dtype,
         want_loss ? losses.stride[0] : 0, g_ptr, gdt, err);
     CUDA_CHECK_LAUNCH();

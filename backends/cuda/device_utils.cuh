@@ -46,9 +46,10 @@ __device__ __forceinline__ T from_f(float v) {
   else if constexpr (std::is_same_v<T, __half>) return __float2half_rn(v);
   else return v;
 }
-// N elements loaded or stored as 16-byte vectors (N * sizeof(T) a multiple of 16).
+// N consecutive elements loaded or stored as one aligned access of up to 16 bytes, or as several
+// 16-byte accesses (8 f32: two): the address must be aligned to min(N * sizeof(T), 16).
 template <class T, int N>
-struct alignas(16) Pack {
+struct alignas(N * sizeof(T) < 16 ? N * sizeof(T) : 16) Vec {
   T v[N];
 };
 // Calls f with a value of the C++ type of t (bf16, f16 or f32).
@@ -106,6 +107,13 @@ inline RowsDesc rows_desc(const TensorView& v) {
   }
   d.outer = n;
   return d;
+}
+
+// Whether a view's rows sit at one row stride (or are a single row), each starting on a 16-byte
+// boundary with unit column stride: what the 16-byte vector kernels read and write.
+inline bool rows_16b_aligned(const RowsDesc& d) {
+  return d.col_stride == 1 && d.outer <= 1 && reinterpret_cast<uintptr_t>(d.data) % 16 == 0 &&
+         (d.stride[0] * static_cast<int64_t>(dtype_size(d.dtype))) % 16 == 0;
 }
 
 // Launch shape for a rows x cols elementwise kernel: x covers columns, y covers rows (a

@@ -17,7 +17,7 @@
 
 namespace rt::cuda::flat {
 
-// (to_f / from_f: device_utils.cuh)
+// (to_f / from_f and Vec: device_utils.cuh)
 
 struct AddFn {
   __device__ float operator()(float a, float b) const { return a + b; }
@@ -67,11 +67,6 @@ inline dim3 mat_grid(const MatShape& m, int threads) {
   return dim3(static_cast<unsigned>(xb), static_cast<unsigned>(std::min<int64_t>(yb, 65535)));
 }
 
-// kVec consecutive elements, loaded or stored as one aligned vector (16 bytes of bf16).
-template <typename T, int kVec>
-struct alignas(sizeof(T) * kVec) Vec {
-  T v[kVec];
-};
 constexpr int kVecWidth = 8;
 
 // True when every operand's base and row stride allow kVecWidth-wide vector access.

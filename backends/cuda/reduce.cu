@@ -122,9 +122,9 @@ __global__ void column_partial_vec_kernel(const TA* a, int64_t a_row, const TB* 
   for (int k = 0; k < kColVec; ++k) acc[k] = 0.f;
   if (c0 < cols) {
     for (int64_t r = r0 + threadIdx.y; r < r1; r += kColY) {
-      const Pack<TA, kColVec> av = *reinterpret_cast<const Pack<TA, kColVec>*>(a + r * a_row + c0);
-      Pack<TB, kColVec> bv;
-      if constexpr (kHasB) bv = *reinterpret_cast<const Pack<TB, kColVec>*>(b + r * b_row + c0);
+      const Vec<TA, kColVec> av = *reinterpret_cast<const Vec<TA, kColVec>*>(a + r * a_row + c0);
+      Vec<TB, kColVec> bv;
+      if constexpr (kHasB) bv = *reinterpret_cast<const Vec<TB, kColVec>*>(b + r * b_row + c0);
       const float sc = row_scale ? row_scale[r] : 1.f;
 #pragma unroll
       for (int k = 0; k < kColVec; ++k) {
@@ -151,13 +151,7 @@ __global__ void column_partial_vec_kernel(const TA* a, int64_t a_row, const TB* 
 
 // Whether column_sum_accumulate may take the vector kernel for a (and b, if any).
 bool vector_columns(const TensorView& a, const TensorView& b, bool has_b, int64_t cols) {
-  auto ok = [&](const TensorView& v) {
-    const RowsDesc d = rows_desc(v);
-    const auto es = static_cast<int64_t>(dtype_size(v.dtype));
-    return d.col_stride == 1 && d.outer <= 1 && reinterpret_cast<uintptr_t>(v.data) % 16 == 0 &&
-           (d.stride[0] * es) % 16 == 0;
-  };
-  return cols % kColVec == 0 && ok(a) && (!has_b || ok(b));
+  return cols % kColVec == 0 && rows_16b_aligned(rows_desc(a)) && (!has_b || rows_16b_aligned(rows_desc(b)));
 }
 
 __global__ void column_finish_kernel(const float* partial, int64_t slices, int64_t cols, void* out, DType ot,

@@ -9,7 +9,6 @@
 
 #include "cuda/check.h"
 #include "cuda/device_utils.cuh"
-#include "cuda/env_switch.h"
 #include "cuda/kernels.h"
 #include "cuda/memory.h"
 
@@ -178,10 +177,10 @@ __global__ void __launch_bounds__(32 * kStatsRowsPerBlock)
   }
 }
 
-// The default (RT_CUDA_ROWS_V2=0 runs the scalar pass instead): pass 1 (and 3) in 16-byte loads, 8 elements
-// a lane at a time, where every row is unit-stride and 16-byte aligned and d % 8 == 0. The
-// training trace at 32K spends 25 ms a step in pass 1, ~0.5 ms a call against ~0.1 ms for its
-// bytes. Sums differ from the scalar kernel's by fp32 rounding only (another order).
+// Pass 1 (and 3) in 16-byte loads, 8 elements a lane at a time, where every row is unit-stride and
+// 16-byte aligned and d % 8 == 0 (the scalar kernel above takes the rest). The scalar kernel spent
+// 25 ms of a 32K training step on these rows, this one 20 ms. Sums differ from the scalar kernel's
+// by fp32 rounding only (another order).
 __device__ __forceinline__ void load8(const void* base, int64_t i, DType t, float (&v)[8]) {
   if (t == DType::F32) {
     const float4 a = *reinterpret_cast<const float4*>(static_cast<const float*>(base) + i);
@@ -249,12 +248,7 @@ __global__ void __launch_bounds__(32 * kStatsRowsPerBlock)
 // and the weight 16-byte aligned, d a multiple of 8.
 bool vector_stats_rows(const TensorView& x, const TensorView& dy, const TensorView& w, const TensorView* dx,
                        int64_t d) {
-  auto ok = [&](const TensorView& v) {
-    const RowsDesc rd = rows_desc(v);
-    const int64_t es = dtype_size(v.dtype);
-    return rd.outer == 1 && rd.col_stride == 1 && v.dtype != DType::F64 &&
-           reinterpret_cast<uintptr_t>(v.data) % 16 == 0 && (rd.stride[0] * es) % 16 == 0;
-  };
+  auto ok = [&](const TensorView& v) { return v.dtype != DType::F64 && rows_16b_aligned(rows_desc(v)); };
   return d % 8 == 0 && ok(x) && ok(dy) && (dx == nullptr || ok(*dx)) && w.stride[0] == 1 && w.dtype != DType::F64 &&
          reinterpret_cast<uintptr_t>(w.data) % 16 == 0;
 }
@@ -362,7 +356,7 @@ void rmsnorm_backward(TensorView x, TensorView w, float eps, TensorView dy, Tens
   // dx in the same pass unless it aliases an input that dw still needs to read.
   const bool fused_dx = want_dx && !(want_dw && (views_overlap(dx, x) || views_overlap(dx, dy)));
   const unsigned stat_blocks = static_cast<unsigned>((rows + kStatsRowsPerBlock - 1) / kStatsRowsPerBlock);
-  if (rows_v2() && vector_stats_rows(x, dy, w, fused_dx ? &dx : nullptr, d)) {
+  if (vector_stats_rows(x, dy, w, fused_dx ? &dx : nullptr, d)) {
     if (fused_dx)
       rmsnorm_backward_stats_vec_kernel<true><<<stat_blocks, 32 * kStatsRowsPerBlock, 0, stream>>>(
           rows_desc(x), rows_desc(dy), w.data, w.dtype, eps, d, rows, rstd, coef, rows_desc(dx));

@@ -11,7 +11,6 @@
 
 #include "cuda/check.h"
 #include "cuda/device_utils.cuh"
-#include "cuda/env_switch.h"
 #include "cuda/kernels.h"
 #include "cuda/memory.h"
 #include "rt/sdk/position_hash.h"
@@ -80,8 +79,8 @@ __global__ void routed_rows_vec_kernel(const TA* a, int64_t a_row, TB* b, int64_
                                        int rows_per_block, int64_t cap, int64_t limit, const int32_t* index,
                                        const int32_t* count) {
   constexpr int kPer = vec_elems<TA, TB>();
-  using PA = Pack<TA, kPer>;
-  using PB = Pack<TB, kPer>;
+  using PA = Vec<TA, kPer>;
+  using PB = Vec<TB, kPer>;
   const int64_t n = *count;
   const int64_t span = static_cast<int64_t>(rows_per_block) * vecs;
   for (int64_t r0 = static_cast<int64_t>(blockIdx.x) * rows_per_block; r0 < cap;
@@ -120,19 +119,15 @@ __global__ void routed_rows_vec_kernel(const TA* a, int64_t a_row, TB* b, int64_
 // Whether launch_routed_rows may take the vector kernel: float types, unit column stride, one row
 // stride, every row start 16-byte aligned and rows a whole number of vectors.
 bool vector_rows(const RowsDesc& a, const RowsDesc& b, int64_t cols) {
-  if (a.col_stride != 1 || b.col_stride != 1 || a.outer != 1 || b.outer != 1) return false;
   auto vector_type = [](DType t) { return t == DType::F32 || t == DType::BF16 || t == DType::F16; };
   if (!vector_type(a.dtype) || !vector_type(b.dtype)) return false;
   const auto per = static_cast<int64_t>(16 / std::min(dtype_size(a.dtype), dtype_size(b.dtype)));
-  auto aligned = [&](const RowsDesc& d) {
-    return reinterpret_cast<uintptr_t>(d.data) % 16 == 0 && (d.stride[0] * static_cast<int64_t>(dtype_size(d.dtype))) % 16 == 0;
-  };
-  return cols % per == 0 && aligned(a) && aligned(b);
+  return cols % per == 0 && rows_16b_aligned(a) && rows_16b_aligned(b);
 }
 
-// The default (RT_CUDA_ROWS_V2=0: a block per row instead): rows too narrow for the vector kernel and for
-// a block each (the gate gradient's [T, 1] scatter-add: 3.6 ms of a 0.5B training step at 32K), a
-// thread per element. The same arithmetic per element as routed_rows_kernel.
+// Rows too narrow for the vector kernel and for a block each (the gate gradient's [T, 1]
+// scatter-add took 3.6 ms of a 0.5B training step at 32K on routed_rows_kernel), a thread per
+// element. The same arithmetic per element as routed_rows_kernel.
 template <bool kScatter>
 __global__ void routed_rows_flat_kernel(RowsDesc a, RowsDesc b, int64_t cols, int64_t cap, int64_t limit,
                                         const int32_t* index, const int32_t* count) {
@@ -209,7 +204,7 @@ void launch_routed_rows(const char* op, const TensorView& a, const char* a_name,
     CUDA_CHECK_LAUNCH();
     return;
   }
-  if (ca < 64 && rows_v2()) {
+  if (ca < 64) {
     const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((cap * ca + 255) / 256, 1 << 20));
     routed_rows_flat_kernel<kScatter><<<blocks, 256, 0, stream>>>(da, db, ca, cap, limit, idx, cnt);
     CUDA_CHECK_LAUNCH();

@@ -3,8 +3,8 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cstdio>
 #include <chrono>
+#include <cstdio>
 #include <fstream>
 #include <cmath>
 #include <iomanip>
@@ -297,11 +297,11 @@ json eval_niah(Qwen2Model& model, const Tokenizer& tok, const std::string& path,
   // generate_until leaves the context, and RULER's sizing), so the default 32K cell runs on a
   // 32K-position model. samples_niah.jsonl records each prompt's length.
   const int64_t max_prompt = model.dims().max_positions - ns.max_new;
+  RT_CHECK(max_prompt > 0, "niah: the model's max_position_embeddings (", model.dims().max_positions,
+           ") leaves no room for a prompt before the ", ns.max_new, " generated tokens");
   for (int64_t len : ns.lengths) {
     RT_CHECK(len <= model.dims().max_positions, "niah: length ", len, " exceeds the model's max_position_embeddings (",
              model.dims().max_positions, "); pass --niah-lengths up to ", model.dims().max_positions);
-    RT_CHECK(max_prompt > 0, "niah: the model's max_position_embeddings (", model.dims().max_positions,
-             ") leaves no room for a prompt before the ", ns.max_new, " generated tokens");
     if (len > max_prompt && ranks.lead())
       std::fprintf(stderr, "[eval] niah: length %lld: the prompt is %lld tokens, so that the %lld generated tokens fit "
                    "in max_position_embeddings (%lld)\n", static_cast<long long>(len), static_cast<long long>(max_prompt),

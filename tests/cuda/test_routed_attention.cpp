@@ -356,10 +356,10 @@ TEST(RoutedAttention, RoutingOpsMatchCpu) {
     const TensorView cix = TensorView::contiguous(ci.data(), DType::I32, Device::CPU, {T});
     const TensorView ccnt = TensorView::contiguous(&cn, DType::I32, Device::CPU, {1});
     // Widths and dtypes that take the 16-byte vector kernel (f32 96, bf16 896: unit stride, aligned
-    // rows), a block per row (bf16 100: rows of 200 bytes) and narrow rows (f32 1, the gate's; bf16
-    // 36: a thread per element, or a block per row under RT_CUDA_ROWS_V2=0), each bit for bit
-    // against the CPU; bf16 inputs are rounded on the host, and the CPU's f32 scatter-add is rounded
-    // to bf16 once, as the device adds in f32 and rounds each element.
+    // rows), a block per row (bf16 100: rows of 200 bytes) and a thread per element (narrow rows:
+    // f32 1, the gate's; bf16 36), each bit for bit against the CPU; bf16 inputs are rounded on the
+    // host, and the CPU's f32 scatter-add is rounded to bf16 once, as the device adds in f32 and
+    // rounds each element.
     for (const auto& [C, dt] : std::vector<std::pair<int64_t, DType>>{
              {96, DType::F32}, {896, DType::BF16}, {100, DType::BF16}, {36, DType::BF16}, {1, DType::F32}}) {
       if (dt == DType::BF16 && T == 70000) continue;  // the bf16 widths are covered at T = 1000

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine (device tool), after `source tools/device/unpack.sh`: the CUDA tests of the
 # routed kernels, l2a_fused and the kernels they share, then the benchmarks. Logs and JSON to $OUT.
-#   bash tools/device/l2a_gpu_check.sh fwdpaths variants decodeprof bwdprof bwdtall bwdfuseddq rowsv2 bwdpaths tests nccl kernels \
+#   bash tools/device/l2a_gpu_check.sh fwdpaths variants decodeprof bwdprof bwdtall bwdfuseddq bwdpaths tests nccl kernels \
 #        kernels15 model decode prune eval evalall train memory fit trace anchors bundle
 # (any subset, in that order; `bundle` last packs $OUT into results.tgz, as the device tool brings
 # back 8 files). SEQS overrides the kernel sequence lengths, ANCHOR_SEQS the anchors' (ANCHOR_HF=1 adds HF
@@ -10,8 +10,8 @@
 # mma.sync kernel of sm_89; FWD_PATHS picks), a compute-sanitizer pass, and times both paths against cuDNN.
 # `bwdpaths` does the same for the deterministic backward (RT_ATTN_BWD=wgmma: the Hopper dK/dV and dQ kernels),
 # `bwdtall` for the 128 x 128 dK/dV tile at head dim 64 (the default; RT_ATTN_HOPPER_BWD_TALL=0: 128 x 64),
-# `bwdfuseddq` for its dQ fused in key-block order (the default; RT_ATTN_HOPPER_BWD_FUSED_DQ=0 runs the dQ pass), `rowsv2`
-# for the row kernels' first versions (RT_CUDA_ROWS_V2=0; the second are the default). `bwdprof` and
+# `bwdfuseddq` for its dQ fused in key-block order (the default; RT_ATTN_HOPPER_BWD_FUSED_DQ=0 runs
+# the dQ pass). `bwdprof` and
 # `decodeprof` profile the backward kernels (ncu) and a decode step (CUPTI trace of graph replays).
 # TEST_TIMEOUT bounds each test binary (default 300 s).
 set -uo pipefail
@@ -126,22 +126,6 @@ for step in "$@"; do
   bwdfuseddq)  # the tall tile with dQ fused in key-block order (RT_ATTN_HOPPER_BWD_FUSED_DQ=1) against
                # the dQ pass; the tests include bit-identical reruns, and a deadlock shows as a timeout
     backward_variant bwdfuseddq RT_ATTN_HOPPER_BWD_FUSED_DQ 0 1
-    ;;
-  rowsv2)  # the row kernels' second versions (the default: cross-entropy in two passes, RMSNorm
-           # backward statistics in 16-byte loads, narrow routed rows) against the first
-           # (RT_CUDA_ROWS_V2=0): the tests with the first, then a 32K training step with each, in one call
-    : > "$out/rowsv2.txt"
-    for t in test_cuda_training_ops test_routed_attention test_backend_ops test_cuda_ops test_l2a_fused; do
-      RT_CUDA_ROWS_V2=0 timeout ${TEST_TIMEOUT:-300} build/bin/$t --gtest_brief=1 > /tmp/$t.rowsv2.log 2>&1
-      echo "$t RT_CUDA_ROWS_V2=0 rc=$? $(grep -E '^\[  (PASSED|FAILED)' /tmp/$t.rowsv2.log | tr '\n' ' ')" | tee -a "$out/rowsv2.txt"
-      grep -B3 -A12 "Failure" /tmp/$t.rowsv2.log | head -40 >> "$out/rowsv2.txt"
-    done
-    for v2 in 0 1; do
-      echo "== RT_CUDA_ROWS_V2=$v2"
-      RT_CUDA_ROWS_V2=$v2 timeout 200 python3 tools/bench_train.py --seq 32768 --steps 3 \
-        --cases full_causal:attention,l2a_fused:attention:parallel --l2a-set router=fixed_rate \
-        --l2a-set sparsity=0.8 --l2a-set leak_prob=0 --json "$out/rowsv2_train_$v2.json" 2>&1 | tail -3
-    done | tee -a "$out/rowsv2.txt"
     ;;
   bwdpaths)  # the deterministic backward: Hopper kernels (RT_ATTN_BWD=wgmma) against mma.sync
     : > "$out/bwdpaths.txt"

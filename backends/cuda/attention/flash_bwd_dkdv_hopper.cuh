@@ -48,6 +48,15 @@ struct HopperBwdDkDvConfig {
   static_assert(kSmemBytes <= 227 * 1024, "shared memory");
 };
 
+// Whether a dK/dV config also accumulates dQ (HopperBwdDkDvTallDqConfig): its items then run
+// query tiles in descending order (rt::attn::dkdv_item), and the launcher refuses masks whose key
+// blocks are not one run per tile.
+template <class Cfg>
+__host__ __device__ constexpr bool fuses_dq() {
+  if constexpr (requires { Cfg::kFusedDq; }) return Cfg::kFusedDq;
+  else return false;
+}
+
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 // What the Hopper dK/dV kernels (this one and flash_bwd_dkdv_hopper_tall.cuh) share: the shared
 // memory plan, the work list of a CTA, its producer and the zeroing of inactive routed rows.
@@ -78,12 +87,6 @@ __device__ __forceinline__ Smem<Cfg> smem_plan(const uint8_t* smem_raw) {
   return m;
 }
 
-template <class Cfg>
-__device__ __forceinline__ constexpr bool descending_tiles() {
-  if constexpr (requires { Cfg::kFusedDq; }) return Cfg::kFusedDq;
-  else return false;
-}
-
 // A CTA's keys [n0, n1) of KV head hk, and its items in rt::attn::dkdv_item's order (which
 // depends on the mask for a kernel that accumulates dQ: flash_bwd_dkdv_hopper_tall.cuh).
 template <class Cfg, class Mask, class Rows>
@@ -92,12 +95,12 @@ struct Work {
   Rows rows;
   __device__ __forceinline__ int head(int it) const {
     int h, t;
-    rt::attn::dkdv_item<Mask, descending_tiles<Cfg>()>(it, heads, m_steps, h, t);
+    rt::attn::dkdv_item<Mask, fuses_dq<Cfg>()>(it, heads, m_steps, h, t);
     return h_first + h;
   }
   __device__ __forceinline__ int m0(int it) const {
     int h, t;
-    rt::attn::dkdv_item<Mask, descending_tiles<Cfg>()>(it, heads, m_steps, h, t);
+    rt::attn::dkdv_item<Mask, fuses_dq<Cfg>()>(it, heads, m_steps, h, t);
     return (mb_first + t) * Cfg::kBlockM;
   }
 };

@@ -1,7 +1,8 @@
 // Hopper (sm_90a) building blocks of the attention kernels: warpgroup MMA (wgmma) and its
-// shared-memory matrix descriptors, mbarriers, the bulk tensor copy (TMA), register reallocation
-// between warpgroups, named barriers. PTX wrappers only; the kernels that use them are
-// flash_fwd_hopper.cuh. Compiled only for sm_90a (the functions below exist under
+// shared-memory matrix descriptors, mbarriers, the bulk tensor copy (TMA) and bulk reductions,
+// register reallocation between warpgroups, named barriers, turn counters in global memory. PTX
+// wrappers only; the kernels that use them are flash_fwd_hopper.cuh and the flash_bwd_*_hopper
+// headers. Compiled only for sm_90a (the functions below exist under
 // __CUDA_ARCH_FEAT_SM90_ALL; other targets see declarations they never call).
 //
 // Shared-memory tiles are 128-byte-swizzled: a tile [rows][64] of bf16 (128 B per row) is stored

@@ -29,12 +29,6 @@ bool fused_dq_setting() {
   return !off;
 }
 
-template <class Cfg>
-constexpr bool fuses_dq() {
-  if constexpr (requires { Cfg::kFusedDq; }) return Cfg::kFusedDq;
-  else return false;
-}
-
 template <class Cfg, class Mask, class Rows, bool kTall>
 struct DkDvKernel {
   static constexpr auto value = attn::flash_bwd_dkdv_hopper_kernel<Cfg, Mask, Rows>;
@@ -59,7 +53,7 @@ bool launch_dkdv(const attn::BwdParams& p, const TensorView& q, const TensorView
            " is too long for one launch of the Hopper dK/dV kernel");
   with_mask(spec, [&](auto mask) {
     using Mask = decltype(mask);
-    if constexpr (fuses_dq<Cfg>() && !rt::attn::contiguous_key_blocks<Mask, Rows>) {
+    if constexpr (attn::fuses_dq<Cfg>() && !rt::attn::contiguous_key_blocks<Mask, Rows>) {
       RT_CHECK(false, kOp, ": the fused dQ needs one run of key blocks per query tile (not a window over routed rows)");
     } else {
       constexpr auto kernel = DkDvKernel<Cfg, Mask, Rows, kTall>::value;
