@@ -108,15 +108,30 @@ for step in "$@"; do
     done
     grep -E "decode steps|span|^    [ 0-9.]+ +[0-9]+  " "$out/decodeprof.txt" | head -80
     ;;
-  bwdprof)  # ncu of the Hopper backward's dK/dV and dQ kernels at the 0.5B shape (D = 64), 16K causal:
-             # where the time goes (tensor pipe, warp stalls with their reasons, and per SASS instruction)
-    RT_ATTN_BWD=wgmma timeout 400 ncu --kernel-name regex:'flash_bwd_(dkdv|dq)_hopper' --launch-count 2 \
-      --set full --import-source yes -o /tmp/bwdprof --force-overwrite \
-      build/bin/bench_attention_bwd --seqs 16384 --reps 1 > "$out/bwdprof_run.txt" 2>&1
-    echo "ncu rc=$?"
-    ncu -i /tmp/bwdprof.ncu-rep --page details --print-details all > "$out/bwdprof.txt" 2>&1
-    ncu -i /tmp/bwdprof.ncu-rep --page source --print-source sass --csv > "$out/bwdprof_sass.csv" 2>&1
-    grep -E "Duration|Issue Slots Busy|No Eligible|Warp Cycles Per Issued|Stall|stall" "$out/bwdprof.txt" | head -60
+  bwdprof)  # ncu of the Hopper backward at the 0.5B shape (D = 64), T = PROF_SEQ (default 32768), per mask
+            # (PROF_MASKS, default causal, window 2048, routed at 80% unrouted): every kernel of one backward
+            # call with its time, DRAM bytes and L2 hit rate (the preprocess, dK/dV, dQ convert: what the
+            # window's short rows pay besides the main loop), then the dK/dV kernel in full (warp stalls,
+            # tensor pipe, memory; per SASS instruction in bwdprof_<mask>_sass.csv)
+    : > "$out/bwdprof.txt"
+    for mask in ${PROF_MASKS:-causal window routed}; do
+      bench="build/bin/bench_attention_bwd --models 0.5b --masks $mask --seqs ${PROF_SEQ:-32768} --window 2048 --reps 1"
+      # the first backward call's launches (the forward's warm-ups come before, under other names)
+      RT_ATTN_BWD=wgmma timeout 150 ncu --kernel-name regex:'flash_bwd|zero_kernel' --launch-count 4 --csv \
+        --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,lts__t_sector_hit_rate.pct \
+        $bench > /tmp/bwdprof_$mask.csv 2>&1
+      echo "== $mask: one backward call, kernel by kernel (rc=$?)" | tee -a "$out/bwdprof.txt"
+      grep -E '^"[0-9]' /tmp/bwdprof_$mask.csv | awk -F'","' '{print $5 " | " $(NF-2) " = " $NF}' |
+        sed 's/"$//' | cut -c1-160 | tee -a "$out/bwdprof.txt"
+      RT_ATTN_BWD=wgmma timeout 240 ncu --kernel-name regex:'flash_bwd_dkdv' --launch-count 1 --set full \
+        --import-source yes -o /tmp/bwdprof_$mask --force-overwrite $bench > /tmp/bwdprof_run_$mask.txt 2>&1
+      echo "== $mask: the dK/dV kernel (ncu rc=$?)" | tee -a "$out/bwdprof.txt"
+      ncu -i /tmp/bwdprof_$mask.ncu-rep --page details --print-details all > "$out/bwdprof_$mask.txt" 2>&1
+      ncu -i /tmp/bwdprof_$mask.ncu-rep --page source --print-source sass --csv > "$out/bwdprof_${mask}_sass.csv" 2>&1
+      grep -E "^ +(Duration|Compute \(SM\) Throughput|Memory Throughput|L2 Hit Rate|DRAM Throughput|Issue Slots Busy|No Eligible|Warp Cycles Per Issued Instruction|Achieved Occupancy)" \
+        "$out/bwdprof_$mask.txt" | tee -a "$out/bwdprof.txt"
+      grep -iE "stall|est\. speedup" "$out/bwdprof_$mask.txt" | cut -c1-220 | head -12 | tee -a "$out/bwdprof.txt"
+    done
     ;;
   bwdtall)  # the 128 x 128 dK/dV tile at head dim 64 (the default; RT_ATTN_HOPPER_BWD_TALL=0 is the
             # 128 x 64 one): tests, compute-sanitizer (racecheck: P and dS go through shared memory
