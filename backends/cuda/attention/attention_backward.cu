@@ -199,9 +199,12 @@ void launch_flash_bwd(const TensorView& q, const TensorView& k, const TensorView
   float* lse2 = dq_accum + dq_elems + lock_elems;
   float* delta = lse2 + stat_elems;
   float* dkv_accum = splits > 1 ? delta + stat_elems : nullptr;
-  if (fused_dq || hopper_dq)
-    check_cuda(cudaMemsetAsync(dq_accum, 0, (dq_elems + lock_elems) * sizeof(float), stream),
-               "cudaMemsetAsync (dq accumulator)");
+  // The mma.sync fused dQ adds into a zeroed accumulator; the Hopper one stores its first partial
+  // of a tile, so only its turn counters start at 0.
+  if (fused_dq)
+    check_cuda(cudaMemsetAsync(dq_accum, 0, dq_elems * sizeof(float), stream), "cudaMemsetAsync (dq accumulator)");
+  if (hopper_dq)
+    check_cuda(cudaMemsetAsync(dq_lock, 0, lock_elems * sizeof(int), stream), "cudaMemsetAsync (dq turn counters)");
 
   {
     attn::BwdPreParams pp{};

@@ -130,10 +130,14 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
           // (contiguous_key_blocks, tested on the CPU in tests/backends/test_key_block_order.cpp).
           const int n_lo = first_key_block<Mask>(mk, rows, m0, kBlockN);
           int* lock = p.dq_lock + static_cast<int64_t>(hq) * m_tiles + m0 / kBlockM;
-          turn_wait(lock, static_cast<int>(blockIdx.x) - n_lo);
+          const int turn = static_cast<int>(blockIdx.x) - n_lo;
+          turn_wait(lock, turn);
           fence_proxy_async_global();
-          bulk_reduce_add_f32(p.dq_accum + (static_cast<int64_t>(hq) * p.Tq_pad + m0) * kD, sdQ,
-                              HopperBwdDkDvTallDqConfig::kDqBytes);
+          // The first key block stores the tile, the others add to it: the accumulator needs no
+          // zeroing (a tile no key block reached keeps its counter at 0, and the convert writes 0).
+          float* acc = p.dq_accum + (static_cast<int64_t>(hq) * p.Tq_pad + m0) * kD;
+          if (turn == 0) bulk_store(acc, sdQ, HopperBwdDkDvTallDqConfig::kDqBytes);
+          else bulk_reduce_add_f32(acc, sdQ, HopperBwdDkDvTallDqConfig::kDqBytes);
           bulk_commit();
           bulk_wait_read_all();
           mbar_arrive(dq_empty);
@@ -317,12 +321,13 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
 }
 
 // The fused dQ's accumulator [Hq][Tq_pad][64] into dq [Tq][Hq][64] (bf16, strided): scale * acc,
-// 0 for inactive routed rows. A thread per 4 columns of a (row, head). Within a 128-row tile the
-// accumulator is in fragment order (dq_tile_offset).
+// 0 for inactive routed rows and for tiles no key block reached (their turn counter, dq_lock
+// [Hq][Tq_pad / 128], is 0, and their accumulator was never written). A thread per 4 columns of a
+// (row, head). Within a 128-row tile the accumulator is in fragment order (dq_tile_offset).
 template <class Rows>
-__global__ void flash_bwd_dq_accum_convert_kernel(const float* acc, bf16* dq, int64_t dq_row, int64_t dq_head, int Tq,
-                                                  int Hq, int Tq_pad, float scale, const int32_t* q_index,
-                                                  const int32_t* q_count) {
+__global__ void flash_bwd_dq_accum_convert_kernel(const float* acc, const int* dq_lock, bf16* dq, int64_t dq_row,
+                                                  int64_t dq_head, int Tq, int Hq, int Tq_pad, float scale,
+                                                  const int32_t* q_index, const int32_t* q_count) {
   constexpr int kD = 64, kQuads = kD / 4;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= static_cast<int64_t>(Tq) * Hq * kQuads) return;
@@ -331,10 +336,11 @@ __global__ void flash_bwd_dq_accum_convert_kernel(const float* acc, bf16* dq, in
   const int r = static_cast<int>(i / (static_cast<int64_t>(kQuads) * Hq));
   const int active = make_rows<Rows>(q_index, q_count).active(Tq);
   float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-  if (r < active) {
+  constexpr int kTile = HopperBwdDkDvTallDqConfig::kBlockM;
+  if (r < active && dq_lock[static_cast<int64_t>(h) * (Tq_pad / kTile) + r / kTile] != 0) {
     // Row r % 128 of its tile is 64 cw + 16 warp + g + 8 hr; columns c..c+3 are pairs (t4, t4 + 1)
     // of n8 block j, lanes 4 g + t4 and the next: 16 contiguous bytes.
-    const int rr = r % 128, within = rr % 16, j = c / 8, t4 = (c % 8) / 2;
+    const int rr = r % kTile, within = rr % 16, j = c / 8, t4 = (c % 8) / 2;
     const int lane = (within % 8) * 4 + t4;
     const int64_t tile = (static_cast<int64_t>(h) * Tq_pad + (r - rr)) * kD;
     v = *reinterpret_cast<const float4*>(acc + tile + dq_tile_offset(rr / 64, j, within / 8, (rr % 64) / 16, lane));

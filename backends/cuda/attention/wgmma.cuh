@@ -221,6 +221,12 @@ __device__ __forceinline__ void bulk_reduce_add_f32(float* dst, uint32_t src, ui
                "r"(bytes)
                : "memory");
 }
+// Bulk copy of `bytes` contiguous bytes (a multiple of 16, both addresses 16-byte aligned) from
+// shared memory to global memory, in a bulk group.
+__device__ __forceinline__ void bulk_store(void* dst, uint32_t src, uint32_t bytes) {
+  asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;\n" ::"l"(dst), "r"(src), "r"(bytes)
+               : "memory");
+}
 __device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
 // Until the committed bulk groups have read their shared memory (it may be overwritten then).
 __device__ __forceinline__ void bulk_wait_read_all() {

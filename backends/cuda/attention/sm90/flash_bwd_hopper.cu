@@ -127,7 +127,7 @@ bool launch_flash_bwd_dq_hopper(int D, const attn::BwdParams& p, const TensorVie
     const unsigned blocks = static_cast<unsigned>((n + 255) / 256);
     auto convert = [&](auto rows) {
       attn::flash_bwd_dq_accum_convert_kernel<decltype(rows)><<<blocks, 256, 0, stream>>>(
-          p.dq_accum, static_cast<attn::bf16*>(dq.data), dq.stride[0], dq.stride[1], p.Tq, p.Hq, p.Tq_pad, p.scale,
+          p.dq_accum, p.dq_lock, static_cast<attn::bf16*>(dq.data), dq.stride[0], dq.stride[1], p.Tq, p.Hq, p.Tq_pad, p.scale,
           p.q_index, p.q_count);
     };
     if (spec.routed()) convert(attn::RoutedRows{});
