@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "cuda/check.h"
+#include "cuda/env_switch.h"
 #include "cuda/graph.h"
 #include "cuda/kernels.h"
 #include "cuda/linear.h"
@@ -48,6 +49,8 @@ CudaOps::CudaOps(int device) : device_(device) {
   stream_ = std::make_shared<cuda::StreamHandle>(device);
   gemm_ = std::make_unique<cuda::GemmContext>();
   attention_dispatch_ = std::make_unique<cuda::AttentionDispatch>();
+  CUDA_CHECK(cudaEventCreateWithFlags(&fork_, cudaEventDisableTiming));
+  CUDA_CHECK(cudaEventCreateWithFlags(&join_, cudaEventDisableTiming));
   CUDA_CHECK(cudaMalloc(&err_dev_, sizeof(cuda::EmbeddingError)));
   CUDA_CHECK(cudaMemset(err_dev_, 0, sizeof(cuda::EmbeddingError)));
   CUDA_CHECK(cudaMallocHost(&err_host_, sizeof(cuda::EmbeddingError)));
@@ -55,14 +58,54 @@ CudaOps::CudaOps(int device) : device_(device) {
 }
 
 CudaOps::~CudaOps() {
-  (void)cudaStreamSynchronize(stream_->get());
+  (void)cudaStreamSynchronize(stream_->main_stream());
+  (void)cudaStreamSynchronize(stream_->side_stream());
   gemm_.reset();
+  gemm_side_.reset();
+  for (cudaEvent_t e : {fork_, join_})
+    if (e) (void)cudaEventDestroy(e);
   (void)cudaFree(err_dev_);
   (void)cudaFreeHost(err_host_);
   (void)cudaGetLastError();
 }
 
 cudaStream_t CudaOps::stream() const { return stream_->get(); }
+
+cuda::GemmContext& CudaOps::gemm() {
+  if (!stream_->side_active()) return *gemm_;
+  if (!gemm_side_) gemm_side_ = std::make_unique<cuda::GemmContext>();
+  return *gemm_side_;
+}
+
+void CudaOps::concurrently(const std::function<void()>& first, const std::function<void()>& second) {
+  static const bool off = cuda::env_switch("RT_CUDA_CONCURRENT", "1", "0");
+  if (off || stream_->side_active()) {  // (nested: the branch's own stream already runs beside another)
+    first();
+    second();
+    return;
+  }
+  const cudaStream_t main = stream_->main_stream(), side = stream_->side_stream();
+  CUDA_CHECK(cudaEventRecord(fork_, main));
+  CUDA_CHECK(cudaStreamWaitEvent(side, fork_, 0));
+  // The join is queued whatever happens, so that the main stream never runs ahead of the side's work.
+  auto join = [&] {
+    stream_->set_side_active(false);
+    CUDA_CHECK(cudaEventRecord(join_, side));
+    CUDA_CHECK(cudaStreamWaitEvent(main, join_, 0));
+  };
+  try {
+    first();
+    stream_->set_side_active(true);
+    second();
+  } catch (...) {
+    try {
+      join();
+    } catch (...) {  // the first error is the one to report
+    }
+    throw;
+  }
+  join();
+}
 
 void CudaOps::check_device_errors() {
   if (err_host_->flag == 0) return;
@@ -128,7 +171,7 @@ void CudaOps::embedding(TensorView table, TensorView ids, TensorView out) {
 }
 
 void CudaOps::linear(TensorView x, TensorView w, TensorView bias, TensorView y) {
-  cuda::linear_forward(*gemm_, x, w, bias, y, stream());
+  cuda::linear_forward(gemm(), x, w, bias, y, stream());
 }
 
 void CudaOps::rmsnorm(TensorView x, TensorView w, float eps, TensorView y) {
@@ -136,7 +179,7 @@ void CudaOps::rmsnorm(TensorView x, TensorView w, float eps, TensorView y) {
 }
 
 void CudaOps::linear_accumulate(TensorView x, TensorView w, TensorView y) {
-  cuda::linear_accumulate(*gemm_, x, w, y, stream());
+  cuda::linear_accumulate(gemm(), x, w, y, stream());
 }
 
 void CudaOps::rope(TensorView x, int64_t pos0, double theta) { cuda::rope_forward(x, pos0, theta, stream()); }
@@ -376,7 +419,7 @@ void CudaOps::attention_backward(TensorView q, TensorView k, TensorView v, Tenso
 
 void CudaOps::linear_backward(TensorView x, TensorView w, TensorView dy, TensorView dx, TensorView dw, TensorView db,
                               bool accumulate_dx) {
-  cuda::linear_backward(*gemm_, x, w, dy, dx, dw, db, accumulate_dx, stream());
+  cuda::linear_backward(gemm(), x, w, dy, dx, dw, db, accumulate_dx, stream());
 }
 
 void CudaOps::rmsnorm_backward(TensorView x, TensorView w, float eps, TensorView dy, TensorView dx, TensorView dw) {
@@ -398,7 +441,7 @@ void CudaOps::embedding_backward(TensorView ids, TensorView dout, TensorView dta
 
 void CudaOps::lm_head_cross_entropy(TensorView h, TensorView w, TensorView targets, float grad_scale,
                                     TensorView losses, TensorView dh, TensorView dw, TensorView is_greedy) {
-  cuda::lm_head_cross_entropy(*gemm_, h, w, targets, grad_scale, losses, dh, dw, is_greedy, err_dev_, stream());
+  cuda::lm_head_cross_entropy(gemm(), h, w, targets, grad_scale, losses, dh, dw, is_greedy, err_dev_, stream());
   if (targets.device == Device::CUDA) fetch_device_errors();
 }
 

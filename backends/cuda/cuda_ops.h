@@ -13,6 +13,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
 #include <memory>
 #include <string>
@@ -115,6 +116,9 @@ class CudaOps final : public Ops {
   void adamw_step(TensorView master, TensorView grad, TensorView m, TensorView v, TensorView param,
                   const AdamW& hp) override;
 
+  // RT_CUDA_CONCURRENT=0 runs the branches one after the other on the one stream (A/B runs).
+  void concurrently(const std::function<void()>& first, const std::function<void()>& second) override;
+
   cudaStream_t stream() const;
 
  private:
@@ -128,6 +132,11 @@ class CudaOps final : public Ops {
   int device_ = 0;
   std::shared_ptr<cuda::StreamHandle> stream_;
   std::unique_ptr<cuda::GemmContext> gemm_;
+  // cuBLASLt's workspace is one buffer per context: GEMMs of a concurrent second branch take their
+  // own context (made at the first such GEMM).
+  std::unique_ptr<cuda::GemmContext> gemm_side_;
+  cuda::GemmContext& gemm();
+  cudaEvent_t fork_ = nullptr, join_ = nullptr;  // concurrently's ordering between the two streams
   std::unique_ptr<cuda::AttentionDispatch> attention_dispatch_;
   cuda::EmbeddingError* err_dev_ = nullptr;   // written by kernels
   cuda::EmbeddingError* err_host_ = nullptr;  // pinned mirror, copied after each checked kernel

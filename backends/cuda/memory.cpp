@@ -15,13 +15,15 @@ StreamHandle::StreamHandle(int device) : device_(device) {
   CUDA_CHECK(cudaSetDevice(device));
   // Non-blocking: no implicit synchronization with the legacy default stream of other libraries.
   CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  CUDA_CHECK(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));
 }
 
 StreamHandle::~StreamHandle() {
   // Destructors must not throw; at process exit the runtime may already be unloading.
-  if (stream_) {
-    (void)cudaStreamSynchronize(stream_);
-    (void)cudaStreamDestroy(stream_);
+  for (cudaStream_t s : {side_, stream_}) {
+    if (s == nullptr) continue;
+    (void)cudaStreamSynchronize(s);
+    (void)cudaStreamDestroy(s);
     (void)cudaGetLastError();
   }
 }

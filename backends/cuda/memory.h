@@ -19,18 +19,25 @@ namespace rt::cuda {
 
 // The one stream a CudaOps runs on. Shared with the deleters of the tensors it allocated, so
 // memory is returned in stream order even after the CudaOps itself is gone.
+// A second stream serves CudaOps::concurrently: while its second branch is queued, get() is that
+// stream, so every op, allocation and free of the branch goes there.
 class StreamHandle {
  public:
   explicit StreamHandle(int device);
   ~StreamHandle();
   StreamHandle(const StreamHandle&) = delete;
   StreamHandle& operator=(const StreamHandle&) = delete;
-  cudaStream_t get() const { return stream_; }
+  cudaStream_t get() const { return side_active_ ? side_ : stream_; }
+  cudaStream_t main_stream() const { return stream_; }
+  cudaStream_t side_stream() const { return side_; }
+  bool side_active() const { return side_active_; }
+  void set_side_active(bool on) { side_active_ = on; }
   int device() const { return device_; }
 
  private:
   int device_ = 0;
-  cudaStream_t stream_ = nullptr;
+  cudaStream_t stream_ = nullptr, side_ = nullptr;
+  bool side_active_ = false;
 };
 
 // Uninitialized device tensor, contiguous. Out of memory throws rt::Error naming the shape,

@@ -4,6 +4,7 @@
 // L2aBackendBase and writes only how its global attention runs (dense then masked, or routed).
 #pragma once
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -315,8 +316,11 @@ class L2aBackendBase : public AttentionBackend {
 
   // Parallel layout, training forward, the part both plugins share: x_in, h = RMSNorm_in(x), the
   // shared q/k/v (positions 0..), the routing of h, and the window attention of every token (o, lse).
+  // `beside`, if given, is work that needs the routing but not the window's output (the routed
+  // rows' attention): it runs concurrently with the window attention (Ops::concurrently).
   void parallel_local_forward_train(const LayerContext& ctx, TensorView x, const TrainContext& tc,
-                                    SublayerActivations& local, Route& r) const {
+                                    SublayerActivations& local, Route& r,
+                                    const std::function<void()>& beside = {}) const {
     Ops& ops = *ctx.ops;
     const ModelDims& d = *ctx.dims;
     const int64_t T = x.shape[0];
@@ -328,7 +332,11 @@ class L2aBackendBase : public AttentionBackend {
     local.o = ops.alloc(ops.activation_dtype(), {T, d.n_heads, d.head_dim});
     local.lse = ops.alloc(ops.accum_dtype(), {d.n_heads, T});
     const Qkv& qkv = local.qkv;
-    ops.attention_forward_lse(qkv.q, qkv.k, qkv.v, local.o, local.lse, sublayer_attention_spec(d, local_, 0));
+    auto window = [&] {
+      ops.attention_forward_lse(qkv.q, qkv.k, qkv.v, local.o, local.lse, sublayer_attention_spec(d, local_, 0));
+    };
+    if (beside) ops.concurrently(window, beside);
+    else window();
   }
 
   // Parallel layout, backward, the end both plugins share: g holds dL/d(q, k, v) of the shared

@@ -111,20 +111,28 @@ class FusedL2aAttention final : public L2aBackendBase {
       else s->global = paper_global_forward(ctx, x, s->h, compact(ctx, s->route.d), nullptr, 0, true);
     } else {
       const DType act = ops.activation_dtype();
-      parallel_local_forward_train(ctx, x, tc, s->local, s->route);
-      s->h = s->local.h;
-      const Qkv& qkv = s->local.qkv;
       s->o = ops.alloc(act, {T, d.n_heads, d.head_dim});
       s->dense.o = ops.alloc(act, {T, d.n_heads, d.head_dim});
       s->dense.lse = ops.alloc(ops.accum_dtype(), {d.n_heads, T});
+      // The global part (all tokens on a leak step, else the routed rows) beside the window.
+      auto global = [&] {
+        const Qkv& qkv = s->local.qkv;
+        if (s->leak) {
+          ops.attention_forward_lse(qkv.q, qkv.k, qkv.v, s->dense.o, s->dense.lse,
+                                    sublayer_attention_spec(d, global_, 0));
+          return;
+        }
+        s->global.rs = compact(ctx, s->route.d);
+        s->global.q = gather_heads(ctx, qkv.q, s->global.rs);
+        ops.attention_forward_lse(s->global.q, qkv.k, qkv.v, s->dense.o, s->dense.lse,
+                                  routed_spec(ctx, s->global.rs, 0));
+      };
+      parallel_local_forward_train(ctx, x, tc, s->local, s->route, global);
+      s->h = s->local.h;
       if (s->leak) {  // every token: o = o_local + d * o_global, as l2a_dense
-        ops.attention_forward_lse(qkv.q, qkv.k, qkv.v, s->dense.o, s->dense.lse, sublayer_attention_spec(d, global_, 0));
         ops.row_scale(rows2d(s->dense.o), s->route.d, rows2d(s->o));
         ops.add(s->o, s->local.o, s->o);
       } else {  // routed rows: their causal output added to their window output
-        s->global.rs = compact(ctx, s->route.d);
-        s->global.q = gather_heads(ctx, qkv.q, s->global.rs);
-        ops.attention_forward_lse(s->global.q, qkv.k, qkv.v, s->dense.o, s->dense.lse, routed_spec(ctx, s->global.rs, 0));
         ops.copy(s->local.o, s->o);
         ops.scatter_add_rows(rows2d(s->dense.o), s->global.rs.index, s->global.rs.count, rows2d(s->o));
       }
@@ -354,10 +362,9 @@ class FusedL2aAttention final : public L2aBackendBase {
     AttentionSpec local_spec = sublayer_attention_spec(d, local_, pos0), global_spec = routed_spec(ctx, rs, pos0);
     local_spec.k_pos0 = global_spec.k_pos0 = k_pos0;
     Tensor o = ops.alloc(ops.activation_dtype(), {T, d.n_heads, d.head_dim});
-    ops.attention(qkv.q, k, v, o, local_spec);
-    Tensor q_r = gather_heads(ctx, qkv.q, rs);
     Tensor o_g = ops.alloc(ops.activation_dtype(), {T, d.n_heads, d.head_dim});
-    ops.attention(q_r, k, v, o_g, global_spec);
+    ops.concurrently([&] { ops.attention(qkv.q, k, v, o, local_spec); },
+                     [&] { ops.attention(gather_heads(ctx, qkv.q, rs), k, v, o_g, global_spec); });
     ops.scatter_add_rows(rows2d(o_g), rs.index, rs.count, rows2d(o));
     add_output_projection(ctx, local_, o, TensorView{}, x);
   }
@@ -376,16 +383,20 @@ class FusedL2aAttention final : public L2aBackendBase {
                         grads.get(wo), TensorView{}, false);
     const Qkv& qkv = s.local.qkv;
     Qkv g = alloc_qkv(ops, d, T), g2 = alloc_qkv(ops, d, T);
-    ops.attention_backward(qkv.q, qkv.k, qkv.v, s.local.o, s.local.lse, dout, g.q, g.k, g.v,
-                           sublayer_attention_spec(d, local_, 0));
-    if (s.leak) {
-      ops.row_dot(rows2d(dout), rows2d(s.dense.o), dgate, false);
-      Tensor dout_g = ops.alloc(act, {T, d.n_heads, d.head_dim});
-      ops.row_scale(rows2d(dout), s.route.d, rows2d(dout_g));
-      ops.attention_backward(qkv.q, qkv.k, qkv.v, s.dense.o, s.dense.lse, dout_g, g2.q, g2.k, g2.v,
-                             sublayer_attention_spec(d, global_, 0));
-      ops.add(g.q, g2.q, g.q);
-    } else {
+    // The window's backward (into g) beside the global part's (into g2 and dgate).
+    auto window = [&] {
+      ops.attention_backward(qkv.q, qkv.k, qkv.v, s.local.o, s.local.lse, dout, g.q, g.k, g.v,
+                             sublayer_attention_spec(d, local_, 0));
+    };
+    auto global = [&] {
+      if (s.leak) {
+        ops.row_dot(rows2d(dout), rows2d(s.dense.o), dgate, false);
+        Tensor dout_g = ops.alloc(act, {T, d.n_heads, d.head_dim});
+        ops.row_scale(rows2d(dout), s.route.d, rows2d(dout_g));
+        ops.attention_backward(qkv.q, qkv.k, qkv.v, s.dense.o, s.dense.lse, dout_g, g2.q, g2.k, g2.v,
+                               sublayer_attention_spec(d, global_, 0));
+        return;
+      }
       const RoutedSet& rs = s.global.rs;
       Tensor dout_r = gather_heads(ctx, dout, rs);
       Tensor dgr = ops.alloc(ops.accum_dtype(), {T});
@@ -393,8 +404,10 @@ class FusedL2aAttention final : public L2aBackendBase {
       ops.scatter_add_rows(dgr.view.reshaped({T, 1}), rs.index, rs.count, dgate.view.reshaped({T, 1}));
       ops.attention_backward(s.global.q, qkv.k, qkv.v, s.dense.o, s.dense.lse, dout_r, g2.q, g2.k, g2.v,
                              routed_spec(ctx, rs, 0));
-      ops.scatter_add_rows(rows2d(g2.q), rs.index, rs.count, rows2d(g.q));
-    }
+    };
+    ops.concurrently(window, global);
+    if (s.leak) ops.add(g.q, g2.q, g.q);
+    else ops.scatter_add_rows(rows2d(g2.q), s.global.rs.index, s.global.rs.count, rows2d(g.q));
     ops.add(g.k, g2.k, g.k);
     ops.add(g.v, g2.v, g.v);
     parallel_backward_tail(ctx, s.local, s.route, g, dgate, dx, grads, tc);

@@ -127,18 +127,27 @@ nlohmann::json routed_kernel_row(Ops& ops, const ModelDims& d, int64_t T, double
     ops.attention_forward_lse(q_r, k, v, o, lse, routed);
     ops.attention_backward(q_r, k, v, o, lse, dout, dq, dk, dv, routed);
   });
-  // The whole L2A attention of a layer: window over every token, compaction, routed rows.
+  // The whole L2A attention of a layer as l2a_fused runs it (parallel layout): the window over
+  // every token beside the compaction and the routed rows (Ops::concurrently), and in the backward
+  // the two parts' dK and dV summed.
+  Tensor dk_l = ops.alloc(act, {T, d.n_kv_heads, d.head_dim}), dv_l = ops.alloc(act, {T, d.n_kv_heads, d.head_dim});
   const double l2a_fwd = median_ms(ops, repeats, [&] {
-    ops.attention(q, k, v, o_l, local);
-    ops.compact_rows(f, index, count);
-    ops.attention(q_r, k, v, o, routed);
+    ops.concurrently([&] { ops.attention(q, k, v, o_l, local); },
+                     [&] {
+                       ops.compact_rows(f, index, count);
+                       ops.attention(q_r, k, v, o, routed);
+                     });
   });
   const double l2a_fwd_bwd = median_ms(ops, repeats, [&] {
-    ops.attention_forward_lse(q, k, v, o_l, lse_l, local);
-    ops.compact_rows(f, index, count);
-    ops.attention_forward_lse(q_r, k, v, o, lse, routed);
-    ops.attention_backward(q, k, v, o_l, lse_l, dout, dq_l, dk, dv, local);
-    ops.attention_backward(q_r, k, v, o, lse, dout, dq, dk, dv, routed);
+    ops.concurrently([&] { ops.attention_forward_lse(q, k, v, o_l, lse_l, local); },
+                     [&] {
+                       ops.compact_rows(f, index, count);
+                       ops.attention_forward_lse(q_r, k, v, o, lse, routed);
+                     });
+    ops.concurrently([&] { ops.attention_backward(q, k, v, o_l, lse_l, dout, dq_l, dk_l, dv_l, local); },
+                     [&] { ops.attention_backward(q_r, k, v, o, lse, dout, dq, dk, dv, routed); });
+    ops.add(dk, dk_l, dk);
+    ops.add(dv, dv_l, dv);
   });
   nlohmann::json row = {{"mask", "routed"},      {"seq", T},           {"sparsity", sparsity},
                         {"routed_rows", n},      {"window", window},   {"fwd_ms", fwd},

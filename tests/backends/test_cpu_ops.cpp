@@ -898,6 +898,16 @@ TEST_F(CpuOps, AddAndSwiglu) {
                    "f32", "bf16");
 }
 
+// The CPU has one stream of work: concurrently runs the first branch, then the second, and an
+// error in either passes on.
+TEST_F(CpuOps, ConcurrentlyRunsFirstThenSecond) {
+  std::string order;
+  ops->concurrently([&] { order += "1"; }, [&] { order += "2"; });
+  EXPECT_EQ(order, "12");
+  EXPECT_THROW(ops->concurrently([&] { order += "1"; }, [&] { rt::fail("stop"); }), rt::Error);
+  EXPECT_EQ(order, "121");
+}
+
 TEST_F(CpuOps, RejectsOtherDevices) {
   Tensor a = randn({2, 3});
   TensorView gpu = a.view;

@@ -770,6 +770,70 @@ TEST_F(CudaOpsTest, AttentionThroughOps) {
   EXPECT_LT(rel_err(download(o), host_values(ref)), 1e-2);
 }
 
+// ---- two branches on two streams (Ops::concurrently) -------------------------------------------
+
+// What L2A runs concurrently (a window attention beside routed-style work: a causal attention, a
+// GEMM, tensors made inside the branch that outlive it), bit for bit against the same ops on one
+// stream; the work after the call reads both branches' outputs at once, so a missing join shows
+// as a wrong or NaN value. Then a nested call, a branch that throws (the error passes on, the
+// streams join, later work is right), and a CUDA graph capture of the whole thing.
+TEST_F(CudaOpsTest, ConcurrentBranchesMatchOneStream) {
+  SKIP_WITHOUT_GPU();
+  const int64_t T = 3000, Hq = 14, Hkv = 2, D = 64, hidden = 896;
+  Tensor q = upload(randn({T, Hq, D}, 31), DType::BF16), k = upload(randn({T, Hkv, D}, 32), DType::BF16);
+  Tensor v = upload(randn({T, Hkv, D}, 33), DType::BF16), x = upload(randn({T, hidden}, 34), DType::BF16);
+  Tensor w = upload(randn({hidden, hidden}, 35, 0.03f), DType::BF16);
+  rt::AttentionSpec window, causal;
+  window.window = 512;
+  auto first = [&](Tensor& o1) { gpu->attention(q, k, v, o1, window); };
+  auto second = [&](Tensor& o2, Tensor& y) {
+    Tensor tmp = gpu->alloc(DType::BF16, {T, Hq, D});  // dies inside the branch
+    gpu->attention(q, k, v, tmp, causal);
+    gpu->copy(tmp, o2);
+    if (!y.view.data) y = gpu->alloc(DType::BF16, {T, hidden});  // outlives it (made outside a capture)
+    gpu->linear(x, w, TensorView{}, y);
+  };
+  auto after = [&](const Tensor& o1, const Tensor& o2, const Tensor& y) {
+    Tensor sum = gpu->alloc(DType::F32, {T, Hq, D});
+    gpu->add(o1, o2, sum);
+    std::vector<float> out = download(sum), ys = download(y);
+    out.insert(out.end(), ys.begin(), ys.end());
+    return out;
+  };
+  Tensor o1 = poisoned(DType::BF16, {T, Hq, D}), o2 = poisoned(DType::BF16, {T, Hq, D}), y;
+  first(o1);
+  second(o2, y);
+  const std::vector<float> one_stream = after(o1, o2, y);
+  for (float f : one_stream) ASSERT_TRUE(std::isfinite(f));
+
+  for (int nested = 0; nested < 2; ++nested) {
+    SCOPED_TRACE(nested ? "nested" : "two streams");
+    Tensor c1 = poisoned(DType::BF16, {T, Hq, D}), c2 = poisoned(DType::BF16, {T, Hq, D}), cy;
+    if (nested)
+      gpu->concurrently([&] { first(c1); }, [&] { gpu->concurrently([&] { second(c2, cy); }, [] {}); });
+    else
+      gpu->concurrently([&] { first(c1); }, [&] { second(c2, cy); });
+    EXPECT_EQ(after(c1, c2, cy), one_stream);
+  }
+
+  Tensor e1 = poisoned(DType::BF16, {T, Hq, D}), e2 = poisoned(DType::BF16, {T, Hq, D}), ey;
+  EXPECT_THROW(gpu->concurrently([&] { first(e1); },
+                                 [&] {
+                                   second(e2, ey);
+                                   rt::fail("stop");
+                                 }),
+               rt::Error);
+  EXPECT_EQ(after(e1, e2, ey), one_stream);
+
+  Tensor g1 = poisoned(DType::BF16, {T, Hq, D}), g2 = poisoned(DType::BF16, {T, Hq, D});
+  Tensor gy = poisoned(DType::BF16, {T, hidden});
+  std::unique_ptr<rt::Ops::CapturedWork> graph =
+      gpu->capture([&] { gpu->concurrently([&] { first(g1); }, [&] { second(g2, gy); }); });
+  ASSERT_NE(graph, nullptr);
+  graph->replay();
+  EXPECT_EQ(after(g1, g2, gy), one_stream);
+}
+
 // ---- decode at a device-held position (what a captured decode step replays) ------------------
 
 TEST_F(CudaOpsTest, QkvRopeSplitAtWritesTheCacheRowOfTheDevicePosition) {

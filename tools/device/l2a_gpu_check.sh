@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine (device tool), after `source tools/device/unpack.sh`: the CUDA tests of the
 # routed kernels, l2a_fused and the kernels they share, then the benchmarks. Logs and JSON to $OUT.
-#   bash tools/device/l2a_gpu_check.sh fwdpaths variants decodeprof bwdprof bwdtall bwdfuseddq bwdpaths tests nccl kernels \
+#   bash tools/device/l2a_gpu_check.sh fwdpaths variants decodeprof bwdprof concurrent bwdtall bwdfuseddq bwdpaths tests nccl kernels \
 #        kernels15 model decode prune eval evalall train memory fit trace anchors bundle
 # (any subset, in that order; `bundle` last packs $OUT into results.tgz, as the device tool brings
 # back 8 files). SEQS overrides the kernel sequence lengths, ANCHOR_SEQS the anchors' (ANCHOR_HF=1 adds HF
@@ -132,6 +132,29 @@ for step in "$@"; do
         "$out/bwdprof_$mask.txt" | tee -a "$out/bwdprof.txt"
       grep -iE "stall|est\. speedup" "$out/bwdprof_$mask.txt" | cut -c1-220 | head -12 | tee -a "$out/bwdprof.txt"
     done
+    ;;
+  concurrent)  # L2A's window and routed rows on two streams (Ops::concurrently, the default) against one
+              # stream (RT_CUDA_CONCURRENT=0), same call: the concurrency test, then L2A attention fwd and
+              # fwd+bwd at 32K/64K, the parallel layout's prefill and its training step at 32K (leak 0)
+    timeout 120 build/bin/test_cuda_ops --gtest_brief=1 --gtest_filter='*Concurrent*' > /tmp/conc.log 2>&1
+    echo "test_cuda_ops *Concurrent* rc=$? $(grep -E '^\[  (PASSED|FAILED)' /tmp/conc.log | tr '\n' ' ')" |
+      tee "$out/concurrent.txt"
+    grep -B3 -A12 "Failure" /tmp/conc.log | head -30 >> "$out/concurrent.txt"
+    for c in 0 1; do
+      echo "== RT_CUDA_CONCURRENT=$c"
+      RT_CUDA_CONCURRENT=$c timeout 150 build/bin/runtime profile --attention swa --model qwen2.5-0.5b --init random \
+        --window 2048 --seq 32768,65536 --sparsity 0.8 --device cuda --kernels-only --repeats 5 \
+        --json "$out/concurrent_l2a_$c.json" > "$out/concurrent_l2a_$c.txt" 2>&1
+      grep -A3 "^L2A attention" "$out/concurrent_l2a_$c.txt"
+      RT_CUDA_CONCURRENT=$c timeout 150 build/bin/runtime profile --attention full_causal,l2a_fused \
+        --model qwen2.5-0.5b --init random --window 2048 --seq 32768 --device cuda --decode-tokens 4 --repeats 3 \
+        $FUSED_SET --set l2a_fused.layout=parallel --json "$out/concurrent_prefill_$c.json" \
+        > "$out/concurrent_prefill_$c.txt" 2>&1
+      tail -4 "$out/concurrent_prefill_$c.txt"
+      RT_CUDA_CONCURRENT=$c timeout 150 python3 tools/bench_train.py --seq 32768 --steps 3 \
+        --cases l2a_fused:attention:parallel --l2a-set router=fixed_rate --l2a-set sparsity=0.8 \
+        --l2a-set leak_prob=0 --json "$out/concurrent_train_$c.json" 2>&1 | tail -2
+    done | tee -a "$out/concurrent.txt"
     ;;
   bwdtall)  # the 128 x 128 dK/dV tile at head dim 64 (the default; RT_ATTN_HOPPER_BWD_TALL=0 is the
             # 128 x 64 one): tests, compute-sanitizer (racecheck: P and dS go through shared memory

@@ -333,6 +333,18 @@ class Ops {
     return nullptr;
   }
 
+  // Runs `first` and `second`, two pieces of device work that neither read what the other writes,
+  // where the backend can at the same time (CUDA: `second` queued on a second stream that starts
+  // after the work queued before this call, and the work queued after it waits for both; no host
+  // synchronization, and a capture records the fork and the join). One branch's kernels then fill
+  // the SMs that the other's tail leaves idle (L2A: the window and the routed rows). Both may
+  // allocate, and what they allocate may outlive the call; tensors from before the call must
+  // outlive it. Elsewhere (the CPU) `first`, then `second`.
+  virtual void concurrently(const std::function<void()>& first, const std::function<void()>& second) {
+    first();
+    second();
+  }
+
   // ---- Training. Backward ops and the small elementwise ops routers and L2A need. -------------
   // Conventions: "+=" outputs accumulate into what is there (parameter gradients summed over
   // micro-batches and over the places a weight is used; residual-stream gradients); "=" outputs
