@@ -83,18 +83,20 @@ def fits(row, budget_bytes):
 
 
 def longest_fit(probe, budget_bytes, lo, hi_cap, step=1024, rel=16):
-    """The longest T (a multiple of step) with fits(probe(T)), searched by doubling from lo and then
-    bisecting until the gap to the first T that does not fit is at most max(step, T / rel); below lo
-    only when lo does not fit (0: not even one step). Returns (T, rows probed)."""
-    rows, best, T = [], 0, lo
-    while T <= hi_cap:  # doubling
+    """The longest T (a multiple of step, at most hi_cap) with fits(probe(T)), searched by doubling
+    from lo (the last doubling probes hi_cap itself) and then bisecting until the gap to the first T
+    that does not fit is at most max(step, T / rel); below lo only when lo does not fit (0: not even
+    one step). Returns (T, rows probed)."""
+    rows, best, T = [], 0, min(lo, hi_cap)
+    while True:  # doubling
         r = probe(T)
         rows.append(r)
         if not fits(r, budget_bytes):
             break
-        best, T = T, T * 2
-    else:
-        return best, rows
+        best = T
+        if T >= hi_cap:
+            return best, rows
+        T = min(T * 2, hi_cap)
     bad = T
     while bad - best > max(step, best // rel // step * step):  # bisect (best fits or is 0, bad does not)
         mid = ((best + bad) // 2) // step * step
@@ -124,6 +126,8 @@ def main() -> int:
                          "and sparsity=0.8 to train at a controlled sparsity")
     ap.add_argument("--fit-gib", type=float, help="find each case's longest context within this many GiB")
     ap.add_argument("--fit-max", type=int, default=131072, help="--fit-gib: longest context tried")
+    ap.add_argument("--fit-min", type=int, default=2048,
+                    help="--fit-gib: the first context tried (doubling from it; a known fit saves the probes below)")
     ap.add_argument("--json")
     a = ap.parse_args()
     import numpy as np
@@ -183,7 +187,7 @@ def fit_main(a, data) -> int:
             print(json.dumps(r), flush=True)
             return r
 
-        best, rows = longest_fit(probe, budget, 2048, a.fit_max)
+        best, rows = longest_fit(probe, budget, a.fit_min, a.fit_max)
         probes += rows
         peak = max((r.get("peak_mem_bytes", 0) for r in rows if r["seq"] == best and "error" not in r), default=0)
         results.append({"model": a.model, "case": case, "recompute": a.recompute, "budget_gib": a.fit_gib,

@@ -12,7 +12,7 @@ import bench_train  # noqa: E402
 
 
 class LongestFit(unittest.TestCase):
-    def search(self, limit_ok, budget=10**12, fail_above=None, hi=131072):
+    def search(self, limit_ok, budget=10**12, fail_above=None, hi=131072, lo=2048):
         seen = []
 
         def probe(T):
@@ -21,7 +21,7 @@ class LongestFit(unittest.TestCase):
                 return {"seq": T, "error": "out of memory"}
             return {"seq": T, "peak_mem_bytes": T * 1000 if limit_ok else budget + 1}
 
-        best, rows = bench_train.longest_fit(probe, budget, 2048, hi)
+        best, rows = bench_train.longest_fit(probe, budget, lo, hi)
         self.assertEqual([r["seq"] for r in rows], seen)
         return best, seen
 
@@ -49,6 +49,15 @@ class LongestFit(unittest.TestCase):
     def test_everything_fits(self):
         best, seen = self.search(True, hi=16384)
         self.assertEqual((best, seen), (16384, [2048, 4096, 8192, 16384]))
+
+
+    def test_doubling_past_the_cap_probes_the_cap(self):
+        # from a known fit: 8192 fits, 16384 would pass the cap, so 12288 is probed, then bisected
+        best, seen = self.search(True, fail_above=10500, lo=8192, hi=12288)
+        self.assertEqual(best, 10240)
+        self.assertEqual(seen[:2], [8192, 12288])
+        best, seen = self.search(True, lo=8192, hi=12288)
+        self.assertEqual((best, seen), (12288, [8192, 12288]))
 
 
 class RunCase(unittest.TestCase):

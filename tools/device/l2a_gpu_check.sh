@@ -282,9 +282,11 @@ for step in "$@"; do
       --cases l2a_fused:router_only,l2a_fused:attention --json "$out/memory.json" 2>&1 | tail -6
     ;;
   fit)  # issue 10: the longest context whose training step fits in 24 GB (an RTX 4090), per model and regime
+        # (FIT_CASES, FIT_MIN and FIT_MAX narrow the search: e.g. 3B attention, known in [8192, 12288))
     for m in ${FIT_MODELS:-qwen2.5-0.5b qwen2.5-1.5b qwen2.5-3b}; do
       timeout 500 python3 tools/bench_train.py --model $m --fit-gib 24 --steps 2 --recompute \
-        --cases l2a_fused:router_only,l2a_fused:attention --json "$out/fit_$m.json" 2>&1 | tail -4
+        --fit-min ${FIT_MIN:-2048} --fit-max ${FIT_MAX:-131072} \
+        --cases ${FIT_CASES:-l2a_fused:router_only,l2a_fused:attention} --json "$out/fit_$m.json" 2>&1 | tail -4
     done
     ;;
   prune)  # issue 13: KV, decode and quality of 0.5B with half its global sublayers pruned (random weights: the
