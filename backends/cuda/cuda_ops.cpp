@@ -46,6 +46,12 @@ CudaOps::CudaOps(int device) : device_(device) {
   CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, device));
   uint64_t threshold = UINT64_MAX;
   CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold));
+  // A block freed on one stream may serve an allocation on the other (concurrently's two streams)
+  // only once the free has completed or the streams' own events order them, never by a wait the
+  // allocator inserts: that wait would make the second branch wait for the first (its workspace,
+  // freed on the main stream, is the size the other branch's asks for).
+  int internal_dependencies = 0;
+  CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolReuseAllowInternalDependencies, &internal_dependencies));
   stream_ = std::make_shared<cuda::StreamHandle>(device);
   gemm_ = std::make_unique<cuda::GemmContext>();
   attention_dispatch_ = std::make_unique<cuda::AttentionDispatch>();

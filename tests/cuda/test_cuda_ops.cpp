@@ -9,6 +9,7 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <random>
@@ -832,6 +833,37 @@ TEST_F(CudaOpsTest, ConcurrentBranchesMatchOneStream) {
   ASSERT_NE(graph, nullptr);
   graph->replay();
   EXPECT_EQ(after(g1, g2, gy), one_stream);
+}
+
+// The second branch really runs beside the first: it finishes while the first's long run of
+// kernels is still going, even when it allocates the size of a block the first has just freed (the
+// allocator must not make it wait for that free).
+TEST_F(CudaOpsTest, ConcurrentBranchesOverlap) {
+  SKIP_WITHOUT_GPU();
+  const char* env = std::getenv("RT_CUDA_CONCURRENT");
+  if (env != nullptr && std::string(env) == "0") GTEST_SKIP() << "RT_CUDA_CONCURRENT=0: one stream";
+  const int64_t n = int64_t{1} << 26;  // 256 MiB of f32: a fill is ~0.1 ms
+  cudaEvent_t first_done = nullptr, second_done = nullptr;
+  ASSERT_EQ(cudaEventCreate(&first_done), cudaSuccess);
+  ASSERT_EQ(cudaEventCreate(&second_done), cudaSuccess);
+  auto& cuda = static_cast<rt::CudaOps&>(*gpu);
+  gpu->concurrently(
+      [&] {
+        Tensor t = gpu->alloc(DType::F32, {n});
+        for (int i = 0; i < 40; ++i) gpu->fill(t, static_cast<float>(i));
+        ASSERT_EQ(cudaEventRecord(first_done, cuda.stream()), cudaSuccess);
+      },  // t is freed here, on the main stream, behind the fills
+      [&] {
+        Tensor t = gpu->alloc(DType::F32, {n});
+        gpu->fill(t, 1.f);
+        ASSERT_EQ(cudaEventRecord(second_done, cuda.stream()), cudaSuccess);
+      });
+  gpu->synchronize();
+  float ms = 0.f;  // from the second branch's end to the first's
+  ASSERT_EQ(cudaEventElapsedTime(&ms, second_done, first_done), cudaSuccess);
+  EXPECT_GT(ms, 0.5f) << "the second branch ended " << -ms << " ms after the first: the branches ran in turn";
+  cudaEventDestroy(first_done);
+  cudaEventDestroy(second_done);
 }
 
 // ---- decode at a device-held position (what a captured decode step replays) ------------------
