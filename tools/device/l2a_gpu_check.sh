@@ -295,9 +295,10 @@ for step in "$@"; do
       --set window=2048 --device cuda --data tests/fixtures/eval/data/ppl.txt --tokenizer .carry/tokenizer --seq 1024 \
       --profile-seq 16384 --decode-tokens 32 --fractions 0.5 --out "$out/prune" 2>&1 | tail -6
     ;;
-  trace)
-    for mode in "" 1; do
-      for b in "full_causal" "l2a_fused window=2048 router=fixed_rate sparsity=0.8"; do
+  trace)  # TRACE_BACKENDS (';'-separated, each "backend key=value ..."), TRACE_MODES ("" prefill, 1 training step)
+    IFS=';' read -ra trace_backends <<< "${TRACE_BACKENDS:-full_causal;l2a_fused window=2048 router=fixed_rate sparsity=0.8}"
+    for mode in ${TRACE_MODES-"" 1}; do
+      for b in "${trace_backends[@]}"; do
         echo "== trace ${mode:+train }$b"
         # the span, the idle gaps, then where the time goes per kernel name (the top 25)
         TRACE_TRAIN=$mode timeout 120 build/bin/trace_prefill 32768 configs/models/qwen2.5-0.5b.json $b 2>&1 |
