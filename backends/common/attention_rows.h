@@ -137,6 +137,17 @@ RT_ATTN_HD void dkdv_item(int it, int heads, int m_steps, int& head, int& tile) 
   tile = kFusedDq ? m_steps - 1 - k : k;
 }
 
+// Which key block and which chain (a KV head and a share of its query heads: the CTAs whose fused
+// dQ adds form one turn order) the CTA `b` of the Hopper dK/dV kernels' 1-D grid takes. Chains are
+// innermost: the CTA of key block n waits for that of block n - 1 of its chain, launched `chains`
+// CTAs earlier (so never for one not yet launched), and the first wave holds `chains` short turn
+// orders instead of one long one (KV heads outermost made the first wave at 0.5B one order of
+// 132 CTAs, each starting its turns a reduction's latency after the one before).
+RT_ATTN_HD void dkdv_cta(int b, int chains, int& key_block, int& chain) {
+  key_block = b / chains;
+  chain = b % chains;
+}
+
 // The same mask with its kind chosen at run time (CPU loops, the materialized dense path): row i
 // of the call sees keys [lo(i), hi(i)). `index` non-null: routed rows (positions q_pos0 + index[i]).
 struct KeyRange {

@@ -211,4 +211,39 @@ TEST(KeyBlockOrder, FusedDqOrderNeitherPilesUpNorSpreadsReuse) {
   }
 }
 
+// The Hopper dK/dV kernels' grid (dkdv_cta): every (key block, chain) exactly once, the CTA a
+// block waits for (block n - 1 of its chain) launched earlier, and the first wave split into
+// `chains` short turn orders. In a wave of CTAs that start together, the k-th CTA of a turn order
+// starts its turns k reductions late; with KV heads outermost, as the first version launched, the
+// first wave at 0.5B (2 KV heads, 132 SMs) was one order of 132.
+TEST(KeyBlockOrder, DkDvGridInterleavesTheTurnOrders) {
+  for (int chains : {1, 2, 7, 14}) {
+    SCOPED_TRACE("chains " + std::to_string(chains));
+    const int n_blocks = 37, ctas = n_blocks * chains;
+    std::vector<int> seen(static_cast<size_t>(ctas), 0);
+    std::vector<int> launched_at(static_cast<size_t>(ctas), -1);
+    for (int b = 0; b < ctas; ++b) {
+      int n = -1, c = -1;
+      dkdv_cta(b, chains, n, c);
+      ASSERT_TRUE(n >= 0 && n < n_blocks && c >= 0 && c < chains);
+      ++seen[static_cast<size_t>(n * chains + c)];
+      launched_at[static_cast<size_t>(n * chains + c)] = b;
+      if (n > 0) {  // launched before: already seen in this loop
+        const int pred = launched_at[static_cast<size_t>((n - 1) * chains + c)];
+        EXPECT_TRUE(pred >= 0 && pred < b) << "block " << n << " of chain " << c;
+      }
+    }
+    for (int k : seen) EXPECT_EQ(k, 1);
+    // the longest turn order among the first 132 CTAs
+    const int wave = std::min(132, ctas);
+    std::vector<int> per_chain(static_cast<size_t>(chains), 0);
+    for (int b = 0; b < wave; ++b) {
+      int n = 0, c = 0;
+      dkdv_cta(b, chains, n, c);
+      ++per_chain[static_cast<size_t>(c)];
+    }
+    EXPECT_EQ(*std::max_element(per_chain.begin(), per_chain.end()), (wave + chains - 1) / chains);
+  }
+}
+
 }  // namespace

@@ -87,11 +87,12 @@ __device__ __forceinline__ Smem<Cfg> smem_plan(const uint8_t* smem_raw) {
   return m;
 }
 
-// A CTA's keys [n0, n1) of KV head hk, and its items in rt::attn::dkdv_item's order (which
-// depends on the mask for a kernel that accumulates dQ: flash_bwd_dkdv_hopper_tall.cuh).
+// A CTA's keys [n0, n1) (key block `key_block`) of KV head hk and group share `split`, and its
+// items in rt::attn::dkdv_item's order (which depends on the mask for a kernel that accumulates
+// dQ: flash_bwd_dkdv_hopper_tall.cuh). The 1-D grid is laid out by rt::attn::dkdv_cta.
 template <class Cfg, class Mask, class Rows>
 struct Work {
-  int n0, n1, hk, h_first, heads, Tq, mb_first, m_steps, items;
+  int key_block, split, n0, n1, hk, h_first, heads, Tq, mb_first, m_steps, items;
   Rows rows;
   __device__ __forceinline__ int head(int it) const {
     int h, t;
@@ -107,10 +108,15 @@ struct Work {
 template <class Cfg, class Mask, class Rows>
 __device__ __forceinline__ Work<Cfg, Mask, Rows> make_work(const BwdParams& p) {
   Work<Cfg, Mask, Rows> w;
-  w.n0 = static_cast<int>(blockIdx.x) * Cfg::kBlockN;
-  w.hk = static_cast<int>(blockIdx.y);
+  const int n_blocks = (p.Tk + Cfg::kBlockN - 1) / Cfg::kBlockN;
+  const int chains = static_cast<int>(gridDim.x) / n_blocks, splits = chains / p.Hkv;
+  int chain;
+  rt::attn::dkdv_cta(static_cast<int>(blockIdx.x), chains, w.key_block, chain);
+  w.hk = chain / splits;
+  w.split = chain % splits;
+  w.n0 = w.key_block * Cfg::kBlockN;
   w.n1 = min(w.n0 + Cfg::kBlockN, p.Tk);
-  w.h_first = w.hk * p.group + static_cast<int>(blockIdx.z) * p.heads_per_split;
+  w.h_first = w.hk * p.group + w.split * p.heads_per_split;
   const int h_end = min(w.h_first + p.heads_per_split, (w.hk + 1) * p.group);
   w.rows = make_rows<Rows>(p.q_index, p.q_count);
   w.Tq = w.rows.active(p.Tq);  // rows at or past it are inactive
@@ -211,7 +217,7 @@ __device__ __forceinline__ Step begin_step(const Smem<Cfg>& sm, const W& w, int 
 }  // namespace dkdv_detail
 #endif
 
-// Grid: (key blocks, KV heads, group splits), as flash_bwd_kernel's.
+// Grid: one dimension of key blocks x KV heads x group splits, laid out by rt::attn::dkdv_cta.
 template <class Cfg, class Mask, class Rows>
 __global__ void __launch_bounds__(Cfg::kThreads, 1)
     flash_bwd_dkdv_hopper_kernel(const __grid_constant__ BwdParams p, const __grid_constant__ CUtensorMap tmap_k,
@@ -380,7 +386,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
         }
       } else {
         const int64_t plane = static_cast<int64_t>(p.Tk) * p.Hkv * kD;
-        float* dkr = p.dkv_accum + blockIdx.z * 2 * plane + (static_cast<int64_t>(kr) * p.Hkv + hk) * kD + 2 * t4;
+        float* dkr = p.dkv_accum + w.split * 2 * plane + (static_cast<int64_t>(kr) * p.Hkv + hk) * kD + 2 * t4;
 #pragma unroll
         for (int dt = 0; dt < kD / 8; ++dt) {
           *reinterpret_cast<float2*>(dkr + dt * 8) =

@@ -75,7 +75,7 @@ __host__ __device__ __forceinline__ int dq_tile_offset(int cw, int j, int hr, in
   return ((((cw * 8 + j) * 2 + hr) * 4 + warp) * 32 + lane) * 2;
 }
 
-// Grid: (key blocks, KV heads, group splits), as the other dK/dV kernels.
+// Grid: as flash_bwd_dkdv_hopper_kernel's (rt::attn::dkdv_cta).
 template <class Cfg, class Mask, class Rows>
 __global__ void __launch_bounds__(Cfg::kThreads, 1)
     flash_bwd_dkdv_hopper_tall_kernel(const __grid_constant__ BwdParams p, const __grid_constant__ CUtensorMap tmap_k,
@@ -130,7 +130,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
           // (contiguous_key_blocks, tested on the CPU in tests/backends/test_key_block_order.cpp).
           const int n_lo = first_key_block<Mask>(mk, rows, m0, kBlockN);
           int* lock = p.dq_lock + static_cast<int64_t>(hq) * m_tiles + m0 / kBlockM;
-          const int turn = static_cast<int>(blockIdx.x) - n_lo;
+          const int turn = w.key_block - n_lo;
           turn_wait(lock, turn);
           fence_proxy_async_global();
           // The first key block stores the tile, the others add to it: the accumulator needs no
@@ -310,7 +310,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
                 __float2bfloat16_rn(dvt[i]);
           } else {
             const int64_t plane = static_cast<int64_t>(p.Tk) * p.Hkv * kD;
-            float* dkr = p.dkv_accum + blockIdx.z * 2 * plane + (static_cast<int64_t>(kr) * p.Hkv + hk) * kD + dcol;
+            float* dkr = p.dkv_accum + w.split * 2 * plane + (static_cast<int64_t>(kr) * p.Hkv + hk) * kD + dcol;
             dkr[0] = dkt[i] * p.scale;
             dkr[plane] = dvt[i];
           }

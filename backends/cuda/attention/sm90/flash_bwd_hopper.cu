@@ -49,7 +49,7 @@ bool launch_dkdv(const attn::BwdParams& p, const TensorView& q, const TensorView
       !kv_tensor_map(&tq, q, Cfg::kBlockM) || !kv_tensor_map(&tdo, dout, Cfg::kBlockM))
     return false;
   const int64_t n_blocks = (s.Tk + Cfg::kBlockN - 1) / Cfg::kBlockN;
-  RT_CHECK(n_blocks <= kMaxInt && s.Hkv <= 65535 && splits <= 65535, kOp, ": Tk = ", s.Tk,
+  RT_CHECK(n_blocks * s.Hkv * splits <= kMaxInt, kOp, ": Tk = ", s.Tk,
            " is too long for one launch of the Hopper dK/dV kernel");
   with_mask(spec, [&](auto mask) {
     using Mask = decltype(mask);
@@ -58,7 +58,8 @@ bool launch_dkdv(const attn::BwdParams& p, const TensorView& q, const TensorView
     } else {
       constexpr auto kernel = DkDvKernel<Cfg, Mask, Rows, kTall>::value;
       ensure_smem<kernel>(kOp, Cfg::kSmemBytes, "cudaFuncSetAttribute (Hopper flash backward dK/dV)");
-      const dim3 grid(static_cast<unsigned>(n_blocks), static_cast<unsigned>(s.Hkv), static_cast<unsigned>(splits));
+      // One dimension: (key block, KV head, group share), the last two innermost (rt::attn::dkdv_cta).
+      const dim3 grid(static_cast<unsigned>(n_blocks * s.Hkv * splits));
       kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p, tk, tv, tq, tdo);
       check_launch(kOp, "flash_bwd_dkdv_hopper_kernel");
     }
