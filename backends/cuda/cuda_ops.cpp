@@ -93,24 +93,24 @@ void CudaOps::concurrently(const std::function<void()>& first, const std::functi
   const cudaStream_t main = stream_->main_stream(), side = stream_->side_stream();
   CUDA_CHECK(cudaEventRecord(fork_, main));
   CUDA_CHECK(cudaStreamWaitEvent(side, fork_, 0));
-  // The join is queued whatever happens, so that the main stream never runs ahead of the side's work.
-  auto join = [&] {
+  // The join is queued whatever happens, so that the main stream never runs ahead of the side's
+  // work; after a branch's error that error is the one to report, not the join's.
+  auto join = [&](bool report) {
     stream_->set_side_active(false);
-    CUDA_CHECK(cudaEventRecord(join_, side));
-    CUDA_CHECK(cudaStreamWaitEvent(main, join_, 0));
+    const cudaError_t e = cudaEventRecord(join_, side);
+    const cudaError_t w = e == cudaSuccess ? cudaStreamWaitEvent(main, join_, 0) : e;
+    if (report) CUDA_CHECK(w);
+    else (void)cudaGetLastError();
   };
   try {
     first();
     stream_->set_side_active(true);
     second();
   } catch (...) {
-    try {
-      join();
-    } catch (...) {  // the first error is the one to report
-    }
+    join(false);
     throw;
   }
-  join();
+  join(true);
 }
 
 void CudaOps::check_device_errors() {

@@ -84,23 +84,12 @@ struct Selection {
   std::vector<std::string> models{"0.5b", "1.5b"};
   double sparsity = 0.8;
 };
-std::vector<std::string> split_names(const char* s) {
-  std::vector<std::string> v;
-  std::string str(s);
-  for (size_t pos = 0; pos <= str.size();) {
-    size_t end = str.find(',', pos);
-    if (end == std::string::npos) end = str.size();
-    if (end > pos) v.push_back(str.substr(pos, end - pos));
-    pos = end + 1;
-  }
-  return v;
-}
 bool take_selection(int& argc, char** argv, Selection& sel) {
   int out = 1;
   for (int i = 1; i < argc; ++i) {
     const bool has_value = i + 1 < argc;
     if (!std::strcmp(argv[i], "--masks") && has_value) {
-      sel.masks = split_names(argv[++i]);
+      sel.masks = split_list(argv[++i]);
       for (const std::string& m : sel.masks)
         if (m != "causal" && m != "window" && m != "routed") {
           std::fprintf(stderr, "bench_attention_bwd: --masks: expected causal, window or routed, found '%s'\n",
@@ -108,7 +97,7 @@ bool take_selection(int& argc, char** argv, Selection& sel) {
           return false;
         }
     } else if (!std::strcmp(argv[i], "--models") && has_value) {
-      sel.models = split_names(argv[++i]);
+      sel.models = split_list(argv[++i]);
     } else if (!std::strcmp(argv[i], "--sparsity") && has_value) {
       sel.sparsity = std::atof(argv[++i]);
       if (!(sel.sparsity >= 0.0 && sel.sparsity < 1.0)) {

@@ -58,17 +58,22 @@ struct HostFilledBuf {
   HostFilledBuf& operator=(const HostFilledBuf&) = delete;
 };
 
+// "a,b" -> {"a", "b"} (empty items dropped).
+inline std::vector<std::string> split_list(const char* s) {
+  std::vector<std::string> v;
+  const std::string str(s);
+  for (size_t pos = 0; pos < str.size();) {
+    size_t end = str.find(',', pos);
+    if (end == std::string::npos) end = str.size();
+    if (end > pos) v.push_back(str.substr(pos, end - pos));
+    pos = end + 1;
+  }
+  return v;
+}
 // "4096,16384" -> {4096, 16384}.
 inline std::vector<int64_t> parse_list(const char* s) {
   std::vector<int64_t> v;
-  std::string str(s);
-  size_t pos = 0;
-  while (pos < str.size()) {
-    size_t end = str.find(',', pos);
-    if (end == std::string::npos) end = str.size();
-    v.push_back(std::atoll(str.substr(pos, end - pos).c_str()));
-    pos = end + 1;
-  }
+  for (const std::string& item : split_list(s)) v.push_back(std::atoll(item.c_str()));
   return v;
 }
 

@@ -108,10 +108,10 @@ struct Work {
 template <class Cfg, class Mask, class Rows>
 __device__ __forceinline__ Work<Cfg, Mask, Rows> make_work(const BwdParams& p) {
   Work<Cfg, Mask, Rows> w;
-  const int n_blocks = (p.Tk + Cfg::kBlockN - 1) / Cfg::kBlockN;
-  const int chains = static_cast<int>(gridDim.x) / n_blocks, splits = chains / p.Hkv;
+  // (the launcher's share count: heads_per_split is ceil(group / splits) and splits ceil(group / it))
+  const int splits = (p.group + p.heads_per_split - 1) / p.heads_per_split;
   int chain;
-  rt::attn::dkdv_cta(static_cast<int>(blockIdx.x), chains, w.key_block, chain);
+  rt::attn::dkdv_cta(static_cast<int>(blockIdx.x), p.Hkv * splits, w.key_block, chain);
   w.hk = chain / splits;
   w.split = chain % splits;
   w.n0 = w.key_block * Cfg::kBlockN;
