@@ -13,7 +13,7 @@
 # `bwdfuseddq` for its dQ fused in key-block order (the default; RT_ATTN_HOPPER_BWD_FUSED_DQ=0 runs
 # the dQ pass). `bwdprof` and
 # `decodeprof` profile the backward kernels (ncu) and a decode step (CUPTI trace of graph replays).
-# TEST_TIMEOUT bounds each test binary (default 300 s).
+# TEST_TIMEOUT bounds each test binary (default 300 s); TESTS picks the `tests` step's binaries.
 set -uo pipefail
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
@@ -190,9 +190,9 @@ for step in "$@"; do
     ;;
   tests)
     : > "$out/tests.txt"
-    for t in test_routed_attention test_l2a_fused test_flash_attention test_attention_backward test_cuda_training_ops \
+    for t in ${TESTS:-test_routed_attention test_l2a_fused test_flash_attention test_attention_backward test_cuda_training_ops \
              test_cuda_model test_dense_attention test_cuda_ops test_l2a_reference test_l2a_decode test_backend_ops \
-             test_nccl_group test_cuda_score_packed test_memory_limit; do
+             test_nccl_group test_cuda_score_packed test_memory_limit}; do
       filter='*'
       [[ $t == test_l2a_reference ]] && filter='*Cuda*'
       [[ $t == test_l2a_decode ]] && filter='*GraphReplay*'
