@@ -31,35 +31,11 @@
 
 #define RT_BENCH_TOOL "bench_attention"
 #include "bench_util.h"
+#include "bench_random_buffer.cuh"
 
 using namespace rt::bench;
 
 namespace {
-
-__global__ void fill_random_bf16(__nv_bfloat16* x, int64_t n, uint32_t seed) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    uint32_t h = static_cast<uint32_t>(i) * 2654435761u ^ seed;
-    h ^= h >> 16;
-    h *= 0x7feb352du;
-    h ^= h >> 15;
-    h *= 0x846ca68bu;
-    h ^= h >> 16;
-    const float u = (h & 0xffffff) * (1.f / 16777216.f);  // [0, 1)
-    x[i] = __float2bfloat16_rn((u - 0.5f) * 3.4641f);     // uniform, unit variance
-  }
-}
-
-struct Buf {
-  void* p = nullptr;
-  explicit Buf(size_t bytes, uint32_t seed) {
-    ck(cudaMalloc(&p, bytes), "cudaMalloc");
-    const int64_t n = static_cast<int64_t>(bytes / 2);
-    fill_random_bf16<<<1024, 256>>>(static_cast<__nv_bfloat16*>(p), n, seed);
-    ck(cudaGetLastError(), "fill");
-  }
-  ~Buf() { cudaFree(p); }
-};
 
 struct Result {
   std::string kind, model, mask;
@@ -91,7 +67,7 @@ int main(int argc, char** argv) {
     for (const Model& m : kModels) {
       const int64_t Tmax = std::max(*std::max_element(seqs.begin(), seqs.end()),
                                     *std::max_element(decode_tk.begin(), decode_tk.end()));
-      Buf q(static_cast<size_t>(Tmax * m.Hq * m.D) * 2, 1), k(static_cast<size_t>(Tmax * m.Hkv * m.D) * 2, 2),
+      RandomBuffer q(static_cast<size_t>(Tmax * m.Hq * m.D) * 2, 1), k(static_cast<size_t>(Tmax * m.Hkv * m.D) * 2, 2),
           v(static_cast<size_t>(Tmax * m.Hkv * m.D) * 2, 3), o(static_cast<size_t>(Tmax * m.Hq * m.D) * 2, 4);
       std::printf("\n%s: Hq %lld, Hkv %lld, D %lld -- forward (flash kernel)\n", m.name,
                   static_cast<long long>(m.Hq), static_cast<long long>(m.Hkv), static_cast<long long>(m.D));

@@ -33,38 +33,11 @@
 
 #define RT_BENCH_TOOL "bench_attention_bwd"
 #include "bench_util.h"
+#include "bench_random_buffer.cuh"
 
 using namespace rt::bench;
 
 namespace {
-
-__global__ void fill_random_bf16(__nv_bfloat16* x, int64_t n, uint32_t seed) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    uint32_t h = static_cast<uint32_t>(i) * 2654435761u ^ seed;
-    h ^= h >> 16;
-    h *= 0x7feb352du;
-    h ^= h >> 15;
-    h *= 0x846ca68bu;
-    h ^= h >> 16;
-    const float u = (h & 0xffffff) * (1.f / 16777216.f);  // [0, 1)
-    x[i] = __float2bfloat16_rn((u - 0.5f) * 3.4641f);     // uniform, unit variance
-  }
-}
-
-struct Buf {
-  void* p = nullptr;
-  Buf(size_t bytes, uint32_t seed) {
-    ck(cudaMalloc(&p, bytes), "cudaMalloc");
-    if (seed != 0) {
-      fill_random_bf16<<<1024, 256>>>(static_cast<__nv_bfloat16*>(p), static_cast<int64_t>(bytes / 2), seed);
-      ck(cudaGetLastError(), "fill");
-    }
-  }
-  ~Buf() { cudaFree(p); }
-  Buf(const Buf&) = delete;
-  Buf& operator=(const Buf&) = delete;
-};
 
 // The positions a seeded draw routes (each with probability 1 - sparsity): runtime profile's
 // routed_kernel_row draws the same ones, so the two report the same kernel rows.
@@ -149,7 +122,7 @@ int main(int argc, char** argv) {
       if (!selected(sel.models, short_name)) continue;
       const int64_t Tmax = *std::max_element(seqs.begin(), seqs.end());
       const size_t nq = static_cast<size_t>(Tmax * m.Hq * m.D) * 2, nk = static_cast<size_t>(Tmax * m.Hkv * m.D) * 2;
-      Buf q(nq, 1), k(nk, 2), v(nk, 3), o(nq, 0), dout(nq, 4), dq(nq, 0), dk(nk, 0), dv(nk, 0),
+      RandomBuffer q(nq, 1), k(nk, 2), v(nk, 3), o(nq, 0), dout(nq, 4), dq(nq, 0), dk(nk, 0), dv(nk, 0),
           lse(static_cast<size_t>(Tmax * m.Hq) * 4, 0), index(static_cast<size_t>(Tmax) * 4, 0), count(4, 0);
       std::printf("\n%s: Hq %lld, Hkv %lld, D %lld\n", m.name, static_cast<long long>(m.Hq),
                   static_cast<long long>(m.Hkv), static_cast<long long>(m.D));
@@ -162,7 +135,9 @@ int main(int argc, char** argv) {
           using rt::DType;
           using rt::Device;
           using rt::TensorView;
-          auto view = [&](Buf& b, int64_t H) { return TensorView::contiguous(b.p, DType::BF16, Device::CUDA, {T, H, m.D}); };
+          auto view = [&](RandomBuffer& b, int64_t H) {
+            return TensorView::contiguous(b.p, DType::BF16, Device::CUDA, {T, H, m.D});
+          };
           const TensorView tq = view(q, m.Hq), tk = view(k, m.Hkv), tv = view(v, m.Hkv), to = view(o, m.Hq);
           const TensorView tdo = view(dout, m.Hq), tdq = view(dq, m.Hq), tdk = view(dk, m.Hkv), tdv = view(dv, m.Hkv);
           const TensorView tl = TensorView::contiguous(lse.p, DType::F32, Device::CUDA, {m.Hq, T});
