@@ -33,23 +33,33 @@ inline void ck(cudaError_t e, const char* what) {
   }
 }
 
-// Device buffer of n bf16 values, uniform with unit variance (hash of the index, filled on the
+#ifdef __CUDACC__
+#define RT_BENCH_HD __host__ __device__
+#else
+#define RT_BENCH_HD
+#endif
+
+// Element i of a seeded draw, uniform with unit variance: a hash of the index, so the host and the
+// device fill (bench_random_buffer.cuh) give the same values.
+RT_BENCH_HD inline float unit_variance_value(uint32_t i, uint32_t seed) {
+  uint32_t x = i * 2654435761u ^ seed;
+  x ^= x >> 16;
+  x *= 0x7feb352du;
+  x ^= x >> 15;
+  x *= 0x846ca68bu;
+  x ^= x >> 16;
+  const float u = (x & 0xffffff) * (1.f / 16777216.f);  // [0, 1)
+  return (u - 0.5f) * 3.4641f;
+}
+
+// Device buffer of n bf16 values, uniform with unit variance (unit_variance_value, filled on the
 // host); bytes: a raw buffer of that many bytes, left uninitialised.
 struct HostFilledBuf {
   void* p = nullptr;
   HostFilledBuf(size_t n, uint32_t seed) {
     ck(cudaMalloc(&p, std::max<size_t>(n * 2, 16)), "cudaMalloc");
     std::vector<uint16_t> h(n);
-    for (size_t i = 0; i < n; ++i) {
-      uint32_t x = static_cast<uint32_t>(i) * 2654435761u ^ seed;
-      x ^= x >> 16;
-      x *= 0x7feb352du;
-      x ^= x >> 15;
-      x *= 0x846ca68bu;
-      x ^= x >> 16;
-      const float u = (x & 0xffffff) * (1.f / 16777216.f);
-      h[i] = rt::f32_to_bf16((u - 0.5f) * 3.4641f);
-    }
+    for (size_t i = 0; i < n; ++i) h[i] = rt::f32_to_bf16(unit_variance_value(static_cast<uint32_t>(i), seed));
     ck(cudaMemcpy(p, h.data(), n * 2, cudaMemcpyHostToDevice), "upload");
   }
   explicit HostFilledBuf(size_t bytes) { ck(cudaMalloc(&p, std::max<size_t>(bytes, 16)), "cudaMalloc"); }
