@@ -50,7 +50,6 @@ class LongestFit(unittest.TestCase):
         best, seen = self.search(True, hi=16384)
         self.assertEqual((best, seen), (16384, [2048, 4096, 8192, 16384]))
 
-
     def test_doubling_past_the_cap_probes_the_cap(self):
         # from a known fit: 8192 fits, 16384 would pass the cap, so 12288 is probed, then bisected
         best, seen = self.search(True, fail_above=10500, lo=8192, hi=12288)
