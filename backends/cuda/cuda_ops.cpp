@@ -1,6 +1,7 @@
 #include "cuda/cuda_ops.h"
 
 #include <cstdint>
+#include <exception>
 #include <initializer_list>
 #include <utility>
 
@@ -85,6 +86,10 @@ cuda::GemmContext& CudaOps::gemm() {
 
 void CudaOps::concurrently(const std::function<void()>& first, const std::function<void()>& second) {
   static const bool off = cuda::env_switch("RT_CUDA_CONCURRENT", "1", "0");
+  // RT_CUDA_CONCURRENT_SWAP=1 queues `second` (on the side stream) before `first`: the GPU hands
+  // out a kernel's thread blocks in launch order, so the branch queued first gets the SMs and the
+  // other fills its tail. For measuring which order suits a pair of branches.
+  static const bool swap = cuda::env_switch("RT_CUDA_CONCURRENT_SWAP", "0", "1");
   if (off || stream_->side_active()) {  // (nested: the branch's own stream already runs beside another)
     first();
     second();
@@ -103,9 +108,22 @@ void CudaOps::concurrently(const std::function<void()>& first, const std::functi
     else (void)cudaGetLastError();
   };
   try {
-    first();
-    stream_->set_side_active(true);
-    second();
+    if (swap) {  // (`first` runs even when `second` throws, as it does unswapped)
+      std::exception_ptr second_error;
+      stream_->set_side_active(true);
+      try {
+        second();
+      } catch (...) {
+        second_error = std::current_exception();
+      }
+      stream_->set_side_active(false);
+      first();
+      if (second_error) std::rethrow_exception(second_error);
+    } else {
+      first();
+      stream_->set_side_active(true);
+      second();
+    }
   } catch (...) {
     join(false);
     throw;

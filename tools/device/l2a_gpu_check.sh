@@ -134,27 +134,37 @@ for step in "$@"; do
     done
     ;;
   concurrent)  # L2A's window and routed rows on two streams (Ops::concurrently, the default) against one
-              # stream (RT_CUDA_CONCURRENT=0), same call: the concurrency test, then L2A attention fwd and
-              # fwd+bwd at 32K/64K, the parallel layout's prefill and its training step at 32K (leak 0)
-    timeout 120 build/bin/test_cuda_ops --gtest_brief=1 --gtest_filter='*Concurrent*' > /tmp/conc.log 2>&1
-    echo "test_cuda_ops *Concurrent* rc=$? $(grep -E '^\[  (PASSED|FAILED)' /tmp/conc.log | tr '\n' ' ')" |
-      tee "$out/concurrent.txt"
-    grep -B3 -A12 "Failure" /tmp/conc.log | head -30 >> "$out/concurrent.txt"
-    for c in 0 1; do
-      echo "== RT_CUDA_CONCURRENT=$c"
-      RT_CUDA_CONCURRENT=$c timeout 150 build/bin/runtime profile --attention swa --model qwen2.5-0.5b --init random \
+              # stream (RT_CUDA_CONCURRENT=0) and against two with the routed branch queued first
+              # (RT_CUDA_CONCURRENT_SWAP=1), same call: the concurrency tests (both orders), then L2A
+              # attention fwd and fwd+bwd at 32K/64K, the parallel layout's prefill and its training
+              # step at 32K (leak 0). CONC_MODES picks among one, two, swap.
+    : > "$out/concurrent.txt"
+    for swap in 0 1; do
+      RT_CUDA_CONCURRENT_SWAP=$swap timeout 120 build/bin/test_cuda_ops --gtest_brief=1 --gtest_filter='*Concurrent*' \
+        > /tmp/conc.log 2>&1
+      echo "test_cuda_ops *Concurrent* RT_CUDA_CONCURRENT_SWAP=$swap rc=$? $(grep -E '^\[  (PASSED|FAILED)' /tmp/conc.log | tr '\n' ' ')" |
+        tee -a "$out/concurrent.txt"
+      grep -B3 -A12 "Failure" /tmp/conc.log | head -30 >> "$out/concurrent.txt"
+    done
+    for mode in ${CONC_MODES:-one two swap}; do
+      case $mode in one) c=0 sw=0 ;; two) c=1 sw=0 ;; *) c=1 sw=1 ;; esac
+      echo "== $mode: RT_CUDA_CONCURRENT=$c RT_CUDA_CONCURRENT_SWAP=$sw"
+      export RT_CUDA_CONCURRENT=$c RT_CUDA_CONCURRENT_SWAP=$sw
+      timeout 150 build/bin/runtime profile --attention swa --model qwen2.5-0.5b --init random \
         --window 2048 --seq 32768,65536 --sparsity 0.8 --device cuda --kernels-only --repeats 5 \
-        --json "$out/concurrent_l2a_$c.json" > "$out/concurrent_l2a_$c.txt" 2>&1
-      grep -A3 "^L2A attention" "$out/concurrent_l2a_$c.txt"
-      RT_CUDA_CONCURRENT=$c timeout 150 build/bin/runtime profile --attention full_causal,l2a_fused \
+        --json "$out/concurrent_l2a_$mode.json" > "$out/concurrent_l2a_$mode.txt" 2>&1
+      grep -A3 "^L2A attention" "$out/concurrent_l2a_$mode.txt"
+      [ -n "${CONC_KERNELS_ONLY:-}" ] && continue
+      timeout 150 build/bin/runtime profile --attention full_causal,l2a_fused \
         --model qwen2.5-0.5b --init random --window 2048 --seq 32768 --device cuda --decode-tokens 4 --repeats 3 \
-        $FUSED_SET --set l2a_fused.layout=parallel --json "$out/concurrent_prefill_$c.json" \
-        > "$out/concurrent_prefill_$c.txt" 2>&1
-      tail -4 "$out/concurrent_prefill_$c.txt"
-      RT_CUDA_CONCURRENT=$c timeout 150 python3 tools/bench_train.py --seq 32768 --steps 3 \
+        $FUSED_SET --set l2a_fused.layout=parallel --json "$out/concurrent_prefill_$mode.json" \
+        > "$out/concurrent_prefill_$mode.txt" 2>&1
+      tail -4 "$out/concurrent_prefill_$mode.txt"
+      timeout 150 python3 tools/bench_train.py --seq 32768 --steps 3 \
         --cases l2a_fused:attention:parallel --l2a-set router=fixed_rate --l2a-set sparsity=0.8 \
-        --l2a-set leak_prob=0 --json "$out/concurrent_train_$c.json" 2>&1 | tail -2
+        --l2a-set leak_prob=0 --json "$out/concurrent_train_$mode.json" 2>&1 | tail -2
     done | tee -a "$out/concurrent.txt"
+    unset RT_CUDA_CONCURRENT RT_CUDA_CONCURRENT_SWAP
     ;;
   bwdtall)  # the 128 x 128 dK/dV tile at head dim 64 (the default; RT_ATTN_HOPPER_BWD_TALL=0 is the
             # 128 x 64 one): tests, compute-sanitizer (racecheck: P and dS go through shared memory
