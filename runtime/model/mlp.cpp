@@ -72,12 +72,26 @@ void mlp_backward(const LayerContext& ctx, const MlpActivations& a, TensorView d
   ops.copy(dx, dy);
   Tensor ds = ops.alloc(act, {T, d.intermediate});
   ops.linear_backward(a.s, p.get(kDown), dy, ds, grads.get(kDown), TensorView{}, false);
-  Tensor dgate = ops.alloc(act, {T, d.intermediate});
-  Tensor dup = ops.alloc(act, {T, d.intermediate});
-  ops.swiglu_backward(a.gate, a.up, ds, dgate, dup);
   Tensor du = ops.alloc(ops.accum_dtype(), {T, d.hidden});
-  ops.linear_backward(a.u, p.get(kGate), dgate, du, grads.get(kGate), TensorView{}, false);
-  ops.linear_backward(a.u, p.get(kUp), dup, du, grads.get(kUp), TensorView{}, true);
+  // With gate and up stored as one [2I, hidden] weight (and their gradients likewise, or both
+  // frozen), du = [dgate | dup] [Wg; Wu] is one GEMM of depth 2I: no second pass over du to add
+  // the other half.
+  const TensorView wg = p.get(kGate), wu = p.get(kUp), gg = grads.get(kGate), gu = grads.get(kUp);
+  const TensorView w = stacked_rows({wg, wu});
+  const bool frozen = gg.data == nullptr && gu.data == nullptr;
+  const TensorView gw = frozen ? TensorView{} : stacked_rows({gg, gu});
+  if (w.data && (frozen || gw.data)) {
+    Tensor both = ops.alloc(act, {T, 2 * d.intermediate});
+    ops.swiglu_backward(a.gate, a.up, ds, both.view.cols(0, d.intermediate),
+                        both.view.cols(d.intermediate, 2 * d.intermediate));
+    ops.linear_backward(a.u, w, both, du, gw, TensorView{}, false);
+  } else {
+    Tensor dgate = ops.alloc(act, {T, d.intermediate});
+    Tensor dup = ops.alloc(act, {T, d.intermediate});
+    ops.swiglu_backward(a.gate, a.up, ds, dgate, dup);
+    ops.linear_backward(a.u, wg, dgate, du, gg, TensorView{}, false);
+    ops.linear_backward(a.u, wu, dup, du, gu, TensorView{}, true);
+  }
   ops.rmsnorm_backward(a.x_in, p.get(kNorm), d.rms_eps, du, dx, grads.get(kNorm));
 }
 
