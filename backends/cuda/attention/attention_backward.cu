@@ -166,7 +166,7 @@ void launch_flash_bwd(const TensorView& q, const TensorView& k, const TensorView
            ")");
   const int64_t block_n = hopper ? attn_launch::kHopperBwdBlockN : Cfg::kBlockN;
   const int64_t n_blocks = (s.Tk + block_n - 1) / block_n;
-  RT_CHECK(s.Hkv <= 65535, kOp, ": too many KV heads (", s.Hkv, ")");
+  RT_CHECK(s.Hkv <= 65535 && s.Hq <= 65535, kOp, ": too many heads (", s.Hq, " query, ", s.Hkv, " KV)");
 
   // Split the GQA group over CTAs when there are too few (KV block, KV head) pairs to fill the GPU.
   const int64_t ctas = n_blocks * s.Hkv;
@@ -217,8 +217,16 @@ void launch_flash_bwd(const TensorView& q, const TensorView& k, const TensorView
     pp.do_row = dout.stride[0], pp.do_head = dout.stride[1];
     pp.Tq = static_cast<int>(s.Tq), pp.Hq = static_cast<int>(s.Hq), pp.Tq_pad = static_cast<int>(Tq_pad);
     pp.q_count = static_cast<const int32_t*>(spec.q_count.data);
-    const int64_t blocks = (s.Hq * Tq_pad + 7) / 8;
-    attn::flash_bwd_preprocess_kernel<kD><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(pp);
+    using Pre = attn::BwdPreShape<kD>;
+    const dim3 grid(static_cast<unsigned>((Tq_pad + Pre::kRowsPerBlock - 1) / Pre::kRowsPerBlock),
+                    static_cast<unsigned>(s.Hq));
+    auto aligned = [](const TensorView& t) {
+      return reinterpret_cast<uintptr_t>(t.data) % 16 == 0 && t.stride[0] % 8 == 0 && t.stride[1] % 8 == 0;
+    };
+    if (aligned(o) && aligned(dout))
+      attn::flash_bwd_preprocess_kernel<kD, true><<<grid, 32 * Pre::kWarps, 0, stream>>>(pp);
+    else
+      attn::flash_bwd_preprocess_kernel<kD, false><<<grid, 32 * Pre::kWarps, 0, stream>>>(pp);
     check_launch("flash_bwd_preprocess_kernel");
   }
 

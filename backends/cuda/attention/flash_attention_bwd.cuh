@@ -361,7 +361,11 @@ __global__ void __launch_bounds__(Cfg::kThreads) flash_bwd_kernel(const BwdParam
 }
 
 // ------------------------------------------------------------------------------------------------
-// Preprocess: Delta = rowsum(dO * O), lse2 = lse * log2(e); one warp per (head, padded row).
+// Preprocess: Delta = rowsum(dO * O), lse2 = lse * log2(e), for every padded row of every head.
+// A lane takes 8 elements of a row (16-byte loads where the rows allow), kD / 8 lanes a row, and a
+// warp 4 passes of rows with all its loads issued before the first sum: a warp per row reading 4
+// bytes a lane (the kernel before) left the memory system idle, 98 us for 117 MB at 0.5B 32K on an
+// H100 (~37 us at DRAM bandwidth). The sums are in the same order with or without vector loads.
 
 struct BwdPreParams {
   const bf16* o;
@@ -375,30 +379,66 @@ struct BwdPreParams {
 };
 
 template <int kD>
-__global__ void __launch_bounds__(256) flash_bwd_preprocess_kernel(const BwdPreParams p) {
-  constexpr int kPer = kD / 32;  // elements per lane (2 or 4)
-  const int64_t w = static_cast<int64_t>(blockIdx.x) * 8 + (threadIdx.x >> 5);
-  const int lane = threadIdx.x & 31;
-  if (w >= static_cast<int64_t>(p.Hq) * p.Tq_pad) return;
-  const int h = static_cast<int>(w / p.Tq_pad), i = static_cast<int>(w % p.Tq_pad);
-  const int Tq = p.q_count != nullptr ? max(0, min(p.Tq, *p.q_count)) : p.Tq;
-  float acc = 0.f;
-  if (i < Tq) {
-    const bf16* orow = p.o + static_cast<int64_t>(i) * p.o_row + static_cast<int64_t>(h) * p.o_head + lane * kPer;
-    const bf16* drow = p.dout + static_cast<int64_t>(i) * p.do_row + static_cast<int64_t>(h) * p.do_head + lane * kPer;
+struct BwdPreShape {
+  static constexpr int kLanesPerRow = kD / 8;
+  static constexpr int kRowsPerPass = 32 / kLanesPerRow;
+  static constexpr int kPasses = 4;
+  static constexpr int kWarps = 8;
+  static constexpr int kRowsPerBlock = kWarps * kPasses * kRowsPerPass;  // grid x: Tq_pad / this, y: Hq
+  static_assert(kD % 8 == 0 && 32 % kLanesPerRow == 0, "head dim");
+};
+
+// 8 bf16 of a row from element `e` on: one 16-byte load (kVec: the caller checked alignment) or 8.
+template <bool kVec>
+__device__ __forceinline__ void load_bf16x8(const bf16* src, float (&v)[8]) {
+  if constexpr (kVec) {
+    const uint4 raw = *reinterpret_cast<const uint4*>(src);
+    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
 #pragma unroll
-    for (int e = 0; e < kPer; e += 2) {
-      const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(orow + e));
-      const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(drow + e));
-      acc = fmaf(a.x, b.x, fmaf(a.y, b.y, acc));
+    for (int k = 0; k < 4; ++k) {
+      const float2 f = __bfloat1622float2(h[k]);
+      v[2 * k] = f.x;
+      v[2 * k + 1] = f.y;
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < 8; ++k) v[k] = __bfloat162float(src[k]);
+  }
+}
+
+template <int kD, bool kVec>
+__global__ void __launch_bounds__(32 * BwdPreShape<kD>::kWarps) flash_bwd_preprocess_kernel(const BwdPreParams p) {
+  using S = BwdPreShape<kD>;
+  const int h = blockIdx.y;
+  const int lane = threadIdx.x & 31, sub = lane / S::kLanesPerRow, part = lane % S::kLanesPerRow;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * S::kRowsPerBlock +
+                       static_cast<int64_t>(threadIdx.x >> 5) * (S::kPasses * S::kRowsPerPass) + sub;
+  const int Tq = p.q_count != nullptr ? max(0, min(p.Tq, *p.q_count)) : p.Tq;
+  float o[S::kPasses][8], d[S::kPasses][8];
+#pragma unroll
+  for (int k = 0; k < S::kPasses; ++k) {
+    const int64_t i = row0 + k * S::kRowsPerPass;
+    if (i < Tq) {
+      load_bf16x8<kVec>(p.o + i * p.o_row + static_cast<int64_t>(h) * p.o_head + part * 8, o[k]);
+      load_bf16x8<kVec>(p.dout + i * p.do_row + static_cast<int64_t>(h) * p.do_head + part * 8, d[k]);
+    } else {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) o[k][e] = d[k][e] = 0.f;
     }
   }
 #pragma unroll
-  for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
-  if (lane == 0) {
-    const int64_t idx = static_cast<int64_t>(h) * p.Tq_pad + i;
-    p.delta[idx] = acc;
-    p.lse2[idx] = i < Tq ? p.lse[static_cast<int64_t>(h) * p.Tq + i] * 1.4426950408889634f : __builtin_huge_valf();
+  for (int k = 0; k < S::kPasses; ++k) {
+    float acc = 0.f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc = fmaf(o[k][e], d[k][e], acc);
+#pragma unroll
+    for (int off = S::kLanesPerRow / 2; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+    const int64_t i = row0 + k * S::kRowsPerPass;
+    if (part == 0 && i < p.Tq_pad) {
+      const int64_t idx = static_cast<int64_t>(h) * p.Tq_pad + i;
+      p.delta[idx] = acc;
+      p.lse2[idx] = i < Tq ? p.lse[static_cast<int64_t>(h) * p.Tq + i] * 1.4426950408889634f : __builtin_huge_valf();
+    }
   }
 }
 
