@@ -318,9 +318,11 @@ TEST_F(TrainingOpsTest, RmsnormBackward) {
                         {DType::BF16, DType::BF16, DType::BF16},
                         {DType::F32, DType::F32, DType::F32}};
   uint64_t seed = 3000;
+  // d: rows held in registers (64, 96, 896: a partial last chunk, 2048: the most), the vector loop
+  // (2056: past the registers' 2048), scalar loads (100: not a multiple of 8)
   for (const Mode& m : modes)
     for (int64_t N : {1, 7, 129})
-      for (int64_t d : {64, 96}) {
+      for (int64_t d : {64, 96, 100, 896, 2048, 2056}) {
         SCOPED_TRACE("x " + dts(m.x) + " dy " + dts(m.dy) + " dx " + dts(m.dx) + " N " + std::to_string(N) + " d " +
                      std::to_string(d));
         const double tol = tol_for({m.x, m.dy, m.dx});
