@@ -346,10 +346,19 @@ __global__ void flash_bwd_dq_accum_convert_kernel(const float* acc, const int* d
     v = *reinterpret_cast<const float4*>(acc + tile + dq_tile_offset(rr / 64, j, within / 8, (rr % 64) / 16, lane));
   }
   bf16* out = dq + static_cast<int64_t>(r) * dq_row + static_cast<int64_t>(h) * dq_head + c;
-  out[0] = __float2bfloat16_rn(v.x * scale);
-  out[1] = __float2bfloat16_rn(v.y * scale);
-  out[2] = __float2bfloat16_rn(v.z * scale);
-  out[3] = __float2bfloat16_rn(v.w * scale);
+  const __nv_bfloat162 lo = __floats2bfloat162_rn(v.x * scale, v.y * scale);
+  const __nv_bfloat162 hi = __floats2bfloat162_rn(v.z * scale, v.w * scale);
+  if ((reinterpret_cast<uintptr_t>(out) & 7) == 0) {  // one 8-byte store (dq's usual layout)
+    uint2 packed;
+    packed.x = *reinterpret_cast<const uint32_t*>(&lo);
+    packed.y = *reinterpret_cast<const uint32_t*>(&hi);
+    *reinterpret_cast<uint2*>(out) = packed;
+  } else {
+    out[0] = lo.x;
+    out[1] = lo.y;
+    out[2] = hi.x;
+    out[3] = hi.y;
+  }
 }
 
 }  // namespace rt::cuda::attn
