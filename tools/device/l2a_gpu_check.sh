@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine (device tool), after `source tools/device/unpack.sh`: the CUDA tests of the
 # routed kernels, l2a_fused and the kernels they share, then the benchmarks. Logs and JSON to $OUT.
-#   bash tools/device/l2a_gpu_check.sh fwdpaths variants decodeprof bwdprof concurrent bwdtall bwdfuseddq bwdpaths tests nccl kernels \
+#   bash tools/device/l2a_gpu_check.sh fwdpaths variants decodeprof bwdprof concurrent bwdtall bwdfuseddq bwdpaths tests verify nccl kernels \
 #        kernels15 model decode prune eval evalall train memory fit trace anchors bundle
 # (any subset, in that order; `bundle` last packs $OUT into results.tgz, as the device tool brings
 # back 8 files). SEQS overrides the kernel sequence lengths, ANCHOR_SEQS the anchors' (ANCHOR_HF=1 adds HF
@@ -225,6 +225,24 @@ for step in "$@"; do
       --seq 16384,32768,65536 --sparsity 0.8 --device cuda --kernels-only --repeats 5 \
       --json "$out/kernels_1.5b.json" > "$out/kernels_1.5b.txt" 2>&1
     cat "$out/kernels_1.5b.txt"
+    ;;
+  verify)  # a short first call after kernel changes: the backward's tests (VERIFY_TESTS), then L2A's
+          # kernels at 32K/64K, the training step at 32K (leak 0) and SDPA/Flex/official in one call
+    for t in ${VERIFY_TESTS:-test_attention_backward test_routed_attention test_cuda_training_ops test_l2a_fused}; do
+      timeout ${TEST_TIMEOUT:-70} build/bin/$t --gtest_brief=1 > /tmp/$t.log 2>&1
+      echo "$t rc=$? $(grep -E '^\[  (PASSED|FAILED)' /tmp/$t.log | tr '\n' ' ')" | tee -a "$out/verify.txt"
+      grep -B3 -A12 "Failure" /tmp/$t.log | head -40 >> "$out/verify.txt"
+    done
+    timeout 60 build/bin/runtime profile --attention swa --model qwen2.5-0.5b --init random --window 2048 \
+      --seq 32768,65536 --sparsity 0.8 --device cuda --kernels-only --repeats 5 --json "$out/verify_kernels.json" \
+      > "$out/verify_kernels.txt" 2>&1
+    grep -A3 "^L2A attention" "$out/verify_kernels.txt"
+    timeout 100 python3 tools/bench_train.py --seq 32768 --steps 3 --cases full_causal:attention,l2a_fused:attention:parallel \
+      --l2a-set router=fixed_rate --l2a-set sparsity=0.8 --l2a-set leak_prob=0 --json "$out/verify_train.json" 2>&1 | tail -3
+    timeout 60 python3 tools/bench_anchors.py --anchors-dir .anchors/l2a_official --skip-hf --skip-accuracy \
+      --seq 32768,65536 --sparsity 0.8 --large-shape-max-seq 0 --json "$out/verify_anchors.json" \
+      > "$out/verify_anchors.txt" 2>&1
+    tail -4 "$out/verify_anchors.txt"
     ;;
   nccl)  # the one-rank NCCL group on one GPU, whole log
     timeout 120 build/bin/test_nccl_group > "$out/nccl.txt" 2>&1
