@@ -8,6 +8,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <string>
 
 #include "common/check_args.h"
 #include "rt/sdk/error.h"
@@ -22,6 +23,40 @@ namespace rt::cuda {
 [[noreturn]] inline void fail_cublas(cublasStatus_t s, const char* call, const char* file, int line) {
   fail("cuBLASLt error in ", call, " at ", file, ":", line, ": ", cublasLtGetStatusName(s), " (",
        cublasLtGetStatusString(s), ")");
+}
+
+// Why a kernel of the current GPU cannot read `data`, an argument labelled cuda, or "" when it
+// can: it is host memory (pinned or not), another GPU's, or not a pointer the driver knows.
+// (Memory that a stream-ordered or graph allocation has not yet reached has no attributes to
+// query: callers skip the check while capturing.)
+inline std::string device_pointer_problem(const char* arg, const void* data) {
+  cudaPointerAttributes attr{};
+  const cudaError_t err = cudaPointerGetAttributes(&attr, data);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
+    return std::string("argument '") + arg + "': cannot query its pointer (" + cudaGetErrorString(err) +
+           "); is it device memory?";
+  }
+  if (attr.type != cudaMemoryTypeDevice && attr.type != cudaMemoryTypeManaged)
+    return std::string("argument '") + arg + "' is labelled cuda but points to " +
+           (attr.type == cudaMemoryTypeHost ? "pinned host memory" : "host (unregistered) memory");
+  if (attr.type == cudaMemoryTypeDevice) {
+    int cur = -1;
+    if (cudaGetDevice(&cur) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return "cudaGetDevice failed";
+    }
+    if (attr.device != cur)
+      return std::string("argument '") + arg + "' lives on GPU " + std::to_string(attr.device) +
+             " but the current device is GPU " + std::to_string(cur);
+  }
+  return {};
+}
+
+// Throws "op: <the problem>" for a tensor device_pointer_problem finds fault with.
+inline void check_device_pointer(const char* op, const char* arg, const TensorView& v) {
+  if (v.numel() == 0) return;
+  if (const std::string e = device_pointer_problem(arg, v.data); !e.empty()) fail(op, ": ", e);
 }
 
 }  // namespace rt::cuda

@@ -25,7 +25,7 @@ using attn::bf16;
 void check_cuda(cudaError_t err, const char* what) { attn_launch::check_cuda("attention (cuda)", err, what); }
 void check_launch(const char* kernel) { attn_launch::check_launch("attention (cuda)", kernel); }
 void check_view(const char* arg, const TensorView& v) { attn_launch::check_view("attention (cuda)", arg, v); }
-void check_device_pointer(const char* arg, const TensorView& v) { attn_launch::check_device_pointer("attention (cuda)", arg, v); }
+void check_device_pointer(const char* arg, const TensorView& v) { cuda::check_device_pointer("attention (cuda)", arg, v); }
 void check_align16(const char* arg, const TensorView& v) { attn_launch::check_align16("attention (cuda)", arg, v); }
 template <auto Kernel>
 void ensure_smem(int bytes, const char* what) { attn_launch::ensure_smem<Kernel>("attention (cuda)", bytes, what); }

@@ -37,7 +37,7 @@ constexpr const char* kOp = "attention_backward (cuda)";
 void check_cuda(cudaError_t err, const char* what) { attn_launch::check_cuda(kOp, err, what); }
 void check_launch(const char* kernel) { attn_launch::check_launch(kOp, kernel); }
 void check_view(const char* arg, const TensorView& v) { attn_launch::check_view(kOp, arg, v); }
-void check_device_pointer(const char* arg, const TensorView& v) { attn_launch::check_device_pointer(kOp, arg, v); }
+void check_device_pointer(const char* arg, const TensorView& v) { cuda::check_device_pointer(kOp, arg, v); }
 void check_align16(const char* arg, const TensorView& v) { attn_launch::check_align16(kOp, arg, v); }
 template <auto Kernel>
 void ensure_smem(int bytes, const char* what) { attn_launch::ensure_smem<Kernel>(kOp, bytes, what); }

@@ -10,6 +10,7 @@
 #include <limits>
 
 #include "cuda/attention/flash_attention.cuh"
+#include "cuda/check.h"
 #include "rt/sdk/error.h"
 #include "rt/sdk/ops.h"
 
@@ -46,27 +47,6 @@ inline void check_view(const char* op, const char* arg, const TensorView& v) {
            v.shape_str());
   RT_CHECK(v.data != nullptr || v.numel() == 0, op, ": argument '", arg, "' has no data (null pointer) for shape ",
            v.shape_str());
-}
-
-// The pointer must be device (or managed) memory of the current GPU: a host pointer labelled
-// cuda would crash the kernel.
-inline void check_device_pointer(const char* op, const char* arg, const TensorView& v) {
-  if (v.numel() == 0) return;
-  cudaPointerAttributes attr{};
-  const cudaError_t err = cudaPointerGetAttributes(&attr, v.data);
-  if (err != cudaSuccess) {
-    (void)cudaGetLastError();
-    fail(op, ": argument '", arg, "': cannot query its pointer (", cudaGetErrorString(err), "); is it device memory?");
-  }
-  RT_CHECK(attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged, op, ": argument '", arg,
-           "' is labelled cuda but points to ",
-           attr.type == cudaMemoryTypeHost ? "pinned host memory" : "host (unregistered) memory");
-  if (attr.type == cudaMemoryTypeDevice) {
-    int cur = -1;
-    check_cuda(op, cudaGetDevice(&cur), "cudaGetDevice");
-    RT_CHECK(attr.device == cur, op, ": argument '", arg, "' lives on GPU ", attr.device,
-             " but the current device is GPU ", cur);
-  }
 }
 
 // True while `stream` is being captured into a graph.

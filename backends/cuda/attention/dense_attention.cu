@@ -357,26 +357,6 @@ void check_thd(const char* op, const char* arg, const TensorView& v, DType want)
            v.shape_str());
 }
 
-// The pointer must be device (or managed) memory of the current GPU.
-void check_device_pointer(const char* op, const char* arg, const TensorView& v) {
-  if (v.numel() == 0) return;
-  cudaPointerAttributes attr{};
-  const cudaError_t err = cudaPointerGetAttributes(&attr, v.data);
-  if (err != cudaSuccess) {
-    (void)cudaGetLastError();
-    fail(op, ": argument '", arg, "': cannot query its pointer (", cudaGetErrorString(err), "); is it device memory?");
-  }
-  RT_CHECK(attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged, op, ": argument '", arg,
-           "' is labelled cuda but points to ",
-           attr.type == cudaMemoryTypeHost ? "pinned host memory" : "host (unregistered) memory");
-  if (attr.type == cudaMemoryTypeDevice) {
-    int cur = -1;
-    CUDA_CHECK(cudaGetDevice(&cur));
-    RT_CHECK(attr.device == cur, op, ": argument '", arg, "' lives on GPU ", attr.device,
-             " but the current device is GPU ", cur);
-  }
-}
-
 void check_shape(const char* op, const char* arg, const TensorView& v, const char* like_name, const TensorView& like) {
   RT_CHECK(v.shape[0] == like.shape[0] && v.shape[1] == like.shape[1] && v.shape[2] == like.shape[2], op,
            ": argument '", arg, "' must have the shape of '", like_name, "' ", like.shape_str(), ", found ",

@@ -27,6 +27,7 @@
 #include <utility>
 #include <vector>
 
+#include "cuda/check.h"
 #include "rt/sdk/ops.h"
 #include "rt/sdk/tensor.h"
 
@@ -297,27 +298,8 @@ inline std::string check_alignment(const char* arg, const TensorView& v) {
 
 inline std::string check_device_pointer(const char* arg, const TensorView& v) {
   if (v.numel() == 0) return {};
-  cudaPointerAttributes attr{};
-  const cudaError_t err = cudaPointerGetAttributes(&attr, v.data);
-  if (err != cudaSuccess) {
-    (void)cudaGetLastError();
-    return msg("cudnn sdpa: argument '", arg, "': cannot query its pointer (", cudaGetErrorString(err),
-               "); is it device memory?");
-  }
-  if (attr.type != cudaMemoryTypeDevice && attr.type != cudaMemoryTypeManaged)
-    return msg("cudnn sdpa: argument '", arg, "' is labelled cuda but points to ",
-               attr.type == cudaMemoryTypeHost ? "pinned host memory" : "host (unregistered) memory");
-  if (attr.type == cudaMemoryTypeDevice) {
-    int cur = -1;
-    if (cudaGetDevice(&cur) != cudaSuccess) {
-      (void)cudaGetLastError();
-      return "cudnn sdpa: cudaGetDevice failed";
-    }
-    if (attr.device != cur)
-      return msg("cudnn sdpa: argument '", arg, "' lives on GPU ", attr.device, " but the current device is GPU ",
-                 cur);
-  }
-  return {};
+  const std::string e = device_pointer_problem(arg, v.data);
+  return e.empty() ? e : "cudnn sdpa: " + e;
 }
 
 // The log-sum-exp tensor: [Hq, Tq] f32 contiguous on the device ("" = fine).
