@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine (device tool), after `source tools/device/unpack.sh`: the CUDA tests of the
 # routed kernels, l2a_fused and the kernels they share, then the benchmarks. Logs and JSON to $OUT.
-#   bash tools/device/l2a_gpu_check.sh fwdpaths variants decodeprof bwdprof concurrent bwdtall bwdfuseddq bwdpaths tests verify nccl kernels \
+#   bash tools/device/l2a_gpu_check.sh fwdpaths variants decodeprof bwdprof concurrent bwdunordered bwdtall bwdfuseddq bwdpaths tests verify nccl kernels \
 #        kernels15 model decode prune eval evalall train memory fit trace anchors bundle
 # (any subset, in that order; `bundle` last packs $OUT into results.tgz, as the device tool brings
 # back 8 files). SEQS overrides the kernel sequence lengths, ANCHOR_SEQS the anchors' (ANCHOR_HF=1 adds HF
@@ -165,6 +165,11 @@ for step in "$@"; do
         --l2a-set leak_prob=0 --json "$out/concurrent_train_$mode.json" 2>&1 | tail -2
     done | tee -a "$out/concurrent.txt"
     unset RT_CUDA_CONCURRENT RT_CUDA_CONCURRENT_SWAP
+    ;;
+  bwdunordered)  # what the fused dQ's turn order costs: RT_ATTN_HOPPER_BWD_DQ_UNORDERED=1 adds each
+                 # partial as it comes (not deterministic: the bit-identity tests are expected to fail
+                 # under it, the accuracy tests not), timed against the default
+    backward_variant bwdunordered RT_ATTN_HOPPER_BWD_DQ_UNORDERED 0 1
     ;;
   bwdtall)  # the 128 x 128 dK/dV tile at head dim 64 (the default; RT_ATTN_HOPPER_BWD_TALL=0 is the
             # 128 x 64 one): tests, compute-sanitizer (racecheck: P and dS go through shared memory

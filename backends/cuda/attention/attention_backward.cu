@@ -205,6 +205,12 @@ void launch_flash_bwd(const TensorView& q, const TensorView& k, const TensorView
     check_cuda(cudaMemsetAsync(dq_accum, 0, dq_elems * sizeof(float), stream), "cudaMemsetAsync (dq accumulator)");
   if (hopper_dq)
     check_cuda(cudaMemsetAsync(dq_lock, 0, lock_elems * sizeof(int), stream), "cudaMemsetAsync (dq turn counters)");
+  bool dq_unordered = false;
+#if RT_HAVE_SM90A
+  dq_unordered = hopper_dq && attn_launch::hopper_bwd_dq_unordered();
+#endif
+  if (dq_unordered)
+    check_cuda(cudaMemsetAsync(dq_accum, 0, dq_elems * sizeof(float), stream), "cudaMemsetAsync (dq accumulator)");
 
   {
     attn::BwdPreParams pp{};
@@ -239,6 +245,7 @@ void launch_flash_bwd(const TensorView& q, const TensorView& k, const TensorView
   p.dv = static_cast<bf16*>(dv.data);
   p.dq_accum = fused_dq || hopper_dq ? dq_accum : nullptr;
   p.dq_lock = hopper_dq ? dq_lock : nullptr;
+  p.dq_unordered = dq_unordered ? 1 : 0;
   p.dkv_accum = dkv_accum;
   p.q_index = static_cast<const int32_t*>(spec.q_index.data);
   p.q_count = static_cast<const int32_t*>(spec.q_count.data);

@@ -54,6 +54,8 @@ struct BwdParams {
   bf16* dv;
   float* dq_accum;   // kFusedDq: [Tq][Hq][D] fp32, zeroed (the Hopper tall tile's fused dQ: [Hq][Tq_pad][D])
   int* dq_lock;      // the Hopper tall tile's fused dQ: [Hq][Tq_pad / 128] turn counters, zeroed
+  int dq_unordered;  // that fused dQ adds without waiting for its turn (RT_ATTN_HOPPER_BWD_DQ_UNORDERED=1:
+                     // a measurement of what the order costs, not deterministic; dq_accum zeroed)
   float* dkv_accum;  // nullptr, or [splits][2][Tk][Hkv][D] fp32 (dk, dv) partials: the group is split over CTAs
   const float* lse2;   // [Hq][Tq_pad], log2 units, +inf for rows that see nothing and padding
   const float* delta;  // [Hq][Tq_pad]

@@ -131,19 +131,22 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
           const int n_lo = first_key_block<Mask>(mk, rows, m0, kBlockN);
           int* lock = p.dq_lock + static_cast<int64_t>(hq) * m_tiles + m0 / kBlockM;
           const int turn = w.key_block - n_lo;
-          turn_wait(lock, turn);
+          const bool ordered = !p.dq_unordered;
+          if (ordered) turn_wait(lock, turn);
           fence_proxy_async_global();
           // The first key block stores the tile, the others add to it: the accumulator needs no
           // zeroing (a tile no key block reached keeps its counter at 0, and the convert writes 0).
           float* acc = p.dq_accum + (static_cast<int64_t>(hq) * p.Tq_pad + m0) * kD;
-          if (turn == 0) bulk_store(acc, sdQ, HopperBwdDkDvTallDqConfig::kDqBytes);
+          if (turn == 0 && ordered) bulk_store(acc, sdQ, HopperBwdDkDvTallDqConfig::kDqBytes);
           else bulk_reduce_add_f32(acc, sdQ, HopperBwdDkDvTallDqConfig::kDqBytes);
           bulk_commit();
           bulk_wait_read_all();
           mbar_arrive(dq_empty);
-          bulk_wait_all();
-          fence_proxy_async_global();
-          turn_pass(lock);
+          if (ordered) {
+            bulk_wait_all();
+            fence_proxy_async_global();
+          }
+          turn_pass(lock);  // (unordered: only so that the convert sees the tile was reached)
         }
       }
     }

@@ -33,6 +33,9 @@ bool launch_flash_bwd_dkdv_hopper(int D, const attn::BwdParams& p, const TensorV
 // p.dq_accum ([Hq][Tq_pad][64] fp32) and p.dq_lock ([Hq][Tq_pad / 128] int) must be zeroed
 // workspaces, and launch_flash_bwd_dq_hopper converts the accumulator instead of running the pass.
 bool hopper_bwd_fuses_dq(int D, const AttentionSpec& spec);
+// Whether that fused dQ skips its turn order (RT_ATTN_HOPPER_BWD_DQ_UNORDERED=1, a measurement; not
+// deterministic): p.dq_accum must then be zeroed too.
+bool hopper_bwd_dq_unordered();
 
 // The Hopper dQ pass for head dim D into dq, with the same p. False as above.
 bool launch_flash_bwd_dq_hopper(int D, const attn::BwdParams& p, const TensorView& k, const TensorView& v,

@@ -29,6 +29,17 @@ bool fused_dq_setting() {
   return !off;
 }
 
+}  // namespace
+
+// RT_ATTN_HOPPER_BWD_DQ_UNORDERED=1: the fused dQ adds its partials as they come, without the
+// turn order (not deterministic): what the order costs, measured against the default.
+bool hopper_bwd_dq_unordered() {
+  static const bool on = env_switch("RT_ATTN_HOPPER_BWD_DQ_UNORDERED", "0", "1");
+  return on;
+}
+
+namespace {
+
 template <class Cfg, class Mask, class Rows, bool kTall>
 struct DkDvKernel {
   static constexpr auto value = attn::flash_bwd_dkdv_hopper_kernel<Cfg, Mask, Rows>;
