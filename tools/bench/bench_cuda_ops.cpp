@@ -1,6 +1,7 @@
 // Per-op costs of one Qwen2.5 decoder layer on the CUDA backend, as the model runs it (fused QKV
 // GEMM + split/RoPE, GEMMs accumulating into the f32 residual, fused gate/up GEMM):
 //   build/bin/bench_cuda_ops [T=4096] [hidden=896 heads=14 kv=2 inter=4864] [context=4096]
+// (T > 1 adds the training backward's MLP ops: the norm's backward, SwiGLU's, the gate/up input gradient.)
 // Two columns per op: device time per call (back-to-back calls, synchronized at the end) and host
 // time per call (the time to enqueue a few calls, no synchronization in between). T = 1 is a
 // decode step: when the host column is the larger, decode is bound by the host, not the GPU.
@@ -123,5 +124,25 @@ int main(int argc, char** argv) {
   add("down_proj += residual", measure(*ops, [&] { ops->linear_accumulate(s, wd, x); }), 2.0 * T * I * H);
   std::printf("%-34s %10.1f %10.1f   (x %d layers: %.2f ms device, %.2f ms host)\n", "layer total", dev, host, 24,
               dev * 24 / 1e3, host * 24 / 1e3);
+  if (T > 1) {
+    // The training backward's MLP ops as mlp_backward runs them: the norm's backward on the f32
+    // residual (dx +=, dw +=), SwiGLU's into the column halves of one [T, 2I] gradient, and the
+    // input gradient through the stacked gate/up weight (one GEMM of depth 2I).
+    auto du = ops->alloc(rt::DType::F32, {T, H}), dres = ops->alloc(rt::DType::F32, {T, H});
+    auto dnw = ops->alloc(rt::DType::F32, {H});
+    auto dgu = ops->alloc(bf, {T, 2 * I});
+    for (auto* t : {&du, &dres, &dgu}) fill_random(*ops, *t, 1.f);
+    ops->fill(dnw, 0.f);
+    std::printf("training backward (not in the total above)\n");
+    report("rmsnorm_backward f32 rows", measure(*ops, [&] { ops->rmsnorm_backward(x, nw, 1e-6f, du, dres, dnw); }));
+    report("swiglu_backward (column halves)", measure(*ops, [&] {
+             ops->swiglu_backward(gu.view.cols(0, I), gu.view.cols(I, 2 * I), s, dgu.view.cols(0, I),
+                                  dgu.view.cols(I, 2 * I));
+           }));
+    report("gate_up input gradient (depth 2I)", measure(*ops, [&] {
+             ops->linear_backward(h, wgu, dgu, du, rt::TensorView{}, rt::TensorView{}, false);
+           }),
+           2.0 * T * 2 * I * H);
+  }
   return 0;
 }

@@ -232,7 +232,8 @@ for step in "$@"; do
     cat "$out/kernels_1.5b.txt"
     ;;
   verify)  # a short first call after kernel changes: the backward's tests (VERIFY_TESTS), then L2A's
-          # kernels at 32K/64K, the training step at 32K (leak 0) and SDPA/Flex/official in one call
+          # kernels at 32K/64K, the training step at 32K (leak 0), SDPA/Flex/official and the MLP
+          # backward's ops (bench_cuda_ops) in one call
     for t in ${VERIFY_TESTS:-test_attention_backward test_routed_attention test_cuda_training_ops test_l2a_fused}; do
       timeout ${TEST_TIMEOUT:-70} build/bin/$t --gtest_brief=1 > /tmp/$t.log 2>&1
       echo "$t rc=$? $(grep -E '^\[  (PASSED|FAILED)' /tmp/$t.log | tr '\n' ' ')" | tee -a "$out/verify.txt"
@@ -248,6 +249,8 @@ for step in "$@"; do
       --seq 32768,65536 --sparsity 0.8 --large-shape-max-seq 0 --json "$out/verify_anchors.json" \
       > "$out/verify_anchors.txt" 2>&1
     tail -4 "$out/verify_anchors.txt"
+    timeout 60 build/bin/bench_cuda_ops 32768 > "$out/verify_cuda_ops.txt" 2>&1  # (the MLP backward ops at 32K)
+    tail -4 "$out/verify_cuda_ops.txt"
     ;;
   nccl)  # the one-rank NCCL group on one GPU, whole log
     timeout 120 build/bin/test_nccl_group > "$out/nccl.txt" 2>&1
