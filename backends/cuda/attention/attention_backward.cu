@@ -179,9 +179,10 @@ void launch_flash_bwd(const TensorView& q, const TensorView& k, const TensorView
 
   // The Hopper tall tile may accumulate dQ itself, in key-block order ([Hq][Tq_pad][D], and a turn
   // counter per query tile).
-  bool hopper_dq = false;
+  bool hopper_dq = false, dq_unordered = false;
 #if RT_HAVE_SM90A
   if (hopper) hopper_dq = attn_launch::hopper_bwd_fuses_dq(kD, spec);
+  dq_unordered = hopper_dq && attn_launch::hopper_bwd_dq_unordered();
 #endif
   const size_t dq_elems = fused_dq ? static_cast<size_t>(s.Tq * s.Hq * kD)
                           : hopper_dq ? static_cast<size_t>(s.Hq * Tq_pad * kD)
@@ -199,18 +200,12 @@ void launch_flash_bwd(const TensorView& q, const TensorView& k, const TensorView
   float* lse2 = dq_accum + dq_elems + lock_elems;
   float* delta = lse2 + stat_elems;
   float* dkv_accum = splits > 1 ? delta + stat_elems : nullptr;
-  // The mma.sync fused dQ adds into a zeroed accumulator; the Hopper one stores its first partial
-  // of a tile, so only its turn counters start at 0.
-  if (fused_dq)
+  // The mma.sync fused dQ adds into a zeroed accumulator (so does the Hopper one unordered); the
+  // Hopper one stores its first partial of a tile, so only its turn counters start at 0.
+  if (fused_dq || dq_unordered)
     check_cuda(cudaMemsetAsync(dq_accum, 0, dq_elems * sizeof(float), stream), "cudaMemsetAsync (dq accumulator)");
   if (hopper_dq)
     check_cuda(cudaMemsetAsync(dq_lock, 0, lock_elems * sizeof(int), stream), "cudaMemsetAsync (dq turn counters)");
-  bool dq_unordered = false;
-#if RT_HAVE_SM90A
-  dq_unordered = hopper_dq && attn_launch::hopper_bwd_dq_unordered();
-#endif
-  if (dq_unordered)
-    check_cuda(cudaMemsetAsync(dq_accum, 0, dq_elems * sizeof(float), stream), "cudaMemsetAsync (dq accumulator)");
 
   {
     attn::BwdPreParams pp{};

@@ -390,7 +390,7 @@ struct BwdPreShape {
   static_assert(kD % 8 == 0 && 32 % kLanesPerRow == 0, "head dim");
 };
 
-// 8 bf16 of a row from element `e` on: one 16-byte load (kVec: the caller checked alignment) or 8.
+// 8 consecutive bf16 from `src` as floats: one 16-byte load (kVec: the caller checked alignment) or 8.
 template <bool kVec>
 __device__ __forceinline__ void load_bf16x8(const bf16* src, float (&v)[8]) {
   if constexpr (kVec) {
