@@ -55,6 +55,9 @@ void reduce_sum_forward(TensorView x, int power, TensorView out, cudaStream_t st
 // row_scale: device f32 [R] or null for none). out [C] any float dtype. Deterministic: rows are
 // split in fixed slices whose fp32 partials are summed in order. (Bias and RMSNorm weight grads.)
 void column_sum_accumulate(TensorView a, TensorView b, const float* row_scale, TensorView out, cudaStream_t stream);
+// out[c] += sum over s of partial[s, c] (partial: device f32 [slices, cols]), s in order: the last
+// step of column_sum_accumulate, for kernels that leave per-slice column sums of their own.
+void column_partials_finish(const float* partial, int64_t slices, int64_t cols, TensorView out, cudaStream_t stream);
 
 // adamw.cu. One fused AdamW step (rt::Ops::AdamW semantics) over contiguous f32 master, grad, m, v
 // (same element count); param (any float dtype, same element count, or empty) receives the updated

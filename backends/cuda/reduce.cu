@@ -154,13 +154,25 @@ bool vector_columns(const TensorView& a, const TensorView& b, bool has_b, int64_
   return cols % kColVec == 0 && rows_16b_aligned(rows_desc(a)) && (!has_b || rows_16b_aligned(rows_desc(b)));
 }
 
+// Block (x, y) of (32, kFinishY) threads, columns 32 blockIdx.x..: thread y sums slices y,
+// y + kFinishY, ... of its column in order, then thread y = 0 adds the kFinishY sums in order.
+// (One thread per column walking every slice took 19 us a call for 256 slices of 896 columns:
+// a chain of dependent L2 reads, 4 ms of a 0.5B training step at 32K over 217 calls.)
+constexpr int kFinishY = 16;
 __global__ void column_finish_kernel(const float* partial, int64_t slices, int64_t cols, void* out, DType ot,
                                      int64_t os) {
-  const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (c >= cols) return;
+  __shared__ float part_s[kFinishY][33];
+  const int64_t c = blockIdx.x * static_cast<int64_t>(32) + threadIdx.x;
   float s = 0.f;
-  for (int64_t i = 0; i < slices; ++i) s += partial[i * cols + c];
-  store_f(out, c * os, ot, load_f(out, c * os, ot) + s);
+  if (c < cols)
+    for (int64_t i = threadIdx.y; i < slices; i += kFinishY) s += partial[i * cols + c];
+  part_s[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y != 0 || c >= cols) return;
+  float t = 0.f;
+#pragma unroll
+  for (int j = 0; j < kFinishY; ++j) t += part_s[j][threadIdx.x];
+  store_f(out, c * os, ot, load_f(out, c * os, ot) + t);
 }
 
 void check_input(const char* op, const char* arg, const TensorView& v) {
@@ -252,9 +264,13 @@ void column_sum_accumulate(TensorView a, TensorView b, const float* row_scale, T
                                       rows_per_slice, p);
   }
   CUDA_CHECK_LAUNCH();
-  const int threads = 256;
-  column_finish_kernel<<<static_cast<unsigned>((cols + threads - 1) / threads), threads, 0, stream>>>(
-      p, slices, cols, out.data, out.dtype, out.stride[0]);
+  column_partials_finish(p, slices, cols, out, stream);
+}
+
+void column_partials_finish(const float* partial, int64_t slices, int64_t cols, TensorView out, cudaStream_t stream) {
+  RT_CHECK((cols + 31) / 32 <= INT32_MAX, "column sum: ", cols, " columns exceed the launch limit");
+  column_finish_kernel<<<static_cast<unsigned>((cols + 31) / 32), dim3(32, kFinishY), 0, stream>>>(
+      partial, slices, cols, out.data, out.dtype, out.stride[0]);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -285,15 +285,21 @@ class L2aBackendBase : public AttentionBackend {
   // has no trainable path).
   Tensor router_backward(const LayerContext& ctx, TensorView h, const Route& route, Tensor& dgate,
                          const LayerGrads& grads, const TrainContext& tc, int64_t T) {
-    Ops& ops = *ctx.ops;
     if (!router_->trainable()) return {};
+    Tensor dh = ctx.ops->alloc(ctx.ops->accum_dtype(), {T, ctx.dims->hidden});
+    ctx.ops->fill(dh, 0.f);
+    router_backward_into(ctx, h, route, dgate, grads, tc, T, dh);
+    return dh;
+  }
+  // The same, adding dL/dh into dh (no [T, hidden] buffer of its own, no pass to add it).
+  void router_backward_into(const LayerContext& ctx, TensorView h, const Route& route, Tensor& dgate,
+                            const LayerGrads& grads, const TrainContext& tc, int64_t T, TensorView dh) {
+    Ops& ops = *ctx.ops;
+    if (!router_->trainable()) return;
     if (route.forced > 0) ops.fill(dgate.view.rows(0, route.forced), 0.f);
     const double coef = cfg_.reg_coef(tc, *ctx.dims, T);
     if (coef != 0.0) ops.axpby(1.f, dgate, static_cast<float>(2.0 * coef), route.p, dgate);
-    Tensor dh = ops.alloc(ops.accum_dtype(), {T, ctx.dims->hidden});
-    ops.fill(dh, 0.f);
     router_->backward(ctx, h, route.p, dgate, dh, grads);
-    return dh;
   }
 
   void record_stats(const LayerContext& ctx, const TrainContext& tc, const Route& route, int64_t T, bool leaked) const {
@@ -348,14 +354,12 @@ class L2aBackendBase : public AttentionBackend {
     const ModelDims& d = *ctx.dims;
     const int64_t T = dx.shape[0];
     Tensor dh = ops.alloc(ops.accum_dtype(), {T, d.hidden});
-    ops.fill(dh, 0.f);
-    project_qkv_backward(ctx, local_, local.h, local.qkv, g.q, g.k, g.v, 0, dh, grads);
-    Tensor dh_router = router_backward(ctx, local.h, r, dgate, grads, tc, T);
-    if (dh_router.view.data) ops.add(dh, dh_router, dh);
+    project_qkv_backward(ctx, local_, local.h, local.qkv, g.q, g.k, g.v, 0, dh, grads, /*accumulate_dh=*/false);
+    router_backward_into(ctx, local.h, r, dgate, grads, tc, T, dh);
     ops.rmsnorm_backward(local.x_in, ctx.params->get(local_.norm), d.rms_eps, dh, dx, grads.get(local_.norm));
   }
 
-  // dL/d(q, k, v) buffers of one layer's shared projections.
+  // dL/d(q, k, v) buffers of one layer's global part (its window part: alloc_qkv_grads).
   static Qkv alloc_qkv(Ops& ops, const ModelDims& d, int64_t T) {
     const DType act = ops.activation_dtype();
     return {ops.alloc(act, {T, d.n_heads, d.head_dim}), ops.alloc(act, {T, d.n_kv_heads, d.head_dim}),

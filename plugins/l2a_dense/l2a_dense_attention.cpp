@@ -115,7 +115,7 @@ class DenseL2aAttention final : public L2aBackendBase {
     Tensor dout_g = ops.alloc(act, {T, d.n_heads, d.head_dim});
     ops.row_scale(dout.view.reshaped({T, HD}), s.route.d, dout_g.view.reshaped({T, HD}));
     const Qkv& qkv = s.local.qkv;
-    Qkv g = alloc_qkv(ops, d, T), g2 = alloc_qkv(ops, d, T);
+    Qkv g = alloc_qkv_grads(ops, d, T), g2 = alloc_qkv(ops, d, T);
     ops.attention_backward(qkv.q, qkv.k, qkv.v, s.local.o, s.local.lse, dout, g.q, g.k, g.v,
                            sublayer_attention_spec(d, local_, 0));
     ops.attention_backward(qkv.q, qkv.k, qkv.v, s.global.o, s.global.lse, dout_g, g2.q, g2.k, g2.v,

@@ -382,7 +382,7 @@ class FusedL2aAttention final : public L2aBackendBase {
     ops.linear_backward(s.o.view.reshaped({T, HD}), ctx.params->get(wo), da, dout.view.reshaped({T, HD}),
                         grads.get(wo), TensorView{}, false);
     const Qkv& qkv = s.local.qkv;
-    Qkv g = alloc_qkv(ops, d, T), g2 = alloc_qkv(ops, d, T);
+    Qkv g = alloc_qkv_grads(ops, d, T), g2 = alloc_qkv(ops, d, T);
     // The window's backward (into g) beside the global part's (into g2 and dgate).
     auto window = [&] {
       ops.attention_backward(qkv.q, qkv.k, qkv.v, s.local.o, s.local.lse, dout, g.q, g.k, g.v,
@@ -407,7 +407,7 @@ class FusedL2aAttention final : public L2aBackendBase {
     };
     ops.concurrently(window, global);
     if (s.leak) ops.add(g.q, g2.q, g.q);
-    else ops.scatter_add_rows(rows2d(g2.q), s.global.rs.index, s.global.rs.count, rows2d(g.q));
+    else ops.scatter_add_rows(rows2d(g2.q), s.global.rs.index, s.global.rs.count, head_rows(g.q));
     ops.add(g.k, g2.k, g.k);
     ops.add(g.v, g2.v, g.v);
     parallel_backward_tail(ctx, s.local, s.route, g, dgate, dx, grads, tc);

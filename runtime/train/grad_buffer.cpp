@@ -28,11 +28,23 @@ BackwardRank backward_rank(const std::string& n) {
   return {0, 0, n};
 }
 
+// Within a layer by name, except that the q/k/v projections sort as q, k, v (weights together,
+// biases together): their gradients then lie as the stacked [(Hq + 2 Hkv) D, hidden] matrix (and
+// [(Hq + 2 Hkv) D] bias) that project_qkv_backward fills in one GEMM.
+std::string within_layer_key(const std::string& rest) {
+  static const char* kParts[3] = {".q_proj.", ".k_proj.", ".v_proj."};
+  for (int i = 0; i < 3; ++i)
+    if (const size_t at = rest.rfind(kParts[i]); at != std::string::npos)
+      return rest.substr(0, at) + ".qkv_proj." + rest.substr(at + 8) + "." + std::to_string(i);
+  return rest;
+}
+
 bool backward_order(const std::string& a, const std::string& b) {
   const BackwardRank ra = backward_rank(a), rb = backward_rank(b);
   if (ra.group != rb.group) return ra.group < rb.group;
   if (ra.layer != rb.layer) return ra.layer > rb.layer;
-  return ra.rest < rb.rest;
+  const std::string ka = within_layer_key(ra.rest), kb = within_layer_key(rb.rest);
+  return ka != kb ? ka < kb : ra.rest < rb.rest;
 }
 
 // The backward stage after which a parameter's gradient is final (see GradBuffer::final_after).

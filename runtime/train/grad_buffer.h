@@ -22,7 +22,8 @@ class ProcessGroup;
 }
 
 // The order backpropagation produces gradients in: lm_head, the final norm, the layers from the
-// last to the first, the embedding (within a layer, by name).
+// last to the first, the embedding (within a layer by name, except that the q, k, v projections
+// come in that order: their gradients form the stacked matrix project_qkv_backward fills at once).
 bool backward_less(const std::string& a, const std::string& b);
 
 class GradBuffer {

@@ -318,10 +318,11 @@ TEST_F(TrainingOpsTest, RmsnormBackward) {
                         {DType::BF16, DType::BF16, DType::BF16},
                         {DType::F32, DType::F32, DType::F32}};
   uint64_t seed = 3000;
-  // d: rows held in registers (64, 96, 896: a partial last chunk, 2048: the most), the vector loop
-  // (2056: past the registers' 2048), scalar loads (100: not a multiple of 8)
+  // d: rows held in registers (64, 96, 896: a partial last chunk, 2048: the most; up to 1024 with
+  // dw fused), the vector loop (2056: past the registers' 2048), scalar loads (100: not a multiple
+  // of 8). N 5000: the fused dw's warps take 3 rows each, the last one fewer.
   for (const Mode& m : modes)
-    for (int64_t N : {1, 7, 129})
+    for (int64_t N : {1, 7, 129, 5000})
       for (int64_t d : {64, 96, 100, 896, 2048, 2056}) {
         SCOPED_TRACE("x " + dts(m.x) + " dy " + dts(m.dy) + " dx " + dts(m.dx) + " N " + std::to_string(N) + " d " +
                      std::to_string(d));
@@ -336,6 +337,12 @@ TEST_F(TrainingOpsTest, RmsnormBackward) {
         gpu->rmsnorm_backward(dev(x, m.x, {N, d}), dev(w, DType::BF16, {d}), eps, dev(dy, m.dy, {N, d}), gdx, gdw);
         expect_accumulated(down(gdx), dx0, vals(cdx), tol, m.dx, "dx");
         expect_accumulated(down(gdw), dw0, vals(cdw), tol, DType::F32, "dw");
+        // Deterministic: a second run gives the same bits.
+        Tensor gdx_again = dev(dx0, m.dx, {N, d}), gdw_again = dev(dw0, DType::F32, {d});
+        gpu->rmsnorm_backward(dev(x, m.x, {N, d}), dev(w, DType::BF16, {d}), eps, dev(dy, m.dy, {N, d}), gdx_again,
+                              gdw_again);
+        EXPECT_EQ(down(gdw_again), down(gdw)) << "dw differs between two runs";
+        EXPECT_EQ(down(gdx_again), down(gdx)) << "dx differs between two runs";
         // Each output on its own.
         Tensor gdx2 = dev(dx0, m.dx, {N, d}), gdw2 = dev(dw0, DType::F32, {d});
         gpu->rmsnorm_backward(dev(x, m.x, {N, d}), dev(w, DType::BF16, {d}), eps, dev(dy, m.dy, {N, d}), gdx2,

@@ -274,16 +274,59 @@ inline Tensor head_norm_backward(const LayerContext& ctx, const std::string& wei
   return dx_raw;
 }
 
+// dL/d(q, k, v) buffers (activation dtype) for project_qkv_backward: head views [T, H, D] side by
+// side in the rows of one [T, (Hq + 2 Hkv) D] buffer, the layout of the forward's fused projection,
+// so that with stacked weights the pull-back into dh is one GEMM of depth (Hq + 2 Hkv) D instead of
+// three passes over the f32 dh.
+inline Qkv alloc_qkv_grads(Ops& ops, const ModelDims& d, int64_t T) {
+  const int64_t nq = d.n_heads * d.head_dim, nk = d.n_kv_heads * d.head_dim;
+  Tensor all = ops.alloc(ops.activation_dtype(), {T, nq + 2 * nk});
+  return {Tensor{head_columns(all.view, 0, d.n_heads, d.head_dim), all.storage},
+          Tensor{head_columns(all.view, nq, d.n_kv_heads, d.head_dim), all.storage},
+          Tensor{head_columns(all.view, nq + nk, d.n_kv_heads, d.head_dim), all.storage}};
+}
+
+// A [T, H, D] view whose heads are packed within a row (strides [s, D, 1]) as the 2-D [T, H D].
+inline TensorView head_rows(TensorView v) {
+  RT_CHECK(v.ndim == 3 && v.stride[2] == 1 && v.stride[1] == v.shape[2], "head_rows: expected a [T, H, D] view "
+           "with packed heads (strides [s, D, 1]), found shape ", v.shape_str());
+  TensorView r = TensorView::contiguous(v.data, v.dtype, v.device, {v.shape[0], v.shape[1] * v.shape[2]});
+  r.stride[0] = v.stride[0];
+  return r;
+}
+
+// The 2-D [T, sum of H D] view of head views that lie side by side in the rows of one buffer (each
+// with packed heads, the same row stride, each starting where the previous one ends), as
+// alloc_qkv_grads makes them; an empty view otherwise.
+inline TensorView side_by_side_heads(std::initializer_list<TensorView> parts) {
+  TensorView all;
+  for (const TensorView& p : parts) {
+    if (p.data == nullptr || p.ndim != 3 || p.stride[2] != 1 || p.stride[1] != p.shape[2]) return {};
+    const TensorView r = head_rows(p);
+    if (all.data == nullptr) {
+      all = r;
+      continue;
+    }
+    const char* next = static_cast<const char*>(all.data) + all.shape[1] * static_cast<int64_t>(dtype_size(all.dtype));
+    if (r.data != next || r.dtype != all.dtype || r.device != all.device || r.shape[0] != all.shape[0] ||
+        r.stride[0] != all.stride[0] || all.shape[1] + r.shape[1] > all.stride[0])
+      return {};
+    all.shape[1] += r.shape[1];
+  }
+  return all;
+}
+
 // Backward of project_qkv (run with keep_raw on a QK-norm model): dq, dk, dv are the gradients of
-// the roped q, k (consumed: rotated back in place) and of v. dh += their pull-back through the
-// QK-norm and the projections; weight and bias gradients go to grads (frozen ones are skipped).
+// the roped q, k (consumed: rotated back in place) and of v. dh (+= when accumulate_dh, else =)
+// their pull-back through the QK-norm and the projections; weight and bias gradients go to grads
+// (frozen ones are skipped). With stacked weights and dq, dk, dv side by side (alloc_qkv_grads)
+// the pull-back is one GEMM, and so are the weight gradients where grads stacks them too.
 inline void project_qkv_backward(const LayerContext& ctx, const AttentionSublayerSpec& spec, TensorView h,
                                  const Qkv& fwd, TensorView dq, TensorView dk, TensorView dv, int64_t pos0,
-                                 TensorView dh, const LayerGrads& grads) {
+                                 TensorView dh, const LayerGrads& grads, bool accumulate_dh = true) {
   Ops& ops = *ctx.ops;
   const ModelDims& d = *ctx.dims;
   const LayerParams& p = *ctx.params;
-  const int64_t T = h.shape[0];
   const double theta = sublayer_theta(d, spec);
   ops.rope_backward(dq, pos0, theta);
   ops.rope_backward(dk, pos0, theta);
@@ -296,18 +339,29 @@ inline void project_qkv_backward(const LayerContext& ctx, const AttentionSublaye
     dq = dq_raw.view;
     dk = dk_raw.view;
   }
-  const struct {
-    const char* name;
-    TensorView g;
-    int64_t width;
-  } parts[] = {{"q_proj", dq, d.n_heads * d.head_dim},
-               {"k_proj", dk, d.n_kv_heads * d.head_dim},
-               {"v_proj", dv, d.n_kv_heads * d.head_dim}};
-  for (const auto& part : parts) {
-    const std::string w = spec.prefix + part.name + ".weight", b = spec.prefix + part.name + ".bias";
-    ops.linear_backward(h, p.get(w), part.g.reshaped({T, part.width}), dh, grads.get(w),
-                        d.qkv_bias ? grads.get(b) : TensorView{}, /*accumulate_dx=*/true);
+  const QkvWeights qw = qkv_weights(p, d, spec);
+  const char* names[3] = {"q_proj", "k_proj", "v_proj"};
+  const TensorView g[3] = {head_rows(dq), head_rows(dk), head_rows(dv)};
+  TensorView gw[3], gb[3];
+  bool frozen = true;
+  for (int i = 0; i < 3; ++i) {
+    gw[i] = grads.get(spec.prefix + names[i] + ".weight");
+    if (d.qkv_bias) gb[i] = grads.get(spec.prefix + names[i] + ".bias");
+    frozen = frozen && gw[i].data == nullptr && gb[i].data == nullptr;
   }
+  if (const TensorView g_all = side_by_side_heads({dq, dk, dv}); qw.w_all.data && g_all.data) {
+    const TensorView gw_all = stacked_rows({gw[0], gw[1], gw[2]});
+    const TensorView gb_all = d.qkv_bias ? stacked_rows({gb[0], gb[1], gb[2]}) : TensorView{};
+    if (frozen || (gw_all.data && (!d.qkv_bias || gb_all.data))) {
+      ops.linear_backward(h, qw.w_all, g_all, dh, gw_all, gb_all, accumulate_dh);
+      return;
+    }
+    ops.linear_backward(h, qw.w_all, g_all, dh, TensorView{}, TensorView{}, accumulate_dh);
+    for (int i = 0; i < 3; ++i)
+      if (gw[i].data || gb[i].data) ops.linear_backward(h, qw.w[i], g[i], TensorView{}, gw[i], gb[i], false);
+    return;
+  }
+  for (int i = 0; i < 3; ++i) ops.linear_backward(h, qw.w[i], g[i], dh, gw[i], gb[i], accumulate_dh || i > 0);
 }
 
 // x += gate[:, None] * o_proj(o), o [T, Hq, D]; without a gate a single GEMM accumulating into the
@@ -493,13 +547,11 @@ inline void attention_sublayer_backward(const LayerContext& ctx, const Attention
   Tensor dout = ops.alloc(act, {T, d.n_heads, d.head_dim});
   ops.linear_backward(s.o.view.reshaped({T, d.n_heads * d.head_dim}), p.get(wo), da,
                       dout.view.reshaped({T, d.n_heads * d.head_dim}), grads.get(wo), TensorView{}, false);
-  Qkv g{ops.alloc(act, {T, d.n_heads, d.head_dim}), ops.alloc(act, {T, d.n_kv_heads, d.head_dim}),
-        ops.alloc(act, {T, d.n_kv_heads, d.head_dim})};
+  const Qkv g = alloc_qkv_grads(ops, d, T);
   ops.attention_backward(s.qkv.q, s.qkv.k, s.qkv.v, s.o, s.lse, dout, g.q, g.k, g.v,
                          sublayer_attention_spec(d, spec, 0));
   Tensor dh = ops.alloc(ops.accum_dtype(), {T, d.hidden});
-  ops.fill(dh, 0.f);
-  project_qkv_backward(ctx, spec, s.h, s.qkv, g.q, g.k, g.v, 0, dh, grads);
+  project_qkv_backward(ctx, spec, s.h, s.qkv, g.q, g.k, g.v, 0, dh, grads, /*accumulate_dh=*/false);
   ops.rmsnorm_backward(s.x_in, p.get(spec.norm), d.rms_eps, dh, dx, grads.get(spec.norm));
 }
 
