@@ -120,9 +120,9 @@ class DenseL2aAttention final : public L2aBackendBase {
                            sublayer_attention_spec(d, local_, 0));
     ops.attention_backward(qkv.q, qkv.k, qkv.v, s.global.o, s.global.lse, dout_g, g2.q, g2.k, g2.v,
                            sublayer_attention_spec(d, global_, 0));
-    ops.add(g.q, g2.q, g.q);
-    ops.add(g.k, g2.k, g.k);
-    ops.add(g.v, g2.v, g.v);
+    ops.add(head_rows(g.q), head_rows(g2.q), head_rows(g.q));  // 2-D rows: see l2a_fused
+    ops.add(head_rows(g.k), head_rows(g2.k), head_rows(g.k));
+    ops.add(head_rows(g.v), head_rows(g2.v), head_rows(g.v));
     parallel_backward_tail(ctx, s.local, s.route, g, dgate, dx, grads, tc);
   }
 

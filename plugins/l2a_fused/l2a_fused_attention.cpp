@@ -406,10 +406,12 @@ class FusedL2aAttention final : public L2aBackendBase {
                              routed_spec(ctx, rs, 0));
     };
     ops.concurrently(window, global);
-    if (s.leak) ops.add(g.q, g2.q, g.q);
+    // (As 2-D rows: g's heads sit side by side in one buffer, and a [T, H, D] view of it with its
+    // row stride would take the elementwise kernels' slow path of several outer dimensions.)
+    if (s.leak) ops.add(head_rows(g.q), rows2d(g2.q), head_rows(g.q));
     else ops.scatter_add_rows(rows2d(g2.q), s.global.rs.index, s.global.rs.count, head_rows(g.q));
-    ops.add(g.k, g2.k, g.k);
-    ops.add(g.v, g2.v, g.v);
+    ops.add(head_rows(g.k), rows2d(g2.k), head_rows(g.k));
+    ops.add(head_rows(g.v), rows2d(g2.v), head_rows(g.v));
     parallel_backward_tail(ctx, s.local, s.route, g, dgate, dx, grads, tc);
   }
 };
