@@ -258,6 +258,10 @@ void CudaOps::position_draw_at(TensorView pos, uint64_t key, double below, Tenso
   cuda::position_draw_at_forward(pos, key, below, out, stream());
 }
 
+void CudaOps::position_draw_rows(int64_t pos0, uint64_t key, double below, TensorView out) {
+  cuda::position_draw_rows_forward(pos0, key, below, out, stream());
+}
+
 void CudaOps::compact_rows(TensorView flags, TensorView index, TensorView count) {
   cuda::compact_rows_forward(flags, index, count, stream());
 }

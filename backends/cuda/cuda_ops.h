@@ -67,6 +67,7 @@ class CudaOps final : public Ops {
   void rmsnorm_route_at(TensorView x, TensorView g, float eps, TensorView w, float z_min, TensorView pos, int64_t first,
                         TensorView y, TensorView d, TensorView steps) override;
   void position_draw_at(TensorView pos, uint64_t key, double below, TensorView out) override;
+  void position_draw_rows(int64_t pos0, uint64_t key, double below, TensorView out) override;
   void gather_rows(TensorView x, TensorView index, TensorView count, TensorView out) override;
   void scatter_add_rows(TensorView src, TensorView index, TensorView count, TensorView dst) override;
   void rope_rows(TensorView x, TensorView index, TensorView count, int64_t pos0, double theta, bool backward) override;

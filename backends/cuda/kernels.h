@@ -135,6 +135,8 @@ void compact_rows_forward(TensorView flags, TensorView index, TensorView count, 
 void gate_from_position_at_forward(TensorView pos, int64_t first, TensorView gate, TensorView out, cudaStream_t stream);
 // out[0] = rt::position_draw(key, pos[0], below) ? 1 : 0 (Ops::position_draw_at), on the device.
 void position_draw_at_forward(TensorView pos, uint64_t key, double below, TensorView out, cudaStream_t stream);
+// out[i] = rt::position_draw(key, pos0 + i, below) ? 1 : 0 over out [T] f32 (Ops::position_draw_rows).
+void position_draw_rows_forward(int64_t pos0, uint64_t key, double below, TensorView out, cudaStream_t stream);
 // out[i, :] (=) x[index[i], :] for i < count, zero rows after; x [T, C], out [cap, C], any float dtypes.
 void gather_rows_forward(TensorView x, TensorView index, TensorView count, TensorView out, cudaStream_t stream);
 // dst[index[i], :] += src[i, :] for i < count (distinct indices: no atomics, deterministic).

@@ -225,7 +225,26 @@ __global__ void gate_from_position_kernel(const int32_t* pos, int64_t first, con
 __global__ void position_draw_kernel(const int32_t* pos, uint64_t key, double below, float* out) {
   out[0] = rt::position_draw(key, pos[0], below) ? 1.f : 0.f;
 }
+__global__ void position_draw_rows_kernel(int64_t pos0, int64_t n, uint64_t key, double below, float* out) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < n) out[i] = rt::position_draw(key, pos0 + i, below) ? 1.f : 0.f;
+}
 }  // namespace
+
+void position_draw_rows_forward(int64_t pos0, uint64_t key, double below, TensorView out, cudaStream_t stream) {
+  const char* op = "position_draw_rows";
+  check_cuda(op, "out", out);
+  RT_CHECK(out.dtype == DType::F32 && out.ndim == 1 && out.stride[0] == 1, op,
+           ": argument 'out' must be a contiguous f32 [T], found ", dtype_name(out.dtype), " ", out.shape_str());
+  RT_CHECK(pos0 >= 0, op, ": pos0 must be >= 0, found ", pos0);
+  const int64_t n = out.shape[0];
+  if (n == 0) return;
+  const int threads = 256;
+  RT_CHECK((n + threads - 1) / threads <= INT32_MAX, op, ": ", n, " rows exceed the launch limit");
+  position_draw_rows_kernel<<<static_cast<unsigned>((n + threads - 1) / threads), threads, 0, stream>>>(
+      pos0, n, key, below, static_cast<float*>(out.data));
+  CUDA_CHECK_LAUNCH();
+}
 
 void position_draw_at_forward(TensorView pos, uint64_t key, double below, TensorView out, cudaStream_t stream) {
   const char* op = "position_draw_at";

@@ -999,6 +999,25 @@ TEST_F(CudaOpsTest, PositionDrawAtIsTheHostDraw) {
       }
 }
 
+// fixed_rate's random draws for a whole sequence on the device: the host draw at every position,
+// ragged lengths from a nonzero start, over a poisoned output.
+TEST_F(CudaOpsTest, PositionDrawRowsIsTheHostDraw) {
+  SKIP_WITHOUT_GPU();
+  for (int64_t n : {1, 255, 257, 5003})
+    for (int64_t pos0 : {0, 17, 131000})
+      for (double below : {0.0, 0.2, 1.0}) {
+        Tensor out = upload(Host{{n}, std::vector<float>(static_cast<size_t>(n), std::nanf(""))}, DType::F32);
+        const uint64_t key = 0x9e3779b97f4a7c15ull ^ static_cast<uint64_t>(n);
+        gpu->position_draw_rows(pos0, key, below, out);
+        const std::vector<float> got = download(out);
+        for (int64_t i = 0; i < n; ++i)
+          ASSERT_EQ(got[static_cast<size_t>(i)], rt::position_draw(key, pos0 + i, below) ? 1.f : 0.f)
+              << "n " << n << " pos0 " << pos0 << " below " << below << " row " << i;
+      }
+  Tensor wrong = gpu->alloc(DType::BF16, {8});
+  EXPECT_THROW(gpu->position_draw_rows(0, 1, 0.5, wrong), std::exception);
+}
+
 // A captured step replays with whatever position is in device memory at replay time, bit for bit
 // what the same ops give run directly; temporaries allocated inside belong to the graph.
 TEST_F(CudaOpsTest, CapturedDecodeOpsReplayAtNewPositions) {

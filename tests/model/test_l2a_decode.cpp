@@ -127,6 +127,18 @@ TEST(L2aDecodeRouter, PositionDrawAtIsTheHostDraw) {
   EXPECT_EQ(hits > 0 && hits < 3 * 4 * 300, true);
 }
 
+// The whole-sequence draw (fixed_rate's forward) is the host draw too, from any start position.
+TEST(L2aDecodeRouter, PositionDrawRowsIsTheHostDraw) {
+  std::unique_ptr<Ops> ops = make_cpu_ops();
+  Tensor out = ops->alloc(DType::F32, {300});
+  for (int64_t pos0 : {0, 7, 100000}) {
+    ops->position_draw_rows(pos0, 0xdeadbeefcafef00dull, 0.3, out);
+    for (int64_t i = 0; i < 300; ++i)
+      ASSERT_EQ(out.ptr<float>()[i], position_draw(0xdeadbeefcafef00dull, pos0 + i, 0.3) ? 1.f : 0.f) << i;
+  }
+  EXPECT_THROW(ops->position_draw_rows(-1, 1, 0.5, out), std::exception);
+}
+
 #ifdef RT_TEST_WITH_CUDA
 // The captured step replayed gives the bits of the same step launched op by op.
 TEST_P(L2aDecode, GraphReplayBitIdenticalToEager) {

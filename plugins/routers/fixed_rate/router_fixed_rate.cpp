@@ -5,7 +5,8 @@
 //            spaced, exactly round-down((1-s) * n) of any n leading positions;
 //   pattern "random":  position t of layer l is global iff u(seed, l, step, t) < 1 - s, with u a
 //            hash-based uniform (rt::position_draw), so a (layer, step, position) always gets
-//            the same decision; a replayed decode step draws it on the device (forward_at).
+//            the same decision, drawn where the decisions live (Ops::position_draw_rows; a
+//            replayed decode step: forward_at at the device-held position).
 // p = d (there is no probability to learn), and backward does nothing.
 #include <cmath>
 #include <cstdint>
@@ -47,16 +48,15 @@ class RouterFixedRate final : public rt::Router {
                rt::TensorView d) override {
     const int64_t T = h.shape[0];
     const double keep = 1.0 - sparsity_;
+    if (!strided_) {  // drawn where d lives: no host loop, and on a GPU no upload that syncs the stream
+      ctx.ops->position_draw_rows(call.pos0, key(ctx.layer, call.step), keep, d);
+      ctx.ops->copy(d, p);
+      return;
+    }
     std::vector<float> host(static_cast<size_t>(T));
     for (int64_t i = 0; i < T; ++i) {
       const int64_t t = call.pos0 + i;
-      bool global;
-      if (strided_) {
-        global = std::floor((t + 1) * keep) > std::floor(t * keep);
-      } else {
-        global = rt::position_draw(key(ctx.layer, call.step), t, keep);
-      }
-      host[static_cast<size_t>(i)] = global ? 1.f : 0.f;
+      host[static_cast<size_t>(i)] = std::floor((t + 1) * keep) > std::floor(t * keep) ? 1.f : 0.f;
     }
     rt::TensorView src = rt::TensorView::contiguous(host.data(), rt::DType::F32, rt::Device::CPU, {T});
     ctx.ops->copy(src, d);

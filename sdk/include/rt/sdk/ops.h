@@ -229,6 +229,17 @@ class Ops {
     const float v = position_draw(key, read_position(pos), below) ? 1.f : 0.f;
     copy(TensorView::contiguous(const_cast<float*>(&v), DType::F32, Device::CPU, {1}), out);
   }
+  // out[i] = 1 if rt::position_draw(key, pos0 + i, below), else 0, for every i of out [T] (accum
+  // dtype): fixed_rate's random decisions for a whole sequence, drawn where out lives (on a GPU:
+  // no host loop, no upload, no synchronization in the layer).
+  virtual void position_draw_rows(int64_t pos0, uint64_t key, double below, TensorView out) {
+    RT_CHECK(out.ndim == 1 && out.dtype == accum_dtype() && pos0 >= 0, "position_draw_rows: expected out [T] ",
+             dtype_name(accum_dtype()), " and pos0 >= 0; found out ", dtype_name(out.dtype), " ", out.shape_str(),
+             ", pos0 ", pos0);
+    std::vector<float> v(static_cast<size_t>(out.shape[0]));
+    for (size_t i = 0; i < v.size(); ++i) v[i] = position_draw(key, pos0 + static_cast<int64_t>(i), below) ? 1.f : 0.f;
+    copy(TensorView::contiguous(v.data(), DType::F32, Device::CPU, {out.shape[0]}), out);
+  }
   // The position in pos (I32 [1], on this device), on the host.
   int64_t read_position(TensorView pos) {
     RT_CHECK(pos.dtype == DType::I32 && pos.numel() == 1, "decode position: expected I32 [1], found ",
