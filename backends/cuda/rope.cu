@@ -68,29 +68,36 @@ struct HeadsOut {  // an output [T, H, D] view
 };
 
 // qkv row t = [q heads | k heads | v heads], each head D wide: q and k rotated into their outputs,
-// v copied. One block per position: its threads first compute the D/2 (cos, sin) pairs into
-// shared memory, then share out the (head, pair) elements. (One thread per pair looping over the
-// heads, as rope_kernel does, makes a decode step's single position a chain of 18 dependent
-// load/store round trips.) pos_dev != nullptr: one token whose position is read from the device,
-// its k and v going to row pos (or pos % ring) of k and v, which are then whole KV caches.
-__global__ void qkv_rope_split_kernel(const void* qkv, DType dt, int64_t ld, int D, HeadsOut q, HeadsOut k, HeadsOut v,
-                                      int64_t pos0, const int32_t* pos_dev, int64_t ring, float base) {
-  extern __shared__ float cos_sin[];  // [D/2] cos, then [D/2] sin
+// v copied. A block takes kSplitRows positions: its threads first compute their (cos, sin) pairs
+// into shared memory, one pair each, then share out the (row, head, pair) elements. (One thread
+// per pair looping over the heads, as rope_kernel does, makes a decode step's single position a
+// chain of 18 dependent load/store round trips; one position a block left three quarters of the
+// threads idle during the fp64 angle chain, and that chain's latency paced the whole split: 143 us
+// for 32K rows of 0.5B, three times its bytes.) pos_dev != nullptr: one token whose position is read
+// from the device, its k and v going to row pos (or pos % ring) of k and v, the whole KV caches.
+constexpr int kSplitRows = 8, kSplitThreads = 256;
+__global__ void __launch_bounds__(kSplitThreads)
+    qkv_rope_split_kernel(const void* qkv, DType dt, int64_t ld, int64_t T, int D, HeadsOut q, HeadsOut k, HeadsOut v,
+                          int64_t pos0, const int32_t* pos_dev, int64_t ring, float base) {
+  extern __shared__ float cos_sin[];  // per row of the block: [D/2] cos, then [D/2] sin
   const int half = D / 2;
-  const int64_t t = blockIdx.x;
-  int64_t pos = pos0 + t, kv_row = t;
-  if (pos_dev != nullptr) {
-    pos = *pos_dev;
-    kv_row = ring > 0 ? pos % ring : pos;
+  const int64_t t0 = static_cast<int64_t>(blockIdx.x) * kSplitRows;
+  const int rows = static_cast<int>(T - t0 < kSplitRows ? T - t0 : kSplitRows);
+  auto position = [&](int64_t t) { return pos_dev != nullptr ? static_cast<int64_t>(*pos_dev) : pos0 + t; };
+  for (int e = threadIdx.x; e < rows * half; e += blockDim.x) {
+    const int r = e / half, i = e - r * half;
+    rope_cos_sin(position(t0 + r), i, D, base, cos_sin[r * D + i], cos_sin[r * D + half + i]);
   }
-  for (int i = threadIdx.x; i < half; i += blockDim.x) rope_cos_sin(pos, i, D, base, cos_sin[i], cos_sin[half + i]);
   __syncthreads();
   const int hq = static_cast<int>(q.H), hk = static_cast<int>(k.H);
-  const int n = (hq + hk + static_cast<int>(v.H)) * half;
-  for (int e = threadIdx.x; e < n; e += blockDim.x) {
-    const int h = e / half, i = e - h * half;
+  const int per_row = (hq + hk + static_cast<int>(v.H)) * half;
+  for (int e = threadIdx.x; e < rows * per_row; e += blockDim.x) {
+    const int r = e / per_row, rest = e - r * per_row, h = rest / half, i = rest - h * half;
+    const int64_t t = t0 + r;
+    int64_t kv_row = t;
+    if (pos_dev != nullptr) kv_row = ring > 0 ? position(t) % ring : position(t);
     const int64_t src = t * ld + static_cast<int64_t>(h) * D + i;
-    const float c = cos_sin[i], s = cos_sin[half + i];
+    const float c = cos_sin[r * D + i], s = cos_sin[r * D + half + i];
     if (h < hq) {
       rotate_pair<false>(qkv, src, q.data, t * q.s0 + h * q.s1 + i, dt, q.dtype, half, c, s);
     } else if (h < hq + hk) {
@@ -100,6 +107,54 @@ __global__ void qkv_rope_split_kernel(const void* qkv, DType dt, int64_t ld, int
       store_f(v.data, o, v.dtype, load_f(qkv, src, dt));
       store_f(v.data, o + half, v.dtype, load_f(qkv, src + half, dt));
     }
+  }
+}
+
+// The split above in 16-byte accesses, for one dtype T throughout: a thread takes 8 adjacent pairs
+// (i..i+7 and their partners i+half..) of one head. The same products and sums per element, so the
+// same bits. Where every view is T, half % 8 == 0 and rows and heads start 16-byte aligned.
+template <class T>
+__global__ void __launch_bounds__(kSplitThreads)
+    qkv_rope_split_vec_kernel(const T* qkv, int64_t ld, int64_t T_rows, int D, HeadsOut q, HeadsOut k, HeadsOut v,
+                              int64_t pos0, const int32_t* pos_dev, int64_t ring, float base) {
+  extern __shared__ float cos_sin[];  // per row of the block: [D/2] cos, then [D/2] sin
+  using V8 = Vec<T, 8>;
+  const int half = D / 2, groups = half / 8;
+  const int64_t t0 = static_cast<int64_t>(blockIdx.x) * kSplitRows;
+  const int rows = static_cast<int>(T_rows - t0 < kSplitRows ? T_rows - t0 : kSplitRows);
+  auto position = [&](int64_t t) { return pos_dev != nullptr ? static_cast<int64_t>(*pos_dev) : pos0 + t; };
+  for (int e = threadIdx.x; e < rows * half; e += blockDim.x) {
+    const int r = e / half, i = e - r * half;
+    rope_cos_sin(position(t0 + r), i, D, base, cos_sin[r * D + i], cos_sin[r * D + half + i]);
+  }
+  __syncthreads();
+  const int hq = static_cast<int>(q.H), hk = static_cast<int>(k.H);
+  const int per_row = (hq + hk + static_cast<int>(v.H)) * groups;
+  for (int e = threadIdx.x; e < rows * per_row; e += blockDim.x) {
+    const int r = e / per_row, rest = e - r * per_row, h = rest / groups, i = (rest - h * groups) * 8;
+    const int64_t t = t0 + r;
+    const int64_t kv_row = pos_dev != nullptr ? (ring > 0 ? position(t) % ring : position(t)) : t;
+    const T* src = qkv + t * ld + static_cast<int64_t>(h) * D + i;
+    const V8 a = *reinterpret_cast<const V8*>(src), b = *reinterpret_cast<const V8*>(src + half);
+    T* dst;
+    if (h < hq) dst = static_cast<T*>(q.data) + t * q.s0 + h * q.s1 + i;
+    else if (h < hq + hk) dst = static_cast<T*>(k.data) + kv_row * k.s0 + (h - hq) * k.s1 + i;
+    else dst = static_cast<T*>(v.data) + kv_row * v.s0 + (h - hq - hk) * v.s1 + i;
+    if (h >= hq + hk) {
+      *reinterpret_cast<V8*>(dst) = a;
+      *reinterpret_cast<V8*>(dst + half) = b;
+      continue;
+    }
+    V8 o1, o2;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const float x1 = to_f(a.v[j]), x2 = to_f(b.v[j]);
+      const float c = cos_sin[r * D + i + j], sn = cos_sin[r * D + half + i + j];
+      o1.v[j] = from_f<T>(__fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, sn)));
+      o2.v[j] = from_f<T>(__fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, sn)));
+    }
+    *reinterpret_cast<V8*>(dst) = o1;
+    *reinterpret_cast<V8*>(dst + half) = o2;
   }
 }
 
@@ -161,8 +216,29 @@ void qkv_rope_split_launch(const char* op, TensorView qkv, int64_t pos0, const i
   if (T == 0 || D == 0) return;
   RT_CHECK(T <= INT32_MAX && n <= INT32_MAX, op, ": ", T, " rows of ", n, " columns exceed the launch limits");
   auto heads = [](const TensorView& t) { return HeadsOut{t.data, t.dtype, t.shape[1], t.stride[0], t.stride[1]}; };
-  qkv_rope_split_kernel<<<static_cast<unsigned>(T), 128, static_cast<size_t>(D) * sizeof(float), stream>>>(
-      qkv.data, qkv.dtype, qkv.stride[0], static_cast<int>(D), heads(q), heads(k), heads(v), pos0, pos_dev, ring,
+  RT_CHECK(n * kSplitRows <= INT32_MAX && D <= 1024, op, ": ", n, " columns of head dim ", D,
+           " exceed the launch limits (head dim at most 1024)");
+  const auto grid = static_cast<unsigned>((T + kSplitRows - 1) / kSplitRows);
+  const size_t smem = static_cast<size_t>(kSplitRows * D) * sizeof(float);
+  auto aligned = [](const void* p, int64_t s0, int64_t s1, size_t es) {
+    return reinterpret_cast<uintptr_t>(p) % 16 == 0 && (s0 * static_cast<int64_t>(es)) % 16 == 0 &&
+           (s1 * static_cast<int64_t>(es)) % 16 == 0;
+  };
+  const size_t es = dtype_size(qkv.dtype);
+  if ((D / 2) % 8 == 0 && q.dtype == qkv.dtype && k.dtype == qkv.dtype && v.dtype == qkv.dtype &&
+      aligned(qkv.data, qkv.stride[0], D, es) && aligned(q.data, q.stride[0], q.stride[1], es) &&
+      aligned(k.data, k.stride[0], k.stride[1], es) && aligned(v.data, v.stride[0], v.stride[1], es)) {
+    with_float_type(qkv.dtype, [&](auto tag) {
+      using E = decltype(tag);
+      qkv_rope_split_vec_kernel<E><<<grid, kSplitThreads, smem, stream>>>(
+          static_cast<const E*>(qkv.data), qkv.stride[0], T, static_cast<int>(D), heads(q), heads(k), heads(v), pos0,
+          pos_dev, ring, static_cast<float>(theta));
+    });
+    CUDA_CHECK_LAUNCH();
+    return;
+  }
+  qkv_rope_split_kernel<<<grid, kSplitThreads, smem, stream>>>(
+      qkv.data, qkv.dtype, qkv.stride[0], T, static_cast<int>(D), heads(q), heads(k), heads(v), pos0, pos_dev, ring,
       static_cast<float>(theta));
   CUDA_CHECK_LAUNCH();
 }
