@@ -71,10 +71,10 @@ struct HeadsOut {  // an output [T, H, D] view
 // v copied. A block takes kSplitRows positions: its threads first compute their (cos, sin) pairs
 // into shared memory, one pair each, then share out the (row, head, pair) elements. (One thread
 // per pair looping over the heads, as rope_kernel does, makes a decode step's single position a
-// chain of 18 dependent load/store round trips; one position a block left three quarters of the
-// threads idle during the fp64 angle chain, and that chain's latency paced the whole split: 143 us
-// for 32K rows of 0.5B, three times its bytes.) pos_dev != nullptr: one token whose position is read
-// from the device, its k and v going to row pos (or pos % ring) of k and v, the whole KV caches.
+// chain of 18 dependent load/store round trips.) This kernel is the general one (any dtype mix,
+// any strides); qkv_rope_split_vec_kernel below takes the model's layout. pos_dev != nullptr: one
+// token whose position is read from the device, its k and v going to row pos (or pos % ring) of k
+// and v, the whole KV caches.
 constexpr int kSplitRows = 8, kSplitThreads = 256;
 __global__ void __launch_bounds__(kSplitThreads)
     qkv_rope_split_kernel(const void* qkv, DType dt, int64_t ld, int64_t T, int D, HeadsOut q, HeadsOut k, HeadsOut v,
@@ -112,7 +112,9 @@ __global__ void __launch_bounds__(kSplitThreads)
 
 // The split above in 16-byte accesses, for one dtype T throughout: a thread takes 8 adjacent pairs
 // (i..i+7 and their partners i+half..) of one head. The same products and sums per element, so the
-// same bits. Where every view is T, half % 8 == 0 and rows and heads start 16-byte aligned.
+// same bits. Where every view is T, half % 8 == 0 and rows and heads start 16-byte aligned. (The
+// general kernel's 2-byte accesses paced it, not its fp64 angles: 155 us for 32K rows of 0.5B on
+// an H100, this one 56 us; eight positions a block alone changed nothing.)
 template <class T>
 __global__ void __launch_bounds__(kSplitThreads)
     qkv_rope_split_vec_kernel(const T* qkv, int64_t ld, int64_t T_rows, int D, HeadsOut q, HeadsOut k, HeadsOut v,
