@@ -247,6 +247,43 @@ __global__ void __launch_bounds__(32 * kStatsRowsPerBlock)
   }
 }
 
+// Row r's x and dy as a lane's chunks (8 elements at 8 lane + 256 c, c < kChunks), every load
+// issued before the first sum, and the lane's partial sums of x^2 and dy w x. kScaleDy: g ends as
+// dy w (a dx pass then needs no w); else g stays dy (the dw sums need it). Either way the same sums.
+template <int kChunks, bool kScaleDy>
+__device__ __forceinline__ void load_row_sums(const RowsDesc& x, const RowsDesc& dy, const void* w, DType wdt,
+                                              int64_t r, int64_t d, int lane, float (&v)[kChunks][8],
+                                              float (&g)[kChunks][8], float& ss, float& dot) {
+#pragma unroll
+  for (int c = 0; c < kChunks; ++c) {
+    const int64_t i = 8 * lane + 256 * c;
+    if (i < d) {
+      load8(x.data, r * x.stride[0] + i, x.dtype, v[c]);
+      load8(dy.data, r * dy.stride[0] + i, dy.dtype, g[c]);
+    }
+  }
+  ss = 0.f;
+  dot = 0.f;
+#pragma unroll
+  for (int c = 0; c < kChunks; ++c) {
+    const int64_t i = 8 * lane + 256 * c;
+    if (i < d) {
+      float wv[8];
+      load8(w, i, wdt, wv);
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        ss += v[c][k] * v[c][k];
+        if constexpr (kScaleDy) {
+          g[c][k] *= wv[k];
+          dot += g[c][k] * v[c][k];
+        } else {
+          dot += g[c][k] * wv[k] * v[c][k];
+        }
+      }
+    }
+  }
+}
+
 // The vector kernel with dx fused, for rows of d <= 256 kChunks: the row's x and dy w stay in
 // registers from the statistics to dx, and every load of a pass is issued before the first sum
 // (the loop above re-reads x and dy, its loads one 8-element step at a time: 0.28 ms a call for
@@ -259,29 +296,9 @@ __global__ void __launch_bounds__(32 * kStatsRowsPerBlock)
   const int64_t r = static_cast<int64_t>(blockIdx.x) * kStatsRowsPerBlock + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
   if (r >= rows) return;
-  const int64_t xo = r * x.stride[0], dyo = r * dy.stride[0], dxo = r * dx.stride[0];
-  float v[kChunks][8], g[kChunks][8];
-#pragma unroll
-  for (int c = 0; c < kChunks; ++c) {
-    const int64_t i = 8 * lane + 256 * c;
-    if (i < d) {
-      float wv[8];
-      load8(x.data, xo + i, x.dtype, v[c]);
-      load8(dy.data, dyo + i, dy.dtype, g[c]);
-      load8(w, i, wdt, wv);
-#pragma unroll
-      for (int k = 0; k < 8; ++k) g[c][k] *= wv[k];
-    }
-  }
-  float ss = 0.f, dot = 0.f;
-#pragma unroll
-  for (int c = 0; c < kChunks; ++c)
-    if (8 * lane + 256 * c < d)
-#pragma unroll
-      for (int k = 0; k < 8; ++k) {
-        ss += v[c][k] * v[c][k];
-        dot += g[c][k] * v[c][k];
-      }
+  const int64_t dxo = r * dx.stride[0];
+  float v[kChunks][8], g[kChunks][8], ss, dot;
+  load_row_sums<kChunks, true>(x, dy, w, wdt, r, d, lane, v, g, ss, dot);
   float inv, cf;
   finish_row_stats(ss, dot, d, eps, lane, r, rstd, coef, inv, cf);
   float o[kChunks][8];
@@ -325,30 +342,9 @@ __global__ void __launch_bounds__(32 * kStatsRowsPerBlock, 2)
   const int64_t r0 = (static_cast<int64_t>(blockIdx.x) * kStatsRowsPerBlock + warp) * rows_per_warp;
   const int64_t r1 = r0 + rows_per_warp < rows ? r0 + rows_per_warp : rows;
   for (int64_t r = r0; r < r1; ++r) {
-    const int64_t xo = r * x.stride[0], dyo = r * dy.stride[0], dxo = r * dx.stride[0];
-    float v[kChunks][8], g[kChunks][8];
-#pragma unroll
-    for (int c = 0; c < kChunks; ++c) {
-      const int64_t i = 8 * lane + 256 * c;
-      if (i < d) {
-        load8(x.data, xo + i, x.dtype, v[c]);
-        load8(dy.data, dyo + i, dy.dtype, g[c]);
-      }
-    }
-    float ss = 0.f, dot = 0.f;
-#pragma unroll
-    for (int c = 0; c < kChunks; ++c) {
-      const int64_t i = 8 * lane + 256 * c;
-      if (i < d) {
-        float wv[8];
-        load8(w, i, wdt, wv);
-#pragma unroll
-        for (int k = 0; k < 8; ++k) {
-          ss += v[c][k] * v[c][k];
-          dot += g[c][k] * wv[k] * v[c][k];
-        }
-      }
-    }
+    const int64_t dxo = r * dx.stride[0];
+    float v[kChunks][8], g[kChunks][8], ss, dot;
+    load_row_sums<kChunks, false>(x, dy, w, wdt, r, d, lane, v, g, ss, dot);
     float inv, cf;
     finish_row_stats(ss, dot, d, eps, lane, r, rstd, coef, inv, cf);
 #pragma unroll

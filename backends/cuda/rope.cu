@@ -76,19 +76,32 @@ struct HeadsOut {  // an output [T, H, D] view
 // token whose position is read from the device, its k and v going to row pos (or pos % ring) of k
 // and v, the whole KV caches.
 constexpr int kSplitRows = 8, kSplitThreads = 256;
+
+// Row t's position: pos0 + t, or the device-held one of a decode step.
+__device__ __forceinline__ int64_t split_position(int64_t t, int64_t pos0, const int32_t* pos_dev) {
+  return pos_dev != nullptr ? static_cast<int64_t>(*pos_dev) : pos0 + t;
+}
+// The (cos, sin) pairs of the block's rows t0.. (kSplitRows, fewer at the end) into cos_sin, one
+// pair a thread, then a barrier; returns the block's row count.
+__device__ __forceinline__ int split_block_angles(float* cos_sin, int64_t t0, int64_t T, int D, int64_t pos0,
+                                                  const int32_t* pos_dev, float base) {
+  const int half = D / 2;
+  const int rows = static_cast<int>(T - t0 < kSplitRows ? T - t0 : kSplitRows);
+  for (int e = threadIdx.x; e < rows * half; e += blockDim.x) {
+    const int r = e / half, i = e - r * half;
+    rope_cos_sin(split_position(t0 + r, pos0, pos_dev), i, D, base, cos_sin[r * D + i], cos_sin[r * D + half + i]);
+  }
+  __syncthreads();
+  return rows;
+}
 __global__ void __launch_bounds__(kSplitThreads)
     qkv_rope_split_kernel(const void* qkv, DType dt, int64_t ld, int64_t T, int D, HeadsOut q, HeadsOut k, HeadsOut v,
                           int64_t pos0, const int32_t* pos_dev, int64_t ring, float base) {
   extern __shared__ float cos_sin[];  // per row of the block: [D/2] cos, then [D/2] sin
   const int half = D / 2;
   const int64_t t0 = static_cast<int64_t>(blockIdx.x) * kSplitRows;
-  const int rows = static_cast<int>(T - t0 < kSplitRows ? T - t0 : kSplitRows);
-  auto position = [&](int64_t t) { return pos_dev != nullptr ? static_cast<int64_t>(*pos_dev) : pos0 + t; };
-  for (int e = threadIdx.x; e < rows * half; e += blockDim.x) {
-    const int r = e / half, i = e - r * half;
-    rope_cos_sin(position(t0 + r), i, D, base, cos_sin[r * D + i], cos_sin[r * D + half + i]);
-  }
-  __syncthreads();
+  const int rows = split_block_angles(cos_sin, t0, T, D, pos0, pos_dev, base);
+  auto position = [&](int64_t t) { return split_position(t, pos0, pos_dev); };
   const int hq = static_cast<int>(q.H), hk = static_cast<int>(k.H);
   const int per_row = (hq + hk + static_cast<int>(v.H)) * half;
   for (int e = threadIdx.x; e < rows * per_row; e += blockDim.x) {
@@ -123,13 +136,8 @@ __global__ void __launch_bounds__(kSplitThreads)
   using V8 = Vec<T, 8>;
   const int half = D / 2, groups = half / 8;
   const int64_t t0 = static_cast<int64_t>(blockIdx.x) * kSplitRows;
-  const int rows = static_cast<int>(T_rows - t0 < kSplitRows ? T_rows - t0 : kSplitRows);
-  auto position = [&](int64_t t) { return pos_dev != nullptr ? static_cast<int64_t>(*pos_dev) : pos0 + t; };
-  for (int e = threadIdx.x; e < rows * half; e += blockDim.x) {
-    const int r = e / half, i = e - r * half;
-    rope_cos_sin(position(t0 + r), i, D, base, cos_sin[r * D + i], cos_sin[r * D + half + i]);
-  }
-  __syncthreads();
+  const int rows = split_block_angles(cos_sin, t0, T_rows, D, pos0, pos_dev, base);
+  auto position = [&](int64_t t) { return split_position(t, pos0, pos_dev); };
   const int hq = static_cast<int>(q.H), hk = static_cast<int>(k.H);
   const int per_row = (hq + hk + static_cast<int>(v.H)) * groups;
   for (int e = threadIdx.x; e < rows * per_row; e += blockDim.x) {
