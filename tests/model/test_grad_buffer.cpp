@@ -61,6 +61,56 @@ TEST(GradBuffer, BackwardOrderAndStages) {
   EXPECT_EQ(g.final_after(-1), g.buffer().numel());
 }
 
+// Each layer's q/k/v weight gradients (and bias gradients) lie as one stacked matrix (vector), and
+// gate/up likewise, where their sizes are whole multiples of the buffer's 64-element alignment (as
+// at every real Qwen shape; gqa7_hd64: head dim 64): what lets project_qkv_backward and
+// mlp_backward fill them with one GEMM. A training step into the buffer gives the gradients of
+// separate tensors (one GEMM per projection) up to fp32 rounding, for every parameter: with
+// everything stacked (gqa7_hd64) and with the biases apart (gqa_untied_f32: head dim 16, so the
+// k and v biases are padded), in both the plain and the L2A parallel sublayer.
+TEST(GradBuffer, StacksProjectionGradientsAndMatchesSeparateTensors) {
+  for (const char* model : {"gqa7_hd64", "gqa_untied_f32"})
+    for (const char* backend : {"full_causal", "l2a_dense"}) {
+      SCOPED_TRACE(std::string(model) + " " + backend);
+      Options opts;
+      if (std::string(backend) == "l2a_dense") {
+        opts.set("layout", "parallel");
+        opts.set("window", "4");
+        opts.set("router", "fixed_rate");
+        opts.set("sparsity", "0.5");
+      }
+      rt::test::TrainFixture f(rt::test::kModelsDir + model, backend, opts, DType::F32);
+      const auto names = f.model->parameter_names();
+      GradBuffer buf(*f.ops, *f.model, names);
+      const bool all_stack = std::string(model) == "gqa7_hd64";
+      for (int64_t l = 0; l < f.n_layers(); ++l) {
+        const std::string pre = "model.layers." + std::to_string(l) + ".";
+        auto grad = [&](const std::string& n) { return buf.grads().at(pre + n).view; };
+        EXPECT_NE(stacked_rows({grad("self_attn.q_proj.weight"), grad("self_attn.k_proj.weight"),
+                                grad("self_attn.v_proj.weight")}).data, nullptr) << "layer " << l;
+        EXPECT_EQ(stacked_rows({grad("self_attn.q_proj.bias"), grad("self_attn.k_proj.bias"),
+                                grad("self_attn.v_proj.bias")}).data != nullptr, all_stack) << "layer " << l;
+        EXPECT_NE(stacked_rows({grad("mlp.gate_proj.weight"), grad("mlp.up_proj.weight")}).data, nullptr)
+            << "layer " << l;
+      }
+      const std::vector<int32_t> ids = {3, 17, 5, 99, 42, 7, 64, 1, 50, 11, 8, 30};
+      TrainContext tc;
+      rt::test::run_sequence(f, ids, tc, buf.grads());
+      const Qwen2Model::GradMap separate = rt::test::zero_grads(f, names);
+      rt::test::run_sequence(f, ids, tc, separate);
+      for (const auto& n : names) {
+        const std::vector<double> a = host_doubles(*f.ops, buf.grads().at(n)), b = host_doubles(*f.ops, separate.at(n));
+        double diff = 0, norm = 0;
+        for (size_t i = 0; i < a.size(); ++i) {
+          diff = std::max(diff, std::abs(a[i] - b[i]));
+          norm = std::max(norm, std::abs(b[i]));
+        }
+        EXPECT_GT(norm, 0.0) << n << ": no gradient reached it";
+        EXPECT_LE(diff, 1e-5 * norm) << n;
+      }
+    }
+}
+
 TEST(GradBuffer, OverlappedSumCoversOnceAfterEachStage) {
   rt::test::TrainFixture f(rt::test::kModelsDir + "gqa_untied_f32", "full_causal", Options{}, DType::F32);
   GradBuffer g(*f.ops, *f.model, f.model->parameter_names());
