@@ -161,9 +161,8 @@ class FusedL2aAttention final : public L2aBackendBase {
       } else {
         dh2 = paper_global_backward(ctx, s.global, dx, dgate, grads);
       }
-      Tensor dh_router = router_backward(ctx, s.h, s.route, dgate, grads, tc, T);
-      if (dh2.view.data && dh_router.view.data) ops.add(dh2, dh_router, dh2);
-      else if (dh_router.view.data) dh2 = dh_router;
+      if (dh2.view.data) router_backward_into(ctx, s.h, s.route, dgate, grads, tc, T, dh2);
+      else dh2 = router_backward(ctx, s.h, s.route, dgate, grads, tc, T);
       const TensorView x1 = s.leak ? s.dense.x_in.view : s.global.x1.view;
       if (dh2.view.data)
         ops.rmsnorm_backward(x1, ctx.params->get(global_.norm), d.rms_eps, dh2, dx, grads.get(global_.norm));
