@@ -18,6 +18,11 @@
 // Bernoulli(leak_prob) drawn per layer and forward (l2a_layer.h), on which the global attention runs
 // for every token through the dense flash causal kernel, exactly as l2a_dense computes it. Saved for
 // the backward: the routed rows' q, o, lse and o_proj output, and every token's k, v.
+// A leak changes the forward only. The forward value of the gate is d in {0, 1}, so an unrouted
+// row's global output reaches the loss through its gate's gradient alone: the gradient of its
+// attention output is d * dx = 0, and it adds nothing to dq, dk, dv or the projections' gradients.
+// The leak's backward is the routed one, over the routed rows gathered from the dense forward (at
+// 32K a dense causal backward costs ~4x the routed rows' at 20%).
 //
 // The count of routed rows stays in device memory: grids and buffers are sized for all T rows
 // (the capacity) and the kernels stop at the count, so the routed attention does routed work only,
@@ -156,16 +161,15 @@ class FusedL2aAttention final : public L2aBackendBase {
     ops.fill(dgate, 0.f);
     if (cfg_.layout == Layout::Paper) {
       Tensor dh2;
-      if (s.leak) {  // the dense global sublayer's backward includes its norm's
-        attention_sublayer_backward(ctx, global_, s.dense, dx, grads, s.route.d, dgate);
+      if (s.leak) {  // every token's gate, then the routed rows' backward (top of the file)
+        ops.row_dot(dx, s.dense.a, dgate, /*accumulate=*/false);
+        dh2 = paper_global_backward(ctx, routed_from_dense(ctx, s), dx, nullptr, grads);
       } else {
-        dh2 = paper_global_backward(ctx, s.global, dx, dgate, grads);
+        dh2 = paper_global_backward(ctx, s.global, dx, &dgate, grads);
       }
-      if (dh2.view.data) router_backward_into(ctx, s.h, s.route, dgate, grads, tc, T, dh2);
-      else dh2 = router_backward(ctx, s.h, s.route, dgate, grads, tc, T);
+      router_backward_into(ctx, s.h, s.route, dgate, grads, tc, T, dh2);
       const TensorView x1 = s.leak ? s.dense.x_in.view : s.global.x1.view;
-      if (dh2.view.data)
-        ops.rmsnorm_backward(x1, ctx.params->get(global_.norm), d.rms_eps, dh2, dx, grads.get(global_.norm));
+      ops.rmsnorm_backward(x1, ctx.params->get(global_.norm), d.rms_eps, dh2, dx, grads.get(global_.norm));
       attention_sublayer_backward(ctx, local_, s.local, dx, grads, TensorView{}, TensorView{});
       return;
     }
@@ -217,6 +221,44 @@ class FusedL2aAttention final : public L2aBackendBase {
     Tensor out = ops.alloc(q.view.dtype, {q.view.shape[0], q.view.shape[1], q.view.shape[2]});
     ops.gather_rows(rows2d(q), rs.index, rs.count, rows2d(out));
     return out;
+  }
+
+  // lse [Hq, T] -> its routed columns, compact [Hq, T (capacity)]: one gather over the transposed
+  // views ([T, Hq] with a column stride of T).
+  static Tensor gather_lse(const LayerContext& ctx, const Tensor& lse, const RoutedSet& rs) {
+    const TensorView& v = lse.view;
+    Tensor out = ctx.ops->alloc(v.dtype, {v.shape[0], v.shape[1]});
+    auto by_position = [](TensorView m) {
+      std::swap(m.shape[0], m.shape[1]);
+      std::swap(m.stride[0], m.stride[1]);
+      return m;
+    };
+    ctx.ops->gather_rows(by_position(v), rs.index, rs.count, by_position(out.view));
+    return out;
+  }
+
+  // A leak step's dense global sublayer (paper layout) seen as the routed one: its routed rows'
+  // q, o, lse and inputs gathered, every token's k and v as they are. The o_proj output stays
+  // every token's (the caller has read the gates' gradients from it; the routed backward does not
+  // read it without a dgate).
+  GlobalRouted routed_from_dense(const LayerContext& ctx, const Saved& s) const {
+    Ops& ops = *ctx.ops;
+    const SublayerActivations& dense = s.dense;
+    GlobalRouted g;
+    g.rs = compact(ctx, s.route.d);
+    g.h2 = dense.h;
+    g.x1 = dense.x_in;
+    g.hq = ops.alloc(dense.h.view.dtype, {dense.h.view.shape[0], dense.h.view.shape[1]});
+    ops.gather_rows(dense.h, g.rs.index, g.rs.count, g.hq);
+    g.q = gather_heads(ctx, dense.qkv.q, g.rs);
+    g.o = gather_heads(ctx, dense.o, g.rs);
+    g.lse = gather_lse(ctx, dense.lse, g.rs);
+    g.k = dense.qkv.k;
+    g.v = dense.qkv.v;
+    if (dense.qkv.q_raw.view.data) g.q_raw = gather_heads(ctx, dense.qkv.q_raw, g.rs);
+    g.k_raw = dense.qkv.k_raw;
+    g.a = dense.a;
+    return g;
   }
 
   // The paper layout's global sublayer on the routed rows (see the top of the file). With a cache,
@@ -286,9 +328,9 @@ class FusedL2aAttention final : public L2aBackendBase {
     return g;
   }
 
-  // dx: the gradient of x2 (read); dgate += the routed rows' gate gradients. Returns dL/dh2 of the
-  // global projections (accum dtype, [T, hidden]). Parameter gradients go to grads.
-  Tensor paper_global_backward(const LayerContext& ctx, const GlobalRouted& g, TensorView dx, Tensor& dgate,
+  // dx: the gradient of x2 (read); dgate (when given) += the routed rows' gate gradients. Returns
+  // dL/dh2 of the global projections (accum dtype, [T, hidden]). Parameter gradients go to grads.
+  Tensor paper_global_backward(const LayerContext& ctx, const GlobalRouted& g, TensorView dx, Tensor* dgate,
                                const LayerGrads& grads) const {
     Ops& ops = *ctx.ops;
     const ModelDims& d = *ctx.dims;
@@ -301,9 +343,11 @@ class FusedL2aAttention final : public L2aBackendBase {
 
     Tensor dxr = ops.alloc(acc, {T, d.hidden});  // dx of the routed rows (d = 1 there)
     ops.gather_rows(dx, idx, cnt, dxr);
-    Tensor dgr = ops.alloc(acc, {T});
-    ops.row_dot(dxr, g.a, dgr, /*accumulate=*/false);
-    ops.scatter_add_rows(dgr.view.reshaped({T, 1}), idx, cnt, dgate.view.reshaped({T, 1}));
+    if (dgate) {
+      Tensor dgr = ops.alloc(acc, {T});
+      ops.row_dot(dxr, g.a, dgr, /*accumulate=*/false);
+      ops.scatter_add_rows(dgr.view.reshaped({T, 1}), idx, cnt, dgate->view.reshaped({T, 1}));
+    }
     Tensor da = ops.alloc(act, {T, d.hidden});
     ops.copy(dxr, da);
 
@@ -388,27 +432,28 @@ class FusedL2aAttention final : public L2aBackendBase {
                              sublayer_attention_spec(d, local_, 0));
     };
     auto global = [&] {
-      if (s.leak) {
+      Tensor o_r = s.dense.o, lse_r = s.dense.lse, dout_r;
+      if (s.leak) {  // every token's gate, then the routed rows' backward (top of the file)
         ops.row_dot(rows2d(dout), rows2d(s.dense.o), dgate, false);
-        Tensor dout_g = ops.alloc(act, {T, d.n_heads, d.head_dim});
-        ops.row_scale(rows2d(dout), s.route.d, rows2d(dout_g));
-        ops.attention_backward(qkv.q, qkv.k, qkv.v, s.dense.o, s.dense.lse, dout_g, g2.q, g2.k, g2.v,
-                               sublayer_attention_spec(d, global_, 0));
-        return;
+        s.global.rs = compact(ctx, s.route.d);
+        s.global.q = gather_heads(ctx, qkv.q, s.global.rs);
+        o_r = gather_heads(ctx, s.dense.o, s.global.rs);
+        lse_r = gather_lse(ctx, s.dense.lse, s.global.rs);
+        dout_r = gather_heads(ctx, dout, s.global.rs);
+      } else {
+        const RoutedSet& rs = s.global.rs;
+        dout_r = gather_heads(ctx, dout, rs);
+        Tensor dgr = ops.alloc(ops.accum_dtype(), {T});
+        ops.row_dot(rows2d(dout_r), rows2d(o_r), dgr, false);
+        ops.scatter_add_rows(dgr.view.reshaped({T, 1}), rs.index, rs.count, dgate.view.reshaped({T, 1}));
       }
-      const RoutedSet& rs = s.global.rs;
-      Tensor dout_r = gather_heads(ctx, dout, rs);
-      Tensor dgr = ops.alloc(ops.accum_dtype(), {T});
-      ops.row_dot(rows2d(dout_r), rows2d(s.dense.o), dgr, false);
-      ops.scatter_add_rows(dgr.view.reshaped({T, 1}), rs.index, rs.count, dgate.view.reshaped({T, 1}));
-      ops.attention_backward(s.global.q, qkv.k, qkv.v, s.dense.o, s.dense.lse, dout_r, g2.q, g2.k, g2.v,
-                             routed_spec(ctx, rs, 0));
+      ops.attention_backward(s.global.q, qkv.k, qkv.v, o_r, lse_r, dout_r, g2.q, g2.k, g2.v,
+                             routed_spec(ctx, s.global.rs, 0));
     };
     ops.concurrently(window, global);
     // (As 2-D rows: g's heads sit side by side in one buffer, and a [T, H, D] view of it with its
     // row stride would take the elementwise kernels' slow path of several outer dimensions.)
-    if (s.leak) ops.add(head_rows(g.q), rows2d(g2.q), head_rows(g.q));
-    else ops.scatter_add_rows(rows2d(g2.q), s.global.rs.index, s.global.rs.count, head_rows(g.q));
+    ops.scatter_add_rows(rows2d(g2.q), s.global.rs.index, s.global.rs.count, head_rows(g.q));
     ops.add(head_rows(g.k), rows2d(g2.k), head_rows(g.k));
     ops.add(head_rows(g.v), rows2d(g2.v), head_rows(g.v));
     parallel_backward_tail(ctx, s.local, s.route, g, dgate, dx, grads, tc);

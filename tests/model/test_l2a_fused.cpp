@@ -114,6 +114,20 @@ struct BothSteps {
   }
 };
 
+// A second run of the fused step (sequence `seed`, as BothSteps ran it) gives the same bits:
+// deterministic kernels, no atomics.
+void expect_fused_step_repeats(Pair& p, const BothSteps& r, uint64_t seed) {
+  const auto ids = tokens(96, seed, p.dense.model->dims().vocab);
+  auto g2 = rt::test::zero_grads(p.fused, r.names);
+  rt::test::run_sequence(p.fused, ids, TrainContext{}, g2);
+  for (const auto& n : r.names) {
+    const auto a = rt::test::host_doubles(*p.fused.ops, r.gf.at(n)), b = rt::test::host_doubles(*p.fused.ops, g2.at(n));
+    EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(double))) << n << " differs between two runs";
+  }
+}
+
+// On a leak the fused backward is the routed rows' (gathered from the dense forward) while
+// l2a_dense runs the dense backward with d = 0 rows: the same gradients, every one compared.
 TEST_P(L2aFused, TrainingWithLeakMatchesDenseEverywhere) {
   Pair p(GetParam(), 1.0);
   BothSteps r(p, 2);
@@ -126,6 +140,7 @@ TEST_P(L2aFused, TrainingWithLeakMatchesDenseEverywhere) {
     const auto a = rt::test::host_doubles(*p.fused.ops, gf.at(n)), b = rt::test::host_doubles(*p.dense.ops, gd.at(n));
     EXPECT_LT(rel_err(a, b), 5e-2) << n;
   }
+  expect_fused_step_repeats(p, r, 2);
 }
 
 // With the learned router a decision near the threshold may flip between the two plugins (bf16
@@ -137,8 +152,6 @@ TEST_P(L2aFused, TrainingWithoutLeakMatchesDenseOnRoutedPaths) {
   const auto& names = r.names;
   const auto &gd = r.gd, &gf = r.gf;
   const auto &ld = r.ld, &lf = r.lf;
-  const auto ids = tokens(96, 3, p.dense.model->dims().vocab);
-  TrainContext tc;
   EXPECT_NEAR(lf.lm, ld.lm, 1e-2 * std::abs(ld.lm));
   EXPECT_EQ(lf.routed, ld.routed) << "the two plugins routed different tokens";
   // The global sublayer's weights are reached only through routed rows (d = 1), in both.
@@ -147,30 +160,29 @@ TEST_P(L2aFused, TrainingWithoutLeakMatchesDenseOnRoutedPaths) {
     const auto a = rt::test::host_doubles(*p.fused.ops, gf.at(n)), b = rt::test::host_doubles(*p.dense.ops, gd.at(n));
     EXPECT_LT(rel_err(a, b), 5e-2) << n;
   }
-  // Two runs of the step: the same bits (deterministic kernels, no atomics).
-  auto g2 = rt::test::zero_grads(p.fused, names);
-  rt::test::run_sequence(p.fused, ids, tc, g2);
-  for (const auto& n : names) {
-    const auto a = rt::test::host_doubles(*p.fused.ops, gf.at(n)), b = rt::test::host_doubles(*p.fused.ops, g2.at(n));
-    EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(double))) << n << " differs between two runs";
-  }
+  expect_fused_step_repeats(p, r, 3);
 }
 
+// Also on a leak: the dense forward runs, and the routed backward has no row (q_proj and o_proj
+// are reached only through d = 1 rows, so their gradients are exact zeros in l2a_dense too).
 TEST_P(L2aFused, NoTokenRoutedIsTheLocalSublayerOnly) {
-  Options o = l2a_options(layout_of(GetParam()), 0.0);
-  o.set("router", "fixed_rate");
-  o.set("sparsity", "1");
-  rt::test::TrainFixture fused(model_of(GetParam()), "l2a_fused", o, make_cuda_ops());
-  const auto ids = tokens(50, 4, fused.model->dims().vocab);
-  const auto got = rt::test::host_doubles(*fused.ops, fused.model->forward(ids, nullptr, false));
-  for (double x : got) ASSERT_TRUE(std::isfinite(x));
-  auto g = rt::test::zero_grads(fused, fused.model->parameter_names());
-  const auto r = rt::test::run_sequence(fused, ids, TrainContext{}, g);
-  EXPECT_TRUE(std::isfinite(r.lm));
-  EXPECT_EQ(r.routed, 0.0);
-  for (const auto& n : fused.model->parameter_names())
-    if (n.find("global_attn.q_proj") != std::string::npos || n.find("global_attn.o_proj") != std::string::npos)
-      for (double x : rt::test::host_doubles(*fused.ops, g.at(n))) ASSERT_EQ(x, 0.0) << n;
+  for (const double leak : {0.0, 1.0}) {
+    SCOPED_TRACE("leak_prob " + std::to_string(leak));
+    Options o = l2a_options(layout_of(GetParam()), leak);
+    o.set("router", "fixed_rate");
+    o.set("sparsity", "1");
+    rt::test::TrainFixture fused(model_of(GetParam()), "l2a_fused", o, make_cuda_ops());
+    const auto ids = tokens(50, 4, fused.model->dims().vocab);
+    const auto got = rt::test::host_doubles(*fused.ops, fused.model->forward(ids, nullptr, false));
+    for (double x : got) ASSERT_TRUE(std::isfinite(x));
+    auto g = rt::test::zero_grads(fused, fused.model->parameter_names());
+    const auto r = rt::test::run_sequence(fused, ids, TrainContext{}, g);
+    EXPECT_TRUE(std::isfinite(r.lm));
+    EXPECT_EQ(r.routed, 0.0);
+    for (const auto& n : fused.model->parameter_names())
+      if (n.find("global_attn.q_proj") != std::string::npos || n.find("global_attn.o_proj") != std::string::npos)
+        for (double x : rt::test::host_doubles(*fused.ops, g.at(n))) ASSERT_EQ(x, 0.0) << n;
+  }
 }
 
 TEST_P(L2aFused, CachedDecodeMatchesFullForward) {

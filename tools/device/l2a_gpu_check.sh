@@ -313,6 +313,17 @@ for step in "$@"; do
       --cases full_causal:attention,l2a_fused:attention,l2a_fused:attention:parallel \
       --l2a-set router=fixed_rate --l2a-set sparsity=0.8 --json "$out/train.json" 2>&1 | tail -9
     ;;
+  trainleak)  # the training step with L2A's default leak_prob 0.1 (paper and parallel layouts), and with a
+              # leak on every layer (the worst case), against full_causal; the mean step is the cost
+    timeout 200 python3 tools/bench_train.py --seq 32768 --steps ${LEAK_STEPS:-8} \
+      --cases full_causal:attention,l2a_fused:attention:parallel,l2a_fused:attention \
+      --l2a-set router=fixed_rate --l2a-set sparsity=0.8 --l2a-set leak_prob=0.1 \
+      --json "$out/trainleak.json" 2>&1 | tail -4 | tee -a "$out/trainleak.txt"
+    timeout 120 python3 tools/bench_train.py --seq 32768 --steps 3 \
+      --cases l2a_fused:attention:parallel,l2a_fused:attention \
+      --l2a-set router=fixed_rate --l2a-set sparsity=0.8 --l2a-set leak_prob=1 \
+      --json "$out/trainleak_every.json" 2>&1 | tail -3 | tee -a "$out/trainleak.txt"
+    ;;
   memory)  # peak memory of training with gradient checkpointing (learned router at init: every token routed)
     timeout 300 python3 tools/bench_train.py --seq 32768,49152 --steps 2 --recompute \
       --cases l2a_fused:router_only,l2a_fused:attention --json "$out/memory.json" 2>&1 | tail -6
