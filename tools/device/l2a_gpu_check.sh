@@ -74,15 +74,16 @@ for step in "$@"; do
         --json "$out/flash_$path.json" > "$out/flash_$path.txt" 2>&1
       echo "== RT_ATTN_FWD=$path"; cat "$out/flash_$path.txt"
     done | tee -a "$out/fwdpaths.txt"
-    VARIANTS=RT_ATTN_HOPPER_D64_WG=3 bash "$0" variants
+    VARIANTS="RT_ATTN_HOPPER_D64_WG=2;RT_ATTN_HOPPER_D64_WG=3" bash "$0" variants
     timeout 200 build/bin/bench_cudnn_sdpa --seqs ${SEQS:-4096,16384,32768,65536} --window 2048 \
       > "$out/cudnn.txt" 2>&1
     cat "$out/cudnn.txt" | tee -a "$out/fwdpaths.txt"
     ;;
-  variants)  # forward experiments against the default (VARIANTS: env settings, ';'-separated): FlashAttention-3's
-             # 192-row tile at D = 64 (three consumer warpgroups) and the persistent CTA schedule
+  variants)  # forward experiments against the default (VARIANTS: env settings, ';'-separated): the 128- or
+             # 192-row tile at D = 64 forced (two or three consumer warpgroups; the default picks by length)
+             # and the persistent CTA schedule
     : > "$out/variants.txt"
-    IFS=';' read -ra vs <<< "${VARIANTS:-RT_ATTN_HOPPER_D64_WG=3;RT_ATTN_HOPPER_PERSISTENT=1;RT_ATTN_HOPPER_D64_WG=3 RT_ATTN_HOPPER_PERSISTENT=1}"
+    IFS=';' read -ra vs <<< "${VARIANTS:-RT_ATTN_HOPPER_D64_WG=2;RT_ATTN_HOPPER_D64_WG=3;RT_ATTN_HOPPER_PERSISTENT=1}"
     for v in "${vs[@]}"; do
       tag=$(echo "$v" | tr ' =' '_-')
       for t in ${VARIANT_TESTS:-test_flash_attention test_routed_attention}; do
@@ -214,6 +215,14 @@ for step in "$@"; do
       timeout ${TEST_TIMEOUT:-300} build/bin/$t --gtest_brief=1 --gtest_filter="$filter" > /tmp/$t.log 2>&1
       echo "$t rc=$? $(grep -E '^\[  (PASSED|FAILED)' /tmp/$t.log | tr '\n' ' ')" | tee -a "$out/tests.txt"
       grep -B3 -A12 "Failure" /tmp/$t.log | head -60 >> "$out/tests.txt"
+    done
+    # The tests' sequences are short, so the forward runs its 128-row blocks; from 8192 rows at head
+    # dim 64 it runs the 192-row ones (three consumer warpgroups): forced here on the forward's tests.
+    for t in ${WG3_TESTS:-test_flash_attention test_routed_attention test_l2a_fused}; do
+      [[ " ${TESTS:-$t} " == *" $t "* ]] || continue
+      RT_ATTN_HOPPER_D64_WG=3 timeout ${TEST_TIMEOUT:-300} build/bin/$t --gtest_brief=1 > /tmp/$t.wg3.log 2>&1
+      echo "$t RT_ATTN_HOPPER_D64_WG=3 rc=$? $(grep -E '^\[  (PASSED|FAILED)' /tmp/$t.wg3.log | tr '\n' ' ')" | tee -a "$out/tests.txt"
+      grep -B3 -A12 "Failure" /tmp/$t.wg3.log | head -40 >> "$out/tests.txt"
     done
     timeout 400 build/bin/test_cli_train --gtest_brief=1 --gtest_filter='*Cuda*:*Gpu*:*GPU*' > /tmp/cli.log 2>&1
     echo "test_cli_train (GPU) rc=$? $(grep -E '^\[  (PASSED|FAILED)' /tmp/cli.log | tr '\n' ' ')" | tee -a "$out/tests.txt"

@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 
 #include "cuda/attention/flash_fwd_hopper.cuh"
 #include "cuda/env_switch.h"
@@ -22,11 +24,21 @@ bool overlap_setting() {
   return !serial;
 }
 
-// RT_ATTN_HOPPER_D64_WG=3: 192-row query blocks over three consumer warpgroups at head dim 64
-// (an experiment against the default 2; the overlapped schedule only).
-int consumers_setting() {
-  static const int n = env_switch("RT_ATTN_HOPPER_D64_WG", "2", "3") ? 3 : 2;
-  return n;
+// Consumer warpgroups at head dim 64 (the overlapped schedule): three (FlashAttention-3's 192-row
+// query blocks) from 8192 query rows (a routed call: its capacity), two (128 rows) below. On the
+// H100 (tenth session of 2026-12-06, bench_attention) three ran causal 8% faster from 16K (0.955
+// against 1.042 ms at 16K, 14.88 against 16.13 at 64K), the window 3% and the routed rows 8-13%;
+// at 4K they tie and at 1K the 192-row block loses (0.024 against 0.021 ms).
+// RT_ATTN_HOPPER_D64_WG=2|3 forces one.
+int consumers_setting(int64_t rows) {
+  static const char* forced = [] {
+    const char* v = std::getenv("RT_ATTN_HOPPER_D64_WG");
+    RT_CHECK(v == nullptr || !*v || std::string(v) == "2" || std::string(v) == "3", "RT_ATTN_HOPPER_D64_WG='", v,
+             "': expected 2 or 3");
+    return v && *v ? v : nullptr;
+  }();
+  if (forced) return forced[0] - '0';
+  return rows >= 8192 ? 3 : 2;
 }
 
 // RT_ATTN_HOPPER_PERSISTENT=1: one CTA per SM walking the query blocks (an experiment against the
@@ -88,12 +100,12 @@ bool launch_flash_hopper(int D, const TensorView& q, const TensorView& k, const 
   };
   const bool overlap = overlap_setting();
   if (overlap && persistent_setting()) {
-    if (D == 64 && consumers_setting() == 3) return go(attn::HopperFwdConfig<64, true, 3, true>{});
+    if (D == 64 && consumers_setting(s.Tq) == 3) return go(attn::HopperFwdConfig<64, true, 3, true>{});
     if (D == 64) return go(attn::HopperFwdConfig<64, true, 2, true>{});
     if (D == 128) return go(attn::HopperFwdConfig<128, true, 2, true>{});
     return false;
   }
-  if (D == 64 && overlap && consumers_setting() == 3) return go(attn::HopperFwdConfig<64, true, 3>{});
+  if (D == 64 && overlap && consumers_setting(s.Tq) == 3) return go(attn::HopperFwdConfig<64, true, 3>{});
   if (D == 64) return overlap ? go(attn::HopperFwdConfig<64, true>{}) : go(attn::HopperFwdConfig<64, false>{});
   if (D == 128) return overlap ? go(attn::HopperFwdConfig<128, true>{}) : go(attn::HopperFwdConfig<128, false>{});
   return false;
