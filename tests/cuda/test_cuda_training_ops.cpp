@@ -23,6 +23,8 @@
 #include <vector>
 
 #include "cpu/cpu_ops.h"
+#include "cuda/attention/attention.h"
+#include "cuda/attention/attention_backward.h"
 #include "cuda/cuda_ops.h"
 #include "cuda/linear.h"
 #include "rt/sdk/error.h"
@@ -294,6 +296,20 @@ TEST_F(TrainingOpsTest, AttentionForwardLseAndBackward) {
     for (int64_t D : {64, 128})
       for (int64_t T : {1, 7, 129})
         for (int64_t window : {0, 5}) run_attention_case(*this, {T, Hq, Hkv, D, true, window, DType::BF16}, seed += 10);
+}
+
+// Training's forward takes a fixed implementation (a resumed run must pick what the first one did):
+// our Hopper kernel wherever it runs, which is faster than cuDNN's, else cuDNN's for full causal
+// attention. 1024 rows: the shortest the dispatch offers to cuDNN at all.
+TEST_F(TrainingOpsTest, TrainingForwardTakesOurHopperKernelWhereItRuns) {
+  if (!rt::cuda::attention_deterministic()) GTEST_SKIP() << "RT_ATTENTION_DETERMINISTIC=0: the dispatch times both";
+  uint64_t seed = 1500;
+  for (int64_t D : {64, 128}) {
+    run_attention_case(*this, {1024, 14, 2, D, true, 0, DType::BF16}, seed += 10);
+    const std::string ran = gpu->last_attention_impl();
+    if (rt::cuda::hopper_forward_runs(D)) EXPECT_EQ(ran, "flash") << "D " << D;
+    else EXPECT_TRUE(ran == "flash" || ran == "cudnn") << ran;
+  }
 }
 
 // Head dims the tensor-core kernels do not take, f32 inputs and skipped outputs go through the

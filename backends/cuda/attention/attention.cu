@@ -107,6 +107,20 @@ void launch_flash_cfg(const TensorView& q, const TensorView& k, const TensorView
   });
 }
 
+}  // namespace
+
+bool hopper_forward_runs(int64_t head_dim) {
+#if RT_HAVE_SM90A
+  return (head_dim == 64 || head_dim == 128) &&
+         attn_launch::forward_path_setting() != attn_launch::KernelPath::Mma && attn_launch::hopper_forward_available();
+#else
+  (void)head_dim;
+  return false;
+#endif
+}
+
+namespace {
+
 // The Hopper kernel (flash_fwd_hopper.h) on sm_90 by default (`auto`) or when asked for
 // (RT_ATTN_FWD=wgmma, an error where it cannot run), the mma.sync kernel otherwise (sm_89, and
 // RT_ATTN_FWD=mma). On the H200 it runs at 1.2x (D 64) to 1.8x (D 128) the mma.sync kernel's rate

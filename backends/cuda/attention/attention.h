@@ -28,6 +28,10 @@ void attention_forward(TensorView q, TensorView k, TensorView v, TensorView o, c
 void attention_forward_lse(TensorView q, TensorView k, TensorView v, TensorView o, TensorView lse,
                            const rt::AttentionSpec& spec, cudaStream_t stream);
 
+// Whether a bf16 forward (attention_forward, attention_forward_lse) at this head dim runs the Hopper
+// kernel: head dim 64 or 128, an sm_90 GPU with this build's sm_90a kernels, RT_ATTN_FWD not mma.
+bool hopper_forward_runs(int64_t head_dim);
+
 // Which kernel runs. Auto: the split-KV decode kernel when Tq <= 16 (decode / short chunks against
 // a KV cache), the flash forward kernel otherwise. The others force one (tests, benchmarks); both
 // compute the same function for every input. F32 inputs always take the fp32 path.
