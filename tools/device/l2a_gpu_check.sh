@@ -2,7 +2,7 @@
 # On the GPU machine (device tool), after `source tools/device/unpack.sh`: the CUDA tests of the
 # routed kernels, l2a_fused and the kernels they share, then the benchmarks. Logs and JSON to $OUT.
 #   bash tools/device/l2a_gpu_check.sh fwdpaths variants decodeprof bwdprof concurrent bwdunordered bwdtall bwdfuseddq bwdpaths tests verify nccl kernels \
-#        kernels15 model decode prune eval evalall train memory fit trace anchors bundle
+#        kernels15 model decode prune eval evalall train trainleak memory fit trace anchors bundle
 # (any subset, in that order; `bundle` last packs $OUT into results.tgz, as the device tool brings
 # back 8 files). SEQS overrides the kernel sequence lengths, ANCHOR_SEQS the anchors' (ANCHOR_HF=1 adds HF
 # transformers' prefill). `fwdpaths` runs the
@@ -351,13 +351,14 @@ for step in "$@"; do
       --set window=2048 --device cuda --data tests/fixtures/eval/data/ppl.txt --tokenizer .carry/tokenizer --seq 1024 \
       --profile-seq 16384 --decode-tokens 32 --fractions 0.5 --out "$out/prune" 2>&1 | tail -6
     ;;
-  trace)  # TRACE_BACKENDS (';'-separated, each "backend key=value ..."), TRACE_MODES ("" prefill, 1 training step)
+  trace)  # TRACE_BACKENDS (';'-separated, each "backend key=value ..."), TRACE_MODES (prefill, train or both)
     IFS=';' read -ra trace_backends <<< "${TRACE_BACKENDS:-full_causal;l2a_fused window=2048 router=fixed_rate sparsity=0.8}"
-    for mode in ${TRACE_MODES-"" 1}; do
+    for mode in ${TRACE_MODES:-prefill train}; do
+      [[ $mode == prefill || $mode == train ]] || { echo "TRACE_MODES: '$mode' is not prefill or train"; exit 2; }
       for b in "${trace_backends[@]}"; do
-        echo "== trace ${mode:+train }$b"
+        echo "== trace $mode $b"
         # the span, the idle gaps, then where the time goes per kernel name (the top 25)
-        TRACE_TRAIN=$mode timeout 120 build/bin/trace_prefill 32768 configs/models/qwen2.5-0.5b.json $b 2>&1 |
+        TRACE_TRAIN=$([[ $mode == train ]] && echo 1) timeout 120 build/bin/trace_prefill 32768 configs/models/qwen2.5-0.5b.json $b 2>&1 |
           awk '/time per name/ {n = 26} /span|forward\(\) returned/ {print} n > 0 {print; n--}'
       done
     done > "$out/trace.txt"
