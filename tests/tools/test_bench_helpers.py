@@ -74,7 +74,7 @@ if {fail_with!r}:
     sys.exit(1)
 out = sys.argv[sys.argv.index("--out") + 1]
 with open(os.path.join(out, "metrics.jsonl"), "w") as m:
-    for step in (1, 2):
+    for step in (1, 2, 4):
         m.write(json.dumps({{"tokens_per_s": 1000.0 * step, "peak_mem_bytes": 5 * step, "loss": 1.0}}) + "\\n")
 """)
             os.chmod(fake, 0o755)
@@ -88,7 +88,12 @@ with open(os.path.join(out, "metrics.jsonl"), "w") as m:
     def test_fit_budget_reaches_the_runtime(self):
         row, env = self.run_fake(str(24 * 2**30))
         self.assertEqual(env, str(24 * 2**30))
-        self.assertEqual((row["peak_mem_bytes"], row["tokens_per_s"]), (10, 2000.0))
+        self.assertEqual((row["peak_mem_bytes"], row["tokens_per_s"]), (20, 3000.0))
+
+    def test_steps_after_the_first_give_the_median_and_the_mean(self):
+        row, _ = self.run_fake("", T=4096)  # steps at 1000 (warm-up, left out), 2000 and 4000 tokens/s
+        self.assertAlmostEqual(row["step_ms"], 4096 / 3000 * 1e3)
+        self.assertAlmostEqual(row["step_ms_mean"], (4096 / 2000 + 4096 / 4000) / 2 * 1e3)
 
     def test_past_32k_extends_the_positions(self):
         self.run_fake("", T=65536)
