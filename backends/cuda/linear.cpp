@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "cuda/check.h"
+#include "cuda/gemm_tune.h"
 #include "cuda/kernels.h"
 #include "cuda/memory.h"
 
@@ -44,7 +45,9 @@ void set_attr(cublasLtMatmulDesc_t d, cublasLtMatmulDescAttributes_t a, const T&
 
 }  // namespace
 
-GemmContext::GemmContext() {
+GemmContext::GemmContext() : GemmContext(gemm_tuning_enabled()) {}
+
+GemmContext::GemmContext(bool tune) : tune_(tune) {
   CUBLAS_CHECK(cublasLtCreate(&handle_));
   const cudaError_t e = cudaMalloc(&workspace_, kWorkspaceBytes);
   if (e != cudaSuccess) {
@@ -71,13 +74,27 @@ bool GemmContext::find_algo(Plan& p, uint32_t align_a, uint32_t align_b, uint32_
   cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b, sizeof align_b);
   cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_d, sizeof align_d);
   cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_d, sizeof align_d);
-  cublasLtMatmulHeuristicResult_t res{};
+  cublasLtMatmulHeuristicResult_t res[kTuneCandidates]{};
   int found = 0;
-  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.a, p.b, p.d, p.d, pref, 1, &res, &found);
+  const cublasStatus_t st =
+      cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.a, p.b, p.d, p.d, pref, kTuneCandidates, res, &found);
   cublasLtMatmulPreferenceDestroy(pref);
   if (st != CUBLAS_STATUS_SUCCESS || found == 0) return false;
-  p.algo = res.algo;
+  p.algo = res[0].algo;
+  p.n_candidates = 0;
+  for (int i = 0; i < found; ++i)
+    if (i == 0 || res[i].state == CUBLAS_STATUS_SUCCESS) p.candidates[p.n_candidates++] = res[i].algo;
   return true;
+}
+
+void GemmContext::tune(Plan& p, const void* A, const void* B, void* D, float beta, size_t m, size_t n, size_t ld,
+                       size_t elem_bytes, double flops, cudaStream_t stream) {
+  if (p.n_candidates == 0) return;  // tuned already (or a plan without candidates)
+  if (tune_)
+    p.algo = tuned_algo(GemmCall{handle_, p.desc, p.a, p.b, p.d, A, B, D, beta, m, n, ld, elem_bytes, workspace_,
+                                 kWorkspaceBytes},
+                        p.candidates, p.n_candidates, flops, stream);
+  p.n_candidates = 0;
 }
 
 // Key: x, w, y dtypes, bias dtype (-1: none), N, in, out, ld x, ld w, ld y, alignments x, w, y,
@@ -133,6 +150,10 @@ void GemmContext::gemm(const TensorView& x, const TensorView& w, const TensorVie
       return;
     }
     if (p.bias_fused) set_attr(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias.data);
+    tune(p, w.data, x.data, y.data, beta, static_cast<size_t>(w.shape[0]), static_cast<size_t>(x.shape[0]),
+         static_cast<size_t>(ld_of(y)), dtype_size(y.dtype),
+         2.0 * static_cast<double>(x.shape[0]) * static_cast<double>(x.shape[1]) * static_cast<double>(w.shape[0]),
+         stream);
     const cublasStatus_t st = cublasLtMatmul(handle_, p.desc, &alpha, w.data, p.a, x.data, p.b, &beta, y.data, p.d,
                                              y.data, p.d, &p.algo, workspace_, kWorkspaceBytes, stream);
     if (st == CUBLAS_STATUS_SUCCESS) {
@@ -274,6 +295,8 @@ void GemmContext::matmul(TensorView a, bool trans_a, TensorView b, bool trans_b,
   Plan& p = it->second;
   if (p.desc) {
     const float alpha = 1.f, beta = accumulate ? 1.f : 0.f;
+    tune(p, b.data, a.data, d.data, beta, static_cast<size_t>(N), static_cast<size_t>(M), static_cast<size_t>(ld_of(d)),
+         dtype_size(d.dtype), 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K), stream);
     const cublasStatus_t st = cublasLtMatmul(handle_, p.desc, &alpha, b.data, p.a, a.data, p.b, &beta, d.data, p.d,
                                              d.data, p.d, &p.algo, workspace_, kWorkspaceBytes, stream);
     if (st == CUBLAS_STATUS_SUCCESS) return;

@@ -1,7 +1,8 @@
 // linear on cuBLASLt: y[N, out] = x[N, in] W^T (+ b), fp32 accumulation (CUBLAS_COMPUTE_32F, no
 // TF32, so f32 results stay within rounding of the CPU's). GemmContext owns the cuBLASLt handle,
-// a 32 MiB workspace and a per-shape cache of matmul descriptors and the heuristic's algorithm,
-// so a repeated shape (every layer, every decode step) costs no descriptor setup or search.
+// a 32 MiB workspace and a per-shape cache of matmul descriptors and the algorithm (the heuristic's
+// candidates timed on the shape's first call, keeping the first choice's bits: gemm_tune.h), so a
+// repeated shape (every layer, every decode step) costs no descriptor setup or search.
 #pragma once
 
 #include <cublasLt.h>
@@ -17,7 +18,10 @@ namespace rt::cuda {
 
 class GemmContext {
  public:
+  // tune: time the heuristic's candidates on each large shape's first call (gemm_tune.h); the
+  // default follows RT_GEMM_TUNE (on unless 0).
   GemmContext();
+  explicit GemmContext(bool tune);
   ~GemmContext();
   GemmContext(const GemmContext&) = delete;
   GemmContext& operator=(const GemmContext&) = delete;
@@ -37,12 +41,16 @@ class GemmContext {
               cudaStream_t stream);
 
   static constexpr size_t kWorkspaceBytes = size_t{32} << 20;
+  static constexpr int kTuneCandidates = 8;  // the heuristic's top algorithms a shape is tuned over
 
  private:
   struct Plan {
     cublasLtMatmulDesc_t desc = nullptr;
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
     cublasLtMatmulAlgo_t algo{};
+    // The heuristic's ranked algorithms until the shape's first call times them (gemm_tune.h).
+    cublasLtMatmulAlgo_t candidates[kTuneCandidates]{};
+    int n_candidates = 0;
     bool bias_fused = false;
     // Destroys the cuBLASLt handles (if any) and resets to "no plan: the simple kernel".
     void release() {
@@ -56,13 +64,17 @@ class GemmContext {
     }
   };
   // The heuristic's first algorithm for p's descriptors (workspace and alignments given), into
-  // p.algo; false when cuBLASLt has none.
+  // p.algo, and its next ones into p.candidates; false when cuBLASLt has none.
   bool find_algo(Plan& p, uint32_t align_a, uint32_t align_b, uint32_t align_d);
+  // On a plan's first call: the fastest candidate with the first choice's bits (gemm_tune.h).
+  void tune(Plan& p, const void* A, const void* B, void* D, float beta, size_t m, size_t n, size_t ld,
+            size_t elem_bytes, double flops, cudaStream_t stream);
   using Key = std::array<int64_t, 14>;
   const Plan& plan(const Key& key, bool want_bias);
   void gemm(const TensorView& x, const TensorView& w, const TensorView& bias, const TensorView& y,
             cudaStream_t stream);
 
+  bool tune_ = true;
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;
   std::mutex mu_;

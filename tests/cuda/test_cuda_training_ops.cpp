@@ -7,6 +7,7 @@
 // are checked. Pass: relative Frobenius error < 1e-2 where bf16 is involved, < 1e-5 for f32 paths
 // (attention gradients: < 2e-2 with an absolute floor, as test_attention_backward.cpp).
 // Without a GPU every test skips.
+#include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -245,6 +246,51 @@ TEST_F(TrainingOpsTest, LinearBackwardPartialOutputsAndStrides) {
     Tensor gdx = poisoned(DType::BF16, {N, in});
     gpu->linear_backward(gx, gw, gdy, gdx, TensorView{}, TensorView{}, false);
     expect_close(down(gdx), vals(cdx), 1e-2, "dx only");
+  }
+}
+
+// ---- GEMM tuning ---------------------------------------------------------------------------------
+
+// A large shape's first call times cuBLASLt's candidates and keeps the fastest that gives the
+// heuristic's first choice's bits (gemm_tune.h). So a tuning context and one without tuning give
+// the same bits, on the first call (the tuning one) and the second (the kept algorithm), for
+// linear with its bias fused, linear_accumulate into an f32 residual and matmul with a transposed
+// operand (a weight gradient), each above the tuning threshold (a GFLOP).
+TEST_F(TrainingOpsTest, TunedGemmsKeepTheFirstChoicesBits) {
+  const int64_t N = 4096, in = 1024, out = 1280;  // 2 N in out = 10.7 GFLOP
+  rt::cuda::GemmContext tuned(true), plain(false);
+  const Shape sx{N, in}, sw{out, in}, sy{N, out};
+  const std::vector<float> x = randn(sx, 31), w = randn(sw, 32, 0.05f), b = randn({out}, 33), r0 = randn(sy, 34);
+  Tensor gx = dev(x, DType::BF16, sx), gw = dev(w, DType::BF16, sw), gb = dev(b, DType::BF16, {out});
+  auto bits = [&](const Tensor& t) {
+    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    std::vector<unsigned char> h(t.view.nbytes());
+    EXPECT_EQ(cudaMemcpy(h.data(), t.view.data, h.size(), cudaMemcpyDeviceToHost), cudaSuccess);
+    return h;
+  };
+  std::vector<std::vector<unsigned char>> lin, acc, mm;
+  for (rt::cuda::GemmContext* ctx : {&tuned, &plain})
+    for (int call = 0; call < 2; ++call) {
+      Tensor y = poisoned(DType::BF16, sy);
+      ctx->linear(gx, gw, gb, y, nullptr);
+      lin.push_back(bits(y));
+      if (ctx == &tuned && call == 0) {  // and right: against the CPU
+        Tensor cy = alloc(*cpu, DType::F32, sy);
+        cpu->linear(host(x, sx, DType::BF16), host(w, sw, DType::BF16), host(b, {out}, DType::BF16), cy);
+        expect_close(down(y), vals(cy), 1e-2, "tuned linear");
+      }
+      Tensor r = dev(r0, DType::F32, sy);
+      rt::cuda::linear_accumulate(*ctx, gx, gw, r, nullptr);
+      acc.push_back(bits(r));
+      Tensor dw = poisoned(DType::F32, sw);
+      Tensor gy = dev(r0, DType::BF16, sy);
+      ctx->matmul(gy, true, gx, false, dw, false, nullptr);  // dW [out, in] = dy^T x, K = N
+      mm.push_back(bits(dw));
+    }
+  for (size_t i = 1; i < lin.size(); ++i) {
+    EXPECT_TRUE(lin[i] == lin[0]) << "linear, run " << i << " (tuned first, second; plain first, second)";
+    EXPECT_TRUE(acc[i] == acc[0]) << "linear_accumulate, run " << i;
+    EXPECT_TRUE(mm[i] == mm[0]) << "matmul, run " << i;
   }
 }
 
