@@ -1,6 +1,6 @@
 // bench_gemm_algos: every cuBLASLt algorithm the heuristic offers (up to 16) for the 0.5B layer's
 // GEMMs at T rows, timed, with its algorithm id, tile, stages and split-K, and whether its output
-// is bit-equal to the heuristic's first choice (the one `linear` takes, backends/cuda/linear.cpp).
+// is bit-equal to the heuristic's first choice (what `linear` took before it tuned: gemm_tune.h).
 // Two questions for the prefill: is there a faster algorithm than the first choice (o_proj and
 // down_proj accumulate into the f32 residual, beta = 1, and run ~30% under the bf16 GEMMs' rate),
 // and would picking one by time keep training bit-reproducible?
