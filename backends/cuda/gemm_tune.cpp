@@ -5,6 +5,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cuda/check.h"
@@ -15,7 +16,7 @@ namespace rt::cuda {
 namespace {
 
 constexpr double kMinFlops = 1e9;                       // below: microseconds, timing noise
-constexpr size_t kMaxScratchBytes = size_t{512} << 20;  // the copy an accumulating GEMM is tuned on
+constexpr size_t kMaxScratchBytes = size_t{64} << 20;  // the copy an accumulating GEMM is tuned on
 constexpr size_t kCheckBytes = size_t{4} << 20;         // compared per edge of the output
 constexpr int kTimedRuns = 3;
 constexpr float kMinGain = 0.98f;  // a candidate must be 2% faster to replace the first choice
@@ -39,6 +40,52 @@ std::vector<unsigned char> edge_rows(const GemmCall& c, const void* D, cudaStrea
                                pitch, width, rows, cudaMemcpyDeviceToHost, stream));
   CUDA_CHECK(cudaStreamSynchronize(stream));
   return h;
+}
+
+// D's bytes, the gaps between its rows included.
+size_t span_bytes(const GemmCall& c) { return ((c.n - 1) * c.ld + c.m) * c.elem_bytes; }
+
+// B's and D's layouts for the first n rows of the output (columns of the column-major D; of B
+// too, or B's rows when the matmul transposes it), owned.
+struct Layouts {
+  cublasLtMatrixLayout_t b = nullptr, d = nullptr;
+  Layouts() = default;
+  Layouts(const Layouts&) = delete;
+  Layouts& operator=(const Layouts&) = delete;
+  Layouts(Layouts&& o) noexcept { *this = std::move(o); }
+  Layouts& operator=(Layouts&& o) noexcept {
+    std::swap(b, o.b);
+    std::swap(d, o.d);
+    return *this;
+  }
+  ~Layouts() {
+    if (b) cublasLtMatrixLayoutDestroy(b);
+    if (d) cublasLtMatrixLayoutDestroy(d);
+  }
+};
+
+cublasLtMatrixLayout_t layout_with(cublasLtMatrixLayout_t l, bool rows, uint64_t n) {
+  uint32_t type = 0;
+  uint64_t r = 0, cols = 0;
+  int64_t ld = 0;
+  size_t w = 0;
+  CUBLAS_CHECK(cublasLtMatrixLayoutGetAttribute(l, CUBLASLT_MATRIX_LAYOUT_TYPE, &type, sizeof type, &w));
+  CUBLAS_CHECK(cublasLtMatrixLayoutGetAttribute(l, CUBLASLT_MATRIX_LAYOUT_ROWS, &r, sizeof r, &w));
+  CUBLAS_CHECK(cublasLtMatrixLayoutGetAttribute(l, CUBLASLT_MATRIX_LAYOUT_COLS, &cols, sizeof cols, &w));
+  CUBLAS_CHECK(cublasLtMatrixLayoutGetAttribute(l, CUBLASLT_MATRIX_LAYOUT_LD, &ld, sizeof ld, &w));
+  cublasLtMatrixLayout_t out = nullptr;
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&out, static_cast<cudaDataType_t>(type), rows ? n : r, rows ? cols : n, ld));
+  return out;
+}
+
+Layouts slice_rows(const GemmCall& c, size_t n) {
+  int32_t transb = CUBLAS_OP_N;
+  size_t w = 0;
+  CUBLAS_CHECK(cublasLtMatmulDescGetAttribute(c.desc, CUBLASLT_MATMUL_DESC_TRANSB, &transb, sizeof transb, &w));
+  Layouts s;
+  s.b = layout_with(c.b, transb != CUBLAS_OP_N, n);
+  s.d = layout_with(c.d, false, n);
+  return s;
 }
 
 struct Events {
@@ -76,22 +123,34 @@ cublasLtMatmulAlgo_t tuned_algo(const GemmCall& c, const cublasLtMatmulAlgo_t* c
     return candidates[0];
   }
   if (capture != cudaStreamCaptureStatusNone) return candidates[0];  // no synchronization in a capture
-  const size_t span = ((c.n - 1) * c.ld + c.m) * c.elem_bytes;  // D's bytes, gaps between rows included
   std::unique_ptr<Scratch> scratch;
-  void* D = c.D;
+  Layouts sliced;
+  GemmCall run_on = c;  // the problem the candidates run: c, or (accumulating) its first rows on a copy
   try {
-    if (c.beta != 0.f) {  // D is also an input: tune on a copy
-      if (span > kMaxScratchBytes) return candidates[0];
-      scratch = std::make_unique<Scratch>(span, stream, "GEMM tuning (a copy of the accumulated output)");
-      D = scratch->get();
+    if (c.beta != 0.f) {  // D is also an input: a copy of its first rows (at most kMaxScratchBytes)
+      run_on.n = std::min(c.n, std::max<size_t>(1, kMaxScratchBytes / (c.ld * c.elem_bytes)));
+      if (run_on.n < c.n) {
+        sliced = slice_rows(c, run_on.n);
+        run_on.b = sliced.b;
+        run_on.d = sliced.d;
+      }
+      scratch = std::make_unique<Scratch>(span_bytes(run_on), stream, "GEMM tuning (a copy of the accumulated output)");
+      run_on.D = scratch->get();
     }
+    const size_t span = span_bytes(run_on);
     auto reset = [&] {
-      if (scratch) CUDA_CHECK(cudaMemcpyAsync(D, c.D, span, cudaMemcpyDeviceToDevice, stream));
+      if (scratch) CUDA_CHECK(cudaMemcpyAsync(run_on.D, c.D, span, cudaMemcpyDeviceToDevice, stream));
     };
     auto run = [&](const cublasLtMatmulAlgo_t& algo) {
       const float alpha = 1.f;
-      return cublasLtMatmul(c.handle, c.desc, &alpha, c.A, c.a, c.B, c.b, &c.beta, D, c.d, D, c.d, &algo, c.workspace,
-                            c.workspace_bytes, stream) == CUBLAS_STATUS_SUCCESS;
+      const GemmCall& r = run_on;
+      if (r.b != c.b) {  // an algorithm chosen for the whole problem may not take the slice
+        cublasLtMatmulHeuristicResult_t check{};
+        if (cublasLtMatmulAlgoCheck(r.handle, r.desc, r.a, r.b, r.d, r.d, &algo, &check) != CUBLAS_STATUS_SUCCESS)
+          return false;
+      }
+      return cublasLtMatmul(r.handle, r.desc, &alpha, r.A, r.a, r.B, r.b, &r.beta, r.D, r.d, r.D, r.d, &algo,
+                            r.workspace, r.workspace_bytes, stream) == CUBLAS_STATUS_SUCCESS;
     };
     Events ev;
     auto time_ms = [&](const cublasLtMatmulAlgo_t& algo) {
@@ -105,13 +164,13 @@ cublasLtMatmulAlgo_t tuned_algo(const GemmCall& c, const cublasLtMatmulAlgo_t* c
     };
     reset();
     if (!run(candidates[0])) return candidates[0];
-    const std::vector<unsigned char> want = edge_rows(c, D, stream);
+    const std::vector<unsigned char> want = edge_rows(run_on, run_on.D, stream);
     int best = 0;
     float best_ms = time_ms(candidates[0]);
     for (int i = 1; i < n_candidates; ++i) {
       if (split_k(candidates[i])) continue;
       reset();
-      if (!run(candidates[i]) || edge_rows(c, D, stream) != want) continue;  // (the run is the warm-up)
+      if (!run(candidates[i]) || edge_rows(run_on, run_on.D, stream) != want) continue;  // (the run is the warm-up)
       const float ms = time_ms(candidates[i]);
       if (ms < best_ms * kMinGain) {
         best = i;

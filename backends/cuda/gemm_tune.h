@@ -39,9 +39,10 @@ bool gemm_tuning_enabled();
 // The algorithm to keep for this call's shape: candidates[0] (the heuristic's first choice)
 // unless a faster one of the others gives the same bits (see above). Runs the candidates on the
 // call's operands; with beta = 0 they write D (which the caller's real call then overwrites),
-// with beta = 1 a scratch copy of D. Returns candidates[0] without running anything when tuning
-// is off, the stream is being captured into a graph, the GEMM is small (under a GFLOP) or the
-// scratch cannot be had.
+// with beta = 1 a scratch copy of D's first rows, at most 64 MiB of them (so that tuning adds
+// little to a training step's peak memory; the time and the bits are those of that slice).
+// Returns candidates[0] without running anything when tuning is off, the stream is being captured
+// into a graph or the GEMM is small (under a GFLOP), and untuned when the scratch cannot be had.
 cublasLtMatmulAlgo_t tuned_algo(const GemmCall& call, const cublasLtMatmulAlgo_t* candidates, int n_candidates,
                                 double flops, cudaStream_t stream);
 

@@ -2,7 +2,7 @@
 # On the GPU machine (device tool), after `source tools/device/unpack.sh`: the CUDA tests of the
 # routed kernels, l2a_fused and the kernels they share, then the benchmarks. Logs and JSON to $OUT.
 #   bash tools/device/l2a_gpu_check.sh fwdpaths variants decodeprof bwdprof concurrent bwdunordered bwdtall bwdfuseddq bwdpaths tests verify nccl kernels \
-#        kernels15 model decode prune eval evalall train trainleak memory fit trace anchors bundle
+#        kernels15 model decode prune eval evalall train gemmtune trainleak memory fit trace anchors bundle
 # (any subset, in that order; `bundle` last packs $OUT into results.tgz, as the device tool brings
 # back 8 files). SEQS overrides the kernel sequence lengths, ANCHOR_SEQS the anchors' (ANCHOR_HF=1 adds HF
 # transformers' prefill). `fwdpaths` runs the
@@ -321,6 +321,30 @@ for step in "$@"; do
     timeout 300 python3 tools/bench_train.py --seq 16384,32768 --steps 3 \
       --cases full_causal:attention,l2a_fused:attention,l2a_fused:attention:parallel \
       --l2a-set router=fixed_rate --l2a-set sparsity=0.8 --json "$out/train.json" 2>&1 | tail -9
+    ;;
+  gemmtune)  # cuBLASLt tuning (backends/cuda/gemm_tune.h): its bit-equality test and the model tests with it
+             # on, then the 0.5B prefill at 32K and the training step with it off and on (RT_GEMM_TUNE=0|1)
+    for t in test_cuda_training_ops test_cuda_model test_l2a_fused test_cuda_ops; do
+      timeout ${TEST_TIMEOUT:-300} build/bin/$t --gtest_brief=1 > /tmp/$t.tune.log 2>&1
+      echo "$t rc=$? $(grep -E '^\[  (PASSED|FAILED)' /tmp/$t.tune.log | tr '\n' ' ')" | tee -a "$out/gemmtune.txt"
+      grep -B3 -A12 "Failure" /tmp/$t.tune.log | head -40 >> "$out/gemmtune.txt"
+    done
+    timeout 400 build/bin/test_cli_train --gtest_brief=1 --gtest_filter='*Cuda*:*Gpu*:*GPU*' > /tmp/cli.tune.log 2>&1
+    echo "test_cli_train (GPU, resume bit-identical) rc=$? $(grep -E '^\[  (PASSED|FAILED)' /tmp/cli.tune.log | tr '\n' ' ')" |
+      tee -a "$out/gemmtune.txt"
+    for t in 0 1 0; do
+      echo "== RT_GEMM_TUNE=$t" | tee -a "$out/gemmtune.txt"
+      RT_GEMM_TUNE=$t timeout 100 build/bin/runtime profile --attention full_causal,l2a_fused --model qwen2.5-0.5b \
+        --init random --window 2048 --seq 32768 --device cuda --decode-tokens 4 --repeats 3 $FUSED_SET \
+        --set l2a_fused.layout=parallel --json "$out/gemmtune_prefill_$t.json" 2>&1 | grep -A3 "^backend" |
+        tee -a "$out/gemmtune.txt"
+    done
+    for t in 0 1; do
+      RT_GEMM_TUNE=$t timeout 150 python3 tools/bench_train.py --seq 32768 --steps 4 \
+        --cases full_causal:attention,l2a_fused:attention:parallel --l2a-set router=fixed_rate --l2a-set sparsity=0.8 \
+        --l2a-set leak_prob=0 --json "$out/gemmtune_train_$t.json" 2>&1 | tail -2 | sed "s/^/RT_GEMM_TUNE=$t /" |
+        tee -a "$out/gemmtune.txt"
+    done
     ;;
   trainleak)  # the training step with L2A's default leak_prob 0.1 (paper and parallel layouts), and with a
               # leak on every layer (the worst case), against full_causal; the mean step is the cost
