@@ -22,7 +22,8 @@
 // Routed queries (spec.routed(), L2A): q, o and lse hold a compact list of rows, row i at position
 // q_pos0 + q_index[i] (strictly ascending, so lo / hi still grow with the row and the tile skipping
 // holds); only the first q_count rows (clamped to [0, Tq]) are computed, the others get o = 0 and
-// lse = +inf.
+// lse = +inf (or are left as they are: spec.inactive_unwritten). With spec.q_indexed, q holds every
+// row and routed row i reads q row q_index[i].
 //
 // A query row that sees no key at all (e.g. its position is before k_pos0) gets an output of
 // zeros: softmax over an empty set is undefined, and zeros are what a sum over no values is (the
@@ -100,6 +101,7 @@ void attention_checked(const char* op, TensorView q, TensorView k, TensorView v,
       RT_CHECK(!views_overlap(lse, *t), op, ": output 'lse' overlaps '", name, "'");
     check_not_overlapping_rows(op, "lse", lse, spec);
   }
+  spec.check_routed_options(op, false);
   const QueryRows rows = query_rows(op, spec, Tq);
   if (Tq == 0 || Hq == 0) return;
   if (D == 0 || Hkv == 0) {  // no features: o is empty, lse still defined
@@ -108,7 +110,7 @@ void attention_checked(const char* op, TensorView q, TensorView k, TensorView v,
       dispatch_compute(q.dtype, [&](auto tag) {
         using T = decltype(tag);
         for (int64_t h = 0; h < Hq; ++h)
-          for (int64_t i = 0; i < Tq; ++i)
+          for (int64_t i = 0; i < (spec.inactive_unwritten ? rows.active : Tq); ++i)
             lse.ptr<T>()[h * lse.stride[0] + i * lse.stride[1]] =
                 i < rows.active && mask.lo(i) < mask.hi(i) ? std::log(static_cast<T>(mask.hi(i) - mask.lo(i)))
                                                            : std::numeric_limits<T>::infinity();
@@ -118,7 +120,7 @@ void attention_checked(const char* op, TensorView q, TensorView k, TensorView v,
   }
   dispatch_compute(q.dtype, [&](auto tag) {
     using T = decltype(tag);
-    clear_inactive_rows<T>(o, lse, rows.active);
+    if (!spec.inactive_unwritten) clear_inactive_rows<T>(o, lse, rows.active);
     if (rows.active > 0) attention_impl<T>(q, k, v, o, lse, spec, rows);
   });
 }
@@ -178,7 +180,7 @@ void attention_impl(TensorView q, TensorView k, TensorView v, TensorView o, Tens
       }
       if (jlo < jhi) {
         for (int64_t r = 0; r < R; ++r) {
-          const T* src = qp + (i0 + r % nqb) * qs0 + (h0 + r / nqb) * qs1;
+          const T* src = qp + q_source_row(spec, rows, i0 + r % nqb) * qs0 + (h0 + r / nqb) * qs1;
           for (int64_t d = 0; d < D; ++d) Q(r, d) = src[d] * scale;
         }
         O.topRows(R).setZero();

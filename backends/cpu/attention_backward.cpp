@@ -99,6 +99,7 @@ void attention_backward(TensorView q, TensorView k, TensorView v, TensorView o, 
       check_not_overlapping_rows(op, on, *ov, spec);
     }
   }
+  spec.check_routed_options(op, true);
   const QueryRows rows = query_rows(op, spec, Tq);
   if (!given(dq) && !given(dk) && !given(dv)) return;
   if (Hkv == 0 || D == 0) return;

@@ -65,8 +65,15 @@ inline QueryRows query_rows(const char* op, const AttentionSpec& spec, int64_t T
              "; routed query rows must sit at q_pos0 + index with index >= 0");
     RT_CHECK(i == 0 || idx[i] > idx[i - 1], op, ": argument 'q_index' must be strictly ascending over its ", active,
              " active entries, found entry ", i - 1, " = ", idx[i - 1], " then entry ", i, " = ", idx[i]);
+    RT_CHECK(!spec.q_indexed || idx[i] < Tq, op, ": argument 'q_index' entry ", i, " is ", idx[i],
+             "; with q_indexed it names a row of 'q', which has ", Tq, " rows");
   }
   return {idx, active};
+}
+
+// The row of q that routed (or dense) query row i reads: q_indexed names it through the index.
+inline int64_t q_source_row(const AttentionSpec& spec, const QueryRows& rows, int64_t i) {
+  return spec.q_indexed ? rows.index[i] : i;
 }
 
 // Outputs must not overlap the routed-query arguments.

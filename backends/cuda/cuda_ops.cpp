@@ -222,6 +222,7 @@ Tensor CudaOps::f32_copy(TensorView t) {
 void CudaOps::attention(TensorView q, TensorView k, TensorView v, TensorView o, const AttentionSpec& spec) {
   RT_CHECK(!(spec.materialize && spec.routed()), "attention: routed queries (q_index) run on the flash kernels; ",
            "the materialized path computes every row");
+  spec.check_routed_options("attention", false);
   if (spec.materialize) {  // scores materialized by GEMMs (cuda/attention/dense_attention.h)
     cuda::dense_attention_forward("attention", q, k, v, o, TensorView{}, spec, stream());
     return;
@@ -238,7 +239,8 @@ void CudaOps::attention(TensorView q, TensorView k, TensorView v, TensorView o, 
   // The tensor-core kernels are instantiated for the head dims of real models (64, 128). Other
   // head dims (tiny test models) run through the exact fp32 kernel on f32 copies.
   Tensor q32 = f32_copy(q), k32 = f32_copy(k), v32 = f32_copy(v);
-  Tensor o32 = alloc(DType::F32, {o.shape[0], o.shape[1], o.shape[2]});
+  // inactive_unwritten: the rows past the count go back into o as they were
+  Tensor o32 = spec.inactive_unwritten ? f32_copy(o) : alloc(DType::F32, {o.shape[0], o.shape[1], o.shape[2]});
   cuda::attention_forward(q32, k32, v32, o32, spec, stream());
   copy(o32.view, o);
 }
@@ -363,6 +365,7 @@ void CudaOps::attention_forward_lse(TensorView q, TensorView k, TensorView v, Te
     check_attention_view(op, name, *t);
   RT_CHECK(!(spec.materialize && spec.routed()), op, ": routed queries (q_index) run on the flash kernels; ",
            "the materialized path computes every row");
+  spec.check_routed_options(op, false);
   if (spec.materialize) {  // scores materialized by GEMMs (cuda/attention/dense_attention.h)
     cuda::dense_attention_forward(op, q, k, v, o, lse, spec, stream());
     return;
@@ -380,7 +383,8 @@ void CudaOps::attention_forward_lse(TensorView q, TensorView k, TensorView v, Te
   }
   // The exact f32 kernel on f32 copies (other head dims, mixed dtypes, unaligned views).
   Tensor q32 = f32_copy(q), k32 = f32_copy(k), v32 = f32_copy(v);
-  Tensor o32 = alloc(DType::F32, {o.shape[0], o.shape[1], o.shape[2]});
+  // inactive_unwritten: the rows past the count go back into o as they were
+  Tensor o32 = spec.inactive_unwritten ? f32_copy(o) : alloc(DType::F32, {o.shape[0], o.shape[1], o.shape[2]});
   cuda::attention_forward_lse(q32, k32, v32, o32, lse, spec, stream());
   copy(o32.view, o);
 }
@@ -404,6 +408,7 @@ void CudaOps::attention_backward(TensorView q, TensorView k, TensorView v, Tenso
   if (!want[0] && !want[1] && !want[2]) return;
   RT_CHECK(!(spec.materialize && spec.routed()), op, ": routed queries (q_index) run on the flash kernels; ",
            "the materialized path computes every row");
+  spec.check_routed_options(op, true);
   if (spec.materialize) {  // scores materialized by GEMMs (cuda/attention/dense_attention.h)
     cuda::dense_attention_backward(q, k, v, o, lse, dout, dq, dk, dv, spec, stream());
     return;

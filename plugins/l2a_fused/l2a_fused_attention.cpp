@@ -49,7 +49,7 @@ struct GlobalRouted {
   Tensor h2;      // RMSNorm_g(x1), every token
   Tensor x1;      // the residual after the local sublayer (the global norm's input)
   Tensor hq;      // h2's routed rows [T (capacity), hidden]
-  Tensor q, o;    // routed rows [T, Hq, D] (rows past the count: zeros)
+  Tensor q, o;    // routed rows [T, Hq, D] (rows past the count: zeros; o's unwritten in inference)
   Tensor lse;     // [Hq, T]
   Tensor k, v;    // every token [T, Hkv, D], after RoPE
   Tensor q_raw, k_raw;  // QK-norm models, training: q and k before the norm
@@ -319,7 +319,8 @@ class FusedL2aAttention final : public L2aBackendBase {
     if (training) {
       g.lse = ops.alloc(ops.accum_dtype(), {d.n_heads, T});
       ops.attention_forward_lse(g.q, keys, values, g.o, g.lse, spec);
-    } else {
+    } else {  // o's rows past the count only feed o_proj rows the scatter-add does not read
+      spec.inactive_unwritten = true;
       ops.attention(g.q, keys, values, g.o, spec);
     }
     g.a = ops.alloc(act, {T, d.hidden});
@@ -404,10 +405,13 @@ class FusedL2aAttention final : public L2aBackendBase {
     }
     AttentionSpec local_spec = sublayer_attention_spec(d, local_, pos0), global_spec = routed_spec(ctx, rs, pos0);
     local_spec.k_pos0 = global_spec.k_pos0 = k_pos0;
+    // The routed rows read their queries from q through the index (no gathered copy), and o_g's
+    // rows past the count stay unwritten: the scatter-add below reads the first count rows only.
+    global_spec.q_indexed = global_spec.inactive_unwritten = true;
     Tensor o = ops.alloc(ops.activation_dtype(), {T, d.n_heads, d.head_dim});
     Tensor o_g = ops.alloc(ops.activation_dtype(), {T, d.n_heads, d.head_dim});
     ops.concurrently([&] { ops.attention(qkv.q, k, v, o, local_spec); },
-                     [&] { ops.attention(gather_heads(ctx, qkv.q, rs), k, v, o_g, global_spec); });
+                     [&] { ops.attention(qkv.q, k, v, o_g, global_spec); });
     ops.scatter_add_rows(rows2d(o_g), rs.index, rs.count, rows2d(o));
     add_output_projection(ctx, local_, o, TensorView{}, x);
   }

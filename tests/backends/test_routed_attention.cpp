@@ -2,7 +2,9 @@
 // router picked) on the CPU backend, f32 and f64:
 //  - forward: routed attention of a compact q equals dense attention (same mask) of a full-length q
 //    whose rows at the routed positions are those compact rows, picked at those rows (o and lse);
-//    rows at or past the count get o = 0 and lse = +inf (outputs poisoned with NaN first);
+//    rows at or past the count get o = 0 and lse = +inf (outputs poisoned with NaN first); with
+//    q_indexed (q holds every row, read through the index) the same rows to the bit, and with
+//    inactive_unwritten the poison past the count left in place;
 //  - backward: dq, dk, dv of routed attention equal the dense backward with dout = 0 on the
 //    unrouted rows; inactive rows get dq = 0; f64 finite differences of sum(o * w) on a tiny case;
 //  - bad q_index / q_count: rt::Error naming the op and the argument;
@@ -162,6 +164,32 @@ void check_forward(const Case& c, DType dt) {
   o2.nan();
   rt::cpu::attention_forward(qc, k, v, o2, rspec);
   EXPECT_EQ(rel_err(o2.values(), oc.values()), 0.0);
+
+  // q_indexed: q holds every row (qf, the compact rows at their positions), routed row i reads q
+  // row idx[i]: the same rows to the bit; past the count zeros and +inf, or (inactive_unwritten)
+  // the poison left in place.
+  if (c.T == 0) return;
+  std::vector<int32_t> index_t(static_cast<size_t>(c.T), 1 << 30), count_n = {static_cast<int32_t>(c.n())};
+  std::copy(c.idx.begin(), c.idx.end(), index_t.begin());
+  for (const bool unwritten : {false, true}) {
+    SCOPED_TRACE(unwritten ? "q_indexed, inactive_unwritten" : "q_indexed");
+    AttentionSpec ispec = c.dense_spec();
+    ispec.q_index = i32_view(index_t, {c.T});
+    ispec.q_count = i32_view(count_n, {1});
+    ispec.q_indexed = true;
+    ispec.inactive_unwritten = unwritten;
+    Buf oi(dt, {c.T, c.Hq, c.D}), li(dt, {c.Hq, c.T});
+    oi.nan();
+    li.nan();
+    rt::cpu::attention_forward_lse(qf, k, v, oi, li, ispec);
+    if (c.n() > 0) {
+      EXPECT_EQ(rel_err(rows_of(oi, active), rows_of(oc, active)), 0.0);
+      EXPECT_EQ(rel_err(lse_cols(li, active), lse_cols(lc, active)), 0.0);
+    }
+    const std::vector<int64_t> past = iota(c.n(), c.T);
+    for (double x : rows_of(oi, past)) ASSERT_TRUE(unwritten ? std::isnan(x) : x == 0.0) << "o past the count: " << x;
+    for (double x : lse_cols(li, past)) ASSERT_TRUE(unwritten ? std::isnan(x) : x == kInf) << "lse past the count: " << x;
+  }
 }
 
 void check_backward(const Case& c, DType dt) {
@@ -475,6 +503,26 @@ TEST(RoutedAttention, Errors) {
     TensorView dev = i32_view(index, {4});
     dev.device = Device::CUDA;
     expect_both(spec_with(dev, i32_view(count, {1})), "index on a GPU", "'q_index' must be on device cpu");
+  }
+  // The forward-only routed options: not without routed queries, not in a backward, and an indexed
+  // q row must exist.
+  std::vector<int32_t> rows_of_q = {0, 1, 2, 3};
+  for (const bool indexed : {true, false}) {
+    AttentionSpec dense;
+    dense.q_indexed = indexed;
+    dense.inactive_unwritten = !indexed;
+    expect_both(dense, "routed options without q_index", "apply to routed queries only");
+    AttentionSpec routed = spec_with(i32_view(rows_of_q, {4}), i32_view(count, {1}));
+    routed.q_indexed = indexed;
+    routed.inactive_unwritten = !indexed;
+    EXPECT_NO_THROW(rt::cpu::attention_forward_lse(q, k, v, o, lse, routed));
+    EXPECT_THROW_MSG(rt::cpu::attention_backward(q, k, v, o, lse, dout, dq, dk, dv, routed), "attention_backward",
+                     "forward-only");
+  }
+  {
+    AttentionSpec past = good;  // entries 6 and 9 name rows of a 4-row q
+    past.q_indexed = true;
+    EXPECT_THROW_MSG(rt::cpu::attention_forward(q, k, v, o, past), "attention", "entry 2 is 6", "which has 4 rows");
   }
 }
 

@@ -8,7 +8,8 @@
 // smaller than the index (inactive rows), key offsets. Checks:
 //  - forward: o and lse of the routed rows equal, bit for bit, our dense flash kernel's rows at the
 //    same positions (same tiles, same order); within bf16 tolerance of the CPU fp32 reference;
-//    inactive rows exactly o = 0, lse = +inf;
+//    inactive rows exactly o = 0, lse = +inf; with q_indexed (queries read from the full q through
+//    the index) the same bits, and with inactive_unwritten the poison past the count left in place;
 //  - backward: dq, dk, dv within bf16 tolerance of the CPU reference's routed backward; dq of
 //    inactive rows exactly 0; two runs give the same bits (no atomics), dense rows too;
 //  - the routing ops bit for bit against the CPU ops' defaults.
@@ -212,6 +213,31 @@ void check_forward(Gpu& g, const RoutedCase& c, uint64_t seed) {
   for (int64_t i = n; i < cap; ++i) {
     for (size_t e = 0; e < row; ++e) ASSERT_EQ(go[i * row + e], 0.f) << "inactive row " << i << " not zero";
     for (int64_t h = 0; h < Hq; ++h) ASSERT_TRUE(std::isinf(glse[static_cast<size_t>(h * cap + i)]));
+  }
+
+  // q_indexed: the queries read from the full q through the index give the compact call's rows to
+  // the bit; past the count zeros and +inf, or (inactive_unwritten) the poison left in place.
+  if (c.T == 0) return;
+  Tensor ix_t = g.upload_i32(index, c.T);  // entries past the count: never read
+  for (const bool unwritten : {false, true}) {
+    SCOPED_TRACE(unwritten ? "q_indexed, inactive_unwritten" : "q_indexed");
+    AttentionSpec is = routed_spec(r, ix_t, cnt);
+    is.q_indexed = true;
+    is.inactive_unwritten = unwritten;
+    Tensor oi = g.ops->alloc(DType::BF16, {c.T, Hq, D}), li = g.ops->alloc(DType::F32, {Hq, c.T});
+    g.poison(oi);
+    g.poison(li);
+    g.ops->attention_forward_lse(qf, k, v, oi, li, is);
+    const std::vector<float> io = g.download(oi), ilse = g.download(li);
+    for (size_t e = 0; e < static_cast<size_t>(n) * row; ++e) ASSERT_EQ(io[e], go[e]) << "o element " << e;
+    for (int64_t i = 0; i < c.T; ++i)
+      for (int64_t h = 0; h < Hq; ++h) {
+        const float got = ilse[static_cast<size_t>(h * c.T + i)];
+        if (i < n) ASSERT_EQ(got, glse[static_cast<size_t>(h * cap + i)]) << "lse row " << i << " head " << h;
+        else ASSERT_TRUE(unwritten ? std::isnan(got) : std::isinf(got)) << "lse past the count: " << got;
+      }
+    for (size_t e = static_cast<size_t>(n) * row; e < io.size(); ++e)
+      ASSERT_TRUE(unwritten ? std::isnan(io[e]) : io[e] == 0.f) << "o past the count: " << io[e];
   }
 }
 
@@ -417,6 +443,48 @@ TEST(RoutedAttention, RoutingOpsMatchCpu) {
   }
 }
 
+// q_indexed and inactive_unwritten on the paths that are not the bf16 flash kernels: the exact
+// f32 kernel (f32 tensors) and the f32 copies of other head dims, against the CPU backend; on the
+// Hopper and mma.sync kernels ForwardMatchesDenseRowsAndCpu checks them (l2a_gpu_check.sh runs the
+// tests under both forward paths).
+TEST(RoutedAttention, IndexedQueriesOnTheF32Paths) {
+  SKIP_WITHOUT_GPU();
+  Gpu g;
+  for (const auto& [dt, D] : {std::pair{DType::F32, int64_t{64}}, std::pair{DType::BF16, int64_t{32}}}) {
+    const int64_t T = 97, Hq = 6, Hkv = 2;
+    SCOPED_TRACE(std::string(::rt::dtype_name(dt)) + " D " + std::to_string(D));
+    const std::vector<int32_t> idx = pattern("r20", T, 7);
+    const int32_t n = static_cast<int32_t>(idx.size());
+    std::vector<float> q = rand_bf16(T * Hq * D, 1), k = rand_bf16(T * Hkv * D, 2), v = rand_bf16(T * Hkv * D, 3);
+    Tensor gq = g.upload(q, {T, Hq, D}, dt), gk = g.upload(k, {T, Hkv, D}, dt), gv = g.upload(v, {T, Hkv, D}, dt);
+    Tensor ix = g.upload_i32(idx, T), cnt = g.upload_i32({n}, 1);
+    Tensor o = g.ops->alloc(dt, {T, Hq, D});
+    g.poison(o);
+    AttentionSpec s;
+    s.q_index = ix;
+    s.q_count = cnt;
+    s.q_indexed = s.inactive_unwritten = true;
+    g.ops->attention(gq, gk, gv, o, s);
+    const std::vector<float> got = g.download(o);
+
+    std::vector<int32_t> cidx = idx, ccnt = {n};
+    cidx.resize(static_cast<size_t>(T), 0);
+    std::vector<float> want(static_cast<size_t>(T * Hq * D), std::numeric_limits<float>::quiet_NaN());
+    AttentionSpec cs = s;
+    cs.q_index = TensorView::contiguous(cidx.data(), DType::I32, Device::CPU, {T});
+    cs.q_count = TensorView::contiguous(ccnt.data(), DType::I32, Device::CPU, {1});
+    g.cpu->attention(TensorView::contiguous(q.data(), DType::F32, Device::CPU, {T, Hq, D}),
+                     TensorView::contiguous(k.data(), DType::F32, Device::CPU, {T, Hkv, D}),
+                     TensorView::contiguous(v.data(), DType::F32, Device::CPU, {T, Hkv, D}),
+                     TensorView::contiguous(want.data(), DType::F32, Device::CPU, {T, Hq, D}), cs);
+    const size_t active = static_cast<size_t>(n * Hq * D);
+    EXPECT_LT(rel_err(std::vector<float>(got.begin(), got.begin() + active),
+                      std::vector<float>(want.begin(), want.begin() + active)),
+              dt == DType::F32 ? 1e-5 : 1e-2);
+    for (size_t e = active; e < got.size(); ++e) ASSERT_TRUE(std::isnan(got[e])) << "o past the count: " << got[e];
+  }
+}
+
 TEST(RoutedAttention, RejectsBadRoutedArguments) {
   SKIP_WITHOUT_GPU();
   Gpu g;
@@ -439,6 +507,19 @@ TEST(RoutedAttention, RejectsBadRoutedArguments) {
   s.materialize = true;
   s.q_index = short_ix;
   EXPECT_THROW(g.ops->attention(q, q, q, o, s), ::rt::Error);
+  // The routed forward-only options: refused without routed queries and in a backward.
+  AttentionSpec dense;
+  dense.q_indexed = true;
+  EXPECT_THROW_MSG(g.ops->attention(q, q, q, o, dense), "routed queries only");
+  Tensor ix = g.upload_i32({0, 5}, T), two = g.upload_i32({2}, 1);
+  AttentionSpec routed;
+  routed.q_index = ix;
+  routed.q_count = two;
+  routed.inactive_unwritten = true;
+  Tensor lse = g.ops->alloc(DType::F32, {Hq, T}), dq = g.ops->alloc(DType::BF16, {T, Hq, D});
+  g.ops->attention_forward_lse(q, q, q, o, lse, routed);
+  EXPECT_THROW_MSG(g.ops->attention_backward(q, q, q, o, lse, q, dq, TensorView{}, TensorView{}, routed),
+                   "forward-only");
 }
 
 }  // namespace

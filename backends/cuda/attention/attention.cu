@@ -281,6 +281,7 @@ struct F32Params {
   const float* gate;  // as in attn::DecodeParams
   const int32_t* q_index;  // routed rows (AttentionSpec::q_index / q_count), or nullptr
   const int32_t* q_count;
+  bool q_indexed, inactive_unwritten;  // as in AttentionSpec
 };
 
 constexpr int kF32MaxD = 256;
@@ -299,9 +300,11 @@ __global__ void __launch_bounds__(128) attention_f32_kernel(const F32Params p) {
     else mask.q_pos0 = *p.pos;
   }
   const bool active = (p.q_index == nullptr || i < *p.q_count) && (p.gate == nullptr || *p.gate != 0.f);
+  if (!active && p.inactive_unwritten) return;  // routed: the caller reads the active rows only
   const int64_t pos = mask.q_pos0 + (p.q_index != nullptr && active ? p.q_index[i] : i);
   const int lo = Mask::key_lo(mask, pos), hi = active ? Mask::key_hi(mask, pos) : lo;  // inactive: no key
-  const float* qr = p.q + static_cast<int64_t>(i) * p.q_row + static_cast<int64_t>(h) * p.q_head;
+  const int64_t q_src = p.q_indexed && active ? min(max(p.q_index[i], 0), p.Tq - 1) : i;  // clamped: never faults
+  const float* qr = p.q + q_src * p.q_row + static_cast<int64_t>(h) * p.q_head;
   const float* kr = p.k + static_cast<int64_t>(hk) * p.k_head;
   const float* vr = p.v + static_cast<int64_t>(hk) * p.v_head;
   float qv[kC], acc[kC];
@@ -366,6 +369,8 @@ void launch_f32(const TensorView& q, const TensorView& k, const TensorView& v, c
   p.mask = mask_params(spec, s.Tk);
   p.q_index = static_cast<const int32_t*>(spec.q_index.data);
   p.q_count = static_cast<const int32_t*>(spec.q_count.data);
+  p.q_indexed = spec.q_indexed;
+  p.inactive_unwritten = spec.inactive_unwritten;
   const int64_t warps = s.Tq * s.Hq;
   const int64_t blocks = (warps + 3) / 4;
   RT_CHECK(blocks <= kMaxInt, "attention (cuda, f32): too many query rows x heads (", warps, ")");

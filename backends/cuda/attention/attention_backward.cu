@@ -575,6 +575,7 @@ void attention_backward_with(TensorView q, TensorView k, TensorView v, TensorVie
   }
   for (const auto& [name, t] : all) check_device_pointer(name, *t);
   attn_launch::check_routed(kOp, spec, Tq, false);
+  spec.check_routed_options(kOp, true);
   if (empty) {  // gradients of nothing: zeros
     zero_view(dq, stream);
     zero_view(dk, stream);

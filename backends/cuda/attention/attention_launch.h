@@ -95,6 +95,7 @@ inline int num_sms() {
 inline void check_routed(const char* op, const AttentionSpec& spec, int64_t Tq, bool capturing_now) {
   if (!spec.routed()) {
     RT_CHECK(spec.q_count.data == nullptr, op, ": 'q_count' is given without 'q_index'");
+    spec.check_routed_options(op, false);
     return;
   }
   const TensorView& ix = spec.q_index;
@@ -164,6 +165,8 @@ inline attn::FwdParams fwd_params(const TensorView& q, const TensorView& k, cons
            65535 * block_m, ")");
   p.q_index = static_cast<const int32_t*>(spec.q_index.data);
   p.q_count = static_cast<const int32_t*>(spec.q_count.data);
+  p.q_indexed = spec.q_indexed;
+  p.inactive_unwritten = spec.inactive_unwritten;
   return p;
 }
 

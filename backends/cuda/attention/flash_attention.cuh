@@ -194,6 +194,8 @@ struct FwdParams {
   MaskParams mask;
   const int32_t* q_index;  // RoutedRows: row positions (ascending) and the active row count
   const int32_t* q_count;
+  bool q_indexed;           // RoutedRows: q holds every row, row i reads q row q_index[i] (AttentionSpec)
+  bool inactive_unwritten;  // RoutedRows: rows past the count are not stored (AttentionSpec)
 };
 
 // Tile shape: head dim, query rows per CTA, keys per KV tile, warps. Each warp owns 16 * kMTiles rows.
@@ -270,18 +272,36 @@ __device__ __forceinline__ QueryBlock<Mask, Rows> make_query_block(const FwdPara
   return make_query_block<Mask, Rows>(p, block_m, p.num_m_blocks);
 }
 
+// The end of the rows a block stores: all its rows, or (inactive_unwritten) its active ones.
+template <class Mask, class Rows>
+__device__ __forceinline__ int stored_end(const FwdParams& p, const QueryBlock<Mask, Rows>& b) {
+  return Rows::routed && p.inactive_unwritten ? min(b.m_end, b.m_last + 1) : b.m_end;
+}
+
+// The row of q that block row r reads: its own, or (q_indexed) the one the index names, clamped
+// so that a bad index cannot read outside q.
+template <class Mask, class Rows>
+__device__ __forceinline__ int64_t q_source_row(const FwdParams& p, const QueryBlock<Mask, Rows>& b, int r) {
+  const int i = b.qrow(r);
+  if constexpr (Rows::routed) {
+    if (p.q_indexed) return min(max(b.rows.index[i], 0), p.Tq - 1);
+  }
+  return i;
+}
+
 // A block no row of which sees any key (or none is active): zeros, lse = +inf.
 template <int kD, class Mask, class Rows>
 __device__ __forceinline__ void store_empty_block(const FwdParams& p, const QueryBlock<Mask, Rows>& b, int block_m,
                                                   int tid, int threads) {
+  const int end = stored_end(p, b);
   for (int idx = tid; idx < block_m * (kD / 2); idx += threads) {
     const int r = idx / (kD / 2), c = idx % (kD / 2);
-    if (b.m0 + r >= b.m_end) continue;
+    if (b.m0 + r >= end) continue;
     reinterpret_cast<uint32_t*>(p.o + static_cast<int64_t>(b.qrow(b.m0 + r)) * p.o_row +
                                 static_cast<int64_t>(b.qhead(b.m0 + r)) * p.o_head)[c] = 0u;
   }
   if (p.lse != nullptr)
-    for (int r = tid; b.m0 + r < b.m_end; r += threads)
+    for (int r = tid; b.m0 + r < end; r += threads)
       p.lse[static_cast<int64_t>(b.qhead(b.m0 + r)) * p.Tq + b.qrow(b.m0 + r)] = __builtin_huge_valf();
 }
 
@@ -342,11 +362,11 @@ __device__ __forceinline__ void softmax_tile(Score&& s, float (&row_max)[2], flo
 // Normalizes and stores block row r from the accumulator layout of mma.sync's C (and wgmma's D):
 // this thread holds columns dt * 8 + 2 * t4 + {0, 1} in acc(dt, 0..1). Rows that saw no key have
 // sum 0 and write zeros (a NaN sum writes NaN); rows past the last active one write zeros and
-// lse = +inf.
+// lse = +inf, or nothing (inactive_unwritten).
 template <int kD, class Mask, class Rows, class Acc>
 __device__ __forceinline__ void store_row(const FwdParams& p, const QueryBlock<Mask, Rows>& b, int r, int t4,
                                           float row_max, float sum, Acc&& acc) {
-  if (r >= b.m_end) return;
+  if (r >= stored_end(p, b)) return;
   const bool seen = !(sum == 0.f);  // a key was seen, or the sum is NaN (propagated)
   const float inv = seen ? 1.f / sum : 0.f;
   const bool active = r <= b.m_last;
@@ -396,7 +416,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) flash_fwd_kernel(const FwdParam
     for (int idx = tid; idx < kBlockM * kChunks; idx += kThreads) {
       const int r = idx / kChunks, c = idx % kChunks;
       const bool ok = m0 + r <= qb.m_last;
-      const bf16* src = ok ? p.q + static_cast<int64_t>(qb.qrow(m0 + r)) * p.q_row +
+      const bf16* src = ok ? p.q + q_source_row(p, qb, m0 + r) * p.q_row +
                                  static_cast<int64_t>(qb.qhead(m0 + r)) * p.q_head + c * 8
                            : p.q;
       cp_async_16(sQ + swz<kD>(r, c), src, ok);

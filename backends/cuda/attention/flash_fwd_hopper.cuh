@@ -237,7 +237,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
           const int r = idx / kChunks, c = idx % kChunks;
           const int row = r_base + r;
           const bool ok = row <= qb.m_last;
-          const bf16* src = ok ? p.q + static_cast<int64_t>(qb.qrow(row)) * p.q_row +
+          const bf16* src = ok ? p.q + q_source_row(p, qb, row) * p.q_row +
                                      static_cast<int64_t>(qb.qhead(row)) * p.q_head + c * 8
                                : p.q;
           cp_async_16(sQw + (c >> 3) * (64 * 128) + r * 128 + (((c & 7) ^ (r & 7)) << 4), src, ok);

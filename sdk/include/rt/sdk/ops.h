@@ -43,7 +43,23 @@ struct AttentionSpec {
   // nothing to dk, dv. Keys stay dense (row j of k, v at k_pos0 + j).
   TensorView q_index;
   TensorView q_count;
+  // Routed forward only (the backward refuses both). q_indexed: q holds every row of the call
+  // ([Tq, Hq, D], shaped like o) and routed row i reads q row q_index[i] (each < Tq), so the caller
+  // needs no gather before the call; o and lse stay compact. inactive_unwritten: rows at or past
+  // the count are not written (o and lse keep what they held), for a caller that reads only the
+  // first count rows (L2A's parallel-layout prefill: at 80% sparsity the zeros were 4/5 of o).
+  bool q_indexed = false;
+  bool inactive_unwritten = false;
   bool routed() const { return q_index.data != nullptr; }
+  // Refuses the routed options without routed queries (a dense path would ignore them) and, in a
+  // backward, the forward-only ones. Every backend's attention entry points call it.
+  void check_routed_options(const char* op, bool backward) const {
+    RT_CHECK(routed() || (!q_indexed && !inactive_unwritten), op,
+             ": 'q_indexed' and 'inactive_unwritten' apply to routed queries only; 'q_index' is not given");
+    RT_CHECK(!backward || (!q_indexed && !inactive_unwritten), op,
+             ": 'q_indexed' and 'inactive_unwritten' are forward-only options (the backward reads a compact q and "
+             "writes every row of dq)");
+  }
 };
 
 class Ops {
