@@ -85,7 +85,7 @@ size_t peak_bytes(Ops& ops) {
 
 // L2A's routed global attention at a controlled sparsity (random routing, seeded): the routed
 // kernel alone, and the whole L2A attention (window over every token + compaction + routed rows),
-// forward and forward+backward. FLOPs are counted on visible pairs: 4 D Hq sum over routed rows of
+// forward (as l2a_fused's inference runs it) and forward+backward (as its training does). FLOPs are counted on visible pairs: 4 D Hq sum over routed rows of
 // (pos + 1), backward 2.5x. `causal` is the dense causal row of the same T, for the speedups.
 nlohmann::json routed_kernel_row(Ops& ops, const ModelDims& d, int64_t T, double sparsity, int64_t window,
                                  int repeats, const TensorView q, const TensorView k, const TensorView v,
@@ -113,6 +113,10 @@ nlohmann::json routed_kernel_row(Ops& ops, const ModelDims& d, int64_t T, double
   AttentionSpec routed;
   routed.q_index = index;
   routed.q_count = count;
+  // The forward as l2a_fused's inference runs it: queries read from q through the index, nothing
+  // written past the count. Training keeps the gathered q and the zeros (its backward reads them).
+  AttentionSpec routed_inference = routed;
+  routed_inference.q_indexed = routed_inference.inactive_unwritten = true;
   AttentionSpec local;
   local.window = window;
   Tensor o = ops.alloc(act, {T, d.n_heads, d.head_dim}), o_l = ops.alloc(act, {T, d.n_heads, d.head_dim});
@@ -121,7 +125,7 @@ nlohmann::json routed_kernel_row(Ops& ops, const ModelDims& d, int64_t T, double
   Tensor dq = ops.alloc(act, {T, d.n_heads, d.head_dim}), dq_l = ops.alloc(act, {T, d.n_heads, d.head_dim});
   Tensor dk = ops.alloc(act, {T, d.n_kv_heads, d.head_dim}), dv = ops.alloc(act, {T, d.n_kv_heads, d.head_dim});
   const double flops = 4.0 * pairs * d.head_dim * d.n_heads;
-  const double fwd = median_ms(ops, repeats, [&] { ops.attention(q_r, k, v, o, routed); });
+  const double fwd = median_ms(ops, repeats, [&] { ops.attention(q, k, v, o, routed_inference); });
   const std::string impl = ops.last_attention_impl();  // "reference" on the CPU
   const double fwd_bwd = median_ms(ops, repeats, [&] {
     ops.attention_forward_lse(q_r, k, v, o, lse, routed);
@@ -135,7 +139,7 @@ nlohmann::json routed_kernel_row(Ops& ops, const ModelDims& d, int64_t T, double
     ops.concurrently([&] { ops.attention(q, k, v, o_l, local); },
                      [&] {
                        ops.compact_rows(f, index, count);
-                       ops.attention(q_r, k, v, o, routed);
+                       ops.attention(q, k, v, o, routed_inference);
                      });
   });
   const double l2a_fwd_bwd = median_ms(ops, repeats, [&] {
