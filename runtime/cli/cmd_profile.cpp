@@ -85,8 +85,8 @@ size_t peak_bytes(Ops& ops) {
 
 // L2A's routed global attention at a controlled sparsity (random routing, seeded): the routed
 // kernel alone, and the whole L2A attention (window over every token + compaction + routed rows),
-// forward (as l2a_fused's inference runs it) and forward+backward (as its training does). FLOPs are counted on visible pairs: 4 D Hq sum over routed rows of
-// (pos + 1), backward 2.5x. `causal` is the dense causal row of the same T, for the speedups.
+// forward (as l2a_fused's inference runs it) and forward+backward (as its training does). FLOPs
+// are counted on visible pairs: 4 D Hq sum over routed rows of (pos + 1), backward 2.5x. `causal` is the dense causal row of the same T, for the speedups.
 nlohmann::json routed_kernel_row(Ops& ops, const ModelDims& d, int64_t T, double sparsity, int64_t window,
                                  int repeats, const TensorView q, const TensorView k, const TensorView v,
                                  const nlohmann::json& causal) {

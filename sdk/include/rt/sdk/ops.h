@@ -39,8 +39,9 @@ struct AttentionSpec {
   // q_pos0 + q_index[i]. q_index: I32 [>= Tq], strictly ascending positions, on the op's device;
   // q_count: I32 [1] on the op's device, how many rows are active (clamped to [0, Tq]). Both stay in
   // device memory, so routing needs no host synchronization. Rows at or past the count are
-  // inactive: the forward writes o = 0 and lse = +inf there, the backward dq = 0, and they add
-  // nothing to dk, dv. Keys stay dense (row j of k, v at k_pos0 + j).
+  // inactive: the forward writes o = 0 and lse = +inf there (nothing with inactive_unwritten,
+  // below), the backward dq = 0, and they add nothing to dk, dv. Keys stay dense (row j of k, v at
+  // k_pos0 + j).
   TensorView q_index;
   TensorView q_count;
   // Routed forward only (the backward refuses both). q_indexed: q holds every row of the call
