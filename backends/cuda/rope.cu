@@ -81,6 +81,13 @@ constexpr int kSplitRows = 8, kSplitThreads = 256;
 __device__ __forceinline__ int64_t split_position(int64_t t, int64_t pos0, const int32_t* pos_dev) {
   return pos_dev != nullptr ? static_cast<int64_t>(*pos_dev) : pos0 + t;
 }
+// The cache row that row t's k and v go to: t, or (decode at a device-held position) that
+// position, modulo the ring's length for a sliding-window cache.
+__device__ __forceinline__ int64_t split_kv_row(int64_t t, int64_t pos0, const int32_t* pos_dev, int64_t ring) {
+  if (pos_dev == nullptr) return t;
+  const int64_t p = split_position(t, pos0, pos_dev);
+  return ring > 0 ? p % ring : p;
+}
 // The (cos, sin) pairs of the block's rows t0.. (kSplitRows, fewer at the end) into cos_sin, one
 // pair a thread, then a barrier; returns the block's row count.
 __device__ __forceinline__ int split_block_angles(float* cos_sin, int64_t t0, int64_t T, int D, int64_t pos0,
@@ -101,14 +108,12 @@ __global__ void __launch_bounds__(kSplitThreads)
   const int half = D / 2;
   const int64_t t0 = static_cast<int64_t>(blockIdx.x) * kSplitRows;
   const int rows = split_block_angles(cos_sin, t0, T, D, pos0, pos_dev, base);
-  auto position = [&](int64_t t) { return split_position(t, pos0, pos_dev); };
   const int hq = static_cast<int>(q.H), hk = static_cast<int>(k.H);
   const int per_row = (hq + hk + static_cast<int>(v.H)) * half;
   for (int e = threadIdx.x; e < rows * per_row; e += blockDim.x) {
     const int r = e / per_row, rest = e - r * per_row, h = rest / half, i = rest - h * half;
     const int64_t t = t0 + r;
-    int64_t kv_row = t;
-    if (pos_dev != nullptr) kv_row = ring > 0 ? position(t) % ring : position(t);
+    const int64_t kv_row = split_kv_row(t, pos0, pos_dev, ring);
     const int64_t src = t * ld + static_cast<int64_t>(h) * D + i;
     const float c = cos_sin[r * D + i], s = cos_sin[r * D + half + i];
     if (h < hq) {
@@ -137,13 +142,12 @@ __global__ void __launch_bounds__(kSplitThreads)
   const int half = D / 2, groups = half / 8;
   const int64_t t0 = static_cast<int64_t>(blockIdx.x) * kSplitRows;
   const int rows = split_block_angles(cos_sin, t0, T_rows, D, pos0, pos_dev, base);
-  auto position = [&](int64_t t) { return split_position(t, pos0, pos_dev); };
   const int hq = static_cast<int>(q.H), hk = static_cast<int>(k.H);
   const int per_row = (hq + hk + static_cast<int>(v.H)) * groups;
   for (int e = threadIdx.x; e < rows * per_row; e += blockDim.x) {
     const int r = e / per_row, rest = e - r * per_row, h = rest / groups, i = (rest - h * groups) * 8;
     const int64_t t = t0 + r;
-    const int64_t kv_row = pos_dev != nullptr ? (ring > 0 ? position(t) % ring : position(t)) : t;
+    const int64_t kv_row = split_kv_row(t, pos0, pos_dev, ring);
     const T* src = qkv + t * ld + static_cast<int64_t>(h) * D + i;
     const V8 a = *reinterpret_cast<const V8*>(src), b = *reinterpret_cast<const V8*>(src + half);
     T* dst;
