@@ -491,6 +491,9 @@ void CudaOps::row_scale(TensorView x, TensorView s, TensorView out) { cuda::row_
 void CudaOps::row_dot(TensorView a, TensorView b, TensorView out, bool accumulate) {
   cuda::row_dot_forward(a, b, out, accumulate, stream());
 }
+void CudaOps::row_dot_rows(TensorView a, TensorView b, TensorView index, TensorView count, TensorView out) {
+  cuda::row_dot_rows_forward(a, b, index, count, out, stream());
+}
 
 void CudaOps::axpby(float alpha, TensorView x, float beta, TensorView y, TensorView out) {
   cuda::axpby_forward(alpha, x, beta, y, out, stream());

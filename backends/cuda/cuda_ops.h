@@ -112,6 +112,7 @@ class CudaOps final : public Ops {
   void step(TensorView x, float threshold, TensorView y) override;
   void row_scale(TensorView x, TensorView s, TensorView out) override;
   void row_dot(TensorView a, TensorView b, TensorView out, bool accumulate) override;
+  void row_dot_rows(TensorView a, TensorView b, TensorView index, TensorView count, TensorView out) override;
   void axpby(float alpha, TensorView x, float beta, TensorView y, TensorView out) override;
   void reduce_sum(TensorView x, int power, TensorView out) override;
   void adamw_step(TensorView master, TensorView grad, TensorView m, TensorView v, TensorView param,

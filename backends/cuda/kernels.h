@@ -48,6 +48,8 @@ void axpby_forward(float alpha, TensorView x, float beta, TensorView y, TensorVi
 
 // reduce.cu. out[r] (= or += when accumulate) sum_c a[r, c] * b[r, c]; one warp per row, fp32.
 void row_dot_forward(TensorView a, TensorView b, TensorView out, bool accumulate, cudaStream_t stream);
+void row_dot_rows_forward(TensorView a, TensorView b, TensorView index, TensorView count, TensorView out,
+                          cudaStream_t stream);
 // out[0] += sum of x (power 1) or x^2 (power 2) over every element: a deterministic two-pass
 // reduction (fixed grid, partials in fp64, summed in a fixed order). out is [1] (or a scalar) f32.
 void reduce_sum_forward(TensorView x, int power, TensorView out, cudaStream_t stream);

@@ -18,17 +18,20 @@ namespace {
 
 constexpr int kRowDotWarps = 8;
 
+// One warp per row. Routed (index, count given): the rows past the device-side count return at
+// once, and row r's sum is added at out[index[r]] (row_dot_rows).
 __global__ void row_dot_kernel(RowsDesc a, RowsDesc b, void* out, DType ot, int64_t os, int64_t rows, int64_t cols,
-                               bool accumulate) {
+                               bool accumulate, const int32_t* index, const int32_t* count) {
   const int lane = threadIdx.x & 31;
   const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x >> 5) + (threadIdx.x >> 5);
-  if (r >= rows) return;  // whole warps: r is uniform across a warp
+  if (r >= rows || (count != nullptr && r >= *count)) return;  // whole warps: r is uniform across a warp
   const int64_t ao = a.row_offset(r), bo = b.row_offset(r);
   float acc = 0.f;
   for (int64_t c = lane; c < cols; c += 32)
     acc += load_f(a.data, ao + c * a.col_stride, a.dtype) * load_f(b.data, bo + c * b.col_stride, b.dtype);
   for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-  if (lane == 0) store_f(out, r * os, ot, accumulate ? load_f(out, r * os, ot) + acc : acc);
+  const int64_t at = (index != nullptr ? index[r] : r) * os;
+  if (lane == 0) store_f(out, at, ot, accumulate ? load_f(out, at, ot) + acc : acc);
 }
 
 // ---- reduce_sum ----------------------------------------------------------------------------------
@@ -198,7 +201,35 @@ void row_dot_forward(TensorView a, TensorView b, TensorView out, bool accumulate
   const int64_t blocks = (rows + kRowDotWarps - 1) / kRowDotWarps;
   RT_CHECK(blocks <= INT32_MAX, op, ": ", rows, " rows exceed the launch limit");
   row_dot_kernel<<<static_cast<unsigned>(blocks), kRowDotWarps * 32, 0, stream>>>(
-      rows_desc(a), rows_desc(b), out.data, out.dtype, out.stride[0], rows, cols, accumulate);
+      rows_desc(a), rows_desc(b), out.data, out.dtype, out.stride[0], rows, cols, accumulate, nullptr, nullptr);
+  CUDA_CHECK_LAUNCH();
+}
+
+void row_dot_rows_forward(TensorView a, TensorView b, TensorView index, TensorView count, TensorView out,
+                          cudaStream_t stream) {
+  const char* op = "row_dot_rows";
+  check_input(op, "a", a);
+  check_input(op, "b", b);
+  check_input(op, "out", out);
+  check_cuda(op, "index", index);
+  check_cuda(op, "count", count);
+  RT_CHECK(a.ndim >= 2, op, ": argument 'a' must be [cap, cols] (at least 2 dimensions), found shape ",
+           a.shape_str());
+  check_same_shape(op, "a", a, "b", b);
+  const int64_t rows = num_rows(a), cols = row_len(a);
+  RT_CHECK(index.dtype == DType::I32 && index.ndim == 1 && index.stride[0] == 1 && index.shape[0] >= rows &&
+               count.dtype == DType::I32 && count.numel() == 1,
+           op, ": expected index I32 [cap >= ", rows, "] (contiguous) and count I32 [1], found ",
+           dtype_name(index.dtype), " ", index.shape_str(), " and ", dtype_name(count.dtype), " ", count.shape_str());
+  RT_CHECK(out.ndim == 1, op, ": argument 'out' must be [T], found ", out.shape_str());
+  RT_CHECK(!views_overlap(out, a) && !views_overlap(out, b), op, ": output 'out' overlaps an input");
+  if (rows == 0) return;
+  const int64_t blocks = (rows + kRowDotWarps - 1) / kRowDotWarps;
+  RT_CHECK(blocks <= INT32_MAX, op, ": ", rows, " rows exceed the launch limit");
+  // (The index entries are the compaction's: ascending positions below T, as the CPU checks.)
+  row_dot_kernel<<<static_cast<unsigned>(blocks), kRowDotWarps * 32, 0, stream>>>(
+      rows_desc(a), rows_desc(b), out.data, out.dtype, out.stride[0], rows, cols, /*accumulate=*/true,
+      static_cast<const int32_t*>(index.data), static_cast<const int32_t*>(count.data));
   CUDA_CHECK_LAUNCH();
 }
 

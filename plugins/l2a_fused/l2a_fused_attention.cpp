@@ -344,11 +344,7 @@ class FusedL2aAttention final : public L2aBackendBase {
 
     Tensor dxr = ops.alloc(acc, {T, d.hidden});  // dx of the routed rows (d = 1 there)
     ops.gather_rows(dx, idx, cnt, dxr);
-    if (dgate) {
-      Tensor dgr = ops.alloc(acc, {T});
-      ops.row_dot(dxr, g.a, dgr, /*accumulate=*/false);
-      ops.scatter_add_rows(dgr.view.reshaped({T, 1}), idx, cnt, dgate->view.reshaped({T, 1}));
-    }
+    if (dgate) ops.row_dot_rows(dxr, g.a, idx, cnt, *dgate);  // the active rows only
     Tensor da = ops.alloc(act, {T, d.hidden});
     ops.copy(dxr, da);
 
@@ -447,9 +443,7 @@ class FusedL2aAttention final : public L2aBackendBase {
       } else {
         const RoutedSet& rs = s.global.rs;
         dout_r = gather_heads(ctx, dout, rs);
-        Tensor dgr = ops.alloc(ops.accum_dtype(), {T});
-        ops.row_dot(rows2d(dout_r), rows2d(o_r), dgr, false);
-        ops.scatter_add_rows(dgr.view.reshaped({T, 1}), rs.index, rs.count, dgate.view.reshaped({T, 1}));
+        ops.row_dot_rows(rows2d(dout_r), rows2d(o_r), rs.index, rs.count, dgate);  // the active rows only
       }
       ops.attention_backward(s.global.q, qkv.k, qkv.v, o_r, lse_r, dout_r, g2.q, g2.k, g2.v,
                              routed_spec(ctx, s.global.rs, 0));

@@ -577,6 +577,12 @@ void register_cases() {
                 Tensor dst = c.inout("dst", Kind::Acc, {T, C});
                 c.call([&] { c.ops().scatter_add_rows(src, ix, cnt, dst); });
               }});
+    add_case({"Routing", "row_dot_rows" + sh, 2.0 * static_cast<double>(n * C), 1e-5, 1e-5, [=](Ctx& c) {
+                Tensor a = c.in(Kind::Act, {cap, C}), b = c.in(Kind::Act, {cap, C}), ix = c.ints({cap}, index),
+                       cnt = c.ints({1}, {static_cast<int32_t>(n)});
+                Tensor out = c.inout("out", Kind::Acc, {T});
+                c.call([&] { c.ops().row_dot_rows(a, b, ix, cnt, out); });
+              }});
     for (bool bwd : {false, true}) {
       const int64_t H = 2, D = 64;
       add_case({"Routing", std::string(bwd ? "rope_rows backward" : "rope_rows") + " T " + std::to_string(T) +

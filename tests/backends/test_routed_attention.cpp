@@ -605,6 +605,40 @@ TEST(RoutedRowsOps, GatherAndScatterAddRows) {
   }
 }
 
+TEST(RoutedRowsOps, RowDotRows) {
+  for (DType dt : {DType::F32, DType::F64}) {
+    const auto ops = rt::make_cpu_ops(dt);
+    const int64_t T = 61, C = 20, extra = 3;  // (61: the error message below)
+    const Buf flags = random_flags(dt, T, 0.4, next_seed());
+    std::vector<int32_t> index(static_cast<size_t>(T), 0), count(1);
+    ops->compact_rows(flags, i32_view(index, {T}), i32_view(count, {1}));
+    const int64_t n = count[0];
+    ASSERT_GT(n, 0);
+    // The rows past the count hold NaN: they must not be read, and out's other entries stay.
+    Buf a(dt, {n + extra, C}), b(dt, {n + extra, C}), out(dt, {T});
+    a.randn(next_seed());
+    b.randn(next_seed());
+    for (int64_t e = n * C; e < (n + extra) * C; ++e) a.put(e, std::nan(""));
+    out.randn(next_seed());
+    const std::vector<double> before = out.values();
+    ops->row_dot_rows(a, b, i32_view(index, {n + extra}), i32_view(count, {1}), out);
+    std::vector<double> want = before;
+    for (int64_t i = 0; i < n; ++i) {
+      double dot = 0;
+      for (int64_t c = 0; c < C; ++c) dot += a.get(i * C + c) * b.get(i * C + c);
+      want[static_cast<size_t>(index[static_cast<size_t>(i)])] += dot;
+    }
+    EXPECT_LT(rel_err(out.values(), want), dt == DType::F64 ? 1e-14 : 1e-6);
+    for (int64_t t = 0; t < T; ++t)
+      if (flags.get(t) == 0) ASSERT_EQ(out.get(t), before[static_cast<size_t>(t)]) << "unrouted row " << t;
+    // A count past the index entries is clamped to them; an entry out of [0, T) is refused.
+    std::vector<int32_t> bad = index;
+    bad[0] = static_cast<int32_t>(T);
+    EXPECT_THROW_MSG(ops->row_dot_rows(a, b, i32_view(bad, {n + extra}), i32_view(count, {1}), out), "row_dot_rows",
+                     "routed index 0 is 61", "expected ascending values in [0, 61)");
+  }
+}
+
 TEST(RoutedRowsOps, RopeRows) {
   for (DType dt : {DType::F32, DType::F64}) {
     const auto ops = rt::make_cpu_ops(dt);

@@ -8,7 +8,7 @@
 // TRACE_TRAIN=1 traces one training step (forward + backward, the attention regime's gradients)
 // instead of a prefill. TRACE_DECODE=N traces N decode steps (DecodeSession, CUDA graphs where the
 // plugin has them: graph nodes are traced one by one) after a prefill of T tokens: what a step's
-// time is made of.
+// time is made of. TRACE_TOP=N prints the N names that took longest (default 20).
 #include <cupti.h>
 #include <unistd.h>
 
@@ -241,8 +241,10 @@ int main(int argc, char** argv) {
                 (static_cast<double>(g_api[i].start) - static_cast<double>(host_t0)) / 1e6, g_api[i].name.c_str());
   std::vector<std::pair<std::string, std::pair<double, int>>> names(per_name.begin(), per_name.end());
   std::sort(names.begin(), names.end(), [](const auto& a, const auto& b) { return a.second.first > b.second.first; });
+  const char* top_env = std::getenv("TRACE_TOP");  // how many names to print (default 20)
+  const size_t top = top_env != nullptr && std::atoi(top_env) > 0 ? static_cast<size_t>(std::atoi(top_env)) : 20;
   std::printf("  time per name (ms, calls):\n");
-  for (size_t i = 0; i < std::min<size_t>(20, names.size()); ++i)
+  for (size_t i = 0; i < std::min(top, names.size()); ++i)
     std::printf("    %9.3f %5d  %s\n", names[i].second.first, names[i].second.second, names[i].first.c_str());
   return 0;
 }

@@ -381,9 +381,10 @@ for step in "$@"; do
       [[ $mode == prefill || $mode == train ]] || { echo "TRACE_MODES: '$mode' is not prefill or train"; exit 2; }
       for b in "${trace_backends[@]}"; do
         echo "== trace $mode $b"
-        # the span, the idle gaps, then where the time goes per kernel name (the top 25)
-        TRACE_TRAIN=$([[ $mode == train ]] && echo 1) timeout 120 build/bin/trace_prefill 32768 configs/models/qwen2.5-0.5b.json $b 2>&1 |
-          awk '/time per name/ {n = 26} /span|forward\(\) returned/ {print} n > 0 {print; n--}'
+        # the span, the idle gaps, then where the time goes per kernel name (the top TRACE_TOP, default 25)
+        TRACE_TOP=${TRACE_TOP:-25} TRACE_TRAIN=$([[ $mode == train ]] && echo 1) timeout 120 \
+          build/bin/trace_prefill 32768 configs/models/qwen2.5-0.5b.json $b 2>&1 |
+          awk '/time per name/ {n = '"${TRACE_TOP:-25}"' + 1} /span|forward\(\) returned/ {print} n > 0 {print; n--}'
       done
     done > "$out/trace.txt"
     cat "$out/trace.txt" | cut -c1-150

@@ -309,6 +309,18 @@ class Ops {
       add(d, src.rows(static_cast<int64_t>(i), static_cast<int64_t>(i) + 1), d);
     }
   }
+  // out[index[i]] += sum_c a[i, c] * b[i, c] for i < count: a routed row's dot product (the L2A
+  // gate's gradient) read over the active rows only and added at its position. a and b [cap, C],
+  // out [T]; out's other entries are left as they are.
+  virtual void row_dot_rows(TensorView a, TensorView b, TensorView index, TensorView count, TensorView out) {
+    check_routed_rows("row_dot_rows", a, index, count);
+    RT_CHECK(out.ndim == 1, "row_dot_rows: argument 'out' must be [T], found ", out.shape_str());
+    const std::vector<int32_t> idx = read_routed_index(index.rows(0, a.shape[0]), count, out.shape[0], "row_dot_rows");
+    for (size_t i = 0; i < idx.size(); ++i) {
+      const auto r = static_cast<int64_t>(i);
+      row_dot(a.rows(r, r + 1), b.rows(r, r + 1), out.rows(idx[i], idx[i] + 1), /*accumulate=*/true);
+    }
+  }
   // rope (or its backward, the rotation by minus the angle) on x [cap, H, D] where row i sits at
   // position pos0 + index[i]; rows past the count are left as they are.
   virtual void rope_rows(TensorView x, TensorView index, TensorView count, int64_t pos0, double theta, bool backward) {

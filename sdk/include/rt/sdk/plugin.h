@@ -15,7 +15,7 @@
 
 namespace rt {
 
-inline constexpr uint32_t kPluginAbiVersion = 14;
+inline constexpr uint32_t kPluginAbiVersion = 15;
 inline constexpr const char* kPluginEntrySymbol = "rt_plugin_entry";
 
 enum class PluginKind : uint32_t { Attention = 0, Router = 1 };
