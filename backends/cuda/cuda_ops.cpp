@@ -201,6 +201,12 @@ void CudaOps::linear(TensorView x, TensorView w, TensorView bias, TensorView y) 
 void CudaOps::rmsnorm(TensorView x, TensorView w, float eps, TensorView y) {
   cuda::rmsnorm_forward(x, w, eps, y, stream());
 }
+void CudaOps::rmsnorm_keep_input(TensorView x, TensorView w, float eps, TensorView y, TensorView x_copy) {
+  // RT_RMSNORM_KEEP_INPUT=0: the copy, then the norm (the same bits; for timing the fusion).
+  static const bool unfused = cuda::env_switch("RT_RMSNORM_KEEP_INPUT", "1", "0");
+  if (unfused) Ops::rmsnorm_keep_input(x, w, eps, y, x_copy);
+  else cuda::rmsnorm_keep_input_forward(x, w, eps, y, x_copy, stream());
+}
 
 void CudaOps::linear_accumulate(TensorView x, TensorView w, TensorView y) {
   cuda::linear_accumulate(gemm(), x, w, y, stream());

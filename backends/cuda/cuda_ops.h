@@ -57,6 +57,7 @@ class CudaOps final : public Ops {
   void embedding(TensorView table, TensorView ids, TensorView out) override;
   void linear(TensorView x, TensorView w, TensorView bias, TensorView y) override;
   void rmsnorm(TensorView x, TensorView w, float eps, TensorView y) override;
+  void rmsnorm_keep_input(TensorView x, TensorView w, float eps, TensorView y, TensorView x_copy) override;
   void rope(TensorView x, int64_t pos0, double theta) override;
   void attention(TensorView q, TensorView k, TensorView v, TensorView o, const AttentionSpec& spec) override;
   void add(TensorView a, TensorView b, TensorView out) override;

@@ -108,6 +108,9 @@ void embedding_backward(TensorView ids, TensorView dout, TensorView dtable, Embe
 
 // y = w * x / sqrt(mean(x^2) + eps) row-wise in fp32; x f32/bf16/f16, y f32/bf16/f16.
 void rmsnorm_forward(TensorView x, TensorView w, float eps, TensorView y, cudaStream_t stream);
+// Ops::rmsnorm_keep_input: the fast path's warp per row also stores the row it read into x_copy.
+void rmsnorm_keep_input_forward(TensorView x, TensorView w, float eps, TensorView y, TensorView x_copy,
+                                cudaStream_t stream);
 // Ops::rmsnorm_route_at in one block: y = rmsnorm(x) * g as rmsnorm_forward writes it, the router's
 // z = y . w, d = (z >= z_min and pos >= first), steps += d.
 void rmsnorm_route_at_forward(TensorView x, TensorView g, float eps, TensorView w, float z_min, TensorView pos,

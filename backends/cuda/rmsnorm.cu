@@ -78,10 +78,11 @@ void check_norm_args(const char* op, const TensorView& x, const TensorView& w, f
 }
 
 // Fast path: contiguous f32 x, bf16 w and y (the model's layout). One warp per row, row kept in
-// registers between the two passes, templated dtypes (no runtime switch).
+// registers between the two passes, templated dtypes (no runtime switch). x_copy (when not null)
+// receives the row as read (rmsnorm_keep_input).
 template <int kMaxPerLane>
 __global__ void rmsnorm_warp_kernel(const float* __restrict__ x, const __nv_bfloat16* __restrict__ w, float eps,
-                                    __nv_bfloat16* __restrict__ y, int64_t rows, int d) {
+                                    __nv_bfloat16* __restrict__ y, int64_t rows, int d, float* __restrict__ x_copy) {
   const int lane = threadIdx.x & 31;
   const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x >> 5) + (threadIdx.x >> 5);
   if (r >= rows) return;
@@ -93,6 +94,11 @@ __global__ void rmsnorm_warp_kernel(const float* __restrict__ x, const __nv_bflo
     const int i = lane + 32 * j;
     v[j] = i < d ? xr[i] : 0.f;
     ss += v[j] * v[j];
+  }
+  if (x_copy != nullptr) {
+#pragma unroll
+    for (int j = 0; j < kMaxPerLane; ++j)
+      if (lane + 32 * j < d) x_copy[r * d + lane + 32 * j] = v[j];
   }
   for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
   const float inv = 1.f / sqrtf(ss / static_cast<float>(d) + eps);
@@ -109,7 +115,7 @@ constexpr int64_t kMinWarpRows = 64;
 
 // True when the fast path took the call.
 bool rmsnorm_fast(const TensorView& x, const TensorView& w, float eps, const TensorView& y, int64_t rows, int64_t d,
-                  cudaStream_t stream) {
+                  cudaStream_t stream, float* x_copy = nullptr) {
   if (x.dtype != DType::F32 || w.dtype != DType::BF16 || y.dtype != DType::BF16 || !x.is_contiguous() ||
       !y.is_contiguous() || !w.is_contiguous() || d > 32 * 64 || rows < kMinWarpRows)
     return false;
@@ -119,9 +125,9 @@ bool rmsnorm_fast(const TensorView& x, const TensorView& w, float eps, const Ten
   auto* wp = static_cast<const __nv_bfloat16*>(w.data);
   auto* yp = static_cast<__nv_bfloat16*>(y.data);
   const int di = static_cast<int>(d);
-  if (d <= 32 * 16) rmsnorm_warp_kernel<16><<<blocks, warps * 32, 0, stream>>>(xp, wp, eps, yp, rows, di);
-  else if (d <= 32 * 32) rmsnorm_warp_kernel<32><<<blocks, warps * 32, 0, stream>>>(xp, wp, eps, yp, rows, di);
-  else rmsnorm_warp_kernel<64><<<blocks, warps * 32, 0, stream>>>(xp, wp, eps, yp, rows, di);
+  if (d <= 32 * 16) rmsnorm_warp_kernel<16><<<blocks, warps * 32, 0, stream>>>(xp, wp, eps, yp, rows, di, x_copy);
+  else if (d <= 32 * 32) rmsnorm_warp_kernel<32><<<blocks, warps * 32, 0, stream>>>(xp, wp, eps, yp, rows, di, x_copy);
+  else rmsnorm_warp_kernel<64><<<blocks, warps * 32, 0, stream>>>(xp, wp, eps, yp, rows, di, x_copy);
   CUDA_CHECK_LAUNCH();
   return true;
 }
@@ -416,6 +422,24 @@ void rmsnorm_forward(TensorView x, TensorView w, float eps, TensorView y, cudaSt
   rmsnorm_kernel<<<static_cast<unsigned>(rows), threads_for(d), 0, stream>>>(rows_desc(x), w.data, w.dtype,
                                                                              w.stride[0], eps, rows_desc(y), d);
   CUDA_CHECK_LAUNCH();
+}
+
+void rmsnorm_keep_input_forward(TensorView x, TensorView w, float eps, TensorView y, TensorView x_copy,
+                                cudaStream_t stream) {
+  const char* op = "rmsnorm_keep_input";
+  check_norm_args(op, x, w, eps, y);
+  check_cuda(op, "x_copy", x_copy);
+  RT_CHECK(x_copy.dtype == x.dtype && x_copy.ndim == x.ndim && x_copy.numel() == x.numel(), op,
+           ": argument 'x_copy' must match x (", dtype_name(x.dtype), " ", x.shape_str(), "), found ",
+           dtype_name(x_copy.dtype), " ", x_copy.shape_str());
+  RT_CHECK(!views_overlap(x_copy, x) && !views_overlap(x_copy, y) && !views_overlap(x_copy, w), op,
+           ": output 'x_copy' overlaps an argument");
+  const int64_t rows = num_rows(x), d = row_len(x);
+  if (rows == 0 || d == 0) return;
+  RT_CHECK(rows <= INT32_MAX, op, ": ", rows, " rows exceed the launch limit");
+  if (x_copy.is_contiguous() && rmsnorm_fast(x, w, eps, y, rows, d, stream, static_cast<float*>(x_copy.data))) return;
+  copy_forward(x, x_copy, stream);  // any other layout: the copy, then the norm
+  rmsnorm_forward(x, w, eps, y, stream);
 }
 
 void rmsnorm_route_at_forward(TensorView x, TensorView g, float eps, TensorView w, float z_min, TensorView pos,

@@ -331,8 +331,8 @@ class L2aBackendBase : public AttentionBackend {
     const ModelDims& d = *ctx.dims;
     const int64_t T = x.shape[0];
     local.x_in = ops.alloc(x.dtype, {T, d.hidden});
-    ops.copy(x, local.x_in);
-    local.h = normed(ctx, x, local_.norm);
+    local.h = ops.alloc(ops.activation_dtype(), {T, d.hidden});
+    ops.rmsnorm_keep_input(x, ctx.params->get(local_.norm), d.rms_eps, local.h, local.x_in);
     local.qkv = project_qkv(ctx, local_, local.h, 0, TensorView{}, TensorView{}, /*keep_raw=*/true);
     r = route(ctx, local.h, 0, true, tc.step);
     local.o = ops.alloc(ops.activation_dtype(), {T, d.n_heads, d.head_dim});

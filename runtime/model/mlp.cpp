@@ -30,7 +30,8 @@ GateUp project_gate_up(Ops& ops, const ModelDims& d, const LayerParams& p, Tenso
   return r;
 }
 
-// x += down(silu(gate(u)) * up(u)), u = RMSNorm_post(x), into a (all but x_in).
+// x += down(silu(gate(u)) * up(u)), u = RMSNorm_post(x), into a (x_in too when it is allocated: the
+// norm copies x there as it reads it).
 void mlp_apply(const LayerContext& ctx, TensorView x, MlpActivations& a) {
   Ops& ops = *ctx.ops;
   const ModelDims& d = *ctx.dims;
@@ -38,7 +39,8 @@ void mlp_apply(const LayerContext& ctx, TensorView x, MlpActivations& a) {
   const int64_t T = x.shape[0];
   const DType act = ops.activation_dtype();
   a.u = ops.alloc(act, {T, d.hidden});
-  ops.rmsnorm(x, p.get(kNorm), d.rms_eps, a.u);
+  if (a.x_in.view.data) ops.rmsnorm_keep_input(x, p.get(kNorm), d.rms_eps, a.u, a.x_in);
+  else ops.rmsnorm(x, p.get(kNorm), d.rms_eps, a.u);
   GateUp gu = project_gate_up(ops, d, p, a.u);
   a.gate = std::move(gu.gate);
   a.up = std::move(gu.up);
@@ -57,7 +59,6 @@ void mlp_forward(const LayerContext& ctx, TensorView x) {
 MlpActivations mlp_forward_train(const LayerContext& ctx, TensorView x) {
   MlpActivations a;
   a.x_in = ctx.ops->alloc(x.dtype, {x.shape[0], ctx.dims->hidden});
-  ctx.ops->copy(x, a.x_in);
   mlp_apply(ctx, x, a);
   return a;
 }

@@ -304,6 +304,11 @@ void register_cases() {
                 Tensor y = c.out("y", Kind::Act, {N, d});
                 c.call([&] { c.ops().rmsnorm(x, w, 1e-6f, y); });
               }});
+    add_case({"RmsNorm", "rmsnorm_keep_input" + sh, 4.0 * N * d, 1e-5, 1e-2, [=](Ctx& c) {
+                Tensor x = c.in(Kind::Acc, {N, d}, 2.0), w = c.in(Kind::Act, {d}, 0.2, 1.0);
+                Tensor y = c.out("y", Kind::Act, {N, d}), x_copy = c.out("x_copy", Kind::Acc, {N, d});
+                c.call([&] { c.ops().rmsnorm_keep_input(x, w, 1e-6f, y, x_copy); });
+              }});
     add_case({"RmsNorm", "rmsnorm_backward" + sh, 10.0 * N * d, 1e-5, 1e-2, [=](Ctx& c) {
                 Tensor x = c.in(Kind::Acc, {N, d}, 2.0), w = c.in(Kind::Act, {d}, 0.2, 1.0), dy = c.in(Kind::Act, {N, d});
                 Tensor dx = c.inout("dx", Kind::Acc, {N, d}), dw = c.inout("dw", Kind::Acc, {d});

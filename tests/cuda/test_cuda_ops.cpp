@@ -433,6 +433,39 @@ TEST_F(CudaOpsTest, RmsNorm) {
       }
 }
 
+// rmsnorm_keep_input: y bit for bit rmsnorm's, and x_copy exactly x, on the fast path (f32 x, bf16
+// w and y, contiguous, >= 64 rows) and off it (fewer rows, a strided x_copy, f32 y).
+TEST_F(CudaOpsTest, RmsNormKeepInput) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 500;
+  for (DType ydt : {DType::BF16, DType::F32})
+    for (int64_t n : kRows)
+      for (int64_t d : {int64_t{896}, int64_t{333}, int64_t{1536}})
+        for (bool strided : {false, true}) {
+          SCOPED_TRACE(std::string(rt::dtype_name(ydt)) + " N=" + std::to_string(n) + " d=" + std::to_string(d) +
+                       (strided ? " strided copy" : ""));
+          Host hx = randn({n, d}, ++seed, 3.f, 0.5f), hw = randn({d}, ++seed, 0.2f, 1.f);
+          const Tensor x = upload(hx, DType::F32), w = upload(hw, DType::BF16);
+          Tensor want = poisoned(ydt, {n, d}), y = poisoned(ydt, {n, d});
+          gpu->rmsnorm(x, w, 1e-6f, want);
+          Tensor wide = poisoned(DType::F32, {n, d + 8});
+          Tensor copy = poisoned(DType::F32, {n, d});
+          const TensorView dst = strided ? wide.view.cols(0, d) : copy.view;
+          gpu->rmsnorm_keep_input(x, w, 1e-6f, y, dst);
+          EXPECT_EQ(download(y), download(want)) << "y";
+          const std::vector<float> got = download(strided ? wide : copy), xs = download(x);
+          for (int64_t r = 0; r < n; ++r)
+            for (int64_t c = 0; c < d; ++c)
+              ASSERT_EQ(got[static_cast<size_t>(r * (d + (strided ? 8 : 0)) + c)], xs[static_cast<size_t>(r * d + c)])
+                  << "x_copy row " << r << " col " << c;
+        }
+  // A copy that overlaps x, or of another shape, is refused.
+  const Tensor x = upload(randn({70, 64}, 1), DType::F32), w = upload(randn({64}, 2), DType::BF16);
+  Tensor y = poisoned(DType::BF16, {70, 64}), small = poisoned(DType::F32, {70, 32});
+  EXPECT_THROW_MSG(gpu->rmsnorm_keep_input(x, w, 1e-6f, y, x), "rmsnorm_keep_input", "overlaps");
+  EXPECT_THROW_MSG(gpu->rmsnorm_keep_input(x, w, 1e-6f, y, small), "rmsnorm_keep_input", "must match x");
+}
+
 // ---- rope --------------------------------------------------------------------------------------
 
 TEST_F(CudaOpsTest, Rope) {

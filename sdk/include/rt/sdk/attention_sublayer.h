@@ -514,9 +514,9 @@ inline SublayerActivations attention_sublayer_forward_train(const LayerContext& 
   const DType act = ops.activation_dtype();
   SublayerActivations s;
   s.x_in = ops.alloc(x.dtype, {T, d.hidden});
-  ops.copy(x, s.x_in);
   s.h = normed ? *normed : ops.alloc(act, {T, d.hidden});
-  if (!normed) ops.rmsnorm(x, p.get(spec.norm), d.rms_eps, s.h);
+  if (normed) ops.copy(x, s.x_in);
+  else ops.rmsnorm_keep_input(x, p.get(spec.norm), d.rms_eps, s.h, s.x_in);
   s.qkv = project_qkv(ctx, spec, s.h, 0, TensorView{}, TensorView{}, /*keep_raw=*/true);
   s.o = ops.alloc(act, {T, d.n_heads, d.head_dim});
   s.lse = ops.alloc(ops.accum_dtype(), {d.n_heads, T});

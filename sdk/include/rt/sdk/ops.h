@@ -100,6 +100,15 @@ class Ops {
   virtual void linear(TensorView x, TensorView w, TensorView bias, TensorView y) = 0;
   // y = w * x / sqrt(mean(x^2) + eps), row-wise over the last dimension, in fp32.
   virtual void rmsnorm(TensorView x, TensorView w, float eps, TensorView y) = 0;
+  // rmsnorm, with x copied into x_copy on the way (same shape and dtype): a training sublayer keeps
+  // its input for the backward, and this reads x once instead of twice (a copy, then the norm).
+  virtual void rmsnorm_keep_input(TensorView x, TensorView w, float eps, TensorView y, TensorView x_copy) {
+    RT_CHECK(x_copy.dtype == x.dtype && x_copy.ndim == x.ndim && x_copy.numel() == x.numel(),
+             "rmsnorm_keep_input: argument 'x_copy' must match x (", dtype_name(x.dtype), " ", x.shape_str(),
+             "), found ", dtype_name(x_copy.dtype), " ", x_copy.shape_str());
+    copy(x, x_copy);
+    rmsnorm(x, w, eps, y);
+  }
   // In-place rotary embedding, rotate-half convention, on x [T, H, D]; row t has position pos0 + t.
   virtual void rope(TensorView x, int64_t pos0, double theta) = 0;
   // o [Tq, Hq, D] = softmax(q k^T * scale + mask) v, with q [Tq, Hq, D] and k, v [Tk, Hkv, D];
