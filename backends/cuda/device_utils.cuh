@@ -116,6 +116,35 @@ inline bool rows_16b_aligned(const RowsDesc& d) {
          (d.stride[0] * static_cast<int64_t>(dtype_size(d.dtype))) % 16 == 0;
 }
 
+// 8 consecutive elements at base + i as floats (or from floats): two 16-byte accesses for f32, one
+// for the 16-bit types; base + i must be 16-byte aligned (rows_16b_aligned rows, i % 8 == 0). Not
+// for f64.
+__device__ __forceinline__ void load8(const void* base, int64_t i, DType t, float (&v)[8]) {
+  if (t == DType::F32) {
+    const float4 a = *reinterpret_cast<const float4*>(static_cast<const float*>(base) + i);
+    const float4 b = *reinterpret_cast<const float4*>(static_cast<const float*>(base) + i + 4);
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+  } else {
+    const uint4 raw = *reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(base) + i);
+    const uint16_t* h = reinterpret_cast<const uint16_t*>(&raw);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) v[k] = load_f(h, k, t);
+  }
+}
+__device__ __forceinline__ void store8(void* base, int64_t i, DType t, const float (&v)[8]) {
+  if (t == DType::F32) {
+    float* p = static_cast<float*>(base) + i;
+    *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+    *reinterpret_cast<float4*>(p + 4) = make_float4(v[4], v[5], v[6], v[7]);
+  } else {
+    uint4 raw;
+    uint16_t* h = reinterpret_cast<uint16_t*>(&raw);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) store_f(h, k, t, v[k]);
+    *reinterpret_cast<uint4*>(static_cast<uint16_t*>(base) + i) = raw;
+  }
+}
+
 // Launch shape for a rows x cols elementwise kernel: x covers columns, y covers rows (a
 // grid-stride loop over rows past the 65535 limit of gridDim.y).
 struct Grid2D {

@@ -189,33 +189,7 @@ __global__ void __launch_bounds__(32 * kStatsRowsPerBlock)
 // stride, so a row starts at r * stride[0]: RowsDesc::row_offset's loop over the outer dimensions
 // indexes the descriptor at run time, which copies it to local memory (a 216-byte stack frame). The scalar kernel spent
 // 25 ms of a 32K training step on these rows, this one 20 ms. Sums differ from the scalar kernel's
-// by fp32 rounding only (another order).
-__device__ __forceinline__ void load8(const void* base, int64_t i, DType t, float (&v)[8]) {
-  if (t == DType::F32) {
-    const float4 a = *reinterpret_cast<const float4*>(static_cast<const float*>(base) + i);
-    const float4 b = *reinterpret_cast<const float4*>(static_cast<const float*>(base) + i + 4);
-    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
-  } else {
-    const uint4 raw = *reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(base) + i);
-    const uint16_t* h = reinterpret_cast<const uint16_t*>(&raw);
-#pragma unroll
-    for (int k = 0; k < 8; ++k) v[k] = load_f(h, k, t);
-  }
-}
-__device__ __forceinline__ void store8(void* base, int64_t i, DType t, const float (&v)[8]) {
-  if (t == DType::F32) {
-    float* p = static_cast<float*>(base) + i;
-    *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
-    *reinterpret_cast<float4*>(p + 4) = make_float4(v[4], v[5], v[6], v[7]);
-  } else {
-    uint4 raw;
-    uint16_t* h = reinterpret_cast<uint16_t*>(&raw);
-#pragma unroll
-    for (int k = 0; k < 8; ++k) store_f(h, k, t, v[k]);
-    *reinterpret_cast<uint4*>(static_cast<uint16_t*>(base) + i) = raw;
-  }
-}
-
+// by fp32 rounding only (another order). (load8 / store8: device_utils.cuh.)
 template <bool kDx>
 __global__ void __launch_bounds__(32 * kStatsRowsPerBlock)
     rmsnorm_backward_stats_vec_kernel(RowsDesc x, RowsDesc dy, const void* w, DType wdt, float eps, int64_t d,

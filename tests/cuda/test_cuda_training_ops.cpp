@@ -979,7 +979,7 @@ TEST_F(TrainingOpsTest, RowDot) {
   for (auto [da, db] : {std::pair{DType::F32, DType::F32}, std::pair{DType::BF16, DType::F32},
                         std::pair{DType::BF16, DType::BF16}})
     for (int64_t N : {1, 7, 129})
-      for (int64_t C : {64, 96, 1000})
+      for (int64_t C : {64, 96, 100, 1000})  // (100: not whole 16-byte vectors, the scalar kernel)
         for (bool acc : {false, true}) {
           SCOPED_TRACE(dts(da) + " x " + dts(db) + " N " + std::to_string(N) + " C " + std::to_string(C) +
                        (acc ? " +=" : " ="));
@@ -992,6 +992,51 @@ TEST_F(TrainingOpsTest, RowDot) {
           if (acc) expect_accumulated(down(go), o0, vals(co), 1e-5, DType::F32, "row_dot");
           else expect_close(down(go), vals(co), 1e-5, "row_dot");
         }
+}
+
+// row_dot_rows: the routed rows' dot products added at their positions, against the CPU; the rows
+// past the device-side count hold NaN and must not be read, and the unrouted positions keep their
+// values. Both kernels: 896 bf16 columns (16-byte vectors) and a column-strided view (scalar).
+TEST_F(TrainingOpsTest, RowDotRows) {
+  uint64_t seed = 9350;
+  const int64_t T = 300, cap = 300;
+  std::vector<int32_t> index(static_cast<size_t>(cap), 0);
+  int32_t n = 0;
+  for (int64_t t = 0; t < T; ++t)
+    if ((t * 7919 + 3) % 5 < 2) index[static_cast<size_t>(n++)] = static_cast<int32_t>(t);
+  Tensor gi = dev_ids(index), gc = dev_ids({n});
+  const TensorView ci = TensorView::contiguous(index.data(), DType::I32, Device::CPU, {cap});
+  const TensorView cc = TensorView::contiguous(&n, DType::I32, Device::CPU, {1});
+  for (bool strided : {false, true}) {
+    SCOPED_TRACE(strided ? "strided" : "vector");
+    const int64_t C = 896, W = strided ? 2 * C : C;
+    std::vector<float> a = randn({cap, W}, ++seed), b = randn({cap, W}, ++seed), o0 = randn({T}, ++seed);
+    for (int64_t e = n * W; e < cap * W; ++e) a[static_cast<size_t>(e)] = kNaN;
+    Tensor ga = dev(a, DType::BF16, {cap, W}), gb = dev(b, DType::BF16, {cap, W}), go = dev(o0, DType::F32, {T});
+    auto cols = [&](TensorView v) {  // every other column when strided
+      if (!strided) return v;
+      v.shape[1] = C;
+      v.stride[1] = 2;
+      return v;
+    };
+    // The reference reads the same columns, copied contiguous (the CPU takes unit-stride rows only).
+    auto picked = [&](const std::vector<float>& v) {
+      std::vector<float> r(static_cast<size_t>(cap * C));
+      for (int64_t i = 0; i < cap; ++i)
+        for (int64_t c = 0; c < C; ++c)
+          r[static_cast<size_t>(i * C + c)] = v[static_cast<size_t>(i * W + (strided ? 2 * c : c))];
+      return r;
+    };
+    Tensor co = host(o0, {T});
+    cpu->row_dot_rows(host(picked(a), {cap, C}, DType::BF16), host(picked(b), {cap, C}, DType::BF16), ci, cc, co);
+    gpu->row_dot_rows(cols(ga), cols(gb), gi, gc, go);
+    const std::vector<float> got = down(go), want = vals(co);
+    for (int64_t t = 0; t < T; ++t) {
+      const bool routed = std::find(index.begin(), index.begin() + n, static_cast<int32_t>(t)) != index.begin() + n;
+      if (routed) EXPECT_NEAR(got[static_cast<size_t>(t)], want[static_cast<size_t>(t)], 1e-3f) << "row " << t;
+      else EXPECT_EQ(got[static_cast<size_t>(t)], o0[static_cast<size_t>(t)]) << "unrouted row " << t;
+    }
+  }
 }
 
 TEST_F(TrainingOpsTest, Axpby) {
