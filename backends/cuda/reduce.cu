@@ -228,20 +228,26 @@ void launch_row_dot(const char* op, const TensorView& a, const TensorView& b, co
         da, db, out.data, out.dtype, out.stride[0], rows, cols, accumulate, index, count);
   CUDA_CHECK_LAUNCH();
 }
-}  // namespace
 
-void row_dot_forward(TensorView a, TensorView b, TensorView out, bool accumulate, cudaStream_t stream) {
-  const char* op = "row_dot";
+// row_dot's and row_dot_rows' shared checks: a and b [rows, cols] alike on the device, out 1-D apart from them.
+void check_row_dot(const char* op, const TensorView& a, const TensorView& b, const TensorView& out) {
   check_input(op, "a", a);
   check_input(op, "b", b);
   check_input(op, "out", out);
   RT_CHECK(a.ndim >= 2, op, ": argument 'a' must be [rows, cols] (at least 2 dimensions), found shape ",
            a.shape_str());
   check_same_shape(op, "a", a, "b", b);
-  const int64_t rows = num_rows(a), cols = row_len(a);
-  RT_CHECK(out.ndim == 1 && out.shape[0] == rows, op, ": argument 'out' must have shape [", rows,
-           "] (one value per row of a ", a.shape_str(), "), found ", out.shape_str());
+  RT_CHECK(out.ndim == 1, op, ": argument 'out' must be 1-D, found ", out.shape_str());
   RT_CHECK(!views_overlap(out, a) && !views_overlap(out, b), op, ": output 'out' overlaps an input");
+}
+}  // namespace
+
+void row_dot_forward(TensorView a, TensorView b, TensorView out, bool accumulate, cudaStream_t stream) {
+  const char* op = "row_dot";
+  check_row_dot(op, a, b, out);
+  const int64_t rows = num_rows(a), cols = row_len(a);
+  RT_CHECK(out.shape[0] == rows, op, ": argument 'out' must have shape [", rows, "] (one value per row of a ",
+           a.shape_str(), "), found ", out.shape_str());
   if (rows == 0) return;
   launch_row_dot(op, a, b, out, rows, cols, accumulate, nullptr, nullptr, stream);
 }
@@ -249,21 +255,14 @@ void row_dot_forward(TensorView a, TensorView b, TensorView out, bool accumulate
 void row_dot_rows_forward(TensorView a, TensorView b, TensorView index, TensorView count, TensorView out,
                           cudaStream_t stream) {
   const char* op = "row_dot_rows";
-  check_input(op, "a", a);
-  check_input(op, "b", b);
-  check_input(op, "out", out);
+  check_row_dot(op, a, b, out);
   check_cuda(op, "index", index);
   check_cuda(op, "count", count);
-  RT_CHECK(a.ndim >= 2, op, ": argument 'a' must be [cap, cols] (at least 2 dimensions), found shape ",
-           a.shape_str());
-  check_same_shape(op, "a", a, "b", b);
   const int64_t rows = num_rows(a), cols = row_len(a);
   RT_CHECK(index.dtype == DType::I32 && index.ndim == 1 && index.stride[0] == 1 && index.shape[0] >= rows &&
                count.dtype == DType::I32 && count.numel() == 1,
            op, ": expected index I32 [cap >= ", rows, "] (contiguous) and count I32 [1], found ",
            dtype_name(index.dtype), " ", index.shape_str(), " and ", dtype_name(count.dtype), " ", count.shape_str());
-  RT_CHECK(out.ndim == 1, op, ": argument 'out' must be [T], found ", out.shape_str());
-  RT_CHECK(!views_overlap(out, a) && !views_overlap(out, b), op, ": output 'out' overlaps an input");
   if (rows == 0) return;
   // (The index entries are the compaction's: ascending positions below T, as the CPU checks.)
   launch_row_dot(op, a, b, out, rows, cols, /*accumulate=*/true, static_cast<const int32_t*>(index.data),

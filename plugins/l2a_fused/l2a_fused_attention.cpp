@@ -110,10 +110,19 @@ class FusedL2aAttention final : public L2aBackendBase {
     s->leak = leaks(ctx, tc);
     if (cfg_.layout == Layout::Paper) {
       s->local = attention_sublayer_forward_train(ctx, local_, x, TensorView{});
-      s->h = normed(ctx, x, global_.norm);
+      // x1 (the global norm's input, kept for its backward) copied by the norm as it reads it; a
+      // leak's dense sublayer keeps its own.
+      Tensor x1;
+      if (s->leak) {
+        s->h = normed(ctx, x, global_.norm);
+      } else {
+        x1 = ops.alloc(x.dtype, {T, d.hidden});
+        s->h = ops.alloc(ops.activation_dtype(), {T, d.hidden});
+        ops.rmsnorm_keep_input(x, ctx.params->get(global_.norm), d.rms_eps, s->h, x1);
+      }
       s->route = route(ctx, s->h, 0, true, tc.step);
       if (s->leak) s->dense = attention_sublayer_forward_train(ctx, global_, x, s->route.d, &s->h);
-      else s->global = paper_global_forward(ctx, x, s->h, compact(ctx, s->route.d), nullptr, 0, true);
+      else s->global = paper_global_forward(ctx, x, s->h, compact(ctx, s->route.d), nullptr, 0, true, std::move(x1));
     } else {
       const DType act = ops.activation_dtype();
       s->o = ops.alloc(act, {T, d.n_heads, d.head_dim});
@@ -262,9 +271,10 @@ class FusedL2aAttention final : public L2aBackendBase {
   }
 
   // The paper layout's global sublayer on the routed rows (see the top of the file). With a cache,
-  // every token's k and v are appended to it (positions pos0..).
+  // every token's k and v are appended to it (positions pos0..). Training passes x1, the copy of x
+  // its backward keeps.
   GlobalRouted paper_global_forward(const LayerContext& ctx, TensorView x, const Tensor& h2, RoutedSet rs,
-                                    KvCache* cache, int64_t pos0, bool training) const {
+                                    KvCache* cache, int64_t pos0, bool training, Tensor x1 = {}) const {
     Ops& ops = *ctx.ops;
     const ModelDims& d = *ctx.dims;
     const LayerParams& p = *ctx.params;
@@ -275,10 +285,7 @@ class FusedL2aAttention final : public L2aBackendBase {
     GlobalRouted g;
     g.rs = std::move(rs);
     g.h2 = h2;
-    if (training) {
-      g.x1 = ops.alloc(x.dtype, {T, d.hidden});
-      ops.copy(x, g.x1);
-    }
+    g.x1 = std::move(x1);
     const KvCache::Rows in_cache = cache ? cache->rows_in_place(T, 0) : KvCache::Rows{};
     g.k = in_cache.k.data ? Tensor{in_cache.k, nullptr} : ops.alloc(act, {T, d.n_kv_heads, d.head_dim});
     g.v = in_cache.v.data ? Tensor{in_cache.v, nullptr} : ops.alloc(act, {T, d.n_kv_heads, d.head_dim});
