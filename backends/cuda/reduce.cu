@@ -18,20 +18,30 @@ namespace {
 
 constexpr int kRowDotWarps = 8;
 
-// One warp per row. Routed (index, count given): the rows past the device-side count return at
-// once, and row r's sum is added at out[index[r]] (row_dot_rows).
+// Both row_dot kernels: the warp's row (false past the rows, or past the device-side count when
+// routed), and its lanes' partial sums added up and stored at out[r], or out[index[r]] (row_dot_rows).
+__device__ __forceinline__ bool row_dot_row(int64_t rows, const int32_t* count, int64_t& r) {
+  r = blockIdx.x * static_cast<int64_t>(blockDim.x >> 5) + (threadIdx.x >> 5);
+  return r < rows && (count == nullptr || r < *count);  // whole warps: r is uniform across a warp
+}
+__device__ __forceinline__ void row_dot_store(float acc, int64_t r, void* out, DType ot, int64_t os, bool accumulate,
+                                              const int32_t* index) {
+  for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+  const int64_t at = (index != nullptr ? index[r] : r) * os;
+  if ((threadIdx.x & 31) == 0) store_f(out, at, ot, accumulate ? load_f(out, at, ot) + acc : acc);
+}
+
+// One warp per row.
 __global__ void row_dot_kernel(RowsDesc a, RowsDesc b, void* out, DType ot, int64_t os, int64_t rows, int64_t cols,
                                bool accumulate, const int32_t* index, const int32_t* count) {
+  int64_t r;
+  if (!row_dot_row(rows, count, r)) return;
   const int lane = threadIdx.x & 31;
-  const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x >> 5) + (threadIdx.x >> 5);
-  if (r >= rows || (count != nullptr && r >= *count)) return;  // whole warps: r is uniform across a warp
   const int64_t ao = a.row_offset(r), bo = b.row_offset(r);
   float acc = 0.f;
   for (int64_t c = lane; c < cols; c += 32)
     acc += load_f(a.data, ao + c * a.col_stride, a.dtype) * load_f(b.data, bo + c * b.col_stride, b.dtype);
-  for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-  const int64_t at = (index != nullptr ? index[r] : r) * os;
-  if (lane == 0) store_f(out, at, ot, accumulate ? load_f(out, at, ot) + acc : acc);
+  row_dot_store(acc, r, out, ot, os, accumulate, index);
 }
 
 // The same in 16-byte loads, 8 elements a lane at a time, where both views' rows are unit-stride,
@@ -42,9 +52,9 @@ __global__ void row_dot_kernel(RowsDesc a, RowsDesc b, void* out, DType ot, int6
 __global__ void row_dot_vec_kernel(const void* a, DType at, int64_t as, const void* b, DType bt, int64_t bs, void* out,
                                    DType ot, int64_t os, int64_t rows, int64_t cols, bool accumulate,
                                    const int32_t* index, const int32_t* count) {
+  int64_t r;
+  if (!row_dot_row(rows, count, r)) return;
   const int lane = threadIdx.x & 31;
-  const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x >> 5) + (threadIdx.x >> 5);
-  if (r >= rows || (count != nullptr && r >= *count)) return;  // whole warps
   const int64_t ao = r * as, bo = r * bs;
   float acc = 0.f;
   for (int64_t c = 8 * lane; c < cols; c += 256) {
@@ -54,9 +64,7 @@ __global__ void row_dot_vec_kernel(const void* a, DType at, int64_t as, const vo
 #pragma unroll
     for (int k = 0; k < 8; ++k) acc = fmaf(va[k], vb[k], acc);
   }
-  for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-  const int64_t at_out = (index != nullptr ? index[r] : r) * os;
-  if (lane == 0) store_f(out, at_out, ot, accumulate ? load_f(out, at_out, ot) + acc : acc);
+  row_dot_store(acc, r, out, ot, os, accumulate, index);
 }
 
 // ---- reduce_sum ----------------------------------------------------------------------------------
