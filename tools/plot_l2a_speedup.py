@@ -13,8 +13,10 @@ Implementations (--impls) are keys of the anchors' "l2a" rows: official_layer (F
 + the official L2A Triton kernel), flex_layer (Flex sliding window + Flex over the routed queries),
 and the routed kernels alone, official_routed and flex_routed.
 
---ours adds our runtime's numbers: a JSON list of {"T", "sparsity", "fwd_ms", "fwdbwd_ms"} entries
-(either time may be missing or null), or an object {"label": ..., "shape": ..., "entries": [...]}.
+--ours adds our runtime's numbers: the JSON of `runtime profile --kernels-only --sparsity ... --json`
+(its routed rows' l2a_fwd_ms and l2a_fwd_bwd_ms: window + routed, as measured in that profile), a JSON
+list of {"T", "sparsity", "fwd_ms", "fwdbwd_ms"} entries (either time may be missing or null), or an
+object {"label": ..., "shape": ..., "entries": [...]}.
 Its speedups divide the anchors file's SDPA causal time at the same T and shape (--ours-shape,
 default the object's "shape" or qwen2.5-0.5b), so both files should come from the same GPU.
 --flop-bound adds, per T, the FLOP ratio causal / (window + routed) of the layer: the speedup a
@@ -47,7 +49,15 @@ def load_ours(path, label, shape):
     """Our runtime's entries -> (label, shape, [{"T", "sparsity", "fwd_ms", "fwdbwd_ms"}])."""
     with open(path) as f:
         data = json.load(f)
-    if isinstance(data, dict):
+    if isinstance(data, dict) and "kernels" in data:  # runtime profile --json
+        entries = [{"T": k["seq"], "sparsity": k["sparsity"], "fwd_ms": k.get("l2a_fwd_ms"),
+                    "fwdbwd_ms": k.get("l2a_fwd_bwd_ms")}
+                   for k in data["kernels"] if k.get("mask") == "routed" and "sparsity" in k]
+        if not entries:
+            raise SystemExit(f"{path}: no routed kernel rows with a sparsity (run `runtime profile` with --sparsity)")
+        label = label or f"ours: window + routed ({data.get('device_name', 'runtime profile')})"
+        shape = shape or data.get("model")
+    elif isinstance(data, dict):
         entries = data.get("entries", [])
         label = label or data.get("label")
         shape = shape or data.get("shape")
