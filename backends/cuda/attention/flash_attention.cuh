@@ -181,6 +181,20 @@ __device__ __forceinline__ void load_tile(uint32_t s_tile, const bf16* base, int
 // ------------------------------------------------------------------------------------------------
 // Forward kernel
 
+// The key split of the Hopper forward's heavy routed query blocks (flash_fwd_split.cuh);
+// max_splits <= 1: off (every CTA its block's chunk 0, the only one the other kernels know).
+struct RoutedSplit {
+  float* part = nullptr;  // [Hkv][blocks_max][max_splits] slots of block_m x (kD + 2) floats:
+                          // the unnormalized output [block_m][kD], then (max, sum) per row
+  int max_splits = 0;
+  int blocks_max = 0;  // split only with at most this many active blocks per KV head
+  int extra_y = 0;     // grid rows before the blocks' own: (max_splits - 1) * blocks_max
+  int sms = 1;
+  int tiles_max = 0;   // key tiles of the longest row range: ceil(Tk / BlockN)
+  int min_chunk = 1;   // fewest key tiles in a chunk
+  int waves = 1;       // chunks of about 1 / waves of an SM's share of the work
+};
+
 struct FwdParams {
   const bf16* q;
   const bf16* k;
@@ -196,6 +210,7 @@ struct FwdParams {
   const int32_t* q_count;
   bool q_indexed;           // RoutedRows: q holds every row, row i reads q row q_index[i] (AttentionSpec)
   bool inactive_unwritten;  // RoutedRows: rows past the count are not stored (AttentionSpec)
+  RoutedSplit split;        // the Hopper forward only
 };
 
 // Tile shape: head dim, query rows per CTA, keys per KV tile, warps. Each warp owns 16 * kMTiles rows.

@@ -25,6 +25,7 @@
 #include <cuda.h>
 
 #include "cuda/attention/flash_attention.cuh"
+#include "cuda/attention/flash_fwd_split.cuh"
 #include "cuda/attention/wgmma.cuh"
 
 namespace rt::cuda::attn {
@@ -175,16 +176,33 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   const int n_blocks = Cfg::kPersistent ? heads * p.num_m_blocks : 1;
   const int first = Cfg::kPersistent ? static_cast<int>(blockIdx.x) : 0;
   const int step = Cfg::kPersistent ? static_cast<int>(gridDim.x) : 1;
+  // Not persistent: the grid cell's block, and which chunk of its key tiles this CTA runs when
+  // heavy routed blocks are split (flash_fwd_split.cuh; `splits` chunks, 1: the whole block).
+  int by = static_cast<int>(blockIdx.y), chunk = 0, splits = 1;
+  const int active = p.split.max_splits > 1 ? active_query_blocks<Rows>(p, kBlockM) : 0;
+  if constexpr (!Cfg::kPersistent) {
+    if (p.split.max_splits > 1) {
+      const SplitCta cta = split_cta(p, by, active);
+      if (cta.by < 0) return;
+      by = cta.by;
+      chunk = cta.chunk;
+    }
+  }
   auto block_at = [&](int b) {
     return Cfg::kPersistent ? make_query_block<Mask, Rows>(p, kBlockM, p.num_m_blocks, b % heads, b / heads)
-                            : make_query_block<Mask, Rows>(p, kBlockM);
+                            : make_query_block<Mask, Rows>(p, kBlockM, p.num_m_blocks, static_cast<int>(blockIdx.x), by);
   };
+  // This CTA's key tiles of block qb, latest first: all of them, or its chunk's.
   auto key_tiles = [&](const QueryBlock<Mask, Rows>& qb, int& nb_max) {
-    nb_max = (qb.n_hi + kBlockN - 1) / kBlockN;  // exclusive; the latest tile goes first
-    return nb_max - qb.n_lo / kBlockN;
+    KeyTiles t = block_key_tiles(qb, kBlockN);
+    if (splits > 1) t = chunk_tiles(t, chunk, splits);
+    nb_max = t.nb_max;
+    return t.ntiles;
   };
   if constexpr (!Cfg::kPersistent) {
     const QueryBlock<Mask, Rows> qb = block_at(0);
+    if (!qb.empty()) splits = split_count<Rows>(p, active, block_key_tiles(qb, kBlockN).ntiles);
+    if (chunk >= splits) return;  // an extra CTA of a block cut into fewer chunks (or empty)
     if (qb.empty()) {
       store_empty_block<kD>(p, qb, kBlockM, threadIdx.x, Cfg::kThreads);
       return;
@@ -379,8 +397,12 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
 #pragma unroll
       for (int hr = 0; hr < 2; ++hr) {
         const int r = r_base + warp * 16 + g + hr * 8;
-        store_row<kD>(p, qb, r, t4, row_max[hr], quad_sum(row_sum[hr]),
-                      [&](int dt, int e) { return o[4 * dt + 2 * hr + e]; });
+        auto acc = [&](int dt, int e) { return o[4 * dt + 2 * hr + e]; };
+        if (splits > 1)  // a chunk: the softmax's state, for the combine
+          store_partial_row<kD>(split_slot<kD>(p, qb.hk, qb.m0 / kBlockM, chunk, kBlockM), kBlockM, r - qb.m0, t4,
+                                row_max[hr], quad_sum(row_sum[hr]), acc);
+        else
+          store_row<kD>(p, qb, r, t4, row_max[hr], quad_sum(row_sum[hr]), acc);
       }
       carried += ntiles;
     }

@@ -13,6 +13,7 @@
 
 #include "cuda/attention/flash_fwd_hopper.cuh"
 #include "cuda/env_switch.h"
+#include "cuda/memory.h"
 #include "cuda/attention/sm90/kv_tensor_map.h"
 
 namespace rt::cuda::attn_launch {
@@ -48,24 +49,92 @@ bool persistent_setting() {
   return on;
 }
 
+// RT_ATTN_ROUTED_SPLIT: auto (default) splits the key range of heavy routed query blocks when few
+// blocks are active (flash_fwd_split.cuh); 0 never; force splits every block it can, into chunks
+// of one key tile (for the tests: small inputs then take the split and combine path).
+// RT_ATTN_ROUTED_SPLIT_WAVES=1|2|4: chunks of about 1/waves of an SM's share of the work (default 1).
+enum class SplitMode { Off, Auto, Force };
+SplitMode split_setting() {
+  static const SplitMode mode = [] {
+    const char* v = std::getenv("RT_ATTN_ROUTED_SPLIT");
+    const std::string m = v ? v : "";
+    RT_CHECK(m.empty() || m == "auto" || m == "0" || m == "force", "RT_ATTN_ROUTED_SPLIT='", m,
+             "': expected auto, 0 or force");
+    return m == "0" ? SplitMode::Off : m == "force" ? SplitMode::Force : SplitMode::Auto;
+  }();
+  return mode;
+}
+int split_waves_setting() {
+  static const int waves = [] {
+    const char* v = std::getenv("RT_ATTN_ROUTED_SPLIT_WAVES");
+    const std::string w = v ? v : "";
+    RT_CHECK(w.empty() || w == "1" || w == "2" || w == "4", "RT_ATTN_ROUTED_SPLIT_WAVES='", w, "': expected 1, 2 or 4");
+    return w.empty() ? 1 : std::atoi(w.c_str());
+  }();
+  return waves;
+}
+
+// The split's plan bounds (the kernel decides the rest from the count) and its workspace size in
+// floats; max_splits stays 0 where no block could be split.
+template <class Cfg>
+int64_t plan_split(attn::FwdParams& p, const Shapes& s) {
+  constexpr int kMaxSplits = 4, kMinChunk = 8;
+  const SplitMode mode = split_setting();
+  const int64_t tiles_max = (s.Tk + Cfg::kBlockN - 1) / Cfg::kBlockN;
+  const int min_chunk = mode == SplitMode::Force ? 1 : kMinChunk;
+  if (mode == SplitMode::Off || tiles_max <= min_chunk || Cfg::kPersistent) return 0;
+  attn::RoutedSplit& sp = p.split;
+  sp.sms = num_sms();
+  // Auto: only launches whose active blocks fit one wave (see flash_fwd_split.cuh).
+  const int64_t blocks_max =
+      std::min<int64_t>(p.num_m_blocks, mode == SplitMode::Force ? 512 : std::max<int64_t>(1, sp.sms / s.Hkv));
+  sp.max_splits = kMaxSplits;
+  sp.blocks_max = static_cast<int>(blocks_max);
+  sp.extra_y = static_cast<int>((kMaxSplits - 1) * blocks_max);
+  sp.tiles_max = static_cast<int>(tiles_max);
+  sp.min_chunk = min_chunk;
+  sp.waves = mode == SplitMode::Force ? 1 << 20 : split_waves_setting();
+  RT_CHECK(p.num_m_blocks + sp.extra_y <= 65535, "attention (cuda): Tq = ", s.Tq, " is too long for one launch");
+  return s.Hkv * blocks_max * kMaxSplits * Cfg::kBlockM * (Cfg::kD + 2);
+}
+
 template <class Cfg, class Rows>
 bool launch(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o, float* lse,
             const AttentionSpec& spec, const Shapes& s, cudaStream_t stream) {
   CUtensorMap tk, tv;
   if (!kv_tensor_map(&tk, k, Cfg::kBlockN) || !kv_tensor_map(&tv, v, Cfg::kBlockN)) return false;
-  const attn::FwdParams p = fwd_params(q, k, v, o, lse, spec, s, Cfg::kBlockM);
-  with_mask(spec, [&](auto mask) {
-    using Mask = decltype(mask);
-    constexpr auto kernel = attn::flash_fwd_hopper_kernel<Cfg, Mask, Rows>;
-    ensure_smem<kernel>("attention (cuda)", Cfg::kSmemBytes, "cudaFuncSetAttribute (Hopper flash forward)");
-    const int64_t heads = Rows::routed ? s.Hkv : s.Hq;
-    const int64_t blocks = heads * p.num_m_blocks;
-    RT_CHECK(!Cfg::kPersistent || blocks <= INT32_MAX, "attention (cuda): ", blocks, " query blocks are too many for one launch");
-    const dim3 grid = Cfg::kPersistent ? dim3(static_cast<unsigned>(std::min<int64_t>(blocks, num_sms())))
-                                       : dim3(static_cast<unsigned>(heads), static_cast<unsigned>(p.num_m_blocks));
-    kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p, tk, tv);
-    check_launch("attention (cuda)", "flash_fwd_hopper_kernel");
-  });
+  attn::FwdParams p = fwd_params(q, k, v, o, lse, spec, s, Cfg::kBlockM);
+  const int64_t part_floats = Rows::routed ? plan_split<Cfg>(p, s) : 0;
+  if (part_floats > 0)
+    p.split.part = static_cast<float*>(malloc_async(static_cast<size_t>(part_floats) * sizeof(float), stream, [] {
+      return std::string("the attention (cuda) workspace of the routed rows' key split");
+    }));
+  try {
+    with_mask(spec, [&](auto mask) {
+      using Mask = decltype(mask);
+      constexpr auto kernel = attn::flash_fwd_hopper_kernel<Cfg, Mask, Rows>;
+      ensure_smem<kernel>("attention (cuda)", Cfg::kSmemBytes, "cudaFuncSetAttribute (Hopper flash forward)");
+      const int64_t heads = Rows::routed ? s.Hkv : s.Hq;
+      const int64_t blocks = heads * p.num_m_blocks;
+      RT_CHECK(!Cfg::kPersistent || blocks <= INT32_MAX, "attention (cuda): ", blocks, " query blocks are too many for one launch");
+      const dim3 grid = Cfg::kPersistent
+                            ? dim3(static_cast<unsigned>(std::min<int64_t>(blocks, num_sms())))
+                            : dim3(static_cast<unsigned>(heads), static_cast<unsigned>(p.num_m_blocks + p.split.extra_y));
+      kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p, tk, tv);
+      check_launch("attention (cuda)", "flash_fwd_hopper_kernel");
+      if constexpr (Rows::routed) {
+        if (p.split.max_splits <= 1) return;
+        constexpr auto combine = attn::flash_fwd_split_combine_kernel<Cfg::kD, Cfg::kBlockM, Cfg::kBlockN, Mask, Rows>;
+        combine<<<dim3(static_cast<unsigned>(s.Hkv), static_cast<unsigned>(p.split.blocks_max)), 256, 0, stream>>>(p);
+        check_launch("attention (cuda)", "flash_fwd_split_combine_kernel");
+      }
+    });
+  } catch (...) {
+    if (p.split.part != nullptr) (void)cudaFreeAsync(p.split.part, stream);
+    throw;
+  }
+  if (p.split.part != nullptr)
+    check_cuda("attention (cuda)", cudaFreeAsync(p.split.part, stream), "cudaFreeAsync (key split workspace)");
   return true;
 }
 
