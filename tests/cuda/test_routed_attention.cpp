@@ -166,7 +166,7 @@ void check_forward(Gpu& g, const RoutedCase& c, uint64_t seed) {
   g.poison(lse);
   const AttentionSpec spec = routed_spec(r, ix, cnt);
   g.ops->attention_forward_lse(q, k, v, o, lse, spec);
-  const std::vector<float> go = g.download(o), glse = g.download(lse);
+  std::vector<float> go = g.download(o), glse = g.download(lse);
   {  // deterministic: a second call gives the same bits (the key split's combine included)
     g.poison(o);
     g.ops->attention_forward_lse(q, k, v, o, lse, spec);
@@ -203,8 +203,11 @@ void check_forward(Gpu& g, const RoutedCase& c, uint64_t seed) {
   if (n > 0) {
     EXPECT_LT(rel_err(got_active, cpu_active), 1e-2) << "routed rows against the CPU fp32 reference";
   }
-  // The same tiles in the same order as the dense kernel; only the compiler's choice of fused
-  // multiply-adds may differ between the two instantiations (an ulp of the fp32 statistics).
+  // The same tiles as the dense kernel: in the same order (only the compiler's choice of fused
+  // multiply-adds may differ between the two instantiations, an ulp of the fp32 statistics), or,
+  // where the Hopper forward splits a block's keys (flash_fwd_split.cuh), in chunks merged in fp32:
+  // other roundings, so the rows may differ by a bf16 ulp, but their error against the fp32
+  // reference stays within 2x the dense kernel's.
   std::vector<float> dense_rows;
   for (int64_t i = 0; i < n; ++i) {
     const int32_t t = r.idx[static_cast<size_t>(i)];
@@ -216,17 +219,29 @@ void check_forward(Gpu& g, const RoutedCase& c, uint64_t seed) {
     }
   }
   if (n > 0) {
-    EXPECT_LT(rel_err(got_active, dense_rows), 2e-3) << "routed rows against the dense flash kernel's rows";
+    EXPECT_LT(rel_err(got_active, dense_rows), 4e-3) << "routed rows against the dense flash kernel's rows";
+    const double err = rel_err(got_active, cpu_active), dense_err = rel_err(dense_rows, cpu_active);
+    EXPECT_LE(err, 2 * dense_err) << "routed rows' error against fp32: " << err << ", the dense kernel's: " << dense_err;
   }
   for (int64_t i = n; i < cap; ++i) {
     for (size_t e = 0; e < row; ++e) ASSERT_EQ(go[i * row + e], 0.f) << "inactive row " << i << " not zero";
     for (int64_t h = 0; h < Hq; ++h) ASSERT_TRUE(std::isinf(glse[static_cast<size_t>(h * cap + i)]));
   }
 
-  // q_indexed: the queries read from the full q through the index give the compact call's rows to
-  // the bit; past the count zeros and +inf, or (inactive_unwritten) the poison left in place.
+  // q_indexed: the queries read from the full q through the index give the rows of a compact call
+  // of the same capacity (T rows: the same blocks, and the same key split) to the bit; past the
+  // count zeros and +inf, or (inactive_unwritten) the poison left in place.
   if (c.T == 0) return;
   Tensor ix_t = g.upload_i32(index, c.T);  // entries past the count: never read
+  {
+    std::vector<float> q_t(static_cast<size_t>(c.T) * row, std::numeric_limits<float>::quiet_NaN());
+    std::copy_n(r.q_r.begin(), static_cast<size_t>(n) * row, q_t.begin());
+    Tensor qt = g.upload(q_t, {c.T, Hq, D}, DType::BF16);
+    Tensor ot = g.ops->alloc(DType::BF16, {c.T, Hq, D}), lt = g.ops->alloc(DType::F32, {Hq, c.T});
+    g.ops->attention_forward_lse(qt, k, v, ot, lt, routed_spec(r, ix_t, cnt));
+    go = g.download(ot);
+    glse = g.download(lt);
+  }
   for (const bool unwritten : {false, true}) {
     SCOPED_TRACE(unwritten ? "q_indexed, inactive_unwritten" : "q_indexed");
     AttentionSpec is = routed_spec(r, ix_t, cnt);
@@ -241,7 +256,7 @@ void check_forward(Gpu& g, const RoutedCase& c, uint64_t seed) {
     for (int64_t i = 0; i < c.T; ++i)
       for (int64_t h = 0; h < Hq; ++h) {
         const float got = ilse[static_cast<size_t>(h * c.T + i)];
-        if (i < n) ASSERT_EQ(got, glse[static_cast<size_t>(h * cap + i)]) << "lse row " << i << " head " << h;
+        if (i < n) ASSERT_EQ(got, glse[static_cast<size_t>(h * c.T + i)]) << "lse row " << i << " head " << h;
         else ASSERT_TRUE(unwritten ? std::isnan(got) : std::isinf(got)) << "lse past the count: " << got;
       }
     for (size_t e = static_cast<size_t>(n) * row; e < io.size(); ++e)

@@ -188,7 +188,7 @@ struct RoutedSplit {
                           // the unnormalized output [block_m][kD], then (max, sum) per row
   int max_splits = 0;
   int blocks_max = 0;  // split only with at most this many active blocks per KV head
-  int extra_y = 0;     // grid rows before the blocks' own: (max_splits - 1) * blocks_max
+  int extra_y = 0;     // grid rows beside one per block: (max_splits - 1) * blocks_max
   int sms = 1;
   int tiles_max = 0;   // key tiles of the longest row range: ceil(Tk / BlockN)
   int min_chunk = 1;   // fewest key tiles in a chunk

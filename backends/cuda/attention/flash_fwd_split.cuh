@@ -21,8 +21,7 @@
 //             average, shared over the SMs `waves` times)
 //   splits  = min(max_splits, ceil(tiles of the block / chunk))
 // The grid holds, beside one CTA per block (its chunk 0), (max_splits - 1) * blocks_max extra CTAs
-// launched first, the chunks 1.. of the heaviest active blocks; an extra CTA whose chunk its block
-// does not have returns at once.
+// for the chunks 1.. (split_cta orders them); one whose chunk its block does not have returns at once.
 #pragma once
 
 #include "cuda/attention/flash_attention.cuh"
@@ -70,17 +69,28 @@ __device__ __forceinline__ KeyTiles chunk_tiles(const KeyTiles& all, int c, int 
 }
 
 // The block (its place in the launch order, as make_query_block's `by`) and the chunk a CTA runs
-// from its grid row y: the extra rows first (chunks 1.. of the heaviest active blocks), then one
-// row per block. by < 0: an extra CTA of no active block.
+// from its grid row y, in this order: chunk 0 of the active blocks, heaviest first; when the blocks
+// are split, their chunks 1.., heaviest first; the blocks past the count (which store zeros or
+// nothing); then rows no work is left for (by < 0), which return at once at the tail, where the SMs
+// are draining anyway.
 struct SplitCta {
   int by = 0, chunk = 0;
 };
 __device__ __forceinline__ SplitCta split_cta(const FwdParams& p, int y, int active_blocks) {
   const RoutedSplit& sp = p.split;
-  if (y >= sp.extra_y) return SplitCta{y - sp.extra_y, 0};
   const int per = sp.max_splits - 1;
-  const int j = active_blocks - 1 - y / per;  // block index from the top: the heaviest first
-  return SplitCta{j < 0 ? -1 : p.num_m_blocks - 1 - j, 1 + y % per};
+  const int extras = active_blocks <= sp.blocks_max ? per * active_blocks : 0;
+  int j = -1, chunk = 0;  // block index from the top (m0 = j * block_m)
+  if (y < active_blocks) {
+    j = active_blocks - 1 - y;
+  } else if (y < active_blocks + extras) {
+    const int e = y - active_blocks;
+    j = active_blocks - 1 - e / per;
+    chunk = 1 + e % per;
+  } else if (y < p.num_m_blocks + extras) {
+    j = y - extras;
+  }
+  return SplitCta{j < 0 ? -1 : p.num_m_blocks - 1 - j, chunk};
 }
 
 // The workspace slot of (KV head, block index j = m0 / block_m, chunk).
