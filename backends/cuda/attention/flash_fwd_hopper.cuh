@@ -15,7 +15,8 @@
 // family's (QueryBlock, softmax_tile, store_row in flash_attention.cuh; the masks in
 // common/attention_rows.h, shared with the CPU reference), so this kernel computes the same rows
 // as the mma.sync kernel: same tile skipping, the same unmasked inner tiles, the same routed rows
-// (GQA heads stacked in a block's rows, grid x = KV head).
+// (GQA heads stacked in a block's rows, grid x = KV head). When few routed blocks are active, the
+// heavy ones' key tiles are split over several CTAs and merged after (flash_fwd_split.cuh).
 //
 // Q is gathered by the consumers with cp.async (routed rows are not a box TMA can describe), once
 // per CTA. K and V are [Tk, Hkv, D] views described by 3-d tensor maps (D, Hkv, Tk), boxes of
