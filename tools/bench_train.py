@@ -123,7 +123,11 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--window", type=int, default=2048)
     ap.add_argument("--recompute", action="store_true", help="gradient checkpointing in every case")
-    ap.add_argument("--hf", action="store_true")
+    ap.add_argument("--hf", action="store_true",
+                    help="add HF transformers' training step (tools/bench_train_hf.py) at the same lengths")
+    ap.add_argument("--hf-regime", choices=("full", "attention"),
+                    help="the parameters HF trains (default: the first case's regime, full for router_only)")
+    ap.add_argument("--hf-checkpointing", action="store_true", help="HF with gradient checkpointing")
     ap.add_argument("--l2a-set", action="append", default=[], metavar="KEY=VALUE",
                     help="extra L2A plugin option for the l2a_* cases (repeatable), e.g. router=fixed_rate "
                          "and sparsity=0.8 to train at a controlled sparsity")
@@ -155,14 +159,17 @@ def main() -> int:
             print(json.dumps(row), flush=True)
     if a.hf:
         hf_json = os.path.join(tempfile.mkdtemp(), "hf.json")
+        first_regime = a.cases.split(",")[0].split(":")[1]
+        hf_regime = a.hf_regime or (first_regime if first_regime in ("full", "attention") else "full")
         subprocess.run([sys.executable, os.path.join(ROOT, "tools", "bench_train_hf.py"), "--model", a.model,
-                        "--seq", a.seq, "--json", hf_json], check=False)
+                        "--seq", a.seq, "--regime", hf_regime, "--json", hf_json] +
+                       (["--checkpointing"] if a.hf_checkpointing else []), check=False)
         if os.path.exists(hf_json):
             rows += json.load(open(hf_json))["rows"]
     hf = {r["seq"]: r for r in rows if r.get("framework") == "hf_transformers" and isinstance(r.get("step_ms"), float)}
     print(f"\n{'case':38s} {'seq':>6s} {'tok/s':>9s} {'ms/step':>8s} {'mean ms':>8s} {'peak GiB':>8s} {'vs HF':>6s}")
     for r in rows:
-        name = r.get("framework") if r.get("framework") == "hf_transformers" else \
+        name = f"hf_transformers:{r.get('regime', 'full')}" if r.get("framework") == "hf_transformers" else \
             f"{r['backend']}:{r['regime']}{':' + r['layout'] if r['layout'] else ''}"
         if "tokens_per_s" not in r:
             print(f"{name:38s} {r['seq']:6d}  {r.get('error', r.get('step_ms'))}")

@@ -4,7 +4,11 @@
   python3 tools/bench_train_hf.py --model qwen2.5-0.5b --seq 4096,8192,16384 [--json hf_train.json]
 
 Random init from configs/models/<model>.json, bf16 weights, sdpa attention, batch 1, AdamW
-(torch, fused) over every parameter, no gradient checkpointing unless --checkpointing. Reports
+(torch, fused) over the trained parameters, no gradient checkpointing unless --checkpointing.
+--regime full (default) trains every parameter; --regime attention the attention projections and
+every norm, as `runtime train --set train.regime=attention` does with full_causal
+(runtime/train/adamw_optimizer.cpp: names with ".self_attn.", ending in "layernorm.weight", and
+model.norm.weight); the rest is frozen (requires_grad False: no weight gradients there). Reports
 the median step time (forward + backward + optimizer step; CUDA events after warm-up), tokens/s
 and peak allocated memory per sequence length; an out-of-memory length is reported as "oom".
 """
@@ -19,12 +23,17 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def trained_in_attention_regime(name: str) -> bool:
+    return ".self_attn." in name or name.endswith("layernorm.weight") or name == "model.norm.weight"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="qwen2.5-0.5b")
     ap.add_argument("--seq", default="4096,8192,16384")
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--checkpointing", action="store_true")
+    ap.add_argument("--regime", choices=("full", "attention"), default="full")
     ap.add_argument("--json")
     a = ap.parse_args()
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -37,7 +46,9 @@ def main() -> int:
     if a.checkpointing:
         model.gradient_checkpointing_enable()
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+    for name, prm in model.named_parameters():
+        prm.requires_grad_(a.regime == "full" or trained_in_attention_regime(name))
+    opt = torch.optim.AdamW([prm for prm in model.parameters() if prm.requires_grad], lr=1e-5, fused=True)
     rows = []
     for T in [int(s) for s in a.seq.split(",")]:
         ids = torch.randint(0, cfg.vocab_size, (1, T), device="cuda")
@@ -62,12 +73,12 @@ def main() -> int:
                 torch.cuda.synchronize()
                 times.append(s.elapsed_time(e))
             ms = statistics.median(times)
-            row = {"framework": "hf_transformers", "model": a.model, "seq": T, "step_ms": ms,
+            row = {"framework": "hf_transformers", "model": a.model, "regime": a.regime, "seq": T, "step_ms": ms,
                    "tokens_per_s": T / (ms / 1e3), "peak_mem_bytes": torch.cuda.max_memory_allocated()}
         except torch.cuda.OutOfMemoryError:
             opt.zero_grad(set_to_none=True)
             torch.cuda.empty_cache()
-            row = {"framework": "hf_transformers", "model": a.model, "seq": T, "step_ms": "oom"}
+            row = {"framework": "hf_transformers", "model": a.model, "regime": a.regime, "seq": T, "step_ms": "oom"}
         rows.append(row)
         print(json.dumps(row), flush=True)
     if a.json:

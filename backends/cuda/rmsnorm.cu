@@ -403,7 +403,7 @@ void rmsnorm_keep_input_forward(TensorView x, TensorView w, float eps, TensorVie
   const char* op = "rmsnorm_keep_input";
   check_norm_args(op, x, w, eps, y);
   check_cuda(op, "x_copy", x_copy);
-  RT_CHECK(x_copy.dtype == x.dtype && x_copy.shape_str() == x.shape_str(), op, ": argument 'x_copy' must match x (",
+  RT_CHECK(x_copy.dtype == x.dtype && same_shape(x_copy, x), op, ": argument 'x_copy' must match x (",
            dtype_name(x.dtype), " ", x.shape_str(), "), found ", dtype_name(x_copy.dtype), " ", x_copy.shape_str());
   RT_CHECK(!views_overlap(x_copy, x) && !views_overlap(x_copy, y) && !views_overlap(x_copy, w), op,
            ": output 'x_copy' overlaps an argument");

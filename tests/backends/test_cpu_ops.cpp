@@ -530,6 +530,16 @@ TEST_F(CpuOps, RmsNorm) {
   EXPECT_EQ(rel_err(y, as_double(y2.view)), 0.0);
   EXPECT_THROW_MSG(ops->rmsnorm(x, randn({15}), 1e-5f, y), "rmsnorm", "'w'", "[16]", "[15]");
   EXPECT_THROW_MSG(ops->rmsnorm(x, w, 1e-5f, poisoned(DType::F32, {3, 4, 15})), "rmsnorm", "'y'");
+  // rmsnorm_keep_input (the SDK's default: the copy, then the norm): the copy must have x's shape,
+  // not only its element count.
+  Tensor y3 = poisoned(DType::F32, {3, 4, 16}), x_copy = poisoned(DType::F32, {3, 4, 16});
+  ops->rmsnorm_keep_input(x, w, 1e-5f, y3, x_copy);
+  EXPECT_EQ(rel_err(y3, as_double(y.view)), 0.0);
+  EXPECT_EQ(rel_err(x_copy, as_double(x.view)), 0.0);
+  EXPECT_THROW_MSG(ops->rmsnorm_keep_input(x, w, 1e-5f, y3, poisoned(DType::F32, {12, 16})), "rmsnorm_keep_input",
+                   "'x_copy'", "[3, 4, 16]", "[12, 16]");
+  EXPECT_THROW_MSG(ops->rmsnorm_keep_input(x, w, 1e-5f, y3, poisoned(DType::F64, {3, 4, 16})), "rmsnorm_keep_input",
+                   "'x_copy'", "f64");
 }
 
 // The HF recipe in fp32 (see rope.cpp), then the rotation in double.

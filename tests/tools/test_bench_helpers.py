@@ -113,6 +113,29 @@ with open(os.path.join(out, "metrics.jsonl"), "w") as m:
         self.assertEqual(row["error"], msg)
 
 
+class HfAttentionRegime(unittest.TestCase):
+    """bench_train_hf's attention regime trains what runtime train's does with full_causal
+    (runtime/train/adamw_optimizer.cpp): the attention projections and every norm, on HF's own names."""
+
+    def test_trained_names_of_a_qwen2_model(self):
+        try:
+            from transformers import Qwen2Config, Qwen2ForCausalLM
+        except ImportError:
+            self.skipTest("transformers is not installed")
+        import bench_train_hf
+        cfg = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+        names = [n for n, _ in Qwen2ForCausalLM(cfg).named_parameters()]
+        trained = sorted(n for n in names if bench_train_hf.trained_in_attention_regime(n))
+        want = sorted([f"model.layers.{i}.self_attn.{p}_proj.{w}" for i in range(2) for p in "qkv"
+                       for w in ("weight", "bias")] +
+                      [f"model.layers.{i}.self_attn.o_proj.weight" for i in range(2)] +
+                      [f"model.layers.{i}.{n}_layernorm.weight" for i in range(2) for n in ("input", "post_attention")] +
+                      ["model.norm.weight"])
+        self.assertEqual(trained, want)
+        self.assertTrue(any(".mlp." in n for n in names) and "model.embed_tokens.weight" in names)
+
+
 class HellaswagRequests(unittest.TestCase):
     def test_preprocessing_and_order(self):
         rows = [{"activity_label": "Baking", "ctx_a": "A man [title] mixes flour.", "ctx_b": "then he ADDS",

@@ -193,6 +193,7 @@ struct RoutedSplit {
   int tiles_max = 0;   // key tiles of the longest row range: ceil(Tk / BlockN)
   int min_chunk = 1;   // fewest key tiles in a chunk
   int waves = 1;       // chunks of about 1 / waves of an SM's share of the work
+  int fixed_chunk = 0;  // > 0: chunks of this many key tiles, not planned (RT_ATTN_ROUTED_SPLIT=force)
 };
 
 struct FwdParams {

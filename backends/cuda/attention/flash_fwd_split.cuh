@@ -57,7 +57,8 @@ __device__ __forceinline__ int split_count(const FwdParams& p, int active_blocks
   if (!Rows::routed || sp.max_splits <= 1 || active_blocks > sp.blocks_max || ntiles <= 1) return 1;
   const int64_t work = static_cast<int64_t>(active_blocks) * p.Hkv * sp.tiles_max;  // 2x the estimate
   const int64_t share = 2 * static_cast<int64_t>(sp.sms) * sp.waves;
-  const int chunk = max(sp.min_chunk, static_cast<int>((work + share - 1) / share));
+  const int chunk =
+      sp.fixed_chunk > 0 ? sp.fixed_chunk : max(sp.min_chunk, static_cast<int>((work + share - 1) / share));
   return min(sp.max_splits, (ntiles + chunk - 1) / chunk);
 }
 

@@ -50,8 +50,9 @@ bool persistent_setting() {
 }
 
 // RT_ATTN_ROUTED_SPLIT: auto (default) splits the key range of heavy routed query blocks when few
-// blocks are active (flash_fwd_split.cuh); 0 never; force splits every block it can, into chunks
-// of one key tile (for the tests: small inputs then take the split and combine path).
+// blocks are active (flash_fwd_split.cuh); 0 never; force splits every block of two or more key
+// tiles, whatever the count, into as many chunks as it can (up to 4; for the tests: small inputs
+// then take the split and combine path).
 // RT_ATTN_ROUTED_SPLIT_WAVES=1|2|4: chunks of about 1/waves of an SM's share of the work (default 2:
 // on the H100, session 13, 2 beat 1 at 32K and 95% by 7%, 0.905 against 0.968 ms).
 enum class SplitMode { Off, Auto, Force };
@@ -94,7 +95,8 @@ int64_t plan_split(attn::FwdParams& p, const Shapes& s) {
   sp.extra_y = static_cast<int>((kMaxSplits - 1) * blocks_max);
   sp.tiles_max = static_cast<int>(tiles_max);
   sp.min_chunk = min_chunk;
-  sp.waves = mode == SplitMode::Force ? 1 << 20 : split_waves_setting();
+  sp.waves = split_waves_setting();
+  sp.fixed_chunk = mode == SplitMode::Force ? 1 : 0;
   RT_CHECK(p.num_m_blocks + sp.extra_y <= 65535, "attention (cuda): Tq = ", s.Tq, " is too long for one launch");
   return s.Hkv * blocks_max * kMaxSplits * Cfg::kBlockM * (Cfg::kD + 2);
 }

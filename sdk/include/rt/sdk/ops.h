@@ -103,7 +103,8 @@ class Ops {
   // rmsnorm, with x copied into x_copy on the way (same shape and dtype): a training sublayer keeps
   // its input for the backward, and this reads x once instead of twice (a copy, then the norm).
   virtual void rmsnorm_keep_input(TensorView x, TensorView w, float eps, TensorView y, TensorView x_copy) {
-    RT_CHECK(x_copy.dtype == x.dtype && x_copy.shape_str() == x.shape_str(),
+    RT_CHECK(x_copy.dtype == x.dtype && x_copy.ndim == x.ndim &&
+                 std::equal(x.shape.begin(), x.shape.begin() + x.ndim, x_copy.shape.begin()),
              "rmsnorm_keep_input: argument 'x_copy' must match x (", dtype_name(x.dtype), " ", x.shape_str(),
              "), found ", dtype_name(x_copy.dtype), " ", x_copy.shape_str());
     copy(x, x_copy);
