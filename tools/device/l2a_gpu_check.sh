@@ -2,7 +2,7 @@
 # On the GPU machine (device tool), after `source tools/device/unpack.sh`: the CUDA tests of the
 # routed kernels, l2a_fused and the kernels they share, then the benchmarks. Logs and JSON to $OUT.
 #   bash tools/device/l2a_gpu_check.sh fwdpaths variants decodeprof bwdprof concurrent bwdunordered bwdtall bwdfuseddq bwdpaths tests verify nccl kernels \
-#        kernels15 model decode prune eval evalall train gemmtune trainleak memory fit trace anchors bundle
+#        kernels15 model decode prune eval evalall train gemmtune trainleak trainhf memory fit trace anchors bundle
 # (any subset, in that order; `bundle` last packs $OUT into results.tgz, as the device tool brings
 # back 8 files). SEQS overrides the kernel sequence lengths, ANCHOR_SEQS the anchors' (ANCHOR_HF=1 adds HF
 # transformers' prefill). `fwdpaths` runs the
@@ -366,6 +366,14 @@ for step in "$@"; do
       --cases l2a_fused:attention:parallel,l2a_fused:attention \
       --l2a-set router=fixed_rate --l2a-set sparsity=0.8 --l2a-set leak_prob=1 \
       --json "$out/trainleak_every.json" 2>&1 | tail -3 | tee -a "$out/trainleak.txt"
+    ;;
+  trainhf)  # the training baseline against PyTorch's: full_causal against HF transformers (sdpa) training the
+            # same parameters (the attention regime), then HF at 32K with gradient checkpointing (without it,
+            # it does not fit in an H100's 80 GB)
+    timeout 150 python3 tools/bench_train.py --seq 16384,32768 --steps 4 --cases full_causal:attention --hf \
+      --json "$out/trainhf.json" 2>&1 | tail -5 | tee "$out/trainhf.txt"
+    timeout 100 python3 tools/bench_train_hf.py --seq 32768 --steps 3 --regime attention --checkpointing \
+      --json "$out/trainhf_ckpt.json" 2>&1 | tail -1 | tee -a "$out/trainhf.txt"
     ;;
   memory)  # peak memory of training with gradient checkpointing (learned router at init: every token routed)
     timeout 300 python3 tools/bench_train.py --seq 32768,49152 --steps 2 --recompute \
