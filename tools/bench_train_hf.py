@@ -44,7 +44,10 @@ def main() -> int:
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(cfg).to(device="cuda", dtype=torch.bfloat16)
     if a.checkpointing:
-        model.gradient_checkpointing_enable()
+        # Non-reentrant: the reentrant kind drops the gradients of a checkpointed block whose inputs
+        # need none (the attention regime's frozen embeddings), which would time a step that skips
+        # most of its backward.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     for name, prm in model.named_parameters():
         prm.requires_grad_(a.regime == "full" or trained_in_attention_regime(name))
@@ -54,15 +57,19 @@ def main() -> int:
         ids = torch.randint(0, cfg.vocab_size, (1, T), device="cuda")
         torch.cuda.reset_peak_memory_stats()
 
-        def step():
+        def step(check=False):
             out = model(input_ids=ids, labels=ids)
             out.loss.backward()
+            if check:  # a step that left a trained parameter without its gradient would time too little
+                missing = [n for n, prm in model.named_parameters() if prm.requires_grad and prm.grad is None]
+                if missing:
+                    sys.exit(f"bench_train_hf: {len(missing)} trained parameters got no gradient, e.g. {missing[0]}")
             opt.step()
             opt.zero_grad(set_to_none=True)
 
         try:
-            for _ in range(2):
-                step()
+            for i in range(2):
+                step(check=i == 0)
             torch.cuda.synchronize()
             times = []
             for _ in range(a.steps):
