@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
+#include <optional>
 #include <string>
 
 #include "cuda/attention/flash_fwd_hopper.cuh"
@@ -108,36 +109,31 @@ bool launch(const TensorView& q, const TensorView& k, const TensorView& v, const
   if (!kv_tensor_map(&tk, k, Cfg::kBlockN) || !kv_tensor_map(&tv, v, Cfg::kBlockN)) return false;
   attn::FwdParams p = fwd_params(q, k, v, o, lse, spec, s, Cfg::kBlockM);
   const int64_t part_floats = Rows::routed ? plan_split<Cfg>(p, s) : 0;
-  if (part_floats > 0)
-    p.split.part = static_cast<float*>(malloc_async(static_cast<size_t>(part_floats) * sizeof(float), stream, [] {
-      return std::string("the attention (cuda) workspace of the routed rows' key split");
-    }));
-  try {
-    with_mask(spec, [&](auto mask) {
-      using Mask = decltype(mask);
-      constexpr auto kernel = attn::flash_fwd_hopper_kernel<Cfg, Mask, Rows>;
-      ensure_smem<kernel>("attention (cuda)", Cfg::kSmemBytes, "cudaFuncSetAttribute (Hopper flash forward)");
-      const int64_t heads = Rows::routed ? s.Hkv : s.Hq;
-      const int64_t blocks = heads * p.num_m_blocks;
-      RT_CHECK(!Cfg::kPersistent || blocks <= INT32_MAX, "attention (cuda): ", blocks, " query blocks are too many for one launch");
-      const dim3 grid = Cfg::kPersistent
-                            ? dim3(static_cast<unsigned>(std::min<int64_t>(blocks, num_sms())))
-                            : dim3(static_cast<unsigned>(heads), static_cast<unsigned>(p.num_m_blocks + p.split.extra_y));
-      kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p, tk, tv);
-      check_launch("attention (cuda)", "flash_fwd_hopper_kernel");
-      if constexpr (Rows::routed) {
-        if (p.split.max_splits <= 1) return;
-        constexpr auto combine = attn::flash_fwd_split_combine_kernel<Cfg::kD, Cfg::kBlockM, Cfg::kBlockN, Mask, Rows>;
-        combine<<<dim3(static_cast<unsigned>(s.Hkv), static_cast<unsigned>(p.split.blocks_max)), 256, 0, stream>>>(p);
-        check_launch("attention (cuda)", "flash_fwd_split_combine_kernel");
-      }
-    });
-  } catch (...) {
-    if (p.split.part != nullptr) (void)cudaFreeAsync(p.split.part, stream);
-    throw;
+  std::optional<Scratch> part;  // the split's workspace, freed in stream order when this returns or throws
+  if (part_floats > 0) {
+    part.emplace(static_cast<size_t>(part_floats) * sizeof(float), stream, "the routed rows' key split (attention)");
+    p.split.part = static_cast<float*>(part->get());
   }
-  if (p.split.part != nullptr)
-    check_cuda("attention (cuda)", cudaFreeAsync(p.split.part, stream), "cudaFreeAsync (key split workspace)");
+  with_mask(spec, [&](auto mask) {
+    using Mask = decltype(mask);
+    constexpr auto kernel = attn::flash_fwd_hopper_kernel<Cfg, Mask, Rows>;
+    ensure_smem<kernel>("attention (cuda)", Cfg::kSmemBytes, "cudaFuncSetAttribute (Hopper flash forward)");
+    const int64_t heads = Rows::routed ? s.Hkv : s.Hq;
+    const int64_t blocks = heads * p.num_m_blocks;
+    RT_CHECK(!Cfg::kPersistent || blocks <= INT32_MAX, "attention (cuda): ", blocks, " query blocks are too many for one launch");
+    const dim3 grid = Cfg::kPersistent
+                          ? dim3(static_cast<unsigned>(std::min<int64_t>(blocks, num_sms())))
+                          : dim3(static_cast<unsigned>(heads), static_cast<unsigned>(p.num_m_blocks + p.split.extra_y));
+    kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p, tk, tv);
+    check_launch("attention (cuda)", "flash_fwd_hopper_kernel");
+    if constexpr (Rows::routed) {
+      if (p.split.max_splits <= 1) return;
+      constexpr auto combine = attn::flash_fwd_split_combine_kernel<Cfg::kD, Cfg::kBlockM, Cfg::kBlockN, Mask, Rows>;
+      combine<<<dim3(static_cast<unsigned>(s.Hkv), static_cast<unsigned>(p.split.blocks_max)), 256, 0, stream>>>(p);
+      check_launch("attention (cuda)", "flash_fwd_split_combine_kernel");
+    }
+  });
+  if (part) part->release();
   return true;
 }
 
