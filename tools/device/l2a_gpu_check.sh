@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine (device tool), after `source tools/device/unpack.sh`: the CUDA tests of the
 # routed kernels, l2a_fused and the kernels they share, then the benchmarks. Logs and JSON to $OUT.
-#   bash tools/device/l2a_gpu_check.sh fwdpaths variants decodeprof bwdprof concurrent bwdunordered bwdtall bwdfuseddq bwdpaths tests verify nccl kernels \
+#   bash tools/device/l2a_gpu_check.sh fwdpaths variants decodeprof fwdprof bwdprof concurrent bwdunordered bwdtall bwdfuseddq bwdpaths tests verify nccl kernels \
 #        kernels15 model decode prune eval evalall train gemmtune trainleak trainhf memory fit trace anchors bundle
 # (any subset, in that order; `bundle` last packs $OUT into results.tgz, as the device tool brings
 # back 8 files). SEQS overrides the kernel sequence lengths, ANCHOR_SEQS the anchors' (ANCHOR_HF=1 adds HF
@@ -11,7 +11,7 @@
 # `bwdpaths` does the same for the deterministic backward (RT_ATTN_BWD=wgmma: the Hopper dK/dV and dQ kernels),
 # `bwdtall` for the 128 x 128 dK/dV tile at head dim 64 (the default; RT_ATTN_HOPPER_BWD_TALL=0: 128 x 64),
 # `bwdfuseddq` for its dQ fused in key-block order (the default; RT_ATTN_HOPPER_BWD_FUSED_DQ=0 runs
-# the dQ pass). `bwdprof` and
+# the dQ pass). `fwdprof` profiles the causal and window forward kernels (ncu), `bwdprof` and
 # `decodeprof` profile the backward kernels (ncu) and a decode step (CUPTI trace of graph replays).
 # TEST_TIMEOUT bounds each test binary (default 300 s); TESTS picks the `tests` step's binaries.
 set -uo pipefail
@@ -108,6 +108,23 @@ for step in "$@"; do
       echo "trace_prefill $args rc=$?" | tee -a "$out/decodeprof.txt"
     done
     grep -E "decode steps|span|^    [ 0-9.]+ +[0-9]+  " "$out/decodeprof.txt" | head -80
+    ;;
+  fwdprof)  # ncu of the Hopper forward at the 0.5B shape (D = 64), T = 32768: the causal and the window-2048
+            # kernel in full (what the window's ~390 against causal's ~530 TFLOP/s is: stalls, issue slots,
+            # tail); bench_attention runs 0.5B first, launches 0-3 causal (3 warm-ups + 1), 4-7 window
+    : > "$out/fwdprof.txt"
+    bench="build/bin/bench_attention --seqs 32768 --window 2048 --reps 1 --decode 4096"
+    for m in causal:3 window:7; do
+      name=${m%:*} skip=${m#*:}
+      timeout 150 ncu --kernel-name regex:flash_fwd_hopper --launch-skip $skip --launch-count 1 --set full \
+        --import-source yes -o /tmp/fwdprof_$name --force-overwrite $bench > /tmp/fwdprof_run_$name.txt 2>&1
+      echo "== $name forward 32K (ncu rc=$?)" | tee -a "$out/fwdprof.txt"
+      ncu -i /tmp/fwdprof_$name.ncu-rep --page details --print-details all > "$out/fwdprof_$name.txt" 2>&1
+      grep -m1 -E "flash_fwd_hopper" "$out/fwdprof_$name.txt" | cut -c1-200 | tee -a "$out/fwdprof.txt"
+      grep -E "^ +(Duration|Compute \(SM\) Throughput|Memory Throughput|L2 Hit Rate|DRAM Throughput|Issue Slots Busy|No Eligible|Warp Cycles Per Issued Instruction|Achieved Occupancy|Registers Per Thread|Grid Size|Waves Per SM|Executed Instructions )" \
+        "$out/fwdprof_$name.txt" | tee -a "$out/fwdprof.txt"
+      grep -iE "stall|est\. speedup|imbalance|tail" "$out/fwdprof_$name.txt" | cut -c1-240 | head -14 | tee -a "$out/fwdprof.txt"
+    done
     ;;
   bwdprof)  # ncu of the Hopper backward at the 0.5B shape (D = 64), T = PROF_SEQ (default 32768), per mask
             # (PROF_MASKS, default causal, window 2048, routed at 80% unrouted): every kernel of one backward
