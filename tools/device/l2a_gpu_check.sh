@@ -3,7 +3,7 @@
 # routed kernels, l2a_fused and the kernels they share, then the benchmarks. Logs and JSON to $OUT.
 #   bash tools/device/l2a_gpu_check.sh fwdpaths variants decodeprof fwdprof bwdprof concurrent bwdunordered bwdtall bwdfuseddq bwdpaths tests verify nccl kernels \
 #        kernels15 model decode prune eval evalall train gemmtune trainleak trainhf memory fit trace anchors bundle
-# (any subset, in that order; `bundle` last packs $OUT into results.tgz, as the device tool brings
+# (any subset, run in the order given; `bundle` last packs $OUT into results.tgz, as the device tool brings
 # back 8 files). SEQS overrides the kernel sequence lengths, ANCHOR_SEQS the anchors' (ANCHOR_HF=1 adds HF
 # transformers' prefill). `fwdpaths` runs the
 # forward-kernel tests under each forward path (RT_ATTN_FWD=wgmma: the Hopper kernel; mma: the
@@ -18,6 +18,12 @@ set -uo pipefail
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
 has() { [[ " $* " == *" $step "* ]]; }
+# The key lines of an ncu details page (`ncu -i REP --page details --print-details all` saved in $1):
+# time, throughputs, issue slots, occupancy, size, and the stall and speedup notes.
+ncu_summary() {
+  grep -E "^ +(Duration|Compute \(SM\) Throughput|Memory Throughput|L2 Hit Rate|DRAM Throughput|Issue Slots Busy|No Eligible|Warp Cycles Per Issued Instruction|Achieved Occupancy|Registers Per Thread|Grid Size|Waves Per SM|Executed Instructions )" "$1"
+  grep -iE "stall|est\. speedup|imbalance|tail" "$1" | cut -c1-240 | head -14
+}
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm --format=csv,noheader | tee "$out/gpu.txt"
 # A Hopper backward variant behind the switch $2 (off $3, on $4), under the name $1: the backward
 # tests with it on, compute-sanitizer (memcheck, synccheck, racecheck with it on; racecheck off too,
@@ -121,9 +127,7 @@ for step in "$@"; do
       echo "== $name forward 32K (ncu rc=$?)" | tee -a "$out/fwdprof.txt"
       ncu -i /tmp/fwdprof_$name.ncu-rep --page details --print-details all > "$out/fwdprof_$name.txt" 2>&1
       grep -m1 -E "flash_fwd_hopper" "$out/fwdprof_$name.txt" | cut -c1-200 | tee -a "$out/fwdprof.txt"
-      grep -E "^ +(Duration|Compute \(SM\) Throughput|Memory Throughput|L2 Hit Rate|DRAM Throughput|Issue Slots Busy|No Eligible|Warp Cycles Per Issued Instruction|Achieved Occupancy|Registers Per Thread|Grid Size|Waves Per SM|Executed Instructions )" \
-        "$out/fwdprof_$name.txt" | tee -a "$out/fwdprof.txt"
-      grep -iE "stall|est\. speedup|imbalance|tail" "$out/fwdprof_$name.txt" | cut -c1-240 | head -14 | tee -a "$out/fwdprof.txt"
+      ncu_summary "$out/fwdprof_$name.txt" | tee -a "$out/fwdprof.txt"
     done
     ;;
   bwdprof)  # ncu of the Hopper backward at the 0.5B shape (D = 64), T = PROF_SEQ (default 32768), per mask
@@ -146,9 +150,7 @@ for step in "$@"; do
       echo "== $mask: the dK/dV kernel (ncu rc=$?)" | tee -a "$out/bwdprof.txt"
       ncu -i /tmp/bwdprof_$mask.ncu-rep --page details --print-details all > "$out/bwdprof_$mask.txt" 2>&1
       ncu -i /tmp/bwdprof_$mask.ncu-rep --page source --print-source sass --csv > "$out/bwdprof_${mask}_sass.csv" 2>&1
-      grep -E "^ +(Duration|Compute \(SM\) Throughput|Memory Throughput|L2 Hit Rate|DRAM Throughput|Issue Slots Busy|No Eligible|Warp Cycles Per Issued Instruction|Achieved Occupancy)" \
-        "$out/bwdprof_$mask.txt" | tee -a "$out/bwdprof.txt"
-      grep -iE "stall|est\. speedup" "$out/bwdprof_$mask.txt" | cut -c1-220 | head -12 | tee -a "$out/bwdprof.txt"
+      ncu_summary "$out/bwdprof_$mask.txt" | tee -a "$out/bwdprof.txt"
     done
     ;;
   concurrent)  # L2A's window and routed rows on two streams (Ops::concurrently, the default) against one
